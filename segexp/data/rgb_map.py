@@ -1,0 +1,73 @@
+"""Colour <-> class-index codec for segmentation masks.
+
+Inside segexp a mask is always a ``uint8`` array of class indices (H, W). Colours
+exist only at the file boundary: a colour mask is decoded through an ``rgb_map``
+(class index ``i`` has colour ``colours[i]``) and encoded back the same way.
+Both directions are vectorised through a 24-bit lookup (no per-pixel Python).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+class MaskColourError(ValueError):
+    """A colour mask holds a colour that is not in the rgb_map."""
+
+
+def colour_table(colours: Sequence[Sequence[int]]) -> np.ndarray:
+    """Return the rgb_map as a ``(num_classes, 3) uint8`` array, checking each colour."""
+    table = np.asarray(colours, dtype=np.int64)
+    if table.ndim != 2 or table.shape[1] != 3:
+        raise ValueError(f"rgb_map colours must be [r, g, b] triples, got {list(colours)!r}")
+    if table.min() < 0 or table.max() > 255:
+        raise ValueError(f"rgb_map colours must lie in 0..255, got {list(colours)!r}")
+    packed = _pack(table)
+    if len(np.unique(packed)) != len(packed):
+        raise ValueError(f"rgb_map colours must be distinct, got {list(colours)!r}")
+    return table.astype(np.uint8)
+
+
+def _pack(rgb: np.ndarray) -> np.ndarray:
+    """Pack ``[..., 3]`` RGB values into one int per pixel: ``r << 16 | g << 8 | b``."""
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def decode_rgb_mask(
+    rgb: np.ndarray, colours: Sequence[Sequence[int]], source: str | Path = "<array>"
+) -> np.ndarray:
+    """Map an ``(H, W, 3)`` RGB mask to ``(H, W) uint8`` class indices.
+
+    Colours must match the rgb_map exactly; any other colour raises
+    :class:`MaskColourError` naming ``source`` and the unknown colours.
+    """
+    table = colour_table(colours)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise MaskColourError(f"{source}: expected an RGB mask (H, W, 3), got shape {rgb.shape}")
+    packed = _pack(rgb)
+    keys = _pack(table)
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    pos = np.clip(np.searchsorted(sorted_keys, packed), 0, len(keys) - 1)
+    found = sorted_keys[pos] == packed
+    if not found.all():
+        bad = np.unique(packed[~found])
+        shown = ", ".join(f"({v >> 16}, {(v >> 8) & 255}, {v & 255})" for v in bad[:8])
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        raise MaskColourError(
+            f"{source}: {int((~found).sum())} pixels have colours not in the rgb_map: "
+            f"{shown}{more}; known colours are {table.tolist()}"
+        )
+    return order[pos].astype(np.uint8)
+
+
+def encode_rgb_mask(mask: np.ndarray, colours: Sequence[Sequence[int]]) -> np.ndarray:
+    """Map ``(H, W)`` class indices to an ``(H, W, 3) uint8`` RGB mask."""
+    table = colour_table(colours)
+    if mask.size and int(mask.max()) >= len(table):
+        raise ValueError(f"mask holds class {int(mask.max())} but the rgb_map has {len(table)} colours")
+    return table[mask]
