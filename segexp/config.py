@@ -1,0 +1,357 @@
+"""Typed schema and start-up validation of the composed training config.
+
+Hydra composes ``conf/train.yaml``; :func:`validate_train_config` then checks it
+against the dataclasses below (unknown keys, wrong types) and against the rules
+that only make sense together (image size vs. depth, odd kernels, ratios in
+[0, 1], class counts, existing folders). Every problem is reported with its full
+key (``model.base_kernels``) in one :class:`ConfigError`, before any data is read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, get_args, get_type_hints
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: The repository checkout that holds ``conf/`` (segexp is installed editable).
+REPO_DIR = PACKAGE_DIR.parent
+CONF_DIR = REPO_DIR / "conf"
+
+LOSS_NAMES = ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
+MASK_FORMATS = ("rgb", "index", "binary")
+LAYOUTS = ("splits", "flat")
+SPLITS = ("train", "valid", "test")
+
+
+class ConfigError(ValueError):
+    """The composed config is invalid; the message names every offending key."""
+
+
+def project_root() -> str:
+    """Project root for derived paths: ``$SEGEXP_ROOT``, else the segexp checkout, else the cwd."""
+    env = os.environ.get("SEGEXP_ROOT")
+    if env:
+        return str(Path(env).expanduser().resolve())
+    if (REPO_DIR / "pyproject.toml").is_file():
+        return str(REPO_DIR)
+    return str(Path.cwd())
+
+
+if not OmegaConf.has_resolver("project_root"):
+    OmegaConf.register_new_resolver("project_root", project_root)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    image_height: int = MISSING
+    image_width: int = MISSING
+    image_channels: int = MISSING
+    num_classes: int = MISSING
+    base_filters: int = MISSING
+    base_kernels: list[int] = MISSING
+    num_layers: int = MISSING
+    dropout_rate: float = MISSING
+    dilation: list[int] = MISSING
+    batch_norm: bool = False
+    activation: str = "relu"
+
+
+@dataclass
+class PhantomConfig:
+    cases: dict[str, int] = field(default_factory=lambda: {"train": 8, "valid": 2, "test": 2})
+    num_slices: int = 24
+    size: int = 128
+    seed: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: str = MISSING
+    layout: str = "splits"
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "valid": "valid", "test": "test"}
+    )
+    cases: dict[str, list[str]] = field(default_factory=dict)
+    case_pattern: str = r"^(?P<case>.+)_(?P<slice>\d+)$"
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+    mask_format: str = "rgb"
+    class_names: list[str] = MISSING
+    rgb_map: Optional[dict[str, list[int]]] = None
+    binary_threshold: int = 128
+    phantom: Optional[PhantomConfig] = None
+
+
+@dataclass
+class AugmentationConfig:
+    name: str = MISSING
+    transforms: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReduceLRConfig:
+    enabled: bool = True
+    factor: float = 0.5
+    patience: int = 5
+    min_lr: float = 1e-7
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = True
+    patience: int = 10
+    min_delta: float = 0.0
+
+
+@dataclass
+class EpochImagesConfig:
+    num: int = 6
+    dir: Optional[str] = None
+
+
+@dataclass
+class LoaderConfig:
+    workers: int = 1
+    use_multiprocessing: bool = False
+    max_queue_size: int = 10
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    learning_rate: float = MISSING
+    optimizer: dict[str, Any] = MISSING
+    loss: str = "dice_ce"
+    monitor: str = "val_dice_fg_mean"
+    monitor_mode: str = "max"
+    reduce_lr: ReduceLRConfig = field(default_factory=ReduceLRConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    epoch_images: EpochImagesConfig = field(default_factory=EpochImagesConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    jit_compile: Any = "auto"
+    mixed_precision: bool = False
+    deterministic: bool = False
+    verbose: int = 2
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = MISSING
+    artifact_location: Optional[str] = None
+    experiment: str = "segexp"
+    run_name: Optional[str] = None
+    log_model: bool = True
+    log_epoch_images: bool = True
+
+
+@dataclass
+class PathsConfig:
+    root: str = MISSING
+    output_dir: str = MISSING
+    data_dir: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    task_name: str = "train"
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
+    """Full keys present in ``node`` but not declared in the dataclass ``schema``."""
+    if not isinstance(node, DictConfig):
+        return []
+    hints = get_type_hints(schema)
+    problems = []
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            problems.append(f"{full}: unknown key; expected one of {sorted(hints)}")
+            continue
+        # Optional[X] -> X: descend into nested dataclass sections.
+        sub = next((t for t in (hints[key], *get_args(hints[key])) if is_dataclass(t)), None)
+        if sub is not None:
+            problems += _unknown_keys(node[key], sub, f"{full}.")
+    return problems
+
+
+def _in_unit_interval(value: float) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+def _check_model(m: Any) -> list[str]:
+    errors = []
+    for key in ("image_height", "image_width", "base_filters", "num_layers", "num_classes"):
+        if m[key] < 1:
+            errors.append(f"model.{key}: must be >= 1, got {m[key]}")
+    if m.image_channels not in (1, 3):
+        errors.append(f"model.image_channels: must be 1 (grayscale) or 3 (RGB), got {m.image_channels}")
+    kernels = list(m.base_kernels)
+    if len(kernels) != 2 or any(k < 1 or k % 2 == 0 for k in kernels):
+        errors.append(f"model.base_kernels: expected a pair of odd positive ints like [3, 3], got {kernels}")
+    dilation = list(m.dilation)
+    if len(dilation) != 2 or any(d < 1 for d in dilation):
+        errors.append(f"model.dilation: expected a pair of ints >= 1 like [1, 1], got {dilation}")
+    if not _in_unit_interval(m.dropout_rate):
+        errors.append(f"model.dropout_rate: must lie in [0, 1], got {m.dropout_rate}")
+    elif m.num_layers >= 1 and m.dropout_rate * (m.num_layers - 1) >= 1.0:
+        errors.append(
+            f"model.dropout_rate: level i drops dropout_rate*i, which must stay below 1 for "
+            f"i = num_layers-1 = {m.num_layers - 1}; got {m.dropout_rate}"
+        )
+    if m.num_layers >= 1:
+        factor = 2 ** (m.num_layers - 1)
+        for key in ("image_height", "image_width"):
+            if m[key] % factor:
+                errors.append(
+                    f"model.{key}: {m[key]} is not divisible by 2**(num_layers-1) = {factor} "
+                    f"(num_layers={m.num_layers}); use a multiple of {factor} or fewer layers"
+                )
+    return errors
+
+
+def _check_dataset(d: Any, num_classes: int) -> list[str]:
+    errors = []
+    names = list(d.class_names)
+    if len(names) < 2:
+        errors.append(f"dataset.class_names: need background plus at least one class, got {names}")
+    if len(set(names)) != len(names):
+        errors.append(f"dataset.class_names: names must be unique, got {names}")
+    if d.mask_format not in MASK_FORMATS:
+        errors.append(f"dataset.mask_format: expected one of {list(MASK_FORMATS)}, got {d.mask_format!r}")
+    if d.layout not in LAYOUTS:
+        errors.append(f"dataset.layout: expected one of {list(LAYOUTS)}, got {d.layout!r}")
+    if d.mask_format == "rgb":
+        if d.rgb_map is None:
+            errors.append("dataset.rgb_map: required when mask_format is 'rgb'")
+        else:
+            if list(d.rgb_map.keys()) != names:
+                errors.append(
+                    f"dataset.rgb_map: keys must be the class names in class_names order {names}, "
+                    f"got {list(d.rgb_map.keys())}"
+                )
+            for name, rgb in d.rgb_map.items():
+                if len(rgb) != 3 or any(not 0 <= c <= 255 for c in rgb):
+                    errors.append(f"dataset.rgb_map.{name}: expected [r, g, b] in 0..255, got {list(rgb)}")
+            colours = [tuple(c) for c in d.rgb_map.values()]
+            if len(set(colours)) != len(colours):
+                errors.append(f"dataset.rgb_map: colours must be distinct, got {colours}")
+    if d.mask_format == "binary":
+        if len(names) != 2:
+            errors.append(f"dataset.class_names: a binary mask_format needs exactly 2 classes, got {names}")
+        if not 0 <= d.binary_threshold <= 255:
+            errors.append(f"dataset.binary_threshold: must lie in 0..255, got {d.binary_threshold}")
+    expected = 1 if num_classes == 1 else len(names)
+    if num_classes == 1 and len(names) != 2:
+        errors.append(
+            f"model.num_classes: 1 (sigmoid) is for binary tasks, but dataset.class_names has {len(names)} classes"
+        )
+    elif num_classes != expected:
+        errors.append(
+            f"model.num_classes: {num_classes} does not match the {len(names)} classes of "
+            f"dataset.class_names {names} (use {len(names)}, or 1 for a binary sigmoid head)"
+        )
+    if d.layout == "flat":
+        for split in ("train", "valid"):
+            if not d.cases.get(split):
+                errors.append(f"dataset.cases.{split}: layout 'flat' needs the case ids of the {split} split")
+        seen: dict[str, str] = {}
+        for split, case_ids in d.cases.items():
+            if split not in SPLITS:
+                errors.append(f"dataset.cases.{split}: unknown split; expected {list(SPLITS)}")
+            for case in case_ids or []:
+                if case in seen:
+                    errors.append(
+                        f"dataset.cases: case {case!r} is in both {seen[case]!r} and {split!r} (patient leak)"
+                    )
+                seen[case] = split
+    return errors
+
+
+def _check_training(t: Any) -> list[str]:
+    errors = []
+    for key in ("epochs", "batch_size"):
+        if t[key] < 1:
+            errors.append(f"training.{key}: must be >= 1, got {t[key]}")
+    if t.learning_rate <= 0:
+        errors.append(f"training.learning_rate: must be > 0, got {t.learning_rate}")
+    if t.loss not in LOSS_NAMES:
+        errors.append(f"training.loss: expected one of {list(LOSS_NAMES)}, got {t.loss!r}")
+    if t.monitor_mode not in ("min", "max"):
+        errors.append(f"training.monitor_mode: expected 'min' or 'max', got {t.monitor_mode!r}")
+    if "_target_" not in t.optimizer:
+        errors.append("training.optimizer: needs a _target_ such as keras.optimizers.Adam")
+    if not 0.0 < t.reduce_lr.factor < 1.0:
+        errors.append(f"training.reduce_lr.factor: must lie in (0, 1), got {t.reduce_lr.factor}")
+    for key in ("reduce_lr.patience", "early_stopping.patience", "epoch_images.num", "loader.workers"):
+        group, name = key.split(".")
+        if t[group][name] < 0:
+            errors.append(f"training.{key}: must be >= 0, got {t[group][name]}")
+    if t.loader.max_queue_size < 1:
+        errors.append(f"training.loader.max_queue_size: must be >= 1, got {t.loader.max_queue_size}")
+    if t.jit_compile not in ("auto", True, False):
+        errors.append(f"training.jit_compile: expected auto, true or false, got {t.jit_compile!r}")
+    if t.epoch_images.dir is not None and not Path(t.epoch_images.dir).is_dir():
+        errors.append(f"training.epoch_images.dir: folder {t.epoch_images.dir} does not exist")
+    return errors
+
+
+def _check_augmentation(a: Any) -> list[str]:
+    errors = []
+    for name, entry in (a.transforms or {}).items():
+        if entry is None:
+            continue
+        p = entry.get("p", 1.0) if isinstance(entry, DictConfig) else None
+        if isinstance(p, (int, float)) and not _in_unit_interval(p):
+            errors.append(f"augmentation.transforms.{name}.p: probability must lie in [0, 1], got {p}")
+    return errors
+
+
+def validate_train_config(cfg: DictConfig) -> DictConfig:
+    """Check ``cfg`` against the schema and the cross-key rules.
+
+    Returns the config merged onto the schema (typed, defaults filled in).
+    Raises :class:`ConfigError` listing every problem with its full key.
+    Dataset folders are checked separately, after an optional phantom is generated.
+    """
+    problems = _unknown_keys(cfg, TrainConfig, "")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+        OmegaConf.resolve(typed)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid config: {err.full_key}: {str(err).splitlines()[0]}") from None
+    missing = sorted(OmegaConf.missing_keys(typed))
+    if missing:
+        raise ConfigError("invalid config: these keys need a value: " + ", ".join(missing))
+    problems = (
+        _check_model(typed.model)
+        + _check_dataset(typed.dataset, typed.model.num_classes)
+        + _check_training(typed.training)
+        + _check_augmentation(typed.augmentation)
+    )
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return typed

@@ -1,0 +1,99 @@
+"""A configured dataset: its folder, its slice pairs per split, its mask decoder and colours.
+
+:func:`open_dataset` turns the validated ``dataset`` config group into a
+:class:`SliceDataset`, generating the built-in phantom first when configured.
+It lists files only (no image is read), so it is cheap to call at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segexp.data.slices import DataError, MaskDecoder, SlicePair, split_pairs
+from segexp.viz import default_palette
+
+
+@dataclass
+class SliceDataset:
+    """Slice pairs of each split plus everything needed to read and draw their masks."""
+
+    name: str
+    root: Path
+    class_names: list[str]
+    decoder: MaskDecoder
+    colours: np.ndarray
+    pairs: dict[str, list[SlicePair]] = field(default_factory=dict)
+
+    def cases(self, split: str) -> list[str]:
+        """Sorted patient ids of ``split``."""
+        return sorted({p.case for p in self.pairs.get(split, [])})
+
+
+def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
+    """List the train/valid/test pairs of dataset config ``d`` and check patients do not leak.
+
+    Raises :class:`DataError` naming the key or file for a missing folder, an unpaired
+    file, or a case found in two splits.
+    """
+    root = Path(d["root"]).expanduser()
+    if d.get("phantom") is not None:
+        from segexp.data.phantom import write_phantom_dataset
+
+        p = d["phantom"]
+        write_phantom_dataset(
+            root, cases=dict(p["cases"]), num_slices=p["num_slices"], size=p["size"], seed=p["seed"]
+        )
+    if not root.is_dir():
+        raise DataError(f"dataset.root: folder {root} does not exist")
+    class_names = list(d["class_names"])
+    colours = (
+        np.asarray(list(d["rgb_map"].values()), np.uint8)
+        if d.get("rgb_map") is not None
+        else default_palette(len(class_names))
+    )
+    decoder = MaskDecoder(
+        d["mask_format"],
+        num_classes=len(class_names),
+        colours=colours if d["mask_format"] == "rgb" else None,
+        threshold=d["binary_threshold"],
+    )
+    dataset = SliceDataset(d["name"], root, class_names, decoder, colours)
+    for split in ("train", "valid", "test"):
+        if d["layout"] == "splits" and split == "test" and not (root / d["splits"][split]).is_dir():
+            dataset.pairs[split] = []  # a test split is optional for training
+            continue
+        try:
+            dataset.pairs[split] = split_pairs(
+                root,
+                split,
+                layout=d["layout"],
+                splits=d["splits"],
+                cases=d["cases"],
+                case_pattern=d["case_pattern"],
+                images_dir=d["images_dir"],
+                masks_dir=d["masks_dir"],
+            )
+        except DataError as err:
+            raise DataError(f"dataset split {split!r}: {err}") from None
+    for split in ("train", "valid"):
+        if not dataset.pairs[split]:
+            raise DataError(f"dataset split {split!r} under {root} has no slices")
+    _check_no_patient_leak(dataset)
+    return dataset
+
+
+def _check_no_patient_leak(dataset: SliceDataset) -> None:
+    seen: dict[str, str] = {}
+    for split in ("train", "valid", "test"):
+        for case in dataset.cases(split):
+            if case in seen:
+                raise DataError(
+                    f"case {case!r} has slices in both the {seen[case]!r} and {split!r} splits of "
+                    f"{dataset.root}: split by patient, never by slice"
+                )
+            seen[case] = split

@@ -1,0 +1,559 @@
+"""Seeded synthetic cardiac-CT phantom: the built-in default dataset.
+
+A fresh machine has no downloaded data, so segexp ships a generator of small,
+cardiac-CT-like volumes. Each volume is built in 3D from analytic shapes on
+coordinate grids (vectorised numpy, no per-voxel Python loops):
+
+* air outside the patient (-1000 HU), a body ellipse with a subcutaneous fat rim
+  (~-100 HU) around soft tissue (~40 HU), liver (~60 HU) below the diaphragm;
+* two lungs (~-850 HU, with small vessel dots), ribs, sternum and a spine
+  (vertebral body with a cortical rim ~700 HU, discs, spinal canal, arch);
+* the heart inside epicardial fat: LV blood pool with contrast (~350 HU) in a
+  myocardial shell (~110 HU, a few px thick), an unlabelled RV (~190 HU), LA
+  (~330 HU) next to the LV base, ascending and descending aorta (~380 HU) as tubes
+  along z, and one or two coronary arteries (~320 HU, radius ~1.5-2.5 px) running
+  in the fat on the heart surface.
+
+Every case draws its own centre offsets, radii, axes, rotation, tilt along z,
+heart orientation and contrast level from ``numpy.random.default_rng(seed)``.
+Foreground structures occupy only part of the z range, so the first and last
+slices of a volume contain background only. The image (not the labels) is
+blurred slightly (partial volume) and gets smoothed Gaussian noise (15-25 HU).
+
+Conventions: arrays are indexed ``(x, y, z)``; x runs to the patient's left
+(image right), y runs posterior (image down), z runs superior. An axial slice as
+an image is ``volume[:, :, z].T`` (rows = y). Lengths are designed for
+``size=128`` and scale with ``size``; the stack always covers the same anatomy
+(``0.55 * size`` in-plane pixels of height), so ``num_slices`` sets the slice
+spacing, see :func:`phantom_spacing`.
+
+:func:`write_phantom_dataset` writes the slice-folder layout used by the
+training code (``<root>/<split>/{images,masks}/<case>_<slice>.png``) plus a
+manifest ``phantom.json``; it reuses a matching folder and never deletes files it
+did not write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import cv2
+import numpy as np
+
+from segexp.data.rgb_map import encode_rgb_mask
+
+PHANTOM_VERSION = "segexp-phantom-1"
+"""Bump whenever the generated content changes, so cached datasets regenerate."""
+
+PHANTOM_CLASSES: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("background", (0, 0, 0)),
+    ("LV", (255, 255, 0)),
+    ("Myocardium", (255, 0, 0)),
+    ("LA", (0, 255, 0)),
+    ("AO", (0, 0, 255)),
+    ("Coronary", (255, 0, 255)),
+)
+"""``(name, (r, g, b))`` per class; the class index is the position."""
+
+PHANTOM_CLASS_NAMES: tuple[str, ...] = tuple(name for name, _ in PHANTOM_CLASSES)
+PHANTOM_COLOURS: tuple[tuple[int, int, int], ...] = tuple(rgb for _, rgb in PHANTOM_CLASSES)
+
+BACKGROUND, LV, MYOCARDIUM, LA, AO, CORONARY = range(len(PHANTOM_CLASSES))
+
+PHANTOM_WINDOW: tuple[float, float] = (200.0, 800.0)
+"""Default ``(level, width)`` in HU: a CTA window, -200..600 HU mapped to 0..255."""
+
+PHANTOM_MANIFEST = "phantom.json"
+PHANTOM_GENERATOR = "segexp.data.phantom"
+
+DEFAULT_PHANTOM_CASES: Mapping[str, int] = MappingProxyType({"train": 8, "valid": 2, "test": 2})
+
+_FOV_MM = 360.0  # in-plane field of view of the phantom, mm
+_Z_EXTENT = 0.55  # stack height as a fraction of ``size`` (in-plane px units)
+_CV_CHANNEL_CHUNK = 128  # cv2 filters accept a limited channel count
+
+
+def phantom_spacing(size: int = 128, num_slices: int = 32) -> tuple[float, float, float]:
+    """Voxel spacing ``(x, y, z)`` in mm: ``360 / size`` in-plane, ``0.55 * 360 / num_slices`` along z."""
+    pixel = _FOV_MM / size
+    return (pixel, pixel, _Z_EXTENT * size * pixel / num_slices)
+
+
+def window_to_uint8(hu: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Hounsfield windowing to 8 bit.
+
+    ``out = round(clip((hu - (level - width / 2)) / width, 0, 1) * 255)`` as uint8:
+    ``level - width/2`` HU and below map to 0, ``level + width/2`` HU and above to 255.
+    """
+    if not width > 0:
+        raise ValueError(f"window width must be > 0 HU, got {width}")
+    low = float(level) - float(width) / 2.0
+    scaled = np.clip((np.asarray(hu, dtype=np.float64) - low) / float(width), 0.0, 1.0) * 255.0
+    return np.rint(scaled).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _rotation_with_axis(axis: np.ndarray, hint: np.ndarray) -> np.ndarray:
+    """Rows: unit ``axis``, the part of ``hint`` orthogonal to it, and their cross product."""
+    e0 = axis / np.linalg.norm(axis)
+    e1 = hint - np.dot(hint, e0) * e0
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(e0, e1)
+    return np.stack([e0, e1, e2])
+
+
+class _Frame:
+    """Anatomical coordinates (px) of every voxel: u (left), v (posterior), w (superior)."""
+
+    def __init__(self, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
+        self.u, self.v, self.w = u, v, w
+
+    def q(self, centre: np.ndarray, axes: np.ndarray, rot: np.ndarray | None = None) -> np.ndarray:
+        """Ellipsoid form ``sum(((R (p - c)) / axes)^2)``; the ellipsoid is ``q <= 1``."""
+        du, dv, dw = self.u - centre[0], self.v - centre[1], self.w - centre[2]
+        if rot is None:
+            return (du / axes[0]) ** 2 + (dv / axes[1]) ** 2 + (dw / axes[2]) ** 2
+        total = np.zeros(np.broadcast_shapes(du.shape, dv.shape, dw.shape), dtype=np.float32)
+        for row, ax in zip(rot, axes, strict=True):
+            total += ((row[0] * du + row[1] * dv + row[2] * dw) / ax) ** 2
+        return total
+
+    def ellipse(self, cu: float, cv: float, au: float, av: float) -> np.ndarray:
+        """In-plane ellipse form (an elliptic cylinder along w); inside is ``<= 1``."""
+        return ((self.u - cu) / au) ** 2 + ((self.v - cv) / av) ** 2
+
+    def tube(self, points: np.ndarray, radii: np.ndarray) -> np.ndarray:
+        """Boolean mask of voxels within ``radii[i]`` px of some centreline point ``points[i]``.
+
+        ``points`` must be sampled densely (spacing well below the radius).
+        """
+        reach = float(radii.max()) + 1.0
+        lo, hi = points.min(axis=0) - reach, points.max(axis=0) + reach
+        box = (
+            (self.u >= lo[0]) & (self.u <= hi[0])
+            & (self.v >= lo[1]) & (self.v <= hi[1])
+            & (self.w >= lo[2]) & (self.w <= hi[2])
+        )
+        idx = np.nonzero(box)
+        out = np.zeros(box.shape, dtype=bool)
+        if idx[0].size == 0:
+            return out
+        coords = np.stack([self.u[idx], self.v[idx], self.w[idx]], axis=1)
+        best = np.full(coords.shape[0], np.inf, dtype=np.float32)
+        for start in range(0, len(points), 64):
+            p, r = points[start : start + 64], radii[start : start + 64]
+            dist = np.sqrt(((coords[:, None, :] - p[None, :, :]) ** 2).sum(axis=-1)) - r[None, :]
+            best = np.minimum(best, dist.min(axis=1))
+        out[idx] = best <= 0.0
+        return out
+
+
+def _resample_polyline(nodes: np.ndarray, step: float) -> np.ndarray:
+    """Points every ``step`` px along the polyline through ``nodes`` (N, 3)."""
+    seg = np.linalg.norm(np.diff(nodes, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    samples = np.linspace(0.0, arc[-1], max(2, int(np.ceil(arc[-1] / step)) + 1))
+    return np.stack([np.interp(samples, arc, nodes[:, k]) for k in range(3)], axis=1)
+
+
+def _blur(vol: np.ndarray, sigma_xy: float, sigma_z: float) -> np.ndarray:
+    """Separable Gaussian blur: ``sigma_xy`` px in-plane (cv2), ``sigma_z`` slices along z."""
+    out = np.empty_like(vol, dtype=np.float32)
+    for start in range(0, vol.shape[2], _CV_CHANNEL_CHUNK):
+        chunk = np.ascontiguousarray(vol[:, :, start : start + _CV_CHANNEL_CHUNK], dtype=np.float32)
+        blurred = cv2.GaussianBlur(chunk, (0, 0), sigma_xy, borderType=cv2.BORDER_REFLECT)
+        out[:, :, start : start + chunk.shape[2]] = blurred.reshape(chunk.shape)
+    if sigma_z > 0 and vol.shape[2] > 1:
+        radius = max(1, int(np.ceil(3 * sigma_z)))
+        kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_z) ** 2)
+        kernel /= kernel.sum()
+        padded = np.pad(out, ((0, 0), (0, 0), (radius, radius)), mode="edge")
+        nz = vol.shape[2]
+        out = sum(k * padded[:, :, i : i + nz] for i, k in enumerate(kernel)).astype(np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------- volume
+
+
+def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Generate one synthetic cardiac CT volume.
+
+    Returns ``(hu, labels)``, both shaped ``(size, size, num_slices)`` and indexed
+    ``(x, y, z)``: ``hu`` int16 Hounsfield-unit-like intensities (-1000 air ..
+    ~700 bone, contrast blood 300-400), ``labels`` uint8 class indices into
+    :data:`PHANTOM_CLASSES`. The same ``seed`` always gives the same arrays.
+    """
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if size < 32:
+        raise ValueError(f"size must be >= 32 px, got {size}")
+    if num_slices < 1:
+        raise ValueError(f"num_slices must be >= 1, got {num_slices}")
+    rng = np.random.default_rng(int(seed))
+    s = size / 128.0  # all lengths below are px at size 128
+    z_extent = _Z_EXTENT * size
+    dz = z_extent / num_slices  # slice spacing in in-plane px units
+
+    def jit(value: float, rel: float) -> float:
+        return float(value * (1.0 + rng.uniform(-rel, rel)))
+
+    # --- patient placement: offset, in-plane rotation, tilt along z (obliquity)
+    centre_x = size / 2 + rng.uniform(-4, 4) * s
+    centre_y = size / 2 + rng.uniform(-3, 3) * s
+    theta = np.deg2rad(rng.uniform(-8, 8))
+    tilt_x, tilt_y = rng.uniform(-0.08, 0.08), rng.uniform(-0.06, 0.06)
+
+    x = np.arange(size, dtype=np.float32)[:, None, None]
+    y = np.arange(size, dtype=np.float32)[None, :, None]
+    w = ((np.arange(num_slices, dtype=np.float32) + 0.5) * dz - z_extent / 2)[None, None, :]
+    du = x - (centre_x + tilt_x * w)
+    dv = y - (centre_y + tilt_y * w)
+    u = (np.cos(theta) * du + np.sin(theta) * dv).astype(np.float32)
+    v = (-np.sin(theta) * du + np.cos(theta) * dv).astype(np.float32)
+    w = np.broadcast_to(w, u.shape).astype(np.float32)
+    f = _Frame(u, v, w)
+    shape = u.shape
+
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
+
+    # --- body: fat rim around soft tissue
+    body_a, body_b = jit(54 * s, 0.07), jit(40 * s, 0.07)
+    fat = jit(3.5 * s, 0.3)
+    body = f.ellipse(0, 0, body_a, body_b) <= 1
+    inner = f.ellipse(0, 0, body_a - fat, body_b - fat) <= 1
+    hu[body] = -100.0
+    hu[inner] = 40.0
+
+    # --- liver (below the diaphragm, patient right)
+    liver = (f.q(np.array([-14 * s, 4 * s, -40 * s]), np.array([32 * s, 26 * s, 22 * s])) <= 1) & inner
+    hu[liver] = 60.0
+
+    # --- lungs: shrink towards the bottom (diaphragm), with small vessel dots
+    lung_w = jit(13 * s, 0.3)
+    lungs = np.zeros(shape, dtype=bool)
+    for side, cu, au in ((-1, -25 * s, 17 * s), (1, 26 * s, 15 * s)):
+        centre = np.array([jit(cu, 0.08), jit(2 * s, 0.5), lung_w])
+        axes = np.array([jit(au, 0.1), jit(27 * s, 0.08), jit(46 * s, 0.06)])
+        lungs |= f.q(centre, axes) <= 1
+    lungs &= f.ellipse(0, 0, body_a - fat - 5 * s, body_b - fat - 5 * s) <= 1
+    texture = _blur(rng.standard_normal(shape).astype(np.float32), 1.2 * s, 0.6)
+    texture /= texture.std() + 1e-6
+    hu[lungs] = -850.0 + 25.0 * texture[lungs]
+    hu[lungs & (texture > 2.0)] = -20.0
+
+    # --- chest wall bone: ribs (present in bands along z) and sternum
+    for k in range(12):
+        ang = np.deg2rad(180.0 + 30.0 * k + rng.uniform(-6, 6) + 15.0)
+        ru, rv = (body_a - fat - 3 * s) * np.cos(ang), (body_b - fat - 3 * s) * np.sin(ang)
+        if abs(np.cos(ang)) < 0.3 and np.sin(ang) > 0:  # no ribs next to the spine
+            continue
+        phase = rng.uniform(0, 2 * np.pi)
+        band = np.cos(2 * np.pi * w / (11 * s) + phase) > -0.1
+        rib = (f.ellipse(ru, rv, 3.0 * s, 2.2 * s) <= 1) & band
+        hu[rib] = 550.0
+    sternum = (f.ellipse(0, -(body_b - fat - 2.5 * s), 5 * s, 2.4 * s) <= 1) & (w > -18 * s)
+    hu[sternum] = 450.0
+
+    # --- mediastinum (soft tissue between the lungs) and epicardial fat
+    heart_c = np.array([jit(9 * s, 0.25), jit(-7 * s, 0.25), jit(-6 * s, 0.4)])
+    az = np.deg2rad(-40 + rng.uniform(-12, 12))
+    el = np.deg2rad(35 + rng.uniform(-10, 10))
+    long_dir = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), -np.sin(el)])
+    rot = _rotation_with_axis(long_dir, np.array([0.0, -1.0, 0.0]))  # rows: apex, anterior, cross
+    lv_axes = np.array([jit(17 * s, 0.12), jit(10 * s, 0.12), jit(10 * s, 0.12)])
+    myo_t = jit(3.2 * s, 0.2)
+    peri_axes = lv_axes + np.array([4.0, 10.0, 11.0]) * s
+    peri_c = heart_c + (3.0 * rot[1] + 4.0 * rot[2] - 2.0 * long_dir) * s
+    mediastinum = (f.q(peri_c, peri_axes + 2.5 * s, rot) <= 1) | (
+        (f.ellipse(0, 8 * s, 9 * s, 16 * s) <= 1) & (w > -30 * s)
+    )
+    hu[mediastinum & inner & ~sternum] = 40.0
+    hu[(f.q(peri_c, peri_axes, rot) <= 1) & inner] = -90.0
+
+    # --- spine: vertebral body (cortex + cancellous, discs), canal, arch, spinous process
+    vb_v, vb_r = jit(21 * s, 0.06), jit(7.0 * s, 0.1)
+    disc = np.mod(w + rng.uniform(0, 10 * s), 10 * s) < 1.8 * s
+    vb = f.ellipse(0, vb_v, vb_r, vb_r * 0.9) <= 1
+    hu[vb] = 700.0
+    hu[(f.ellipse(0, vb_v, vb_r - 1.4 * s, vb_r * 0.9 - 1.4 * s) <= 1)] = 250.0
+    hu[vb & disc] = 80.0
+    canal_v = vb_v + vb_r * 0.9 + 3.2 * s
+    hu[(f.ellipse(0, canal_v, 5.8 * s, 5.5 * s) <= 1) & ~vb] = 600.0
+    hu[(f.ellipse(0, canal_v + 7 * s, 1.8 * s, 4.5 * s) <= 1) & inner] = 600.0
+    hu[f.ellipse(0, canal_v, 3.3 * s, 3.0 * s) <= 1] = 15.0
+
+    # --- foreground z range: the first/last slices stay background
+    w_lo = -z_extent / 2 + rng.uniform(0.12, 0.2) * z_extent
+    w_hi = z_extent / 2 - rng.uniform(0.08, 0.14) * z_extent
+    contrast = rng.uniform(0.85, 1.15)
+
+    # --- descending aorta next to the spine
+    da_r = jit(5.0 * s, 0.15)
+    da_u = jit(10 * s, 0.12) + 0.08 * (w - 0)
+    da_v = vb_v - vb_r - da_r * 0.4 + rng.uniform(-1.0, 1.0) * s
+    desc = (((u - da_u) ** 2 + (v - da_v) ** 2) <= da_r**2) & (w >= w_lo) & (w <= w_hi)
+
+    # --- heart chambers in the LV frame (row 0 of rot points to the apex)
+    lv_q = f.q(heart_c, lv_axes, rot)
+    lv = lv_q <= 1
+    myo = (f.q(heart_c, lv_axes + myo_t, rot) <= 1) & ~lv
+    base = heart_c - long_dir * lv_axes[0] * 0.75
+
+    # RV: anterior (rot[1]) and to the patient's right (rot[2]) of the LV, unlabelled
+    rv_c = heart_c + rot[1] * jit(9 * s, 0.15) + rot[2] * jit(6 * s, 0.3) - long_dir * 3 * s
+    rv = (f.q(rv_c, np.array([lv_axes[0] * 0.9, 8 * s, 12 * s]), rot) <= 1) & ~lv & ~myo
+    hu[rv] = 190.0 * contrast
+
+    la_c = base + np.array([jit(-3 * s, 0.5), jit(9 * s, 0.2), jit(6 * s, 0.3)])
+    la_rot = _rotation_with_axis(
+        np.array([np.cos(r := rng.uniform(-0.6, 0.6)), np.sin(r), 0.0]), np.array([0.0, 0.0, 1.0])
+    )
+    la = f.q(la_c, np.array([jit(11 * s, 0.15), jit(8 * s, 0.15), jit(8 * s, 0.15)]), la_rot) <= 1
+
+    aa_r = jit(5.5 * s, 0.15)
+    aa_start = base + rot[1] * 3.5 * s - rot[2] * 3 * s + np.array([-2 * s, 0.0, 0.0])
+    aa_du, aa_dv = rng.uniform(-0.15, 0.05), rng.uniform(-0.1, 0.15)
+    aa_u = aa_start[0] + aa_du * (w - aa_start[2])
+    aa_v = aa_start[1] + aa_dv * (w - aa_start[2])
+    asc = (((u - aa_u) ** 2 + (v - aa_v) ** 2) <= aa_r**2) & (w >= aa_start[2]) & (w <= w_hi)
+    aorta = desc | asc
+
+    # --- coronaries on the heart surface, in the epicardial fat
+    outer = lv_axes + myo_t
+
+    def surface_point(l0: float, psi: float, off: float) -> np.ndarray:
+        frac = np.sqrt(max(1.0 - (l0 / outer[0]) ** 2, 0.05))
+        local = np.array([l0, (outer[1] * frac + off) * np.cos(psi), (outer[2] * frac + off) * np.sin(psi)])
+        return heart_c + rot.T @ local
+
+    cor_r = rng.uniform(1.6, 2.4) * s
+    coronary = np.zeros(shape, dtype=bool)
+    t = np.linspace(0.0, 1.0, 24)
+    psi0 = np.deg2rad(rng.uniform(-50, -10))
+    lad_nodes = np.stack(
+        [surface_point(outer[0] * (-0.72 + 1.62 * ti), psi0 + 0.3 * ti, cor_r + 0.6 * s) for ti in t]
+    )
+    branches = [lad_nodes]
+    if rng.random() < 0.75:  # circumflex in the AV groove towards the lateral/posterior wall
+        psi1 = np.deg2rad(rng.uniform(20, 50))
+        sweep = np.deg2rad(rng.uniform(70, 120))
+        branches.append(
+            np.stack(
+                [surface_point(outer[0] * (-0.7 + 0.15 * ti), psi1 + sweep * ti, cor_r + 0.6 * s) for ti in t]
+            )
+        )
+    for nodes in branches:
+        pts = _resample_polyline(nodes, 0.4 * s)
+        radii = cor_r * (1.0 - 0.4 * np.linspace(0.0, 1.0, len(pts)))
+        coronary |= f.tube(pts, np.maximum(radii, 1.0 * s))
+    coronary &= (w >= w_lo) & (w <= w_hi)
+
+    # --- paint in increasing priority (later wins); the image follows the labels
+    for mask, cls in ((coronary, CORONARY), (la, LA), (aorta, AO), (myo, MYOCARDIUM), (lv, LV)):
+        labels[mask] = cls
+    for cls, value in ((CORONARY, 320.0), (LA, 330.0), (AO, 380.0), (LV, 350.0)):
+        hu[labels == cls] = value * contrast
+    hu[labels == MYOCARDIUM] = 110.0
+    labels[(w < w_lo) | (w > w_hi)] = BACKGROUND  # annotation covers the cardiac range only
+
+    # --- partial volume blur and smoothed noise (image only)
+    hu = _blur(hu, jit(0.7, 0.2) * s, 0.35)
+    noise = _blur(rng.standard_normal(shape).astype(np.float32), 0.6, 0.0)
+    noise *= rng.uniform(15.0, 25.0) / (noise.std() + 1e-6)
+    hu = np.clip(np.rint(hu + noise), -1024, 3071).astype(np.int16)
+    return hu, labels
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def _case_seed(seed: int, case_number: int) -> int:
+    """Per-case seed derived from the dataset ``seed`` and the 1-based case number."""
+    return int(np.random.SeedSequence([int(seed), int(case_number)]).generate_state(1, dtype=np.uint32)[0])
+
+
+def _params(cases: Mapping[str, int], num_slices: int, size: int, seed: int) -> dict[str, Any]:
+    return {
+        "version": PHANTOM_VERSION,
+        "seed": int(seed),
+        "size": int(size),
+        "num_slices": int(num_slices),
+        # A list keeps the order, which decides the case numbering.
+        "cases": [[str(split), int(n)] for split, n in cases.items()],
+        "window": [float(PHANTOM_WINDOW[0]), float(PHANTOM_WINDOW[1])],
+        "class_names": list(PHANTOM_CLASS_NAMES),
+        "colours": [list(c) for c in PHANTOM_COLOURS],
+    }
+
+
+def _case_plan(cases: Mapping[str, int], seed: int) -> list[dict[str, Any]]:
+    plan, number = [], 0
+    for split, count in cases.items():
+        for _ in range(count):
+            number += 1
+            plan.append({"id": f"phantom{number:03d}", "split": split, "seed": _case_seed(seed, number)})
+    return plan
+
+
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    """The manifest of a phantom folder, or ``None`` if there is none or it is not ours."""
+    path = root / PHANTOM_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("generator") != PHANTOM_GENERATOR:
+        return None
+    return manifest
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _is_complete(root: Path, manifest: Mapping[str, Any]) -> bool:
+    """All slice files the manifest lists are present."""
+    try:
+        num_slices = int(manifest["params"]["num_slices"])
+        by_split: dict[str, set[str]] = {}
+        for case in manifest["cases"]:
+            names = by_split.setdefault(case["split"], set())
+            names.update(f"{case['id']}_{z:03d}.png" for z in range(num_slices))
+        for split in manifest["splits"]:
+            for sub in ("images", "masks"):
+                folder = root / split / sub
+                if not folder.is_dir() or not by_split.get(split, set()) <= set(os.listdir(folder)):
+                    return False
+    except (KeyError, TypeError, ValueError, OSError):
+        return False
+    return True
+
+
+def _imwrite(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"could not write {path}")
+
+
+def _check_split_name(split: str) -> None:
+    if not isinstance(split, str) or not split or split in {".", ".."} or any(c in split for c in "/\\"):
+        raise ValueError(f"split names must be plain folder names, got {split!r}")
+    if split == PHANTOM_MANIFEST or split.startswith("."):
+        raise ValueError(f"split name {split!r} is reserved")
+
+
+def write_phantom_dataset(
+    root: Path,
+    *,
+    cases: Mapping[str, int] = DEFAULT_PHANTOM_CASES,
+    num_slices: int = 24,
+    size: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Write (or reuse) a phantom dataset in the slice-folder layout and return ``root``.
+
+    Layout: ``<root>/<split>/images/<case>_<zzz>.png`` (8-bit grayscale, HU windowed
+    with :data:`PHANTOM_WINDOW`) and ``<root>/<split>/masks/<case>_<zzz>.png`` (RGB
+    colours of :data:`PHANTOM_COLOURS`), one axial slice per file
+    (``volume[:, :, z].T``), cases ``phantom001, phantom002, ...`` numbered in the
+    order of ``cases``; each case seed is derived from ``seed`` and its number. A
+    manifest ``<root>/phantom.json`` records all parameters.
+
+    * ``root`` holds a complete dataset with the same parameters: nothing is written.
+    * ``root`` holds a phantom dataset with other parameters: the split folders and
+      manifest it wrote are deleted and regenerated; other files are left alone.
+    * ``root`` is non-empty without a phantom manifest: :class:`FileExistsError`.
+
+    The dataset is generated in a temporary sibling folder and moved into place at
+    the end; the manifest is marked complete only once all files are in place.
+    """
+    root = Path(root)
+    cases = dict(cases)
+    for split, count in cases.items():
+        _check_split_name(split)
+        if int(count) != count or count < 0:
+            raise ValueError(f"case count for split {split!r} must be a non-negative integer, got {count!r}")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    params = _params(cases, num_slices, size, seed)
+
+    old_splits: list[str] | None = None  # None: root is absent or empty
+    if root.exists():
+        if not root.is_dir():
+            raise FileExistsError(f"{root} exists and is not a folder, so it is not a segexp phantom folder")
+        manifest = _read_manifest(root)
+        if manifest is None:
+            if any(root.iterdir()):
+                raise FileExistsError(
+                    f"{root} is not empty and has no {PHANTOM_MANIFEST}, so it is not a segexp phantom "
+                    "folder; refusing to write into it (choose another folder or empty it)"
+                )
+        else:
+            if manifest.get("complete") is True and manifest.get("params") == params and _is_complete(root, manifest):
+                return root
+            old_splits = [str(s) for s in manifest.get("splits", []) if isinstance(s, str)]
+            for split in old_splits:
+                _check_split_name(split)
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        plan = _case_plan(cases, seed)
+        for split in cases:
+            (tmp / split / "images").mkdir(parents=True)
+            (tmp / split / "masks").mkdir(parents=True)
+        for case in plan:
+            hu, labels = make_phantom_volume(case["seed"], size=size, num_slices=num_slices)
+            image = window_to_uint8(hu, *PHANTOM_WINDOW)
+            for z in range(num_slices):
+                name = f"{case['id']}_{z:03d}.png"
+                _imwrite(tmp / case["split"] / "images" / name, np.ascontiguousarray(image[:, :, z].T))
+                rgb = encode_rgb_mask(np.ascontiguousarray(labels[:, :, z].T), PHANTOM_COLOURS)
+                _imwrite(tmp / case["split"] / "masks" / name, np.ascontiguousarray(rgb[:, :, ::-1]))
+        manifest = {
+            "generator": PHANTOM_GENERATOR,
+            "complete": True,
+            "params": params,
+            "splits": list(cases),
+            "spacing_mm": list(phantom_spacing(size, num_slices)),
+            "classes": [{"index": i, "name": n, "colour": list(c)} for i, (n, c) in enumerate(PHANTOM_CLASSES)],
+            "cases": plan,
+        }
+        _write_json(tmp / PHANTOM_MANIFEST, manifest)
+
+        if old_splits is None:  # absent or empty root: one rename
+            if root.exists():
+                root.rmdir()
+            tmp.rename(root)
+            return root
+        # Our old dataset: first mark it incomplete (owning the old and new split folders),
+        # so an interruption below leaves a folder that is recognised and regenerated.
+        owned = list(dict.fromkeys([*old_splits, *cases]))
+        _write_json(root / PHANTOM_MANIFEST, {**manifest, "complete": False, "splits": owned})
+        for split in owned:
+            shutil.rmtree(root / split, ignore_errors=True)
+            if (root / split).exists():
+                raise OSError(f"could not remove old phantom split folder {root / split}")
+        for split in cases:
+            (tmp / split).rename(root / split)
+        os.replace(tmp / PHANTOM_MANIFEST, root / PHANTOM_MANIFEST)
+        tmp.rmdir()
+        return root
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,196 @@
+"""Image/mask slice folders: pairing by file name, case ids, splits and reading.
+
+A dataset is a folder of 2D slices with a partner mask for each image, paired by
+file stem (``10001_169.png`` <-> ``10001_169.png``). Two layouts:
+
+* ``splits``: ``<root>/<split>/{images,masks}`` (the original HOCMvalves layout);
+* ``flat``: ``<root>/{images,masks}``, split by patient with explicit case lists,
+  the case id being parsed from the stem with ``case_pattern``.
+
+Masks become ``uint8`` class indices (H, W) on reading; see :class:`MaskDecoder`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from segexp.data.rgb_map import MaskColourError, colour_table, decode_rgb_mask
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """A dataset file or folder is missing, unreadable or inconsistent; the message names it."""
+
+
+@dataclass(frozen=True)
+class SlicePair:
+    """One image and its mask; ``name`` is the shared file stem, ``case`` the patient id."""
+
+    name: str
+    image: Path
+    mask: Path
+    case: str
+
+
+def _stems(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder does not exist")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+            continue
+        if path.stem in files:
+            raise DataError(f"{folder}: two files share the name {path.stem!r}: {files[path.stem].name}, {path.name}")
+        files[path.stem] = path
+    return files
+
+
+def case_id(name: str, case_pattern: str, strict: bool = True) -> str:
+    """Patient id of a slice: the ``case`` group of ``case_pattern`` matched on the stem.
+
+    A stem that does not match is an error when ``strict``, else its own case.
+    """
+    match = re.match(case_pattern, name)
+    if match is None or "case" not in match.groupdict():
+        if not strict:
+            return name
+        raise DataError(
+            f"file {name!r}: does not match dataset.case_pattern {case_pattern!r} "
+            "(it needs a named group 'case', e.g. '^(?P<case>.+)_(?P<slice>\\d+)$')"
+        )
+    return match.group("case")
+
+
+def find_pairs(images_dir: Path, masks_dir: Path, case_pattern: str, strict: bool = True) -> list[SlicePair]:
+    """Pair images and masks by file stem; a file without partner is an error listing names."""
+    images, masks = _stems(images_dir), _stems(masks_dir)
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    if no_mask or no_image:
+        lines = []
+        if no_mask:
+            lines.append(f"images without a mask in {masks_dir}: {_shorten(no_mask)}")
+        if no_image:
+            lines.append(f"masks without an image in {images_dir}: {_shorten(no_image)}")
+        raise DataError("unpaired files:\n  " + "\n  ".join(lines))
+    if not images:
+        raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [SlicePair(n, images[n], masks[n], case_id(n, case_pattern, strict)) for n in sorted(images)]
+
+
+def _shorten(names: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def split_pairs(
+    root: Path,
+    split: str,
+    *,
+    layout: str,
+    splits: Mapping[str, str],
+    cases: Mapping[str, Sequence[str]],
+    case_pattern: str,
+    images_dir: str = "images",
+    masks_dir: str = "masks",
+) -> list[SlicePair]:
+    """Slice pairs of one split (``train``, ``valid`` or ``test``) of a dataset folder."""
+    if layout == "splits":
+        base = root / splits[split]
+        return find_pairs(base / images_dir, base / masks_dir, case_pattern, strict=False)
+    wanted = {str(c) for c in cases.get(split) or []}
+    if not wanted:
+        return []
+    pairs = find_pairs(root / images_dir, root / masks_dir, case_pattern)
+    selected = [p for p in pairs if p.case in wanted]
+    missing = sorted(wanted - {p.case for p in selected})
+    if missing:
+        found = sorted({p.case for p in pairs})
+        raise DataError(f"dataset.cases.{split}: no slices of case(s) {missing} in {root}; cases found: {found}")
+    return selected
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    """Read an 8-bit image as ``(H, W, channels) uint8`` (grayscale or RGB)."""
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    image = cv2.imread(str(path), flag)
+    if image is None:
+        raise DataError(f"{path}: cannot read image (missing, empty or not an image file)")
+    if channels == 1:
+        return image[..., None]
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class MaskDecoder:
+    """Reads a mask file into ``(H, W) uint8`` class indices.
+
+    ``rgb``: exact colours through the rgb_map (unknown colour -> error naming the file);
+    ``index``: the pixel value is the class index (values >= num_classes -> error);
+    ``binary``: a grayscale mask, pixel >= threshold is class 1.
+    """
+
+    def __init__(
+        self,
+        mask_format: str,
+        num_classes: int,
+        colours: Sequence[Sequence[int]] | None = None,
+        threshold: int = 128,
+    ) -> None:
+        self.mask_format = mask_format
+        self.num_classes = num_classes
+        self.colours = None if colours is None else colour_table(colours)
+        self.threshold = threshold
+
+    def __call__(self, path: Path) -> np.ndarray:
+        if self.mask_format == "rgb":
+            raw = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if raw is None:
+                raise DataError(f"{path}: cannot read mask")
+            try:
+                return decode_rgb_mask(cv2.cvtColor(raw, cv2.COLOR_BGR2RGB), self.colours, path)
+            except MaskColourError as err:
+                raise DataError(str(err)) from None
+        raw = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if raw is None:
+            raise DataError(f"{path}: cannot read mask")
+        if self.mask_format == "binary":
+            return (raw >= self.threshold).astype(np.uint8)
+        if int(raw.max()) >= self.num_classes:
+            bad = sorted(int(v) for v in np.unique(raw[raw >= self.num_classes]))[:8]
+            raise DataError(
+                f"{path}: class-index mask holds values {bad} but there are {self.num_classes} classes"
+            )
+        return raw
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to ``(height, width)``: linear (area when shrinking) for the image, nearest for the mask."""
+    if image.shape[:2] == (height, width) and mask.shape[:2] == (height, width):
+        return image, mask
+    shrink = image.shape[0] > height or image.shape[1] > width
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (width, height), interpolation=interp)
+    if resized.ndim == 2:
+        resized = resized[..., None]
+    return resized, cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def load_pair(
+    pair: SlicePair, decoder: MaskDecoder, channels: int, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read, check and resize one pair: ``(H, W, C) uint8`` image and ``(H, W) uint8`` mask."""
+    image = read_image(pair.image, channels)
+    mask = decoder(pair.mask)
+    if image.shape[:2] != mask.shape[:2]:
+        raise DataError(
+            f"{pair.image} is {image.shape[1]}x{image.shape[0]} but its mask {pair.mask} is "
+            f"{mask.shape[1]}x{mask.shape[0]} (width x height)"
+        )
+    return resize_pair(image, mask, height, width)

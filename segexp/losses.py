@@ -1,0 +1,229 @@
+"""Segmentation losses (backend-agnostic, ``keras.ops`` only).
+
+Conventions (shared with :mod:`segexp.metrics`):
+
+* ``y_true``: class-index masks ``(B, H, W)`` (any int/float dtype, typically
+  ``uint8``), NOT one-hot. A trailing singleton channel ``(B, H, W, 1)`` is
+  accepted and squeezed.
+* ``y_pred``: probabilities ``(B, H, W, C)``. ``C == num_classes`` softmax
+  channels, or, for a binary task (``num_classes == 1``), a single sigmoid
+  channel holding P(foreground) with ``y_true`` in {0, 1}.
+* Class 0 is background.
+
+All losses compute in float32 (``y_pred`` is cast inside ``call``), so they are
+safe under a ``mixed_float16`` / ``mixed_bfloat16`` dtype policy.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+__all__ = [
+    "LOSSES",
+    "CrossEntropyLoss",
+    "DiceCELoss",
+    "SoftDiceLoss",
+    "build_loss",
+]
+
+#: Names accepted by :func:`build_loss` (config key ``training.loss``).
+LOSSES = ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
+
+
+def _check_num_classes(num_classes) -> int:
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    return int(num_classes)
+
+
+def _prepare(y_true, y_pred):
+    """Return ``(labels int32 (B, H, W), probs float32 (B, H, W, C))``."""
+    y_pred = ops.cast(y_pred, "float32")
+    if len(y_true.shape) == len(y_pred.shape):
+        # (B, H, W, 1) class-index mask -> (B, H, W)
+        y_true = ops.squeeze(y_true, axis=-1)
+    labels = ops.cast(y_true, "int32")
+    return labels, y_pred
+
+
+def _channels(labels, probs, num_classes, include_background):
+    """Ground truth one-hot and probabilities of the classes Dice is taken over.
+
+    Returns ``(g, p)``, both float32 ``(B, H, W, K)``.
+    """
+    if num_classes == 1:
+        p_fg = probs[..., 0:1]
+        g_fg = ops.expand_dims(ops.cast(ops.equal(labels, 1), "float32"), -1)
+        if include_background:
+            return (
+                ops.concatenate([1.0 - g_fg, g_fg], axis=-1),
+                ops.concatenate([1.0 - p_fg, p_fg], axis=-1),
+            )
+        return g_fg, p_fg
+    g = ops.one_hot(labels, num_classes, dtype="float32")
+    if not include_background:
+        g = g[..., 1:]
+        probs = probs[..., 1:]
+    return g, probs
+
+
+def _base_kwargs(kwargs, default_name):
+    kwargs.setdefault("name", default_name)
+    # Losses run in float32 even under a mixed-precision global policy.
+    if kwargs.get("dtype") is None:
+        kwargs["dtype"] = "float32"
+    return kwargs
+
+
+@keras.saving.register_keras_serializable(package="segexp")
+class SoftDiceLoss(keras.losses.Loss):
+    """Soft (batch) Dice loss (Milletari et al. 2016, V-Net; batch Dice as in nnU-Net).
+
+    ``loss = 1 - mean_k (2 * sum(p_k * g_k) + smooth) / (sum(p_k) + sum(g_k) + smooth)``
+
+    where ``p_k`` are the predicted probabilities of class ``k``, ``g_k`` the
+    one-hot ground truth and the sums run over the batch AND all pixels (one
+    Dice per class for the whole batch, which is stable for small structures
+    that are absent from some images). The mean runs over the foreground
+    classes ``1..C-1`` unless ``include_background``. For ``num_classes == 1``
+    the single sigmoid channel is the foreground (with ``include_background``
+    the background channel ``1 - p`` is added).
+
+    The loss is a scalar per batch: per-sample ``sample_weight`` has no
+    per-sample meaning for a batch Dice and only scales the value.
+    """
+
+    def __init__(self, num_classes, include_background=False, smooth=1e-5, **kwargs):
+        super().__init__(**_base_kwargs(kwargs, "soft_dice_loss"))
+        self.num_classes = _check_num_classes(num_classes)
+        self.include_background = bool(include_background)
+        self.smooth = float(smooth)
+
+    def call(self, y_true, y_pred):
+        labels, probs = _prepare(y_true, y_pred)
+        g, p = _channels(labels, probs, self.num_classes, self.include_background)
+        axes = tuple(range(len(p.shape) - 1))  # batch + spatial
+        intersection = ops.sum(p * g, axis=axes)
+        denominator = ops.sum(p, axis=axes) + ops.sum(g, axis=axes)
+        dice = (2.0 * intersection + self.smooth) / (denominator + self.smooth)
+        return 1.0 - ops.mean(dice)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            include_background=self.include_background,
+            smooth=self.smooth,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="segexp")
+class CrossEntropyLoss(keras.losses.Loss):
+    """Pixel-wise cross-entropy from class indices and probabilities.
+
+    Softmax (``num_classes >= 2``): ``CE = -log(p_{y})`` (sparse categorical
+    cross-entropy). Sigmoid (``num_classes == 1``):
+    ``BCE = -(y log p + (1 - y) log(1 - p))``. Probabilities are clipped to
+    ``[eps, 1 - eps]`` (``eps = keras.config.epsilon()``) so the log is finite.
+    ``call`` returns the per-pixel map ``(B, H, W)``; the default reduction
+    averages it over batch and pixels (per-pixel or per-sample
+    ``sample_weight`` therefore works as in Keras' built-in losses).
+    """
+
+    def __init__(self, num_classes, **kwargs):
+        super().__init__(**_base_kwargs(kwargs, "cross_entropy_loss"))
+        self.num_classes = _check_num_classes(num_classes)
+
+    def call(self, y_true, y_pred):
+        labels, probs = _prepare(y_true, y_pred)
+        eps = keras.config.epsilon()
+        if self.num_classes == 1:
+            p = ops.clip(probs[..., 0], eps, 1.0 - eps)
+            y = ops.cast(ops.equal(labels, 1), "float32")
+            return -(y * ops.log(p) + (1.0 - y) * ops.log(1.0 - p))
+        # Probability of the true class (one log per pixel instead of C).
+        g = ops.one_hot(labels, self.num_classes, dtype="float32")
+        p_true = ops.clip(ops.sum(g * probs, axis=-1), eps, 1.0 - eps)
+        return -ops.log(p_true)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="segexp")
+class DiceCELoss(keras.losses.Loss):
+    """Weighted sum of soft batch Dice and cross-entropy (as in nnU-Net / MONAI ``DiceCELoss``).
+
+    ``loss = dice_weight * SoftDiceLoss + ce_weight * mean(CrossEntropyLoss)``
+
+    With ``num_classes == 1`` the CE term is binary cross-entropy (the
+    ``bce_dice`` loss). Returns a scalar per batch.
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        dice_weight=1.0,
+        ce_weight=1.0,
+        include_background=False,
+        smooth=1e-5,
+        **kwargs,
+    ):
+        super().__init__(**_base_kwargs(kwargs, "dice_ce_loss"))
+        self.num_classes = _check_num_classes(num_classes)
+        self.dice_weight = float(dice_weight)
+        self.ce_weight = float(ce_weight)
+        self.include_background = bool(include_background)
+        self.smooth = float(smooth)
+        self._dice = SoftDiceLoss(
+            self.num_classes, include_background=self.include_background, smooth=self.smooth
+        )
+        self._ce = CrossEntropyLoss(self.num_classes)
+
+    def call(self, y_true, y_pred):
+        dice = self._dice.call(y_true, y_pred)
+        ce = ops.mean(self._ce.call(y_true, y_pred))
+        return self.dice_weight * dice + self.ce_weight * ce
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            dice_weight=self.dice_weight,
+            ce_weight=self.ce_weight,
+            include_background=self.include_background,
+            smooth=self.smooth,
+        )
+        return config
+
+
+def build_loss(name: str, num_classes: int) -> keras.losses.Loss:
+    """Build the loss selected by config key ``training.loss``.
+
+    ``categorical_crossentropy`` -> :class:`CrossEntropyLoss` (BCE when binary),
+    ``dice`` -> :class:`SoftDiceLoss`, ``dice_ce`` -> :class:`DiceCELoss`,
+    ``bce_dice`` -> :class:`DiceCELoss` for binary tasks only
+    (``num_classes == 1``).
+    """
+    num_classes = _check_num_classes(num_classes)
+    if name == "categorical_crossentropy":
+        return CrossEntropyLoss(num_classes, name=name)
+    if name == "dice":
+        return SoftDiceLoss(num_classes, name=name)
+    if name == "dice_ce":
+        return DiceCELoss(num_classes, name=name)
+    if name == "bce_dice":
+        if num_classes != 1:
+            raise ValueError(
+                "training.loss: 'bce_dice' is for binary tasks (model.num_classes == 1), "
+                f"got num_classes={num_classes}; use 'dice_ce'"
+            )
+        return DiceCELoss(num_classes, name=name)
+    raise ValueError(
+        f"training.loss: unknown loss {name!r}; expected one of "
+        + ", ".join(repr(n) for n in LOSSES)
+    )

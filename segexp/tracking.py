@@ -1,0 +1,186 @@
+"""MLflow tracking of a run: store set-up, params, tags, metric names and run status.
+
+Default store: SQLite at ``<paths.output_dir>/mlflow.db`` with artifacts in
+``<paths.output_dir>/mlartifacts``; ``tracking.uri`` may name a server instead.
+A run that raises is ended FAILED (its error as the ``error`` tag), one that is
+interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt) KILLED, never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: MLflow's limit on one param value (MLflow 3); longer values are truncated.
+MAX_PARAM_LENGTH = 6000
+
+
+def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested mappings/lists to ``{"model.base_kernels": "[11, 11]", ...}`` strings.
+
+    Lists of scalars stay one value (as written on the command line); mappings recurse.
+    """
+    flat: dict[str, str] = {}
+    for key, value in cfg.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{full}."))
+            if not value:
+                flat[full] = "{}"
+        else:
+            text = str(value)
+            flat[full] = text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+    return flat
+
+
+def git_commit(repo: Path) -> str:
+    """``HEAD`` of the git checkout at ``repo`` (suffixed ``-dirty`` with local changes), or ``unknown``."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def run_name_from_overrides(overrides: Sequence[str]) -> str:
+    """Run name from command-line overrides (``model.base_filters=8,training.epochs=2``), else ``default``."""
+    return ",".join(overrides) if overrides else "default"
+
+
+def metric_key(keras_name: str, class_names: Sequence[str]) -> str:
+    """MLflow name of a Keras log key: ``val_dice_LV`` -> ``val/dice/LV``, ``loss`` -> ``train/loss``."""
+    split, name = ("val", keras_name[4:]) if keras_name.startswith("val_") else ("train", keras_name)
+    if name == "learning_rate":
+        return name
+    if name.startswith("dice_") and name[5:] in set(class_names):
+        name = f"dice/{name[5:]}"
+    return f"{split}/{name}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def configure(uri: str, experiment: str, artifact_location: str | None) -> str:
+    """Point MLflow at ``uri`` and return the id of ``experiment`` (created if missing)."""
+    import mlflow
+
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if artifact_location:
+        location = Path(artifact_location).expanduser().resolve().as_uri() if "://" not in artifact_location else artifact_location
+    return mlflow.create_experiment(experiment, artifact_location=location)
+
+
+class Tracker:
+    """Logging calls of one run; every method is a no-op when tracking is disabled."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        self.run_id = run_id
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_id is not None
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        if not self.enabled:
+            return
+        import mlflow
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        client = mlflow.MlflowClient()
+        for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            client.log_batch(self.run_id, params=items[start : start + 100], synchronous=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self.enabled:
+            import mlflow
+
+            finite = {k: float(v) for k, v in metrics.items()}
+            mlflow.log_metrics(finite, step=step, synchronous=True)
+
+    def log_image(self, key: str, image: np.ndarray, step: int) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_image(image, key=key, step=step, synchronous=True)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.enabled and path.exists():
+            import mlflow
+
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+            else:
+                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_keras_model(self, model: Any, name: str = "model") -> None:
+        if self.enabled:
+            import mlflow.keras
+
+            # Explicit requirements: inferring them imports the model in a subprocess (slow).
+            requirements = [f"keras=={_version('keras')}", f"tensorflow=={_version('tensorflow')}"]
+            mlflow.keras.log_model(model, name=name, pip_requirements=requirements)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+@contextmanager
+def tracked_run(
+    enabled: bool,
+    *,
+    uri: str,
+    experiment: str,
+    artifact_location: str | None,
+    run_name: str,
+    tags: Mapping[str, str],
+    description: str,
+) -> Iterator[Tracker]:
+    """Start an MLflow run (or a disabled :class:`Tracker`) and always end it with a status."""
+    if not enabled:
+        yield Tracker(None)
+        return
+    import mlflow
+
+    experiment_id = configure(uri, experiment, artifact_location)
+    run = mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name, tags={**tags, "mlflow.note.content": description}
+    )
+    log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run_name, experiment, uri)
+    try:
+        yield Tracker(run.info.run_id)
+    except KeyboardInterrupt:
+        mlflow.set_tag("error", "interrupted (KeyboardInterrupt)")
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException as err:
+        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")

@@ -1,0 +1,197 @@
+"""``segexp-train``: one Hydra-composed training run, tracked in MLflow.
+
+The Hydra entry point :func:`main` only hands the composed config and the run
+folder to :func:`train`, which tests and other tools call directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+import keras
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from segexp.augment import AugmentationError, Augmenter
+from segexp.callbacks import EpochImages, MlflowEpochLogger
+from segexp.config import CONF_DIR, REPO_DIR, ConfigError, validate_train_config
+from segexp.curves import plot_curves
+from segexp.data.dataset import SliceDataset, open_dataset
+from segexp.data.loader import SliceLoader
+from segexp.data.slices import DataError, find_pairs, load_pair
+from segexp.losses import build_loss
+from segexp.metrics import build_metrics
+from segexp.models import build_model
+from segexp.tracking import Tracker, flatten_config, git_commit, run_name_from_overrides, tracked_run
+
+log = logging.getLogger(__name__)
+
+#: Mistakes in the user's config or data: reported as one clear message, not a traceback.
+USER_ERRORS = (ConfigError, DataError, AugmentationError)
+
+
+def build_loaders(cfg: DictConfig, dataset: SliceDataset, augmenter: Augmenter | None) -> tuple[SliceLoader, SliceLoader]:
+    """Training loader (shuffled, augmented) and validation loader (fixed order, never augmented)."""
+    m, t = cfg.model, cfg.training
+    common = dict(
+        decoder=dataset.decoder,
+        image_size=(m.image_height, m.image_width),
+        channels=m.image_channels,
+        batch_size=t.batch_size,
+        seed=cfg.seed,
+        workers=t.loader.workers,
+        use_multiprocessing=t.loader.use_multiprocessing,
+        max_queue_size=t.loader.max_queue_size,
+    )
+    train = SliceLoader(dataset.pairs["train"], augmenter=augmenter, shuffle=True, **common)
+    valid = SliceLoader(dataset.pairs["valid"], augmenter=None, shuffle=False, **common)
+    return train, valid
+
+
+def epoch_image_set(cfg: DictConfig, dataset: SliceDataset) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The fixed images predicted after every epoch: evenly spaced over the chosen folder or split."""
+    m, e = cfg.model, cfg.training.epoch_images
+    if e.dir is not None:
+        root = Path(e.dir)
+        pairs = find_pairs(root / cfg.dataset.images_dir, root / cfg.dataset.masks_dir, cfg.dataset.case_pattern, strict=False)
+    else:
+        pairs = dataset.pairs["valid"]
+    picks = np.unique(np.linspace(0, len(pairs) - 1, min(e.num, len(pairs))).round().astype(int))
+    loaded = [load_pair(pairs[i], dataset.decoder, m.image_channels, m.image_height, m.image_width) for i in picks]
+    images = np.stack([im for im, _ in loaded]) if loaded else np.zeros((0, m.image_height, m.image_width, m.image_channels), np.uint8)
+    masks = np.stack([mk for _, mk in loaded]) if loaded else np.zeros((0, m.image_height, m.image_width), np.uint8)
+    return images, masks, [pairs[i].name for i in picks]
+
+
+def compile_model(cfg: DictConfig, class_names: Sequence[str]) -> keras.Model:
+    """Build the configured network and compile it with optimizer, loss and foreground metrics."""
+    t = cfg.training
+    if t.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    model = build_model(**OmegaConf.to_container(cfg.model))
+    model.compile(
+        optimizer=hydra.utils.instantiate(t.optimizer, _convert_="all"),
+        loss=build_loss(t.loss, cfg.model.num_classes),
+        metrics=build_metrics(class_names, cfg.model.num_classes),
+        jit_compile=t.jit_compile,
+    )
+    return model
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, tracker: Tracker, dataset: SliceDataset) -> list[keras.callbacks.Callback]:
+    """Checkpoint of the best model, LR reducer, early stopping, CSV history, MLflow, epoch images."""
+    t = cfg.training
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.ModelCheckpoint(
+            run_dir / "checkpoints" / "best.keras", monitor=t.monitor, mode=t.monitor_mode, save_best_only=True
+        ),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+        MlflowEpochLogger(tracker, dataset.class_names),
+    ]
+    if t.reduce_lr.enabled:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=t.monitor, mode=t.monitor_mode, factor=t.reduce_lr.factor,
+                patience=t.reduce_lr.patience, min_lr=t.reduce_lr.min_lr, verbose=1,
+            )
+        )
+    if t.early_stopping.enabled:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping.patience,
+                min_delta=t.early_stopping.min_delta, restore_best_weights=True, verbose=1,
+            )
+        )
+    if t.epoch_images.num > 0:
+        images, masks, names = epoch_image_set(cfg, dataset)
+        image_tracker = tracker if cfg.tracking.log_epoch_images else Tracker(None)
+        callbacks.append(EpochImages(images, masks, names, dataset.colours, run_dir / "epoch_images", image_tracker))
+    return callbacks
+
+
+def _objective(history: dict[str, list[float]], monitor: str, mode: str) -> float:
+    values = [v for v in history.get(monitor, []) if np.isfinite(v)]
+    if not values:
+        return float("nan")
+    return float(max(values) if mode == "max" else min(values))
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> float:
+    """Validate ``cfg``, train, log everything to MLflow; return the best ``training.monitor`` value.
+
+    All user mistakes (config keys, dataset folders, augmentation entries) raise before
+    the MLflow run starts and before any training step.
+    """
+    cfg = validate_train_config(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.training.deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+    dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
+    augmenter = Augmenter(cfg.augmentation.transforms) if cfg.augmentation.transforms else None
+    train_loader, valid_loader = build_loaders(cfg, dataset, augmenter)
+    log.info(
+        "dataset %s: %d train slices (%d cases), %d validation slices (%d cases), %d classes",
+        dataset.name, len(dataset.pairs["train"]), len(dataset.cases("train")),
+        len(dataset.pairs["valid"]), len(dataset.cases("valid")), len(dataset.class_names),
+    )
+    model = compile_model(cfg, dataset.class_names)
+    log.info("model %s: %s parameters", cfg.model.name, f"{model.count_params():,}")
+
+    t = cfg.tracking
+    tags = {
+        "git_commit": git_commit(REPO_DIR),
+        "keras_backend": keras.backend.backend(),
+        "dataset": dataset.name,
+        "model": cfg.model.name,
+        "run_dir": str(run_dir),
+    }
+    description = "segexp-train " + " ".join(overrides)
+    with tracked_run(
+        t.enabled, uri=t.uri, experiment=t.experiment, artifact_location=t.artifact_location,
+        run_name=t.run_name or run_name_from_overrides(overrides), tags=tags, description=description,
+    ) as tracker:
+        tracker.log_params(flatten_config(OmegaConf.to_container(cfg, resolve=True)))
+        tracker.log_params({"model.num_params": str(model.count_params())})
+        callbacks = build_callbacks(cfg, run_dir, tracker, dataset)
+        try:
+            history = model.fit(
+                train_loader, validation_data=valid_loader, epochs=cfg.training.epochs,
+                callbacks=callbacks, shuffle=False, verbose=cfg.training.verbose,
+            ).history
+        finally:
+            tracker.log_artifact(run_dir / ".hydra", "config")
+            tracker.log_artifact(run_dir / "history.csv")
+            tracker.log_artifact(run_dir / f"{cfg.task_name}.log")
+        plot_curves(history, run_dir / "curves.png")
+        tracker.log_artifact(run_dir / "curves.png")
+        best = run_dir / "checkpoints" / "best.keras"
+        if t.log_model and best.exists():
+            tracker.log_keras_model(keras.models.load_model(best))
+        objective = _objective(history, cfg.training.monitor, cfg.training.monitor_mode)
+        tracker.log_metrics({f"best/{cfg.training.monitor}": objective}, step=len(history.get("loss", [])))
+    log.info("best %s = %.4f; run folder %s", cfg.training.monitor, objective, run_dir)
+    return objective
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point: compose, then :func:`train` in this job's run folder."""
+    hydra_cfg = HydraConfig.get()
+    try:
+        return train(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    except USER_ERRORS as err:
+        log.error("%s", err)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # let the launcher record this job as failed and go on with the others
+        sys.exit(2)
