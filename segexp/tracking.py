@@ -66,7 +66,9 @@ def metric_key(keras_name: str, class_names: Sequence[str]) -> str:
     split, name = ("val", keras_name[4:]) if keras_name.startswith("val_") else ("train", keras_name)
     if name == "learning_rate":
         return name
-    if name.startswith("dice_") and name[5:] in set(class_names):
+    from segexp.metrics import metric_safe_name
+
+    if name.startswith("dice_") and name[5:] in {metric_safe_name(c) for c in class_names}:
         name = f"dice/{name[5:]}"
     return f"{split}/{name}"
 
@@ -87,8 +89,10 @@ def configure(uri: str, experiment: str, artifact_location: str | None) -> str:
     if found is not None:
         return found.experiment_id
     location = None
-    if artifact_location:
-        location = Path(artifact_location).expanduser().resolve().as_uri() if "://" not in artifact_location else artifact_location
+    if artifact_location and "://" in artifact_location:
+        location = f"{artifact_location.rstrip('/')}/{experiment}"
+    elif artifact_location:
+        location = (Path(artifact_location).expanduser().resolve() / experiment).as_uri()
     return mlflow.create_experiment(experiment, artifact_location=location)
 
 
@@ -136,12 +140,20 @@ class Tracker:
                 mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def log_keras_model(self, model: Any, name: str = "model") -> None:
-        if self.enabled:
-            import mlflow.keras
+        """Log ``model`` with the ``mlflow.keras`` flavour: raw uint8 images in, probabilities out."""
+        if not self.enabled:
+            return
+        import mlflow.keras
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
 
-            # Explicit requirements: inferring them imports the model in a subprocess (slow).
-            requirements = [f"keras=={_version('keras')}", f"tensorflow=={_version('tensorflow')}"]
-            mlflow.keras.log_model(model, name=name, pip_requirements=requirements)
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, *model.input_shape[1:]), "image")]),
+            outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]), "probabilities")]),
+        )
+        # Explicit requirements: inferring them imports the model in a subprocess (slow).
+        requirements = [f"keras=={_version('keras')}", f"tensorflow=={_version('tensorflow')}"]
+        mlflow.keras.log_model(model, name=name, signature=signature, pip_requirements=requirements)
 
 
 def _version(package: str) -> str:

@@ -119,16 +119,20 @@ class _Frame:
 
     def q(self, centre: np.ndarray, axes: np.ndarray, rot: np.ndarray | None = None) -> np.ndarray:
         """Ellipsoid form ``sum(((R (p - c)) / axes)^2)``; the ellipsoid is ``q <= 1``."""
-        du, dv, dw = self.u - centre[0], self.v - centre[1], self.w - centre[2]
+        # Python floats keep the float32 grids in float32 (numpy scalars would upcast).
+        c = [float(value) for value in centre]
+        du, dv, dw = self.u - c[0], self.v - c[1], self.w - c[2]
         if rot is None:
-            return (du / axes[0]) ** 2 + (dv / axes[1]) ** 2 + (dw / axes[2]) ** 2
-        total = np.zeros(np.broadcast_shapes(du.shape, dv.shape, dw.shape), dtype=np.float32)
+            return sum(((d / float(ax)) ** 2 for d, ax in zip((du, dv, dw), axes, strict=True)), np.float32(0))
+        total = np.zeros(du.shape, dtype=np.float32)
         for row, ax in zip(rot, axes, strict=True):
-            total += ((row[0] * du + row[1] * dv + row[2] * dw) / ax) ** 2
+            r0, r1, r2, a = float(row[0]), float(row[1]), float(row[2]), float(ax)
+            total += ((r0 * du + r1 * dv + r2 * dw) / a) ** 2
         return total
 
     def ellipse(self, cu: float, cv: float, au: float, av: float) -> np.ndarray:
         """In-plane ellipse form (an elliptic cylinder along w); inside is ``<= 1``."""
+        cu, cv, au, av = float(cu), float(cv), float(au), float(av)
         return ((self.u - cu) / au) ** 2 + ((self.v - cv) / av) ** 2
 
     def tube(self, points: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -250,7 +254,7 @@ def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tup
     texture = _blur(rng.standard_normal(shape).astype(np.float32), 1.2 * s, 0.6)
     texture /= texture.std() + 1e-6
     hu[lungs] = -850.0 + 25.0 * texture[lungs]
-    hu[lungs & (texture > 2.0)] = -20.0
+    hu[lungs & (texture > 1.8)] = -20.0
 
     # --- chest wall bone: ribs (present in bands along z) and sternum
     for k in range(12):
@@ -315,11 +319,11 @@ def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tup
     rv = (f.q(rv_c, np.array([lv_axes[0] * 0.9, 8 * s, 12 * s]), rot) <= 1) & ~lv & ~myo
     hu[rv] = 190.0 * contrast
 
-    la_c = base + np.array([jit(-3 * s, 0.5), jit(9 * s, 0.2), jit(6 * s, 0.3)])
+    la_c = base + np.array([jit(-3 * s, 0.5), jit(10 * s, 0.2), jit(6 * s, 0.3)])
     la_rot = _rotation_with_axis(
         np.array([np.cos(r := rng.uniform(-0.6, 0.6)), np.sin(r), 0.0]), np.array([0.0, 0.0, 1.0])
     )
-    la = f.q(la_c, np.array([jit(11 * s, 0.15), jit(8 * s, 0.15), jit(8 * s, 0.15)]), la_rot) <= 1
+    la = f.q(la_c, np.array([jit(13 * s, 0.15), jit(9 * s, 0.15), jit(9 * s, 0.15)]), la_rot) <= 1
 
     aa_r = jit(5.5 * s, 0.15)
     aa_start = base + rot[1] * 3.5 * s - rot[2] * 3 * s + np.array([-2 * s, 0.0, 0.0])
