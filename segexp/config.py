@@ -44,6 +44,9 @@ def project_root() -> str:
 
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", project_root)
+if not OmegaConf.has_resolver("len"):
+    # ``${len:${dataset.class_names}}``: the model's class count follows the dataset's.
+    OmegaConf.register_new_resolver("len", lambda seq: len(seq))
 
 
 # --------------------------------------------------------------------------- schema

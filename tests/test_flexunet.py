@@ -7,6 +7,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+
+from .conftest import compose_config
 from omegaconf import OmegaConf
 
 from segexp.models import MODEL_BUILDERS, build_model
@@ -48,7 +50,8 @@ def small(**overrides) -> keras.Model:
 
 
 def preset(name: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF_MODEL / f"{name}.yaml"))
+    """The model group of the composed train config with ``model=<name>`` (interpolations resolved)."""
+    return OmegaConf.to_container(compose_config([f"model={name}"]).model, resolve=True)
 
 
 def random_images(n: int, h: int, w: int, c: int, seed: int = 0) -> np.ndarray:

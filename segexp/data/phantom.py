@@ -189,6 +189,15 @@ def _blur(vol: np.ndarray, sigma_xy: float, sigma_z: float) -> np.ndarray:
 # --------------------------------------------------------------------------- volume
 
 
+def _check_args(seed: int, size: int, num_slices: int) -> None:
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(size, (int, np.integer)) or size < 32:
+        raise ValueError(f"size must be an integer >= 32 px, got {size!r}")
+    if not isinstance(num_slices, (int, np.integer)) or num_slices < 1:
+        raise ValueError(f"num_slices must be an integer >= 1, got {num_slices!r}")
+
+
 def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Generate one synthetic cardiac CT volume.
 
@@ -197,12 +206,7 @@ def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tup
     ~700 bone, contrast blood 300-400), ``labels`` uint8 class indices into
     :data:`PHANTOM_CLASSES`. The same ``seed`` always gives the same arrays.
     """
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if size < 32:
-        raise ValueError(f"size must be >= 32 px, got {size}")
-    if num_slices < 1:
-        raise ValueError(f"num_slices must be >= 1, got {num_slices}")
+    _check_args(seed, size, num_slices)
     rng = np.random.default_rng(int(seed))
     s = size / 128.0  # all lengths below are px at size 128
     z_extent = _Z_EXTENT * size
@@ -246,7 +250,7 @@ def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tup
     # --- lungs: shrink towards the bottom (diaphragm), with small vessel dots
     lung_w = jit(13 * s, 0.3)
     lungs = np.zeros(shape, dtype=bool)
-    for side, cu, au in ((-1, -25 * s, 17 * s), (1, 26 * s, 15 * s)):
+    for cu, au in ((-25 * s, 17 * s), (26 * s, 15 * s)):  # patient right, left
         centre = np.array([jit(cu, 0.08), jit(2 * s, 0.5), lung_w])
         axes = np.array([jit(au, 0.1), jit(27 * s, 0.08), jit(46 * s, 0.06)])
         lungs |= f.q(centre, axes) <= 1
@@ -304,13 +308,12 @@ def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tup
 
     # --- descending aorta next to the spine
     da_r = jit(5.0 * s, 0.15)
-    da_u = jit(10 * s, 0.12) + 0.08 * (w - 0)
+    da_u = jit(10 * s, 0.12) + 0.08 * w
     da_v = vb_v - vb_r - da_r * 0.4 + rng.uniform(-1.0, 1.0) * s
     desc = (((u - da_u) ** 2 + (v - da_v) ** 2) <= da_r**2) & (w >= w_lo) & (w <= w_hi)
 
     # --- heart chambers in the LV frame (row 0 of rot points to the apex)
-    lv_q = f.q(heart_c, lv_axes, rot)
-    lv = lv_q <= 1
+    lv = f.q(heart_c, lv_axes, rot) <= 1
     myo = (f.q(heart_c, lv_axes + myo_t, rot) <= 1) & ~lv
     base = heart_c - long_dir * lv_axes[0] * 0.75
 
@@ -320,9 +323,8 @@ def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tup
     hu[rv] = 190.0 * contrast
 
     la_c = base + np.array([jit(-3 * s, 0.5), jit(10 * s, 0.2), jit(6 * s, 0.3)])
-    la_rot = _rotation_with_axis(
-        np.array([np.cos(r := rng.uniform(-0.6, 0.6)), np.sin(r), 0.0]), np.array([0.0, 0.0, 1.0])
-    )
+    la_angle = rng.uniform(-0.6, 0.6)  # in-plane orientation of the LA's long axis, rad
+    la_rot = _rotation_with_axis(np.array([np.cos(la_angle), np.sin(la_angle), 0.0]), np.array([0.0, 0.0, 1.0]))
     la = f.q(la_c, np.array([jit(13 * s, 0.15), jit(9 * s, 0.15), jit(9 * s, 0.15)]), la_rot) <= 1
 
     aa_r = jit(5.5 * s, 0.15)
@@ -492,8 +494,7 @@ def write_phantom_dataset(
         _check_split_name(split)
         if int(count) != count or count < 0:
             raise ValueError(f"case count for split {split!r} must be a non-negative integer, got {count!r}")
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_args(seed, size, num_slices)
     params = _params(cases, num_slices, size, seed)
 
     old_splits: list[str] | None = None  # None: root is absent or empty

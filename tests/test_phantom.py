@@ -1,0 +1,277 @@
+"""Tests for the synthetic cardiac-CT phantom (segexp.data.phantom)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from segexp.data.phantom import (
+    AO,
+    CORONARY,
+    LA,
+    LV,
+    MYOCARDIUM,
+    PHANTOM_CLASS_NAMES,
+    PHANTOM_CLASSES,
+    PHANTOM_COLOURS,
+    PHANTOM_MANIFEST,
+    PHANTOM_WINDOW,
+    make_phantom_volume,
+    phantom_spacing,
+    window_to_uint8,
+    write_phantom_dataset,
+)
+from segexp.data.rgb_map import decode_rgb_mask
+
+SMALL = {"train": 2, "valid": 1, "test": 1}
+
+
+@pytest.fixture(scope="module")
+def volume() -> tuple[np.ndarray, np.ndarray]:
+    return make_phantom_volume(0)
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def test_classes_constants() -> None:
+    assert PHANTOM_CLASS_NAMES == ("background", "LV", "Myocardium", "LA", "AO", "Coronary")
+    assert PHANTOM_COLOURS[0] == (0, 0, 0)
+    assert PHANTOM_COLOURS[CORONARY] == (255, 0, 255)
+    assert [name for name, _ in PHANTOM_CLASSES] == list(PHANTOM_CLASS_NAMES)
+    assert (LV, MYOCARDIUM, LA, AO, CORONARY) == (1, 2, 3, 4, 5)
+
+
+def test_shapes_and_dtypes(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    hu, labels = volume
+    assert hu.shape == labels.shape == (128, 128, 32)
+    assert hu.dtype == np.int16 and labels.dtype == np.uint8
+    assert int(labels.max()) < len(PHANTOM_CLASSES)
+    hu2, labels2 = make_phantom_volume(3, size=64, num_slices=10)
+    assert hu2.shape == labels2.shape == (64, 64, 10)
+
+
+def test_deterministic_per_seed(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    hu, labels = volume
+    hu_again, labels_again = make_phantom_volume(0)
+    np.testing.assert_array_equal(hu, hu_again)
+    np.testing.assert_array_equal(labels, labels_again)
+    hu_other, labels_other = make_phantom_volume(1)
+    assert not np.array_equal(labels, labels_other)
+    assert not np.array_equal(hu, hu_other)
+
+
+def test_all_classes_present_in_sensible_order(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    _, labels = volume
+    counts = np.bincount(labels.ravel(), minlength=len(PHANTOM_CLASSES))
+    assert (counts > 0).all(), counts
+    assert counts[0] > counts[1:].sum()  # background dominates
+    for big in (LV, LA, MYOCARDIUM, AO):
+        assert counts[big] > 3 * counts[CORONARY], counts
+
+
+@pytest.mark.parametrize("seed", [1, 2, 5, 11])
+def test_every_seed_has_every_class(seed: int) -> None:
+    _, labels = make_phantom_volume(seed, num_slices=24)
+    assert set(np.unique(labels).tolist()) == set(range(len(PHANTOM_CLASSES)))
+
+
+def test_structures_appear_along_z(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    _, labels = volume
+    per_slice = [set(np.unique(labels[:, :, z]).tolist()) for z in range(labels.shape[2])]
+    empty = [z for z, classes in enumerate(per_slice) if classes == {0}]
+    assert empty and 0 in empty and labels.shape[2] - 1 in empty  # both ends have no foreground
+    assert len(empty) < labels.shape[2] // 2
+    # Not every foreground slice holds every structure.
+    assert any(LV in c and LA not in c for c in per_slice)
+    assert any(LA in c and LV not in c for c in per_slice) or any(AO in c and LV not in c for c in per_slice)
+
+
+def test_intensities(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    hu, labels = volume
+    mean = {c: float(hu[labels == c].mean()) for c in range(len(PHANTOM_CLASSES))}
+    assert mean[LV] > 250 and mean[LA] > 250 and mean[AO] > 250
+    assert mean[LV] - mean[MYOCARDIUM] > 150
+    assert 60 < mean[MYOCARDIUM] < 160
+    assert mean[CORONARY] > mean[MYOCARDIUM] + 50  # visible despite partial volume
+    assert hu.min() >= -1024 and hu.max() > 500  # bone
+    assert float(hu[0, 0, :].mean()) < -900  # air in the corner
+    # Lungs: a large dark region inside the body on a mid slice.
+    mid = hu[:, :, hu.shape[2] // 2]
+    lung_like = mid < -500
+    assert lung_like.sum() > 0.1 * mid.size
+    assert float(mid[lung_like].mean()) < -700
+
+
+def test_noise_present(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    hu, labels = volume
+    inside = hu[(labels == LV)]
+    assert 8 < float(inside.std()) < 60
+
+
+def test_windowed_classes_differ(volume: tuple[np.ndarray, np.ndarray]) -> None:
+    hu, labels = volume
+    img = window_to_uint8(hu, *PHANTOM_WINDOW).astype(np.float64)
+    mean = {c: img[labels == c].mean() for c in range(len(PHANTOM_CLASSES))}
+    assert mean[LV] - mean[MYOCARDIUM] > 30
+    assert mean[MYOCARDIUM] - mean[0] > 20
+    assert mean[CORONARY] - mean[MYOCARDIUM] > 15
+    # Image and labels line up: the LV is brighter than its own dilation ring.
+    lv = labels == LV
+    ring = np.zeros_like(lv)
+    for z in range(lv.shape[2]):
+        dil = cv2.dilate(lv[:, :, z].astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+        ring[:, :, z] = dil & ~lv[:, :, z]
+    assert img[lv].mean() - img[ring].mean() > 30
+
+
+def test_window_to_uint8_formula() -> None:
+    hu = np.array([-1000, -200, 0, 200, 600, 601, 3000], dtype=np.int16)
+    out = window_to_uint8(hu, level=200, width=800)
+    assert out.dtype == np.uint8
+    # clip((hu - (200 - 400)) / 800, 0, 1) * 255
+    assert out.tolist() == [0, 0, 64, 128, 255, 255, 255]
+    assert window_to_uint8(np.array([40.0]), 40, 400).tolist() == [128]
+    assert window_to_uint8(np.array([-159.0]), 40, 400).tolist() == [1]  # 0.6375 rounds up
+    with pytest.raises(ValueError):
+        window_to_uint8(hu, 0, 0)
+
+
+def test_spacing() -> None:
+    sx, sy, sz = phantom_spacing(128, 32)
+    assert sx == sy == pytest.approx(360 / 128)
+    assert sz == pytest.approx(0.55 * 360 / 32)
+
+
+def test_write_layout_and_masks_roundtrip(tmp_path: Path) -> None:
+    root = tmp_path / "phantom"
+    out = write_phantom_dataset(root, cases=SMALL, num_slices=6, size=64, seed=3)
+    assert out == root
+    manifest = json.loads((root / PHANTOM_MANIFEST).read_text())
+    assert manifest["complete"] is True
+    assert manifest["params"]["seed"] == 3 and manifest["params"]["num_slices"] == 6
+    assert manifest["params"]["class_names"] == list(PHANTOM_CLASS_NAMES)
+    assert [tuple(c) for c in manifest["params"]["colours"]] == list(PHANTOM_COLOURS)
+    assert "version" in manifest["params"]
+    ids = [c["id"] for c in manifest["cases"]]
+    assert ids == ["phantom001", "phantom002", "phantom003", "phantom004"]
+    assert [c["split"] for c in manifest["cases"]] == ["train", "train", "valid", "test"]
+    assert sorted(p.name for p in root.iterdir()) == sorted([PHANTOM_MANIFEST, "train", "valid", "test"])
+    assert not list(tmp_path.glob(".phantom*"))  # no temporary folder left behind
+
+    seen: set[str] = set()
+    for split, n in SMALL.items():
+        images = sorted(p.name for p in (root / split / "images").iterdir())
+        masks = sorted(p.name for p in (root / split / "masks").iterdir())
+        assert images == masks and len(images) == n * 6
+        cases = {name.rsplit("_", 1)[0] for name in images}
+        assert not cases & seen  # every case in exactly one split
+        seen |= cases
+    assert (root / "train" / "images" / "phantom001_005.png").is_file()
+
+    for case in manifest["cases"]:
+        hu, labels = make_phantom_volume(case["seed"], size=64, num_slices=6)
+        image = window_to_uint8(hu, *PHANTOM_WINDOW)
+        for z in range(6):
+            name = f"{case['id']}_{z:03d}.png"
+            img = cv2.imread(str(root / case["split"] / "images" / name), cv2.IMREAD_UNCHANGED)
+            assert img.dtype == np.uint8 and img.shape == (64, 64)
+            np.testing.assert_array_equal(img, image[:, :, z].T)
+            bgr = cv2.imread(str(root / case["split"] / "masks" / name), cv2.IMREAD_UNCHANGED)
+            assert bgr.shape == (64, 64, 3)
+            decoded = decode_rgb_mask(bgr[:, :, ::-1], PHANTOM_COLOURS, source=name)
+            np.testing.assert_array_equal(decoded, labels[:, :, z].T)
+
+
+def test_mask_colour_channel_order(tmp_path: Path) -> None:
+    root = write_phantom_dataset(tmp_path / "p", cases={"train": 1}, num_slices=32, size=64, seed=0)
+    manifest = json.loads((root / PHANTOM_MANIFEST).read_text())
+    _, labels = make_phantom_volume(manifest["cases"][0]["seed"], size=64, num_slices=32)
+    z = int(np.argmax((labels == LV).sum(axis=(0, 1))))
+    bgr = cv2.imread(str(root / "train" / "masks" / f"phantom001_{z:03d}.png"), cv2.IMREAD_COLOR)
+    lv_pixels = bgr[labels[:, :, z].T == LV]
+    assert (lv_pixels == [0, 255, 255]).all()  # LV is (255, 255, 0) RGB -> BGR on disk
+
+
+def test_case_seeds_depend_on_dataset_seed(tmp_path: Path) -> None:
+    a = write_phantom_dataset(tmp_path / "a", cases={"train": 2}, num_slices=4, size=64, seed=0)
+    b = write_phantom_dataset(tmp_path / "b", cases={"train": 2}, num_slices=4, size=64, seed=1)
+    seeds_a = [c["seed"] for c in json.loads((a / PHANTOM_MANIFEST).read_text())["cases"]]
+    seeds_b = [c["seed"] for c in json.loads((b / PHANTOM_MANIFEST).read_text())["cases"]]
+    assert len(set(seeds_a)) == 2 and not set(seeds_a) & set(seeds_b)
+
+
+def test_rerun_same_params_is_noop(tmp_path: Path) -> None:
+    root = tmp_path / "phantom"
+    write_phantom_dataset(root, cases=SMALL, num_slices=4, size=64, seed=0)
+    before = _mtimes(root)
+    assert write_phantom_dataset(root, cases=dict(SMALL), num_slices=4, size=64, seed=0) == root
+    assert _mtimes(root) == before
+
+
+def test_different_params_regenerate(tmp_path: Path) -> None:
+    root = tmp_path / "phantom"
+    write_phantom_dataset(root, cases=SMALL, num_slices=4, size=64, seed=0)
+    (root / "notes.txt").write_text("user file")
+    old = cv2.imread(str(root / "train" / "images" / "phantom001_001.png"), cv2.IMREAD_UNCHANGED)
+
+    write_phantom_dataset(root, cases={"train": 1, "test": 1}, num_slices=5, size=64, seed=7)
+    manifest = json.loads((root / PHANTOM_MANIFEST).read_text())
+    assert manifest["params"]["seed"] == 7 and manifest["complete"] is True
+    assert not (root / "valid").exists()  # old split removed
+    assert (root / "notes.txt").read_text() == "user file"  # not ours: kept
+    assert sorted(p.name for p in (root / "train" / "images").iterdir()) == [
+        f"phantom001_{z:03d}.png" for z in range(5)
+    ]
+    new = cv2.imread(str(root / "train" / "images" / "phantom001_001.png"), cv2.IMREAD_UNCHANGED)
+    assert not np.array_equal(old, new)
+    assert not list(tmp_path.glob(".phantom*"))
+
+
+def test_incomplete_dataset_is_regenerated(tmp_path: Path) -> None:
+    root = tmp_path / "phantom"
+    write_phantom_dataset(root, cases=SMALL, num_slices=4, size=64, seed=0)
+    victim = root / "valid" / "masks" / "phantom003_002.png"
+    victim.unlink()
+    write_phantom_dataset(root, cases=SMALL, num_slices=4, size=64, seed=0)
+    assert victim.is_file()
+
+
+def test_empty_existing_folder_is_used(tmp_path: Path) -> None:
+    root = tmp_path / "phantom"
+    root.mkdir()
+    write_phantom_dataset(root, cases={"train": 1}, num_slices=3, size=64)
+    assert (root / PHANTOM_MANIFEST).is_file()
+
+
+def test_foreign_folder_refused_and_untouched(tmp_path: Path) -> None:
+    root = tmp_path / "mydata"
+    (root / "train" / "images").mkdir(parents=True)
+    (root / "train" / "images" / "scan.png").write_bytes(b"not ours")
+    (root / "readme.txt").write_text("hello")
+    before = _mtimes(root)
+    with pytest.raises(FileExistsError, match="not a segexp phantom folder") as info:
+        write_phantom_dataset(root, cases={"train": 1}, num_slices=3, size=64)
+    assert str(root) in str(info.value)
+    assert _mtimes(root) == before
+    assert (root / "train" / "images" / "scan.png").read_bytes() == b"not ours"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]  # no temp folder left
+
+
+def test_invalid_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        write_phantom_dataset(tmp_path / "x", cases={"../evil": 1}, num_slices=2, size=64)
+    with pytest.raises(ValueError):
+        write_phantom_dataset(tmp_path / "x", cases={"train": -1}, num_slices=2, size=64)
+    with pytest.raises(ValueError):
+        write_phantom_dataset(tmp_path / "x", cases={"train": 1}, num_slices=0, size=64)
+    with pytest.raises(ValueError):
+        make_phantom_volume(-1)
+    with pytest.raises(ValueError):
+        make_phantom_volume(0, size=16)
+    assert not (tmp_path / "x").exists()
