@@ -57,8 +57,12 @@ def git_commit(repo: Path) -> str:
 
 
 def run_name_from_overrides(overrides: Sequence[str]) -> str:
-    """Run name from command-line overrides (``model.base_filters=8,training.epochs=2``), else ``default``."""
-    return ",".join(overrides) if overrides else "default"
+    """Run name from command-line overrides (``model.base_filters=8,training.epochs=2``), else ``default``.
+
+    Overrides of where files go (``paths.*``, ``hydra.*``) say nothing about the experiment and are left out.
+    """
+    named = [o for o in overrides if not o.lstrip("+~").startswith(("paths.", "hydra."))]
+    return ",".join(named) if named else "default"
 
 
 def metric_key(keras_name: str, class_names: Sequence[str]) -> str:

@@ -195,3 +195,7 @@ def main(cfg: DictConfig) -> float:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # let the launcher record this job as failed and go on with the others
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
