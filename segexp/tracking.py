@@ -9,7 +9,9 @@ interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt) KILLED, never left R
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -188,6 +190,7 @@ def tracked_run(
         experiment_id=experiment_id, run_name=run_name, tags={**tags, "mlflow.note.content": description}
     )
     log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run_name, experiment, uri)
+    previous_sigterm = _raise_on_sigterm()
     try:
         yield Tracker(run.info.run_id)
     except KeyboardInterrupt:
@@ -200,3 +203,20 @@ def tracked_run(
         raise
     else:
         mlflow.end_run(status="FINISHED")
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _raise_on_sigterm() -> Any:
+    """Turn SIGTERM (cluster pre-emption, ``kill``) into KeyboardInterrupt so the run ends KILLED.
+
+    Returns the previous handler, or None outside the main thread (where handlers cannot be set).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)

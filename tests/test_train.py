@@ -53,7 +53,7 @@ def test_two_epoch_run_is_fully_tracked(compose_train, tiny_dataset: Path, tmp_p
     params = run.data.params
     assert params["model.base_filters"] == "4" and params["model.base_kernels"] == "[3, 3]"
     assert params["training.optimizer._target_"] == "keras.optimizers.Adam"
-    assert params["augmentation.transforms.rotate._target_"] == "albumentations.Affine"
+    assert params["augmentation.transforms.hflip._target_"] == "albumentations.HorizontalFlip"
     assert int(params["model.num_params"]) > 0
 
     for key in ("train/loss", "val/loss", "val/dice/square", "val/dice/disc", "val/dice_fg_mean",
@@ -154,3 +154,18 @@ def test_short_training_on_real_hocmvalves_slices(compose_train, tmp_path: Path)
     assert run.info.status == "FINISHED" and run.data.tags["dataset"] == "hocmvalves_mini"
     assert {f"val/dice/{c}" for c in ("AV", "MV", "AO", "LA", "LV", "Myocardium", "Excised")} <= set(run.data.metrics)
     assert 0.0 <= objective <= 1.0 or np.isnan(objective)
+
+
+def test_sigterm_marks_the_run_killed(tmp_path: Path) -> None:
+    """A pre-empted job (SIGTERM) ends its MLflow run KILLED instead of leaving it RUNNING."""
+    script = (
+        "import os, signal, time\n"
+        "from segexp.tracking import tracked_run\n"
+        f"with tracked_run(True, uri='sqlite:///{tmp_path}/outputs/mlflow.db', experiment='segexp', "
+        f"artifact_location='{tmp_path}/outputs/mlartifacts', run_name='x', tags={{}}, description='') as t:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert _only_run(_client(tmp_path)).info.status == "KILLED"
