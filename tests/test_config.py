@@ -90,7 +90,7 @@ def test_hocm_experiment_is_the_original_model() -> None:
         (["training.loss=focal"], "training.loss"),
         (["training.learning_rate=-1"], "training.learning_rate"),
         (["training.monitor_mode=up"], "training.monitor_mode"),
-        (["augmentation.transforms.rotate.p=1.2"], "augmentation.transforms.rotate.p"),
+        (["augmentation=full", "augmentation.transforms.rotate.p=1.2"], "augmentation.transforms.rotate.p"),
         (["dataset.rgb_map.LV=[255,0,0]"], "dataset.rgb_map"),
         (["dataset.mask_format=jpeg"], "dataset.mask_format"),
         (["dataset=hocmvalves_mini", "dataset.cases.valid=['10001']"], "dataset.cases"),
