@@ -172,7 +172,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> floa
         finally:
             tracker.log_artifact(run_dir / ".hydra", "config")
             tracker.log_artifact(run_dir / "history.csv")
-            tracker.log_artifact(run_dir / f"{cfg.task_name}.log")
+            for log_file in run_dir.glob("*.log"):  # Hydra's job log, named after the job
+                tracker.log_artifact(log_file)
         plot_curves(history, run_dir / "curves.png")
         tracker.log_artifact(run_dir / "curves.png")
         best = run_dir / "checkpoints" / "best.keras"
