@@ -331,6 +331,27 @@ def _check_augmentation(a: Any) -> list[str]:
     return errors
 
 
+def _typed(cfg: DictConfig, schema: type) -> DictConfig:
+    """Merge ``cfg`` onto the dataclass ``schema``: unknown keys, wrong types and missing values fail."""
+    problems = _unknown_keys(cfg, schema, "")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        OmegaConf.resolve(typed)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid config: {err.full_key}: {str(err).splitlines()[0]}") from None
+    missing = sorted(OmegaConf.missing_keys(typed))
+    if missing:
+        raise ConfigError("invalid config: these keys need a value: " + ", ".join(missing))
+    return typed
+
+
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
 def validate_train_config(cfg: DictConfig) -> DictConfig:
     """Check ``cfg`` against the schema and the cross-key rules.
 
@@ -338,23 +359,135 @@ def validate_train_config(cfg: DictConfig) -> DictConfig:
     Raises :class:`ConfigError` listing every problem with its full key.
     Dataset folders are checked separately, after an optional phantom is generated.
     """
-    problems = _unknown_keys(cfg, TrainConfig, "")
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
-    try:
-        typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
-        OmegaConf.resolve(typed)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"invalid config: {err.full_key}: {str(err).splitlines()[0]}") from None
-    missing = sorted(OmegaConf.missing_keys(typed))
-    if missing:
-        raise ConfigError("invalid config: these keys need a value: " + ", ".join(missing))
-    problems = (
+    typed = _typed(cfg, TrainConfig)
+    _raise_if(
         _check_model(typed.model)
         + _check_dataset(typed.dataset, typed.model.num_classes)
         + _check_training(typed.training)
         + _check_augmentation(typed.augmentation)
     )
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return typed
+
+
+# --------------------------------------------------------------------------- segexp-prepare
+
+SLICE_AXIS_NAMES = ("sagittal", "coronal", "axial")
+WINDOW_MODES = ("fixed", "percentile")
+PREPARED_MASK_FORMATS = ("rgb", "index")
+
+
+@dataclass
+class VolumeClassConfig:
+    labels: list[int] = MISSING
+    rgb: list[int] = field(default_factory=lambda: [0, 0, 0])
+
+
+@dataclass
+class PhantomVolumesConfig:
+    num_cases: int = 12
+    size: int = 128
+    num_slices: int = 32
+    seed: int = 0
+
+
+@dataclass
+class VolumesConfig:
+    name: str = MISSING
+    source: str = MISSING
+    pattern: str = r"^(?P<case>.+)_(?P<kind>image|label)\.nii(\.gz)?$"
+    classes: dict[str, VolumeClassConfig] = MISSING
+    phantom: Optional[PhantomVolumesConfig] = None
+
+
+@dataclass
+class WindowConfig:
+    name: str = MISSING
+    mode: str = "fixed"
+    level: float = 300.0
+    width: float = 800.0
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+
+
+@dataclass
+class SplitConfig:
+    ratios: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "valid": 0.15, "test": 0.15})
+    cases: Optional[dict[str, list[str]]] = None
+    folds: Optional[int] = None
+    fold: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
+class PrepareConfig:
+    task_name: str = "prepare"
+    volumes: VolumesConfig = field(default_factory=VolumesConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    out_dir: str = MISSING
+    axis: str = "axial"
+    size: Optional[list[int]] = None
+    empty_fraction: float = 0.1
+    seed: int = 0
+    split: SplitConfig = field(default_factory=SplitConfig)
+    mask_format: str = "rgb"
+    workers: int = 2
+    overwrite: bool = False
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def _check_volume_classes(classes: Any, mask_format: str) -> list[str]:
+    errors = []
+    names = list(classes.keys())
+    if len(names) < 2:
+        errors.append(f"volumes.classes: need background plus at least one class, got {names}")
+    owner: dict[int, str] = {}
+    for name, c in classes.items():
+        if not c.labels:
+            errors.append(f"volumes.classes.{name}.labels: list the label values of this class")
+        for value in c.labels:
+            if not 0 <= value <= 255:
+                errors.append(f"volumes.classes.{name}.labels: label values must lie in 0..255, got {value}")
+            elif value in owner:
+                errors.append(f"volumes.classes.{name}.labels: label {value} already belongs to {owner[value]!r}")
+            owner[value] = name
+        if len(c.rgb) != 3 or any(not 0 <= v <= 255 for v in c.rgb):
+            errors.append(f"volumes.classes.{name}.rgb: expected [r, g, b] in 0..255, got {list(c.rgb)}")
+    if names and 0 not in classes[names[0]].labels:
+        errors.append(f"volumes.classes: the first class ({names[0]!r}) is the background and must contain label 0")
+    colours = [tuple(c.rgb) for c in classes.values()]
+    if mask_format == "rgb" and len(set(colours)) != len(colours):
+        errors.append(f"volumes.classes: rgb colours must be distinct for mask_format rgb, got {colours}")
+    return errors
+
+
+def validate_prepare_config(cfg: DictConfig) -> DictConfig:
+    """Typed ``segexp-prepare`` config; every problem is reported with its full key."""
+    typed = _typed(cfg, PrepareConfig)
+    errors = _check_volume_classes(typed.volumes.classes, typed.mask_format)
+    w = typed.window
+    if w.mode not in WINDOW_MODES:
+        errors.append(f"window.mode: expected one of {list(WINDOW_MODES)}, got {w.mode!r}")
+    if w.width <= 0:
+        errors.append(f"window.width: must be > 0 HU, got {w.width}")
+    if not 0.0 <= w.low_percentile < w.high_percentile <= 100.0:
+        errors.append(
+            f"window.low_percentile/high_percentile: need 0 <= low < high <= 100, got {w.low_percentile}, {w.high_percentile}"
+        )
+    if typed.axis not in SLICE_AXIS_NAMES:
+        errors.append(f"axis: expected one of {list(SLICE_AXIS_NAMES)}, got {typed.axis!r}")
+    if typed.size is not None and (len(typed.size) != 2 or min(typed.size) < 1):
+        errors.append(f"size: expected null or [height, width] in pixels, got {list(typed.size)}")
+    if not _in_unit_interval(typed.empty_fraction):
+        errors.append(f"empty_fraction: must lie in [0, 1], got {typed.empty_fraction}")
+    if typed.mask_format not in PREPARED_MASK_FORMATS:
+        errors.append(f"mask_format: expected one of {list(PREPARED_MASK_FORMATS)}, got {typed.mask_format!r}")
+    if typed.workers < 0:
+        errors.append(f"workers: must be >= 0, got {typed.workers}")
+    for split, ratio in typed.split.ratios.items():
+        if split not in SPLITS:
+            errors.append(f"split.ratios.{split}: unknown split; expected {list(SPLITS)}")
+        elif not _in_unit_interval(ratio):
+            errors.append(f"split.ratios.{split}: must lie in [0, 1], got {ratio}")
+    _raise_if(errors)
     return typed

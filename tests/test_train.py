@@ -134,7 +134,7 @@ def test_cli_debug_run_end_to_end(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = list((tmp_path / "outputs" / "runs").glob("*/*"))
+    runs = list((tmp_path / "outputs" / "train" / "runs").glob("*/*"))
     assert len(runs) == 1 and (runs[0] / ".hydra" / "config.yaml").is_file() and (runs[0] / "curves.png").is_file()
     client = _client(tmp_path)
     run = _only_run(client)

@@ -27,27 +27,64 @@ an image is ``volume[:, :, z].T`` (rows = y). Lengths are designed for
 (``0.55 * size`` in-plane pixels of height), so ``num_slices`` sets the slice
 spacing, see :func:`phantom_spacing`.
 
-:func:`write_phantom_dataset` writes the slice-folder layout used by the
-training code (``<root>/<split>/{images,masks}/<case>_<slice>.png``) plus a
-manifest ``phantom.json``; it reuses a matching folder and never deletes files it
-did not write.
+Writers (both reuse a folder generated with the same parameters, regenerate
+only their own files when the parameters change, refuse a non-empty folder they
+did not write, and never delete files they did not write):
+
+* :func:`write_phantom_dataset` writes the slice-folder layout used by the
+  training code (``<root>/<split>/{images,masks}/<case>_<slice>.png``, HU windowed
+  with :data:`PHANTOM_WINDOW` by :func:`segexp.data.intensity.window_to_uint8`,
+  re-exported here) plus a manifest ``phantom.json``;
+* :func:`write_phantom_volumes` writes 3D NIfTI volumes
+  ``<out_dir>/<case>_image.nii.gz`` (int16 HU) and ``<case>_label.nii.gz`` (uint8
+  classes) as from a DICOM conversion, with the affine :func:`phantom_affine`
+  (orientation LPS, spacing :func:`phantom_spacing`), plus a manifest
+  ``phantom_volumes.json`` -- the input of ``segexp-prepare``.
+
+Case ``phantom001`` gets the same seed, hence the same anatomy, in both writers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import cv2
+import nibabel as nib
 import numpy as np
 
+from segexp.data.intensity import window_to_uint8
 from segexp.data.rgb_map import encode_rgb_mask
+
+__all__ = [  # window_to_uint8 is re-exported: it lived here before segexp.data.intensity
+    "AO",
+    "BACKGROUND",
+    "CORONARY",
+    "DEFAULT_PHANTOM_CASES",
+    "LA",
+    "LV",
+    "MYOCARDIUM",
+    "PHANTOM_CLASSES",
+    "PHANTOM_CLASS_NAMES",
+    "PHANTOM_COLOURS",
+    "PHANTOM_MANIFEST",
+    "PHANTOM_VERSION",
+    "PHANTOM_VOLUMES_MANIFEST",
+    "PHANTOM_WINDOW",
+    "make_phantom_volume",
+    "phantom_affine",
+    "phantom_spacing",
+    "window_to_uint8",
+    "write_phantom_dataset",
+    "write_phantom_volumes",
+]
 
 PHANTOM_VERSION = "segexp-phantom-1"
 """Bump whenever the generated content changes, so cached datasets regenerate."""
@@ -73,11 +110,19 @@ PHANTOM_WINDOW: tuple[float, float] = (200.0, 800.0)
 PHANTOM_MANIFEST = "phantom.json"
 PHANTOM_GENERATOR = "segexp.data.phantom"
 
+PHANTOM_VOLUMES_MANIFEST = "phantom_volumes.json"
+PHANTOM_VOLUMES_GENERATOR = "segexp.data.phantom.volumes"
+PHANTOM_VOLUMES_FORMAT = "segexp-phantom-volumes-1"
+"""Bump whenever the NIfTI files change (affine, header), so cached volume folders regenerate."""
+
 DEFAULT_PHANTOM_CASES: Mapping[str, int] = MappingProxyType({"train": 8, "valid": 2, "test": 2})
 
 _FOV_MM = 360.0  # in-plane field of view of the phantom, mm
 _Z_EXTENT = 0.55  # stack height as a fraction of ``size`` (in-plane px units)
 _CV_CHANNEL_CHUNK = 128  # cv2 filters accept a limited channel count
+# Where the phantom's field of view sits in DICOM patient coordinates (LPS, mm), see phantom_affine.
+_FOV_CENTRE_LPS_MM = (0.0, 30.0, -150.0)
+_VOLUME_FILE = re.compile(r"phantom\d{3,}_(image|label)\.nii\.gz")
 
 
 def phantom_spacing(size: int = 128, num_slices: int = 32) -> tuple[float, float, float]:
@@ -86,17 +131,33 @@ def phantom_spacing(size: int = 128, num_slices: int = 32) -> tuple[float, float
     return (pixel, pixel, _Z_EXTENT * size * pixel / num_slices)
 
 
-def window_to_uint8(hu: np.ndarray, level: float, width: float) -> np.ndarray:
-    """Hounsfield windowing to 8 bit.
+def phantom_affine(size: int = 128, num_slices: int = 32) -> np.ndarray:
+    """NIfTI voxel-to-world affine (RAS+ mm, 4x4 float64) of a phantom volume.
 
-    ``out = round(clip((hu - (level - width / 2)) / width, 0, 1) * 255)`` as uint8:
-    ``level - width/2`` HU and below map to 0, ``level + width/2`` HU and above to 255.
+    As a DICOM-derived NIfTI of an axial chest CT written without reorientation
+    (e.g. by ITK/SimpleITK): the array axes follow the DICOM patient axes LPS,
+    matching the phantom's array convention (x to the patient's left, y posterior,
+    z superior), so ``nibabel.aff2axcodes(phantom_affine(...)) == ("L", "P", "S")``.
+    DICOM position ``p_LPS = origin + (i*sx, j*sy, k*sz)`` for voxel ``(i, j, k)``
+    with spacing :func:`phantom_spacing`; NIfTI world is RAS, so
+
+    ``affine = [[-sx, 0, 0, -ox], [0, -sy, 0, -oy], [0, 0, sz, oz], [0, 0, 0, 1]]``.
+
+    The origin ``(ox, oy, oz)`` (the DICOM ImagePositionPatient of the first slice)
+    puts the centre of the volume at LPS ``(0, 30, -150)`` mm: the 360 mm field of
+    view centred left-right on the isocentre, its centre 30 mm posterior of it (the
+    patient lies on the table below the gantry centre), and the stack centred at
+    table position z = -150 mm. These numbers are illustrative, not from a scanner.
     """
-    if not width > 0:
-        raise ValueError(f"window width must be > 0 HU, got {width}")
-    low = float(level) - float(width) / 2.0
-    scaled = np.clip((np.asarray(hu, dtype=np.float64) - low) / float(width), 0.0, 1.0) * 255.0
-    return np.rint(scaled).astype(np.uint8)
+    _check_args(0, size, num_slices)
+    spacing = np.array(phantom_spacing(size, num_slices), dtype=np.float64)
+    extent = np.array([size - 1, size - 1, num_slices - 1], dtype=np.float64)
+    origin_lps = np.array(_FOV_CENTRE_LPS_MM, dtype=np.float64) - extent / 2.0 * spacing
+    lps_to_ras = np.array([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(lps_to_ras * spacing)
+    affine[:3, 3] = lps_to_ras * origin_lps
+    return affine
 
 
 # --------------------------------------------------------------------------- geometry
@@ -381,12 +442,131 @@ def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tup
     return hu, labels
 
 
-# --------------------------------------------------------------------------- dataset
+# --------------------------------------------------------------------------- shared by the writers
 
 
 def _case_seed(seed: int, case_number: int) -> int:
     """Per-case seed derived from the dataset ``seed`` and the 1-based case number."""
     return int(np.random.SeedSequence([int(seed), int(case_number)]).generate_state(1, dtype=np.uint32)[0])
+
+
+def _case_id(case_number: int) -> str:
+    """``phantom001`` for case number 1; the same id means the same anatomy in both writers."""
+    return f"phantom{case_number:03d}"
+
+
+def _read_manifest(root: Path, name: str = PHANTOM_MANIFEST, generator: str = PHANTOM_GENERATOR) -> dict[str, Any] | None:
+    """The manifest ``root/name`` written by ``generator``, or ``None`` if there is none or it is not ours."""
+    path = root / name
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("generator") != generator:
+        return None
+    return manifest
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _inspect_root(root: Path, manifest_name: str, generator: str, what: str) -> dict[str, Any] | None:
+    """Before writing into ``root``: its manifest if the folder is ours, ``None`` if absent or empty.
+
+    Raises :class:`FileExistsError` naming ``root`` for a file, or a non-empty folder
+    without our manifest (nothing is touched then).
+    """
+    if not root.exists():
+        return None
+    if not root.is_dir():
+        raise FileExistsError(f"{root} exists and is not a folder, so it is not a segexp {what} folder")
+    manifest = _read_manifest(root, manifest_name, generator)
+    if manifest is None and any(root.iterdir()):
+        raise FileExistsError(
+            f"{root} is not empty and has no {manifest_name}, so it is not a segexp {what} folder; "
+            "refusing to write into it (choose another folder or empty it)"
+        )
+    return manifest
+
+
+def _reusable(manifest: Mapping[str, Any], params: Mapping[str, Any], complete: Callable[[], bool]) -> bool:
+    """The folder holds a complete dataset generated with exactly ``params``."""
+    return manifest.get("complete") is True and manifest.get("params") == params and complete()
+
+
+def _check_no_clash(root: Path, new_entries: Sequence[str], owned: Sequence[str] | None) -> None:
+    """Refuse to replace an entry of ``root`` that the old manifest does not list as ours."""
+    if owned is None:  # root absent or empty
+        return
+    mine = set(owned)
+    for entry in new_entries:
+        path = root / entry
+        if entry not in mine and (path.exists() or path.is_symlink()):
+            raise FileExistsError(
+                f"{path} exists but was not written by the segexp phantom generator; "
+                "refusing to replace it (move it away or choose another folder)"
+            )
+
+
+def _make_tmp(root: Path) -> Path:
+    """A fresh temporary sibling folder of ``root`` (same file system, so renames are atomic)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+
+
+def _remove(path: Path, what: str) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+    if path.exists() or path.is_symlink():
+        raise OSError(f"could not remove old phantom {what} {path}")
+
+
+def _install(
+    tmp: Path,
+    root: Path,
+    *,
+    manifest_name: str,
+    manifest: Mapping[str, Any],
+    entries_key: str,
+    old_entries: Sequence[str] | None,
+    what: str,
+) -> None:
+    """Move the generated entries ``manifest[entries_key]`` and the manifest from ``tmp`` into ``root``.
+
+    ``old_entries is None`` (``root`` absent or empty): one rename of ``tmp``. Otherwise
+    ``root`` holds our old dataset: its manifest is first rewritten as incomplete,
+    owning the old and the new entries, so an interruption below leaves a folder that
+    is recognised and regenerated; then the old entries are deleted (nothing else),
+    the new ones moved in, and the complete manifest replaces the old one last.
+    """
+    new_entries = [str(e) for e in manifest[entries_key]]
+    if old_entries is None:
+        if root.exists():
+            root.rmdir()
+        tmp.rename(root)
+        return
+    owned = list(dict.fromkeys([*old_entries, *new_entries]))
+    _write_json(root / manifest_name, {**manifest, "complete": False, entries_key: owned})
+    for entry in owned:
+        _remove(root / entry, what)
+    for entry in new_entries:
+        (tmp / entry).rename(root / entry)
+    os.replace(tmp / manifest_name, root / manifest_name)
+    tmp.rmdir()
+
+
+# --------------------------------------------------------------------------- slice dataset
 
 
 def _params(cases: Mapping[str, int], num_slices: int, size: int, seed: int) -> dict[str, Any]:
@@ -408,29 +588,8 @@ def _case_plan(cases: Mapping[str, int], seed: int) -> list[dict[str, Any]]:
     for split, count in cases.items():
         for _ in range(count):
             number += 1
-            plan.append({"id": f"phantom{number:03d}", "split": split, "seed": _case_seed(seed, number)})
+            plan.append({"id": _case_id(number), "split": split, "seed": _case_seed(seed, number)})
     return plan
-
-
-def _read_manifest(root: Path) -> dict[str, Any] | None:
-    """The manifest of a phantom folder, or ``None`` if there is none or it is not ours."""
-    path = root / PHANTOM_MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("generator") != PHANTOM_GENERATOR:
-        return None
-    return manifest
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _is_complete(root: Path, manifest: Mapping[str, Any]) -> bool:
@@ -482,7 +641,9 @@ def write_phantom_dataset(
 
     * ``root`` holds a complete dataset with the same parameters: nothing is written.
     * ``root`` holds a phantom dataset with other parameters: the split folders and
-      manifest it wrote are deleted and regenerated; other files are left alone.
+      manifest it wrote are deleted and regenerated; other files are left alone (a
+      new split folder whose name is taken by a folder we did not write:
+      :class:`FileExistsError`).
     * ``root`` is non-empty without a phantom manifest: :class:`FileExistsError`.
 
     The dataset is generated in a temporary sibling folder and moved into place at
@@ -498,25 +659,16 @@ def write_phantom_dataset(
     params = _params(cases, num_slices, size, seed)
 
     old_splits: list[str] | None = None  # None: root is absent or empty
-    if root.exists():
-        if not root.is_dir():
-            raise FileExistsError(f"{root} exists and is not a folder, so it is not a segexp phantom folder")
-        manifest = _read_manifest(root)
-        if manifest is None:
-            if any(root.iterdir()):
-                raise FileExistsError(
-                    f"{root} is not empty and has no {PHANTOM_MANIFEST}, so it is not a segexp phantom "
-                    "folder; refusing to write into it (choose another folder or empty it)"
-                )
-        else:
-            if manifest.get("complete") is True and manifest.get("params") == params and _is_complete(root, manifest):
-                return root
-            old_splits = [str(s) for s in manifest.get("splits", []) if isinstance(s, str)]
-            for split in old_splits:
-                _check_split_name(split)
+    manifest = _inspect_root(root, PHANTOM_MANIFEST, PHANTOM_GENERATOR, "phantom")
+    if manifest is not None:
+        if _reusable(manifest, params, lambda: _is_complete(root, manifest)):
+            return root
+        old_splits = [str(s) for s in manifest.get("splits", []) if isinstance(s, str)]
+        for split in old_splits:
+            _check_split_name(split)
+    _check_no_clash(root, list(cases), old_splits)
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    tmp = _make_tmp(root)
     try:
         plan = _case_plan(cases, seed)
         for split in cases:
@@ -530,7 +682,7 @@ def write_phantom_dataset(
                 _imwrite(tmp / case["split"] / "images" / name, np.ascontiguousarray(image[:, :, z].T))
                 rgb = encode_rgb_mask(np.ascontiguousarray(labels[:, :, z].T), PHANTOM_COLOURS)
                 _imwrite(tmp / case["split"] / "masks" / name, np.ascontiguousarray(rgb[:, :, ::-1]))
-        manifest = {
+        new_manifest = {
             "generator": PHANTOM_GENERATOR,
             "complete": True,
             "params": params,
@@ -539,26 +691,151 @@ def write_phantom_dataset(
             "classes": [{"index": i, "name": n, "colour": list(c)} for i, (n, c) in enumerate(PHANTOM_CLASSES)],
             "cases": plan,
         }
-        _write_json(tmp / PHANTOM_MANIFEST, manifest)
-
-        if old_splits is None:  # absent or empty root: one rename
-            if root.exists():
-                root.rmdir()
-            tmp.rename(root)
-            return root
-        # Our old dataset: first mark it incomplete (owning the old and new split folders),
-        # so an interruption below leaves a folder that is recognised and regenerated.
-        owned = list(dict.fromkeys([*old_splits, *cases]))
-        _write_json(root / PHANTOM_MANIFEST, {**manifest, "complete": False, "splits": owned})
-        for split in owned:
-            shutil.rmtree(root / split, ignore_errors=True)
-            if (root / split).exists():
-                raise OSError(f"could not remove old phantom split folder {root / split}")
-        for split in cases:
-            (tmp / split).rename(root / split)
-        os.replace(tmp / PHANTOM_MANIFEST, root / PHANTOM_MANIFEST)
-        tmp.rmdir()
+        _write_json(tmp / PHANTOM_MANIFEST, new_manifest)
+        _install(
+            tmp,
+            root,
+            manifest_name=PHANTOM_MANIFEST,
+            manifest=new_manifest,
+            entries_key="splits",
+            old_entries=old_splits,
+            what="split folder",
+        )
         return root
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- NIfTI volumes
+
+
+def _volume_names(case_id: str) -> tuple[str, str]:
+    return f"{case_id}_image.nii.gz", f"{case_id}_label.nii.gz"
+
+
+def _volume_params(num_cases: int, size: int, num_slices: int, seed: int) -> dict[str, Any]:
+    return {
+        "version": PHANTOM_VERSION,
+        "format": PHANTOM_VOLUMES_FORMAT,
+        "seed": int(seed),
+        "size": int(size),
+        "num_slices": int(num_slices),
+        "num_cases": int(num_cases),
+        "class_names": list(PHANTOM_CLASS_NAMES),
+    }
+
+
+def _check_volume_file_name(name: str) -> None:
+    if not isinstance(name, str) or not _VOLUME_FILE.fullmatch(name):
+        raise ValueError(f"{PHANTOM_VOLUMES_MANIFEST} lists {name!r}, which is not a phantom volume file name")
+
+
+def _volumes_complete(root: Path, manifest: Mapping[str, Any]) -> bool:
+    """All files the manifest lists are present."""
+    try:
+        files = manifest["files"]
+        return isinstance(files, list) and all((root / str(name)).is_file() for name in files)
+    except (KeyError, TypeError, OSError):
+        return False
+
+
+def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, *, description: str, label: bool) -> None:
+    """NIfTI-1 as from DICOM conversion: mm units, qform code scanner, sform code aligned."""
+    image = nib.Nifti1Image(data, affine)
+    header = image.header
+    header.set_data_dtype(data.dtype)
+    header.set_xyzt_units(xyz="mm", t="sec")
+    header["descrip"] = description.encode("ascii")[:79]
+    if label:
+        header.set_intent("label")
+    image.set_qform(affine, code="scanner")
+    image.set_sform(affine, code="aligned")
+    nib.save(image, str(path))
+
+
+def write_phantom_volumes(
+    out_dir: Path,
+    *,
+    num_cases: int = 12,
+    size: int = 128,
+    num_slices: int = 32,
+    seed: int = 0,
+) -> list[tuple[Path, Path]]:
+    """Write (or reuse) phantom CT volumes as NIfTI and return ``[(image, label), ...]`` per case.
+
+    Files ``<out_dir>/phantom001_image.nii.gz`` (int16 HU) and
+    ``<out_dir>/phantom001_label.nii.gz`` (uint8 class indices into
+    :data:`PHANTOM_CLASSES`, intent ``label``) for cases 1..``num_cases``, arrays
+    ``(size, size, num_slices)`` from :func:`make_phantom_volume`, affine
+    :func:`phantom_affine` (orientation LPS), units mm, qform code scanner and sform
+    code aligned. The case seeds are derived as in :func:`write_phantom_dataset`, so
+    ``phantom001`` is the same anatomy in both writers (for the same ``seed``,
+    ``size`` and ``num_slices``). A manifest ``<out_dir>/phantom_volumes.json``
+    records the parameters, files and case seeds.
+
+    * ``out_dir`` holds complete volumes with the same parameters: nothing is written.
+    * ``out_dir`` holds phantom volumes with other parameters: the files its manifest
+      lists are deleted and regenerated; other files are left alone.
+    * ``out_dir`` is non-empty without that manifest: :class:`FileExistsError`.
+
+    The files are generated in a temporary sibling folder and moved into place at
+    the end; the manifest is marked complete only once all files are in place.
+    """
+    out_dir = Path(out_dir)
+    if isinstance(num_cases, bool) or not isinstance(num_cases, (int, np.integer)) or num_cases < 1:
+        raise ValueError(f"num_cases must be an integer >= 1, got {num_cases!r}")
+    _check_args(seed, size, num_slices)
+    params = _volume_params(num_cases, size, num_slices, seed)
+    ids = [_case_id(number) for number in range(1, int(num_cases) + 1)]
+    pairs = [tuple(out_dir / name for name in _volume_names(case_id)) for case_id in ids]
+    files = [name for case_id in ids for name in _volume_names(case_id)]
+
+    old_files: list[str] | None = None  # None: out_dir is absent or empty
+    manifest = _inspect_root(out_dir, PHANTOM_VOLUMES_MANIFEST, PHANTOM_VOLUMES_GENERATOR, "phantom volume")
+    if manifest is not None:
+        if _reusable(manifest, params, lambda: _volumes_complete(out_dir, manifest)):
+            return pairs  # type: ignore[return-value]
+        raw = manifest.get("files", [])
+        old_files = [str(name) for name in raw if isinstance(name, str)] if isinstance(raw, list) else []
+        for name in old_files:
+            _check_volume_file_name(name)
+    _check_no_clash(out_dir, files, old_files)
+
+    affine = phantom_affine(size, num_slices)
+    tmp = _make_tmp(out_dir)
+    try:
+        cases = []
+        for number, case_id in enumerate(ids, start=1):
+            case_seed = _case_seed(seed, number)
+            hu, labels = make_phantom_volume(case_seed, size=size, num_slices=num_slices)
+            image_name, label_name = _volume_names(case_id)
+            _save_nifti(tmp / image_name, hu, affine, description=f"segexp phantom {case_id} HU", label=False)
+            _save_nifti(tmp / label_name, labels, affine, description=f"segexp phantom {case_id} labels", label=True)
+            cases.append({"id": case_id, "seed": case_seed, "image": image_name, "label": label_name})
+        new_manifest = {
+            "generator": PHANTOM_VOLUMES_GENERATOR,
+            "complete": True,
+            "params": params,
+            "files": files,
+            "shape": [int(size), int(size), int(num_slices)],
+            "spacing_mm": list(phantom_spacing(size, num_slices)),
+            "orientation": "LPS",
+            "affine": affine.tolist(),
+            "classes": [{"index": i, "name": n} for i, n in enumerate(PHANTOM_CLASS_NAMES)],
+            "cases": cases,
+        }
+        _write_json(tmp / PHANTOM_VOLUMES_MANIFEST, new_manifest)
+        _install(
+            tmp,
+            out_dir,
+            manifest_name=PHANTOM_VOLUMES_MANIFEST,
+            manifest=new_manifest,
+            entries_key="files",
+            old_entries=old_files,
+            what="volume file",
+        )
+        return pairs  # type: ignore[return-value]
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

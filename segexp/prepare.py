@@ -1,0 +1,355 @@
+"""``segexp-prepare``: CT volumes (NIfTI) -> the slice folders that ``segexp-train`` reads.
+
+Steps, each checked before anything is written to ``out_dir``:
+
+1. pair ``<case>_image`` / ``<case>_label`` files by case id (``volumes.pattern``);
+2. read every header: image/label shape and affine must agree;
+3. split the cases by patient (ratios, explicit lists, or k-fold);
+4. per volume, in parallel worker processes (memory: one volume per worker):
+   reorient to RAS, map label values to classes (unknown or non-integer values are
+   errors naming the case), window to uint8 (the same mapping for every slice),
+   keep all foreground slices plus a seeded ``empty_fraction`` of the empty ones,
+   resize, write ``<split>/{images,masks}/<case>_<slice>.png``;
+5. write ``dataset.json`` and move the staged folder into place.
+
+Re-running on the same inputs and settings is a no-op; a different existing
+dataset is replaced only with ``overwrite=true``, and a folder that segexp-prepare
+did not write is never replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import zlib
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+import segexp
+from segexp.config import CONF_DIR, ConfigError, validate_prepare_config
+from segexp.data.intensity import percentile_window, window_to_uint8
+from segexp.data.rgb_map import encode_rgb_mask
+from segexp.data.slices import resize_pair
+from segexp.data.splits import SplitError, fold_table, split_cases
+from segexp.data.volumes import (
+    VolumeCase,
+    VolumeError,
+    find_volume_cases,
+    load_case,
+    num_slices,
+    read_header,
+    sha256_file,
+    volume_slice,
+)
+from segexp.tracking import tracked_run
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "dataset.json"
+GENERATOR = "segexp-prepare"
+#: In-plane orientation of the written slices (see segexp.data.volumes.volume_slice).
+IN_PLANE = {
+    "axial": "rows anterior -> posterior, columns patient right -> left (radiological view)",
+    "coronal": "rows superior -> inferior, columns patient right -> left",
+    "sagittal": "rows superior -> inferior, columns anterior -> posterior",
+}
+
+
+class PrepareError(ValueError):
+    """The inputs or ``out_dir`` do not allow a safe preparation; the message names what."""
+
+
+@dataclass(frozen=True)
+class SliceSettings:
+    """Everything a worker needs to turn one volume into PNG slices (picklable)."""
+
+    axis: str
+    size: tuple[int, int] | None
+    empty_fraction: float
+    seed: int
+    mask_format: str
+    colours: tuple[tuple[int, int, int], ...]
+    label_lut: tuple[int, ...]  # label value -> class index, 255 = not in the class table
+    window_mode: str
+    level: float
+    width: float
+    low_percentile: float
+    high_percentile: float
+
+
+@dataclass
+class CaseReport:
+    """What one volume contributed: shape, spacing, orientation, slices kept, source checksums."""
+
+    case: str
+    split: str
+    shape: list[int]
+    spacing_mm: list[float]
+    orientation: str
+    slices_total: int
+    slices_foreground: int
+    slices_empty_kept: int
+    window: list[float]
+    image: dict[str, str]
+    label: dict[str, str]
+
+
+def class_table(classes: Mapping[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Class names, colours ``(C, 3) uint8`` and a 256-entry label-value -> class-index lookup (255 = unknown)."""
+    names = list(classes)
+    colours = np.asarray([list(c["rgb"]) for c in classes.values()], np.uint8)
+    lut = np.full(256, 255, np.uint8)
+    for index, c in enumerate(classes.values()):
+        lut[list(c["labels"])] = index
+    return names, colours, lut
+
+
+def empty_slices_to_keep(case: str, empty: list[int], fraction: float, seed: int) -> list[int]:
+    """A seeded ``round(fraction * len(empty))`` of the empty slice indices, stable per (seed, case)."""
+    count = int(round(fraction * len(empty)))
+    if count == 0:
+        return []
+    rng = np.random.default_rng([seed, zlib.crc32(case.encode())])
+    return sorted(int(i) for i in rng.choice(empty, size=count, replace=False))
+
+
+def _to_uint8(volume: np.ndarray, s: SliceSettings) -> tuple[np.ndarray, list[float]]:
+    if s.window_mode == "percentile":
+        level, width = percentile_window(volume, s.low_percentile, s.high_percentile)
+    else:
+        level, width = s.level, s.width
+    return window_to_uint8(volume, level, width), [float(level), float(width)]
+
+
+def process_case(case: VolumeCase, split: str, settings: SliceSettings, staging: Path) -> CaseReport:
+    """Write the kept slices of one volume under ``staging/<split>``; raises VolumeError naming the case."""
+    lut = np.asarray(settings.label_lut, np.uint8)
+    allowed = [int(v) for v in np.flatnonzero(lut != 255)]
+    loaded = load_case(case, allowed_labels=allowed)
+    classes = lut[loaded.label]
+    image, window = _to_uint8(loaded.image, settings)
+    total = num_slices(classes, settings.axis)
+    foreground = [i for i in range(total) if volume_slice(classes, settings.axis, i).any()]
+    empty = sorted(set(range(total)) - set(foreground))
+    kept_empty = empty_slices_to_keep(case.case, empty, settings.empty_fraction, settings.seed)
+    digits = max(3, len(str(total - 1)))
+    images_dir, masks_dir = staging / split / "images", staging / split / "masks"
+    for index in sorted(foreground + kept_empty):
+        img = volume_slice(image, settings.axis, index)
+        mask = volume_slice(classes, settings.axis, index)
+        if settings.size is not None:
+            img, mask = resize_pair(img, mask, *settings.size)
+            img = img[..., 0]
+        name = f"{case.case}_{index:0{digits}d}.png"
+        _imwrite(images_dir / name, img)
+        rgb = encode_rgb_mask(mask, settings.colours)[..., ::-1] if settings.mask_format == "rgb" else mask
+        _imwrite(masks_dir / name, rgb)
+    return CaseReport(
+        case=case.case, split=split, shape=[int(v) for v in loaded.original_shape],
+        spacing_mm=[round(float(v), 4) for v in loaded.spacing], orientation=loaded.original_orientation,
+        slices_total=total, slices_foreground=len(foreground), slices_empty_kept=len(kept_empty), window=window,
+        image={"file": case.image.name, "sha256": sha256_file(case.image)},
+        label={"file": case.label.name, "sha256": sha256_file(case.label)},
+    )
+
+
+def _imwrite(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(array)):
+        raise OSError(f"{path}: could not write PNG")
+
+
+def _settings(cfg: DictConfig) -> SliceSettings:
+    names, colours, lut = class_table(cfg.volumes.classes)
+    w = cfg.window
+    return SliceSettings(
+        axis=cfg.axis, size=tuple(cfg.size) if cfg.size is not None else None,
+        empty_fraction=cfg.empty_fraction, seed=cfg.seed, mask_format=cfg.mask_format,
+        colours=tuple(tuple(int(v) for v in c) for c in colours), label_lut=tuple(int(v) for v in lut),
+        window_mode=w.mode, level=w.level, width=w.width,
+        low_percentile=w.low_percentile, high_percentile=w.high_percentile,
+    )
+
+
+def fingerprint(cfg: DictConfig, cases: list[VolumeCase]) -> str:
+    """SHA-256 over the settings that shape the output and the source files' checksums."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("workers", "overwrite", "tracking", "paths", "out_dir", "task_name"):
+        settings.pop(key, None)
+    settings["volumes"].pop("source", None)
+    sources = {c.case: [sha256_file(c.image), sha256_file(c.label)] for c in cases}
+    blob = json.dumps({"settings": settings, "sources": sources, "generator": GENERATOR}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _existing_manifest(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_out_dir(out_dir: Path, print_: str, overwrite: bool) -> bool:
+    """True when ``out_dir`` already holds this exact dataset; raises PrepareError when it must not be touched."""
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return False
+    manifest = _existing_manifest(out_dir)
+    if manifest is None or manifest.get("generator") != GENERATOR:
+        raise PrepareError(
+            f"out_dir: {out_dir} is not empty and was not written by segexp-prepare (no {MANIFEST}); "
+            "choose another out_dir — segexp never replaces files it did not write"
+        )
+    if manifest.get("fingerprint") == print_:
+        return True
+    if not overwrite:
+        raise PrepareError(
+            f"out_dir: {out_dir} holds a different dataset (other inputs or settings); "
+            "set overwrite=true to replace it, or choose another out_dir"
+        )
+    return False
+
+
+def _split(cfg: DictConfig, case_ids: list[str]) -> tuple[dict[str, list[str]], dict[str, int] | None]:
+    s = cfg.split
+    explicit = OmegaConf.to_container(s.cases) if s.cases is not None else None
+    ratios = None if explicit is not None else dict(s.ratios)
+    splits = split_cases(case_ids, ratios=ratios, explicit=explicit, seed=s.seed, folds=s.folds, fold=s.fold)
+    folds = None
+    if s.folds is not None:
+        folds = fold_table(case_ids, folds=s.folds, seed=s.seed, test=splits["test"])
+    return splits, folds
+
+
+def prepare(cfg: DictConfig) -> Path:
+    """Validate, split by patient, slice every volume (in parallel) and write ``dataset.json``.
+
+    Returns ``out_dir``. Every input problem raises before ``out_dir`` is touched.
+    """
+    cfg = validate_prepare_config(cfg)
+    v = cfg.volumes
+    source = Path(v.source).expanduser()
+    if v.phantom is not None:
+        from segexp.data.phantom import write_phantom_volumes
+
+        write_phantom_volumes(source, **OmegaConf.to_container(v.phantom))
+    cases = find_volume_cases(source, v.pattern)
+    headers = {c.case: read_header(c) for c in cases}
+    splits, folds = _split(cfg, [c.case for c in cases])
+    out_dir = Path(cfg.out_dir).expanduser().resolve()
+    print_ = fingerprint(cfg, cases)
+    if check_out_dir(out_dir, print_, cfg.overwrite):
+        log.info("%s is up to date (same inputs and settings): nothing to do", out_dir)
+        return out_dir
+
+    settings = _settings(cfg)
+    split_of = {case: split for split, ids in splits.items() for case in ids}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    try:
+        reports = _run_cases(cases, split_of, settings, staging, cfg.workers)
+        names, colours, _ = class_table(v.classes)
+        manifest = {
+            "generator": GENERATOR,
+            "version": segexp.__version__,
+            "fingerprint": print_,
+            "name": v.name,
+            "class_names": names,
+            "classes": [
+                {"index": i, "name": n, "labels": list(v.classes[n].labels), "rgb": colours[i].tolist()}
+                for i, n in enumerate(names)
+            ],
+            "rgb_map": {n: colours[i].tolist() for i, n in enumerate(names)},
+            "mask_format": cfg.mask_format,
+            "splits": splits,
+            "folds": folds,
+            "fold": cfg.split.fold,
+            "axis": cfg.axis,
+            "orientation": {"canonical": "RAS", "in_plane": IN_PLANE[cfg.axis]},
+            "window": OmegaConf.to_container(cfg.window),
+            "size": list(cfg.size) if cfg.size is not None else None,
+            "empty_fraction": cfg.empty_fraction,
+            "seed": cfg.seed,
+            "source": str(source),
+            "cases": {r.case: {k: val for k, val in asdict(r).items() if k != "case"} for r in reports},
+            "headers": {case: {"shape": list(h.shape), "orientation": h.orientation} for case, h in headers.items()},
+        }
+        for split in ("train", "valid", "test"):
+            (staging / split / "images").mkdir(parents=True, exist_ok=True)
+            (staging / split / "masks").mkdir(parents=True, exist_ok=True)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)  # a segexp-prepare dataset, replaced on request (checked above)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    kept = sum(r.slices_foreground + r.slices_empty_kept for r in reports)
+    log.info("wrote %d slices of %d cases to %s (%s)", kept, len(reports), out_dir,
+             ", ".join(f"{k}: {len(ids)} cases" for k, ids in splits.items()))
+    return out_dir
+
+
+def _run_cases(
+    cases: list[VolumeCase], split_of: Mapping[str, str], settings: SliceSettings, staging: Path, workers: int
+) -> list[CaseReport]:
+    """Process every case (in ``workers`` processes); all failures are collected and raised together."""
+    reports: list[CaseReport] = []
+    errors: list[str] = []
+    progress = tqdm(total=len(cases), desc="volumes", unit="vol", file=sys.stderr, disable=None)
+    if workers <= 1:
+        for case in cases:
+            try:
+                reports.append(process_case(case, split_of[case.case], settings, staging))
+            except VolumeError as err:
+                errors.append(str(err))
+            progress.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(process_case, c, split_of[c.case], settings, staging): c for c in cases}
+            for future in as_completed(futures):
+                try:
+                    reports.append(future.result())
+                except VolumeError as err:
+                    errors.append(str(err))
+                progress.update()
+    progress.close()
+    if errors:
+        raise VolumeError(f"{len(errors)} of {len(cases)} cases failed; nothing was written:\n  " + "\n  ".join(sorted(errors)))
+    return sorted(reports, key=lambda r: r.case)
+
+
+USER_ERRORS = (ConfigError, VolumeError, SplitError, PrepareError)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: compose ``conf/prepare.yaml``, then :func:`prepare`."""
+    t = cfg.tracking
+    try:
+        with tracked_run(
+            t.enabled, uri=t.uri, experiment=f"{t.experiment}-prepare", artifact_location=t.artifact_location,
+            run_name=f"prepare {cfg.volumes.name}", tags={"dataset": str(cfg.volumes.name)},
+            description="segexp-prepare " + " ".join(HydraConfig.get().overrides.task),
+        ) as tracker:
+            out_dir = prepare(cfg)
+            tracker.log_artifact(out_dir / MANIFEST)
+    except USER_ERRORS as err:
+        log.error("%s", err)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
