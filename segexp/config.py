@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Optional, get_args, get_type_hints
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -192,8 +192,13 @@ def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
         if key not in hints:
             problems.append(f"{full}: unknown key; expected one of {sorted(hints)}")
             continue
-        # Optional[X] -> X: descend into nested dataclass sections.
-        sub = next((t for t in (hints[key], *get_args(hints[key])) if is_dataclass(t)), None)
+        hint, args = hints[key], get_args(hints[key])
+        if get_origin(hint) is dict and len(args) == 2 and is_dataclass(args[1]):
+            for name, value in (node[key] or {}).items():  # dict[str, Section]: check every entry
+                problems += _unknown_keys(value, args[1], f"{full}.{name}.")
+            continue
+        # Section or Optional[Section]: descend into the nested dataclass.
+        sub = next((t for t in (hint, *(args if get_origin(hint) is Union else ())) if is_dataclass(t)), None)
         if sub is not None:
             problems += _unknown_keys(node[key], sub, f"{full}.")
     return problems

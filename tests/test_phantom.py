@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import cv2
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -19,11 +20,14 @@ from segexp.data.phantom import (
     PHANTOM_CLASSES,
     PHANTOM_COLOURS,
     PHANTOM_MANIFEST,
+    PHANTOM_VOLUMES_MANIFEST,
     PHANTOM_WINDOW,
     make_phantom_volume,
+    phantom_affine,
     phantom_spacing,
     window_to_uint8,
     write_phantom_dataset,
+    write_phantom_volumes,
 )
 from segexp.data.rgb_map import decode_rgb_mask
 
@@ -275,3 +279,179 @@ def test_invalid_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         make_phantom_volume(0, size=16)
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------- NIfTI volumes
+
+VOL = {"num_cases": 3, "size": 48, "num_slices": 6, "seed": 2}
+
+
+def test_window_to_uint8_is_the_intensity_one() -> None:
+    from segexp.data import intensity, phantom
+
+    assert phantom.window_to_uint8 is intensity.window_to_uint8
+
+
+@pytest.mark.parametrize(("size", "num_slices"), [(128, 32), (64, 10), (48, 1)])
+def test_phantom_affine(size: int, num_slices: int) -> None:
+    affine = phantom_affine(size, num_slices)
+    assert affine.shape == (4, 4) and affine.dtype == np.float64
+    assert nib.aff2axcodes(affine) == ("L", "P", "S")
+    np.testing.assert_allclose(nib.affines.voxel_sizes(affine), phantom_spacing(size, num_slices))
+    np.testing.assert_array_equal(affine[3], [0, 0, 0, 1])
+    # Voxel (0, 0, 0) is at the patient's right, anterior, inferior corner (RAS: x, y > 0 for L/P axes).
+    first, last = affine @ [0, 0, 0, 1], affine @ [size - 1, size - 1, num_slices - 1, 1]
+    assert first[0] > last[0] and first[1] > last[1] and (num_slices == 1 or first[2] < last[2])
+    # The volume centre sits at LPS (0, 30, -150) mm, i.e. RAS (0, -30, -150).
+    centre = affine @ [(size - 1) / 2, (size - 1) / 2, (num_slices - 1) / 2, 1]
+    np.testing.assert_allclose(centre[:3], [0.0, -30.0, -150.0], atol=1e-9)
+
+
+def test_write_volumes_files_and_headers(tmp_path: Path) -> None:
+    out = tmp_path / "vols"
+    pairs = write_phantom_volumes(out, **VOL)
+    ids = ["phantom001", "phantom002", "phantom003"]
+    assert pairs == [(out / f"{i}_image.nii.gz", out / f"{i}_label.nii.gz") for i in ids]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [PHANTOM_VOLUMES_MANIFEST] + [p.name for pair in pairs for p in pair]
+    )
+    assert not list(tmp_path.glob(".vols*"))  # no temporary folder left behind
+    manifest = json.loads((out / PHANTOM_VOLUMES_MANIFEST).read_text())
+    assert manifest["complete"] is True and manifest["orientation"] == "LPS"
+    assert manifest["params"]["num_cases"] == 3 and manifest["params"]["seed"] == 2
+    assert [c["id"] for c in manifest["cases"]] == ids
+
+    affine = phantom_affine(48, 6)
+    for case, (image_path, label_path) in zip(manifest["cases"], pairs, strict=True):
+        hu_ref, labels_ref = make_phantom_volume(case["seed"], size=48, num_slices=6)
+        image, label = nib.load(image_path), nib.load(label_path)
+        for img in (image, label):
+            assert isinstance(img, nib.Nifti1Image)
+            assert img.shape == (48, 48, 6)
+            np.testing.assert_allclose(img.affine, affine, atol=1e-5)
+            assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
+            np.testing.assert_allclose(img.header.get_zooms(), phantom_spacing(48, 6), rtol=1e-6)
+            assert img.header.get_xyzt_units()[0] == "mm"
+            assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 2
+        assert image.get_data_dtype() == np.int16 and label.get_data_dtype() == np.uint8
+        assert label.header.get_intent()[0] == "label"
+        hu = np.asanyarray(image.dataobj)
+        labels = np.asanyarray(label.dataobj)
+        assert hu.dtype == np.int16 and labels.dtype == np.uint8
+        np.testing.assert_array_equal(hu, hu_ref)
+        np.testing.assert_array_equal(labels, labels_ref)
+
+
+def test_volumes_and_slices_share_case_seeds(tmp_path: Path) -> None:
+    write_phantom_volumes(tmp_path / "v", num_cases=2, size=32, num_slices=2, seed=5)
+    root = write_phantom_dataset(tmp_path / "s", cases={"train": 1, "test": 1}, num_slices=2, size=32, seed=5)
+    vol = json.loads((tmp_path / "v" / PHANTOM_VOLUMES_MANIFEST).read_text())["cases"]
+    sl = json.loads((root / PHANTOM_MANIFEST).read_text())["cases"]
+    assert [(c["id"], c["seed"]) for c in vol] == [(c["id"], c["seed"]) for c in sl]
+    # ... so the slice PNGs are the windowed volume slices.
+    hu = np.asanyarray(nib.load(tmp_path / "v" / "phantom002_image.nii.gz").dataobj)
+    png = cv2.imread(str(root / "test" / "images" / "phantom002_001.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(png, window_to_uint8(hu, *PHANTOM_WINDOW)[:, :, 1].T)
+
+
+def test_volumes_rerun_same_params_is_noop(tmp_path: Path) -> None:
+    out = tmp_path / "vols"
+    first = write_phantom_volumes(out, **VOL)
+    before = _mtimes(out)
+    assert write_phantom_volumes(out, **VOL) == first
+    assert _mtimes(out) == before
+
+
+def test_volumes_different_params_regenerate_own_files_only(tmp_path: Path) -> None:
+    out = tmp_path / "vols"
+    write_phantom_volumes(out, **VOL)
+    (out / "notes.txt").write_text("user file")
+    old = np.asanyarray(nib.load(out / "phantom001_label.nii.gz").dataobj)
+
+    pairs = write_phantom_volumes(out, num_cases=2, size=32, num_slices=4, seed=9)
+    manifest = json.loads((out / PHANTOM_VOLUMES_MANIFEST).read_text())
+    assert manifest["complete"] is True and manifest["params"]["seed"] == 9
+    assert (out / "notes.txt").read_text() == "user file"  # not ours: kept
+    assert not (out / "phantom003_image.nii.gz").exists()  # ours, no longer wanted: removed
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["notes.txt", PHANTOM_VOLUMES_MANIFEST] + [p.name for pair in pairs for p in pair]
+    )
+    new = nib.load(out / "phantom001_label.nii.gz")
+    assert new.shape == (32, 32, 4) and new.shape != old.shape
+    assert not list(tmp_path.glob(".vols*"))
+
+
+def test_volumes_missing_file_is_regenerated(tmp_path: Path) -> None:
+    out = tmp_path / "vols"
+    write_phantom_volumes(out, **VOL)
+    victim = out / "phantom002_label.nii.gz"
+    victim.unlink()
+    write_phantom_volumes(out, **VOL)
+    assert victim.is_file()
+
+
+def test_volumes_foreign_folder_refused_and_untouched(tmp_path: Path) -> None:
+    out = tmp_path / "scans"
+    out.mkdir()
+    (out / "case1_image.nii.gz").write_bytes(b"not ours")
+    before = _mtimes(out)
+    with pytest.raises(FileExistsError, match="not a segexp phantom volume folder") as info:
+        write_phantom_volumes(out, **VOL)
+    assert str(out) in str(info.value)
+    assert _mtimes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scans"]  # no temp folder left
+
+
+def test_volumes_refuse_slice_dataset_folder_and_vice_versa(tmp_path: Path) -> None:
+    root = write_phantom_dataset(tmp_path / "s", cases={"train": 1}, num_slices=2, size=32)
+    with pytest.raises(FileExistsError, match=PHANTOM_VOLUMES_MANIFEST):
+        write_phantom_volumes(root, num_cases=1, size=32, num_slices=2)
+    write_phantom_volumes(tmp_path / "v", num_cases=1, size=32, num_slices=2)
+    with pytest.raises(FileExistsError, match=PHANTOM_MANIFEST):
+        write_phantom_dataset(tmp_path / "v", cases={"train": 1}, num_slices=2, size=32)
+
+
+def test_volumes_never_replace_an_unowned_file(tmp_path: Path) -> None:
+    out = tmp_path / "vols"
+    write_phantom_volumes(out, num_cases=1, size=32, num_slices=2)
+    user = out / "phantom002_image.nii.gz"  # a user's file where a new case would go
+    user.write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="phantom002_image.nii.gz"):
+        write_phantom_volumes(out, num_cases=2, size=32, num_slices=2)
+    assert user.read_bytes() == b"mine"
+    assert json.loads((out / PHANTOM_VOLUMES_MANIFEST).read_text())["params"]["num_cases"] == 1
+
+
+def test_volumes_empty_existing_folder_is_used(tmp_path: Path) -> None:
+    out = tmp_path / "vols"
+    out.mkdir()
+    write_phantom_volumes(out, num_cases=1, size=32, num_slices=2)
+    assert (out / PHANTOM_VOLUMES_MANIFEST).is_file()
+
+
+def test_volumes_invalid_arguments(tmp_path: Path) -> None:
+    for bad in ({"num_cases": 0}, {"num_cases": 1.5}, {"size": 16}, {"num_slices": 0}, {"seed": -1}):
+        with pytest.raises(ValueError):
+            write_phantom_volumes(tmp_path / "x", **{"num_cases": 1, "size": 32, "num_slices": 2, **bad})
+    assert not (tmp_path / "x").exists()
+
+
+def test_tampered_volume_manifest_never_deletes_outside(tmp_path: Path) -> None:
+    out = tmp_path / "vols"
+    write_phantom_volumes(out, num_cases=1, size=32, num_slices=2)
+    (tmp_path / "precious.txt").write_text("keep")
+    path = out / PHANTOM_VOLUMES_MANIFEST
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "files": [*manifest["files"], "../precious.txt"]}))
+    with pytest.raises(ValueError, match="precious"):
+        write_phantom_volumes(out, num_cases=2, size=32, num_slices=2)
+    assert (tmp_path / "precious.txt").read_text() == "keep"
+
+
+def test_new_split_never_replaces_an_unowned_folder(tmp_path: Path) -> None:
+    root = write_phantom_dataset(tmp_path / "p", cases={"train": 1}, num_slices=2, size=32)
+    (root / "test").mkdir()
+    (root / "test" / "mine.png").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="test"):
+        write_phantom_dataset(root, cases={"train": 1, "test": 1}, num_slices=2, size=32)
+    assert (root / "test" / "mine.png").read_bytes() == b"mine"

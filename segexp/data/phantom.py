@@ -21,7 +21,8 @@ slices of a volume contain background only. The image (not the labels) is
 blurred slightly (partial volume) and gets smoothed Gaussian noise (15-25 HU).
 
 Conventions: arrays are indexed ``(x, y, z)``; x runs to the patient's left
-(image right), y runs posterior (image down), z runs superior. An axial slice as
+(image right), y runs posterior (image down), z runs superior -- the DICOM
+patient axes LPS, see :func:`phantom_affine`. An axial slice as
 an image is ``volume[:, :, z].T`` (rows = y). Lengths are designed for
 ``size=128`` and scale with ``size``; the stack always covers the same anatomy
 (``0.55 * size`` in-plane pixels of height), so ``num_slices`` sets the slice
@@ -455,7 +456,9 @@ def _case_id(case_number: int) -> str:
     return f"phantom{case_number:03d}"
 
 
-def _read_manifest(root: Path, name: str = PHANTOM_MANIFEST, generator: str = PHANTOM_GENERATOR) -> dict[str, Any] | None:
+def _read_manifest(
+    root: Path, name: str = PHANTOM_MANIFEST, generator: str = PHANTOM_GENERATOR
+) -> dict[str, Any] | None:
     """The manifest ``root/name`` written by ``generator``, or ``None`` if there is none or it is not ours."""
     path = root / name
     if not path.is_file():
@@ -788,14 +791,14 @@ def write_phantom_volumes(
     _check_args(seed, size, num_slices)
     params = _volume_params(num_cases, size, num_slices, seed)
     ids = [_case_id(number) for number in range(1, int(num_cases) + 1)]
-    pairs = [tuple(out_dir / name for name in _volume_names(case_id)) for case_id in ids]
+    pairs = [(out_dir / image, out_dir / label) for image, label in map(_volume_names, ids)]
     files = [name for case_id in ids for name in _volume_names(case_id)]
 
     old_files: list[str] | None = None  # None: out_dir is absent or empty
     manifest = _inspect_root(out_dir, PHANTOM_VOLUMES_MANIFEST, PHANTOM_VOLUMES_GENERATOR, "phantom volume")
     if manifest is not None:
         if _reusable(manifest, params, lambda: _volumes_complete(out_dir, manifest)):
-            return pairs  # type: ignore[return-value]
+            return pairs
         raw = manifest.get("files", [])
         old_files = [str(name) for name in raw if isinstance(name, str)] if isinstance(raw, list) else []
         for name in old_files:
@@ -835,7 +838,7 @@ def write_phantom_volumes(
             old_entries=old_files,
             what="volume file",
         )
-        return pairs  # type: ignore[return-value]
+        return pairs
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -8,19 +8,21 @@ slices: every case lands in exactly one of ``train``, ``valid``, ``test``.
   in the order train, valid, test. Counts use largest-remainder rounding
   (``floor(ratio * n)`` each, the cases left over go to the largest fractional
   parts, ties in split order), so they always sum to ``n``; every split with a
-  positive ratio then gets at least one case (taken from the largest split).
-* Explicit (``split.explicit``, e.g. ``{train: [a, b], valid: [c], test: [d]}``):
-  every case must be listed exactly once, and only known cases may be listed.
+  positive ratio then gets at least one case (taken from the split most above its
+  quota that keeps at least one).
+* Explicit (argument ``explicit``, config key ``split.cases``, e.g.
+  ``{train: [a, b], valid: [c], test: [d]}``): every case must be listed exactly
+  once, and only known cases may be listed.
 * k-fold (``split.folds = K``, ``split.fold = k``), as in nnU-Net: the test split
   is chosen first (by the ``test`` ratio, the same test cases as the plain ratio
-  split with that seed, or by ``explicit.test``); the remaining cases, sorted and
+  split with that seed, or by ``split.cases.test``); the remaining cases, sorted and
   shuffled with ``default_rng(seed)``, are cut into K contiguous folds of
   near-equal size (the first ``n mod K`` folds get one case more). Fold ``k`` is
   ``valid``, the others ``train``. The partition does not depend on ``k``, so the
   K runs together validate every non-test case exactly once (:func:`fold_table`).
 
 Errors are :class:`SplitError` (a ``ValueError``) naming the config key
-(``split.ratios``, ``split.explicit``, ``split.folds``, ``split.fold``, ``split.seed``).
+(``split.ratios``, ``split.cases``, ``split.folds``, ``split.fold``, ``split.seed``).
 """
 
 from __future__ import annotations
@@ -127,16 +129,18 @@ def _check_explicit(
     explicit: Mapping[str, Sequence[str]], known: Sequence[str], *, require_all: bool
 ) -> dict[str, list[str]]:
     if not isinstance(explicit, Mapping):
-        raise SplitError(f"split.explicit: expected a mapping {{train: [...], valid: [...], test: [...]}}, got {explicit!r}")
+        raise SplitError(
+            f"split.cases: expected a mapping {{train: [...], valid: [...], test: [...]}}, got {explicit!r}"
+        )
     unknown_keys = [str(k) for k in explicit if k not in SPLITS]
     if unknown_keys:
-        raise SplitError(f"split.explicit: unknown split(s) {unknown_keys}; use {list(SPLITS)}")
-    lists = {s: _as_id_list(explicit.get(s), f"split.explicit.{s}") for s in SPLITS}
+        raise SplitError(f"split.cases: unknown split(s) {unknown_keys}; use {list(SPLITS)}")
+    lists = {s: _as_id_list(explicit.get(s), f"split.cases.{s}") for s in SPLITS}
     known_set = set(known)
     unknown = sorted({c for ids in lists.values() for c in ids if c not in known_set})
     if unknown:
         raise SplitError(
-            f"split.explicit: unknown case(s) {_shorten(unknown)}; known cases: {_shorten(known)}"
+            f"split.cases: unknown case(s) {_shorten(unknown)}; known cases: {_shorten(known)}"
         )
     where: dict[str, str] = {}
     for split in SPLITS:
@@ -144,14 +148,14 @@ def _check_explicit(
             if case in where:
                 first = where[case]
                 if first == split:
-                    raise SplitError(f"split.explicit.{split}: case {case!r} is listed twice")
-                raise SplitError(f"split.explicit: case {case!r} is in both {first} and {split}")
+                    raise SplitError(f"split.cases.{split}: case {case!r} is listed twice")
+                raise SplitError(f"split.cases: case {case!r} is in both {first} and {split}")
             where[case] = split
     if require_all:
         missing = [c for c in known if c not in where]
         if missing:
             raise SplitError(
-                f"split.explicit: case(s) not in any split: {_shorten(missing)}; "
+                f"split.cases: case(s) not in any split: {_shorten(missing)}; "
                 "list every case in train, valid or test"
             )
     return {s: sorted(lists[s]) for s in SPLITS}
@@ -193,10 +197,10 @@ def fold_table(cases: Sequence[str], *, folds: int, seed: int, test: Sequence[st
     seed = _check_seed(seed)
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
         raise SplitError(f"split.folds: expected an integer >= 2, got {folds!r}")
-    test_ids = set(_as_id_list(test, "split.explicit.test"))
+    test_ids = set(_as_id_list(test, "split.cases.test"))
     unknown = sorted(test_ids - set(known))
     if unknown:
-        raise SplitError(f"split.explicit.test: unknown case(s) {_shorten(unknown)}")
+        raise SplitError(f"split.cases.test: unknown case(s) {_shorten(unknown)}")
     pool = [c for c in known if c not in test_ids]
     if len(pool) < folds:
         raise SplitError(
@@ -233,7 +237,7 @@ def split_cases(
     seed = _check_seed(seed)
     kfold = _check_folds(folds, fold)
     if ratios is not None and explicit is not None:
-        raise SplitError("split.ratios and split.explicit are both set; give one of them (set the other to null)")
+        raise SplitError("split.ratios and split.cases are both set; give one of them (set the other to null)")
 
     if explicit is not None:
         chosen = _check_explicit(explicit, known, require_all=kfold is None)
