@@ -215,3 +215,17 @@ def test_every_prepare_preset_validates(tmp_path: Path, group: str, option: str)
     small = group != "volumes" or option == "phantom"
     cfg = validate_prepare_config(compose_prepare(tmp_path, f"{group}={option}", small=small))
     assert list(cfg.volumes.classes)[0] == "background"
+
+
+def test_prepare_logs_to_mlflow_only_when_asked(tmp_path: Path) -> None:
+    import mlflow
+
+    base = [sys.executable, "-m", "segexp.prepare", f"paths.root={tmp_path}", *SMALL_PHANTOM, "workers=0"]
+    subprocess.run(base, check=True, capture_output=True, timeout=300)
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
+    subprocess.run([*base, "tracking=sqlite", "overwrite=true"], check=True, capture_output=True, timeout=300)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("segexp-prepare").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(runs[0].info.run_id)] == ["dataset.json"]
