@@ -146,6 +146,7 @@ class TrainingConfig:
     mixed_precision: bool = False
     deterministic: bool = False
     verbose: int = 2
+    evaluate_after: bool = True
 
 
 @dataclass

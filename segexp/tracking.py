@@ -178,31 +178,42 @@ def tracked_run(
     run_name: str,
     tags: Mapping[str, str],
     description: str,
+    resume_run_id: str | None = None,
 ) -> Iterator[Tracker]:
-    """Start an MLflow run (or a disabled :class:`Tracker`) and always end it with a status."""
+    """Start an MLflow run (or a disabled :class:`Tracker`) and always end it with a status.
+
+    With ``resume_run_id`` the existing run is reopened (e.g. to add its evaluation); it ends
+    with the status it had, and a failure is recorded as the ``error`` tag only.
+    """
     if not enabled:
         yield Tracker(None)
         return
     import mlflow
 
-    experiment_id = configure(uri, experiment, artifact_location)
-    run = mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name, tags={**tags, "mlflow.note.content": description}
-    )
-    log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run_name, experiment, uri)
+    if resume_run_id is not None:
+        mlflow.set_tracking_uri(uri)
+        previous = mlflow.get_run(resume_run_id).info.status
+        run = mlflow.start_run(run_id=resume_run_id)
+    else:
+        experiment_id = configure(uri, experiment, artifact_location)
+        run = mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags={**tags, "mlflow.note.content": description}
+        )
+        previous = None
+        log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run_name, experiment, uri)
     previous_sigterm = _raise_on_sigterm()
     try:
         yield Tracker(run.info.run_id)
     except KeyboardInterrupt:
         mlflow.set_tag("error", "interrupted (KeyboardInterrupt)")
-        mlflow.end_run(status="KILLED")
+        mlflow.end_run(status=previous or "KILLED")
         raise
     except BaseException as err:
         mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
-        mlflow.end_run(status="FAILED")
+        mlflow.end_run(status=previous or "FAILED")
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        mlflow.end_run(status=previous or "FINISHED")
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)

@@ -28,6 +28,7 @@ from segexp.data.slices import DataError, find_pairs, load_pair
 from segexp.losses import build_loss
 from segexp.metrics import build_metrics
 from segexp.models import build_model
+from segexp.runs import record_mlflow_run
 from segexp.tracking import Tracker, flatten_config, git_commit, run_name_from_overrides, tracked_run
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,23 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, tracker: Tracker, dataset: S
     return callbacks
 
 
+def evaluate_test_split(cfg: DictConfig, model: keras.Model, dataset: SliceDataset, out_dir: Path, tracker: Tracker) -> None:
+    """Score the best model on the test split (reports in ``out_dir``, metrics ``test/...`` in the run)."""
+    if not dataset.pairs.get("test"):
+        log.info("no test split in %s: skipping the evaluation after training", dataset.root)
+        return
+    from segexp.evaluate import evaluate_split, log_summary, write_reports
+
+    summary = evaluate_split(
+        model, dataset, "test", image_size=(cfg.model.image_height, cfg.model.image_width),
+        channels=cfg.model.image_channels, case_pattern=cfg.dataset.case_pattern, batch_size=cfg.training.batch_size,
+    )
+    files = write_reports(summary, out_dir)
+    log_summary(tracker, summary, files, prefix="test")
+    log.info("test foreground mean Dice %s (%d cases); reports in %s",
+             summary["mean"]["foreground_mean"]["dice"], summary["num_cases"], out_dir)
+
+
 def _objective(history: dict[str, list[float]], monitor: str, mode: str) -> float:
     values = [v for v in history.get(monitor, []) if np.isfinite(v)]
     if not values:
@@ -161,6 +179,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> floa
         t.enabled, uri=t.uri, experiment=t.experiment, artifact_location=t.artifact_location,
         run_name=t.run_name or run_name_from_overrides(overrides), tags=tags, description=description,
     ) as tracker:
+        if tracker.enabled:
+            record_mlflow_run(run_dir, tracker.run_id, t.uri)
         tracker.log_params(flatten_config(OmegaConf.to_container(cfg, resolve=True)))
         tracker.log_params({"model.num_params": str(model.count_params())})
         callbacks = build_callbacks(cfg, run_dir, tracker, dataset)
@@ -176,9 +196,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> floa
                 tracker.log_artifact(log_file)
         plot_curves(history, run_dir / "curves.png")
         tracker.log_artifact(run_dir / "curves.png")
-        best = run_dir / "checkpoints" / "best.keras"
-        if t.log_model and best.exists():
-            tracker.log_keras_model(keras.models.load_model(best))
+        best_path = run_dir / "checkpoints" / "best.keras"
+        best = keras.models.load_model(best_path) if best_path.exists() else model
+        if t.log_model:
+            tracker.log_keras_model(best)
+        if cfg.training.evaluate_after:
+            evaluate_test_split(cfg, best, dataset, run_dir / "evaluation", tracker)
         objective = _objective(history, cfg.training.monitor, cfg.training.monitor_mode)
         tracker.log_metrics({f"best/{cfg.training.monitor}": objective}, step=len(history.get("loss", [])))
     log.info("best %s = %.4f; run folder %s", cfg.training.monitor, objective, run_dir)

@@ -1,0 +1,277 @@
+"""``segexp-evaluate``: per-structure truth on a dataset split, logged to the training's MLflow run.
+
+For every case of the split the slices are predicted in batches at the model's
+input size, the predictions are resized back (nearest) to each slice's stored
+size, and scored against the stored masks, background excluded
+(:mod:`segexp.scoring`): per case on the stacked slices (3D, in mm when
+``dataset.json`` gives the spacing, else in pixels) and per slice (2D).
+
+Outputs: ``summary.json`` (per class, per case, foreground mean, and the
+original background-including score for comparison), ``evaluation.csv`` (one row
+per case and class), ``per_slice.csv`` and ``dice_per_class.png``; in MLflow
+``test/dice/<class>``, ``test/dice_fg_mean``, ... and the files under ``evaluation/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from segexp.config import CONF_DIR, ConfigError, validate_train_config
+from segexp.data.dataset import SliceDataset, open_dataset
+from segexp.data.slices import DataError, SlicePair, read_image, resize_pair
+from segexp.inference import predict_batches, probabilities_to_classes
+from segexp.runs import RunError, TrainedRun, open_run
+from segexp.scoring import aggregate, dice_including_background, score_classes, to_json_safe
+from segexp.tracking import Tracker, tracked_run
+
+log = logging.getLogger(__name__)
+
+METRICS = ("dice", "iou", "hd95", "precision", "recall")
+
+
+class EvaluationError(ValueError):
+    """Model and dataset do not fit together; the message names both sides."""
+
+
+def check_model_fits(model: Any, num_classes: int, channels: int) -> None:
+    """The model must output ``num_classes`` channels (1 for a sigmoid binary head) and take ``channels``."""
+    outputs, inputs = model.output_shape[-1], model.input_shape[-1]
+    expected = 1 if num_classes == 2 and outputs == 1 else num_classes
+    if outputs != expected:
+        raise EvaluationError(
+            f"the model predicts {outputs} classes but the dataset has {num_classes} (dataset.class_names); "
+            "evaluate with the dataset the model was trained on"
+        )
+    if inputs != channels:
+        raise EvaluationError(f"the model takes {inputs}-channel images but the config reads {channels}-channel ones")
+
+
+def _slice_index(name: str, case_pattern: str) -> int:
+    match = re.match(case_pattern, name)
+    if match and "slice" in match.groupdict():
+        return int(match.group("slice"))
+    digits = re.findall(r"\d+", name)
+    return int(digits[-1]) if digits else 0
+
+
+def cases_of(pairs: Sequence[SlicePair], case_pattern: str) -> dict[str, list[SlicePair]]:
+    """Slice pairs grouped by case, each case ordered by slice index."""
+    grouped: dict[str, list[SlicePair]] = defaultdict(list)
+    for pair in pairs:
+        grouped[pair.case].append(pair)
+    return {c: sorted(p, key=lambda q: _slice_index(q.name, case_pattern)) for c, p in sorted(grouped.items())}
+
+
+def case_spacing(root: Path, case: str) -> tuple[float, float, float] | None:
+    """``(slice, row, column)`` spacing in mm of a case's stacked slices, from ``dataset.json`` (segexp-prepare)."""
+    try:
+        manifest = json.loads((root / "dataset.json").read_text())
+        info = manifest["cases"][case]
+    except (OSError, ValueError, KeyError):
+        return None
+    x, y, z = info["spacing_mm"]
+    # display (row, column) axes of segexp.data.volumes.volume_slice, and the slicing axis
+    planes = {"axial": (z, (y, x)), "coronal": (y, (z, x)), "sagittal": (x, (z, y))}
+    through, (row, col) = planes[manifest["axis"]]
+    if manifest.get("size"):
+        shape = dict(zip("xyz", manifest["headers"][case]["shape"]))
+        dims = {"axial": ("y", "x"), "coronal": ("z", "x"), "sagittal": ("z", "y")}[manifest["axis"]]
+        row *= shape[dims[0]] / manifest["size"][0]
+        col *= shape[dims[1]] / manifest["size"][1]
+    return (float(through), float(row), float(col))
+
+
+def _predict_case(model: Any, dataset: SliceDataset, pairs: list[SlicePair], size: tuple[int, int],
+                  channels: int, batch_size: int, flip_tta: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, prediction) stacks ``(S, H, W)`` of one case at the stored slice size."""
+    images, truths = [], []
+    for pair in pairs:
+        image, truth = read_image(pair.image, channels), dataset.decoder(pair.mask)
+        if image.shape[:2] != truth.shape:
+            raise DataError(f"{pair.image} and its mask {pair.mask} differ in size")
+        images.append(image)
+        truths.append(truth)
+    resized = np.stack([resize_pair(im, t, *size)[0] for im, t in zip(images, truths)])
+    predicted = probabilities_to_classes(predict_batches(model, resized, batch_size=batch_size, flip_tta=flip_tta))
+    preds = [resize_pair(p[..., None], p, *t.shape)[1] for p, t in zip(predicted, truths)]
+    if len({t.shape for t in truths}) > 1:
+        raise DataError(f"case {pairs[0].case}: slices of different sizes cannot be stacked into a volume")
+    return np.stack(truths), np.stack(preds)
+
+
+def evaluate_split(
+    model: Any, dataset: SliceDataset, split: str, *, image_size: tuple[int, int], channels: int,
+    case_pattern: str, batch_size: int = 8, flip_tta: bool = False,
+) -> dict[str, Any]:
+    """Score every case (3D) and slice (2D) of ``split``; returns the ``summary.json`` content."""
+    num_classes = len(dataset.class_names)
+    check_model_fits(model, num_classes, channels)
+    per_case, per_slice, original = {}, [], []
+    spacings = {}
+    for case, pairs in cases_of(dataset.pairs[split], case_pattern).items():
+        truth, pred = _predict_case(model, dataset, pairs, image_size, channels, batch_size, flip_tta)
+        spacing = case_spacing(dataset.root, case)
+        spacings[case] = spacing
+        per_case[case] = score_classes(truth, pred, num_classes, spacing)
+        original.append(dice_including_background(truth, pred, num_classes))
+        for pair, t, p in zip(pairs, truth, pred):
+            per_slice.append((case, pair.name, score_classes(t, p, num_classes, spacing[1:] if spacing else None)))
+    units = "mm" if spacings and all(s is not None for s in spacings.values()) else "px"
+    fg_names = dataset.class_names[1:]
+    return to_json_safe({
+        "split": split,
+        "num_cases": len(per_case),
+        "num_slices": len(per_slice),
+        "class_names": dataset.class_names,
+        "hd95_units": units,
+        "conventions": {
+            "background": "excluded from every score",
+            "absent_in_both": "NaN (null): the class is not counted for that case/slice and left out of means",
+            "absent_in_one": "Dice 0, HD95 = the diagonal of the volume (worst case)",
+            "aggregation": "per_case: 3D scores on each case's stacked slices; per_slice: 2D scores",
+        },
+        "per_case": {case: {fg_names[k - 1]: s.as_dict() for k, s in scores.items()} for case, scores in per_case.items()},
+        "mean": aggregate(list(per_case.values()), dataset.class_names),
+        "per_slice_mean": aggregate([s for _, _, s in per_slice], dataset.class_names),
+        "dice_incl_bg_original": {
+            "mean": float(np.mean(original)) if original else None,
+            "note": "the original tool's score: includes background, dominated by it; for comparison only",
+        },
+        "_per_slice": [(case, name, {fg_names[k - 1]: s.as_dict() for k, s in scores.items()}) for case, name, scores in per_slice],
+    })
+
+
+def write_reports(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """``summary.json``, ``evaluation.csv``, ``per_slice.csv`` and ``dice_per_class.png`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_slice = summary.pop("_per_slice")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    fields = ["case", "class", *METRICS, "tp", "fp", "fn", "n_truth", "n_pred"]
+    with open(out_dir / "evaluation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for case, classes in summary["per_case"].items():
+            for name, s in classes.items():
+                writer.writerow({"case": case, "class": name, **s})
+    with open(out_dir / "per_slice.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["case", "slice", *fields[1:]], extrasaction="ignore")
+        writer.writeheader()
+        for case, name, classes in per_slice:
+            for cls, s in classes.items():
+                writer.writerow({"case": case, "slice": name, "class": cls, **s})
+    _bar_chart(summary, out_dir / "dice_per_class.png")
+    return [out_dir / n for n in ("summary.json", "evaluation.csv", "per_slice.csv", "dice_per_class.png")]
+
+
+def _bar_chart(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_class = summary["mean"]["per_class"]
+    names = list(per_class)
+    means = [per_class[n]["dice"]["mean"] or 0.0 for n in names]
+    stds = [per_class[n]["dice"]["std"] or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(names) + 2), 3.5))
+    ax.bar(names, means, yerr=stds, capsize=3, color="tab:blue")
+    fg = summary["mean"]["foreground_mean"]["dice"]
+    if fg is not None:
+        ax.axhline(fg, color="tab:red", linestyle="--", label=f"foreground mean {fg:.3f}")
+        ax.legend(loc="lower right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"Dice per case ({summary['split']}, n={summary['num_cases']})")
+    ax.set_title("Dice per structure (background excluded)")
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def log_summary(tracker: Tracker, summary: dict[str, Any], files: Sequence[Path], prefix: str = "test") -> None:
+    """MLflow metrics ``<prefix>/<metric>/<class>``, ``<prefix>/<metric>_fg_mean`` and the report files."""
+    metrics: dict[str, float] = {}
+    for name, stats in summary["mean"]["per_class"].items():
+        for metric in METRICS:
+            value = stats[metric]["mean"]
+            if value is not None:
+                metrics[f"{prefix}/{metric}/{name}"] = value
+    for metric, value in summary["mean"]["foreground_mean"].items():
+        if value is not None:
+            metrics[f"{prefix}/{metric}_fg_mean"] = value
+    if summary["dice_incl_bg_original"]["mean"] is not None:
+        metrics[f"{prefix}/dice_incl_bg_original"] = summary["dice_incl_bg_original"]["mean"]
+    tracker.log_metrics(metrics, step=0)
+    for path in files:
+        tracker.log_artifact(path, "evaluation")
+
+
+def evaluate_run(run: TrainedRun, out_dir: Path, *, split: str = "test", batch_size: int = 8,
+                 flip_tta: bool = False, dataset_root: str | None = None, log_to_run: bool = True) -> dict[str, Any]:
+    """Evaluate a finished training run on ``split``; log to its MLflow run when it has one."""
+    cfg = run.config
+    if dataset_root is not None:
+        cfg.dataset.root = dataset_root
+    cfg = validate_train_config(cfg)
+    dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
+    if not dataset.pairs.get(split):
+        raise DataError(f"dataset split {split!r} under {dataset.root} has no slices to evaluate")
+    model = run.load_model()
+    summary = evaluate_split(
+        model, dataset, split, image_size=(cfg.model.image_height, cfg.model.image_width),
+        channels=cfg.model.image_channels, case_pattern=cfg.dataset.case_pattern, batch_size=batch_size, flip_tta=flip_tta,
+    )
+    files = write_reports(summary, out_dir)
+    resume = run.run_id if log_to_run else None
+    with tracked_run(resume is not None, uri=run.tracking_uri or "", experiment="", artifact_location=None,
+                     run_name="", tags={}, description="", resume_run_id=resume) as tracker:
+        log_summary(tracker, summary, files, prefix=split)
+    _log_table(summary)
+    return summary
+
+
+def _log_table(summary: dict[str, Any]) -> None:
+    lines = [f"{'class':<16}{'Dice':>8}{'IoU':>8}{'HD95 ' + summary['hd95_units']:>11}{'n':>5}"]
+    for name, s in summary["mean"]["per_class"].items():
+        fmt = lambda v: "   -" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"{name:<16}{fmt(s['dice']['mean']):>8}{fmt(s['iou']['mean']):>8}{fmt(s['hd95']['mean']):>11}{s['dice']['n']:>5}")
+    fg = summary["mean"]["foreground_mean"]
+    lines.append(f"{'foreground mean':<16}{fg['dice'] or float('nan'):>8.3f}")
+    lines.append(f"(original, incl. background, for comparison only: {summary['dice_incl_bg_original']['mean']:.3f})")
+    log.info("evaluation on %s (%d cases):\n%s", summary["split"], summary["num_cases"], "\n".join(lines))
+
+
+USER_ERRORS = (ConfigError, DataError, RunError, EvaluationError)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point: evaluate ``run`` (a run folder or MLflow run id); returns the foreground mean Dice."""
+    try:
+        run = open_run(str(cfg.run), cfg.tracking_uri)
+        summary = evaluate_run(
+            run, Path(HydraConfig.get().runtime.output_dir), split=cfg.split, batch_size=cfg.batch_size,
+            flip_tta=cfg.flip_tta, dataset_root=cfg.dataset_root, log_to_run=cfg.log_to_run,
+        )
+    except USER_ERRORS as err:
+        log.error("%s", err)
+        sys.exit(2)
+    value = summary["mean"]["foreground_mean"]["dice"]
+    return float("nan") if value is None else float(value)
+
+
+if __name__ == "__main__":
+    main()

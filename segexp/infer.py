@@ -1,0 +1,262 @@
+"""``segexp-infer``: predict PNG/JPG slices or whole NIfTI CT volumes with a trained run.
+
+* PNG/JPG: each image is resized to the model input (as in training) or, with
+  ``large_images=tile``, predicted by sliding window at its own size; writes
+  class-index masks, colour masks through the run's rgb_map and overlays.
+* NIfTI: the volume is reoriented to RAS, windowed exactly as the training data
+  (``dataset.json`` of the run's dataset, or ``window=...``), every slice along the
+  training axis is predicted in batches, and the label volume is written back in
+  the input's own orientation: **same shape and affine as the input**, so it
+  overlays the CT in 3D Slicer or ITK-SNAP. Plus an overlay montage PNG.
+
+One unreadable or unsuitable file is reported and skipped; finished outputs stay,
+and the summary at the end lists what failed (exit status 1 when anything did).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import hydra
+import nibabel as nib
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from segexp.config import CONF_DIR
+from segexp.data.intensity import percentile_window, window_to_uint8
+from segexp.data.rgb_map import encode_rgb_mask
+from segexp.data.slices import IMAGE_SUFFIXES, DataError
+from segexp.data.volumes import VolumeCase, VolumeError, load_case, num_slices, stack_slices, volume_slice
+from segexp.evaluate import EvaluationError, check_model_fits
+from segexp.inference import predict_batches, predict_images, probabilities_to_classes
+from segexp.runs import RunError, TrainedRun, open_run
+from segexp.viz import default_palette, hstack_panels, overlay_mask, save_png, vstack_rows
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class InferenceInputError(ValueError):
+    """An input file cannot be predicted; the message names the file."""
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def list_inputs(source: Path) -> list[Path]:
+    """The PNG/JPG/NIfTI files at ``source`` (a file, or a folder, not recursive)."""
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise DataError(f"input: {source} does not exist")
+    files = [p for p in sorted(source.iterdir()) if p.is_file() and not p.name.startswith(".")
+             and (p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p))]
+    if not files:
+        raise DataError(f"input: no PNG/JPG/NIfTI files in {source}")
+    return files
+
+
+def read_input_image(path: Path, channels: int) -> np.ndarray:
+    """Read ``(H, W, channels) uint8``; a grey image may feed an RGB model (replicated, as in training).
+
+    Colour into a grayscale model is accepted only when the three channels are equal.
+    """
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise InferenceInputError(f"{path}: cannot read image (missing, empty or not an image file)")
+    if raw.dtype != np.uint8:
+        raise InferenceInputError(f"{path}: expected an 8-bit image, got {raw.dtype}")
+    got = 1 if raw.ndim == 2 else raw.shape[2]
+    if got == 4:
+        raw, got = cv2.cvtColor(raw, cv2.COLOR_BGRA2BGR), 3
+    if got == 3 and channels == 1:
+        if not (np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 1], raw[..., 2])):
+            raise InferenceInputError(f"{path}: has 3 different colour channels but the model takes 1 (grayscale)")
+        return raw[..., :1]
+    if got == 1 and channels == 3:
+        return np.repeat(raw.reshape(*raw.shape[:2], 1), 3, axis=-1)
+    if got != channels:
+        raise InferenceInputError(f"{path}: has {got} channels but the model takes {channels}")
+    return raw.reshape(*raw.shape[:2], channels) if got == 1 else cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
+
+
+def resize_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize ``(h, w, K)`` probabilities linearly (channel-wise) to ``(height, width, K)``."""
+    if probs.shape[:2] == (height, width):
+        return probs
+    out = cv2.resize(probs, (width, height), interpolation=cv2.INTER_LINEAR)
+    return out.reshape(height, width, probs.shape[-1])
+
+
+def _model_size(model: Any) -> tuple[int, int]:
+    return int(model.input_shape[1]), int(model.input_shape[2])
+
+
+def predict_png_files(model: Any, paths: Sequence[Path], out_dir: Path, colours: np.ndarray, *, batch_size: int,
+                      flip_tta: bool, large_images: str, overlap: float) -> list[str]:
+    """Predict image files and write masks, colour masks and overlays; returns the failures (one line each)."""
+    failures, images, good = [], [], []
+    channels = int(model.input_shape[-1])
+    height, width = _model_size(model)
+    for path in paths:
+        try:
+            images.append(read_input_image(path, channels))
+            good.append(path)
+        except InferenceInputError as err:
+            failures.append(str(err))
+    if large_images == "resize":
+        batch = np.stack([cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA).reshape(height, width, channels)
+                          for im in images]) if images else np.zeros((0, height, width, channels), np.uint8)
+        probs = predict_batches(model, batch, batch_size=batch_size, flip_tta=flip_tta)
+        probs = [resize_probabilities(p, *im.shape[:2]) for p, im in zip(probs, images)]
+    else:
+        probs = predict_images(model, images, batch_size=batch_size, flip_tta=flip_tta, tiled=True, overlap=overlap)
+    for path, image, prob in zip(good, images, probs):
+        mask = probabilities_to_classes(prob)
+        for sub, array in (("masks", mask), ("colour", encode_rgb_mask(mask, colours)[..., ::-1]),
+                           ("overlays", overlay_mask(image, mask, colours)[..., ::-1])):
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(out_dir / sub / f"{path.stem}.png"), array)
+    return failures
+
+
+def training_window(run: TrainedRun) -> tuple[dict[str, Any] | None, str]:
+    """Window settings and slicing axis of the run's training data (from its ``dataset.json``)."""
+    try:
+        manifest = json.loads((Path(run.config.dataset.root) / "dataset.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "axial"
+    return manifest.get("window"), manifest.get("axis", "axial")
+
+
+def window_volume(volume: np.ndarray, window: dict[str, Any]) -> np.ndarray:
+    """The training's intensity mapping: a fixed HU window or per-volume percentiles, to uint8."""
+    if window.get("mode") == "percentile":
+        level, width = percentile_window(volume, window["low_percentile"], window["high_percentile"])
+    else:
+        level, width = window["level"], window["width"]
+    return window_to_uint8(volume, level, width)
+
+
+def predict_volume(model: Any, path: Path, out_dir: Path, colours: np.ndarray, window: dict[str, Any], axis: str,
+                   *, batch_size: int, flip_tta: bool) -> Path:
+    """Predict every slice of one NIfTI volume; write ``<name>_pred.nii.gz`` (input shape and affine) + a montage."""
+    name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+    try:
+        loaded = load_case(VolumeCase(name, path, None))
+    except (VolumeError, OSError, nib.filebasedimages.ImageFileError) as err:
+        raise InferenceInputError(f"{path}: {err}") from None
+    channels = int(model.input_shape[-1])
+    height, width = _model_size(model)
+    image = window_volume(loaded.image, window)
+    slices = [volume_slice(image, axis, i) for i in range(num_slices(image, axis))]
+    batch = np.stack([cv2.resize(s, (width, height), interpolation=cv2.INTER_AREA) for s in slices])[..., None]
+    if channels == 3:
+        batch = np.repeat(batch, 3, axis=-1)
+    probs = predict_batches(model, batch, batch_size=batch_size, flip_tta=flip_tta)
+    labels = [probabilities_to_classes(resize_probabilities(p, *s.shape)) for p, s in zip(probs, slices)]
+    canonical = stack_slices(labels, axis)
+    original = _to_original_orientation(canonical, loaded.original_affine)
+    source = nib.load(str(path))
+    # A fresh header: the CT's scaling (scl_slope/inter) must not apply to class indices.
+    out = nib.Nifti1Image(original.reshape(source.shape[:3]).astype(np.uint8), source.affine)
+    out.header.set_xyzt_units(*source.header.get_xyzt_units())
+    out.set_qform(source.affine, int(source.header["qform_code"]) or 1)
+    out.set_sform(source.affine, int(source.header["sform_code"]) or 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{name}_pred.nii.gz"
+    nib.save(out, str(target))
+    save_png(out_dir / f"{name}_montage.png", montage(slices, labels, colours))
+    return target
+
+
+def _to_original_orientation(canonical: np.ndarray, original_affine: np.ndarray) -> np.ndarray:
+    """Undo the RAS reorientation of :func:`segexp.data.volumes.load_case` (flips/permutations only)."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    back = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original_affine))
+    return np.ascontiguousarray(apply_orientation(canonical, back))
+
+
+def montage(slices: Sequence[np.ndarray], labels: Sequence[np.ndarray], colours: np.ndarray, count: int = 12) -> np.ndarray:
+    """Overlays of ``count`` evenly spaced slices, preferring those with predicted foreground."""
+    with_fg = [i for i, lab in enumerate(labels) if lab.any()] or list(range(len(labels)))
+    picks = sorted({with_fg[int(round(k))] for k in np.linspace(0, len(with_fg) - 1, min(count, len(with_fg)))})
+    panels = [overlay_mask(slices[i], labels[i], colours) for i in picks]
+    rows = [hstack_panels(panels[r : r + 4], [f"slice {i}" for i in picks[r : r + 4]]) for r in range(0, len(panels), 4)]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return vstack_rows(rows)
+
+
+def infer(run: TrainedRun, source: Path, out_dir: Path, *, batch_size: int = 8, flip_tta: bool = False,
+          large_images: str = "resize", overlap: float = 0.5, window: dict[str, Any] | None = None) -> list[str]:
+    """Predict every input under ``source`` into ``out_dir``; returns the failures (one line per bad file)."""
+    cfg = run.config
+    class_names = list(cfg.dataset.class_names)
+    rgb_map = cfg.dataset.get("rgb_map")
+    colours = np.asarray(list(rgb_map.values()), np.uint8) if rgb_map else default_palette(len(class_names))
+    paths = list_inputs(source)
+    model = run.load_model()
+    check_model_fits(model, len(class_names), int(cfg.model.image_channels))
+    trained_window, axis = training_window(run)
+    window = window or trained_window
+    failures: list[str] = []
+    volumes = [p for p in paths if is_nifti(p)]
+    images = [p for p in paths if not is_nifti(p)]
+    if images:
+        failures += predict_png_files(model, images, out_dir, colours, batch_size=batch_size, flip_tta=flip_tta,
+                                      large_images=large_images, overlap=overlap)
+    for path in volumes:
+        if window is None:
+            failures.append(f"{path}: NIfTI input needs the training's window, but {cfg.dataset.root} has no dataset.json; "
+                            "pass one, e.g. window=cardiac_cta")
+            continue
+        try:
+            target = predict_volume(model, path, out_dir, colours, window, axis, batch_size=batch_size, flip_tta=flip_tta)
+            log.info("%s -> %s", path.name, target)
+        except InferenceInputError as err:
+            failures.append(str(err))
+    done = len(paths) - len(failures)
+    log.info("predicted %d of %d inputs into %s", done, len(paths), out_dir)
+    for failure in failures:
+        log.error("skipped: %s", failure)
+    return failures
+
+
+USER_ERRORS = (DataError, RunError, EvaluationError)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="infer")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: predict ``input`` with ``run`` into this job's run folder (or ``output_dir``)."""
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(HydraConfig.get().runtime.output_dir)
+    window = dict(cfg.window) if cfg.get("window") else None
+    if cfg.large_images not in ("resize", "tile"):
+        log.error("large_images: expected resize or tile, got %r", cfg.large_images)
+        sys.exit(2)
+    if not 0.0 <= cfg.overlap < 1.0:
+        log.error("overlap: must lie in [0, 1), got %s", cfg.overlap)
+        sys.exit(2)
+    try:
+        run = open_run(str(cfg.run), cfg.tracking_uri)
+        failures = infer(run, Path(cfg.input), out_dir, batch_size=cfg.batch_size, flip_tta=cfg.flip_tta,
+                         large_images=cfg.large_images, overlap=cfg.overlap, window=window)
+    except USER_ERRORS as err:
+        log.error("%s", err)
+        sys.exit(2)
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""A finished training run as later tools see it: its config, its best model, its MLflow run.
+
+``segexp-evaluate`` and ``segexp-infer`` accept either a training run folder
+(``outputs/train/runs/<date>/<time>``: ``.hydra/config.yaml``,
+``checkpoints/best.keras``, ``mlflow_run.json``) or an MLflow run id (config from
+the run's ``config/config.yaml`` artifact, model from its logged model).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+MLFLOW_RUN_FILE = "mlflow_run.json"
+BEST_MODEL = Path("checkpoints") / "best.keras"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class RunError(ValueError):
+    """A run folder or MLflow run cannot be used; the message names it and what is missing."""
+
+
+@dataclass
+class TrainedRun:
+    """Where a trained model comes from: ``run_dir`` and/or an MLflow ``run_id`` (with its store ``tracking_uri``)."""
+
+    config: DictConfig
+    run_dir: Path | None = None
+    run_id: str | None = None
+    tracking_uri: str | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.dataset.class_names)
+
+    def load_model(self) -> Any:
+        """The best model (``checkpoints/best.keras``, else the MLflow run's logged model)."""
+        import keras
+
+        import segexp.losses  # noqa: F401  (registers the serialisable losses/metrics)
+        import segexp.metrics  # noqa: F401
+
+        if self.run_dir is not None and (self.run_dir / BEST_MODEL).is_file():
+            return keras.models.load_model(self.run_dir / BEST_MODEL)
+        if self.run_id is None:
+            raise RunError(f"{self.run_dir}: no {BEST_MODEL} and no MLflow run to load a model from")
+        import mlflow
+        import mlflow.keras
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        models = mlflow.search_logged_models(
+            filter_string=f"source_run_id = '{self.run_id}'", output_format="list",
+            experiment_ids=[mlflow.get_run(self.run_id).info.experiment_id],
+        )
+        if not models:
+            raise RunError(f"MLflow run {self.run_id}: no logged model (was it trained with tracking.log_model=false?)")
+        return mlflow.keras.load_model(models[0].model_uri)
+
+
+def record_mlflow_run(run_dir: Path, run_id: str, tracking_uri: str) -> None:
+    """Remember in the run folder which MLflow run it belongs to (so evaluation can resume that run)."""
+    (run_dir / MLFLOW_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}, indent=2))
+
+
+def open_run(source: str, tracking_uri: str | None = None) -> TrainedRun:
+    """A training run from a run folder path or an MLflow run id (32 hex characters)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _from_dir(path)
+    if _RUN_ID.match(source):
+        return _from_mlflow(source, tracking_uri)
+    raise RunError(f"run: {source!r} is neither a training run folder nor an MLflow run id (32 hex characters)")
+
+
+def _from_dir(run_dir: Path) -> TrainedRun:
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        raise RunError(f"{run_dir}: not a segexp training run folder (no .hydra/config.yaml)")
+    config = OmegaConf.load(config_file)
+    run_id = tracking_uri = None
+    record = run_dir / MLFLOW_RUN_FILE
+    if record.is_file():
+        data = json.loads(record.read_text())
+        run_id, tracking_uri = data["run_id"], data["tracking_uri"]
+    if not (run_dir / BEST_MODEL).is_file() and run_id is None:
+        raise RunError(f"{run_dir}: no {BEST_MODEL} (did the training finish an epoch?)")
+    return TrainedRun(config=config, run_dir=run_dir.resolve(), run_id=run_id, tracking_uri=tracking_uri)
+
+
+def _from_mlflow(run_id: str, tracking_uri: str | None) -> TrainedRun:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    try:
+        run = mlflow.get_run(run_id)
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/config.yaml")
+    except MlflowException as err:
+        raise RunError(f"MLflow run {run_id} at {mlflow.get_tracking_uri()}: {str(err).splitlines()[0]}") from None
+    run_dir = Path(run.data.tags["run_dir"]) if "run_dir" in run.data.tags else None
+    if run_dir is not None and not run_dir.is_dir():
+        run_dir = None
+    return TrainedRun(
+        config=OmegaConf.load(local), run_dir=run_dir, run_id=run_id, tracking_uri=mlflow.get_tracking_uri()
+    )

@@ -1,0 +1,359 @@
+"""segexp.scoring against hand-computed values and a brute-force HD95."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from segexp.scoring import (
+    METRICS,
+    ClassScore,
+    aggregate,
+    dice_including_background,
+    hd95,
+    score_class,
+    score_classes,
+    surface,
+    to_json_safe,
+)
+
+
+# ---------------------------------------------------------------- helpers
+def square(shape, rows, cols):
+    m = np.zeros(shape, bool)
+    m[rows[0] : rows[1], cols[0] : cols[1]] = True
+    return m
+
+
+def brute_surface(mask: np.ndarray) -> np.ndarray:
+    """Mask voxels with a background (or out-of-array) voxel among their 3^d - 1 neighbours."""
+    padded = np.pad(mask, 1, constant_values=False)
+    has_bg_neighbour = np.zeros(mask.shape, bool)
+    for offset in itertools.product((-1, 0, 1), repeat=mask.ndim):
+        if not any(offset):
+            continue
+        window = tuple(slice(1 + o, 1 + o + n) for o, n in zip(offset, mask.shape))
+        has_bg_neighbour |= ~padded[window]
+    return mask & has_bg_neighbour
+
+
+def brute_hd95(a: np.ndarray, b: np.ndarray, spacing) -> float:
+    """All pairwise distances between surface points; max of the two directed 95th percentiles."""
+    pa = np.argwhere(brute_surface(a)) * np.asarray(spacing, float)
+    pb = np.argwhere(brute_surface(b)) * np.asarray(spacing, float)
+    d = np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1))
+    return float(max(np.percentile(d.min(axis=1), 95), np.percentile(d.min(axis=0), 95)))
+
+
+def cs(dice=math.nan, iou=math.nan, precision=math.nan, recall=math.nan, hd95=math.nan):
+    """A ClassScore with given float scores (counts irrelevant for aggregation)."""
+    return ClassScore(dice, iou, precision, recall, hd95, 0, 0, 0, 0, 0)
+
+
+# ---------------------------------------------------------------- score_class
+def test_perfect_prediction():
+    m = square((16, 16), (3, 9), (4, 12))
+    s = score_class(m, m.copy())
+    assert (s.dice, s.iou, s.precision, s.recall, s.hd95) == (1.0, 1.0, 1.0, 1.0, 0.0)
+    assert (s.tp, s.fp, s.fn, s.n_truth, s.n_pred) == (48, 0, 0, 48, 48)
+
+
+def test_absent_in_both_is_nan_not_free_one():
+    empty = np.zeros((8, 8), bool)
+    s = score_class(empty, empty)
+    for metric in METRICS:
+        assert math.isnan(getattr(s, metric)), metric
+    assert (s.tp, s.fp, s.fn, s.n_truth, s.n_pred) == (0, 0, 0, 0, 0)
+
+
+def test_disjoint_masks():
+    t = square((10, 10), (0, 3), (0, 3))
+    p = square((10, 10), (6, 9), (6, 9))
+    s = score_class(t, p)
+    assert (s.dice, s.iou, s.precision, s.recall) == (0.0, 0.0, 0.0, 0.0)
+    assert (s.tp, s.fp, s.fn) == (0, 9, 9)
+    # both non-empty: a real distance, not the penalty. Nearest surface corners
+    # (2,2) and (6,6) are 4*sqrt(2) apart; the 95th percentile is larger.
+    assert s.hd95 == pytest.approx(brute_hd95(t, p, (1, 1)))
+    assert 4 * math.sqrt(2) < s.hd95 < math.hypot(10, 10)
+
+
+def test_missed_structure():
+    t = square((4, 4), (1, 3), (1, 3))
+    s = score_class(t, np.zeros_like(t))
+    assert (s.dice, s.iou, s.recall) == (0.0, 0.0, 0.0)
+    assert math.isnan(s.precision)  # 0/0: nothing predicted
+    assert s.hd95 == pytest.approx(math.sqrt(4**2 + 4**2))  # field-of-view diagonal, pixels
+    assert (s.tp, s.fp, s.fn, s.n_truth, s.n_pred) == (0, 0, 4, 4, 0)
+    # with spacing the penalty is the diagonal in mm: sqrt((4*2.0)^2 + (4*0.5)^2)
+    s_mm = score_class(t, np.zeros_like(t), spacing=(2.0, 0.5))
+    assert s_mm.hd95 == pytest.approx(math.sqrt(8.0**2 + 2.0**2))
+
+
+def test_hallucinated_structure():
+    p = square((4, 6), (0, 2), (0, 2))
+    s = score_class(np.zeros_like(p), p)
+    assert (s.dice, s.iou, s.precision) == (0.0, 0.0, 0.0)
+    assert math.isnan(s.recall)  # 0/0: absent in truth
+    assert s.hd95 == pytest.approx(math.sqrt(4**2 + 6**2))
+
+
+def test_counted_4x4_example():
+    t = np.array(
+        [[1, 1, 1, 0],
+         [1, 1, 1, 0],
+         [0, 0, 0, 0],
+         [0, 0, 0, 0]], bool)  # fmt: skip
+    p = np.array(
+        [[0, 0, 0, 0],
+         [0, 1, 1, 0],
+         [0, 1, 1, 0],
+         [0, 0, 0, 0]], bool)  # fmt: skip
+    s = score_class(t, p)
+    # TP = (1,1),(1,2) = 2; FP = (2,1),(2,2) = 2; FN = row 0 (3) + (1,0) = 4
+    assert (s.tp, s.fp, s.fn, s.n_truth, s.n_pred) == (2, 2, 4, 6, 4)
+    assert s.dice == pytest.approx(2 * 2 / (2 * 2 + 2 + 4))  # 0.4
+    assert s.iou == pytest.approx(2 / (2 + 2 + 4))  # 0.25
+    assert s.precision == pytest.approx(2 / 4)
+    assert s.recall == pytest.approx(2 / 6)
+    assert s.hd95 == pytest.approx(brute_hd95(t, p, (1, 1)))
+
+
+def test_integer_01_masks_accepted_and_other_values_refused():
+    t = square((6, 6), (1, 4), (1, 4))
+    assert score_class(t.astype(np.uint8), t.astype(np.uint8)).dice == 1.0
+    with pytest.raises(ValueError, match="0/1"):
+        score_class(t.astype(np.uint8) * 2, t)
+    with pytest.raises(ValueError, match=r"\(6, 6\).*\(6, 7\)"):
+        score_class(t, np.zeros((6, 7), bool))
+    with pytest.raises(ValueError, match="spacing"):
+        score_class(t, t, spacing=(1.0,))
+    with pytest.raises(ValueError, match="spacing"):
+        score_class(t, t, spacing=(1.0, 0.0))
+
+
+# ---------------------------------------------------------------- surfaces and HD95
+def test_surface_uses_full_connectivity_and_array_border():
+    block = square((5, 5), (1, 4), (1, 4))
+    expected = block.copy()
+    expected[2, 2] = False  # the only voxel whose 8 neighbours are all inside
+    np.testing.assert_array_equal(surface(block), expected)
+    plus = np.zeros((5, 5), bool)
+    plus[2, 1:4] = plus[1:4, 2] = True
+    # the centre has background diagonal neighbours -> surface in 8-connectivity
+    np.testing.assert_array_equal(surface(plus), plus)
+    full = np.ones((4, 4), bool)
+    ring = full.copy()
+    ring[1:3, 1:3] = False  # border voxels count as surface (border_value=0)
+    np.testing.assert_array_equal(surface(full), ring)
+
+
+def test_hd95_squares_offset_by_3_px():
+    # A: rows 2..7, cols 2..7; B = A shifted by +3 columns. Each surface is a
+    # ring of 6*6 - 4*4 = 20 pixels. Translating a point of ring A by (0, 3)
+    # lands on ring B, so every directed distance is <= 3. The 6 pixels of A's
+    # left edge (col 2) are >= 3 from any pixel of B (cols >= 5), so exactly 3.
+    # Sorted A->B distances end with six 3s; percentile 95 of 20 values
+    # interpolates between sorted[18] and sorted[19] (0.95 * 19 = 18.05), both 3.
+    # B->A is the mirror image (B's right edge). HD95 = 3.0 exactly.
+    a = square((12, 14), (2, 8), (2, 8))
+    b = square((12, 14), (2, 8), (5, 11))
+    assert hd95(a, b) == 3.0
+    assert score_class(a, b).hd95 == 3.0
+    assert brute_hd95(a, b, (1, 1)) == 3.0
+
+
+def test_hd95_anisotropic_spacing_scales_distance():
+    # Same squares, column spacing 2.0 mm: the same argument gives 3 * 2.0 = 6.0 mm.
+    a = square((12, 14), (2, 8), (2, 8))
+    b = square((12, 14), (2, 8), (5, 11))
+    assert score_class(a, b, spacing=(1.0, 2.0)).hd95 == pytest.approx(6.0)
+    # spacing along the other axis does not change an offset along columns
+    assert score_class(a, b, spacing=(0.5, 1.0)).hd95 == pytest.approx(3.0)
+
+
+def test_hd95_3d_cubes_shifted_along_z():
+    # 4^3 cubes, the second shifted by 2 slices; spacing (2.5, 1, 1) mm.
+    # Surface = 64 - 8 = 56 voxels. Translation gives distances <= 2 * 2.5 = 5;
+    # the 16 voxels of A's bottom face are >= 2 slices from B, i.e. >= 5 mm,
+    # so the top 16 of 56 sorted distances are 5 and the 95th percentile
+    # (0.95 * 55 = 52.25) is 5.0. Symmetric for B->A.
+    a = np.zeros((10, 8, 8), bool)
+    b = np.zeros((10, 8, 8), bool)
+    a[2:6, 2:6, 2:6] = True
+    b[4:8, 2:6, 2:6] = True
+    assert score_class(a, b, spacing=(2.5, 1.0, 1.0)).hd95 == pytest.approx(5.0)
+    assert score_class(a, b).hd95 == pytest.approx(2.0)
+
+
+def test_hd95_ignores_a_single_outlier_voxel():
+    # 20x20 square vs. the same square plus one stray voxel 30 px away:
+    # Hausdorff distance ~30, HD95 0 (1 of 77 surface points is beyond the 95th percentile).
+    t = square((64, 64), (2, 22), (2, 22))
+    p = t.copy()
+    p[52, 52] = True
+    assert score_class(t, p).hd95 == 0.0
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_hd95_matches_brute_force_on_random_masks(ndim):
+    rng = np.random.default_rng(1234 + ndim)
+    shape = (9, 11) if ndim == 2 else (5, 7, 6)
+    checked = 0
+    for _ in range(25):
+        a = rng.random(shape) < rng.uniform(0.1, 0.6)
+        b = rng.random(shape) < rng.uniform(0.1, 0.6)
+        if not a.any() or not b.any():
+            continue
+        spacing = tuple(rng.uniform(0.3, 3.0, ndim))
+        expected = brute_hd95(a, b, spacing)
+        assert score_class(a, b, spacing=spacing).hd95 == pytest.approx(expected, rel=1e-9)
+        np.testing.assert_array_equal(surface(a), brute_surface(a))
+        checked += 1
+    assert checked >= 20
+
+
+def test_hd95_crop_does_not_change_result_near_border():
+    # structures touching the array border: the border voxels stay surface after cropping
+    a = square((10, 10), (0, 4), (0, 10))
+    b = square((10, 10), (2, 10), (3, 7))
+    assert score_class(a, b).hd95 == pytest.approx(brute_hd95(a, b, (1, 1)))
+
+
+# ---------------------------------------------------------------- score_classes
+def test_score_classes_per_class_background_excluded():
+    truth = np.zeros((8, 8), np.uint8)
+    pred = np.zeros((8, 8), np.uint8)
+    truth[1:4, 1:4] = 1
+    pred[1:4, 1:4] = 1  # class 1 perfect
+    truth[5:7, 5:7] = 2  # class 2 missed
+    # class 3: absent in both
+    scores = score_classes(truth, pred, num_classes=4)
+    assert sorted(scores) == [1, 2, 3]  # no background key
+    assert scores[1].dice == 1.0 and scores[1].hd95 == 0.0
+    assert scores[2].dice == 0.0 and scores[2].recall == 0.0 and math.isnan(scores[2].precision)
+    assert scores[2].hd95 == pytest.approx(math.hypot(8, 8))
+    assert all(math.isnan(getattr(scores[3], m)) for m in METRICS)
+    for k in (1, 2, 3):  # same as scoring each binary structure on its own
+        single = score_class(truth == k, pred == k)
+        assert to_json_safe(single) == to_json_safe(scores[k])
+
+
+def test_score_classes_3d_volume_with_spacing():
+    truth = np.zeros((10, 8, 8), np.uint8)
+    pred = np.zeros((10, 8, 8), np.uint8)
+    truth[2:6, 2:6, 2:6] = 1
+    pred[4:8, 2:6, 2:6] = 1
+    s = score_classes(truth, pred, 2, spacing=(2.5, 1.0, 1.0))[1]
+    assert s.hd95 == pytest.approx(5.0)
+    assert (s.tp, s.fp, s.fn) == (32, 32, 32)
+    assert s.dice == pytest.approx(0.5)
+
+
+def test_score_classes_validates_inputs():
+    with pytest.raises(ValueError, match=r"truth \(4, 4\).*prediction \(4, 5\)"):
+        score_classes(np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8), 3)
+    bad = np.zeros((4, 4), np.uint8)
+    bad[0, 0] = 3
+    with pytest.raises(ValueError, match=r"prediction has class values \[3\]"):
+        score_classes(np.zeros((4, 4), np.uint8), bad, 3)
+    with pytest.raises(ValueError, match=r"truth has class values \[3\]"):
+        score_classes(bad, np.zeros((4, 4), np.uint8), 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        score_classes(bad, bad, 1)
+
+
+# ---------------------------------------------------------------- aggregate
+def test_aggregate_ignores_nan_and_counts_n():
+    names = ["background", "LV", "Coronary", "LA"]
+    cases = [
+        {1: cs(1.0, 1.0, 1.0, 1.0, 0.0), 2: cs(0.5, 1 / 3, 0.5, 0.5, 4.0), 3: cs()},
+        {1: cs(0.5, 1 / 3, 1.0, 1 / 3, 2.0), 2: cs(), 3: cs()},
+        {1: cs(), 2: cs(0.0, 0.0, math.nan, 0.0, 10.0), 3: cs()},
+    ]
+    out = aggregate(cases, names)
+    json.dumps(out, allow_nan=False)  # plain JSON, NaN -> None
+    assert out["n_cases"] == 3
+    assert set(out["per_class"]) == {"LV", "Coronary", "LA"}  # background never reported
+    lv = out["per_class"]["LV"]
+    assert lv["dice"] == {"mean": 0.75, "std": 0.25, "median": 0.75, "n": 2}
+    assert lv["hd95"] == {"mean": 1.0, "std": 1.0, "median": 1.0, "n": 2}
+    cor = out["per_class"]["Coronary"]
+    assert cor["dice"]["n"] == 2 and cor["dice"]["mean"] == pytest.approx(0.25)
+    assert cor["precision"] == {"mean": 0.5, "std": 0.0, "median": 0.5, "n": 1}
+    assert cor["recall"]["n"] == 2
+    la = out["per_class"]["LA"]
+    assert la["dice"] == {"mean": None, "std": None, "median": None, "n": 0}
+    # foreground mean: mean of LV and Coronary class means; LA (NaN everywhere) ignored
+    fg = out["foreground_mean"]
+    assert fg["dice"] == pytest.approx((0.75 + 0.25) / 2)
+    assert fg["iou"] == pytest.approx(((1 + 1 / 3) / 2 + (1 / 3 + 0) / 2) / 2)
+    assert fg["hd95"] == pytest.approx((1.0 + 7.0) / 2)
+    assert set(fg) == set(METRICS)
+
+
+def test_aggregate_all_nan_and_errors():
+    out = aggregate([{1: cs()}], ["background", "LV"])
+    assert out["foreground_mean"]["dice"] is None
+    with pytest.raises(ValueError, match="same classes"):
+        aggregate([{1: cs()}, {1: cs(), 2: cs()}], ["bg", "a", "b"])
+    with pytest.raises(ValueError, match="background"):
+        aggregate([{0: cs()}], ["bg", "a"])
+    with pytest.raises(ValueError, match="at least one case"):
+        aggregate([], ["bg", "a"])
+
+
+def test_aggregate_of_score_classes_end_to_end():
+    truth = np.zeros((2, 16, 16), np.uint8)
+    truth[:, 2:8, 2:8] = 1
+    pred = truth.copy()
+    pred[1] = 0  # second slice: class 1 missed
+    cases = [score_classes(truth[i], pred[i], 3) for i in range(2)]
+    out = aggregate(cases, ["background", "A", "B"])
+    assert out["per_class"]["A"]["dice"] == {"mean": 0.5, "std": 0.5, "median": 0.5, "n": 2}
+    assert out["per_class"]["A"]["hd95"]["mean"] == pytest.approx(math.hypot(16, 16) / 2)
+    assert out["per_class"]["B"]["dice"]["n"] == 0
+    assert out["foreground_mean"]["dice"] == 0.5
+
+
+def test_to_json_safe():
+    obj = {
+        np.int64(1): [np.float32(0.5), math.nan, math.inf, (np.bool_(True), 2)],
+        "a": np.array([1.0, np.nan]),
+        "s": cs(dice=0.25),
+    }
+    out = to_json_safe(obj)
+    assert out[1] == [0.5, None, None, [True, 2]]
+    assert out["a"] == [1.0, None]
+    assert out["s"]["dice"] == 0.25 and out["s"]["iou"] is None and out["s"]["tp"] == 0
+    json.dumps(out, allow_nan=False)
+    assert ClassScore(1.0, 1.0, 1.0, 1.0, 0.0, 3, 0, 0, 3, 3).as_dict()["n_pred"] == 3
+
+
+# ---------------------------------------------------------------- original score
+def test_dice_including_background_hides_missed_structures():
+    truth = np.zeros((64, 64), np.uint8)
+    truth[10:14, 10:14] = 1  # 16 px
+    truth[40:42, 40:42] = 2  # 4 px
+    pred = np.zeros_like(truth)  # the network found nothing
+    incl_bg = dice_including_background(truth, pred, 3)
+    # one-hot over all classes: 2 * (4096 - 20) / (4096 + 4096)
+    assert incl_bg == pytest.approx((4096 - 20) / 4096)
+    assert incl_bg > 0.9
+    scores = score_classes(truth, pred, 3)
+    assert all(s.dice == 0.0 for s in scores.values())
+    assert aggregate([scores], ["background", "a", "b"])["foreground_mean"]["dice"] == 0.0
+
+
+def test_dice_including_background_matches_one_hot_formula():
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 4, (6, 7)).astype(np.uint8)
+    p = rng.integers(0, 4, (6, 7)).astype(np.uint8)
+    ot, op = np.eye(4)[t], np.eye(4)[p]
+    expected = 2 * (ot * op).sum() / (ot.sum() + op.sum())
+    assert dice_including_background(t, p, 4) == pytest.approx(expected)
+    assert dice_including_background(t, t, 4) == 1.0
