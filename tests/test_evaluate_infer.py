@@ -156,3 +156,24 @@ def test_nifti_without_window_is_reported(tmp_path: Path) -> None:
     run = open_run(str(make_run(tmp_path / "run", oracle_model(TINY_CLASS_INTENSITIES), overrides)))
     (failure,) = infer(run, image_path, tmp_path / "out")
     assert "phantom001_image.nii.gz: NIfTI input needs the training's window" in failure
+
+
+def test_cli_evaluate_and_infer_exit_codes(tiny_dataset: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run = make_run(tmp_path / "run", oracle_model(TINY_CLASS_INTENSITIES),
+                   [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false"])
+    common = [f"paths.root={tmp_path}", f"run={run}"]
+    ok = subprocess.run([sys.executable, "-m", "segexp.evaluate", *common], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert len(list((tmp_path / "outputs" / "evaluate" / "runs").glob("*/*/summary.json"))) == 1
+    bad = subprocess.run([sys.executable, "-m", "segexp.evaluate", f"paths.root={tmp_path}", f"run={tmp_path}/nope"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "neither a training run folder nor an MLflow run id" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
+    (tiny_dataset / "valid" / "images" / "zz_broken.png").write_bytes(b"")
+    part = subprocess.run([sys.executable, "-m", "segexp.infer", *common, f"input={tiny_dataset}/valid/images"],
+                          capture_output=True, text=True, timeout=300)
+    assert part.returncode == 1 and "skipped: " in part.stdout + part.stderr and "zz_broken.png" in part.stdout + part.stderr
+    assert len(list((tmp_path / "outputs" / "infer" / "runs").glob("*/*/masks/*.png"))) == 4
