@@ -21,6 +21,7 @@ import re
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +113,19 @@ def _predict_case(model: Any, dataset: SliceDataset, pairs: list[SlicePair], siz
     return np.stack(truths), np.stack(preds)
 
 
+@dataclass
+class Evaluation:
+    """``summary``: the ``summary.json`` content; ``per_slice``: ``(case, slice name, {class: scores})`` rows."""
+
+    summary: dict[str, Any]
+    per_slice: list[tuple[str, str, dict[str, Any]]]
+
+
 def evaluate_split(
     model: Any, dataset: SliceDataset, split: str, *, image_size: tuple[int, int], channels: int,
     case_pattern: str, batch_size: int = 8, flip_tta: bool = False,
-) -> dict[str, Any]:
-    """Score every case (3D) and slice (2D) of ``split``; returns the ``summary.json`` content."""
+) -> Evaluation:
+    """Score every case (3D) and slice (2D) of ``split``."""
     num_classes = len(dataset.class_names)
     check_model_fits(model, num_classes, channels)
     per_case, per_slice, original = {}, [], []
@@ -131,7 +140,7 @@ def evaluate_split(
             per_slice.append((case, pair.name, score_classes(t, p, num_classes, spacing[1:] if spacing else None)))
     units = "mm" if spacings and all(s is not None for s in spacings.values()) else "px"
     fg_names = dataset.class_names[1:]
-    return to_json_safe({
+    summary = to_json_safe({
         "split": split,
         "num_cases": len(per_case),
         "num_slices": len(per_slice),
@@ -150,14 +159,15 @@ def evaluate_split(
             "mean": float(np.mean(original)) if original else None,
             "note": "the original tool's score: includes background, dominated by it; for comparison only",
         },
-        "_per_slice": [(case, name, {fg_names[k - 1]: s.as_dict() for k, s in scores.items()}) for case, name, scores in per_slice],
     })
+    rows = to_json_safe([(case, name, {fg_names[k - 1]: s.as_dict() for k, s in scores.items()}) for case, name, scores in per_slice])
+    return Evaluation(summary, rows)
 
 
-def write_reports(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_reports(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     """``summary.json``, ``evaluation.csv``, ``per_slice.csv`` and ``dice_per_class.png`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    per_slice = summary.pop("_per_slice")
+    summary, per_slice = evaluation.summary, evaluation.per_slice
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     fields = ["case", "class", *METRICS, "tp", "fp", "fn", "n_truth", "n_pred"]
     with open(out_dir / "evaluation.csv", "w", newline="") as f:
@@ -230,11 +240,12 @@ def evaluate_run(run: TrainedRun, out_dir: Path, *, split: str = "test", batch_s
     if not dataset.pairs.get(split):
         raise DataError(f"dataset split {split!r} under {dataset.root} has no slices to evaluate")
     model = run.load_model()
-    summary = evaluate_split(
+    evaluation = evaluate_split(
         model, dataset, split, image_size=(cfg.model.image_height, cfg.model.image_width),
         channels=cfg.model.image_channels, case_pattern=cfg.dataset.case_pattern, batch_size=batch_size, flip_tta=flip_tta,
     )
-    files = write_reports(summary, out_dir)
+    summary = evaluation.summary
+    files = write_reports(evaluation, out_dir)
     resume = run.run_id if log_to_run else None
     with tracked_run(resume is not None, uri=run.tracking_uri or "", experiment="", artifact_location=None,
                      run_name="", tags={}, description="", resume_run_id=resume) as tracker:

@@ -102,8 +102,17 @@ def _model_size(model: Any) -> tuple[int, int]:
 
 
 def predict_png_files(model: Any, paths: Sequence[Path], out_dir: Path, colours: np.ndarray, *, batch_size: int,
-                      flip_tta: bool, large_images: str, overlap: float) -> list[str]:
-    """Predict image files and write masks, colour masks and overlays; returns the failures (one line each)."""
+                      flip_tta: bool, large_images: str, overlap: float, chunk: int = 64) -> list[str]:
+    """Predict image files (``chunk`` at a time) and write masks, colour masks and overlays; returns the failures."""
+    failures: list[str] = []
+    for start in range(0, len(paths), chunk):
+        failures += _predict_png_chunk(model, paths[start : start + chunk], out_dir, colours, batch_size=batch_size,
+                                       flip_tta=flip_tta, large_images=large_images, overlap=overlap)
+    return failures
+
+
+def _predict_png_chunk(model: Any, paths: Sequence[Path], out_dir: Path, colours: np.ndarray, *, batch_size: int,
+                       flip_tta: bool, large_images: str, overlap: float) -> list[str]:
     failures, images, good = [], [], []
     channels = int(model.input_shape[-1])
     height, width = _model_size(model)
@@ -113,9 +122,11 @@ def predict_png_files(model: Any, paths: Sequence[Path], out_dir: Path, colours:
             good.append(path)
         except InferenceInputError as err:
             failures.append(str(err))
+    if not images:
+        return failures
     if large_images == "resize":
         batch = np.stack([cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA).reshape(height, width, channels)
-                          for im in images]) if images else np.zeros((0, height, width, channels), np.uint8)
+                          for im in images])
         probs = predict_batches(model, batch, batch_size=batch_size, flip_tta=flip_tta)
         probs = [resize_probabilities(p, *im.shape[:2]) for p, im in zip(probs, images)]
     else:

@@ -123,11 +123,12 @@ def evaluate_test_split(cfg: DictConfig, model: keras.Model, dataset: SliceDatas
         return
     from segexp.evaluate import evaluate_split, log_summary, write_reports
 
-    summary = evaluate_split(
+    evaluation = evaluate_split(
         model, dataset, "test", image_size=(cfg.model.image_height, cfg.model.image_width),
         channels=cfg.model.image_channels, case_pattern=cfg.dataset.case_pattern, batch_size=cfg.training.batch_size,
     )
-    files = write_reports(summary, out_dir)
+    summary = evaluation.summary
+    files = write_reports(evaluation, out_dir)
     log_summary(tracker, summary, files, prefix="test")
     log.info("test foreground mean Dice %s (%d cases); reports in %s",
              summary["mean"]["foreground_mean"]["dice"], summary["num_cases"], out_dir)
