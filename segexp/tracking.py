@@ -9,17 +9,20 @@ interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt) KILLED, never left R
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: MLflow's limit on one param value (MLflow 3); longer values are truncated.
 MAX_PARAM_LENGTH = 6000
@@ -79,6 +82,24 @@ def metric_key(keras_name: str, class_names: Sequence[str]) -> str:
     return f"{split}/{name}"
 
 
+def retry_locked(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
+    """Call ``fn``; retry with exponential back-off (0.2 s .. ~25 s) while SQLite says "database is locked".
+
+    Several jobs of a parallel sweep write to one SQLite store; SQLite admits one writer at a time.
+    """
+    delay = 0.2
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # MlflowException or sqlalchemy OperationalError, depending on the call
+            if "database is locked" not in str(err) or attempt == attempts - 1:
+                raise
+            log.warning("MLflow store is locked (attempt %d/%d); retrying in %.1f s", attempt + 1, attempts, delay)
+            time.sleep(delay + random.uniform(0, delay))
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
@@ -91,7 +112,7 @@ def configure(uri: str, experiment: str, artifact_location: str | None) -> str:
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    found = mlflow.get_experiment_by_name(experiment)
+    found = retry_locked(mlflow.get_experiment_by_name, experiment)
     if found is not None:
         return found.experiment_id
     location = None
@@ -99,7 +120,13 @@ def configure(uri: str, experiment: str, artifact_location: str | None) -> str:
         location = f"{artifact_location.rstrip('/')}/{experiment}"
     elif artifact_location:
         location = (Path(artifact_location).expanduser().resolve() / experiment).as_uri()
-    return mlflow.create_experiment(experiment, artifact_location=location)
+    try:
+        return retry_locked(mlflow.create_experiment, experiment, artifact_location=location)
+    except Exception:
+        found = mlflow.get_experiment_by_name(experiment)  # another job created it meanwhile
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 class Tracker:
@@ -121,29 +148,27 @@ class Tracker:
         items = [Param(k, v) for k, v in params.items()]
         client = mlflow.MlflowClient()
         for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-            client.log_batch(self.run_id, params=items[start : start + 100], synchronous=True)
+            retry_locked(client.log_batch, self.run_id, params=items[start : start + 100], synchronous=True)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if self.enabled:
             import mlflow
 
-            finite = {k: float(v) for k, v in metrics.items()}
-            mlflow.log_metrics(finite, step=step, synchronous=True)
+            values = {k: float(v) for k, v in metrics.items()}
+            retry_locked(mlflow.log_metrics, values, step=step, synchronous=True)
 
     def log_image(self, key: str, image: np.ndarray, step: int) -> None:
         if self.enabled:
             import mlflow
 
-            mlflow.log_image(image, key=key, step=step, synchronous=True)
+            retry_locked(mlflow.log_image, image, key=key, step=step, synchronous=True)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled and path.exists():
             import mlflow
 
-            if path.is_dir():
-                mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-            else:
-                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            log_fn = mlflow.log_artifacts if path.is_dir() else mlflow.log_artifact
+            retry_locked(log_fn, str(path), artifact_path=artifact_path)
 
     def log_keras_model(self, model: Any, name: str = "model") -> None:
         """Log ``model`` with the ``mlflow.keras`` flavour: raw uint8 images in, probabilities out."""
@@ -159,7 +184,7 @@ class Tracker:
         )
         # Explicit requirements: inferring them imports the model in a subprocess (slow).
         requirements = [f"keras=={_version('keras')}", f"tensorflow=={_version('tensorflow')}"]
-        mlflow.keras.log_model(model, name=name, signature=signature, pip_requirements=requirements)
+        retry_locked(mlflow.keras.log_model, model, name=name, signature=signature, pip_requirements=requirements)
 
 
 def _version(package: str) -> str:
@@ -179,11 +204,13 @@ def tracked_run(
     tags: Mapping[str, str],
     description: str,
     resume_run_id: str | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[Tracker]:
     """Start an MLflow run (or a disabled :class:`Tracker`) and always end it with a status.
 
     With ``resume_run_id`` the existing run is reopened (e.g. to add its evaluation); it ends
     with the status it had, and a failure is recorded as the ``error`` tag only.
+    With ``parent_run_id`` the run is a child of a sweep's parent run (``mlflow.parentRunId``).
     """
     if not enabled:
         yield Tracker(None)
@@ -192,28 +219,29 @@ def tracked_run(
 
     if resume_run_id is not None:
         mlflow.set_tracking_uri(uri)
-        previous = mlflow.get_run(resume_run_id).info.status
-        run = mlflow.start_run(run_id=resume_run_id)
+        previous = retry_locked(mlflow.get_run, resume_run_id).info.status
+        run = retry_locked(mlflow.start_run, run_id=resume_run_id)
     else:
         experiment_id = configure(uri, experiment, artifact_location)
-        run = mlflow.start_run(
-            experiment_id=experiment_id, run_name=run_name, tags={**tags, "mlflow.note.content": description}
-        )
+        all_tags = {**tags, "mlflow.note.content": description}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = retry_locked(mlflow.start_run, experiment_id=experiment_id, run_name=run_name, tags=all_tags)
         previous = None
         log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run_name, experiment, uri)
     previous_sigterm = _raise_on_sigterm()
     try:
         yield Tracker(run.info.run_id)
     except KeyboardInterrupt:
-        mlflow.set_tag("error", "interrupted (KeyboardInterrupt)")
-        mlflow.end_run(status=previous or "KILLED")
+        retry_locked(mlflow.set_tag, "error", "interrupted (KeyboardInterrupt)")
+        retry_locked(mlflow.end_run, status=previous or "KILLED")
         raise
     except BaseException as err:
-        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
-        mlflow.end_run(status=previous or "FAILED")
+        retry_locked(mlflow.set_tag, "error", f"{type(err).__name__}: {err}"[:5000])
+        retry_locked(mlflow.end_run, status=previous or "FAILED")
         raise
     else:
-        mlflow.end_run(status=previous or "FINISHED")
+        retry_locked(mlflow.end_run, status=previous or "FINISHED")
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)

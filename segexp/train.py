@@ -28,7 +28,8 @@ from segexp.data.slices import DataError, find_pairs, load_pair
 from segexp.losses import build_loss
 from segexp.metrics import build_metrics
 from segexp.models import build_model
-from segexp.runs import record_mlflow_run
+from segexp.runs import MLFLOW_RUN_FILE, record_mlflow_run
+from segexp.sweep import parent_run_id, record_failed_job
 from segexp.tracking import Tracker, flatten_config, git_commit, run_name_from_overrides, tracked_run
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def _objective(history: dict[str, list[float]], monitor: str, mode: str) -> floa
     return float(max(values) if mode == "max" else min(values))
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> float:
+def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_run_id: str | None = None) -> float:
     """Validate ``cfg``, train, log everything to MLflow; return the best ``training.monitor`` value.
 
     All user mistakes (config keys, dataset folders, augmentation entries) raise before
@@ -179,6 +180,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> floa
     with tracked_run(
         t.enabled, uri=t.uri, experiment=t.experiment, artifact_location=t.artifact_location,
         run_name=t.run_name or run_name_from_overrides(overrides), tags=tags, description=description,
+        parent_run_id=parent_run_id,
     ) as tracker:
         if tracker.enabled:
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
@@ -211,15 +213,29 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> floa
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Hydra entry point: compose, then :func:`train` in this job's run folder."""
+    """Hydra entry point: compose, then :func:`train` in this job's run folder.
+
+    In a sweep (``-m``) a failing job is logged, recorded as a FAILED child run, and
+    returns NaN so that the other jobs go on and the sweep's parent run is closed.
+    """
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        try:
+            return train(cfg, run_dir, overrides)
+        except USER_ERRORS as err:
+            log.error("%s", err)
+            sys.exit(2)
+    parent = parent_run_id(Path(hydra_cfg.sweep.dir))
     try:
-        return train(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
-    except USER_ERRORS as err:
-        log.error("%s", err)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # let the launcher record this job as failed and go on with the others
-        sys.exit(2)
+        return train(cfg, run_dir, overrides, parent_run_id=parent)
+    except Exception as err:
+        log.error("job %s failed: %s", hydra_cfg.job.num, err, exc_info=not isinstance(err, USER_ERRORS))
+        started = (run_dir / MLFLOW_RUN_FILE).is_file()  # the run itself was then ended FAILED
+        if parent is not None and not started:
+            record_failed_job(parent, cfg.tracking.uri, overrides, err)
+        return float("nan")
 
 
 if __name__ == "__main__":

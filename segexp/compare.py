@@ -1,0 +1,171 @@
+"""``segexp-compare``: a sweep's children side by side — changed params vs. metrics, best first.
+
+Prints a table of the child runs of a sweep's MLflow parent run (the params that
+differ between children, the objective and the test score), sorted by the
+objective, and logs ``compare/children.csv`` and a parallel-coordinates plot
+``compare/parallel_coordinates.png`` to the parent run.
+
+    segexp-compare                          # the latest sweep in the default store
+    segexp-compare --sweep-dir outputs/train/multiruns/<date>/<time>
+    segexp-compare --parent <run id> --metric best/val_loss --mode min
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from segexp.config import project_root
+from segexp.sweep import children, parent_run_id
+from segexp.tracking import retry_locked
+
+DEFAULT_METRIC = "best/val_dice_fg_mean"
+EXTRA_METRICS = ("test/dice_fg_mean",)
+IGNORED_PARAMS = ("paths.", "tracking.", "model.num_params")
+
+
+def changed_params(runs: Sequence[Any]) -> list[str]:
+    """Params whose value differs between the runs (paths and tracking settings left out)."""
+    keys = sorted({k for r in runs for k in r.data.params if not k.startswith(IGNORED_PARAMS)})
+    return [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
+
+
+def comparison_rows(runs: Sequence[Any], metric: str, mode: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Table columns and rows (one per child), sorted by ``metric`` (best first, missing last)."""
+    params = changed_params(runs)
+    rows = []
+    for r in runs:
+        row: dict[str, Any] = {"run": r.info.run_name, "status": r.info.status, "run_id": r.info.run_id}
+        row.update({p: r.data.params.get(p, "") for p in params})
+        for m in (metric, *EXTRA_METRICS):
+            row[m] = r.data.metrics.get(m, math.nan)
+        rows.append(row)
+    sign = -1.0 if mode == "max" else 1.0
+    rows.sort(key=lambda row: (math.isnan(row[metric]), sign * row[metric] if not math.isnan(row[metric]) else 0.0))
+    return ["run", "status", *params, metric, *EXTRA_METRICS], rows
+
+
+def format_table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table (floats with 4 decimals)."""
+    def cell(v: Any) -> str:
+        return "-" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    cells = [[cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def parallel_coordinates(columns: Sequence[str], rows: Sequence[dict[str, Any]], metric: str, path: Path) -> Path:
+    """One vertical axis per changed param plus the objective; one line per finished child, coloured by it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_names = [c for c in columns if c not in ("run", "status", *EXTRA_METRICS)]
+    done = [r for r in rows if not math.isnan(r[metric])]
+    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(axes_names)), 4))
+    encoded: dict[str, list[float]] = {}
+    for name in axes_names:
+        values = [r[name] for r in done]
+        try:
+            numbers = [float(v) for v in values]
+            low, high = min(numbers), max(numbers)
+            encoded[name] = [(v - low) / (high - low) if high > low else 0.5 for v in numbers]
+            labels = sorted(set(numbers))
+            positions = [(v - low) / (high - low) if high > low else 0.5 for v in labels]
+            texts = [f"{v:g}" for v in labels]
+        except (TypeError, ValueError):
+            levels = sorted(set(map(str, values)))
+            step = 1 / max(len(levels) - 1, 1)
+            encoded[name] = [levels.index(str(v)) * step for v in values]
+            positions, texts = [i * step for i in range(len(levels))], levels
+        x = axes_names.index(name)
+        for pos, text in zip(positions, texts):
+            ax.annotate(text, (x, pos), xytext=(4, 0), textcoords="offset points", fontsize=7, va="center")
+    cmap = plt.get_cmap("viridis")
+    scores = encoded.get(metric, [0.5] * len(done))
+    for i in range(len(done)):
+        ax.plot(range(len(axes_names)), [encoded[n][i] for n in axes_names], color=cmap(scores[i]), alpha=0.8)
+    for x in range(len(axes_names)):
+        ax.axvline(x, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(axes_names)), axes_names, rotation=20, ha="right", fontsize=8)
+    ax.set_yticks([])
+    ax.set_title(f"sweep children by {metric} (bright = high)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def latest_parent(experiment: str) -> str | None:
+    """The most recent sweep parent run (tag ``sweep_dir``) of ``experiment``."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = mlflow.MlflowClient().search_runs([found.experiment_id], filter_string="tags.sweep_dir != ''",
+                                             order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def compare(parent: str, metric: str = DEFAULT_METRIC, mode: str = "max", log_to_parent: bool = True) -> str:
+    """The comparison table of ``parent``'s children; logs the CSV and the plot to ``parent``."""
+    import mlflow
+
+    runs = children(parent)
+    if not runs:
+        raise SystemExit(f"segexp-compare: run {parent} has no child runs")
+    columns, rows = comparison_rows(runs, metric, mode)
+    if log_to_parent:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            with open(out / "children.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=[*columns, "run_id"], extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+            parallel_coordinates(columns, rows, metric, out / "parallel_coordinates.png")
+            client = mlflow.MlflowClient()
+            for name in ("children.csv", "parallel_coordinates.png"):
+                retry_locked(client.log_artifact, parent, str(out / name), "compare")
+    return format_table(columns, rows)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="segexp-compare", description=__doc__.split("\n\n")[0])
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--parent", help="MLflow id of the sweep's parent run")
+    which.add_argument("--sweep-dir", type=Path, help="the sweep folder (holds mlflow_parent.json)")
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{project_root()}/outputs/mlflow.db",
+                        help="MLflow store (default: the project's SQLite store)")
+    parser.add_argument("--experiment", default="segexp", help="experiment searched for the latest sweep")
+    parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"objective to sort by (default {DEFAULT_METRIC})")
+    parser.add_argument("--mode", choices=("max", "min"), default="max", help="max: higher is better")
+    parser.add_argument("--no-log", action="store_true", help="do not log the CSV and plot to the parent run")
+    args = parser.parse_args(argv)
+    import mlflow
+
+    mlflow.set_tracking_uri(args.tracking_uri)
+    if args.sweep_dir is not None:
+        parent = parent_run_id(args.sweep_dir)
+        if parent is None:
+            parser.error(f"--sweep-dir: {args.sweep_dir} has no mlflow_parent.json (was the sweep tracked?)")
+    else:
+        parent = args.parent or latest_parent(args.experiment)
+        if parent is None:
+            parser.error(f"no sweep parent run in experiment {args.experiment!r} at {args.tracking_uri}")
+    print(compare(parent, args.metric, args.mode, log_to_parent=not args.no_log))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,110 @@
+"""Multirun sweeps in MLflow: one parent per sweep, one child per job, nothing lost."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from segexp.compare import compare
+from segexp.tracking import configure, retry_locked, tracked_run
+
+from .conftest import TINY_DATASET_OVERRIDES
+
+
+def _sweep(tmp_path: Path, dataset: Path, *overrides: str) -> subprocess.CompletedProcess:
+    tiny = [o for o in TINY_DATASET_OVERRIDES if not o.startswith("training.epochs")]
+    cmd = [sys.executable, "-m", "segexp.train", "-m", f"paths.root={tmp_path}", *tiny, f"dataset.root={dataset}",
+           "training.epochs=1", "training.epoch_images.num=1", "training.evaluate_after=false",
+           "tracking.log_model=false", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def _runs(tmp_path: Path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("segexp").experiment_id], max_results=100)
+    parents = [r for r in runs if "sweep_dir" in r.data.tags]
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, kids
+
+
+def test_grid_sweep_is_one_parent_with_four_children(tmp_path: Path, tiny_dataset: Path) -> None:
+    result = _sweep(tmp_path, tiny_dataset, "model.base_filters=2,4", "training.learning_rate=1e-3,5e-4")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (parent,), kids = _runs(tmp_path)
+    assert len(kids) == 4 and {k.data.tags["mlflow.parentRunId"] for k in kids} == {parent.info.run_id}
+    combos = {(k.data.params["model.base_filters"], k.data.params["training.learning_rate"]) for k in kids}
+    assert combos == {("2", "0.001"), ("2", "0.0005"), ("4", "0.001"), ("4", "0.0005")}
+    assert all(k.info.status == "FINISHED" and "model.base_filters=" in k.info.run_name for k in kids)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep_overrides"].endswith("model.base_filters=2,4 training.learning_rate=1e-3,5e-4")
+    assert Path(parent.data.tags["sweep_dir"]).is_dir()
+    best = max(kids, key=lambda k: k.data.metrics["best/val_dice_fg_mean"])
+    assert parent.data.tags["best_child_run_id"] == best.info.run_id
+    assert parent.data.metrics["best/val_dice_fg_mean"] == pytest.approx(best.data.metrics["best/val_dice_fg_mean"])
+
+    table = compare(parent.info.run_id)
+    lines = table.splitlines()
+    assert "model.base_filters" in lines[0] and "training.learning_rate" in lines[0] and len(lines) == 2 + 4
+    assert lines[2].startswith(best.info.run_name)  # best first
+    logged = [a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "compare")]
+    assert sorted(logged) == ["compare/children.csv", "compare/parallel_coordinates.png"]
+
+
+def test_failing_job_does_not_lose_the_others(tmp_path: Path, tiny_dataset: Path) -> None:
+    """num_layers=9 cannot work on 32x32 images: that child is FAILED with its error, the other finishes."""
+    result = _sweep(tmp_path, tiny_dataset, "model.num_layers=2,9")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (parent,), kids = _runs(tmp_path)
+    status = {k.info.run_name.split("model.num_layers=")[1].split(",")[0]: k for k in kids}
+    assert status["2"].info.status == "FINISHED"
+    assert status["9"].info.status == "FAILED" and "model.image_height" in status["9"].data.tags["error"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["children_failed"] == "1"
+    assert parent.data.tags["best_child_run_id"] == status["2"].info.run_id
+
+
+def test_retry_locked_retries_only_lock_errors() -> None:
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert retry_locked(flaky) == "ok" and len(calls) == 3
+    with pytest.raises(ValueError, match="other"):
+        retry_locked(lambda: (_ for _ in ()).throw(ValueError("other")))
+
+
+def _log_many(uri: str, artifacts: str, worker: int, steps: int) -> None:
+    with tracked_run(True, uri=uri, experiment="segexp", artifact_location=artifacts, run_name=f"w{worker}",
+                     tags={}, description="") as tracker:
+        tracker.log_params({"worker": str(worker)})
+        for step in range(steps):
+            tracker.log_metrics({"a": float(step), "b": float(worker)}, step=step)
+
+
+def test_parallel_writers_lose_nothing_in_sqlite(tmp_path: Path) -> None:
+    """Four processes hammer one SQLite store; every run and every metric arrives."""
+    uri, artifacts = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts")
+    configure(uri, "segexp", artifacts)  # created once before the jobs, as the sweep callback does
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_log_many, args=(uri, artifacts, w, 40)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("segexp").experiment_id])
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "a")] == list(range(40))
+        assert len(client.get_metric_history(run.info.run_id, "b")) == 40
