@@ -130,6 +130,12 @@ class LoaderConfig:
 
 
 @dataclass
+class ThreadsConfig:
+    intra_op: Optional[int] = None
+    inter_op: Optional[int] = None
+
+
+@dataclass
 class TrainingConfig:
     epochs: int = MISSING
     batch_size: int = MISSING
@@ -147,6 +153,7 @@ class TrainingConfig:
     deterministic: bool = False
     verbose: int = 2
     evaluate_after: bool = True
+    threads: ThreadsConfig = field(default_factory=ThreadsConfig)
 
 
 @dataclass
@@ -319,6 +326,9 @@ def _check_training(t: Any) -> list[str]:
             errors.append(f"training.{key}: must be >= 0, got {t[group][name]}")
     if t.loader.max_queue_size < 1:
         errors.append(f"training.loader.max_queue_size: must be >= 1, got {t.loader.max_queue_size}")
+    for key in ("intra_op", "inter_op"):
+        if t.threads[key] is not None and t.threads[key] < 1:
+            errors.append(f"training.threads.{key}: must be >= 1 or null (TensorFlow's default), got {t.threads[key]}")
     if t.jit_compile not in ("auto", True, False):
         errors.append(f"training.jit_compile: expected auto, true or false, got {t.jit_compile!r}")
     if t.epoch_images.dir is not None and not Path(t.epoch_images.dir).is_dir():

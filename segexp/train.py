@@ -135,6 +135,21 @@ def evaluate_test_split(cfg: DictConfig, model: keras.Model, dataset: SliceDatas
              summary["mean"]["foreground_mean"]["dice"], summary["num_cases"], out_dir)
 
 
+def set_threads(intra_op: int | None, inter_op: int | None) -> None:
+    """Limit TensorFlow's CPU thread pools (so parallel sweep jobs do not oversubscribe the cores)."""
+    if (intra_op is None and inter_op is None) or keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    try:
+        if intra_op is not None:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op is not None:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError as err:  # TensorFlow was already initialised in this process (an earlier job)
+        log.warning("training.threads not applied: %s", err)
+
+
 def _objective(history: dict[str, list[float]], monitor: str, mode: str) -> float:
     values = [v for v in history.get(monitor, []) if np.isfinite(v)]
     if not values:
@@ -149,6 +164,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
     the MLflow run starts and before any training step.
     """
     cfg = validate_train_config(cfg)
+    set_threads(cfg.training.threads.intra_op, cfg.training.threads.inter_op)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)

@@ -108,3 +108,15 @@ def test_parallel_writers_lose_nothing_in_sqlite(tmp_path: Path) -> None:
     for run in runs:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "a")] == list(range(40))
         assert len(client.get_metric_history(run.info.run_id, "b")) == 40
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="Debian's chromium is not installed")
+def test_mlflow_ui_shows_parent_with_children(tmp_path: Path, tiny_dataset: Path) -> None:
+    """A real headless browser on `mlflow ui`: the runs page groups the children under the parent."""
+    assert _sweep(tmp_path, tiny_dataset, "model.base_filters=2,4").returncode == 0
+    script = Path(__file__).resolve().parents[1] / "scripts" / "mlflow_ui_check.py"
+    result = subprocess.run([sys.executable, str(script), "--store", str(tmp_path / "outputs" / "mlflow.db"),
+                             "--screenshot", str(tmp_path / "ui.png")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "ui.png").stat().st_size > 10_000
