@@ -18,7 +18,10 @@
 #   - `mlflow server` on 127.0.0.1:$SEGEXP_MLFLOW_PORT with that database as backend store and
 #     artifacts proxied through the server (mlflow-artifacts:/) into $SEGEXP_MLFLOW_ARTIFACTS.
 # Trust on loopback means any local user can reach the database: fine for a laptop or a CI job,
-# not for a machine shared with people you do not trust.
+# not for a machine shared with people you do not trust. Other machines cannot reach either
+# server; from a laptop use an SSH tunnel (ssh -L 5000:127.0.0.1:5000 <host>). Logs:
+# $SEGEXP_MLFLOW_STATE/mlflow.log and $SEGEXP_PG_DATA/server.log. MLflow's job runner (GenAI
+# judges, prompt optimisation) is off unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true.
 #
 # As root (CI, containers) PostgreSQL, which refuses to run as root, runs as $SEGEXP_PG_USER
 # (default `postgres`, created by Debian's package) through runuser; the data folder is given
@@ -30,6 +33,7 @@
 #   SEGEXP_PG_BIN             folder with initdb, pg_ctl, postgres, psql   [found on PATH or /usr/lib/postgresql/*/bin]
 #   SEGEXP_PG_USER            OS user that runs PostgreSQL when root       [postgres]
 #   SEGEXP_MLFLOW_PORT        MLflow port on 127.0.0.1                     [5000]
+#                             (another port: train with tracking.uri=http://127.0.0.1:<port>)
 #   SEGEXP_MLFLOW_ARTIFACTS   artifact store behind the server             [outputs/mlflow-server-artifacts]
 #   SEGEXP_MLFLOW_STATE       mlflow.pid and mlflow.log                    [outputs/mlflow-server]
 #   SEGEXP_MLFLOW_WORKERS     server worker processes                      [4]
@@ -198,8 +202,8 @@ start_pg() {
         say "PostgreSQL already running ($PG_DATA)"
         return 0
     fi
-    [[ -f "$PG_DATA/PG_VERSION" ]] || init_cluster
     ! port_busy "$PG_PORT" || die "port $PG_PORT is taken by another program: set SEGEXP_PG_PORT"
+    [[ -f "$PG_DATA/PG_VERSION" ]] || init_cluster
     say "starting PostgreSQL on $HOST:$PG_PORT"
     as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -o "-p $PG_PORT" -w -t "$TIMEOUT" -s \
         || die "PostgreSQL did not start; see $PG_LOG"

@@ -45,6 +45,9 @@ class MlflowSweepCallback(Callback):
     """Creates the sweep's MLflow parent run before the jobs and closes it with the best child after them."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # The sweep folder (and paths.output_dir above it) exists before the sweeper opens its
+        # storage (hparams_search: sqlite:///${paths.output_dir}/optuna.db) and before any job.
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
         tracking = _tracking(config)
         if tracking is None:
             return

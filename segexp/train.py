@@ -244,14 +244,23 @@ def main(cfg: DictConfig) -> float:
             log.error("%s", err)
             sys.exit(2)
     parent = parent_run_id(Path(hydra_cfg.sweep.dir))
+    # Hydra's grid sweeper aborts on a raising job: there a failure returns NaN. Model-based
+    # sweepers (Optuna) must see the exception instead: hydra-optuna-sweeper 1.3 records a
+    # raising trial as FAIL, but crashes on a NaN objective (optuna refuses tell(FAIL, [nan])).
+    grid = hydra_cfg.sweeper._target_ == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
     try:
-        return train(cfg, run_dir, overrides, parent_run_id=parent)
+        objective = train(cfg, run_dir, overrides, parent_run_id=parent)
     except Exception as err:
         log.error("job %s failed: %s", hydra_cfg.job.num, err, exc_info=not isinstance(err, USER_ERRORS))
         started = (run_dir / MLFLOW_RUN_FILE).is_file()  # the run itself was then ended FAILED
         if parent is not None and not started:
             record_failed_job(parent, cfg.tracking.uri, overrides, err)
+        if not grid:
+            raise
         return float("nan")
+    if not grid and not np.isfinite(objective):
+        raise ValueError(f"training.monitor {cfg.training.monitor} never had a finite value (objective {objective})")
+    return objective
 
 
 if __name__ == "__main__":

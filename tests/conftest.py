@@ -14,6 +14,8 @@ from omegaconf import DictConfig, open_dict
 from segexp.config import CONF_DIR, REPO_DIR
 from segexp.data.rgb_map import encode_rgb_mask
 
+from .servers import mlflow_server  # noqa: F401  (session fixture: PostgreSQL-backed MLflow server)
+
 SHARED_DATA = REPO_DIR.parent / "shared" / "data"
 HOCM_MINI = SHARED_DATA / "hocmvalves_mini"
 

@@ -455,3 +455,21 @@ def test_new_split_never_replaces_an_unowned_folder(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="test"):
         write_phantom_dataset(root, cases={"train": 1, "test": 1}, num_slices=2, size=32)
     assert (root / "test" / "mine.png").read_bytes() == b"mine"
+
+
+def test_parallel_writers_of_the_same_phantom_do_not_fail(tmp_path, monkeypatch):
+    """Two sweep jobs generating the same phantom at once: the one that loses the rename keeps the winner's copy."""
+    from segexp.data import phantom
+
+    root = tmp_path / "phantom"
+    kwargs = dict(cases={"train": 1, "valid": 1}, num_slices=4, size=32, seed=3)
+    phantom.write_phantom_dataset(root, **kwargs)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    # The second job checked the folder while it was still absent, then lost the race.
+    monkeypatch.setattr(phantom, "_inspect_root", lambda *a, **k: None)
+    monkeypatch.setattr(phantom, "_check_no_clash", lambda *a, **k: None)
+    phantom.write_phantom_dataset(root, **kwargs)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert not [p for p in tmp_path.iterdir() if p.name != "phantom"]  # no temporary folder left
+    with pytest.raises(OSError):  # a different dataset in its place is still an error
+        phantom.write_phantom_dataset(root, **{**kwargs, "seed": 4})

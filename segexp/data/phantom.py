@@ -555,9 +555,19 @@ def _install(
     """
     new_entries = [str(e) for e in manifest[entries_key]]
     if old_entries is None:
-        if root.exists():
-            root.rmdir()
-        tmp.rename(root)
+        try:
+            if root.exists():
+                root.rmdir()
+            tmp.rename(root)
+        except OSError:
+            # Another process (a parallel sweep job) installed the same dataset first: keep theirs.
+            try:
+                same = json.loads((root / manifest_name).read_text()) == json.loads((tmp / manifest_name).read_text())
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                raise
+            shutil.rmtree(tmp)
         return
     owned = list(dict.fromkeys([*old_entries, *new_entries]))
     _write_json(root / manifest_name, {**manifest, "complete": False, entries_key: owned})
