@@ -73,7 +73,7 @@ def parallel_coordinates(columns: Sequence[str], rows: Sequence[dict[str, Any]],
 
     axes_names = [c for c in columns if c not in ("run", "status", *EXTRA_METRICS)]
     done = [r for r in rows if not math.isnan(r[metric])]
-    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(axes_names)), 4))
+    fig, ax = plt.subplots(figsize=(max(6.5, 2.2 * len(axes_names)), 4))
     encoded: dict[str, list[float]] = {}
     for name in axes_names:
         values = [r[name] for r in done]
@@ -100,7 +100,7 @@ def parallel_coordinates(columns: Sequence[str], rows: Sequence[dict[str, Any]],
         ax.axvline(x, color="grey", linewidth=0.8)
     ax.set_xticks(range(len(axes_names)), axes_names, rotation=20, ha="right", fontsize=8)
     ax.set_yticks([])
-    ax.set_title(f"sweep children by {metric} (bright = high)")
+    ax.set_title(f"sweep children by {metric} (bright = high)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
