@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from segexp.data.slices import DataError, MaskDecoder, SlicePair, split_pairs
+from segexp.data.slices import IMAGE_SUFFIXES, DataError, MaskDecoder, SlicePair, split_pairs
 from segexp.viz import default_palette
 
 
@@ -64,7 +64,7 @@ def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
     )
     dataset = SliceDataset(d["name"], root, class_names, decoder, colours)
     for split in ("train", "valid", "test"):
-        if d["layout"] == "splits" and split == "test" and not (root / d["splits"][split]).is_dir():
+        if d["layout"] == "splits" and split == "test" and not _has_images(root / d["splits"][split] / d["images_dir"]):
             dataset.pairs[split] = []  # a test split is optional for training
             continue
         try:
@@ -85,6 +85,10 @@ def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
             raise DataError(f"dataset split {split!r} under {root} has no slices")
     _check_no_patient_leak(dataset)
     return dataset
+
+
+def _has_images(folder: Path) -> bool:
+    return folder.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
 
 
 def _check_no_patient_leak(dataset: SliceDataset) -> None:

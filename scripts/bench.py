@@ -1,0 +1,640 @@
+#!/usr/bin/env python
+"""segexp benchmark suite: loader, training step, inference, memory and prepare, in one run.
+
+    python scripts/bench.py                          # full suite (~15 min on 2 CPU cores)
+    python scripts/bench.py --update BENCHMARKS.md   # ... and rewrite the results block there
+    python scripts/bench.py --tiny                   # seconds-scale smoke version (CI)
+
+Every number is a median over ``--repeats`` timed repetitions after a warm-up, and
+each measurement runs in its own Python process (``--worker``): TensorFlow's thread
+pools can only be sized before it starts, and peak RSS must belong to one
+measurement. Ratios compare numbers measured in the same run, so they hold on a
+noisy shared machine where absolute numbers drift. Data is synthetic (the seeded
+phantom of :mod:`segexp.data.phantom`), generated under ``--work-dir``; nothing
+is downloaded.
+
+Sections (see BENCHMARKS.md for what each means):
+
+* ``loader``   augmented samples/s at 512x512 (``augmentation=full``) as ``model.fit``
+  receives them, for workers 0, 1, 2, ... (threads and processes), against the
+  training-step images/s of the default and a ``flexunet_hocm``-like model at 512x512;
+* ``train``    training-step images/s, XLA off/on, 1 thread and all cores;
+* ``infer``    ``segexp-infer``'s volume path (read, window, predict, write) on a
+  128-slice NIfTI volume against the bare forward pass on preloaded batches and
+  one ``model.predict`` call per slice;
+* ``memory``   peak RSS of one training epoch on 36, 144 and 576 slices;
+* ``prepare``  ``segexp-prepare`` volumes/s and MB/s with 1 and 2 worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_PREFIX = "BENCH_RESULT "
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+#: Model presets measured. ``hocm_like`` is ``model=flexunet_hocm`` reduced as issue 6 asks
+#: (num_layers 6, batch 2) so that it trains on a CPU at all; its input size is set per section.
+MODELS: dict[str, dict[str, Any]] = {
+    "default": {"overrides": [], "batch": 8, "label": "default (`model=flexunet`)"},
+    "hocm_like": {
+        "overrides": ["model=flexunet_hocm", "model.num_layers=6"],
+        "batch": 2,
+        "label": "`flexunet_hocm`, num_layers 6",
+    },
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def median_rate(run: Callable[[], int], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median of ``items / seconds`` over ``repeats`` timed calls of ``run`` (returns items) after ``warmup`` calls."""
+    for _ in range(warmup):
+        run()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        items = run()
+        rates.append(items / (time.perf_counter() - start))
+    return statistics.median(rates), rates
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MiB (from /proc, Linux)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def compose(overrides: Sequence[str], config_name: str = "train") -> Any:
+    """The config a user gets from ``segexp-<task> <overrides>``, without the ``hydra`` node."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import open_dict
+
+    from segexp.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def set_tf_threads(threads: int | None) -> None:
+    """Size TensorFlow's CPU pools (must run before TensorFlow executes anything)."""
+    if not threads:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:  # already running (--tiny runs workers in one process): keep its pools
+        pass
+
+
+def compiled_model(overrides: Sequence[str], jit_compile: bool | str = False) -> tuple[Any, Any]:
+    """``(model, cfg)``: the configured FlexUNet compiled exactly as ``segexp-train`` compiles it.
+
+    No dataset is read: the class names are the dataset's when the counts agree, else
+    placeholders (``flexunet_hocm`` has 8 classes, the phantom 6).
+    """
+    from omegaconf import open_dict
+
+    from segexp.train import compile_model
+
+    from omegaconf import OmegaConf
+
+    cfg = compose(["tracking=none", *overrides])
+    OmegaConf.resolve(cfg)
+    with open_dict(cfg):
+        cfg.training.jit_compile = jit_compile
+    names = list(cfg.dataset.class_names)
+    if len(names) != cfg.model.num_classes:
+        names = [f"class{i}" for i in range(cfg.model.num_classes)]
+    return compile_model(cfg, names), cfg
+
+
+# ----------------------------------------------------------------------------- workers (one process each)
+
+
+def work_train_step(p: dict[str, Any]) -> dict[str, Any]:
+    """Images/s of ``model.train_on_batch`` on a fixed random uint8 batch (no data loading)."""
+    import numpy as np
+
+    set_tf_threads(p.get("threads"))
+    model, cfg = compiled_model(p["overrides"], p["jit"])
+    m, batch = cfg.model, p["batch"]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (batch, m.image_height, m.image_width, m.image_channels), dtype=np.uint8)
+    y = rng.integers(0, max(m.num_classes, 2), (batch, m.image_height, m.image_width), dtype=np.uint8)
+
+    def steps() -> int:
+        for _ in range(p["steps"]):
+            model.train_on_batch(x, y)
+        return batch * p["steps"]
+
+    rate, rates = median_rate(steps, p["repeats"], warmup=1)
+    return {"images_per_s": rate, "rates": rates, "params": int(model.count_params())}
+
+
+def work_loader(p: dict[str, Any]) -> dict[str, Any]:
+    """Augmented samples/s that ``model.fit`` receives from :class:`SliceLoader` (a 1x1-conv model consumes them)."""
+    import keras
+
+    from segexp.augment import Augmenter
+    from segexp.data.dataset import open_dataset
+    from segexp.train import build_loaders
+
+    cfg = compose(["tracking=none", "augmentation=full", *p["overrides"]])
+    dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
+    train_loader, _ = build_loaders(cfg, dataset, Augmenter(cfg.augmentation.transforms))
+    m = cfg.model
+    # The cheapest model that still takes the loader's batches through fit's data path.
+    null = keras.Sequential([
+        keras.Input((m.image_height, m.image_width, m.image_channels), dtype="uint8"),
+        keras.layers.Rescaling(1 / 255),
+        keras.layers.Conv2D(m.num_classes, 1, activation="softmax"),
+    ])
+    null.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    times: list[float] = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            times.append(time.perf_counter() - self.start)
+
+    null.fit(train_loader, epochs=1 + p["repeats"], shuffle=False, verbose=0, callbacks=[Clock()])
+    samples = len(dataset.pairs["train"])
+    rates = [samples / t for t in times[1:]]  # epoch 0 traces the graph: warm-up
+    return {"samples_per_s": statistics.median(rates), "rates": rates, "samples": samples}
+
+
+def work_infer(p: dict[str, Any]) -> dict[str, Any]:
+    """Slices/s: segexp-infer's volume path vs the bare forward pass vs one ``predict`` per slice."""
+    import cv2
+    import numpy as np
+
+    from segexp.data.volumes import VolumeCase, load_case, num_slices, volume_slice
+    from segexp.infer import predict_volume, window_volume
+    from segexp.models import build_model
+    from segexp.viz import default_palette
+
+    set_tf_threads(p.get("threads"))
+    cfg = compose(["tracking=none", *p["overrides"]])
+    from omegaconf import OmegaConf
+
+    model = build_model(**OmegaConf.to_container(cfg.model, resolve=True))
+    m, batch = cfg.model, p["batch"]
+    window = {"mode": "fixed", "level": 300.0, "width": 800.0}
+    colours = default_palette(m.num_classes)
+    volume = Path(p["volume"])
+    out_dir = Path(p["out_dir"])
+
+    loaded = load_case(VolumeCase("bench", volume, None))
+    image = window_volume(loaded.image, window)
+    n = num_slices(image, "axial")
+    slices = np.stack([cv2.resize(volume_slice(image, "axial", i), (m.image_width, m.image_height),
+                                  interpolation=cv2.INTER_AREA) for i in range(n)])[..., None]
+    preloaded = np.repeat(slices, m.image_channels, axis=-1) if m.image_channels > 1 else slices
+    preloaded = np.ascontiguousarray(preloaded)
+
+    def end_to_end() -> int:
+        predict_volume(model, volume, out_dir, colours, window, "axial", batch_size=batch, flip_tta=False)
+        return n
+
+    def bare_forward() -> int:
+        for start in range(0, n, batch):
+            model.predict_on_batch(preloaded[start : start + batch])
+        return n
+
+    def per_slice() -> int:
+        for i in range(p["per_slice_count"]):
+            model.predict(preloaded[i : i + 1], verbose=0)
+        return p["per_slice_count"]
+
+    # Interleave the three so that drifting machine load hits each alike.
+    e2e, bare, single = [], [], []
+    for fn in (end_to_end, bare_forward, per_slice):
+        fn()  # warm-up: traces the predict functions
+    for _ in range(p["repeats"]):
+        for fn, out in ((end_to_end, e2e), (bare_forward, bare), (per_slice, single)):
+            start = time.perf_counter()
+            items = fn()
+            out.append(items / (time.perf_counter() - start))
+    return {
+        "slices": n,
+        "end_to_end": statistics.median(e2e),
+        "bare_forward": statistics.median(bare),
+        "per_slice": statistics.median(single),
+        "rates": {"end_to_end": e2e, "bare_forward": bare, "per_slice": single},
+    }
+
+
+def work_memory(p: dict[str, Any]) -> dict[str, Any]:
+    """Peak RSS of one real ``segexp-train`` epoch (no MLflow, no evaluation) on the given dataset."""
+    from segexp.train import train
+
+    cfg = compose(["tracking=none", "augmentation=full", *p["overrides"]])
+    import keras  # noqa: F401  (TensorFlow's start-up memory is part of the baseline)
+
+    baseline = rss_mb()
+    train(cfg, Path(p["run_dir"]))
+    return {"peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline}
+
+
+def work_prepare(p: dict[str, Any]) -> dict[str, Any]:
+    """Volumes/s and voxel MB/s of ``segexp-prepare`` (fresh output folder each repeat)."""
+    import logging
+
+    import nibabel as nib
+
+    from segexp.prepare import prepare
+
+    logging.disable(logging.INFO)
+    source = Path(p["source"])
+    images = sorted(source.glob("*_image.nii*"))
+    headers = [nib.load(str(f)) for f in sorted(source.glob("*.nii*"))]
+    voxel_mb = sum(h.get_data_dtype().itemsize * _prod(h.shape) for h in headers) / 2**20
+    file_mb = sum(f.stat().st_size for f in source.glob("*.nii*")) / 2**20
+    rates, counter = [], [0]
+
+    def run() -> int:
+        counter[0] += 1
+        cfg = compose([
+            "volumes=phantom", f"volumes.source={source}", "volumes.phantom=null",
+            f"out_dir={p['out_dir']}/run{counter[0]}", f"workers={p['workers']}", f"paths.root={p['out_dir']}",
+        ], config_name="prepare")
+        prepare(cfg)
+        return len(images)
+
+    rate, rates = median_rate(run, p["repeats"], warmup=0)
+    return {"volumes_per_s": rate, "voxel_mb_per_s": rate * voxel_mb / len(images),
+            "file_mb_per_s": rate * file_mb / len(images), "volumes": len(images), "voxel_mb": voxel_mb,
+            "rates": rates}
+
+
+def _prod(shape: Sequence[int]) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "train_step": work_train_step,
+    "loader": work_loader,
+    "infer": work_infer,
+    "memory": work_memory,
+    "prepare": work_prepare,
+}
+
+
+#: ``--tiny`` runs the TensorFlow workers in this process (one TensorFlow start-up instead of a dozen).
+IN_PROCESS: set[str] = set()
+
+
+def run_worker(kind: str, params: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one measurement in a fresh Python process and return its result dict."""
+    if kind in IN_PROCESS:
+        return WORKERS[kind](json.loads(json.dumps(params)))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps({"kind": kind, **params})]
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore", **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=REPO)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    raise RuntimeError(f"benchmark worker {kind} {params} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def make_slice_dataset(root: Path, train_slices: int, size: int, slices_per_case: int = 36) -> list[str]:
+    """Phantom slice dataset ``root`` with ``train_slices`` training slices; returns its dataset overrides."""
+    cases = max(1, train_slices // slices_per_case)
+    overrides = [
+        "dataset=phantom", f"dataset.root={root}", f"dataset.phantom.size={size}",
+        f"dataset.phantom.num_slices={slices_per_case}",
+        f"dataset.phantom.cases={{train: {cases}, valid: 1, test: 0}}",
+    ]
+    from segexp.data.phantom import write_phantom_dataset
+
+    write_phantom_dataset(root, cases={"train": cases, "valid": 1, "test": 0}, num_slices=slices_per_case,
+                          size=size, seed=0)
+    return overrides
+
+
+def make_volume(path: Path, size: int, num_slices: int) -> Path:
+    """One phantom CT volume (int16 HU) of ``num_slices`` axial slices, saved as NIfTI."""
+    if path.exists():
+        return path
+    from segexp.data.phantom import _save_nifti, make_phantom_volume, phantom_affine
+
+    image, _ = make_phantom_volume(seed=1, size=size, num_slices=num_slices)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_nifti(path, image, phantom_affine(size, num_slices), description="segexp benchmark phantom", label=False)
+    return path
+
+
+# ----------------------------------------------------------------------------- the machine
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gib = float("nan")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = {}
+    for dist in ("tensorflow", "keras", "albumentations", "opencv-python-headless", "nibabel", "numpy"):
+        try:
+            from importlib.metadata import version
+
+            versions[dist] = version(dist)
+        except Exception:  # noqa: BLE001 - a missing package is reported as such
+            versions[dist] = "missing"
+    gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip() if _has("nvidia-smi") else ""
+    return {"cpu": cpu, "cores": cores, "memory_gib": round(mem_gib, 1), "python": platform.python_version(),
+            "os": platform.platform(), "gpu": gpus or "none", "versions": versions}
+
+
+def _has(program: str) -> bool:
+    from shutil import which
+
+    return which(program) is not None
+
+
+# ----------------------------------------------------------------------------- the suite
+
+
+def suite(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every section; returns all results (also printed as they arrive)."""
+    tiny = args.tiny
+    if tiny:
+        IN_PROCESS.update({"train_step", "loader", "infer", "memory"})
+    work = Path(args.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    cores = machine()["cores"]
+    repeats = 1 if tiny else args.repeats
+    results: dict[str, Any] = {"machine": machine(), "tiny": tiny, "repeats": repeats, "sections": {}}
+    sections = results["sections"]
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    wanted = set(args.only or ["loader", "train", "infer", "memory", "prepare"])
+
+    # Loader at 512x512 vs the model's training step at 512x512.
+    if "loader" in wanted:
+        size = 64 if tiny else 512
+        data = make_slice_dataset(work / f"loader_{size}", 8 if tiny else 72, size, slices_per_case=8 if tiny else 36)
+        shape = [f"model.image_height={size}", f"model.image_width={size}"]
+        loader = []
+        worker_counts = [0, 2] if tiny else sorted({0, 1, 2, *[w for w in (4, 8, 16) if w <= cores]})
+        for workers in worker_counts:
+            for processes in ([False] if workers == 0 else [False, True]):
+                if processes and tiny:
+                    continue
+                say(f"loader: workers={workers} multiprocessing={processes}")
+                r = run_worker("loader", {"overrides": [*data, *shape, f"training.loader.workers={workers}",
+                                                        f"training.loader.use_multiprocessing={processes}"],
+                                          "repeats": repeats})
+                loader.append({"workers": workers, "multiprocessing": processes, **r})
+        models = {}
+        for name, spec in MODELS.items():
+            say(f"loader: model step {name} at {size}x{size}")
+            models[name] = run_worker("train_step", {
+                "overrides": [*spec["overrides"], *shape], "batch": spec["batch"], "jit": False,
+                "steps": 1 if tiny else 3, "repeats": repeats, "threads": None})
+        sections["loader"] = {"size": size, "loader": loader, "models": models}
+
+    # Training step: default preset and the reduced flexunet_hocm, XLA off/on, 1 thread / all cores.
+    if "train" in wanted:
+        rows = []
+        for name, spec in MODELS.items():
+            size = [64, 64] if tiny else ([128, 128] if name == "default" else [256, 256])
+            shape = [f"model.image_height={size[0]}", f"model.image_width={size[1]}"]
+            for threads in ([cores] if tiny else [1, cores]):
+                for jit in ([False] if tiny else [False, True]):
+                    say(f"train: {name} threads={threads} xla={jit}")
+                    r = run_worker("train_step", {
+                        "overrides": [*spec["overrides"], *shape], "batch": spec["batch"], "jit": jit,
+                        "steps": 1 if tiny else 5, "repeats": repeats, "threads": threads})
+                    rows.append({"model": name, "size": size, "batch": spec["batch"], "threads": threads,
+                                 "xla": jit, "mixed_precision": False, **r})
+        sections["train"] = {"rows": rows, "mixed_precision": "not measured: no GPU (float16 is slower on CPUs)"
+                             if results["machine"]["gpu"] == "none" else "see GPU column"}
+
+    # Inference on a 128-slice volume.
+    if "infer" in wanted:
+        rows = []
+        num = 8 if tiny else 128
+        for name, spec in MODELS.items():
+            size = 64 if tiny else (128 if name == "default" else 256)
+            in_plane = 64 if tiny else args.volume_size
+            volume = make_volume(work / f"volume_{in_plane}x{num}.nii.gz", in_plane, num)
+            say(f"infer: {name} at {size}x{size} on a {in_plane}x{in_plane}x{num} volume")
+            r = run_worker("infer", {
+                "overrides": [*spec["overrides"], f"model.image_height={size}", f"model.image_width={size}"],
+                "batch": 8, "volume": str(volume), "out_dir": str(work / f"infer_{name}"),
+                "repeats": repeats, "per_slice_count": min(num, 8 if tiny else 32), "threads": None})
+            rows.append({"model": name, "size": size, "volume": [in_plane, in_plane, num], **r})
+        sections["infer"] = {"rows": rows}
+
+    # Memory: one training epoch on 36, 144, 576 slices.
+    if "memory" in wanted:
+        rows = []
+        counts = [8, 16] if tiny else [36, 144, 576]
+        size = 32 if tiny else 128
+        for count in counts:
+            data = make_slice_dataset(work / f"memory_{count}", count, size, slices_per_case=8 if tiny else 36)
+            say(f"memory: one epoch on {count} slices")
+            r = run_worker("memory", {"overrides": [
+                *data, f"model.image_height={size}", f"model.image_width={size}", "model.num_layers=3" if tiny else "model.num_layers=5",
+                "training.epochs=1", "training.evaluate_after=false", "training.epoch_images.num=0",
+                "training.early_stopping.enabled=false", "training.verbose=0"], "run_dir": str(work / f"memory_run_{count}")})
+            rows.append({"slices": count, **r})
+        sections["memory"] = {"rows": rows, "size": size}
+
+    # Prepare: volumes/s with 1 and 2 workers.
+    if "prepare" in wanted:
+        from segexp.data.phantom import write_phantom_volumes
+
+        n, size, num = (3, 32, 8) if tiny else (8, 256, 96)
+        source = work / f"prepare_volumes_{n}x{size}x{num}"
+        write_phantom_volumes(source, num_cases=n, size=size, num_slices=num, seed=0)
+        rows = []
+        for workers in (1, 2):
+            say(f"prepare: workers={workers}")
+            out = work / f"prepare_out_{workers}"
+            _rmtree(out)
+            r = run_worker("prepare", {"source": str(source), "out_dir": str(out), "workers": workers,
+                                       "repeats": repeats})
+            rows.append({"workers": workers, **r})
+            _rmtree(out)
+        sections["prepare"] = {"rows": rows, "volume": [size, size, num]}
+    return results
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _f(x: float, digits: int = 1) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def report(results: dict[str, Any]) -> str:
+    """Markdown tables and the target ratios for ``results``."""
+    m, s = results["machine"], results["sections"]
+    out = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, GPU: {m['gpu']}; "
+        f"Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        f"Each number is the median of {results['repeats']} timed repetitions after a warm-up"
+        + (" (TINY smoke run: numbers are meaningless)." if results["tiny"] else "."),
+        "",
+    ]
+    checks: list[tuple[str, bool]] = []
+    if "loader" in s:
+        sec = s["loader"]
+        size = sec["size"]
+        out += [f"### Loader vs model (augmentation=full, {size}x{size}, batch as the model)", "",
+                "| loader workers | kind | augmented samples/s |", "|---|---|---|"]
+        for r in sec["loader"]:
+            kind = "—" if r["workers"] == 0 else ("processes" if r["multiprocessing"] else "threads")
+            out.append(f"| {r['workers']} | {kind} | {_f(r['samples_per_s'])} |")
+        default_loader = next((r for r in sec["loader"] if r["workers"] == 2 and not r["multiprocessing"]),
+                              sec["loader"][-1])
+        out += ["", f"| model ({size}x{size}) | batch | params | training images/s | loader (2 threads) / model |",
+                "|---|---|---|---|---|"]
+        for name, r in sec["models"].items():
+            ratio = default_loader["samples_per_s"] / r["images_per_s"]
+            checks.append((f"loader / {name} training step >= 2 (got {ratio:.1f})", ratio >= 2))
+            out.append(f"| {MODELS[name]['label']} | {MODELS[name]['batch']} | {r['params']:,} | "
+                       f"{_f(r['images_per_s'], 2)} | **{ratio:.1f}** |")
+        out.append("")
+    if "train" in s:
+        out += ["### Training step (random uint8 batch, `model.train_on_batch`)", "",
+                "| model | input | batch | threads | XLA | images/s |", "|---|---|---|---|---|---|"]
+        for r in s["train"]["rows"]:
+            out.append(f"| {MODELS[r['model']]['label']} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | "
+                       f"{r['threads']} | {'on' if r['xla'] else 'off'} | {_f(r['images_per_s'], 2)} |")
+        out += ["", f"Mixed precision: {s['train']['mixed_precision']}.", ""]
+    if "infer" in s:
+        out += ["### Inference on a NIfTI volume (slices/s)", "",
+                "| model | input | volume | segexp-infer end to end | bare forward | one `predict` per slice | "
+                "end-to-end / forward | end-to-end / per-slice |", "|---|---|---|---|---|---|---|---|"]
+        for r in s["infer"]["rows"]:
+            ratio = r["end_to_end"] / r["bare_forward"]
+            speedup = r["end_to_end"] / r["per_slice"]
+            checks.append((f"inference {r['model']}: end-to-end >= 0.85 of bare forward (got {ratio:.2f})",
+                           ratio >= 0.85))
+            v = r["volume"]
+            out.append(f"| {MODELS[r['model']]['label']} | {r['size']}x{r['size']} | {v[0]}x{v[1]}x{v[2]} | "
+                       f"{_f(r['end_to_end'])} | {_f(r['bare_forward'])} | {_f(r['per_slice'])} | "
+                       f"**{ratio:.2f}** | **{speedup:.1f}x** |")
+        out.append("")
+    if "memory" in s:
+        rows = s["memory"]["rows"]
+        out += [f"### Memory: one training epoch ({s['memory']['size']}x{s['memory']['size']}, "
+                "augmentation=full, 2 loader threads)", "",
+                "| training slices | peak RSS (MiB) | RSS before training (MiB) | growth (MiB) |", "|---|---|---|---|"]
+        for r in rows:
+            out.append(f"| {r['slices']} | {_f(r['peak_rss_mb'], 0)} | {_f(r['baseline_rss_mb'], 0)} | "
+                       f"{_f(r['peak_rss_mb'] - r['baseline_rss_mb'], 0)} |")
+        ratio = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
+        checks.append((f"memory flat: peak RSS {rows[-1]['slices']} / {rows[0]['slices']} slices <= 1.25 "
+                       f"(got {ratio:.2f})", ratio <= 1.25))
+        out += ["", f"Largest / smallest peak RSS: **{ratio:.2f}**.", ""]
+    if "prepare" in s:
+        v = s["prepare"]["volume"]
+        out += [f"### segexp-prepare ({s['prepare']['rows'][0]['volumes']} phantom volumes of {v[0]}x{v[1]}x{v[2]})",
+                "", "| worker processes | volumes/s | voxel MB/s (int16 image + uint8 label) | file MB/s (.nii.gz) |",
+                "|---|---|---|---|"]
+        for r in s["prepare"]["rows"]:
+            out.append(f"| {r['workers']} | {_f(r['volumes_per_s'], 2)} | {_f(r['voxel_mb_per_s'])} | "
+                       f"{_f(r['file_mb_per_s'])} |")
+        out.append("")
+    out += ["### Targets", ""] + [f"- [{'x' if ok else ' '}] {text}" for text, ok in checks]
+    results["checks"] = [{"check": text, "ok": ok} for text, ok in checks]
+    return "\n".join(out) + "\n"
+
+
+def update_markdown(path: Path, text: str) -> None:
+    """Replace the block between the bench markers in ``path`` with ``text``."""
+    doc = path.read_text()
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{path}: no {BEGIN} ... {END} block to update")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="seconds-scale smoke run (CI): numbers are meaningless")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (median)")
+    parser.add_argument("--only", nargs="+", choices=["loader", "train", "infer", "memory", "prepare"])
+    parser.add_argument("--volume-size", type=int, default=512, help="in-plane size of the inference volume")
+    parser.add_argument("--work-dir", default=str(REPO / "outputs" / "bench"), help="synthetic data and outputs")
+    parser.add_argument("--json", help="also write all results (with every repetition) to this JSON file")
+    parser.add_argument("--update", help="rewrite the results block of this markdown file (BENCHMARKS.md)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        params = json.loads(args.worker)
+        result = WORKERS[params.pop("kind")](params)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return 0
+    started = time.perf_counter()
+    results = suite(args)
+    text = report(results)
+    results["seconds"] = time.perf_counter() - started
+    print(text)
+    print(f"(benchmark took {results['seconds'] / 60:.1f} min)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.update:
+        update_markdown(Path(args.update), text)
+    return 0 if all(c["ok"] for c in results.get("checks", [])) or args.tiny else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
