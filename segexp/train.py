@@ -22,6 +22,7 @@ from segexp.augment import AugmentationError, Augmenter
 from segexp.callbacks import EpochImages, MlflowEpochLogger
 from segexp.config import CONF_DIR, REPO_DIR, ConfigError, validate_train_config
 from segexp.curves import plot_curves
+from segexp.data.check import log_fingerprint
 from segexp.data.dataset import SliceDataset, open_dataset
 from segexp.data.loader import SliceLoader
 from segexp.data.slices import DataError, find_pairs, load_pair
@@ -50,6 +51,7 @@ def build_loaders(cfg: DictConfig, dataset: SliceDataset, augmenter: Augmenter |
         workers=t.loader.workers,
         use_multiprocessing=t.loader.use_multiprocessing,
         max_queue_size=t.loader.max_queue_size,
+        on_bad_file=cfg.dataset.on_bad_file,
     )
     train = SliceLoader(dataset.pairs["train"], augmenter=augmenter, shuffle=True, **common)
     valid = SliceLoader(dataset.pairs["valid"], augmenter=None, shuffle=False, **common)
@@ -202,6 +204,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
         tracker.log_params(flatten_config(OmegaConf.to_container(cfg, resolve=True)))
         tracker.log_params({"model.num_params": str(model.count_params())})
+        log_fingerprint(dataset, cfg.model.image_channels, run_dir, tracker)  # dataset_fingerprint.json + params
         callbacks = build_callbacks(cfg, run_dir, tracker, dataset)
         try:
             history = model.fit(

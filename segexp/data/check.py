@@ -620,3 +620,31 @@ def fingerprint_lines(f: Fingerprint) -> list[str]:
         lines.append(f"  intensity ({i.unit}): mean {i.mean:g}, std {i.std:g}, min {i.min:g}, max {i.max:g}")
         lines.append(f"    percentiles: {pct}")
     return lines
+
+
+# --------------------------------------------------------------------------- training
+
+
+def log_fingerprint(dataset: SliceDataset, channels: int, run_dir: Path, tracker: Any) -> CheckReport:
+    """At the start of training: write ``<run_dir>/dataset_fingerprint.json`` and log it to MLflow.
+
+    ``tracker`` is a :class:`segexp.tracking.Tracker`: the JSON becomes the artifact
+    ``dataset_fingerprint.json``, :meth:`Fingerprint.params` become params
+    (``dataset.num_slices.train`` ...). Bad files found in the sample are logged as
+    warnings here; they fail (or are skipped) when the loader meets them.
+    """
+    import logging
+
+    report = dataset_fingerprint(dataset, channels)
+    path = Path(run_dir) / "dataset_fingerprint.json"
+    path.write_text(report.to_json())
+    log = logging.getLogger(__name__)
+    for problem in report.problems:
+        log.warning("dataset check: %s", problem)
+    splits = report.fingerprint.splits
+    log.info("dataset fingerprint: %s; intensity mean %s std %s (%s)",
+             ", ".join(f"{s} {c['slices']} slices/{c['cases']} cases" for s, c in splits.items()),
+             report.fingerprint.intensity.mean, report.fingerprint.intensity.std, report.fingerprint.sampling)
+    tracker.log_params(report.fingerprint.params())
+    tracker.log_artifact(path)
+    return report
