@@ -301,44 +301,42 @@ def test_cli_checks_volumes(tmp_path: Path) -> None:
     src.mkdir()
     label = np.zeros((8, 8, 4), np.uint8)
     label[2:5, 2:5, 1:3] = 1
+    label[0, :4, 0] = [2, 3, 4, 5]  # every class of the phantom's class table
     _nifti(src / "p1_image.nii.gz", np.full((8, 8, 4), 40, np.int16))
     _nifti(src / "p1_label.nii.gz", label)
     cmd = [sys.executable, "-m", "segexp.check", f"paths.root={tmp_path}", "volumes=phantom", "volumes.phantom=null",
-           f"volumes.source={src}", "volumes.classes={background:{labels:[0]},LV:{labels:[1]}}"]
+           f"volumes.source={src}"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "problems: none" in result.stdout and "intensity (HU): mean 40" in result.stdout
+    (src / "p1_label.nii.gz").unlink()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and f"{src / 'p1_image.nii.gz'}: image without a label (case p1)" in result.stdout
 
 
-def test_training_logs_the_fingerprint(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_training_logs_the_fingerprint_and_honours_on_bad_file(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
+    """``error`` stops at the bad file naming it; ``skip`` trains and logs the fingerprint (params + JSON artifact)."""
     import mlflow
     from mlflow import MlflowClient
 
     from segexp.train import train
 
-    cfg = compose_train(*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "training.epochs=1",
-                        "training.epoch_images.num=0", "tracking.log_model=false", "training.evaluate_after=false")
-    train(cfg, tmp_path / "run")
+    (tiny_dataset / "train" / "images" / "case0_005.png").write_bytes(b"not a png")
+    overrides = (*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "training.epochs=1",
+                 "training.epoch_images.num=0", "tracking.log_model=false", "training.evaluate_after=false")
+    with pytest.raises(DataError, match=r"case0_005\.png: cannot read image \(not an image file"):
+        train(compose_train(*overrides, "tracking.enabled=false"), tmp_path / "a")
+    objective = train(compose_train(*overrides, "dataset.on_bad_file=skip"), tmp_path / "run")
+    assert np.isfinite(objective) or np.isnan(objective)
+
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("segexp").experiment_id])[0]
+    assert run.info.status == "FINISHED"
     assert run.data.params["dataset.num_slices.train"] == "8" and run.data.params["dataset.num_cases.valid"] == "1"
     assert "dataset.intensity_mean" in run.data.params
     assert "dataset_fingerprint.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
     saved = json.loads((tmp_path / "run" / "dataset_fingerprint.json").read_text())
     assert saved["fingerprint"]["splits"]["train"] == {"cases": 1, "slices": 8}
     assert set(saved["fingerprint"]["class_pixels"]) == {"background", "square", "disc"}
-
-
-def test_training_skips_bad_files_when_asked(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
-    from segexp.train import train
-
-    (tiny_dataset / "train" / "images" / "case0_005.png").write_bytes(b"not a png")
-    overrides = (*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "training.epochs=1", "tracking.enabled=false",
-                 "training.epoch_images.num=0", "training.evaluate_after=false")
-    with pytest.raises(DataError, match=r"case0_005\.png: cannot read image \(not an image file"):
-        train(compose_train(*overrides), tmp_path / "a")
-    objective = train(compose_train(*overrides, "dataset.on_bad_file=skip"), tmp_path / "b")
-    assert np.isfinite(objective) or np.isnan(objective)
-    saved = json.loads((tmp_path / "b" / "dataset_fingerprint.json").read_text())
-    assert any("case0_005.png" in p["file"] for p in saved["problems"])
+    assert [Path(p["file"]).name for p in saved["problems"]] == ["case0_005.png"]
