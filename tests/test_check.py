@@ -17,7 +17,6 @@ from segexp.check import run_check
 from segexp.config import ConfigError, validate_train_config
 from segexp.data.check import check_slice_dataset, check_volume_folder
 from segexp.data.loader import SliceLoader
-from segexp.data.rgb_map import encode_rgb_mask
 from segexp.data.slices import DataError, MaskDecoder, find_pairs, load_pair, read_image
 from segexp.data.volumes import CASE_DIR_PATTERN, CASE_PATTERN
 

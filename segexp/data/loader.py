@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Callable, Sequence
 
 import keras
@@ -72,8 +71,7 @@ class SliceLoader(keras.utils.PyDataset):
             raise ValueError(f"on_bad_file: expected one of {list(ON_BAD_FILE)}, got {on_bad_file!r}")
         self.on_bad_file = on_bad_file
         #: ``skip`` mode: bad files met so far (image path -> cause); per process with multiprocessing.
-        self.skipped: dict[str, str] = {}
-        self._skip_lock = threading.Lock()
+        self.skipped: dict[str, str] = {}  # one dict assignment per bad file: safe across loader threads
         self.pairs = list(pairs)
         self.decoder = decoder
         self.height, self.width = image_size
@@ -126,8 +124,7 @@ class SliceLoader(keras.utils.PyDataset):
             try:
                 return self._read(candidate)
             except DataError as err:
-                with self._skip_lock:
-                    self.skipped[str(self.pairs[candidate].image)] = str(err)
+                self.skipped[str(self.pairs[candidate].image)] = str(err)
                 log.warning("skipping a bad sample (dataset.on_bad_file=skip): %s", err)
         raise DataError(
             f"every one of the {n} samples of this split is unreadable (dataset.on_bad_file=skip), e.g. "
