@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from segexp.data.dataset import SliceDataset, mask_decoder
 from segexp.data.slices import (
@@ -50,6 +52,7 @@ TRAIN_SAMPLE_PER_SPLIT = 32
 VOXEL_SAMPLE = 200_000
 """Voxels per volume (seeded random sample) behind the HU percentiles of a volume folder."""
 _AFFINE_ATOL_MM = 1e-3
+_CHUNK = 1 << 22
 
 
 @dataclass
@@ -176,8 +179,10 @@ class _FloatStats:
         if flat.size == 0:
             return
         self.n += flat.size
-        self.total += float(flat.sum(dtype=np.float64))
-        self.total_sq += float(np.square(flat, dtype=np.float64).sum())
+        for start in range(0, flat.size, _CHUNK):  # float64 sums chunk by chunk: no full-size temporary
+            chunk = flat[start : start + _CHUNK].astype(np.float64)
+            self.total += float(chunk.sum())
+            self.total_sq += float(np.dot(chunk, chunk))
         self.lo, self.hi = min(self.lo, float(flat.min())), max(self.hi, float(flat.max()))
         take = flat if flat.size <= self.sample else flat[self.rng.choice(flat.size, self.sample, replace=False)]
         self.samples.append(np.asarray(take, np.float64))
@@ -298,13 +303,18 @@ def _read_pairs(
     size: tuple[int, int] | None,
     limit: int | None,
     problems: list[Problem],
+    progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], _Uint8Stats, dict[str, int], int]:
     """Read every (or a sample of) pair: per-split class pixel counts, intensities, sizes, pairs read."""
     per_split = {split: np.zeros(num_classes, np.int64) for split in pairs}
     stats, sizes, read = _Uint8Stats(), {}, 0
-    for split, split_pairs in pairs.items():
-        for pair in _sample(split_pairs, limit):
+    todo = {split: _sample(split_pairs, limit) for split, split_pairs in pairs.items()}
+    bar = tqdm(total=sum(map(len, todo.values())), desc="pairs", unit="pair", file=sys.stderr,
+               disable=None if progress else True)
+    for split, split_pairs in todo.items():
+        for pair in split_pairs:
             read += 1
+            bar.update()
             image = mask = None
             try:
                 image = read_image(pair.image, channels)
@@ -329,6 +339,7 @@ def _read_pairs(
                 continue
             stats.add(image)
             per_split[split] += np.bincount(mask.ravel(), minlength=num_classes)[:num_classes]
+    bar.close()
     return per_split, stats, sizes, read
 
 
@@ -370,7 +381,7 @@ def check_slice_dataset(
         pairs = list_split_pairs(d, problems)
     per_split, stats, sizes, read = _read_pairs(
         pairs, decoder, len(class_names), channels, tuple(size) if size is not None else None,
-        max_pairs_per_split, problems,
+        max_pairs_per_split, problems, progress=True,
     )
     pixels, frequency, absent = _class_summary(class_names, per_split)
     complete_train = max_pairs_per_split is None or len(pairs["train"]) <= max_pairs_per_split
