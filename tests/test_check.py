@@ -137,6 +137,10 @@ def test_read_errors_name_file_and_cause_without_opencv_traceback(tmp_path: Path
         read_image(jpeg, 1)
     with pytest.raises(DataError, match=r"nope\.png: cannot read image \(file does not exist\)"):
         read_image(tmp_path / "nope.png", 1)
+    deep = tmp_path / "deep.png"
+    cv2.imwrite(str(deep), np.full((8, 8), 1000, np.uint16))
+    with pytest.raises(DataError, match=r"deep\.png: 16-bit PNG; segexp reads 8-bit images"):
+        read_image(deep, 1)
 
 
 def break_dataset_train(root: Path) -> dict[str, str]:

@@ -129,8 +129,8 @@ def read_image_file(path: Path, flags: int, what: str = "image") -> np.ndarray:
 
     The causes are told apart: missing file, empty file (0 bytes), not an image
     file (unknown signature), truncated PNG (no ``IEND`` chunk) or JPEG (no
-    end-of-image marker in its last KiB), undecodable data. No OpenCV exception
-    leaves this function.
+    end-of-image marker in its last KiB), a 16-bit PNG (OpenCV would silently keep
+    only its high byte), undecodable data. No OpenCV exception leaves this function.
     """
     try:
         data = Path(path).read_bytes()
@@ -143,6 +143,11 @@ def read_image_file(path: Path, flags: int, what: str = "image") -> np.ndarray:
     if data.startswith(PNG_SIGNATURE):
         if data.rfind(PNG_END) < 0:
             raise DataError(f"{path}: cannot read {what} (truncated PNG: {len(data)} bytes, no IEND chunk at the end)")
+        if len(data) > 24 and data[24] == 16:  # IHDR bit depth
+            raise DataError(
+                f"{path}: 16-bit PNG; segexp reads 8-bit {what}s (map the intensities to 0..255 first, "
+                "e.g. with segexp-prepare's windowing)"
+            )
     elif data.startswith(JPEG_SIGNATURE):
         if data.rfind(JPEG_END, max(0, len(data) - _JPEG_TAIL)) < 0:
             raise DataError(f"{path}: cannot read {what} (truncated JPEG: {len(data)} bytes, no end-of-image marker)")
