@@ -25,7 +25,7 @@ from segexp.curves import plot_curves
 from segexp.data.check import log_fingerprint
 from segexp.data.dataset import SliceDataset, open_dataset
 from segexp.data.loader import SliceLoader
-from segexp.data.slices import DataError, find_pairs, load_pair
+from segexp.data.slices import DataError, find_pairs
 from segexp.losses import build_loss
 from segexp.metrics import build_metrics
 from segexp.models import build_model
@@ -67,7 +67,9 @@ def epoch_image_set(cfg: DictConfig, dataset: SliceDataset) -> tuple[np.ndarray,
     else:
         pairs = dataset.pairs["valid"]
     picks = np.unique(np.linspace(0, len(pairs) - 1, min(e.num, len(pairs))).round().astype(int))
-    loaded = [load_pair(pairs[i], dataset.decoder, m.image_channels, m.image_height, m.image_width) for i in picks]
+    reader = SliceLoader(pairs, dataset.decoder, image_size=(m.image_height, m.image_width), channels=m.image_channels,
+                         batch_size=1, on_bad_file=cfg.dataset.on_bad_file)  # skip: a bad pick is replaced
+    loaded = [reader.load_sample(int(i), 0) for i in picks]
     images = np.stack([im for im, _ in loaded]) if loaded else np.zeros((0, m.image_height, m.image_width, m.image_channels), np.uint8)
     masks = np.stack([mk for _, mk in loaded]) if loaded else np.zeros((0, m.image_height, m.image_width), np.uint8)
     return images, masks, [pairs[i].name for i in picks]

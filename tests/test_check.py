@@ -329,7 +329,8 @@ def test_training_logs_the_fingerprint_and_honours_on_bad_file(compose_train, ti
                  "training.epoch_images.num=0", "tracking.log_model=false", "training.evaluate_after=false")
     with pytest.raises(DataError, match=r"case0_005\.png: cannot read image \(not an image file"):
         train(compose_train(*overrides, "tracking.enabled=false"), tmp_path / "a")
-    objective = train(compose_train(*overrides, "dataset.on_bad_file=skip"), tmp_path / "run")
+    (tiny_dataset / "valid" / "masks" / "case1_000.png").write_bytes(b"")  # also the first epoch image
+    objective = train(compose_train(*overrides, "dataset.on_bad_file=skip", "training.epoch_images.num=2"), tmp_path / "run")
     assert np.isfinite(objective) or np.isnan(objective)
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
@@ -342,4 +343,5 @@ def test_training_logs_the_fingerprint_and_honours_on_bad_file(compose_train, ti
     saved = json.loads((tmp_path / "run" / "dataset_fingerprint.json").read_text())
     assert saved["fingerprint"]["splits"]["train"] == {"cases": 1, "slices": 8}
     assert set(saved["fingerprint"]["class_pixels"]) == {"background", "square", "disc"}
-    assert [Path(p["file"]).name for p in saved["problems"]] == ["case0_005.png"]
+    assert sorted(Path(p["file"]).name for p in saved["problems"]) == ["case0_005.png", "case1_000.png"]
+    assert len(list((tmp_path / "run" / "epoch_images").glob("*.png"))) == 2
