@@ -25,6 +25,7 @@ CONF_DIR = REPO_DIR / "conf"
 LOSS_NAMES = ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
 MASK_FORMATS = ("rgb", "index", "binary")
 LAYOUTS = ("splits", "flat")
+ON_BAD_FILE = ("error", "skip")
 SPLITS = ("train", "valid", "test")
 
 
@@ -92,6 +93,7 @@ class DatasetConfig:
     class_names: list[str] = MISSING
     rgb_map: Optional[dict[str, list[int]]] = None
     binary_threshold: int = 128
+    on_bad_file: str = "error"
     phantom: Optional[PhantomConfig] = None
 
 
@@ -258,6 +260,8 @@ def _check_dataset(d: Any, num_classes: int) -> list[str]:
         errors.append(f"dataset.mask_format: expected one of {list(MASK_FORMATS)}, got {d.mask_format!r}")
     if d.layout not in LAYOUTS:
         errors.append(f"dataset.layout: expected one of {list(LAYOUTS)}, got {d.layout!r}")
+    if d.on_bad_file not in ON_BAD_FILE:
+        errors.append(f"dataset.on_bad_file: expected one of {list(ON_BAD_FILE)}, got {d.on_bad_file!r}")
     if d.mask_format == "rgb":
         if d.rgb_map is None:
             errors.append("dataset.rgb_map: required when mask_format is 'rgb'")
@@ -505,5 +509,41 @@ def validate_prepare_config(cfg: DictConfig) -> DictConfig:
             errors.append(f"split.ratios.{split}: unknown split; expected {list(SPLITS)}")
         elif not _in_unit_interval(ratio):
             errors.append(f"split.ratios.{split}: must lie in [0, 1], got {ratio}")
+    _raise_if(errors)
+    return typed
+
+
+# --------------------------------------------------------------------------- segexp-check
+
+
+@dataclass
+class CheckConfig:
+    task_name: str = "check"
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    volumes: Optional[VolumesConfig] = None
+    image_channels: int = 1
+    image_size: Optional[list[int]] = None
+    axis: str = "axial"
+    report_file: str = "check_report.json"
+    max_lines: int = 200
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def validate_check_config(cfg: DictConfig) -> DictConfig:
+    """Typed ``segexp-check`` config: the dataset (or volumes) keys and the check's own keys."""
+    typed = _typed(cfg, CheckConfig)
+    errors = []
+    if typed.volumes is not None:
+        errors += _check_volume_classes(typed.volumes.classes, "index")
+    else:
+        errors += _check_dataset(typed.dataset, len(typed.dataset.class_names))
+    if typed.image_channels not in (1, 3):
+        errors.append(f"image_channels: must be 1 (grayscale) or 3 (RGB), got {typed.image_channels}")
+    if typed.image_size is not None and (len(typed.image_size) != 2 or min(typed.image_size) < 1):
+        errors.append(f"image_size: expected null or [height, width] in pixels, got {list(typed.image_size)}")
+    if typed.axis not in SLICE_AXIS_NAMES:
+        errors.append(f"axis: expected one of {list(SLICE_AXIS_NAMES)}, got {typed.axis!r}")
+    if typed.max_lines < 1:
+        errors.append(f"max_lines: must be >= 1, got {typed.max_lines}")
     _raise_if(errors)
     return typed

@@ -22,9 +22,10 @@ from segexp.augment import AugmentationError, Augmenter
 from segexp.callbacks import EpochImages, MlflowEpochLogger
 from segexp.config import CONF_DIR, REPO_DIR, ConfigError, validate_train_config
 from segexp.curves import plot_curves
+from segexp.data.check import log_fingerprint
 from segexp.data.dataset import SliceDataset, open_dataset
 from segexp.data.loader import SliceLoader
-from segexp.data.slices import DataError, find_pairs, load_pair
+from segexp.data.slices import DataError, find_pairs
 from segexp.losses import build_loss
 from segexp.metrics import build_metrics
 from segexp.models import build_model
@@ -50,6 +51,7 @@ def build_loaders(cfg: DictConfig, dataset: SliceDataset, augmenter: Augmenter |
         workers=t.loader.workers,
         use_multiprocessing=t.loader.use_multiprocessing,
         max_queue_size=t.loader.max_queue_size,
+        on_bad_file=cfg.dataset.on_bad_file,
     )
     train = SliceLoader(dataset.pairs["train"], augmenter=augmenter, shuffle=True, **common)
     valid = SliceLoader(dataset.pairs["valid"], augmenter=None, shuffle=False, **common)
@@ -65,7 +67,9 @@ def epoch_image_set(cfg: DictConfig, dataset: SliceDataset) -> tuple[np.ndarray,
     else:
         pairs = dataset.pairs["valid"]
     picks = np.unique(np.linspace(0, len(pairs) - 1, min(e.num, len(pairs))).round().astype(int))
-    loaded = [load_pair(pairs[i], dataset.decoder, m.image_channels, m.image_height, m.image_width) for i in picks]
+    reader = SliceLoader(pairs, dataset.decoder, image_size=(m.image_height, m.image_width), channels=m.image_channels,
+                         batch_size=1, on_bad_file=cfg.dataset.on_bad_file)  # skip: a bad pick is replaced
+    loaded = [reader.load_sample(int(i), 0) for i in picks]
     images = np.stack([im for im, _ in loaded]) if loaded else np.zeros((0, m.image_height, m.image_width, m.image_channels), np.uint8)
     masks = np.stack([mk for _, mk in loaded]) if loaded else np.zeros((0, m.image_height, m.image_width), np.uint8)
     return images, masks, [pairs[i].name for i in picks]
@@ -202,6 +206,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
         tracker.log_params(flatten_config(OmegaConf.to_container(cfg, resolve=True)))
         tracker.log_params({"model.num_params": str(model.count_params())})
+        log_fingerprint(dataset, cfg.model.image_channels, run_dir, tracker)  # dataset_fingerprint.json + params
         callbacks = build_callbacks(cfg, run_dir, tracker, dataset)
         try:
             history = model.fit(

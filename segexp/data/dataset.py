@@ -34,6 +34,23 @@ class SliceDataset:
         return sorted({p.case for p in self.pairs.get(split, [])})
 
 
+def mask_decoder(d: Mapping[str, Any]) -> tuple[MaskDecoder, np.ndarray]:
+    """The mask decoder of dataset config ``d`` and the class colours ``(C, 3) uint8`` (rgb_map or a palette)."""
+    class_names = list(d["class_names"])
+    colours = (
+        np.asarray(list(d["rgb_map"].values()), np.uint8)
+        if d.get("rgb_map") is not None
+        else default_palette(len(class_names))
+    )
+    decoder = MaskDecoder(
+        d["mask_format"],
+        num_classes=len(class_names),
+        colours=colours if d["mask_format"] == "rgb" else None,
+        threshold=d["binary_threshold"],
+    )
+    return decoder, colours
+
+
 def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
     """List the train/valid/test pairs of dataset config ``d`` and check patients do not leak.
 
@@ -51,17 +68,7 @@ def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
     if not root.is_dir():
         raise DataError(f"dataset.root: folder {root} does not exist")
     class_names = list(d["class_names"])
-    colours = (
-        np.asarray(list(d["rgb_map"].values()), np.uint8)
-        if d.get("rgb_map") is not None
-        else default_palette(len(class_names))
-    )
-    decoder = MaskDecoder(
-        d["mask_format"],
-        num_classes=len(class_names),
-        colours=colours if d["mask_format"] == "rgb" else None,
-        threshold=d["binary_threshold"],
-    )
+    decoder, colours = mask_decoder(d)
     dataset = SliceDataset(d["name"], root, class_names, decoder, colours)
     for split in ("train", "valid", "test"):
         if d["layout"] == "splits" and split == "test" and not _has_images(root / d["splits"][split] / d["images_dir"]):

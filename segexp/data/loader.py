@@ -8,10 +8,20 @@ scales images itself and the losses one-hot the masks on the device.
 Reproducibility: the sample order of epoch ``e`` is a permutation seeded by
 ``(seed, e)`` and each augmented sample by ``(seed, e, sample index)``, so a
 batch does not depend on which worker built it or in which order.
+
+Bad files (``on_bad_file``): a file that cannot be read or decoded, a mask colour
+not in the rgb_map, an image/mask size mismatch or a colour image in a grayscale
+dataset raises :class:`~segexp.data.slices.DataError` naming the file (``error``,
+the default) or, with ``skip``, is replaced by the next valid sample of the split
+(positions ``index+1, index+2, ...`` in ``pairs``, wrapping around), augmented with
+the seed of the slot it fills; a warning names the file once and
+:attr:`SliceLoader.skipped` counts it. The replacement depends only on the files,
+so batches stay reproducible and keep their shape.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 
@@ -19,7 +29,12 @@ import keras
 import numpy as np
 
 from segexp.augment import sample_seed
-from segexp.data.slices import MaskDecoder, SlicePair, load_pair
+from segexp.data.slices import DataError, MaskDecoder, SlicePair, load_pair
+
+log = logging.getLogger(__name__)
+
+#: ``dataset.on_bad_file`` values: raise on a bad file, or skip it (replaced by the next valid sample).
+ON_BAD_FILE = ("error", "skip")
 
 #: ``augmenter(image, mask, seed) -> (image, mask)``, e.g. :class:`segexp.augment.Augmenter`.
 AugmentFn = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -47,10 +62,16 @@ class SliceLoader(keras.utils.PyDataset):
         workers: int = 0,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        on_bad_file: str = "error",
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         if not pairs:
             raise ValueError("SliceLoader needs at least one slice pair")
+        if on_bad_file not in ON_BAD_FILE:
+            raise ValueError(f"on_bad_file: expected one of {list(ON_BAD_FILE)}, got {on_bad_file!r}")
+        self.on_bad_file = on_bad_file
+        #: ``skip`` mode: bad files met so far (image path -> cause); per process with multiprocessing.
+        self.skipped: dict[str, str] = {}  # one dict assignment per bad file: safe across loader threads
         self.pairs = list(pairs)
         self.decoder = decoder
         self.height, self.width = image_size
@@ -71,8 +92,12 @@ class SliceLoader(keras.utils.PyDataset):
         return math.ceil(len(self.pairs) / self.batch_size)
 
     def load_sample(self, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample ``index`` (position in ``pairs``) as it is seen in ``epoch``."""
-        image, mask = load_pair(self.pairs[index], self.decoder, self.channels, self.height, self.width)
+        """Sample ``index`` (position in ``pairs``) as it is seen in ``epoch``.
+
+        A bad file raises :class:`DataError` naming it (``on_bad_file: error``) or, with
+        ``skip``, is replaced by the next valid pair (see the module docstring).
+        """
+        image, mask = self._read_valid(index)
         if self.augmenter is not None:
             image, mask = self.augmenter(image, mask, sample_seed(self.seed, epoch, index))
             if image.ndim == 2:
@@ -83,6 +108,28 @@ class SliceLoader(keras.utils.PyDataset):
                     f"expected {(self.height, self.width, self.channels)} (add a Resize or PadIfNeeded transform)"
                 )
         return image, mask
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return load_pair(self.pairs[index], self.decoder, self.channels, self.height, self.width)
+
+    def _read_valid(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pair ``index`` read and resized, or in ``skip`` mode the first valid pair after it."""
+        if self.on_bad_file == "error":
+            return self._read(index)
+        n = len(self.pairs)
+        for step in range(n):
+            candidate = (index + step) % n
+            if str(self.pairs[candidate].image) in self.skipped:
+                continue
+            try:
+                return self._read(candidate)
+            except DataError as err:
+                self.skipped[str(self.pairs[candidate].image)] = str(err)
+                log.warning("skipping a bad sample (dataset.on_bad_file=skip): %s", err)
+        raise DataError(
+            f"every one of the {n} samples of this split is unreadable (dataset.on_bad_file=skip), e.g. "
+            + next(iter(self.skipped.values()))
+        )
 
     def __getitem__(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= batch_index < len(self):

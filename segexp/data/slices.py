@@ -117,14 +117,71 @@ def split_pairs(
     return selected
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
-    """Read an 8-bit image as ``(H, W, channels) uint8`` (grayscale or RGB)."""
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    image = cv2.imread(str(path), flag)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its CRC: the last 8 bytes of a complete PNG
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+JPEG_END = b"\xff\xd9"  # end-of-image marker
+_JPEG_TAIL = 1024  # the end marker is looked for in the last KiB (some writers pad after it)
+
+
+def read_image_file(path: Path, flags: int, what: str = "image") -> np.ndarray:
+    """Read and decode an image file with ``cv2.imdecode(flags)``; every failure is a :class:`DataError`.
+
+    The causes are told apart: missing file, empty file (0 bytes), not an image
+    file (unknown signature), truncated PNG (no ``IEND`` chunk) or JPEG (no
+    end-of-image marker in its last KiB), a 16-bit PNG (OpenCV would silently keep
+    only its high byte), undecodable data. No OpenCV exception leaves this function.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: cannot read {what} (file does not exist)") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    if not data:
+        raise DataError(f"{path}: cannot read {what} (empty file, 0 bytes)")
+    if data.startswith(PNG_SIGNATURE):
+        if data.rfind(PNG_END) < 0:
+            raise DataError(f"{path}: cannot read {what} (truncated PNG: {len(data)} bytes, no IEND chunk at the end)")
+        if len(data) > 24 and data[24] == 16:  # IHDR bit depth
+            raise DataError(
+                f"{path}: 16-bit PNG; segexp reads 8-bit {what}s (map the intensities to 0..255 first, "
+                "e.g. with segexp-prepare's windowing)"
+            )
+    elif data.startswith(JPEG_SIGNATURE):
+        if data.rfind(JPEG_END, max(0, len(data) - _JPEG_TAIL)) < 0:
+            raise DataError(f"{path}: cannot read {what} (truncated JPEG: {len(data)} bytes, no end-of-image marker)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as err:
+        detail = str(err).strip().splitlines()[-1] if str(err).strip() else "OpenCV error"
+        raise DataError(f"{path}: cannot read {what} (corrupt data: {detail})") from None
     if image is None:
-        raise DataError(f"{path}: cannot read image (missing, empty or not an image file)")
+        start = data[:8]
+        kind = "corrupt image data" if data.startswith((PNG_SIGNATURE, JPEG_SIGNATURE)) else f"not an image file, starts with {start!r}"
+        raise DataError(f"{path}: cannot read {what} ({kind})")
+    return image
+
+
+def _same_channels(bgr: np.ndarray) -> bool:
+    return bool(np.array_equal(bgr[..., 0], bgr[..., 1]) and np.array_equal(bgr[..., 1], bgr[..., 2]))
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    """Read an 8-bit image as ``(H, W, channels) uint8`` (grayscale or RGB).
+
+    A grayscale file feeds an RGB dataset (replicated, as ``cv2.IMREAD_COLOR`` does);
+    a colour file feeds a grayscale dataset only when its three channels are equal,
+    otherwise :class:`DataError` (a colour image in a grayscale dataset).
+    """
+    image = read_image_file(path, cv2.IMREAD_COLOR, "image")
     if channels == 1:
-        return image[..., None]
+        if not _same_channels(image):
+            raise DataError(
+                f"{path}: colour image (3 different channels) in a grayscale dataset "
+                "(model.image_channels=1); convert it to grayscale or use model.image_channels=3"
+            )
+        return np.ascontiguousarray(image[..., :1])
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -149,17 +206,18 @@ class MaskDecoder:
         self.threshold = threshold
 
     def __call__(self, path: Path) -> np.ndarray:
+        raw = read_image_file(path, cv2.IMREAD_COLOR, "mask")
         if self.mask_format == "rgb":
-            raw = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if raw is None:
-                raise DataError(f"{path}: cannot read mask")
             try:
                 return decode_rgb_mask(cv2.cvtColor(raw, cv2.COLOR_BGR2RGB), self.colours, path)
             except MaskColourError as err:
                 raise DataError(str(err)) from None
-        raw = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if raw is None:
-            raise DataError(f"{path}: cannot read mask")
+        if not _same_channels(raw):
+            raise DataError(
+                f"{path}: colour mask (3 different channels) but dataset.mask_format is "
+                f"{self.mask_format!r}, which needs a single-channel mask (use mask_format rgb with an rgb_map)"
+            )
+        raw = np.ascontiguousarray(raw[..., 0])
         if self.mask_format == "binary":
             return (raw >= self.threshold).astype(np.uint8)
         if int(raw.max()) >= self.num_classes:
@@ -188,9 +246,14 @@ def load_pair(
     """Read, check and resize one pair: ``(H, W, C) uint8`` image and ``(H, W) uint8`` mask."""
     image = read_image(pair.image, channels)
     mask = decoder(pair.mask)
+    check_same_size(pair, image, mask)
+    return resize_pair(image, mask, height, width)
+
+
+def check_same_size(pair: SlicePair, image: np.ndarray, mask: np.ndarray) -> None:
+    """Raise :class:`DataError` naming both files when image and mask differ in size."""
     if image.shape[:2] != mask.shape[:2]:
         raise DataError(
             f"{pair.image} is {image.shape[1]}x{image.shape[0]} but its mask {pair.mask} is "
             f"{mask.shape[1]}x{mask.shape[0]} (width x height)"
         )
-    return resize_pair(image, mask, height, width)

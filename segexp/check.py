@@ -1,0 +1,57 @@
+"""``segexp-check``: validate a slice dataset or a NIfTI volume folder before training.
+
+Thin Hydra entry: the work is in :mod:`segexp.data.check`. Prints one line per
+problem (file and cause) and the dataset's fingerprint, writes both as JSON in the
+job folder and exits 0 (no problem), 1 (problems found) or 2 (invalid config).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from segexp.config import CONF_DIR, ConfigError, validate_check_config
+from segexp.data.check import CheckReport, check_slice_dataset, check_volume_folder
+
+log = logging.getLogger(__name__)
+
+
+def run_check(cfg: DictConfig) -> CheckReport:
+    """Validate ``cfg`` and check its ``volumes`` folder when given, else its ``dataset``."""
+    cfg = validate_check_config(cfg)
+    v = cfg.volumes
+    if v is not None:
+        source = Path(v.source).expanduser()
+        if v.phantom is not None:
+            from segexp.data.phantom import write_phantom_volumes
+
+            write_phantom_volumes(source, **OmegaConf.to_container(v.phantom))
+        classes = {name: list(c.labels) for name, c in v.classes.items()}
+        return check_volume_folder(source, v.pattern, classes, axis=cfg.axis)
+    size = list(cfg.image_size) if cfg.image_size is not None else None
+    return check_slice_dataset(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.image_channels, size=size)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="check")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: compose ``conf/check.yaml``, check, print, exit with the verdict."""
+    try:
+        report = run_check(cfg)
+    except ConfigError as err:
+        log.error("%s", err)
+        sys.exit(2)
+    out = Path(HydraConfig.get().runtime.output_dir) / cfg.report_file
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report.to_json())
+    print("\n".join(report.lines(cfg.max_lines)))
+    print(f"report: {out}")
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    main()
