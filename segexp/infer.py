@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -159,24 +160,43 @@ def window_volume(volume: np.ndarray, window: dict[str, Any]) -> np.ndarray:
 
 
 def predict_volume(model: Any, path: Path, out_dir: Path, colours: np.ndarray, window: dict[str, Any], axis: str,
-                   *, batch_size: int, flip_tta: bool) -> Path:
-    """Predict every slice of one NIfTI volume; write ``<name>_pred.nii.gz`` (input shape and affine) + a montage."""
+                   *, batch_size: int, flip_tta: bool, chunk: int = 32) -> Path:
+    """Predict every slice of one NIfTI volume; write ``<name>_pred.nii.gz`` (input shape and affine) + a montage.
+
+    Speed (BENCHMARKS.md): the volume is read in its stored dtype and windowed through a
+    lookup table (no float copy); slices are predicted ``chunk`` at a time while a second
+    thread turns the previous chunk's probabilities into labels (resize back, argmax), so
+    that post-processing hides behind the model.
+    """
     name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
     try:
-        loaded = load_case(VolumeCase(name, path, None))
+        loaded = load_case(VolumeCase(name, path, None), image_dtype=None)
     except (VolumeError, OSError, nib.filebasedimages.ImageFileError) as err:
         raise InferenceInputError(f"{path}: {err}") from None
     channels = int(model.input_shape[-1])
     height, width = _model_size(model)
-    image = window_volume(loaded.image, window)
-    slices = [volume_slice(image, axis, i) for i in range(num_slices(image, axis))]
-    batch = np.stack([cv2.resize(s, (width, height), interpolation=cv2.INTER_AREA) for s in slices])[..., None]
-    if channels == 3:
-        batch = np.repeat(batch, 3, axis=-1)
-    probs = predict_batches(model, batch, batch_size=batch_size, flip_tta=flip_tta)
-    labels = [probabilities_to_classes(resize_probabilities(p, *s.shape)) for p, s in zip(probs, slices)]
+    image, original_affine = window_volume(loaded.image, window), loaded.original_affine
+    del loaded  # the windowed uint8 copy is all that is needed from here on
+    n = num_slices(image, axis)
+    slices = [volume_slice(image, axis, i) for i in range(n)]
+    batch = np.empty((n, height, width, channels), np.uint8)
+    for i, s in enumerate(slices):
+        batch[i] = (s if s.shape == (height, width) else cv2.resize(s, (width, height), interpolation=cv2.INTER_AREA))[..., None]
+    labels = np.empty((n, *slices[0].shape), np.uint8)
+
+    def to_labels(start: int, probs: np.ndarray) -> None:
+        for j, p in enumerate(probs):
+            labels[start + j] = probabilities_to_classes(resize_probabilities(p, *labels.shape[1:]))
+
+    chunk = max(chunk - chunk % batch_size, batch_size)  # whole batches, so every call has one shape
+    with ThreadPoolExecutor(max_workers=1) as post:
+        pending = [post.submit(to_labels, start, predict_batches(model, batch[start : start + chunk],
+                                                                 batch_size=batch_size, flip_tta=flip_tta))
+                   for start in range(0, n, chunk)]
+        for future in pending:
+            future.result()
     canonical = stack_slices(labels, axis)
-    original = _to_original_orientation(canonical, loaded.original_affine)
+    original = _to_original_orientation(canonical, original_affine)
     source = nib.load(str(path))
     # A fresh header: the CT's scaling (scl_slope/inter) must not apply to class indices.
     out = nib.Nifti1Image(original.reshape(source.shape[:3]).astype(np.uint8), source.affine)

@@ -349,7 +349,9 @@ def _label_to_uint8(
     return label
 
 
-def load_case(case: VolumeCase, allowed_labels: Collection[int] | None = None) -> LoadedCase:
+def load_case(
+    case: VolumeCase, allowed_labels: Collection[int] | None = None, image_dtype: type | None = np.float32
+) -> LoadedCase:
     """Load a case's image (float32 HU) and label (uint8), reoriented to RAS+.
 
     Runs the :func:`read_header` checks first. The reorientation is that of
@@ -359,14 +361,17 @@ def load_case(case: VolumeCase, allowed_labels: Collection[int] | None = None) -
     if every value is an integer), within 0..255 and, when ``allowed_labels`` is
     given, a subset of it; otherwise :class:`VolumeError` naming the case and the
     offending values. One volume at a time: memory is about one float32 image
-    plus the label and its native-dtype read.
+    plus the label and its native-dtype read. ``image_dtype=None`` keeps the image as
+    stored (e.g. int16 HU; float only where the header scales it), for windowing
+    through a lookup table without a float copy.
     """
     header, img, lab = _read_header(case)
     ornt = io_orientation(header.affine)
     canonical_affine = header.affine @ inv_ornt_aff(ornt, header.shape)
 
     try:
-        image = np.asarray(img.dataobj, dtype=np.float32).reshape(header.shape)
+        data = img.dataobj if image_dtype is None else np.asarray(img.dataobj, dtype=image_dtype)
+        image = np.asanyarray(data).reshape(header.shape)
     except Exception as exc:
         raise VolumeError(f"case {case.case}: cannot read image data from {case.image}: {exc}") from None
     image = apply_orientation(image, ornt)
