@@ -205,11 +205,13 @@ def tracked_run(
     description: str,
     resume_run_id: str | None = None,
     parent_run_id: str | None = None,
+    keep_status: bool = True,
 ) -> Iterator[Tracker]:
     """Start an MLflow run (or a disabled :class:`Tracker`) and always end it with a status.
 
     With ``resume_run_id`` the existing run is reopened (e.g. to add its evaluation); it ends
-    with the status it had, and a failure is recorded as the ``error`` tag only.
+    with the status it had, and a failure is recorded as the ``error`` tag only; with
+    ``keep_status=False`` (a resumed training) it ends FINISHED, FAILED or KILLED like a new run.
     With ``parent_run_id`` the run is a child of a sweep's parent run (``mlflow.parentRunId``).
     """
     if not enabled:
@@ -219,7 +221,7 @@ def tracked_run(
 
     if resume_run_id is not None:
         mlflow.set_tracking_uri(uri)
-        previous = retry_locked(mlflow.get_run, resume_run_id).info.status
+        previous = retry_locked(mlflow.get_run, resume_run_id).info.status if keep_status else None
         run = retry_locked(mlflow.start_run, run_id=resume_run_id)
     else:
         experiment_id = configure(uri, experiment, artifact_location)
