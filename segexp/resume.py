@@ -33,7 +33,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from segexp.callbacks import MlflowEpochLogger, current_learning_rate, epoch_metrics
+from segexp.callbacks import EpochImages, MlflowEpochLogger, current_learning_rate, epoch_metrics, predict_classes
 from segexp.config import ConfigError
 from segexp.runs import MLFLOW_RUN_FILE
 from segexp.tracking import Tracker, flatten_config, retry_locked
@@ -379,8 +379,16 @@ def merged_history(resume: Resume | None, history: Mapping[str, list[float]]) ->
 # --------------------------------------------------------------------------- MLflow
 
 
-def reopen_run(tracker: Tracker, resume: Resume, class_names: Sequence[str], epoch_images: Path | None) -> None:
-    """Tag the reopened MLflow run as resumed and log what a kill left out (steps the checkpoint covers)."""
+def reopen_run(tracker: Tracker, resume: Resume, model: keras.Model, callbacks: Sequence[keras.callbacks.Callback],
+               class_names: Sequence[str]) -> None:
+    """Complete what an interruption left out after the last checkpoint, and tag the reopened MLflow run.
+
+    The last checkpointed epoch's images are drawn again (with that epoch's model) when their
+    files are missing; its metrics and images are logged to MLflow when they are not there.
+    """
+    images = next((c for c in callbacks if isinstance(c, EpochImages)), None)
+    if images is not None:
+        _redraw_epoch_images(images, model, resume.epoch)
     if not tracker.enabled:
         return
     import mlflow
@@ -399,22 +407,41 @@ def reopen_run(tracker: Tracker, resume: Resume, class_names: Sequence[str], epo
             logs = dict(logs)
             tracker.log_metrics(epoch_metrics(logs, logs.pop("learning_rate"), class_names), step=step)
             log.info("MLflow: logged the metrics of epoch %d, which the interruption had left out", step)
-    if epoch_images is not None and epoch_images.is_dir():
-        _backfill_images(tracker, client, resume.epoch, epoch_images)
+    if images is not None and images.tracker.enabled and images.out_dir.is_dir():
+        _backfill_images(tracker, client, resume.epoch, images.out_dir)
+
+
+def _read_png(path: Path) -> np.ndarray | None:
+    """RGB ``uint8`` image of ``path``, or None if it is missing or cut short."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+    return None if image is None else image[..., ::-1].copy()
+
+
+def _redraw_epoch_images(callback: EpochImages, model: keras.Model, epoch: int) -> None:
+    """Write the image | truth | prediction files of ``epoch`` (from 1) that are missing or unreadable."""
+    from segexp.viz import image_truth_prediction, save_png
+
+    paths = [callback.out_dir / f"epoch_{epoch:03d}_{name}.png" for name in callback.names]
+    missing = [i for i, path in enumerate(paths) if _read_png(path) is None]
+    if not missing:
+        return
+    predictions = predict_classes(model, callback.images[missing])
+    for i, prediction in zip(missing, predictions):
+        save_png(paths[i], image_truth_prediction(callback.images[i], callback.masks[i], prediction, callback.colours))
+    log.info("drew the %d image(s) of epoch %d that the interruption had left out", len(missing), epoch)
 
 
 def _backfill_images(tracker: Tracker, client: Any, epochs: int, folder: Path) -> None:
-    import cv2
-
     logged = {a.path.rsplit("/", 1)[-1] for a in retry_locked(client.list_artifacts, tracker.run_id, "images")}
     for step in range(1, epochs + 1):
         for png in sorted(folder.glob(f"epoch_{step:03d}_*.png")):
             name = png.stem[len(f"epoch_{step:03d}_"):]
             prefix = f"epoch_images~{name}+step+{step}+"
-            if not any(a.startswith(prefix) for a in logged):
-                image = cv2.imread(str(png), cv2.IMREAD_COLOR)
-                if image is not None:
-                    tracker.log_image(f"epoch_images/{name}", image[..., ::-1].copy(), step=step)
+            image = None if any(a.startswith(prefix) for a in logged) else _read_png(png)
+            if image is not None:
+                tracker.log_image(f"epoch_images/{name}", image, step=step)
 
 
 # --------------------------------------------------------------------------- messages

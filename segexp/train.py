@@ -206,14 +206,13 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
     ) as tracker:
         if tracker.enabled:
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
+        callbacks = with_resume_checkpoint(build_callbacks(cfg, run_dir, tracker, dataset), run_dir, resolved,
+                                           tracker.run_id, start)
         if start is None:
             tracker.log_params(flatten_config(resolved))
             tracker.log_params({"model.num_params": str(model.count_params())})
-        else:
-            images = cfg.tracking.log_epoch_images and cfg.training.epoch_images.num > 0
-            reopen_run(tracker, start, dataset.class_names, run_dir / "epoch_images" if images else None)
-        callbacks = with_resume_checkpoint(build_callbacks(cfg, run_dir, tracker, dataset), run_dir, resolved,
-                                           tracker.run_id, start)
+        else:  # params stay as first logged; fill in what the interruption left out
+            reopen_run(tracker, start, model, callbacks, dataset.class_names)
         try:
             history = model.fit(
                 train_loader, validation_data=valid_loader, callbacks=callbacks, shuffle=False,

@@ -76,7 +76,7 @@ def _wait_for_epoch(proc: subprocess.Popen, runs_root: Path, epoch: int, timeout
 
 def test_kill_9_then_resume_continues_the_same_run(tmp_path: Path, tiny_dataset: Path) -> None:
     """SIGKILL after epoch 2; ``training.resume=<run dir>`` finishes the same MLflow run, every step once."""
-    epochs = 6
+    epochs = 5
     command = _cli(tmp_path, tiny_dataset, f"training.epochs={epochs}")
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = _wait_for_epoch(proc, tmp_path / "outputs" / "train" / "runs", 2)
