@@ -3,7 +3,8 @@
 Default store: SQLite at ``<paths.output_dir>/mlflow.db`` with artifacts in
 ``<paths.output_dir>/mlartifacts``; ``tracking.uri`` may name a server instead.
 A run that raises is ended FAILED (its error as the ``error`` tag), one that is
-interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt) KILLED, never left RUNNING.
+interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt, a requeueing SystemExit) KILLED,
+never left RUNNING.
 """
 
 from __future__ import annotations
@@ -234,8 +235,8 @@ def tracked_run(
     previous_sigterm = _raise_on_sigterm()
     try:
         yield Tracker(run.info.run_id)
-    except KeyboardInterrupt:
-        retry_locked(mlflow.set_tag, "error", "interrupted (KeyboardInterrupt)")
+    except (KeyboardInterrupt, SystemExit) as err:  # SystemExit: e.g. submitit requeueing a pre-empted job
+        retry_locked(mlflow.set_tag, "error", f"interrupted ({type(err).__name__}{f': {err}' if str(err) else ''})")
         retry_locked(mlflow.end_run, status=previous or "KILLED")
         raise
     except BaseException as err:

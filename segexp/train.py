@@ -220,7 +220,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
                 initial_epoch=start.epoch if start else 0, verbose=cfg.training.verbose,
             ).history
             history = merged_history(start, history)
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the last epoch's checkpoint is on disk
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, requeue: the last epoch's checkpoint is on disk
             log_interrupted(run_dir, overrides)
             raise
         finally:

@@ -131,7 +131,7 @@ def test_sigterm_marks_killed_and_resume_by_run_id(tmp_path: Path, tiny_dataset:
 def _equivalence_overrides(tiny: Path) -> tuple[str, ...]:
     return (*TINY_DATASET_OVERRIDES, f"dataset.root={tiny}", "training.deterministic=true", "training.epochs=4",
             "training.learning_rate=0.05", "training.reduce_lr.patience=0", "training.early_stopping.patience=3", "training.evaluate_after=false",
-            "tracking.log_model=false", "model.dropout_rate=0.2")
+            "tracking.log_model=false", "model.dropout_rate=0.2", "training.epoch_images.num=0")
 
 
 def test_resumed_run_equals_uninterrupted_run(compose_train, tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
