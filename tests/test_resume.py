@@ -111,9 +111,9 @@ def test_sigterm_marks_killed_and_resume_by_run_id(tmp_path: Path, tiny_dataset:
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = _wait_for_epoch(proc, tmp_path / "outputs" / "train" / "runs", 1)
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-3000:]
-    assert f"training.resume={run_dir}" in stderr and "Traceback" not in stderr
+    output = "".join(proc.communicate(timeout=120))  # Hydra logs to stdout
+    assert proc.returncode == 130, output[-3000:]
+    assert f"training.resume={run_dir}" in output and "Traceback" not in output
     client = _client(tmp_path)
     (run,) = _runs(client)
     assert run.info.status == "KILLED" and "interrupted" in run.data.tags["error"]
