@@ -453,14 +453,20 @@ def resume_command(overrides: Sequence[str], run_dir: Path) -> str:
     return " ".join(["segexp-train", *map(shlex.quote, kept), shlex.quote(f"training.resume={run_dir}")])
 
 
-def log_interrupted(run_dir: Path, overrides: Sequence[str]) -> None:
-    """Say what was saved after an interruption (Ctrl-C, SIGTERM) and how to continue."""
+def log_interrupted(run_dir: Path, overrides: Sequence[str], error: BaseException) -> None:
+    """Say what was saved when training stops early (Ctrl-C, SIGTERM, a crash) and how to continue."""
+    interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
     state = read_state(run_dir)
     if state is None:
-        log.warning("interrupted during the first epoch: nothing to resume from; run the command again")
+        if interrupted:
+            log.warning("interrupted during the first epoch: no checkpoint to resume from; run the command again")
         return
-    log.warning("interrupted: %d epoch(s) completed and checkpointed in %s; the MLflow run (if tracked) ends KILLED. "
-                "Continue with:\n  %s", state["epoch"], run_dir / RESUME_DIR, resume_command(overrides, run_dir))
+    what = "interrupted" if interrupted else f"failed ({type(error).__name__}: {error})"
+    status = "KILLED" if interrupted else "FAILED"
+    fix = "" if interrupted else " once the cause is fixed"
+    log.warning("%s: %d epoch(s) completed and checkpointed in %s; the MLflow run (if tracked) ends %s. "
+                "Continue%s with:\n  %s", what, state["epoch"], run_dir / RESUME_DIR, status, fix,
+                resume_command(overrides, run_dir))
 
 
 def follow_log(job_dir: Path, run_dir: Path) -> Path:

@@ -220,8 +220,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
                 initial_epoch=start.epoch if start else 0, verbose=cfg.training.verbose,
             ).history
             history = merged_history(start, history)
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, requeue: the last epoch's checkpoint is on disk
-            log_interrupted(run_dir, overrides)
+        except BaseException as err:  # Ctrl-C, SIGTERM, a crash: the last epoch's checkpoint is on disk
+            log_interrupted(run_dir, overrides, err)
             raise
         finally:
             tracker.log_artifact(run_dir / ".hydra", "config")

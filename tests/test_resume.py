@@ -180,7 +180,8 @@ def test_resumed_run_equals_uninterrupted_run(compose_train, tiny_dataset: Path,
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
-def test_crash_is_failed_then_resume_finishes(compose_train, tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+def test_crash_is_failed_then_resume_finishes(compose_train, tiny_dataset: Path, tmp_path: Path, monkeypatch,
+                                             caplog) -> None:
     """A crash ends the run FAILED with the error as a tag; the resumed run ends FINISHED, the error kept aside."""
     overrides = (*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "training.epochs=3",
                  "training.evaluate_after=false", "tracking.log_model=false", "training.epoch_images.num=0")
@@ -198,6 +199,7 @@ def test_crash_is_failed_then_resume_finishes(compose_train, tiny_dataset: Path,
     client = _client(tmp_path)
     (run,) = _runs(client)
     assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: disk on fire"
+    assert f"Continue once the cause is fixed with:\n  segexp-train training.resume={run_dir}" in caplog.text
     monkeypatch.setattr(callbacks.MlflowEpochLogger, "on_epoch_end", original)
 
     train(compose_train(*overrides, "training.resume=auto"), run_dir)  # auto: this folder's checkpoint
