@@ -182,7 +182,7 @@ def test_resumed_run_equals_uninterrupted_run(compose_train, tiny_dataset: Path,
 
 def test_crash_is_failed_then_resume_finishes(compose_train, tiny_dataset: Path, tmp_path: Path, monkeypatch,
                                              caplog) -> None:
-    """A crash ends the run FAILED with the error as a tag; the resumed run ends FINISHED, the error kept aside."""
+    """A crash ends the run FAILED with the error as a tag; the requeued job resumes, ends FINISHED, error kept aside."""
     overrides = (*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "training.epochs=3",
                  "training.evaluate_after=false", "tracking.log_model=false", "training.epoch_images.num=0")
     original = callbacks.MlflowEpochLogger.on_epoch_end
@@ -202,7 +202,8 @@ def test_crash_is_failed_then_resume_finishes(compose_train, tiny_dataset: Path,
     assert f"Continue once the cause is fixed with:\n  segexp-train training.resume={run_dir}" in caplog.text
     monkeypatch.setattr(callbacks.MlflowEpochLogger, "on_epoch_end", original)
 
-    train(compose_train(*overrides, "training.resume=auto"), run_dir)  # auto: this folder's checkpoint
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued SLURM job resumes its folder by itself
+    train(compose_train(*overrides), run_dir)
     (run,) = _runs(client)
     assert run.info.status == "FINISHED" and run.data.tags["previous_error"] == "RuntimeError: disk on fire"
     _assert_steps_once(client, run.info.run_id, 3)
@@ -257,3 +258,16 @@ def test_cli_bad_resume_is_one_clear_line(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "Traceback" not in output
     assert f"training.resume: {tmp_path} holds no checkpoint" in output
+
+
+def test_system_exit_marks_the_run_killed(tmp_path: Path) -> None:
+    """submitit requeues a pre-empted job by ``sys.exit(-1)`` from its signal handler: KILLED, not FAILED."""
+    from segexp.tracking import tracked_run
+
+    with pytest.raises(SystemExit):
+        with tracked_run(True, uri=f"sqlite:///{tmp_path}/outputs/mlflow.db", experiment="segexp",
+                         artifact_location=str(tmp_path / "outputs" / "mlartifacts"), run_name="x", tags={},
+                         description=""):
+            sys.exit(-1)
+    (run,) = _runs(_client(tmp_path))
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted (SystemExit: -1)"
