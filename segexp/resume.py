@@ -170,7 +170,13 @@ class ResumeCheckpoint(keras.callbacks.Callback):
 
 
 def _improved(checkpoint: keras.callbacks.ModelCheckpoint, before: Any) -> bool:
-    return checkpoint.best is not None and (before is None or float(checkpoint.best) != float(before))
+    """Whether the checkpoint's best value changed since ``before`` (so it rewrote ``best.keras``)."""
+    if checkpoint.best is None:
+        return False
+    if before is None:
+        return True
+    now, then = float(checkpoint.best), float(before)
+    return now != then and not (np.isnan(now) and np.isnan(then))
 
 
 def _referenced(state: Mapping[str, Any]) -> set[str]:
