@@ -30,21 +30,32 @@ def predict_classes(model: keras.Model, images: np.ndarray, batch_size: int = 8)
     return np.argmax(probs, axis=-1).astype(np.uint8)
 
 
+def epoch_metrics(logs: dict[str, Any], learning_rate: float, class_names: Sequence[str]) -> dict[str, float]:
+    """MLflow metrics of one epoch: its Keras logs renamed (``val/dice/<class>``) and the learning rate used."""
+    metrics = {metric_key(k, class_names): float(v) for k, v in logs.items()}
+    metrics["learning_rate"] = float(learning_rate)
+    return metrics
+
+
 class MlflowEpochLogger(keras.callbacks.Callback):
     """Logs every epoch's Keras logs and the learning rate to MLflow, step = epoch (from 1).
 
     Names follow ``train/…`` and ``val/…``, per-class Dice as ``val/dice/<class>``.
+    The learning rate is the one the epoch trained with (read when it began, so a
+    reduction at its end by ReduceLROnPlateau shows from the next step on).
     """
 
     def __init__(self, tracker: Tracker, class_names: Sequence[str]) -> None:
         super().__init__()
         self.tracker = tracker
         self.class_names = list(class_names)
+        self.learning_rate = float("nan")
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.learning_rate = current_learning_rate(self.model)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        metrics = {metric_key(k, self.class_names): float(v) for k, v in (logs or {}).items()}
-        metrics["learning_rate"] = current_learning_rate(self.model)
-        self.tracker.log_metrics(metrics, step=epoch + 1)
+        self.tracker.log_metrics(epoch_metrics(logs or {}, self.learning_rate, self.class_names), step=epoch + 1)
 
 
 class EpochImages(keras.callbacks.Callback):

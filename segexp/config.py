@@ -155,6 +155,7 @@ class TrainingConfig:
     deterministic: bool = False
     verbose: int = 2
     evaluate_after: bool = True
+    resume: Optional[str] = None
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
 
 

@@ -3,7 +3,8 @@
 Default store: SQLite at ``<paths.output_dir>/mlflow.db`` with artifacts in
 ``<paths.output_dir>/mlartifacts``; ``tracking.uri`` may name a server instead.
 A run that raises is ended FAILED (its error as the ``error`` tag), one that is
-interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt) KILLED, never left RUNNING.
+interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt, a requeueing SystemExit) KILLED,
+never left RUNNING.
 """
 
 from __future__ import annotations
@@ -205,11 +206,13 @@ def tracked_run(
     description: str,
     resume_run_id: str | None = None,
     parent_run_id: str | None = None,
+    keep_status: bool = True,
 ) -> Iterator[Tracker]:
     """Start an MLflow run (or a disabled :class:`Tracker`) and always end it with a status.
 
     With ``resume_run_id`` the existing run is reopened (e.g. to add its evaluation); it ends
-    with the status it had, and a failure is recorded as the ``error`` tag only.
+    with the status it had, and a failure is recorded as the ``error`` tag only; with
+    ``keep_status=False`` (a resumed training) it ends FINISHED, FAILED or KILLED like a new run.
     With ``parent_run_id`` the run is a child of a sweep's parent run (``mlflow.parentRunId``).
     """
     if not enabled:
@@ -219,7 +222,7 @@ def tracked_run(
 
     if resume_run_id is not None:
         mlflow.set_tracking_uri(uri)
-        previous = retry_locked(mlflow.get_run, resume_run_id).info.status
+        previous = retry_locked(mlflow.get_run, resume_run_id).info.status if keep_status else None
         run = retry_locked(mlflow.start_run, run_id=resume_run_id)
     else:
         experiment_id = configure(uri, experiment, artifact_location)
@@ -232,8 +235,8 @@ def tracked_run(
     previous_sigterm = _raise_on_sigterm()
     try:
         yield Tracker(run.info.run_id)
-    except KeyboardInterrupt:
-        retry_locked(mlflow.set_tag, "error", "interrupted (KeyboardInterrupt)")
+    except (KeyboardInterrupt, SystemExit) as err:  # SystemExit: e.g. submitit requeueing a pre-empted job
+        retry_locked(mlflow.set_tag, "error", f"interrupted ({type(err).__name__}{f': {err}' if str(err) else ''})")
         retry_locked(mlflow.end_run, status=previous or "KILLED")
         raise
     except BaseException as err:

@@ -29,6 +29,7 @@ from segexp.data.slices import DataError, find_pairs
 from segexp.losses import build_loss
 from segexp.metrics import build_metrics
 from segexp.models import build_model
+from segexp.resume import follow_log, log_interrupted, merged_history, prepare_resume, reopen_run, with_resume_checkpoint
 from segexp.runs import MLFLOW_RUN_FILE, record_mlflow_run
 from segexp.sweep import parent_run_id, record_failed_job
 from segexp.tracking import Tracker, flatten_config, git_commit, run_name_from_overrides, tracked_run
@@ -168,8 +169,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
     the MLflow run starts and before any training step.
     """
     cfg = validate_train_config(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    start = prepare_resume(resolved, Path(run_dir))  # None: a fresh run; else continue in start.run_dir
     set_threads(cfg.training.threads.intra_op, cfg.training.threads.inter_op)
-    run_dir = Path(run_dir)
+    run_dir = follow_log(Path(run_dir), start.run_dir) if start else Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.training.deterministic and keras.backend.backend() == "tensorflow":
@@ -185,7 +188,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
         dataset.name, len(dataset.pairs["train"]), len(dataset.cases("train")),
         len(dataset.pairs["valid"]), len(dataset.cases("valid")), len(dataset.class_names),
     )
-    model = compile_model(cfg, dataset.class_names)
+    model = compile_model(cfg, dataset.class_names) if start is None else start.load_model()
+    if start is not None:  # epoch e reads the same seeded sample order as in an uninterrupted run
+        train_loader.set_epoch(start.epoch)
+        valid_loader.set_epoch(start.epoch)
     log.info("model %s: %s parameters", cfg.model.name, f"{model.count_params():,}")
 
     t = cfg.tracking
@@ -200,19 +206,28 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
     with tracked_run(
         t.enabled, uri=t.uri, experiment=t.experiment, artifact_location=t.artifact_location,
         run_name=t.run_name or run_name_from_overrides(overrides), tags=tags, description=description,
-        parent_run_id=parent_run_id,
+        parent_run_id=parent_run_id, resume_run_id=start.run_id if start else None, keep_status=False,
     ) as tracker:
         if tracker.enabled:
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
-        tracker.log_params(flatten_config(OmegaConf.to_container(cfg, resolve=True)))
-        tracker.log_params({"model.num_params": str(model.count_params())})
-        log_fingerprint(dataset, cfg.model.image_channels, run_dir, tracker)  # dataset_fingerprint.json + params
-        callbacks = build_callbacks(cfg, run_dir, tracker, dataset)
+        callbacks = with_resume_checkpoint(build_callbacks(cfg, run_dir, tracker, dataset), run_dir, resolved,
+                                           tracker.run_id, start)
+        if start is None:
+            tracker.log_params(flatten_config(resolved))
+            tracker.log_params({"model.num_params": str(model.count_params())})
+            log_fingerprint(dataset, cfg.model.image_channels, run_dir, tracker)  # dataset_fingerprint.json + params
+        else:  # params stay as first logged; fill in what the interruption left out
+            reopen_run(tracker, start, model, callbacks, dataset.class_names)
         try:
             history = model.fit(
-                train_loader, validation_data=valid_loader, epochs=cfg.training.epochs,
-                callbacks=callbacks, shuffle=False, verbose=cfg.training.verbose,
+                train_loader, validation_data=valid_loader, callbacks=callbacks, shuffle=False,
+                epochs=start.final_epoch(cfg.training.epochs) if start else cfg.training.epochs,
+                initial_epoch=start.epoch if start else 0, verbose=cfg.training.verbose,
             ).history
+            history = merged_history(start, history)
+        except BaseException as err:  # Ctrl-C, SIGTERM, a crash: the last epoch's checkpoint is on disk
+            log_interrupted(run_dir, overrides, err)
+            raise
         finally:
             tracker.log_artifact(run_dir / ".hydra", "config")
             tracker.log_artifact(run_dir / "history.csv")
@@ -248,6 +263,8 @@ def main(cfg: DictConfig) -> float:
         except USER_ERRORS as err:
             log.error("%s", err)
             sys.exit(2)
+        except KeyboardInterrupt:  # already logged with the resume command; the MLflow run is KILLED
+            sys.exit(130)
     parent = parent_run_id(Path(hydra_cfg.sweep.dir))
     # Hydra's grid sweeper aborts on a raising job: there a failure returns NaN. Model-based
     # sweepers (Optuna) must see the exception instead: hydra-optuna-sweeper 1.3 records a

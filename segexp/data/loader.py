@@ -141,6 +141,10 @@ class SliceLoader(keras.utils.PyDataset):
             images[row], masks[row] = self.load_sample(int(index), self.epoch)
         return images, masks
 
+    def set_epoch(self, epoch: int) -> None:
+        """Continue at ``epoch`` (a resumed run): the next batches are those of that epoch."""
+        self.epoch = epoch
+        self._order = self._epoch_order(epoch)
+
     def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._order = self._epoch_order(self.epoch)
+        self.set_epoch(self.epoch + 1)
