@@ -8,6 +8,7 @@ Both directions are vectorised through a 24-bit lookup (no per-pixel Python).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,6 +49,15 @@ def decode_rgb_mask(
     table = colour_table(colours)
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise MaskColourError(f"{source}: expected an RGB mask (H, W, 3), got shape {rgb.shape}")
+    if len(table) < _UNKNOWN:
+        # One gather through a 2^24-entry table (16 MiB, built once per rgb_map and process):
+        # ~4x faster than a sorted search, and this runs for every mask the loader reads.
+        rgb32 = rgb.astype(np.int32)
+        packed = (rgb32[..., 0] << 16) | (rgb32[..., 1] << 8) | rgb32[..., 2]
+        index = _colour_lut(table.tobytes())[packed]
+        if (index == _UNKNOWN).any():
+            _raise_unknown(_pack(rgb), index != _UNKNOWN, table, source)
+        return index
     packed = _pack(rgb)
     keys = _pack(table)
     order = np.argsort(keys)
@@ -55,14 +65,33 @@ def decode_rgb_mask(
     pos = np.clip(np.searchsorted(sorted_keys, packed), 0, len(keys) - 1)
     found = sorted_keys[pos] == packed
     if not found.all():
-        bad = np.unique(packed[~found])
-        shown = ", ".join(f"({v >> 16}, {(v >> 8) & 255}, {v & 255})" for v in bad[:8])
-        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
-        raise MaskColourError(
-            f"{source}: {int((~found).sum())} pixels have colours not in the rgb_map: "
-            f"{shown}{more}; known colours are {table.tolist()}"
-        )
+        _raise_unknown(packed, found, table, source)
     return order[pos].astype(np.uint8)
+
+
+#: Lookup-table value of a colour that is not in the rgb_map.
+_UNKNOWN = 255
+
+
+@functools.lru_cache(maxsize=8)
+def _colour_lut(table_bytes: bytes) -> np.ndarray:
+    """``lut[r << 16 | g << 8 | b]`` = class index, or :data:`_UNKNOWN`, for an rgb_map given as bytes."""
+    table = np.frombuffer(table_bytes, np.uint8).reshape(-1, 3)
+    lut = np.full(1 << 24, _UNKNOWN, np.uint8)
+    lut[_pack(table)] = np.arange(len(table), dtype=np.uint8)
+    lut.flags.writeable = False
+    return lut
+
+
+def _raise_unknown(packed: np.ndarray, found: np.ndarray, table: np.ndarray, source: str | Path) -> None:
+    """Raise :class:`MaskColourError` naming ``source`` and the colours of the pixels not ``found``."""
+    bad = np.unique(packed[~found])
+    shown = ", ".join(f"({v >> 16}, {(v >> 8) & 255}, {v & 255})" for v in bad[:8])
+    more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+    raise MaskColourError(
+        f"{source}: {int((~found).sum())} pixels have colours not in the rgb_map: "
+        f"{shown}{more}; known colours are {table.tolist()}"
+    )
 
 
 def encode_rgb_mask(mask: np.ndarray, colours: Sequence[Sequence[int]]) -> np.ndarray:

@@ -1,0 +1,76 @@
+"""The benchmark suite runs end to end in its tiny form (so it cannot rot); no timing is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from segexp.config import REPO_DIR
+
+BENCH = REPO_DIR / "scripts" / "bench.py"
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("segexp_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_benchmark_reports_every_section(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    doc = tmp_path / "BENCH.md"
+    doc.write_text("# B\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\ntail\n")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--tiny", "--work-dir", str(tmp_path / "work"), "--json", str(results),
+         "--update", str(doc)],
+        capture_output=True, text=True, cwd=REPO_DIR, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(results.read_text())
+    s = data["sections"]
+    assert data["machine"]["cores"] >= 1 and data["machine"]["versions"]["keras"].startswith("3.")
+    assert {r["workers"] for r in s["loader"]["loader"]} == {0, 2}
+    assert all(r["samples_per_s"] > 0 for r in s["loader"]["loader"])
+    assert set(s["loader"]["models"]) == {"default", "hocm_like"}
+    assert all(r["images_per_s"] > 0 for r in s["train"]["rows"])
+    assert len(s["infer"]["rows"]) == 3
+    for row in s["infer"]["rows"]:
+        assert row["slices"] == 8 and min(row["end_to_end"], row["bare_forward"], row["per_slice"]) > 0
+    assert [r["slices"] for r in s["memory"]["rows"]] == [8, 16]
+    assert all(r["peak_rss_mb"] >= r["baseline_rss_mb"] > 0 for r in s["memory"]["rows"])
+    assert [r["workers"] for r in s["prepare"]["rows"]] == [1, 2]  # run as separate worker processes
+    assert all(r["volumes_per_s"] > 0 and r["volumes"] == 3 for r in s["prepare"]["rows"])
+    assert {c["check"].split(" ")[0] for c in data["checks"]} == {"loader", "inference", "memory"}
+    # The markdown block is replaced in place, the rest of the document kept.
+    text = doc.read_text()
+    assert "old" not in text and text.endswith("<!-- bench:end -->\n\ntail\n")
+    for heading in ("### Loader vs model", "### Training step", "### Inference", "### Memory", "### segexp-prepare",
+                    "### Targets"):
+        assert heading in text
+    assert "TINY smoke run" in text
+
+
+def test_median_rate_and_markdown_block(tmp_path: Path) -> None:
+    bench = _load_bench()
+    calls = []
+
+    def run() -> int:
+        calls.append(1)
+        return 10
+
+    rate, rates = bench.median_rate(run, repeats=3, warmup=2)
+    assert len(calls) == 5 and len(rates) == 3 and rate == sorted(rates)[1] > 0
+    doc = tmp_path / "doc.md"
+    doc.write_text("no markers here\n")
+    try:
+        bench.update_markdown(doc, "x")
+    except SystemExit as err:
+        assert "no <!-- bench:begin -->" in str(err)
+    else:
+        raise AssertionError("a document without markers must be refused")
+    assert doc.read_text() == "no markers here\n"  # nothing the user wrote is lost
