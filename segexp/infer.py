@@ -36,6 +36,7 @@ from segexp.data.slices import IMAGE_SUFFIXES, DataError
 from segexp.data.volumes import VolumeCase, VolumeError, load_case, num_slices, stack_slices, volume_slice
 from segexp.evaluate import EvaluationError, check_model_fits
 from segexp.inference import predict_batches, predict_images, probabilities_to_classes
+from segexp.outputs import atomic_write_path
 from segexp.runs import RunError, TrainedRun, open_run
 from segexp.viz import default_palette, hstack_panels, overlay_mask, save_png, vstack_rows
 
@@ -136,7 +137,9 @@ def _predict_png_chunk(model: Any, paths: Sequence[Path], out_dir: Path, colours
         for sub, array in (("masks", mask), ("colour", encode_rgb_mask(mask, colours)[..., ::-1]),
                            ("overlays", overlay_mask(image, mask, colours)[..., ::-1])):
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(out_dir / sub / f"{path.stem}.png"), array)
+            with atomic_write_path(out_dir / sub / f"{path.stem}.png") as tmp:
+                if not cv2.imwrite(str(tmp), array):
+                    raise OSError(f"could not write {out_dir / sub / f'{path.stem}.png'}")
     return failures
 
 
@@ -185,7 +188,8 @@ def predict_volume(model: Any, path: Path, out_dir: Path, colours: np.ndarray, w
     out.set_sform(source.affine, int(source.header["sform_code"]) or 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}_pred.nii.gz"
-    nib.save(out, str(target))
+    with atomic_write_path(target) as tmp:
+        nib.save(out, str(tmp))
     save_png(out_dir / f"{name}_montage.png", montage(slices, labels, colours))
     return target
 
