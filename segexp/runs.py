@@ -65,8 +65,8 @@ def _unsafe_message(what: str, err: Exception) -> str:
     if "safe_mode" in text or "Lambda" in text or "lambda" in text:
         return (
             f"{what}: refused to load: the model contains code (a Lambda layer or a lambda function), "
-            "which Keras safe mode does not run. segexp models never hold code; only load such a file "
-            "if you made it yourself, outside segexp (keras.models.load_model(path, safe_mode=False))"
+            "which Keras safe mode does not run. segexp models never hold code: this file was not written "
+            "by segexp-train; load it outside segexp, with safe mode off, only if you trust whoever made it"
         )
     return f"{what}: cannot load the model: {text.strip().splitlines()[0] if text.strip() else type(err).__name__}"
 
