@@ -221,8 +221,7 @@ def _send_model(uri: str, run_id: str, model: Any, name: str) -> None:
     status = _client(uri).get_run(run_id).info.status
     with mlflow.start_run(run_id=run_id, nested=active is not None):
         log_keras_model(model, name)
-    if status != "RUNNING":
-        _client(uri).set_terminated(run_id, status)
+    _client(uri).update_run(run_id, status=status)  # leaving the block marked it FINISHED: restore
 
 
 # --------------------------------------------------------------------------- the outbox
@@ -286,21 +285,30 @@ class Outbox:
     # -- persistence
 
     def _buffer(self, entry: dict[str, Any]) -> None:
-        stored = self._persistable(entry)
+        try:
+            stored = self._persistable(entry)
+            with open(self.file, "a") as f:
+                f.write(json.dumps(stored) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:  # full or read-only disk: keep it in memory, never stop the training
+            log.error("could not save %s in %s (%s): kept in memory only", describe(entry), self.file, err)
+            stored = entry
         self.pending.append(stored)
-        with open(self.file, "a") as f:
-            f.write(json.dumps(stored) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
     def _save(self) -> None:
-        if not self.pending:
-            self.file.unlink(missing_ok=True)
-            shutil.rmtree(self.folder, ignore_errors=True)
-            return
-        from segexp.outputs import atomic_write_text
+        """Rewrite the file with the entries still pending (entries held in memory only are left out)."""
+        try:
+            if not self.pending:
+                self.file.unlink(missing_ok=True)
+                shutil.rmtree(self.folder, ignore_errors=True)
+                return
+            from segexp.outputs import atomic_write_text
 
-        atomic_write_text(self.file, "".join(json.dumps(e) + "\n" for e in self.pending))
+            saved = [e for e in self.pending if "array" not in e and "model" not in e]
+            atomic_write_text(self.file, "".join(json.dumps(e) + "\n" for e in saved))
+        except OSError as err:
+            log.error("could not update %s (%s)", self.file, err)
 
     def _persistable(self, entry: dict[str, Any]) -> dict[str, Any]:
         """A JSON-safe copy: artifacts copied, images saved as PNG, models saved as ``.keras`` in the outbox folder."""

@@ -178,3 +178,14 @@ def test_upload_without_a_server_says_so(tmp_path: Path, fake_server: dict, caps
     err = capsys.readouterr().err
     assert uri in err and "scripts/mlflow_server.sh" in err
     assert (tmp_path / ob.OUTBOX_FILE).is_file()  # nothing lost
+
+
+def test_an_unwritable_outbox_keeps_entries_in_memory(tmp_path: Path, fake_server: dict) -> None:
+    fake_server["down"] = True
+    (tmp_path / ob.OUTBOX_FILE).mkdir()  # the file cannot be written (as a full disk would)
+    box = Outbox(tmp_path / "x", "r1", "http://127.0.0.1:1", POLICY)
+    box.file = tmp_path / ob.OUTBOX_FILE
+    assert not box.submit(metrics(1))  # no exception: logging never stops the training
+    assert not box.submit({"kind": "image", "key": "a", "step": 1, "timestamp": 1, "array": np.zeros((2, 2), np.uint8)})
+    fake_server["down"] = False
+    assert box.flush() and [e["kind"] for e in fake_server["sent"]] == ["metrics", "image"]
