@@ -177,3 +177,19 @@ def test_unreachable_server_fails_at_once_before_reading_data(
         train(cfg, tmp_path / "run")
     assert uri in str(err.value) and "tracking=sqlite" in str(err.value)
     assert isinstance(err.value, train_module.USER_ERRORS)  # one clear message from segexp-train, exit code 2
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_cli_with_unreachable_server_stops_with_one_message(tmp_path: Path, multirun: bool) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-m", "segexp.train", *(["-m"] if multirun else []), f"paths.root={tmp_path}",
+         "tracking=server", f"tracking.uri={uri}", "tracking.outage.connect_timeout_s=2"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert f"tracking.uri = {uri}: no MLflow tracking server answers there" in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "outputs" / "data").exists()  # no data was generated or read
