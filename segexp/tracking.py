@@ -4,6 +4,8 @@ Default store: SQLite at ``<paths.output_dir>/mlflow.db`` with artifacts in
 ``<paths.output_dir>/mlartifacts``; ``tracking.uri`` may name a server instead.
 A run that raises is ended FAILED (its error as the ``error`` tag), one that is
 interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt) KILLED, never left RUNNING.
+A training run's calls go through :mod:`segexp.outbox`: a tracking server that goes away
+mid-run delays them (buffered in the run folder, sent when it is back), it never stops training.
 """
 
 from __future__ import annotations
