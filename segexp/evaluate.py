@@ -34,7 +34,7 @@ from segexp.config import CONF_DIR, ConfigError, validate_train_config
 from segexp.data.dataset import SliceDataset, open_dataset
 from segexp.data.slices import DataError, SlicePair, read_image, resize_pair
 from segexp.inference import predict_batches, probabilities_to_classes
-from segexp.outputs import atomic_write_path, atomic_write_text
+from segexp.outputs import OutputError, atomic_write_path, atomic_write_text, check_writable
 from segexp.runs import RunError, TrainedRun, open_run
 from segexp.scoring import aggregate, dice_including_background, score_classes, to_json_safe
 from segexp.tracking import Tracker, tracked_run
@@ -267,13 +267,15 @@ def _log_table(summary: dict[str, Any]) -> None:
     log.info("evaluation on %s (%d cases):\n%s", summary["split"], summary["num_cases"], "\n".join(lines))
 
 
-USER_ERRORS = (ConfigError, DataError, RunError, EvaluationError)
+USER_ERRORS = (ConfigError, DataError, RunError, EvaluationError, OutputError)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point: evaluate ``run`` (a run folder or MLflow run id); returns the foreground mean Dice."""
     try:
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        check_writable(out_dir, "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         run = open_run(str(cfg.run), cfg.tracking_uri)
         summary = evaluate_run(
             run, Path(HydraConfig.get().runtime.output_dir), split=cfg.split, batch_size=cfg.batch_size,

@@ -36,7 +36,7 @@ from segexp.data.slices import IMAGE_SUFFIXES, DataError
 from segexp.data.volumes import VolumeCase, VolumeError, load_case, num_slices, stack_slices, volume_slice
 from segexp.evaluate import EvaluationError, check_model_fits
 from segexp.inference import predict_batches, predict_images, probabilities_to_classes
-from segexp.outputs import atomic_write_path
+from segexp.outputs import OutputError, atomic_write_path, check_writable
 from segexp.runs import RunError, TrainedRun, open_run
 from segexp.viz import default_palette, hstack_panels, overlay_mask, save_png, vstack_rows
 
@@ -248,7 +248,7 @@ def infer(run: TrainedRun, source: Path, out_dir: Path, *, batch_size: int = 8, 
     return failures
 
 
-USER_ERRORS = (DataError, RunError, EvaluationError)
+USER_ERRORS = (DataError, RunError, EvaluationError, OutputError)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="infer")
@@ -263,6 +263,7 @@ def main(cfg: DictConfig) -> None:
         log.error("overlap: must lie in [0, 1), got %s", cfg.overlap)
         sys.exit(2)
     try:
+        check_writable(out_dir, "output_dir" if cfg.output_dir else "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         run = open_run(str(cfg.run), cfg.tracking_uri)
         failures = infer(run, Path(cfg.input), out_dir, batch_size=cfg.batch_size, flip_tta=cfg.flip_tta,
                          large_images=cfg.large_images, overlap=cfg.overlap, window=window)
