@@ -194,7 +194,8 @@ def send_entry(uri: str, run_id: str, entry: Mapping[str, Any], base: Path | Non
         log_fn = client.log_artifacts if path.is_dir() else client.log_artifact
         retry_locked(log_fn, run_id, str(path), entry.get("artifact_path"))
     elif kind == "model":
-        _send_model(uri, run_id, entry.get("model") or _load_saved_model(local("path")), entry.get("name", "model"))
+        model = entry["model"] if entry.get("model") is not None else _load_saved_model(local("path"))
+        _send_model(uri, run_id, model, entry.get("name", "model"))
     elif kind == "terminated":
         retry_locked(client.set_terminated, run_id, entry["status"], int(entry["end_time"]))
     else:
