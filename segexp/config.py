@@ -160,6 +160,14 @@ class TrainingConfig:
 
 
 @dataclass
+class OutageConfig:
+    connect_timeout_s: float = 5.0
+    request_timeout_s: int = 10
+    http_retries: int = 1
+    max_wait_s: float = 20.0
+
+
+@dataclass
 class TrackingConfig:
     enabled: bool = True
     uri: str = MISSING
@@ -168,6 +176,7 @@ class TrackingConfig:
     run_name: Optional[str] = None
     log_model: bool = True
     log_epoch_images: bool = True
+    outage: OutageConfig = field(default_factory=OutageConfig)
 
 
 @dataclass
@@ -175,6 +184,7 @@ class PathsConfig:
     root: str = MISSING
     output_dir: str = MISSING
     data_dir: str = MISSING
+    min_free_mb: float = 200.0
 
 
 @dataclass

@@ -32,6 +32,9 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: Path) -> Path:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    from segexp.outputs import atomic_write_path
+
+    with atomic_write_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path

@@ -34,6 +34,7 @@ from segexp.config import CONF_DIR, ConfigError, validate_train_config
 from segexp.data.dataset import SliceDataset, open_dataset
 from segexp.data.slices import DataError, SlicePair, read_image, resize_pair
 from segexp.inference import predict_batches, probabilities_to_classes
+from segexp.outputs import OutputError, atomic_write_path, atomic_write_text, check_writable
 from segexp.runs import RunError, TrainedRun, open_run
 from segexp.scoring import aggregate, dice_including_background, score_classes, to_json_safe
 from segexp.tracking import Tracker, tracked_run
@@ -168,15 +169,15 @@ def write_reports(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     """``summary.json``, ``evaluation.csv``, ``per_slice.csv`` and ``dice_per_class.png`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary, per_slice = evaluation.summary, evaluation.per_slice
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     fields = ["case", "class", *METRICS, "tp", "fp", "fn", "n_truth", "n_pred"]
-    with open(out_dir / "evaluation.csv", "w", newline="") as f:
+    with atomic_write_path(out_dir / "evaluation.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for case, classes in summary["per_case"].items():
             for name, s in classes.items():
                 writer.writerow({"case": case, "class": name, **s})
-    with open(out_dir / "per_slice.csv", "w", newline="") as f:
+    with atomic_write_path(out_dir / "per_slice.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["case", "slice", *fields[1:]], extrasaction="ignore")
         writer.writeheader()
         for case, name, classes in per_slice:
@@ -207,7 +208,8 @@ def _bar_chart(summary: dict[str, Any], path: Path) -> None:
     ax.set_title("Dice per structure (background excluded)")
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_write_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -265,13 +267,15 @@ def _log_table(summary: dict[str, Any]) -> None:
     log.info("evaluation on %s (%d cases):\n%s", summary["split"], summary["num_cases"], "\n".join(lines))
 
 
-USER_ERRORS = (ConfigError, DataError, RunError, EvaluationError)
+USER_ERRORS = (ConfigError, DataError, RunError, EvaluationError, OutputError)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point: evaluate ``run`` (a run folder or MLflow run id); returns the foreground mean Dice."""
     try:
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        check_writable(out_dir, "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         run = open_run(str(cfg.run), cfg.tracking_uri)
         summary = evaluate_run(
             run, Path(HydraConfig.get().runtime.output_dir), split=cfg.split, batch_size=cfg.batch_size,

@@ -37,6 +37,7 @@ from segexp.data.slices import IMAGE_SUFFIXES, DataError
 from segexp.data.volumes import VolumeCase, VolumeError, load_case, num_slices, stack_slices, volume_slice
 from segexp.evaluate import EvaluationError, check_model_fits
 from segexp.inference import predict_batches, predict_images, probabilities_to_classes
+from segexp.outputs import OutputError, atomic_write_path, check_writable
 from segexp.runs import RunError, TrainedRun, open_run
 from segexp.viz import default_palette, hstack_panels, overlay_mask, save_png, vstack_rows
 
@@ -137,7 +138,9 @@ def _predict_png_chunk(model: Any, paths: Sequence[Path], out_dir: Path, colours
         for sub, array in (("masks", mask), ("colour", encode_rgb_mask(mask, colours)[..., ::-1]),
                            ("overlays", overlay_mask(image, mask, colours)[..., ::-1])):
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(out_dir / sub / f"{path.stem}.png"), array)
+            with atomic_write_path(out_dir / sub / f"{path.stem}.png") as tmp:
+                if not cv2.imwrite(str(tmp), array):
+                    raise OSError(f"could not write {out_dir / sub / f'{path.stem}.png'}")
     return failures
 
 
@@ -205,7 +208,8 @@ def predict_volume(model: Any, path: Path, out_dir: Path, colours: np.ndarray, w
     out.set_sform(source.affine, int(source.header["sform_code"]) or 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}_pred.nii.gz"
-    nib.save(out, str(target))
+    with atomic_write_path(target) as tmp:
+        nib.save(out, str(tmp))
     save_png(out_dir / f"{name}_montage.png", montage(slices, labels, colours))
     return target
 
@@ -264,7 +268,7 @@ def infer(run: TrainedRun, source: Path, out_dir: Path, *, batch_size: int = 8, 
     return failures
 
 
-USER_ERRORS = (DataError, RunError, EvaluationError)
+USER_ERRORS = (DataError, RunError, EvaluationError, OutputError)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="infer")
@@ -279,6 +283,7 @@ def main(cfg: DictConfig) -> None:
         log.error("overlap: must lie in [0, 1), got %s", cfg.overlap)
         sys.exit(2)
     try:
+        check_writable(out_dir, "output_dir" if cfg.output_dir else "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         run = open_run(str(cfg.run), cfg.tracking_uri)
         failures = infer(run, Path(cfg.input), out_dir, batch_size=cfg.batch_size, flip_tta=cfg.flip_tta,
                          large_images=cfg.large_images, overlap=cfg.overlap, window=window)

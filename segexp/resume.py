@@ -210,7 +210,7 @@ def _load_model(path: Path) -> keras.Model:
     import segexp.metrics  # noqa: F401
 
     try:
-        return keras.models.load_model(path)
+        return keras.models.load_model(path, safe_mode=True)  # never runs code stored in a file
     except Exception as err:  # a truncated or foreign file: say which one
         raise ResumeError(f"{path}: cannot load the checkpoint ({type(err).__name__}: {err})") from None
 

@@ -39,14 +39,9 @@ class TrainedRun:
         return list(self.config.dataset.class_names)
 
     def load_model(self) -> Any:
-        """The best model (``checkpoints/best.keras``, else the MLflow run's logged model)."""
-        import keras
-
-        import segexp.losses  # noqa: F401  (registers the serialisable losses/metrics)
-        import segexp.metrics  # noqa: F401
-
+        """The best model (``checkpoints/best.keras``, else the MLflow run's logged model), in safe mode."""
         if self.run_dir is not None and (self.run_dir / BEST_MODEL).is_file():
-            return keras.models.load_model(self.run_dir / BEST_MODEL)
+            return load_keras_model(self.run_dir / BEST_MODEL)
         if self.run_id is None:
             raise RunError(f"{self.run_dir}: no {BEST_MODEL} and no MLflow run to load a model from")
         import mlflow
@@ -59,12 +54,47 @@ class TrainedRun:
         )
         if not models:
             raise RunError(f"MLflow run {self.run_id}: no logged model (was it trained with tracking.log_model=false?)")
-        return mlflow.keras.load_model(models[0].model_uri)
+        try:
+            return mlflow.keras.load_model(models[0].model_uri, load_model_kwargs={"safe_mode": True})
+        except ValueError as err:
+            raise RunError(_unsafe_message(f"MLflow model {models[0].model_uri}", err)) from None
+
+
+def _unsafe_message(what: str, err: Exception) -> str:
+    text = str(err)
+    if "safe_mode" in text or "Lambda" in text or "lambda" in text:
+        return (
+            f"{what}: refused to load: the model contains code (a Lambda layer or a lambda function), "
+            "which Keras safe mode does not run. segexp models never hold code: this file was not written "
+            "by segexp-train; load it outside segexp, with safe mode off, only if you trust whoever made it"
+        )
+    return f"{what}: cannot load the model: {text.strip().splitlines()[0] if text.strip() else type(err).__name__}"
+
+
+def load_keras_model(path: Path) -> Any:
+    """Load a ``.keras`` model with Keras safe mode on: a file holding code (``Lambda`` layers) is refused.
+
+    Raises :class:`RunError` naming the file, not a deep Keras traceback.
+    """
+    import keras
+
+    import segexp.losses  # noqa: F401  (registers the serialisable losses/metrics)
+    import segexp.metrics  # noqa: F401
+
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise RunError(f"{path}: segexp loads models saved as .keras only (not HDF5 or SavedModel)")
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except (ValueError, TypeError) as err:
+        raise RunError(_unsafe_message(str(path), err)) from None
 
 
 def record_mlflow_run(run_dir: Path, run_id: str, tracking_uri: str) -> None:
     """Remember in the run folder which MLflow run it belongs to (so evaluation can resume that run)."""
-    (run_dir / MLFLOW_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}, indent=2))
+    from segexp.outputs import atomic_write_text
+
+    atomic_write_text(run_dir / MLFLOW_RUN_FILE, json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}, indent=2))
 
 
 def open_run(source: str, tracking_uri: str | None = None) -> TrainedRun:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from segexp.tracking import configure, retry_locked, run_name_from_overrides
 
@@ -53,6 +54,13 @@ class MlflowSweepCallback(Callback):
             return
         import mlflow
 
+        from segexp.outbox import TrackingUnavailable, check_server
+
+        try:  # an unreachable server stops the sweep before any job starts
+            check_server(tracking.uri, float(OmegaConf.select(tracking, "outage.connect_timeout_s", default=5.0)))
+        except TrackingUnavailable as err:
+            log.error("%s", err)
+            sys.exit(2)
         experiment_id = configure(tracking.uri, tracking.experiment, tracking.artifact_location)
         sweep_dir = Path(config.hydra.sweep.dir)
         overrides = list(config.hydra.overrides.task)

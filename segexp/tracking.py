@@ -4,7 +4,9 @@ Default store: SQLite at ``<paths.output_dir>/mlflow.db`` with artifacts in
 ``<paths.output_dir>/mlartifacts``; ``tracking.uri`` may name a server instead.
 A run that raises is ended FAILED (its error as the ``error`` tag), one that is
 interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt, a requeueing SystemExit) KILLED,
-never left RUNNING.
+never left RUNNING. A training run's calls go through :mod:`segexp.outbox`: a tracking server
+that goes away mid-run delays them (buffered in the run folder, sent when it is back), it never
+stops training.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from segexp.outbox import OutagePolicy, Outbox, send_entry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,61 +135,93 @@ def configure(uri: str, experiment: str, artifact_location: str | None) -> str:
 
 
 class Tracker:
-    """Logging calls of one run; every method is a no-op when tracking is disabled."""
+    """Logging calls of one run; every method is a no-op when tracking is disabled.
 
-    def __init__(self, run_id: str | None = None) -> None:
+    With an :class:`~segexp.outbox.Outbox` (training runs) a call the server does not take is
+    retried with back-off, then buffered in the run folder and sent later: logging never
+    stops the training. Without one, calls go straight to the store (retrying a locked SQLite).
+    """
+
+    def __init__(self, run_id: str | None = None, uri: str | None = None, outbox: Outbox | None = None) -> None:
         self.run_id = run_id
+        self.uri = uri
+        self.outbox = outbox
 
     @property
     def enabled(self) -> bool:
         return self.run_id is not None
 
-    def log_params(self, params: Mapping[str, str]) -> None:
-        if not self.enabled:
+    def _submit(self, entry: dict[str, Any]) -> None:
+        if self.outbox is not None:
+            self.outbox.submit(entry)
             return
         import mlflow
-        from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in params.items()]
-        client = mlflow.MlflowClient()
-        for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-            retry_locked(client.log_batch, self.run_id, params=items[start : start + 100], synchronous=True)
+        send_entry(self.uri or mlflow.get_tracking_uri(), self.run_id, entry)
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        if self.enabled:
+            self._submit({"kind": "params", "params": {k: str(v) for k, v in params.items()}})
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        if self.enabled:
+            self._submit({"kind": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if self.enabled:
-            import mlflow
-
             values = {k: float(v) for k, v in metrics.items()}
-            retry_locked(mlflow.log_metrics, values, step=step, synchronous=True)
+            self._submit({"kind": "metrics", "metrics": values, "step": int(step), "timestamp": _now_ms()})
 
     def log_image(self, key: str, image: np.ndarray, step: int) -> None:
         if self.enabled:
-            import mlflow
-
-            retry_locked(mlflow.log_image, image, key=key, step=step, synchronous=True)
+            self._submit({"kind": "image", "key": key, "step": int(step), "timestamp": _now_ms(), "array": image})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled and path.exists():
-            import mlflow
-
-            log_fn = mlflow.log_artifacts if path.is_dir() else mlflow.log_artifact
-            retry_locked(log_fn, str(path), artifact_path=artifact_path)
+            self._submit({"kind": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
 
     def log_keras_model(self, model: Any, name: str = "model") -> None:
         """Log ``model`` with the ``mlflow.keras`` flavour: raw uint8 images in, probabilities out."""
+        if self.enabled:
+            self._submit({"kind": "model", "name": name, "model": model})
+
+    def end(self, status: str) -> None:
+        """Set the run's final status (buffered like any call when the server is away)."""
+        import mlflow
+
         if not self.enabled:
             return
-        import mlflow.keras
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
+        if self.outbox is None:
+            retry_locked(mlflow.end_run, status=status)
+            return
+        self._submit({"kind": "terminated", "status": status, "end_time": _now_ms()})
+        try:  # leave MLflow's active run; the status is already set (or buffered)
+            if self.outbox.pending:
+                mlflow.end_run(status=status)  # pops the run first, then fails to reach the server
+            else:
+                retry_locked(mlflow.end_run, status=status)
+        except Exception as err:
+            log.debug("end_run: %s", err)
+        self.outbox.close()
 
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, *model.input_shape[1:]), "image")]),
-            outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]), "probabilities")]),
-        )
-        # Explicit requirements: inferring them imports the model in a subprocess (slow).
-        requirements = [f"keras=={_version('keras')}", f"tensorflow=={_version('tensorflow')}"]
-        retry_locked(mlflow.keras.log_model, model, name=name, signature=signature, pip_requirements=requirements)
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def log_keras_model(model: Any, name: str = "model") -> None:
+    """Log ``model`` into the active MLflow run with the ``mlflow.keras`` flavour and a uint8 signature."""
+    import mlflow.keras
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, *model.input_shape[1:]), "image")]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]), "probabilities")]),
+    )
+    # Explicit requirements: inferring them imports the model in a subprocess (slow).
+    requirements = [f"keras=={_version('keras')}", f"tensorflow=={_version('tensorflow')}"]
+    retry_locked(mlflow.keras.log_model, model, name=name, signature=signature, pip_requirements=requirements)
 
 
 def _version(package: str) -> str:
@@ -207,6 +243,8 @@ def tracked_run(
     resume_run_id: str | None = None,
     parent_run_id: str | None = None,
     keep_status: bool = True,
+    run_dir: Path | None = None,
+    outage: OutagePolicy | None = None,
 ) -> Iterator[Tracker]:
     """Start an MLflow run (or a disabled :class:`Tracker`) and always end it with a status.
 
@@ -214,6 +252,8 @@ def tracked_run(
     with the status it had, and a failure is recorded as the ``error`` tag only; with
     ``keep_status=False`` (a resumed training) it ends FINISHED, FAILED or KILLED like a new run.
     With ``parent_run_id`` the run is a child of a sweep's parent run (``mlflow.parentRunId``).
+    With ``run_dir`` logging survives tracking-server outages (:mod:`segexp.outbox`, policy ``outage``):
+    what cannot be sent is kept in the run folder, and even the final status never raises.
     """
     if not enabled:
         yield Tracker(None)
@@ -232,19 +272,22 @@ def tracked_run(
         run = retry_locked(mlflow.start_run, experiment_id=experiment_id, run_name=run_name, tags=all_tags)
         previous = None
         log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run_name, experiment, uri)
+    run_id = run.info.run_id
+    outbox = Outbox(run_dir, run_id, uri, outage or OutagePolicy()) if run_dir is not None else None
+    tracker = Tracker(run_id, uri, outbox)
     previous_sigterm = _raise_on_sigterm()
     try:
-        yield Tracker(run.info.run_id)
+        yield tracker
     except (KeyboardInterrupt, SystemExit) as err:  # SystemExit: e.g. submitit requeueing a pre-empted job
-        retry_locked(mlflow.set_tag, "error", f"interrupted ({type(err).__name__}{f': {err}' if str(err) else ''})")
-        retry_locked(mlflow.end_run, status=previous or "KILLED")
+        tracker.set_tags({"error": f"interrupted ({type(err).__name__}{f': {err}' if str(err) else ''})"})
+        tracker.end(previous or "KILLED")
         raise
     except BaseException as err:
-        retry_locked(mlflow.set_tag, "error", f"{type(err).__name__}: {err}"[:5000])
-        retry_locked(mlflow.end_run, status=previous or "FAILED")
+        tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+        tracker.end(previous or "FAILED")
         raise
     else:
-        retry_locked(mlflow.end_run, status=previous or "FINISHED")
+        tracker.end(previous or "FINISHED")
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)

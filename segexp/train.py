@@ -30,14 +30,16 @@ from segexp.losses import build_loss
 from segexp.metrics import build_metrics
 from segexp.models import build_model
 from segexp.resume import follow_log, log_interrupted, merged_history, prepare_resume, reopen_run, with_resume_checkpoint
-from segexp.runs import MLFLOW_RUN_FILE, record_mlflow_run
+from segexp.outbox import OutagePolicy, TrackingUnavailable, check_server, http_settings
+from segexp.outputs import OutputError, check_output_locations, check_run_dir_free, resume_requested, train_output_locations
+from segexp.runs import MLFLOW_RUN_FILE, RunError, load_keras_model, record_mlflow_run
 from segexp.sweep import parent_run_id, record_failed_job
 from segexp.tracking import Tracker, flatten_config, git_commit, run_name_from_overrides, tracked_run
 
 log = logging.getLogger(__name__)
 
 #: Mistakes in the user's config or data: reported as one clear message, not a traceback.
-USER_ERRORS = (ConfigError, DataError, AugmentationError)
+USER_ERRORS = (ConfigError, DataError, AugmentationError, OutputError, TrackingUnavailable, RunError)
 
 
 def build_loaders(cfg: DictConfig, dataset: SliceDataset, augmenter: Augmenter | None) -> tuple[SliceLoader, SliceLoader]:
@@ -162,17 +164,32 @@ def _objective(history: dict[str, list[float]], monitor: str, mode: str) -> floa
     return float(max(values) if mode == "max" else min(values))
 
 
+def outage_policy(cfg: DictConfig) -> OutagePolicy:
+    """``tracking.outage.*`` as an :class:`~segexp.outbox.OutagePolicy`."""
+    o = cfg.tracking.outage
+    return OutagePolicy(
+        connect_timeout_s=o.connect_timeout_s, request_timeout_s=o.request_timeout_s,
+        http_retries=o.http_retries, max_wait_s=o.max_wait_s,
+    )
+
+
 def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_run_id: str | None = None) -> float:
     """Validate ``cfg``, train, log everything to MLflow; return the best ``training.monitor`` value.
 
     All user mistakes (config keys, dataset folders, augmentation entries) raise before
-    the MLflow run starts and before any training step.
+    the MLflow run starts and before any training step; so do a run folder holding another
+    run's outputs, unwritable or full output folders and an unreachable tracking server.
     """
     cfg = validate_train_config(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     start = prepare_resume(resolved, Path(run_dir))  # None: a fresh run; else continue in start.run_dir
-    set_threads(cfg.training.threads.intra_op, cfg.training.threads.inter_op)
+    check_run_dir_free(Path(run_dir), resume_requested(cfg) or start is not None)
     run_dir = follow_log(Path(run_dir), start.run_dir) if start else Path(run_dir)
+    check_output_locations(train_output_locations(cfg, run_dir), cfg.paths.min_free_mb)
+    outage = outage_policy(cfg)
+    if cfg.tracking.enabled:
+        check_server(cfg.tracking.uri, outage.connect_timeout_s)
+    set_threads(cfg.training.threads.intra_op, cfg.training.threads.inter_op)
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.training.deterministic and keras.backend.backend() == "tensorflow":
@@ -203,10 +220,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
         "run_dir": str(run_dir),
     }
     description = "segexp-train " + " ".join(overrides)
-    with tracked_run(
+    with http_settings(outage), tracked_run(
         t.enabled, uri=t.uri, experiment=t.experiment, artifact_location=t.artifact_location,
         run_name=t.run_name or run_name_from_overrides(overrides), tags=tags, description=description,
         parent_run_id=parent_run_id, resume_run_id=start.run_id if start else None, keep_status=False,
+        run_dir=run_dir, outage=outage,
     ) as tracker:
         if tracker.enabled:
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
@@ -236,7 +254,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
         plot_curves(history, run_dir / "curves.png")
         tracker.log_artifact(run_dir / "curves.png")
         best_path = run_dir / "checkpoints" / "best.keras"
-        best = keras.models.load_model(best_path) if best_path.exists() else model
+        best = load_keras_model(best_path) if best_path.exists() else model
         if t.log_model:
             tracker.log_keras_model(best)
         if cfg.training.evaluate_after:

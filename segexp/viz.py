@@ -208,6 +208,9 @@ def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     elif arr.ndim != 2:
         raise ValueError(f"save_png expects (H, W) or (H, W, 3), got shape {arr.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), arr):
-        raise OSError(f"could not write PNG {path}")
+    from segexp.outputs import atomic_write_path
+
+    with atomic_write_path(path) as tmp:  # complete or absent, never half a file
+        if not cv2.imwrite(str(tmp), arr):
+            raise OSError(f"could not write PNG {path}")
     return path
