@@ -281,6 +281,7 @@ def work_memory(p: dict[str, Any]) -> dict[str, Any]:
     import keras  # noqa: F401  (TensorFlow's start-up memory is part of the baseline)
 
     baseline = rss_mb()
+    _rmtree(Path(p["run_dir"]))  # a run folder holding an earlier run is refused (segexp.outputs)
     train(cfg, Path(p["run_dir"]))
     return {"peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline}
 
