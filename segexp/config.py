@@ -50,6 +50,17 @@ if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", lambda seq: len(seq))
 
 
+def usable_cores(cap: int | None = None) -> int:
+    """CPU cores this process may run on (its affinity mask), at most ``cap``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, int(cap))) if cap is not None else max(1, cores)
+
+
+if not OmegaConf.has_resolver("cores"):
+    # ``${cores:8}``: min(8, usable CPU cores), e.g. loader workers that fit the machine.
+    OmegaConf.register_new_resolver("cores", usable_cores)
+
+
 # --------------------------------------------------------------------------- schema
 
 
