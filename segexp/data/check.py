@@ -24,7 +24,6 @@ cached). A report is plain data: :meth:`CheckReport.to_dict` is JSON-serialisabl
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,13 +33,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from segexp.data.dataset import SliceDataset, mask_decoder
+from segexp.data.dataset import SliceDataset, leaked_cases, mask_decoder
 from segexp.data.slices import (
-    IMAGE_SUFFIXES,
     DataError,
     MaskDecoder,
     SlicePair,
+    case_id,
     check_same_size,
+    image_files,
     read_image,
 )
 
@@ -213,25 +213,11 @@ def _class_summary(
 # --------------------------------------------------------------------------- slice datasets
 
 
-def _list_folder(folder: Path, problems: list[Problem]) -> dict[str, Path]:
-    """Image files of ``folder`` by stem; a missing folder or a repeated stem is a problem."""
-    if not folder.is_dir():
-        problems.append(Problem(str(folder), "folder does not exist"))
-        return {}
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if path.stem in files:
-            problems.append(Problem(str(path), f"two files share the name {path.stem!r} (also {files[path.stem].name})"))
-            continue
-        files[path.stem] = path
-    return files
-
-
 def _pair_folders(images_dir: Path, masks_dir: Path, problems: list[Problem]) -> list[tuple[str, Path, Path]]:
     """``(stem, image, mask)`` for every paired file; each unpaired file is one problem."""
-    images, masks = _list_folder(images_dir, problems), _list_folder(masks_dir, problems)
+    found: list[tuple[Path, str]] = []
+    images, masks = image_files(images_dir, found), image_files(masks_dir, found)
+    problems += [Problem(str(path), cause) for path, cause in found]
     if not images_dir.is_dir() or not masks_dir.is_dir():
         return []
     for stem in sorted(set(images) - set(masks)):
@@ -255,11 +241,12 @@ def list_split_pairs(d: Mapping[str, Any], problems: list[Problem]) -> dict[str,
         found = _pair_folders(root / d["images_dir"], root / d["masks_dir"], problems)
         by_case: dict[str, list[SlicePair]] = {}
         for stem, image, mask in found:
-            match = re.match(pattern, stem)
-            if match is None or "case" not in match.groupdict():
+            try:
+                case = case_id(stem, pattern)
+            except DataError:
                 problems.append(Problem(str(image), f"name does not match dataset.case_pattern {pattern!r}"))
                 continue
-            by_case.setdefault(match.group("case"), []).append(SlicePair(stem, image, mask, match.group("case")))
+            by_case.setdefault(case, []).append(SlicePair(stem, image, mask, case))
         for split in SPLITS:
             for case in [str(c) for c in (d["cases"].get(split) or [])]:
                 if case not in by_case:
@@ -271,20 +258,14 @@ def list_split_pairs(d: Mapping[str, Any], problems: list[Problem]) -> dict[str,
             if split == "test" and not base.is_dir():
                 continue  # a test split is optional
             found = _pair_folders(base / d["images_dir"], base / d["masks_dir"], problems)
-            for stem, image, mask in found:
-                match = re.match(pattern, stem)
-                case = match.group("case") if match is not None and "case" in match.groupdict() else stem
-                pairs[split].append(SlicePair(stem, image, mask, case))
+            pairs[split] += [SlicePair(stem, image, mask, case_id(stem, pattern, strict=False))
+                             for stem, image, mask in found]
     for split in ("train", "valid"):
         if not pairs[split]:
             problems.append(Problem(str(root), f"the {split!r} split has no slices"))
-    seen: dict[str, str] = {}
-    for split in SPLITS:
-        for case in sorted({p.case for p in pairs[split]}):
-            if case in seen:
-                problems.append(Problem(str(root), f"case {case!r} has slices in both the {seen[case]!r} and "
-                                                   f"{split!r} splits: split by patient, never by slice"))
-            seen.setdefault(case, split)
+    for case, first, split in leaked_cases(pairs):
+        problems.append(Problem(str(root), f"case {case!r} has slices in both the {first!r} and "
+                                           f"{split!r} splits: split by patient, never by slice"))
     return pairs
 
 

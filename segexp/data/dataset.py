@@ -7,7 +7,7 @@ It lists files only (no image is read), so it is cheap to call at start-up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,13 +98,21 @@ def _has_images(folder: Path) -> bool:
     return folder.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
 
 
-def _check_no_patient_leak(dataset: SliceDataset) -> None:
+def leaked_cases(pairs: Mapping[str, Sequence[SlicePair]]) -> list[tuple[str, str, str]]:
+    """``(case, first split, other split)`` for every patient whose slices are in two splits."""
     seen: dict[str, str] = {}
+    leaks = []
     for split in ("train", "valid", "test"):
-        for case in dataset.cases(split):
+        for case in sorted({p.case for p in pairs.get(split, [])}):
             if case in seen:
-                raise DataError(
-                    f"case {case!r} has slices in both the {seen[case]!r} and {split!r} splits of "
-                    f"{dataset.root}: split by patient, never by slice"
-                )
-            seen[case] = split
+                leaks.append((case, seen[case], split))
+            seen.setdefault(case, split)
+    return leaks
+
+
+def _check_no_patient_leak(dataset: SliceDataset) -> None:
+    for case, first, split in leaked_cases(dataset.pairs)[:1]:
+        raise DataError(
+            f"case {case!r} has slices in both the {first!r} and {split!r} splits of "
+            f"{dataset.root}: split by patient, never by slice"
+        )

@@ -39,15 +39,28 @@ class SlicePair:
     case: str
 
 
-def _stems(folder: Path) -> dict[str, Path]:
+def image_files(folder: Path, problems: list[tuple[Path, str]] | None = None) -> dict[str, Path]:
+    """Image files of ``folder`` by stem (hidden files and other suffixes ignored).
+
+    A missing folder or two files with one stem raise :class:`DataError`, or, when a
+    ``problems`` list is given (``segexp-check``, which reports everything), are appended
+    to it as ``(path, cause)`` and skipped.
+    """
+    def problem(path: Path, cause: str) -> None:
+        if problems is None:
+            raise DataError(f"{path}: {cause}")
+        problems.append((path, cause))
+
     if not folder.is_dir():
-        raise DataError(f"{folder}: folder does not exist")
+        problem(folder, "folder does not exist")
+        return {}
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
             continue
         if path.stem in files:
-            raise DataError(f"{folder}: two files share the name {path.stem!r}: {files[path.stem].name}, {path.name}")
+            problem(path, f"two files share the name {path.stem!r} (also {files[path.stem].name})")
+            continue
         files[path.stem] = path
     return files
 
@@ -70,7 +83,7 @@ def case_id(name: str, case_pattern: str, strict: bool = True) -> str:
 
 def find_pairs(images_dir: Path, masks_dir: Path, case_pattern: str, strict: bool = True) -> list[SlicePair]:
     """Pair images and masks by file stem; a file without partner is an error listing names."""
-    images, masks = _stems(images_dir), _stems(masks_dir)
+    images, masks = image_files(images_dir), image_files(masks_dir)
     no_mask = sorted(set(images) - set(masks))
     no_image = sorted(set(masks) - set(images))
     if no_mask or no_image:
