@@ -149,6 +149,14 @@ def _check_pair(truth: np.ndarray, pred: np.ndarray) -> None:
         raise ValueError(f"masks must be non-empty arrays, got shape {truth.shape}")
 
 
+def _checked_masks(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(num_classes, truth, pred)`` checked: same shape, integer class indices below ``num_classes``."""
+    num_classes = _check_num_classes(num_classes)
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    _check_pair(truth, pred)
+    return num_classes, _check_labels(truth, num_classes, "truth"), _check_labels(pred, num_classes, "prediction")
+
+
 def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarray:
     labels = np.asarray(labels)
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
@@ -310,12 +318,7 @@ def score_classes(
     (``bincount``); distances are computed per class only where both masks of
     the class are non-empty.
     """
-    num_classes = _check_num_classes(num_classes)
-    truth = np.asarray(truth)
-    pred = np.asarray(pred)
-    _check_pair(truth, pred)
-    truth = _check_labels(truth, num_classes, "truth")
-    pred = _check_labels(pred, num_classes, "prediction")
+    num_classes, truth, pred = _checked_masks(truth, pred, num_classes)
     sp = _check_spacing(spacing, truth.ndim)
 
     confusion = _confusion(truth, pred, num_classes)  # rows: truth, columns: prediction
@@ -451,12 +454,7 @@ def dice_including_background(truth: np.ndarray, pred: np.ndarray, num_classes: 
     all background scores > 0.9 while every foreground Dice is 0. Do not use it
     to judge a model; use :func:`score_classes` / :func:`aggregate`.
     """
-    num_classes = _check_num_classes(num_classes)
-    truth = np.asarray(truth)
-    pred = np.asarray(pred)
-    _check_pair(truth, pred)
-    truth = _check_labels(truth, num_classes, "truth")
-    pred = _check_labels(pred, num_classes, "prediction")
+    num_classes, truth, pred = _checked_masks(truth, pred, num_classes)
     overlap = np.count_nonzero(truth == pred)  # Σ onehot_t · onehot_p
     total = 2 * truth.size  # Σ onehot_t + Σ onehot_p
     return float(2.0 * overlap / total)
