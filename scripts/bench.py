@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -227,6 +228,7 @@ def work_infer(p: dict[str, Any]) -> dict[str, Any]:
     """Slices/s: segexp-infer's volume path vs the bare forward pass vs one ``predict`` per slice."""
     import cv2
     import numpy as np
+    from omegaconf import OmegaConf
 
     from segexp.data.volumes import VolumeCase, load_case, num_slices, volume_slice
     from segexp.infer import predict_volume, window_volume
@@ -235,8 +237,6 @@ def work_infer(p: dict[str, Any]) -> dict[str, Any]:
 
     set_tf_threads(p.get("threads"))
     cfg = compose(["tracking=none", *p["overrides"]])
-    from omegaconf import OmegaConf
-
     model = build_model(**OmegaConf.to_container(cfg.model, resolve=True))
     _favour_background(model)
     m, batch = cfg.model, p["batch"]
@@ -325,7 +325,7 @@ def work_prepare(p: dict[str, Any]) -> dict[str, Any]:
     source = Path(p["source"])
     images = sorted(source.glob("*_image.nii*"))
     headers = [nib.load(str(f)) for f in sorted(source.glob("*.nii*"))]
-    voxel_mb = sum(h.get_data_dtype().itemsize * _prod(h.shape) for h in headers) / 2**20
+    voxel_mb = sum(h.get_data_dtype().itemsize * math.prod(h.shape) for h in headers) / 2**20
     file_mb = sum(f.stat().st_size for f in source.glob("*.nii*")) / 2**20
     rates, counter = [], [0]
 
@@ -342,13 +342,6 @@ def work_prepare(p: dict[str, Any]) -> dict[str, Any]:
     return {"volumes_per_s": rate, "voxel_mb_per_s": rate * voxel_mb / len(images),
             "file_mb_per_s": rate * file_mb / len(images), "volumes": len(images), "voxel_mb": voxel_mb,
             "rates": rates}
-
-
-def _prod(shape: Sequence[int]) -> int:
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out
 
 
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -424,7 +417,9 @@ def machine() -> dict[str, Any]:
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         mem_gib = float("nan")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from segexp.config import usable_cores
+
+    cores = usable_cores()
     versions = {}
     for dist in ("tensorflow", "keras", "albumentations", "opencv-python-headless", "nibabel", "numpy"):
         try:

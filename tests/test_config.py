@@ -131,3 +131,15 @@ def test_default_paths_derive_from_root(tmp_path) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["tracking"]["uri"] == f"sqlite:///{tmp_path}/outputs/mlflow.db"
     assert resolved["dataset"]["root"] == f"{tmp_path}/outputs/data/phantom"
+
+
+def test_loader_workers_default_to_usable_cores_up_to_8(monkeypatch) -> None:
+    """``training.loader.workers: ${cores:8}`` follows the CPU cores this process may use, capped at 8."""
+    import os
+
+    from segexp.config import usable_cores
+
+    for cores, expected in ((set(range(2)), 2), (set(range(16)), 8), ({0}, 1)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: c, raising=False)
+        assert usable_cores(8) == expected and usable_cores() == len(cores)
+        assert validate_train_config(compose_config()).training.loader.workers == expected
