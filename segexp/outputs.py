@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,19 +36,21 @@ class OutputError(ValueError):
     """An output location cannot be used; the message names it, the key that chose it and what to do."""
 
 
+def requeued(env: Mapping[str, str] = os.environ) -> bool:
+    """True in a SLURM job that was requeued (pre-emption, submitit resubmission after a timeout)."""
+    try:
+        return int(env.get("SLURM_RESTART_COUNT", "0")) > 0
+    except ValueError:
+        return False
+
+
 def resume_requested(cfg: Any) -> bool:
     """True when the config asks to continue an earlier run (``training.resume`` set and not false)."""
     from omegaconf import OmegaConf
 
     value = OmegaConf.select(cfg, "training.resume", default=None)
-    if value not in (None, False, "", "false", "False"):
-        return True
-    # A requeued SLURM job (pre-emption, submitit timeout) resumes its own folder by itself
-    # (segexp.resume.requeued): that folder is its own, not another run's.
-    try:
-        return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
-    except ValueError:
-        return False
+    # A requeued SLURM job resumes its own folder by itself (segexp.resume): not another run's.
+    return value not in (None, False, "", "false", "False") or requeued()
 
 
 def found_markers(run_dir: Path, markers: Sequence[str] = RUN_MARKERS) -> list[str]:

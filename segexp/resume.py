@@ -35,6 +35,7 @@ import numpy as np
 
 from segexp.callbacks import EpochImages, MlflowEpochLogger, current_learning_rate, epoch_metrics, predict_classes
 from segexp.config import ConfigError
+from segexp.outputs import requeued
 from segexp.runs import MLFLOW_RUN_FILE
 from segexp.tracking import Tracker, flatten_config, retry_locked
 
@@ -216,14 +217,6 @@ def _load_model(path: Path) -> keras.Model:
 
 
 # --------------------------------------------------------------------------- resuming
-
-
-def requeued(env: Mapping[str, str] = os.environ) -> bool:
-    """True in a SLURM job that was requeued (pre-emption, submitit resubmission after a timeout)."""
-    try:
-        return int(env.get("SLURM_RESTART_COUNT", "0")) > 0
-    except ValueError:
-        return False
 
 
 def resume_source(setting: str | None, run_dir: Path, tracking_uri: str, env: Mapping[str, str] = os.environ) -> Path | None:

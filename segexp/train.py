@@ -183,7 +183,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
     cfg = validate_train_config(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     start = prepare_resume(resolved, Path(run_dir))  # None: a fresh run; else continue in start.run_dir
-    check_run_dir_free(Path(run_dir), resume_requested(cfg) or start is not None)
+    check_run_dir_free(Path(run_dir), resume_requested(cfg))  # a resume (or SLURM requeue) may reuse it
     run_dir = follow_log(Path(run_dir), start.run_dir) if start else Path(run_dir)
     check_output_locations(train_output_locations(cfg, run_dir), cfg.paths.min_free_mb)
     outage = outage_policy(cfg)
