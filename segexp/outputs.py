@@ -120,8 +120,10 @@ def train_output_locations(cfg: Any, run_dir: Path) -> list[tuple[str, Path]]:
 
 
 @contextmanager
-def atomic_write_path(path: str | Path) -> Iterator[Path]:
+def atomic_write_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block ends without error.
+
+    ``durable``: fsync the file before the rename (checkpoints that must survive a power cut).
 
     The temporary name keeps the extension (``.tmp-<id>-best.keras``), so writers that pick the
     format from it (OpenCV, nibabel, Keras) work unchanged; on an error it is deleted and
@@ -134,6 +136,9 @@ def atomic_write_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         yield tmp
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir():

@@ -35,7 +35,7 @@ import numpy as np
 
 from segexp.callbacks import EpochImages, MlflowEpochLogger, current_learning_rate, epoch_metrics, predict_classes
 from segexp.config import ConfigError
-from segexp.outputs import requeued
+from segexp.outputs import atomic_write_path, requeued
 from segexp.runs import MLFLOW_RUN_FILE
 from segexp.tracking import Tracker, flatten_config, retry_locked
 
@@ -73,18 +73,9 @@ def read_state(run_dir: Path) -> dict[str, Any] | None:
         raise ResumeError(f"{path}: unreadable checkpoint state ({err})") from None
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f"tmp_{path.name}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_write_path(path, durable=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
 
 
 def _plain(value: Any) -> Any:
@@ -135,10 +126,8 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         done = epoch + 1
         self.dir.mkdir(parents=True, exist_ok=True)
         model_file = f"epoch_{done:03d}.keras"
-        tmp = self.dir / f"tmp_{model_file}"
-        self.model.save(tmp)
-        _fsync(tmp)
-        os.replace(tmp, self.dir / model_file)
+        with atomic_write_path(self.dir / model_file, durable=True) as tmp:
+            self.model.save(tmp)
         self.history.append({**{k: float(v) for k, v in (logs or {}).items()}, "learning_rate": self.learning_rate})
         callbacks: dict[str, dict[str, Any]] = {}
         for c in self.watched:
@@ -305,9 +294,8 @@ class Resume:
         epoch = self.state.get("best_model_epoch")
         if epoch:
             best = self.run_dir / "checkpoints" / "best.keras"
-            tmp = best.with_name("tmp_best.keras")
-            shutil.copyfile(self.run_dir / RESUME_DIR / f"epoch_{epoch:03d}.keras", tmp)
-            os.replace(tmp, best)
+            with atomic_write_path(best) as tmp:
+                shutil.copyfile(self.run_dir / RESUME_DIR / f"epoch_{epoch:03d}.keras", tmp)
 
     def history(self) -> list[dict[str, float]]:
         return list(self.state["history"])
@@ -360,10 +348,8 @@ def _truncate_history_csv(path: Path, epochs: int) -> None:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < epochs]
-    tmp = path.with_name(f"tmp_{path.name}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(kept)
-    os.replace(tmp, path)
 
 
 def merged_history(resume: Resume | None, history: Mapping[str, list[float]]) -> dict[str, list[float]]:
