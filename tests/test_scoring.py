@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 
@@ -30,14 +29,16 @@ def square(shape, rows, cols):
 
 
 def brute_surface(mask: np.ndarray) -> np.ndarray:
-    """Mask voxels with a background (or out-of-array) voxel among their 3^d - 1 neighbours."""
+    """Mask voxels with a background (or out-of-array) voxel among their 2*ndim
+    face neighbours (MONAI's edges), checked one neighbour at a time."""
     padded = np.pad(mask, 1, constant_values=False)
     has_bg_neighbour = np.zeros(mask.shape, bool)
-    for offset in itertools.product((-1, 0, 1), repeat=mask.ndim):
-        if not any(offset):
-            continue
-        window = tuple(slice(1 + o, 1 + o + n) for o, n in zip(offset, mask.shape))
-        has_bg_neighbour |= ~padded[window]
+    for axis in range(mask.ndim):
+        for step in (-1, 1):
+            offset = [0] * mask.ndim
+            offset[axis] = step
+            window = tuple(slice(1 + o, 1 + o + n) for o, n in zip(offset, mask.shape))
+            has_bg_neighbour |= ~padded[window]
     return mask & has_bg_neighbour
 
 
@@ -137,19 +138,102 @@ def test_integer_01_masks_accepted_and_other_values_refused():
 
 
 # ---------------------------------------------------------------- surfaces and HD95
-def test_surface_uses_full_connectivity_and_array_border():
+def test_surface_uses_face_connectivity_and_array_border():
+    # MONAI's edges: a voxel is surface iff one of its 2*ndim FACE neighbours is
+    # background; diagonal background neighbours do not count (scipy's default
+    # erosion). Before the fix segexp used the full 3^d - 1 neighbourhood.
     block = square((5, 5), (1, 4), (1, 4))
     expected = block.copy()
-    expected[2, 2] = False  # the only voxel whose 8 neighbours are all inside
+    expected[2, 2] = False  # the only voxel whose 4 face neighbours are all inside
     np.testing.assert_array_equal(surface(block), expected)
     plus = np.zeros((5, 5), bool)
     plus[2, 1:4] = plus[1:4, 2] = True
-    # the centre has background diagonal neighbours -> surface in 8-connectivity
-    np.testing.assert_array_equal(surface(plus), plus)
+    # the centre's 4 face neighbours are the arms: not surface, although its
+    # diagonal neighbours are background (with full connectivity it was surface)
+    arms = plus.copy()
+    arms[2, 2] = False
+    np.testing.assert_array_equal(surface(plus), arms)
     full = np.ones((4, 4), bool)
     ring = full.copy()
     ring[1:3, 1:3] = False  # border voxels count as surface (border_value=0)
     np.testing.assert_array_equal(surface(full), ring)
+
+
+def test_surface_of_a_diagonal_staircase():
+    stairs = np.array(
+        [[0, 0, 0, 0, 0, 0, 0],
+         [0, 1, 0, 0, 0, 0, 0],
+         [0, 1, 1, 0, 0, 0, 0],
+         [0, 1, 1, 1, 0, 0, 0],
+         [0, 1, 1, 1, 1, 0, 0],
+         [0, 1, 1, 1, 1, 1, 0],
+         [0, 0, 0, 0, 0, 0, 0]], bool)  # fmt: skip
+    # Face-interior: (3,2), (4,2), (4,3) (up, down, left, right all inside).
+    # (3,2) and (4,3) touch the staircase diagonally ((2,3) and (3,4) are
+    # background), so full connectivity also called them surface; only (4,2)
+    # was interior there.
+    expected = stairs.copy()
+    expected[3, 2] = expected[4, 2] = expected[4, 3] = False
+    np.testing.assert_array_equal(surface(stairs), expected)
+    np.testing.assert_array_equal(brute_surface(stairs), expected)
+
+
+def test_surface_3d_face_neighbours_only():
+    # 3x3x3 cube inside a 5x5x5 array: only its centre has all 6 face neighbours
+    # inside (same in both conventions); removing one corner (1,1,1) exposes no
+    # new face of the centre, which stays interior (with 26-connectivity the
+    # centre would become surface, its diagonal neighbour being background).
+    cube = np.zeros((5, 5, 5), bool)
+    cube[1:4, 1:4, 1:4] = True
+    cube[1, 1, 1] = False
+    expected = cube.copy()
+    expected[2, 2, 2] = False
+    np.testing.assert_array_equal(surface(cube), expected)
+
+
+def test_hd95_2d_plus_face_connectivity_by_hand():
+    # A = plus centred at (3,3): arms (2,3), (4,3), (3,2), (3,4) and the centre.
+    # B = the two diagonal pixels (2,2) and (4,4).
+    # Face-connected surfaces: A -> the 4 arms (the centre is interior), B -> both.
+    #   d(A->B): (2,3)->(2,2) 1, (3,2)->(2,2) 1, (4,3)->(4,4) 1, (3,4)->(4,4) 1
+    #            -> [1, 1, 1, 1], percentile 95 = 1
+    #   d(B->A): (2,2)->(2,3) 1, (4,4)->(4,3) 1 -> 1
+    #   HD95 = 1.0 exactly.
+    # With full connectivity the centre was surface too: d(A->B) gained
+    # |(3,3)-(2,2)| = sqrt(2), percentile 95 of [1, 1, 1, 1, sqrt 2] at index
+    # 0.95 * 4 = 3.8 is 1 + 0.8 (sqrt 2 - 1) = 1.331: the old, wrong value.
+    a = np.zeros((7, 7), bool)
+    a[3, 2:5] = a[2:5, 3] = True
+    b = np.zeros((7, 7), bool)
+    b[2, 2] = b[4, 4] = True
+    assert hd95(a, b) == 1.0
+    assert hd95(b, a) == 1.0
+    assert score_class(a, b).hd95 == 1.0
+    assert brute_hd95(a, b, (1, 1)) == 1.0
+
+
+def test_hd95_3d_cross_anisotropic_spacing_by_hand():
+    # A = 3D cross centred at c = (2,2,2): c and its 6 face neighbours (7 voxels);
+    # B = the single voxel (1,2,2) (A's arm at z - 1). Spacing (3.0, 0.8, 0.8) mm
+    # (z, y, x), the anisotropic CT case of the issue.
+    # Face-connected surface of A = the 6 arms; the centre is interior.
+    #   d(A->B): (1,2,2) -> 0; (3,2,2) -> 2 slices = 6.0;
+    #            the 4 in-plane arms -> sqrt(3.0^2 + 0.8^2) = sqrt(9.64) (x4).
+    #   sorted [0, r, r, r, r, 6] (r = sqrt 9.64 = 3.1048), percentile 95 at
+    #   index 0.95 * 5 = 4.75: r + 0.75 (6 - r) = 4.5 + 0.25 r = 5.2762
+    #   d(B->A) = [0] (B's voxel is an arm of A).
+    # Full connectivity (old) added the centre (3.0 from B): 7 values, index
+    # 5.7: r + 0.7 (6 - r) = 5.1315.
+    a = np.zeros((5, 5, 5), bool)
+    a[1:4, 2, 2] = a[2, 1:4, 2] = a[2, 2, 1:4] = True
+    b = np.zeros((5, 5, 5), bool)
+    b[1, 2, 2] = True
+    spacing = (3.0, 0.8, 0.8)
+    expected = 4.5 + 0.25 * math.sqrt(9.64)
+    assert hd95(a, b, spacing) == pytest.approx(expected, rel=1e-12)
+    assert hd95(b, a, spacing) == pytest.approx(expected, rel=1e-12)
+    assert brute_hd95(a, b, spacing) == pytest.approx(expected, rel=1e-12)
+    assert hd95(a, b, spacing) != pytest.approx(4.2 + 0.3 * math.sqrt(9.64))  # old value
 
 
 def test_hd95_squares_offset_by_3_px():
@@ -215,6 +299,96 @@ def test_hd95_matches_brute_force_on_random_masks(ndim):
         np.testing.assert_array_equal(surface(a), brute_surface(a))
         checked += 1
     assert checked >= 20
+
+
+def random_blob(rng, shape, reach_border: bool) -> np.ndarray:
+    """Union of 1-3 random ellipsoids (in voxel units). With ``reach_border``
+    the centres may lie anywhere up to just outside the array, so most blobs
+    are cut by its border; otherwise the centres stay in the central half and
+    the blob is cleared within 2 voxels of the border."""
+    grid = np.indices(shape).astype(float)
+    blob = np.zeros(shape, bool)
+    for _ in range(rng.integers(1, 4)):
+        if reach_border:
+            centre = [rng.uniform(-0.5, n - 0.5) for n in shape]
+        else:
+            centre = [rng.uniform(n / 4, 3 * n / 4) for n in shape]
+        radii = [rng.uniform(1.0, max(1.5, n / 3)) for n in shape]
+        blob |= sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+    if not reach_border:
+        inner = blob[tuple(slice(2, n - 2) for n in shape)].copy()
+        blob[...] = False
+        blob[tuple(slice(2, n - 2) for n in shape)] = inner
+    return blob
+
+
+def blob_cases():
+    """20 seeded (truth, prediction, spacing) triples: 5 each of 2D / 3D,
+    isotropic / anisotropic (0.7 x 1.3 mm in 2D, 3.0 x 0.8 x 0.8 mm in 3D).
+    Prediction: an independent blob, or the truth shifted by 0-2 voxels per
+    axis, sometimes plus a spurious blob (the realistic, overlapping case)."""
+    rng = np.random.default_rng(20240695)
+    groups = [
+        ((24, 28), (1.0, 1.0)),
+        ((24, 28), (0.7, 1.3)),
+        ((10, 16, 16), (1.0, 1.0, 1.0)),
+        ((10, 16, 16), (3.0, 0.8, 0.8)),
+    ]
+    cases = []
+    for shape, spacing in groups:
+        for i in range(5):
+            reach = i in (1, 2, 4)  # cases 0 and 3 stay clear of the border
+            while True:
+                a = random_blob(rng, shape, reach_border=reach)
+                if i % 2:
+                    b = random_blob(rng, shape, reach_border=reach)
+                else:
+                    shift = tuple(int(k) for k in rng.integers(-2, 3, len(shape)))
+                    b = np.roll(a, shift, axis=tuple(range(len(shape))))
+                    if rng.random() < 0.5:
+                        b |= random_blob(rng, shape, reach_border=False)
+                if a.any() and b.any():
+                    break
+            cases.append((a, b, spacing))
+    return cases
+
+
+def touches_border(mask: np.ndarray) -> bool:
+    return any(
+        mask.take(0, axis=ax).any() or mask.take(-1, axis=ax).any() for ax in range(mask.ndim)
+    )
+
+
+def test_hd95_matches_brute_force_on_random_blobs():
+    # Independent reference: surfaces from the 2*ndim face neighbours checked
+    # one by one (brute_surface), distances from all pairwise Euclidean
+    # distances in mm (brute_hd95), np.percentile; no erosion, no distance
+    # transform, no cropping.
+    cases = blob_cases()
+    assert len(cases) == 20
+    border = [touches_border(a) or touches_border(b) for a, b, _ in cases]
+    assert sum(border) == 12  # and 8 pairs clear of the border
+    for a, b, spacing in cases:
+        np.testing.assert_array_equal(surface(a), brute_surface(a))
+        np.testing.assert_array_equal(surface(b), brute_surface(b))
+        expected = brute_hd95(a, b, spacing)
+        assert hd95(a, b, spacing) == pytest.approx(expected, rel=1e-9)
+        assert hd95(b, a, spacing) == pytest.approx(expected, rel=1e-9)
+        assert score_class(a, b, spacing=spacing).hd95 == pytest.approx(expected, rel=1e-9)
+
+
+def test_hd95_matches_monai_if_installed():
+    # MONAI and torch are not segexp dependencies: run only where both import.
+    torch = pytest.importorskip("torch")
+    monai_metrics = pytest.importorskip("monai.metrics")
+    for a, b, spacing in blob_cases():
+        y_pred = torch.as_tensor(b[None, None].astype(np.float32))
+        y = torch.as_tensor(a[None, None].astype(np.float32))
+        reference = monai_metrics.compute_hausdorff_distance(
+            y_pred, y, include_background=True, percentile=95, spacing=[float(s) for s in spacing]
+        )
+        # MONAI's distances are float32
+        assert hd95(a, b, spacing) == pytest.approx(float(reference[0, 0]), rel=1e-5, abs=1e-5)
 
 
 def test_hd95_crop_does_not_change_result_near_border():
