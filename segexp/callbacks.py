@@ -1,4 +1,5 @@
-"""Keras callbacks of a training run: per-epoch MLflow metrics and inference images.
+"""Keras callbacks of a training run: best checkpoint, per-epoch MLflow metrics, inference
+images, and the epoch clock (time budget and fixed per-epoch cost).
 
 Epochs are numbered from 1 in file names and MLflow steps (``epoch_003`` is the
 third epoch), matching the "Epoch 3/12" that Keras prints.
@@ -6,6 +7,9 @@ third epoch), matching the "Epoch 3/12" that Keras prints.
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,8 +17,53 @@ from typing import Any
 import keras
 import numpy as np
 
+from segexp.outputs import atomic_write_path
 from segexp.tracking import Tracker, metric_key
 from segexp.viz import image_truth_prediction, save_png
+
+log = logging.getLogger(__name__)
+
+
+def on_interval(epoch: int, every_n_epochs: int, last_epoch: int | None = None) -> bool:
+    """Whether something done every n-th epoch happens after ``epoch`` (0-based): epochs
+    ``n, 2n, ...`` (from 1) and the ``last_epoch`` (from 1)."""
+    return (epoch + 1) % every_n_epochs == 0 or epoch + 1 == last_epoch
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the model to ``path`` whenever ``monitor`` improves (``mode`` max or min).
+
+    Written by hand rather than ``keras.callbacks.ModelCheckpoint`` because the file is
+    replaced atomically (a new file renamed over the old one): a kill never leaves half a
+    model, and the resume checkpoint can hard-link the same epoch's file instead of
+    writing the model twice. Epochs without ``monitor`` (no validation) are skipped; a NaN
+    never counts as an improvement. :attr:`saved_epoch` is the last epoch (from 1) saved.
+    """
+
+    def __init__(self, path: Path, monitor: str, mode: str) -> None:
+        super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode: expected 'min' or 'max', got {mode!r}")
+        self.path, self.monitor, self.mode = Path(path), monitor, mode
+        self.best: float | None = None
+        self.saved_epoch: int | None = None
+
+    def improves(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is None or not self.improves(float(value)):
+            return
+        self.best = float(value)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write_path(self.path) as tmp:
+            self.model.save(tmp)
+        self.saved_epoch = epoch + 1
 
 
 def current_learning_rate(model: keras.Model) -> float:
@@ -73,17 +122,62 @@ class EpochImages(keras.callbacks.Callback):
         colours: np.ndarray,
         out_dir: Path,
         tracker: Tracker,
+        every_n_epochs: int = 1,
+        last_epoch: int | None = None,
     ) -> None:
         super().__init__()
         self.images, self.masks, self.names = images, masks, list(names)
         self.colours = colours
         self.out_dir = out_dir
         self.tracker = tracker
+        self.every_n_epochs, self.last_epoch = every_n_epochs, last_epoch
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if not on_interval(epoch, self.every_n_epochs, self.last_epoch):
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         predictions = predict_classes(self.model, self.images)
         for image, truth, pred, name in zip(self.images, self.masks, predictions, self.names):
             figure = image_truth_prediction(image, truth, pred, self.colours)
             save_png(self.out_dir / f"epoch_{epoch + 1:03d}_{name}.png", figure)
             self.tracker.log_image(f"epoch_images/{name}", figure, step=epoch + 1)
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Times every epoch and ends the run cleanly once a time budget is spent.
+
+    Place it last: an epoch's time runs from its first hook to its last callback.
+    ``train_s`` is the time until the last training step ended; the rest of the epoch
+    (validation, checkpoints, images, logging) is its fixed cost, logged to MLflow as
+    ``time/epoch_s``, ``time/fixed_s`` and ``time/fixed_fraction`` = fixed / epoch.
+    With ``max_time_s`` the fit stops after the epoch in which the time since the fit
+    began reaches it (``model.stop_training``); what follows the fit runs as usual.
+    """
+
+    def __init__(self, tracker: Tracker, max_time_s: float | None = None) -> None:
+        super().__init__()
+        self.tracker, self.max_time_s = tracker, max_time_s
+        self.fit_start = self.epoch_start = self.last_step_end = 0.0
+        self.budget_spent = False
+        self.times: list[dict[str, float]] = []
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.fit_start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch_start = self.last_step_end = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.last_step_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.perf_counter()
+        epoch_s, train_s = now - self.epoch_start, self.last_step_end - self.epoch_start
+        times = {"time/epoch_s": epoch_s, "time/fixed_s": epoch_s - train_s,
+                 "time/fixed_fraction": (epoch_s - train_s) / epoch_s if epoch_s > 0 else 0.0}
+        self.times.append(times)
+        self.tracker.log_metrics(times, step=epoch + 1)
+        if self.max_time_s is not None and now - self.fit_start >= self.max_time_s:
+            self.budget_spent = True
+            self.model.stop_training = True
+            log.info("training.max_time: %.1f min reached after epoch %d; ending the run", self.max_time_s / 60, epoch + 1)

@@ -26,6 +26,7 @@ LOSS_NAMES = ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
 MASK_FORMATS = ("rgb", "index", "binary")
 LAYOUTS = ("splits", "flat")
 ON_BAD_FILE = ("error", "skip")
+NORMS = ("batch", "instance", "group", "none")
 SPLITS = ("train", "valid", "test")
 
 
@@ -76,7 +77,9 @@ class ModelConfig:
     num_layers: int = MISSING
     dropout_rate: float = MISSING
     dilation: list[int] = MISSING
-    batch_norm: bool = False
+    norm: str = MISSING
+    norm_groups: int = 8
+    residual: bool = False
     activation: str = "relu"
 
 
@@ -116,30 +119,36 @@ class AugmentationConfig:
 
 @dataclass
 class ReduceLRConfig:
-    enabled: bool = True
-    factor: float = 0.5
-    patience: int = 5
-    min_lr: float = 1e-7
+    enabled: bool = MISSING
+    factor: float = MISSING
+    patience: int = MISSING
+    min_lr: float = MISSING
 
 
 @dataclass
 class EarlyStoppingConfig:
-    enabled: bool = True
-    patience: int = 10
-    min_delta: float = 0.0
+    enabled: bool = MISSING
+    patience: int = MISSING
+    min_delta: float = MISSING
 
 
 @dataclass
 class EpochImagesConfig:
-    num: int = 6
+    num: int = MISSING
     dir: Optional[str] = None
+    every_n_epochs: int = MISSING
+
+
+@dataclass
+class IntervalConfig:
+    every_n_epochs: int = MISSING
 
 
 @dataclass
 class LoaderConfig:
-    workers: int = 1
-    use_multiprocessing: bool = False
-    max_queue_size: int = 10
+    workers: int = MISSING
+    use_multiprocessing: bool = MISSING
+    max_queue_size: int = MISSING
 
 
 @dataclass
@@ -151,15 +160,21 @@ class ThreadsConfig:
 @dataclass
 class TrainingConfig:
     epochs: int = MISSING
+    steps_per_epoch: Optional[int] = MISSING
+    foreground_fraction: float = MISSING
     batch_size: int = MISSING
     learning_rate: float = MISSING
     optimizer: dict[str, Any] = MISSING
+    schedule: Optional[dict[str, Any]] = MISSING
+    max_time: Optional[float] = None
     loss: str = "dice_ce"
     monitor: str = "val_dice_fg_mean"
     monitor_mode: str = "max"
     reduce_lr: ReduceLRConfig = field(default_factory=ReduceLRConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     epoch_images: EpochImagesConfig = field(default_factory=EpochImagesConfig)
+    validation: IntervalConfig = field(default_factory=IntervalConfig)
+    checkpoint: IntervalConfig = field(default_factory=IntervalConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     jit_compile: Any = "auto"
     mixed_precision: bool = False
@@ -213,6 +228,12 @@ class TrainConfig:
 # --------------------------------------------------------------------------- checks
 
 
+#: Keys that were renamed or replaced: an old key is refused with this hint.
+RENAMED = {
+    "model.batch_norm": "replaced by model.norm: batch | instance | group | none (batch_norm=true is norm=batch)",
+}
+
+
 def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
     """Full keys present in ``node`` but not declared in the dataclass ``schema``."""
     if not isinstance(node, DictConfig):
@@ -221,6 +242,9 @@ def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
     problems = []
     for key in node.keys():
         full = f"{prefix}{key}"
+        if full in RENAMED:
+            problems.append(f"{full}: {RENAMED[full]}")
+            continue
         if key not in hints:
             problems.append(f"{full}: unknown key; expected one of {sorted(hints)}")
             continue
@@ -260,6 +284,12 @@ def _check_model(m: Any) -> list[str]:
             f"model.dropout_rate: level i drops dropout_rate*i, which must stay below 1 for "
             f"i = num_layers-1 = {m.num_layers - 1}; got {m.dropout_rate}"
         )
+    if m.norm not in NORMS:
+        errors.append(f"model.norm: expected one of {list(NORMS)}, got {m.norm!r}")
+    elif m.norm == "group":
+        if m.norm_groups < 1 or m.base_filters % m.norm_groups:
+            errors.append(f"model.norm_groups: must divide model.base_filters ({m.base_filters}) so that every "
+                          f"level's filters split into equal groups, got {m.norm_groups}")
     if m.num_layers >= 1:
         factor = 2 ** (m.num_layers - 1)
         for key in ("image_height", "image_width"):
@@ -355,6 +385,23 @@ def _check_training(t: Any) -> list[str]:
     for key in ("intra_op", "inter_op"):
         if t.threads[key] is not None and t.threads[key] < 1:
             errors.append(f"training.threads.{key}: must be >= 1 or null (TensorFlow's default), got {t.threads[key]}")
+    if t.steps_per_epoch is not None and t.steps_per_epoch < 1:
+        errors.append(f"training.steps_per_epoch: must be >= 1, or null for one pass over the data, got {t.steps_per_epoch}")
+    if not _in_unit_interval(t.foreground_fraction):
+        errors.append(f"training.foreground_fraction: must lie in [0, 1], got {t.foreground_fraction}")
+    elif t.foreground_fraction > 0 and t.steps_per_epoch is None:
+        errors.append("training.foreground_fraction: oversampling draws samples, which needs training.steps_per_epoch "
+                      f"(got null: one pass); set steps_per_epoch or foreground_fraction=0")
+    if t.max_time is not None and t.max_time <= 0:
+        errors.append(f"training.max_time: minutes must be > 0, or null for no limit, got {t.max_time}")
+    if t.schedule is not None and "_target_" not in t.schedule:
+        errors.append("training.schedule: needs a _target_ such as keras.optimizers.schedules.PolynomialDecay, or null")
+    if t.schedule is not None and t.reduce_lr.enabled:
+        errors.append("training.reduce_lr.enabled: ReduceLROnPlateau cannot change a learning-rate schedule; "
+                      "set training.schedule=null to use it (or reduce_lr.enabled=false)")
+    for key in ("epoch_images", "validation", "checkpoint"):
+        if t[key].every_n_epochs < 1:
+            errors.append(f"training.{key}.every_n_epochs: must be >= 1, got {t[key].every_n_epochs}")
     if t.jit_compile not in ("auto", True, False):
         errors.append(f"training.jit_compile: expected auto, true or false, got {t.jit_compile!r}")
     if t.epoch_images.dir is not None and not Path(t.epoch_images.dir).is_dir():

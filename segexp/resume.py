@@ -2,7 +2,7 @@
 
 After each epoch :class:`ResumeCheckpoint` writes ``<run dir>/checkpoints/resume/``:
 ``epoch_<e>.keras`` (weights and optimizer state, learning rate included) and
-``state.json`` (completed epochs, the counters and best values of ModelCheckpoint,
+``state.json`` (completed epochs, the counters and best values of BestCheckpoint,
 ReduceLROnPlateau and EarlyStopping, the dropout RNG states, every epoch's logs and
 the resolved config). ``state.json`` is replaced atomically, last: it is the commit
 point, so a run killed at any moment (``kill -9`` included) leaves the previous
@@ -33,7 +33,16 @@ from typing import Any
 import keras
 import numpy as np
 
-from segexp.callbacks import EpochImages, MlflowEpochLogger, current_learning_rate, epoch_metrics, predict_classes
+from segexp.callbacks import (
+    BestCheckpoint,
+    EpochClock,
+    EpochImages,
+    MlflowEpochLogger,
+    current_learning_rate,
+    epoch_metrics,
+    on_interval,
+    predict_classes,
+)
 from segexp.config import ConfigError
 from segexp.outputs import atomic_write_path, requeued
 from segexp.runs import MLFLOW_RUN_FILE
@@ -46,10 +55,11 @@ STATE_FILE = "state.json"
 FORMAT = 1
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 #: Keys that may differ between a run and its resumption (how long, how verbose, how fast).
-MAY_CHANGE = ("training.epochs", "training.resume", "training.verbose", "training.loader.", "training.threads.")
+MAY_CHANGE = ("training.epochs", "training.max_time", "training.resume", "training.verbose", "training.loader.",
+              "training.threads.", "training.checkpoint.", "training.validation.", "training.epoch_images.every_n_epochs")
 #: Callback attributes saved and restored (counters and best values).
 CALLBACK_STATE = {
-    keras.callbacks.ModelCheckpoint: ("best",),
+    BestCheckpoint: ("best", "saved_epoch"),
     keras.callbacks.ReduceLROnPlateau: ("best", "wait", "cooldown_counter"),
     keras.callbacks.EarlyStopping: ("best", "wait", "stopped_epoch", "best_epoch"),
 }
@@ -94,26 +104,32 @@ def seed_generator_states(model: keras.Model) -> list[keras.Variable]:
 
 
 class ResumeCheckpoint(keras.callbacks.Callback):
-    """Writes the full training state after every epoch; restores callback state on a resumed fit.
+    """Writes the full training state after every n-th epoch; restores callback state on a resumed fit.
 
-    Place it after ModelCheckpoint, ReduceLROnPlateau and EarlyStopping (whose state it
-    saves once they have seen the epoch) and before the MLflow loggers, so that what is
-    logged to MLflow is always covered by a checkpoint (a gap left by a kill is filled on
-    resume from ``state.json``; nothing is logged twice).
+    Place it after BestCheckpoint, ReduceLROnPlateau and EarlyStopping (whose state it
+    saves once they have seen the epoch) and before the MLflow loggers. With
+    ``every_n_epochs=1`` what is logged to MLflow is always covered by a checkpoint (a gap
+    left by a kill is filled on resume from ``state.json``); with n > 1 a kill loses up to
+    n-1 epochs, which the resumed run trains again (same seeds, same batches). The last
+    epoch of a fit is always written. A model is never written twice in one epoch: when
+    BestCheckpoint saved ``best.keras`` this epoch, the epoch file is a hard link to it.
     """
 
     def __init__(self, run_dir: Path, config: Mapping[str, Any], callbacks: Sequence[keras.callbacks.Callback],
-                 run_id: str | None, previous: dict[str, Any] | None = None) -> None:
+                 run_id: str | None, previous: dict[str, Any] | None = None, every_n_epochs: int = 1) -> None:
         super().__init__()
         self.dir = Path(run_dir) / RESUME_DIR
         self.config = dict(config)
         self.watched = [c for c in callbacks if type(c) in CALLBACK_STATE]
+        self.best = next((c for c in callbacks if isinstance(c, BestCheckpoint)), None)
+        self.clock = next((c for c in callbacks if isinstance(c, EpochClock)), None)
         self.run_id = run_id
         self.previous = previous
+        self.every_n_epochs = every_n_epochs
         self.history: list[dict[str, float]] = list(previous["history"]) if previous else []
         self.best_model_epoch: int | None = previous.get("best_model_epoch") if previous else None
         self.learning_rate = float("nan")
-        self._committed = previous
+        self.written_epoch = int(previous["epoch"]) if previous else 0
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self.previous is not None:  # the other callbacks have just reset themselves
@@ -124,49 +140,58 @@ class ResumeCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         done = epoch + 1
-        self.dir.mkdir(parents=True, exist_ok=True)
-        model_file = f"epoch_{done:03d}.keras"
-        with atomic_write_path(self.dir / model_file, durable=True) as tmp:
-            self.model.save(tmp)
         self.history.append({**{k: float(v) for k, v in (logs or {}).items()}, "learning_rate": self.learning_rate})
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.best is not None and self.best.saved_epoch == done:  # keep this best model: a link, no write
+            self._link_best(done)
+        if on_interval(epoch, self.every_n_epochs) or self.model.stop_training:
+            self._commit(done)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if len(self.history) > self.written_epoch:  # the fit ended between two checkpoint epochs
+            self._commit(len(self.history))
+
+    def _link_best(self, epoch: int) -> None:
+        """``epoch_<e>.keras`` as a hard link to the ``best.keras`` just written (a copy where links fail)."""
+        target = self.dir / f"epoch_{epoch:03d}.keras"
+        with atomic_write_path(target, durable=True) as tmp:
+            try:
+                os.link(self.best.path, tmp)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(self.best.path, tmp)
+        self.best_model_epoch = epoch
+
+    def _commit(self, done: int) -> None:
+        """Write the model of epoch ``done`` (unless linked) and then ``state.json``, the commit point."""
+        model_file = f"epoch_{done:03d}.keras"
+        if self.best_model_epoch != done or not (self.dir / model_file).is_file():
+            with atomic_write_path(self.dir / model_file, durable=True) as tmp:
+                self.model.save(tmp)
         callbacks: dict[str, dict[str, Any]] = {}
         for c in self.watched:
             state = {name: _plain(getattr(c, name, None)) for name in CALLBACK_STATE[type(c)]}
-            if isinstance(c, keras.callbacks.ModelCheckpoint) and _improved(c, self._committed_best()):
-                self.best_model_epoch = done
             if isinstance(c, keras.callbacks.EarlyStopping) and c.best_weights is not None:
                 state["best_weights_epoch"] = c.best_epoch + 1  # the weights of that epoch's file
             callbacks[type(c).__name__] = state
         state = {
             "format": FORMAT,
             "epoch": done,
-            "stopped": bool(self.model.stop_training),
+            "stopped": bool(self.model.stop_training) and not self._time_budget_spent(),
             "model": model_file,
             "best_model_epoch": self.best_model_epoch,
             "seed_generators": [keras.ops.convert_to_numpy(v).tolist() for v in seed_generator_states(self.model)],
             "callbacks": callbacks,
-            "history": self.history,
+            "history": self.history[:done],
             "mlflow_run_id": self.run_id,
             "config": self.config,
         }
         _write_json_atomic(self.dir / STATE_FILE, state)
-        self._committed = state
+        self.written_epoch = done
         _remove_unreferenced(self.dir, state)
 
-    def _committed_best(self) -> Any:
-        """ModelCheckpoint's best value in the last committed state (None before any)."""
-        committed = self._committed
-        return committed["callbacks"].get("ModelCheckpoint", {}).get("best") if committed else None
-
-
-def _improved(checkpoint: keras.callbacks.ModelCheckpoint, before: Any) -> bool:
-    """Whether the checkpoint's best value changed since ``before`` (so it rewrote ``best.keras``)."""
-    if checkpoint.best is None:
-        return False
-    if before is None:
-        return True
-    now, then = float(checkpoint.best), float(before)
-    return now != then and not (np.isnan(now) and np.isnan(then))
+    def _time_budget_spent(self) -> bool:
+        """A run ended by training.max_time may be resumed to train on (it did not converge or stop early)."""
+        return self.clock is not None and self.clock.budget_spent
 
 
 def _referenced(state: Mapping[str, Any]) -> set[str]:
@@ -183,7 +208,7 @@ def _remove_unreferenced(folder: Path, state: Mapping[str, Any]) -> None:
 
 
 def restore_callbacks(callbacks: Sequence[keras.callbacks.Callback], state: Mapping[str, Any], folder: Path) -> None:
-    """Put the saved counters and best values back into ModelCheckpoint, ReduceLROnPlateau, EarlyStopping."""
+    """Put the saved counters and best values back into BestCheckpoint, ReduceLROnPlateau, EarlyStopping."""
     for c in callbacks:
         saved = state["callbacks"].get(type(c).__name__)
         if saved is None:
@@ -191,8 +216,12 @@ def restore_callbacks(callbacks: Sequence[keras.callbacks.Callback], state: Mapp
         for name in CALLBACK_STATE[type(c)]:
             setattr(c, name, saved.get(name))
         weights_epoch = saved.get("best_weights_epoch")
-        if isinstance(c, keras.callbacks.EarlyStopping) and weights_epoch and c.restore_best_weights:
-            c.best_weights = _load_model(folder / f"epoch_{weights_epoch:03d}.keras").get_weights()
+        weights_file = folder / f"epoch_{weights_epoch:03d}.keras" if weights_epoch else None
+        if isinstance(c, keras.callbacks.EarlyStopping) and weights_file and c.restore_best_weights:
+            if weights_file.is_file():
+                c.best_weights = _load_model(weights_file).get_weights()
+            else:  # that epoch was neither checkpointed nor the best by training.monitor
+                log.warning("early stopping's best weights (epoch %d) were not checkpointed; it restores none", weights_epoch)
 
 
 def _load_model(path: Path) -> keras.Model:
@@ -326,7 +355,7 @@ def prepare_resume(config: Mapping[str, Any], run_dir: Path, env: Mapping[str, s
 
 
 def with_resume_checkpoint(callbacks: list[keras.callbacks.Callback], run_dir: Path, config: Mapping[str, Any],
-                           run_id: str | None, resume: Resume | None) -> list[keras.callbacks.Callback]:
+                           run_id: str | None, resume: Resume | None, every_n_epochs: int = 1) -> list[keras.callbacks.Callback]:
     """``callbacks`` with a :class:`ResumeCheckpoint` before the MLflow loggers; a resumed run's
     ``history.csv`` is cut back to the completed epochs and appended to."""
     if resume is not None:
@@ -334,7 +363,7 @@ def with_resume_checkpoint(callbacks: list[keras.callbacks.Callback], run_dir: P
         for c in callbacks:
             if isinstance(c, keras.callbacks.CSVLogger):
                 c.append = True
-    checkpoint = ResumeCheckpoint(run_dir, config, callbacks, run_id, resume.state if resume else None)
+    checkpoint = ResumeCheckpoint(run_dir, config, callbacks, run_id, resume.state if resume else None, every_n_epochs)
     at = next((i for i, c in enumerate(callbacks) if isinstance(c, MlflowEpochLogger)), len(callbacks))
     rest = [c for c in callbacks[at:] if type(c) not in CALLBACK_STATE]
     stateful = [c for c in callbacks[at:] if type(c) in CALLBACK_STATE]

@@ -19,12 +19,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from segexp.augment import AugmentationError, Augmenter
-from segexp.callbacks import EpochImages, MlflowEpochLogger
+from segexp.callbacks import BestCheckpoint, EpochClock, EpochImages, MlflowEpochLogger
 from segexp.config import CONF_DIR, REPO_DIR, ConfigError, validate_train_config
 from segexp.curves import plot_curves
 from segexp.data.check import log_fingerprint
 from segexp.data.dataset import SliceDataset, open_dataset
 from segexp.data.loader import SliceLoader
+from segexp.data.sampling import EpochSampler, cached_class_presence
 from segexp.data.slices import DataError, find_pairs
 from segexp.losses import build_loss
 from segexp.metrics import build_metrics
@@ -42,8 +43,26 @@ log = logging.getLogger(__name__)
 USER_ERRORS = (ConfigError, DataError, AugmentationError, OutputError, TrackingUnavailable, RunError)
 
 
+def build_sampler(cfg: DictConfig, dataset: SliceDataset) -> EpochSampler:
+    """The training samples of each epoch: ``training.steps_per_epoch`` draws, foreground oversampled.
+
+    Class presence per training slice is read only when oversampling needs it, and cached
+    under ``<paths.output_dir>/cache`` (keyed by the mask files), so it is read once per dataset.
+    """
+    t, pairs = cfg.training, dataset.pairs["train"]
+    presence = None
+    if t.steps_per_epoch is not None and t.foreground_fraction > 0:
+        presence = cached_class_presence(pairs, dataset.decoder, Path(cfg.paths.output_dir) / "cache",
+                                         workers=max(1, t.loader.workers))
+        counts = presence.sum(axis=0)
+        log.info("slices holding each class (train): %s", ", ".join(
+            f"{name} {int(n)}" for name, n in zip(dataset.class_names[1:], counts[1:])))
+    return EpochSampler(len(pairs), t.batch_size, seed=cfg.seed, steps_per_epoch=t.steps_per_epoch,
+                        foreground_fraction=t.foreground_fraction, presence=presence)
+
+
 def build_loaders(cfg: DictConfig, dataset: SliceDataset, augmenter: Augmenter | None) -> tuple[SliceLoader, SliceLoader]:
-    """Training loader (shuffled, augmented) and validation loader (fixed order, never augmented)."""
+    """Training loader (sampled, augmented) and validation loader (one pass in file order, never augmented)."""
     m, t = cfg.model, cfg.training
     common = dict(
         decoder=dataset.decoder,
@@ -56,8 +75,8 @@ def build_loaders(cfg: DictConfig, dataset: SliceDataset, augmenter: Augmenter |
         max_queue_size=t.loader.max_queue_size,
         on_bad_file=cfg.dataset.on_bad_file,
     )
-    train = SliceLoader(dataset.pairs["train"], augmenter=augmenter, shuffle=True, **common)
-    valid = SliceLoader(dataset.pairs["valid"], augmenter=None, shuffle=False, **common)
+    train = SliceLoader(dataset.pairs["train"], augmenter=augmenter, sampler=build_sampler(cfg, dataset), **common)
+    valid = SliceLoader(dataset.pairs["valid"], augmenter=None, **common)
     return train, valid
 
 
@@ -78,14 +97,29 @@ def epoch_image_set(cfg: DictConfig, dataset: SliceDataset) -> tuple[np.ndarray,
     return images, masks, [pairs[i].name for i in picks]
 
 
-def compile_model(cfg: DictConfig, class_names: Sequence[str]) -> keras.Model:
-    """Build the configured network and compile it with optimizer, loss and foreground metrics."""
+def build_schedule(t: DictConfig, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule | None:
+    """``training.schedule`` with ``decay_steps = total_steps`` (epochs x steps per epoch), or None."""
+    if t.schedule is None:
+        return None
+    return hydra.utils.instantiate(t.schedule, decay_steps=total_steps, _convert_="all")
+
+
+def build_optimizer(t: DictConfig, total_steps: int) -> keras.optimizers.Optimizer:
+    """``training.optimizer`` whose learning rate follows ``training.schedule`` (or stays constant)."""
+    schedule = build_schedule(t, total_steps)
+    if schedule is None:
+        return hydra.utils.instantiate(t.optimizer, _convert_="all")
+    return hydra.utils.instantiate(t.optimizer, learning_rate=schedule, _convert_="all")
+
+
+def compile_model(cfg: DictConfig, class_names: Sequence[str], steps_per_epoch: int) -> keras.Model:
+    """Build the configured network and compile it with optimizer (and schedule), loss and foreground metrics."""
     t = cfg.training
     if t.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = build_model(**OmegaConf.to_container(cfg.model))
     model.compile(
-        optimizer=hydra.utils.instantiate(t.optimizer, _convert_="all"),
+        optimizer=build_optimizer(t, t.epochs * steps_per_epoch),
         loss=build_loss(t.loss, cfg.model.num_classes),
         metrics=build_metrics(class_names, cfg.model.num_classes),
         jit_compile=t.jit_compile,
@@ -93,13 +127,17 @@ def compile_model(cfg: DictConfig, class_names: Sequence[str]) -> keras.Model:
     return model
 
 
+def validation_epochs(t: DictConfig) -> list[int]:
+    """Epochs (from 1) after which the validation split is scored: every n-th and the last."""
+    n = t.validation.every_n_epochs
+    return [e for e in range(1, t.epochs + 1) if e % n == 0 or e == t.epochs]
+
+
 def build_callbacks(cfg: DictConfig, run_dir: Path, tracker: Tracker, dataset: SliceDataset) -> list[keras.callbacks.Callback]:
-    """Checkpoint of the best model, LR reducer, early stopping, CSV history, MLflow, epoch images."""
+    """Best-model checkpoint, LR reducer, early stopping, CSV history, MLflow, epoch images."""
     t = cfg.training
     callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.ModelCheckpoint(
-            run_dir / "checkpoints" / "best.keras", monitor=t.monitor, mode=t.monitor_mode, save_best_only=True
-        ),
+        BestCheckpoint(run_dir / "checkpoints" / "best.keras", monitor=t.monitor, mode=t.monitor_mode),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
         MlflowEpochLogger(tracker, dataset.class_names),
     ]
@@ -120,7 +158,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, tracker: Tracker, dataset: S
     if t.epoch_images.num > 0:
         images, masks, names = epoch_image_set(cfg, dataset)
         image_tracker = tracker if cfg.tracking.log_epoch_images else Tracker(None)
-        callbacks.append(EpochImages(images, masks, names, dataset.colours, run_dir / "epoch_images", image_tracker))
+        callbacks.append(EpochImages(images, masks, names, dataset.colours, run_dir / "epoch_images", image_tracker,
+                                     every_n_epochs=t.epoch_images.every_n_epochs, last_epoch=t.epochs))
+    max_time_s = None if t.max_time is None else 60.0 * t.max_time
+    callbacks.append(EpochClock(tracker, max_time_s))  # last: it times the whole epoch
     return callbacks
 
 
@@ -205,10 +246,13 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
         dataset.name, len(dataset.pairs["train"]), len(dataset.cases("train")),
         len(dataset.pairs["valid"]), len(dataset.cases("valid")), len(dataset.class_names),
     )
-    model = compile_model(cfg, dataset.class_names) if start is None else start.load_model()
+    model = compile_model(cfg, dataset.class_names, len(train_loader)) if start is None else start.load_model()
     if start is not None:  # epoch e reads the same seeded sample order as in an uninterrupted run
         train_loader.set_epoch(start.epoch)
         valid_loader.set_epoch(start.epoch)
+        schedule = build_schedule(cfg.training, cfg.training.epochs * len(train_loader))
+        if schedule is not None:  # training.epochs may have changed: the schedule spans the new length
+            model.optimizer.learning_rate = schedule
     log.info("model %s: %s parameters", cfg.model.name, f"{model.count_params():,}")
 
     t = cfg.tracking
@@ -229,7 +273,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
         if tracker.enabled:
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
         callbacks = with_resume_checkpoint(build_callbacks(cfg, run_dir, tracker, dataset), run_dir, resolved,
-                                           tracker.run_id, start)
+                                           tracker.run_id, start, cfg.training.checkpoint.every_n_epochs)
         if start is None:
             tracker.log_params(flatten_config(resolved))
             tracker.log_params({"model.num_params": str(model.count_params())})
@@ -238,7 +282,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
             reopen_run(tracker, start, model, callbacks, dataset.class_names)
         try:
             history = model.fit(
-                train_loader, validation_data=valid_loader, callbacks=callbacks, shuffle=False,
+                train_loader, validation_data=valid_loader, validation_freq=validation_epochs(cfg.training),
+                callbacks=callbacks, shuffle=False,
                 epochs=start.final_epoch(cfg.training.epochs) if start else cfg.training.epochs,
                 initial_epoch=start.epoch if start else 0, verbose=cfg.training.verbose,
             ).history

@@ -17,6 +17,7 @@ from segexp.check import run_check
 from segexp.config import ConfigError, validate_train_config
 from segexp.data.check import check_slice_dataset, check_volume_folder
 from segexp.data.loader import SliceLoader
+from segexp.data.sampling import EpochSampler
 from segexp.data.slices import DataError, MaskDecoder, find_pairs, load_pair, read_image
 from segexp.data.volumes import CASE_DIR_PATTERN, CASE_PATTERN
 
@@ -150,9 +151,11 @@ def break_dataset_train(root: Path) -> dict[str, str]:
     return {Path(k).stem: v for k, v in break_dataset(root).items() if k.startswith("train/")}
 
 
-def _loader(root: Path, **kw) -> SliceLoader:
+def _loader(root: Path, shuffle: bool = False, **kw) -> SliceLoader:
     pairs = find_pairs(root / "train" / "images", root / "train" / "masks", r"^(?P<case>.+)_\d+$")
-    return SliceLoader(pairs, MaskDecoder("rgb", 3, TINY_COLOURS), image_size=(32, 32), channels=1, batch_size=4, **kw)
+    sampler = EpochSampler(len(pairs), 4, seed=kw.get("seed", 0)) if shuffle else None  # one shuffled pass
+    return SliceLoader(pairs, MaskDecoder("rgb", 3, TINY_COLOURS), image_size=(32, 32), channels=1, batch_size=4,
+                       sampler=sampler, **kw)
 
 
 def test_loader_on_bad_file_error_names_the_file(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from segexp.augment import Augmenter
 from segexp.data.dataset import open_dataset
 from segexp.data.loader import SliceLoader
+from segexp.data.sampling import EpochSampler
 from segexp.data.rgb_map import decode_rgb_mask, encode_rgb_mask
 from segexp.data.slices import DataError, MaskDecoder, find_pairs, load_pair, split_pairs
 
@@ -113,9 +114,11 @@ def test_same_case_in_two_split_folders_is_a_leak(tmp_path: Path) -> None:
         open_dataset(cfg.dataset, 3)
 
 
-def _loader(root: Path, **kw) -> SliceLoader:
+def _loader(root: Path, shuffle: bool = False, **kw) -> SliceLoader:
     pairs = find_pairs(root / "train" / "images", root / "train" / "masks", r"^(?P<case>.+)_\d+$")
-    return SliceLoader(pairs, MaskDecoder("rgb", 3, TINY_COLOURS), image_size=(32, 32), channels=1, batch_size=3, **kw)
+    sampler = EpochSampler(len(pairs), 3, seed=kw.get("seed", 0)) if shuffle else None  # one shuffled pass
+    return SliceLoader(pairs, MaskDecoder("rgb", 3, TINY_COLOURS), image_size=(32, 32), channels=1, batch_size=3,
+                       sampler=sampler, **kw)
 
 
 def test_loader_batches_are_uint8_class_indices(tmp_path: Path) -> None:
@@ -162,8 +165,8 @@ def test_validation_loader_never_augments(tmp_path: Path) -> None:
                           "model.image_height=32", "model.image_width=32", "model.num_layers=3"])
     dataset = open_dataset(cfg.dataset, 3)
     train, valid = build_loaders(cfg, dataset, Augmenter(cfg.augmentation.transforms))
-    assert train.augmenter is not None and train.shuffle
-    assert valid.augmenter is None and not valid.shuffle
+    assert train.augmenter is not None and train.sampler is not None
+    assert valid.augmenter is None and valid.sampler is None
 
 
 @pytest.mark.skipif(not HOCM_MINI.is_dir(), reason="../shared/data/hocmvalves_mini is absent")

@@ -26,7 +26,9 @@ PRESET_KEYS = {
     "num_layers",
     "dropout_rate",
     "dilation",
-    "batch_norm",
+    "norm",
+    "norm_groups",
+    "residual",
     "activation",
 }
 
@@ -149,9 +151,44 @@ def test_single_class_uses_sigmoid():
 
 
 def test_batch_norm_follows_every_conv():
-    model = small(batch_norm=True)
+    model = small(norm="batch")
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(bns) == 2 * 4 + 2 * 3
+
+
+@pytest.mark.parametrize("norm", ["instance", "group"])
+def test_instance_and_group_norm_follow_every_conv(norm):
+    model = small(norm=norm, norm_groups=2)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.GroupNormalization)]
+    assert len(norms) == 2 * 4 + 2 * 3
+    for layer in norms:  # instance: one group per channel (Keras resolves groups=-1 when built)
+        assert layer.groups == (layer.input.shape[-1] if norm == "instance" else 2)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
+def test_instance_norm_normalises_each_image_and_channel_alone():
+    """Instance norm: per image and channel, zero mean and unit variance over H x W (Ulyanov et al. 2016)."""
+    layer = keras.layers.GroupNormalization(groups=-1, epsilon=1e-6)
+    x = np.random.default_rng(0).normal(3.0, 2.0, (2, 8, 8, 4)).astype("float32")
+    y = keras.ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(y.mean(axis=(1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.std(axis=(1, 2)), 1.0, atol=1e-3)
+
+
+def test_residual_units_add_a_projected_shortcut():
+    plain, residual = small(), small(residual=True)
+    adds = [layer for layer in residual.layers if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 4 + 3  # one per encoder and decoder level
+    # 1x1 shortcut convs where the channel count changes: every level (input 3 -> 4, and
+    # the decoder's concatenations 2f -> f), so the parameter difference is their weights.
+    shortcuts = [layer for layer in residual.layers if layer.name.endswith("_shortcut")]
+    assert len(shortcuts) == 7
+    assert residual.count_params() - plain.count_params() == sum(layer.count_params() for layer in shortcuts)
+
+
+def test_unknown_norm_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"model\.norm: expected one of .*'layer'"):
+        small(norm="layer")
 
 
 def test_head_stays_float32_under_mixed_precision():
@@ -165,8 +202,9 @@ def test_head_stays_float32_under_mixed_precision():
     assert model.outputs[0].dtype == "float32"
 
 
-def test_keras_save_and_load_round_trip(tmp_path):
-    model = small(batch_norm=True)
+@pytest.mark.parametrize("options", [dict(norm="batch"), dict(norm="instance", residual=True)])
+def test_keras_save_and_load_round_trip(tmp_path, options):
+    model = small(**options)
     images = random_images(2, 32, 16, 3, seed=7)
     expected = model.predict(images, verbose=0)
     path = tmp_path / "flexunet.keras"

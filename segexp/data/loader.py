@@ -5,9 +5,10 @@ reads its files, decodes masks to class indices, resizes and augments. Batches
 are ``(uint8 images (B, H, W, C), uint8 class-index masks (B, H, W))``; the model
 scales images itself and the losses one-hot the masks on the device.
 
-Reproducibility: the sample order of epoch ``e`` is a permutation seeded by
-``(seed, e)`` and each augmented sample by ``(seed, e, sample index)``, so a
-batch does not depend on which worker built it or in which order.
+Reproducibility: which slices epoch ``e`` trains on comes from an
+:class:`~segexp.data.sampling.EpochSampler` (seeded by ``(seed, e, position)``) and
+each augmented sample is seeded by ``(seed, e, position in the epoch)``, so a batch
+does not depend on which worker built it, in which order, or on a resume.
 
 Bad files (``on_bad_file``): a file that cannot be read or decoded, a mask colour
 not in the rgb_map, an image/mask size mismatch or a colour image in a grayscale
@@ -29,6 +30,7 @@ import keras
 import numpy as np
 
 from segexp.augment import sample_seed
+from segexp.data.sampling import EpochSampler
 from segexp.data.slices import DataError, MaskDecoder, SlicePair, load_pair
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ class SliceLoader(keras.utils.PyDataset):
 
     ``workers`` > 1 (or > 0 with ``use_multiprocessing``) reads batches in parallel
     threads/processes ahead of the model, ``max_queue_size`` batches deep.
-    Pass ``shuffle=False`` to ``model.fit``: this loader shuffles itself, seeded.
+    Without a ``sampler`` every epoch is one pass in file order (validation). Pass
+    ``shuffle=False`` to ``model.fit``: the sampler orders the samples itself, seeded.
     """
 
     def __init__(
@@ -57,7 +60,7 @@ class SliceLoader(keras.utils.PyDataset):
         channels: int,
         batch_size: int,
         augmenter: AugmentFn | None = None,
-        shuffle: bool = False,
+        sampler: EpochSampler | None = None,
         seed: int = 0,
         workers: int = 0,
         use_multiprocessing: bool = False,
@@ -78,28 +81,32 @@ class SliceLoader(keras.utils.PyDataset):
         self.channels = channels
         self.batch_size = batch_size
         self.augmenter = augmenter
-        self.shuffle = shuffle
+        if sampler is not None and sampler.num_slices != len(self.pairs):
+            raise ValueError(f"sampler is for {sampler.num_slices} slices, the loader has {len(self.pairs)}")
+        self.sampler = sampler
         self.seed = seed
         self.epoch = 0
         self._order = self._epoch_order(0)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(len(self.pairs))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.pairs))
+        return np.arange(len(self.pairs)) if self.sampler is None else self.sampler.epoch(epoch)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.pairs) / self.batch_size)
+        return math.ceil(len(self._order) / self.batch_size)
 
-    def load_sample(self, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample ``index`` (position in ``pairs``) as it is seen in ``epoch``.
+    def load_sample(self, index: int, epoch: int, position: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Slice ``index`` (position in ``pairs``) as sample ``position`` of ``epoch`` sees it.
+
+        The augmentation is seeded by ``(seed, epoch, position)`` (``position`` defaults to
+        ``index``), so a slice drawn twice in one epoch is augmented twice differently.
 
         A bad file raises :class:`DataError` naming it (``on_bad_file: error``) or, with
         ``skip``, is replaced by the next valid pair (see the module docstring).
         """
         image, mask = self._read_valid(index)
         if self.augmenter is not None:
-            image, mask = self.augmenter(image, mask, sample_seed(self.seed, epoch, index))
+            slot = index if position is None else position
+            image, mask = self.augmenter(image, mask, sample_seed(self.seed, epoch, slot))
             if image.ndim == 2:
                 image = image[..., None]
             if image.shape != (self.height, self.width, self.channels) or mask.shape != (self.height, self.width):
@@ -134,11 +141,12 @@ class SliceLoader(keras.utils.PyDataset):
     def __getitem__(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= batch_index < len(self):
             raise IndexError(batch_index)
-        indices = self._order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+        start = batch_index * self.batch_size
+        indices = self._order[start : start + self.batch_size]
         images = np.empty((len(indices), self.height, self.width, self.channels), np.uint8)
         masks = np.empty((len(indices), self.height, self.width), np.uint8)
         for row, index in enumerate(indices):
-            images[row], masks[row] = self.load_sample(int(index), self.epoch)
+            images[row], masks[row] = self.load_sample(int(index), self.epoch, start + row)
         return images, masks
 
     def set_epoch(self, epoch: int) -> None:

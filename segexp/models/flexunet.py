@@ -13,8 +13,8 @@ and rescales them by 1/255 inside the graph.
 # described above: the kernel clamp is per level (11, 9, 7, 5, 3, 3, 3, 3), the decoder
 # convs use the mirrored level kernel/dilation, the transposed convs are always 2x2 with
 # stride 2 whatever the level kernel, and the concatenation is [upsampled, skip]. With
-# batch_norm, BN follows each conv (before the dropout), as the original's
-# `normalization`. One deliberate difference: the original unpacks
+# norm=batch, BN follows each conv (before the dropout), as the original's
+# `normalization`; norm=none and residual=false is the original without it. One deliberate difference: the original unpacks
 # `(k, k) = base_kernels` (likewise `dilation`), so it uses the second value on both
 # axes; here each axis uses its own value. Square settings build the same model.
 
@@ -24,6 +24,26 @@ from collections.abc import Sequence
 
 import keras
 from keras import layers
+
+from segexp.config import NORMS  # ``model.norm`` values: the layer after every hidden conv
+
+
+def norm_layer(norm: str, groups: int, name: str) -> layers.Layer | None:
+    """The normalisation layer of ``model.norm``, or None for ``none``.
+
+    ``instance``: ``GroupNormalization(groups=-1)`` (one group per channel, i.e. instance
+    norm, Ulyanov et al. 2016, as MONAI's and nnU-Net's default); ``group``: ``groups`` groups
+    (Wu & He 2018); ``batch``: BatchNormalization (statistics over the batch).
+    """
+    if norm == "none":
+        return None
+    if norm == "batch":
+        return layers.BatchNormalization(name=name)
+    if norm == "instance":
+        return layers.GroupNormalization(groups=-1, name=name)
+    if norm == "group":
+        return layers.GroupNormalization(groups=groups, name=name)
+    raise ValueError(f"model.norm: expected one of {list(NORMS)}, got {norm!r}")
 
 
 def level_kernel(base_kernels: Sequence[int], i: int) -> tuple[int, ...]:
@@ -36,35 +56,40 @@ def level_dilation(dilation: Sequence[int], i: int) -> tuple[int, ...]:
     return tuple(max(int(d) - i, 1) for d in dilation)
 
 
-def _conv(
-    x,
-    filters: int,
-    kernel: tuple[int, ...],
-    dilation: tuple[int, ...],
-    activation: str,
-    batch_norm: bool,
-    name: str,
-):
+def _conv(x, filters, kernel, dilation, activation, norm, groups, name, act=True):
+    """conv (activation inside, as the original) -> [norm]."""
     x = layers.Conv2D(
         filters,
         kernel,
         strides=(1, 1),
         padding="same",
         dilation_rate=dilation,
-        activation=activation,
+        activation=activation if act else None,
         kernel_initializer="he_normal",
         name=name,
     )(x)
-    if batch_norm:
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    return x
+    normalise = norm_layer(norm, groups, f"{name}_{'bn' if norm == 'batch' else 'norm'}")
+    return x if normalise is None else normalise(x)
 
 
-def _double_conv(x, filters, kernel, dilation, rate, activation, batch_norm, prefix):
-    """conv -> [BN] -> Dropout(rate) -> conv -> [BN], as in the original."""
-    x = _conv(x, filters, kernel, dilation, activation, batch_norm, f"{prefix}_conv1")
+def _double_conv(x, filters, kernel, dilation, rate, activation, norm, groups, residual, prefix):
+    """conv -> [norm] -> Dropout(rate) -> conv -> [norm], as in the original.
+
+    ``residual``: a residual unit (He et al. 2016) instead: the second conv's activation
+    moves after the sum ``act(norm(conv2(...)) + shortcut(x))``, the shortcut being a 1x1
+    conv when the channel count changes (as MONAI's ``ResidualUnit``).
+    """
+    inputs = x
+    x = _conv(x, filters, kernel, dilation, activation, norm, groups, f"{prefix}_conv1")
     x = layers.Dropout(rate, name=f"{prefix}_dropout")(x)
-    return _conv(x, filters, kernel, dilation, activation, batch_norm, f"{prefix}_conv2")
+    x = _conv(x, filters, kernel, dilation, activation, norm, groups, f"{prefix}_conv2", act=not residual)
+    if not residual:
+        return x
+    shortcut = inputs
+    if inputs.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, (1, 1), kernel_initializer="he_normal", name=f"{prefix}_shortcut")(inputs)
+    x = layers.Add(name=f"{prefix}_add")([x, shortcut])
+    return layers.Activation(activation, name=f"{prefix}_act")(x)
 
 
 def build_flexunet(
@@ -78,7 +103,9 @@ def build_flexunet(
     num_layers: int,
     dropout_rate: float,
     dilation: Sequence[int],
-    batch_norm: bool = False,
+    norm: str = "none",
+    norm_groups: int = 8,
+    residual: bool = False,
     activation: str = "relu",
     name: str = "flexunet",
 ) -> keras.Model:
@@ -87,7 +114,11 @@ def build_flexunet(
     Level ``i``: filters ``base_filters * 2**i``, kernel ``max(base_kernels[k] - 2*i, 3)``,
     dilation ``max(dilation[k] - i, 1)``, dropout ``dropout_rate * i``. The head is a 1x1
     conv with softmax, or sigmoid when ``num_classes == 1``, kept in float32.
+    ``norm`` (:data:`NORMS`) follows every hidden conv; ``residual`` makes each level a
+    residual unit. ``norm="none", residual=False`` is the original's topology.
     """
+    if norm not in NORMS:
+        raise ValueError(f"model.norm: expected one of {list(NORMS)}, got {norm!r}")
     factor = 2 ** (num_layers - 1)
     if image_height % factor or image_width % factor:
         raise ValueError(
@@ -108,7 +139,9 @@ def build_flexunet(
             level_dilation(dilation, i),
             dropout_rate * i,
             activation,
-            batch_norm,
+            norm,
+            norm_groups,
+            residual,
             f"enc{i}",
         )
         skips.append(x)
@@ -129,7 +162,9 @@ def build_flexunet(
             level_dilation(dilation, i),
             dropout_rate * i,
             activation,
-            batch_norm,
+            norm,
+            norm_groups,
+            residual,
             f"dec{i}",
         )
 
