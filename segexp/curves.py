@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,8 +23,10 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: Path) -> Path:
     for ax, (key, title) in zip(axes.flat, panels):
         epochs = range(1, len(history[key]) + 1)
         ax.plot(epochs, history[key], label="train")
-        if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], label="validation")
+        if f"val_{key}" in history:  # validated epochs only (training.validation.every_n_epochs)
+            validated = [(e, v) for e, v in zip(epochs, history[f"val_{key}"]) if math.isfinite(v)]
+            if validated:
+                ax.plot(*zip(*validated), marker="." if len(validated) < len(epochs) else None, label="validation")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -381,13 +381,11 @@ def _truncate_history_csv(path: Path, epochs: int) -> None:
         csv.writer(f).writerows(kept)
 
 
-def merged_history(resume: Resume | None, history: Mapping[str, list[float]]) -> dict[str, list[float]]:
-    """The whole run's history: the resumed epochs' logs followed by this fit's."""
-    if resume is None:
-        return dict(history)
-    earlier, count = resume.history(), len(next(iter(history.values()), []))
-    keys = set(history) | {k for logs in earlier for k in logs}
-    return {k: [e.get(k, float("nan")) for e in earlier] + list(history.get(k, [float("nan")] * count)) for k in keys}
+def history_columns(rows: Sequence[Mapping[str, float]]) -> dict[str, list[float]]:
+    """Per-epoch logs as columns ``{key: [value of epoch 1, 2, ...]}``, NaN where an epoch lacks
+    the key (e.g. ``val_*`` on epochs without validation)."""
+    keys = sorted({k for row in rows for k in row})
+    return {k: [float(row.get(k, float("nan"))) for row in rows] for k in keys}
 
 
 # --------------------------------------------------------------------------- MLflow

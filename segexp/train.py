@@ -30,7 +30,15 @@ from segexp.data.slices import DataError, find_pairs
 from segexp.losses import build_loss
 from segexp.metrics import build_metrics
 from segexp.models import build_model
-from segexp.resume import follow_log, log_interrupted, merged_history, prepare_resume, reopen_run, with_resume_checkpoint
+from segexp.resume import (
+    ResumeCheckpoint,
+    follow_log,
+    history_columns,
+    log_interrupted,
+    prepare_resume,
+    reopen_run,
+    with_resume_checkpoint,
+)
 from segexp.outbox import OutagePolicy, TrackingUnavailable, check_server, http_settings
 from segexp.outputs import OutputError, check_output_locations, check_run_dir_free, resume_requested, train_output_locations
 from segexp.runs import MLFLOW_RUN_FILE, RunError, load_keras_model, record_mlflow_run
@@ -281,13 +289,14 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
         else:  # params stay as first logged; fill in what the interruption left out
             reopen_run(tracker, start, model, callbacks, dataset.class_names)
         try:
-            history = model.fit(
+            model.fit(
                 train_loader, validation_data=valid_loader, validation_freq=validation_epochs(cfg.training),
                 callbacks=callbacks, shuffle=False,
                 epochs=start.final_epoch(cfg.training.epochs) if start else cfg.training.epochs,
                 initial_epoch=start.epoch if start else 0, verbose=cfg.training.verbose,
-            ).history
-            history = merged_history(start, history)
+            )
+            checkpoint = next(c for c in callbacks if isinstance(c, ResumeCheckpoint))
+            history = history_columns(checkpoint.history)  # every epoch of the run, resumed ones included
         except BaseException as err:  # Ctrl-C, SIGTERM, a crash: the last epoch's checkpoint is on disk
             log_interrupted(run_dir, overrides, err)
             raise

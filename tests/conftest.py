@@ -80,6 +80,7 @@ TINY_DATASET_OVERRIDES = (
     "model.base_filters=4",
     "model.num_layers=3",
     "training.batch_size=4",
+    "training.steps_per_epoch=2",
     "training.epochs=2",
     "training.epoch_images.num=2",
     "training.loader.workers=0",
