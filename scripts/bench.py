@@ -651,15 +651,21 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def update_markdown(path: Path, text: str) -> None:
-    """Replace the block between the bench markers in ``path`` with ``text``."""
+def update_markdown(path: Path, text: str, begin: str = BEGIN, end: str = END, append: str | None = None) -> None:
+    """Replace the block between the markers ``begin`` and ``end`` (the bench's) in ``path`` with ``text``.
+
+    A missing block is an error, or, when ``append`` is given, is added at the end of the
+    document after the line ``append`` (a heading, say).
+    """
     doc = path.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"{path}: no {BEGIN} ... {END} block to update")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    if begin not in doc or end not in doc:
+        if append is None:
+            raise SystemExit(f"{path}: no {begin} ... {end} block to update")
+        doc = f"{doc.rstrip()}\n\n{append}\n{begin}\n{end}\n"
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    tmp.write_text(f"{head}{begin}\n{text}{end}{tail}")
     os.replace(tmp, path)
 
 
