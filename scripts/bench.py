@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+HOCM_MINI = REPO.parent / "shared" / "data" / "hocmvalves_mini"  # real slices, where ../shared is beside the checkout
 RESULT_PREFIX = "BENCH_RESULT "
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
@@ -344,7 +345,32 @@ def work_prepare(p: dict[str, Any]) -> dict[str, Any]:
             "rates": rates}
 
 
+def work_epoch(p: dict[str, Any]) -> dict[str, Any]:
+    """Per-epoch time of a real ``segexp-train`` run (its MLflow ``time/*`` metrics, from EpochClock):
+    medians over the epochs after the first (which traces the graphs) of the epoch time and of the
+    fixed cost, everything but the training steps (validation, best and resume checkpoints, epoch
+    images, logging)."""
+    import mlflow
+
+    from segexp.train import train
+
+    uri = f"sqlite:///{p['run_dir']}.db"
+    cfg = compose([*p["overrides"], f"tracking.uri={uri}", "training.evaluate_after=false", "training.verbose=0"])
+    _rmtree(Path(p["run_dir"]))
+    Path(f"{p['run_dir']}.db").unlink(missing_ok=True)
+    train(cfg, Path(p["run_dir"]))
+    client = mlflow.MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])[0]
+    series = {k: [m.value for m in sorted(client.get_metric_history(run.info.run_id, f"time/{k}"), key=lambda m: m.step)]
+              for k in ("epoch_s", "fixed_s", "fixed_fraction")}
+    later = {k: v[1:] or v for k, v in series.items()}
+    return {"epochs": len(series["epoch_s"]), "steps_per_epoch": cfg.training.steps_per_epoch,
+            "epoch_s": float(np.median(later["epoch_s"])), "fixed_s": float(np.median(later["fixed_s"])),
+            "fixed_fraction": float(np.median(later["fixed_fraction"])), "first_epoch_s": series["epoch_s"][0]}
+
+
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "epoch": work_epoch,
     "train_step": work_train_step,
     "loader": work_loader,
     "infer": work_infer,
@@ -446,7 +472,7 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
     """Run every section; returns all results (also printed as they arrive)."""
     tiny = args.tiny
     if tiny:
-        IN_PROCESS.update({"train_step", "loader", "infer", "memory"})
+        IN_PROCESS.update({"train_step", "loader", "infer", "memory", "epoch"})
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     cores = machine()["cores"]
@@ -454,7 +480,7 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "tiny": tiny, "repeats": repeats, "sections": {}}
     sections = results["sections"]
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    wanted = set(args.only or ["loader", "train", "infer", "memory", "prepare"])
+    wanted = set(args.only or ["loader", "train", "epoch", "infer", "memory", "prepare"])
 
     # Loader at 512x512 vs the model's training step at 512x512.
     if "loader" in wanted:
@@ -533,10 +559,27 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
             say(f"memory: one epoch on {count} slices")
             r = run_worker("memory", {"overrides": [
                 *data, f"model.image_height={size}", f"model.image_width={size}", "model.num_layers=3" if tiny else "model.num_layers=5",
-                "training.epochs=1", "training.evaluate_after=false", "training.epoch_images.num=0",
-                "training.early_stopping.enabled=false", "training.verbose=0"], "run_dir": str(work / f"memory_run_{count}")})
+                "training.epochs=1", "training.steps_per_epoch=null", "training.foreground_fraction=0",
+                "training.evaluate_after=false", "training.epoch_images.num=0",
+                "training.verbose=0"], "run_dir": str(work / f"memory_run_{count}")})
             rows.append({"slices": count, **r})
         sections["memory"] = {"rows": rows, "size": size}
+
+    # Epochs: the fixed per-epoch cost at default settings, phantom and a 36-slice real set.
+    if "epoch" in wanted:
+        rows = []
+        plan = [("phantom (default run)", [])]
+        if HOCM_MINI.is_dir():
+            plan.append(("hocmvalves_mini (36 real slices)", ["experiment=hocmvalves_mini", f"dataset.root={HOCM_MINI}"]))
+        for label, overrides in plan:
+            if tiny:
+                overrides = [*overrides, "debug=fast", "model.image_height=32", "model.image_width=32",
+                             "model.num_layers=3", "training.steps_per_epoch=2"]
+            say(f"epoch: {label}")
+            r = run_worker("epoch", {"overrides": [*overrides, f"training.epochs={2 if tiny else 3}"],
+                                     "run_dir": str(work / f"epoch_run_{len(rows)}")})
+            rows.append({"data": label, **r})
+        sections["epoch"] = {"rows": rows}
 
     # Prepare: volumes/s with 1 and 2 workers.
     if "prepare" in wanted:
@@ -610,6 +653,16 @@ def report(results: dict[str, Any]) -> str:
                        f"{r['threads']} | {'on' if r['xla'] else 'off'} | {'on' if r['mixed_precision'] else 'off'} | "
                        f"{_f(r['images_per_s'], 2)} |")
         out += ["", f"Mixed precision: {s['train']['mixed_precision']}.", ""]
+    if "epoch" in s:
+        out += ["### Fixed per-epoch cost (real `segexp-train` epochs at default settings, MLflow on)", "",
+                "| data | steps/epoch | epoch (s) | fixed: validation, checkpoints, images, logging (s) | "
+                "fixed / epoch | first epoch (s, graph tracing) |", "|---|---|---|---|---|---|"]
+        for r in s["epoch"]["rows"]:
+            checks.append((f"fixed per-epoch cost <= 10 % of the epoch, {r['data']} (got "
+                           f"{100 * r['fixed_fraction']:.1f} %)", r["fixed_fraction"] <= 0.10))
+            out.append(f"| {r['data']} | {r['steps_per_epoch']} | {_f(r['epoch_s'])} | {_f(r['fixed_s'], 2)} | "
+                       f"**{100 * r['fixed_fraction']:.1f} %** | {_f(r['first_epoch_s'])} |")
+        out.append("")
     if "infer" in s:
         out += ["### Inference on a NIfTI volume (slices/s)", "",
                 "| model | input | volume | segexp-infer end to end | bare forward | one `predict` per slice | "
@@ -673,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="seconds-scale smoke run (CI): numbers are meaningless")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")
-    parser.add_argument("--only", nargs="+", choices=["loader", "train", "infer", "memory", "prepare"])
+    parser.add_argument("--only", nargs="+", choices=["loader", "train", "epoch", "infer", "memory", "prepare"])
     parser.add_argument("--work-dir", default=str(REPO / "outputs" / "bench"), help="synthetic data and outputs")
     parser.add_argument("--json", help="also write all results (with every repetition) to this JSON file")
     parser.add_argument("--update", help="rewrite the results block of this markdown file (BENCHMARKS.md)")

@@ -82,6 +82,8 @@ SMOOTH = 1e-5  # MONAI DiceLoss smooth_nr = smooth_dr
 
 
 # ----------------------------------------------------------------------------- network
+# Written apart from segexp/models/resunet.py on purpose: a reference shares no code with the
+# system it is compared with (and it keeps MONAI's non-affine instance norm exactly).
 
 
 def _conv(x: Any, filters: int, stride: int, *, transposed: bool = False, conv_only: bool = False) -> Any:

@@ -177,6 +177,8 @@ class EpochClock(keras.callbacks.Callback):
                  "time/fixed_fraction": (epoch_s - train_s) / epoch_s if epoch_s > 0 else 0.0}
         self.times.append(times)
         self.tracker.log_metrics(times, step=epoch + 1)
+        log.info("epoch %d: %.1f s, of which %.1f s (%.0f %%) outside the training steps (validation, checkpoints, "
+                 "images, logging)", epoch + 1, epoch_s, epoch_s - train_s, 100 * times["time/fixed_fraction"])
         if self.max_time_s is not None and now - self.fit_start >= self.max_time_s:
             self.budget_spent = True
             self.model.stop_training = True

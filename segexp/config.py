@@ -72,15 +72,19 @@ class ModelConfig:
     image_width: int = MISSING
     image_channels: int = MISSING
     num_classes: int = MISSING
-    base_filters: int = MISSING
-    base_kernels: list[int] = MISSING
-    num_layers: int = MISSING
-    dropout_rate: float = MISSING
-    dilation: list[int] = MISSING
     norm: str = MISSING
     norm_groups: int = 8
-    residual: bool = False
-    activation: str = "relu"
+    dropout_rate: float = MISSING
+    # flexunet (segexp/models/flexunet.py)
+    base_filters: Optional[int] = None
+    base_kernels: Optional[list[int]] = None
+    num_layers: Optional[int] = None
+    dilation: Optional[list[int]] = None
+    residual: Optional[bool] = None
+    activation: Optional[str] = None
+    # resunet (segexp/models/resunet.py)
+    channels: Optional[list[int]] = None
+    num_res_units: Optional[int] = None
 
 
 @dataclass
@@ -149,6 +153,7 @@ class LoaderConfig:
     workers: int = MISSING
     use_multiprocessing: bool = MISSING
     max_queue_size: int = MISSING
+    cache_mb: float = MISSING
 
 
 @dataclass
@@ -264,13 +269,62 @@ def _in_unit_interval(value: float) -> bool:
     return 0.0 <= value <= 1.0
 
 
+#: Keys each network needs (a preset of that network must set them; the others must stay unset).
+MODEL_KEYS = {
+    "flexunet": ("base_filters", "base_kernels", "num_layers", "dilation", "residual", "activation"),
+    "resunet": ("channels", "num_res_units"),
+}
+
+
 def _check_model(m: Any) -> list[str]:
+    if m.name not in MODEL_KEYS:
+        return [f"model.name: unknown model {m.name!r}; available: {', '.join(sorted(MODEL_KEYS))}"]
     errors = []
-    for key in ("image_height", "image_width", "base_filters", "num_layers", "num_classes"):
+    for key in MODEL_KEYS[m.name]:
+        if m[key] is None:
+            errors.append(f"model.{key}: model {m.name} needs a value")
+    for other, keys in MODEL_KEYS.items():
+        for key in keys:
+            if other != m.name and key not in MODEL_KEYS[m.name] and m[key] is not None:
+                errors.append(f"model.{key}: belongs to model {other}, not {m.name} (remove it)")
+    for key in ("image_height", "image_width", "num_classes"):
         if m[key] < 1:
             errors.append(f"model.{key}: must be >= 1, got {m[key]}")
     if m.image_channels not in (1, 3):
         errors.append(f"model.image_channels: must be 1 (grayscale) or 3 (RGB), got {m.image_channels}")
+    if m.norm not in NORMS:
+        errors.append(f"model.norm: expected one of {list(NORMS)}, got {m.norm!r}")
+    if errors:
+        return errors
+    if m.name == "resunet":
+        return _check_resunet(m)
+    return _check_flexunet(m)
+
+
+def _check_resunet(m: Any) -> list[str]:
+    errors = []
+    channels = list(m.channels)
+    if len(channels) < 2 or min(channels) < 1:
+        errors.append(f"model.channels: expected at least two positive widths like [16, 32, 64, 128, 256], got {channels}")
+    if m.num_res_units < 1:
+        errors.append(f"model.num_res_units: must be >= 1, got {m.num_res_units}")
+    if not 0.0 <= m.dropout_rate < 1.0:
+        errors.append(f"model.dropout_rate: must lie in [0, 1), got {m.dropout_rate}")
+    if m.norm_groups < 1 or (m.norm == "group" and any(c % m.norm_groups for c in channels)):
+        errors.append(f"model.norm_groups: must divide every width in model.channels {channels}, got {m.norm_groups}")
+    factor = 2 ** (len(channels) - 1)
+    for key in ("image_height", "image_width"):
+        if m[key] % factor:
+            errors.append(f"model.{key}: {m[key]} is not divisible by 2**(len(channels)-1) = {factor} "
+                          f"(channels={channels}); use a multiple of {factor} or fewer levels")
+    return errors
+
+
+def _check_flexunet(m: Any) -> list[str]:
+    errors = []
+    for key in ("base_filters", "num_layers"):
+        if m[key] < 1:
+            errors.append(f"model.{key}: must be >= 1, got {m[key]}")
     kernels = list(m.base_kernels)
     if len(kernels) != 2 or any(k < 1 or k % 2 == 0 for k in kernels):
         errors.append(f"model.base_kernels: expected a pair of odd positive ints like [3, 3], got {kernels}")
@@ -284,9 +338,7 @@ def _check_model(m: Any) -> list[str]:
             f"model.dropout_rate: level i drops dropout_rate*i, which must stay below 1 for "
             f"i = num_layers-1 = {m.num_layers - 1}; got {m.dropout_rate}"
         )
-    if m.norm not in NORMS:
-        errors.append(f"model.norm: expected one of {list(NORMS)}, got {m.norm!r}")
-    elif m.norm == "group":
+    if m.norm == "group":
         if m.norm_groups < 1 or m.base_filters % m.norm_groups:
             errors.append(f"model.norm_groups: must divide model.base_filters ({m.base_filters}) so that every "
                           f"level's filters split into equal groups, got {m.norm_groups}")
@@ -380,6 +432,8 @@ def _check_training(t: Any) -> list[str]:
         group, name = key.split(".")
         if t[group][name] < 0:
             errors.append(f"training.{key}: must be >= 0, got {t[group][name]}")
+    if t.loader.cache_mb < 0:
+        errors.append(f"training.loader.cache_mb: must be >= 0 (0: no cache), got {t.loader.cache_mb}")
     if t.loader.max_queue_size < 1:
         errors.append(f"training.loader.max_queue_size: must be >= 1, got {t.loader.max_queue_size}")
     for key in ("intra_op", "inter_op"):

@@ -82,6 +82,7 @@ def build_loaders(cfg: DictConfig, dataset: SliceDataset, augmenter: Augmenter |
         use_multiprocessing=t.loader.use_multiprocessing,
         max_queue_size=t.loader.max_queue_size,
         on_bad_file=cfg.dataset.on_bad_file,
+        cache_mb=t.loader.cache_mb,
     )
     train = SliceLoader(dataset.pairs["train"], augmenter=augmenter, sampler=build_sampler(cfg, dataset), **common)
     valid = SliceLoader(dataset.pairs["valid"], augmenter=None, **common)

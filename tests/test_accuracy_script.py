@@ -188,12 +188,13 @@ def test_reference_only_run_writes_table_and_block(tmp_path: Path) -> None:
 @pytest.mark.skipif(not HVSMR_MINI.is_dir(), reason="../shared/data/hvsmr_mini is absent")
 def test_both_systems_tiny_run(tmp_path: Path) -> None:
     proc, doc = _run_accuracy(tmp_path, "--minutes", "0.05", "--no-tracking", "--segexp-overrides",
-                              "model.image_height=32", "model.image_width=32", "model.base_filters=4",
-                              "training.epochs=1", "training.epoch_images.num=0")
+                              "model.image_height=32", "model.image_width=32", "model.channels=[4,8,16]",
+                              "training.epochs=1", "training.steps_per_epoch=3", "training.epoch_images.num=0")
     text = doc.read_text()
-    assert "| segexp (defaults) | 1 | 6 |" in text  # 23 train slices, batch 4 (experiment=hvsmr_mini)
+    assert "| segexp (defaults) | 1 | 3 |" in text  # training.steps_per_epoch=3
     assert "| reference (MONAI UNet recipe) |" in text and "target" in text
+    assert "trained at the same time" in text  # side by side
     rows = json.loads((tmp_path / "out" / "hvsmr_mini" / "result.json").read_text())
     segexp, reference = rows
-    assert segexp["timed_by"] == "Keras per-epoch times" and reference["train_seconds"] >= segexp["train_seconds"]
+    assert segexp["timed_by"] == "Keras per-epoch times" and reference["train_seconds"] >= 0.05 * 60
     assert (tmp_path / "out" / "hvsmr_mini" / "segexp" / "evaluation" / "summary.json").is_file()

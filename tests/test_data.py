@@ -180,3 +180,21 @@ def test_hocmvalves_mini_decodes_exactly() -> None:
         counts += np.bincount(dataset.decoder(pair.mask).ravel(), minlength=8)
     # README of the data: LA 191k, Myo 132k, LV 64k, AO 59k, MV 3.0k, AV 2.3k, excised 2.1k pixels.
     assert round(counts[4], -3) == 191_000 and round(counts[6], -3) == 132_000 and counts[1:].min() > 2000
+
+
+def test_loader_cache_keeps_read_pairs_up_to_its_bound(tmp_path: Path) -> None:
+    """With cache_mb, a pair read once is served from memory (a file removed later is not read again);
+    pairs beyond the bound stream from disk, and cached and streamed batches are identical."""
+    root = write_tiny_dataset(tmp_path / "d", {"train": 6})
+    streamed = _loader(root)
+    expected = [streamed[i] for i in range(len(streamed))]
+    cached = _loader(root, cache_mb=1.0)
+    first = [cached[i] for i in range(len(cached))]
+    (root / "train" / "images" / "case0_004.png").unlink()
+    again = [cached[i] for i in range(len(cached))]
+    for a, b, c in zip(expected, first, again):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1])
+    one_pair = 32 * 32 * 2 / 2**20  # image + mask at 32x32, in MiB
+    bounded = _loader(write_tiny_dataset(tmp_path / "e", {"train": 6}), cache_mb=2.5 * one_pair)
+    bounded[0]
+    assert len(bounded._cache) == 2  # the bound holds two pairs; the third streams

@@ -1,7 +1,11 @@
 """Streaming batches of (image, mask) for Keras: a ``keras.utils.PyDataset``.
 
-Nothing is held in memory beyond the batches in flight: each ``__getitem__``
-reads its files, decodes masks to class indices, resizes and augments. Batches
+Each ``__getitem__`` reads its files, decodes masks to class indices, resizes and
+augments. Read-and-resized pairs (before augmentation) are kept in memory up to
+``cache_mb`` (MONAI's ``CacheDataset`` idea, bounded): with steps drawn with
+replacement the same slices come back every epoch, and decoding a 512x512 PNG pair
+costs as much as a training step's share of the CPU on a small machine. Beyond the
+bound, pairs stream from disk; memory stays flat whatever the dataset's size. Batches
 are ``(uint8 images (B, H, W, C), uint8 class-index masks (B, H, W))``; the model
 scales images itself and the losses one-hot the masks on the device.
 
@@ -66,6 +70,7 @@ class SliceLoader(keras.utils.PyDataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
         on_bad_file: str = "error",
+        cache_mb: float = 0.0,
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         if not pairs:
@@ -73,6 +78,9 @@ class SliceLoader(keras.utils.PyDataset):
         if on_bad_file not in ON_BAD_FILE:
             raise ValueError(f"on_bad_file: expected one of {list(ON_BAD_FILE)}, got {on_bad_file!r}")
         self.on_bad_file = on_bad_file
+        #: read-and-resized pairs by position, up to ``cache_mb`` MiB (dict writes are atomic across threads)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache_left = int(cache_mb * 2**20)
         #: ``skip`` mode: bad files met so far (image path -> cause); per process with multiprocessing.
         self.skipped: dict[str, str] = {}  # one dict assignment per bad file: safe across loader threads
         self.pairs = list(pairs)
@@ -117,7 +125,15 @@ class SliceLoader(keras.utils.PyDataset):
         return image, mask
 
     def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return load_pair(self.pairs[index], self.decoder, self.channels, self.height, self.width)
+        cached = self._cache.get(index)
+        if cached is not None:  # copies: an augmentation may write into its input
+            return cached[0].copy(), cached[1].copy()
+        image, mask = load_pair(self.pairs[index], self.decoder, self.channels, self.height, self.width)
+        size = image.nbytes + mask.nbytes
+        if size <= self._cache_left:
+            self._cache_left -= size  # a race between two threads only misjudges the bound by one pair
+            self._cache[index] = (image.copy(), mask.copy())
+        return image, mask
 
     def _read_valid(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Pair ``index`` read and resized, or in ``skip`` mode the first valid pair after it."""

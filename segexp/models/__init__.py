@@ -1,14 +1,20 @@
-"""Model registry: ``model.name`` in the config picks a builder from ``MODEL_BUILDERS``."""
+"""Model registry: ``model.name`` in the config picks a builder from ``MODEL_BUILDERS``.
+
+A builder takes keyword arguments only; :func:`build_model` passes it the config keys its
+signature names (the model config group holds the keys of every network).
+"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import keras
 
 from segexp.models.flexunet import build_flexunet
+from segexp.models.resunet import build_resunet
 
-MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {"flexunet": build_flexunet}
+MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {"flexunet": build_flexunet, "resunet": build_resunet}
 
 
 def build_model(name: str, **kwargs) -> keras.Model:
@@ -19,7 +25,8 @@ def build_model(name: str, **kwargs) -> keras.Model:
         raise ValueError(
             f"model.name: unknown model {name!r}; available: {', '.join(sorted(MODEL_BUILDERS))}"
         ) from None
-    return builder(**kwargs)
+    accepted = inspect.signature(builder).parameters
+    return builder(**{k: v for k, v in kwargs.items() if k in accepted and v is not None})
 
 
-__all__ = ["MODEL_BUILDERS", "build_flexunet", "build_model"]
+__all__ = ["MODEL_BUILDERS", "build_flexunet", "build_model", "build_resunet"]
