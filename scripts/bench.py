@@ -138,7 +138,7 @@ def compiled_model(overrides: Sequence[str], jit_compile: bool | str = False,
     names = list(cfg.dataset.class_names)
     if len(names) != cfg.model.num_classes:
         names = [f"class{i}" for i in range(cfg.model.num_classes)]
-    return compile_model(cfg, names), cfg
+    return compile_model(cfg, names, cfg.training.steps_per_epoch or 1), cfg
 
 
 # ----------------------------------------------------------------------------- workers (one process each)

@@ -145,8 +145,11 @@ def test_main_gives_the_reference_segexps_time_and_rewrites_blocks(tmp_path: Pat
                         lambda ds, overrides, args, work, seconds: budgets.append(seconds) or row("reference (x)", 0.6, 43.0))
     doc = tmp_path / "ACCURACY.md"
     argv = ["--datasets", "hvsmr_mini", "hocmvalves_mini", "--out", str(tmp_path / "out"), "--markdown", str(doc)]
-    assert accuracy.main(argv) == 0
-    assert budgets == [42.0]
+    assert accuracy.main([*argv, "--minutes", "3"]) == 0
+    assert budgets == [180.0]  # side by side (default): both get the same budget
+    budgets.clear()
+    assert accuracy.main([*argv, "--one-after-the-other"]) == 0
+    assert budgets == [42.0]  # one after the other: the reference gets segexp's measured time
     assert "skipping hocmvalves_mini" in capsys.readouterr().out
     first = doc.read_text()
     assert first.startswith(accuracy.HEADER) and "accuracy:hocmvalves_mini" not in first
