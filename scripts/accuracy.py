@@ -372,8 +372,10 @@ structure without background, per patient in 3D. Target: segexp's foreground Dic
 reference's, and no structure left at 0 that the reference finds. The blocks below are rewritten
 by the script, one per dataset; each names the command and the machine that produced it.
 
-Full comparison (four datasets, two systems, up to 10 minutes of training each, about 1.5 h on
-2 CPU cores): `python scripts/accuracy.py`. Options: `--datasets`, `--minutes`, `--out`
+Full comparison: `python scripts/accuracy.py --minutes 7` (four datasets; by default both systems
+train at the same time on the same cores with the same budget, about 35 min on 2 CPU cores);
+`--one-after-the-other` runs segexp alone and then the reference alone for segexp's measured time.
+Options: `--datasets`, `--minutes`, `--out`
 (default `outputs/accuracy`), `--segexp-overrides`, `--reference-only`, `--segexp-only`,
 `--no-tracking`; `python scripts/accuracy.py --help`.
 """
