@@ -29,6 +29,7 @@ has no affine parameters, segexp's has).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,7 +63,8 @@ def _convolution(x: Any, filters: int, stride: int, norm: str, groups: int, drop
         x = layers.Conv2D(filters, 3, strides=stride, padding="valid", name=name("conv"))(x)
     if conv_only:
         return x
-    normalise = norm_layer(norm, groups, name("norm"))
+    # group norm: at most gcd(groups, filters) groups, so the class-count conv of the top level fits too
+    normalise = norm_layer(norm, math.gcd(groups, filters), name("norm"))
     if normalise is not None:
         x = normalise(x)
     if dropout > 0:
