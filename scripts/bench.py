@@ -480,7 +480,7 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "tiny": tiny, "repeats": repeats, "sections": {}}
     sections = results["sections"]
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    wanted = set(args.only or ["loader", "train", "epoch", "infer", "memory", "prepare"])
+    wanted = set(args.only or ["loader", "train", "infer", "memory", "prepare"])  # epoch: --only epoch
 
     # Loader at 512x512 vs the model's training step at 512x512.
     if "loader" in wanted:
