@@ -348,8 +348,8 @@ def block(ds: Dataset, rows: Sequence[dict[str, Any]], args: argparse.Namespace,
         + ("Both systems trained at the same time, sharing the machine's cores, with the same budget of "
            f"{args.minutes:g} min; each stops after the epoch that reaches it (segexp: `training.max_time`). "
            if args.side_by_side else
-           "Training wall time: segexp's per-epoch times as Keras prints them; the reference "
-           "was given the same budget and stops after the epoch that reaches it. ")
+           "Each system trained alone on the machine's cores, segexp first; the reference was given segexp's "
+           "measured training time and stops after the epoch that reaches it. ")
         + "Training wall time: segexp's per-epoch times as Keras prints them, the reference's loop clock."
         + (f" Reference network: {params:,} parameters." if params else ""),
         "",
@@ -372,9 +372,9 @@ structure without background, per patient in 3D. Target: segexp's foreground Dic
 reference's, and no structure left at 0 that the reference finds. The blocks below are rewritten
 by the script, one per dataset; each names the command and the machine that produced it.
 
-Full comparison: `python scripts/accuracy.py --minutes 7` (four datasets; by default both systems
-train at the same time on the same cores with the same budget, about 35 min on 2 CPU cores);
-`--one-after-the-other` runs segexp alone and then the reference alone for segexp's measured time.
+Full comparison: `python scripts/accuracy.py` (four datasets, about 50 min on 2 CPU cores): segexp
+trains alone on the machine's cores, then the reference alone for segexp's measured training time;
+`--side-by-side` trains both at once on the same cores with the same `--minutes` budget.
 Options: `--datasets`, `--minutes`, `--out`
 (default `outputs/accuracy`), `--segexp-overrides`, `--reference-only`, `--segexp-only`,
 `--no-tracking`; `python scripts/accuracy.py --help`.
@@ -404,9 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slab-slices", type=int, default=4, help="thorax volumes: slices per slab")
     parser.add_argument("--max-epochs", type=int, default=None, help="reference: stop after this many epochs at the latest")
     parser.add_argument("--no-tracking", action="store_true", help="segexp-train with tracking=none")
-    parser.add_argument("--one-after-the-other", dest="side_by_side", action="store_false",
-                        help="run segexp, then the reference with segexp's measured time, each alone "
-                             "(default: both at once on the same cores with the same --minutes)")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="train both at once on the same cores with the same --minutes (default: segexp alone, "
+                             "then the reference alone for segexp's measured training time)")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--reference-only", action="store_true", help="only the reference, for --minutes")
     only.add_argument("--segexp-only", action="store_true", help="only segexp-train")
@@ -427,9 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = []
         budget = args.minutes * 60
         if args.side_by_side and not (args.reference_only or args.segexp_only):
-            # Both at once on the same cores (default thread settings): a shared machine's changing
-            # speed hits both alike. (One core each was tried: it penalises Keras' fit machinery,
-            # which needs a spare thread, against a bare train_on_batch loop; no user runs that way.)
+            # Both at once on the same cores: a shared machine's changing speed hits both alike, but
+            # each gets about half the cores, so the presets' schedules (sized for the cores alone) are
+            # cut by the budget, and Keras' fit process measured 1.6x slower per step than the bare
+            # loop under that contention (ACCURACY.md). Hence not the default.
             with ThreadPoolExecutor(2) as pool:
                 seg = pool.submit(run_segexp, ds, data_overrides, args, work)
                 ref = pool.submit(run_reference, ds, data_overrides, args, work, budget)
