@@ -7,7 +7,7 @@
 
 For every dataset:
 
-1. ``segexp-train`` runs as a subprocess (``python -m segexp.train`` of this checkout) with
+1. ``segexp-train`` runs as a subprocess (``python -m segexp.cli.train`` of this checkout) with
    the dataset's overrides only, i.e. segexp's default recipe, plus
    ``training.max_time=<minutes>`` when this checkout has that key, ``hydra.run.dir`` under
    ``--out`` and MLflow tracking into ``<out>/mlflow.db`` (``--no-tracking``: ``tracking=none``).
@@ -59,9 +59,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
-
 from bench import machine, update_markdown
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -165,7 +164,7 @@ def prepare_thorax(ds: Dataset, work: Path, slab_slices: int) -> list[str]:
             link.symlink_to((SHARED / "thorax_cta" / case / f"{kind}.nii.gz").resolve())
     prepared, job = work / "prepared", work / "prepare_job"
     shutil.rmtree(job, ignore_errors=True)
-    cmd = [sys.executable, "-m", "segexp.prepare", f"volumes={preset}", f"volumes.source={_quote(volumes)}",
+    cmd = [sys.executable, "-m", "segexp.cli.prepare", f"volumes={preset}", f"volumes.source={_quote(volumes)}",
            f"out_dir={_quote(prepared)}", "window=cardiac_cta", f"split.cases={{train:[{case}],valid:[],test:[]}}",
            "workers=0", "tracking=none", f"hydra.run.dir={_quote(job)}"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True)
@@ -234,7 +233,7 @@ def run_segexp(ds: Dataset, data_overrides: list[str], args: argparse.Namespace,
     tracking = (["tracking=none"] if args.no_tracking else
                 [f"tracking.uri={_quote(f'sqlite:///{out}/mlflow.db')}", f"tracking.artifact_location={_quote(out / 'mlartifacts')}",
                  "tracking.experiment=segexp-accuracy"])
-    cmd = [sys.executable, "-m", "segexp.train", *data_overrides, *ds.segexp_only, *time_overrides(args.minutes),
+    cmd = [sys.executable, "-m", "segexp.cli.train", *data_overrides, *ds.segexp_only, *time_overrides(args.minutes),
            *args.segexp_overrides,
            *tracking, f"hydra.run.dir={_quote(run_dir)}"]
     print("  $ " + shlex.join(["segexp-train", *cmd[3:]]), flush=True)
@@ -253,7 +252,7 @@ def run_segexp(ds: Dataset, data_overrides: list[str], args: argparse.Namespace,
     if ds.split != "test" or not summary_path.is_file():
         job = work / f"segexp_evaluate_{ds.split}"
         shutil.rmtree(job, ignore_errors=True)
-        code, _, _ = stream([sys.executable, "-m", "segexp.evaluate", f"run={_quote(run_dir)}", f"split={ds.split}",
+        code, _, _ = stream([sys.executable, "-m", "segexp.cli.evaluate", f"run={_quote(run_dir)}", f"split={ds.split}",
                              f"hydra.run.dir={_quote(job)}"], work / "segexp_evaluate.log", "segexp-evaluate")
         if code != 0:
             raise RuntimeError(f"segexp-evaluate exited with {code}; see {work / 'segexp_evaluate.log'}")

@@ -95,7 +95,7 @@ def compose(overrides: Sequence[str], config_name: str = "train") -> Any:
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
-    from segexp.config import CONF_DIR
+    from segexp.config.schema import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
@@ -124,11 +124,9 @@ def compiled_model(overrides: Sequence[str], jit_compile: bool | str = False,
     No dataset is read: the class names are the dataset's when the counts agree, else
     placeholders (``flexunet_hocm`` has 8 classes, the phantom 6).
     """
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
-    from segexp.train import compile_model
-
-    from omegaconf import OmegaConf
+    from segexp.training.loop import compile_model
 
     cfg = compose(["tracking=none", *overrides])
     OmegaConf.resolve(cfg)
@@ -168,9 +166,9 @@ def work_loader(p: dict[str, Any]) -> dict[str, Any]:
     """Augmented samples/s that ``model.fit`` receives from :class:`SliceLoader` (a 1x1-conv model consumes them)."""
     import keras
 
-    from segexp.augment import Augmenter
+    from segexp.data.augment import Augmenter
     from segexp.data.dataset import open_dataset
-    from segexp.train import build_loaders
+    from segexp.training.loop import build_loaders
 
     cfg = compose(["tracking=none", "augmentation=full", *p["overrides"]])
     dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
@@ -232,9 +230,9 @@ def work_infer(p: dict[str, Any]) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from segexp.data.volumes import VolumeCase, load_case, num_slices, volume_slice
-    from segexp.infer import predict_volume, window_volume
+    from segexp.evaluation.prediction import predict_volume, window_like_training
+    from segexp.evaluation.viz import default_palette
     from segexp.models import build_model
-    from segexp.viz import default_palette
 
     set_tf_threads(p.get("threads"))
     cfg = compose(["tracking=none", *p["overrides"]])
@@ -247,7 +245,7 @@ def work_infer(p: dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(p["out_dir"])
 
     loaded = load_case(VolumeCase("bench", volume, None))
-    image = window_volume(loaded.image, window)
+    image = window_like_training(loaded.image, window)
     n = num_slices(image, "axial")
     slices = np.stack([cv2.resize(volume_slice(image, "axial", i), (m.image_width, m.image_height),
                                   interpolation=cv2.INTER_AREA) for i in range(n)])[..., None]
@@ -303,13 +301,13 @@ def _favour_background(model: Any) -> None:
 
 def work_memory(p: dict[str, Any]) -> dict[str, Any]:
     """Peak RSS of one real ``segexp-train`` epoch (no MLflow, no evaluation) on the given dataset."""
-    from segexp.train import train
+    from segexp.training.loop import train
 
     cfg = compose(["tracking=none", "augmentation=full", *p["overrides"]])
     import keras  # noqa: F401  (TensorFlow's start-up memory is part of the baseline)
 
     baseline = rss_mb()
-    _rmtree(Path(p["run_dir"]))  # a run folder holding an earlier run is refused (segexp.outputs)
+    _rmtree(Path(p["run_dir"]))  # a run folder holding an earlier run is refused (segexp.config.outputs)
     train(cfg, Path(p["run_dir"]))
     return {"peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline}
 
@@ -320,7 +318,7 @@ def work_prepare(p: dict[str, Any]) -> dict[str, Any]:
 
     import nibabel as nib
 
-    from segexp.prepare import prepare
+    from segexp.data.prepare import prepare
 
     logging.disable(logging.INFO)
     source = Path(p["source"])
@@ -351,8 +349,9 @@ def work_epoch(p: dict[str, Any]) -> dict[str, Any]:
     fixed cost, everything but the training steps (validation, best and resume checkpoints, epoch
     images, logging)."""
     import mlflow
+    import numpy as np
 
-    from segexp.train import train
+    from segexp.training.loop import train
 
     uri = f"sqlite:///{p['run_dir']}.db"
     cfg = compose([*p["overrides"], f"tracking.uri={uri}", "training.evaluate_after=false", "training.verbose=0"])
@@ -443,7 +442,7 @@ def machine() -> dict[str, Any]:
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         mem_gib = float("nan")
-    from segexp.config import usable_cores
+    from segexp.config.schema import usable_cores
 
     cores = usable_cores()
     versions = {}

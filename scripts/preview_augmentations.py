@@ -36,9 +36,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 if str(REPO) not in sys.path:  # allow running from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from segexp.augment import AugmentationError, Augmenter, sample_seed  # noqa: E402
-from segexp.viz import default_palette, hstack_panels, overlay_mask, save_png, vstack_rows  # noqa: E402
-
+from segexp.data.augment import AugmentationError, Augmenter, sample_seed  # noqa: E402
+from segexp.evaluation.viz import (  # noqa: E402
+    default_palette,
+    hstack_panels,
+    overlay_mask,
+    save_png,
+    vstack_rows,
+)
 
 # ----------------------------------------------------------------------------- config
 

@@ -54,7 +54,7 @@ The recipe, standard choices written out as a reference:
 
 Outputs in ``--out``: ``reference.json`` (epochs, optimiser steps, training seconds, the
 per-epoch history, the parameter count) and ``evaluation/`` with segexp's reports of the
-best weights on ``--split`` (:func:`segexp.evaluate.evaluate_split`, :func:`write_reports`).
+best weights on ``--split`` (:func:`segexp.evaluation.reports.evaluate_split`, :func:`write_reports`).
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from bench import compose
 
 MONAI_COMMIT = "d388d1c6fec8cb3a0eebee5b5a0b9776ca59ca83"
@@ -202,7 +201,7 @@ def foreground_dice(truth: np.ndarray, pred: np.ndarray, cases: Sequence[str], n
     """Hard Dice per case (stacked slices) and foreground class; mean over cases per class, then over classes.
 
     A class absent from truth and prediction of a case is left out for that case (NaN), as in segexp's scorer.
-    Only the confusion counts: :func:`segexp.scoring.score_classes` also computes HD95, which takes
+    Only the confusion counts: :func:`segexp.evaluation.scoring.score_classes` also computes HD95, which takes
     seconds per epoch on the noisy predictions of the first epochs (time taken from the budget).
     """
     cases = np.asarray(cases)
@@ -239,7 +238,7 @@ def train_reference(model: Any, train: Split, valid: Split, budget_s: float, *, 
     """Adam 1e-3, DiceCE, flips; keep the best validation weights; stop after the epoch reaching ``budget_s``."""
     import keras
 
-    from segexp.inference import predict_batches, probabilities_to_classes
+    from segexp.evaluation.inference import predict_batches, probabilities_to_classes
 
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
@@ -276,9 +275,9 @@ def train_reference(model: Any, train: Split, valid: Split, budget_s: float, *, 
 def run(overrides: Sequence[str], seconds: float, out_dir: Path, split: str = "test",
         max_epochs: int | None = None) -> dict[str, Any]:
     """Compose the config of ``overrides``, train the reference for ``seconds``, score ``split``; returns reference.json."""
-    from segexp.config import validate_train_config
+    from segexp.config.schema import validate_train_config
     from segexp.data.dataset import open_dataset
-    from segexp.evaluate import evaluate_split, write_reports
+    from segexp.evaluation.reports import evaluate_split, write_reports
 
     cfg = validate_train_config(compose([o for o in overrides if not o.lstrip("~+").startswith("hydra.")]))
     m = cfg.model

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from segexp.config import CONF_DIR, REPO_DIR
+from segexp.config.schema import CONF_DIR, REPO_DIR
 from segexp.data.rgb_map import encode_rgb_mask
 
 from .servers import mlflow_server  # noqa: F401  (session fixture: PostgreSQL-backed MLflow server)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from segexp.config import REPO_DIR
+from segexp.config.schema import REPO_DIR
 
 SERVER_SCRIPT = REPO_DIR / "scripts" / "mlflow_server.sh"
 REQUIRE_ENV = "SEGEXP_REQUIRE_SERVER"

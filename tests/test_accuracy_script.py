@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segexp.config import REPO_DIR
+from segexp.config.schema import REPO_DIR
 from segexp.data.dataset import leaked_cases
 from segexp.data.slices import split_pairs
 
@@ -107,7 +107,7 @@ def test_slab_folder_is_split_by_slab_without_leaks(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not HVSMR_MINI.is_dir(), reason="../shared/data/hvsmr_mini is absent")
 def test_hvsmr_mini_split_scores_every_structure_in_valid_and_test() -> None:
-    from segexp.config import validate_train_config
+    from segexp.config.schema import validate_train_config
     from segexp.data.dataset import open_dataset
 
     from .conftest import compose_config

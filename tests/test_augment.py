@@ -1,4 +1,4 @@
-"""Tests for segexp.augment (config -> albumentations pipeline, paired warps) and segexp.viz."""
+"""Tests for segexp.data.augment (config -> albumentations pipeline, paired warps) and segexp.evaluation.viz."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from segexp.augment import (
+from segexp.data.augment import (
     AugmentationError,
     Augmenter,
     augment_pair,
     build_augmentation,
     sample_seed,
 )
-from segexp.viz import (
+from segexp.evaluation.viz import (
     default_palette,
     hstack_panels,
     image_truth_prediction,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-
-import pytest
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from segexp.config import REPO_DIR
+import pytest
+
+from segexp.config.schema import REPO_DIR
 
 BENCH = REPO_DIR / "scripts" / "bench.py"
 

@@ -13,15 +13,22 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segexp.check import run_check
-from segexp.config import ConfigError, validate_train_config
+from segexp.cli.check import run_check
+from segexp.config.schema import ConfigError, validate_train_config
 from segexp.data.check import check_slice_dataset, check_volume_folder
 from segexp.data.loader import SliceLoader
 from segexp.data.sampling import EpochSampler
 from segexp.data.slices import DataError, MaskDecoder, find_pairs, load_pair, read_image
 from segexp.data.volumes import CASE_DIR_PATTERN, CASE_PATTERN
 
-from .conftest import HOCM_MINI, SHARED_DATA, TINY_COLOURS, TINY_DATASET_OVERRIDES, compose_config, write_tiny_dataset
+from .conftest import (
+    HOCM_MINI,
+    SHARED_DATA,
+    TINY_COLOURS,
+    TINY_DATASET_OVERRIDES,
+    compose_config,
+    write_tiny_dataset,
+)
 
 THORAX = SHARED_DATA / "thorax_cta"
 TINY_KEYS = ("dataset=folder", "dataset.class_names=[background,square,disc]",
@@ -168,7 +175,7 @@ def test_loader_on_bad_file_error_names_the_file(tmp_path: Path) -> None:
 
 
 def test_loader_on_bad_file_skip_replaces_and_counts(tmp_path: Path, caplog) -> None:
-    from segexp.augment import Augmenter
+    from segexp.data.augment import Augmenter
 
     root = write_tiny_dataset(tmp_path / "d", {"train": 12})
     bad = break_dataset_train(root)
@@ -284,7 +291,7 @@ def test_real_hocmvalves_mini_passes_with_its_fingerprint() -> None:
 
 def test_cli_exit_status_and_file_names(tmp_path: Path) -> None:
     root = write_tiny_dataset(tmp_path / "d")
-    base = [sys.executable, "-m", "segexp.check", f"paths.root={tmp_path}", *TINY_KEYS]
+    base = [sys.executable, "-m", "segexp.cli.check", f"paths.root={tmp_path}", *TINY_KEYS]
     ok = subprocess.run([*base, f"dataset.root={root}"], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "problems: none" in ok.stdout and "square" in ok.stdout and "intensity (uint8)" in ok.stdout
@@ -310,7 +317,7 @@ def test_cli_checks_volumes(tmp_path: Path) -> None:
     label[0, :4, 0] = [2, 3, 4, 5]  # every class of the phantom's class table
     _nifti(src / "p1_image.nii.gz", np.full((8, 8, 4), 40, np.int16))
     _nifti(src / "p1_label.nii.gz", label)
-    cmd = [sys.executable, "-m", "segexp.check", f"paths.root={tmp_path}", "volumes=phantom", "volumes.phantom=null",
+    cmd = [sys.executable, "-m", "segexp.cli.check", f"paths.root={tmp_path}", "volumes=phantom", "volumes.phantom=null",
            f"volumes.source={src}"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -325,7 +332,7 @@ def test_training_logs_the_fingerprint_and_honours_on_bad_file(compose_train, ti
     import mlflow
     from mlflow import MlflowClient
 
-    from segexp.train import train
+    from segexp.training.loop import train
 
     (tiny_dataset / "train" / "images" / "case0_005.png").write_bytes(b"not a png")
     overrides = (*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "training.epochs=1",

@@ -6,9 +6,10 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from segexp.config import CONF_DIR, ConfigError, validate_train_config
+from segexp.config.schema import CONF_DIR, ConfigError
 from segexp.data.dataset import open_dataset
 from segexp.data.slices import DataError
+from segexp.training.loop import validate_run_config
 
 from .conftest import compose_config
 
@@ -26,7 +27,7 @@ PRESETS = [(g, o) for g in ("model", "dataset", "augmentation", "training", "tra
 def test_every_preset_composes_and_validates(group: str, option: str) -> None:
     extra = {("dataset", "folder"): FOLDER_KEYS, ("model", "flexunet_hocm"): ("dataset=hocmvalves",)}.get((group, option), ())
     cfg = compose_config([f"{group}={option}", *extra])
-    typed = validate_train_config(cfg)
+    typed = validate_run_config(cfg)
     assert typed.model.num_classes >= 1
 
 
@@ -60,12 +61,12 @@ def test_every_yaml_key_is_commented() -> None:
 
 
 def test_kernel_override_from_issue() -> None:
-    cfg = validate_train_config(compose_config(["model.base_kernels=[11,11]", "training.epochs=2"]))
+    cfg = validate_run_config(compose_config(["model.base_kernels=[11,11]", "training.epochs=2"]))
     assert list(cfg.model.base_kernels) == [11, 11]
 
 
 def test_hocm_experiment_is_the_original_model() -> None:
-    cfg = validate_train_config(compose_config(["experiment=hocmvalves"]))
+    cfg = validate_run_config(compose_config(["experiment=hocmvalves"]))
     m = cfg.model
     assert (m.image_height, m.image_width, m.image_channels, m.num_classes) == (512, 512, 3, 8)
     assert (m.base_filters, list(m.base_kernels), m.num_layers, m.dropout_rate, list(m.dilation)) == (16, [11, 11], 8, 0.05, [1, 1])
@@ -99,12 +100,12 @@ def test_hocm_experiment_is_the_original_model() -> None:
 )
 def test_invalid_values_name_the_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate_train_config(compose_config(overrides))
+        validate_run_config(compose_config(overrides))
 
 
 def test_all_problems_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
-        validate_train_config(compose_config(["model.base_kernels=[4,4]", "model.dropout_rate=2", "training.loss=x"]))
+        validate_run_config(compose_config(["model.base_kernels=[4,4]", "model.dropout_rate=2", "training.loss=x"]))
     text = str(info.value)
     assert "model.base_kernels" in text and "model.dropout_rate" in text and "training.loss" in text
 
@@ -117,11 +118,11 @@ def test_command_line_typo_is_rejected_by_hydra() -> None:
 def test_values_are_data_not_code(tmp_path) -> None:
     """A Python expression in a value stays a string; nothing is evaluated."""
     cfg = compose_config(["task_name='__import__(\"os\").getcwd()'"])
-    assert validate_train_config(cfg).task_name == '__import__("os").getcwd()'
+    assert validate_run_config(cfg).task_name == '__import__("os").getcwd()'
 
 
 def test_missing_dataset_folder_names_the_key(tmp_path) -> None:
-    cfg = validate_train_config(compose_config([*FOLDER_KEYS[1:], f"dataset=folder", f"dataset.root={tmp_path}/absent"]))
+    cfg = validate_run_config(compose_config([*FOLDER_KEYS[1:], "dataset=folder", f"dataset.root={tmp_path}/absent"]))
     with pytest.raises(DataError, match=r"dataset\.root: folder .*absent does not exist"):
         open_dataset(cfg.dataset, cfg.model.num_classes)
 
@@ -137,9 +138,9 @@ def test_loader_workers_default_to_usable_cores_up_to_8(monkeypatch) -> None:
     """``training.loader.workers: ${cores:8}`` follows the CPU cores this process may use, capped at 8."""
     import os
 
-    from segexp.config import usable_cores
+    from segexp.config.schema import usable_cores
 
     for cores, expected in ((set(range(2)), 2), (set(range(16)), 8), ({0}, 1)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: c, raising=False)
         assert usable_cores(8) == expected and usable_cores() == len(cores)
-        assert validate_train_config(compose_config()).training.loader.workers == expected
+        assert validate_run_config(compose_config()).training.loader.workers == expected

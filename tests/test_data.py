@@ -8,14 +8,26 @@ import cv2
 import numpy as np
 import pytest
 
-from segexp.augment import Augmenter
+from segexp.data.augment import Augmenter
 from segexp.data.dataset import open_dataset
 from segexp.data.loader import SliceLoader
-from segexp.data.sampling import EpochSampler
 from segexp.data.rgb_map import decode_rgb_mask, encode_rgb_mask
-from segexp.data.slices import DataError, MaskDecoder, find_pairs, load_pair, split_pairs
+from segexp.data.sampling import EpochSampler
+from segexp.data.slices import (
+    DataError,
+    MaskDecoder,
+    find_pairs,
+    load_pair,
+    split_pairs,
+)
 
-from .conftest import HOCM_MINI, TINY_COLOURS, compose_config, tiny_pair, write_tiny_dataset
+from .conftest import (
+    HOCM_MINI,
+    TINY_COLOURS,
+    compose_config,
+    tiny_pair,
+    write_tiny_dataset,
+)
 
 HOCM_COLOURS = [[0, 0, 0], [255, 0, 255], [0, 255, 255], [0, 0, 255], [0, 255, 0], [255, 255, 0], [255, 0, 0], [110, 110, 110]]
 
@@ -157,7 +169,7 @@ def test_loader_streams_from_disk(tmp_path: Path) -> None:
 
 
 def test_validation_loader_never_augments(tmp_path: Path) -> None:
-    from segexp.train import build_loaders
+    from segexp.training.loop import build_loaders
 
     root = write_tiny_dataset(tmp_path / "d")
     cfg = compose_config(["dataset=folder", f"dataset.root={root}", "dataset.class_names=[background,square,disc]",

@@ -19,10 +19,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from segexp.data.intensity import window_to_uint8
-from segexp.evaluate import EvaluationError, evaluate_run
-from segexp.infer import infer
-from segexp.runs import BEST_MODEL, RunError, open_run
-from segexp.train import train
+from segexp.evaluation.prediction import infer
+from segexp.evaluation.reports import EvaluationError, evaluate_run
+from segexp.tracking.runs import BEST_MODEL, RunError, open_run
+from segexp.training.loop import train
 
 from .conftest import TINY_DATASET_OVERRIDES, compose_config
 
@@ -117,7 +117,7 @@ def test_png_folder_with_bad_files_is_reported_not_aborted(tiny_dataset: Path, t
     failures = infer(run, inputs, tmp_path / "out", large_images="tile")
     assert len(failures) == 2
     assert any("broken.png: cannot read image" in f for f in failures)
-    assert any("colour.png: has 3 different colour channels but the model takes 1" in f for f in failures)
+    assert any("colour.png: colour image (3 different channels) in a grayscale dataset" in f for f in failures)
     masks = sorted(p.name for p in (tmp_path / "out" / "masks").iterdir())
     assert masks == ["big.png", "case1_000.png", "case1_001.png", "case1_002.png"]
     truth = cv2.imread(str(tiny_dataset / "valid" / "masks" / "case1_001.png"))[..., ::-1]
@@ -165,15 +165,15 @@ def test_cli_evaluate_and_infer_exit_codes(tiny_dataset: Path, tmp_path: Path) -
     run = make_run(tmp_path / "run", oracle_model(TINY_CLASS_INTENSITIES),
                    [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false"])
     common = [f"paths.root={tmp_path}", f"run={run}"]
-    ok = subprocess.run([sys.executable, "-m", "segexp.evaluate", *common], capture_output=True, text=True, timeout=300)
+    ok = subprocess.run([sys.executable, "-m", "segexp.cli.evaluate", *common], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert len(list((tmp_path / "outputs" / "evaluate" / "runs").glob("*/*/summary.json"))) == 1
-    bad = subprocess.run([sys.executable, "-m", "segexp.evaluate", f"paths.root={tmp_path}", f"run={tmp_path}/nope"],
+    bad = subprocess.run([sys.executable, "-m", "segexp.cli.evaluate", f"paths.root={tmp_path}", f"run={tmp_path}/nope"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "neither a training run folder nor an MLflow run id" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
     (tiny_dataset / "valid" / "images" / "zz_broken.png").write_bytes(b"")
-    part = subprocess.run([sys.executable, "-m", "segexp.infer", *common, f"input={tiny_dataset}/valid/images"],
+    part = subprocess.run([sys.executable, "-m", "segexp.cli.infer", *common, f"input={tiny_dataset}/valid/images"],
                           capture_output=True, text=True, timeout=300)
     assert part.returncode == 1 and "skipped: " in part.stdout + part.stderr and "zz_broken.png" in part.stdout + part.stderr
     assert len(list((tmp_path / "outputs" / "infer" / "runs").glob("*/*/masks/*.png"))) == 4

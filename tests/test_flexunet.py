@@ -7,12 +7,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
-from .conftest import compose_config
 from omegaconf import OmegaConf
 
-from segexp.models import MODEL_BUILDERS, build_model
+from segexp.models import build_model, networks
 from segexp.models.flexunet import build_flexunet, level_dilation, level_kernel
+
+from .conftest import compose_config
 
 CONF_MODEL = Path(__file__).resolve().parents[1] / "conf" / "model"
 PRESET_KEYS = {
@@ -69,7 +69,7 @@ def _seed():
 def test_presets_have_exactly_the_builder_keys(name):
     cfg = preset(name)
     assert set(cfg) == PRESET_KEYS
-    assert cfg["name"] in MODEL_BUILDERS
+    assert cfg["name"] in networks()
 
 
 def test_hocm_preset_has_the_original_parameter_count():

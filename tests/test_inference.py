@@ -1,4 +1,4 @@
-"""Tests for segexp.inference: batched prediction, flip TTA, sliding-window blending."""
+"""Tests for segexp.evaluation.inference: batched prediction, flip TTA, sliding-window blending."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from segexp.inference import (
+from segexp.evaluation.inference import (
     gaussian_importance_map,
     predict_batches,
     predict_images,

@@ -8,14 +8,14 @@ import keras
 import numpy as np
 import pytest
 
-from segexp.losses import (
+from segexp.models.losses import (
     LOSSES,
     CrossEntropyLoss,
     DiceCELoss,
     SoftDiceLoss,
     build_loss,
 )
-from segexp.metrics import (
+from segexp.models.metrics import (
     ClassDice,
     ForegroundMeanDice,
     OriginalDiceCoefMulticlass,

@@ -9,8 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segexp import outbox as ob
-from segexp.outbox import OutagePolicy, Outbox, TrackingUnavailable, call_with_backoff, check_server, http_settings
+from segexp.cli import upload as upload_cli
+from segexp.config.errors import TrackingUnavailable
+from segexp.tracking import outbox as ob
+from segexp.tracking.outbox import Outbox
+from segexp.tracking.store import (
+    OutagePolicy,
+    call_with_backoff,
+    check_server,
+    http_settings,
+)
 
 from .servers import free_port
 
@@ -141,7 +149,7 @@ def test_close_names_the_upload_command(tmp_path: Path, fake_server: dict, caplo
     box = Outbox(tmp_path, "r1", "http://127.0.0.1:1", POLICY)
     box.submit(metrics(1))
     box.close()
-    assert f"segexp-upload {tmp_path}" in caplog.text and "python -m segexp.outbox" in caplog.text
+    assert f"segexp-upload {tmp_path}" in caplog.text and "python -m segexp.cli.upload" in caplog.text
 
 
 def test_unreachable_server_is_named_with_the_fixes() -> None:
@@ -157,7 +165,10 @@ def test_http_settings_lower_mlflow_retries_but_keep_the_users(monkeypatch: pyte
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "33")
     with http_settings(OutagePolicy(request_timeout_s=7, http_retries=1)):
-        from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+        from mlflow.environment_variables import (
+            MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+            MLFLOW_HTTP_REQUEST_TIMEOUT,
+        )
 
         assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 1
         assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 33  # set by the user: kept
@@ -168,13 +179,13 @@ def test_http_settings_lower_mlflow_retries_but_keep_the_users(monkeypatch: pyte
 def test_upload_without_a_server_says_so(tmp_path: Path, fake_server: dict, capsys) -> None:
     uri = f"http://127.0.0.1:{free_port()}"
     (tmp_path / "mlflow_run.json").write_text(json.dumps({"run_id": "a" * 32, "tracking_uri": uri}))
-    assert ob.main([str(tmp_path)]) == 0
+    assert upload_cli.main([str(tmp_path)]) == 0
     assert "nothing to upload" in capsys.readouterr().out
     fake_server["down"] = True
     Outbox(tmp_path, "a" * 32, uri, POLICY).submit(metrics(1))
     monkeypatched_reachable = ob.server_reachable
     assert not monkeypatched_reachable(uri, 1)
-    assert ob.main([str(tmp_path)]) == 1
+    assert upload_cli.main([str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert uri in err and "scripts/mlflow_server.sh" in err
     assert (tmp_path / ob.OUTBOX_FILE).is_file()  # nothing lost

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-import segexp.train as train_module
-from segexp.config import REPO_DIR
-from segexp.outputs import (
+import segexp.training.loop as train_module
+from segexp.config.errors import SegexpError
+from segexp.config.outputs import (
     OutputError,
     atomic_write_path,
     atomic_write_text,
@@ -22,8 +22,9 @@ from segexp.outputs import (
     check_writable,
     resume_requested,
 )
-from segexp.train import train
-from segexp.viz import save_png
+from segexp.config.schema import REPO_DIR
+from segexp.evaluation.viz import save_png
+from segexp.training.loop import train
 
 from .conftest import TINY_DATASET_OVERRIDES
 
@@ -99,7 +100,7 @@ def test_train_refuses_unwritable_or_full_outputs_before_reading_data(compose_tr
     with pytest.raises(OutputError) as err:
         train(cfg, tmp_path / "run")
     assert "paths.output_dir" in str(err.value) and "tracking.uri (SQLite store folder)" in str(err.value)
-    assert isinstance(err.value, train_module.USER_ERRORS)
+    assert isinstance(err.value, SegexpError)
     cfg = compose_train(*TINY_DATASET_OVERRIDES, f"dataset.root={tmp_path}", "paths.min_free_mb=1e12")
     with pytest.raises(OutputError, match="paths.min_free_mb"):
         train(cfg, tmp_path / "run2")
@@ -112,7 +113,7 @@ def test_cli_refuses_hydra_run_dir_of_another_run_before_hydra_writes(tmp_path: 
     (run_dir / "mlflow_run.json").write_text("{}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
-        [sys.executable, "-m", "segexp.train", f"paths.root={tmp_path}", f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "segexp.cli.train", f"paths.root={tmp_path}", f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert done.returncode == 2, done.stderr[-2000:]

@@ -15,10 +15,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from segexp.config import CONF_DIR, ConfigError, REPO_DIR
+from segexp.config.schema import CONF_DIR, REPO_DIR, ConfigError
+from segexp.data.prepare import PrepareError, prepare
 from segexp.data.rgb_map import decode_rgb_mask
 from segexp.data.volumes import VolumeError
-from segexp.prepare import PrepareError, prepare
 
 THORAX = REPO_DIR.parent / "shared" / "data" / "thorax_cta"
 SMALL_PHANTOM = ("volumes.phantom.num_cases=5", "volumes.phantom.size=32", "volumes.phantom.num_slices=12")
@@ -166,7 +166,7 @@ def test_bad_settings_name_the_key(tmp_path: Path, override: str, key: str) -> N
 
 
 def test_prepared_phantom_trains(prepared: Path, compose_train) -> None:
-    from segexp.train import train
+    from segexp.training.loop import train
 
     from .conftest import TINY_DATASET_OVERRIDES
 
@@ -178,7 +178,7 @@ def test_prepared_phantom_trains(prepared: Path, compose_train) -> None:
 
 
 def test_cli_prepare_and_bad_value(tmp_path: Path) -> None:
-    base = [sys.executable, "-m", "segexp.prepare", f"paths.root={tmp_path}", *SMALL_PHANTOM]
+    base = [sys.executable, "-m", "segexp.cli.prepare", f"paths.root={tmp_path}", *SMALL_PHANTOM]
     ok = subprocess.run(base, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert (tmp_path / "outputs" / "data" / "phantom_slices" / "dataset.json").is_file()
@@ -190,7 +190,7 @@ def test_cli_prepare_and_bad_value(tmp_path: Path) -> None:
 @pytest.mark.skipif(not THORAX.is_dir(), reason="../shared/data/thorax_cta is absent")
 def test_real_thorax_volumes(tmp_path: Path) -> None:
     """Real LPS CT with HU: pairing in sub-folders, reorientation, windowing; unknown labels name the case."""
-    common = (f"volumes.source={THORAX}", "~volumes.phantom", "volumes.name=thorax",
+    common = (f"volumes.source={THORAX}", "volumes.phantom=null", "volumes.name=thorax",
               "volumes.pattern='^(?P<case>[^/]+)/(?P<kind>image|label)\\.nii\\.gz$'",
               "split.cases={train:[case_aorta],valid:[case_pulmonary],test:[]}", "~volumes.classes")
     narrow = "+volumes.classes={background:{labels:[0],rgb:[0,0,0]},heart:{labels:[1],rgb:[255,0,0]},pa:{labels:[2],rgb:[0,0,255]}}"
@@ -210,7 +210,7 @@ PREPARE_PRESETS = [(g, p.stem) for g in ("volumes", "window") for p in sorted((C
 
 @pytest.mark.parametrize(("group", "option"), PREPARE_PRESETS, ids=[f"{g}={o}" for g, o in PREPARE_PRESETS])
 def test_every_prepare_preset_validates(tmp_path: Path, group: str, option: str) -> None:
-    from segexp.config import validate_prepare_config
+    from segexp.config.schema import validate_prepare_config
 
     small = group != "volumes" or option == "phantom"
     cfg = validate_prepare_config(compose_prepare(tmp_path, f"{group}={option}", small=small))
@@ -220,7 +220,7 @@ def test_every_prepare_preset_validates(tmp_path: Path, group: str, option: str)
 def test_prepare_logs_to_mlflow_only_when_asked(tmp_path: Path) -> None:
     import mlflow
 
-    base = [sys.executable, "-m", "segexp.prepare", f"paths.root={tmp_path}", *SMALL_PHANTOM, "workers=0"]
+    base = [sys.executable, "-m", "segexp.cli.prepare", f"paths.root={tmp_path}", *SMALL_PHANTOM, "workers=0"]
     subprocess.run(base, check=True, capture_output=True, timeout=300)
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
     subprocess.run([*base, "tracking=sqlite", "overwrite=true"], check=True, capture_output=True, timeout=300)

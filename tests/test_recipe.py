@@ -11,9 +11,14 @@ import keras
 import numpy as np
 import pytest
 
-from segexp.callbacks import on_interval
-from segexp.config import ConfigError, validate_train_config
-from segexp.train import build_optimizer, train, validation_epochs
+from segexp.config.schema import ConfigError
+from segexp.training.callbacks import on_interval
+from segexp.training.loop import (
+    build_optimizer,
+    train,
+    validate_run_config,
+    validation_epochs,
+)
 
 from .conftest import TINY_DATASET_OVERRIDES
 
@@ -29,19 +34,19 @@ from .conftest import TINY_DATASET_OVERRIDES
 ])
 def test_recipe_mistakes_are_named(compose_train, override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        validate_train_config(compose_train(override))
+        validate_run_config(compose_train(override))
     assert message in str(err.value)
 
 
 def test_oversampling_needs_draws(compose_train) -> None:
     with pytest.raises(ConfigError, match="training.foreground_fraction: oversampling draws samples"):
-        validate_train_config(compose_train("training.steps_per_epoch=null"))
-    validate_train_config(compose_train("training.steps_per_epoch=null", "training.foreground_fraction=0"))
+        validate_run_config(compose_train("training.steps_per_epoch=null"))
+    validate_run_config(compose_train("training.steps_per_epoch=null", "training.foreground_fraction=0"))
 
 
 def test_group_norm_groups_must_divide_the_filters(compose_train) -> None:
     with pytest.raises(ConfigError, match=r"model.norm_groups: must divide model.base_filters \(16\)"):
-        validate_train_config(compose_train("model.norm=group", "model.norm_groups=5"))
+        validate_run_config(compose_train("model.norm=group", "model.norm_groups=5"))
 
 
 def test_the_old_batch_norm_key_is_refused_with_a_hint(compose_train) -> None:
@@ -51,12 +56,12 @@ def test_the_old_batch_norm_key_is_refused_with_a_hint(compose_train) -> None:
     with open_dict(cfg):
         cfg.model.batch_norm = True  # as a YAML file written for an older segexp would have it
     with pytest.raises(ConfigError, match=r"model.batch_norm: replaced by model.norm: .*batch_norm=true is norm=batch"):
-        validate_train_config(cfg)
+        validate_run_config(cfg)
 
 
 def test_default_schedule_is_nnunet_poly_over_the_whole_run(compose_train) -> None:
     """lr(step) = lr0 * (1 - step / (epochs * steps_per_epoch)) ** 0.9 (Isensee et al. 2021)."""
-    t = validate_train_config(compose_train("training.epochs=4", "training.steps_per_epoch=25")).training
+    t = validate_run_config(compose_train("training.epochs=4", "training.steps_per_epoch=25")).training
     optimizer = build_optimizer(t, total_steps=t.epochs * t.steps_per_epoch)
     schedule = optimizer._learning_rate
     assert isinstance(schedule, keras.optimizers.schedules.PolynomialDecay)
@@ -66,14 +71,14 @@ def test_default_schedule_is_nnunet_poly_over_the_whole_run(compose_train) -> No
 
 
 def test_constant_learning_rate_without_a_schedule(compose_train) -> None:
-    t = validate_train_config(compose_train("training.schedule=null", "training.learning_rate=3e-4")).training
+    t = validate_run_config(compose_train("training.schedule=null", "training.learning_rate=3e-4")).training
     optimizer = build_optimizer(t, total_steps=100)
     assert not isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule)
     assert float(optimizer.learning_rate) == pytest.approx(3e-4)
 
 
 def test_validation_epochs_are_every_nth_and_the_last(compose_train) -> None:
-    t = validate_train_config(compose_train("training.epochs=7", "training.validation.every_n_epochs=3")).training
+    t = validate_run_config(compose_train("training.epochs=7", "training.validation.every_n_epochs=3")).training
     assert validation_epochs(t) == [3, 6, 7]
     assert [e for e in range(7) if on_interval(e, 3, last_epoch=7)] == [2, 5, 6]
 

@@ -17,9 +17,16 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from segexp import callbacks
-from segexp.resume import RESUME_DIR, STATE_FILE, ResumeError, prepare_resume, read_state, resume_source
-from segexp.train import train
+from segexp.training import callbacks
+from segexp.training.loop import train
+from segexp.training.resume import (
+    RESUME_DIR,
+    STATE_FILE,
+    ResumeError,
+    prepare_resume,
+    read_state,
+    resume_source,
+)
 
 from .conftest import TINY_DATASET_OVERRIDES
 
@@ -57,7 +64,7 @@ def _env() -> dict[str, str]:
 
 
 def _cli(tmp_path: Path, tiny: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "segexp.train", f"paths.root={tmp_path}", *TINY_DATASET_OVERRIDES,
+    return [sys.executable, "-m", "segexp.cli.train", f"paths.root={tmp_path}", *TINY_DATASET_OVERRIDES,
             f"dataset.root={tiny}", "training.evaluate_after=false", "tracking.log_model=false", *extra]
 
 
@@ -101,6 +108,18 @@ def test_kill_9_then_resume_continues_the_same_run(tmp_path: Path, tiny_dataset:
     assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(epochs)]
     assert (run_dir / "curves.png").is_file() and (run_dir / "checkpoints" / "best.keras").is_file()
     assert "train.log" in {p.name for p in run_dir.iterdir()}
+
+
+def test_sigterm_without_tracking_ends_with_the_resume_message(tmp_path: Path, tiny_dataset: Path) -> None:
+    """The command owns the signal policy: with tracking=none SIGTERM still ends the run cleanly (exit 130)."""
+    command = _cli(tmp_path, tiny_dataset, "training.epochs=20", "tracking=none")
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = _wait_for_epoch(proc, tmp_path / "outputs" / "train" / "runs", 1)
+    proc.send_signal(signal.SIGTERM)
+    output = "".join(proc.communicate(timeout=120))
+    assert proc.returncode == 130, output[-3000:]
+    assert f"training.resume={run_dir}" in output and "Traceback" not in output
+    assert read_state(run_dir)["epoch"] >= 1
 
 
 @pytest.mark.slow
@@ -252,7 +271,7 @@ def test_resume_source_rules(compose_train, tmp_path: Path) -> None:
 
 def test_cli_bad_resume_is_one_clear_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "segexp.train", f"paths.root={tmp_path}", f"training.resume={tmp_path}"],
+        [sys.executable, "-m", "segexp.cli.train", f"paths.root={tmp_path}", f"training.resume={tmp_path}"],
         capture_output=True, text=True, timeout=300, env=_env(),
     )
     output = result.stdout + result.stderr
@@ -262,7 +281,7 @@ def test_cli_bad_resume_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_system_exit_marks_the_run_killed(tmp_path: Path) -> None:
     """submitit requeues a pre-empted job by ``sys.exit(-1)`` from its signal handler: KILLED, not FAILED."""
-    from segexp.tracking import tracked_run
+    from segexp.tracking.tracker import tracked_run
 
     with pytest.raises(SystemExit):
         with tracked_run(True, uri=f"sqlite:///{tmp_path}/outputs/mlflow.db", experiment="segexp",

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from segexp.config import ConfigError, validate_train_config
+from segexp.config.schema import ConfigError
 from segexp.models import build_model
 from segexp.models.resunet import build_resunet
+from segexp.training.loop import validate_run_config
 
 from .conftest import compose_config
 
@@ -61,7 +62,7 @@ def test_norm_options(norm: str) -> None:
 
 
 def test_one_training_step_and_safe_reload(tmp_path) -> None:
-    from segexp.losses import build_loss
+    from segexp.models.losses import build_loss
 
     model = build_model(name="resunet", image_height=32, image_width=32, image_channels=1, num_classes=3,
                         channels=[4, 8, 16], num_res_units=1, norm="instance", norm_groups=8, dropout_rate=0.1)
@@ -76,7 +77,7 @@ def test_one_training_step_and_safe_reload(tmp_path) -> None:
 
 
 def test_preset_composes_and_builds() -> None:
-    cfg = validate_train_config(compose_config(["model=resunet"]))
+    cfg = validate_run_config(compose_config(["model=resunet"]))
     model = build_model(**OmegaConf.to_container(cfg.model))
     assert model.name == "resunet" and model.output_shape == (None, 128, 128, 6)
 
@@ -85,10 +86,10 @@ def test_preset_composes_and_builds() -> None:
     (["model=resunet", "model.image_height=100"], "model.image_height: 100 is not divisible by 2**(len(channels)-1) = 16"),
     (["model=resunet", "model.channels=[16]"], "model.channels: expected at least two positive widths"),
     (["model=resunet", "model.num_res_units=0"], "model.num_res_units: must be >= 1, got 0"),
-    (["model=resunet", "+model.base_filters=8"], "model.base_filters: belongs to model flexunet, not resunet"),
+    (["model=resunet", "+model.base_filters=8"], "model.base_filters: unknown key for model resunet"),
     (["model=resunet", "model.norm=group", "model.norm_groups=5"], "model.norm_groups: must divide every width"),
 ])
 def test_bad_parameters_are_refused_by_name(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        validate_train_config(compose_config(overrides))
+        validate_run_config(compose_config(overrides))
     assert message in str(err.value)

@@ -13,8 +13,8 @@ import keras
 import pytest
 from mlflow import MlflowClient
 
-from segexp.config import PACKAGE_DIR, REPO_DIR
-from segexp.runs import RunError, load_keras_model, open_run
+from segexp.config.schema import PACKAGE_DIR, REPO_DIR
+from segexp.tracking.runs import RunError, load_keras_model, open_run
 
 from .conftest import TINY_DATASET_OVERRIDES
 
@@ -71,7 +71,7 @@ def test_config_values_that_look_like_code_stay_strings(tiny_dataset: Path, tmp_
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
-        [sys.executable, "-m", "segexp.train", f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path}/run", *overrides],
+        [sys.executable, "-m", "segexp.cli.train", f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path}/run", *overrides],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]

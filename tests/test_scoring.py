@@ -1,4 +1,4 @@
-"""segexp.scoring against hand-computed values and a brute-force HD95."""
+"""segexp.evaluation.scoring against hand-computed values and a brute-force HD95."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from segexp.scoring import (
+from segexp.evaluation.scoring import (
     METRICS,
     ClassScore,
     aggregate,

@@ -10,15 +10,16 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from segexp.compare import compare
-from segexp.tracking import configure, retry_locked, tracked_run
+from segexp.tracking.compare import compare
+from segexp.tracking.store import configure, retry_locked
+from segexp.tracking.tracker import tracked_run
 
 from .conftest import TINY_DATASET_OVERRIDES
 
 
 def _sweep(tmp_path: Path, dataset: Path, *overrides: str) -> subprocess.CompletedProcess:
     tiny = [o for o in TINY_DATASET_OVERRIDES if not o.startswith("training.epochs")]
-    cmd = [sys.executable, "-m", "segexp.train", "-m", f"paths.root={tmp_path}", *tiny, f"dataset.root={dataset}",
+    cmd = [sys.executable, "-m", "segexp.cli.train", "-m", f"paths.root={tmp_path}", *tiny, f"dataset.root={dataset}",
            "training.epochs=1", "training.epoch_images.num=1", "training.evaluate_after=false",
            "tracking.log_model=false", *overrides]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)

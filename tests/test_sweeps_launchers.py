@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segexp.config import CONF_DIR, validate_train_config
+from segexp.config.schema import CONF_DIR, validate_train_config
 
 OPTUNA_PLUGIN = "hydra_plugins.hydra_optuna_sweeper"
 JOBLIB_PLUGIN = "hydra_plugins.hydra_joblib_launcher"
@@ -83,7 +83,11 @@ def test_optuna_search_space_is_valid_everywhere() -> None:
     """Parse hydra.sweeper.params as the plugin does; every categorical choice composes and validates."""
     _need(OPTUNA_PLUGIN)
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-    from optuna.distributions import CategoricalDistribution, LogUniformDistribution, UniformDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        LogUniformDistribution,
+        UniformDistribution,
+    )
 
     params = _compose(["hparams_search=flexunet_optuna"]).hydra.sweeper.params
     space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
@@ -141,7 +145,7 @@ def test_optuna_sweep_runs_and_resumes(tmp_path: Path) -> None:
     from hydra.utils import instantiate
 
     def sweep(n_trials: int) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "segexp.train", "-m", "hparams_search=flexunet_optuna", *FAST_JOB,
+        cmd = [sys.executable, "-m", "segexp.cli.train", "-m", "hparams_search=flexunet_optuna", *FAST_JOB,
                f"hydra.sweeper.n_trials={n_trials}", f"paths.root={tmp_path}"]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
 
@@ -175,7 +179,7 @@ def test_optuna_sweep_goes_on_after_a_failed_trial(tmp_path: Path) -> None:
     import optuna
     from hydra.utils import instantiate
 
-    cmd = [sys.executable, "-m", "segexp.train", "-m", "hparams_search=flexunet_optuna", *FAST_JOB,
+    cmd = [sys.executable, "-m", "segexp.cli.train", "-m", "hparams_search=flexunet_optuna", *FAST_JOB,
            "model.image_height=36", "hydra.sweeper.sampler.seed=42", "hydra.sweeper.n_trials=3",
            f"paths.root={tmp_path}"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
@@ -237,7 +241,7 @@ def test_parallel_launcher_logs_complete_runs(tmp_path: Path, preset: str) -> No
     import mlflow
 
     tracked = [o for o in FAST_JOB if o != "tracking=none"] + ["tracking.log_model=false"]
-    cmd = [sys.executable, "-m", "segexp.train", "-m", f"launcher={preset}", *tracked,
+    cmd = [sys.executable, "-m", "segexp.cli.train", "-m", f"launcher={preset}", *tracked,
            "training.epochs=2", "training.learning_rate=1e-3,3e-4", f"paths.root={tmp_path}"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -20,10 +20,11 @@ import keras
 import pytest
 from mlflow import MlflowClient
 
-import segexp.train as train_module
-from segexp.config import REPO_DIR
-from segexp.outbox import OUTBOX_DIR, OUTBOX_FILE, TrackingUnavailable
-from segexp.train import train
+import segexp.training.loop as train_module
+from segexp.config.errors import SegexpError, TrackingUnavailable
+from segexp.config.schema import REPO_DIR
+from segexp.tracking.outbox import OUTBOX_DIR, OUTBOX_FILE
+from segexp.training.loop import train
 
 from .conftest import TINY_DATASET_OVERRIDES
 from .outage_server import RestartableServer
@@ -94,7 +95,7 @@ def test_server_outage_mid_run_loses_nothing(
     server: RestartableServer, compose_train, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="segexp.outbox")
+    caplog.set_level(logging.INFO, logger="segexp.tracking.outbox")
     server.start()
     with_outage(monkeypatch, Outage(server, stop_after=1, restart_after=2))  # epoch 2 is logged while it is down
     run_dir = tmp_path / "run"
@@ -116,7 +117,7 @@ def test_server_outage_mid_run_loses_nothing(
 
 def upload(run_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "segexp.outbox", str(run_dir)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "segexp.cli.upload", str(run_dir)], capture_output=True, text=True,
                           env=env, timeout=300)
 
 
@@ -176,7 +177,7 @@ def test_unreachable_server_fails_at_once_before_reading_data(
     with pytest.raises(TrackingUnavailable, match="scripts/mlflow_server.sh start") as err:
         train(cfg, tmp_path / "run")
     assert uri in str(err.value) and "tracking=sqlite" in str(err.value)
-    assert isinstance(err.value, train_module.USER_ERRORS)  # one clear message from segexp-train, exit code 2
+    assert isinstance(err.value, SegexpError)  # one clear message from segexp-train, exit code 2
 
 
 @pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
@@ -184,7 +185,7 @@ def test_cli_with_unreachable_server_stops_with_one_message(tmp_path: Path, mult
     uri = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
-        [sys.executable, "-m", "segexp.train", *(["-m"] if multirun else []), f"paths.root={tmp_path}",
+        [sys.executable, "-m", "segexp.cli.train", *(["-m"] if multirun else []), f"paths.root={tmp_path}",
          "tracking=server", f"tracking.uri={uri}", "tracking.outage.connect_timeout_s=2"],
         capture_output=True, text=True, env=env, timeout=300,
     )

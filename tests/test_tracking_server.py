@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-from segexp.train import train
+from segexp.training.loop import train
 
 from .conftest import TINY_DATASET_OVERRIDES
 

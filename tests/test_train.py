@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from segexp.train import train
+from segexp.training.loop import train
 
 from .conftest import HOCM_MINI, TINY_DATASET_OVERRIDES
 
@@ -103,7 +103,7 @@ def test_failed_run_is_marked_failed(compose_train, tiny_dataset: Path, tmp_path
 
 
 def test_interrupted_run_is_marked_killed(compose_train, tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
-    from segexp import callbacks
+    from segexp.training import callbacks
 
     def interrupt(self, epoch, logs=None):
         raise KeyboardInterrupt
@@ -117,7 +117,7 @@ def test_interrupted_run_is_marked_killed(compose_train, tiny_dataset: Path, tmp
 
 def test_cli_bad_value_is_one_clear_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "segexp.train", f"paths.root={tmp_path}", "model.base_kernels=[4,4]"],
+        [sys.executable, "-m", "segexp.cli.train", f"paths.root={tmp_path}", "model.base_kernels=[4,4]"],
         capture_output=True, text=True, timeout=300,
     )
     output = result.stdout + result.stderr
@@ -129,7 +129,7 @@ def test_cli_bad_value_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_cli_debug_run_end_to_end(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "segexp.train", f"paths.root={tmp_path}", "debug=fast", "training.epochs=1",
+        [sys.executable, "-m", "segexp.cli.train", f"paths.root={tmp_path}", "debug=fast", "training.epochs=1",
          "training.loader.workers=2", "training.verbose=0"],
         capture_output=True, text=True, timeout=600,
     )
@@ -160,8 +160,9 @@ def test_sigterm_marks_the_run_killed(tmp_path: Path) -> None:
     """A pre-empted job (SIGTERM) ends its MLflow run KILLED instead of leaving it RUNNING."""
     script = (
         "import os, signal, time\n"
-        "from segexp.tracking import tracked_run\n"
-        f"with tracked_run(True, uri='sqlite:///{tmp_path}/outputs/mlflow.db', experiment='segexp', "
+        "from segexp.cli.shell import interrupt_on_sigterm\n"
+        "from segexp.tracking.tracker import tracked_run\n"
+        f"with interrupt_on_sigterm(), tracked_run(True, uri='sqlite:///{tmp_path}/outputs/mlflow.db', experiment='segexp', "
         f"artifact_location='{tmp_path}/outputs/mlartifacts', run_name='x', tags={{}}, description='') as t:\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    time.sleep(30)\n"

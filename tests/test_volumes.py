@@ -10,8 +10,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import segexp.config
-from segexp.data.intensity import WINDOW_PRESETS, percentile_window, preset_window, window_to_uint8
+import segexp.config.schema
+from segexp.data.intensity import (
+    WINDOW_PRESETS,
+    percentile_window,
+    preset_window,
+    window_to_uint8,
+)
 from segexp.data.volumes import (
     CASE_DIR_PATTERN,
     SLICE_AXES,
@@ -27,7 +32,7 @@ from segexp.data.volumes import (
     volume_slice,
 )
 
-THORAX_CTA = Path(segexp.config.REPO_DIR).parent / "shared" / "data" / "thorax_cta"
+THORAX_CTA = Path(segexp.config.schema.REPO_DIR).parent / "shared" / "data" / "thorax_cta"
 THORAX_LABELS = {"case_aorta": set(range(7)), "case_pulmonary": {0, 1, 2}}
 
 SHAPE = (16, 12, 8)

@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nibabel.orientations import io_orientation
 from tqdm import tqdm
 
 from segexp.data.dataset import SliceDataset, leaked_cases, mask_decoder
+from segexp.data.phantom import ensure_phantom_slices
 from segexp.data.slices import (
     DataError,
     MaskDecoder,
@@ -42,6 +44,17 @@ from segexp.data.slices import (
     check_same_size,
     image_files,
     read_image,
+)
+from segexp.data.volumes import (
+    NIFTI_GLOB,
+    SLICE_AXES,
+    VolumeError,
+    compile_case_pattern,
+    describe_affine,
+    group_by_case,
+    list_nifti_files,
+    orientation_code,
+    voxel_spacing,
 )
 
 SPLITS = ("train", "valid", "test")
@@ -348,11 +361,7 @@ def check_slice_dataset(
     """
     problems: list[Problem] = []
     root = Path(d["root"]).expanduser()
-    if d.get("phantom") is not None:
-        from segexp.data.phantom import write_phantom_dataset
-
-        p = d["phantom"]
-        write_phantom_dataset(root, cases=dict(p["cases"]), num_slices=p["num_slices"], size=p["size"], seed=p["seed"])
+    ensure_phantom_slices(root, d.get("phantom"))
     class_names = list(d["class_names"])
     decoder, _ = mask_decoder(d)
     if not root.is_dir():
@@ -410,29 +419,21 @@ def dataset_fingerprint(
 
 def _find_volume_files(folder: Path, pattern: str, problems: list[Problem]) -> dict[str, dict[str, list[Path]]]:
     """case -> {"image": [...], "label": [...]}, tolerant version of ``find_volume_cases``."""
-    from segexp.data.volumes import NIFTI_GLOB, VolumeError, _compile_case_pattern
 
     try:
-        regex = _compile_case_pattern(pattern)
+        regex = compile_case_pattern(pattern)
     except VolumeError as err:
         problems.append(Problem("volumes.pattern", str(err)))
         return {}
     if not folder.is_dir():
         problems.append(Problem(str(folder), "volume folder does not exist"))
         return {}
-    candidates = folder.rglob(NIFTI_GLOB) if "/" in pattern else folder.glob(NIFTI_GLOB)
-    files = sorted(p for p in candidates if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = list_nifti_files(folder, "/" in pattern)
     if not files:
         problems.append(Problem(str(folder), f"no NIfTI files ({NIFTI_GLOB})"))
-    found: dict[str, dict[str, list[Path]]] = {}
-    for path in files:
-        m = regex.fullmatch(path.relative_to(folder).as_posix())
-        if m is None or not m.group("case") or m.group("kind") not in ("image", "label"):
-            problems.append(Problem(str(path), f"name does not match volumes.pattern {pattern!r} "
-                                               "(groups case, and kind = image or label)"))
-            continue
-        found.setdefault(m.group("case"), {"image": [], "label": []})[m.group("kind")].append(path)
+    found, rejected = group_by_case(files, folder, regex)
+    problems += [Problem(str(path), f"name does not match volumes.pattern {pattern!r} (groups case, and kind = image or label)")
+                 for path, _ in rejected]
     for case, kinds in sorted(found.items()):
         for kind, paths in kinds.items():
             for extra in paths[1:]:
@@ -470,12 +471,44 @@ def _voxels(img: Any, path: Path, dtype: Any, problems: list[Problem]) -> np.nda
 
 def _slices_along(affine: np.ndarray, shape: Sequence[int], axis: str) -> int:
     """Slices along ``axis`` (axial/coronal/sagittal) after reorientation to RAS."""
-    from nibabel.orientations import io_orientation
-
-    from segexp.data.volumes import SLICE_AXES
 
     ornt = io_orientation(affine)
     return int(shape[int(np.flatnonzero(ornt[:, 0] == SLICE_AXES[axis])[0])])
+
+
+def _label_values(lab: Any, label_path: Path, problems: list[Problem]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(values, counts)`` of a label volume, or None (problem noted) when unreadable or not integer."""
+    label = _voxels(lab, label_path, None, problems)
+    if label is None:
+        return None
+    if not np.issubdtype(label.dtype, np.integer):
+        if not np.isfinite(label).all() or (label != np.round(label)).any():
+            problems.append(Problem(str(label_path), "label holds non-integer or non-finite values"))
+            return None
+        label = label.astype(np.int64)
+    return np.unique(label, return_counts=True)
+
+
+def _matching_label(img: Any, lab: Any, image_path: Path, label_path: Path, problems: list[Problem]) -> Any:
+    """``lab`` when its grid matches the image's; None (a problem noted) for a shape mismatch."""
+    shape, lab_shape = tuple(int(v) for v in img.shape[:3]), tuple(int(v) for v in lab.shape[:3])
+    affine, lab_affine = np.asarray(img.affine, np.float64), np.asarray(lab.affine, np.float64)
+    if lab_shape != shape:
+        problems.append(Problem(str(label_path), f"label shape {lab_shape} != image shape {shape} ({image_path.name})"))
+        return None
+    if not np.allclose(lab_affine, affine, rtol=0.0, atol=_AFFINE_ATOL_MM):
+        problems.append(Problem(str(label_path), f"label affine ({describe_affine(lab_affine)}) differs from the "
+                                                 f"image's ({describe_affine(affine)}, {image_path.name})"))
+    return lab
+
+
+def _volume_class_summary(classes: Mapping[str, Sequence[int]] | None, counts: Mapping[int, int],
+                          lut_names: Mapping[int, str]) -> tuple[list[str], dict[str, int]]:
+    """Class names and pixel counts: the configured classes, or one ``label_<v>`` per value found."""
+    if classes is not None:
+        names = list(classes)
+        return names, {name: sum(n for v, n in counts.items() if lut_names.get(v) == name) for name in names}
+    return [f"label_{v}" for v in sorted(counts)], {f"label_{v}": n for v, n in sorted(counts.items())}
 
 
 def check_volume_folder(
@@ -494,8 +527,6 @@ def check_volume_folder(
     truncated file and a missing partner are problems. With ``classes=None`` every value
     found becomes a class ``label_<v>``. One volume is in memory at a time.
     """
-    from segexp.data.volumes import _describe, _orientation, _spacing
-
     source = Path(source).expanduser()
     problems: list[Problem] = []
     found = _find_volume_files(source, pattern, problems)
@@ -516,63 +547,40 @@ def check_volume_folder(
         cases[case] = info
         if img is None:
             continue
-        affine = np.asarray(img.affine, np.float64)
-        shape = tuple(int(v) for v in img.shape[:3])
-        info.update(shape=list(shape), spacing_mm=[round(v, 4) for v in _spacing(affine)],
-                    orientation=_orientation(affine))
+        affine, shape = np.asarray(img.affine, np.float64), tuple(int(v) for v in img.shape[:3])
+        info.update(shape=list(shape), spacing_mm=[round(v, 4) for v in voxel_spacing(affine)],
+                    orientation=orientation_code(affine))
         sizes["x".join(map(str, shape))] = sizes.get("x".join(map(str, shape)), 0) + 1
         slices += _slices_along(affine, shape, axis)
-        if lab is not None:
-            lab_shape = tuple(int(v) for v in lab.shape[:3])
-            lab_affine = np.asarray(lab.affine, np.float64)
-            if lab_shape != shape:
-                problems.append(Problem(str(label_path), f"label shape {lab_shape} != image shape {shape} ({image_path.name})"))
-                lab = None
-            elif not np.allclose(lab_affine, affine, rtol=0.0, atol=_AFFINE_ATOL_MM):
-                problems.append(Problem(str(label_path), f"label affine ({_describe(lab_affine)}) differs from the "
-                                                         f"image's ({_describe(affine)}, {image_path.name})"))
         voxels = _voxels(img, image_path, np.float32, problems)
         if voxels is not None:
             stats.add(voxels)
             read += 1
         del voxels
-        if lab is None:
+        lab = _matching_label(img, lab, image_path, label_path, problems) if lab is not None else None
+        found_values = _label_values(lab, label_path, problems) if lab is not None else None
+        if found_values is None:
             continue
-        label = _voxels(lab, label_path, None, problems)
-        if label is None:
-            continue
-        if not np.issubdtype(label.dtype, np.integer):
-            if not np.isfinite(label).all() or (label != np.round(label)).any():
-                problems.append(Problem(str(label_path), "label holds non-integer or non-finite values"))
-                continue
-            label = label.astype(np.int64)
-        values, value_counts = np.unique(label, return_counts=True)
+        values, value_counts = found_values
         info["label_values"] = [int(v) for v in values]
         for v, n in zip(values, value_counts):
             counts[int(v)] = counts.get(int(v), 0) + int(n)
-        if classes is not None:
-            unknown = [int(v) for v in values if int(v) not in lut_names]
-            if unknown:
-                problems.append(Problem(str(label_path), f"label values {unknown} are not in volumes.classes "
-                                                         f"(allowed: {sorted(lut_names)})"))
-    if classes is not None:
-        class_names = list(classes)
-        pixels = {name: sum(n for v, n in counts.items() if lut_names.get(v) == name) for name in class_names}
-    else:
-        class_names = [f"label_{v}" for v in sorted(counts)]
-        pixels = {f"label_{v}": n for v, n in sorted(counts.items())}
+        unknown = [int(v) for v in values if int(v) not in lut_names]
+        if classes is not None and unknown:
+            problems.append(Problem(str(label_path), f"label values {unknown} are not in volumes.classes "
+                                                     f"(allowed: {sorted(lut_names)})"))
+    class_names, pixels = _volume_class_summary(classes, counts, lut_names)
     total = sum(pixels.values())
-    frequency = {name: (round(n / total, 8) if total else 0.0) for name, n in pixels.items()}
     absent = [name for name, n in pixels.items() if n == 0]
     if classes is not None and read:
-        for name in absent:
-            problems.append(Problem(str(source), f"class {name!r} (labels {list(classes[name])}) never appears in any label"))
+        problems += [Problem(str(source), f"class {name!r} (labels {list(classes[name])}) never appears in any label")
+                     for name in absent]
     fingerprint = Fingerprint(
         kind="volumes", name=source.name, root=str(source),
-        splits={"all": {"cases": len(cases), "slices": slices}},
-        class_names=class_names, class_pixels=pixels, class_frequency=frequency, classes_absent={"all": absent},
-        intensity=stats.result(), image_sizes=sizes, files_read=read, files_total=len(found),
-        sampling=f"all volumes; {axis} slices after reorientation to RAS", cases=cases,
+        splits={"all": {"cases": len(cases), "slices": slices}}, class_names=class_names, class_pixels=pixels,
+        class_frequency={name: (round(n / total, 8) if total else 0.0) for name, n in pixels.items()},
+        classes_absent={"all": absent}, intensity=stats.result(), image_sizes=sizes, files_read=read,
+        files_total=len(found), sampling=f"all volumes; {axis} slices after reorientation to RAS", cases=cases,
     )
     return CheckReport(problems, fingerprint)
 
@@ -620,7 +628,7 @@ def fingerprint_lines(f: Fingerprint) -> list[str]:
 def log_fingerprint(dataset: SliceDataset, channels: int, run_dir: Path, tracker: Any) -> CheckReport:
     """At the start of training: write ``<run_dir>/dataset_fingerprint.json`` and log it to MLflow.
 
-    ``tracker`` is a :class:`segexp.tracking.Tracker`: the JSON becomes the artifact
+    ``tracker`` is a :class:`segexp.tracking.tracker.Tracker`: the JSON becomes the artifact
     ``dataset_fingerprint.json``, :meth:`Fingerprint.params` become params
     (``dataset.num_slices.train`` ...). Bad files found in the sample are logged as
     warnings here; they fail (or are skipped) when the loader meets them.

@@ -14,8 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from segexp.data.slices import IMAGE_SUFFIXES, DataError, MaskDecoder, SlicePair, split_pairs
-from segexp.viz import default_palette
+from segexp.data.phantom import ensure_phantom_slices
+from segexp.data.rgb_map import default_palette
+from segexp.data.slices import (
+    IMAGE_SUFFIXES,
+    DataError,
+    MaskDecoder,
+    SlicePair,
+    split_pairs,
+)
 
 
 @dataclass
@@ -58,13 +65,7 @@ def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
     file, or a case found in two splits.
     """
     root = Path(d["root"]).expanduser()
-    if d.get("phantom") is not None:
-        from segexp.data.phantom import write_phantom_dataset
-
-        p = d["phantom"]
-        write_phantom_dataset(
-            root, cases=dict(p["cases"]), num_slices=p["num_slices"], size=p["size"], seed=p["seed"]
-        )
+    ensure_phantom_slices(root, d.get("phantom"))
     if not root.is_dir():
         raise DataError(f"dataset.root: folder {root} does not exist")
     class_names = list(d["class_names"])

@@ -119,3 +119,24 @@ def preset_window(name: str) -> tuple[float, float]:
         raise ValueError(
             f"unknown window preset {name!r}; choose one of {sorted(WINDOW_PRESETS)}"
         ) from None
+
+
+def window_volume(
+    volume: np.ndarray,
+    mode: str = "fixed",
+    level: float | None = None,
+    width: float | None = None,
+    low_percentile: float = 0.5,
+    high_percentile: float = 99.5,
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """A volume's intensities to uint8 the way training saw them: ``(image, (level, width))``.
+
+    ``mode="fixed"``: the window ``level``/``width`` (e.g. a CT preset, in HU);
+    ``mode="percentile"``: per volume, from its ``low_percentile``..``high_percentile``
+    intensities (MR). The one windowing step of segexp-prepare and segexp-infer.
+    """
+    if mode == "percentile":
+        level, width = percentile_window(volume, low_percentile, high_percentile)
+    elif level is None or width is None:
+        raise ValueError(f"window mode {mode!r} needs a level and a width, got level={level}, width={width}")
+    return window_to_uint8(volume, level, width), (float(level), float(width))

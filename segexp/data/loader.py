@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
-from segexp.augment import sample_seed
+from segexp.data.augment import sample_seed
 from segexp.data.sampling import EpochSampler
 from segexp.data.slices import DataError, MaskDecoder, SlicePair, load_pair
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 #: ``dataset.on_bad_file`` values: raise on a bad file, or skip it (replaced by the next valid sample).
 ON_BAD_FILE = ("error", "skip")
 
-#: ``augmenter(image, mask, seed) -> (image, mask)``, e.g. :class:`segexp.augment.Augmenter`.
+#: ``augmenter(image, mask, seed) -> (image, mask)``, e.g. :class:`segexp.data.augment.Augmenter`.
 AugmentFn = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 

@@ -53,6 +53,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -260,29 +261,30 @@ def _check_args(seed: int, size: int, num_slices: int) -> None:
         raise ValueError(f"num_slices must be an integer >= 1, got {num_slices!r}")
 
 
-def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Generate one synthetic cardiac CT volume.
+@dataclass
+class _Draw:
+    """What the steps of :func:`make_phantom_volume` share: the random stream, the frame, the arrays."""
 
-    Returns ``(hu, labels)``, both shaped ``(size, size, num_slices)`` and indexed
-    ``(x, y, z)``: ``hu`` int16 Hounsfield-unit-like intensities (-1000 air ..
-    ~700 bone, contrast blood 300-400), ``labels`` uint8 class indices into
-    :data:`PHANTOM_CLASSES`. The same ``seed`` always gives the same arrays.
-    """
-    _check_args(seed, size, num_slices)
-    rng = np.random.default_rng(int(seed))
-    s = size / 128.0  # all lengths below are px at size 128
-    z_extent = _Z_EXTENT * size
+    rng: np.random.Generator
+    s: float  # scale: lengths below are px at size 128
+    f: _Frame
+    hu: np.ndarray
+    labels: np.ndarray
+    z_extent: float
+
+    def jit(self, value: float, rel: float) -> float:
+        """``value`` jittered by a relative ``±rel`` (one draw)."""
+        return float(value * (1.0 + self.rng.uniform(-rel, rel)))
+
+
+def _place_patient(rng: np.random.Generator, size: int, num_slices: int, z_extent: float) -> _Frame:
+    """Offset, in-plane rotation and tilt along z (obliquity): the patient's frame ``(u, v, w)`` per voxel."""
+    s = size / 128.0
     dz = z_extent / num_slices  # slice spacing in in-plane px units
-
-    def jit(value: float, rel: float) -> float:
-        return float(value * (1.0 + rng.uniform(-rel, rel)))
-
-    # --- patient placement: offset, in-plane rotation, tilt along z (obliquity)
     centre_x = size / 2 + rng.uniform(-4, 4) * s
     centre_y = size / 2 + rng.uniform(-3, 3) * s
     theta = np.deg2rad(rng.uniform(-8, 8))
     tilt_x, tilt_y = rng.uniform(-0.08, 0.08), rng.uniform(-0.06, 0.06)
-
     x = np.arange(size, dtype=np.float32)[:, None, None]
     y = np.arange(size, dtype=np.float32)[None, :, None]
     w = ((np.arange(num_slices, dtype=np.float32) + 0.5) * dz - z_extent / 2)[None, None, :]
@@ -290,70 +292,70 @@ def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tup
     dv = y - (centre_y + tilt_y * w)
     u = (np.cos(theta) * du + np.sin(theta) * dv).astype(np.float32)
     v = (-np.sin(theta) * du + np.cos(theta) * dv).astype(np.float32)
-    w = np.broadcast_to(w, u.shape).astype(np.float32)
-    f = _Frame(u, v, w)
-    shape = u.shape
+    return _Frame(u, v, np.broadcast_to(w, u.shape).astype(np.float32))
 
-    hu = np.full(shape, -1000.0, dtype=np.float32)
-    labels = np.zeros(shape, dtype=np.uint8)
 
-    # --- body: fat rim around soft tissue
-    body_a, body_b = jit(54 * s, 0.07), jit(40 * s, 0.07)
-    fat = jit(3.5 * s, 0.3)
+def _paint_thorax(d: _Draw) -> dict[str, Any]:
+    """Body (fat rim), liver, lungs with vessel dots, ribs and sternum; returns the geometry later steps use."""
+    rng, s, f, hu = d.rng, d.s, d.f, d.hu
+    shape = hu.shape
+    body_a, body_b = d.jit(54 * s, 0.07), d.jit(40 * s, 0.07)
+    fat = d.jit(3.5 * s, 0.3)
     body = f.ellipse(0, 0, body_a, body_b) <= 1
     inner = f.ellipse(0, 0, body_a - fat, body_b - fat) <= 1
     hu[body] = -100.0
     hu[inner] = 40.0
-
-    # --- liver (below the diaphragm, patient right)
     liver = (f.q(np.array([-14 * s, 4 * s, -40 * s]), np.array([32 * s, 26 * s, 22 * s])) <= 1) & inner
     hu[liver] = 60.0
-
-    # --- lungs: shrink towards the bottom (diaphragm), with small vessel dots
-    lung_w = jit(13 * s, 0.3)
+    lung_w = d.jit(13 * s, 0.3)  # lungs shrink towards the bottom (diaphragm)
     lungs = np.zeros(shape, dtype=bool)
     for cu, au in ((-25 * s, 17 * s), (26 * s, 15 * s)):  # patient right, left
-        centre = np.array([jit(cu, 0.08), jit(2 * s, 0.5), lung_w])
-        axes = np.array([jit(au, 0.1), jit(27 * s, 0.08), jit(46 * s, 0.06)])
+        centre = np.array([d.jit(cu, 0.08), d.jit(2 * s, 0.5), lung_w])
+        axes = np.array([d.jit(au, 0.1), d.jit(27 * s, 0.08), d.jit(46 * s, 0.06)])
         lungs |= f.q(centre, axes) <= 1
     lungs &= f.ellipse(0, 0, body_a - fat - 5 * s, body_b - fat - 5 * s) <= 1
     texture = _blur(rng.standard_normal(shape).astype(np.float32), 1.2 * s, 0.6)
     texture /= texture.std() + 1e-6
     hu[lungs] = -850.0 + 25.0 * texture[lungs]
     hu[lungs & (texture > 1.8)] = -20.0
-
-    # --- chest wall bone: ribs (present in bands along z) and sternum
-    for k in range(12):
+    for k in range(12):  # ribs, present in bands along z
         ang = np.deg2rad(180.0 + 30.0 * k + rng.uniform(-6, 6) + 15.0)
         ru, rv = (body_a - fat - 3 * s) * np.cos(ang), (body_b - fat - 3 * s) * np.sin(ang)
         if abs(np.cos(ang)) < 0.3 and np.sin(ang) > 0:  # no ribs next to the spine
             continue
         phase = rng.uniform(0, 2 * np.pi)
-        band = np.cos(2 * np.pi * w / (11 * s) + phase) > -0.1
-        rib = (f.ellipse(ru, rv, 3.0 * s, 2.2 * s) <= 1) & band
-        hu[rib] = 550.0
-    sternum = (f.ellipse(0, -(body_b - fat - 2.5 * s), 5 * s, 2.4 * s) <= 1) & (w > -18 * s)
+        band = np.cos(2 * np.pi * f.w / (11 * s) + phase) > -0.1
+        hu[(f.ellipse(ru, rv, 3.0 * s, 2.2 * s) <= 1) & band] = 550.0
+    sternum = (f.ellipse(0, -(body_b - fat - 2.5 * s), 5 * s, 2.4 * s) <= 1) & (f.w > -18 * s)
     hu[sternum] = 450.0
+    return {"inner": inner, "sternum": sternum}
 
-    # --- mediastinum (soft tissue between the lungs) and epicardial fat
-    heart_c = np.array([jit(9 * s, 0.25), jit(-7 * s, 0.25), jit(-6 * s, 0.4)])
+
+def _heart_frame(d: _Draw, thorax: dict[str, Any]) -> dict[str, Any]:
+    """LV centre and axes (row 0 of ``rot`` points to the apex); paints mediastinum and epicardial fat."""
+    rng, s, f, hu = d.rng, d.s, d.f, d.hu
+    heart_c = np.array([d.jit(9 * s, 0.25), d.jit(-7 * s, 0.25), d.jit(-6 * s, 0.4)])
     az = np.deg2rad(-40 + rng.uniform(-12, 12))
     el = np.deg2rad(35 + rng.uniform(-10, 10))
     long_dir = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), -np.sin(el)])
     rot = _rotation_with_axis(long_dir, np.array([0.0, -1.0, 0.0]))  # rows: apex, anterior, cross
-    lv_axes = np.array([jit(17 * s, 0.12), jit(10 * s, 0.12), jit(10 * s, 0.12)])
-    myo_t = jit(3.2 * s, 0.2)
+    lv_axes = np.array([d.jit(17 * s, 0.12), d.jit(10 * s, 0.12), d.jit(10 * s, 0.12)])
+    myo_t = d.jit(3.2 * s, 0.2)
     peri_axes = lv_axes + np.array([4.0, 10.0, 11.0]) * s
     peri_c = heart_c + (3.0 * rot[1] + 4.0 * rot[2] - 2.0 * long_dir) * s
     mediastinum = (f.q(peri_c, peri_axes + 2.5 * s, rot) <= 1) | (
-        (f.ellipse(0, 8 * s, 9 * s, 16 * s) <= 1) & (w > -30 * s)
+        (f.ellipse(0, 8 * s, 9 * s, 16 * s) <= 1) & (f.w > -30 * s)
     )
-    hu[mediastinum & inner & ~sternum] = 40.0
-    hu[(f.q(peri_c, peri_axes, rot) <= 1) & inner] = -90.0
+    hu[mediastinum & thorax["inner"] & ~thorax["sternum"]] = 40.0
+    hu[(f.q(peri_c, peri_axes, rot) <= 1) & thorax["inner"]] = -90.0
+    return {"heart_c": heart_c, "long_dir": long_dir, "rot": rot, "lv_axes": lv_axes, "myo_t": myo_t}
 
-    # --- spine: vertebral body (cortex + cancellous, discs), canal, arch, spinous process
-    vb_v, vb_r = jit(21 * s, 0.06), jit(7.0 * s, 0.1)
-    disc = np.mod(w + rng.uniform(0, 10 * s), 10 * s) < 1.8 * s
+
+def _paint_spine(d: _Draw, inner: np.ndarray) -> tuple[float, float]:
+    """Vertebral body (cortex, cancellous bone, discs), canal, arch, spinous process; returns (centre v, radius)."""
+    rng, s, f, hu = d.rng, d.s, d.f, d.hu
+    vb_v, vb_r = d.jit(21 * s, 0.06), d.jit(7.0 * s, 0.1)
+    disc = np.mod(f.w + rng.uniform(0, 10 * s), 10 * s) < 1.8 * s
     vb = f.ellipse(0, vb_v, vb_r, vb_r * 0.9) <= 1
     hu[vb] = 700.0
     hu[(f.ellipse(0, vb_v, vb_r - 1.4 * s, vb_r * 0.9 - 1.4 * s) <= 1)] = 250.0
@@ -362,43 +364,48 @@ def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tup
     hu[(f.ellipse(0, canal_v, 5.8 * s, 5.5 * s) <= 1) & ~vb] = 600.0
     hu[(f.ellipse(0, canal_v + 7 * s, 1.8 * s, 4.5 * s) <= 1) & inner] = 600.0
     hu[f.ellipse(0, canal_v, 3.3 * s, 3.0 * s) <= 1] = 15.0
+    return vb_v, vb_r
 
-    # --- foreground z range: the first/last slices stay background
-    w_lo = -z_extent / 2 + rng.uniform(0.12, 0.2) * z_extent
-    w_hi = z_extent / 2 - rng.uniform(0.08, 0.14) * z_extent
+
+def _structures(d: _Draw, heart: dict[str, Any], spine: tuple[float, float]) -> dict[int, np.ndarray]:
+    """Masks of the labelled structures (and the unlabelled RV, painted here) inside the cardiac z range."""
+    rng, s, f, hu = d.rng, d.s, d.f, d.hu
+    u, v, w = f.u, f.v, f.w
+    heart_c, long_dir, rot, lv_axes, myo_t = (heart[k] for k in ("heart_c", "long_dir", "rot", "lv_axes", "myo_t"))
+    vb_v, vb_r = spine
+    w_lo = -d.z_extent / 2 + rng.uniform(0.12, 0.2) * d.z_extent  # the first/last slices stay background
+    w_hi = d.z_extent / 2 - rng.uniform(0.08, 0.14) * d.z_extent
     contrast = rng.uniform(0.85, 1.15)
-
-    # --- descending aorta next to the spine
-    da_r = jit(5.0 * s, 0.15)
-    da_u = jit(10 * s, 0.12) + 0.08 * w
+    da_r = d.jit(5.0 * s, 0.15)  # descending aorta next to the spine
+    da_u = d.jit(10 * s, 0.12) + 0.08 * w
     da_v = vb_v - vb_r - da_r * 0.4 + rng.uniform(-1.0, 1.0) * s
     desc = (((u - da_u) ** 2 + (v - da_v) ** 2) <= da_r**2) & (w >= w_lo) & (w <= w_hi)
-
-    # --- heart chambers in the LV frame (row 0 of rot points to the apex)
     lv = f.q(heart_c, lv_axes, rot) <= 1
     myo = (f.q(heart_c, lv_axes + myo_t, rot) <= 1) & ~lv
     base = heart_c - long_dir * lv_axes[0] * 0.75
-
     # RV: anterior (rot[1]) and to the patient's right (rot[2]) of the LV, unlabelled
-    rv_c = heart_c + rot[1] * jit(9 * s, 0.15) + rot[2] * jit(6 * s, 0.3) - long_dir * 3 * s
+    rv_c = heart_c + rot[1] * d.jit(9 * s, 0.15) + rot[2] * d.jit(6 * s, 0.3) - long_dir * 3 * s
     rv = (f.q(rv_c, np.array([lv_axes[0] * 0.9, 8 * s, 12 * s]), rot) <= 1) & ~lv & ~myo
     hu[rv] = 190.0 * contrast
-
-    la_c = base + np.array([jit(-3 * s, 0.5), jit(10 * s, 0.2), jit(6 * s, 0.3)])
+    la_c = base + np.array([d.jit(-3 * s, 0.5), d.jit(10 * s, 0.2), d.jit(6 * s, 0.3)])
     la_angle = rng.uniform(-0.6, 0.6)  # in-plane orientation of the LA's long axis, rad
     la_rot = _rotation_with_axis(np.array([np.cos(la_angle), np.sin(la_angle), 0.0]), np.array([0.0, 0.0, 1.0]))
-    la = f.q(la_c, np.array([jit(13 * s, 0.15), jit(9 * s, 0.15), jit(9 * s, 0.15)]), la_rot) <= 1
-
-    aa_r = jit(5.5 * s, 0.15)
+    la = f.q(la_c, np.array([d.jit(13 * s, 0.15), d.jit(9 * s, 0.15), d.jit(9 * s, 0.15)]), la_rot) <= 1
+    aa_r = d.jit(5.5 * s, 0.15)
     aa_start = base + rot[1] * 3.5 * s - rot[2] * 3 * s + np.array([-2 * s, 0.0, 0.0])
     aa_du, aa_dv = rng.uniform(-0.15, 0.05), rng.uniform(-0.1, 0.15)
     aa_u = aa_start[0] + aa_du * (w - aa_start[2])
     aa_v = aa_start[1] + aa_dv * (w - aa_start[2])
     asc = (((u - aa_u) ** 2 + (v - aa_v) ** 2) <= aa_r**2) & (w >= aa_start[2]) & (w <= w_hi)
-    aorta = desc | asc
+    coronary = _coronaries(d, heart, lv_axes + myo_t) & (w >= w_lo) & (w <= w_hi)
+    return {CORONARY: coronary, LA: la, AO: desc | asc, MYOCARDIUM: myo, LV: lv,
+            "range": (w_lo, w_hi), "contrast": contrast}
 
-    # --- coronaries on the heart surface, in the epicardial fat
-    outer = lv_axes + myo_t
+
+def _coronaries(d: _Draw, heart: dict[str, Any], outer: np.ndarray) -> np.ndarray:
+    """LAD (and, 3 times in 4, a circumflex) as tubes on the heart surface, in the epicardial fat."""
+    rng, s, f = d.rng, d.s, d.f
+    heart_c, rot = heart["heart_c"], heart["rot"]
 
     def surface_point(l0: float, psi: float, off: float) -> np.ndarray:
         frac = np.sqrt(max(1.0 - (l0 / outer[0]) ** 2, 0.05))
@@ -406,41 +413,54 @@ def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tup
         return heart_c + rot.T @ local
 
     cor_r = rng.uniform(1.6, 2.4) * s
-    coronary = np.zeros(shape, dtype=bool)
+    coronary = np.zeros(d.hu.shape, dtype=bool)
     t = np.linspace(0.0, 1.0, 24)
     psi0 = np.deg2rad(rng.uniform(-50, -10))
-    lad_nodes = np.stack(
-        [surface_point(outer[0] * (-0.72 + 1.62 * ti), psi0 + 0.3 * ti, cor_r + 0.6 * s) for ti in t]
-    )
-    branches = [lad_nodes]
+    branches = [np.stack([surface_point(outer[0] * (-0.72 + 1.62 * ti), psi0 + 0.3 * ti, cor_r + 0.6 * s) for ti in t])]
     if rng.random() < 0.75:  # circumflex in the AV groove towards the lateral/posterior wall
         psi1 = np.deg2rad(rng.uniform(20, 50))
         sweep = np.deg2rad(rng.uniform(70, 120))
-        branches.append(
-            np.stack(
-                [surface_point(outer[0] * (-0.7 + 0.15 * ti), psi1 + sweep * ti, cor_r + 0.6 * s) for ti in t]
-            )
-        )
+        branches.append(np.stack([surface_point(outer[0] * (-0.7 + 0.15 * ti), psi1 + sweep * ti, cor_r + 0.6 * s)
+                                  for ti in t]))
     for nodes in branches:
         pts = _resample_polyline(nodes, 0.4 * s)
         radii = cor_r * (1.0 - 0.4 * np.linspace(0.0, 1.0, len(pts)))
         coronary |= f.tube(pts, np.maximum(radii, 1.0 * s))
-    coronary &= (w >= w_lo) & (w <= w_hi)
+    return coronary
 
-    # --- paint in increasing priority (later wins); the image follows the labels
-    for mask, cls in ((coronary, CORONARY), (la, LA), (aorta, AO), (myo, MYOCARDIUM), (lv, LV)):
-        labels[mask] = cls
-    for cls, value in ((CORONARY, 320.0), (LA, 330.0), (AO, 380.0), (LV, 350.0)):
+
+def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Generate one synthetic cardiac CT volume.
+
+    Returns ``(hu, labels)``, both shaped ``(size, size, num_slices)`` and indexed
+    ``(x, y, z)``: ``hu`` int16 Hounsfield-unit-like intensities (-1000 air ..
+    ~700 bone, contrast blood 300-400), ``labels`` uint8 class indices into
+    :data:`PHANTOM_CLASSES`. The same ``seed`` always gives the same arrays (the steps
+    below draw from one random stream in a fixed order).
+    """
+    _check_args(seed, size, num_slices)
+    rng = np.random.default_rng(int(seed))
+    z_extent = _Z_EXTENT * size
+    f = _place_patient(rng, size, num_slices, z_extent)
+    shape = f.u.shape
+    d = _Draw(rng, size / 128.0, f, np.full(shape, -1000.0, dtype=np.float32), np.zeros(shape, dtype=np.uint8), z_extent)
+    thorax = _paint_thorax(d)
+    heart = _heart_frame(d, thorax)
+    spine = _paint_spine(d, thorax["inner"])
+    masks = _structures(d, heart, spine)
+    labels, hu = d.labels, d.hu
+    for cls in (CORONARY, LA, AO, MYOCARDIUM, LV):  # paint in increasing priority (later wins)
+        labels[masks[cls]] = cls
+    contrast = masks["contrast"]
+    for cls, value in ((CORONARY, 320.0), (LA, 330.0), (AO, 380.0), (LV, 350.0)):  # the image follows the labels
         hu[labels == cls] = value * contrast
     hu[labels == MYOCARDIUM] = 110.0
-    labels[(w < w_lo) | (w > w_hi)] = BACKGROUND  # annotation covers the cardiac range only
-
-    # --- partial volume blur and smoothed noise (image only)
-    hu = _blur(hu, jit(0.7, 0.2) * s, 0.35)
+    w_lo, w_hi = masks["range"]
+    labels[(f.w < w_lo) | (f.w > w_hi)] = BACKGROUND  # annotation covers the cardiac range only
+    hu = _blur(hu, d.jit(0.7, 0.2) * d.s, 0.35)  # partial volume blur and smoothed noise (image only)
     noise = _blur(rng.standard_normal(shape).astype(np.float32), 0.6, 0.0)
     noise *= rng.uniform(15.0, 25.0) / (noise.std() + 1e-6)
-    hu = np.clip(np.rint(hu + noise), -1024, 3071).astype(np.int16)
-    return hu, labels
+    return np.clip(np.rint(hu + noise), -1024, 3071).astype(np.int16), labels
 
 
 # --------------------------------------------------------------------------- shared by the writers
@@ -852,3 +872,23 @@ def write_phantom_volumes(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_phantom_slices(root: Path, spec: Mapping[str, Any] | None) -> None:
+    """Write the phantom slice dataset of ``dataset.phantom`` (``spec``) into ``root`` unless it is there.
+
+    The one place a slice config's phantom is materialised (training, evaluation, ``segexp-check``);
+    nothing happens when ``spec`` is None (a real dataset).
+    """
+    if spec is not None:
+        write_phantom_dataset(Path(root), cases=dict(spec["cases"]), num_slices=spec["num_slices"],
+                              size=spec["size"], seed=spec["seed"])
+
+
+def ensure_phantom_volumes(source: Path, spec: Mapping[str, Any] | None) -> None:
+    """Write the phantom NIfTI volumes of ``volumes.phantom`` (``spec``) into ``source`` unless they are there.
+
+    The one place a volume config's phantom is materialised (``segexp-prepare``, ``segexp-check``).
+    """
+    if spec is not None:
+        write_phantom_volumes(Path(source), **dict(spec))

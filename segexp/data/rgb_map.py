@@ -8,15 +8,14 @@ Both directions are vectorised through a 24-bit lookup (no per-pixel Python).
 
 from __future__ import annotations
 
+import colorsys
 import functools
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-
-class MaskColourError(ValueError):
-    """A colour mask holds a colour that is not in the rgb_map."""
+from segexp.config.errors import MaskColourError
 
 
 def colour_table(colours: Sequence[Sequence[int]]) -> np.ndarray:
@@ -100,3 +99,40 @@ def encode_rgb_mask(mask: np.ndarray, colours: Sequence[Sequence[int]]) -> np.nd
     if mask.size and int(mask.max()) >= len(table):
         raise ValueError(f"mask holds class {int(mask.max())} but the rgb_map has {len(table)} colours")
     return table[mask]
+
+
+# Hand-picked, mutually distinct colours for the first classes (after black background).
+_BASE_COLOURS = (
+    (230, 25, 75),  # red
+    (60, 180, 75),  # green
+    (0, 130, 200),  # blue
+    (255, 225, 25),  # yellow
+    (245, 130, 48),  # orange
+    (145, 30, 180),  # purple
+    (70, 240, 240),  # cyan
+    (240, 50, 230),  # magenta
+    (210, 245, 60),  # lime
+    (250, 190, 212),  # pink
+    (0, 128, 128),  # teal
+    (170, 110, 40),  # brown
+)
+
+def default_palette(num_classes: int) -> np.ndarray:
+    """Return a ``(num_classes, 3) uint8`` palette: class 0 black, the others distinct colours.
+
+    The first 12 foreground classes use a fixed hand-picked set; further classes get
+    hues spread by the golden ratio so neighbouring indices stay distinguishable.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    palette = np.zeros((num_classes, 3), dtype=np.uint8)
+    for cls in range(1, num_classes):
+        k = cls - 1
+        if k < len(_BASE_COLOURS):
+            palette[cls] = _BASE_COLOURS[k]
+        else:
+            hue = (k * 0.618033988749895) % 1.0
+            sat = 0.65 + 0.35 * ((k // 7) % 2)
+            r, g, b = colorsys.hsv_to_rgb(hue, sat, 0.95)
+            palette[cls] = (round(r * 255), round(g * 255), round(b * 255))
+    return palette

@@ -20,13 +20,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from segexp.config.errors import DataError
 from segexp.data.rgb_map import MaskColourError, colour_table, decode_rgb_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-class DataError(ValueError):
-    """A dataset file or folder is missing, unreadable or inconsistent; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -241,16 +240,23 @@ class MaskDecoder:
         return raw
 
 
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(H, W, C)`` image to ``(height, width, C)``: area interpolation when shrinking, linear otherwise.
+
+    The one image resize of segexp: training, evaluation and prediction feed the model the same pixels.
+    """
+    if image.shape[:2] == (height, width):
+        return image
+    shrink = image.shape[0] > height or image.shape[1] > width
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return resized.reshape(height, width, image.shape[2] if image.ndim == 3 else 1)
+
+
 def resize_pair(image: np.ndarray, mask: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resize to ``(height, width)``: linear (area when shrinking) for the image, nearest for the mask."""
+    """Resize to ``(height, width)``: :func:`resize_image` for the image, nearest neighbour for the mask."""
     if image.shape[:2] == (height, width) and mask.shape[:2] == (height, width):
         return image, mask
-    shrink = image.shape[0] > height or image.shape[1] > width
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (width, height), interpolation=interp)
-    if resized.ndim == 2:
-        resized = resized[..., None]
-    return resized, cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    return resize_image(image, height, width), cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
 def load_pair(

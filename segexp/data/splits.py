@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from segexp.config.errors import SplitError
+
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
 """The split names, in cutting order."""
 
@@ -42,8 +44,6 @@ DEFAULT_RATIOS: Mapping[str, float] = {"train": 0.7, "valid": 0.15, "test": 0.15
 _RATIO_TOL = 1e-6
 
 
-class SplitError(ValueError):
-    """Impossible or inconsistent split request; the message names the config key."""
 
 
 def _shorten(names: Iterable[Any], limit: int = 20) -> str:

@@ -45,7 +45,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,8 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from nibabel.spatialimages import SpatialImage
+
+from segexp.config.errors import VolumeError
 
 CASE_PATTERN = r"^(?P<case>.+)_(?P<kind>image|label)\.nii(\.gz)?$"
 """Default file-name pattern: ``<case>_image.nii.gz`` / ``<case>_label.nii.gz``."""
@@ -73,8 +75,6 @@ _AFFINE_ATOL_MM = 1e-3
 _HASH_CHUNK = 1 << 20
 
 
-class VolumeError(ValueError):
-    """A volume case is missing, unpaired or inconsistent; the message names the case (and file)."""
 
 
 # --------------------------------------------------------------------------- finding cases
@@ -89,7 +89,7 @@ class VolumeCase:
     label: Path | None
 
 
-def _compile_case_pattern(pattern: str) -> re.Pattern[str]:
+def compile_case_pattern(pattern: str) -> re.Pattern[str]:
     try:
         regex = re.compile(pattern)
     except re.error as exc:
@@ -101,6 +101,48 @@ def _compile_case_pattern(pattern: str) -> re.Pattern[str]:
             f"missing: {sorted(missing)}"
         )
     return regex
+
+
+def list_nifti_files(folder: Path, recursive: bool) -> list[Path]:
+    """``*.nii*`` files in (``recursive``: or below) ``folder``, hidden files and folders (``.*``) left out, sorted."""
+    candidates = folder.rglob(NIFTI_GLOB) if recursive else folder.glob(NIFTI_GLOB)
+    return sorted(p for p in candidates if p.is_file() and fnmatch.fnmatch(p.name, NIFTI_GLOB)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def group_by_case(files: Sequence[Path], folder: Path, regex: re.Pattern[str]
+                  ) -> tuple[dict[str, dict[str, list[Path]]], list[tuple[Path, str]]]:
+    """``(case -> {"image": [...], "label": [...]}, [(file, why it matches no case)])`` for NIfTI ``files``.
+
+    ``regex`` (:func:`compile_case_pattern`) is matched against the path relative to ``folder``.
+    """
+    found: dict[str, dict[str, list[Path]]] = {}
+    rejected: list[tuple[Path, str]] = []
+    for path in files:
+        m = regex.fullmatch(path.relative_to(folder).as_posix())
+        if m is None or not m.group("case"):
+            rejected.append((path, "does not match the case pattern"))
+        elif m.group("kind") not in ("image", "label"):
+            rejected.append((path, f"kind {m.group('kind')!r} is not image or label"))
+        else:
+            found.setdefault(m.group("case"), {"image": [], "label": []})[m.group("kind")].append(path)
+    return found, rejected
+
+
+def _pairing_problems(found: Mapping[str, Mapping[str, list[Path]]], folder: Path, require_labels: bool) -> list[str]:
+    """Cases found twice, images without labels (when required), labels without images."""
+    problems = []
+    duplicates = [f"{case} {kind}: {', '.join(p.relative_to(folder).as_posix() for p in paths)}"
+                  for case, kinds in sorted(found.items()) for kind, paths in kinds.items() if len(paths) > 1]
+    if duplicates:
+        problems.append(f"case found more than once: {'; '.join(duplicates)}")
+    no_label = sorted(c for c, k in found.items() if k["image"] and not k["label"])
+    no_image = sorted(c for c, k in found.items() if k["label"] and not k["image"])
+    if no_label and require_labels:
+        problems.append(f"image(s) without label for case(s): {', '.join(no_label)}")
+    if no_image:
+        problems.append(f"label(s) without image for case(s): {', '.join(no_image)}")
+    return problems
 
 
 def find_volume_cases(
@@ -125,70 +167,27 @@ def find_volume_cases(
     (e.g. ``.nii`` and ``.nii.gz``), images without label, labels without image.
     """
     folder = Path(folder)
-    regex = _compile_case_pattern(pattern)
+    regex = compile_case_pattern(pattern)
     if not folder.is_dir():
         raise VolumeError(f"volume folder {folder} does not exist or is not a folder")
-    if recursive is None:
-        recursive = "/" in pattern
-    candidates = folder.rglob(NIFTI_GLOB) if recursive else folder.glob(NIFTI_GLOB)
-    files = sorted(
-        p
-        for p in candidates
-        if p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and fnmatch.fnmatch(p.name, NIFTI_GLOB)
-    )
+    recursive = "/" in pattern if recursive is None else recursive
+    files = list_nifti_files(folder, recursive)
     if not files:
-        where = "in or below" if recursive else "in"
-        raise VolumeError(f"no NIfTI files ({NIFTI_GLOB}) {where} {folder}")
-
-    found: dict[str, dict[str, list[Path]]] = {}
-    unmatched: list[str] = []
-    bad_kind: list[str] = []
-    for path in files:
-        rel = path.relative_to(folder).as_posix()
-        m = regex.fullmatch(rel)
-        if m is None or not m.group("case"):
-            unmatched.append(rel)
-            continue
-        kind = m.group("kind")
-        if kind not in ("image", "label"):
-            bad_kind.append(f"{rel} (kind {kind!r})")
-            continue
-        found.setdefault(m.group("case"), {"image": [], "label": []})[kind].append(path)
-
+        raise VolumeError(f"no NIfTI files ({NIFTI_GLOB}) {'in or below' if recursive else 'in'} {folder}")
+    found, rejected = group_by_case(files, folder, regex)
+    unmatched = [p.relative_to(folder).as_posix() for p, why in rejected if why.startswith("does not match")]
+    bad_kind = [f"{p.relative_to(folder).as_posix()} ({why.split(' is ')[0]})" for p, why in rejected
+                if not why.startswith("does not match")]
     problems: list[str] = []
     if unmatched:
-        problems.append(
-            f"{len(unmatched)} file(s) do not match the case pattern {pattern!r}: {', '.join(unmatched)}"
-        )
+        problems.append(f"{len(unmatched)} file(s) do not match the case pattern {pattern!r}: {', '.join(unmatched)}")
     if bad_kind:
         problems.append(f"the pattern's 'kind' group must be 'image' or 'label': {', '.join(bad_kind)}")
-    duplicates = [
-        f"{case} {kind}: {', '.join(p.relative_to(folder).as_posix() for p in paths)}"
-        for case, kinds in sorted(found.items())
-        for kind, paths in kinds.items()
-        if len(paths) > 1
-    ]
-    if duplicates:
-        problems.append(f"case found more than once: {'; '.join(duplicates)}")
-    no_label = sorted(c for c, k in found.items() if k["image"] and not k["label"])
-    no_image = sorted(c for c, k in found.items() if k["label"] and not k["image"])
-    if no_label and require_labels:
-        problems.append(f"image(s) without label for case(s): {', '.join(no_label)}")
-    if no_image:
-        problems.append(f"label(s) without image for case(s): {', '.join(no_image)}")
+    problems += _pairing_problems(found, folder, require_labels)
     if problems:
         raise VolumeError(f"volume folder {folder}:\n  " + "\n  ".join(problems))
-
-    return [
-        VolumeCase(
-            case=case,
-            image=kinds["image"][0],
-            label=kinds["label"][0] if kinds["label"] else None,
-        )
-        for case, kinds in sorted(found.items())
-    ]
+    return [VolumeCase(case=case, image=kinds["image"][0], label=kinds["label"][0] if kinds["label"] else None)
+            for case, kinds in sorted(found.items())]
 
 
 # --------------------------------------------------------------------------- headers
@@ -205,11 +204,11 @@ class CaseHeader:
     orientation: str
 
 
-def _orientation(affine: np.ndarray) -> str:
+def orientation_code(affine: np.ndarray) -> str:
     return "".join(str(c) for c in nib.aff2axcodes(affine))
 
 
-def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     s = voxel_sizes(affine)
     return (float(s[0]), float(s[1]), float(s[2]))
 
@@ -235,10 +234,10 @@ def _shape3(case: str, path: Path, kind: str, shape: tuple[int, ...]) -> tuple[i
     return dims  # type: ignore[return-value]
 
 
-def _describe(affine: np.ndarray) -> str:
-    sp = ", ".join(f"{s:.4g}" for s in _spacing(affine))
+def describe_affine(affine: np.ndarray) -> str:
+    sp = ", ".join(f"{s:.4g}" for s in voxel_spacing(affine))
     origin = ", ".join(f"{v:.4g}" for v in affine[:3, 3])
-    return f"orientation {_orientation(affine)}, spacing ({sp}) mm, origin ({origin}) mm"
+    return f"orientation {orientation_code(affine)}, spacing ({sp}) mm, origin ({origin}) mm"
 
 
 def _read_header(case: VolumeCase) -> tuple[CaseHeader, SpatialImage, SpatialImage | None]:
@@ -249,8 +248,8 @@ def _read_header(case: VolumeCase) -> tuple[CaseHeader, SpatialImage, SpatialIma
         case=case.case,
         shape=shape,
         affine=affine,
-        spacing=_spacing(affine),
-        orientation=_orientation(affine),
+        spacing=voxel_spacing(affine),
+        orientation=orientation_code(affine),
     )
     if case.label is None:
         return header, img, None
@@ -265,8 +264,8 @@ def _read_header(case: VolumeCase) -> tuple[CaseHeader, SpatialImage, SpatialIma
     if not np.allclose(lab_affine, affine, rtol=0.0, atol=_AFFINE_ATOL_MM):
         raise VolumeError(
             f"case {case.case}: label affine differs from image affine (tolerance {_AFFINE_ATOL_MM} mm):\n"
-            f"  image {case.image.name}: {_describe(affine)}\n"
-            f"  label {case.label.name}: {_describe(lab_affine)}\n"
+            f"  image {case.image.name}: {describe_affine(affine)}\n"
+            f"  label {case.label.name}: {describe_affine(lab_affine)}\n"
             f"  image affine:\n{np.array2string(affine, precision=4)}\n"
             f"  label affine:\n{np.array2string(lab_affine, precision=4)}"
         )
@@ -389,7 +388,7 @@ def load_case(
         image=image,
         label=label,
         affine=canonical_affine,
-        spacing=_spacing(canonical_affine),
+        spacing=voxel_spacing(canonical_affine),
         original_orientation=header.orientation,
         original_shape=tuple(int(d) for d in img.shape),
         original_affine=header.affine,

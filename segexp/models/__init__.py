@@ -1,32 +1,25 @@
-"""Model registry: ``model.name`` in the config picks a builder from ``MODEL_BUILDERS``.
+"""Networks, losses and metrics: everything Keras serialises.
 
-A builder takes keyword arguments only; :func:`build_model` passes it the config keys its
-signature names (the model config group holds the keys of every network).
+The model group (``model=<name>``) is :mod:`segexp.models.registry`; each network module
+declares its typed parameters and start-up rules and is registered here.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+from segexp.models.flexunet import FlexUNetParams, build_flexunet, flexunet_rules
+from segexp.models.registry import (
+    NORMS,
+    Network,
+    build_model,
+    check_model_config,
+    networks,
+    register_network,
+    validate_model_config,
+)
+from segexp.models.resunet import ResUNetParams, build_resunet, resunet_rules
 
-import keras
+register_network("flexunet", Network(build_flexunet, FlexUNetParams, flexunet_rules))
+register_network("resunet", Network(build_resunet, ResUNetParams, resunet_rules))
 
-from segexp.models.flexunet import build_flexunet
-from segexp.models.resunet import build_resunet
-
-MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {"flexunet": build_flexunet, "resunet": build_resunet}
-
-
-def build_model(name: str, **kwargs) -> keras.Model:
-    """Build the registered model ``name`` with the builder's keyword arguments."""
-    try:
-        builder = MODEL_BUILDERS[name]
-    except KeyError:
-        raise ValueError(
-            f"model.name: unknown model {name!r}; available: {', '.join(sorted(MODEL_BUILDERS))}"
-        ) from None
-    accepted = inspect.signature(builder).parameters
-    return builder(**{k: v for k, v in kwargs.items() if k in accepted and v is not None})
-
-
-__all__ = ["MODEL_BUILDERS", "build_flexunet", "build_model", "build_resunet"]
+__all__ = ["NORMS", "Network", "build_model", "check_model_config", "networks", "register_network",
+           "validate_model_config"]

@@ -21,29 +21,52 @@ and rescales them by 1/255 inside the graph.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import keras
 from keras import layers
+from omegaconf import MISSING
 
-from segexp.config import NORMS  # ``model.norm`` values: the layer after every hidden conv
+from segexp.models.layers import norm_layer
+from segexp.models.registry import NORMS, ModelParams, divisible_size_rules
 
 
-def norm_layer(norm: str, groups: int, name: str) -> layers.Layer | None:
-    """The normalisation layer of ``model.norm``, or None for ``none``.
+@dataclass
+class FlexUNetParams(ModelParams):
+    """``model=flexunet`` keys (``conf/model/flexunet.yaml``)."""
 
-    ``instance``: ``GroupNormalization(groups=-1)`` (one group per channel, i.e. instance
-    norm, Ulyanov et al. 2016, as MONAI's and nnU-Net's default); ``group``: ``groups`` groups
-    (Wu & He 2018); ``batch``: BatchNormalization (statistics over the batch).
-    """
-    if norm == "none":
-        return None
-    if norm == "batch":
-        return layers.BatchNormalization(name=name)
-    if norm == "instance":
-        return layers.GroupNormalization(groups=-1, name=name)
-    if norm == "group":
-        return layers.GroupNormalization(groups=groups, name=name)
-    raise ValueError(f"model.norm: expected one of {list(NORMS)}, got {norm!r}")
+    base_filters: int = MISSING  # filters at level 0; level i has base_filters * 2**i
+    base_kernels: list[int] = MISSING  # odd kernel [h, w] at level 0; level i uses max(k - 2i, 3)
+    num_layers: int = MISSING  # levels including the bottleneck
+    dilation: list[int] = MISSING  # dilation at level 0; level i uses max(d - i, 1)
+    residual: bool = MISSING  # residual units instead of plain double convs
+    activation: str = MISSING  # Keras activation of the hidden convs
+
+
+def flexunet_rules(m: Any) -> list[str]:
+    """Start-up rules of FlexUNet's keys (each problem names its ``model.<key>``)."""
+    errors = []
+    for key in ("base_filters", "num_layers"):
+        if m[key] < 1:
+            errors.append(f"model.{key}: must be >= 1, got {m[key]}")
+    kernels = list(m.base_kernels)
+    if len(kernels) != 2 or any(k < 1 or k % 2 == 0 for k in kernels):
+        errors.append(f"model.base_kernels: expected a pair of odd positive ints like [3, 3], got {kernels}")
+    dilation = list(m.dilation)
+    if len(dilation) != 2 or any(d < 1 for d in dilation):
+        errors.append(f"model.dilation: expected a pair of ints >= 1 like [1, 1], got {dilation}")
+    if not 0.0 <= m.dropout_rate <= 1.0:
+        errors.append(f"model.dropout_rate: must lie in [0, 1], got {m.dropout_rate}")
+    elif m.num_layers >= 1 and m.dropout_rate * (m.num_layers - 1) >= 1.0:
+        errors.append(
+            f"model.dropout_rate: level i drops dropout_rate*i, which must stay below 1 for "
+            f"i = num_layers-1 = {m.num_layers - 1}; got {m.dropout_rate}"
+        )
+    if m.norm == "group" and m.base_filters % m.norm_groups:
+        errors.append(f"model.norm_groups: must divide model.base_filters ({m.base_filters}) so that every "
+                      f"level's filters split into equal groups, got {m.norm_groups}")
+    return errors + divisible_size_rules(m, m.num_layers, "num_layers")
 
 
 def level_kernel(base_kernels: Sequence[int], i: int) -> tuple[int, ...]:
@@ -130,20 +153,14 @@ def build_flexunet(
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
 
     # Encoder; the last level is the bottleneck and is not pooled.
+    def level(x, i: int, prefix: str):
+        """The double conv (or residual unit) of level ``i``."""
+        return _double_conv(x, base_filters * 2**i, level_kernel(base_kernels, i), level_dilation(dilation, i),
+                            dropout_rate * i, activation, norm, norm_groups, residual, f"{prefix}{i}")
+
     skips = []
     for i in range(num_layers):
-        x = _double_conv(
-            x,
-            base_filters * 2**i,
-            level_kernel(base_kernels, i),
-            level_dilation(dilation, i),
-            dropout_rate * i,
-            activation,
-            norm,
-            norm_groups,
-            residual,
-            f"enc{i}",
-        )
+        x = level(x, i, "enc")
         skips.append(x)
         if i < num_layers - 1:
             x = layers.MaxPooling2D((2, 2), name=f"enc{i}_pool")(x)
@@ -155,18 +172,7 @@ def build_flexunet(
             filters, (2, 2), strides=(2, 2), padding="same", name=f"dec{i}_up"
         )(x)
         x = layers.Concatenate(name=f"dec{i}_concat")([x, skips[i]])
-        x = _double_conv(
-            x,
-            filters,
-            level_kernel(base_kernels, i),
-            level_dilation(dilation, i),
-            dropout_rate * i,
-            activation,
-            norm,
-            norm_groups,
-            residual,
-            f"dec{i}",
-        )
+        x = level(x, i, "dec")
 
     outputs = layers.Conv2D(
         num_classes,

@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 from keras import initializers, layers
+from omegaconf import MISSING
 
-from segexp.models.flexunet import norm_layer
+from segexp.models.layers import norm_layer
+from segexp.models.registry import ModelParams, divisible_size_rules
 
 
 class _Namer:
@@ -87,6 +90,29 @@ def _residual_unit(x: Any, filters: int, stride: int, subunits: int, norm: str, 
         y = _convolution(y, filters, stride if unit == 0 else 1, norm, groups, dropout, name,
                          conv_only=last_conv_only and unit == subunits - 1)
     return layers.Add(name=name("add"))([y, residual])
+
+
+@dataclass
+class ResUNetParams(ModelParams):
+    """``model=resunet`` keys (``conf/model/resunet.yaml``)."""
+
+    channels: list[int] = MISSING  # width of each level, top to bottom
+    num_res_units: int = MISSING  # convolutions per residual unit
+
+
+def resunet_rules(m: Any) -> list[str]:
+    """Start-up rules of ResUNet's keys (each problem names its ``model.<key>``)."""
+    errors = []
+    channels = list(m.channels)
+    if len(channels) < 2 or min(channels) < 1:
+        return [f"model.channels: expected at least two positive widths like [16, 32, 64, 128, 256], got {channels}"]
+    if m.num_res_units < 1:
+        errors.append(f"model.num_res_units: must be >= 1, got {m.num_res_units}")
+    if not 0.0 <= m.dropout_rate < 1.0:
+        errors.append(f"model.dropout_rate: must lie in [0, 1), got {m.dropout_rate}")
+    if m.norm == "group" and any(c % m.norm_groups for c in channels):
+        errors.append(f"model.norm_groups: must divide every width in model.channels {channels}, got {m.norm_groups}")
+    return errors + divisible_size_rules(m, len(channels), "len(channels)")
 
 
 def build_resunet(

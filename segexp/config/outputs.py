@@ -24,6 +24,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from segexp.config.errors import OutputError
+
 log = logging.getLogger(__name__)
 
 #: Files that show a folder holds a training run's outputs (relative to the run folder).
@@ -32,8 +34,6 @@ RUN_MARKERS = ("mlflow_run.json", "checkpoints", "history.csv", "evaluation/summ
 DEFAULT_MIN_FREE_MB = 200.0
 
 
-class OutputError(ValueError):
-    """An output location cannot be used; the message names it, the key that chose it and what to do."""
 
 
 def requeued(env: Mapping[str, str] = os.environ) -> bool:
@@ -49,7 +49,7 @@ def resume_requested(cfg: Any) -> bool:
     from omegaconf import OmegaConf
 
     value = OmegaConf.select(cfg, "training.resume", default=None)
-    # A requeued SLURM job resumes its own folder by itself (segexp.resume): not another run's.
+    # A requeued SLURM job resumes its own folder by itself (segexp.training.resume): not another run's.
     return value not in (None, False, "", "false", "False") or requeued()
 
 
@@ -105,9 +105,15 @@ def check_output_locations(locations: Sequence[tuple[str, Path]], min_free_mb: f
         raise OutputError("output location problem:\n  " + "\n  ".join(problems))
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///…`` store URI (MLflow, Optuna), else None."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
 def sqlite_folder(uri: str) -> Path | None:
     """The folder of a ``sqlite:///…`` tracking store, else None."""
-    return Path(uri[len("sqlite:///") :]).parent if uri.startswith("sqlite:///") else None
+    path = sqlite_path(uri)
+    return None if path is None else path.parent
 
 
 def train_output_locations(cfg: Any, run_dir: Path) -> list[tuple[str, Path]]:

@@ -22,7 +22,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.tracking import configure, retry_locked, run_name_from_overrides
+from segexp.config.errors import TrackingUnavailable
+from segexp.tracking.store import OutagePolicy, check_server, configure, retry_locked
+from segexp.tracking.tracker import run_name_from_overrides
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +56,9 @@ class MlflowSweepCallback(Callback):
             return
         import mlflow
 
-        from segexp.outbox import TrackingUnavailable, check_server
-
         try:  # an unreachable server stops the sweep before any job starts
-            check_server(tracking.uri, float(OmegaConf.select(tracking, "outage.connect_timeout_s", default=5.0)))
+            check_server(tracking.uri, float(OmegaConf.select(tracking, "outage.connect_timeout_s",
+                                                            default=OutagePolicy().connect_timeout_s)))
         except TrackingUnavailable as err:
             log.error("%s", err)
             sys.exit(2)

@@ -3,8 +3,8 @@
 Default store: SQLite at ``<paths.output_dir>/mlflow.db`` with artifacts in
 ``<paths.output_dir>/mlartifacts``; ``tracking.uri`` may name a server instead.
 A run that raises is ended FAILED (its error as the ``error`` tag), one that is
-interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt, a requeueing SystemExit) KILLED,
-never left RUNNING. A training run's calls go through :mod:`segexp.outbox`: a tracking server
+interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt by the command, a requeueing SystemExit) KILLED,
+never left RUNNING. A training run's calls go through :mod:`segexp.tracking.outbox`: a tracking server
 that goes away mid-run delays them (buffered in the run folder, sent when it is back), it never
 stops training.
 """
@@ -12,19 +12,17 @@ stops training.
 from __future__ import annotations
 
 import logging
-import random
-import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from segexp.outbox import OutagePolicy, Outbox, send_entry
+from segexp.tracking.outbox import Outbox, send_entry
+from segexp.tracking.store import OutagePolicy, configure, retry_locked
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,69 +73,10 @@ def run_name_from_overrides(overrides: Sequence[str]) -> str:
     return ",".join(named) if named else "default"
 
 
-def metric_key(keras_name: str, class_names: Sequence[str]) -> str:
-    """MLflow name of a Keras log key: ``val_dice_LV`` -> ``val/dice/LV``, ``loss`` -> ``train/loss``."""
-    split, name = ("val", keras_name[4:]) if keras_name.startswith("val_") else ("train", keras_name)
-    if name == "learning_rate":
-        return name
-    from segexp.metrics import metric_safe_name
-
-    if name.startswith("dice_") and name[5:] in {metric_safe_name(c) for c in class_names}:
-        name = f"dice/{name[5:]}"
-    return f"{split}/{name}"
-
-
-def retry_locked(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
-    """Call ``fn``; retry with exponential back-off (0.2 s .. ~25 s) while SQLite says "database is locked".
-
-    Several jobs of a parallel sweep write to one SQLite store; SQLite admits one writer at a time.
-    """
-    delay = 0.2
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:  # MlflowException or sqlalchemy OperationalError, depending on the call
-            if "database is locked" not in str(err) or attempt == attempts - 1:
-                raise
-            log.warning("MLflow store is locked (attempt %d/%d); retrying in %.1f s", attempt + 1, attempts, delay)
-            time.sleep(delay + random.uniform(0, delay))
-            delay *= 2
-    raise AssertionError("unreachable")
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-
-
-def configure(uri: str, experiment: str, artifact_location: str | None) -> str:
-    """Point MLflow at ``uri`` and return the id of ``experiment`` (created if missing)."""
-    import mlflow
-
-    db = _sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    found = retry_locked(mlflow.get_experiment_by_name, experiment)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    if artifact_location and "://" in artifact_location:
-        location = f"{artifact_location.rstrip('/')}/{experiment}"
-    elif artifact_location:
-        location = (Path(artifact_location).expanduser().resolve() / experiment).as_uri()
-    try:
-        return retry_locked(mlflow.create_experiment, experiment, artifact_location=location)
-    except Exception:
-        found = mlflow.get_experiment_by_name(experiment)  # another job created it meanwhile
-        if found is None:
-            raise
-        return found.experiment_id
-
-
 class Tracker:
     """Logging calls of one run; every method is a no-op when tracking is disabled.
 
-    With an :class:`~segexp.outbox.Outbox` (training runs) a call the server does not take is
+    With an :class:`~segexp.tracking.outbox.Outbox` (training runs) a call the server does not take is
     retried with back-off, then buffered in the run folder and sent later: logging never
     stops the training. Without one, calls go straight to the store (retrying a locked SQLite).
     """
@@ -209,27 +148,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def log_keras_model(model: Any, name: str = "model") -> None:
-    """Log ``model`` into the active MLflow run with the ``mlflow.keras`` flavour and a uint8 signature."""
-    import mlflow.keras
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, *model.input_shape[1:]), "image")]),
-        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]), "probabilities")]),
-    )
-    # Explicit requirements: inferring them imports the model in a subprocess (slow).
-    requirements = [f"keras=={_version('keras')}", f"tensorflow=={_version('tensorflow')}"]
-    retry_locked(mlflow.keras.log_model, model, name=name, signature=signature, pip_requirements=requirements)
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
-
-
 @contextmanager
 def tracked_run(
     enabled: bool,
@@ -252,7 +170,7 @@ def tracked_run(
     with the status it had, and a failure is recorded as the ``error`` tag only; with
     ``keep_status=False`` (a resumed training) it ends FINISHED, FAILED or KILLED like a new run.
     With ``parent_run_id`` the run is a child of a sweep's parent run (``mlflow.parentRunId``).
-    With ``run_dir`` logging survives tracking-server outages (:mod:`segexp.outbox`, policy ``outage``):
+    With ``run_dir`` logging survives tracking-server outages (:mod:`segexp.tracking.outbox`, policy ``outage``):
     what cannot be sent is kept in the run folder, and even the final status never raises.
     """
     if not enabled:
@@ -275,7 +193,6 @@ def tracked_run(
     run_id = run.info.run_id
     outbox = Outbox(run_dir, run_id, uri, outage or OutagePolicy()) if run_dir is not None else None
     tracker = Tracker(run_id, uri, outbox)
-    previous_sigterm = _raise_on_sigterm()
     try:
         yield tracker
     except (KeyboardInterrupt, SystemExit) as err:  # SystemExit: e.g. submitit requeueing a pre-empted job
@@ -288,20 +205,4 @@ def tracked_run(
         raise
     else:
         tracker.end(previous or "FINISHED")
-    finally:
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
 
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _raise_on_sigterm() -> Any:
-    """Turn SIGTERM (cluster pre-emption, ``kill``) into KeyboardInterrupt so the run ends KILLED.
-
-    Returns the previous handler, or None outside the main thread (where handlers cannot be set).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _interrupt)

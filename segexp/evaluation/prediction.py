@@ -17,37 +17,48 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import cv2
-import hydra
 import nibabel as nib
 import numpy as np
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
 
-from segexp.config import CONF_DIR
-from segexp.data.intensity import percentile_window, window_to_uint8
+from segexp.config.errors import InferenceInputError
+from segexp.config.outputs import atomic_write_path
+from segexp.data.intensity import window_volume
 from segexp.data.rgb_map import encode_rgb_mask
-from segexp.data.slices import IMAGE_SUFFIXES, DataError
-from segexp.data.volumes import VolumeCase, VolumeError, load_case, num_slices, stack_slices, volume_slice
-from segexp.evaluate import EvaluationError, check_model_fits
-from segexp.inference import predict_batches, predict_images, probabilities_to_classes
-from segexp.outputs import OutputError, atomic_write_path, check_writable
-from segexp.runs import RunError, TrainedRun, open_run
-from segexp.viz import default_palette, hstack_panels, overlay_mask, save_png, vstack_rows
+from segexp.data.slices import IMAGE_SUFFIXES, DataError, read_image, resize_image
+from segexp.data.volumes import (
+    VolumeCase,
+    VolumeError,
+    load_case,
+    num_slices,
+    stack_slices,
+    volume_slice,
+)
+from segexp.evaluation.inference import (
+    predict_batches,
+    predict_images,
+    probabilities_to_classes,
+)
+from segexp.evaluation.reports import check_model_fits
+from segexp.evaluation.viz import (
+    default_palette,
+    hstack_panels,
+    overlay_mask,
+    save_png,
+    vstack_rows,
+)
+from segexp.tracking.runs import TrainedRun
 
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-class InferenceInputError(ValueError):
-    """An input file cannot be predicted; the message names the file."""
 
 
 def is_nifti(path: Path) -> bool:
@@ -65,30 +76,6 @@ def list_inputs(source: Path) -> list[Path]:
     if not files:
         raise DataError(f"input: no PNG/JPG/NIfTI files in {source}")
     return files
-
-
-def read_input_image(path: Path, channels: int) -> np.ndarray:
-    """Read ``(H, W, channels) uint8``; a grey image may feed an RGB model (replicated, as in training).
-
-    Colour into a grayscale model is accepted only when the three channels are equal.
-    """
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise InferenceInputError(f"{path}: cannot read image (missing, empty or not an image file)")
-    if raw.dtype != np.uint8:
-        raise InferenceInputError(f"{path}: expected an 8-bit image, got {raw.dtype}")
-    got = 1 if raw.ndim == 2 else raw.shape[2]
-    if got == 4:
-        raw, got = cv2.cvtColor(raw, cv2.COLOR_BGRA2BGR), 3
-    if got == 3 and channels == 1:
-        if not (np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 1], raw[..., 2])):
-            raise InferenceInputError(f"{path}: has 3 different colour channels but the model takes 1 (grayscale)")
-        return raw[..., :1]
-    if got == 1 and channels == 3:
-        return np.repeat(raw.reshape(*raw.shape[:2], 1), 3, axis=-1)
-    if got != channels:
-        raise InferenceInputError(f"{path}: has {got} channels but the model takes {channels}")
-    return raw.reshape(*raw.shape[:2], channels) if got == 1 else cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
 
 
 def resize_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -120,15 +107,14 @@ def _predict_png_chunk(model: Any, paths: Sequence[Path], out_dir: Path, colours
     height, width = _model_size(model)
     for path in paths:
         try:
-            images.append(read_input_image(path, channels))
+            images.append(read_image(path, channels))
             good.append(path)
-        except InferenceInputError as err:
+        except DataError as err:  # the training reader's error, naming the file
             failures.append(str(err))
     if not images:
         return failures
     if large_images == "resize":
-        batch = np.stack([cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA).reshape(height, width, channels)
-                          for im in images])
+        batch = np.stack([resize_image(im, height, width) for im in images])
         probs = predict_batches(model, batch, batch_size=batch_size, flip_tta=flip_tta)
         probs = [resize_probabilities(p, *im.shape[:2]) for p, im in zip(probs, images)]
     else:
@@ -153,13 +139,10 @@ def training_window(run: TrainedRun) -> tuple[dict[str, Any] | None, str]:
     return manifest.get("window"), manifest.get("axis", "axial")
 
 
-def window_volume(volume: np.ndarray, window: dict[str, Any]) -> np.ndarray:
-    """The training's intensity mapping: a fixed HU window or per-volume percentiles, to uint8."""
-    if window.get("mode") == "percentile":
-        level, width = percentile_window(volume, window["low_percentile"], window["high_percentile"])
-    else:
-        level, width = window["level"], window["width"]
-    return window_to_uint8(volume, level, width)
+def window_like_training(volume: np.ndarray, window: dict[str, Any]) -> np.ndarray:
+    """The training's intensity mapping (``window`` as in the dataset's manifest or ``conf/window``), to uint8."""
+    keys = ("level", "width", "low_percentile", "high_percentile")
+    return window_volume(volume, window.get("mode", "fixed"), **{k: window[k] for k in keys if window.get(k) is not None})[0]
 
 
 def predict_volume(model: Any, path: Path, out_dir: Path, colours: np.ndarray, window: dict[str, Any], axis: str,
@@ -178,7 +161,7 @@ def predict_volume(model: Any, path: Path, out_dir: Path, colours: np.ndarray, w
         raise InferenceInputError(f"{path}: {err}") from None
     channels = int(model.input_shape[-1])
     height, width = _model_size(model)
-    image, original_affine = window_volume(loaded.image, window), loaded.original_affine
+    image, original_affine = window_like_training(loaded.image, window), loaded.original_affine
     del loaded  # the windowed uint8 copy is all that is needed from here on
     n = num_slices(image, axis)
     slices = [volume_slice(image, axis, i) for i in range(n)]
@@ -216,7 +199,12 @@ def predict_volume(model: Any, path: Path, out_dir: Path, colours: np.ndarray, w
 
 def _to_original_orientation(canonical: np.ndarray, original_affine: np.ndarray) -> np.ndarray:
     """Undo the RAS reorientation of :func:`segexp.data.volumes.load_case` (flips/permutations only)."""
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+    from nibabel.orientations import (
+        apply_orientation,
+        axcodes2ornt,
+        io_orientation,
+        ornt_transform,
+    )
 
     back = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original_affine))
     return np.ascontiguousarray(apply_orientation(canonical, back))
@@ -268,31 +256,3 @@ def infer(run: TrainedRun, source: Path, out_dir: Path, *, batch_size: int = 8, 
     return failures
 
 
-USER_ERRORS = (DataError, RunError, EvaluationError, OutputError)
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="infer")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: predict ``input`` with ``run`` into this job's run folder (or ``output_dir``)."""
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(HydraConfig.get().runtime.output_dir)
-    window = dict(cfg.window) if cfg.get("window") else None
-    if cfg.large_images not in ("resize", "tile"):
-        log.error("large_images: expected resize or tile, got %r", cfg.large_images)
-        sys.exit(2)
-    if not 0.0 <= cfg.overlap < 1.0:
-        log.error("overlap: must lie in [0, 1), got %s", cfg.overlap)
-        sys.exit(2)
-    try:
-        check_writable(out_dir, "output_dir" if cfg.output_dir else "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
-        run = open_run(str(cfg.run), cfg.tracking_uri)
-        failures = infer(run, Path(cfg.input), out_dir, batch_size=cfg.batch_size, flip_tta=cfg.flip_tta,
-                         large_images=cfg.large_images, overlap=cfg.overlap, window=window)
-    except USER_ERRORS as err:
-        log.error("%s", err)
-        sys.exit(2)
-    if failures:
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

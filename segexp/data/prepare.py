@@ -33,18 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import hydra
 import numpy as np
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import segexp
-from segexp.config import CONF_DIR, ConfigError, validate_prepare_config
-from segexp.data.intensity import percentile_window, window_to_uint8
+from segexp.config.errors import PrepareError
+from segexp.config.schema import validate_prepare_config
+from segexp.data.intensity import window_volume
+from segexp.data.phantom import ensure_phantom_volumes
 from segexp.data.rgb_map import encode_rgb_mask
 from segexp.data.slices import resize_pair
-from segexp.data.splits import SplitError, fold_table, split_cases
+from segexp.data.splits import fold_table, split_cases
 from segexp.data.volumes import (
     VolumeCase,
     VolumeError,
@@ -55,7 +55,6 @@ from segexp.data.volumes import (
     sha256_file,
     volume_slice,
 )
-from segexp.tracking import tracked_run
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +68,6 @@ IN_PLANE = {
 }
 
 
-class PrepareError(ValueError):
-    """The inputs or ``out_dir`` do not allow a safe preparation; the message names what."""
 
 
 @dataclass(frozen=True)
@@ -128,11 +125,8 @@ def empty_slices_to_keep(case: str, empty: list[int], fraction: float, seed: int
 
 
 def _to_uint8(volume: np.ndarray, s: SliceSettings) -> tuple[np.ndarray, list[float]]:
-    if s.window_mode == "percentile":
-        level, width = percentile_window(volume, s.low_percentile, s.high_percentile)
-    else:
-        level, width = s.level, s.width
-    return window_to_uint8(volume, level, width), [float(level), float(width)]
+    image, window = window_volume(volume, s.window_mode, s.level, s.width, s.low_percentile, s.high_percentile)
+    return image, list(window)
 
 
 def process_case(case: VolumeCase, split: str, settings: SliceSettings, staging: Path) -> CaseReport:
@@ -242,10 +236,7 @@ def prepare(cfg: DictConfig) -> Path:
     cfg = validate_prepare_config(cfg)
     v = cfg.volumes
     source = Path(v.source).expanduser()
-    if v.phantom is not None:
-        from segexp.data.phantom import write_phantom_volumes
-
-        write_phantom_volumes(source, **OmegaConf.to_container(v.phantom))
+    ensure_phantom_volumes(source, OmegaConf.to_container(v.phantom) if v.phantom is not None else None)
     cases = find_volume_cases(source, v.pattern)
     headers = {c.case: read_header(c) for c in cases}
     splits, folds = _split(cfg, [c.case for c in cases])
@@ -331,25 +322,3 @@ def _run_cases(
     return sorted(reports, key=lambda r: r.case)
 
 
-USER_ERRORS = (ConfigError, VolumeError, SplitError, PrepareError)
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="prepare")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: compose ``conf/prepare.yaml``, then :func:`prepare`."""
-    t = cfg.tracking
-    try:
-        with tracked_run(
-            t.enabled, uri=t.uri, experiment=f"{t.experiment}-prepare", artifact_location=t.artifact_location,
-            run_name=f"prepare {cfg.volumes.name}", tags={"dataset": str(cfg.volumes.name)},
-            description="segexp-prepare " + " ".join(HydraConfig.get().overrides.task),
-        ) as tracker:
-            out_dir = prepare(cfg)
-            tracker.log_artifact(out_dir / MANIFEST)
-    except USER_ERRORS as err:
-        log.error("%s", err)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

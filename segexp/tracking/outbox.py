@@ -12,7 +12,7 @@ When the server answers again, the next logging call (the next epoch at the late
 buffered entries in order. Whatever is left at the end of the run stays in the run folder;
 upload it into the same MLflow run with::
 
-    segexp-upload <run_dir>            # or: python -m segexp.outbox <run_dir>
+    segexp-upload <run_dir>            # or: python -m segexp.cli.upload <run_dir>
 
 Entries are removed from the file as they are sent, and metrics carry their original
 timestamps (MLflow stores a metric value once per key, step and timestamp), so running the
@@ -21,135 +21,42 @@ command again, or after an interrupted upload, does not duplicate anything.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import random
 import shutil
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from segexp.config.errors import TrackingUnavailable
+from segexp.config.outputs import atomic_write_text
+from segexp.tracking.runs import MLFLOW_RUN_FILE, load_keras_model
+from segexp.tracking.store import (
+    OutagePolicy,
+    call_with_backoff,
+    check_server,
+    http_settings,
+    log_keras_model,
+    mlflow_client,
+    retry_locked,
+    server_reachable,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OUTBOX_FILE = "mlflow_outbox.jsonl"
 OUTBOX_DIR = "mlflow_outbox"
-UPLOAD_COMMAND = "segexp-upload {run_dir}   (or: python -m segexp.outbox {run_dir})"
+UPLOAD_COMMAND = "segexp-upload {run_dir}   (or: python -m segexp.cli.upload {run_dir})"
 
 
-class TrackingUnavailable(RuntimeError):
-    """The tracking server cannot be reached; the message names the URI and what to do."""
-
-
-@dataclass(frozen=True)
-class OutagePolicy:
-    """How long logging waits for the tracking server (``tracking.outage.*``)."""
-
-    connect_timeout_s: float = 5.0  # /health probe at start-up and before resending buffered entries
-    request_timeout_s: int = 10  # MLFLOW_HTTP_REQUEST_TIMEOUT during the run
-    http_retries: int = 1  # MLFLOW_HTTP_REQUEST_MAX_RETRIES during the run
-    max_wait_s: float = 20.0  # total retry time of one logging call before it is buffered
-    first_delay_s: float = 0.5  # first back-off delay; doubled after each failure
-
-
-# --------------------------------------------------------------------------- server checks
-
-
-def is_http(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def server_reachable(uri: str, timeout_s: float) -> bool:
-    """True when an ``http(s)://`` tracking server answers at all (any HTTP status); non-HTTP stores: True."""
-    if not is_http(uri):
-        return True
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
-            return True
-    except urllib.error.HTTPError:
-        return True  # it answered (auth proxy, old server without /health)
-    except (OSError, ValueError):
-        return False
-
-
-def check_server(uri: str, timeout_s: float) -> None:
-    """Raise :class:`TrackingUnavailable` (naming ``uri`` and the fixes) when the server does not answer."""
-    if server_reachable(uri, timeout_s):
-        return
-    raise TrackingUnavailable(
-        f"tracking.uri = {uri}: no MLflow tracking server answers there (waited {timeout_s:g} s). "
-        "Start one with `scripts/mlflow_server.sh start` (PostgreSQL + MLflow on http://127.0.0.1:5000), "
-        "point tracking.uri (or $MLFLOW_TRACKING_URI) at a running server, "
-        "or track locally with tracking=sqlite (or tracking=none)"
-    )
-
-
-@contextmanager
-def http_settings(policy: OutagePolicy) -> Iterator[None]:
-    """Lower MLflow's HTTP timeout and retries for the run (defaults: 120 s x 7 retries, minutes per call).
-
-    Variables the user set already are kept; the previous environment is restored afterwards.
-    """
-    wanted = {
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(policy.request_timeout_s)),
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(policy.http_retries)),
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    }
-    added = [k for k in wanted if k not in os.environ]
-    for key in added:
-        os.environ[key] = wanted[key]
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-
-
-# --------------------------------------------------------------------------- retries
-
-
-def call_with_backoff(
-    fn: Callable[[], T],
-    max_wait_s: float,
-    first_delay_s: float = 0.5,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> T:
-    """Call ``fn``; after a failure wait ``d, 2d, 4d, …`` (plus jitter) and retry.
-
-    Stops retrying when the next wait would end later than ``max_wait_s`` after the first call,
-    and re-raises the last error: one logging call never blocks training for much longer.
-    """
-    start, delay = clock(), first_delay_s
-    while True:
-        try:
-            return fn()
-        except Exception:
-            wait = delay * random.uniform(1.0, 1.25)
-            if clock() - start + wait > max_wait_s:
-                raise
-            sleep(wait)
-            delay *= 2
 
 
 # --------------------------------------------------------------------------- sending one entry
-
-
-def _client(uri: str) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 def send_entry(uri: str, run_id: str, entry: Mapping[str, Any], base: Path | None = None) -> None:
@@ -159,9 +66,7 @@ def send_entry(uri: str, run_id: str, entry: Mapping[str, Any], base: Path | Non
     """
     from mlflow.entities import Metric, Param, RunTag
 
-    from segexp.tracking import retry_locked
-
-    client = _client(uri)
+    client = mlflow_client(uri)
     kind = entry["kind"]
 
     def local(key: str) -> Path:
@@ -203,8 +108,6 @@ def send_entry(uri: str, run_id: str, entry: Mapping[str, Any], base: Path | Non
 
 
 def _load_saved_model(path: Path) -> Any:
-    from segexp.runs import load_keras_model
-
     return load_keras_model(path)
 
 
@@ -212,17 +115,15 @@ def _send_model(uri: str, run_id: str, model: Any, name: str) -> None:
     """Log ``model`` into ``run_id`` (reopening the run when it is not the active one)."""
     import mlflow
 
-    from segexp.tracking import log_keras_model
-
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
         log_keras_model(model, name)
         return
     mlflow.set_tracking_uri(uri)
-    status = _client(uri).get_run(run_id).info.status
+    status = mlflow_client(uri).get_run(run_id).info.status
     with mlflow.start_run(run_id=run_id, nested=active is not None):
         log_keras_model(model, name)
-    _client(uri).update_run(run_id, status=status)  # leaving the block marked it FINISHED: restore
+    mlflow_client(uri).update_run(run_id, status=status)  # leaving the block marked it FINISHED: restore
 
 
 # --------------------------------------------------------------------------- the outbox
@@ -304,7 +205,6 @@ class Outbox:
                 self.file.unlink(missing_ok=True)
                 shutil.rmtree(self.folder, ignore_errors=True)
                 return
-            from segexp.outputs import atomic_write_text
 
             saved = [e for e in self.pending if "array" not in e and "model" not in e]
             atomic_write_text(self.file, "".join(json.dumps(e) + "\n" for e in saved))
@@ -377,7 +277,6 @@ def _first_line(err: BaseException) -> str:
 
 def upload(run_dir: Path, tracking_uri: str | None = None, timeout_s: float = 10.0) -> int:
     """Send every entry of ``<run_dir>/mlflow_outbox.jsonl`` into the run's MLflow run; return how many."""
-    from segexp.runs import MLFLOW_RUN_FILE
 
     run_dir = Path(run_dir)
     record_file = run_dir / MLFLOW_RUN_FILE
@@ -396,24 +295,3 @@ def upload(run_dir: Path, tracking_uri: str | None = None, timeout_s: float = 10
                 f"{uri}: upload stopped with {len(outbox.pending)} of {count} entries left in {outbox.file}; run again"
             )
     return count
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``segexp-upload <run_dir>``: upload what a run could not send to its tracking server."""
-    parser = argparse.ArgumentParser(prog="segexp-upload", description=main.__doc__)
-    parser.add_argument("run_dir", type=Path, help="training run folder (holds mlflow_run.json and mlflow_outbox.jsonl)")
-    parser.add_argument("--tracking-uri", default=None, help="another address of the same store (default: the run's)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        count = upload(args.run_dir, args.tracking_uri, args.timeout)
-    except TrackingUnavailable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"{args.run_dir}: " + (f"uploaded {count} buffered logging calls" if count else "nothing to upload"))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,11 +17,23 @@ from typing import Any
 import keras
 import numpy as np
 
-from segexp.outputs import atomic_write_path
-from segexp.tracking import Tracker, metric_key
-from segexp.viz import image_truth_prediction, save_png
+from segexp.config.outputs import atomic_write_path
+from segexp.evaluation.inference import probabilities_to_classes
+from segexp.evaluation.viz import image_truth_prediction, save_png
+from segexp.models.metrics import metric_safe_name
+from segexp.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
+
+
+def metric_key(keras_name: str, class_names: Sequence[str]) -> str:
+    """MLflow name of a Keras log key: ``val_dice_LV`` -> ``val/dice/LV``, ``loss`` -> ``train/loss``."""
+    split, name = ("val", keras_name[4:]) if keras_name.startswith("val_") else ("train", keras_name)
+    if name == "learning_rate":
+        return name
+    if name.startswith("dice_") and name[5:] in {metric_safe_name(c) for c in class_names}:
+        name = f"dice/{name[5:]}"
+    return f"{split}/{name}"
 
 
 def on_interval(epoch: int, every_n_epochs: int, last_epoch: int | None = None) -> bool:
@@ -73,10 +85,7 @@ def current_learning_rate(model: keras.Model) -> float:
 
 def predict_classes(model: keras.Model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Class-index predictions ``(N, H, W) uint8``: argmax of softmax, or sigmoid >= 0.5."""
-    probs = model.predict(images, batch_size=batch_size, verbose=0)
-    if probs.shape[-1] == 1:
-        return (probs[..., 0] >= 0.5).astype(np.uint8)
-    return np.argmax(probs, axis=-1).astype(np.uint8)
+    return probabilities_to_classes(model.predict(images, batch_size=batch_size, verbose=0))
 
 
 def epoch_metrics(logs: dict[str, Any], learning_rate: float, class_names: Sequence[str]) -> dict[str, float]:

@@ -3,7 +3,7 @@
 For every case of the split the slices are predicted in batches at the model's
 input size, the predictions are resized back (nearest) to each slice's stored
 size, and scored against the stored masks, background excluded
-(:mod:`segexp.scoring`): per case on the stacked slices (3D, in mm when
+(:mod:`segexp.evaluation.scoring`): per case on the stacked slices (3D, in mm when
 ``dataset.json`` gives the spacing, else in pixels) and per slice (2D).
 
 Outputs: ``summary.json`` (per class, per case, foreground mean, and the
@@ -18,34 +18,43 @@ import csv
 import json
 import logging
 import re
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
 
-from segexp.config import CONF_DIR, ConfigError, validate_train_config
+from segexp.config.errors import EvaluationError
+from segexp.config.outputs import (
+    atomic_write_path,
+    atomic_write_text,
+)
+from segexp.config.schema import validate_train_config
 from segexp.data.dataset import SliceDataset, open_dataset
-from segexp.data.slices import DataError, SlicePair, read_image, resize_pair
-from segexp.inference import predict_batches, probabilities_to_classes
-from segexp.outputs import OutputError, atomic_write_path, atomic_write_text, check_writable
-from segexp.runs import RunError, TrainedRun, open_run
-from segexp.scoring import aggregate, dice_including_background, score_classes, to_json_safe
-from segexp.tracking import Tracker, tracked_run
+from segexp.data.slices import (
+    DataError,
+    SlicePair,
+    check_same_size,
+    read_image,
+    resize_pair,
+)
+from segexp.evaluation.inference import predict_batches, probabilities_to_classes
+from segexp.evaluation.scoring import (
+    aggregate,
+    dice_including_background,
+    score_classes,
+    to_json_safe,
+)
+from segexp.tracking.runs import TrainedRun
+from segexp.tracking.tracker import Tracker, tracked_run
 
 log = logging.getLogger(__name__)
 
 METRICS = ("dice", "iou", "hd95", "precision", "recall")
 
 
-class EvaluationError(ValueError):
-    """Model and dataset do not fit together; the message names both sides."""
 
 
 def check_model_fits(model: Any, num_classes: int, channels: int) -> None:
@@ -102,8 +111,7 @@ def _predict_case(model: Any, dataset: SliceDataset, pairs: list[SlicePair], siz
     images, truths = [], []
     for pair in pairs:
         image, truth = read_image(pair.image, channels), dataset.decoder(pair.mask)
-        if image.shape[:2] != truth.shape:
-            raise DataError(f"{pair.image} and its mask {pair.mask} differ in size")
+        check_same_size(pair, image, truth)
         images.append(image)
         truths.append(truth)
     resized = np.stack([resize_pair(im, t, *size)[0] for im, t in zip(images, truths)])
@@ -267,26 +275,3 @@ def _log_table(summary: dict[str, Any]) -> None:
     log.info("evaluation on %s (%d cases):\n%s", summary["split"], summary["num_cases"], "\n".join(lines))
 
 
-USER_ERRORS = (ConfigError, DataError, RunError, EvaluationError, OutputError)
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point: evaluate ``run`` (a run folder or MLflow run id); returns the foreground mean Dice."""
-    try:
-        out_dir = Path(HydraConfig.get().runtime.output_dir)
-        check_writable(out_dir, "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
-        run = open_run(str(cfg.run), cfg.tracking_uri)
-        summary = evaluate_run(
-            run, Path(HydraConfig.get().runtime.output_dir), split=cfg.split, batch_size=cfg.batch_size,
-            flip_tta=cfg.flip_tta, dataset_root=cfg.dataset_root, log_to_run=cfg.log_to_run,
-        )
-    except USER_ERRORS as err:
-        log.error("%s", err)
-        sys.exit(2)
-    value = summary["mean"]["foreground_mean"]["dice"]
-    return float("nan") if value is None else float(value)
-
-
-if __name__ == "__main__":
-    main()

@@ -17,7 +17,9 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+from segexp.config.errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # segexp/
 #: The repository checkout that holds ``conf/`` (segexp is installed editable).
 REPO_DIR = PACKAGE_DIR.parent
 CONF_DIR = REPO_DIR / "conf"
@@ -26,12 +28,9 @@ LOSS_NAMES = ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
 MASK_FORMATS = ("rgb", "index", "binary")
 LAYOUTS = ("splits", "flat")
 ON_BAD_FILE = ("error", "skip")
-NORMS = ("batch", "instance", "group", "none")
 SPLITS = ("train", "valid", "test")
 
 
-class ConfigError(ValueError):
-    """The composed config is invalid; the message names every offending key."""
 
 
 def project_root() -> str:
@@ -66,59 +65,35 @@ if not OmegaConf.has_resolver("cores"):
 
 
 @dataclass
-class ModelConfig:
-    name: str = MISSING
-    image_height: int = MISSING
-    image_width: int = MISSING
-    image_channels: int = MISSING
-    num_classes: int = MISSING
-    norm: str = MISSING
-    norm_groups: int = 8
-    dropout_rate: float = MISSING
-    # flexunet (segexp/models/flexunet.py)
-    base_filters: Optional[int] = None
-    base_kernels: Optional[list[int]] = None
-    num_layers: Optional[int] = None
-    dilation: Optional[list[int]] = None
-    residual: Optional[bool] = None
-    activation: Optional[str] = None
-    # resunet (segexp/models/resunet.py)
-    channels: Optional[list[int]] = None
-    num_res_units: Optional[int] = None
-
-
-@dataclass
 class PhantomConfig:
-    cases: dict[str, int] = field(default_factory=lambda: {"train": 8, "valid": 2, "test": 2})
-    num_slices: int = 24
-    size: int = 128
-    seed: int = 0
+    cases: dict[str, int] = MISSING
+    num_slices: int = MISSING
+    size: int = MISSING
+    seed: int = MISSING
 
 
 @dataclass
 class DatasetConfig:
     name: str = MISSING
     root: str = MISSING
-    layout: str = "splits"
-    splits: dict[str, str] = field(
-        default_factory=lambda: {"train": "train", "valid": "valid", "test": "test"}
-    )
-    cases: dict[str, list[str]] = field(default_factory=dict)
-    case_pattern: str = r"^(?P<case>.+)_(?P<slice>\d+)$"
-    images_dir: str = "images"
-    masks_dir: str = "masks"
-    mask_format: str = "rgb"
+    layout: str = MISSING
+    splits: dict[str, str] = MISSING
+    cases: dict[str, list[str]] = MISSING
+    case_pattern: str = MISSING
+    images_dir: str = MISSING
+    masks_dir: str = MISSING
+    mask_format: str = MISSING
     class_names: list[str] = MISSING
-    rgb_map: Optional[dict[str, list[int]]] = None
-    binary_threshold: int = 128
-    on_bad_file: str = "error"
-    phantom: Optional[PhantomConfig] = None
+    rgb_map: Optional[dict[str, list[int]]] = MISSING
+    binary_threshold: int = MISSING
+    on_bad_file: str = MISSING
+    phantom: Optional[PhantomConfig] = MISSING
 
 
 @dataclass
 class AugmentationConfig:
     name: str = MISSING
-    transforms: dict[str, Any] = field(default_factory=dict)
+    transforms: dict[str, Any] = MISSING
 
 
 @dataclass
@@ -139,7 +114,7 @@ class EarlyStoppingConfig:
 @dataclass
 class EpochImagesConfig:
     num: int = MISSING
-    dir: Optional[str] = None
+    dir: Optional[str] = MISSING
     every_n_epochs: int = MISSING
 
 
@@ -158,8 +133,8 @@ class LoaderConfig:
 
 @dataclass
 class ThreadsConfig:
-    intra_op: Optional[int] = None
-    inter_op: Optional[int] = None
+    intra_op: Optional[int] = MISSING
+    inter_op: Optional[int] = MISSING
 
 
 @dataclass
@@ -171,42 +146,42 @@ class TrainingConfig:
     learning_rate: float = MISSING
     optimizer: dict[str, Any] = MISSING
     schedule: Optional[dict[str, Any]] = MISSING
-    max_time: Optional[float] = None
-    loss: str = "dice_ce"
-    monitor: str = "val_dice_fg_mean"
-    monitor_mode: str = "max"
+    max_time: Optional[float] = MISSING
+    loss: str = MISSING
+    monitor: str = MISSING
+    monitor_mode: str = MISSING
     reduce_lr: ReduceLRConfig = field(default_factory=ReduceLRConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     epoch_images: EpochImagesConfig = field(default_factory=EpochImagesConfig)
     validation: IntervalConfig = field(default_factory=IntervalConfig)
     checkpoint: IntervalConfig = field(default_factory=IntervalConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
-    jit_compile: Any = "auto"
-    mixed_precision: bool = False
-    deterministic: bool = False
-    verbose: int = 2
-    evaluate_after: bool = True
-    resume: Optional[str] = None
+    jit_compile: Any = MISSING
+    mixed_precision: bool = MISSING
+    deterministic: bool = MISSING
+    verbose: int = MISSING
+    evaluate_after: bool = MISSING
+    resume: Optional[str] = MISSING
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
 
 
 @dataclass
 class OutageConfig:
-    connect_timeout_s: float = 5.0
-    request_timeout_s: int = 10
-    http_retries: int = 1
-    max_wait_s: float = 20.0
+    connect_timeout_s: float = MISSING
+    request_timeout_s: int = MISSING
+    http_retries: int = MISSING
+    max_wait_s: float = MISSING
 
 
 @dataclass
 class TrackingConfig:
-    enabled: bool = True
+    enabled: bool = MISSING
     uri: str = MISSING
-    artifact_location: Optional[str] = None
-    experiment: str = "segexp"
-    run_name: Optional[str] = None
-    log_model: bool = True
-    log_epoch_images: bool = True
+    artifact_location: Optional[str] = MISSING
+    experiment: str = MISSING
+    run_name: Optional[str] = MISSING
+    log_model: bool = MISSING
+    log_epoch_images: bool = MISSING
     outage: OutageConfig = field(default_factory=OutageConfig)
 
 
@@ -215,14 +190,14 @@ class PathsConfig:
     root: str = MISSING
     output_dir: str = MISSING
     data_dir: str = MISSING
-    min_free_mb: float = 200.0
+    min_free_mb: float = MISSING
 
 
 @dataclass
 class TrainConfig:
-    task_name: str = "train"
-    seed: int = 42
-    model: ModelConfig = field(default_factory=ModelConfig)
+    task_name: str = MISSING
+    seed: int = MISSING
+    model: Any = MISSING  # the network's own keys: checked by segexp.models (each network declares them)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -234,9 +209,7 @@ class TrainConfig:
 
 
 #: Keys that were renamed or replaced: an old key is refused with this hint.
-RENAMED = {
-    "model.batch_norm": "replaced by model.norm: batch | instance | group | none (batch_norm=true is norm=batch)",
-}
+RENAMED: dict[str, str] = {}
 
 
 def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
@@ -267,90 +240,6 @@ def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
 
 def _in_unit_interval(value: float) -> bool:
     return 0.0 <= value <= 1.0
-
-
-#: Keys each network needs (a preset of that network must set them; the others must stay unset).
-MODEL_KEYS = {
-    "flexunet": ("base_filters", "base_kernels", "num_layers", "dilation", "residual", "activation"),
-    "resunet": ("channels", "num_res_units"),
-}
-
-
-def _check_model(m: Any) -> list[str]:
-    if m.name not in MODEL_KEYS:
-        return [f"model.name: unknown model {m.name!r}; available: {', '.join(sorted(MODEL_KEYS))}"]
-    errors = []
-    for key in MODEL_KEYS[m.name]:
-        if m[key] is None:
-            errors.append(f"model.{key}: model {m.name} needs a value")
-    for other, keys in MODEL_KEYS.items():
-        for key in keys:
-            if other != m.name and key not in MODEL_KEYS[m.name] and m[key] is not None:
-                errors.append(f"model.{key}: belongs to model {other}, not {m.name} (remove it)")
-    for key in ("image_height", "image_width", "num_classes"):
-        if m[key] < 1:
-            errors.append(f"model.{key}: must be >= 1, got {m[key]}")
-    if m.image_channels not in (1, 3):
-        errors.append(f"model.image_channels: must be 1 (grayscale) or 3 (RGB), got {m.image_channels}")
-    if m.norm not in NORMS:
-        errors.append(f"model.norm: expected one of {list(NORMS)}, got {m.norm!r}")
-    if errors:
-        return errors
-    if m.name == "resunet":
-        return _check_resunet(m)
-    return _check_flexunet(m)
-
-
-def _check_resunet(m: Any) -> list[str]:
-    errors = []
-    channels = list(m.channels)
-    if len(channels) < 2 or min(channels) < 1:
-        errors.append(f"model.channels: expected at least two positive widths like [16, 32, 64, 128, 256], got {channels}")
-    if m.num_res_units < 1:
-        errors.append(f"model.num_res_units: must be >= 1, got {m.num_res_units}")
-    if not 0.0 <= m.dropout_rate < 1.0:
-        errors.append(f"model.dropout_rate: must lie in [0, 1), got {m.dropout_rate}")
-    if m.norm_groups < 1 or (m.norm == "group" and any(c % m.norm_groups for c in channels)):
-        errors.append(f"model.norm_groups: must divide every width in model.channels {channels}, got {m.norm_groups}")
-    factor = 2 ** (len(channels) - 1)
-    for key in ("image_height", "image_width"):
-        if m[key] % factor:
-            errors.append(f"model.{key}: {m[key]} is not divisible by 2**(len(channels)-1) = {factor} "
-                          f"(channels={channels}); use a multiple of {factor} or fewer levels")
-    return errors
-
-
-def _check_flexunet(m: Any) -> list[str]:
-    errors = []
-    for key in ("base_filters", "num_layers"):
-        if m[key] < 1:
-            errors.append(f"model.{key}: must be >= 1, got {m[key]}")
-    kernels = list(m.base_kernels)
-    if len(kernels) != 2 or any(k < 1 or k % 2 == 0 for k in kernels):
-        errors.append(f"model.base_kernels: expected a pair of odd positive ints like [3, 3], got {kernels}")
-    dilation = list(m.dilation)
-    if len(dilation) != 2 or any(d < 1 for d in dilation):
-        errors.append(f"model.dilation: expected a pair of ints >= 1 like [1, 1], got {dilation}")
-    if not _in_unit_interval(m.dropout_rate):
-        errors.append(f"model.dropout_rate: must lie in [0, 1], got {m.dropout_rate}")
-    elif m.num_layers >= 1 and m.dropout_rate * (m.num_layers - 1) >= 1.0:
-        errors.append(
-            f"model.dropout_rate: level i drops dropout_rate*i, which must stay below 1 for "
-            f"i = num_layers-1 = {m.num_layers - 1}; got {m.dropout_rate}"
-        )
-    if m.norm == "group":
-        if m.norm_groups < 1 or m.base_filters % m.norm_groups:
-            errors.append(f"model.norm_groups: must divide model.base_filters ({m.base_filters}) so that every "
-                          f"level's filters split into equal groups, got {m.norm_groups}")
-    if m.num_layers >= 1:
-        factor = 2 ** (m.num_layers - 1)
-        for key in ("image_height", "image_width"):
-            if m[key] % factor:
-                errors.append(
-                    f"model.{key}: {m[key]} is not divisible by 2**(num_layers-1) = {factor} "
-                    f"(num_layers={m.num_layers}); use a multiple of {factor} or fewer layers"
-                )
-    return errors
 
 
 def _check_dataset(d: Any, num_classes: int) -> list[str]:
@@ -445,7 +334,7 @@ def _check_training(t: Any) -> list[str]:
         errors.append(f"training.foreground_fraction: must lie in [0, 1], got {t.foreground_fraction}")
     elif t.foreground_fraction > 0 and t.steps_per_epoch is None:
         errors.append("training.foreground_fraction: oversampling draws samples, which needs training.steps_per_epoch "
-                      f"(got null: one pass); set steps_per_epoch or foreground_fraction=0")
+                      "(got null: one pass); set steps_per_epoch or foreground_fraction=0")
     if t.max_time is not None and t.max_time <= 0:
         errors.append(f"training.max_time: minutes must be > 0, or null for no limit, got {t.max_time}")
     if t.schedule is not None and "_target_" not in t.schedule:
@@ -495,20 +384,28 @@ def _raise_if(problems: list[str]) -> None:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
-def validate_train_config(cfg: DictConfig) -> DictConfig:
-    """Check ``cfg`` against the schema and the cross-key rules.
+def check_train_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
+    """``(typed config, problems)``: ``cfg`` merged onto the schema, and the cross-key problems found.
 
-    Returns the config merged onto the schema (typed, defaults filled in).
-    Raises :class:`ConfigError` listing every problem with its full key.
-    Dataset folders are checked separately, after an optional phantom is generated.
+    Unknown keys, wrong types and missing values raise :class:`ConfigError` at once (nothing
+    can be checked further). The ``model`` section is typed and checked by its network
+    (:func:`segexp.models.check_model_config`), not here.
     """
     typed = _typed(cfg, TrainConfig)
-    _raise_if(
-        _check_model(typed.model)
-        + _check_dataset(typed.dataset, typed.model.num_classes)
-        + _check_training(typed.training)
-        + _check_augmentation(typed.augmentation)
-    )
+    problems = (_check_dataset(typed.dataset, typed.model.num_classes) + _check_training(typed.training)
+                + _check_augmentation(typed.augmentation))
+    return typed, problems
+
+
+def validate_train_config(cfg: DictConfig) -> DictConfig:
+    """Check ``cfg`` against the schema and the cross-key rules (the network's keys aside).
+
+    Returns the config merged onto the schema (typed). Raises :class:`ConfigError` listing
+    every problem with its full key. Dataset folders are checked separately, after an
+    optional phantom is generated.
+    """
+    typed, problems = check_train_config(cfg)
+    _raise_if(problems)
     return typed
 
 
@@ -521,60 +418,62 @@ PREPARED_MASK_FORMATS = ("rgb", "index")
 
 @dataclass
 class VolumeClassConfig:
+    """One entry of the user's ``volumes.classes`` map (no YAML holds its defaults: they are the entry's)."""
+
     labels: list[int] = MISSING
-    rgb: list[int] = field(default_factory=lambda: [0, 0, 0])
+    rgb: list[int] = field(default_factory=lambda: [0, 0, 0])  # colour in rgb masks; background black
 
 
 @dataclass
 class PhantomVolumesConfig:
-    num_cases: int = 12
-    size: int = 128
-    num_slices: int = 32
-    seed: int = 0
+    num_cases: int = MISSING
+    size: int = MISSING
+    num_slices: int = MISSING
+    seed: int = MISSING
 
 
 @dataclass
 class VolumesConfig:
     name: str = MISSING
     source: str = MISSING
-    pattern: str = r"^(?P<case>.+)_(?P<kind>image|label)\.nii(\.gz)?$"
+    pattern: str = MISSING
     classes: dict[str, VolumeClassConfig] = MISSING
-    phantom: Optional[PhantomVolumesConfig] = None
+    phantom: Optional[PhantomVolumesConfig] = MISSING
 
 
 @dataclass
 class WindowConfig:
     name: str = MISSING
-    mode: str = "fixed"
-    level: float = 300.0
-    width: float = 800.0
-    low_percentile: float = 0.5
-    high_percentile: float = 99.5
+    mode: str = MISSING
+    level: float = MISSING
+    width: float = MISSING
+    low_percentile: float = MISSING
+    high_percentile: float = MISSING
 
 
 @dataclass
 class SplitConfig:
-    ratios: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "valid": 0.15, "test": 0.15})
-    cases: Optional[dict[str, list[str]]] = None
-    folds: Optional[int] = None
-    fold: Optional[int] = None
-    seed: int = 0
+    ratios: dict[str, float] = MISSING
+    cases: Optional[dict[str, list[str]]] = MISSING
+    folds: Optional[int] = MISSING
+    fold: Optional[int] = MISSING
+    seed: int = MISSING
 
 
 @dataclass
 class PrepareConfig:
-    task_name: str = "prepare"
+    task_name: str = MISSING
     volumes: VolumesConfig = field(default_factory=VolumesConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     out_dir: str = MISSING
-    axis: str = "axial"
-    size: Optional[list[int]] = None
-    empty_fraction: float = 0.1
-    seed: int = 0
+    axis: str = MISSING
+    size: Optional[list[int]] = MISSING
+    empty_fraction: float = MISSING
+    seed: int = MISSING
     split: SplitConfig = field(default_factory=SplitConfig)
-    mask_format: str = "rgb"
-    workers: int = 2
-    overwrite: bool = False
+    mask_format: str = MISSING
+    workers: int = MISSING
+    overwrite: bool = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -641,14 +540,14 @@ def validate_prepare_config(cfg: DictConfig) -> DictConfig:
 
 @dataclass
 class CheckConfig:
-    task_name: str = "check"
+    task_name: str = MISSING
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    volumes: Optional[VolumesConfig] = None
-    image_channels: int = 1
-    image_size: Optional[list[int]] = None
-    axis: str = "axial"
-    report_file: str = "check_report.json"
-    max_lines: int = 200
+    volumes: Optional[VolumesConfig] = MISSING
+    image_channels: int = MISSING
+    image_size: Optional[list[int]] = MISSING
+    axis: str = MISSING
+    report_file: str = MISSING
+    max_lines: int = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 

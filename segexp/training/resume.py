@@ -22,7 +22,6 @@ import csv
 import json
 import logging
 import os
-import re
 import shlex
 import shutil
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from segexp.callbacks import (
+from segexp.config.errors import ResumeError
+from segexp.config.outputs import atomic_write_path, requeued
+from segexp.evaluation.viz import image_truth_prediction, save_png
+from segexp.models.saving import load_keras_model
+from segexp.tracking.runs import MLFLOW_RUN_FILE, RUN_ID
+from segexp.tracking.store import retry_locked
+from segexp.tracking.tracker import Tracker, flatten_config
+from segexp.training.callbacks import (
     BestCheckpoint,
     EpochClock,
     EpochImages,
@@ -43,17 +49,12 @@ from segexp.callbacks import (
     on_interval,
     predict_classes,
 )
-from segexp.config import ConfigError
-from segexp.outputs import atomic_write_path, requeued
-from segexp.runs import MLFLOW_RUN_FILE
-from segexp.tracking import Tracker, flatten_config, retry_locked
 
 log = logging.getLogger(__name__)
 
 RESUME_DIR = Path("checkpoints") / "resume"
 STATE_FILE = "state.json"
 FORMAT = 1
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 #: Keys that may differ between a run and its resumption (how long, how verbose, how fast).
 MAY_CHANGE = ("training.epochs", "training.max_time", "training.resume", "training.verbose", "training.loader.",
               "training.threads.", "training.checkpoint.", "training.validation.", "training.epoch_images.every_n_epochs")
@@ -65,8 +66,6 @@ CALLBACK_STATE = {
 }
 
 
-class ResumeError(ConfigError):
-    """``training.resume`` names nothing resumable, or the config differs; the message says which."""
 
 
 # --------------------------------------------------------------------------- files
@@ -219,19 +218,9 @@ def restore_callbacks(callbacks: Sequence[keras.callbacks.Callback], state: Mapp
         weights_file = folder / f"epoch_{weights_epoch:03d}.keras" if weights_epoch else None
         if isinstance(c, keras.callbacks.EarlyStopping) and weights_file and c.restore_best_weights:
             if weights_file.is_file():
-                c.best_weights = _load_model(weights_file).get_weights()
+                c.best_weights = load_keras_model(weights_file, ResumeError).get_weights()
             else:  # that epoch was neither checkpointed nor the best by training.monitor
                 log.warning("early stopping's best weights (epoch %d) were not checkpointed; it restores none", weights_epoch)
-
-
-def _load_model(path: Path) -> keras.Model:
-    import segexp.losses  # noqa: F401  (registers the serialisable losses/metrics)
-    import segexp.metrics  # noqa: F401
-
-    try:
-        return keras.models.load_model(path, safe_mode=True)  # never runs code stored in a file
-    except Exception as err:  # a truncated or foreign file: say which one
-        raise ResumeError(f"{path}: cannot load the checkpoint ({type(err).__name__}: {err})") from None
 
 
 # --------------------------------------------------------------------------- resuming
@@ -250,7 +239,7 @@ def resume_source(setting: str | None, run_dir: Path, tracking_uri: str, env: Ma
     path = Path(setting).expanduser()
     if path.is_dir():
         source = path.resolve()
-    elif _RUN_ID.match(setting):
+    elif RUN_ID.match(setting):
         source = _run_dir_of(setting, tracking_uri)
     else:
         raise ResumeError(f"training.resume: {setting!r} is neither a run folder nor an MLflow run id (32 hex characters) nor auto")
@@ -308,7 +297,7 @@ class Resume:
 
     def load_model(self) -> keras.Model:
         """The model of the last completed epoch with its optimizer and dropout RNG states."""
-        model = _load_model(self.run_dir / RESUME_DIR / self.state["model"])
+        model = load_keras_model(self.run_dir / RESUME_DIR / self.state["model"], ResumeError)
         variables, saved = seed_generator_states(model), self.state.get("seed_generators", [])
         if len(variables) != len(saved):
             raise ResumeError(f"{self.run_dir / RESUME_DIR / STATE_FILE}: {len(saved)} RNG states for "
@@ -433,7 +422,6 @@ def _read_png(path: Path) -> np.ndarray | None:
 
 def _redraw_epoch_images(callback: EpochImages, model: keras.Model, epoch: int) -> None:
     """Write the image | truth | prediction files of ``epoch`` (from 1) that are missing or unreadable."""
-    from segexp.viz import image_truth_prediction, save_png
 
     paths = [callback.out_dir / f"epoch_{epoch:03d}_{name}.png" for name in callback.names]
     missing = [i for i, path in enumerate(paths) if _read_png(path) is None]

@@ -8,55 +8,20 @@ order when writing to disk.
 
 from __future__ import annotations
 
-import colorsys
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-# Hand-picked, mutually distinct colours for the first classes (after black background).
-_BASE_COLOURS = (
-    (230, 25, 75),  # red
-    (60, 180, 75),  # green
-    (0, 130, 200),  # blue
-    (255, 225, 25),  # yellow
-    (245, 130, 48),  # orange
-    (145, 30, 180),  # purple
-    (70, 240, 240),  # cyan
-    (240, 50, 230),  # magenta
-    (210, 245, 60),  # lime
-    (250, 190, 212),  # pink
-    (0, 128, 128),  # teal
-    (170, 110, 40),  # brown
-)
+from segexp.config.outputs import atomic_write_path
+from segexp.data.rgb_map import default_palette  # noqa: F401  (re-exported: panels colour masks with it)
 
 _TITLE_FONT = cv2.FONT_HERSHEY_SIMPLEX
 _TITLE_SCALE = 0.45
 _TITLE_THICKNESS = 1
 _TITLE_HEIGHT = 20
 _GAP_VALUE = 255  # white gaps between panels
-
-
-def default_palette(num_classes: int) -> np.ndarray:
-    """Return a ``(num_classes, 3) uint8`` palette: class 0 black, the others distinct colours.
-
-    The first 12 foreground classes use a fixed hand-picked set; further classes get
-    hues spread by the golden ratio so neighbouring indices stay distinguishable.
-    """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    palette = np.zeros((num_classes, 3), dtype=np.uint8)
-    for cls in range(1, num_classes):
-        k = cls - 1
-        if k < len(_BASE_COLOURS):
-            palette[cls] = _BASE_COLOURS[k]
-        else:
-            hue = (k * 0.618033988749895) % 1.0
-            sat = 0.65 + 0.35 * ((k // 7) % 2)
-            r, g, b = colorsys.hsv_to_rgb(hue, sat, 0.95)
-            palette[cls] = (round(r * 255), round(g * 255), round(b * 255))
-    return palette
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -208,7 +173,6 @@ def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     elif arr.ndim != 2:
         raise ValueError(f"save_png expects (H, W) or (H, W, 3), got shape {arr.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    from segexp.outputs import atomic_write_path
 
     with atomic_write_path(path) as tmp:  # complete or absent, never half a file
         if not cv2.imwrite(str(tmp), arr):

@@ -1,36 +1,59 @@
-"""``segexp-train``: one Hydra-composed training run, tracked in MLflow.
+"""One training run: validate the config, build data, model and callbacks, fit, evaluate, track.
 
-The Hydra entry point :func:`main` only hands the composed config and the run
-folder to :func:`train`, which tests and other tools call directly.
+:func:`train` is what ``segexp-train`` (:mod:`segexp.cli.train`) calls with the composed
+config and the run folder; tests and tools call it directly.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 import keras
 import numpy as np
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.augment import AugmentationError, Augmenter
-from segexp.callbacks import BestCheckpoint, EpochClock, EpochImages, MlflowEpochLogger
-from segexp.config import CONF_DIR, REPO_DIR, ConfigError, validate_train_config
-from segexp.curves import plot_curves
+from segexp.config.errors import ConfigError
+from segexp.config.outputs import (
+    check_output_locations,
+    check_run_dir_free,
+    resume_requested,
+    train_output_locations,
+)
+from segexp.config.schema import REPO_DIR, check_train_config
+from segexp.data.augment import Augmenter
 from segexp.data.check import log_fingerprint
 from segexp.data.dataset import SliceDataset, open_dataset
 from segexp.data.loader import SliceLoader
 from segexp.data.sampling import EpochSampler, cached_class_presence
-from segexp.data.slices import DataError, find_pairs
-from segexp.losses import build_loss
-from segexp.metrics import build_metrics
-from segexp.models import build_model
-from segexp.resume import (
+from segexp.data.slices import find_pairs
+from segexp.evaluation.reports import evaluate_split, log_summary, write_reports
+from segexp.models import build_model, check_model_config
+from segexp.models.losses import build_loss
+from segexp.models.metrics import build_metrics
+from segexp.tracking.runs import (
+    load_keras_model,
+    record_mlflow_run,
+)
+from segexp.tracking.store import OutagePolicy, check_server, http_settings
+from segexp.tracking.tracker import (
+    Tracker,
+    flatten_config,
+    git_commit,
+    run_name_from_overrides,
+    tracked_run,
+)
+from segexp.training.callbacks import (
+    BestCheckpoint,
+    EpochClock,
+    EpochImages,
+    MlflowEpochLogger,
+)
+from segexp.training.curves import plot_curves
+from segexp.training.resume import (
+    Resume,
     ResumeCheckpoint,
     follow_log,
     history_columns,
@@ -39,16 +62,17 @@ from segexp.resume import (
     reopen_run,
     with_resume_checkpoint,
 )
-from segexp.outbox import OutagePolicy, TrackingUnavailable, check_server, http_settings
-from segexp.outputs import OutputError, check_output_locations, check_run_dir_free, resume_requested, train_output_locations
-from segexp.runs import MLFLOW_RUN_FILE, RunError, load_keras_model, record_mlflow_run
-from segexp.sweep import parent_run_id, record_failed_job
-from segexp.tracking import Tracker, flatten_config, git_commit, run_name_from_overrides, tracked_run
 
 log = logging.getLogger(__name__)
 
-#: Mistakes in the user's config or data: reported as one clear message, not a traceback.
-USER_ERRORS = (ConfigError, DataError, AugmentationError, OutputError, TrackingUnavailable, RunError)
+def validate_run_config(cfg: DictConfig) -> DictConfig:
+    """The composed training config, typed: the schema's rules and the network's own, in one :class:`ConfigError`."""
+    typed, problems = check_train_config(cfg)
+    model, model_problems = check_model_config(typed.model)
+    if problems or model_problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(model_problems + problems))
+    typed.model = model
+    return typed
 
 
 def build_sampler(cfg: DictConfig, dataset: SliceDataset) -> EpochSampler:
@@ -179,7 +203,6 @@ def evaluate_test_split(cfg: DictConfig, model: keras.Model, dataset: SliceDatas
     if not dataset.pairs.get("test"):
         log.info("no test split in %s: skipping the evaluation after training", dataset.root)
         return
-    from segexp.evaluate import evaluate_split, log_summary, write_reports
 
     evaluation = evaluate_split(
         model, dataset, "test", image_size=(cfg.model.image_height, cfg.model.image_width),
@@ -215,7 +238,7 @@ def _objective(history: dict[str, list[float]], monitor: str, mode: str) -> floa
 
 
 def outage_policy(cfg: DictConfig) -> OutagePolicy:
-    """``tracking.outage.*`` as an :class:`~segexp.outbox.OutagePolicy`."""
+    """``tracking.outage.*`` as an :class:`~segexp.tracking.outbox.OutagePolicy`."""
     o = cfg.tracking.outage
     return OutagePolicy(
         connect_timeout_s=o.connect_timeout_s, request_timeout_s=o.request_timeout_s,
@@ -223,61 +246,105 @@ def outage_policy(cfg: DictConfig) -> OutagePolicy:
     )
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_run_id: str | None = None) -> float:
-    """Validate ``cfg``, train, log everything to MLflow; return the best ``training.monitor`` value.
+def prepare_run_folder(cfg: DictConfig, resolved: dict, run_dir: Path) -> tuple[Resume | None, Path]:
+    """Every check that can fail before training, in order; returns the resume point (or None) and the run folder.
 
-    All user mistakes (config keys, dataset folders, augmentation entries) raise before
-    the MLflow run starts and before any training step; so do a run folder holding another
-    run's outputs, unwritable or full output folders and an unreachable tracking server.
+    A run folder holding another run's outputs, unwritable or full output folders and an
+    unreachable tracking server are refused here, before the MLflow run starts.
     """
-    cfg = validate_train_config(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     start = prepare_resume(resolved, Path(run_dir))  # None: a fresh run; else continue in start.run_dir
     check_run_dir_free(Path(run_dir), resume_requested(cfg))  # a resume (or SLURM requeue) may reuse it
     run_dir = follow_log(Path(run_dir), start.run_dir) if start else Path(run_dir)
     check_output_locations(train_output_locations(cfg, run_dir), cfg.paths.min_free_mb)
-    outage = outage_policy(cfg)
     if cfg.tracking.enabled:
-        check_server(cfg.tracking.uri, outage.connect_timeout_s)
-    set_threads(cfg.training.threads.intra_op, cfg.training.threads.inter_op)
+        check_server(cfg.tracking.uri, outage_policy(cfg).connect_timeout_s)
     run_dir.mkdir(parents=True, exist_ok=True)
+    return start, run_dir
+
+
+def seed_and_threads(cfg: DictConfig) -> None:
+    """TensorFlow thread pools, the global seed and (optionally) op determinism, before any op runs."""
+    set_threads(cfg.training.threads.intra_op, cfg.training.threads.inter_op)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.training.deterministic and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: TensorFlow-only, the backend may be another
 
         tf.config.experimental.enable_op_determinism()
 
+
+def model_for_run(cfg: DictConfig, start: Resume | None, dataset: SliceDataset, steps_per_epoch: int) -> keras.Model:
+    """A new compiled model, or the resumed one with its schedule rebuilt for ``training.epochs``."""
+    if start is None:
+        model = compile_model(cfg, dataset.class_names, steps_per_epoch)
+    else:
+        model = start.load_model()
+        schedule = build_schedule(cfg.training, cfg.training.epochs * steps_per_epoch)
+        if schedule is not None:  # training.epochs may have changed: the schedule spans the new length
+            model.optimizer.learning_rate = schedule
+    log.info("model %s: %s parameters", cfg.model.name, f"{model.count_params():,}")
+    return model
+
+
+def fit(cfg: DictConfig, model: keras.Model, loaders: tuple[SliceLoader, SliceLoader], callbacks: list,
+        start: Resume | None) -> dict[str, list[float]]:
+    """``model.fit`` over the run's epochs (from the resume point); the history of every epoch of the run."""
+    train_loader, valid_loader = loaders
+    if start is not None:  # epoch e reads the same seeded sample order as in an uninterrupted run
+        train_loader.set_epoch(start.epoch)
+        valid_loader.set_epoch(start.epoch)
+    model.fit(
+        train_loader, validation_data=valid_loader, validation_freq=validation_epochs(cfg.training),
+        callbacks=callbacks, shuffle=False,
+        epochs=start.final_epoch(cfg.training.epochs) if start else cfg.training.epochs,
+        initial_epoch=start.epoch if start else 0, verbose=cfg.training.verbose,
+    )
+    checkpoint = next(c for c in callbacks if isinstance(c, ResumeCheckpoint))
+    return history_columns(checkpoint.history)  # resumed epochs included
+
+
+def finish_run(cfg: DictConfig, model: keras.Model, history: dict[str, list[float]], dataset: SliceDataset,
+               run_dir: Path, tracker: Tracker) -> float:
+    """After the last epoch: curves, the best model (logged, evaluated on the test split); returns the objective."""
+    plot_curves(history, run_dir / "curves.png")
+    tracker.log_artifact(run_dir / "curves.png")
+    best_path = run_dir / "checkpoints" / "best.keras"
+    best = load_keras_model(best_path) if best_path.exists() else model
+    if cfg.tracking.log_model:
+        tracker.log_keras_model(best)
+    if cfg.training.evaluate_after:
+        evaluate_test_split(cfg, best, dataset, run_dir / "evaluation", tracker)
+    objective = _objective(history, cfg.training.monitor, cfg.training.monitor_mode)
+    tracker.log_metrics({f"best/{cfg.training.monitor}": objective}, step=len(history.get("loss", [])))
+    return objective
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_run_id: str | None = None) -> float:
+    """Validate ``cfg``, train, log everything to MLflow; return the best ``training.monitor`` value.
+
+    All user mistakes (config keys, dataset folders, augmentation entries) raise before
+    the MLflow run starts and before any training step (:func:`prepare_run_folder`).
+    """
+    cfg = validate_run_config(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    start, run_dir = prepare_run_folder(cfg, resolved, Path(run_dir))
+    seed_and_threads(cfg)
     dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
     augmenter = Augmenter(cfg.augmentation.transforms) if cfg.augmentation.transforms else None
-    train_loader, valid_loader = build_loaders(cfg, dataset, augmenter)
+    loaders = build_loaders(cfg, dataset, augmenter)
     log.info(
         "dataset %s: %d train slices (%d cases), %d validation slices (%d cases), %d classes",
         dataset.name, len(dataset.pairs["train"]), len(dataset.cases("train")),
         len(dataset.pairs["valid"]), len(dataset.cases("valid")), len(dataset.class_names),
     )
-    model = compile_model(cfg, dataset.class_names, len(train_loader)) if start is None else start.load_model()
-    if start is not None:  # epoch e reads the same seeded sample order as in an uninterrupted run
-        train_loader.set_epoch(start.epoch)
-        valid_loader.set_epoch(start.epoch)
-        schedule = build_schedule(cfg.training, cfg.training.epochs * len(train_loader))
-        if schedule is not None:  # training.epochs may have changed: the schedule spans the new length
-            model.optimizer.learning_rate = schedule
-    log.info("model %s: %s parameters", cfg.model.name, f"{model.count_params():,}")
-
+    model = model_for_run(cfg, start, dataset, len(loaders[0]))
     t = cfg.tracking
-    tags = {
-        "git_commit": git_commit(REPO_DIR),
-        "keras_backend": keras.backend.backend(),
-        "dataset": dataset.name,
-        "model": cfg.model.name,
-        "run_dir": str(run_dir),
-    }
-    description = "segexp-train " + " ".join(overrides)
-    with http_settings(outage), tracked_run(
+    tags = {"git_commit": git_commit(REPO_DIR), "keras_backend": keras.backend.backend(), "dataset": dataset.name,
+            "model": cfg.model.name, "run_dir": str(run_dir)}
+    with http_settings(outage_policy(cfg)), tracked_run(
         t.enabled, uri=t.uri, experiment=t.experiment, artifact_location=t.artifact_location,
-        run_name=t.run_name or run_name_from_overrides(overrides), tags=tags, description=description,
-        parent_run_id=parent_run_id, resume_run_id=start.run_id if start else None, keep_status=False,
-        run_dir=run_dir, outage=outage,
+        run_name=t.run_name or run_name_from_overrides(overrides), tags=tags,
+        description="segexp-train " + " ".join(overrides), parent_run_id=parent_run_id,
+        resume_run_id=start.run_id if start else None, keep_status=False, run_dir=run_dir, outage=outage_policy(cfg),
     ) as tracker:
         if tracker.enabled:
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
@@ -290,14 +357,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
         else:  # params stay as first logged; fill in what the interruption left out
             reopen_run(tracker, start, model, callbacks, dataset.class_names)
         try:
-            model.fit(
-                train_loader, validation_data=valid_loader, validation_freq=validation_epochs(cfg.training),
-                callbacks=callbacks, shuffle=False,
-                epochs=start.final_epoch(cfg.training.epochs) if start else cfg.training.epochs,
-                initial_epoch=start.epoch if start else 0, verbose=cfg.training.verbose,
-            )
-            checkpoint = next(c for c in callbacks if isinstance(c, ResumeCheckpoint))
-            history = history_columns(checkpoint.history)  # every epoch of the run, resumed ones included
+            history = fit(cfg, model, loaders, callbacks, start)
         except BaseException as err:  # Ctrl-C, SIGTERM, a crash: the last epoch's checkpoint is on disk
             log_interrupted(run_dir, overrides, err)
             raise
@@ -306,57 +366,6 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
             tracker.log_artifact(run_dir / "history.csv")
             for log_file in run_dir.glob("*.log"):  # Hydra's job log, named after the job
                 tracker.log_artifact(log_file)
-        plot_curves(history, run_dir / "curves.png")
-        tracker.log_artifact(run_dir / "curves.png")
-        best_path = run_dir / "checkpoints" / "best.keras"
-        best = load_keras_model(best_path) if best_path.exists() else model
-        if t.log_model:
-            tracker.log_keras_model(best)
-        if cfg.training.evaluate_after:
-            evaluate_test_split(cfg, best, dataset, run_dir / "evaluation", tracker)
-        objective = _objective(history, cfg.training.monitor, cfg.training.monitor_mode)
-        tracker.log_metrics({f"best/{cfg.training.monitor}": objective}, step=len(history.get("loss", [])))
+        objective = finish_run(cfg, model, history, dataset, run_dir, tracker)
     log.info("best %s = %.4f; run folder %s", cfg.training.monitor, objective, run_dir)
     return objective
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point: compose, then :func:`train` in this job's run folder.
-
-    In a sweep (``-m``) a failing job is logged, recorded as a FAILED child run, and
-    returns NaN so that the other jobs go on and the sweep's parent run is closed.
-    """
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = list(hydra_cfg.overrides.task)
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        try:
-            return train(cfg, run_dir, overrides)
-        except USER_ERRORS as err:
-            log.error("%s", err)
-            sys.exit(2)
-        except KeyboardInterrupt:  # already logged with the resume command; the MLflow run is KILLED
-            sys.exit(130)
-    parent = parent_run_id(Path(hydra_cfg.sweep.dir))
-    # Hydra's grid sweeper aborts on a raising job: there a failure returns NaN. Model-based
-    # sweepers (Optuna) must see the exception instead: hydra-optuna-sweeper 1.3 records a
-    # raising trial as FAIL, but crashes on a NaN objective (optuna refuses tell(FAIL, [nan])).
-    grid = hydra_cfg.sweeper._target_ == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-    try:
-        objective = train(cfg, run_dir, overrides, parent_run_id=parent)
-    except Exception as err:
-        log.error("job %s failed: %s", hydra_cfg.job.num, err, exc_info=not isinstance(err, USER_ERRORS))
-        started = (run_dir / MLFLOW_RUN_FILE).is_file()  # the run itself was then ended FAILED
-        if parent is not None and not started:
-            record_failed_job(parent, cfg.tracking.uri, overrides, err)
-        if not grid:
-            raise
-        return float("nan")
-    if not grid and not np.isfinite(objective):
-        raise ValueError(f"training.monitor {cfg.training.monitor} never had a finite value (objective {objective})")
-    return objective
-
-
-if __name__ == "__main__":
-    main()

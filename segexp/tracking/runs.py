@@ -16,13 +16,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from segexp.config.errors import RunError
+from segexp.config.outputs import atomic_write_text
+from segexp.models.saving import load_keras_model, unsafe_model_message
+
 MLFLOW_RUN_FILE = "mlflow_run.json"
 BEST_MODEL = Path("checkpoints") / "best.keras"
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+#: An MLflow run id: 32 lower-case hex characters.
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-class RunError(ValueError):
-    """A run folder or MLflow run cannot be used; the message names it and what is missing."""
 
 
 @dataclass
@@ -57,42 +60,11 @@ class TrainedRun:
         try:
             return mlflow.keras.load_model(models[0].model_uri, load_model_kwargs={"safe_mode": True})
         except ValueError as err:
-            raise RunError(_unsafe_message(f"MLflow model {models[0].model_uri}", err)) from None
-
-
-def _unsafe_message(what: str, err: Exception) -> str:
-    text = str(err)
-    if "safe_mode" in text or "Lambda" in text or "lambda" in text:
-        return (
-            f"{what}: refused to load: the model contains code (a Lambda layer or a lambda function), "
-            "which Keras safe mode does not run. segexp models never hold code: this file was not written "
-            "by segexp-train; load it outside segexp, with safe mode off, only if you trust whoever made it"
-        )
-    return f"{what}: cannot load the model: {text.strip().splitlines()[0] if text.strip() else type(err).__name__}"
-
-
-def load_keras_model(path: Path) -> Any:
-    """Load a ``.keras`` model with Keras safe mode on: a file holding code (``Lambda`` layers) is refused.
-
-    Raises :class:`RunError` naming the file, not a deep Keras traceback.
-    """
-    import keras
-
-    import segexp.losses  # noqa: F401  (registers the serialisable losses/metrics)
-    import segexp.metrics  # noqa: F401
-
-    path = Path(path)
-    if path.suffix != ".keras":
-        raise RunError(f"{path}: segexp loads models saved as .keras only (not HDF5 or SavedModel)")
-    try:
-        return keras.models.load_model(path, safe_mode=True)
-    except (ValueError, TypeError) as err:
-        raise RunError(_unsafe_message(str(path), err)) from None
+            raise RunError(unsafe_model_message(f"MLflow model {models[0].model_uri}", err)) from None
 
 
 def record_mlflow_run(run_dir: Path, run_id: str, tracking_uri: str) -> None:
     """Remember in the run folder which MLflow run it belongs to (so evaluation can resume that run)."""
-    from segexp.outputs import atomic_write_text
 
     atomic_write_text(run_dir / MLFLOW_RUN_FILE, json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}, indent=2))
 
@@ -102,7 +74,7 @@ def open_run(source: str, tracking_uri: str | None = None) -> TrainedRun:
     path = Path(source).expanduser()
     if path.is_dir():
         return _from_dir(path)
-    if _RUN_ID.match(source):
+    if RUN_ID.match(source):
         return _from_mlflow(source, tracking_uri)
     raise RunError(f"run: {source!r} is neither a training run folder nor an MLflow run id (32 hex characters)")
 

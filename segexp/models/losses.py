@@ -1,6 +1,6 @@
 """Segmentation losses (backend-agnostic, ``keras.ops`` only).
 
-Conventions (shared with :mod:`segexp.metrics`):
+Conventions (shared with :mod:`segexp.models.metrics`):
 
 * ``y_true``: class-index masks ``(B, H, W)`` (any int/float dtype, typically
   ``uint8``), NOT one-hot. A trailing singleton channel ``(B, H, W, 1)`` is

@@ -1,6 +1,6 @@
 """Segmentation metrics (backend-agnostic, ``keras.ops`` only).
 
-Same conventions as :mod:`segexp.losses`: ``y_true`` is a class-index mask
+Same conventions as :mod:`segexp.models.losses`: ``y_true`` is a class-index mask
 ``(B, H, W)`` (``(B, H, W, 1)`` accepted), ``y_pred`` holds probabilities
 ``(B, H, W, C)`` (softmax), or ``(B, H, W, 1)`` P(foreground) from a sigmoid
 when ``num_classes == 1``. Class 0 is background.
@@ -51,10 +51,10 @@ def _true_labels(y_true, y_pred):
 
 
 def _pred_labels(y_pred, num_classes):
-    """Hard labels int32 ``(B, H, W)``: argmax, or ``P(fg) > 0.5`` when binary."""
+    """Hard labels int32 ``(B, H, W)``: argmax, or ``P(fg) >= 0.5`` when binary (as ``probabilities_to_classes``)."""
     y_pred = ops.cast(y_pred, "float32")
     if num_classes == 1:
-        return ops.cast(ops.greater(y_pred[..., 0], 0.5), "int32")
+        return ops.cast(ops.greater_equal(y_pred[..., 0], 0.5), "int32")
     return ops.cast(ops.argmax(y_pred, axis=-1), "int32")
 
 
@@ -100,7 +100,7 @@ class ClassDice(keras.metrics.Metric):
     """Hard Dice of one class, accumulated over all batches (dataset-level).
 
     ``Dice_k = 2 TP_k / (2 TP_k + FP_k + FN_k)`` with pixel counts of the hard
-    prediction (``argmax`` over channels; ``P(fg) > 0.5`` when
+    prediction (``argmax`` over channels; ``P(fg) >= 0.5`` when
     ``num_classes == 1``) summed over every batch since the last reset.
     If class ``k`` is absent in both prediction and ground truth for the whole
     epoch the result is NaN: the class is not counted instead of being given a

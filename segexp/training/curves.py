@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from segexp.config.outputs import atomic_write_path
+
 
 def plot_curves(history: Mapping[str, Sequence[float]], path: Path) -> Path:
     """Plot train vs. validation loss and foreground Dice per epoch (from 1) into ``path``."""
@@ -35,7 +37,6 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: Path) -> Path:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    from segexp.outputs import atomic_write_path
 
     with atomic_write_path(path) as tmp:
         fig.savefig(tmp, dpi=100)

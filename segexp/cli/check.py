@@ -15,8 +15,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.config import CONF_DIR, ConfigError, validate_check_config
+from segexp.cli.shell import user_errors_exit
+from segexp.config.schema import CONF_DIR, validate_check_config
 from segexp.data.check import CheckReport, check_slice_dataset, check_volume_folder
+from segexp.data.phantom import ensure_phantom_volumes
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +29,7 @@ def run_check(cfg: DictConfig) -> CheckReport:
     v = cfg.volumes
     if v is not None:
         source = Path(v.source).expanduser()
-        if v.phantom is not None:
-            from segexp.data.phantom import write_phantom_volumes
-
-            write_phantom_volumes(source, **OmegaConf.to_container(v.phantom))
+        ensure_phantom_volumes(source, OmegaConf.to_container(v.phantom) if v.phantom is not None else None)
         classes = {name: list(c.labels) for name, c in v.classes.items()}
         return check_volume_folder(source, v.pattern, classes, axis=cfg.axis)
     size = list(cfg.image_size) if cfg.image_size is not None else None
@@ -40,11 +39,8 @@ def run_check(cfg: DictConfig) -> CheckReport:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="check")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose ``conf/check.yaml``, check, print, exit with the verdict."""
-    try:
+    with user_errors_exit():
         report = run_check(cfg)
-    except ConfigError as err:
-        log.error("%s", err)
-        sys.exit(2)
     out = Path(HydraConfig.get().runtime.output_dir) / cfg.report_file
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.to_json())

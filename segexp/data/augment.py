@@ -35,6 +35,8 @@ from albumentations.core.transforms_interface import BasicTransform
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from segexp.config.errors import AugmentationError
+
 __all__ = [
     "AugmentationError",
     "Augmenter",
@@ -47,8 +49,6 @@ __all__ = [
 _CONFIG_PREFIX = "augmentation.transforms"
 
 
-class AugmentationError(ValueError):
-    """An augmentation config entry is invalid, or a pipeline produced an invalid mask."""
 
 
 # --------------------------------------------------------------------------- build

@@ -1,0 +1,1 @@
+"""Command shells: Hydra/argparse glue, exit codes and the signal policy; the work is in the packages below."""

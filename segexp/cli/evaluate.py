@@ -1,0 +1,33 @@
+"""``segexp-evaluate``: score a trained run (folder or MLflow run id) on a split of its dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from segexp.cli.shell import user_errors_exit
+from segexp.config.outputs import check_writable
+from segexp.config.schema import CONF_DIR
+from segexp.evaluation.reports import evaluate_run
+from segexp.tracking.runs import open_run
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    """Evaluate ``run`` into this job's run folder; return the foreground mean Dice (NaN when undefined)."""
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    with user_errors_exit():
+        check_writable(out_dir, "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
+        summary = evaluate_run(
+            open_run(str(cfg.run), cfg.tracking_uri), out_dir, split=cfg.split, batch_size=cfg.batch_size,
+            flip_tta=cfg.flip_tta, dataset_root=cfg.dataset_root, log_to_run=cfg.log_to_run,
+        )
+    value = summary["mean"]["foreground_mean"]["dice"]
+    return float("nan") if value is None else float(value)
+
+
+if __name__ == "__main__":
+    main()

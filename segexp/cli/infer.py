@@ -1,0 +1,46 @@
+"""``segexp-infer``: predict PNG images or NIfTI volumes with a trained run (exit 1 when an input failed)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from segexp.cli.shell import user_errors_exit
+from segexp.config.errors import ConfigError
+from segexp.config.outputs import check_writable
+from segexp.config.schema import CONF_DIR
+from segexp.evaluation.prediction import infer
+from segexp.tracking.runs import open_run
+
+LARGE_IMAGES = ("resize", "tile")
+
+
+def check_infer_config(cfg: DictConfig) -> None:
+    """``large_images`` and ``overlap`` values, checked before the model is loaded."""
+    if cfg.large_images not in LARGE_IMAGES:
+        raise ConfigError(f"large_images: expected one of {list(LARGE_IMAGES)}, got {cfg.large_images!r}")
+    if not 0.0 <= cfg.overlap < 1.0:
+        raise ConfigError(f"overlap: must lie in [0, 1), got {cfg.overlap}")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="infer")
+def main(cfg: DictConfig) -> None:
+    """Predict ``input`` with ``run`` into this job's run folder (or ``output_dir``)."""
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(HydraConfig.get().runtime.output_dir)
+    window = dict(cfg.window) if cfg.get("window") else None
+    with user_errors_exit():
+        check_infer_config(cfg)
+        check_writable(out_dir, "output_dir" if cfg.output_dir else "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
+        failures = infer(open_run(str(cfg.run), cfg.tracking_uri), Path(cfg.input), out_dir,
+                         batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, large_images=cfg.large_images,
+                         overlap=cfg.overlap, window=window)
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""What every command shell shares: the signal policy and the one place user errors are reported.
+
+* :func:`interrupt_on_sigterm`: SIGTERM (``kill``, a cluster's pre-emption, ``scancel``)
+  raises ``KeyboardInterrupt`` like Ctrl-C, so a run in progress ends through the same path
+  whatever the tracking setting: the resume message is logged and a tracked run ends KILLED.
+* :func:`user_errors_exit`: a :class:`~segexp.config.errors.SegexpError` is printed as one
+  line (its message names the key, file or value) and the command exits 2; Ctrl-C and SIGTERM
+  exit 130; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from segexp.config.errors import SegexpError
+
+log = logging.getLogger("segexp")
+
+#: Exit codes of every command.
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into ``KeyboardInterrupt`` inside the block (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def user_errors_exit() -> Iterator[None]:
+    """Report a :class:`SegexpError` as one line and exit 2; exit 130 on Ctrl-C or SIGTERM."""
+    try:
+        with interrupt_on_sigterm():
+            yield
+    except SegexpError as err:
+        log.error("%s", err)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:  # what was saved and how to continue is logged where it happened
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,64 @@
+"""``segexp-train``: compose the config with Hydra, then :func:`segexp.training.loop.train`.
+
+A single run reports a user error as one line (exit 2) and Ctrl-C/SIGTERM as 130 after the
+resume message. In a sweep (``-m``) a failing job is logged and recorded as a FAILED child
+run; the grid sweeper gets NaN so the other jobs go on, model-based sweepers (Optuna) get the
+exception.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from segexp.cli.shell import interrupt_on_sigterm, user_errors_exit
+from segexp.config.errors import SegexpError
+from segexp.config.schema import CONF_DIR
+from segexp.tracking.runs import MLFLOW_RUN_FILE
+from segexp.tracking.sweep import parent_run_id, record_failed_job
+from segexp.training.loop import train
+
+log = logging.getLogger(__name__)
+
+#: Hydra's default sweeper; it aborts the sweep on a raising job.
+GRID_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Train in this job's run folder; return the best ``training.monitor`` value (the sweep objective)."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        with user_errors_exit():
+            return train(cfg, run_dir, overrides)
+    parent = parent_run_id(Path(hydra_cfg.sweep.dir))
+    # Hydra's grid sweeper aborts on a raising job: there a failure returns NaN. Model-based
+    # sweepers (Optuna) must see the exception instead: hydra-optuna-sweeper 1.3 records a
+    # raising trial as FAIL, but crashes on a NaN objective (optuna refuses tell(FAIL, [nan])).
+    grid = hydra_cfg.sweeper._target_ == GRID_SWEEPER
+    try:
+        with interrupt_on_sigterm():
+            objective = train(cfg, run_dir, overrides, parent_run_id=parent)
+    except Exception as err:
+        log.error("job %s failed: %s", hydra_cfg.job.num, err, exc_info=not isinstance(err, SegexpError))
+        started = (run_dir / MLFLOW_RUN_FILE).is_file()  # the run itself was then ended FAILED
+        if parent is not None and not started:
+            record_failed_job(parent, cfg.tracking.uri, overrides, err)
+        if not grid:
+            raise
+        return float("nan")
+    if not grid and not np.isfinite(objective):
+        raise ValueError(f"training.monitor {cfg.training.monitor} never had a finite value (objective {objective})")
+    return objective
+
+
+if __name__ == "__main__":
+    main()

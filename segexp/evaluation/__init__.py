@@ -1,0 +1,1 @@
+"""Inference, scoring, per-case reports and prediction of files and volumes."""

@@ -1,0 +1,135 @@
+"""The model group: each network declares its typed parameters and its start-up rules.
+
+``model.name`` picks a :class:`Network` from :data:`NETWORKS`. A network module provides
+
+* a dataclass of its keys, derived from :class:`ModelParams` (the keys every network has:
+  input size, channels, classes, normalisation, dropout), each field ``MISSING`` (the
+  preset ``conf/model/<name>.yaml`` holds the defaults, one per key, with a comment);
+* ``rules(params) -> list[str]``: problems with the values, each naming its ``model.<key>``;
+* ``build(**params) -> keras.Model``.
+
+:func:`check_model_config` refuses unknown keys, wrong types and broken rules with one
+message per key, before anything is built; adding a network is one module and one entry in
+:data:`NETWORKS`, no central schema edit.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import keras
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from segexp.config.errors import ConfigError
+
+#: ``model.norm`` values: the layer after every hidden conv.
+NORMS = ("batch", "instance", "group", "none")
+
+#: Keys that were renamed or replaced: an old key is refused with this hint.
+RENAMED = {
+    "batch_norm": "replaced by model.norm: batch | instance | group | none (batch_norm=true is norm=batch)",
+}
+
+
+@dataclass
+class ModelParams:
+    """Keys every network has (``conf/model/<name>.yaml``)."""
+
+    name: str = MISSING  # registry key
+    image_height: int = MISSING  # input height in pixels
+    image_width: int = MISSING  # input width in pixels
+    image_channels: int = MISSING  # 1 grey, 3 RGB; the model takes raw uint8 images
+    num_classes: int = MISSING  # output classes incl. background; 1: sigmoid head for binary tasks
+    norm: str = MISSING  # one of NORMS
+    norm_groups: int = MISSING  # groups of norm=group
+    dropout_rate: float = MISSING  # dropout rate (its place is the network's)
+
+
+def common_rules(m: Any) -> list[str]:
+    """Rules of the keys every network has."""
+    errors = []
+    for key in ("image_height", "image_width", "num_classes"):
+        if m[key] < 1:
+            errors.append(f"model.{key}: must be >= 1, got {m[key]}")
+    if m.image_channels not in (1, 3):
+        errors.append(f"model.image_channels: must be 1 (grayscale) or 3 (RGB), got {m.image_channels}")
+    if m.norm not in NORMS:
+        errors.append(f"model.norm: expected one of {list(NORMS)}, got {m.norm!r}")
+    if m.norm_groups < 1:
+        errors.append(f"model.norm_groups: must be >= 1, got {m.norm_groups}")
+    return errors
+
+
+def divisible_size_rules(m: Any, levels: int, what: str) -> list[str]:
+    """``image_height`` and ``image_width`` must be multiples of ``2**(levels-1)`` (``what`` names the key)."""
+    factor = 2 ** (levels - 1)
+    return [f"model.{key}: {m[key]} is not divisible by 2**({what}-1) = {factor} ({what}={levels}); "
+            f"use a multiple of {factor} or fewer levels"
+            for key in ("image_height", "image_width") if levels >= 1 and m[key] % factor]
+
+
+@dataclass(frozen=True)
+class Network:
+    """One entry of the model group."""
+
+    build: Callable[..., keras.Model]  # keyword arguments: the params' fields except ``name``
+    params: type[ModelParams]  # dataclass of its keys
+    rules: Callable[[Any], list[str]]  # value problems, each naming its model.<key>
+
+
+_NETWORKS: dict[str, Network] = {}
+
+
+def register_network(name: str, network: Network) -> None:
+    """Add ``network`` to the model group as ``model.name=<name>``."""
+    _NETWORKS[name] = network
+
+
+def networks() -> dict[str, Network]:
+    """The registered networks by ``model.name``."""
+    return dict(_NETWORKS)
+
+
+def check_model_config(model: DictConfig | dict[str, Any]) -> tuple[DictConfig | None, list[str]]:
+    """``(typed params, problems)`` of a ``model`` config section; typed is None when a key is unusable."""
+    model = model if isinstance(model, DictConfig) else OmegaConf.create(dict(model))
+    name = model.get("name")
+    if name not in _NETWORKS:
+        return None, [f"model.name: unknown model {name!r}; available: {', '.join(sorted(_NETWORKS))}"]
+    network = _NETWORKS[name]
+    declared = {f.name for f in fields(network.params)}
+    problems = [f"model.{key}: {RENAMED[key]}" if key in RENAMED else
+                f"model.{key}: unknown key for model {name}; expected one of {sorted(declared)}"
+                for key in model.keys() if key not in declared]
+    missing = sorted(declared - set(model.keys()))
+    problems += [f"model.{key}: model {name} needs a value (conf/model/{name}.yaml sets it)" for key in missing]
+    if problems:
+        return None, problems
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(network.params), model)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or "?"
+        return None, [f"model.{key.removeprefix('model.')}: {str(err).splitlines()[0]}"]
+    problems = common_rules(typed)
+    return typed, problems or network.rules(typed)
+
+
+def validate_model_config(model: DictConfig | dict[str, Any]) -> DictConfig:
+    """The typed ``model`` section, or :class:`ConfigError` listing every problem."""
+    typed, problems = check_model_config(model)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return typed
+
+
+def build_model(name: str, **params: Any) -> keras.Model:
+    """Build the registered network ``name`` from its params (keys its builder does not take are ignored)."""
+    if name not in _NETWORKS:
+        raise ConfigError(f"model.name: unknown model {name!r}; available: {', '.join(sorted(_NETWORKS))}")
+    builder = _NETWORKS[name].build
+    accepted = inspect.signature(builder).parameters
+    return builder(**{k: v for k, v in params.items() if k in accepted})

@@ -1,0 +1,1 @@
+"""One training run: the loop in stages, its callbacks, checkpoint and resume, curves."""

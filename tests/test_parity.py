@@ -1,0 +1,68 @@
+"""Training, evaluation and prediction feed a model the same pixels (one reader, one resize, one window)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from segexp.data import intensity
+from segexp.data.loader import SliceLoader
+from segexp.data.slices import MaskDecoder, SlicePair
+from segexp.evaluation import prediction, reports
+
+MODEL_SIZE = 64
+
+
+def write_pair(folder: Path, name: str, shape: tuple[int, ...]) -> SlicePair:
+    rng = np.random.default_rng(len(name))
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    image, mask = folder / "images" / f"{name}.png", folder / "masks" / f"{name}.png"
+    cv2.imwrite(str(image), rng.integers(0, 256, shape, dtype=np.uint8))
+    cv2.imwrite(str(mask), rng.integers(0, 2, shape[:2], dtype=np.uint8))
+    return SlicePair(name, image, mask, "case0")
+
+
+@pytest.mark.parametrize("shape", [(40, 48), (100, 90), (64, 64), (50, 80, 3)], ids=["enlarge", "shrink", "same", "grey-rgb"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_training_loader_evaluation_and_infer_give_identical_model_inputs(tmp_path: Path, monkeypatch, shape, channels) -> None:
+    if len(shape) == 3:  # a grey image stored as RGB (three equal channels)
+        grey = np.random.default_rng(1).integers(0, 256, shape[:2], dtype=np.uint8)
+        pair = write_pair(tmp_path, "x", shape[:2])
+        cv2.imwrite(str(pair.image), np.repeat(grey[..., None], 3, axis=-1))
+    else:
+        pair = write_pair(tmp_path, "x", shape)
+    decoder = MaskDecoder("index", 2)
+    loader = SliceLoader([pair], decoder, image_size=(MODEL_SIZE, MODEL_SIZE), channels=channels, batch_size=1)
+    trained_on, _ = loader.load_sample(0, 0)
+
+    seen: list[np.ndarray] = []
+
+    def record(model, batch, batch_size=8, flip_tta=False):
+        seen.extend(np.asarray(batch))
+        return np.zeros((len(batch), MODEL_SIZE, MODEL_SIZE, 2), np.float32)
+
+    model = SimpleNamespace(input_shape=(None, MODEL_SIZE, MODEL_SIZE, channels), output_shape=(None, MODEL_SIZE, MODEL_SIZE, 2))
+    monkeypatch.setattr(prediction, "predict_batches", record)
+    failures = prediction.predict_png_files(model, [pair.image], tmp_path / "out", np.array([[0, 0, 0], [255, 0, 0]], np.uint8),
+                                            batch_size=1, flip_tta=False, large_images="resize", overlap=0.0)
+    assert failures == []
+    monkeypatch.setattr(reports, "predict_batches", record)
+    reports._predict_case(model, SimpleNamespace(decoder=decoder), [pair], (MODEL_SIZE, MODEL_SIZE), channels, 1, False)
+    evaluated = seen[1]
+
+    assert trained_on.dtype == np.uint8 and trained_on.shape == (MODEL_SIZE, MODEL_SIZE, channels)
+    np.testing.assert_array_equal(seen[0], trained_on)  # segexp-infer
+    np.testing.assert_array_equal(evaluated, trained_on)  # segexp-evaluate
+
+
+def test_prepare_and_infer_window_a_volume_alike() -> None:
+    volume = np.random.default_rng(0).normal(100, 400, (8, 16, 16)).astype(np.float32)
+    for window in ({"mode": "fixed", "level": 300.0, "width": 800.0},
+                   {"mode": "percentile", "low_percentile": 1.0, "high_percentile": 99.0}):
+        prepared, _ = intensity.window_volume(volume, **window)
+        np.testing.assert_array_equal(prediction.window_like_training(volume, window), prepared)
