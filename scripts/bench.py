@@ -417,11 +417,11 @@ def make_volume(path: Path, size: int, num_slices: int) -> Path:
     """One phantom CT volume (int16 HU) of ``num_slices`` axial slices, saved as NIfTI."""
     if path.exists():
         return path
-    from segexp.data.phantom import _save_nifti, make_phantom_volume, phantom_affine
+    from segexp.data.phantom import make_phantom_volume, phantom_affine, save_nifti
 
     image, _ = make_phantom_volume(seed=1, size=size, num_slices=num_slices)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save_nifti(path, image, phantom_affine(size, num_slices), description="segexp benchmark phantom", label=False)
+    save_nifti(path, image, phantom_affine(size, num_slices), description="segexp benchmark phantom", label=False)
     return path
 
 

@@ -180,3 +180,21 @@ class RunDirGuard(Callback):
             log.error("%s", err)
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+
+
+@contextmanager
+def staging_folder(target: Path) -> Iterator[Path]:
+    """A fresh hidden sibling folder of ``target`` to build a dataset in, removed on exit if still there.
+
+    A sibling lives on the same file system, so moving the finished folder (or its entries)
+    into ``target`` is a rename: readers never see a half-written dataset. The one staging
+    step of ``segexp-prepare`` and the phantom writers.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

@@ -51,7 +51,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +61,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 
+from segexp.config.outputs import staging_folder
 from segexp.data.intensity import window_to_uint8
 from segexp.data.rgb_map import encode_rgb_mask
 
@@ -80,9 +80,12 @@ __all__ = [  # window_to_uint8 is re-exported: it lived here before segexp.data.
     "PHANTOM_VERSION",
     "PHANTOM_VOLUMES_MANIFEST",
     "PHANTOM_WINDOW",
+    "ensure_phantom_slices",
+    "ensure_phantom_volumes",
     "make_phantom_volume",
     "phantom_affine",
     "phantom_spacing",
+    "save_nifti",
     "window_to_uint8",
     "write_phantom_dataset",
     "write_phantom_volumes",
@@ -537,12 +540,6 @@ def _check_no_clash(root: Path, new_entries: Sequence[str], owned: Sequence[str]
             )
 
 
-def _make_tmp(root: Path) -> Path:
-    """A fresh temporary sibling folder of ``root`` (same file system, so renames are atomic)."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-
-
 def _remove(path: Path, what: str) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -701,8 +698,7 @@ def write_phantom_dataset(
             _check_split_name(split)
     _check_no_clash(root, list(cases), old_splits)
 
-    tmp = _make_tmp(root)
-    try:
+    with staging_folder(root) as tmp:
         plan = _case_plan(cases, seed)
         for split in cases:
             (tmp / split / "images").mkdir(parents=True)
@@ -735,9 +731,6 @@ def write_phantom_dataset(
             what="split folder",
         )
         return root
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- NIfTI volumes
@@ -773,8 +766,8 @@ def _volumes_complete(root: Path, manifest: Mapping[str, Any]) -> bool:
         return False
 
 
-def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, *, description: str, label: bool) -> None:
-    """NIfTI-1 as from DICOM conversion: mm units, qform code scanner, sform code aligned."""
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, *, description: str, label: bool) -> None:
+    """Write NIfTI-1 as DICOM converters do: mm units, qform code scanner, sform code aligned (the phantom's files)."""
     image = nib.Nifti1Image(data, affine)
     header = image.header
     header.set_data_dtype(data.dtype)
@@ -836,15 +829,14 @@ def write_phantom_volumes(
     _check_no_clash(out_dir, files, old_files)
 
     affine = phantom_affine(size, num_slices)
-    tmp = _make_tmp(out_dir)
-    try:
+    with staging_folder(out_dir) as tmp:
         cases = []
         for number, case_id in enumerate(ids, start=1):
             case_seed = _case_seed(seed, number)
             hu, labels = make_phantom_volume(case_seed, size=size, num_slices=num_slices)
             image_name, label_name = _volume_names(case_id)
-            _save_nifti(tmp / image_name, hu, affine, description=f"segexp phantom {case_id} HU", label=False)
-            _save_nifti(tmp / label_name, labels, affine, description=f"segexp phantom {case_id} labels", label=True)
+            save_nifti(tmp / image_name, hu, affine, description=f"segexp phantom {case_id} HU", label=False)
+            save_nifti(tmp / label_name, labels, affine, description=f"segexp phantom {case_id} labels", label=True)
             cases.append({"id": case_id, "seed": case_seed, "image": image_name, "label": label_name})
         new_manifest = {
             "generator": PHANTOM_VOLUMES_GENERATOR,
@@ -869,9 +861,6 @@ def write_phantom_volumes(
             what="volume file",
         )
         return pairs
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ensure_phantom_slices(root: Path, spec: Mapping[str, Any] | None) -> None:

@@ -24,7 +24,6 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 import zlib
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -39,6 +38,7 @@ from tqdm import tqdm
 
 import segexp
 from segexp.config.errors import PrepareError
+from segexp.config.outputs import staging_folder
 from segexp.config.schema import validate_prepare_config
 from segexp.data.intensity import window_volume
 from segexp.data.phantom import ensure_phantom_volumes
@@ -248,9 +248,7 @@ def prepare(cfg: DictConfig) -> Path:
 
     settings = _settings(cfg)
     split_of = {case: split for split, ids in splits.items() for case in ids}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
-    try:
+    with staging_folder(out_dir) as staging:
         reports = _run_cases(cases, split_of, settings, staging, cfg.workers)
         names, colours, _ = class_table(v.classes)
         manifest = {
@@ -285,8 +283,6 @@ def prepare(cfg: DictConfig) -> Path:
         if out_dir.exists():
             shutil.rmtree(out_dir)  # a segexp-prepare dataset, replaced on request (checked above)
         staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     kept = sum(r.slices_foreground + r.slices_empty_kept for r in reports)
     log.info("wrote %d slices of %d cases to %s (%s)", kept, len(reports), out_dir,
              ", ".join(f"{k}: {len(ids)} cases" for k, ids in splits.items()))

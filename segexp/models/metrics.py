@@ -70,6 +70,13 @@ def _pixel_weights(sample_weight, labels):
     return ops.broadcast_to(w, ops.shape(labels))
 
 
+def _hard_labels(y_true, y_pred, sample_weight, num_classes):
+    """``(true labels, predicted labels, pixel weights or None)`` of one batch, shared by the Dice metrics."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    labels = _true_labels(ops.convert_to_tensor(y_true), y_pred)
+    return labels, _pred_labels(y_pred, num_classes), _pixel_weights(sample_weight, labels)
+
+
 def _counts(true_labels, pred_labels, class_index, weights):
     """``(tp, fp, fn)`` float32 scalars for one class (comparisons, no one-hot)."""
     t = ops.equal(true_labels, class_index)
@@ -122,11 +129,7 @@ class ClassDice(keras.metrics.Metric):
         self.fn = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="fn")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.convert_to_tensor(y_true)
-        labels = _true_labels(y_true, y_pred)
-        pred = _pred_labels(y_pred, self.num_classes)
-        weights = _pixel_weights(sample_weight, labels)
+        labels, pred, weights = _hard_labels(y_true, y_pred, sample_weight, self.num_classes)
         tp, fp, fn = _counts(labels, pred, self.class_index, weights)
         self.tp.assign_add(tp)
         self.fp.assign_add(fp)
@@ -165,11 +168,7 @@ class ForegroundMeanDice(keras.metrics.Metric):
         self.fn = self.add_variable(shape=(k,), initializer="zeros", dtype="float32", name="fn")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.convert_to_tensor(y_true)
-        labels = _true_labels(y_true, y_pred)
-        pred = _pred_labels(y_pred, self.num_classes)
-        weights = _pixel_weights(sample_weight, labels)
+        labels, pred, weights = _hard_labels(y_true, y_pred, sample_weight, self.num_classes)
         per_class = [_counts(labels, pred, k, weights) for k in self.class_indices]
         tp, fp, fn = (ops.stack(list(v)) for v in zip(*per_class))
         self.tp.assign_add(tp)
