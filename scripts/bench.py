@@ -229,9 +229,9 @@ def work_infer(p: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from omegaconf import OmegaConf
 
+    from segexp.data.rgb_map import default_palette
     from segexp.data.volumes import VolumeCase, load_case, num_slices, volume_slice
     from segexp.evaluation.prediction import predict_volume, window_like_training
-    from segexp.evaluation.viz import default_palette
     from segexp.models import build_model
 
     set_tf_threads(p.get("threads"))

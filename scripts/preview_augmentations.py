@@ -37,8 +37,8 @@ if str(REPO) not in sys.path:  # allow running from a checkout without installin
     sys.path.insert(0, str(REPO))
 
 from segexp.data.augment import AugmentationError, Augmenter, sample_seed  # noqa: E402
+from segexp.data.rgb_map import default_palette  # noqa: E402
 from segexp.evaluation.viz import (  # noqa: E402
-    default_palette,
     hstack_panels,
     overlay_mask,
     save_png,

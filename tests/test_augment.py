@@ -19,8 +19,8 @@ from segexp.data.augment import (
     build_augmentation,
     sample_seed,
 )
+from segexp.data.rgb_map import default_palette
 from segexp.evaluation.viz import (
-    default_palette,
     hstack_panels,
     image_truth_prediction,
     overlay_mask,

@@ -65,3 +65,9 @@ class InferenceInputError(SegexpError, ValueError):
 
 class TrackingUnavailable(SegexpError, RuntimeError):
     """The tracking server cannot be reached; the message names the URI and what to do."""
+
+
+def raise_config_problems(problems: list[str]) -> None:
+    """Raise one :class:`ConfigError` listing every problem (each names its key); nothing when there are none."""
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -17,7 +17,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from segexp.config.errors import ConfigError
+from segexp.config.errors import ConfigError, raise_config_problems
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # segexp/
 #: The repository checkout that holds ``conf/`` (segexp is installed editable).
@@ -365,9 +365,7 @@ def _check_augmentation(a: Any) -> list[str]:
 
 def _typed(cfg: DictConfig, schema: type) -> DictConfig:
     """Merge ``cfg`` onto the dataclass ``schema``: unknown keys, wrong types and missing values fail."""
-    problems = _unknown_keys(cfg, schema, "")
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    raise_config_problems(_unknown_keys(cfg, schema, ""))
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         OmegaConf.resolve(typed)
@@ -377,11 +375,6 @@ def _typed(cfg: DictConfig, schema: type) -> DictConfig:
     if missing:
         raise ConfigError("invalid config: these keys need a value: " + ", ".join(missing))
     return typed
-
-
-def _raise_if(problems: list[str]) -> None:
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
 def check_train_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
@@ -405,7 +398,7 @@ def validate_train_config(cfg: DictConfig) -> DictConfig:
     optional phantom is generated.
     """
     typed, problems = check_train_config(cfg)
-    _raise_if(problems)
+    raise_config_problems(problems)
     return typed
 
 
@@ -531,7 +524,7 @@ def validate_prepare_config(cfg: DictConfig) -> DictConfig:
             errors.append(f"split.ratios.{split}: unknown split; expected {list(SPLITS)}")
         elif not _in_unit_interval(ratio):
             errors.append(f"split.ratios.{split}: must lie in [0, 1], got {ratio}")
-    _raise_if(errors)
+    raise_config_problems(errors)
     return typed
 
 
@@ -567,5 +560,5 @@ def validate_check_config(cfg: DictConfig) -> DictConfig:
         errors.append(f"axis: expected one of {list(SLICE_AXIS_NAMES)}, got {typed.axis!r}")
     if typed.max_lines < 1:
         errors.append(f"max_lines: must be >= 1, got {typed.max_lines}")
-    _raise_if(errors)
+    raise_config_problems(errors)
     return typed

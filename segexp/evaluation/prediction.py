@@ -29,7 +29,7 @@ import numpy as np
 from segexp.config.errors import InferenceInputError
 from segexp.config.outputs import atomic_write_path
 from segexp.data.intensity import window_volume
-from segexp.data.rgb_map import encode_rgb_mask
+from segexp.data.rgb_map import default_palette, encode_rgb_mask
 from segexp.data.slices import IMAGE_SUFFIXES, DataError, read_image, resize_image
 from segexp.data.volumes import (
     VolumeCase,
@@ -46,7 +46,6 @@ from segexp.evaluation.inference import (
 )
 from segexp.evaluation.reports import check_model_fits
 from segexp.evaluation.viz import (
-    default_palette,
     hstack_panels,
     overlay_mask,
     save_png,

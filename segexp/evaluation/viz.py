@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from segexp.config.outputs import atomic_write_path
-from segexp.data.rgb_map import default_palette  # noqa: F401  (re-exported: panels colour masks with it)
 
 _TITLE_FONT = cv2.FONT_HERSHEY_SIMPLEX
 _TITLE_SCALE = 0.45

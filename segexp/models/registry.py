@@ -24,7 +24,7 @@ import keras
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from segexp.config.errors import ConfigError
+from segexp.config.errors import ConfigError, raise_config_problems
 
 #: ``model.norm`` values: the layer after every hidden conv.
 NORMS = ("batch", "instance", "group", "none")
@@ -121,8 +121,7 @@ def check_model_config(model: DictConfig | dict[str, Any]) -> tuple[DictConfig |
 def validate_model_config(model: DictConfig | dict[str, Any]) -> DictConfig:
     """The typed ``model`` section, or :class:`ConfigError` listing every problem."""
     typed, problems = check_model_config(model)
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    raise_config_problems(problems)
     return typed
 
 

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.config.errors import ConfigError
+from segexp.config.errors import raise_config_problems
 from segexp.config.outputs import (
     check_output_locations,
     check_run_dir_free,
@@ -69,8 +69,7 @@ def validate_run_config(cfg: DictConfig) -> DictConfig:
     """The composed training config, typed: the schema's rules and the network's own, in one :class:`ConfigError`."""
     typed, problems = check_train_config(cfg)
     model, model_problems = check_model_config(typed.model)
-    if problems or model_problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(model_problems + problems))
+    raise_config_problems(model_problems + problems)
     typed.model = model
     return typed
 
@@ -340,11 +339,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
     t = cfg.tracking
     tags = {"git_commit": git_commit(REPO_DIR), "keras_backend": keras.backend.backend(), "dataset": dataset.name,
             "model": cfg.model.name, "run_dir": str(run_dir)}
-    with http_settings(outage_policy(cfg)), tracked_run(
+    outage = outage_policy(cfg)
+    with http_settings(outage), tracked_run(
         t.enabled, uri=t.uri, experiment=t.experiment, artifact_location=t.artifact_location,
         run_name=t.run_name or run_name_from_overrides(overrides), tags=tags,
         description="segexp-train " + " ".join(overrides), parent_run_id=parent_run_id,
-        resume_run_id=start.run_id if start else None, keep_status=False, run_dir=run_dir, outage=outage_policy(cfg),
+        resume_run_id=start.run_id if start else None, keep_status=False, run_dir=run_dir, outage=outage,
     ) as tracker:
         if tracker.enabled:
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
