@@ -4,6 +4,7 @@
     python scripts/bench.py                          # full suite (~25 min on 2 CPU cores)
     python scripts/bench.py --update BENCHMARKS.md   # ... and rewrite the results block there
     python scripts/bench.py --tiny                   # seconds-scale smoke version (CI)
+    python scripts/bench.py --only train fit --update BENCHMARKS.md   # some sections, into a block of their own
 
 Every number is a median over ``--repeats`` timed repetitions after a warm-up, and
 each measurement runs in its own Python process (``--worker``): TensorFlow's thread
@@ -58,6 +59,17 @@ MODELS: dict[str, dict[str, Any]] = {
     },
 }
 LABELS = {**{k: v["label"] for k, v in MODELS.items()}, "hocm_full": "`flexunet_hocm` (126,809,320 params)"}
+
+#: The original tool's training images/s (issue 13, measured on the 2-core AMD EPYC with AVX512_BF16 that
+#: segexp is developed on): (model, input side, threads) -> images/s. "all" = both cores.
+ORIGINAL_TOOL = {("hocm_like", 256, "all"): 1.51, ("hocm_like", 256, 1): 0.79, ("hocm_full", 512, 1): 0.164}
+
+
+def native_bf16() -> bool:
+    """Whether this machine computes bfloat16 natively (what ``training.precision=auto`` picks bf16 for)."""
+    from segexp.models.precision import choose_precision, cpu_flags, gpu_compute_capabilities
+
+    return choose_precision(gpu_compute_capabilities(), cpu_flags()) == "bf16"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -118,7 +130,7 @@ def set_tf_threads(threads: int | None) -> None:
 
 
 def compiled_model(overrides: Sequence[str], jit_compile: bool | str = False,
-                   mixed_precision: bool = False) -> tuple[Any, Any]:
+                   precision: str = "fp32") -> tuple[Any, Any]:
     """``(model, cfg)``: the configured FlexUNet compiled exactly as ``segexp-train`` compiles it.
 
     No dataset is read: the class names are the dataset's when the counts agree, else
@@ -132,11 +144,11 @@ def compiled_model(overrides: Sequence[str], jit_compile: bool | str = False,
     OmegaConf.resolve(cfg)
     with open_dict(cfg):
         cfg.training.jit_compile = jit_compile
-        cfg.training.mixed_precision = mixed_precision
+        cfg.training.precision = precision
     names = list(cfg.dataset.class_names)
     if len(names) != cfg.model.num_classes:
         names = [f"class{i}" for i in range(cfg.model.num_classes)]
-    return compile_model(cfg, names, cfg.training.steps_per_epoch or 1), cfg
+    return compile_model(cfg, names, cfg.training.steps_per_epoch or 1, precision), cfg
 
 
 # ----------------------------------------------------------------------------- workers (one process each)
@@ -147,7 +159,7 @@ def work_train_step(p: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     set_tf_threads(p.get("threads"))
-    model, cfg = compiled_model(p["overrides"], p["jit"], p.get("mixed_precision", False))
+    model, cfg = compiled_model(p["overrides"], p["jit"], p.get("precision", "fp32"))
     m, batch = cfg.model, p["batch"]
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, m.image_height, m.image_width, m.image_channels), dtype=np.uint8)
@@ -233,11 +245,13 @@ def work_infer(p: dict[str, Any]) -> dict[str, Any]:
     from segexp.data.volumes import VolumeCase, load_case, num_slices, volume_slice
     from segexp.evaluation.prediction import predict_volume, window_like_training
     from segexp.models import build_model
+    from segexp.models.precision import apply_precision
 
     set_tf_threads(p.get("threads"))
     cfg = compose(["tracking=none", *p["overrides"]])
     model = build_model(**OmegaConf.to_container(cfg.model, resolve=True))
     _favour_background(model)
+    apply_precision(model, p.get("precision", "fp32"))
     m, batch = cfg.model, p["batch"]
     window = {"mode": "fixed", "level": 300.0, "width": 800.0}
     colours = default_palette(m.num_classes)
@@ -368,8 +382,64 @@ def work_epoch(p: dict[str, Any]) -> dict[str, Any]:
             "fixed_fraction": float(np.median(later["fixed_fraction"])), "first_epoch_s": series["epoch_s"][0]}
 
 
+def work_fit_loop(p: dict[str, Any]) -> dict[str, Any]:
+    """Images/s of the training steps of real ``segexp-train`` epochs (loader, callbacks, MLflow) against
+    ``model.train_on_batch`` on the same batches and model, interleaved epoch by epoch in one process.
+
+    A probe callback (after segexp's own, so the epoch clock does not see it) takes the time from the
+    epoch's start to its last training step; at the epoch's end it reads the epoch's batches from a
+    loader built like the run's (same seed, same draws, read before timing) and times
+    ``train_on_batch`` on them. Epoch 1 (graph tracing) is left out of the medians.
+    """
+    import keras
+    import numpy as np
+
+    from segexp.data.augment import Augmenter
+    from segexp.data.dataset import open_dataset
+    from segexp.training.loop import build_loaders, train, validate_run_config
+
+    set_tf_threads(p.get("threads"))
+    uri = f"sqlite:///{p['run_dir']}.db"
+    cfg = compose([*p["overrides"], f"tracking.uri={uri}", "training.evaluate_after=false", "training.verbose=0"])
+    typed = validate_run_config(cfg)
+    dataset = open_dataset(typed.dataset, typed.model.num_classes)
+    augmenter = Augmenter(typed.augmentation.transforms) if typed.augmentation.transforms else None
+    twin, _ = build_loaders(typed, dataset, augmenter)  # the run's training batches, epoch by epoch
+    rows: list[dict[str, float]] = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.start = self.last = time.perf_counter()
+            self.steps = 0
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.last, self.steps = time.perf_counter(), self.steps + 1
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            fit_s = self.last - self.start
+            twin.set_epoch(epoch)
+            batches = [twin[i] for i in range(self.steps)]
+            start = time.perf_counter()
+            for x, y in batches:
+                self.model.train_on_batch(x, y)
+            tob_s = time.perf_counter() - start
+            images = sum(len(x) for x, _ in batches)
+            rows.append({"fit": images / fit_s, "train_on_batch": images / tob_s})
+
+    _rmtree(Path(p["run_dir"]))
+    Path(f"{p['run_dir']}.db").unlink(missing_ok=True)
+    train(cfg, Path(p["run_dir"]), callbacks=[Probe()])
+    later = rows[1:] or rows
+    ratios = [r["fit"] / r["train_on_batch"] for r in later]
+    return {"fit": float(np.median([r["fit"] for r in later])),
+            "train_on_batch": float(np.median([r["train_on_batch"] for r in later])),
+            "ratio": float(np.median(ratios)), "ratios": ratios, "epochs": len(rows),
+            "steps_per_epoch": typed.training.steps_per_epoch, "batch": typed.training.batch_size}
+
+
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "epoch": work_epoch,
+    "fit_loop": work_fit_loop,
     "train_step": work_train_step,
     "loader": work_loader,
     "infer": work_infer,
@@ -471,7 +541,7 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
     """Run every section; returns all results (also printed as they arrive)."""
     tiny = args.tiny
     if tiny:
-        IN_PROCESS.update({"train_step", "loader", "infer", "memory", "epoch"})
+        IN_PROCESS.update({"train_step", "loader", "infer", "memory", "epoch", "fit_loop"})
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     cores = machine()["cores"]
@@ -479,7 +549,7 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "tiny": tiny, "repeats": repeats, "sections": {}}
     sections = results["sections"]
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    wanted = set(args.only or ["loader", "train", "infer", "memory", "prepare"])  # epoch: --only epoch
+    wanted = set(args.only or ["loader", "train", "fit", "infer", "memory", "prepare"])  # epoch: --only epoch
 
     # Loader at 512x512 vs the model's training step at 512x512.
     if "loader" in wanted:
@@ -508,44 +578,71 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
     # Training step: default preset and the reduced flexunet_hocm, XLA off/on, 1 thread / all cores.
     if "train" in wanted:
         rows = []
+        native = native_bf16()
+        gpu = results["machine"]["gpu"] != "none"
+        # (threads, xla, precision) per model; bf16 at 1 thread and all cores, XLA with fp32 only (on CPUs)
+        plan = [(cores, False, "fp32"), (cores, False, "bf16")] if tiny else [
+            (1, False, "fp32"), (1, True, "fp32"), (1, False, "bf16"),
+            (cores, False, "fp32"), (cores, True, "fp32"), (cores, False, "bf16")]
         for name, spec in MODELS.items():
             size = [64, 64] if tiny else ([128, 128] if name == "default" else [256, 256])
             shape = [f"model.image_height={size[0]}", f"model.image_width={size[1]}"]
-            for threads in ([cores] if tiny else [1, cores]):
-                for jit in ([False] if tiny else [False, True]):
-                    say(f"train: {name} threads={threads} xla={jit}")
-                    r = run_worker("train_step", {
-                        "overrides": [*spec["overrides"], *shape], "batch": spec["batch"], "jit": jit,
-                        "steps": 1 if tiny else 5, "repeats": repeats, "threads": threads})
-                    rows.append({"model": name, "size": size, "batch": spec["batch"], "threads": threads,
-                                 "xla": jit, "mixed_precision": False, **r})
-        if results["machine"]["gpu"] != "none" and not tiny:  # the GPU column: full flexunet_hocm at 512x512
-            for jit, mp in ((False, False), (True, True)):
-                say(f"train: flexunet_hocm 512x512 on the GPU, xla={jit} mixed_precision={mp}")
+            for threads, jit, precision in plan:
+                say(f"train: {name} threads={threads} xla={jit} precision={precision}")
+                r = run_worker("train_step", {
+                    "overrides": [*spec["overrides"], *shape], "batch": spec["batch"], "jit": jit,
+                    "precision": precision, "steps": 1 if tiny else 5, "repeats": repeats, "threads": threads})
+                rows.append({"model": name, "size": size, "batch": spec["batch"], "threads": threads,
+                             "xla": jit, "precision": precision, **r})
+        if not tiny:  # the full flexunet_hocm at 512x512: a few steps; bf16 where it is native (emulated: ~6x slower)
+            full = [(1, False, "fp32"), (cores, False, "fp32")] + ([(cores, False, "bf16")] if native else [])
+            if gpu:
+                full = [(cores, False, "fp32"), (cores, True, "fp32"), (cores, False, "auto"), (cores, True, "auto")]
+            for threads, jit, precision in full:
+                say(f"train: flexunet_hocm 512x512 threads={threads} xla={jit} precision={precision}")
                 r = run_worker("train_step", {"overrides": ["model=flexunet_hocm"], "batch": 2, "jit": jit,
-                                              "mixed_precision": mp, "steps": 10, "repeats": repeats, "threads": None})
-                rows.append({"model": "hocm_full", "size": [512, 512], "batch": 2, "threads": cores, "xla": jit,
-                             "mixed_precision": mp, **r})
-        sections["train"] = {"rows": rows, "mixed_precision": "not measured: no GPU (float16 is slower on CPUs)"
-                             if results["machine"]["gpu"] == "none" else "see GPU column"}
+                                              "precision": precision, "steps": 10 if gpu else 2,
+                                              "repeats": repeats if gpu else 1, "threads": threads})
+                rows.append({"model": "hocm_full", "size": [512, 512], "batch": 2, "threads": threads, "xla": jit,
+                             "precision": precision, **r})
+        sections["train"] = {"rows": rows, "native_bf16": native, "cores": cores}
+
+    # The fit loop: real segexp-train epochs against train_on_batch on the same batches, per model.
+    if "fit" in wanted:
+        rows = []
+        plan = [("default", 128, 8, [], 30), ("hocm_like", 256, 2, MODELS["hocm_like"]["overrides"], 10)]
+        for name, size, batch, model_overrides, steps in plan:
+            if tiny:
+                size, steps, model_overrides = 32, 2, ["model.num_layers=3"]
+            data = make_slice_dataset(work / f"fit_{size}", 8 if tiny else 72, size, slices_per_case=8 if tiny else 36)
+            say(f"fit loop: {name} at {size}x{size}")
+            r = run_worker("fit_loop", {"overrides": [
+                *data, *model_overrides, f"model.image_height={size}", f"model.image_width={size}",
+                f"training.batch_size={batch}", f"training.steps_per_epoch={steps}", f"training.epochs={2 if tiny else 4}"],
+                "run_dir": str(work / f"fit_run_{name}")})
+            rows.append({"model": name, "size": size, **r})
+        sections["fit"] = {"rows": rows}
 
     # Inference on a 128-slice volume: each model on a volume of its own input size (as its
     # training data), and the default model on a 512x512 CT as well (I/O-bound, see BENCHMARKS.md).
     if "infer" in wanted:
         rows = []
         num = 8 if tiny else 128
-        plan = [("default", 128, 128, True), ("default", 128, 512, False), ("hocm_like", 256, 512, True)]
-        for name, size, in_plane, target in plan:
+        plan = [("default", 128, 128, True, "fp32"), ("default", 128, 128, False, "bf16"),
+                ("default", 128, 512, False, "fp32"), ("hocm_like", 256, 512, True, "fp32"),
+                ("hocm_like", 256, 512, False, "bf16")]
+        for name, size, in_plane, target, precision in plan:
             if tiny:
                 size, in_plane = 32, 64 if in_plane == 512 else 32
             volume = make_volume(work / f"volume_{in_plane}x{num}.nii.gz", in_plane, num)
-            say(f"infer: {name} at {size}x{size} on a {in_plane}x{in_plane}x{num} volume")
+            say(f"infer: {name} at {size}x{size} on a {in_plane}x{in_plane}x{num} volume, {precision}")
             r = run_worker("infer", {
                 "overrides": [*MODELS[name]["overrides"], f"model.image_height={size}", f"model.image_width={size}"],
-                "batch": 8, "volume": str(volume), "out_dir": str(work / f"infer_{name}"),
+                "batch": 8, "volume": str(volume), "out_dir": str(work / f"infer_{name}"), "precision": precision,
                 "repeats": repeats if name == "default" else max(1, repeats - 1),
                 "per_slice_count": min(num, 8 if tiny else 32), "threads": None})
-            rows.append({"model": name, "size": size, "volume": [in_plane, in_plane, num], "target": target, **r})
+            rows.append({"model": name, "size": size, "volume": [in_plane, in_plane, num], "target": target,
+                         "precision": precision, **r})
         sections["infer"] = {"rows": rows}
 
     # Memory: one training epoch on 36, 144, 576 slices.
@@ -645,13 +742,46 @@ def report(results: dict[str, Any]) -> str:
                        f"{_f(r['images_per_s'], 2)} | **{ratio:.1f}** |")
         out.append("")
     if "train" in s:
+        sec = s["train"]
         out += ["### Training step (random uint8 batch, `model.train_on_batch`)", "",
-                "| model | input | batch | threads | XLA | mixed precision | images/s |", "|---|---|---|---|---|---|---|"]
-        for r in s["train"]["rows"]:
+                "| model | input | batch | threads | XLA | precision | images/s | bf16 / fp32 | / original tool |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        rate = {(r["model"], r["size"][0], r["threads"], r["xla"], r["precision"]): r["images_per_s"] for r in sec["rows"]}
+        for r in sec["rows"]:
+            key = (r["model"], r["size"][0], r["threads"], r["xla"])
+            vs_fp32 = (f"{r['images_per_s'] / rate[(*key, 'fp32')]:.2f}x"
+                       if r["precision"] != "fp32" and (*key, "fp32") in rate else "")
+            original = ORIGINAL_TOOL.get((r["model"], r["size"][0], "all" if r["threads"] == sec["cores"] else r["threads"]))
+            vs_original = f"{r['images_per_s'] / original:.2f}x" if original and not r["xla"] else ""
             out.append(f"| {LABELS[r['model']]} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | "
-                       f"{r['threads']} | {'on' if r['xla'] else 'off'} | {'on' if r['mixed_precision'] else 'off'} | "
-                       f"{_f(r['images_per_s'], 2)} |")
-        out += ["", f"Mixed precision: {s['train']['mixed_precision']}.", ""]
+                       f"{r['threads']} | {'on' if r['xla'] else 'off'} | {r['precision']} | "
+                       f"{_f(r['images_per_s'], 2)} | {vs_fp32} | {vs_original} |")
+        cores = sec["cores"]
+        bf16, fp32 = rate.get(("hocm_like", 256, cores, False, "bf16")), rate.get(("hocm_like", 256, cores, False, "fp32"))
+        if bf16 and fp32 and sec["native_bf16"]:
+            checks.append((f"bf16 >= 1.5x fp32 on the HOCM-like model (got {bf16 / fp32:.2f})", bf16 / fp32 >= 1.5))
+        out += ["", "bf16 on this machine: " + ("native (`training.precision=auto` picks it)" if sec["native_bf16"] else
+                "**emulated** (no `avx512_bf16`/`amx_bf16` CPU flag, no GPU): `auto` picks fp32 here; the bf16 rows show "
+                "what forcing it costs, and the full model is not run in bf16") + ".",
+                "The original tool's figures (issue 13: 1.51 images/s on both cores, 0.79 on one, 0.164 for the full "
+                "model on one) were measured on the 2-core AMD EPYC with AVX512_BF16; the ratio means segexp against "
+                "the original only when this table comes from that CPU.", ""]
+        for (model, side, threads), original in ORIGINAL_TOOL.items():
+            t = cores if threads == "all" else threads
+            best = max((v for (m, sd, th, x, _), v in rate.items() if (m, sd, th) == (model, side, t) and not x), default=None)
+            if best is not None:
+                checks.append((f"segexp >= 1.5x the original tool, {LABELS[model]} {side}x{side}, {t} thread(s) "
+                               f"(got {best / original:.2f}x)", best / original >= 1.5))
+    if "fit" in s:
+        out += ["### The fit loop: real `segexp-train` epochs against `train_on_batch` on the same batches", "",
+                "| model | input | batch | steps/epoch | `segexp-train` images/s | `train_on_batch` images/s | ratio |",
+                "|---|---|---|---|---|---|---|"]
+        for r in s["fit"]["rows"]:
+            checks.append((f"fit loop >= 0.9 of train_on_batch, {MODELS[r['model']]['label']} (got {r['ratio']:.2f})",
+                           r["ratio"] >= 0.9))
+            out.append(f"| {MODELS[r['model']]['label']} | {r['size']}x{r['size']} | {r['batch']} | "
+                       f"{r['steps_per_epoch']} | {_f(r['fit'], 2)} | {_f(r['train_on_batch'], 2)} | **{r['ratio']:.2f}** |")
+        out.append("")
     if "epoch" in s:
         out += ["### Fixed per-epoch cost (real `segexp-train` epochs at default settings, MLflow on)", "",
                 "| data | steps/epoch | epoch (s) | fixed: validation, checkpoints, images, logging (s) | "
@@ -664,8 +794,8 @@ def report(results: dict[str, Any]) -> str:
         out.append("")
     if "infer" in s:
         out += ["### Inference on a NIfTI volume (slices/s)", "",
-                "| model | input | volume | segexp-infer end to end | bare forward | one `predict` per slice | "
-                "end-to-end / forward | end-to-end / per-slice |", "|---|---|---|---|---|---|---|---|"]
+                "| model | input | precision | volume | segexp-infer end to end | bare forward | one `predict` per slice | "
+                "end-to-end / forward | end-to-end / per-slice |", "|---|---|---|---|---|---|---|---|---|"]
         for r in s["infer"]["rows"]:
             ratio = r["end_to_end"] / r["bare_forward"]
             speedup = r["end_to_end"] / r["per_slice"]
@@ -673,7 +803,8 @@ def report(results: dict[str, Any]) -> str:
             if r["target"]:
                 checks.append((f"inference {r['model']} on a {v[0]}x{v[1]}x{v[2]} volume: end-to-end >= 0.85 of "
                                f"bare forward (got {ratio:.2f})", ratio >= 0.85))
-            out.append(f"| {MODELS[r['model']]['label']} | {r['size']}x{r['size']} | {v[0]}x{v[1]}x{v[2]} | "
+            out.append(f"| {MODELS[r['model']]['label']} | {r['size']}x{r['size']} | {r.get('precision', 'fp32')} | "
+                       f"{v[0]}x{v[1]}x{v[2]} | "
                        f"{_f(r['end_to_end'])} | {_f(r['bare_forward'])} | {_f(r['per_slice'])} | "
                        f"**{ratio:.2f}** | **{speedup:.1f}x** |")
         out.append("")
@@ -725,7 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="seconds-scale smoke run (CI): numbers are meaningless")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")
-    parser.add_argument("--only", nargs="+", choices=["loader", "train", "epoch", "infer", "memory", "prepare"])
+    parser.add_argument("--only", nargs="+", choices=["loader", "train", "fit", "epoch", "infer", "memory", "prepare"])
     parser.add_argument("--work-dir", default=str(REPO / "outputs" / "bench"), help="synthetic data and outputs")
     parser.add_argument("--json", help="also write all results (with every repetition) to this JSON file")
     parser.add_argument("--update", help="rewrite the results block of this markdown file (BENCHMARKS.md)")
@@ -744,7 +875,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"(benchmark took {results['seconds'] / 60:.1f} min)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    if args.update:
+    if args.update and args.only:  # a partial run gets its own block: the full one stays whole
+        name = "+".join(args.only)
+        update_markdown(Path(args.update), text, f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->",
+                        append=f"## Results of `--only {' '.join(args.only)}` (run on its own)")
+    elif args.update:
         update_markdown(Path(args.update), text)
     return 0 if all(c["ok"] for c in results.get("checks", [])) or args.tiny else 1
 

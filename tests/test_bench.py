@@ -41,18 +41,21 @@ def test_tiny_benchmark_reports_every_section(tmp_path: Path) -> None:
     assert all(r["samples_per_s"] > 0 for r in s["loader"]["loader"])
     assert set(s["loader"]["models"]) == {"default", "hocm_like"}
     assert all(r["images_per_s"] > 0 for r in s["train"]["rows"])
-    assert len(s["infer"]["rows"]) == 3
+    assert {r["precision"] for r in s["train"]["rows"]} == {"fp32", "bf16"}
+    assert [r["model"] for r in s["fit"]["rows"]] == ["default", "hocm_like"]
+    assert all(r["fit"] > 0 and r["train_on_batch"] > 0 and r["epochs"] == 2 for r in s["fit"]["rows"])
+    assert len(s["infer"]["rows"]) == 5 and {r["precision"] for r in s["infer"]["rows"]} == {"fp32", "bf16"}
     for row in s["infer"]["rows"]:
         assert row["slices"] == 8 and min(row["end_to_end"], row["bare_forward"], row["per_slice"]) > 0
     assert [r["slices"] for r in s["memory"]["rows"]] == [8, 16]
     assert all(r["peak_rss_mb"] >= r["baseline_rss_mb"] > 0 for r in s["memory"]["rows"])
     assert [r["workers"] for r in s["prepare"]["rows"]] == [1, 2]  # run as separate worker processes
     assert all(r["volumes_per_s"] > 0 and r["volumes"] == 3 for r in s["prepare"]["rows"])
-    assert {c["check"].split(" ")[0] for c in data["checks"]} == {"loader", "inference", "memory"}
+    assert {c["check"].split(" ")[0] for c in data["checks"]} == {"loader", "fit", "inference", "memory"}
     # The markdown block is replaced in place, the rest of the document kept.
     text = doc.read_text()
     assert "old" not in text and text.endswith("<!-- bench:end -->\n\ntail\n")
-    for heading in ("### Loader vs model", "### Training step", "### Inference", "### Memory", "### segexp-prepare",
+    for heading in ("### Loader vs model", "### Training step", "### The fit loop", "### Inference", "### Memory", "### segexp-prepare",
                     "### Targets"):
         assert heading in text
     assert "TINY smoke run" in text

@@ -221,7 +221,7 @@ def test_launcher_preset_composes(preset: str) -> None:
         assert typed.training.threads.intra_op == launcher.cpus_per_task
     if preset == "gpu":
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.tasks_per_node == 1
-        assert typed.training.mixed_precision is True and typed.training.jit_compile is True
+        assert typed.training.precision == "auto" and typed.training.jit_compile is True
         assert typed.training.batch_size > _validated(_compose([])).training.batch_size
 
 

@@ -10,8 +10,10 @@ from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
 from segexp.config.outputs import check_writable
-from segexp.config.schema import CONF_DIR
+from segexp.config.errors import ConfigError
+from segexp.config.schema import CONF_DIR, PRECISIONS
 from segexp.evaluation.reports import evaluate_run
+from segexp.models.precision import resolve_precision
 from segexp.tracking.runs import open_run
 
 
@@ -20,10 +22,13 @@ def main(cfg: DictConfig) -> float:
     """Evaluate ``run`` into this job's run folder; return the foreground mean Dice (NaN when undefined)."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     with user_errors_exit():
+        if cfg.precision not in PRECISIONS:
+            raise ConfigError(f"precision: expected one of {list(PRECISIONS)}, got {cfg.precision!r}")
         check_writable(out_dir, "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         summary = evaluate_run(
             open_run(str(cfg.run), cfg.tracking_uri), out_dir, split=cfg.split, batch_size=cfg.batch_size,
             flip_tta=cfg.flip_tta, dataset_root=cfg.dataset_root, log_to_run=cfg.log_to_run,
+            precision=resolve_precision(cfg.precision),
         )
     value = summary["mean"]["foreground_mean"]["dice"]
     return float("nan") if value is None else float(value)

@@ -12,8 +12,9 @@ from omegaconf import DictConfig
 from segexp.cli.shell import user_errors_exit
 from segexp.config.errors import ConfigError
 from segexp.config.outputs import check_writable
-from segexp.config.schema import CONF_DIR
+from segexp.config.schema import CONF_DIR, PRECISIONS
 from segexp.evaluation.prediction import infer
+from segexp.models.precision import resolve_precision
 from segexp.tracking.runs import open_run
 
 LARGE_IMAGES = ("resize", "tile")
@@ -25,6 +26,8 @@ def check_infer_config(cfg: DictConfig) -> None:
         raise ConfigError(f"large_images: expected one of {list(LARGE_IMAGES)}, got {cfg.large_images!r}")
     if not 0.0 <= cfg.overlap < 1.0:
         raise ConfigError(f"overlap: must lie in [0, 1), got {cfg.overlap}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision: expected one of {list(PRECISIONS)}, got {cfg.precision!r}")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="infer")
@@ -37,7 +40,7 @@ def main(cfg: DictConfig) -> None:
         check_writable(out_dir, "output_dir" if cfg.output_dir else "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         failures = infer(open_run(str(cfg.run), cfg.tracking_uri), Path(cfg.input), out_dir,
                          batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, large_images=cfg.large_images,
-                         overlap=cfg.overlap, window=window)
+                         overlap=cfg.overlap, window=window, precision=resolve_precision(cfg.precision))
     if failures:
         sys.exit(1)
 

@@ -28,6 +28,8 @@ LOSS_NAMES = ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
 MASK_FORMATS = ("rgb", "index", "binary")
 LAYOUTS = ("splits", "flat")
 ON_BAD_FILE = ("error", "skip")
+#: ``training.precision`` / ``precision`` values (segexp.models.precision says what each means).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SPLITS = ("train", "valid", "test")
 
 
@@ -157,7 +159,7 @@ class TrainingConfig:
     checkpoint: IntervalConfig = field(default_factory=IntervalConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     jit_compile: Any = MISSING
-    mixed_precision: bool = MISSING
+    precision: str = MISSING
     deterministic: bool = MISSING
     verbose: int = MISSING
     evaluate_after: bool = MISSING
@@ -209,7 +211,11 @@ class TrainConfig:
 
 
 #: Keys that were renamed or replaced: an old key is refused with this hint.
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {
+    "training.mixed_precision": "replaced by training.precision: auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with "
+                                "AVX512_BF16/AMX-BF16 and GPUs of compute capability >= 8.0, fp16 on older GPUs, "
+                                "else fp32; mixed_precision=true was fp16)",
+}
 
 
 def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
@@ -345,6 +351,8 @@ def _check_training(t: Any) -> list[str]:
     for key in ("epoch_images", "validation", "checkpoint"):
         if t[key].every_n_epochs < 1:
             errors.append(f"training.{key}.every_n_epochs: must be >= 1, got {t[key].every_n_epochs}")
+    if t.precision not in PRECISIONS:
+        errors.append(f"training.precision: expected one of {list(PRECISIONS)}, got {t.precision!r}")
     if t.jit_compile not in ("auto", True, False):
         errors.append(f"training.jit_compile: expected auto, true or false, got {t.jit_compile!r}")
     if t.epoch_images.dir is not None and not Path(t.epoch_images.dir).is_dir():

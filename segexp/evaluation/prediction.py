@@ -221,14 +221,16 @@ def montage(slices: Sequence[np.ndarray], labels: Sequence[np.ndarray], colours:
 
 
 def infer(run: TrainedRun, source: Path, out_dir: Path, *, batch_size: int = 8, flip_tta: bool = False,
-          large_images: str = "resize", overlap: float = 0.5, window: dict[str, Any] | None = None) -> list[str]:
-    """Predict every input under ``source`` into ``out_dir``; returns the failures (one line per bad file)."""
+          large_images: str = "resize", overlap: float = 0.5, window: dict[str, Any] | None = None,
+          precision: str = "fp32") -> list[str]:
+    """Predict every input under ``source`` into ``out_dir`` computing in ``precision`` (resolved: fp32, bf16,
+    fp16); returns the failures (one line per bad file)."""
     cfg = run.config
     class_names = list(cfg.dataset.class_names)
     rgb_map = cfg.dataset.get("rgb_map")
     colours = np.asarray(list(rgb_map.values()), np.uint8) if rgb_map else default_palette(len(class_names))
     paths = list_inputs(source)
-    model = run.load_model()
+    model = run.load_model(precision)
     check_model_fits(model, len(class_names), int(cfg.model.image_channels))
     trained_window, axis = training_window(run)
     window = window or trained_window

@@ -240,8 +240,10 @@ def log_summary(tracker: Tracker, summary: dict[str, Any], files: Sequence[Path]
 
 
 def evaluate_run(run: TrainedRun, out_dir: Path, *, split: str = "test", batch_size: int = 8,
-                 flip_tta: bool = False, dataset_root: str | None = None, log_to_run: bool = True) -> dict[str, Any]:
-    """Evaluate a finished training run on ``split``; log to its MLflow run when it has one."""
+                 flip_tta: bool = False, dataset_root: str | None = None, log_to_run: bool = True,
+                 precision: str = "fp32") -> dict[str, Any]:
+    """Evaluate a finished training run on ``split`` computing in ``precision`` (resolved: fp32, bf16, fp16);
+    log to its MLflow run when it has one."""
     cfg = run.config
     if dataset_root is not None:
         cfg.dataset.root = dataset_root
@@ -249,7 +251,7 @@ def evaluate_run(run: TrainedRun, out_dir: Path, *, split: str = "test", batch_s
     dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
     if not dataset.pairs.get(split):
         raise DataError(f"dataset split {split!r} under {dataset.root} has no slices to evaluate")
-    model = run.load_model()
+    model = run.load_model(precision)
     evaluation = evaluate_split(
         model, dataset, split, image_size=(cfg.model.image_height, cfg.model.image_width),
         channels=cfg.model.image_channels, case_pattern=cfg.dataset.case_pattern, batch_size=batch_size, flip_tta=flip_tta,

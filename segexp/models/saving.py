@@ -3,7 +3,9 @@
 Safe mode refuses files that carry code (``Lambda`` layers, lambda functions); segexp's
 own models never do, so a refusal means the file was not written by ``segexp-train``.
 Every load site (evaluation, prediction, resume, the outbox) goes through
-:func:`load_keras_model`, which names the file instead of raising a deep Keras traceback.
+:func:`load_keras_model`, which names the file instead of raising a deep Keras traceback;
+every save site through :func:`save_keras_model`, which writes float32 policies whatever
+precision the model trains in (:mod:`segexp.models.precision`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import keras
 import segexp.models.losses  # noqa: F401  (registers the serialisable losses)
 import segexp.models.metrics  # noqa: F401  (registers the serialisable metrics)
 from segexp.config.errors import RunError, SegexpError
+from segexp.models.precision import apply_precision, float32_while_saving
 
 
 def unsafe_model_message(what: str, err: Exception) -> str:
@@ -38,3 +41,14 @@ def load_keras_model(path: Path, error: type[SegexpError] = RunError) -> keras.M
         return keras.models.load_model(path, safe_mode=True)
     except Exception as err:  # code refused by safe mode, a truncated or foreign file: say which file
         raise error(unsafe_model_message(str(path), err)) from None
+
+
+def save_keras_model(model: keras.Model, path: Path) -> None:
+    """Save ``model`` to the ``.keras`` file ``path`` with float32 layer policies: the file predicts in fp32 anywhere."""
+    with float32_while_saving(model):
+        model.save(path)
+
+
+def load_for_inference(path: Path, precision: str, error: type[SegexpError] = RunError) -> keras.Model:
+    """:func:`load_keras_model`, computing in ``precision`` (fp32, bf16, fp16; resolved, not auto)."""
+    return apply_precision(load_keras_model(path, error), precision)

@@ -34,6 +34,7 @@ import numpy as np
 
 from segexp.config.errors import TrackingUnavailable
 from segexp.config.outputs import atomic_write_text
+from segexp.models.saving import save_keras_model
 from segexp.tracking.runs import MLFLOW_RUN_FILE, load_keras_model
 from segexp.tracking.store import (
     OutagePolicy,
@@ -234,7 +235,7 @@ class Outbox:
         else:
             copy = target / "model.keras"
             if entry.get("model") is not None:
-                entry["model"].save(copy)
+                save_keras_model(entry["model"], copy)
             else:
                 shutil.copy2(entry["path"], copy)
         stored["path"] = str(copy.relative_to(self.run_dir))

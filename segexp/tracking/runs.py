@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segexp.config.errors import RunError
 from segexp.config.outputs import atomic_write_text
-from segexp.models.saving import load_keras_model, unsafe_model_message
+from segexp.models.precision import apply_precision
+from segexp.models.saving import load_for_inference, load_keras_model, unsafe_model_message
 
 MLFLOW_RUN_FILE = "mlflow_run.json"
 BEST_MODEL = Path("checkpoints") / "best.keras"
@@ -41,10 +42,11 @@ class TrainedRun:
     def class_names(self) -> list[str]:
         return list(self.config.dataset.class_names)
 
-    def load_model(self) -> Any:
-        """The best model (``checkpoints/best.keras``, else the MLflow run's logged model), in safe mode."""
+    def load_model(self, precision: str = "fp32") -> Any:
+        """The best model (``checkpoints/best.keras``, else the MLflow run's logged model), in safe mode,
+        computing in ``precision`` (fp32, bf16 or fp16: resolved, see :mod:`segexp.models.precision`)."""
         if self.run_dir is not None and (self.run_dir / BEST_MODEL).is_file():
-            return load_keras_model(self.run_dir / BEST_MODEL)
+            return load_for_inference(self.run_dir / BEST_MODEL, precision)
         if self.run_id is None:
             raise RunError(f"{self.run_dir}: no {BEST_MODEL} and no MLflow run to load a model from")
         import mlflow
@@ -58,15 +60,30 @@ class TrainedRun:
         if not models:
             raise RunError(f"MLflow run {self.run_id}: no logged model (was it trained with tracking.log_model=false?)")
         try:
-            return mlflow.keras.load_model(models[0].model_uri, load_model_kwargs={"safe_mode": True})
+            model = mlflow.keras.load_model(models[0].model_uri, load_model_kwargs={"safe_mode": True})
         except ValueError as err:
             raise RunError(unsafe_model_message(f"MLflow model {models[0].model_uri}", err)) from None
+        return apply_precision(model, precision)
 
 
 def record_mlflow_run(run_dir: Path, run_id: str, tracking_uri: str) -> None:
     """Remember in the run folder which MLflow run it belongs to (so evaluation can resume that run)."""
 
     atomic_write_text(run_dir / MLFLOW_RUN_FILE, json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}, indent=2))
+
+
+def upgrade_run_config(config: DictConfig) -> DictConfig:
+    """The config of a run trained by an earlier segexp, in today's keys (so it validates and evaluates).
+
+    ``training.mixed_precision`` (true: float16) became ``training.precision``.
+    """
+    training = config.get("training")
+    if training is not None and "mixed_precision" in training:
+        with open_dict(config):
+            if "precision" not in training:
+                training.precision = "fp16" if training.mixed_precision else "fp32"
+            del training["mixed_precision"]
+    return config
 
 
 def open_run(source: str, tracking_uri: str | None = None) -> TrainedRun:
@@ -83,7 +100,7 @@ def _from_dir(run_dir: Path) -> TrainedRun:
     config_file = run_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
         raise RunError(f"{run_dir}: not a segexp training run folder (no .hydra/config.yaml)")
-    config = OmegaConf.load(config_file)
+    config = upgrade_run_config(OmegaConf.load(config_file))
     run_id = tracking_uri = None
     record = run_dir / MLFLOW_RUN_FILE
     if record.is_file():
@@ -109,5 +126,5 @@ def _from_mlflow(run_id: str, tracking_uri: str | None) -> TrainedRun:
     if run_dir is not None and not run_dir.is_dir():
         run_dir = None
     return TrainedRun(
-        config=OmegaConf.load(local), run_dir=run_dir, run_id=run_id, tracking_uri=mlflow.get_tracking_uri()
+        config=upgrade_run_config(OmegaConf.load(local)), run_dir=run_dir, run_id=run_id, tracking_uri=mlflow.get_tracking_uri()
     )

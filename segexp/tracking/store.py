@@ -22,6 +22,7 @@ import numpy as np
 
 from segexp.config.errors import TrackingUnavailable
 from segexp.config.outputs import sqlite_path
+from segexp.models.precision import float32_while_saving
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,7 +178,8 @@ def log_keras_model(model: Any, name: str = "model") -> None:
     )
     # Explicit requirements: inferring them imports the model in a subprocess (slow).
     requirements = [f"keras=={_version('keras')}", f"tensorflow=={_version('tensorflow')}"]
-    retry_locked(mlflow.keras.log_model, model, name=name, signature=signature, pip_requirements=requirements)
+    with float32_while_saving(model):  # the logged model predicts in fp32 wherever it is loaded
+        retry_locked(mlflow.keras.log_model, model, name=name, signature=signature, pip_requirements=requirements)
 
 
 def _version(package: str) -> str:

@@ -21,6 +21,7 @@ from segexp.config.outputs import atomic_write_path
 from segexp.evaluation.inference import probabilities_to_classes
 from segexp.evaluation.viz import image_truth_prediction, save_png
 from segexp.models.metrics import metric_safe_name
+from segexp.models.saving import save_keras_model
 from segexp.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.best = float(value)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write_path(self.path) as tmp:
-            self.model.save(tmp)
+            save_keras_model(self.model, tmp)
         self.saved_epoch = epoch + 1
 
 

@@ -33,6 +33,7 @@ from segexp.evaluation.reports import evaluate_split, log_summary, write_reports
 from segexp.models import build_model, check_model_config
 from segexp.models.losses import build_loss
 from segexp.models.metrics import build_metrics
+from segexp.models.precision import apply_precision, resolve_precision
 from segexp.tracking.runs import (
     load_keras_model,
     record_mlflow_run,
@@ -144,12 +145,11 @@ def build_optimizer(t: DictConfig, total_steps: int) -> keras.optimizers.Optimiz
     return hydra.utils.instantiate(t.optimizer, learning_rate=schedule, _convert_="all")
 
 
-def compile_model(cfg: DictConfig, class_names: Sequence[str], steps_per_epoch: int) -> keras.Model:
-    """Build the configured network and compile it with optimizer (and schedule), loss and foreground metrics."""
+def compile_model(cfg: DictConfig, class_names: Sequence[str], steps_per_epoch: int, precision: str = "fp32") -> keras.Model:
+    """Build the configured network in ``precision`` (fp32, bf16, fp16: resolved) and compile it with
+    optimizer (and schedule), loss and foreground metrics. fp16 gets Keras' loss scaling in ``compile``."""
     t = cfg.training
-    if t.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    model = build_model(**OmegaConf.to_container(cfg.model))
+    model = apply_precision(build_model(**OmegaConf.to_container(cfg.model)), precision)
     model.compile(
         optimizer=build_optimizer(t, t.epochs * steps_per_epoch),
         loss=build_loss(t.loss, cfg.model.num_classes),
@@ -271,16 +271,17 @@ def seed_and_threads(cfg: DictConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def model_for_run(cfg: DictConfig, start: Resume | None, dataset: SliceDataset, steps_per_epoch: int) -> keras.Model:
-    """A new compiled model, or the resumed one with its schedule rebuilt for ``training.epochs``."""
+def model_for_run(cfg: DictConfig, start: Resume | None, dataset: SliceDataset, steps_per_epoch: int,
+                  precision: str) -> keras.Model:
+    """A new compiled model, or the resumed one with its schedule rebuilt for ``training.epochs``, in ``precision``."""
     if start is None:
-        model = compile_model(cfg, dataset.class_names, steps_per_epoch)
+        model = compile_model(cfg, dataset.class_names, steps_per_epoch, precision)
     else:
-        model = start.load_model()
+        model = apply_precision(start.load_model(), precision)  # checkpoints are saved in float32 policies
         schedule = build_schedule(cfg.training, cfg.training.epochs * steps_per_epoch)
         if schedule is not None:  # training.epochs may have changed: the schedule spans the new length
             model.optimizer.learning_rate = schedule
-    log.info("model %s: %s parameters", cfg.model.name, f"{model.count_params():,}")
+    log.info("model %s: %s parameters, %s compute", cfg.model.name, f"{model.count_params():,}", precision)
     return model
 
 
@@ -302,12 +303,12 @@ def fit(cfg: DictConfig, model: keras.Model, loaders: tuple[SliceLoader, SliceLo
 
 
 def finish_run(cfg: DictConfig, model: keras.Model, history: dict[str, list[float]], dataset: SliceDataset,
-               run_dir: Path, tracker: Tracker) -> float:
+               run_dir: Path, tracker: Tracker, precision: str) -> float:
     """After the last epoch: curves, the best model (logged, evaluated on the test split); returns the objective."""
     plot_curves(history, run_dir / "curves.png")
     tracker.log_artifact(run_dir / "curves.png")
     best_path = run_dir / "checkpoints" / "best.keras"
-    best = load_keras_model(best_path) if best_path.exists() else model
+    best = apply_precision(load_keras_model(best_path), precision) if best_path.exists() else model
     if cfg.tracking.log_model:
         tracker.log_keras_model(best)
     if cfg.training.evaluate_after:
@@ -317,8 +318,11 @@ def finish_run(cfg: DictConfig, model: keras.Model, history: dict[str, list[floa
     return objective
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_run_id: str | None = None) -> float:
+def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_run_id: str | None = None,
+          callbacks: Sequence[keras.callbacks.Callback] = ()) -> float:
     """Validate ``cfg``, train, log everything to MLflow; return the best ``training.monitor`` value.
+
+    ``callbacks`` (for tools and benchmarks) run after segexp's own, so the epoch clock does not count them.
 
     All user mistakes (config keys, dataset folders, augmentation entries) raise before
     the MLflow run starts and before any training step (:func:`prepare_run_folder`).
@@ -335,10 +339,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
         dataset.name, len(dataset.pairs["train"]), len(dataset.cases("train")),
         len(dataset.pairs["valid"]), len(dataset.cases("valid")), len(dataset.class_names),
     )
-    model = model_for_run(cfg, start, dataset, len(loaders[0]))
+    precision = resolve_precision(cfg.training.precision)
+    model = model_for_run(cfg, start, dataset, len(loaders[0]), precision)
     t = cfg.tracking
     tags = {"git_commit": git_commit(REPO_DIR), "keras_backend": keras.backend.backend(), "dataset": dataset.name,
-            "model": cfg.model.name, "run_dir": str(run_dir)}
+            "model": cfg.model.name, "run_dir": str(run_dir), "precision": precision}
     outage = outage_policy(cfg)
     with http_settings(outage), tracked_run(
         t.enabled, uri=t.uri, experiment=t.experiment, artifact_location=t.artifact_location,
@@ -348,16 +353,16 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
     ) as tracker:
         if tracker.enabled:
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
-        callbacks = with_resume_checkpoint(build_callbacks(cfg, run_dir, tracker, dataset), run_dir, resolved,
-                                           tracker.run_id, start, cfg.training.checkpoint.every_n_epochs)
+        own = with_resume_checkpoint(build_callbacks(cfg, run_dir, tracker, dataset), run_dir, resolved,
+                                     tracker.run_id, start, cfg.training.checkpoint.every_n_epochs)
         if start is None:
             tracker.log_params(flatten_config(resolved))
-            tracker.log_params({"model.num_params": str(model.count_params())})
+            tracker.log_params({"model.num_params": str(model.count_params()), "training.precision_used": precision})
             log_fingerprint(dataset, cfg.model.image_channels, run_dir, tracker)  # dataset_fingerprint.json + params
         else:  # params stay as first logged; fill in what the interruption left out
-            reopen_run(tracker, start, model, callbacks, dataset.class_names)
+            reopen_run(tracker, start, model, own, dataset.class_names)
         try:
-            history = fit(cfg, model, loaders, callbacks, start)
+            history = fit(cfg, model, loaders, [*own, *callbacks], start)
         except BaseException as err:  # Ctrl-C, SIGTERM, a crash: the last epoch's checkpoint is on disk
             log_interrupted(run_dir, overrides, err)
             raise
@@ -366,6 +371,6 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
             tracker.log_artifact(run_dir / "history.csv")
             for log_file in run_dir.glob("*.log"):  # Hydra's job log, named after the job
                 tracker.log_artifact(log_file)
-        objective = finish_run(cfg, model, history, dataset, run_dir, tracker)
+        objective = finish_run(cfg, model, history, dataset, run_dir, tracker, precision)
     log.info("best %s = %.4f; run folder %s", cfg.training.monitor, objective, run_dir)
     return objective

@@ -35,7 +35,7 @@ import numpy as np
 from segexp.config.errors import ResumeError
 from segexp.config.outputs import atomic_write_path, requeued
 from segexp.evaluation.viz import image_truth_prediction, save_png
-from segexp.models.saving import load_keras_model
+from segexp.models.saving import load_keras_model, save_keras_model
 from segexp.tracking.runs import MLFLOW_RUN_FILE, RUN_ID
 from segexp.tracking.store import retry_locked
 from segexp.tracking.tracker import Tracker, flatten_config
@@ -165,7 +165,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         model_file = f"epoch_{done:03d}.keras"
         if self.best_model_epoch != done or not (self.dir / model_file).is_file():
             with atomic_write_path(self.dir / model_file, durable=True) as tmp:
-                self.model.save(tmp)
+                save_keras_model(self.model, tmp)
         callbacks: dict[str, dict[str, Any]] = {}
         for c in self.watched:
             state = {name: _plain(getattr(c, name, None)) for name in CALLBACK_STATE[type(c)]}
