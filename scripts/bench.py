@@ -67,7 +67,11 @@ ORIGINAL_TOOL = {("hocm_like", 256, "all"): 1.51, ("hocm_like", 256, 1): 0.79, (
 
 def native_bf16() -> bool:
     """Whether this machine computes bfloat16 natively (what ``training.precision=auto`` picks bf16 for)."""
-    from segexp.models.precision import choose_precision, cpu_flags, gpu_compute_capabilities
+    from segexp.models.precision import (
+        choose_precision,
+        cpu_flags,
+        gpu_compute_capabilities,
+    )
 
     return choose_precision(gpu_compute_capabilities(), cpu_flags()) == "bf16"
 

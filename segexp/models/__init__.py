@@ -6,11 +6,27 @@ declares its typed parameters and start-up rules and is registered here.
 
 from __future__ import annotations
 
-from segexp.models.attention_unet import AttentionUNetParams, attention_unet_rules, build_attention_unet
-from segexp.models.deeplabv3plus import DeepLabV3PlusParams, build_deeplabv3plus, deeplabv3plus_rules
-from segexp.models.efficient_unet import EfficientUNetParams, build_efficient_unet, efficient_unet_rules
+from segexp.models.attention_unet import (
+    AttentionUNetParams,
+    attention_unet_rules,
+    build_attention_unet,
+)
+from segexp.models.deeplabv3plus import (
+    DeepLabV3PlusParams,
+    build_deeplabv3plus,
+    deeplabv3plus_rules,
+)
+from segexp.models.efficient_unet import (
+    EfficientUNetParams,
+    build_efficient_unet,
+    efficient_unet_rules,
+)
 from segexp.models.flexunet import FlexUNetParams, build_flexunet, flexunet_rules
-from segexp.models.multiresunet import MultiResUNetParams, build_multiresunet, multiresunet_rules
+from segexp.models.multiresunet import (
+    MultiResUNetParams,
+    build_multiresunet,
+    multiresunet_rules,
+)
 from segexp.models.registry import (
     NORMS,
     Network,

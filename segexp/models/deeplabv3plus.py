@@ -35,7 +35,12 @@ import keras
 from keras import layers
 from omegaconf import MISSING
 
-from segexp.models.layers import norm_layer
+from segexp.models.layers import (
+    check_divisible,
+    image_input,
+    norm_layer,
+    probability_head,
+)
 from segexp.models.registry import ModelParams
 
 #: ResNet-50 layers read by the ASPP (stride 16) and the decoder (stride 4).
@@ -110,10 +115,8 @@ def build_deeplabv3plus(
 
     Height and width must be multiples of 32.
     """
-    if image_height % 32 or image_width % 32:
-        raise ValueError(f"image size {image_height}x{image_width} must be a multiple of 32")
-    inputs = keras.Input((image_height, image_width, image_channels), dtype="uint8", name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    check_divisible(image_height, image_width, 32, "32")
+    inputs, x = image_input(image_height, image_width, image_channels)
     resnet = keras.applications.ResNet50(include_top=False, weights=None, input_tensor=x)
     high, low = resnet.get_layer(HIGH_LEVEL).output, resnet.get_layer(LOW_LEVEL).output
     y = aspp(high, [int(r) for r in atrous_rates], aspp_filters, norm, norm_groups, dropout_rate)
@@ -124,6 +127,4 @@ def build_deeplabv3plus(
     y = _conv(y, aspp_filters, 3, norm, norm_groups, "decoder_2")
     logits = layers.Conv2D(num_classes, 1, name="logits")(y)
     logits = layers.UpSampling2D(4, interpolation="bilinear", name="logits_up4")(logits)
-    activation = "sigmoid" if num_classes == 1 else "softmax"
-    outputs = layers.Activation(activation, dtype="float32", name="head")(logits)
-    return keras.Model(inputs, outputs, name=name)
+    return probability_head(inputs, logits, num_classes, name)

@@ -31,7 +31,12 @@ import keras
 from keras import layers
 from omegaconf import MISSING
 
-from segexp.models.layers import norm_layer
+from segexp.models.layers import (
+    check_divisible,
+    image_input,
+    norm_layer,
+    probability_head,
+)
 from segexp.models.registry import ModelParams
 
 #: keras.applications builders by ``model.variant``.
@@ -98,10 +103,8 @@ def build_efficient_unet(
     name: str = "efficient_unet",
 ) -> keras.Model:
     """Build an EfficientUNet taking ``(H, W, C) uint8`` and giving ``(H, W, num_classes)`` float32 probabilities."""
-    if image_height % 32 or image_width % 32:
-        raise ValueError(f"image size {image_height}x{image_width} must be a multiple of 32")
-    inputs = keras.Input((image_height, image_width, image_channels), dtype="uint8", name="image")
-    pixels = layers.Rescaling(1.0, name="to_float")(inputs)  # EfficientNet rescales by 1/255 itself
+    check_divisible(image_height, image_width, 32, "32")
+    inputs, pixels = image_input(image_height, image_width, image_channels, scale=1.0)  # EfficientNet rescales itself
     encoder = VARIANTS[variant](include_top=False, weights=None, input_shape=(image_height, image_width, image_channels))
     if encoder_weights is not None:
         encoder.load_weights(str(Path(encoder_weights).expanduser()))
@@ -117,6 +120,4 @@ def build_efficient_unet(
         x = _conv(x, int(filters), norm, norm_groups, f"dec{level}_1")
         x = _conv(x, int(filters), norm, norm_groups, f"dec{level}_2")
     logits = layers.Conv2D(num_classes, 1, name="logits")(x)
-    activation = "sigmoid" if num_classes == 1 else "softmax"
-    outputs = layers.Activation(activation, dtype="float32", name="head")(logits)
-    return keras.Model(inputs, outputs, name=name)
+    return probability_head(inputs, logits, num_classes, name)

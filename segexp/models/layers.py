@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import keras
 from keras import layers
 
 from segexp.models.registry import NORMS
@@ -23,3 +26,24 @@ def norm_layer(norm: str, groups: int, name: str) -> layers.Layer | None:
     if norm == "group":
         return layers.GroupNormalization(groups=groups, name=name)
     raise ValueError(f"model.norm: expected one of {list(NORMS)}, got {norm!r}")
+
+
+def image_input(height: int, width: int, channels: int, scale: float = 1.0 / 255) -> tuple[Any, Any]:
+    """``(inputs, x)``: the raw ``uint8`` image input every network takes, and it as floats times ``scale``
+    (scaling is part of the model, so loaders, evaluation and inference feed the file's pixels)."""
+    inputs = keras.Input((height, width, channels), dtype="uint8", name="image")
+    return inputs, layers.Rescaling(scale, name="rescale")(inputs)
+
+
+def probability_head(inputs: Any, logits: Any, num_classes: int, name: str) -> keras.Model:
+    """The model from ``inputs`` to class probabilities: softmax over ``logits``, or sigmoid for one class,
+    in float32 under every precision (the losses and metrics read probabilities)."""
+    activation = "sigmoid" if num_classes == 1 else "softmax"
+    outputs = layers.Activation(activation, dtype="float32", name="head")(logits)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def check_divisible(height: int, width: int, factor: int, what: str) -> None:
+    """A builder's own guard (the config rules say it first, naming the key): the size must divide by ``factor``."""
+    if height % factor or width % factor:
+        raise ValueError(f"image size {height}x{width} must be divisible by {what} = {factor}")

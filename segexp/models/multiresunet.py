@@ -33,7 +33,12 @@ import keras
 from keras import layers
 from omegaconf import MISSING
 
-from segexp.models.layers import norm_layer
+from segexp.models.layers import (
+    check_divisible,
+    image_input,
+    norm_layer,
+    probability_head,
+)
 from segexp.models.registry import ModelParams, divisible_size_rules
 
 
@@ -131,12 +136,9 @@ def build_multiresunet(
     ``len(filters) - 1`` poolings, so height and width must be divisible by ``2 ** (len(filters) - 1)``.
     """
     filters = [int(f) for f in filters]
-    factor = 2 ** (len(filters) - 1)
-    if image_height % factor or image_width % factor:
-        raise ValueError(f"image size {image_height}x{image_width} must be divisible by 2**(len(filters)-1) = {factor}")
+    check_divisible(image_height, image_width, 2 ** (len(filters) - 1), "2**(len(filters)-1)")
     units = _Units(norm, norm_groups)
-    inputs = keras.Input((image_height, image_width, image_channels), dtype="uint8", name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    inputs, x = image_input(image_height, image_width, image_channels)
     skips = []
     levels = len(filters) - 1
     for level in range(levels):
@@ -151,6 +153,4 @@ def build_multiresunet(
         x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
         x = multires_block(x, filters[level], alpha, units)
     logits = layers.Conv2D(num_classes, 1, name="logits")(x)
-    activation = "sigmoid" if num_classes == 1 else "softmax"
-    outputs = layers.Activation(activation, dtype="float32", name="head")(logits)
-    return keras.Model(inputs, outputs, name=name)
+    return probability_head(inputs, logits, num_classes, name)

@@ -38,7 +38,12 @@ import keras
 from keras import initializers, layers
 from omegaconf import MISSING
 
-from segexp.models.layers import norm_layer
+from segexp.models.layers import (
+    check_divisible,
+    image_input,
+    norm_layer,
+    probability_head,
+)
 from segexp.models.registry import ModelParams, divisible_size_rules
 
 
@@ -138,9 +143,7 @@ def build_resunet(
     channels = [int(c) for c in channels]
     if len(channels) < 2:
         raise ValueError(f"model.channels: need at least two levels, got {channels}")
-    factor = 2 ** (len(channels) - 1)
-    if image_height % factor or image_width % factor:
-        raise ValueError(f"image size {image_height}x{image_width} must be divisible by 2**(len(channels)-1) = {factor}")
+    check_divisible(image_height, image_width, 2 ** (len(channels) - 1), "2**(len(channels)-1)")
     namer = _Namer()
     args = (norm, norm_groups, dropout_rate, namer)
 
@@ -155,9 +158,6 @@ def build_resunet(
         x = _convolution(x, out_channels, 2, *args, transposed=True)
         return _residual_unit(x, out_channels, 1, 1, *args, last_conv_only=is_top)
 
-    inputs = keras.Input((image_height, image_width, image_channels), dtype="uint8", name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    inputs, x = image_input(image_height, image_width, image_channels)
     logits = block(x, num_classes, channels, True)
-    activation = "sigmoid" if num_classes == 1 else "softmax"
-    outputs = layers.Activation(activation, dtype="float32", name="head")(logits)
-    return keras.Model(inputs, outputs, name=name)
+    return probability_head(inputs, logits, num_classes, name)
