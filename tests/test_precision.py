@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from segexp.cli.infer import check_infer_config
 from segexp.config.errors import ConfigError
 from segexp.data.slices import read_image
 from segexp.evaluation.inference import probabilities_to_classes
@@ -112,6 +113,13 @@ def test_mixed_precision_key_is_refused_with_its_replacement(tmp_path: Path) -> 
         validate_run_config(cfg)
     with pytest.raises(ConfigError, match=r"training\.precision: expected one of .*got 'half'"):
         validate_run_config(compose_config([f"paths.root={tmp_path}", "training.precision=half"]))
+
+
+def test_infer_precision_is_checked_before_loading_the_model() -> None:
+    cfg = OmegaConf.create({"large_images": "resize", "overlap": 0.5, "precision": "half"})
+    with pytest.raises(ConfigError, match=r"precision: expected one of .*got 'half'"):
+        check_infer_config(cfg)
+    check_infer_config(OmegaConf.create({"large_images": "resize", "overlap": 0.5, "precision": "auto"}))
 
 
 def test_configs_of_earlier_runs_are_upgraded() -> None:

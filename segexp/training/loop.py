@@ -34,8 +34,8 @@ from segexp.models import build_model, check_model_config
 from segexp.models.losses import build_loss
 from segexp.models.metrics import build_metrics
 from segexp.models.precision import apply_precision, resolve_precision
+from segexp.models.saving import load_for_inference
 from segexp.tracking.runs import (
-    load_keras_model,
     record_mlflow_run,
 )
 from segexp.tracking.store import OutagePolicy, check_server, http_settings
@@ -308,7 +308,7 @@ def finish_run(cfg: DictConfig, model: keras.Model, history: dict[str, list[floa
     plot_curves(history, run_dir / "curves.png")
     tracker.log_artifact(run_dir / "curves.png")
     best_path = run_dir / "checkpoints" / "best.keras"
-    best = apply_precision(load_keras_model(best_path), precision) if best_path.exists() else model
+    best = load_for_inference(best_path, precision) if best_path.exists() else model
     if cfg.tracking.log_model:
         tracker.log_keras_model(best)
     if cfg.training.evaluate_after:
