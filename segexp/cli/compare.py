@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--experiment", default="segexp", help="experiment searched for the latest sweep")
     parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"objective to sort by (default {DEFAULT_METRIC})")
     parser.add_argument("--mode", choices=("max", "min"), default="max", help="max: higher is better")
+    parser.add_argument("--per-class", action="store_true", help="add a column per class: test/dice/<class>")
     parser.add_argument("--no-log", action="store_true", help="do not log the CSV and plot to the parent run")
     args = parser.parse_args(argv)
     import mlflow  # deferred: a heavy import, not needed for --help
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if parent is None:
             parser.error(f"no sweep parent run in experiment {args.experiment!r} at {args.tracking_uri}")
     with user_errors_exit():
-        print(compare(parent, args.metric, args.mode, log_to_parent=not args.no_log))
+        print(compare(parent, args.metric, args.mode, log_to_parent=not args.no_log, per_class=args.per_class))
 
 
 if __name__ == "__main__":

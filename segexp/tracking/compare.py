@@ -28,24 +28,39 @@ IGNORED_PARAMS = ("paths.", "tracking.", "model.num_params")
 
 
 def changed_params(runs: Sequence[Any]) -> list[str]:
-    """Params whose value differs between the runs (paths and tracking settings left out)."""
-    keys = sorted({k for r in runs for k in r.data.params if not k.startswith(IGNORED_PARAMS)})
-    return [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
+    """Params whose value differs between the runs (paths and tracking settings left out).
+
+    When the runs are different networks (``model.name`` differs, e.g. ``hparams_search=architectures``),
+    each network's own keys are left out (they differ by definition) and its parameter count is shown.
+    """
+    keys = {k for r in runs for k in r.data.params if not k.startswith(IGNORED_PARAMS)}
+    if len({r.data.params.get("model.name") for r in runs}) > 1:
+        shared = set.intersection(*(set(r.data.params) for r in runs))
+        keys = {k for k in keys if not k.startswith("model.") or k in shared} | {"model.num_params"}
+    return [k for k in sorted(keys) if len({r.data.params.get(k) for r in runs}) > 1]
 
 
-def comparison_rows(runs: Sequence[Any], metric: str, mode: str) -> tuple[list[str], list[dict[str, Any]]]:
-    """Table columns and rows (one per child), sorted by ``metric`` (best first, missing last)."""
+def per_class_metrics(runs: Sequence[Any], prefix: str = "test/dice/") -> list[str]:
+    """The per-class metrics ``<prefix><class>`` logged by any of the runs, sorted by name."""
+    return sorted({m for r in runs for m in r.data.metrics if m.startswith(prefix)})
+
+
+def comparison_rows(runs: Sequence[Any], metric: str, mode: str,
+                    extra: Sequence[str] = ()) -> tuple[list[str], list[dict[str, Any]]]:
+    """Table columns and rows (one per child), sorted by ``metric`` (best first, missing last);
+    ``extra`` metrics (e.g. :func:`per_class_metrics`) are added as columns."""
     params = changed_params(runs)
+    metrics = list(dict.fromkeys((metric, *EXTRA_METRICS, *extra)))
     rows = []
     for r in runs:
         row: dict[str, Any] = {"run": r.info.run_name, "status": r.info.status, "run_id": r.info.run_id}
         row.update({p: r.data.params.get(p, "") for p in params})
-        for m in (metric, *EXTRA_METRICS):
+        for m in metrics:
             row[m] = r.data.metrics.get(m, math.nan)
         rows.append(row)
     sign = -1.0 if mode == "max" else 1.0
     rows.sort(key=lambda row: (math.isnan(row[metric]), sign * row[metric] if not math.isnan(row[metric]) else 0.0))
-    return ["run", "status", *params, metric, *EXTRA_METRICS], rows
+    return ["run", "status", *params, *metrics], rows
 
 
 def format_table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
@@ -68,7 +83,7 @@ def parallel_coordinates(columns: Sequence[str], rows: Sequence[dict[str, Any]],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    axes_names = [c for c in columns if c not in ("run", "status", *EXTRA_METRICS)]
+    axes_names = [c for c in columns if c not in ("run", "status", *EXTRA_METRICS) and not c.startswith("test/dice/")]
     done = [r for r in rows if not math.isnan(r[metric])]
     fig, ax = plt.subplots(figsize=(max(6.5, 2.2 * len(axes_names)), 4))
     encoded: dict[str, list[float]] = {}
@@ -116,14 +131,16 @@ def latest_parent(experiment: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def compare(parent: str, metric: str = DEFAULT_METRIC, mode: str = "max", log_to_parent: bool = True) -> str:
-    """The comparison table of ``parent``'s children; logs the CSV and the plot to ``parent``."""
+def compare(parent: str, metric: str = DEFAULT_METRIC, mode: str = "max", log_to_parent: bool = True,
+            per_class: bool = False) -> str:
+    """The comparison table of ``parent``'s children (with ``per_class``: every ``test/dice/<class>`` column);
+    logs the CSV and the plot to ``parent``."""
     import mlflow
 
     runs = children(parent)
     if not runs:
         raise SystemExit(f"segexp-compare: run {parent} has no child runs")
-    columns, rows = comparison_rows(runs, metric, mode)
+    columns, rows = comparison_rows(runs, metric, mode, per_class_metrics(runs) if per_class else ())
     if log_to_parent:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
