@@ -98,3 +98,26 @@ def test_architecture_sweep_end_to_end(tmp_path: Path, tiny_dataset: Path) -> No
     assert "test/dice/square" in header and "test/dice/disc" in header
     best = max(kids, key=lambda k: k.data.metrics["best/val_dice_fg_mean"])
     assert first.startswith(best.info.run_name)
+
+
+def test_architecture_optuna_space_covers_every_network_and_validates() -> None:
+    """The Optuna space's model choice is every network; each choice of every categorical key validates with
+    every network (the keys it searches are the ones every network has)."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install 'hydra-optuna-sweeper==1.3.0'")
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    from optuna.distributions import CategoricalDistribution
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=architecture_optuna"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.study_name == "architecture_optuna" and cfg.hydra.sweeper.direction == "maximize"
+    space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
+    assert not fixed
+    models = space.pop("model").choices
+    assert sorted(OmegaConf.load(CONF_DIR / "model" / f"{m}.yaml").name for m in models) == sorted(networks())
+    choices = {key: dist.choices if isinstance(dist, CategoricalDistribution) else (dist.low, dist.high)
+               for key, dist in space.items()}
+    for model in models:  # every network with the last choice of every key at once
+        validate_run_config(compose_config(["debug=fast", f"model={model}", *(f"{k}={c[-1]}" for k, c in choices.items())]))
+    for key, values in choices.items():  # every other choice with the default network
+        for value in values[:-1]:
+            validate_run_config(compose_config(["debug=fast", f"{key}={value}"]))
