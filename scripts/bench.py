@@ -24,7 +24,10 @@ Sections (see BENCHMARKS.md for what each means):
   128-slice NIfTI volume against the bare forward pass on preloaded batches and
   one ``model.predict`` call per slice;
 * ``memory``   peak RSS of one training epoch on 36, 144 and 576 slices;
-* ``prepare``  ``segexp-prepare`` volumes/s and MB/s with 1 and 2 worker processes.
+* ``prepare``  ``segexp-prepare`` volumes/s and MB/s with 1 and 2 worker processes;
+* ``epoch``    (``--only epoch``) the fixed per-epoch cost of real ``segexp-train`` epochs;
+* ``zoo``      (``--only zoo``) training images/s and ``segexp-infer`` slices/s of every network
+  of the architecture sweep (``hparams_search=architectures``) at 128x128.
 """
 
 from __future__ import annotations
@@ -133,9 +136,21 @@ def set_tf_threads(threads: int | None) -> None:
         pass
 
 
+def zoo_presets() -> list[str]:
+    """The model presets of the architecture sweep (``hparams_search=architectures``), expanded as Hydra does."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from segexp.config.schema import CONF_DIR
+
+    grid = OmegaConf.load(CONF_DIR / "hparams_search" / "architectures.yaml").hydra.sweeper.params.model
+    (override,) = OverridesParser.create().parse_overrides([f"model={grid}"])
+    return override.value().filter(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+
+
 def compiled_model(overrides: Sequence[str], jit_compile: bool | str = False,
                    precision: str = "fp32") -> tuple[Any, Any]:
-    """``(model, cfg)``: the configured FlexUNet compiled exactly as ``segexp-train`` compiles it.
+    """``(model, cfg)``: the configured network compiled exactly as ``segexp-train`` compiles it.
 
     No dataset is read: the class names are the dataset's when the counts agree, else
     placeholders (``flexunet_hocm`` has 8 classes, the phantom 6).
@@ -554,7 +569,7 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "tiny": tiny, "repeats": repeats, "sections": {}}
     sections = results["sections"]
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    wanted = set(args.only or ["loader", "train", "fit", "infer", "memory", "prepare"])  # epoch: --only epoch
+    wanted = set(args.only or ["loader", "train", "fit", "infer", "memory", "prepare"])  # epoch, zoo: --only
 
     # Loader at 512x512 vs the model's training step at 512x512.
     if "loader" in wanted:
@@ -655,6 +670,27 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
             rows.append({"model": name, "size": size, "volume": [in_plane, in_plane, num], "target": target,
                          "precision": precision, **r})
         sections["infer"] = {"rows": rows}
+
+    # The model zoo: every network preset of the architecture sweep at one size (--only zoo).
+    if "zoo" in wanted:
+        rows = []
+        size, num = (32, 8) if tiny else (128, 64)
+        volume = make_volume(work / f"volume_{size}x{num}.nii.gz", size, num)
+        for preset in zoo_presets():
+            shape = [f"model={preset}", f"model.image_height={size}", f"model.image_width={size}",
+                     "model.image_channels=1"]
+            if tiny:
+                shape.append("debug=fast")
+            say(f"zoo: {preset} at {size}x{size}")
+            train = run_worker("train_step", {"overrides": shape, "batch": 8, "jit": False, "precision": "fp32",
+                                              "steps": 1 if tiny else 3, "repeats": repeats, "threads": None})
+            infer = run_worker("infer", {
+                "overrides": shape, "batch": 8, "volume": str(volume), "out_dir": str(work / f"zoo_infer_{preset}"),
+                "precision": "fp32", "repeats": repeats, "per_slice_count": 2 if tiny else 4, "threads": None})
+            rows.append({"model": preset, "size": size, "params": train["params"],
+                         "train_images_per_s": train["images_per_s"], "infer_slices_per_s": infer["end_to_end"],
+                         "forward_slices_per_s": infer["bare_forward"], "volume": [size, size, num]})
+        sections["zoo"] = {"rows": rows}
 
     # Memory: one training epoch on 36, 144, 576 slices.
     if "memory" in wanted:
@@ -819,6 +855,17 @@ def report(results: dict[str, Any]) -> str:
                        f"{_f(r['end_to_end'])} | {_f(r['bare_forward'])} | {_f(r['per_slice'])} | "
                        f"**{ratio:.2f}** | **{speedup:.1f}x** |")
         out.append("")
+    if "zoo" in s:
+        rows = s["zoo"]["rows"]
+        v = rows[0]["volume"] if rows else [0, 0, 0]
+        out += [f"### Model zoo ({rows[0]['size'] if rows else 0}x{rows[0]['size'] if rows else 0}, 1 channel, "
+                "6 classes, batch 8, fp32, all cores)", "",
+                f"| `model=` | params | training images/s | segexp-infer slices/s ({v[0]}x{v[1]}x{v[2]} NIfTI) | "
+                "bare forward slices/s |", "|---|---|---|---|---|"]
+        for r in rows:
+            out.append(f"| `{r['model']}` | {r['params']:,} | {_f(r['train_images_per_s'], 2)} | "
+                       f"{_f(r['infer_slices_per_s'])} | {_f(r['forward_slices_per_s'])} |")
+        out.append("")
     if "memory" in s:
         rows = s["memory"]["rows"]
         out += [f"### Memory: one training epoch ({s['memory']['size']}x{s['memory']['size']}, "
@@ -867,7 +914,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="seconds-scale smoke run (CI): numbers are meaningless")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")
-    parser.add_argument("--only", nargs="+", choices=["loader", "train", "fit", "epoch", "infer", "memory", "prepare"])
+    parser.add_argument("--only", nargs="+", choices=["loader", "train", "fit", "epoch", "infer", "memory", "prepare", "zoo"])
     parser.add_argument("--work-dir", default=str(REPO / "outputs" / "bench"), help="synthetic data and outputs")
     parser.add_argument("--json", help="also write all results (with every repetition) to this JSON file")
     parser.add_argument("--update", help="rewrite the results block of this markdown file (BENCHMARKS.md)")

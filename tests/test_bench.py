@@ -80,3 +80,22 @@ def test_median_rate_and_markdown_block(tmp_path: Path) -> None:
     else:
         raise AssertionError("a document without markers must be refused")
     assert doc.read_text() == "no markers here\n"  # nothing the user wrote is lost
+
+
+@pytest.mark.slow  # builds every network of the zoo (ResNet-50, EfficientNet encoders): minutes
+def test_tiny_zoo_section_measures_every_network(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    doc = tmp_path / "BENCH.md"
+    doc.write_text("# B\n")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--tiny", "--only", "zoo", "--work-dir", str(tmp_path / "work"),
+         "--json", str(results), "--update", str(doc)],
+        capture_output=True, text=True, cwd=REPO_DIR, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(results.read_text())["sections"]["zoo"]["rows"]
+    presets = _load_bench().zoo_presets()
+    assert [r["model"] for r in rows] == presets and "flexunet_hocm" not in presets
+    assert all(r["params"] > 0 and r["train_images_per_s"] > 0 and r["infer_slices_per_s"] > 0 for r in rows)
+    text = doc.read_text()
+    assert "<!-- bench:zoo:begin -->" in text and "### Model zoo" in text and "| `resunet` |" in text
