@@ -37,6 +37,8 @@ from segexp.models.registry import (
     validate_model_config,
 )
 from segexp.models.resunet import ResUNetParams, build_resunet, resunet_rules
+from segexp.models.swin_unet import SwinUNetParams, build_swin_unet, swin_unet_rules
+from segexp.models.unet3plus import UNet3PlusParams, build_unet3plus, unet3plus_rules
 
 register_network("flexunet", Network(build_flexunet, FlexUNetParams, flexunet_rules))
 register_network("resunet", Network(build_resunet, ResUNetParams, resunet_rules))
@@ -44,6 +46,8 @@ register_network("attention_unet", Network(build_attention_unet, AttentionUNetPa
 register_network("multiresunet", Network(build_multiresunet, MultiResUNetParams, multiresunet_rules))
 register_network("efficient_unet", Network(build_efficient_unet, EfficientUNetParams, efficient_unet_rules))
 register_network("deeplabv3plus", Network(build_deeplabv3plus, DeepLabV3PlusParams, deeplabv3plus_rules))
+register_network("unet3plus", Network(build_unet3plus, UNet3PlusParams, unet3plus_rules))
+register_network("swin_unet", Network(build_swin_unet, SwinUNetParams, swin_unet_rules))
 
 __all__ = ["NORMS", "Network", "build_model", "check_model_config", "networks", "register_network",
            "validate_model_config"]
