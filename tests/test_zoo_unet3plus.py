@@ -93,6 +93,7 @@ def test_parameter_count_follows_the_paper() -> None:
     assert tiny(deep_supervision=True).count_params() == total + sides
 
 
+@pytest.mark.slow  # builds a 27 M-parameter model
 def test_paper_size_parameter_count() -> None:
     """The paper's widths (64...1024, s = 64) give about the 26.97 M parameters of its Table 1 (VGG-16 encoder)."""
     model = build_model(name="unet3plus", image_height=32, image_width=32, image_channels=1, num_classes=1,
@@ -100,7 +101,8 @@ def test_paper_size_parameter_count() -> None:
     assert model.count_params() == pytest.approx(26.97e6, rel=0.002)
 
 
-@pytest.mark.parametrize("loss", ["categorical_crossentropy", "dice", "dice_ce", "bce_dice"])
+@pytest.mark.parametrize("loss", [pytest.param(name, marks=pytest.mark.slow) if name != "dice_ce" else name
+                                  for name in ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")])
 def test_one_training_step_on_each_loss(loss: str) -> None:
     """With deep supervision (the loss on the main output and on every side output; the plain network trains in
     test_save_safe_load_identical_predictions): every trainable weight moves, the side heads' included."""
