@@ -10,11 +10,12 @@ key (``model.base_kernels``) in one :class:`ConfigError`, before any data is rea
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from segexp.config.errors import ConfigError, raise_config_problems
@@ -31,6 +32,8 @@ ON_BAD_FILE = ("error", "skip")
 #: ``training.precision`` / ``precision`` values (segexp.models.precision says what each means).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SPLITS = ("train", "valid", "test")
+#: A device name in ``training.devices``: ``GPU:0``, ``/gpu:0``, ``/device:CPU:1`` (any case).
+DEVICE_NAME = re.compile(r"^/?(?:device:)?(cpu|gpu):(\d+)$", re.IGNORECASE)
 
 
 
@@ -165,6 +168,7 @@ class TrainingConfig:
     evaluate_after: bool = MISSING
     resume: Optional[str] = MISSING
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
+    devices: Any = MISSING  # 1 | auto | n | [GPU indices or device names]: checked by _check_devices
 
 
 @dataclass
@@ -308,8 +312,27 @@ def _check_dataset(d: Any, num_classes: int) -> list[str]:
     return errors
 
 
+def _check_devices(t: Any) -> list[str]:
+    """``training.devices``: 1, auto, a count or a list of GPU indices / device names; the batch splits over them."""
+    devices = t.devices
+    if isinstance(devices, bool) or not (devices == "auto" or isinstance(devices, (int, ListConfig))):
+        return [f"training.devices: expected 1, auto, a count or a list of GPU indices / device names, got {devices!r}"]
+    if isinstance(devices, int) and devices < 1:
+        return [f"training.devices: must be >= 1, got {devices}"]
+    if isinstance(devices, ListConfig):
+        bad = [d for d in devices if isinstance(d, bool) or not (
+            (isinstance(d, int) and d >= 0) or (isinstance(d, str) and DEVICE_NAME.match(d)))]
+        if not devices or bad:
+            return [f"training.devices: expected GPU indices (>= 0) or device names like 'GPU:0', got {list(devices)}"]
+    replicas = devices if isinstance(devices, int) else len(devices) if isinstance(devices, ListConfig) else 1
+    if t.batch_size >= 1 and t.batch_size % replicas:
+        return [(f"training.batch_size: the global batch ({t.batch_size}) must split evenly over the {replicas} "
+                 f"replicas of training.devices (batch_size / replicas samples each)")]
+    return []
+
+
 def _check_training(t: Any) -> list[str]:
-    errors = []
+    errors = _check_devices(t)
     for key in ("epochs", "batch_size"):
         if t[key] < 1:
             errors.append(f"training.{key}: must be >= 1, got {t[key]}")

@@ -90,7 +90,9 @@ class SoftDiceLoss(keras.losses.Loss):
     the single sigmoid channel is the foreground (with ``include_background``
     the background channel ``1 - p`` is added).
 
-    The loss is a scalar per batch: per-sample ``sample_weight`` has no
+    The loss is one value per batch (shape ``(1,)``, so Keras scales it by
+    ``1 / replicas`` under a distribution strategy; with several replicas the
+    batch is each replica's share): per-sample ``sample_weight`` has no
     per-sample meaning for a batch Dice and only scales the value.
     """
 
@@ -107,7 +109,9 @@ class SoftDiceLoss(keras.losses.Loss):
         intersection = ops.sum(p * g, axis=axes)
         denominator = ops.sum(p, axis=axes) + ops.sum(g, axis=axes)
         dice = (2.0 * intersection + self.smooth) / (denominator + self.smooth)
-        return 1.0 - ops.mean(dice)
+        # shape (1,), not (): Keras scales a reduced loss by 1/replicas under a tf.distribute strategy,
+        # but returns a 0-d value unscaled (keras.src.losses.loss.reduce_values), N times too big on N replicas
+        return ops.reshape(1.0 - ops.mean(dice), (1,))
 
     def get_config(self):
         config = super().get_config()

@@ -53,6 +53,7 @@ from segexp.training.callbacks import (
     MlflowEpochLogger,
 )
 from segexp.training.curves import plot_curves
+from segexp.training.devices import data_parallel, replica_count, strategy_scope, synchronize_batch_norm
 from segexp.training.resume import (
     Resume,
     ResumeCheckpoint,
@@ -330,6 +331,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
     cfg = validate_run_config(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     start, run_dir = prepare_run_folder(cfg, resolved, Path(run_dir))
+    strategy = data_parallel(cfg.training.devices, cfg.training.batch_size)  # before TensorFlow initialises
     seed_and_threads(cfg)
     dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
     augmenter = Augmenter(cfg.augmentation.transforms) if cfg.augmentation.transforms else None
@@ -340,7 +342,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
         len(dataset.pairs["valid"]), len(dataset.cases("valid")), len(dataset.class_names),
     )
     precision = resolve_precision(cfg.training.precision)
-    model = model_for_run(cfg, start, dataset, len(loaders[0]), precision)
+    with strategy_scope(strategy):  # weights, optimizer and metric variables mirrored on every replica
+        model = model_for_run(cfg, start, dataset, len(loaders[0]), precision)
+        if strategy is not None:  # batch statistics of the global batch, as on one device
+            log.info("batch norm over all replicas: %d layers", synchronize_batch_norm(model))
     t = cfg.tracking
     tags = {"git_commit": git_commit(REPO_DIR), "keras_backend": keras.backend.backend(), "dataset": dataset.name,
             "model": cfg.model.name, "run_dir": str(run_dir), "precision": precision}
@@ -357,7 +362,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
                                      tracker.run_id, start, cfg.training.checkpoint.every_n_epochs)
         if start is None:
             tracker.log_params(flatten_config(resolved))
-            tracker.log_params({"model.num_params": str(model.count_params()), "training.precision_used": precision})
+            tracker.log_params({"model.num_params": str(model.count_params()), "training.precision_used": precision,
+                                "training.replicas": str(replica_count(strategy))})
             log_fingerprint(dataset, cfg.model.image_channels, run_dir, tracker)  # dataset_fingerprint.json + params
         else:  # params stay as first logged; fill in what the interruption left out
             reopen_run(tracker, start, model, own, dataset.class_names)

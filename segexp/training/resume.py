@@ -56,7 +56,7 @@ RESUME_DIR = Path("checkpoints") / "resume"
 STATE_FILE = "state.json"
 FORMAT = 1
 #: Keys that may differ between a run and its resumption (how long, how verbose, how fast).
-MAY_CHANGE = ("training.epochs", "training.max_time", "training.resume", "training.verbose", "training.loader.",
+MAY_CHANGE = ("training.epochs", "training.max_time", "training.devices", "training.resume", "training.verbose", "training.loader.",
               "training.threads.", "training.checkpoint.", "training.validation.", "training.epoch_images.every_n_epochs")
 #: Callback attributes saved and restored (counters and best values).
 CALLBACK_STATE = {
