@@ -138,6 +138,7 @@ def test_optuna_storage_persists_and_resumes(tmp_path: Path) -> None:
     assert (tmp_path / "outputs" / "optuna.db").is_file()
 
 
+@pytest.mark.slow  # two Optuna sweeps of real jobs: about 2 min (the default run keeps the composition and storage tests)
 def test_optuna_sweep_runs_and_resumes(tmp_path: Path) -> None:
     """3 trials from a fresh project root write optimization_results.yaml; a rerun continues the study."""
     _need(OPTUNA_PLUGIN)
@@ -234,7 +235,7 @@ def test_optuna_search_with_parallel_launcher_composes() -> None:
     _validated(cfg)
 
 
-@pytest.mark.parametrize("preset", ["joblib", "submitit_local"])
+@pytest.mark.parametrize("preset", ["joblib", pytest.param("submitit_local", marks=pytest.mark.slow)])  # CI time
 def test_parallel_launcher_logs_complete_runs(tmp_path: Path, preset: str) -> None:
     """Two jobs at once on a fresh root: both generate the phantom, both log complete child runs to SQLite."""
     _need(LAUNCHERS[preset][0])

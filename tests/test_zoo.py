@@ -67,7 +67,8 @@ def test_builds_at_two_sizes_with_one_or_three_channels(name: str, height: int, 
 
 
 @pytest.mark.parametrize("name", networks())
-@pytest.mark.parametrize("loss", ["categorical_crossentropy", "dice", "dice_ce", "bce_dice"])
+@pytest.mark.parametrize("loss", [n if n == "dice_ce" else pytest.param(n, marks=pytest.mark.slow)  # the default loss;
+                                  for n in ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")])  # the rest: slow
 def test_one_training_step_on_each_loss(name: str, loss: str) -> None:
     classes = 1 if loss == "bce_dice" else 3
     model = tiny(name, classes=classes)
