@@ -31,8 +31,8 @@ from omegaconf import MISSING
 
 from segexp.models.layers import (
     check_divisible,
+    double_conv,
     image_input,
-    norm_layer,
     probability_head,
 )
 from segexp.models.registry import ModelParams, divisible_size_rules
@@ -56,21 +56,6 @@ def attention_unet_rules(m: Any) -> list[str]:
     if m.norm == "group" and any(f % m.norm_groups for f in filters):
         errors.append(f"model.norm_groups: must divide every width in model.filters {filters}, got {m.norm_groups}")
     return errors + divisible_size_rules(m, len(filters), "len(filters)")
-
-
-def _conv_norm_relu(x: Any, filters: int, norm: str, groups: int, name: str) -> Any:
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=norm == "none", name=f"{name}_conv")(x)
-    normalise = norm_layer(norm, groups, f"{name}_norm")
-    if normalise is not None:
-        x = normalise(x)
-    return layers.Activation("relu", name=f"{name}_relu")(x)
-
-
-def _double_conv(x: Any, filters: int, norm: str, groups: int, dropout: float, name: str) -> Any:
-    x = _conv_norm_relu(x, filters, norm, groups, f"{name}_1")
-    if dropout > 0:
-        x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
-    return _conv_norm_relu(x, filters, norm, groups, f"{name}_2")
 
 
 def attention_gate(x: Any, g: Any, inter_channels: int, name: str) -> Any:
@@ -107,15 +92,15 @@ def build_attention_unet(
     inputs, x = image_input(image_height, image_width, image_channels)
     skips = []
     for level, width in enumerate(filters[:-1]):
-        x = _double_conv(x, width, norm, norm_groups, 0.0, f"enc{level}")
+        x = double_conv(x, width, norm, norm_groups, 0.0, f"enc{level}")
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
-    x = _double_conv(x, filters[-1], norm, norm_groups, dropout_rate, "bottleneck")
+    x = double_conv(x, filters[-1], norm, norm_groups, dropout_rate, "bottleneck")
     for level in reversed(range(len(filters) - 1)):
         width = filters[level]
         gated = attention_gate(skips[level], x, max(1, width // 2), f"gate{level}")
         x = layers.Conv2DTranspose(width, 2, strides=2, name=f"up{level}")(x)
         x = layers.Concatenate(name=f"concat{level}")([gated, x])
-        x = _double_conv(x, width, norm, norm_groups, 0.0, f"dec{level}")
+        x = double_conv(x, width, norm, norm_groups, 0.0, f"dec{level}")
     logits = layers.Conv2D(num_classes, 1, name="logits")(x)
     return probability_head(inputs, logits, num_classes, name)

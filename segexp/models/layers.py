@@ -28,6 +28,23 @@ def norm_layer(norm: str, groups: int, name: str) -> layers.Layer | None:
     raise ValueError(f"model.norm: expected one of {list(NORMS)}, got {norm!r}")
 
 
+def conv_norm_relu(x: Any, filters: int, norm: str, groups: int, name: str) -> Any:
+    """3x3 conv (bias only without a norm) -> ``model.norm`` -> ReLU, the layers named ``{name}_conv|_norm|_relu``."""
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=norm == "none", name=f"{name}_conv")(x)
+    normalise = norm_layer(norm, groups, f"{name}_norm")
+    if normalise is not None:
+        x = normalise(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def double_conv(x: Any, filters: int, norm: str, groups: int, dropout: float, name: str) -> Any:
+    """The U-Net level: two :func:`conv_norm_relu` (``{name}_1``, ``{name}_2``), dropout between them when > 0."""
+    x = conv_norm_relu(x, filters, norm, groups, f"{name}_1")
+    if dropout > 0:
+        x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    return conv_norm_relu(x, filters, norm, groups, f"{name}_2")
+
+
 def image_input(height: int, width: int, channels: int, scale: float = 1.0 / 255) -> tuple[Any, Any]:
     """``(inputs, x)``: the raw ``uint8`` image input every network takes, and it as floats times ``scale``
     (scaling is part of the model, so loaders, evaluation and inference feed the file's pixels)."""

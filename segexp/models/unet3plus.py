@@ -42,8 +42,9 @@ from omegaconf import MISSING
 
 from segexp.models.layers import (
     check_divisible,
+    conv_norm_relu,
+    double_conv,
     image_input,
-    norm_layer,
     probability_head,
 )
 from segexp.models.registry import ModelParams, divisible_size_rules
@@ -163,21 +164,6 @@ class DeepSupervision(keras.Model):
         return cls(network, **config)
 
 
-def _conv_norm_relu(x: Any, filters: int, norm: str, groups: int, name: str) -> Any:
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=norm == "none", name=f"{name}_conv")(x)
-    normalise = norm_layer(norm, groups, f"{name}_norm")
-    if normalise is not None:
-        x = normalise(x)
-    return layers.Activation("relu", name=f"{name}_relu")(x)
-
-
-def _encoder_level(x: Any, filters: int, norm: str, groups: int, dropout: float, name: str) -> Any:
-    x = _conv_norm_relu(x, filters, norm, groups, f"{name}_1")
-    if dropout > 0:
-        x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
-    return _conv_norm_relu(x, filters, norm, groups, f"{name}_2")
-
-
 def full_scale_stage(encoders: Sequence[Any], decoders: dict[int, Any], level: int, skip_filters: int,
                      norm: str, groups: int) -> Any:
     """Decoder stage ``level`` (eq. 1): every scale resampled to its grid, each through a 3x3 conv of
@@ -196,9 +182,9 @@ def full_scale_stage(encoders: Sequence[Any], decoders: dict[int, Any], level: i
         elif k > level:
             source = layers.UpSampling2D(2 ** (k - level), interpolation="bilinear",
                                          name=f"{name}_from_{kind}{k}_up")(source)
-        parts.append(_conv_norm_relu(source, skip_filters, norm, groups, f"{name}_from_{kind}{k}"))
+        parts.append(conv_norm_relu(source, skip_filters, norm, groups, f"{name}_from_{kind}{k}"))
     x = layers.Concatenate(name=f"{name}_concat")(parts)
-    return _conv_norm_relu(x, len(encoders) * skip_filters, norm, groups, f"{name}_aggregate")
+    return conv_norm_relu(x, len(encoders) * skip_filters, norm, groups, f"{name}_aggregate")
 
 
 def side_output(x: Any, level: int, num_classes: int) -> Any:
@@ -237,7 +223,7 @@ def build_unet3plus(
         if level:
             x = layers.MaxPooling2D(2, name=f"pool{level - 1}")(x)
         dropout = dropout_rate if level == bottom else 0.0
-        x = _encoder_level(x, width, norm, norm_groups, dropout, "bottleneck" if level == bottom else f"enc{level}")
+        x = double_conv(x, width, norm, norm_groups, dropout, "bottleneck" if level == bottom else f"enc{level}")
         encoders.append(x)
     decoders = {bottom: encoders[bottom]}
     for level in reversed(range(bottom)):
