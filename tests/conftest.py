@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,6 +40,26 @@ def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config([f"paths.root={tmp_path}", *overrides])
 
     return _compose
+
+
+def random_batch(n: int, height: int, width: int, channels: int, classes: int,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 images ``(n, H, W, C)`` and class-index masks ``(n, H, W)`` (two labels at least)."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, height, width, channels), dtype=np.uint8),
+            rng.integers(0, max(classes, 2), (n, height, width), dtype=np.uint8))
+
+
+def assert_model_key_refused(overrides: Sequence[str], key: str, value: Any, message: str) -> None:
+    """With ``model.<key> = value`` on the composed config, start-up validation raises a ConfigError matching ``message``."""
+    from segexp.config.errors import ConfigError
+    from segexp.training.loop import validate_run_config
+
+    cfg = compose_config(overrides)
+    with open_dict(cfg):
+        cfg.model[key] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_run_config(cfg)
 
 
 def tiny_pair(seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,6 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-from omegaconf import open_dict
 
 from segexp.config.errors import ConfigError
 from segexp.models import build_model
@@ -18,7 +17,7 @@ from segexp.models.losses import build_loss
 from segexp.models.saving import load_keras_model, save_keras_model
 from segexp.training.loop import validate_run_config
 
-from .conftest import compose_config
+from .conftest import assert_model_key_refused, compose_config, random_batch
 
 #: Tiny parameters of each network (the preset's keys, small widths).
 TINY: dict[str, dict[str, Any]] = {
@@ -46,18 +45,12 @@ def tiny(name: str, height: int = 32, width: int = 32, channels: int = 1, classe
                        num_classes=classes, **params)
 
 
-def batch(n: int, height: int, width: int, channels: int, classes: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (n, height, width, channels), dtype=np.uint8),
-            rng.integers(0, max(classes, 2), (n, height, width), dtype=np.uint8))
-
-
 @pytest.mark.parametrize("name", networks())
 @pytest.mark.parametrize(("height", "width", "channels"), [(32, 32, 1), (64, 32, 3)])
 def test_builds_at_two_sizes_with_one_or_three_channels(name: str, height: int, width: int, channels: int) -> None:
     model = tiny(name, height, width, channels)
     assert model.inputs[0].dtype == "uint8" and tuple(model.inputs[0].shape[1:]) == (height, width, channels)
-    x, _ = batch(2, height, width, channels, 3)
+    x, _ = random_batch(2, height, width, channels, 3)
     y = model.predict(x, verbose=0)
     assert y.shape == (2, height, width, 3) and y.dtype == np.float32
     np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
@@ -73,7 +66,7 @@ def test_one_training_step_on_each_loss(name: str, loss: str) -> None:
     classes = 1 if loss == "bce_dice" else 3
     model = tiny(name, classes=classes)
     model.compile(optimizer="adam", loss=build_loss(loss, classes))
-    x, y = batch(2, 32, 32, 1, classes)
+    x, y = random_batch(2, 32, 32, 1, classes)
     before = [w.copy() for w in model.get_weights()]
     value = float(model.train_on_batch(x, y))
     assert np.isfinite(value)
@@ -83,7 +76,7 @@ def test_one_training_step_on_each_loss(name: str, loss: str) -> None:
 @pytest.mark.parametrize("name", networks(heavy_slow=False))
 def test_save_safe_load_identical_predictions(name: str, tmp_path: Path) -> None:
     model = tiny(name, channels=3)
-    x, _ = batch(2, 32, 32, 3, 3, seed=5)
+    x, _ = random_batch(2, 32, 32, 3, 3, seed=5)
     expected = model.predict(x, verbose=0)
     save_keras_model(model, tmp_path / "m.keras")
     loaded = load_keras_model(tmp_path / "m.keras")  # safe mode
@@ -129,11 +122,7 @@ def test_attention_gate_is_one_coefficient_per_pixel() -> None:
     ("depth", 3, r"model\.depth: unknown key for model attention_unet"),
 ])
 def test_attention_unet_bad_parameters_are_refused_by_name(tmp_path: Path, key: str, value: Any, message: str) -> None:
-    cfg = compose_config([f"paths.root={tmp_path}", "model=attention_unet", "model.norm=group"])
-    with open_dict(cfg):
-        cfg.model[key] = value
-    with pytest.raises(ConfigError, match=message):
-        validate_run_config(cfg)
+    assert_model_key_refused([f"paths.root={tmp_path}", "model=attention_unet", "model.norm=group"], key, value, message)
 
 
 def test_multiresunet_parameter_count_follows_the_paper() -> None:
@@ -178,11 +167,7 @@ def test_multiresunet_parameter_count_follows_the_paper() -> None:
     ("filters", [32], r"model\.filters: expected at least two"),
 ])
 def test_multiresunet_bad_parameters_are_refused_by_name(tmp_path: Path, key: str, value: Any, message: str) -> None:
-    cfg = compose_config([f"paths.root={tmp_path}", "model=multiresunet"])
-    with open_dict(cfg):
-        cfg.model[key] = value
-    with pytest.raises(ConfigError, match=message):
-        validate_run_config(cfg)
+    assert_model_key_refused([f"paths.root={tmp_path}", "model=multiresunet"], key, value, message)
 
 
 def test_deeplabv3plus_parameter_count() -> None:

@@ -9,9 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-from omegaconf import open_dict
 
-from segexp.config.errors import ConfigError
 from segexp.models import build_model
 from segexp.models.losses import build_loss
 from segexp.models.saving import load_keras_model, save_keras_model
@@ -23,7 +21,7 @@ from segexp.models.swin_unet import (
 )
 from segexp.training.loop import validate_run_config
 
-from .conftest import compose_config
+from .conftest import assert_model_key_refused, compose_config, random_batch
 
 #: Two stages on a 32x32 image: grids 8x8 (window 4, shifted by 2) and 4x4 (one window, no shift).
 TINY: dict[str, Any] = {"patch_size": 4, "embed_dim": 8, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4,
@@ -33,12 +31,6 @@ TINY: dict[str, Any] = {"patch_size": 4, "embed_dim": 8, "depths": [2, 2], "num_
 def tiny(height: int = 32, width: int = 32, channels: int = 1, classes: int = 3, **options: Any) -> keras.Model:
     return build_model(name="swin_unet", image_height=height, image_width=width, image_channels=channels,
                        num_classes=classes, **{**TINY, **options})
-
-
-def batch(n: int, height: int, width: int, channels: int, classes: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (n, height, width, channels), dtype=np.uint8),
-            rng.integers(0, max(classes, 2), (n, height, width), dtype=np.uint8))
 
 
 def expected_params(c_in: int, k: int, size: tuple[int, int], patch: int, c: int, depths: list[int],
@@ -78,7 +70,7 @@ def expected_params(c_in: int, k: int, size: tuple[int, int], patch: int, c: int
 def test_builds_at_two_sizes_with_one_or_three_channels(height: int, width: int, channels: int) -> None:
     model = tiny(height, width, channels)
     assert model.inputs[0].dtype == "uint8" and tuple(model.inputs[0].shape[1:]) == (height, width, channels)
-    x, _ = batch(3, height, width, channels, 3)
+    x, _ = random_batch(3, height, width, channels, 3)
     y = model.predict(x, verbose=0)
     assert y.shape == (3, height, width, 3) and y.dtype == np.float32
     np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
@@ -121,7 +113,7 @@ def test_one_training_step_on_each_loss(loss: str) -> None:
     classes = 1 if loss == "bce_dice" else 3
     model = tiny(classes=classes)
     model.compile(optimizer="sgd", loss=build_loss(loss, classes))
-    x, y = batch(2, 32, 32, 1, classes)
+    x, y = random_batch(2, 32, 32, 1, classes)
     before = [w.copy() for w in model.get_weights()]
     value = float(model.train_on_batch(x, y))
     assert np.isfinite(value)
@@ -132,7 +124,7 @@ def test_one_training_step_on_each_loss(loss: str) -> None:
 
 def test_save_safe_load_identical_predictions(tmp_path: Path) -> None:
     model = tiny(channels=3)
-    x, _ = batch(2, 32, 32, 3, 3, seed=5)
+    x, _ = random_batch(2, 32, 32, 3, 3, seed=5)
     expected = model.predict(x, verbose=0)
     save_keras_model(model, tmp_path / "m.keras")
     loaded = load_keras_model(tmp_path / "m.keras")  # safe mode: every custom layer is registered, no Lambda
@@ -231,8 +223,4 @@ def test_preset_and_debug_fast_compose_and_validate(tmp_path: Path) -> None:
     ("filters", [16], r"model\.filters: unknown key for model swin_unet"),
 ])
 def test_bad_parameters_are_refused_by_name(tmp_path: Path, key: str, value: Any, message: str) -> None:
-    cfg = compose_config([f"paths.root={tmp_path}", "model=swin_unet"])
-    with open_dict(cfg):
-        cfg.model[key] = value
-    with pytest.raises(ConfigError, match=message):
-        validate_run_config(cfg)
+    assert_model_key_refused([f"paths.root={tmp_path}", "model=swin_unet"], key, value, message)

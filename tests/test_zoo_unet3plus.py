@@ -11,9 +11,8 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
-from segexp.config.errors import ConfigError
 from segexp.evaluation.prediction import infer
 from segexp.models import NORMS, build_model
 from segexp.models.losses import build_loss
@@ -24,7 +23,7 @@ from segexp.tracking.runs import open_run
 from segexp.training.loop import train, validate_run_config
 from segexp.training.resume import read_state
 
-from .conftest import compose_config
+from .conftest import assert_model_key_refused, compose_config, random_batch
 
 #: Tiny parameters (the preset's keys, small widths): 3 levels, so two side outputs with deep supervision.
 TINY: dict[str, Any] = {"filters": [4, 8, 16], "skip_filters": 4, "deep_supervision": False,
@@ -36,12 +35,6 @@ def tiny(height: int = 32, width: int = 32, channels: int = 1, classes: int = 3,
                        num_classes=classes, **{**TINY, **options})
 
 
-def batch(n: int, height: int, width: int, channels: int, classes: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (n, height, width, channels), dtype=np.uint8),
-            rng.integers(0, max(classes, 2), (n, height, width), dtype=np.uint8))
-
-
 @pytest.mark.parametrize(("height", "width", "channels", "deep_supervision"), [(32, 32, 1, False), (64, 32, 3, True)])
 def test_builds_at_two_sizes_with_one_or_three_channels(height: int, width: int, channels: int,
                                                          deep_supervision: bool) -> None:
@@ -49,7 +42,7 @@ def test_builds_at_two_sizes_with_one_or_three_channels(height: int, width: int,
         model = tiny(height, width, channels, classes, deep_supervision=deep_supervision)
         assert model.inputs[0].dtype == "uint8" and tuple(model.input_shape[1:]) == (height, width, channels)
         assert model.output_shape == (None, height, width, classes) and len(model.outputs) == 1
-        x, _ = batch(2, height, width, channels, classes)
+        x, _ = random_batch(2, height, width, channels, classes)
         y = model.predict(x, verbose=0)
         assert y.shape == (2, height, width, classes) and y.dtype == np.float32
         if classes > 1:
@@ -61,7 +54,7 @@ def test_builds_at_two_sizes_with_one_or_three_channels(height: int, width: int,
 @pytest.mark.parametrize("norm", NORMS)
 def test_every_norm_builds_and_runs(norm: str) -> None:
     model = tiny(norm=norm, norm_groups=2, deep_supervision=True)
-    x, _ = batch(1, 32, 32, 1, 3)
+    x, _ = random_batch(1, 32, 32, 1, 3)
     assert tuple(model(x).shape) == (1, 32, 32, 3)
     kinds = {type(layer).__name__ for layer in model.network.layers}
     expected = {"batch": "BatchNormalization", "instance": "GroupNormalization", "group": "GroupNormalization"}
@@ -109,7 +102,7 @@ def test_one_training_step_on_each_loss(loss: str) -> None:
     classes = 1 if loss == "bce_dice" else 3
     model = tiny(classes=classes, deep_supervision=True)
     model.compile(optimizer="adam", loss=build_loss(loss, classes))
-    x, y = batch(2, 32, 32, 1, classes)
+    x, y = random_batch(2, 32, 32, 1, classes)
     before = [w.copy() for w in model.get_weights()]
     value = float(model.train_on_batch(x, y))
     assert np.isfinite(value)
@@ -121,7 +114,7 @@ def test_one_training_step_on_each_loss(loss: str) -> None:
 def test_deep_supervision_adds_the_weighted_side_losses() -> None:
     """The first step's loss is L(main) + sum_k w_k L(side_k) (with aux_weights 0 it is L(main) alone),
     L the compiled loss, every output from the same training-mode forward pass."""
-    x, y = batch(2, 32, 32, 1, 3, seed=3)
+    x, y = random_batch(2, 32, 32, 1, 3, seed=3)
     loss = build_loss("dice_ce", 3)
     weighted = tiny(deep_supervision=True, aux_weights=[0.5, 0.25], dropout_rate=0.0)
     plain = tiny(deep_supervision=True, aux_weights=[0.0, 0.0], dropout_rate=0.0)
@@ -142,7 +135,7 @@ def test_deep_supervision_adds_the_weighted_side_losses() -> None:
 def test_deep_supervision_is_single_output_outside_training() -> None:
     model = tiny(deep_supervision=True)
     assert isinstance(model, DeepSupervision)
-    x, y = batch(2, 32, 32, 1, 3)
+    x, y = random_batch(2, 32, 32, 1, 3)
     assert tuple(model(x).shape) == (2, 32, 32, 3)  # not a tuple: the main output only
     metrics = build_metrics(["bg", "a", "b"], 3)
     model.compile(optimizer="adam", loss=build_loss("dice_ce", 3), metrics=metrics)
@@ -156,7 +149,7 @@ def test_deep_supervision_is_single_output_outside_training() -> None:
 def test_save_safe_load_identical_predictions(tmp_path: Path, deep_supervision: bool) -> None:
     """Deep supervision is saved after a step: the file also holds the side heads and the optimizer state (resume)."""
     model = tiny(channels=3, deep_supervision=deep_supervision)
-    x, y = batch(2, 32, 32, 3, 3, seed=5)
+    x, y = random_batch(2, 32, 32, 3, 3, seed=5)
     if deep_supervision:
         model.compile(optimizer="adam", loss=build_loss("dice_ce", 3))
         model.train_on_batch(x, y)
@@ -193,12 +186,8 @@ def test_every_preset_key_composes_and_validates(tmp_path: Path) -> None:
     ("depth", 3, r"model\.depth: unknown key for model unet3plus"),
 ])
 def test_bad_parameters_are_refused_by_name(tmp_path: Path, key: str, value: Any, message: str) -> None:
-    cfg = compose_config([f"paths.root={tmp_path}", "model=unet3plus", "model.norm=group",
-                          "model.deep_supervision=true"])
-    with open_dict(cfg):
-        cfg.model[key] = value
-    with pytest.raises(ConfigError, match=message):
-        validate_run_config(cfg)
+    assert_model_key_refused([f"paths.root={tmp_path}", "model=unet3plus", "model.norm=group",
+                          "model.deep_supervision=true"], key, value, message)
 
 
 @pytest.mark.slow  # two training runs and an inference: about 2 min on 2 busy cores
