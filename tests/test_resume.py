@@ -81,6 +81,7 @@ def _wait_for_epoch(proc: subprocess.Popen, runs_root: Path, epoch: int, timeout
     raise AssertionError(f"no checkpoint of epoch {epoch} within {timeout} s")
 
 
+@pytest.mark.slow  # CI time: ~60 s; kill-and-resume is also covered by the crash and SLURM requeue tests
 def test_kill_9_then_resume_continues_the_same_run(tmp_path: Path, tiny_dataset: Path) -> None:
     """SIGKILL after epoch 2; ``training.resume=<run dir>`` finishes the same MLflow run, every step once."""
     epochs = 5

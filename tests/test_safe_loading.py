@@ -60,6 +60,7 @@ def test_no_code_is_evaluated_and_no_lambda_layers_exist() -> None:
     assert loads == []  # every keras load site states safe mode (runs.load_keras_model)
 
 
+@pytest.mark.slow  # CI time: ~40 s; a whole training run
 def test_config_values_that_look_like_code_stay_strings(tiny_dataset: Path, tmp_path: Path) -> None:
     marker = Path(f"/tmp/pwned_{uuid.uuid4().hex}")
     payload = f"__import__('os').system('touch {marker}')"

@@ -34,6 +34,7 @@ def _runs(tmp_path: Path):
     return parents, kids
 
 
+@pytest.mark.slow  # CI time: ~100 s; parent and children are also covered by the joblib and SLURM launcher tests
 def test_grid_sweep_is_one_parent_with_four_children(tmp_path: Path, tiny_dataset: Path) -> None:
     result = _sweep(tmp_path, tiny_dataset, "model.base_filters=2,4", "training.learning_rate=1e-3,5e-4")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -57,6 +58,7 @@ def test_grid_sweep_is_one_parent_with_four_children(tmp_path: Path, tiny_datase
     assert sorted(logged) == ["compare/children.csv", "compare/parallel_coordinates.png"]
 
 
+@pytest.mark.slow  # CI time: ~35 s; a failed child among finished ones is also covered by the SLURM test
 def test_failing_job_does_not_lose_the_others(tmp_path: Path, tiny_dataset: Path) -> None:
     """num_layers=9 cannot work on 32x32 images: that child is FAILED with its error, the other finishes."""
     result = _sweep(tmp_path, tiny_dataset, "model.num_layers=2,9")
@@ -91,6 +93,7 @@ def _log_many(uri: str, artifacts: str, worker: int, steps: int) -> None:
             tracker.log_metrics({"a": float(step), "b": float(worker)}, step=step)
 
 
+@pytest.mark.slow  # CI time: ~40 s; MLflow's own sqlite locking under 8 writers
 def test_parallel_writers_lose_nothing_in_sqlite(tmp_path: Path) -> None:
     """Four processes hammer one SQLite store; every run and every metric arrives."""
     uri, artifacts = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts")

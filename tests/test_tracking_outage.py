@@ -121,6 +121,7 @@ def upload(run_dir: Path) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
+@pytest.mark.slow  # CI time: ~75 s; the mid-run outage test stays in the default run
 def test_server_down_until_the_end_then_upload(
     server: RestartableServer, compose_train, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

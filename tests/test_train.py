@@ -80,6 +80,7 @@ def test_two_epoch_run_is_fully_tracked(compose_train, tiny_dataset: Path, tmp_p
     assert (run_dir / "history.csv").read_text().count("\n") == 3
 
 
+@pytest.mark.slow  # CI time: ~35 s; bit-exactness is also covered by test_resumed_run_equals_uninterrupted_run
 def test_training_is_reproducible(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
     overrides = (*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false",
                  "training.epochs=1", "training.epoch_images.num=0")
