@@ -13,8 +13,8 @@ For every dataset:
    ``--out`` and MLflow tracking into ``<out>/mlflow.db`` (``--no-tracking``: ``tracking=none``).
    Its training wall time is the sum of the per-epoch times Keras prints (one line per
    epoch, validation and epoch-end callbacks included) plus the tracing of the training step
-   before ``fit`` (the process time when no epoch line is printed); its score is ``evaluation/summary.json`` (test split) or ``segexp-evaluate``
-   on the dataset's scored split.
+   before ``fit`` (the process time when no epoch line is printed); its score is
+   ``evaluation/summary.json`` (test split) or ``segexp-evaluate`` on the dataset's scored split.
 2. The reference (``scripts/reference_loop.py``: MONAI's UNet recipe in plain Keras) trains,
    in its own process, for the same training wall time, on the same pixels (segexp's
    reader, the same config), and is scored by the same ``evaluate_split`` on the same split.

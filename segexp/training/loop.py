@@ -293,6 +293,7 @@ def fit(cfg: DictConfig, model: keras.Model, loaders: tuple[SliceLoader, SliceLo
 
     On one device the step is first traced on the first training batch (:mod:`segexp.training.warmup`:
     ``fit`` tracing it itself runs every step ~1.3x slower on CPU); the training state is restored after.
+    Under a ``MirroredStrategy`` (``one_device=False``) it is not: there it was neither measured nor tested.
     """
     train_loader, valid_loader = loaders
     if start is not None:  # epoch e reads the same seeded sample order as in an uninterrupted run

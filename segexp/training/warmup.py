@@ -7,8 +7,9 @@ about 1.3x slower than when the step was first traced on a concrete batch
 same kernels (oneDNN reports the same primitive calls), the difference persisting for the
 whole process. The fix is to trace first on one batch of the run's own training data and
 then put every variable back, so the run is exactly what it would have been: one extra
-step of compute, no extra tracing (``fit`` reuses the step). BENCHMARKS.md ("The fit
-loop") has the figures; ``python scripts/bench.py --only fit`` reproduces them.
+step of compute, no extra tracing (``fit`` reuses the step). BENCHMARKS.md ("Precision and
+the fit loop") has the figures, measured in alternating fresh processes; ``scripts/bench.py
+--only fit`` compares ``fit`` with ``train_on_batch`` inside one process and cannot show it.
 """
 
 from __future__ import annotations
