@@ -135,6 +135,22 @@ def test_dice_loss_is_batch_dice_not_mean_of_images():
     assert batch != pytest.approx(per_image, rel=1e-4)
 
 
+@pytest.mark.parametrize("include_background", [False, True])
+def test_dice_loss_per_image_is_monai_batch_false(include_background):
+    """``batch=False``: one Dice per image and class, then their mean (MONAI ``DiceLoss(batch=False)``);
+    an image without a class still counts that class (Dice ~1 when predicted absent, ~0 when not)."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, size=(3, 6, 6)).astype(np.uint8)
+    y[1][y[1] == 2] = 0  # class 2 absent from image 1
+    p = rng.dirichlet(np.ones(3), size=(3, 6, 6)).astype(np.float32)
+    per_image = np.mean([np_soft_dice_loss(y[i:i + 1], p[i:i + 1], 3, include_background) for i in range(3)])
+    got = value(SoftDiceLoss(3, include_background=include_background, batch=False)(y, p))
+    assert got == pytest.approx(per_image, rel=1e-5)
+    loss = build_loss("dice_ce", 3, batch_dice=False, include_background=include_background)
+    assert loss._dice.batch is False and loss._dice.include_background is include_background
+    assert value(loss(y, p)) == pytest.approx(per_image + np_ce(y, p, 3), rel=1e-5)
+
+
 def test_disjoint_prediction_dice_loss_near_one_and_ce_finite():
     y = np.zeros((1, 4, 4), np.uint8)
     y[0, :2] = 1
@@ -335,6 +351,7 @@ def test_build_metrics_names_and_validation():
         SoftDiceLoss(3, include_background=True, smooth=1e-3),
         CrossEntropyLoss(1),
         DiceCELoss(4, dice_weight=0.3, ce_weight=0.7),
+        DiceCELoss(4, include_background=True, batch=False),
         ClassDice(2, 3, name="dice_Myocardium"),
         ForegroundMeanDice(3),
         OriginalDiceCoefMulticlass(3),

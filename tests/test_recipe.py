@@ -77,6 +77,17 @@ def test_constant_learning_rate_without_a_schedule(compose_train) -> None:
     assert float(optimizer.learning_rate) == pytest.approx(3e-4)
 
 
+def test_dice_options_reach_the_compiled_loss(compose_train) -> None:
+    """``training.dice``: nnU-Net's batch Dice without background by default, MONAI's per-image Dice with it on request."""
+    from segexp.training.loop import compile_model
+
+    for overrides, batch, background in (((), True, False),
+                                          (("training.dice.batch=false", "training.dice.include_background=true"), False, True)):
+        cfg = validate_run_config(compose_train(*overrides))
+        loss = compile_model(cfg, list(cfg.dataset.class_names), steps_per_epoch=2).loss
+        assert (loss.batch, loss.include_background, loss._dice.batch) == (batch, background, batch)
+
+
 def test_validation_epochs_are_every_nth_and_the_last(compose_train) -> None:
     t = validate_run_config(compose_train("training.epochs=7", "training.validation.every_n_epochs=3")).training
     assert validation_epochs(t) == [3, 6, 7]

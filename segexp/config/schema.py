@@ -129,6 +129,12 @@ class IntervalConfig:
 
 
 @dataclass
+class DiceConfig:
+    batch: bool = MISSING
+    include_background: bool = MISSING
+
+
+@dataclass
 class LoaderConfig:
     workers: int = MISSING
     use_multiprocessing: bool = MISSING
@@ -153,6 +159,7 @@ class TrainingConfig:
     schedule: Optional[dict[str, Any]] = MISSING
     max_time: Optional[float] = MISSING
     loss: str = MISSING
+    dice: DiceConfig = field(default_factory=DiceConfig)
     monitor: str = MISSING
     monitor_mode: str = MISSING
     reduce_lr: ReduceLRConfig = field(default_factory=ReduceLRConfig)

@@ -78,17 +78,18 @@ def _base_kwargs(kwargs, default_name):
 
 @keras.saving.register_keras_serializable(package="segexp")
 class SoftDiceLoss(keras.losses.Loss):
-    """Soft (batch) Dice loss (Milletari et al. 2016, V-Net; batch Dice as in nnU-Net).
+    """Soft Dice loss (Milletari et al. 2016, V-Net), batch or per-image.
 
-    ``loss = 1 - mean_k (2 * sum(p_k * g_k) + smooth) / (sum(p_k) + sum(g_k) + smooth)``
+    ``loss = 1 - mean_{k[,b]} (2 * sum(p_k * g_k) + smooth) / (sum(p_k) + sum(g_k) + smooth)``
 
-    where ``p_k`` are the predicted probabilities of class ``k``, ``g_k`` the
-    one-hot ground truth and the sums run over the batch AND all pixels (one
-    Dice per class for the whole batch, which is stable for small structures
-    that are absent from some images). The mean runs over the foreground
-    classes ``1..C-1`` unless ``include_background``. For ``num_classes == 1``
-    the single sigmoid channel is the foreground (with ``include_background``
-    the background channel ``1 - p`` is added).
+    where ``p_k`` are the predicted probabilities of class ``k`` and ``g_k`` the
+    one-hot ground truth. With ``batch=True`` (nnU-Net's ``batch_dice``) the sums run over
+    the batch AND all pixels: one Dice per class for the whole batch, stable for small
+    structures absent from some images. With ``batch=False`` (MONAI ``DiceLoss(batch=False)``,
+    its default) they run over each image's pixels, and the mean over images and classes.
+    The mean runs over the foreground classes ``1..C-1`` unless ``include_background``
+    (MONAI's default includes it). For ``num_classes == 1`` the single sigmoid channel is the
+    foreground (with ``include_background`` the background channel ``1 - p`` is added).
 
     The loss is one value per batch (shape ``(1,)``, so Keras scales it by
     ``1 / replicas`` under a distribution strategy; with several replicas the
@@ -96,16 +97,17 @@ class SoftDiceLoss(keras.losses.Loss):
     per-sample meaning for a batch Dice and only scales the value.
     """
 
-    def __init__(self, num_classes, include_background=False, smooth=1e-5, **kwargs):
+    def __init__(self, num_classes, include_background=False, smooth=1e-5, batch=True, **kwargs):
         super().__init__(**_base_kwargs(kwargs, "soft_dice_loss"))
         self.num_classes = _check_num_classes(num_classes)
         self.include_background = bool(include_background)
         self.smooth = float(smooth)
+        self.batch = bool(batch)
 
     def call(self, y_true, y_pred):
         labels, probs = _prepare(y_true, y_pred)
         g, p = _channels(labels, probs, self.num_classes, self.include_background)
-        axes = tuple(range(len(p.shape) - 1))  # batch + spatial
+        axes = tuple(range(0 if self.batch else 1, len(p.shape) - 1))  # (batch +) spatial
         intersection = ops.sum(p * g, axis=axes)
         denominator = ops.sum(p, axis=axes) + ops.sum(g, axis=axes)
         dice = (2.0 * intersection + self.smooth) / (denominator + self.smooth)
@@ -119,6 +121,7 @@ class SoftDiceLoss(keras.losses.Loss):
             num_classes=self.num_classes,
             include_background=self.include_background,
             smooth=self.smooth,
+            batch=self.batch,
         )
         return config
 
@@ -160,7 +163,7 @@ class CrossEntropyLoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="segexp")
 class DiceCELoss(keras.losses.Loss):
-    """Weighted sum of soft batch Dice and cross-entropy (as in nnU-Net / MONAI ``DiceCELoss``).
+    """Weighted sum of soft Dice and cross-entropy (as in nnU-Net / MONAI ``DiceCELoss``).
 
     ``loss = dice_weight * SoftDiceLoss + ce_weight * mean(CrossEntropyLoss)``
 
@@ -175,6 +178,7 @@ class DiceCELoss(keras.losses.Loss):
         ce_weight=1.0,
         include_background=False,
         smooth=1e-5,
+        batch=True,
         **kwargs,
     ):
         super().__init__(**_base_kwargs(kwargs, "dice_ce_loss"))
@@ -183,8 +187,9 @@ class DiceCELoss(keras.losses.Loss):
         self.ce_weight = float(ce_weight)
         self.include_background = bool(include_background)
         self.smooth = float(smooth)
+        self.batch = bool(batch)
         self._dice = SoftDiceLoss(
-            self.num_classes, include_background=self.include_background, smooth=self.smooth
+            self.num_classes, include_background=self.include_background, smooth=self.smooth, batch=self.batch
         )
         self._ce = CrossEntropyLoss(self.num_classes)
 
@@ -201,32 +206,34 @@ class DiceCELoss(keras.losses.Loss):
             ce_weight=self.ce_weight,
             include_background=self.include_background,
             smooth=self.smooth,
+            batch=self.batch,
         )
         return config
 
 
-def build_loss(name: str, num_classes: int) -> keras.losses.Loss:
-    """Build the loss selected by config key ``training.loss``.
+def build_loss(name: str, num_classes: int, batch_dice: bool = True, include_background: bool = False) -> keras.losses.Loss:
+    """Build the loss selected by config key ``training.loss`` (Dice options: ``training.dice``).
 
     ``categorical_crossentropy`` -> :class:`CrossEntropyLoss` (BCE when binary),
     ``dice`` -> :class:`SoftDiceLoss`, ``dice_ce`` -> :class:`DiceCELoss`,
     ``bce_dice`` -> :class:`DiceCELoss` for binary tasks only
-    (``num_classes == 1``).
+    (``num_classes == 1``). ``batch_dice`` and ``include_background`` set the Dice term.
     """
     num_classes = _check_num_classes(num_classes)
+    dice = {"batch": batch_dice, "include_background": include_background}
     if name == "categorical_crossentropy":
         return CrossEntropyLoss(num_classes, name=name)
     if name == "dice":
-        return SoftDiceLoss(num_classes, name=name)
+        return SoftDiceLoss(num_classes, name=name, **dice)
     if name == "dice_ce":
-        return DiceCELoss(num_classes, name=name)
+        return DiceCELoss(num_classes, name=name, **dice)
     if name == "bce_dice":
         if num_classes != 1:
             raise ValueError(
                 "training.loss: 'bce_dice' is for binary tasks (model.num_classes == 1), "
                 f"got num_classes={num_classes}; use 'dice_ce'"
             )
-        return DiceCELoss(num_classes, name=name)
+        return DiceCELoss(num_classes, name=name, **dice)
     raise ValueError(
         f"training.loss: unknown loss {name!r}; expected one of "
         + ", ".join(repr(n) for n in LOSSES)

@@ -154,7 +154,7 @@ def compile_model(cfg: DictConfig, class_names: Sequence[str], steps_per_epoch: 
     model = apply_precision(build_model(**OmegaConf.to_container(cfg.model)), precision)
     model.compile(
         optimizer=build_optimizer(t, t.epochs * steps_per_epoch),
-        loss=build_loss(t.loss, cfg.model.num_classes),
+        loss=build_loss(t.loss, cfg.model.num_classes, t.dice.batch, t.dice.include_background),
         metrics=build_metrics(class_names, cfg.model.num_classes),
         jit_compile=t.jit_compile,
     )
