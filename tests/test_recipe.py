@@ -60,13 +60,14 @@ def test_the_old_batch_norm_key_is_refused_with_a_hint(compose_train) -> None:
 
 
 def test_default_schedule_is_nnunet_poly_over_the_whole_run(compose_train) -> None:
-    """lr(step) = lr0 * (1 - step / (epochs * steps_per_epoch)) ** 0.9 (Isensee et al. 2021)."""
+    """lr(step) = lr0 * (1 - step / (epochs * steps_per_epoch)) ** 0.9 (Isensee et al. 2021), lr0 = 3e-3."""
+    assert validate_run_config(compose_train()).training.learning_rate == 3e-3
     t = validate_run_config(compose_train("training.epochs=4", "training.steps_per_epoch=25")).training
     optimizer = build_optimizer(t, total_steps=t.epochs * t.steps_per_epoch)
     schedule = optimizer._learning_rate
     assert isinstance(schedule, keras.optimizers.schedules.PolynomialDecay)
     for step in (0, 30, 99, 100):
-        expected = 1e-3 * (1 - step / 100) ** 0.9
+        expected = t.learning_rate * (1 - step / 100) ** 0.9
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-9)
 
 

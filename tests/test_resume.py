@@ -244,7 +244,7 @@ def test_resume_with_another_config_names_the_keys(compose_train, tmp_path: Path
     with pytest.raises(ResumeError) as err:
         prepare_resume(now, tmp_path / "job")
     message = str(err.value)
-    assert "model.base_filters: 8 -> 16" in message and "training.learning_rate: 0.001 -> 0.01" in message
+    assert "model.base_filters: 8 -> 16" in message and "training.learning_rate: 0.003 -> 0.01" in message
     assert "training.epochs" not in message.split("Differing keys:")[1]
     same = OmegaConf.to_container(compose_train("model.base_filters=8", "training.epochs=50",
                                                 f"training.resume={tmp_path / 'run'}"), resolve=True)
