@@ -12,8 +12,8 @@ For every dataset:
    ``training.max_time=<minutes>`` when this checkout has that key, ``hydra.run.dir`` under
    ``--out`` and MLflow tracking into ``<out>/mlflow.db`` (``--no-tracking``: ``tracking=none``).
    Its training wall time is the sum of the per-epoch times Keras prints (one line per
-   epoch, validation and epoch-end callbacks included) plus the tracing of the training step
-   before ``fit`` (the process time when no epoch line is printed); its score is
+   epoch, validation and epoch-end callbacks included; the process time when no epoch line
+   is printed); its score is
    ``evaluation/summary.json`` (test split) or ``segexp-evaluate`` on the dataset's scored split.
 2. The reference (``scripts/reference_loop.py``: MONAI's UNet recipe in plain Keras) trains,
    in its own process, for the same training wall time, on the same pixels (segexp's
@@ -67,7 +67,6 @@ SHARED = REPO.parent / "shared" / "data"
 MARKDOWN = REPO / "ACCURACY.md"
 SLAB_PATTERN = ("train", "valid", "train", "test", "train")
 EPOCH_LINE = re.compile(r"^\s*(\d+)/\d+ - (\d+)s - ")  # Keras verbose=2: "6/6 - 23s - 4s/step - loss: ..."
-TRACE_LINE = re.compile(r"training step traced on one batch in ([0-9.]+) s")  # segexp/training/warmup.py, before fit
 THORAX_NOTE = (
     "**Within-patient relative comparison on model-made labels** (TotalSegmentator output, not expert "
     "annotation): one volume, cut into contiguous slabs of {slab} slices (train, valid, train, test, train, ... "
@@ -216,12 +215,6 @@ def keras_epochs(lines: Sequence[str]) -> list[tuple[int, float]]:
     return [(int(m.group(1)), float(m.group(2))) for m in map(EPOCH_LINE.match, lines) if m]
 
 
-def trace_seconds(lines: Sequence[str]) -> float:
-    """Seconds segexp spent tracing the training step before ``fit`` (counted as training time: the
-    reference's clock includes its own tracing, which Keras' epoch 1 would otherwise hold)."""
-    return sum(float(m.group(1)) for m in map(TRACE_LINE.search, lines) if m)
-
-
 def _summary_row(summary: dict[str, Any]) -> dict[str, Any]:
     per_class = summary["mean"]["per_class"]
     return {
@@ -268,7 +261,7 @@ def run_segexp(ds: Dataset, data_overrides: list[str], args: argparse.Namespace,
         "system": "segexp (defaults)",
         "epochs": len(history),
         "steps": steps,
-        "train_seconds": float(sum(t for _, t in epochs)) + trace_seconds(lines) if epochs else seconds,
+        "train_seconds": float(sum(t for _, t in epochs)) if epochs else seconds,
         "timed_by": "Keras per-epoch times" if epochs else "process wall time",
         "process_seconds": seconds,
         **_summary_row(json.loads(summary_path.read_text())),

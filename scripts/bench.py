@@ -390,15 +390,32 @@ def work_epoch(p: dict[str, Any]) -> dict[str, Any]:
     cfg = compose([*p["overrides"], f"tracking.uri={uri}", "training.evaluate_after=false", "training.verbose=0"])
     _rmtree(Path(p["run_dir"]))
     Path(f"{p['run_dir']}.db").unlink(missing_ok=True)
-    train(cfg, Path(p["run_dir"]))
+    import segexp.training.loop
+
+    own_loop = segexp.training.loop.fit_epochs
+    if p.get("keras_fit"):  # the same run with Keras' own model.fit in place of segexp's epoch loop
+        segexp.training.loop.fit_epochs = keras_fit
+    try:
+        train(cfg, Path(p["run_dir"]))
+    finally:  # tiny runs share the test process
+        segexp.training.loop.fit_epochs = own_loop
     client = mlflow.MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])[0]
     series = {k: [m.value for m in sorted(client.get_metric_history(run.info.run_id, f"time/{k}"), key=lambda m: m.step)]
               for k in ("epoch_s", "fixed_s", "fixed_fraction")}
     later = {k: v[1:] or v for k, v in series.items()}
+    train_s = [e - f for e, f in zip(later["epoch_s"], later["fixed_s"])]
     return {"epochs": len(series["epoch_s"]), "steps_per_epoch": cfg.training.steps_per_epoch,
+            "train_s": float(np.median(train_s)), "batch": cfg.training.batch_size,
             "epoch_s": float(np.median(later["epoch_s"])), "fixed_s": float(np.median(later["fixed_s"])),
             "fixed_fraction": float(np.median(later["fixed_fraction"])), "first_epoch_s": series["epoch_s"][0]}
+
+
+def keras_fit(model: Any, train: Any, valid: Any, *, epochs: int, initial_epoch: int = 0,
+              validation_epochs: Sequence[int] = (), callbacks: Sequence[Any] = (), verbose: Any = "auto") -> Any:
+    """:func:`segexp.training.fit_loop.fit_epochs`'s signature, run by plain ``model.fit`` (for comparison)."""
+    return model.fit(train, validation_data=valid, validation_freq=list(validation_epochs), epochs=epochs,
+                     initial_epoch=initial_epoch, callbacks=list(callbacks), shuffle=False, verbose=verbose)
 
 
 def work_fit_loop(p: dict[str, Any]) -> dict[str, Any]:
@@ -646,7 +663,26 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
                 f"training.batch_size={batch}", f"training.steps_per_epoch={steps}", f"training.epochs={2 if tiny else 4}"],
                 "run_dir": str(work / f"fit_run_{name}")})
             rows.append({"model": name, "size": size, **r})
-        sections["fit"] = {"rows": rows}
+        # The same runs' training steps under segexp's epoch loop and under plain Keras model.fit,
+        # in alternating fresh processes (fit's cost shows only across processes: it traces the step).
+        keras_rows = []
+        for name, size, batch, model_overrides, steps in plan:
+            if tiny:
+                size, steps, model_overrides = 32, 2, ["model.num_layers=3"]
+            data = make_slice_dataset(work / f"fit_{size}", 8 if tiny else 72, size, slices_per_case=8 if tiny else 36)
+            overrides = [*data, *model_overrides, f"model.image_height={size}", f"model.image_width={size}",
+                         f"training.batch_size={batch}", f"training.steps_per_epoch={steps}",
+                         f"training.epochs={2 if tiny else 4}"]
+            rates: dict[str, list[float]] = {"segexp": [], "keras": []}
+            for _ in range(1 if tiny else 2):
+                for loop in rates:
+                    say(f"fit loop: {name} at {size}x{size}, {loop} loop")
+                    r = run_worker("epoch", {"overrides": overrides, "keras_fit": loop == "keras",
+                                             "run_dir": str(work / f"fit_loop_{name}_{loop}")})
+                    rates[loop].append(batch * steps / r["train_s"])
+            keras_rows.append({"model": name, "size": size, "batch": batch, "steps_per_epoch": steps, **rates,
+                               "ratio": statistics.median(rates["segexp"]) / statistics.median(rates["keras"])})
+        sections["fit"] = {"rows": rows, "keras_rows": keras_rows}
 
     # Inference on a 128-slice volume: each model on a volume of its own input size (as its
     # training data), and the default model on a 512x512 CT as well (I/O-bound, see BENCHMARKS.md).
@@ -828,6 +864,14 @@ def report(results: dict[str, Any]) -> str:
                            r["ratio"] >= 0.9))
             out.append(f"| {MODELS[r['model']]['label']} | {r['size']}x{r['size']} | {r['batch']} | "
                        f"{r['steps_per_epoch']} | {_f(r['fit'], 2)} | {_f(r['train_on_batch'], 2)} | **{r['ratio']:.2f}** |")
+        out += ["", "### segexp's epoch loop against Keras' `model.fit` (the same `segexp-train` runs, "
+                "alternating fresh processes)", "",
+                "| model | input | batch | steps/epoch | segexp loop images/s (each run) | `model.fit` images/s "
+                "(each run) | ratio of medians |", "|---|---|---|---|---|---|---|"]
+        for r in s["fit"].get("keras_rows", []):
+            out.append(f"| {MODELS[r['model']]['label']} | {r['size']}x{r['size']} | {r['batch']} | "
+                       f"{r['steps_per_epoch']} | {', '.join(_f(v, 2) for v in r['segexp'])} | "
+                       f"{', '.join(_f(v, 2) for v in r['keras'])} | **{r['ratio']:.2f}** |")
         out.append("")
     if "epoch" in s:
         out += ["### Fixed per-epoch cost (real `segexp-train` epochs at default settings, MLflow on)", "",

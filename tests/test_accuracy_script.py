@@ -121,12 +121,11 @@ def test_hvsmr_mini_split_scores_every_structure_in_valid_and_test() -> None:
         assert present == set(range(9)), split
 
 
-def test_segexp_time_is_its_epochs_plus_the_step_tracing_before_fit() -> None:
-    lines = ["[2026-11-30][segexp.training.warmup][INFO] - training step traced on one batch in 10.9 s (state restored)",
+def test_segexp_time_is_its_keras_epochs() -> None:
+    lines = ["[2026-11-30][segexp.training.loop][INFO] - model resunet: 1 parameters, fp32 compute",
              "Epoch 1/2", "20/20 - 50s - 2s/step - loss: 1.0", "Epoch 2/2", "20/20 - 37s - 2s/step - loss: 0.9"]
     assert accuracy.keras_epochs(lines) == [(20, 50.0), (20, 37.0)]
-    assert accuracy.trace_seconds(lines) == 10.9
-    assert accuracy.trace_seconds(lines[1:]) == 0.0
+    assert accuracy.keras_epochs(lines[:2]) == []
 
 
 def test_target_verdict() -> None:

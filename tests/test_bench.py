@@ -44,6 +44,8 @@ def test_tiny_benchmark_reports_every_section(tmp_path: Path) -> None:
     assert {r["precision"] for r in s["train"]["rows"]} == {"fp32", "bf16"}
     assert [r["model"] for r in s["fit"]["rows"]] == ["default", "hocm_like"]
     assert all(r["fit"] > 0 and r["train_on_batch"] > 0 and r["epochs"] == 2 for r in s["fit"]["rows"])
+    assert [r["model"] for r in s["fit"]["keras_rows"]] == ["default", "hocm_like"]
+    assert all(len(r["segexp"]) == len(r["keras"]) == 1 and r["ratio"] > 0 for r in s["fit"]["keras_rows"])
     assert len(s["infer"]["rows"]) == 5 and {r["precision"] for r in s["infer"]["rows"]} == {"fp32", "bf16"}
     for row in s["infer"]["rows"]:
         assert row["slices"] == 8 and min(row["end_to_end"], row["bare_forward"], row["per_slice"]) > 0
@@ -55,7 +57,8 @@ def test_tiny_benchmark_reports_every_section(tmp_path: Path) -> None:
     # The markdown block is replaced in place, the rest of the document kept.
     text = doc.read_text()
     assert "old" not in text and text.endswith("<!-- bench:end -->\n\ntail\n")
-    for heading in ("### Loader vs model", "### Training step", "### The fit loop", "### Inference", "### Memory", "### segexp-prepare",
+    for heading in ("### Loader vs model", "### Training step", "### The fit loop", "### segexp's epoch loop against Keras",
+                    "### Inference", "### Memory", "### segexp-prepare",
                     "### Targets"):
         assert heading in text
     assert "TINY smoke run" in text

@@ -53,6 +53,7 @@ class SliceLoader(keras.utils.PyDataset):
     threads/processes ahead of the model, ``max_queue_size`` batches deep.
     Without a ``sampler`` every epoch is one pass in file order (validation). Pass
     ``shuffle=False`` to ``model.fit``: the sampler orders the samples itself, seeded.
+    :func:`~segexp.training.fit_loop.fit_epochs` trains epoch ``e`` on the sampler's epoch ``e``.
     """
 
     def __init__(

@@ -53,7 +53,13 @@ from segexp.training.callbacks import (
     MlflowEpochLogger,
 )
 from segexp.training.curves import plot_curves
-from segexp.training.devices import data_parallel, replica_count, strategy_scope, synchronize_batch_norm
+from segexp.training.devices import (
+    data_parallel,
+    replica_count,
+    strategy_scope,
+    synchronize_batch_norm,
+)
+from segexp.training.fit_loop import fit_epochs
 from segexp.training.resume import (
     Resume,
     ResumeCheckpoint,
@@ -64,7 +70,6 @@ from segexp.training.resume import (
     reopen_run,
     with_resume_checkpoint,
 )
-from segexp.training.warmup import trace_train_step
 
 log = logging.getLogger(__name__)
 
@@ -289,23 +294,25 @@ def model_for_run(cfg: DictConfig, start: Resume | None, dataset: SliceDataset, 
 
 def fit(cfg: DictConfig, model: keras.Model, loaders: tuple[SliceLoader, SliceLoader], callbacks: list,
         start: Resume | None, one_device: bool = True) -> dict[str, list[float]]:
-    """``model.fit`` over the run's epochs (from the resume point); the history of every epoch of the run.
+    """The run's epochs (from the resume point); the history of every epoch of the run.
 
-    On one device the step is first traced on the first training batch (:mod:`segexp.training.warmup`:
-    ``fit`` tracing it itself runs every step ~1.3x slower on CPU); the training state is restored after.
-    Under a ``MirroredStrategy`` (``one_device=False``) it is not: there it was neither measured nor tested.
+    On one device segexp's own epoch loop (:func:`segexp.training.fit_loop.fit_epochs`, ~1.2x
+    the steps per second of ``model.fit`` on CPU); under a ``MirroredStrategy``
+    (``one_device=False``) ``model.fit``, which shards each batch over the replicas.
     """
     train_loader, valid_loader = loaders
     if start is not None:  # epoch e reads the same seeded sample order as in an uninterrupted run
         train_loader.set_epoch(start.epoch)
         valid_loader.set_epoch(start.epoch)
     first, final = (start.epoch, start.final_epoch(cfg.training.epochs)) if start else (0, cfg.training.epochs)
-    if one_device and first < final:
-        trace_train_step(model, *train_loader[0])
-    model.fit(
-        train_loader, validation_data=valid_loader, validation_freq=validation_epochs(cfg.training),
-        callbacks=callbacks, shuffle=False, epochs=final, initial_epoch=first, verbose=cfg.training.verbose,
-    )
+    if one_device:
+        fit_epochs(model, train_loader, valid_loader, epochs=final, initial_epoch=first,
+                   validation_epochs=validation_epochs(cfg.training), callbacks=callbacks, verbose=cfg.training.verbose)
+    else:
+        model.fit(
+            train_loader, validation_data=valid_loader, validation_freq=validation_epochs(cfg.training),
+            callbacks=callbacks, shuffle=False, epochs=final, initial_epoch=first, verbose=cfg.training.verbose,
+        )
     checkpoint = next(c for c in callbacks if isinstance(c, ResumeCheckpoint))
     return history_columns(checkpoint.history)  # resumed epochs included
 
