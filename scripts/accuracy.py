@@ -3,6 +3,7 @@
 
     python scripts/accuracy.py                                   # all four datasets, 10 min each, ACCURACY.md
     python scripts/accuracy.py --datasets hvsmr_mini --minutes 2
+    python scripts/accuracy.py --datasets hocmvalves_mini --seeds 0 1 2    # means over three seeds
     python scripts/accuracy.py --reference-only --minutes 0.2 --markdown /tmp/A.md   # try the reference alone
 
 For every dataset:
@@ -319,15 +320,38 @@ def target_verdict(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table: system, epochs, steps, training time, foreground Dice, Dice per class."""
+    """Markdown table: system, epochs, steps, training time, foreground Dice (and per seed), Dice per class."""
     classes = list(rows[0]["dice"])
-    head = ["system", "epochs", "optimiser steps", "training wall time", "foreground Dice", *classes]
+    seeds = "per_seed" in rows[0]
+    head = ["system", "epochs", "optimiser steps", "training wall time", "foreground Dice",
+            *(["per seed"] if seeds else []), *classes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["system"], str(r["epochs"]), str(r["steps"]), _duration(r["train_seconds"]),
-                 _dice(r["foreground_dice"], 1), *(_dice(r["dice"][c], r["n"][c]) for c in classes)]
+                 _dice(r["foreground_dice"], 1), *([", ".join(f"{v:.3f}" for v in r["per_seed"])] if seeds else []),
+                 *(_dice(r["dice"][c], r["n"][c]) for c in classes)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def mean_over_seeds(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per system from its rows of several seeds (``runs[seed][system]``): epochs, steps,
+    time and Dice averaged (a class's mean over the seeds that scored it), the foreground Dice
+    of each seed under ``per_seed``."""
+    merged = []
+    for rows in zip(*runs):
+        row = dict(rows[0])
+        for key in ("epochs", "steps"):
+            row[key] = round(float(np.mean([r[key] for r in rows])))
+        row["train_seconds"] = float(np.mean([r["train_seconds"] for r in rows]))
+        row["per_seed"] = [r["foreground_dice"] or 0.0 for r in rows]
+        row["foreground_dice"] = float(np.mean(row["per_seed"]))
+        for c in row["dice"]:
+            scored = [r["dice"][c] for r in rows if r["n"][c] and r["dice"][c] is not None]
+            row["dice"][c] = float(np.mean(scored)) if scored else None
+            row["n"][c] = max(r["n"][c] for r in rows)
+        merged.append(row)
+    return merged
 
 
 def block(ds: Dataset, rows: Sequence[dict[str, Any]], args: argparse.Namespace, command: str, host: dict[str, Any]) -> str:
@@ -349,8 +373,10 @@ def block(ds: Dataset, rows: Sequence[dict[str, Any]], args: argparse.Namespace,
            if args.side_by_side else
            "Each system trained alone on the machine's cores, segexp first; the reference was given segexp's "
            "measured training time and stops after the epoch that reaches it. ")
-        + "Training wall time: segexp's per-epoch times as Keras prints them plus its step tracing before fit, the reference's loop clock (its tracing included)."
-        + (f" Reference network: {params:,} parameters." if params else ""),
+        + "Training wall time: segexp's per-epoch times as Keras prints them (its step tracing in epoch 1), the reference's loop clock (its tracing included)."
+        + (f" Reference network: {params:,} parameters." if params else "")
+        + (f" Means over seeds {', '.join(map(str, args.seeds))} (`seed=`; segexp's and the reference's runs of one "
+           "seed share it)." if args.seeds else ""),
         "",
         f"Reproduce: `{command}` — {host['cores']} cores, {host['cpu']}, GPU: {host['gpu']}; "
         f"TensorFlow {host['versions']['tensorflow']}, Keras {host['versions']['keras']}; "
@@ -376,7 +402,8 @@ trains alone on the machine's cores, then the reference alone for segexp's measu
 `--side-by-side` trains both at once on the same cores with the same `--minutes` budget.
 Options: `--datasets`, `--minutes`, `--out`
 (default `outputs/accuracy`), `--segexp-overrides`, `--reference-only`, `--segexp-only`,
-`--no-tracking`; `python scripts/accuracy.py --help`.
+`--no-tracking`, `--seeds` (both systems once per seed, means and each seed's score reported);
+`python scripts/accuracy.py --help`.
 """
 
 
@@ -388,6 +415,28 @@ def write_markdown(path: Path, name: str, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def compare(ds: Dataset, data_overrides: list[str], args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """segexp then the reference for segexp's time (or both at once with ``--side-by-side``): their rows."""
+    work.mkdir(parents=True, exist_ok=True)
+    budget = args.minutes * 60
+    if args.side_by_side and not (args.reference_only or args.segexp_only):
+        # Both at once on the same cores: a shared machine's changing speed hits both alike, but
+        # each gets about half the cores, so the presets' schedules (sized for the cores alone) are
+        # cut by the budget, and Keras' fit process measured 1.6x slower per step than the bare
+        # loop under that contention (ACCURACY.md). Hence not the default.
+        with ThreadPoolExecutor(2) as pool:
+            seg = pool.submit(run_segexp, ds, data_overrides, args, work)
+            ref = pool.submit(run_reference, ds, data_overrides, args, work, budget)
+            return [seg.result(), ref.result()]
+    rows = []
+    if not args.reference_only:
+        rows.append(run_segexp(ds, data_overrides, args, work))
+        budget = rows[-1]["train_seconds"]
+    if not args.segexp_only:
+        rows.append(run_reference(ds, data_overrides, args, work, budget))
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -403,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slab-slices", type=int, default=4, help="thorax volumes: slices per slab")
     parser.add_argument("--max-epochs", type=int, default=None, help="reference: stop after this many epochs at the latest")
     parser.add_argument("--no-tracking", action="store_true", help="segexp-train with tracking=none")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                        help="run both systems once per seed (`seed=SEED`) and report means and each seed's score")
     parser.add_argument("--side-by-side", action="store_true",
                         help="train both at once on the same cores with the same --minutes (default: segexp alone, "
                              "then the reference alone for segexp's measured training time)")
@@ -423,23 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = out / name
         work.mkdir(parents=True, exist_ok=True)
         data_overrides = prepare_thorax(ds, work, args.slab_slices) if ds.volume else list(ds.overrides)
-        rows = []
-        budget = args.minutes * 60
-        if args.side_by_side and not (args.reference_only or args.segexp_only):
-            # Both at once on the same cores: a shared machine's changing speed hits both alike, but
-            # each gets about half the cores, so the presets' schedules (sized for the cores alone) are
-            # cut by the budget, and Keras' fit process measured 1.6x slower per step than the bare
-            # loop under that contention (ACCURACY.md). Hence not the default.
-            with ThreadPoolExecutor(2) as pool:
-                seg = pool.submit(run_segexp, ds, data_overrides, args, work)
-                ref = pool.submit(run_reference, ds, data_overrides, args, work, budget)
-                rows = [seg.result(), ref.result()]
-        else:
-            if not args.reference_only:
-                rows.append(run_segexp(ds, data_overrides, args, work))
-                budget = rows[-1]["train_seconds"]
-            if not args.segexp_only:
-                rows.append(run_reference(ds, data_overrides, args, work, budget))
+        runs = [compare(ds, [*data_overrides, *([f"seed={seed}"] if seed is not None else [])], args,
+                        work if seed is None else work / f"seed{seed}")
+                for seed in (args.seeds or [None])]
+        rows = mean_over_seeds(runs) if args.seeds else runs[0]
         text = block(ds, rows, args, command, host)
         print(f"\n### {name}\n\n{text}", flush=True)
         write_markdown(Path(args.markdown), name, text)

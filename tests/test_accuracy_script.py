@@ -165,6 +165,33 @@ def test_main_gives_the_reference_segexps_time_and_rewrites_blocks(tmp_path: Pat
     assert doc.read_text().count("<!-- accuracy:hvsmr_mini:begin -->") == 1
 
 
+def test_seeds_run_both_systems_per_seed_and_report_means(tmp_path: Path, monkeypatch) -> None:
+    seen = []
+
+    def row(system: str, overrides: list[str], seconds: float) -> dict:
+        seed = int(next(o for o in overrides if o.startswith("seed="))[5:])
+        fg = 0.5 + 0.1 * seed if system.startswith("segexp") else 0.55
+        return {"system": system, "epochs": 2 + seed, "steps": 6 + seed, "train_seconds": seconds + seed,
+                "foreground_dice": fg, "dice": {"LV": fg, "RV": None if seed == 0 else 0.2},
+                "n": {"LV": 1, "RV": 0 if seed == 0 else 1}, "num_cases": 1}
+
+    monkeypatch.setattr(accuracy, "SHARED", tmp_path / "shared")
+    (tmp_path / "shared" / "hvsmr_mini").mkdir(parents=True)
+    monkeypatch.setattr(accuracy, "run_segexp",
+                        lambda ds, overrides, args, work: seen.append(work.name) or row("segexp (defaults)", overrides, 40))
+    monkeypatch.setattr(accuracy, "run_reference",
+                        lambda ds, overrides, args, work, seconds: row("reference (x)", overrides, seconds))
+    doc = tmp_path / "ACCURACY.md"
+    assert accuracy.main(["--datasets", "hvsmr_mini", "--out", str(tmp_path / "out"), "--markdown", str(doc),
+                          "--seeds", "0", "1"]) == 0
+    assert seen == ["seed0", "seed1"]
+    text = doc.read_text()
+    # segexp: 0.5 and 0.6 -> 0.55; RV scored only by seed 1; the reference got segexp's time of each seed
+    assert "| segexp (defaults) | 2 | 6 | 40 s | 0.550 | 0.500, 0.600 | 0.550 | 0.200 |" in text
+    assert "| reference (x) | 2 | 6 | 41 s | 0.550 | 0.550, 0.550 | 0.550 | 0.200 |" in text
+    assert "**target met.**" in text and "Means over seeds 0, 1" in text
+
+
 def _run_accuracy(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
     doc = tmp_path / "ACCURACY.md"
     doc.write_text("# A\n\n## hvsmr_mini\n<!-- accuracy:hvsmr_mini:begin -->\nold\n<!-- accuracy:hvsmr_mini:end -->\n\ntail\n")
