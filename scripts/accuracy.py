@@ -480,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = mean_over_seeds(runs) if args.seeds else runs[0]
         text = block(ds, rows, args, command, host)
         print(f"\n### {name}\n\n{text}", flush=True)
-        write_markdown(Path(args.markdown), name, text)
+        write_markdown(Path(args.markdown), name + (f", seeds {' '.join(map(str, args.seeds))}" if args.seeds else ""), text)
         results[name] = rows
         (work / "result.json").write_text(json.dumps(rows, indent=2))
     if results:

@@ -190,6 +190,7 @@ def test_seeds_run_both_systems_per_seed_and_report_means(tmp_path: Path, monkey
     assert "| segexp (defaults) | 2 | 6 | 40 s | 0.550 | 0.500, 0.600 | 0.550 | 0.200 |" in text
     assert "| reference (x) | 2 | 6 | 41 s | 0.550 | 0.550, 0.550 | 0.550 | 0.200 |" in text
     assert "**target met.**" in text and "Means over seeds 0, 1" in text
+    assert "## hvsmr_mini, seeds 0 1\n<!-- accuracy:hvsmr_mini, seeds 0 1:begin -->" in text  # next to a one-seed block
 
 
 def _run_accuracy(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
