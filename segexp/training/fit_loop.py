@@ -29,7 +29,7 @@ import numpy as np
 
 #: Keras' adapter for a ``PyDataset``: its enqueuer runs the loader's ``workers`` (threads or
 #: processes, ``max_queue_size`` batches ahead) exactly as ``fit`` does. A private module of
-#: Keras 3 (present since 3.0; pyproject pins keras < 4).
+#: Keras 3 (tested with 3.15; pyproject pins keras < 4; tests/test_fit_loop.py fails if it moves).
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
 Batch = tuple[np.ndarray, ...]
@@ -37,8 +37,9 @@ Batch = tuple[np.ndarray, ...]
 
 @contextlib.contextmanager
 def epoch_batches(loader: keras.utils.PyDataset) -> Iterator[Iterator[Batch]]:
-    """One epoch of ``loader``'s batches, read ahead by its workers; the loader's ``on_epoch_end``
-    runs after a complete pass (a sampler draws the next epoch), the workers stop in any case."""
+    """One epoch of ``loader``'s batches, read ahead by its workers. The loader's ``on_epoch_end``
+    (a sampler draws the next epoch) runs when the epoch ends, also after ``stop_training``;
+    on an error the workers are stopped and the error raised."""
     adapter = PyDatasetAdapter(loader, shuffle=False)
     adapter.on_epoch_begin()
     try:
