@@ -30,12 +30,18 @@ from .conftest import TINY_DATASET_OVERRIDES
     ("training.reduce_lr.enabled=true", "ReduceLROnPlateau cannot change a learning-rate schedule"),
     ("training.validation.every_n_epochs=0", "training.validation.every_n_epochs: must be >= 1"),
     ("training.checkpoint.every_n_epochs=0", "training.checkpoint.every_n_epochs: must be >= 1"),
+    ("training.loss=categorical_crossentropy training.dice.batch=false",
+     "training.dice: sets the Dice term of dice, dice_ce and bce_dice; training.loss=categorical_crossentropy has none"),
     ("model.norm=layer", "model.norm: expected one of ['batch', 'instance', 'group', 'none'], got 'layer'"),
 ])
 def test_recipe_mistakes_are_named(compose_train, override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        validate_run_config(compose_train(override))
+        validate_run_config(compose_train(*override.split()))
     assert message in str(err.value)
+
+
+def test_cross_entropy_takes_the_default_dice_keys(compose_train) -> None:
+    validate_run_config(compose_train("training.loss=categorical_crossentropy"))
 
 
 def test_oversampling_needs_draws(compose_train) -> None:

@@ -347,6 +347,13 @@ def _check_training(t: Any) -> list[str]:
         errors.append(f"training.learning_rate: must be > 0, got {t.learning_rate}")
     if t.loss not in LOSS_NAMES:
         errors.append(f"training.loss: expected one of {list(LOSS_NAMES)}, got {t.loss!r}")
+    elif t.loss == "categorical_crossentropy" and (t.dice.batch is not True or t.dice.include_background is not False):
+        # Compared with conf/training/default.yaml's values: the only way to tell an override of an inert key.
+        errors.append(
+            f"training.dice: sets the Dice term of dice, dice_ce and bce_dice; training.loss=categorical_crossentropy "
+            f"has none, so dice.batch={str(t.dice.batch).lower()} dice.include_background="
+            f"{str(t.dice.include_background).lower()} would be ignored; drop the override or choose a Dice loss"
+        )
     if t.monitor_mode not in ("min", "max"):
         errors.append(f"training.monitor_mode: expected 'min' or 'max', got {t.monitor_mode!r}")
     if "_target_" not in t.optimizer:
