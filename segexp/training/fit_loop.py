@@ -29,7 +29,9 @@ import numpy as np
 
 #: Keras' adapter for a ``PyDataset``: its enqueuer runs the loader's ``workers`` (threads or
 #: processes, ``max_queue_size`` batches ahead) exactly as ``fit`` does. A private module of
-#: Keras 3 (tested with 3.15; pyproject pins keras < 4; tests/test_fit_loop.py fails if it moves).
+#: Keras 3: the calls used here (constructor, ``on_epoch_begin``, ``get_numpy_iterator``,
+#: ``enqueuer``, ``on_epoch_end``) are unchanged from 3.6 to 3.15 (read in Keras' history), the
+#: range pyproject allows; tests/test_fit_loop.py fails if it moves.
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
 Batch = tuple[np.ndarray, ...]
