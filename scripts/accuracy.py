@@ -479,10 +479,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for seed in (args.seeds or [None])]
         rows = mean_over_seeds(runs) if args.seeds else runs[0]
         text = block(ds, rows, args, command, host)
-        print(f"\n### {name}\n\n{text}", flush=True)
-        write_markdown(Path(args.markdown), name + (f", seeds {' '.join(map(str, args.seeds))}" if args.seeds else ""), text)
+        seeds = " ".join(map(str, args.seeds or []))
+        title = f"{name}, seeds {seeds}" if args.seeds else name  # a block of its own next to the one-seed run
+        print(f"\n### {title}\n\n{text}", flush=True)
+        write_markdown(Path(args.markdown), title, text)
         results[name] = rows
-        (work / "result.json").write_text(json.dumps(rows, indent=2))
+        result_file = f"result_seeds_{seeds.replace(' ', '_')}.json" if args.seeds else "result.json"
+        (work / result_file).write_text(json.dumps(rows, indent=2))
     if results:
         print(f"tables written to {args.markdown}")
     return 0

@@ -191,6 +191,8 @@ def test_seeds_run_both_systems_per_seed_and_report_means(tmp_path: Path, monkey
     assert "| reference (x) | 2 | 6 | 41 s | 0.550 | 0.550, 0.550 | 0.550 | 0.200 |" in text
     assert "**target met.**" in text and "Means over seeds 0, 1" in text
     assert "## hvsmr_mini, seeds 0 1\n<!-- accuracy:hvsmr_mini, seeds 0 1:begin -->" in text  # next to a one-seed block
+    means = json.loads((tmp_path / "out" / "hvsmr_mini" / "result_seeds_0_1.json").read_text())
+    assert [r["foreground_dice"] for r in means] == pytest.approx([0.55, 0.55])  # beside, not over, result.json
 
 
 def _run_accuracy(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:

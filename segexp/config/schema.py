@@ -348,7 +348,8 @@ def _check_training(t: Any) -> list[str]:
     if t.loss not in LOSS_NAMES:
         errors.append(f"training.loss: expected one of {list(LOSS_NAMES)}, got {t.loss!r}")
     elif t.loss == "categorical_crossentropy" and (t.dice.batch is not True or t.dice.include_background is not False):
-        # Compared with conf/training/default.yaml's values: the only way to tell an override of an inert key.
+        # Compared with conf/training/default.yaml's values, the only way to tell an override of an inert
+        # key (tests/test_recipe.py composes the defaults with this loss, so a drift fails there).
         errors.append(
             f"training.dice: sets the Dice term of dice, dice_ce and bce_dice; training.loss=categorical_crossentropy "
             f"has none, so dice.batch={str(t.dice.batch).lower()} dice.include_background="
