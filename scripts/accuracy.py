@@ -397,7 +397,7 @@ structure without background, per patient in 3D. Target: segexp's foreground Dic
 reference's, and no structure left at 0 that the reference finds. The blocks below are rewritten
 by the script, one per dataset; each names the command and the machine that produced it.
 
-Full comparison: `python scripts/accuracy.py` (four datasets, about 50 min on 2 CPU cores): segexp
+Full comparison: `python scripts/accuracy.py` (four datasets, about 55 min on 2 CPU cores): segexp
 trains alone on the machine's cores, then the reference alone for segexp's measured training time;
 `--side-by-side` trains both at once on the same cores with the same `--minutes` budget.
 Options: `--datasets`, `--minutes`, `--out`
