@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Proof on real data, side by side: segexp's default recipe against a plain Keras reference, same wall time.
+"""Proof on real data, side by side: segexp's default recipe against MONAI itself (PyTorch), same wall time.
 
     python scripts/accuracy.py                                   # all four datasets, 10 min each, ACCURACY.md
     python scripts/accuracy.py --datasets hvsmr_mini --minutes 2
     python scripts/accuracy.py --datasets hocmvalves_mini --seeds 0 1 2    # means over three seeds
-    python scripts/accuracy.py --reference-only --minutes 0.2 --markdown /tmp/A.md   # try the reference alone
+    python scripts/accuracy.py --monai-only --minutes 0.2 --markdown /tmp/A.md   # try MONAI alone
 
 For every dataset:
 
@@ -12,13 +12,21 @@ For every dataset:
    the dataset's overrides only, i.e. segexp's default recipe, plus
    ``training.max_time=<minutes>`` when this checkout has that key, ``hydra.run.dir`` under
    ``--out`` and MLflow tracking into ``<out>/mlflow.db`` (``--no-tracking``: ``tracking=none``).
-   Its training wall time is the sum of the per-epoch times Keras prints (one line per
-   epoch, validation and epoch-end callbacks included; the process time when no epoch line
-   is printed); its score is
-   ``evaluation/summary.json`` (test split) or ``segexp-evaluate`` on the dataset's scored split.
-2. The reference (``scripts/reference_loop.py``: MONAI's UNet recipe in plain Keras) trains,
-   in its own process, for the same training wall time, on the same pixels (segexp's
-   reader, the same config), and is scored by the same ``evaluate_split`` on the same split.
+   Its wall time is the whole ``segexp-train`` process, start to exit (start-up, tracing,
+   validation, its test evaluation and MLflow included: ``process_seconds``); its training
+   time the sum of the per-epoch times Keras prints; its steps those of Keras' epoch lines;
+   its score ``evaluation/summary.json`` (test split) or ``segexp-evaluate`` on the scored split.
+2. The pixels are exported with segexp's own reader (:func:`segexp.data.slices.load_pair`,
+   the config segexp-train composes from the same overrides: dataset, ``model.image_height``,
+   ``image_width``, ``image_channels``, ``seed``) into ``<work>/monai_input.npz``.
+3. MONAI itself (``scripts/monai_loop.py``: ``monai.networks.nets.UNet`` 16-256 channels, 2
+   residual units, instance norm, ``monai.losses.DiceCELoss``, Adam 1e-3, flips, batch 8,
+   best validation epoch kept) trains in its own virtual environment (torch, monai, numpy;
+   built once under ``--monai-venv``) twice: for segexp's whole process time (counted from
+   the start of MONAI's script, stopping after the epoch that reaches it) and for segexp's
+   number of optimiser steps (stopping at exactly that step). Its predictions of the scored
+   split, at the model's input size, are scored by segexp's ``evaluate_split`` exactly as
+   segexp's own model is (resized back to each slice's stored size, nearest neighbour).
 
 Scores are segexp's: Dice per structure without background, per case in 3D on the case's
 stacked slices, averaged over cases (a structure absent from a case's truth and
@@ -60,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench import machine, update_markdown
+from bench import compose, machine, update_markdown
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +85,10 @@ THORAX_NOTE = (
 #: No experiment preset for the slab sets: the real-data network (as the hvsmr/hocmvalves presets) at
 #: the default 128x128, 10 epochs of the default 50 steps; the rest is segexp's default recipe.
 THORAX_SEGEXP = ["model=resunet", "training.epochs=10"]
+
+MONAI_SYSTEM = "MONAI (PyTorch)"
+MONAI_VENV = REPO / "outputs" / "venvs" / "monai"
+MONAI_REQUIREMENT = "monai>=1.4,<1.7"  # pip install torch <this> numpy, into the MONAI environment only
 
 
 @dataclass
@@ -189,12 +201,14 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
 
 
-def stream(cmd: Sequence[str], log_path: Path, prefix: str) -> tuple[int, float, list[str]]:
-    """Run ``cmd``, echo its output with ``prefix`` and into ``log_path``; (exit status, seconds, lines)."""
+def stream(cmd: Sequence[str], log_path: Path, prefix: str,
+           env: dict[str, str] | None = None) -> tuple[int, float, list[str]]:
+    """Run ``cmd`` (environment ``env``, default :func:`_env`), echo its output with ``prefix`` and into
+    ``log_path``; (exit status, wall seconds from start to exit, lines)."""
     start = time.perf_counter()
     lines: list[str] = []
     with open(log_path, "w") as log, subprocess.Popen(
-        list(cmd), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        list(cmd), cwd=REPO, env=_env() if env is None else env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
     ) as proc:
         for line in proc.stdout:
             log.write(line)
@@ -227,16 +241,16 @@ def _summary_row(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_segexp(ds: Dataset, data_overrides: list[str], args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """segexp-train with its default recipe; training seconds, epochs, steps and the scores on ``ds.split``."""
+    """segexp-train with its default recipe; its seconds (process and Keras epochs), epochs, steps and the
+    scores on ``ds.split``."""
     run_dir = work / "segexp"
     shutil.rmtree(run_dir, ignore_errors=True)
     out = Path(args.out).resolve()
     tracking = (["tracking=none"] if args.no_tracking else
                 [f"tracking.uri={_quote(f'sqlite:///{out}/mlflow.db')}", f"tracking.artifact_location={_quote(out / 'mlartifacts')}",
                  "tracking.experiment=segexp-accuracy"])
-    cmd = [sys.executable, "-m", "segexp.cli.train", *data_overrides, *ds.segexp_only, *time_overrides(args.minutes),
-           *args.segexp_overrides,
-           *tracking, f"hydra.run.dir={_quote(run_dir)}"]
+    cmd = [sys.executable, "-m", "segexp.cli.train", *segexp_overrides(ds, data_overrides, args),
+           *time_overrides(args.minutes), *tracking, f"hydra.run.dir={_quote(run_dir)}"]
     print("  $ " + shlex.join(["segexp-train", *cmd[3:]]), flush=True)
     code, seconds, lines = stream(cmd, work / "segexp.log", "segexp")
     if code != 0:
@@ -260,6 +274,8 @@ def run_segexp(ds: Dataset, data_overrides: list[str], args: argparse.Namespace,
         summary_path = job / "summary.json"
     return {
         "system": "segexp (defaults)",
+        "matched": None,
+        "budget": "its preset",
         "epochs": len(history),
         "steps": steps,
         "train_seconds": float(sum(t for _, t in epochs)) if epochs else seconds,
@@ -269,27 +285,198 @@ def run_segexp(ds: Dataset, data_overrides: list[str], args: argparse.Namespace,
     }
 
 
-def run_reference(ds: Dataset, data_overrides: list[str], args: argparse.Namespace, work: Path,
-                  seconds: float) -> dict[str, Any]:
-    """scripts/reference_loop.py for ``seconds`` in its own process; its epochs, steps, seconds and scores."""
-    out = work / "reference"
+# ----------------------------------------------------------------------------- MONAI (PyTorch)
+
+
+def venv_python(venv: Path) -> Path:
+    """The interpreter of virtual environment ``venv``."""
+    return venv / "bin" / "python"
+
+
+def find_links() -> list[Path]:
+    """pip's find-links folders: ``PIP_FIND_LINKS`` and ``find-links`` of ``pip config list``."""
+    values = [os.environ.get("PIP_FIND_LINKS", "")]
+    proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.endswith("find-links"):
+            values.append(value.strip().strip("'\""))
+    folders = [Path(v) for value in values for v in value.split() if v and "://" not in v]
+    return list(dict.fromkeys(f for f in folders if f.is_dir()))
+
+
+def torch_requirement(folders: Sequence[Path], python_tag: str = f"cp{sys.version_info[0]}{sys.version_info[1]}") -> str:
+    """``torch==<version>`` of the newest CPU wheel (``torch-*+cpu-<tag>-*.whl``) in ``folders``, else ``torch``.
+
+    The package index's plain ``torch`` is the CUDA build (gigabytes of ``nvidia-*`` wheels); a CPU
+    wheel beside pip keeps the environment small where one is provided.
+    """
+    found = [w.name.split("-")[1] for f in folders for w in f.glob(f"torch-*+cpu-{python_tag}-*.whl")]
+    key = lambda v: tuple(int(x) if x.isdigit() else 0 for x in re.split(r"[.+]", v))  # noqa: E731
+    return f"torch=={max(found, key=key)}" if found else "torch"
+
+
+def venv_commands(venv: Path, torch: str = "torch", python: str = sys.executable) -> list[list[str]]:
+    """The commands that build the MONAI environment: ``python -m venv``, then pip install torch, monai, numpy."""
+    return [[python, "-m", "venv", str(venv)],
+            [str(venv_python(venv)), "-m", "pip", "install", torch, MONAI_REQUIREMENT, "numpy"]]
+
+
+def venv_ready(venv: Path) -> bool:
+    """Whether ``venv``'s interpreter imports torch, monai and numpy."""
+    python = venv_python(venv)
+    return python.is_file() and subprocess.run([str(python), "-c", "import torch, monai, numpy"],
+                                               capture_output=True, env=_monai_env()).returncode == 0
+
+
+def ensure_monai_venv(venv: Path) -> Path:
+    """The interpreter of the MONAI environment ``venv``, built once (reused when it imports torch and monai)."""
+    venv = venv.resolve()
+    if venv_ready(venv):
+        return venv_python(venv)
+    print(f"building the MONAI environment {venv} (once; a few minutes)", flush=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    for cmd in venv_commands(venv, torch_requirement(find_links())):
+        print("  $ " + shlex.join(cmd), flush=True)
+        code = subprocess.run(cmd, env=_monai_env()).returncode
+        if code != 0:
+            raise SystemExit(f"{venv}: could not build the MONAI environment: `{shlex.join(cmd)}` exited with {code} "
+                             f"(remove {venv} and retry, or pass --monai-venv with a working one)")
+    if not venv_ready(venv):
+        raise SystemExit(f"{venv}: built, but `{venv_python(venv)} -c 'import torch, monai, numpy'` fails")
+    return venv_python(venv)
+
+
+def _monai_env() -> dict[str, str]:
+    """The environment of MONAI's processes: this checkout off PYTHONPATH (they import no segexp)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+def segexp_overrides(ds: Dataset, data_overrides: Sequence[str], args: argparse.Namespace) -> list[str]:
+    """The recipe-independent overrides that segexp-train gets for ``ds`` (data, model size, seed, extras)."""
+    return [*data_overrides, *ds.segexp_only, *args.segexp_overrides]
+
+
+@dataclass
+class Pixels:
+    """What was exported for MONAI: the ``.npz``, the scored split's images (model size) and how to score them."""
+
+    path: Path
+    dataset: Any  # segexp.data.dataset.SliceDataset
+    split: str
+    image_size: tuple[int, int]
+    channels: int
+    case_pattern: str
+    score_images: np.ndarray
+
+
+def export_pixels(overrides: Sequence[str], split: str, path: Path) -> Pixels:
+    """Write ``path`` (.npz) with segexp's own reader at the config's model size: the train and valid slices
+    (uint8 images ``(N, H, W, C)``, class-index masks ``(N, H, W)``, case per slice) and ``split``'s slices
+    (``score_*``) in ``evaluate_split``'s order, ``num_classes``, ``seed``."""
+    from segexp.config.schema import validate_train_config
+    from segexp.data.dataset import open_dataset
+    from segexp.data.slices import load_pair
+    from segexp.evaluation.reports import cases_of
+
+    cfg = validate_train_config(compose([o for o in overrides if not o.lstrip("~+").startswith("hydra.")]))
+    m = cfg.model
+    dataset = open_dataset(cfg.dataset, m.num_classes)
+    if not dataset.pairs.get(split):
+        raise SystemExit(f"dataset {dataset.name} under {dataset.root}: split {split!r} has no slices to score")
+    ordered = {s: dataset.pairs[s] for s in ("train", "valid")}
+    ordered["score"] = [p for pairs in cases_of(dataset.pairs[split], cfg.dataset.case_pattern).values() for p in pairs]
+    arrays: dict[str, np.ndarray] = {}
+    for name, pairs in ordered.items():
+        loaded = [load_pair(p, dataset.decoder, m.image_channels, m.image_height, m.image_width) for p in pairs]
+        arrays[f"{name}_images"] = np.stack([im for im, _ in loaded]).astype(np.uint8)
+        arrays[f"{name}_masks"] = np.stack([mk for _, mk in loaded]).astype(np.uint8)
+        arrays[f"{name}_cases"] = np.asarray([p.case for p in pairs], dtype=str)
+        arrays[f"{name}_names"] = np.asarray([p.name for p in pairs], dtype=str)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays, num_classes=np.int64(len(dataset.class_names)), seed=np.int64(cfg.seed),
+             class_names=np.asarray(dataset.class_names, dtype=str))
+    return Pixels(path, dataset, split, (m.image_height, m.image_width), m.image_channels, cfg.dataset.case_pattern,
+                  arrays["score_images"])
+
+
+class FixedPredictions:
+    """A stand-in for a Keras model in ``evaluate_split``: one-hot probabilities of class indices predicted
+    elsewhere, looked up by the input image's bytes, so predictions made outside segexp are scored by the very
+    code that scores segexp's model. An all-black image not in the table (``predict_batches``' padding of the last
+    batch, whose outputs are dropped) gets zeros; any other unknown image is an error."""
+
+    def __init__(self, images: np.ndarray, predictions: np.ndarray, num_classes: int) -> None:
+        if images.shape[:3] != predictions.shape:
+            raise ValueError(f"predictions {predictions.shape} do not match images {images.shape}")
+        self.input_shape = (None, *images.shape[1:])
+        self.output_shape = (None, *images.shape[1:3], num_classes)
+        self._table = {np.ascontiguousarray(im).tobytes(): np.asarray(p) for im, p in zip(images, predictions)}
+        self._eye = np.eye(num_classes, dtype=np.float32)
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        """``(B, H, W, K)`` one-hot float32 of the stored predictions of ``batch``'s images."""
+        out = np.zeros((len(batch), *self.output_shape[1:]), np.float32)
+        for i, image in enumerate(np.asarray(batch)):
+            pred = self._table.get(np.ascontiguousarray(image).tobytes())
+            if pred is not None:
+                out[i] = self._eye[pred]
+            elif image.any():
+                raise KeyError(f"image {i} of the batch has no stored prediction")
+        return out
+
+
+def score_predictions(pixels: Pixels, predictions: np.ndarray, out_dir: Path) -> dict[str, Any]:
+    """segexp's ``evaluate_split`` of class-index ``predictions`` ``(N, H, W)`` (model size, ``score_images``'
+    order) on ``pixels.split``; writes its reports in ``out_dir``; returns the ``summary.json`` content."""
+    from segexp.evaluation.reports import evaluate_split, write_reports
+
+    model = FixedPredictions(pixels.score_images, predictions, len(pixels.dataset.class_names))
+    evaluation = evaluate_split(model, pixels.dataset, pixels.split, image_size=pixels.image_size,
+                                channels=pixels.channels, case_pattern=pixels.case_pattern, batch_size=8)
+    write_reports(evaluation, out_dir)
+    return evaluation.summary
+
+
+def monai_command(python: Path, data: Path, out: Path, *, seconds: float | None = None, steps: int | None = None,
+                  threads: int | None = None, max_epochs: int | None = None) -> list[str]:
+    """``<venv python> scripts/monai_loop.py --data .. --out .. [--seconds S] [--steps N] [--threads T] ..``."""
+    return [str(python), str(Path(__file__).with_name("monai_loop.py")), "--data", str(data), "--out", str(out),
+            *(["--seconds", f"{seconds:.3f}"] if seconds is not None else []),
+            *(["--steps", str(steps)] if steps is not None else []),
+            *(["--threads", str(threads)] if threads else []),
+            *(["--max-epochs", str(max_epochs)] if max_epochs else [])]
+
+
+def run_monai(pixels: Pixels, args: argparse.Namespace, work: Path, *, matched: str, budget: str,
+              seconds: float | None = None, steps: int | None = None) -> dict[str, Any]:
+    """scripts/monai_loop.py in the MONAI environment for ``seconds`` or ``steps``; its row, scored by segexp.
+
+    ``matched``: ``time`` or ``steps`` (which of segexp's numbers it got); ``budget``: the table's text for it.
+    """
+    out = work / f"monai_{matched}"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, str(Path(__file__).with_name("reference_loop.py")), "--seconds", f"{seconds:.3f}",
-           "--out", str(out), "--split", ds.split, *(["--max-epochs", str(args.max_epochs)] if args.max_epochs else []),
-           "--", *data_overrides, *args.segexp_overrides]
-    code, process_seconds, _ = stream(cmd, work / "reference.log", "reference")
+    cmd = monai_command(args.monai_python, pixels.path, out, seconds=seconds, steps=steps, threads=args.monai_threads,
+                        max_epochs=args.max_epochs)
+    code, process_seconds, _ = stream(cmd, work / f"monai_{matched}.log", f"monai-{matched}", env=_monai_env())
     if code != 0:
-        raise RuntimeError(f"the reference loop exited with {code}; see {work / 'reference.log'}")
-    report = json.loads((out / "reference.json").read_text())
+        raise RuntimeError(f"scripts/monai_loop.py exited with {code}; see {work / f'monai_{matched}.log'}")
+    report = json.loads((out / "monai.json").read_text())
+    with np.load(out / "predictions.npz") as data:
+        predictions = data["predictions"]
+    summary = score_predictions(pixels, predictions, out / "evaluation")
     return {
-        "system": "reference (MONAI UNet recipe)",
+        "system": MONAI_SYSTEM,
+        "matched": matched,
+        "budget": budget,
         "epochs": report["epochs"],
         "steps": report["steps"],
         "train_seconds": report["train_seconds"],
-        "timed_by": "loop clock",
+        "timed_by": "script clock from its start",
         "process_seconds": process_seconds,
         "num_params": report["num_params"],
-        **_summary_row(json.loads((out / "evaluation" / "summary.json").read_text())),
+        "versions": report["versions"],
+        **_summary_row(summary),
     }
 
 
@@ -304,30 +491,36 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def target_verdict(rows: Sequence[dict[str, Any]]) -> str:
-    """The issue's target: segexp's foreground Dice >= the reference's, no class at 0 that the reference finds."""
-    systems = {r["system"].split(" ")[0]: r for r in rows}
-    if set(systems) != {"segexp", "reference"}:
+def target_verdict(rows: Sequence[dict[str, Any]], matched: str = "time") -> str:
+    """The issue's target against MONAI's run at segexp's ``matched`` (``time`` or ``steps``): segexp's
+    foreground Dice >= MONAI's, and no class at 0 for segexp that MONAI finds (Dice > 0)."""
+    seg = next((r for r in rows if r["system"].startswith("segexp")), None)
+    peers = [r for r in rows if r["system"].startswith("MONAI")]
+    if seg is None or not peers:
         return "target not checked (one system only)"
-    seg, ref = systems["segexp"], systems["reference"]
+    peer = next((r for r in peers if r.get("matched") == matched), None)
+    if peer is None:
+        return f"target not checked (no MONAI run at segexp's {matched})"
     problems = []
-    if (seg["foreground_dice"] or 0.0) < (ref["foreground_dice"] or 0.0):
-        problems.append(f"foreground Dice {seg['foreground_dice'] or 0:.3f} < reference {ref['foreground_dice'] or 0:.3f}")
-    missed = [c for c, v in seg["dice"].items() if seg["n"][c] and (v or 0.0) == 0.0 and (ref["dice"].get(c) or 0.0) > 0]
+    if (seg["foreground_dice"] or 0.0) < (peer["foreground_dice"] or 0.0):
+        problems.append(f"foreground Dice {seg['foreground_dice'] or 0:.3f} < MONAI {peer['foreground_dice'] or 0:.3f}")
+    missed = [c for c, v in seg["dice"].items() if seg["n"][c] and (v or 0.0) == 0.0 and (peer["dice"].get(c) or 0.0) > 0]
     if missed:
-        problems.append(f"at 0 where the reference finds them: {', '.join(missed)}")
+        problems.append(f"at 0 where MONAI finds them: {', '.join(missed)}")
     return "target met" if not problems else "target NOT met: " + "; ".join(problems)
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table: system, epochs, steps, training time, foreground Dice (and per seed), Dice per class."""
+    """Markdown table: system, what it was matched on, epochs, steps, process wall time (start to exit),
+    foreground Dice (and per seed), Dice per class."""
     classes = list(rows[0]["dice"])
     seeds = "per_seed" in rows[0]
-    head = ["system", "epochs", "optimiser steps", "training wall time", "foreground Dice",
+    head = ["system", "budget", "epochs", "optimiser steps", "wall time", "foreground Dice",
             *(["per seed"] if seeds else []), *classes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["system"], str(r["epochs"]), str(r["steps"]), _duration(r["train_seconds"]),
+        cells = [r["system"], r.get("budget", "–"), str(r["epochs"]), str(r["steps"]),
+                 _duration(r.get("process_seconds", r["train_seconds"])),
                  _dice(r["foreground_dice"], 1), *([", ".join(f"{v:.3f}" for v in r["per_seed"])] if seeds else []),
                  *(_dice(r["dice"][c], r["n"][c]) for c in classes)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -336,14 +529,16 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 def mean_over_seeds(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per system from its rows of several seeds (``runs[seed][system]``): epochs, steps,
-    time and Dice averaged (a class's mean over the seeds that scored it), the foreground Dice
+    times and Dice averaged (a class's mean over the seeds that scored it), the foreground Dice
     of each seed under ``per_seed``."""
     merged = []
     for rows in zip(*runs):
-        row = dict(rows[0])
+        row = {**rows[0], "dice": dict(rows[0]["dice"]), "n": dict(rows[0]["n"])}
         for key in ("epochs", "steps"):
             row[key] = round(float(np.mean([r[key] for r in rows])))
-        row["train_seconds"] = float(np.mean([r["train_seconds"] for r in rows]))
+        for key in ("train_seconds", "process_seconds"):
+            if all(key in r for r in rows):
+                row[key] = float(np.mean([r[key] for r in rows]))
         row["per_seed"] = [r["foreground_dice"] or 0.0 for r in rows]
         row["foreground_dice"] = float(np.mean(row["per_seed"]))
         for c in row["dice"]:
@@ -354,54 +549,81 @@ def mean_over_seeds(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, 
     return merged
 
 
+def _how(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
+    """How the systems were timed and matched, for the block's text."""
+    seg = next((r for r in rows if r["system"].startswith("segexp")), None)
+    steps = next((r for r in rows if r.get("matched") == "steps"), None)
+    if seg is None:
+        return (f"MONAI alone on the machine's cores for `--minutes` {args.minutes:g}, counted from the start of its "
+                "script, stopping after the epoch that reaches it. ")
+    text = ("segexp and MONAI's equal-time run trained at the same time, sharing the machine's cores, with the same "
+            f"budget of {args.minutes:g} min (segexp: `training.max_time`, MONAI: from its script's start); each stops "
+            "after the epoch that reaches it. " if args.side_by_side else
+            "Each run trained alone on the machine's cores, segexp first. MONAI's equal-time run was given segexp's "
+            "whole measured wall time: the `segexp-train` process from start to exit (start-up, step tracing, "
+            "validation, its test evaluation and MLflow included), counted from the start of MONAI's script "
+            "(torch and MONAI imports included); it stops after the epoch that reaches it. ")
+    if steps is not None:
+        text += ("MONAI's equal-steps run stopped at exactly segexp's number of optimiser steps (validated there). ")
+    return text + ("Wall time in the table: each process from start to exit (MONAI's includes predicting the scored "
+                   f"split after its budget). segexp's training time (its Keras epochs): {_duration(seg['train_seconds'])}. ")
+
+
 def block(ds: Dataset, rows: Sequence[dict[str, Any]], args: argparse.Namespace, command: str, host: dict[str, Any]) -> str:
     """The markdown block of one dataset (between its markers in ACCURACY.md)."""
     note = ds.note.format(slab=args.slab_slices)
     n_cases = rows[0]["num_cases"]
-    params = next((r["num_params"] for r in rows if "num_params" in r), None)
+    monai = next((r for r in rows if r["system"].startswith("MONAI")), None)
+    verdict = f"**Equal wall time: {target_verdict(rows)}.** "
+    if any(r.get("matched") == "steps" for r in rows):
+        verdict += f"Equal steps: {target_verdict(rows, 'steps')}. "
+    versions = monai.get("versions", {}) if monai else {}
     lines = [
         note,
         "",
         f"Split scored: `{ds.split}` ({n_cases} case{'s' if n_cases != 1 else ''}); Dice per structure without "
-        "background, per case in 3D, `–` = structure absent from that split.",
+        "background, per case in 3D, `–` = structure absent from that split; both systems scored by segexp's "
+        "`evaluate_split` on the same pixels (MONAI's predictions at the model's input size, resized back as "
+        "segexp's are).",
         "",
         table(rows),
         "",
-        f"**{target_verdict(rows)}.** "
-        + ("Both systems trained at the same time, sharing the machine's cores, with the same budget of "
-           f"{args.minutes:g} min; each stops after the epoch that reaches it (segexp: `training.max_time`). "
-           if args.side_by_side else
-           "Each system trained alone on the machine's cores, segexp first; the reference was given segexp's "
-           "measured training time and stops after the epoch that reaches it. ")
-        + "Training wall time: segexp's per-epoch times as Keras prints them (its step tracing in epoch 1), the reference's loop clock (its tracing included)."
-        + (f" Reference network: {params:,} parameters." if params else "")
-        + (f" Means over seeds {', '.join(map(str, args.seeds))} (`seed=`; segexp's and the reference's runs of one "
+        verdict
+        + _how(rows, args)
+        + (f"MONAI network (`monai.networks.nets.UNet`): {monai['num_params']:,} parameters." if monai else "")
+        + (f" Means over seeds {', '.join(map(str, args.seeds))} (`seed=`; segexp's and MONAI's runs of one "
            "seed share it)." if args.seeds else ""),
         "",
         f"Reproduce: `{command}` — {host['cores']} cores, {host['cpu']}, GPU: {host['gpu']}; "
-        f"TensorFlow {host['versions']['tensorflow']}, Keras {host['versions']['keras']}; "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"TensorFlow {host['versions']['tensorflow']}, Keras {host['versions']['keras']}"
+        + (f"; PyTorch {versions['torch']}, MONAI {versions['monai']}" if versions else "")
+        + f"; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
         "",
     ]
     return "\n".join(lines)
 
 
-HEADER = """# Accuracy on real data: segexp's defaults against a plain reference, same wall time
+HEADER = """# Accuracy on real data: segexp's defaults against MONAI itself (PyTorch), same wall time
 
 `python scripts/accuracy.py` trains segexp's default recipe (`segexp-train` with the dataset's
-preset only) and a plain Keras 3 reference (`scripts/reference_loop.py`: MONAI's `UNet` recipe —
-channels 16–256, stride-2 convolutions, 2 residual units, instance norm, PReLU — with
-`DiceCELoss`, Adam 1e-3, flips, batch 8, best validation epoch kept) for the same training wall
-time on the same pixels, and scores both with segexp's scorer (`evaluate_split`): Dice per
-structure without background, per patient in 3D. Target: segexp's foreground Dice at least the
-reference's, and no structure left at 0 that the reference finds. The blocks below are rewritten
-by the script, one per dataset; each names the command and the machine that produced it.
+preset only) and MONAI itself in PyTorch (`scripts/monai_loop.py`, in its own virtual environment:
+`monai.networks.nets.UNet` — channels 16–256, stride-2 convolutions, 2 residual units, instance
+norm, PReLU — with `monai.losses.DiceCELoss`, Adam 1e-3, flips, batch 8, best validation epoch
+kept) on the same pixels (segexp's reader), and scores both with segexp's scorer
+(`evaluate_split`): Dice per structure without background, per patient in 3D. MONAI runs twice:
+for segexp's whole wall time (the `segexp-train` process, start-up included) and for segexp's
+number of optimiser steps. Target, at equal wall time: segexp's foreground Dice at least MONAI's,
+and no structure left at 0 that MONAI finds; the equal-steps row is stated beside it. The blocks
+below are rewritten by the script, one per dataset; each names the command and the machine that
+produced it.
 
-Full comparison: `python scripts/accuracy.py` (four datasets, about 55 min on 2 CPU cores): segexp
-trains alone on the machine's cores, then the reference alone for segexp's measured training time;
-`--side-by-side` trains both at once on the same cores with the same `--minutes` budget.
-Options: `--datasets`, `--minutes`, `--out`
-(default `outputs/accuracy`), `--segexp-overrides`, `--reference-only`, `--segexp-only`,
+Full comparison: `python scripts/accuracy.py` (four datasets): segexp trains alone on the machine's
+cores, then MONAI alone for segexp's measured wall time, then for its steps; `--side-by-side` trains
+segexp and MONAI's equal-time run at once on the same cores with the same `--minutes` budget. The
+MONAI environment is built once (`python -m venv`, `pip install torch "monai>=1.4,<1.7" numpy`,
+a CPU torch wheel from pip's find-links where there is one) under `--monai-venv` (default
+`outputs/venvs/monai`) and reused. Options: `--datasets`, `--minutes`, `--out` (default
+`outputs/accuracy`), `--segexp-overrides`, `--monai-only`, `--segexp-only`, `--monai-threads`,
 `--no-tracking`, `--seeds` (both systems once per seed, means and each seed's score reported);
 `python scripts/accuracy.py --help`.
 """
@@ -418,56 +640,68 @@ def write_markdown(path: Path, name: str, text: str) -> None:
 
 
 def compare(ds: Dataset, data_overrides: list[str], args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """segexp then the reference for segexp's time (or both at once with ``--side-by-side``): their rows."""
+    """segexp, then MONAI for segexp's wall time and for its steps (``--side-by-side``: segexp and MONAI's
+    equal-time run at once, same ``--minutes``): their rows."""
     work.mkdir(parents=True, exist_ok=True)
+    if args.segexp_only:
+        return [run_segexp(ds, data_overrides, args, work)]
+    pixels = export_pixels(segexp_overrides(ds, data_overrides, args), ds.split, work / "monai_input.npz")
     budget = args.minutes * 60
-    if args.side_by_side and not (args.reference_only or args.segexp_only):
+    if args.monai_only:
+        return [run_monai(pixels, args, work, matched="time", budget="`--minutes`", seconds=budget)]
+    if args.side_by_side:
         # Both at once on the same cores: a shared machine's changing speed hits both alike, but
         # each gets about half the cores, so the presets' schedules (sized for the cores alone) are
-        # cut by the budget, and Keras' fit process measured 1.6x slower per step than the bare
-        # loop under that contention (ACCURACY.md). Hence not the default.
+        # cut by the budget. Hence not the default.
         with ThreadPoolExecutor(2) as pool:
-            seg = pool.submit(run_segexp, ds, data_overrides, args, work)
-            ref = pool.submit(run_reference, ds, data_overrides, args, work, budget)
-            return [seg.result(), ref.result()]
-    rows = []
-    if not args.reference_only:
-        rows.append(run_segexp(ds, data_overrides, args, work))
-        budget = rows[-1]["train_seconds"]
-    if not args.segexp_only:
-        rows.append(run_reference(ds, data_overrides, args, work, budget))
-    return rows
+            seg_job = pool.submit(run_segexp, ds, data_overrides, args, work)
+            time_job = pool.submit(run_monai, pixels, args, work, matched="time",
+                                   budget="same `--minutes`, side by side", seconds=budget)
+            seg, at_time = seg_job.result(), time_job.result()
+    else:
+        seg = run_segexp(ds, data_overrides, args, work)
+        at_time = run_monai(pixels, args, work, matched="time", budget="segexp's wall time",
+                            seconds=seg["process_seconds"])
+    at_steps = run_monai(pixels, args, work, matched="steps", budget="segexp's steps", steps=seg["steps"])
+    return [seg, at_time, at_steps]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--minutes", type=float, default=10.0,
-                        help="segexp's training.max_time (when the key exists); the reference gets segexp's measured time")
+                        help="segexp's training.max_time (when the key exists); MONAI gets segexp's measured wall time "
+                             "(--monai-only: --minutes)")
     parser.add_argument("--out", default=str(REPO / "outputs" / "accuracy"), help="run folders, logs, mlflow.db")
     parser.add_argument("--markdown", default=str(MARKDOWN), help="file whose dataset blocks are rewritten (ACCURACY.md)")
     parser.add_argument("--segexp-overrides", nargs="+", default=[], action="extend", metavar="OVERRIDE",
-                        help="extra segexp-train overrides, passed as they are; the reference reads its data and input "
-                             "size through the same config (it uses nothing of segexp's recipe)")
+                        help="extra segexp-train overrides, passed as they are; MONAI's pixels are read through the "
+                             "same config (dataset, model input size and channels, seed; nothing of segexp's recipe)")
     parser.add_argument("--slab-slices", type=int, default=4, help="thorax volumes: slices per slab")
-    parser.add_argument("--max-epochs", type=int, default=None, help="reference: stop after this many epochs at the latest")
+    parser.add_argument("--max-epochs", type=int, default=None, help="MONAI: stop after this many epochs at the latest")
+    parser.add_argument("--monai-venv", default=str(MONAI_VENV),
+                        help="virtual environment with torch and monai, built there once when it does not import them")
+    parser.add_argument("--monai-threads", type=int, default=None, help="MONAI's torch threads (default: all cores)")
     parser.add_argument("--no-tracking", action="store_true", help="segexp-train with tracking=none")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                         help="run both systems once per seed (`seed=SEED`) and report means and each seed's score")
     parser.add_argument("--side-by-side", action="store_true",
-                        help="train both at once on the same cores with the same --minutes (default: segexp alone, "
-                             "then the reference alone for segexp's measured training time)")
+                        help="train segexp and MONAI's equal-time run at once on the same cores with the same "
+                             "--minutes (default: segexp alone, then MONAI alone for segexp's measured wall time)")
     only = parser.add_mutually_exclusive_group()
-    only.add_argument("--reference-only", action="store_true", help="only the reference, for --minutes")
+    only.add_argument("--monai-only", "--reference-only", dest="monai_only", action="store_true",
+                      help="only MONAI, for --minutes (--reference-only: the former name)")
     only.add_argument("--segexp-only", action="store_true", help="only segexp-train")
     args = parser.parse_args(argv)
     command = " ".join(["python scripts/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out).resolve()
     host = machine()
+    names = [n for n in args.datasets if (SHARED / DATASETS[n].needs).is_dir()]
+    args.monai_python = ensure_monai_venv(Path(args.monai_venv)) if names and not args.segexp_only else None
     results: dict[str, Any] = {}
     for name in args.datasets:
         ds = DATASETS[name]
-        if not (SHARED / ds.needs).is_dir():
+        if name not in names:
             print(f"skipping {name}: {SHARED / ds.needs} is absent")
             continue
         print(f"== {name}", flush=True)

@@ -1,4 +1,5 @@
-"""scripts/accuracy.py and scripts/reference_loop.py: the reference network, the thorax slabs, a tiny end-to-end run."""
+"""scripts/accuracy.py and scripts/monai_loop.py: the pixel export, scoring MONAI's predictions with segexp's
+scorer, the MONAI environment, the verdict, the thorax slabs, tiny end-to-end runs (slow, with the environment)."""
 
 from __future__ import annotations
 
@@ -15,47 +16,110 @@ from segexp.config.schema import REPO_DIR
 from segexp.data.dataset import leaked_cases
 from segexp.data.slices import split_pairs
 
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, TINY_DATASET_OVERRIDES, write_tiny_dataset
 
 SCRIPTS = REPO_DIR / "scripts"
 HVSMR_MINI = SHARED_DATA / "hvsmr_mini"
-sys.path.insert(0, str(SCRIPTS))  # the scripts import each other (bench, reference_loop) as scripts do
+MONAI_VENV = REPO_DIR / "outputs" / "venvs" / "monai"
+sys.path.insert(0, str(SCRIPTS))  # the scripts import each other (bench) as scripts do
 
 import accuracy  # noqa: E402
-import reference_loop  # noqa: E402
+import monai_loop  # noqa: E402  (numpy only at import: torch and monai are imported where they are used)
+
+needs_venv = pytest.mark.skipif(not (MONAI_VENV / "bin" / "python").is_file(),
+                                reason=f"{MONAI_VENV} is absent (scripts/accuracy.py builds it)")
 
 
-def test_reference_unet_is_monai_sized_and_trains_one_step() -> None:
-    import keras
-
-    # MONAI UNet(2, 1, 9, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2) has 1,627,884 parameters
-    assert reference_loop.build_reference_unet(256, 256, 1, 9).count_params() == 1_627_884
-    model = reference_loop.build_reference_unet(32, 32, 1, 3)
-    assert model.output_shape == (None, 32, 32, 3) and model.input.dtype == "uint8"
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=reference_loop.dice_ce_loss)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (2, 32, 32, 1), dtype=np.uint8)
-    masks = rng.integers(0, 3, (2, 32, 32)).astype(np.uint8)
-    before = model.get_weights()
-    loss = float(model.train_on_batch(images, masks))
-    assert np.isfinite(loss) and loss > 0
-    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    probs = np.asarray(model.predict_on_batch(images))
-    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+def _tiny_overrides(root: Path) -> list[str]:
+    return [*TINY_DATASET_OVERRIDES, f"dataset.root={root}", f"paths.root={root.parent}", "seed=7"]
 
 
-def test_dice_ce_loss_is_monai_defaults() -> None:
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 3, (2, 8, 8))
-    probs = rng.dirichlet(np.ones(3), size=(2, 8, 8)).astype(np.float32)
-    onehot = np.eye(3)[labels]
-    tp = (onehot * probs).sum((1, 2))
-    dice = 1 - (2 * tp + 1e-5) / (onehot.sum((1, 2)) + probs.sum((1, 2)) + 1e-5)  # per sample and class, background in
-    ce = -(onehot * np.log(probs)).sum(-1).mean((1, 2))
-    got = np.asarray(reference_loop.dice_ce_loss(labels.astype(np.uint8), probs))
-    np.testing.assert_allclose(got, dice.mean(-1) + ce, rtol=1e-5)
-    perfect = np.asarray(reference_loop.dice_ce_loss(labels.astype(np.uint8), onehot.astype(np.float32)))
-    np.testing.assert_allclose(perfect, 0.0, atol=1e-5)
+def test_export_writes_segexps_pixels_for_monai(tmp_path: Path) -> None:
+    from segexp.data.slices import load_pair
+
+    root = write_tiny_dataset(tmp_path / "tiny", {"train": 5, "valid": 3, "test": 2})
+    pixels = accuracy.export_pixels(_tiny_overrides(root), "test", tmp_path / "in.npz")
+    with np.load(pixels.path) as data:
+        arrays = {k: data[k] for k in data.files}
+    assert arrays["train_images"].shape == (5, 32, 32, 1) and arrays["train_images"].dtype == np.uint8
+    assert arrays["train_masks"].shape == (5, 32, 32) and arrays["train_masks"].dtype == np.uint8
+    assert arrays["valid_images"].shape == (3, 32, 32, 1) and list(arrays["valid_cases"]) == ["case1"] * 3
+    assert arrays["score_images"].shape == (2, 32, 32, 1) and list(arrays["score_cases"]) == ["case2"] * 2
+    assert int(arrays["num_classes"]) == 3 and int(arrays["seed"]) == 7
+    assert set(np.unique(arrays["train_masks"])) == {0, 1, 2}
+    first = pixels.dataset.pairs["train"][0]  # segexp's own reader, same pixels
+    image, mask = load_pair(first, pixels.dataset.decoder, 1, 32, 32)
+    np.testing.assert_array_equal(arrays["train_images"][0], image)
+    np.testing.assert_array_equal(arrays["train_masks"][0], mask)
+    inputs = monai_loop.load_inputs(pixels.path)  # the MONAI side accepts it
+    assert inputs.num_classes == 3 and inputs.seed == 7 and inputs.valid.cases == ["case1"] * 3
+
+
+def test_given_predictions_are_scored_by_evaluate_split(tmp_path: Path) -> None:
+    root = write_tiny_dataset(tmp_path / "tiny", {"train": 2, "valid": 2, "test": 3})
+    pixels = accuracy.export_pixels(_tiny_overrides(root), "test", tmp_path / "in.npz")
+    with np.load(pixels.path) as data:
+        truth = data["score_masks"]
+    perfect = accuracy.score_predictions(pixels, truth, tmp_path / "perfect")
+    assert perfect["mean"]["foreground_mean"]["dice"] == 1.0 and perfect["num_slices"] == 3
+    assert (tmp_path / "perfect" / "summary.json").is_file()
+    assert set(perfect) == set(json.loads((tmp_path / "perfect" / "summary.json").read_text()))
+    no_disc = np.where(truth == 2, 0, truth).astype(np.uint8)  # the disc missed everywhere
+    scored = accuracy.score_predictions(pixels, no_disc, tmp_path / "no_disc")["mean"]["per_class"]
+    assert scored["square"]["dice"]["mean"] == 1.0 and scored["disc"]["dice"]["mean"] == 0.0
+    row = accuracy._summary_row(json.loads((tmp_path / "no_disc" / "summary.json").read_text()))
+    assert row["foreground_dice"] == pytest.approx(0.5) and row["num_cases"] == 1
+
+
+def test_fixed_predictions_stand_in_for_a_model() -> None:
+    images = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4, 1) + 1  # no all-black image
+    preds = np.random.default_rng(0).integers(0, 3, (3, 4, 4)).astype(np.uint8)
+    model = accuracy.FixedPredictions(images, preds, 3)
+    assert model.input_shape == (None, 4, 4, 1) and model.output_shape == (None, 4, 4, 3)
+    batch = np.concatenate([images[[2, 0]], np.zeros((1, 4, 4, 1), np.uint8)])  # any order, black padding
+    out = model.predict_on_batch(batch)
+    np.testing.assert_array_equal(out[:2].argmax(-1), preds[[2, 0]])
+    assert out.dtype == np.float32 and not out[2].any()
+    with pytest.raises(KeyError):
+        model.predict_on_batch(images[:1] + 100)
+
+
+def test_venv_commands_and_reuse(tmp_path: Path, monkeypatch) -> None:
+    venv = tmp_path / "venv"
+    cmds = accuracy.venv_commands(venv, "torch==2.0.0+cpu", python="/usr/bin/python3")
+    assert cmds == [["/usr/bin/python3", "-m", "venv", str(venv)],
+                    [str(venv / "bin" / "python"), "-m", "pip", "install", "torch==2.0.0+cpu", "monai>=1.4,<1.7", "numpy"]]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    assert accuracy.torch_requirement([wheels], "cp311") == "torch"
+    for name in ("torch-2.9.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
+                 "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
+                 "torch-2.14.0+cpu-cp312-cp312-manylinux_2_28_x86_64.whl"):
+        (wheels / name).touch()
+    assert accuracy.torch_requirement([wheels], "cp311") == "torch==2.13.0+cpu"  # newest for this Python
+    monkeypatch.setattr(accuracy, "venv_ready", lambda v: True)
+    monkeypatch.setattr(accuracy, "venv_commands", lambda *a: pytest.fail("a working environment is rebuilt"))
+    assert accuracy.ensure_monai_venv(venv) == venv.resolve() / "bin" / "python"
+
+
+def test_venv_build_failure_names_the_path(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(accuracy, "venv_ready", lambda v: False)
+    monkeypatch.setattr(accuracy, "find_links", lambda: [])
+    monkeypatch.setattr(accuracy, "venv_commands", lambda venv, torch: [[sys.executable, "-c", "raise SystemExit(3)"]])
+    with pytest.raises(SystemExit, match=f"{tmp_path / 'venv'}: could not build the MONAI environment.*exited with 3"):
+        accuracy.ensure_monai_venv(tmp_path / "venv")
+
+
+def test_monai_command() -> None:
+    cmd = accuracy.monai_command(Path("/v/bin/python"), Path("/w/in.npz"), Path("/w/out"), seconds=12.34567, threads=2)
+    assert cmd == ["/v/bin/python", str(SCRIPTS / "monai_loop.py"), "--data", "/w/in.npz", "--out", "/w/out",
+                   "--seconds", "12.346", "--threads", "2"]
+    assert accuracy.monai_command(Path("p"), Path("d"), Path("o"), steps=160)[-2:] == ["--steps", "160"]
+
+
+def test_monai_loop_imports_no_segexp_or_tensorflow() -> None:
+    source = (SCRIPTS / "monai_loop.py").read_text()
+    assert not any(f"import {m}" in source or f"from {m}" in source for m in ("segexp", "tensorflow", "keras", "bench"))
 
 
 def test_foreground_dice_per_case_skips_absent_classes() -> None:
@@ -63,8 +127,16 @@ def test_foreground_dice_per_case_skips_absent_classes() -> None:
     truth[0, :2] = 1
     pred = truth.copy()
     pred[1, 0, 0] = 2  # class 2 predicted in case b only, absent from the truth: Dice 0 there
-    assert reference_loop.foreground_dice(truth, pred, ["a", "b"], 3) == pytest.approx(0.5)  # (1.0 + 0.0) / 2
-    assert reference_loop.foreground_dice(truth, truth, ["a", "a"], 3) == 1.0  # class 2 absent: left out
+    assert monai_loop.foreground_dice(truth, pred, ["a", "b"], 3) == pytest.approx(0.5)  # (1.0 + 0.0) / 2
+    assert monai_loop.foreground_dice(truth, truth, ["a", "a"], 3) == 1.0  # class 2 absent: left out
+
+
+def test_flips_move_image_and_mask_alike() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (16, 5, 6, 1), dtype=np.uint8)
+    masks = images[..., 0] // 128
+    flipped, fmasks = monai_loop.random_flips(images, masks, np.random.default_rng(1))
+    np.testing.assert_array_equal(fmasks, flipped[..., 0] // 128)
+    assert 0 < sum(not np.array_equal(a, b) for a, b in zip(images, flipped)) < 16
 
 
 @pytest.mark.parametrize("n", [1, 3, 5, 7, 23, 89, 164])
@@ -128,71 +200,129 @@ def test_segexp_time_is_its_keras_epochs() -> None:
     assert accuracy.keras_epochs(lines[:2]) == []
 
 
-def test_target_verdict() -> None:
-    def row(system: str, fg: float, dice: dict[str, float]) -> dict:
-        return {"system": system, "foreground_dice": fg, "dice": dice, "n": {c: 1 for c in dice}}
-
-    ref = row("reference (x)", 0.5, {"a": 0.6, "b": 0.4})
-    assert accuracy.target_verdict([row("segexp (defaults)", 0.6, {"a": 0.7, "b": 0.5}), ref]) == "target met"
-    verdict = accuracy.target_verdict([row("segexp (defaults)", 0.4, {"a": 0.8, "b": 0.0}), ref])
-    assert verdict.startswith("target NOT met") and "0.400 < reference 0.500" in verdict and ": b" in verdict
-    assert "one system only" in accuracy.target_verdict([ref])
+def _row(system: str, fg: float, dice: dict[str, float], matched: str | None = None) -> dict:
+    return {"system": system, "matched": matched, "foreground_dice": fg, "dice": dice, "n": {c: 1 for c in dice}}
 
 
-def test_main_gives_the_reference_segexps_time_and_rewrites_blocks(tmp_path: Path, monkeypatch, capsys) -> None:
-    def row(system: str, fg: float, seconds: float) -> dict:
-        return {"system": system, "epochs": 2, "steps": 6, "train_seconds": seconds, "foreground_dice": fg,
-                "dice": {"LV": fg, "RV": None}, "n": {"LV": 1, "RV": 0}, "num_cases": 1}
+def test_target_verdict_is_on_monais_equal_time_row() -> None:
+    at_time = _row("MONAI (PyTorch)", 0.5, {"a": 0.6, "b": 0.4}, "time")
+    at_steps = _row("MONAI (PyTorch)", 0.65, {"a": 0.7, "b": 0.6}, "steps")
+    seg = _row("segexp (defaults)", 0.6, {"a": 0.7, "b": 0.5})
+    assert accuracy.target_verdict([seg, at_time, at_steps]) == "target met"
+    steps = accuracy.target_verdict([seg, at_time, at_steps], "steps")
+    assert steps.startswith("target NOT met") and "0.600 < MONAI 0.650" in steps
+    verdict = accuracy.target_verdict([_row("segexp (defaults)", 0.4, {"a": 0.8, "b": 0.0}), at_time])
+    assert verdict.startswith("target NOT met") and "0.400 < MONAI 0.500" in verdict and "MONAI finds them: b" in verdict
+    assert "one system only" in accuracy.target_verdict([at_time])
+    assert "no MONAI run at segexp's steps" in accuracy.target_verdict([seg, at_time], "steps")
 
-    budgets = []
+
+def _fake_runs(monkeypatch, tmp_path: Path, fg_of=lambda system, overrides: 0.7 if system.startswith("segexp") else 0.6):
+    """run_segexp / run_monai / export / the environment replaced; returns the MONAI calls (matched, seconds, steps)."""
+    calls = []
+
+    def row(system: str, overrides: list[str], seconds: float, steps: int, **extra) -> dict:
+        seed = next((int(o[5:]) for o in overrides if o.startswith("seed=")), 0)
+        fg = fg_of(system, overrides)
+        return {"system": system, "epochs": 2 + seed, "steps": steps + seed, "train_seconds": seconds - 5 + seed,
+                "process_seconds": seconds + seed, "foreground_dice": fg,
+                "dice": {"LV": fg, "RV": None if seed == 0 else 0.2}, "n": {"LV": 1, "RV": 0 if seed == 0 else 1},
+                "num_cases": 1, **extra}
+
+    def run_monai(pixels, args, work, *, matched, budget, seconds=None, steps=None):
+        calls.append((matched, seconds, steps))
+        return row("MONAI (PyTorch)", pixels, seconds or 50.0, steps or 9, matched=matched, budget=budget,
+                   num_params=1_625_000, versions={"torch": "2.x", "monai": "1.y"})
+
     monkeypatch.setattr(accuracy, "SHARED", tmp_path / "shared")
     (tmp_path / "shared" / "hvsmr_mini").mkdir(parents=True)  # hocmvalves_mini is absent: skipped
-    monkeypatch.setattr(accuracy, "run_segexp", lambda ds, overrides, args, work: row("segexp (defaults)", 0.7, 42.0))
-    monkeypatch.setattr(accuracy, "run_reference",
-                        lambda ds, overrides, args, work, seconds: budgets.append(seconds) or row("reference (x)", 0.6, 43.0))
+    monkeypatch.setattr(accuracy, "ensure_monai_venv", lambda venv: Path("/venv/bin/python"))
+    monkeypatch.setattr(accuracy, "export_pixels", lambda overrides, split, path: list(overrides))
+    monkeypatch.setattr(accuracy, "run_segexp", lambda ds, overrides, args, work:
+                        row("segexp (defaults)", overrides, 47.0, 6, matched=None, budget="its preset"))
+    monkeypatch.setattr(accuracy, "run_monai", run_monai)
+    return calls
+
+
+def test_main_gives_monai_segexps_process_time_and_steps_and_rewrites_blocks(tmp_path: Path, monkeypatch, capsys) -> None:
+    calls = _fake_runs(monkeypatch, tmp_path)
     doc = tmp_path / "ACCURACY.md"
     argv = ["--datasets", "hvsmr_mini", "hocmvalves_mini", "--out", str(tmp_path / "out"), "--markdown", str(doc)]
     assert accuracy.main([*argv, "--minutes", "3", "--side-by-side"]) == 0
-    assert budgets == [180.0]  # side by side: both get the same budget
-    budgets.clear()
+    assert calls == [("time", 180.0, None), ("steps", None, 6)]  # side by side: the same budget, then segexp's steps
+    calls.clear()
     assert accuracy.main(argv) == 0
-    assert budgets == [42.0]  # one after the other (default): the reference gets segexp's measured time
+    assert calls == [("time", 47.0, None), ("steps", None, 6)]  # default: segexp's whole process time, its steps
     assert "skipping hocmvalves_mini" in capsys.readouterr().out
-    first = doc.read_text()
-    assert first.startswith(accuracy.HEADER) and "accuracy:hocmvalves_mini" not in first
-    assert "| segexp (defaults) | 2 | 6 | 42 s | 0.700 | 0.700 | – |" in first and "**target met.**" in first
+    text = doc.read_text()
+    assert text.startswith(accuracy.HEADER) and "accuracy:hocmvalves_mini" not in text
+    assert "| segexp (defaults) | its preset | 2 | 6 | 47 s | 0.700 | 0.700 | – |" in text
+    assert "| MONAI (PyTorch) | segexp's wall time | 2 | 9 | 47 s | 0.600 | 0.600 | – |" in text
+    assert "| MONAI (PyTorch) | segexp's steps | 2 | 6 | 50 s | 0.600 | 0.600 | – |" in text
+    assert "**Equal wall time: target met.** Equal steps: target met." in text
+    assert "the `segexp-train` process from start to exit" in text and "PyTorch 2.x, MONAI 1.y" in text
     assert accuracy.main(argv) == 0  # a rerun replaces the block
     assert doc.read_text().count("<!-- accuracy:hvsmr_mini:begin -->") == 1
+    rows = json.loads((tmp_path / "out" / "hvsmr_mini" / "result.json").read_text())
+    assert [(r["system"], r["matched"]) for r in rows] == [("segexp (defaults)", None), ("MONAI (PyTorch)", "time"),
+                                                           ("MONAI (PyTorch)", "steps")]
+
+
+def test_monai_only_and_segexp_only(tmp_path: Path, monkeypatch) -> None:
+    calls = _fake_runs(monkeypatch, tmp_path)
+    monkeypatch.setattr(accuracy, "ensure_monai_venv", lambda venv: calls.append(("venv", str(venv))) or Path("p"))
+    argv = ["--datasets", "hvsmr_mini", "--out", str(tmp_path / "out"), "--markdown", str(tmp_path / "A.md")]
+    assert accuracy.main([*argv, "--segexp-only"]) == 0
+    assert calls == []  # no environment, no MONAI run
+    for flag in ("--monai-only", "--reference-only"):  # the former name still works
+        calls.clear()
+        assert accuracy.main([*argv, flag, "--minutes", "0.5", "--monai-venv", str(tmp_path / "v")]) == 0
+        assert calls == [("venv", str(tmp_path / "v")), ("time", 30.0, None)]
+    text = (tmp_path / "A.md").read_text()
+    assert "| MONAI (PyTorch) | `--minutes` |" in text and "target not checked (one system only)" in text
 
 
 def test_seeds_run_both_systems_per_seed_and_report_means(tmp_path: Path, monkeypatch) -> None:
-    seen = []
-
-    def row(system: str, overrides: list[str], seconds: float) -> dict:
+    def fg(system: str, overrides: list[str]) -> float:
         seed = int(next(o for o in overrides if o.startswith("seed="))[5:])
-        fg = 0.5 + 0.1 * seed if system.startswith("segexp") else 0.55
-        return {"system": system, "epochs": 2 + seed, "steps": 6 + seed, "train_seconds": seconds + seed,
-                "foreground_dice": fg, "dice": {"LV": fg, "RV": None if seed == 0 else 0.2},
-                "n": {"LV": 1, "RV": 0 if seed == 0 else 1}, "num_cases": 1}
+        return 0.5 + 0.1 * seed if system.startswith("segexp") else 0.55
 
-    monkeypatch.setattr(accuracy, "SHARED", tmp_path / "shared")
-    (tmp_path / "shared" / "hvsmr_mini").mkdir(parents=True)
-    monkeypatch.setattr(accuracy, "run_segexp",
-                        lambda ds, overrides, args, work: seen.append(work.name) or row("segexp (defaults)", overrides, 40))
-    monkeypatch.setattr(accuracy, "run_reference",
-                        lambda ds, overrides, args, work, seconds: row("reference (x)", overrides, seconds))
+    _fake_runs(monkeypatch, tmp_path, fg)
     doc = tmp_path / "ACCURACY.md"
     assert accuracy.main(["--datasets", "hvsmr_mini", "--out", str(tmp_path / "out"), "--markdown", str(doc),
                           "--seeds", "0", "1"]) == 0
-    assert seen == ["seed0", "seed1"]
     text = doc.read_text()
-    # segexp: 0.5 and 0.6 -> 0.55; RV scored only by seed 1; the reference got segexp's time of each seed
-    assert "| segexp (defaults) | 2 | 6 | 40 s | 0.550 | 0.500, 0.600 | 0.550 | 0.200 |" in text
-    assert "| reference (x) | 2 | 6 | 41 s | 0.550 | 0.550, 0.550 | 0.550 | 0.200 |" in text
-    assert "**target met.**" in text and "Means over seeds 0, 1" in text
+    # segexp: 0.5 and 0.6 -> 0.55; RV scored only by seed 1; MONAI got segexp's process time of each seed (47, 48)
+    assert "| segexp (defaults) | its preset | 2 | 6 | 48 s | 0.550 | 0.500, 0.600 | 0.550 | 0.200 |" in text
+    assert "| MONAI (PyTorch) | segexp's wall time | 2 | 10 | 48 s | 0.550 | 0.550, 0.550 | 0.550 | 0.200 |" in text
+    assert "**Equal wall time: target met.**" in text and "Means over seeds 0, 1" in text
     assert "## hvsmr_mini, seeds 0 1\n<!-- accuracy:hvsmr_mini, seeds 0 1:begin -->" in text  # next to a one-seed block
     means = json.loads((tmp_path / "out" / "hvsmr_mini" / "result_seeds_0_1.json").read_text())
-    assert [r["foreground_dice"] for r in means] == pytest.approx([0.55, 0.55])  # beside, not over, result.json
+    assert [r["foreground_dice"] for r in means] == pytest.approx([0.55, 0.55, 0.55])  # beside, not over, result.json
+
+
+@pytest.mark.slow
+@needs_venv
+def test_monai_loop_two_steps_on_a_tiny_npz(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        return rng.integers(0, 256, (n, 32, 32, 1), dtype=np.uint8), (rng.random((n, 32, 32)) > 0.7).astype(np.uint8)
+
+    (ti, tm), (vi, vm), (si, _) = split(10), split(4), split(3)
+    np.savez(tmp_path / "in.npz", train_images=ti, train_masks=tm, valid_images=vi, valid_masks=vm,
+             valid_cases=np.array(["a", "a", "b", "b"]), score_images=si, score_cases=np.array(["c"] * 3),
+             num_classes=2, seed=0)
+    cmd = accuracy.monai_command(MONAI_VENV / "bin" / "python", tmp_path / "in.npz", tmp_path / "out", steps=2, threads=2)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=accuracy._monai_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "monai.json").read_text())
+    assert report["steps"] == 2 and report["epochs"] == 1 and report["stopped_by"] == "steps"  # 10 slices: 2 batches
+    assert report["num_params"] > 1_000_000 and {"torch", "monai"} <= set(report["versions"])
+    assert len(report["history"]) == 1 and report["train_seconds"] > report["loop_seconds"] > 0
+    with np.load(tmp_path / "out" / "predictions.npz") as data:
+        predictions = data["predictions"]
+    assert predictions.shape == (3, 32, 32) and predictions.dtype == np.uint8 and predictions.max() <= 1
 
 
 def _run_accuracy(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
@@ -200,7 +330,7 @@ def _run_accuracy(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProce
     doc.write_text("# A\n\n## hvsmr_mini\n<!-- accuracy:hvsmr_mini:begin -->\nold\n<!-- accuracy:hvsmr_mini:end -->\n\ntail\n")
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "accuracy.py"), "--datasets", "hvsmr_mini", "--out", str(tmp_path / "out"),
-         "--markdown", str(doc), *args],
+         "--markdown", str(doc), "--monai-venv", str(MONAI_VENV), *args],
         capture_output=True, text=True, cwd=REPO_DIR, timeout=900, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -211,31 +341,34 @@ CLASSES = "| LV | RV | LA | RA | AO | PA | SVC | IVC |"
 
 
 @pytest.mark.slow
+@needs_venv
 @pytest.mark.skipif(not HVSMR_MINI.is_dir(), reason="../shared/data/hvsmr_mini is absent")
-def test_reference_only_run_writes_table_and_block(tmp_path: Path) -> None:
-    proc, doc = _run_accuracy(tmp_path, "--reference-only", "--minutes", "0.01", "--max-epochs", "1",
+def test_monai_only_run_writes_table_and_block(tmp_path: Path) -> None:
+    proc, doc = _run_accuracy(tmp_path, "--monai-only", "--minutes", "0.01", "--max-epochs", "1",
                               "--segexp-overrides", "model.image_height=32", "model.image_width=32")
     text = doc.read_text()
     assert "old" not in text and text.startswith("# A\n") and text.endswith("<!-- accuracy:hvsmr_mini:end -->\n\ntail\n")
-    assert CLASSES in text and "| reference (MONAI UNet recipe) | 1 | 3 |" in text  # 23 train slices, batch 8
-    assert "Reproduce: `python scripts/accuracy.py --datasets hvsmr_mini" in text and "cores" in text
+    assert CLASSES in text and "| MONAI (PyTorch) | `--minutes` | 1 | 3 |" in text  # 23 train slices, batch 8
+    assert "Reproduce: `python scripts/accuracy.py --datasets hvsmr_mini" in text and "MONAI 1." in text
     assert CLASSES in proc.stdout
     rows = json.loads((tmp_path / "out" / "hvsmr_mini" / "result.json").read_text())
     assert rows[0]["epochs"] == 1 and rows[0]["num_cases"] == 1 and set(rows[0]["dice"]) == set(CLASSES[2:-2].split(" | "))
+    assert (tmp_path / "out" / "hvsmr_mini" / "monai_time" / "evaluation" / "summary.json").is_file()
 
 
 @pytest.mark.slow
+@needs_venv
 @pytest.mark.skipif(not HVSMR_MINI.is_dir(), reason="../shared/data/hvsmr_mini is absent")
 def test_both_systems_tiny_run(tmp_path: Path) -> None:
     proc, doc = _run_accuracy(tmp_path, "--minutes", "0.05", "--no-tracking", "--segexp-overrides",
                               "model.image_height=32", "model.image_width=32", "model.channels=[4,8,16]",
                               "training.epochs=1", "training.steps_per_epoch=3", "training.epoch_images.num=0")
     text = doc.read_text()
-    assert "| segexp (defaults) | 1 | 3 |" in text  # training.steps_per_epoch=3
-    assert "| reference (MONAI UNet recipe) |" in text and "target" in text
-    assert "trained alone" in text  # one after the other (default)
+    assert "| segexp (defaults) | its preset | 1 | 3 |" in text  # training.steps_per_epoch=3
+    assert "| MONAI (PyTorch) | segexp's wall time |" in text and "| MONAI (PyTorch) | segexp's steps | 1 | 3 |" in text
+    assert "Equal wall time: target" in text and "Equal steps: target" in text
     rows = json.loads((tmp_path / "out" / "hvsmr_mini" / "result.json").read_text())
-    segexp, reference = rows
-    assert segexp["timed_by"] == "Keras per-epoch times"
-    assert reference["train_seconds"] >= segexp["train_seconds"]  # the reference got segexp's measured time
+    segexp, at_time, at_steps = rows
+    assert segexp["timed_by"] == "Keras per-epoch times" and at_steps["steps"] == segexp["steps"] == 3
+    assert at_time["train_seconds"] >= segexp["process_seconds"] - 0.01  # MONAI got segexp's whole process time
     assert (tmp_path / "out" / "hvsmr_mini" / "segexp" / "evaluation" / "summary.json").is_file()

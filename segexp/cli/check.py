@@ -3,6 +3,9 @@
 Thin Hydra entry: the work is in :mod:`segexp.data.check`. Prints one line per
 problem (file and cause) and the dataset's fingerprint, writes both as JSON in the
 job folder and exits 0 (no problem), 1 (problems found) or 2 (invalid config).
+A dataset without ``class_names`` (``dataset=folder``) gets its class table from its
+``dataset.json`` or its train masks (:mod:`segexp.data.class_table`): it is printed,
+and a table that cannot be found is one more problem.
 """
 
 from __future__ import annotations

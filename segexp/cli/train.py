@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from segexp.cli.shell import interrupt_on_sigterm, user_errors_exit
 from segexp.config.errors import SegexpError
 from segexp.config.schema import CONF_DIR
+from segexp.planning.apply import planned_run_config
 from segexp.tracking.runs import MLFLOW_RUN_FILE
 from segexp.tracking.sweep import parent_run_id, record_failed_job
 from segexp.training.loop import train
@@ -38,7 +39,8 @@ def main(cfg: DictConfig) -> float:
     overrides = list(hydra_cfg.overrides.task)
     if hydra_cfg.mode != RunMode.MULTIRUN:
         with user_errors_exit():
-            return train(cfg, run_dir, overrides)
+            cfg, plan_params = planned_run_config(cfg, overrides, run_dir)
+            return train(cfg, run_dir, overrides, extra_params=plan_params)
     parent = parent_run_id(Path(hydra_cfg.sweep.dir))
     # Hydra's grid sweeper aborts on a raising job: there a failure returns NaN. Model-based
     # sweepers (Optuna) must see the exception instead: hydra-optuna-sweeper 1.3 records a
@@ -46,7 +48,8 @@ def main(cfg: DictConfig) -> float:
     grid = hydra_cfg.sweeper._target_ == GRID_SWEEPER
     try:
         with interrupt_on_sigterm():
-            objective = train(cfg, run_dir, overrides, parent_run_id=parent)
+            cfg, plan_params = planned_run_config(cfg, overrides, run_dir)
+            objective = train(cfg, run_dir, overrides, parent_run_id=parent, extra_params=plan_params)
     except Exception as err:
         log.error("job %s failed: %s", hydra_cfg.job.num, err, exc_info=not isinstance(err, SegexpError))
         started = (run_dir / MLFLOW_RUN_FILE).is_file()  # the run itself was then ended FAILED

@@ -50,9 +50,18 @@ def project_root() -> str:
 
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", project_root)
+
+
+def _length(seq: Any) -> int:
+    """``${len:...}``; a null sequence (a class table never resolved) is an error saying so."""
+    if seq is None:
+        raise ValueError(NO_CLASS_TABLE)
+    return len(seq)
+
+
 if not OmegaConf.has_resolver("len"):
     # ``${len:${dataset.class_names}}``: the model's class count follows the dataset's.
-    OmegaConf.register_new_resolver("len", lambda seq: len(seq))
+    OmegaConf.register_new_resolver("len", _length)
 
 
 def usable_cores(cap: int | None = None) -> int:
@@ -88,7 +97,7 @@ class DatasetConfig:
     images_dir: str = MISSING
     masks_dir: str = MISSING
     mask_format: str = MISSING
-    class_names: list[str] = MISSING
+    class_names: Optional[list[str]] = MISSING  # null: resolved from the data (segexp.data.class_table)
     rgb_map: Optional[dict[str, list[int]]] = MISSING
     binary_threshold: int = MISSING
     on_bad_file: str = MISSING
@@ -207,6 +216,16 @@ class PathsConfig:
 
 
 @dataclass
+class PlanConfig:
+    enabled: bool = MISSING
+    max_side: Any = MISSING  # auto | int: checked by _check_plan
+    fixed_steps: int = MISSING
+    validations: int = MISSING
+    max_overhead: float = MISSING
+    measure_steps: int = MISSING
+
+
+@dataclass
 class TrainConfig:
     task_name: str = MISSING
     seed: int = MISSING
@@ -216,6 +235,7 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 # --------------------------------------------------------------------------- checks
@@ -259,19 +279,21 @@ def _in_unit_interval(value: float) -> bool:
     return 0.0 <= value <= 1.0
 
 
-def _check_dataset(d: Any, num_classes: int) -> list[str]:
+#: The error when no class table reached validation (a command forgot :func:`segexp.data.class_table.with_class_table`).
+NO_CLASS_TABLE = ("dataset.class_names: none given and none resolved (null: the class table comes from dataset.json "
+                  "beside the data or the train masks, resolved before validation); give dataset.class_names")
+
+
+def _check_dataset(d: Any, num_classes: int | None) -> list[str]:
+    """Problems of the ``dataset`` section; ``num_classes`` is the model's (checked against the class table)."""
+    if d.class_names is None:
+        return [NO_CLASS_TABLE] + _check_dataset_keys(d)
     errors = []
     names = list(d.class_names)
     if len(names) < 2:
         errors.append(f"dataset.class_names: need background plus at least one class, got {names}")
     if len(set(names)) != len(names):
         errors.append(f"dataset.class_names: names must be unique, got {names}")
-    if d.mask_format not in MASK_FORMATS:
-        errors.append(f"dataset.mask_format: expected one of {list(MASK_FORMATS)}, got {d.mask_format!r}")
-    if d.layout not in LAYOUTS:
-        errors.append(f"dataset.layout: expected one of {list(LAYOUTS)}, got {d.layout!r}")
-    if d.on_bad_file not in ON_BAD_FILE:
-        errors.append(f"dataset.on_bad_file: expected one of {list(ON_BAD_FILE)}, got {d.on_bad_file!r}")
     if d.mask_format == "rgb":
         if d.rgb_map is None:
             errors.append("dataset.rgb_map: required when mask_format is 'rgb'")
@@ -287,11 +309,8 @@ def _check_dataset(d: Any, num_classes: int) -> list[str]:
             colours = [tuple(c) for c in d.rgb_map.values()]
             if len(set(colours)) != len(colours):
                 errors.append(f"dataset.rgb_map: colours must be distinct, got {colours}")
-    if d.mask_format == "binary":
-        if len(names) != 2:
-            errors.append(f"dataset.class_names: a binary mask_format needs exactly 2 classes, got {names}")
-        if not 0 <= d.binary_threshold <= 255:
-            errors.append(f"dataset.binary_threshold: must lie in 0..255, got {d.binary_threshold}")
+    if d.mask_format == "binary" and len(names) != 2:
+        errors.append(f"dataset.class_names: a binary mask_format needs exactly 2 classes, got {names}")
     expected = 1 if num_classes == 1 else len(names)
     if num_classes == 1 and len(names) != 2:
         errors.append(
@@ -302,6 +321,20 @@ def _check_dataset(d: Any, num_classes: int) -> list[str]:
             f"model.num_classes: {num_classes} does not match the {len(names)} classes of "
             f"dataset.class_names {names} (use {len(names)}, or 1 for a binary sigmoid head)"
         )
+    return errors + _check_dataset_keys(d)
+
+
+def _check_dataset_keys(d: Any) -> list[str]:
+    """Problems of the ``dataset`` keys other than the class table."""
+    errors = []
+    if d.mask_format not in MASK_FORMATS:
+        errors.append(f"dataset.mask_format: expected one of {list(MASK_FORMATS)}, got {d.mask_format!r}")
+    if d.layout not in LAYOUTS:
+        errors.append(f"dataset.layout: expected one of {list(LAYOUTS)}, got {d.layout!r}")
+    if d.on_bad_file not in ON_BAD_FILE:
+        errors.append(f"dataset.on_bad_file: expected one of {list(ON_BAD_FILE)}, got {d.on_bad_file!r}")
+    if d.mask_format == "binary" and not 0 <= d.binary_threshold <= 255:
+        errors.append(f"dataset.binary_threshold: must lie in 0..255, got {d.binary_threshold}")
     if d.layout == "flat":
         for split in ("train", "valid"):
             if not d.cases.get(split):
@@ -398,6 +431,18 @@ def _check_training(t: Any) -> list[str]:
     return errors
 
 
+def _check_plan(p: Any) -> list[str]:
+    errors = []
+    if p.max_side != "auto" and (isinstance(p.max_side, bool) or not isinstance(p.max_side, int) or p.max_side < 16):
+        errors.append(f"plan.max_side: expected auto or an int >= 16 (pixels), got {p.max_side!r}")
+    for key in ("fixed_steps", "validations", "measure_steps"):
+        if p[key] < 1:
+            errors.append(f"plan.{key}: must be >= 1, got {p[key]}")
+    if not 0.0 < p.max_overhead < 1.0:
+        errors.append(f"plan.max_overhead: a share of the time budget in (0, 1), got {p.max_overhead}")
+    return errors
+
+
 def _check_augmentation(a: Any) -> list[str]:
     errors = []
     for name, entry in (a.transforms or {}).items():
@@ -416,7 +461,8 @@ def _typed(cfg: DictConfig, schema: type) -> DictConfig:
         typed = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         OmegaConf.resolve(typed)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"invalid config: {err.full_key}: {str(err).splitlines()[0]}") from None
+        where = f"{err.full_key}: " if err.full_key else ""  # a resolver's error (``${len:...}``) names no key
+        raise ConfigError(f"invalid config: {where}{str(err).splitlines()[0]}") from None
     missing = sorted(OmegaConf.missing_keys(typed))
     if missing:
         raise ConfigError("invalid config: these keys need a value: " + ", ".join(missing))
@@ -432,7 +478,7 @@ def check_train_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
     """
     typed = _typed(cfg, TrainConfig)
     problems = (_check_dataset(typed.dataset, typed.model.num_classes) + _check_training(typed.training)
-                + _check_augmentation(typed.augmentation))
+                + _check_augmentation(typed.augmentation) + _check_plan(typed.plan))
     return typed, problems
 
 
@@ -596,6 +642,8 @@ def validate_check_config(cfg: DictConfig) -> DictConfig:
     errors = []
     if typed.volumes is not None:
         errors += _check_volume_classes(typed.volumes.classes, "index")
+    elif typed.dataset.class_names is None:
+        errors += _check_dataset_keys(typed.dataset)  # segexp-check resolves the class table from the data itself
     else:
         errors += _check_dataset(typed.dataset, len(typed.dataset.class_names))
     if typed.image_channels not in (1, 3):

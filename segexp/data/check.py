@@ -34,6 +34,7 @@ import numpy as np
 from nibabel.orientations import io_orientation
 from tqdm import tqdm
 
+from segexp.data.class_table import ClassTable, class_names_given, resolve_class_table
 from segexp.data.dataset import SliceDataset, leaked_cases, mask_decoder
 from segexp.data.phantom import ensure_phantom_slices
 from segexp.data.slices import (
@@ -131,10 +132,15 @@ class Fingerprint:
 
 @dataclass
 class CheckReport:
-    """All problems found and the fingerprint; ``ok`` when there is no problem."""
+    """All problems found and the fingerprint; ``ok`` when there is no problem.
+
+    ``class_table``: the class table resolved from the data when the config gave none
+    (:mod:`segexp.data.class_table`), else ``None``.
+    """
 
     problems: list[Problem]
     fingerprint: Fingerprint
+    class_table: ClassTable | None = None
 
     @property
     def ok(self) -> bool:
@@ -148,8 +154,9 @@ class CheckReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def lines(self, max_problems: int | None = None) -> list[str]:
-        """Human-readable report: one line per problem, then the fingerprint."""
-        return problem_lines(self.problems, max_problems) + fingerprint_lines(self.fingerprint)
+        """Human-readable report: one line per problem, the resolved class table (if any), then the fingerprint."""
+        table = self.class_table.lines() if self.class_table is not None else []
+        return problem_lines(self.problems, max_problems) + table + fingerprint_lines(self.fingerprint)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -291,7 +298,7 @@ def _sample(pairs: Sequence[SlicePair], limit: int | None) -> list[SlicePair]:
 
 def _read_pairs(
     pairs: dict[str, list[SlicePair]],
-    decoder: MaskDecoder,
+    decoder: MaskDecoder | None,
     num_classes: int,
     channels: int,
     size: tuple[int, int] | None,
@@ -299,7 +306,10 @@ def _read_pairs(
     problems: list[Problem],
     progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], _Uint8Stats, dict[str, int], int]:
-    """Read every (or a sample of) pair: per-split class pixel counts, intensities, sizes, pairs read."""
+    """Read every (or a sample of) pair: per-split class pixel counts, intensities, sizes, pairs read.
+
+    Without a ``decoder`` (no class table) only the images are read.
+    """
     per_split = {split: np.zeros(num_classes, np.int64) for split in pairs}
     stats, sizes, read = _Uint8Stats(), {}, 0
     todo = {split: _sample(split_pairs, limit) for split, split_pairs in pairs.items()}
@@ -315,7 +325,7 @@ def _read_pairs(
             except DataError as err:
                 problems.append(_as_problem(err, pair.image))
             try:
-                mask = decoder(pair.mask)
+                mask = decoder(pair.mask) if decoder is not None else None
             except DataError as err:
                 problems.append(_as_problem(err, pair.mask))
             if image is not None:
@@ -324,6 +334,9 @@ def _read_pairs(
                 if size is not None and image.shape[:2] != tuple(size):
                     problems.append(Problem(str(pair.image), f"size {key} (width x height), expected "
                                                              f"{size[1]}x{size[0]} (image_size)"))
+            if decoder is None and image is not None:
+                stats.add(image)  # no class table: the images alone
+                continue
             if image is None or mask is None:
                 continue
             try:
@@ -358,17 +371,33 @@ def check_slice_dataset(
     With ``max_pairs_per_split`` only that many evenly spaced pairs per split are read
     (listing problems are still all found). A class with no pixel in the train masks
     is a problem when every train mask was read.
+
+    Without ``class_names`` (null) the class table is resolved from the data
+    (:func:`segexp.data.class_table.resolve_class_table`: dataset.json, else the masks)
+    and returned in :attr:`CheckReport.class_table`; when it cannot be, the reason is a
+    problem and only the images are read.
     """
     problems: list[Problem] = []
     root = Path(d["root"]).expanduser()
     ensure_phantom_slices(root, d.get("phantom"))
-    class_names = list(d["class_names"])
-    decoder, _ = mask_decoder(d)
     if not root.is_dir():
         problems.append(Problem(str(root), "folder does not exist (dataset.root)"))
         pairs: dict[str, list[SlicePair]] = {split: [] for split in SPLITS}
     else:
         pairs = list_split_pairs(d, problems)
+    table = None
+    if not class_names_given(d) and pairs["train"]:
+        try:
+            table = resolve_class_table(d, pairs=pairs)
+        except DataError as err:
+            problems.append(Problem("dataset.class_names", f"no class table from the data: {err}"))
+        else:
+            d = {**dict(d), **table.to_dataset_overrides()}
+    if class_names_given(d):
+        class_names = list(d["class_names"])
+        decoder: MaskDecoder | None = mask_decoder(d)[0]
+    else:
+        class_names, decoder = [], None
     per_split, stats, sizes, read = _read_pairs(
         pairs, decoder, len(class_names), channels, tuple(size) if size is not None else None,
         max_pairs_per_split, problems, progress=True,
@@ -386,7 +415,7 @@ def check_slice_dataset(
         intensity=stats.result(), image_sizes=sizes, files_read=read, files_total=total,
         sampling="all pairs" if max_pairs_per_split is None else f"at most {max_pairs_per_split} evenly spaced pairs per split",
     )
-    return CheckReport(problems, fingerprint)
+    return CheckReport(problems, fingerprint, table)
 
 
 def dataset_fingerprint(

@@ -7,7 +7,7 @@ config and the run folder; tests and tools call it directly.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import hydra
@@ -227,11 +227,12 @@ def set_threads(intra_op: int | None, inter_op: int | None) -> None:
         return
     import tensorflow as tf
 
-    try:
-        if intra_op is not None:
-            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-        if inter_op is not None:
-            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    threading = tf.config.threading
+    try:  # setting a pool again to its value is no change (the plan's step timing sets them first)
+        if intra_op is not None and threading.get_intra_op_parallelism_threads() != intra_op:
+            threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op is not None and threading.get_inter_op_parallelism_threads() != inter_op:
+            threading.set_inter_op_parallelism_threads(inter_op)
     except RuntimeError as err:  # TensorFlow was already initialised in this process (an earlier job)
         log.warning("training.threads not applied: %s", err)
 
@@ -334,10 +335,12 @@ def finish_run(cfg: DictConfig, model: keras.Model, history: dict[str, list[floa
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_run_id: str | None = None,
-          callbacks: Sequence[keras.callbacks.Callback] = ()) -> float:
+          callbacks: Sequence[keras.callbacks.Callback] = (), extra_params: Mapping[str, str] | None = None) -> float:
     """Validate ``cfg``, train, log everything to MLflow; return the best ``training.monitor`` value.
 
     ``callbacks`` (for tools and benchmarks) run after segexp's own, so the epoch clock does not count them.
+    ``extra_params`` (the plan's ``plan.*``) are logged with the config; the run folder's
+    ``plan.json`` and ``plan.yaml``, when present, become artifacts.
 
     All user mistakes (config keys, dataset folders, augmentation entries) raise before
     the MLflow run starts and before any training step (:func:`prepare_run_folder`).
@@ -379,6 +382,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
             tracker.log_params({"model.num_params": str(model.count_params()), "training.precision_used": precision,
                                 "training.replicas": str(replica_count(strategy))})
             log_fingerprint(dataset, cfg.model.image_channels, run_dir, tracker)  # dataset_fingerprint.json + params
+            tracker.log_params(dict(extra_params or {}))
+            for plan_file in ("plan.json", "plan.yaml"):
+                if (run_dir / plan_file).is_file():
+                    tracker.log_artifact(run_dir / plan_file)
         else:  # params stay as first logged; fill in what the interruption left out
             reopen_run(tracker, start, model, own, dataset.class_names)
         try:

@@ -1,0 +1,78 @@
+"""The plan step of ``segexp-train``: plan (or replay the plan of a resumed run), record it, return the config.
+
+What a planned run folder holds: ``plan.json`` (fingerprint, machine, step time, every choice
+with its figure and rule), ``plan.yaml`` (the plan as an editable ``experiment`` preset) and
+``.hydra/config.yaml`` rewritten to the config the run trained with (Hydra's own composition
+kept as ``.hydra/composed.yaml``), so ``segexp-evaluate``, ``segexp-infer`` and a resume read
+what was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from segexp.config.outputs import atomic_write_text, check_run_dir_free, resume_requested
+from segexp.data.class_table import class_names_given, with_class_table
+from segexp.planning.plan import PLAN_FILE, PRESET_FILE, compose_train, make_plan, preset_text, replay_plan
+from segexp.training.resume import resume_source
+
+log = logging.getLogger(__name__)
+
+
+def _saved_plan(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The ``plan.json`` of the run that ``training.resume`` (or a requeue) continues, if it had one."""
+    source = resume_source(cfg.training.resume, Path(run_dir), cfg.tracking.uri, os.environ)
+    if source is None:
+        return None
+    path = Path(source) / PLAN_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_run_config(cfg: DictConfig, run_dir: Path) -> None:
+    """``.hydra/config.yaml`` := the config the run trains with (Hydra's composition -> ``composed.yaml``)."""
+    hydra_dir = Path(run_dir) / ".hydra"
+    current = hydra_dir / "config.yaml"
+    if current.is_file() and not (hydra_dir / "composed.yaml").exists():
+        current.replace(hydra_dir / "composed.yaml")
+    if hydra_dir.is_dir():
+        atomic_write_text(current, OmegaConf.to_yaml(cfg))
+
+
+def planned_run_config(cfg: DictConfig, overrides: Sequence[str], run_dir: Path) -> tuple[DictConfig, dict[str, str]]:
+    """The config this job trains with and the ``plan.*`` MLflow params (empty without a plan).
+
+    ``plan.enabled=false`` (``plan=none``) keeps the composed config; a class table missing from
+    it is still read from the data. A resumed run replays its saved plan instead of planning again.
+    """
+    run_dir = Path(run_dir)
+    resuming = resume_requested(cfg)
+    check_run_dir_free(run_dir, resuming)  # before anything is written into a folder
+    if resuming:
+        saved = _saved_plan(cfg, run_dir)
+        if saved:
+            log.info("resumed run: its plan (%s) is applied as it was", PLAN_FILE)
+            cfg = replay_plan(cfg, overrides, saved)
+            record_run_config(cfg, run_dir)
+            return cfg, {}
+    if not cfg.plan.enabled:
+        if not class_names_given(cfg.dataset):
+            cfg.dataset, table = with_class_table(cfg.dataset)
+            for line in table.lines():
+                log.info(line)
+        record_run_config(cfg, run_dir)
+        return cfg, {}
+    planned, plan = make_plan(cfg, overrides)
+    for line in [*plan.class_table.lines(), *plan.lines()]:
+        log.info(line)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / PLAN_FILE, json.dumps(plan.to_dict(), indent=2))
+    defaults = compose_train([*overrides, "plan=none"])
+    atomic_write_text(run_dir / PRESET_FILE, preset_text(plan, planned, defaults, overrides))
+    record_run_config(planned, run_dir)
+    return planned, plan.params()

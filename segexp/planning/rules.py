@@ -1,0 +1,186 @@
+"""The plan's rules: fingerprint (and, for a time budget, the measured step) -> choices.
+
+Each rule is a small pure function returning :class:`Choice` entries that name the
+fingerprint figure they read and the rule, with the measurement behind it (ACCURACY.md,
+README "Choosing a network"). nnU-Net (Isensee et al. 2021) derives topology, input size
+and batch from the data and the GPU memory; on a CPU the scarce resource is time, so
+segexp also plans the number of steps for ``training.max_time`` from a step time it
+measures on the machine (:mod:`segexp.planning.steptime`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from segexp.planning.fingerprint import DataFingerprint
+
+#: The network of the plan: MONAI's residual U-Net. At equal CPU time it led the model zoo
+#: on real MR slices (test foreground Dice 0.216 vs 0.182 for FlexUNet, README "Choosing a network").
+NETWORK = "resunet"
+#: Widths of MONAI's UNet levels (16...256); the plan keeps a prefix of them.
+WIDTHS = (16, 32, 64, 128, 256)
+#: Smallest feature map (pixels) at the bottom of the U: nnU-Net stops pooling at 4-8 px.
+MIN_BOTTOM = 8
+#: Longest input side by device when plan.max_side is auto: 256 keeps a CPU step under a second.
+MAX_SIDE = {"cpu": 256, "gpu": 512}
+#: Images per step (MONAI's and the measured presets' batch).
+BATCH_SIZE = 8
+#: Adam's peak rate: 3e-3 beat 1e-3 at equal steps (phantom 0.84 vs 0.69, hvsmr_mini 0.199 vs 0.158).
+LEARNING_RATE = 3.0e-3
+#: Below this many training cases the spatial augmentation pays (ACCURACY.md point 6: with 1-3
+#: training patients ``full`` raised hvsmr_mini 0.215 -> 0.242 and hocmvalves_mini 0.131 -> 0.197).
+FEW_CASES = 10
+#: Below this many steps the learning rate stays constant (poly decay starved 160-step runs:
+#: hvsmr_mini 0.112 with poly vs 0.158 constant, ACCURACY.md); from here on nnU-Net's poly.
+CONSTANT_LR_BELOW = 1000
+#: nnU-Net's foreground oversampling; off when every class is in nearly every slice anyway.
+FOREGROUND_FRACTION = 0.33
+COMMON_CLASS = 0.9
+#: Fixed cost of an epoch end beyond the validation batches: checkpoint, epoch images, logging (s).
+EPOCH_END_S = 1.0
+#: Share of the budget the epochs may overshoot to: training.max_time ends the run (constant rate only).
+OVERSHOOT = 1.25
+#: Epochs of a run without a time budget.
+FIXED_EPOCHS = 10
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where the plan is made: ``device`` cpu | gpu, a name (CPU model or GPU) and the usable cores."""
+
+    device: str
+    name: str
+    cores: int
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Measured on this machine for the planned network (seconds): the first step (graph tracing and
+    compilation included), the median training step and the median validation batch."""
+
+    first_s: float
+    train_s: float
+    infer_s: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One planned setting: a dotted config key (``group`` true: a config-group choice such as
+    ``model=resunet``), its value, the fingerprint figure read and the rule that chose it.
+    ``requires``: only applied with that group choice (``model=resunet``)."""
+
+    key: str
+    value: Any
+    figure: str
+    rule: str
+    group: bool = False
+    requires: str | None = None
+
+
+def input_size(fp: DataFingerprint, max_side: int) -> tuple[int, int]:
+    """(height, width): the median slice scaled down (never up) so its long side is <= ``max_side``,
+    each side rounded down to a multiple of ``2**strides`` of the network it gets (at least one step)."""
+    h, w = fp.image_size
+    scale = min(1.0, max_side / max(h, w))
+    multiple = 2 ** strides_for(min(h, w) * scale)
+    return max(multiple, int(h * scale) // multiple * multiple), max(multiple, int(w * scale) // multiple * multiple)
+
+
+def strides_for(side: float) -> int:
+    """Halvings of the U: MONAI's 4, fewer while the bottom map would fall under :data:`MIN_BOTTOM` px."""
+    return max(1, min(len(WIDTHS) - 1, int(math.floor(math.log2(max(side, 2) / MIN_BOTTOM)))))
+
+
+def max_side_for(machine: Machine, setting: Any) -> int:
+    return MAX_SIDE.get(machine.device, MAX_SIDE["cpu"]) if setting == "auto" else int(setting)
+
+
+def network_choices(fp: DataFingerprint, machine: Machine, max_side: Any = "auto") -> list[Choice]:
+    """Network, depth, input size and channels from the slice size and the device."""
+    side = max_side_for(machine, max_side)
+    h, w = input_size(fp, side)
+    strides = strides_for(min(h, w))
+    widths = list(WIDTHS[: strides + 1])
+    size = f"median slice {fp.image_size[0]}x{fp.image_size[1]}"
+    spacing = f", spacing {fp.spacing_mm[0]:g}x{fp.spacing_mm[1]:g} mm" if fp.spacing_mm else ""
+    needs = f"model={NETWORK}"
+    return [
+        Choice("model", NETWORK, f"{fp.slices.get('train', 0)} train slices on {machine.device}",
+               "MONAI's residual U-Net: at equal CPU time it led the zoo on real slices (README 'Choosing a network')",
+               group=True),
+        Choice("model.image_height", h, size + spacing,
+               f"long side scaled to <= {side} px ({machine.device}), a multiple of 2**{strides}; never upsampled"),
+        Choice("model.image_width", w, size + spacing,
+               f"long side scaled to <= {side} px ({machine.device}), a multiple of 2**{strides}; never upsampled"),
+        Choice("model.image_channels", fp.channels, "grey" if fp.channels == 1 else "colour (3 different channels)",
+               "the images' own channels"),
+        Choice("model.channels", widths, f"input {h}x{w}",
+               f"MONAI's 16...256 widths, {strides} halvings: bottom map {min(h, w) // 2 ** strides} px "
+               f"(>= {MIN_BOTTOM}, nnU-Net pools to 4-8 px)", requires=needs),
+    ]
+
+
+def data_choices(fp: DataFingerprint) -> list[Choice]:
+    """Batch, learning rate, augmentation and foreground oversampling from the cases and classes."""
+    cases = fp.cases.get("train", 0)
+    foreground = {n: fp.slice_presence.get(n, 0.0) for n in fp.class_names[1:]}
+    rarest = min(foreground, key=foreground.get) if foreground else None
+    common = bool(foreground) and min(foreground.values()) >= COMMON_CLASS
+    presence = f"rarest class {rarest} in {100 * foreground[rarest]:.0f} % of train slices" if rarest else "no classes"
+    return [
+        Choice("training.batch_size", BATCH_SIZE, f"{fp.slices.get('train', 0)} train slices",
+               "8 images per step, MONAI's batch and the measured CPU presets'"),
+        Choice("training.learning_rate", LEARNING_RATE, "Adam",
+               "3e-3 beat 1e-3 at equal steps (phantom 0.84 vs 0.69, hvsmr_mini 0.199 vs 0.158; ACCURACY.md)"),
+        Choice("augmentation", "full" if cases < FEW_CASES else "flips", f"{cases} train cases",
+               f"under {FEW_CASES} training patients the spatial augmentation pays (hvsmr_mini 0.215 -> 0.242, "
+               "hocmvalves_mini 0.131 -> 0.197; ACCURACY.md point 6); flips with more", group=True),
+        Choice("training.foreground_fraction", 0.0 if common else FOREGROUND_FRACTION, presence,
+               f"nnU-Net's 1/3 foreground oversampling; 0 when every class is in >= {100 * COMMON_CLASS:.0f} % "
+               "of the slices anyway"),
+    ]
+
+
+def validation_cost(valid_slices: int, batch_size: int, step: StepTime) -> float:
+    """Seconds of one epoch end: ``ceil(valid / batch)`` validation batches + :data:`EPOCH_END_S`."""
+    return math.ceil(max(1, valid_slices) / batch_size) * step.infer_s + EPOCH_END_S
+
+
+def budget_choices(minutes: float | None, step: StepTime | None, valid_slices: int, batch_size: int,
+                   fixed_steps: int, validations: int, max_overhead: float) -> list[Choice]:
+    """Steps per epoch, epochs and schedule: filling ``minutes`` with measured steps, else ``fixed_steps``.
+
+    With a budget ``T`` (s) and a measured step: ``K = clip(floor(max_overhead * T / v), 3, validations)``
+    validations of cost ``v`` (:func:`validation_cost`), ``N = (T - first - K v) / train_s`` steps,
+    ``steps_per_epoch = ceil(N / K)``; with a constant rate the epochs overshoot by :data:`OVERSHOOT`
+    and ``training.max_time`` ends the run, so a faster machine still uses the whole budget.
+    """
+    if minutes is None or step is None:
+        total, epochs = fixed_steps, min(FIXED_EPOCHS, validations)
+        figure, how = "no training.max_time", f"plan.fixed_steps {fixed_steps} in {epochs} epochs"
+    else:
+        budget = 60.0 * minutes
+        v = validation_cost(valid_slices, batch_size, step)
+        epochs = int(min(validations, max(3, math.floor(max_overhead * budget / v))))
+        total = max(epochs, int((budget - step.first_s - epochs * v) / step.train_s))
+        figure = (f"training.max_time {minutes:g} min, step {step.train_s:.3f} s, first step {step.first_s:.1f} s, "
+                  f"epoch end {v:.2f} s ({valid_slices} valid slices)")
+        how = (f"{total} steps fill the budget with {epochs} validations taking <= {100 * max_overhead:.0f} % "
+               f"(plan.max_overhead)")
+    per_epoch = max(1, math.ceil(total / epochs))
+    constant = total < CONSTANT_LR_BELOW
+    if constant and minutes is not None and step is not None:
+        epochs = math.ceil(epochs * OVERSHOOT)
+        how += f"; {OVERSHOOT:g}x the epochs, training.max_time ends the run"
+    choices = [
+        Choice("training.steps_per_epoch", per_epoch, figure, how),
+        Choice("training.epochs", epochs, figure, how),
+        Choice("training.validation.every_n_epochs", 1, f"{epochs} epochs", "validate after every (planned) epoch"),
+    ]
+    if constant:  # else the default: nnU-Net's poly decay over epochs x steps_per_epoch
+        choices.append(Choice("training.schedule", None, f"{total} steps",
+                              f"constant rate below {CONSTANT_LR_BELOW} steps (poly decay starved 160-step runs: "
+                              "hvsmr_mini 0.112 vs 0.158 constant; ACCURACY.md); nnU-Net's poly decay from there"))
+    return choices

@@ -1,0 +1,118 @@
+"""The step time of the planned network on this machine, measured once and cached.
+
+:func:`measure_step_time` compiles the planned network exactly as training will (loss,
+metrics, precision, ``training.jit_compile``), runs one step (graph tracing and, with XLA,
+compilation) and ``measure_steps`` timed steps on a random uint8 batch of the planned shape,
+then two validation batches (``test_on_batch``). The result is cached in
+``<paths.output_dir>/cache/step_time/<key>.json``, keyed by the model section, batch,
+precision, jit setting, machine (device, CPU or GPU name, cores) and library versions,
+so the same machine class gets the same plan and the measurement is paid once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+
+import keras
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from segexp.config.schema import usable_cores
+from segexp.models.precision import resolve_precision
+from segexp.planning.rules import Machine, StepTime
+from segexp.training.loop import compile_model, set_threads
+
+log = logging.getLogger(__name__)
+
+
+def this_machine() -> Machine:
+    """The device training will use (a visible GPU, else the CPU), its name and the usable cores."""
+    import tensorflow as tf  # deferred: listing devices initialises TensorFlow (threads are set first)
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return Machine("gpu", f"{details.get('device_name', 'GPU')} x{len(gpus)}", usable_cores())
+    return Machine("cpu", cpu_name(), usable_cores())
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cache_key(cfg: DictConfig, machine: Machine) -> str:
+    """Hash of what the step time depends on (see the module docstring)."""
+    t = cfg.training
+    blob = json.dumps({
+        "model": OmegaConf.to_container(cfg.model, resolve=True), "batch": t.batch_size, "loss": t.loss,
+        "dice": OmegaConf.to_container(t.dice), "precision": t.precision, "jit": t.jit_compile,
+        "threads": OmegaConf.to_container(t.threads), "machine": asdict(machine),
+        "versions": [version("tensorflow"), version("keras")], "steps": cfg.plan.measure_steps,
+    }, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def measure_step_time(cfg: DictConfig, class_names: list[str], machine: Machine, cache_dir: Path | None) -> StepTime:
+    """The planned network's :class:`StepTime` on this machine (cached under ``cache_dir``; None: no cache)."""
+    path = None if cache_dir is None else Path(cache_dir) / "step_time" / f"{cache_key(cfg, machine)}.json"
+    if path is not None and path.is_file():
+        try:
+            return StepTime(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            log.warning("step time cache %s unreadable (%s): measuring again", path, err)
+    step = _measure(cfg, class_names)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(asdict(step)))
+            tmp.replace(path)
+        except OSError as err:  # a read-only output folder only costs the cache
+            log.warning("step time not cached in %s: %s", path.parent, err)
+    return step
+
+
+def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
+    m, t = cfg.model, cfg.training
+    set_threads(t.threads.intra_op, t.threads.inter_op)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (t.batch_size, m.image_height, m.image_width, m.image_channels), dtype=np.uint8)
+    masks = rng.integers(0, len(class_names), (t.batch_size, m.image_height, m.image_width), dtype=np.uint8)
+    log.info("plan: timing %s at %dx%d, batch %d on this machine (%d steps; cached afterwards)",
+             m.name, m.image_height, m.image_width, t.batch_size, cfg.plan.measure_steps)
+    model = compile_model(cfg, class_names, steps_per_epoch=1, precision=resolve_precision(t.precision))
+    start = time.perf_counter()
+    model.train_on_batch(images, masks)
+    first = time.perf_counter() - start
+    train = []
+    for _ in range(cfg.plan.measure_steps):
+        start = time.perf_counter()
+        model.train_on_batch(images, masks)
+        train.append(time.perf_counter() - start)
+    model.test_on_batch(images, masks)  # traces the validation step
+    infer = []
+    for _ in range(2):
+        start = time.perf_counter()
+        model.test_on_batch(images, masks)
+        infer.append(time.perf_counter() - start)
+    del model
+    keras.backend.clear_session()
+    step = StepTime(first_s=round(first, 3), train_s=round(float(np.median(train)), 4),
+                    infer_s=round(float(np.median(infer)), 4))
+    log.info("plan: first step %.1f s, step %.3f s, validation batch %.3f s", step.first_s, step.train_s, step.infer_s)
+    return step
