@@ -34,8 +34,8 @@ prediction is left out for that case), and their foreground mean.
 
 Datasets (read from ``../shared/data``; skipped with a message where it is absent):
 
-* ``hvsmr_mini``: 5 MR patients, 9 classes, ``experiment=hvsmr_mini``; scored on the test patient.
-* ``hocmvalves_mini``: 2 CT patients, ``experiment=hocmvalves_mini``: train 10001, valid 10002,
+* ``hvsmr_mini``: 5 MR patients, 9 classes, ``dataset=hvsmr_mini`` (the plan alone); scored on the test patient.
+* ``hocmvalves_mini``: 2 CT patients, ``dataset=hocmvalves_mini`` (the plan alone): train 10001, valid 10002,
   no test patient: scored on the validation patient (which both systems also use to pick
   their best epoch).
 * ``thorax_pulmonary``, ``thorax_aorta``: one CTA volume each with its own label table,
@@ -82,9 +82,8 @@ THORAX_NOTE = (
     "in turn); each slab is scored as a case. Not an accuracy claim."
 )
 
-#: No experiment preset for the slab sets: the real-data network (as the hvsmr/hocmvalves presets) at
-#: the default 128x128, 10 epochs of the default 50 steps; the rest is segexp's default recipe.
-THORAX_SEGEXP = ["model=resunet", "training.epochs=10"]
+#: Nothing but the data for the slab sets: segexp-train plans the rest (plan=auto), as for every set.
+THORAX_SEGEXP: list[str] = []  # the plan alone, as for every set
 
 MONAI_SYSTEM = "MONAI (PyTorch)"
 MONAI_VENV = REPO / "outputs" / "venvs" / "monai"
@@ -105,10 +104,10 @@ class Dataset:
 
 
 DATASETS = {
-    "hvsmr_mini": Dataset("hvsmr_mini", "hvsmr_mini", "test", ["experiment=hvsmr_mini"],
+    "hvsmr_mini": Dataset("hvsmr_mini", "hvsmr_mini", "test", ["dataset=hvsmr_mini"],
                           note="MR, 5 patients: train 10001, 10003, 10004; valid 10000; scored on the test patient 10002."),
     "hocmvalves_mini": Dataset(
-        "hocmvalves_mini", "hocmvalves_mini", "valid", ["experiment=hocmvalves_mini"],
+        "hocmvalves_mini", "hocmvalves_mini", "valid", ["dataset=hocmvalves_mini"],
         note="CT, 2 patients: train 10001; **scored on the validation patient 10002** (there is no test patient; "
              "both systems also pick their best epoch on it, optimistic for both alike)."),
     "thorax_pulmonary": Dataset("thorax_pulmonary", "thorax_cta", "test", volume=("case_pulmonary", "thorax_pulmonary"),
@@ -370,8 +369,9 @@ class Pixels:
     score_images: np.ndarray
 
 
-def export_pixels(overrides: Sequence[str], split: str, path: Path) -> Pixels:
-    """Write ``path`` (.npz) with segexp's own reader at the config's model size: the train and valid slices
+def export_pixels(overrides: Sequence[str], split: str, path: Path, run_config: Path | None = None) -> Pixels:
+    """Write ``path`` (.npz) with segexp's own reader at the config's model size (``run_config``: the
+    config segexp's run trained with, its plan applied; else composed from ``overrides``): the train and valid slices
     (uint8 images ``(N, H, W, C)``, class-index masks ``(N, H, W)``, case per slice) and ``split``'s slices
     (``score_*``) in ``evaluate_split``'s order, ``num_classes``, ``seed``."""
     from segexp.config.schema import validate_train_config
@@ -379,7 +379,10 @@ def export_pixels(overrides: Sequence[str], split: str, path: Path) -> Pixels:
     from segexp.data.slices import load_pair
     from segexp.evaluation.reports import cases_of
 
-    cfg = validate_train_config(compose([o for o in overrides if not o.lstrip("~+").startswith("hydra.")]))
+    if run_config is not None and run_config.is_file():
+        cfg = OmegaConf.load(run_config)
+    else:
+        cfg = validate_train_config(compose([o for o in overrides if not o.lstrip("~+").startswith("hydra.")]))
     m = cfg.model
     dataset = open_dataset(cfg.dataset, m.num_classes)
     if not dataset.pairs.get(split):
@@ -645,8 +648,9 @@ def compare(ds: Dataset, data_overrides: list[str], args: argparse.Namespace, wo
     work.mkdir(parents=True, exist_ok=True)
     if args.segexp_only:
         return [run_segexp(ds, data_overrides, args, work)]
-    pixels = export_pixels(segexp_overrides(ds, data_overrides, args), ds.split, work / "monai_input.npz")
     budget = args.minutes * 60
+    if args.monai_only or args.side_by_side:
+        pixels = export_pixels(segexp_overrides(ds, data_overrides, args), ds.split, work / "monai_input.npz")
     if args.monai_only:
         return [run_monai(pixels, args, work, matched="time", budget="`--minutes`", seconds=budget)]
     if args.side_by_side:
@@ -660,6 +664,9 @@ def compare(ds: Dataset, data_overrides: list[str], args: argparse.Namespace, wo
             seg, at_time = seg_job.result(), time_job.result()
     else:
         seg = run_segexp(ds, data_overrides, args, work)
+        # MONAI reads the pixels at the size segexp trained with (its plan applied: .hydra/config.yaml).
+        pixels = export_pixels(segexp_overrides(ds, data_overrides, args), ds.split, work / "monai_input.npz",
+                               run_config=work / "segexp" / ".hydra" / "config.yaml")
         at_time = run_monai(pixels, args, work, matched="time", budget="segexp's wall time",
                             seconds=seg["process_seconds"])
     at_steps = run_monai(pixels, args, work, matched="steps", budget="segexp's steps", steps=seg["steps"])

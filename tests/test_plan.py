@@ -1,0 +1,144 @@
+"""The plan: each rule on synthetic fingerprints, what the user set wins, the preset, segexp-train's plan step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from segexp.config.schema import CONF_DIR
+from segexp.planning import rules
+from segexp.planning.fingerprint import DataFingerprint, median_size
+from segexp.planning.plan import Explicit, _nested_yaml, explicit_settings
+from segexp.planning.rules import Choice, Machine, StepTime
+
+CPU = Machine("cpu", "test CPU", 2)
+GPU = Machine("gpu", "test GPU", 16)
+
+
+def fingerprint(size=(512, 512), train_cases=5, presence=None, channels=1, valid_slices=12) -> DataFingerprint:
+    presence = presence or {"LV": 0.5, "AV": 0.05}
+    names = ("background", *presence)
+    return DataFingerprint(
+        name="synthetic", image_size=size, channels=channels, spacing_mm=None, intensity_mean=80.0,
+        intensity_std=60.0, cases={"train": train_cases, "valid": 2, "test": 0},
+        slices={"train": 10 * train_cases, "valid": valid_slices, "test": 0}, class_names=names,
+        class_frequency={n: 0.1 for n in names}, slice_presence={"background": 1.0, **presence})
+
+
+def by_key(choices: list[Choice]) -> dict[str, object]:
+    return {c.key: c.value for c in choices}
+
+
+def test_input_size_is_scaled_down_to_the_device_cap_never_up() -> None:
+    assert rules.input_size(fingerprint((512, 512)), 256) == (256, 256)
+    assert rules.input_size(fingerprint((512, 512)), 512) == (512, 512)
+    assert rules.input_size(fingerprint((128, 128)), 256) == (128, 128)   # never upsampled
+    h, w = rules.input_size(fingerprint((300, 500)), 256)                  # aspect kept, multiples of 2**strides
+    assert w == 256 and h == 144 and h % 16 == 0
+
+
+def test_depth_keeps_the_bottom_map_at_least_8_px() -> None:
+    assert rules.strides_for(256) == 4 and rules.strides_for(128) == 4   # MONAI's 4 halvings
+    assert rules.strides_for(64) == 3 and rules.strides_for(32) == 2
+    choices = by_key(rules.network_choices(fingerprint((64, 64)), CPU))
+    assert choices["model.channels"] == [16, 32, 64, 128]
+    assert choices["model"] == "resunet" and choices["training.jit_compile"] is True
+
+
+def test_max_side_follows_the_device_or_the_setting() -> None:
+    assert by_key(rules.network_choices(fingerprint(), CPU))["model.image_height"] == 256
+    assert by_key(rules.network_choices(fingerprint(), GPU))["model.image_height"] == 512
+    assert by_key(rules.network_choices(fingerprint(), GPU, 128))["model.image_height"] == 128
+
+
+def test_channels_follow_the_images() -> None:
+    assert by_key(rules.network_choices(fingerprint(channels=3), CPU))["model.image_channels"] == 3
+
+
+def test_few_cases_get_the_spatial_augmentation() -> None:
+    assert by_key(rules.data_choices(fingerprint(train_cases=3)))["augmentation"] == "full"
+    assert by_key(rules.data_choices(fingerprint(train_cases=40)))["augmentation"] == "flips"
+
+
+def test_foreground_oversampling_unless_every_class_is_everywhere() -> None:
+    assert by_key(rules.data_choices(fingerprint()))["training.foreground_fraction"] == pytest.approx(0.33)
+    common = fingerprint(presence={"LV": 0.95, "RV": 0.99})
+    assert by_key(rules.data_choices(common))["training.foreground_fraction"] == 0.0
+
+
+def test_budget_fills_max_time_with_measured_steps() -> None:
+    step = StepTime(first_s=20.0, train_s=0.5, infer_s=0.2)
+    choices = by_key(rules.budget_choices(4.0, step, valid_slices=12, batch_size=8, fixed_steps=1000,
+                                          validations=20, max_overhead=0.1))
+    v = rules.validation_cost(12, 8, step)                       # 2 batches x 0.2 s + 1 s
+    assert v == pytest.approx(1.4)
+    k = min(20, int(0.1 * 240 / v))                             # 17 validations
+    total = int((240 - 20 - k * v) / 0.5)
+    assert choices["training.steps_per_epoch"] == -(-total // k)
+    assert choices["training.epochs"] == -(-k * 5 // 4)          # 1.25x: max_time ends the run
+    assert choices["training.schedule"] is None                 # short run: constant rate
+
+
+def test_without_budget_fixed_steps_and_poly_from_1000() -> None:
+    choices = by_key(rules.budget_choices(None, None, 12, 8, fixed_steps=1000, validations=20, max_overhead=0.1))
+    assert choices["training.epochs"] * choices["training.steps_per_epoch"] == 1000
+    assert "training.schedule" not in choices                  # the default poly decay
+    short = by_key(rules.budget_choices(None, None, 12, 8, fixed_steps=200, validations=20, max_overhead=0.1))
+    assert short["training.schedule"] is None
+
+
+def test_a_slower_machine_plans_fewer_steps() -> None:
+    fast = by_key(rules.budget_choices(4.0, StepTime(10, 0.3, 0.1), 12, 8, 1000, 20, 0.1))
+    slow = by_key(rules.budget_choices(4.0, StepTime(10, 0.9, 0.3), 12, 8, 1000, 20, 0.1))
+    assert fast["training.steps_per_epoch"] * fast["training.epochs"] > slow["training.steps_per_epoch"] * slow["training.epochs"]
+
+
+def test_median_size() -> None:
+    assert median_size({"512x256": 3, "100x100": 1}) == (256, 512)
+
+
+def test_user_keys_and_presets_win() -> None:
+    found = explicit_settings(["model=flexunet", "training.epochs=3", "+dataset.cases.train=[a]",
+                               "experiment=hvsmr_mini", "hydra.run.dir=/tmp/x"])
+    assert {"model", "dataset", "augmentation", "experiment"} <= found.groups
+    assert {"training.epochs", "training.steps_per_epoch", "model.image_height"} <= found.keys
+    assert not any(k.startswith("hydra") for k in found.keys)
+    explicit = Explicit(keys={"training.schedule.power"}, groups={"model"})
+    assert explicit.covers(Choice("training.schedule", None, "", ""))        # a child of the key was set
+    assert explicit.covers(Choice("model", "resunet", "", "", group=True))
+    assert not explicit.covers(Choice("model.image_height", 256, "", ""))      # a model preset is not a size
+
+
+def test_preset_yaml_nests_keys_and_parses() -> None:
+    text = "\n".join(_nested_yaml([("training.epochs", 3, "rule a"), ("model.channels", [16, 32], "rule b"),
+                                   ("training.schedule", None, "rule c"), ("model.image_height", 64, "d")]))
+    assert yaml.safe_load(text) == {"model": {"channels": [16, 32], "image_height": 64},
+                                    "training": {"epochs": 3, "schedule": None}}
+
+
+def test_plan_step_of_a_run_writes_plan_and_the_trained_config(tmp_path, tiny_dataset) -> None:
+    """segexp-train's plan step on a folder given by its path alone (class table from the masks):
+    plan.json, the preset, .hydra/config.yaml = what trains; the user's steps and epochs win."""
+    from segexp.planning.apply import planned_run_config
+
+    overrides = ["dataset=folder", f"dataset.root={tiny_dataset}", "training.epochs=2", "training.steps_per_epoch=2",
+                 "training.loader.workers=0", "tracking=none", f"paths.output_dir={tmp_path / 'out'}"]
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(config_name="train", overrides=overrides)
+        (run_dir / ".hydra" / "config.yaml").write_text("composed: true\n")
+        planned, params = planned_run_config(cfg, overrides, run_dir)
+    assert planned.model.name == "resunet" and planned.augmentation.name == "full"   # 1 train case
+    assert list(planned.dataset.class_names) == ["background", "class_1", "class_2"]
+    assert planned.training.epochs == 2 and planned.model.image_height == 32
+    assert params["plan.model"] == "resunet"
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["fingerprint"]["name"] == planned.dataset.name
+    preset = yaml.safe_load((run_dir / "plan.yaml").read_text())
+    assert {"override /plan": "none"} in preset["defaults"]
+    assert (run_dir / ".hydra" / "composed.yaml").read_text() == "composed: true\n"
+    assert "resunet" in (run_dir / ".hydra" / "config.yaml").read_text()
