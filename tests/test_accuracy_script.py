@@ -237,7 +237,7 @@ def _fake_runs(monkeypatch, tmp_path: Path, fg_of=lambda system, overrides: 0.7 
     monkeypatch.setattr(accuracy, "SHARED", tmp_path / "shared")
     (tmp_path / "shared" / "hvsmr_mini").mkdir(parents=True)  # hocmvalves_mini is absent: skipped
     monkeypatch.setattr(accuracy, "ensure_monai_venv", lambda venv: Path("/venv/bin/python"))
-    monkeypatch.setattr(accuracy, "export_pixels", lambda overrides, split, path: list(overrides))
+    monkeypatch.setattr(accuracy, "export_pixels", lambda overrides, split, path, run_config=None: list(overrides))
     monkeypatch.setattr(accuracy, "run_segexp", lambda ds, overrides, args, work:
                         row("segexp (defaults)", overrides, 47.0, 6, matched=None, budget="its preset"))
     monkeypatch.setattr(accuracy, "run_monai", run_monai)

@@ -175,7 +175,8 @@ def read_image_file(path: Path, flags: int, what: str = "image") -> np.ndarray:
     return image
 
 
-def _same_channels(bgr: np.ndarray) -> bool:
+def same_channels(bgr: np.ndarray) -> bool:
+    """Whether the three channels of ``bgr`` are equal (a grey image stored as colour)."""
     return bool(np.array_equal(bgr[..., 0], bgr[..., 1]) and np.array_equal(bgr[..., 1], bgr[..., 2]))
 
 
@@ -188,7 +189,7 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     """
     image = read_image_file(path, cv2.IMREAD_COLOR, "image")
     if channels == 1:
-        if not _same_channels(image):
+        if not same_channels(image):
             raise DataError(
                 f"{path}: colour image (3 different channels) in a grayscale dataset "
                 "(model.image_channels=1); convert it to grayscale or use model.image_channels=3"
@@ -224,7 +225,7 @@ class MaskDecoder:
                 return decode_rgb_mask(cv2.cvtColor(raw, cv2.COLOR_BGR2RGB), self.colours, path)
             except MaskColourError as err:
                 raise DataError(str(err)) from None
-        if not _same_channels(raw):
+        if not same_channels(raw):
             raise DataError(
                 f"{path}: colour mask (3 different channels) but dataset.mask_format is "
                 f"{self.mask_format!r}, which needs a single-channel mask (use mask_format rgb with an rgb_map)"

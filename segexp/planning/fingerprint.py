@@ -21,7 +21,7 @@ import numpy as np
 from segexp.data.check import dataset_fingerprint
 from segexp.data.dataset import SliceDataset
 from segexp.data.sampling import cached_class_presence
-from segexp.data.slices import DataError, _same_channels, read_image_file
+from segexp.data.slices import DataError, same_channels, read_image_file
 
 #: Train images read to tell grey from colour slices.
 CHANNEL_SAMPLE = 16
@@ -72,7 +72,7 @@ def image_channels(dataset: SliceDataset, sample: int = CHANNEL_SAMPLE) -> int:
             image = read_image_file(pairs[i].image, cv2.IMREAD_COLOR)
         except DataError:
             continue  # the check and the loader report bad files
-        if not _same_channels(image):
+        if not same_channels(image):
             return 3
     return 1
 
