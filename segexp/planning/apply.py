@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from segexp.config.outputs import atomic_write_text, check_run_dir_free, resume_requested
 from segexp.data.class_table import class_names_given, with_class_table
 from segexp.planning.plan import PLAN_FILE, PRESET_FILE, compose_train, make_plan, preset_text, replay_plan
+from segexp.tracking.store import check_server
+from segexp.training.loop import outage_policy, validate_run_config
 from segexp.training.resume import resume_source
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ def planned_run_config(cfg: DictConfig, overrides: Sequence[str], run_dir: Path)
     it is still read from the data. A resumed run replays its saved plan instead of planning again.
     """
     run_dir = Path(run_dir)
+    if class_names_given(cfg.dataset):  # typos and bad values fail before the data is read
+        validate_run_config(cfg.copy())
+    if cfg.tracking.enabled:  # an unreachable server fails before the plan's work
+        check_server(cfg.tracking.uri, outage_policy(cfg).connect_timeout_s)
     resuming = resume_requested(cfg)
     check_run_dir_free(run_dir, resuming)  # before anything is written into a folder
     if resuming:
