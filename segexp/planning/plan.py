@@ -212,6 +212,13 @@ def _class_table_choices(table: ClassTable) -> list[Choice]:
             Choice("dataset.rgb_map", overrides["rgb_map"], table.source, "the mask colours read from the data")]
 
 
+def _foreign_model_keys(explicit: Explicit, network: str, conf_dir: Path) -> list[str]:
+    """The user's ``model.*`` keys that the preset ``conf/model/<network>.yaml`` does not have."""
+    path = conf_dir / "model" / f"{network}.yaml"
+    known = set((yaml.safe_load(path.read_text()) or {}).keys()) if path.is_file() else set()
+    return [k for k in explicit.keys if k.startswith("model.") and k.split(".")[1] not in known]
+
+
 def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> tuple[DictConfig, Plan]:
     """The planned config for the composed ``cfg`` of a job with command line ``overrides``, and its :class:`Plan`."""
     explicit = explicit_settings(overrides, conf_dir)
@@ -223,6 +230,9 @@ def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_D
     machine = this_machine()
     static = [*_class_table_choices(table), *network_choices(fingerprint, machine, cfg.plan.max_side),
               *data_choices(fingerprint)]
+    for c in static:  # your keys of another network (model.base_filters=...) keep that network
+        if c.group and c.key == "model" and _foreign_model_keys(explicit, str(c.value), conf_dir):
+            explicit.groups.add("model")
     groups = [f"{c.key}={c.value}" for c in static if c.group and not explicit.covers(c)]
     planned = compose_train([*groups, *overrides]) if groups else cfg
     apply, skipped = _applicable(static, explicit, planned)
