@@ -142,3 +142,13 @@ def test_plan_step_of_a_run_writes_plan_and_the_trained_config(tmp_path, tiny_da
     assert {"override /plan": "none"} in preset["defaults"]
     assert (run_dir / ".hydra" / "composed.yaml").read_text() == "composed: true\n"
     assert "resunet" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+def test_bad_plan_values_are_refused_by_key(compose_train) -> None:
+    from segexp.config.schema import check_train_config
+
+    cfg = compose_train("plan.max_side=8", "plan.max_overhead=1.5", "plan.fixed_steps=0")
+    _, problems = check_train_config(cfg)
+    assert any(p.startswith("plan.max_side:") for p in problems)
+    assert any(p.startswith("plan.max_overhead:") for p in problems)
+    assert any(p.startswith("plan.fixed_steps:") for p in problems)

@@ -43,7 +43,6 @@ def main(cfg: DictConfig) -> None:
     with user_errors_exit():
         with open_dict(cfg):
             cfg.pop("plan_out", None)
-            cfg.task_name = "train"  # the plan of a training run
         planned, plan = make_plan(cfg, overrides)
         print("\n".join([*plan.class_table.lines(), *plan.lines()]))
         text = preset_text(plan, planned, compose_train([*overrides, "plan=none"]), overrides)
