@@ -20,13 +20,16 @@ Sections (see BENCHMARKS.md for what each means):
   receives them, for workers 0, 1, 2, ... (threads and processes), against the
   training-step images/s of the default and a ``flexunet_hocm``-like model at 512x512;
 * ``train``    training-step images/s, XLA off/on, 1 thread and all cores;
+* ``peer``     seconds per step of the planned network (``segexp.planning.rules``: ResUNet, 128x128 and
+  256x256) with and without XLA against MONAI's own UNet step in PyTorch (``scripts/monai_loop.py
+  --step-time`` in the venv ``accuracy.py`` builds), alternating fresh processes;
 * ``infer``    ``segexp-infer``'s volume path (read, window, predict, write) on a
   128-slice NIfTI volume against the bare forward pass on preloaded batches and
   one ``model.predict`` call per slice;
 * ``memory``   peak RSS of one training epoch on 36, 144 and 576 slices;
 * ``prepare``  ``segexp-prepare`` volumes/s and MB/s with 1 and 2 worker processes;
 * ``epoch``    (``--only epoch``) the fixed per-epoch cost of real ``segexp-train`` epochs;
-* ``zoo``      (``--only zoo``) training images/s and ``segexp-infer`` slices/s of every network
+* ``zoo``      (``--only zoo``) training images/s (XLA off and on, first step included) and ``segexp-infer`` slices/s of every network
   of the architecture sweep (``hparams_search=architectures``) at 128x128.
 """
 
@@ -189,8 +192,11 @@ def work_train_step(p: dict[str, Any]) -> dict[str, Any]:
             model.train_on_batch(x, y)
         return batch * p["steps"]
 
+    start = time.perf_counter()
+    model.train_on_batch(x, y)  # traces (and with XLA compiles) the step: what a run pays once
+    first = time.perf_counter() - start
     rate, rates = median_rate(steps, p["repeats"], warmup=1)
-    return {"images_per_s": rate, "rates": rates, "params": int(model.count_params())}
+    return {"images_per_s": rate, "rates": rates, "params": int(model.count_params()), "first_step_s": first}
 
 
 def work_loader(p: dict[str, Any]) -> dict[str, Any]:
@@ -488,6 +494,32 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 IN_PROCESS: set[str] = set()
 
 
+def monai_step(height: int, width: int, channels: int, num_classes: int, *, steps: int, repeats: int,
+               threads: int, venv: Path) -> dict[str, Any]:
+    """MONAI's step (``scripts/monai_loop.py --step-time``) in a fresh process of its own environment."""
+    from accuracy import _monai_env, ensure_monai_venv
+
+    python = ensure_monai_venv(venv)
+    cmd = [str(python), str(REPO / "scripts" / "monai_loop.py"), "--step-time", str(height), str(width),
+           str(channels), str(num_classes), "--steps", str(steps), "--repeats", str(repeats), "--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_monai_env(), cwd=REPO)
+    for line in proc.stdout.splitlines():
+        if line.startswith("STEP_TIME "):
+            print(f"  monai: {line[10:][:300]}", file=sys.stderr, flush=True)
+            return json.loads(line[10:])
+    raise RuntimeError(f"MONAI step timing failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def planned_network(side: int, channels: int = 1, num_classes: int = 9) -> list[str]:
+    """The overrides the plan gives a ``side``x``side`` slice set (``segexp.planning.rules``): network, widths, size."""
+    from segexp.planning import rules
+
+    widths = list(rules.WIDTHS[: rules.strides_for(side) + 1])
+    return [f"model={rules.NETWORK}", f"model.image_height={side}", f"model.image_width={side}",
+            f"model.image_channels={channels}", f"model.num_classes={num_classes}",
+            f"model.channels=[{','.join(map(str, widths))}]"]
+
+
 def run_worker(kind: str, params: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one measurement in a fresh Python process and return its result dict."""
     if kind in IN_PROCESS:
@@ -586,7 +618,9 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "tiny": tiny, "repeats": repeats, "sections": {}}
     sections = results["sections"]
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    wanted = set(args.only or ["loader", "train", "fit", "infer", "memory", "prepare"])  # epoch, zoo: --only
+    wanted = set(args.only or ["loader", "train", "fit", "peer", "infer", "memory", "prepare"])  # epoch, zoo: --only
+    if tiny and not args.only:  # the smoke run (CI) builds no MONAI environment; --tiny --only peer uses one
+        wanted.discard("peer")
 
     # Loader at 512x512 vs the model's training step at 512x512.
     if "loader" in wanted:
@@ -686,6 +720,35 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
                                "ratio": statistics.median(rates["segexp"]) / statistics.median(rates["keras"])})
         sections["fit"] = {"rows": rows, "keras_rows": keras_rows}
 
+    # The planned network's step against MONAI's own UNet step in PyTorch (scripts/monai_loop.py, its own
+    # venv), alternating fresh processes: segexp with XLA (the plan's choice on CPUs), without, MONAI.
+    if "peer" in wanted:
+        rows = []
+        venv = Path(args.monai_venv)
+        sizes = [32] if tiny else [128, 256]
+        for side in sizes:
+            overrides = planned_network(side)
+            times: dict[str, list[float]] = {"segexp_xla": [], "segexp": [], "monai": []}
+            first: dict[str, list[float]] = {k: [] for k in times}
+            for _ in range(1 if tiny else 2):
+                for system in times:
+                    say(f"peer: {system} at {side}x{side}")
+                    if system == "monai":
+                        r = monai_step(side, side, 1, 9, steps=1 if tiny else 5, repeats=repeats, threads=cores,
+                                       venv=venv)
+                        times[system].append(r["step_s"])
+                    else:
+                        r = run_worker("train_step", {"overrides": overrides, "batch": 8, "jit": system == "segexp_xla",
+                                                      "precision": "fp32", "steps": 1 if tiny else 5,
+                                                      "repeats": repeats, "threads": cores})
+                        times[system].append(8 / r["images_per_s"])
+                    first[system].append(r["first_step_s"])
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rows.append({"size": side, "batch": 8, "overrides": overrides, "step_s": med, "step_s_all": times,
+                         "first_step_s": {k: statistics.median(v) for k, v in first.items()},
+                         "ratio_planned": med["segexp_xla"] / med["monai"], "ratio_no_xla": med["segexp"] / med["monai"]})
+        sections["peer"] = {"rows": rows, "threads": cores}
+
     # Inference on a 128-slice volume: each model on a volume of its own input size (as its
     # training data), and the default model on a 512x512 CT as well (I/O-bound, see BENCHMARKS.md).
     if "infer" in wanted:
@@ -722,11 +785,20 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
             say(f"zoo: {preset} at {size}x{size}")
             train = run_worker("train_step", {"overrides": shape, "batch": 8, "jit": False, "precision": "fp32",
                                               "steps": 1 if tiny else 3, "repeats": repeats, "threads": None})
+            say(f"zoo: {preset} at {size}x{size}, XLA")
+            try:
+                xla = run_worker("train_step", {"overrides": shape, "batch": 8, "jit": True, "precision": "fp32",
+                                                "steps": 1 if tiny else 3, "repeats": repeats, "threads": None})
+            except RuntimeError as err:  # a network XLA cannot compile is a result, not a crash of the suite
+                say(f"  {preset}: XLA failed: {str(err).splitlines()[0]}")
+                xla = {"images_per_s": float("nan"), "first_step_s": float("nan")}
             infer = run_worker("infer", {
                 "overrides": shape, "batch": 8, "volume": str(volume), "out_dir": str(work / f"zoo_infer_{preset}"),
                 "precision": "fp32", "repeats": repeats, "per_slice_count": 2 if tiny else 4, "threads": None})
             rows.append({"model": preset, "size": size, "params": train["params"],
-                         "train_images_per_s": train["images_per_s"], "infer_slices_per_s": infer["end_to_end"],
+                         "train_images_per_s": train["images_per_s"], "first_step_s": train["first_step_s"],
+                         "xla_images_per_s": xla["images_per_s"], "xla_first_step_s": xla["first_step_s"],
+                         "infer_slices_per_s": infer["end_to_end"],
                          "forward_slices_per_s": infer["bare_forward"], "volume": [size, size, num]})
         sections["zoo"] = {"rows": rows}
 
@@ -875,6 +947,20 @@ def report(results: dict[str, Any]) -> str:
                        f"{r['steps_per_epoch']} | {', '.join(_f(v, 2) for v in r['segexp'])} | "
                        f"{', '.join(_f(v, 2) for v in r['keras'])} | **{r['ratio']:.2f}** |")
         out.append("")
+    if "peer" in s:
+        out += ["### The planned network's step against MONAI's in PyTorch (batch 8, fp32, "
+                f"{s['peer']['threads']} threads, alternating fresh processes)", "",
+                "| input | planned network | segexp, XLA (planned) s/step | segexp, no XLA s/step | MONAI s/step | "
+                "segexp (planned) / MONAI | first step: segexp XLA / no XLA / MONAI (s) |", "|---|---|---|---|---|---|---|"]
+        for r in s["peer"]["rows"]:
+            t, f = r["step_s"], r["first_step_s"]
+            checks.append((f"planned step faster than MONAI's at {r['size']}x{r['size']} (segexp / MONAI "
+                           f"{r['ratio_planned']:.2f})", r["ratio_planned"] < 1.0))
+            network = " ".join(o for o in r["overrides"] if o.startswith(("model=", "model.channels")))
+            out.append(f"| {r['size']}x{r['size']} | `{network}` | {t['segexp_xla']:.3f} | {t['segexp']:.3f} | "
+                       f"{t['monai']:.3f} | **{r['ratio_planned']:.2f}** | {f['segexp_xla']:.1f} / {f['segexp']:.1f} / "
+                       f"{f['monai']:.2f} |")
+        out.append("")
     if "epoch" in s:
         out += ["### Fixed per-epoch cost (real `segexp-train` epochs at default settings, MLflow on)", "",
                 "| data | steps/epoch | epoch (s) | fixed: validation, checkpoints, images, logging (s) | "
@@ -906,11 +992,14 @@ def report(results: dict[str, Any]) -> str:
         v = rows[0]["volume"] if rows else [0, 0, 0]
         out += [f"### Model zoo ({rows[0]['size'] if rows else 0}x{rows[0]['size'] if rows else 0}, 1 channel, "
                 "6 classes, batch 8, fp32, all cores)", "",
-                f"| `model=` | params | training images/s | segexp-infer slices/s ({v[0]}x{v[1]}x{v[2]} NIfTI) | "
-                "bare forward slices/s |", "|---|---|---|---|---|"]
+                "| `model=` | params | training images/s, XLA off / on | XLA / off | first step (s), XLA off / on | "
+                f"segexp-infer slices/s ({v[0]}x{v[1]}x{v[2]} NIfTI) | bare forward slices/s |",
+                "|---|---|---|---|---|---|---|"]
         for r in rows:
-            out.append(f"| `{r['model']}` | {r['params']:,} | {_f(r['train_images_per_s'], 2)} | "
-                       f"{_f(r['infer_slices_per_s'])} | {_f(r['forward_slices_per_s'])} |")
+            xla, first_xla = r.get("xla_images_per_s", math.nan), r.get("xla_first_step_s", math.nan)
+            out.append(f"| `{r['model']}` | {r['params']:,} | {_f(r['train_images_per_s'], 2)} / {_f(xla, 2)} | "
+                       f"**{xla / r['train_images_per_s']:.2f}x** | {_f(r.get('first_step_s', math.nan))} / "
+                       f"{_f(first_xla)} | {_f(r['infer_slices_per_s'])} | {_f(r['forward_slices_per_s'])} |")
         out.append("")
     if "memory" in s:
         rows = s["memory"]["rows"]
@@ -960,7 +1049,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="seconds-scale smoke run (CI): numbers are meaningless")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")
-    parser.add_argument("--only", nargs="+", choices=["loader", "train", "fit", "epoch", "infer", "memory", "prepare", "zoo"])
+    parser.add_argument("--only", nargs="+", choices=["loader", "train", "fit", "peer", "epoch", "infer", "memory", "prepare", "zoo"])
+    parser.add_argument("--monai-venv", default=str(REPO / "outputs" / "venvs" / "monai"),
+                        help="peer: virtual environment with torch and monai (built there once, as accuracy.py does)")
     parser.add_argument("--work-dir", default=str(REPO / "outputs" / "bench"), help="synthetic data and outputs")
     parser.add_argument("--json", help="also write all results (with every repetition) to this JSON file")
     parser.add_argument("--update", help="rewrite the results block of this markdown file (BENCHMARKS.md)")

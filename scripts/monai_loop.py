@@ -3,6 +3,7 @@
 
     outputs/venvs/monai/bin/python scripts/monai_loop.py --data input.npz --out outputs/monai --seconds 300
     outputs/venvs/monai/bin/python scripts/monai_loop.py --data input.npz --out outputs/monai --steps 160
+    outputs/venvs/monai/bin/python scripts/monai_loop.py --step-time 256 256 1 9 --steps 5   # scripts/bench.py
 
 Runs in its own virtual environment (torch, monai and numpy only; ``scripts/accuracy.py``
 builds it): nothing of segexp, TensorFlow or Keras is imported. The pixels come from
@@ -18,8 +19,9 @@ The recipe, MONAI's own classes with their defaults unless written here:
 
 * **Network**: ``monai.networks.nets.UNet(spatial_dims=2, in_channels=C, out_channels=K,
   channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="instance")``
-  (kernel 3, PReLU, no dropout): 4 stride-2 levels, so ``H`` and ``W`` must be multiples of 16.
-  Input: intensities ``x / 255`` as float32 ``(B, C, H, W)``.
+  (kernel 3, PReLU, no dropout): 4 stride-2 levels, so sides that are not multiples of 16 are
+  zero-padded to the next one as MONAI's ``DivisiblePad(16)`` does (masks with background) and the
+  predictions cropped back. Input: intensities ``x / 255`` as float32 ``(B, C, H, W)``.
 * **Loss**: ``monai.losses.DiceCELoss(softmax=True, to_onehot_y=True)`` on the logits:
   soft Dice per sample and class (background included, smooth 1e-5) plus the pixel cross-entropy.
 * **Optimiser**: ``torch.optim.Adam``, learning rate 1e-3, constant.
@@ -111,6 +113,29 @@ def load_inputs(path: Path) -> Inputs:
     return Inputs(Split(arrays["train_images"], arrays["train_masks"], []),
                   Split(arrays["valid_images"], arrays["valid_masks"], cases),
                   arrays["score_images"], int(arrays["num_classes"]), int(arrays["seed"]))
+
+
+def divisible_padding(height: int, width: int, k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((top, bottom), (left, right))`` zeros that make ``height`` and ``width`` multiples of ``k``, split
+    evenly with the odd pixel at the end: MONAI's ``DivisiblePad(k, method="symmetric")``."""
+    def split(n: int) -> tuple[int, int]:
+        extra = -n % k
+        return extra // 2, extra - extra // 2
+
+    return split(height), split(width)
+
+
+def pad_inputs(inputs: Inputs, pads: tuple[tuple[int, int], tuple[int, int]]) -> Inputs:
+    """Every image and mask zero-padded by ``pads`` (background in the masks); predictions are cropped back."""
+    if not any(sum(p) for p in pads):
+        return inputs
+    image_pad, mask_pad = (*pads, (0, 0)), pads
+
+    def split(part: Split) -> Split:
+        return Split(np.pad(part.images, ((0, 0), *image_pad)), np.pad(part.masks, ((0, 0), *mask_pad)), part.cases)
+
+    return Inputs(split(inputs.train), split(inputs.valid), np.pad(inputs.score_images, ((0, 0), *image_pad)),
+                  inputs.num_classes, inputs.seed)
 
 
 def build_unet(in_channels: int, num_classes: int) -> Any:
@@ -236,6 +261,46 @@ def train(model: Any, inputs: Inputs, *, seconds: float | None, steps: int | Non
     return result
 
 
+def step_time(height: int, width: int, channels: int, num_classes: int, *, steps: int, repeats: int,
+              threads: int | None = None) -> dict[str, Any]:
+    """Seconds per optimiser step of :func:`train`'s step (DiceCE, Adam) on one fixed random batch of 8.
+
+    For ``scripts/bench.py``: the first step (one warm-up, as PyTorch has no graph to compile, only
+    allocations) is reported apart, then the median over ``repeats`` timings of ``steps`` steps.
+    """
+    import torch
+    from monai.losses import DiceCELoss
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = build_unet(channels, num_classes)
+    model.train()
+    loss_fn = DiceCELoss(softmax=True, to_onehot_y=True)
+    optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    x = rng.integers(0, 256, (BATCH_SIZE, height, width, channels), dtype=np.uint8)
+    y = torch.from_numpy(rng.integers(0, num_classes, (BATCH_SIZE, 1, height, width)).astype(np.int64))
+
+    def one_step() -> None:
+        optimiser.zero_grad(set_to_none=True)
+        loss = loss_fn(model(to_tensor(x)), y)
+        loss.backward()
+        optimiser.step()
+
+    start = time.perf_counter()
+    one_step()
+    first = time.perf_counter() - start
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            one_step()
+        seconds.append((time.perf_counter() - start) / steps)
+    return {"step_s": float(np.median(seconds)), "step_s_all": seconds, "first_step_s": first,
+            "params": int(sum(p.numel() for p in model.parameters())), "batch": BATCH_SIZE,
+            "threads": torch.get_num_threads(), "versions": versions()}
+
+
 def versions() -> dict[str, str]:
     """torch, MONAI and numpy versions of this environment."""
     import monai
@@ -254,10 +319,8 @@ def run(data: Path, out: Path, *, seconds: float | None, steps: int | None, thre
     inputs = load_inputs(data)
     torch.manual_seed(inputs.seed)
     height, width, channels = inputs.train.images.shape[1:]
-    depth = 2 ** len(STRIDES)
-    if height % depth or width % depth:
-        raise SystemExit(f"{data}: MONAI's UNet with {len(STRIDES)} stride-2 levels needs a size divisible by {depth}, "
-                         f"got {height}x{width}")
+    pads = divisible_padding(height, width, 2 ** len(STRIDES))
+    inputs = pad_inputs(inputs, pads)
     model = build_unet(channels, inputs.num_classes)
     num_params = sum(p.numel() for p in model.parameters())
     print(f"MONAI UNet: {num_params:,} parameters; {len(inputs.train.images)} train, {len(inputs.valid.images)} valid "
@@ -265,7 +328,9 @@ def run(data: Path, out: Path, *, seconds: float | None, steps: int | None, thre
           f"{steps if steps is not None else '-'} steps; {threads} threads", flush=True)
     result = train(model, inputs, seconds=seconds, steps=steps, max_epochs=max_epochs)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "predictions.npz", predictions=predict(model, inputs.score_images))
+    (top, bottom), (left, right) = pads
+    predictions = predict(model, inputs.score_images)[:, top : top + height, left : left + width]
+    np.savez_compressed(out / "predictions.npz", predictions=predictions)
     report = {**asdict(result), "num_params": int(num_params), "threads": threads, "batch_size": BATCH_SIZE,
               "learning_rate": LEARNING_RATE, "image_size": [int(height), int(width)], "seed": inputs.seed,
               "versions": versions()}
@@ -279,14 +344,24 @@ def run(data: Path, out: Path, *, seconds: float | None, steps: int | None, thre
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help=".npz written by scripts/accuracy.py")
-    parser.add_argument("--out", required=True, help="output folder (monai.json, predictions.npz)")
+    parser.add_argument("--data", help=".npz written by scripts/accuracy.py")
+    parser.add_argument("--out", help="output folder (monai.json, predictions.npz)")
+    parser.add_argument("--step-time", nargs=4, type=int, metavar=("H", "W", "C", "K"),
+                        help="only time --steps training steps on a random batch of 8 HxWxC images, K classes "
+                             "(median of --repeats); prints one JSON line")
+    parser.add_argument("--repeats", type=int, default=3, help="--step-time: timed repetitions")
     parser.add_argument("--seconds", type=float, default=None,
                         help="wall-time budget from the script's start; stops after the epoch that reaches it")
     parser.add_argument("--steps", type=int, default=None, help="stop exactly after this many optimiser steps")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: os.cpu_count())")
     parser.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs at the latest")
     args = parser.parse_args(argv)
+    if args.step_time:
+        result = step_time(*args.step_time, steps=args.steps or 3, repeats=args.repeats, threads=args.threads)
+        print("STEP_TIME " + json.dumps(result), flush=True)
+        return 0
+    if not args.data or not args.out:
+        parser.error("give --data and --out (or --step-time)")
     if args.seconds is None and args.steps is None and args.max_epochs is None:
         parser.error("give --seconds, --steps or --max-epochs")
     if args.steps is not None and args.steps < 1:

@@ -372,3 +372,13 @@ def test_both_systems_tiny_run(tmp_path: Path) -> None:
     assert segexp["timed_by"] == "Keras per-epoch times" and at_steps["steps"] == segexp["steps"] == 3
     assert at_time["train_seconds"] >= segexp["process_seconds"] - 0.01  # MONAI got segexp's whole process time
     assert (tmp_path / "out" / "hvsmr_mini" / "segexp" / "evaluation" / "summary.json").is_file()
+
+
+def test_monai_pads_sides_to_a_multiple_of_16_as_divisible_pad() -> None:
+    assert monai_loop.divisible_padding(96, 120, 16) == ((0, 0), (4, 4))
+    assert monai_loop.divisible_padding(97, 128, 16) == ((7, 8), (0, 0))
+    split = monai_loop.Split(np.ones((2, 96, 120, 1), np.uint8), np.ones((2, 96, 120), np.uint8), ["a", "a"])
+    inputs = monai_loop.Inputs(split, split, np.ones((3, 96, 120, 1), np.uint8), 2, 0)
+    padded = monai_loop.pad_inputs(inputs, ((0, 0), (4, 4)))
+    assert padded.train.images.shape == (2, 96, 128, 1) and padded.valid.masks.shape == (2, 96, 128)
+    assert padded.score_images.shape == (3, 96, 128, 1) and padded.train.masks[:, :, :4].max() == 0

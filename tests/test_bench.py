@@ -102,3 +102,40 @@ def test_tiny_zoo_section_measures_every_network(tmp_path: Path) -> None:
     assert all(r["params"] > 0 and r["train_images_per_s"] > 0 and r["infer_slices_per_s"] > 0 for r in rows)
     text = doc.read_text()
     assert "<!-- bench:zoo:begin -->" in text and "### Model zoo" in text and "| `resunet` |" in text
+
+
+def test_planned_network_is_the_plans_and_peer_report() -> None:
+    bench = _load_bench()
+    from segexp.planning import rules
+
+    overrides = bench.planned_network(256)
+    assert f"model={rules.NETWORK}" in overrides and "model.channels=[16,32,64,128,256]" in overrides
+    assert "model.channels=[16,32,64,128]" in bench.planned_network(64)  # 3 halvings keep an 8 px bottom
+    row = {"size": 256, "batch": 8, "overrides": overrides,
+           "step_s": {"segexp_xla": 0.6, "segexp": 0.9, "monai": 0.75},
+           "first_step_s": {"segexp_xla": 15.0, "segexp": 6.0, "monai": 0.3},
+           "ratio_planned": 0.8, "ratio_no_xla": 1.2}
+    results = {"machine": bench.machine(), "tiny": False, "repeats": 3,
+               "sections": {"peer": {"rows": [row], "threads": 2}}}
+    text = bench.report(results)
+    assert "| 256x256 | `model=resunet model.channels=[16,32,64,128,256]` | 0.600 | 0.900 | 0.750 | **0.80** |" in text
+    assert results["checks"] == [{"check": "planned step faster than MONAI's at 256x256 (segexp / MONAI 0.80)",
+                                  "ok": True}]
+
+
+MONAI_VENV = REPO_DIR / "outputs" / "venvs" / "monai"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MONAI_VENV / "bin" / "python").is_file(), reason="no MONAI venv (scripts/accuracy.py builds it)")
+def test_tiny_peer_section_times_segexp_and_monai(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--tiny", "--only", "peer", "--work-dir", str(tmp_path / "work"),
+         "--json", str(results)],
+        capture_output=True, text=True, cwd=REPO_DIR, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(results.read_text())["sections"]["peer"]["rows"]
+    assert row["size"] == 32 and all(v > 0 for v in row["step_s"].values())
+    assert row["ratio_planned"] == pytest.approx(row["step_s"]["segexp_xla"] / row["step_s"]["monai"])

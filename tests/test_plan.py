@@ -69,6 +69,16 @@ def test_foreground_oversampling_unless_every_class_is_everywhere() -> None:
     assert by_key(rules.data_choices(common))["training.foreground_fraction"] == 0.0
 
 
+def test_cpu_reads_cached_slices_in_the_main_thread() -> None:
+    fp = fingerprint()  # train slices of 5 cases
+    train = fp.slices["train"]
+    assert by_key(rules.loader_choices(fp, CPU, (256, 256), 1024)) == {"training.loader.workers": 0}
+    assert rules.loader_choices(fp, GPU, (256, 256), 1024) == []  # the GPU computes: threads feed it
+    needed = train * 256 * 256 * 2 / 2**20
+    assert rules.loader_choices(fp, CPU, (256, 256), needed * 0.99) == []  # not cached: threads hide the reads
+    assert by_key(rules.loader_choices(fp, CPU, (256, 256), needed)) == {"training.loader.workers": 0}
+
+
 def test_budget_fills_max_time_with_measured_steps() -> None:
     step = StepTime(first_s=20.0, train_s=0.5, infer_s=0.2)
     choices = by_key(rules.budget_choices(4.0, step, valid_slices=12, batch_size=8, fixed_steps=1000,

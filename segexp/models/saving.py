@@ -18,6 +18,7 @@ import segexp.models.losses  # noqa: F401  (registers the serialisable losses)
 import segexp.models.metrics  # noqa: F401  (registers the serialisable metrics)
 from segexp.config.errors import RunError, SegexpError
 from segexp.models.precision import apply_precision, float32_while_saving
+from segexp.models.xla import xla_for_training_only
 
 
 def unsafe_model_message(what: str, err: Exception) -> str:
@@ -38,9 +39,10 @@ def load_keras_model(path: Path, error: type[SegexpError] = RunError) -> keras.M
     if path.suffix != ".keras":
         raise error(f"{path}: segexp loads models saved as .keras only (not HDF5 or SavedModel)")
     try:
-        return keras.models.load_model(path, safe_mode=True)
+        model = keras.models.load_model(path, safe_mode=True)
     except Exception as err:  # code refused by safe mode, a truncated or foreign file: say which file
         raise error(unsafe_model_message(str(path), err)) from None
+    return xla_for_training_only(model)
 
 
 def save_keras_model(model: keras.Model, path: Path) -> None:

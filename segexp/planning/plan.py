@@ -41,6 +41,7 @@ from segexp.planning.rules import (
     StepTime,
     budget_choices,
     data_choices,
+    loader_choices,
     network_choices,
 )
 from segexp.planning.steptime import measure_step_time, this_machine
@@ -237,6 +238,11 @@ def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_D
     planned = compose_train([*groups, *overrides]) if groups else cfg
     apply, skipped = _applicable(static, explicit, planned)
     planned = _set(planned, [c for c in apply if not c.group])
+    size = (planned.model.image_height, planned.model.image_width)
+    loader, loader_skipped = _applicable(loader_choices(fingerprint, machine, size, planned.training.loader.cache_mb),
+                                         explicit, planned)
+    planned = _set(planned, loader)
+    apply, skipped = [*apply, *loader], [*skipped, *loader_skipped]
     t = planned.training
     step = None
     budget_keys = Explicit(keys=explicit.keys)

@@ -35,6 +35,7 @@ from segexp.models.losses import build_loss
 from segexp.models.metrics import build_metrics
 from segexp.models.precision import apply_precision, resolve_precision
 from segexp.models.saving import load_for_inference
+from segexp.models.xla import xla_for_training_only
 from segexp.tracking.runs import (
     record_mlflow_run,
 )
@@ -163,7 +164,7 @@ def compile_model(cfg: DictConfig, class_names: Sequence[str], steps_per_epoch: 
         metrics=build_metrics(class_names, cfg.model.num_classes),
         jit_compile=t.jit_compile,
     )
-    return model
+    return xla_for_training_only(model)
 
 
 def validation_epochs(t: DictConfig) -> list[int]:
