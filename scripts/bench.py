@@ -725,7 +725,7 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
     if "peer" in wanted:
         rows = []
         venv = Path(args.monai_venv)
-        sizes = [32] if tiny else [128, 256]
+        sizes = [32] if tiny else args.peer_sizes
         for side in sizes:
             overrides = planned_network(side)
             times: dict[str, list[float]] = {"segexp_xla": [], "segexp": [], "monai": []}
@@ -1050,6 +1050,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="seconds-scale smoke run (CI): numbers are meaningless")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")
     parser.add_argument("--only", nargs="+", choices=["loader", "train", "fit", "peer", "epoch", "infer", "memory", "prepare", "zoo"])
+    parser.add_argument("--peer-sizes", type=int, nargs="+", default=[128, 256],
+                        help="peer: input sides of the planned network (128: the phantom's plan, 256: real slices on CPUs)")
     parser.add_argument("--monai-venv", default=str(REPO / "outputs" / "venvs" / "monai"),
                         help="peer: virtual environment with torch and monai (built there once, as accuracy.py does)")
     parser.add_argument("--work-dir", default=str(REPO / "outputs" / "bench"), help="synthetic data and outputs")

@@ -117,8 +117,8 @@ def network_choices(fp: DataFingerprint, machine: Machine, max_side: Any = "auto
         Choice("model.image_channels", fp.channels, "grey" if fp.channels == 1 else "colour (3 different channels)",
                "the images' own channels"),
         Choice("training.jit_compile", True, f"{NETWORK} on {machine.device}",
-               "XLA: Keras' auto turns it off on CPU-only machines; the ResUNet step took 0.69 s with XLA vs 0.98 s "
-               "without (256x256, batch 8, 2 cores; MONAI/PyTorch 0.74 s)", requires=needs),
+               "XLA for the training step (Keras' auto turns it off on CPU-only machines): in real epochs the ResUNet "
+               "step took 0.95 s with XLA vs 1.17 s without (hvsmr_mini 256x256, batch 8, 2 cores)", requires=needs),
         Choice("model.channels", widths, f"input {h}x{w}",
                f"MONAI's 16...256 widths, {strides} halvings: bottom map {min(h, w) // 2 ** strides} px "
                f"(>= {MIN_BOTTOM}, nnU-Net pools to 4-8 px)", requires=needs),
