@@ -129,3 +129,20 @@ def test_a_failing_batch_raises_and_stops_the_loader_workers() -> None:
     with pytest.raises(OSError, match="cannot read batch 2"):
         fit_epochs(tiny_model(), Batches(4, seed=1, fail_at=2), None, epochs=1, verbose=0)
     assert threading.active_count() <= before
+
+
+def test_the_first_step_is_traced_once() -> None:
+    """Optimizer and metric variables exist before the first trace, so ``tf.function`` traces the step once
+    (Keras' private ``Trainer._symbolic_build``: this fails if a Keras release drops it)."""
+    model = tiny_model()
+    traces = []
+    original = model.train_step
+
+    def counting_step(data):
+        traces.append(1)
+        return original(data)
+
+    model.train_step = counting_step
+    fit_epochs(model, Batches(2, seed=1, workers=0), None, epochs=1, verbose=0)
+    assert model.optimizer.built
+    assert len(traces) == 1

@@ -83,13 +83,26 @@ def test_budget_fills_max_time_with_measured_steps() -> None:
     step = StepTime(first_s=20.0, train_s=0.5, infer_s=0.2)
     choices = by_key(rules.budget_choices(4.0, step, valid_slices=12, batch_size=8, fixed_steps=1000,
                                           validations=20, max_overhead=0.1))
-    v = rules.validation_cost(12, 8, step)                       # 2 batches x 0.2 s + 1 s
-    assert v == pytest.approx(1.4)
+    v = rules.validation_cost(12, 8, step)                       # 2 batches x 0.2 s + 0.3 s
+    assert v == pytest.approx(0.7)
     k = min(20, int(0.1 * 240 / v))                             # 17 validations
     total = int((240 - 20 - k * v) / 0.5)
     assert choices["training.steps_per_epoch"] == -(-total // k)
     assert choices["training.epochs"] == -(-k * 5 // 4)          # 1.25x: max_time ends the run
     assert choices["training.schedule"] is None                 # short run: constant rate
+    epoch_s = choices["training.steps_per_epoch"] * 0.5 + v
+    assert choices["training.checkpoint.every_n_epochs"] == min(choices["training.epochs"], int(300 // epoch_s))
+    assert choices["training.epoch_images.every_n_epochs"] == -(-choices["training.epochs"] // 10)
+
+
+def test_long_budgets_checkpoint_every_few_minutes() -> None:
+    step = StepTime(first_s=20.0, train_s=0.5, infer_s=0.2)
+    choices = by_key(rules.budget_choices(30.0, step, 12, 8, 1000, 20, 0.1))
+    epoch_s = choices["training.steps_per_epoch"] * 0.5 + rules.validation_cost(12, 8, step)
+    n = choices["training.checkpoint.every_n_epochs"]
+    assert n > 1 and n * epoch_s <= 300 < (n + 1) * epoch_s
+    hours = by_key(rules.budget_choices(240.0, step, 12, 8, 1000, 20, 0.1))
+    assert hours["training.checkpoint.every_n_epochs"] == 1          # 12-minute epochs: every one
 
 
 def test_without_budget_fixed_steps_and_poly_from_1000() -> None:

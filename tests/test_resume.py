@@ -291,3 +291,21 @@ def test_system_exit_marks_the_run_killed(tmp_path: Path) -> None:
             sys.exit(-1)
     (run,) = _runs(_client(tmp_path))
     assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted (SystemExit: -1)"
+
+
+def test_an_interrupt_that_tensorflow_turned_into_another_error_is_an_interruption() -> None:
+    from segexp.training.resume import interrupted_inside
+
+    def mangled() -> None:
+        try:
+            try:
+                raise KeyboardInterrupt("signal 15")
+            except KeyboardInterrupt as inner:
+                raise SystemError("<built-in function __import__> returned a result with an exception set") from inner
+        except SystemError:
+            raise TypeError("Invalid input to `zip`")
+
+    with pytest.raises(TypeError) as caught:
+        mangled()
+    assert interrupted_inside(caught.value)
+    assert not interrupted_inside(TypeError("a real bug"))

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from segexp.config.schema import usable_cores
 from segexp.models.precision import resolve_precision
 from segexp.planning.rules import Machine, StepTime
+from segexp.training.fit_loop import build_state
 from segexp.training.loop import compile_model, set_threads
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
              m.name, m.image_height, m.image_width, t.batch_size, cfg.plan.measure_steps)
     model = compile_model(cfg, class_names, steps_per_epoch=1, precision=resolve_precision(t.precision))
     start = time.perf_counter()
+    build_state(model, (images, masks))  # as the epoch loop does: one trace, not two
     model.train_on_batch(images, masks)
     first = time.perf_counter() - start
     train = []

@@ -44,13 +44,18 @@ def on_interval(epoch: int, every_n_epochs: int, last_epoch: int | None = None) 
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Saves the model to ``path`` whenever ``monitor`` improves (``mode`` max or min).
+    """Keeps the model of the best epoch by ``monitor`` (``mode`` max or min) and writes it to ``path``.
 
-    Written by hand rather than ``keras.callbacks.ModelCheckpoint`` because the file is
-    replaced atomically (a new file renamed over the old one): a kill never leaves half a
-    model, and the resume checkpoint can hard-link the same epoch's file instead of
-    writing the model twice. Epochs without ``monitor`` (no validation) are skipped; a NaN
-    never counts as an improvement. :attr:`saved_epoch` is the last epoch (from 1) saved.
+    Written by hand rather than ``keras.callbacks.ModelCheckpoint`` for two reasons. The
+    best epoch's weights are kept in memory (a copy costs ~10 ms; writing the ``.keras``
+    file 0.35 s for a 1.6 M-parameter ResUNet on 2 cores, a quarter of a small epoch's
+    fixed cost) and written by :meth:`flush`: when the resume checkpoint commits (so the
+    two always agree), at the end of the fit, and by ``segexp-train`` when a run is
+    interrupted. And the file is replaced atomically (a new file renamed over the old
+    one): a kill never leaves half a model, and the resume checkpoint hard-links it
+    instead of writing the model twice. Epochs without ``monitor`` (no validation) are
+    skipped; a NaN never counts as an improvement. :attr:`saved_epoch` is the epoch
+    (from 1) whose model ``path`` holds.
     """
 
     def __init__(self, path: Path, monitor: str, mode: str) -> None:
@@ -60,6 +65,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.path, self.monitor, self.mode = Path(path), monitor, mode
         self.best: float | None = None
         self.saved_epoch: int | None = None
+        self._pending: tuple[int, list[np.ndarray]] | None = None  # (epoch from 1, weights) not yet written
 
     def improves(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -73,10 +79,26 @@ class BestCheckpoint(keras.callbacks.Callback):
         if value is None or not self.improves(float(value)):
             return
         self.best = float(value)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write_path(self.path) as tmp:
-            save_keras_model(self.model, tmp)
-        self.saved_epoch = epoch + 1
+        self._pending = (epoch + 1, self.model.get_weights())
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the best epoch's model to :attr:`path` if it is not there yet (the current optimizer state with it)."""
+        if self._pending is None:
+            return
+        epoch, weights = self._pending
+        current = self.model.get_weights()
+        self.model.set_weights(weights)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write_path(self.path) as tmp:
+                save_keras_model(self.model, tmp)
+        finally:
+            self.model.set_weights(current)
+        self._pending = None
+        self.saved_epoch = epoch
 
 
 def current_learning_rate(model: keras.Model) -> float:

@@ -66,6 +66,7 @@ from segexp.training.resume import (
     ResumeCheckpoint,
     follow_log,
     history_columns,
+    interrupted_inside,
     log_interrupted,
     prepare_resume,
     reopen_run,
@@ -319,6 +320,18 @@ def fit(cfg: DictConfig, model: keras.Model, loaders: tuple[SliceLoader, SliceLo
     return history_columns(checkpoint.history)  # resumed epochs included
 
 
+def keep_best_model(callbacks: Sequence[keras.callbacks.Callback]) -> None:
+    """After an interruption, the best model so far on disk (BestCheckpoint keeps it in memory between
+    checkpoints; a resumed run puts back the committed one). A failure here is logged, never raised
+    over the interruption."""
+    for callback in callbacks:
+        if isinstance(callback, BestCheckpoint):
+            try:
+                callback.flush()
+            except Exception as err:  # noqa: BLE001 - the interruption is the error to report
+                log.warning("best model not written after the interruption: %s", err)
+
+
 def finish_run(cfg: DictConfig, model: keras.Model, history: dict[str, list[float]], dataset: SliceDataset,
                run_dir: Path, tracker: Tracker, precision: str) -> float:
     """After the last epoch: curves, the best model (logged, evaluated on the test split); returns the objective."""
@@ -392,7 +405,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
         try:
             history = fit(cfg, model, loaders, [*own, *callbacks], start, one_device=strategy is None)
         except BaseException as err:  # Ctrl-C, SIGTERM, a crash: the last epoch's checkpoint is on disk
+            keep_best_model(own)
             log_interrupted(run_dir, overrides, err)
+            if not isinstance(err, (KeyboardInterrupt, SystemExit)) and interrupted_inside(err):
+                raise KeyboardInterrupt(f"interrupted inside {type(err).__name__}") from err
             raise
         finally:
             tracker.log_artifact(run_dir / ".hydra", "config")

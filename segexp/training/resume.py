@@ -110,8 +110,10 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     ``every_n_epochs=1`` what is logged to MLflow is always covered by a checkpoint (a gap
     left by a kill is filled on resume from ``state.json``); with n > 1 a kill loses up to
     n-1 epochs, which the resumed run trains again (same seeds, same batches). The last
-    epoch of a fit is always written. A model is never written twice in one epoch: when
-    BestCheckpoint saved ``best.keras`` this epoch, the epoch file is a hard link to it.
+    epoch of a fit is always written. Each commit first has BestCheckpoint write the best
+    model (:meth:`BestCheckpoint.flush`) and keeps it as a hard link to ``best.keras``; a
+    model is never written twice: when the best epoch is the committed one, its epoch file
+    is that link.
     """
 
     def __init__(self, run_dir: Path, config: Mapping[str, Any], callbacks: Sequence[keras.callbacks.Callback],
@@ -140,9 +142,6 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         done = epoch + 1
         self.history.append({**{k: float(v) for k, v in (logs or {}).items()}, "learning_rate": self.learning_rate})
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self.best is not None and self.best.saved_epoch == done:  # keep this best model: a link, no write
-            self._link_best(done)
         if on_interval(epoch, self.every_n_epochs) or self.model.stop_training:
             self._commit(done)
 
@@ -161,7 +160,13 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         self.best_model_epoch = epoch
 
     def _commit(self, done: int) -> None:
-        """Write the model of epoch ``done`` (unless linked) and then ``state.json``, the commit point."""
+        """Write the best model (a link) and the model of epoch ``done`` (unless it is the best), then
+        ``state.json``, the commit point."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.best is not None:
+            self.best.flush()
+            if self.best.saved_epoch is not None and self.best.saved_epoch != self.best_model_epoch:
+                self._link_best(self.best.saved_epoch)  # keep this best model: a link, no write
         model_file = f"epoch_{done:03d}.keras"
         if self.best_model_epoch != done or not (self.dir / model_file).is_file():
             with atomic_write_path(self.dir / model_file, durable=True) as tmp:
@@ -453,9 +458,23 @@ def resume_command(overrides: Sequence[str], run_dir: Path) -> str:
     return " ".join(["segexp-train", *map(shlex.quote, kept), shlex.quote(f"training.resume={run_dir}")])
 
 
+def interrupted_inside(error: BaseException) -> bool:
+    """Whether ``error`` is, or was raised while handling, a ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM as
+    the commands map it). A signal that lands inside TensorFlow's Python code can surface as another
+    error (seen: ``TypeError: Invalid input to zip`` over ``SystemError`` over the interrupt, from a
+    SIGTERM during ``model.predict``); the chain of causes still holds the interrupt."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def log_interrupted(run_dir: Path, overrides: Sequence[str], error: BaseException) -> None:
     """Say what was saved when training stops early (Ctrl-C, SIGTERM, a crash) and how to continue."""
-    interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+    interrupted = interrupted_inside(error)
     state = read_state(run_dir)
     if state is None:
         if interrupted:
