@@ -192,7 +192,10 @@ def work_train_step(p: dict[str, Any]) -> dict[str, Any]:
             model.train_on_batch(x, y)
         return batch * p["steps"]
 
+    from segexp.training.fit_loop import build_state
+
     start = time.perf_counter()
+    build_state(model, (x, y))  # as segexp's epoch loop: the step is traced once
     model.train_on_batch(x, y)  # traces (and with XLA compiles) the step: what a run pays once
     first = time.perf_counter() - start
     rate, rates = median_rate(steps, p["repeats"], warmup=1)
