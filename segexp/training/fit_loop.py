@@ -69,15 +69,15 @@ def build_state(model: keras.Model, batch: Batch) -> None:
 
 def state_built_first(model: keras.Model, step: Callable[[Iterator[Batch]], dict[str, Any]]
                       ) -> Callable[[Iterator[Batch]], dict[str, Any]]:
-    """``step`` that calls :func:`build_state` on the first batch it is given, once."""
-    pending = [True]
+    """``step`` that first calls :func:`build_state` on the first batch it is given (no extra read)."""
+    built = False
 
     def step_once_built(batches: Iterator[Batch]) -> dict[str, Any]:
-        if pending:
+        nonlocal built
+        if not built:
             batch = next(batches)
             build_state(model, batch)
-            pending.clear()
-            batches = iter([batch])
+            built, batches = True, iter([batch])
         return step(batches)
 
     return step_once_built
