@@ -3,7 +3,9 @@
 :func:`measure_step_time` compiles the planned network exactly as training will (loss,
 metrics, precision, ``training.jit_compile``), runs one step (graph tracing and, with XLA,
 compilation) and ``measure_steps`` timed steps on a random uint8 batch of the planned shape,
-then two validation batches (``test_on_batch``). The result is cached in
+then two validation batches, through the epoch loop's own step calls (``fit_loop.run_step``),
+and keeps the model for the run it plans (``segexp.training.warm``: the step is not traced
+twice in one process). The result is cached in
 ``<paths.output_dir>/cache/step_time/<key>.json``, keyed by the model section, batch,
 precision, jit setting, machine (device, CPU or GPU name, cores) and library versions,
 so the same machine class gets the same plan and the measurement is paid once.
@@ -28,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from segexp.config.schema import usable_cores
 from segexp.models.precision import resolve_precision
 from segexp.planning.rules import Machine, StepTime
-from segexp.training.fit_loop import build_state
+from segexp.training.fit_loop import build_state, run_step
+from segexp.training import warm
 from segexp.training.loop import compile_model, set_threads
 
 log = logging.getLogger(__name__)
@@ -96,22 +99,30 @@ def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
     masks = rng.integers(0, len(class_names), (t.batch_size, m.image_height, m.image_width), dtype=np.uint8)
     log.info("plan: timing %s at %dx%d, batch %d on this machine (%d steps; cached afterwards)",
              m.name, m.image_height, m.image_width, t.batch_size, cfg.plan.measure_steps)
-    model = compile_model(cfg, class_names, steps_per_epoch=1, precision=resolve_precision(t.precision))
+    precision = resolve_precision(t.precision)
+    timed = cfg.copy()
+    timed.training.schedule = None  # a constant rate, as the plan gives budgets under 1000 steps: the run can take the model over
+    model = compile_model(timed, class_names, steps_per_epoch=1, precision=precision)
+    batch = (images, masks)  # the epoch loop's batch structure: the traced step is the one the run calls
     start = time.perf_counter()
-    build_state(model, (images, masks))  # as the epoch loop does: one trace, not two
-    model.train_on_batch(images, masks)
+    build_state(model, batch)  # as the epoch loop does: one trace, not two
+    optimizer_state = warm.optimizer_snapshot(model)
+    model.make_train_function()
+    run_step(model.train_function, batch)
     first = time.perf_counter() - start
     train = []
     for _ in range(cfg.plan.measure_steps):
         start = time.perf_counter()
-        model.train_on_batch(images, masks)
+        run_step(model.train_function, batch)
         train.append(time.perf_counter() - start)
-    model.test_on_batch(images, masks)  # traces the validation step
+    model.make_test_function()
+    run_step(model.test_function, batch)  # traces the validation step
     infer = []
     for _ in range(2):
         start = time.perf_counter()
-        model.test_on_batch(images, masks)
+        run_step(model.test_function, batch)
         infer.append(time.perf_counter() - start)
+    warm.keep(model, warm.compile_signature(timed, class_names, 1, precision), optimizer_state)
     del model
     keras.backend.clear_session()
     step = StepTime(first_s=round(first, 3), train_s=round(float(np.median(train)), 4),

@@ -60,6 +60,7 @@ from segexp.training.devices import (
     strategy_scope,
     synchronize_batch_norm,
 )
+from segexp.training import warm
 from segexp.training.fit_loop import fit_epochs
 from segexp.training.resume import (
     Resume,
@@ -283,10 +284,15 @@ def seed_and_threads(cfg: DictConfig) -> None:
 
 def model_for_run(cfg: DictConfig, start: Resume | None, dataset: SliceDataset, steps_per_epoch: int,
                   precision: str) -> keras.Model:
-    """A new compiled model, or the resumed one with its schedule rebuilt for ``training.epochs``, in ``precision``."""
+    """A new compiled model (the plan's timed one, reset, when compiled alike: :mod:`segexp.training.warm`),
+    or the resumed one with its schedule rebuilt for ``training.epochs``, in ``precision``."""
     if start is None:
-        model = compile_model(cfg, dataset.class_names, steps_per_epoch, precision)
+        signature = warm.compile_signature(cfg, dataset.class_names, cfg.training.epochs * steps_per_epoch, precision)
+        model = warm.take(signature, lambda: apply_precision(build_model(**OmegaConf.to_container(cfg.model)), precision))
+        if model is None:
+            model = compile_model(cfg, dataset.class_names, steps_per_epoch, precision)
     else:
+        warm.release()  # a resumed run continues its checkpoint, not the plan's timed model
         model = apply_precision(start.load_model(), precision)  # checkpoints are saved in float32 policies
         schedule = build_schedule(cfg.training, cfg.training.epochs * steps_per_epoch)
         if schedule is not None:  # training.epochs may have changed: the schedule spans the new length
