@@ -30,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from segexp.config.schema import usable_cores
 from segexp.models.precision import resolve_precision
 from segexp.planning.rules import Machine, StepTime
-from segexp.training.fit_loop import build_state, run_step
 from segexp.training import warm
+from segexp.training.fit_loop import build_state, run_step
 from segexp.training.loop import compile_model, set_threads
 
 log = logging.getLogger(__name__)

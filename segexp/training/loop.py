@@ -155,11 +155,16 @@ def build_optimizer(t: DictConfig, total_steps: int) -> keras.optimizers.Optimiz
     return hydra.utils.instantiate(t.optimizer, learning_rate=schedule, _convert_="all")
 
 
+def build_network(cfg: DictConfig, precision: str = "fp32") -> keras.Model:
+    """The configured network, uncompiled, in ``precision`` (its weights drawn from the global seed)."""
+    return apply_precision(build_model(**OmegaConf.to_container(cfg.model)), precision)
+
+
 def compile_model(cfg: DictConfig, class_names: Sequence[str], steps_per_epoch: int, precision: str = "fp32") -> keras.Model:
     """Build the configured network in ``precision`` (fp32, bf16, fp16: resolved) and compile it with
     optimizer (and schedule), loss and foreground metrics. fp16 gets Keras' loss scaling in ``compile``."""
     t = cfg.training
-    model = apply_precision(build_model(**OmegaConf.to_container(cfg.model)), precision)
+    model = build_network(cfg, precision)
     model.compile(
         optimizer=build_optimizer(t, t.epochs * steps_per_epoch),
         loss=build_loss(t.loss, cfg.model.num_classes, t.dice.batch, t.dice.include_background),
@@ -288,7 +293,7 @@ def model_for_run(cfg: DictConfig, start: Resume | None, dataset: SliceDataset, 
     or the resumed one with its schedule rebuilt for ``training.epochs``, in ``precision``."""
     if start is None:
         signature = warm.compile_signature(cfg, dataset.class_names, cfg.training.epochs * steps_per_epoch, precision)
-        model = warm.take(signature, lambda: apply_precision(build_model(**OmegaConf.to_container(cfg.model)), precision))
+        model = warm.take(signature, lambda: build_network(cfg, precision))
         if model is None:
             model = compile_model(cfg, dataset.class_names, steps_per_epoch, precision)
     else:

@@ -27,17 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def compile_signature(cfg: DictConfig, class_names: Sequence[str], total_steps: int, precision: str) -> str:
-    """What ``compile_model`` builds from: model section, loss, Dice options, optimizer, schedule
-    (with its ``decay_steps = total_steps``), XLA flag, precision and class names."""
+    """What ``training.loop.compile_model`` reads (keep the two in step): model section, loss, Dice
+    options, optimizer, schedule (with its ``decay_steps = total_steps``), XLA flag, precision, classes."""
     t = cfg.training
-    schedule = None if t.schedule is None else {**OmegaConf.to_container(t.schedule, resolve=True),
-                                                "decay_steps": total_steps}
-    return json.dumps({
-        "model": OmegaConf.to_container(cfg.model, resolve=True), "loss": OmegaConf.to_container(t.loss, resolve=True)
-        if OmegaConf.is_config(t.loss) else t.loss, "dice": OmegaConf.to_container(t.dice, resolve=True),
-        "optimizer": OmegaConf.to_container(t.optimizer, resolve=True), "schedule": schedule,
-        "jit": t.jit_compile, "precision": precision, "classes": list(class_names),
-    }, sort_keys=True, default=str)
+    plain = lambda node: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node  # noqa: E731
+    schedule = None if t.schedule is None else {**plain(t.schedule), "decay_steps": total_steps}
+    return json.dumps({"model": plain(cfg.model), "loss": plain(t.loss), "dice": plain(t.dice),
+                       "optimizer": plain(t.optimizer), "schedule": schedule, "jit": t.jit_compile,
+                       "precision": precision, "classes": list(class_names)}, sort_keys=True, default=str)
 
 
 @dataclass
