@@ -13,7 +13,7 @@ from segexp.training.loop import compile_model, seed_and_threads
 from .conftest import random_batch
 
 OVERRIDES = ["model=flexunet", "model.base_filters=4", "model.num_layers=2", "model.image_height=32", "model.image_width=32", "model.num_classes=3",
-             "training.batch_size=2", "training.schedule=null", "plan.measure_steps=1", "dataset.class_names=[bg,a,b]"]
+             "training.batch_size=2", "training.schedule=null", "training.precision=fp32", "plan.measure_steps=1", "dataset.class_names=[bg,a,b]"]
 NAMES = ["bg", "a", "b"]
 
 
