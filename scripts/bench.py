@@ -724,14 +724,26 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
         sections["fit"] = {"rows": rows, "keras_rows": keras_rows}
 
     # The planned network's step against MONAI's own UNet step in PyTorch (scripts/monai_loop.py, its own
-    # venv), alternating fresh processes: segexp with XLA (the plan's choice on CPUs), without, MONAI.
+    # venv), alternating fresh processes: segexp as planned on this machine (XLA and precision: the plan's
+    # rule and training.precision=auto), the other segexp variants, MONAI (fp32).
     if "peer" in wanted:
+        from segexp.models.precision import resolve_precision
+        from segexp.planning.rules import xla_for
+        from segexp.planning.steptime import this_machine
+
         rows = []
         venv = Path(args.monai_venv)
         sizes = [32] if tiny else args.peer_sizes
+        planned_precision = resolve_precision("auto")
+        planned = (xla_for(this_machine(), planned_precision), planned_precision)
+        variants = {"segexp_xla_fp32": (True, "fp32"), "segexp_fp32": (False, "fp32")}
+        if planned_precision != "fp32":
+            variants.update({f"segexp_xla_{planned_precision}": (True, planned_precision),
+                             f"segexp_{planned_precision}": (False, planned_precision)})
+        planned_name = next(name for name, v in variants.items() if v == planned)
         for side in sizes:
             overrides = planned_network(side)
-            times: dict[str, list[float]] = {"segexp_xla": [], "segexp": [], "monai": []}
+            times: dict[str, list[float]] = {name: [] for name in [*variants, "monai"]}
             first: dict[str, list[float]] = {k: [] for k in times}
             for _ in range(1 if tiny else 2):
                 for system in times:
@@ -741,15 +753,17 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
                                        venv=venv)
                         times[system].append(r["step_s"])
                     else:
-                        r = run_worker("train_step", {"overrides": overrides, "batch": 8, "jit": system == "segexp_xla",
-                                                      "precision": "fp32", "steps": 1 if tiny else 5,
+                        jit, precision = variants[system]
+                        r = run_worker("train_step", {"overrides": overrides, "batch": 8, "jit": jit,
+                                                      "precision": precision, "steps": 1 if tiny else 5,
                                                       "repeats": repeats, "threads": cores})
                         times[system].append(8 / r["images_per_s"])
                     first[system].append(r["first_step_s"])
             med = {k: statistics.median(v) for k, v in times.items()}
             rows.append({"size": side, "batch": 8, "overrides": overrides, "step_s": med, "step_s_all": times,
-                         "first_step_s": {k: statistics.median(v) for k, v in first.items()},
-                         "ratio_planned": med["segexp_xla"] / med["monai"], "ratio_no_xla": med["segexp"] / med["monai"]})
+                         "first_step_s": {k: statistics.median(v) for k, v in first.items()}, "planned": planned_name,
+                         "ratio_planned": med[planned_name] / med["monai"],
+                         "ratio": {k: med[k] / med["monai"] for k in variants}})
         sections["peer"] = {"rows": rows, "threads": cores}
 
     # Inference on a 128-slice volume: each model on a volume of its own input size (as its
@@ -951,18 +965,20 @@ def report(results: dict[str, Any]) -> str:
                        f"{', '.join(_f(v, 2) for v in r['keras'])} | **{r['ratio']:.2f}** |")
         out.append("")
     if "peer" in s:
-        out += ["### The planned network's step against MONAI's in PyTorch (batch 8, fp32, "
-                f"{s['peer']['threads']} threads, alternating fresh processes)", "",
-                "| input | planned network | segexp, XLA (planned) s/step | segexp, no XLA s/step | MONAI s/step | "
-                "segexp (planned) / MONAI | first step: segexp XLA / no XLA / MONAI (s) |", "|---|---|---|---|---|---|---|"]
-        for r in s["peer"]["rows"]:
-            t, f = r["step_s"], r["first_step_s"]
-            checks.append((f"planned step faster than MONAI's at {r['size']}x{r['size']} (segexp / MONAI "
+        rows = s["peer"]["rows"]
+        systems = list(rows[0]["step_s"]) if rows else []
+        out += ["### The planned network's step against MONAI's in PyTorch (batch 8, MONAI in fp32, "
+                f"{s['peer']['threads']} threads, alternating fresh processes; s/step, first step in brackets)", "",
+                "| input | planned network | " + " | ".join(f"`{k}`" for k in systems) + " | planned / MONAI |",
+                "|---|---|" + "---|" * len(systems) + "---|"]
+        for r in rows:
+            t, f, planned = r["step_s"], r["first_step_s"], r.get("planned", "segexp_xla")
+            checks.append((f"planned step ({planned}) faster than MONAI's at {r['size']}x{r['size']} (segexp / MONAI "
                            f"{r['ratio_planned']:.2f})", r["ratio_planned"] < 1.0))
             network = " ".join(o for o in r["overrides"] if o.startswith(("model=", "model.channels")))
-            out.append(f"| {r['size']}x{r['size']} | `{network}` | {t['segexp_xla']:.3f} | {t['segexp']:.3f} | "
-                       f"{t['monai']:.3f} | **{r['ratio_planned']:.2f}** | {f['segexp_xla']:.1f} / {f['segexp']:.1f} / "
-                       f"{f['monai']:.2f} |")
+            cells = [(f"**{t[k]:.3f}**" if k == planned else f"{t[k]:.3f}") + f" ({f[k]:.1f})" for k in systems]
+            out.append(f"| {r['size']}x{r['size']} | `{network}` | " + " | ".join(cells) +
+                       f" | **{r['ratio_planned']:.2f}** |")
         out.append("")
     if "epoch" in s:
         out += ["### Fixed per-epoch cost (real `segexp-train` epochs at default settings, MLflow on)", "",

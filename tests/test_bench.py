@@ -111,16 +111,17 @@ def test_planned_network_is_the_plans_and_peer_report() -> None:
     overrides = bench.planned_network(256)
     assert f"model={rules.NETWORK}" in overrides and "model.channels=[16,32,64,128,256]" in overrides
     assert "model.channels=[16,32,64,128]" in bench.planned_network(64)  # 3 halvings keep an 8 px bottom
-    row = {"size": 256, "batch": 8, "overrides": overrides,
-           "step_s": {"segexp_xla": 0.6, "segexp": 0.9, "monai": 0.75},
-           "first_step_s": {"segexp_xla": 15.0, "segexp": 6.0, "monai": 0.3},
-           "ratio_planned": 0.8, "ratio_no_xla": 1.2}
+    row = {"size": 256, "batch": 8, "overrides": overrides, "planned": "segexp_bf16",
+           "step_s": {"segexp_xla_fp32": 0.6, "segexp_fp32": 0.9, "segexp_bf16": 0.5, "monai": 0.75},
+           "first_step_s": {"segexp_xla_fp32": 15.0, "segexp_fp32": 6.0, "segexp_bf16": 5.0, "monai": 0.3},
+           "ratio_planned": 0.5 / 0.75}
     results = {"machine": bench.machine(), "tiny": False, "repeats": 3,
                "sections": {"peer": {"rows": [row], "threads": 2}}}
     text = bench.report(results)
-    assert "| 256x256 | `model=resunet model.channels=[16,32,64,128,256]` | 0.600 | 0.900 | 0.750 | **0.80** |" in text
-    assert results["checks"] == [{"check": "planned step faster than MONAI's at 256x256 (segexp / MONAI 0.80)",
-                                  "ok": True}]
+    assert ("| 256x256 | `model=resunet model.channels=[16,32,64,128,256]` | 0.600 (15.0) | 0.900 (6.0) | "
+            "**0.500** (5.0) | 0.750 (0.3) | **0.67** |") in text
+    assert results["checks"] == [{"check": "planned step (segexp_bf16) faster than MONAI's at 256x256 "
+                                           "(segexp / MONAI 0.67)", "ok": True}]
 
 
 MONAI_VENV = REPO_DIR / "outputs" / "venvs" / "monai"
@@ -138,4 +139,4 @@ def test_tiny_peer_section_times_segexp_and_monai(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = json.loads(results.read_text())["sections"]["peer"]["rows"]
     assert row["size"] == 32 and all(v > 0 for v in row["step_s"].values())
-    assert row["ratio_planned"] == pytest.approx(row["step_s"]["segexp_xla"] / row["step_s"]["monai"])
+    assert row["ratio_planned"] == pytest.approx(row["step_s"][row["planned"]] / row["step_s"]["monai"])

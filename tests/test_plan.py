@@ -48,6 +48,14 @@ def test_depth_keeps_the_bottom_map_at_least_8_px() -> None:
     assert choices["model"] == "resunet" and choices["training.jit_compile"] is True
 
 
+def test_xla_for_fp32_and_on_gpus_not_for_bf16_on_a_cpu() -> None:
+    """oneDNN's native bf16 kernels beat XLA's CPU backend (Zen 4: 0.453 vs 0.650 s per step)."""
+    jit = lambda machine, precision: by_key(rules.network_choices(fingerprint(), machine, "auto", precision))[  # noqa: E731
+        "training.jit_compile"]
+    assert jit(CPU, "fp32") is True and jit(CPU, "bf16") is False
+    assert jit(GPU, "bf16") is True and jit(GPU, "fp16") is True
+
+
 def test_max_side_follows_the_device_or_the_setting() -> None:
     assert by_key(rules.network_choices(fingerprint(), CPU))["model.image_height"] == 256
     assert by_key(rules.network_choices(fingerprint(), GPU))["model.image_height"] == 512

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from segexp.config.schema import CONF_DIR
 from segexp.data.class_table import ClassTable, with_class_table
 from segexp.data.dataset import open_dataset
+from segexp.models.precision import PRECISIONS, resolve_precision
 from segexp.planning.fingerprint import DataFingerprint, read_fingerprint
 from segexp.planning.rules import (
     Choice,
@@ -229,7 +230,9 @@ def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_D
     workers = max(1, int(cfg.training.loader.workers))
     fingerprint = read_fingerprint(dataset, cache_dir, workers)
     machine = this_machine()
-    static = [*_class_table_choices(table), *network_choices(fingerprint, machine, cfg.plan.max_side),
+    requested = cfg.training.precision  # a bad value is named by the config check of the run
+    precision = resolve_precision(requested) if requested in PRECISIONS else "fp32"
+    static = [*_class_table_choices(table), *network_choices(fingerprint, machine, cfg.plan.max_side, precision),
               *data_choices(fingerprint)]
     for c in static:  # your keys of another network (model.base_filters=...) keep that network
         if c.group and c.key == "model" and _foreign_model_keys(explicit, str(c.value), conf_dir):

@@ -105,8 +105,20 @@ def max_side_for(machine: Machine, setting: Any) -> int:
     return MAX_SIDE.get(machine.device, MAX_SIDE["cpu"]) if setting == "auto" else int(setting)
 
 
-def network_choices(fp: DataFingerprint, machine: Machine, max_side: Any = "auto") -> list[Choice]:
-    """Network, depth, input size and channels from the slice size and the device."""
+def xla_for(machine: Machine, precision: str) -> bool:
+    """XLA for the training step, except bf16 on a CPU (XLA's CPU backend does not reach oneDNN's bf16 kernels).
+
+    Measured with ``scripts/bench.py``'s step worker, ResUNet 256x256, batch 8, 2 cores, alternating
+    fresh processes (Zen 4 EPYC with avx512_bf16): XLA fp32 0.525 s, no XLA fp32 0.50-0.66 s,
+    no XLA bf16 0.453 s, XLA bf16 0.650 s per step.
+    """
+    return not (machine.device == "cpu" and precision == "bf16")
+
+
+def network_choices(fp: DataFingerprint, machine: Machine, max_side: Any = "auto",
+                    precision: str = "fp32") -> list[Choice]:
+    """Network, depth, input size and channels from the slice size and the device; XLA from the
+    device and the compute ``precision`` (``training.precision`` resolved: fp32 | bf16 | fp16)."""
     side = max_side_for(machine, max_side)
     h, w = input_size(fp, side)
     strides = strides_for(min(h, w))
@@ -124,9 +136,10 @@ def network_choices(fp: DataFingerprint, machine: Machine, max_side: Any = "auto
                f"long side scaled to <= {side} px ({machine.device}), a multiple of 2**{strides}; never upsampled"),
         Choice("model.image_channels", fp.channels, "grey" if fp.channels == 1 else "colour (3 different channels)",
                "the images' own channels"),
-        Choice("training.jit_compile", True, f"{NETWORK} on {machine.device}",
-               "XLA for the training step (Keras' auto turns it off on CPU-only machines): in real epochs the ResUNet "
-               "step took 0.95 s with XLA vs 1.17 s without (hvsmr_mini 256x256, batch 8, 2 cores)", requires=needs),
+        Choice("training.jit_compile", xla_for(machine, precision), f"{NETWORK} on {machine.device}, {precision} compute",
+               "XLA for an fp32 training step (Keras' auto turns it off on CPU-only machines): 0.95 vs 1.17 s per step "
+               "in real epochs (Zen 3, hvsmr_mini 256x256, batch 8, 2 cores); none for bf16 on a CPU, where oneDNN's "
+               "native bf16 kernels stepped in 0.453 s against 0.650 s with XLA (Zen 4, avx512_bf16)", requires=needs),
         Choice("model.channels", widths, f"input {h}x{w}",
                f"MONAI's 16...256 widths, {strides} halvings: bottom map {min(h, w) // 2 ** strides} px "
                f"(>= {MIN_BOTTOM}, nnU-Net pools to 4-8 px)", requires=needs),
