@@ -133,9 +133,11 @@ def test_median_size() -> None:
 
 def test_user_keys_and_presets_win() -> None:
     found = explicit_settings(["model=flexunet", "training.epochs=3", "+dataset.cases.train=[a]",
-                               "experiment=hvsmr_mini", "hydra.run.dir=/tmp/x"])
+                               "experiment=hocmvalves", "hydra.run.dir=/tmp/x"])
     assert {"model", "dataset", "augmentation", "experiment"} <= found.groups
-    assert {"training.epochs", "training.steps_per_epoch", "model.image_height"} <= found.keys
+    assert {"training.epochs", "training.batch_size", "training.learning_rate", "dataset.cases.train"} <= found.keys
+    thin = explicit_settings(["experiment=hvsmr_mini"])  # the thin preset leaves the recipe to the plan
+    assert thin.groups == {"dataset", "experiment"} and thin.keys == {"plan.fixed_steps"}
     assert not any(k.startswith("hydra") for k in found.keys)
     explicit = Explicit(keys={"training.schedule.power"}, groups={"model"})
     assert explicit.covers(Choice("training.schedule", None, "", ""))        # a child of the key was set

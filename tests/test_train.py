@@ -146,7 +146,7 @@ def test_cli_debug_run_end_to_end(tmp_path: Path) -> None:
 def test_short_training_on_real_hocmvalves_slices(compose_train, tmp_path: Path) -> None:
     """Case 10001 trains, case 10002 validates; the per-class metrics exist for the 7 structures."""
     cfg = compose_train(
-        "experiment=hocmvalves_mini", f"dataset.root={HOCM_MINI}", "model.image_height=64", "model.image_width=64",
+        "experiment=hocmvalves_mini", f"dataset.root={HOCM_MINI}", "model=resunet", "model.image_height=64", "model.image_width=64",
         "model.channels=[4,8,16]", "training.steps_per_epoch=2", "training.epochs=1", "training.batch_size=7",
         "training.loader.workers=0", "training.verbose=0", "training.jit_compile=false", "training.epoch_images.num=2",
     )
