@@ -56,6 +56,24 @@ def test_xla_for_fp32_and_on_gpus_not_for_bf16_on_a_cpu() -> None:
     assert jit(GPU, "bf16") is True and jit(GPU, "fp16") is True
 
 
+def test_measured_xla_choice_fits_the_most_steps_into_the_budget() -> None:
+    zen4 = rules.xla_choice(4, StepTime(12.0, 0.576, 0.1), StepTime(5.9, 0.512, 0.1), "model=resunet")
+    zen3 = rules.xla_choice(4, StepTime(16.0, 0.95, 0.1), StepTime(6.0, 1.17, 0.1), "model=resunet")
+    assert zen4.value is False and zen3.value is True and zen4.figure.startswith("measured: XLA 0.576 s")
+    short = rules.xla_choice(0.5, StepTime(20.0, 0.5, 0.1), StepTime(5.0, 0.6, 0.1), "model=resunet")
+    assert short.value is False  # (30 - 20) / 0.5 = 20 steps against (30 - 5) / 0.6 = 41
+    assert rules.xla_measured(CPU, "fp32") and not rules.xla_measured(CPU, "bf16") and not rules.xla_measured(GPU, "fp32")
+
+
+def test_cpu_name_tells_generations_apart(tmp_path) -> None:
+    from segexp.planning.steptime import cpu_name
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n\n"
+                    "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n")
+    assert cpu_name(info) == "AMD EPYC (cpu family 25, model 17)"
+
+
 def test_max_side_follows_the_device_or_the_setting() -> None:
     assert by_key(rules.network_choices(fingerprint(), CPU))["model.image_height"] == 256
     assert by_key(rules.network_choices(fingerprint(), GPU))["model.image_height"] == 512
@@ -175,6 +193,23 @@ def test_plan_step_of_a_run_writes_plan_and_the_trained_config(tmp_path, tiny_da
     assert {"override /plan": "none"} in preset["defaults"]
     assert (run_dir / ".hydra" / "composed.yaml").read_text() == "composed: true\n"
     assert "resunet" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+def test_a_budgeted_fp32_plan_on_a_cpu_times_both_xla_variants(tmp_path, tiny_dataset) -> None:
+    """Both steps measured and cached; the jit choice names both; the run takes the chosen model over."""
+    from segexp.planning.plan import make_plan
+    from segexp.training import warm
+
+    overrides = ["dataset=folder", f"dataset.root={tiny_dataset}", "training.max_time=1", "training.precision=fp32",
+                 "training.loader.workers=0", "tracking=none", "plan.measure_steps=1", f"paths.output_dir={tmp_path}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(config_name="train", overrides=overrides)
+        planned, plan = make_plan(cfg, overrides)
+    jit = next(c for c in plan.applied if c.key == "training.jit_compile")
+    assert jit.figure.startswith("measured: XLA") and planned.training.jit_compile is jit.value
+    assert len(list((tmp_path / "cache" / "step_time").glob("*.json"))) == 2
+    assert set(warm._kept) and len(warm._kept) == 2  # both timed models wait for the run
+    warm.release()
 
 
 def test_bad_plan_values_are_refused_by_key(compose_train) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ from segexp.planning.rules import (
     data_choices,
     loader_choices,
     network_choices,
+    xla_choice,
+    xla_measured,
 )
 from segexp.planning.steptime import measure_step_time, this_machine
 from segexp.training.loop import validate_run_config
@@ -252,6 +254,15 @@ def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_D
     wants_budget = not all(budget_keys.covers(Choice(k, None, "", "")) for k in ("training.steps_per_epoch", "training.epochs"))
     if t.max_time is not None and wants_budget and t.devices == 1:
         step = measure_step_time(validate_run_config(planned.copy()), table.names, machine, cache_dir)
+        jit = next((c for c in apply if c.key == "training.jit_compile"), None)
+        if jit is not None and xla_measured(machine, precision):
+            other = _set(planned.copy(), [replace(jit, value=not jit.value)])
+            other_step = measure_step_time(validate_run_config(other), table.names, machine, cache_dir)
+            with_xla, without = (step, other_step) if jit.value else (other_step, step)
+            chosen = xla_choice(t.max_time, with_xla, without, jit.requires)
+            apply = [chosen if c is jit else c for c in apply]
+            planned = _set(planned, [chosen])
+            step = with_xla if chosen.value else without
     budget = budget_choices(t.max_time if step else None, step, fingerprint.slices.get("valid", 0), t.batch_size,
                             cfg.plan.fixed_steps, cfg.plan.validations, cfg.plan.max_overhead)
     more, more_skipped = _applicable(budget, explicit, planned)

@@ -108,11 +108,34 @@ def max_side_for(machine: Machine, setting: Any) -> int:
 def xla_for(machine: Machine, precision: str) -> bool:
     """XLA for the training step, except bf16 on a CPU (XLA's CPU backend does not reach oneDNN's bf16 kernels).
 
-    Measured with ``scripts/bench.py``'s step worker, ResUNet 256x256, batch 8, 2 cores, alternating
-    fresh processes (Zen 4 EPYC with avx512_bf16): XLA fp32 0.525 s, no XLA fp32 0.50-0.66 s,
-    no XLA bf16 0.453 s, XLA bf16 0.650 s per step.
+    Measured with ``scripts/bench.py --only peer``, ResUNet 256x256, batch 8, 2 cores, alternating
+    fresh processes. Zen 3 (no AVX-512), fp32: XLA 0.95 s vs 1.17 s per step in real epochs. Zen 4
+    (avx512_bf16): XLA fp32 0.576 s, fp32 0.512 s, XLA bf16 0.614 s, bf16 0.472 s. Where the two
+    CPUs disagree (fp32) and a budget is planned, the plan times both (:func:`xla_measured`).
     """
     return not (machine.device == "cpu" and precision == "bf16")
+
+
+def xla_measured(machine: Machine, precision: str) -> bool:
+    """Whether a budgeted plan times the step with and without XLA: on a CPU in fp32 (fp16), where the
+    faster one depended on the CPU (above); bf16 on a CPU and GPUs keep :func:`xla_for`'s choice."""
+    return machine.device == "cpu" and precision != "bf16"
+
+
+def budget_steps(budget_s: float, step: StepTime) -> float:
+    """Training steps that fit into ``budget_s`` seconds: ``(budget_s - first_s) / train_s``."""
+    return (budget_s - step.first_s) / step.train_s
+
+
+def xla_choice(minutes: float, with_xla: StepTime, without: StepTime, requires: str) -> Choice:
+    """``training.jit_compile`` from both measured steps: the one that fits more steps into the budget."""
+    budget = 60.0 * minutes
+    xla = budget_steps(budget, with_xla) >= budget_steps(budget, without)
+    figure = (f"measured: XLA {with_xla.train_s:.3f} s per step (first {with_xla.first_s:.1f} s), without "
+              f"{without.train_s:.3f} s (first {without.first_s:.1f} s)")
+    return Choice("training.jit_compile", xla, figure,
+                  f"the variant that fits more steps into training.max_time {minutes:g} min: (T - first) / step "
+                  "(Zen 3: XLA faster, Zen 4: without; README 'Plan')", requires=requires)
 
 
 def network_choices(fp: DataFingerprint, machine: Machine, max_side: Any = "auto",

@@ -44,7 +44,7 @@ class _Kept:
     optimizer_state: list[np.ndarray]
 
 
-_kept: _Kept | None = None  # one model at most: the last one timed in this process
+_kept: dict[str, _Kept] = {}  # signature -> the models timed in this process since the last handover
 
 
 def optimizer_snapshot(model: keras.Model) -> list[np.ndarray]:
@@ -53,9 +53,9 @@ def optimizer_snapshot(model: keras.Model) -> list[np.ndarray]:
 
 
 def keep(model: keras.Model, signature: str, optimizer_state: list[np.ndarray]) -> None:
-    """Keep the timed ``model`` (compiled with ``signature``) and its optimizer state before any step."""
-    global _kept
-    _kept = _Kept(signature, model, optimizer_state)
+    """Keep the timed ``model`` (compiled with ``signature``) and its optimizer state before any step
+    (the plan may time two variants, with and without XLA: the run takes the one it was planned with)."""
+    _kept[signature] = _Kept(signature, model, optimizer_state)
 
 
 def take(signature: str, fresh: Callable[[], keras.Model]) -> keras.Model | None:
@@ -64,11 +64,11 @@ def take(signature: str, fresh: Callable[[], keras.Model]) -> keras.Model | None
     ``fresh()`` builds the uncompiled network as the run would (after its seed is set): its
     variables (weights and seed-generator states) are copied into the kept model, the optimizer's
     variables go back to their state before the first step and the metrics are reset. The kept
-    model is released either way.
+    models are released either way.
     """
-    global _kept
-    kept, _kept = _kept, None
-    if kept is None or kept.signature != signature:
+    kept = _kept.pop(signature, None)
+    release()
+    if kept is None:
         return None
     model, new = kept.model, fresh()
     if [tuple(v.shape) for v in model.variables] != [tuple(v.shape) for v in new.variables]:
@@ -84,6 +84,5 @@ def take(signature: str, fresh: Callable[[], keras.Model]) -> keras.Model | None
 
 
 def release() -> None:
-    """Drop the kept model (if any)."""
-    global _kept
-    _kept = None
+    """Drop the kept models (if any)."""
+    _kept.clear()
