@@ -325,7 +325,7 @@ def venv_ready(venv: Path) -> bool:
     """Whether ``venv``'s interpreter imports torch, monai and numpy."""
     python = venv_python(venv)
     return python.is_file() and subprocess.run([str(python), "-c", "import torch, monai, numpy"],
-                                               capture_output=True, env=_monai_env()).returncode == 0
+                                               capture_output=True, env=monai_env()).returncode == 0
 
 
 def ensure_monai_venv(venv: Path) -> Path:
@@ -337,7 +337,7 @@ def ensure_monai_venv(venv: Path) -> Path:
     venv.parent.mkdir(parents=True, exist_ok=True)
     for cmd in venv_commands(venv, torch_requirement(find_links())):
         print("  $ " + shlex.join(cmd), flush=True)
-        code = subprocess.run(cmd, env=_monai_env()).returncode
+        code = subprocess.run(cmd, env=monai_env()).returncode
         if code != 0:
             raise SystemExit(f"{venv}: could not build the MONAI environment: `{shlex.join(cmd)}` exited with {code} "
                              f"(remove {venv} and retry, or pass --monai-venv with a working one)")
@@ -346,7 +346,7 @@ def ensure_monai_venv(venv: Path) -> Path:
     return venv_python(venv)
 
 
-def _monai_env() -> dict[str, str]:
+def monai_env() -> dict[str, str]:
     """The environment of MONAI's processes: this checkout off PYTHONPATH (they import no segexp)."""
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
 
@@ -461,7 +461,7 @@ def run_monai(pixels: Pixels, args: argparse.Namespace, work: Path, *, matched: 
     shutil.rmtree(out, ignore_errors=True)
     cmd = monai_command(args.monai_python, pixels.path, out, seconds=seconds, steps=steps, threads=args.monai_threads,
                         max_epochs=args.max_epochs)
-    code, process_seconds, _ = stream(cmd, work / f"monai_{matched}.log", f"monai-{matched}", env=_monai_env())
+    code, process_seconds, _ = stream(cmd, work / f"monai_{matched}.log", f"monai-{matched}", env=monai_env())
     if code != 0:
         raise RuntimeError(f"scripts/monai_loop.py exited with {code}; see {work / f'monai_{matched}.log'}")
     report = json.loads((out / "monai.json").read_text())

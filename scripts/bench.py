@@ -500,12 +500,12 @@ IN_PROCESS: set[str] = set()
 def monai_step(height: int, width: int, channels: int, num_classes: int, *, steps: int, repeats: int,
                threads: int, venv: Path) -> dict[str, Any]:
     """MONAI's step (``scripts/monai_loop.py --step-time``) in a fresh process of its own environment."""
-    from accuracy import _monai_env, ensure_monai_venv
+    from accuracy import monai_env, ensure_monai_venv
 
     python = ensure_monai_venv(venv)
     cmd = [str(python), str(REPO / "scripts" / "monai_loop.py"), "--step-time", str(height), str(width),
            str(channels), str(num_classes), "--steps", str(steps), "--repeats", str(repeats), "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_monai_env(), cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=monai_env(), cwd=REPO)
     for line in proc.stdout.splitlines():
         if line.startswith("STEP_TIME "):
             print(f"  monai: {line[10:][:300]}", file=sys.stderr, flush=True)

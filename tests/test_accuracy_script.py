@@ -314,7 +314,7 @@ def test_monai_loop_two_steps_on_a_tiny_npz(tmp_path: Path) -> None:
              valid_cases=np.array(["a", "a", "b", "b"]), score_images=si, score_cases=np.array(["c"] * 3),
              num_classes=2, seed=0)
     cmd = accuracy.monai_command(MONAI_VENV / "bin" / "python", tmp_path / "in.npz", tmp_path / "out", steps=2, threads=2)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=accuracy._monai_env())
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=accuracy.monai_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "monai.json").read_text())
     assert report["steps"] == 2 and report["epochs"] == 1 and report["stopped_by"] == "steps"  # 10 slices: 2 batches
