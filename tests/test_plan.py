@@ -121,6 +121,15 @@ def test_budget_fills_max_time_with_measured_steps() -> None:
     assert choices["training.epoch_images.every_n_epochs"] == -(-choices["training.epochs"] // 10)
 
 
+def test_a_main_thread_loader_batch_counts_into_the_step() -> None:
+    bare, loaded = StepTime(20.0, 0.5, 0.2), StepTime(20.0, 0.5, 0.2, load_s=0.1)
+    plan = lambda step: by_key(rules.budget_choices(4.0, step, valid_slices=12, batch_size=8,  # noqa: E731
+                                                    fixed_steps=1000, validations=20, max_overhead=0.1))
+    k = min(20, int(0.1 * 240 / 0.7))
+    assert plan(loaded)["training.steps_per_epoch"] == -(-int((240 - 20 - k * 0.7) / 0.6) // k)
+    assert plan(loaded)["training.steps_per_epoch"] < plan(bare)["training.steps_per_epoch"]
+
+
 def test_long_budgets_checkpoint_every_few_minutes() -> None:
     step = StepTime(first_s=20.0, train_s=0.5, infer_s=0.2)
     choices = by_key(rules.budget_choices(30.0, step, 12, 8, 1000, 20, 0.1))
@@ -209,6 +218,7 @@ def test_a_budgeted_fp32_plan_on_a_cpu_times_both_xla_variants(tmp_path, tiny_da
     assert jit.figure.startswith("measured: XLA") and planned.training.jit_compile is jit.value
     assert len(list((tmp_path / "cache" / "step_time").glob("*.json"))) == 2
     assert set(warm._kept) and len(warm._kept) == 2  # both timed models wait for the run
+    assert plan.step.load_s > 0 and planned.training.loader.workers == 0  # the main thread's batches count
     warm.release()
 
 

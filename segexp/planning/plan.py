@@ -47,7 +47,7 @@ from segexp.planning.rules import (
     xla_choice,
     xla_measured,
 )
-from segexp.planning.steptime import measure_step_time, this_machine
+from segexp.planning.steptime import loader_batch_time, measure_step_time, this_machine
 from segexp.training.loop import validate_run_config
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ class Plan:
         out = {f"plan.{c.key}": json.dumps(c.value) if not isinstance(c.value, str) else c.value for c in self.applied}
         out["plan.class_table"] = self.class_table.source
         if self.step is not None:
-            out.update({"plan.step_s": f"{self.step.train_s:g}", "plan.first_step_s": f"{self.step.first_s:g}"})
+            out.update({"plan.step_s": f"{self.step.train_s:g}", "plan.first_step_s": f"{self.step.first_s:g}",
+                        "plan.loader_batch_s": f"{self.step.load_s:g}"})
         out["plan.machine"] = f"{self.machine.device}: {self.machine.name}, {self.machine.cores} cores"
         return out
 
@@ -113,7 +114,7 @@ class Plan:
                f"  class table ({self.class_table.source}): " + ", ".join(self.class_table.names)]
         if self.step is not None:
             out.append(f"  step time: {self.step.train_s:.3f} s (first {self.step.first_s:.1f} s, "
-                       f"validation batch {self.step.infer_s:.3f} s)")
+                       f"validation batch {self.step.infer_s:.3f} s, loader batch {self.step.load_s:.3f} s)")
         for c in self.applied:
             setting = f"{c.key}{'=' if c.group else ': '}{_show(c.value)}"
             out.append(f"  {setting:<44} # {c.figure} -> {c.rule}")
@@ -263,6 +264,8 @@ def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_D
             apply = [chosen if c is jit else c for c in apply]
             planned = _set(planned, [chosen])
             step = with_xla if chosen.value else without
+        if planned.training.loader.workers == 0:  # the batches are augmented between two steps: part of the step
+            step = replace(step, load_s=loader_batch_time(validate_run_config(planned.copy()), dataset))
     budget = budget_choices(t.max_time if step else None, step, fingerprint.slices.get("valid", 0), t.batch_size,
                             cfg.plan.fixed_steps, cfg.plan.validations, cfg.plan.max_overhead)
     more, more_skipped = _applicable(budget, explicit, planned)

@@ -66,11 +66,19 @@ class Machine:
 @dataclass(frozen=True)
 class StepTime:
     """Measured on this machine for the planned network (seconds): the first step (graph tracing and
-    compilation included), the median training step and the median validation batch."""
+    compilation included), the median training step, the median validation batch and, with
+    ``training.loader.workers: 0``, the training loader's median batch (augmentation in the main
+    thread, between two steps; 0 when loader threads prepare batches during the step)."""
 
     first_s: float
     train_s: float
     infer_s: float
+    load_s: float = 0.0
+
+    @property
+    def cycle_s(self) -> float:
+        """Seconds per training step of the epoch loop: ``train_s + load_s``."""
+        return self.train_s + self.load_s
 
 
 @dataclass(frozen=True)
@@ -123,8 +131,8 @@ def xla_measured(machine: Machine, precision: str) -> bool:
 
 
 def budget_steps(budget_s: float, step: StepTime) -> float:
-    """Training steps that fit into ``budget_s`` seconds: ``(budget_s - first_s) / train_s``."""
-    return (budget_s - step.first_s) / step.train_s
+    """Training steps that fit into ``budget_s`` seconds: ``(budget_s - first_s) / cycle_s``."""
+    return (budget_s - step.first_s) / step.cycle_s
 
 
 def xla_choice(minutes: float, with_xla: StepTime, without: StepTime, requires: str) -> Choice:
@@ -218,7 +226,7 @@ def budget_choices(minutes: float | None, step: StepTime | None, valid_slices: i
     """Steps per epoch, epochs and schedule: filling ``minutes`` with measured steps, else ``fixed_steps``.
 
     With a budget ``T`` (s) and a measured step: ``K = clip(floor(max_overhead * T / v), 3, validations)``
-    validations of cost ``v`` (:func:`validation_cost`), ``N = (T - first - K v) / train_s`` steps,
+    validations of cost ``v`` (:func:`validation_cost`), ``N = (T - first - K v) / (train_s + load_s)`` steps,
     ``steps_per_epoch = ceil(N / K)``; with a constant rate the epochs overshoot by :data:`OVERSHOOT`
     and ``training.max_time`` ends the run, so a faster machine still uses the whole budget. With a
     budget the resume checkpoint comes every ``floor(CHECKPOINT_EVERY_S / epoch_s)`` epochs and the
@@ -231,8 +239,9 @@ def budget_choices(minutes: float | None, step: StepTime | None, valid_slices: i
         budget = 60.0 * minutes
         v = validation_cost(valid_slices, batch_size, step)
         epochs = int(min(validations, max(3, math.floor(max_overhead * budget / v))))
-        total = max(epochs, int((budget - step.first_s - epochs * v) / step.train_s))
-        figure = (f"training.max_time {minutes:g} min, step {step.train_s:.3f} s, first step {step.first_s:.1f} s, "
+        total = max(epochs, int((budget - step.first_s - epochs * v) / step.cycle_s))
+        loading = f" + loader {step.load_s:.3f} s" if step.load_s else ""
+        figure = (f"training.max_time {minutes:g} min, step {step.train_s:.3f} s{loading}, first step {step.first_s:.1f} s, "
                   f"epoch end {v:.2f} s ({valid_slices} valid slices)")
         how = (f"{total} steps fill the budget with {epochs} validations taking <= {100 * max_overhead:.0f} % "
                f"(plan.max_overhead)")
@@ -247,7 +256,7 @@ def budget_choices(minutes: float | None, step: StepTime | None, valid_slices: i
         Choice("training.validation.every_n_epochs", 1, f"{epochs} epochs", "validate after every (planned) epoch"),
     ]
     if minutes is not None and step is not None:
-        epoch_s = per_epoch * step.train_s + validation_cost(valid_slices, batch_size, step)
+        epoch_s = per_epoch * step.cycle_s + validation_cost(valid_slices, batch_size, step)
         checkpoint = max(1, min(epochs, math.floor(CHECKPOINT_EVERY_S / epoch_s)))
         images = max(1, math.ceil(epochs / EPOCH_IMAGE_SETS))
         choices += [

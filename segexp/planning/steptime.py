@@ -28,11 +28,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from segexp.config.schema import usable_cores
+from segexp.data.augment import Augmenter
+from segexp.data.dataset import SliceDataset
 from segexp.models.precision import resolve_precision
 from segexp.planning.rules import Machine, StepTime
 from segexp.training import warm
 from segexp.training.fit_loop import build_state, run_step
-from segexp.training.loop import compile_model, set_threads
+from segexp.training.loop import build_loaders, compile_model, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +141,26 @@ def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
                     infer_s=round(float(np.median(infer)), 4))
     log.info("plan: first step %.1f s, step %.3f s, validation batch %.3f s", step.first_s, step.train_s, step.infer_s)
     return step
+
+
+def loader_batch_time(cfg: DictConfig, dataset: SliceDataset, batches: int = 3) -> float:
+    """Median seconds of one training batch of the run's loader (read, resize, augment), cache filled.
+
+    With ``training.loader.workers: 0`` the epoch loop builds each batch between two steps, so
+    the plan counts it into the step; the first reads (decoding the files into the loader's
+    cache) are paid once per run and not counted. Not cached: it depends on the data and the
+    augmentation, and costs a fraction of a second.
+    """
+    augmenter = Augmenter(cfg.augmentation.transforms) if cfg.augmentation.transforms else None
+    train, _ = build_loaders(cfg, dataset, augmenter)
+    count = min(batches, len(train))
+    for index in range(count):
+        train[index]  # fills the loader cache, as the run's first epoch does
+    times = []
+    for index in range(count):
+        start = time.perf_counter()
+        train[index]
+        times.append(time.perf_counter() - start)
+    load = round(float(np.median(times)), 4)
+    log.info("plan: training batch from the loader %.3f s (main thread)", load)
+    return load
