@@ -272,9 +272,9 @@ def run_segexp(ds: Dataset, data_overrides: list[str], args: argparse.Namespace,
             raise RuntimeError(f"segexp-evaluate exited with {code}; see {work / 'segexp_evaluate.log'}")
         summary_path = job / "summary.json"
     return {
-        "system": "segexp (defaults)",
+        "system": "segexp (plan)",
         "matched": None,
-        "budget": "its preset",
+        "budget": f"training.max_time={args.minutes:g}" if args.minutes else "the plan's steps",
         "epochs": len(history),
         "steps": steps,
         "train_seconds": float(sum(t for _, t in epochs)) if epochs else seconds,

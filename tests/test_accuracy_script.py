@@ -207,11 +207,11 @@ def _row(system: str, fg: float, dice: dict[str, float], matched: str | None = N
 def test_target_verdict_is_on_monais_equal_time_row() -> None:
     at_time = _row("MONAI (PyTorch)", 0.5, {"a": 0.6, "b": 0.4}, "time")
     at_steps = _row("MONAI (PyTorch)", 0.65, {"a": 0.7, "b": 0.6}, "steps")
-    seg = _row("segexp (defaults)", 0.6, {"a": 0.7, "b": 0.5})
+    seg = _row("segexp (plan)", 0.6, {"a": 0.7, "b": 0.5})
     assert accuracy.target_verdict([seg, at_time, at_steps]) == "target met"
     steps = accuracy.target_verdict([seg, at_time, at_steps], "steps")
     assert steps.startswith("target NOT met") and "0.600 < MONAI 0.650" in steps
-    verdict = accuracy.target_verdict([_row("segexp (defaults)", 0.4, {"a": 0.8, "b": 0.0}), at_time])
+    verdict = accuracy.target_verdict([_row("segexp (plan)", 0.4, {"a": 0.8, "b": 0.0}), at_time])
     assert verdict.startswith("target NOT met") and "0.400 < MONAI 0.500" in verdict and "MONAI finds them: b" in verdict
     assert "one system only" in accuracy.target_verdict([at_time])
     assert "no MONAI run at segexp's steps" in accuracy.target_verdict([seg, at_time], "steps")
@@ -239,7 +239,7 @@ def _fake_runs(monkeypatch, tmp_path: Path, fg_of=lambda system, overrides: 0.7 
     monkeypatch.setattr(accuracy, "ensure_monai_venv", lambda venv: Path("/venv/bin/python"))
     monkeypatch.setattr(accuracy, "export_pixels", lambda overrides, split, path, run_config=None: list(overrides))
     monkeypatch.setattr(accuracy, "run_segexp", lambda ds, overrides, args, work:
-                        row("segexp (defaults)", overrides, 47.0, 6, matched=None, budget="its preset"))
+                        row("segexp (plan)", overrides, 47.0, 6, matched=None, budget="training.max_time=4"))
     monkeypatch.setattr(accuracy, "run_monai", run_monai)
     return calls
 
@@ -256,7 +256,7 @@ def test_main_gives_monai_segexps_process_time_and_steps_and_rewrites_blocks(tmp
     assert "skipping hocmvalves_mini" in capsys.readouterr().out
     text = doc.read_text()
     assert text.startswith(accuracy.HEADER) and "accuracy:hocmvalves_mini" not in text
-    assert "| segexp (defaults) | its preset | 2 | 6 | 47 s | 0.700 | 0.700 | – |" in text
+    assert "| segexp (plan) | training.max_time=4 | 2 | 6 | 47 s | 0.700 | 0.700 | – |" in text
     assert "| MONAI (PyTorch) | segexp's wall time | 2 | 9 | 47 s | 0.600 | 0.600 | – |" in text
     assert "| MONAI (PyTorch) | segexp's steps | 2 | 6 | 50 s | 0.600 | 0.600 | – |" in text
     assert "**Equal wall time: target met.** Equal steps: target met." in text
@@ -264,7 +264,7 @@ def test_main_gives_monai_segexps_process_time_and_steps_and_rewrites_blocks(tmp
     assert accuracy.main(argv) == 0  # a rerun replaces the block
     assert doc.read_text().count("<!-- accuracy:hvsmr_mini:begin -->") == 1
     rows = json.loads((tmp_path / "out" / "hvsmr_mini" / "result.json").read_text())
-    assert [(r["system"], r["matched"]) for r in rows] == [("segexp (defaults)", None), ("MONAI (PyTorch)", "time"),
+    assert [(r["system"], r["matched"]) for r in rows] == [("segexp (plan)", None), ("MONAI (PyTorch)", "time"),
                                                            ("MONAI (PyTorch)", "steps")]
 
 
@@ -293,7 +293,7 @@ def test_seeds_run_both_systems_per_seed_and_report_means(tmp_path: Path, monkey
                           "--seeds", "0", "1"]) == 0
     text = doc.read_text()
     # segexp: 0.5 and 0.6 -> 0.55; RV scored only by seed 1; MONAI got segexp's process time of each seed (47, 48)
-    assert "| segexp (defaults) | its preset | 2 | 6 | 48 s | 0.550 | 0.500, 0.600 | 0.550 | 0.200 |" in text
+    assert "| segexp (plan) | training.max_time=4 | 2 | 6 | 48 s | 0.550 | 0.500, 0.600 | 0.550 | 0.200 |" in text
     assert "| MONAI (PyTorch) | segexp's wall time | 2 | 10 | 48 s | 0.550 | 0.550, 0.550 | 0.550 | 0.200 |" in text
     assert "**Equal wall time: target met.**" in text and "Means over seeds 0, 1" in text
     assert "## hvsmr_mini, seeds 0 1\n<!-- accuracy:hvsmr_mini, seeds 0 1:begin -->" in text  # next to a one-seed block
@@ -364,7 +364,7 @@ def test_both_systems_tiny_run(tmp_path: Path) -> None:
                               "model.image_height=32", "model.image_width=32", "model.channels=[4,8,16]",
                               "training.epochs=1", "training.steps_per_epoch=3", "training.epoch_images.num=0")
     text = doc.read_text()
-    assert "| segexp (defaults) | its preset | 1 | 3 |" in text  # training.steps_per_epoch=3
+    assert "| segexp (plan) | training.max_time=0.05 | 1 | 3 |" in text  # training.steps_per_epoch=3
     assert "| MONAI (PyTorch) | segexp's wall time |" in text and "| MONAI (PyTorch) | segexp's steps | 1 | 3 |" in text
     assert "Equal wall time: target" in text and "Equal steps: target" in text
     rows = json.loads((tmp_path / "out" / "hvsmr_mini" / "result.json").read_text())
