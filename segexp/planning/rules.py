@@ -170,7 +170,7 @@ def network_choices(fp: DataFingerprint, machine: Machine, max_side: Any = "auto
         Choice("training.jit_compile", xla_for(machine, precision), f"{NETWORK} on {machine.device}, {precision} compute",
                "XLA for an fp32 training step (Keras' auto turns it off on CPU-only machines): 0.95 vs 1.17 s per step "
                "in real epochs (Zen 3, hvsmr_mini 256x256, batch 8, 2 cores); none for bf16 on a CPU, where oneDNN's "
-               "native bf16 kernels stepped in 0.453 s against 0.650 s with XLA (Zen 4, avx512_bf16)", requires=needs),
+               "native bf16 kernels stepped in 0.472 s against 0.614 s with XLA (Zen 4, avx512_bf16; xla_for)", requires=needs),
         Choice("model.channels", widths, f"input {h}x{w}",
                f"MONAI's 16...256 widths, {strides} halvings: bottom map {min(h, w) // 2 ** strides} px "
                f"(>= {MIN_BOTTOM}, nnU-Net pools to 4-8 px)", requires=needs),

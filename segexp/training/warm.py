@@ -39,7 +39,6 @@ def compile_signature(cfg: DictConfig, class_names: Sequence[str], total_steps: 
 
 @dataclass
 class _Kept:
-    signature: str
     model: keras.Model
     optimizer_state: list[np.ndarray]
 
@@ -55,7 +54,7 @@ def optimizer_snapshot(model: keras.Model) -> list[np.ndarray]:
 def keep(model: keras.Model, signature: str, optimizer_state: list[np.ndarray]) -> None:
     """Keep the timed ``model`` (compiled with ``signature``) and its optimizer state before any step
     (the plan may time two variants, with and without XLA: the run takes the one it was planned with)."""
-    _kept[signature] = _Kept(signature, model, optimizer_state)
+    _kept[signature] = _Kept(model, optimizer_state)
 
 
 def take(signature: str, fresh: Callable[[], keras.Model]) -> keras.Model | None:
