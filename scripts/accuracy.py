@@ -266,8 +266,11 @@ def run_segexp(ds: Dataset, data_overrides: list[str], args: argparse.Namespace,
     if ds.split != "test" or not summary_path.is_file():
         job = work / f"segexp_evaluate_{ds.split}"
         shutil.rmtree(job, ignore_errors=True)
+        # postprocess=none on the valid split: the run chose its postprocessing rules there
+        postprocess = "none" if ds.split == "valid" else "auto"
         code, _, _ = stream([sys.executable, "-m", "segexp.cli.evaluate", f"run={_quote(run_dir)}", f"split={ds.split}",
-                             f"hydra.run.dir={_quote(job)}"], work / "segexp_evaluate.log", "segexp-evaluate")
+                             f"postprocess={postprocess}", f"hydra.run.dir={_quote(job)}"],
+                            work / "segexp_evaluate.log", "segexp-evaluate")
         if code != 0:
             raise RuntimeError(f"segexp-evaluate exited with {code}; see {work / 'segexp_evaluate.log'}")
         summary_path = job / "summary.json"

@@ -19,6 +19,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from segexp.data.intensity import window_to_uint8
+from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
+from segexp.evaluation.postprocess import Postprocessing
 from segexp.evaluation.prediction import infer
 from segexp.evaluation.reports import EvaluationError, evaluate_run
 from segexp.tracking.runs import BEST_MODEL, RunError, open_run
@@ -83,7 +85,15 @@ def test_training_evaluates_and_evaluate_resumes_the_same_run(compose_train, tin
     (run,) = client.search_runs([client.get_experiment_by_name("segexp").experiment_id])
     assert {"test/dice/square", "test/dice/disc", "test/dice_fg_mean", "test/hd95/disc", "test/dice_incl_bg_original"} <= set(run.data.metrics)
     assert "evaluation/summary.json" in [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
-    assert json.loads((run_dir / "evaluation" / "summary.json").read_text())["split"] == "test"
+    summary = json.loads((run_dir / "evaluation" / "summary.json").read_text())
+    assert summary["split"] == "test"
+    # training.postprocess=auto: rules chosen on the valid split, recorded, and applied to the test scores
+    chosen = Postprocessing.load(run_dir / POSTPROCESSING_FILE)
+    assert set(chosen.rules) == {"square", "disc"}
+    assert all(chosen.validation[n]["dice_before"] is not None for n in chosen.rules)
+    assert summary["postprocessing"] == {n: r.describe() for n, r in chosen.active.items()}
+    assert {"postprocess.square", "postprocess.disc"} <= set(run.data.tags)
+    assert POSTPROCESSING_FILE in [a.path for a in client.list_artifacts(run.info.run_id)]
 
     # segexp-evaluate by run folder and by MLflow run id: both land in the same MLflow run
     evaluate_run(open_run(str(run_dir)), tmp_path / "again", split="valid")

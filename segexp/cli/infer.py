@@ -13,6 +13,7 @@ from segexp.cli.shell import user_errors_exit
 from segexp.config.errors import ConfigError
 from segexp.config.outputs import check_writable
 from segexp.config.schema import CONF_DIR, PRECISIONS
+from segexp.evaluation.postprocess import check_postprocess_mode
 from segexp.evaluation.prediction import infer
 from segexp.models.precision import resolve_precision
 from segexp.tracking.runs import open_run
@@ -28,6 +29,7 @@ def check_infer_config(cfg: DictConfig) -> None:
         raise ConfigError(f"overlap: must lie in [0, 1), got {cfg.overlap}")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision: expected one of {list(PRECISIONS)}, got {cfg.precision!r}")
+    check_postprocess_mode(cfg.postprocess)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="infer")
@@ -40,7 +42,8 @@ def main(cfg: DictConfig) -> None:
         check_writable(out_dir, "output_dir" if cfg.output_dir else "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         failures = infer(open_run(str(cfg.run), cfg.tracking_uri), Path(cfg.input), out_dir,
                          batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, large_images=cfg.large_images,
-                         overlap=cfg.overlap, window=window, precision=resolve_precision(cfg.precision))
+                         overlap=cfg.overlap, window=window, precision=resolve_precision(cfg.precision),
+                         postprocess=cfg.postprocess)
     if failures:
         sys.exit(1)
 

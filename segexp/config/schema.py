@@ -31,6 +31,7 @@ LAYOUTS = ("splits", "flat")
 ON_BAD_FILE = ("error", "skip")
 #: ``training.precision`` / ``precision`` values (segexp.models.precision says what each means).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+POSTPROCESS_MODES = ("auto", "none")  # segexp.evaluation.postprocess.Mode
 SPLITS = ("train", "valid", "test")
 #: A device name in ``training.devices``: ``GPU:0``, ``/gpu:0``, ``/device:CPU:1`` (any case).
 DEVICE_NAME = re.compile(r"^/?(?:device:)?(cpu|gpu):(\d+)$", re.IGNORECASE)
@@ -182,6 +183,7 @@ class TrainingConfig:
     deterministic: bool = MISSING
     verbose: int = MISSING
     evaluate_after: bool = MISSING
+    postprocess: str = MISSING
     resume: Optional[str] = MISSING
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
     devices: Any = MISSING  # 1 | auto | n | [GPU indices or device names]: checked by _check_devices
@@ -424,6 +426,8 @@ def _check_training(t: Any) -> list[str]:
             errors.append(f"training.{key}.every_n_epochs: must be >= 1, got {t[key].every_n_epochs}")
     if t.precision not in PRECISIONS:
         errors.append(f"training.precision: expected one of {list(PRECISIONS)}, got {t.precision!r}")
+    if t.postprocess not in POSTPROCESS_MODES:
+        errors.append(f"training.postprocess: expected one of {list(POSTPROCESS_MODES)}, got {t.postprocess!r}")
     if t.jit_compile not in ("auto", True, False):
         errors.append(f"training.jit_compile: expected auto, true or false, got {t.jit_compile!r}")
     if t.epoch_images.dir is not None and not Path(t.epoch_images.dir).is_dir():

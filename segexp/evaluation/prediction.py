@@ -30,7 +30,7 @@ from segexp.config.errors import InferenceInputError
 from segexp.config.outputs import atomic_write_path
 from segexp.data.intensity import window_volume
 from segexp.data.rgb_map import default_palette, encode_rgb_mask
-from segexp.data.slices import IMAGE_SUFFIXES, DataError, read_image, resize_image
+from segexp.data.slices import IMAGE_SUFFIXES, DataError, case_id, read_image, resize_image
 from segexp.data.volumes import (
     VolumeCase,
     VolumeError,
@@ -44,7 +44,8 @@ from segexp.evaluation.inference import (
     predict_images,
     probabilities_to_classes,
 )
-from segexp.evaluation.reports import check_model_fits
+from segexp.evaluation.postprocess import Postprocessing, for_run
+from segexp.evaluation.reports import check_model_fits, slice_index
 from segexp.evaluation.viz import (
     hstack_panels,
     overlay_mask,
@@ -90,17 +91,51 @@ def _model_size(model: Any) -> tuple[int, int]:
 
 
 def predict_png_files(model: Any, paths: Sequence[Path], out_dir: Path, colours: np.ndarray, *, batch_size: int,
-                      flip_tta: bool, large_images: str, overlap: float, chunk: int = 64) -> list[str]:
-    """Predict image files (``chunk`` at a time) and write masks, colour masks and overlays; returns the failures."""
+                      flip_tta: bool, large_images: str, overlap: float, chunk: int = 64,
+                      postprocessing: Postprocessing | None = None, case_pattern: str = r"^(?P<case>.+)$") -> list[str]:
+    """Predict image files (``chunk`` at a time) and write masks, colour masks and overlays; returns the failures.
+
+    With ``postprocessing``, its rules act on each case's slices stacked in slice order (the case and slice
+    number from the file name by ``case_pattern``, as in training; a name it does not match is its own case)."""
     failures: list[str] = []
+    masks: dict[Path, np.ndarray] = {}
     for start in range(0, len(paths), chunk):
-        failures += _predict_png_chunk(model, paths[start : start + chunk], out_dir, colours, batch_size=batch_size,
-                                       flip_tta=flip_tta, large_images=large_images, overlap=overlap)
+        found, bad = _png_masks(model, paths[start : start + chunk], batch_size=batch_size, flip_tta=flip_tta,
+                                large_images=large_images, overlap=overlap)
+        masks.update(found)
+        failures += bad
+    if postprocessing is not None and postprocessing.active:
+        masks = _postprocess_by_case(masks, postprocessing, case_pattern)
+    channels = int(model.input_shape[-1])
+    for path, mask in masks.items():
+        image = read_image(path, channels)
+        for sub, array in (("masks", mask), ("colour", encode_rgb_mask(mask, colours)[..., ::-1]),
+                           ("overlays", overlay_mask(image, mask, colours)[..., ::-1])):
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+            with atomic_write_path(out_dir / sub / f"{path.stem}.png") as tmp:
+                if not cv2.imwrite(str(tmp), array):
+                    raise OSError(f"could not write {out_dir / sub / f'{path.stem}.png'}")
     return failures
 
 
-def _predict_png_chunk(model: Any, paths: Sequence[Path], out_dir: Path, colours: np.ndarray, *, batch_size: int,
-                       flip_tta: bool, large_images: str, overlap: float) -> list[str]:
+def _postprocess_by_case(masks: dict[Path, np.ndarray], postprocessing: Postprocessing,
+                         case_pattern: str) -> dict[Path, np.ndarray]:
+    cases: dict[str, list[Path]] = {}
+    for path in masks:
+        cases.setdefault(case_id(path.stem, case_pattern, strict=False), []).append(path)
+    out = dict(masks)
+    for members in cases.values():
+        members.sort(key=lambda p: slice_index(p.stem, case_pattern))
+        if len({masks[p].shape for p in members}) == 1:
+            stacked = postprocessing.apply(np.stack([masks[p] for p in members]))
+            out.update(zip(members, stacked))
+        else:  # slices of different sizes do not stack: each slice on its own
+            out.update((p, postprocessing.apply(masks[p])) for p in members)
+    return out
+
+
+def _png_masks(model: Any, paths: Sequence[Path], *, batch_size: int, flip_tta: bool, large_images: str,
+               overlap: float) -> tuple[dict[Path, np.ndarray], list[str]]:
     failures, images, good = [], [], []
     channels = int(model.input_shape[-1])
     height, width = _model_size(model)
@@ -111,22 +146,14 @@ def _predict_png_chunk(model: Any, paths: Sequence[Path], out_dir: Path, colours
         except DataError as err:  # the training reader's error, naming the file
             failures.append(str(err))
     if not images:
-        return failures
+        return {}, failures
     if large_images == "resize":
         batch = np.stack([resize_image(im, height, width) for im in images])
         probs = predict_batches(model, batch, batch_size=batch_size, flip_tta=flip_tta)
         probs = [resize_probabilities(p, *im.shape[:2]) for p, im in zip(probs, images)]
     else:
         probs = predict_images(model, images, batch_size=batch_size, flip_tta=flip_tta, tiled=True, overlap=overlap)
-    for path, image, prob in zip(good, images, probs):
-        mask = probabilities_to_classes(prob)
-        for sub, array in (("masks", mask), ("colour", encode_rgb_mask(mask, colours)[..., ::-1]),
-                           ("overlays", overlay_mask(image, mask, colours)[..., ::-1])):
-            (out_dir / sub).mkdir(parents=True, exist_ok=True)
-            with atomic_write_path(out_dir / sub / f"{path.stem}.png") as tmp:
-                if not cv2.imwrite(str(tmp), array):
-                    raise OSError(f"could not write {out_dir / sub / f'{path.stem}.png'}")
-    return failures
+    return {path: probabilities_to_classes(prob) for path, prob in zip(good, probs)}, failures
 
 
 def training_window(run: TrainedRun) -> tuple[dict[str, Any] | None, str]:
@@ -145,7 +172,8 @@ def window_like_training(volume: np.ndarray, window: dict[str, Any]) -> np.ndarr
 
 
 def predict_volume(model: Any, path: Path, out_dir: Path, colours: np.ndarray, window: dict[str, Any], axis: str,
-                   *, batch_size: int, flip_tta: bool, chunk: int = 32) -> Path:
+                   *, batch_size: int, flip_tta: bool, chunk: int = 32,
+                   postprocessing: Postprocessing | None = None) -> Path:
     """Predict every slice of one NIfTI volume; write ``<name>_pred.nii.gz`` (input shape and affine) + a montage.
 
     Speed (BENCHMARKS.md): the volume is read in its stored dtype and windowed through a
@@ -180,6 +208,8 @@ def predict_volume(model: Any, path: Path, out_dir: Path, colours: np.ndarray, w
                    for start in range(0, n, chunk)]
         for future in pending:
             future.result()
+    if postprocessing is not None and postprocessing.active:
+        labels = postprocessing.apply(labels)  # 3D components over the volume's slices
     canonical = stack_slices(labels, axis)
     original = _to_original_orientation(canonical, original_affine)
     source = nib.load(str(path))
@@ -222,14 +252,19 @@ def montage(slices: Sequence[np.ndarray], labels: Sequence[np.ndarray], colours:
 
 def infer(run: TrainedRun, source: Path, out_dir: Path, *, batch_size: int = 8, flip_tta: bool = False,
           large_images: str = "resize", overlap: float = 0.5, window: dict[str, Any] | None = None,
-          precision: str = "fp32") -> list[str]:
+          precision: str = "fp32", postprocess: str = "auto") -> list[str]:
     """Predict every input under ``source`` into ``out_dir`` computing in ``precision`` (resolved: fp32, bf16,
-    fp16); returns the failures (one line per bad file)."""
+    fp16), after the run's postprocessing rules (``postprocess`` auto) or without (none); returns the failures
+    (one line per bad file)."""
     cfg = run.config
     class_names = list(cfg.dataset.class_names)
     rgb_map = cfg.dataset.get("rgb_map")
     colours = np.asarray(list(rgb_map.values()), np.uint8) if rgb_map else default_palette(len(class_names))
     paths = list_inputs(source)
+    postprocessing = for_run(run, postprocess)
+    if postprocessing is not None and postprocessing.active:
+        log.info("postprocessing (chosen on validation): %s",
+                 "; ".join(f"{n}: {r.describe()}" for n, r in postprocessing.active.items()))
     model = run.load_model(precision)
     check_model_fits(model, len(class_names), int(cfg.model.image_channels))
     trained_window, axis = training_window(run)
@@ -239,14 +274,16 @@ def infer(run: TrainedRun, source: Path, out_dir: Path, *, batch_size: int = 8, 
     images = [p for p in paths if not is_nifti(p)]
     if images:
         failures += predict_png_files(model, images, out_dir, colours, batch_size=batch_size, flip_tta=flip_tta,
-                                      large_images=large_images, overlap=overlap)
+                                      large_images=large_images, overlap=overlap, postprocessing=postprocessing,
+                                      case_pattern=str(cfg.dataset.case_pattern))
     for path in volumes:
         if window is None:
             failures.append(f"{path}: NIfTI input needs the training's window, but {cfg.dataset.root} has no dataset.json; "
                             "pass one, e.g. window=cardiac_cta")
             continue
         try:
-            target = predict_volume(model, path, out_dir, colours, window, axis, batch_size=batch_size, flip_tta=flip_tta)
+            target = predict_volume(model, path, out_dir, colours, window, axis, batch_size=batch_size, flip_tta=flip_tta,
+                                    postprocessing=postprocessing)
             log.info("%s -> %s", path.name, target)
         except InferenceInputError as err:
             failures.append(str(err))

@@ -19,7 +19,7 @@ import json
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from segexp.data.slices import (
     resize_pair,
 )
 from segexp.evaluation.inference import predict_batches, probabilities_to_classes
+from segexp.evaluation.postprocess import Postprocessing, determine, for_run
 from segexp.evaluation.scoring import (
     aggregate,
     dice_including_background,
@@ -70,7 +71,7 @@ def check_model_fits(model: Any, num_classes: int, channels: int) -> None:
         raise EvaluationError(f"the model takes {inputs}-channel images but the config reads {channels}-channel ones")
 
 
-def _slice_index(name: str, case_pattern: str) -> int:
+def slice_index(name: str, case_pattern: str) -> int:
     match = re.match(case_pattern, name)
     if match and "slice" in match.groupdict():
         return int(match.group("slice"))
@@ -83,7 +84,7 @@ def cases_of(pairs: Sequence[SlicePair], case_pattern: str) -> dict[str, list[Sl
     grouped: dict[str, list[SlicePair]] = defaultdict(list)
     for pair in pairs:
         grouped[pair.case].append(pair)
-    return {c: sorted(p, key=lambda q: _slice_index(q.name, case_pattern)) for c, p in sorted(grouped.items())}
+    return {c: sorted(p, key=lambda q: slice_index(q.name, case_pattern)) for c, p in sorted(grouped.items())}
 
 
 def case_spacing(root: Path, case: str) -> tuple[float, float, float] | None:
@@ -130,17 +131,30 @@ class Evaluation:
     per_slice: list[tuple[str, str, dict[str, Any]]]
 
 
-def evaluate_split(
+def predict_cases(
     model: Any, dataset: SliceDataset, split: str, *, image_size: tuple[int, int], channels: int,
     case_pattern: str, batch_size: int = 8, flip_tta: bool = False,
-) -> Evaluation:
-    """Score every case (3D) and slice (2D) of ``split``."""
-    num_classes = len(dataset.class_names)
-    check_model_fits(model, num_classes, channels)
-    per_case, per_slice, original = {}, [], []
-    spacings = {}
+) -> Iterator[tuple[str, list[SlicePair], np.ndarray, np.ndarray]]:
+    """``(case, its slice pairs, truth, prediction)`` for every case of ``split``, stacks ``(S, H, W)`` at the
+    stored slice size, in case order."""
+    check_model_fits(model, len(dataset.class_names), channels)
     for case, pairs in cases_of(dataset.pairs[split], case_pattern).items():
         truth, pred = _predict_case(model, dataset, pairs, image_size, channels, batch_size, flip_tta)
+        yield case, pairs, truth, pred
+
+
+def evaluate_split(
+    model: Any, dataset: SliceDataset, split: str, *, image_size: tuple[int, int], channels: int,
+    case_pattern: str, batch_size: int = 8, flip_tta: bool = False, postprocessing: Postprocessing | None = None,
+) -> Evaluation:
+    """Score every case (3D) and slice (2D) of ``split``, after ``postprocessing``'s rules when given."""
+    num_classes = len(dataset.class_names)
+    per_case, per_slice, original = {}, [], []
+    spacings = {}
+    for case, pairs, truth, pred in predict_cases(model, dataset, split, image_size=image_size, channels=channels,
+                                                  case_pattern=case_pattern, batch_size=batch_size, flip_tta=flip_tta):
+        if postprocessing is not None:
+            pred = postprocessing.apply(pred)
         spacing = case_spacing(dataset.root, case)
         spacings[case] = spacing
         per_case[case] = score_classes(truth, pred, num_classes, spacing)
@@ -161,6 +175,8 @@ def evaluate_split(
             "absent_in_one": "Dice 0, HD95 = the diagonal of the volume (worst case)",
             "aggregation": "per_case: 3D scores on each case's stacked slices; per_slice: 2D scores",
         },
+        "postprocessing": ({n: r.describe() for n, r in postprocessing.active.items()}
+                           if postprocessing is not None else None),
         "per_case": {case: {fg_names[k - 1]: s.as_dict() for k, s in scores.items()} for case, scores in per_case.items()},
         "mean": aggregate(list(per_case.values()), dataset.class_names),
         "per_slice_mean": aggregate([s for _, _, s in per_slice], dataset.class_names),
@@ -171,6 +187,16 @@ def evaluate_split(
     })
     rows = to_json_safe([(case, name, {fg_names[k - 1]: s.as_dict() for k, s in scores.items()}) for case, name, scores in per_slice])
     return Evaluation(summary, rows)
+
+
+def choose_postprocessing(
+    model: Any, dataset: SliceDataset, *, image_size: tuple[int, int], channels: int, case_pattern: str,
+    batch_size: int = 8, split: str = "valid",
+) -> Postprocessing:
+    """The postprocessing rules that raise ``split``'s mean Dice per class (:func:`postprocess.determine`)."""
+    cases = [(truth, pred) for _, _, truth, pred in predict_cases(
+        model, dataset, split, image_size=image_size, channels=channels, case_pattern=case_pattern, batch_size=batch_size)]
+    return determine(cases, dataset.class_names)
 
 
 def write_reports(evaluation: Evaluation, out_dir: Path) -> list[Path]:
@@ -241,9 +267,10 @@ def log_summary(tracker: Tracker, summary: dict[str, Any], files: Sequence[Path]
 
 def evaluate_run(run: TrainedRun, out_dir: Path, *, split: str = "test", batch_size: int = 8,
                  flip_tta: bool = False, dataset_root: str | None = None, log_to_run: bool = True,
-                 precision: str = "fp32") -> dict[str, Any]:
-    """Evaluate a finished training run on ``split`` computing in ``precision`` (resolved: fp32, bf16, fp16);
-    log to its MLflow run when it has one."""
+                 precision: str = "fp32", postprocess: str = "auto") -> dict[str, Any]:
+    """Evaluate a finished training run on ``split`` computing in ``precision`` (resolved: fp32, bf16, fp16),
+    after the run's postprocessing rules (``postprocess`` auto) or without (none); log to its MLflow run
+    when it has one."""
     cfg = run.config
     if dataset_root is not None:
         cfg.dataset.root = dataset_root
@@ -251,10 +278,14 @@ def evaluate_run(run: TrainedRun, out_dir: Path, *, split: str = "test", batch_s
     dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
     if not dataset.pairs.get(split):
         raise DataError(f"dataset split {split!r} under {dataset.root} has no slices to evaluate")
+    postprocessing = for_run(run, postprocess)
+    if postprocessing is not None and split == "valid" and postprocessing.active:
+        log.warning("the postprocessing rules were chosen on the valid split: its scores after them are optimistic")
     model = run.load_model(precision)
     evaluation = evaluate_split(
         model, dataset, split, image_size=(cfg.model.image_height, cfg.model.image_width),
         channels=cfg.model.image_channels, case_pattern=cfg.dataset.case_pattern, batch_size=batch_size, flip_tta=flip_tta,
+        postprocessing=postprocessing,
     )
     summary = evaluation.summary
     files = write_reports(evaluation, out_dir)

@@ -66,6 +66,25 @@ class TrainedRun:
         return apply_precision(model, precision)
 
 
+    def artifact_file(self, name: str) -> Path | None:
+        """A file the training wrote at the top of its run folder (and logged as an MLflow artifact): the local
+        copy, else the run's artifact downloaded; None when neither has it."""
+        if self.run_dir is not None and (self.run_dir / name).is_file():
+            return self.run_dir / name
+        if self.run_id is None:
+            return None
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        try:
+            if not any(f.path == name for f in mlflow.MlflowClient().list_artifacts(self.run_id)):
+                return None
+            return Path(mlflow.artifacts.download_artifacts(run_id=self.run_id, artifact_path=name))
+        except MlflowException as err:
+            raise RunError(f"MLflow run {self.run_id}: cannot read its artifact {name}: {str(err).splitlines()[0]}") from err
+
+
 def record_mlflow_run(run_dir: Path, run_id: str, tracking_uri: str) -> None:
     """Remember in the run folder which MLflow run it belongs to (so evaluation can resume that run)."""
 
@@ -75,9 +94,13 @@ def record_mlflow_run(run_dir: Path, run_id: str, tracking_uri: str) -> None:
 def upgrade_run_config(config: DictConfig) -> DictConfig:
     """The config of a run trained by an earlier segexp, in today's keys (so it validates and evaluates).
 
-    ``training.mixed_precision`` (true: float16) became ``training.precision``.
+    ``training.mixed_precision`` (true: float16) became ``training.precision``; ``training.postprocess`` is
+    new (a run from before chose no postprocessing: ``none``).
     """
     training = config.get("training")
+    if training is not None and "postprocess" not in training:
+        with open_dict(config):
+            training.postprocess = "none"
     if training is not None and "mixed_precision" in training:
         with open_dict(config):
             if "precision" not in training:

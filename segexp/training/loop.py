@@ -29,7 +29,10 @@ from segexp.data.dataset import SliceDataset, open_dataset
 from segexp.data.loader import SliceLoader
 from segexp.data.sampling import EpochSampler, cached_class_presence
 from segexp.data.slices import find_pairs
-from segexp.evaluation.reports import evaluate_split, log_summary, write_reports
+from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
+from segexp.evaluation.postprocess import Postprocessing
+from segexp.evaluation.postprocess import describe as describe_postprocessing
+from segexp.evaluation.reports import choose_postprocessing, evaluate_split, log_summary, write_reports
 from segexp.models import build_model, check_model_config
 from segexp.models.losses import build_loss
 from segexp.models.metrics import build_metrics
@@ -212,8 +215,27 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, tracker: Tracker, dataset: S
     return callbacks
 
 
-def evaluate_test_split(cfg: DictConfig, model: keras.Model, dataset: SliceDataset, out_dir: Path, tracker: Tracker) -> None:
-    """Score the best model on the test split (reports in ``out_dir``, metrics ``test/...`` in the run)."""
+def choose_postprocessing_for_run(cfg: DictConfig, model: keras.Model, dataset: SliceDataset, run_dir: Path,
+                                  tracker: Tracker) -> Postprocessing | None:
+    """With ``training.postprocess=auto``: the connected-component rules that raise the validation Dice of the
+    best model (``postprocessing.json`` in the run folder and the run; tags ``postprocess.<class>``)."""
+    if cfg.training.postprocess == "none" or not dataset.pairs.get("valid"):
+        return None
+    chosen = choose_postprocessing(
+        model, dataset, image_size=(cfg.model.image_height, cfg.model.image_width), channels=cfg.model.image_channels,
+        case_pattern=cfg.dataset.case_pattern, batch_size=cfg.training.batch_size,
+    )
+    path = chosen.save(run_dir / POSTPROCESSING_FILE)
+    tracker.log_artifact(path)
+    tracker.set_tags({f"postprocess.{name}": rule.describe() for name, rule in chosen.rules.items()})
+    log.info("postprocessing chosen on the valid split:\n%s", describe_postprocessing(chosen))
+    return chosen
+
+
+def evaluate_test_split(cfg: DictConfig, model: keras.Model, dataset: SliceDataset, out_dir: Path, tracker: Tracker,
+                        postprocessing: Postprocessing | None = None) -> None:
+    """Score the best model on the test split, after ``postprocessing`` (reports in ``out_dir``, metrics
+    ``test/...`` in the run)."""
     if not dataset.pairs.get("test"):
         log.info("no test split in %s: skipping the evaluation after training", dataset.root)
         return
@@ -221,6 +243,7 @@ def evaluate_test_split(cfg: DictConfig, model: keras.Model, dataset: SliceDatas
     evaluation = evaluate_split(
         model, dataset, "test", image_size=(cfg.model.image_height, cfg.model.image_width),
         channels=cfg.model.image_channels, case_pattern=cfg.dataset.case_pattern, batch_size=cfg.training.batch_size,
+        postprocessing=postprocessing,
     )
     summary = evaluation.summary
     files = write_reports(evaluation, out_dir)
@@ -352,8 +375,9 @@ def finish_run(cfg: DictConfig, model: keras.Model, history: dict[str, list[floa
     best = load_for_inference(best_path, precision) if best_path.exists() else model
     if cfg.tracking.log_model:
         tracker.log_keras_model(best)
+    postprocessing = choose_postprocessing_for_run(cfg, best, dataset, run_dir, tracker)
     if cfg.training.evaluate_after:
-        evaluate_test_split(cfg, best, dataset, run_dir / "evaluation", tracker)
+        evaluate_test_split(cfg, best, dataset, run_dir / "evaluation", tracker, postprocessing)
     objective = _objective(history, cfg.training.monitor, cfg.training.monitor_mode)
     tracker.log_metrics({f"best/{cfg.training.monitor}": objective}, step=len(history.get("loss", [])))
     return objective

@@ -1,0 +1,262 @@
+"""Postprocessing of predicted labels, chosen per class on the validation split (after nnU-Net's
+``determine_postprocessing``).
+
+A predicted structure is judged per case on its stacked slices ``(S, H, W)`` (a lone 2D slice is a
+stack of one); connected components are 3D with face connectivity (6 neighbours), by
+``scipy.ndimage.label``. Rules per foreground class, each turning the removed voxels into background:
+
+- ``min_volume``: drop the class from a case where it is predicted in fewer than ``min_voxels``
+  voxels in all (a presence test);
+- ``min_size``: drop the class's components smaller than ``min_voxels`` voxels;
+- ``largest``: keep only the class's largest component.
+
+Why: the scorer (and nnU-Net's) gives a case **Dice 0** for a structure absent from its truth but
+predicted anywhere, and leaves the case out when both are empty. A few stray voxels in such a case
+cost the structure that whole case, while dropping a true prediction that small costs a case that
+has the structure at most that small share of its volume.
+
+:func:`determine` goes class by class, in class order, on top of the rules already chosen, and
+keeps a rule only if it **raises** that class's mean validation Dice over cases (``>``, as nnU-Net;
+equal is not enough); of candidates scoring the same the stronger (larger size) wins, since
+validation cannot tell them apart and the asymmetry above favours it. The candidates
+(:func:`candidates`) are ``min_volume`` at 1 %, 3 % and 10 % of the class's median per-case volume in
+the validation truth. ``min_size`` and ``largest`` are not tried: chosen on one or two validation
+patients they removed true fragments on new ones (ACCURACY.md "Postprocessing": with ``largest`` in
+the candidates hvsmr_mini's seed 2 fell from 0.190 to 0.133 on its test patient, ``min_size`` moved
+the three seeds by -0.007 to +0.007), while ``min_volume`` alone raised the thorax pulmonary test
+Dice from 0.578 to 0.801 and the aorta's from 0.476 to 0.497 and changed no hvsmr_mini seed. They
+remain rules a ``postprocessing.json`` may name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from segexp.config.errors import EvaluationError
+from segexp.config.outputs import atomic_write_text
+from segexp.tracking.runs import TrainedRun
+
+FILE_NAME = "postprocessing.json"
+FRACTIONS = (0.01, 0.03, 0.1)  # candidate min_volume as a share of the class's median per-case volume
+
+
+class Rule(StrEnum):
+    """What is done to one class's predicted components."""
+
+    NONE = "none"
+    MIN_VOLUME = "min_volume"
+    MIN_SIZE = "min_size"
+    LARGEST = "largest"
+
+
+class Mode(StrEnum):
+    """``postprocess`` of ``segexp-evaluate`` / ``segexp-infer`` and ``training.postprocess``
+    (``segexp.config.schema.POSTPROCESS_MODES``)."""
+
+    AUTO = "auto"  # training: choose on validation; evaluate/infer: the run's chosen rules, if any
+    NONE = "none"  # raw argmax labels
+
+
+@dataclass(frozen=True)
+class ClassRule:
+    """The rule of one class; ``min_voxels`` only for ``min_size``."""
+
+    rule: Rule = Rule.NONE
+    min_voxels: int = 0
+
+    def describe(self) -> str:
+        return {Rule.MIN_VOLUME: f"drop it from a case where it is predicted in < {self.min_voxels} voxels",
+                Rule.MIN_SIZE: f"drop components < {self.min_voxels} voxels",
+                Rule.LARGEST: "keep the largest component", Rule.NONE: "none"}[self.rule]
+
+
+@dataclass
+class Postprocessing:
+    """Chosen rules by class name (foreground only), and the validation Dice that chose them."""
+
+    class_names: list[str]
+    rules: dict[str, ClassRule] = field(default_factory=dict)
+    validation: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def active(self) -> dict[str, ClassRule]:
+        return {name: r for name, r in self.rules.items() if r.rule is not Rule.NONE}
+
+    def apply(self, labels: np.ndarray) -> np.ndarray:
+        """``labels`` (``(S, H, W)`` or ``(H, W)`` class indices) with every active rule applied (a copy)."""
+        out = np.array(labels, copy=True)
+        stack = out if out.ndim == 3 else out[None]
+        for name, rule in self.active.items():
+            apply_rule(stack, self.class_names.index(name), rule)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "class_names": self.class_names,
+            "rules": {name: {"rule": str(r.rule), "min_voxels": r.min_voxels} for name, r in self.rules.items()},
+            "validation": self.validation,
+            "method": "per class, kept only if it raises the mean validation Dice over cases "
+                      "(segexp.evaluation.postprocess)",
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "postprocessing") -> Postprocessing:
+        try:
+            names = list(data["class_names"])
+            rules = {name: ClassRule(Rule(r["rule"]), int(r.get("min_voxels", 0))) for name, r in data["rules"].items()}
+        except (KeyError, TypeError, ValueError) as err:
+            raise EvaluationError(f"{source}: not a segexp postprocessing file ({err!r}); "
+                                  f"expected keys class_names and rules: {{name: {{rule: {'|'.join(Rule)}}}}}") from err
+        unknown = sorted(set(rules) - set(names[1:]))
+        if unknown:
+            raise EvaluationError(f"{source}: rules for unknown classes {unknown}; the classes are {names[1:]}")
+        return cls(names, rules, dict(data.get("validation", {})))
+
+    def save(self, path: Path) -> Path:
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Postprocessing:
+        try:
+            return cls.from_json(json.loads(path.read_text()), str(path))
+        except (OSError, ValueError) as err:
+            raise EvaluationError(f"{path}: cannot read the postprocessing rules: {err}") from err
+
+
+_FACES_3D = ndimage.generate_binary_structure(3, 1)
+
+
+def apply_rule(stack: np.ndarray, k: int, rule: ClassRule) -> None:
+    """Apply ``rule`` to class ``k`` of the ``(S, H, W)`` label ``stack`` in place (removed voxels -> 0)."""
+    if rule.rule is Rule.NONE:
+        return
+    mask = stack == k
+    if not mask.any():
+        return
+    if rule.rule is Rule.MIN_VOLUME:
+        if np.count_nonzero(mask) < rule.min_voxels:
+            stack[mask] = 0
+        return
+    components, n = ndimage.label(mask, structure=_FACES_3D)
+    sizes = np.bincount(components.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    if rule.rule is Rule.LARGEST:
+        keep = np.zeros(n + 1, bool)
+        keep[int(np.argmax(sizes))] = True
+    else:
+        keep = sizes >= rule.min_voxels
+    keep[0] = True  # not class k: untouched
+    stack[mask & ~keep[components]] = 0
+
+
+def _dice(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Dice of one binary structure; NaN when absent from both (left out of means, as in the scorer)."""
+    t, p = int(truth.sum()), int(pred.sum())
+    if t + p == 0:
+        return math.nan
+    return 2.0 * int(np.count_nonzero(truth & pred)) / (t + p)
+
+
+def _mean_dice(cases: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> float:
+    values = [d for d in (_dice(t == k, p == k) for t, p in cases) if not math.isnan(d)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def candidates(truths: Iterable[np.ndarray], k: int, fractions: Sequence[float] = FRACTIONS) -> list[ClassRule]:
+    """Candidate rules for class ``k``, weakest first: ``min_volume`` at ``fractions`` of the median per-case
+    voxel count of ``k`` where present in ``truths`` (at least 2 voxels, distinct sizes); none when ``k`` is
+    absent from every truth."""
+    present = [v for v in (int(np.count_nonzero(t == k)) for t in truths) if v > 0]
+    if not present:
+        return []
+    median = float(np.median(present))
+    return [ClassRule(Rule.MIN_VOLUME, s) for s in sorted({max(2, int(round(f * median))) for f in fractions})]
+
+
+def determine(cases: Sequence[tuple[np.ndarray, np.ndarray]], class_names: Sequence[str],
+              fractions: Sequence[float] = FRACTIONS) -> Postprocessing:
+    """The rules that raise validation Dice, from ``cases``: ``(truth, prediction)`` label stacks ``(S, H, W)``
+    per validation case. A class absent from every validation truth gets no rule (nothing to measure)."""
+    if not cases:
+        raise EvaluationError("postprocessing: the validation split has no cases to choose rules on")
+    names = list(class_names)
+    current = [(t, np.array(p, copy=True)) for t, p in cases]
+    chosen = Postprocessing(names)
+    for k, name in enumerate(names[1:], start=1):
+        baseline = _mean_dice(current, k)
+        best_rule, best_score, best_preds = ClassRule(), baseline, None
+        tried: dict[str, float | None] = {}
+        if not any((t == k).any() for t, _ in current):
+            chosen.rules[name] = best_rule
+            chosen.validation[name] = {"dice_before": _nan_to_none(baseline), "dice_after": _nan_to_none(baseline),
+                                       "rule": str(Rule.NONE), "why": "absent from every validation case"}
+            continue
+        scored = []
+        for rule in candidates((t for t, _ in current), k, fractions):
+            preds = [np.array(p, copy=True) for _, p in current]
+            for p in preds:
+                apply_rule(p, k, rule)
+            score = _mean_dice([(t, p) for (t, _), p in zip(current, preds)], k)
+            tried[rule.describe()] = _nan_to_none(score)
+            if score > baseline:  # strictly, as nnU-Net (NaN compares False)
+                scored.append((score, len(scored), rule, preds))
+        if scored:  # the best; a tie goes to the later, stronger candidate
+            best_score, _, best_rule, best_preds = max(scored, key=lambda c: (c[0], c[1]))
+        if best_preds is not None:
+            current = [(t, p) for (t, _), p in zip(current, best_preds)]
+        chosen.rules[name] = best_rule
+        chosen.validation[name] = {"dice_before": _nan_to_none(baseline), "dice_after": _nan_to_none(best_score),
+                                   "rule": best_rule.describe(), "tried": tried}
+    return chosen
+
+
+def check_postprocess_mode(mode: str, key: str = "postprocess") -> Mode:
+    """``mode`` as a :class:`Mode`, or an error naming ``key`` and the choices."""
+    try:
+        return Mode(mode)
+    except ValueError:
+        raise EvaluationError(f"{key}: expected one of {[str(m) for m in Mode]}, got {mode!r}") from None
+
+
+def for_run(run: TrainedRun, mode: str = Mode.AUTO) -> Postprocessing | None:
+    """The rules ``run``'s training chose (``postprocessing.json``) for ``mode`` ``auto``; None for ``none``
+    or a run trained without them."""
+    if check_postprocess_mode(mode) is Mode.NONE:
+        return None
+    path = run.artifact_file(FILE_NAME)
+    if path is None:
+        return None
+    post = Postprocessing.load(path)
+    if post.class_names != run.class_names:
+        raise EvaluationError(f"{path}: rules for classes {post.class_names}, but the run's classes are {run.class_names}")
+    return post
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if math.isnan(value) else round(float(value), 6)
+
+
+def describe(post: Postprocessing) -> str:
+    """One line per class: the rule and the validation Dice before -> after."""
+    lines = []
+    for name in post.class_names[1:]:
+        v = post.validation.get(name, {})
+        rule = post.rules.get(name, ClassRule())
+        before, after = v.get("dice_before"), v.get("dice_after")
+        fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        lines.append(f"{name}: {rule.describe()} (validation Dice {fmt(before)} -> {fmt(after)})")
+    return "\n".join(lines)
+
+
+__all__ = ["FILE_NAME", "FRACTIONS", "ClassRule", "Mode", "Postprocessing", "Rule", "apply_rule", "candidates",
+           "check_postprocess_mode", "describe", "determine", "for_run"]
