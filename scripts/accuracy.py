@@ -63,13 +63,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench import compose, machine, update_markdown
 from omegaconf import OmegaConf
+
+from bench import compose, machine, update_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -104,23 +105,46 @@ class Dataset:
 
 
 DATASETS = {
-    "hvsmr_mini": Dataset("hvsmr_mini", "hvsmr_mini", "test", ["dataset=hvsmr_mini"],
-                          note="MR, 5 patients: train 10001, 10003, 10004; valid 10000; scored on the test patient 10002."),
+    "hvsmr_mini": Dataset(
+        "hvsmr_mini",
+        "hvsmr_mini",
+        "test",
+        ["dataset=hvsmr_mini"],
+        note="MR, 5 patients: train 10001, 10003, 10004; valid 10000; scored on the test patient 10002.",
+    ),
     "hocmvalves_mini": Dataset(
-        "hocmvalves_mini", "hocmvalves_mini", "valid", ["dataset=hocmvalves_mini"],
+        "hocmvalves_mini",
+        "hocmvalves_mini",
+        "valid",
+        ["dataset=hocmvalves_mini"],
         note="CT, 2 patients: train 10001; **scored on the validation patient 10002** (there is no test patient; "
-             "both systems also pick their best epoch on it, optimistic for both alike)."),
-    "thorax_pulmonary": Dataset("thorax_pulmonary", "thorax_cta", "test", volume=("case_pulmonary", "thorax_pulmonary"),
-                                note=THORAX_NOTE, segexp_only=THORAX_SEGEXP),
-    "thorax_aorta": Dataset("thorax_aorta", "thorax_cta", "test", volume=("case_aorta", "thorax_aorta"),
-                            note=THORAX_NOTE, segexp_only=THORAX_SEGEXP),
+        "both systems also pick their best epoch on it, optimistic for both alike).",
+    ),
+    "thorax_pulmonary": Dataset(
+        "thorax_pulmonary",
+        "thorax_cta",
+        "test",
+        volume=("case_pulmonary", "thorax_pulmonary"),
+        note=THORAX_NOTE,
+        segexp_only=THORAX_SEGEXP,
+    ),
+    "thorax_aorta": Dataset(
+        "thorax_aorta",
+        "thorax_cta",
+        "test",
+        volume=("case_aorta", "thorax_aorta"),
+        note=THORAX_NOTE,
+        segexp_only=THORAX_SEGEXP,
+    ),
 }
 
 
 # ----------------------------------------------------------------------------- thorax slabs
 
 
-def slab_splits(slices: Sequence[int], slab_slices: int, pattern: Sequence[str] = SLAB_PATTERN) -> list[tuple[int, str, list[int]]]:
+def slab_splits(
+    slices: Sequence[int], slab_slices: int, pattern: Sequence[str] = SLAB_PATTERN
+) -> list[tuple[int, str, list[int]]]:
     """``(slab number, split, slice indices)``: the sorted slices cut into contiguous slabs, splits in turn.
 
     ``round(n / slab_slices)`` slabs (at least ``len(pattern)`` when there are that many
@@ -157,7 +181,9 @@ def build_slab_folder(prepared: Path, case: str, dest: Path, slab_slices: int) -
         for index in indices:
             name = stems[index]
             for sub in ("images", "masks"):
-                (dest / sub / f"{slab}_{_slice_number(Path(name).stem)}.png").symlink_to((source / sub / name).resolve())
+                (dest / sub / f"{slab}_{_slice_number(Path(name).stem)}.png").symlink_to(
+                    (source / sub / name).resolve()
+                )
     return cases
 
 
@@ -176,9 +202,19 @@ def prepare_thorax(ds: Dataset, work: Path, slab_slices: int) -> list[str]:
             link.symlink_to((SHARED / "thorax_cta" / case / f"{kind}.nii.gz").resolve())
     prepared, job = work / "prepared", work / "prepare_job"
     shutil.rmtree(job, ignore_errors=True)
-    cmd = [sys.executable, "-m", "segexp.cli.prepare", f"volumes={preset}", f"volumes.source={_quote(volumes)}",
-           f"out_dir={_quote(prepared)}", "window=cardiac_cta", f"split.cases={{train:[{case}],valid:[],test:[]}}",
-           "workers=0", "tracking=none", f"hydra.run.dir={_quote(job)}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segexp.cli.prepare",
+        f"volumes={preset}",
+        f"volumes.source={_quote(volumes)}",
+        f"out_dir={_quote(prepared)}",
+        "window=cardiac_cta",
+        f"split.cases={{train:[{case}],valid:[],test:[]}}",
+        "workers=0",
+        "tracking=none",
+        f"hydra.run.dir={_quote(job)}",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"segexp-prepare failed for {ds.name}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -186,9 +222,15 @@ def prepare_thorax(ds: Dataset, work: Path, slab_slices: int) -> list[str]:
     cases = build_slab_folder(prepared, case, work / "slabs", slab_slices)
     names = manifest["class_names"]
     rgb = ",".join(f"{n}:{manifest['rgb_map'][n]}" for n in names)
-    return ["dataset=folder", f"dataset.name={ds.name}", f"dataset.root={_quote(work / 'slabs')}", "dataset.layout=flat",
-            *(f"+dataset.cases.{s}=[{','.join(_quote(c) for c in ids)}]" for s, ids in cases.items()),  # folder: cases {}
-            f"dataset.class_names=[{','.join(names)}]", f"dataset.rgb_map={{{rgb}}}".replace(" ", "")]
+    return [
+        "dataset=folder",
+        f"dataset.name={ds.name}",
+        f"dataset.root={_quote(work / 'slabs')}",
+        "dataset.layout=flat",
+        *(f"+dataset.cases.{s}=[{','.join(_quote(c) for c in ids)}]" for s, ids in cases.items()),  # folder: cases {}
+        f"dataset.class_names=[{','.join(names)}]",
+        f"dataset.rgb_map={{{rgb}}}".replace(" ", ""),
+    ]
 
 
 # ----------------------------------------------------------------------------- runs
@@ -200,15 +242,25 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
 
 
-def stream(cmd: Sequence[str], log_path: Path, prefix: str,
-           env: dict[str, str] | None = None) -> tuple[int, float, list[str]]:
+def stream(
+    cmd: Sequence[str], log_path: Path, prefix: str, env: dict[str, str] | None = None
+) -> tuple[int, float, list[str]]:
     """Run ``cmd`` (environment ``env``, default :func:`_env`), echo its output with ``prefix`` and into
     ``log_path``; (exit status, wall seconds from start to exit, lines)."""
     start = time.perf_counter()
     lines: list[str] = []
-    with open(log_path, "w") as log, subprocess.Popen(
-        list(cmd), cwd=REPO, env=_env() if env is None else env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-    ) as proc:
+    with (
+        open(log_path, "w") as log,
+        subprocess.Popen(
+            list(cmd),
+            cwd=REPO,
+            env=_env() if env is None else env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        ) as proc,
+    ):
         for line in proc.stdout:
             log.write(line)
             lines.append(line.rstrip("\n"))
@@ -245,11 +297,24 @@ def run_segexp(ds: Dataset, data_overrides: list[str], args: argparse.Namespace,
     run_dir = work / "segexp"
     shutil.rmtree(run_dir, ignore_errors=True)
     out = Path(args.out).resolve()
-    tracking = (["tracking=none"] if args.no_tracking else
-                [f"tracking.uri={_quote(f'sqlite:///{out}/mlflow.db')}", f"tracking.artifact_location={_quote(out / 'mlartifacts')}",
-                 "tracking.experiment=segexp-accuracy"])
-    cmd = [sys.executable, "-m", "segexp.cli.train", *segexp_overrides(ds, data_overrides, args),
-           *time_overrides(args.minutes), *tracking, f"hydra.run.dir={_quote(run_dir)}"]
+    tracking = (
+        ["tracking=none"]
+        if args.no_tracking
+        else [
+            f"tracking.uri={_quote(f'sqlite:///{out}/mlflow.db')}",
+            f"tracking.artifact_location={_quote(out / 'mlartifacts')}",
+            "tracking.experiment=segexp-accuracy",
+        ]
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "segexp.cli.train",
+        *segexp_overrides(ds, data_overrides, args),
+        *time_overrides(args.minutes),
+        *tracking,
+        f"hydra.run.dir={_quote(run_dir)}",
+    ]
     print("  $ " + shlex.join(["segexp-train", *cmd[3:]]), flush=True)
     code, seconds, lines = stream(cmd, work / "segexp.log", "segexp")
     if code != 0:
@@ -268,9 +333,19 @@ def run_segexp(ds: Dataset, data_overrides: list[str], args: argparse.Namespace,
         shutil.rmtree(job, ignore_errors=True)
         # postprocess=none on the valid split: the run chose its postprocessing rules there
         postprocess = "none" if ds.split == "valid" else "auto"
-        code, _, _ = stream([sys.executable, "-m", "segexp.cli.evaluate", f"run={_quote(run_dir)}", f"split={ds.split}",
-                             f"postprocess={postprocess}", f"hydra.run.dir={_quote(job)}"],
-                            work / "segexp_evaluate.log", "segexp-evaluate")
+        code, _, _ = stream(
+            [
+                sys.executable,
+                "-m",
+                "segexp.cli.evaluate",
+                f"run={_quote(run_dir)}",
+                f"split={ds.split}",
+                f"postprocess={postprocess}",
+                f"hydra.run.dir={_quote(job)}",
+            ],
+            work / "segexp_evaluate.log",
+            "segexp-evaluate",
+        )
         if code != 0:
             raise RuntimeError(f"segexp-evaluate exited with {code}; see {work / 'segexp_evaluate.log'}")
         summary_path = job / "summary.json"
@@ -307,7 +382,9 @@ def find_links() -> list[Path]:
     return list(dict.fromkeys(f for f in folders if f.is_dir()))
 
 
-def torch_requirement(folders: Sequence[Path], python_tag: str = f"cp{sys.version_info[0]}{sys.version_info[1]}") -> str:
+def torch_requirement(
+    folders: Sequence[Path], python_tag: str = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+) -> str:
     """``torch==<version>`` of the newest CPU wheel (``torch-*+cpu-<tag>-*.whl``) in ``folders``, else ``torch``.
 
     The package index's plain ``torch`` is the CUDA build (gigabytes of ``nvidia-*`` wheels); a CPU
@@ -320,15 +397,22 @@ def torch_requirement(folders: Sequence[Path], python_tag: str = f"cp{sys.versio
 
 def venv_commands(venv: Path, torch: str = "torch", python: str = sys.executable) -> list[list[str]]:
     """The commands that build the MONAI environment: ``python -m venv``, then pip install torch, monai, numpy."""
-    return [[python, "-m", "venv", str(venv)],
-            [str(venv_python(venv)), "-m", "pip", "install", torch, MONAI_REQUIREMENT, "numpy"]]
+    return [
+        [python, "-m", "venv", str(venv)],
+        [str(venv_python(venv)), "-m", "pip", "install", torch, MONAI_REQUIREMENT, "numpy"],
+    ]
 
 
 def venv_ready(venv: Path) -> bool:
     """Whether ``venv``'s interpreter imports torch, monai and numpy."""
     python = venv_python(venv)
-    return python.is_file() and subprocess.run([str(python), "-c", "import torch, monai, numpy"],
-                                               capture_output=True, env=monai_env()).returncode == 0
+    return (
+        python.is_file()
+        and subprocess.run(
+            [str(python), "-c", "import torch, monai, numpy"], capture_output=True, env=monai_env()
+        ).returncode
+        == 0
+    )
 
 
 def ensure_monai_venv(venv: Path) -> Path:
@@ -342,8 +426,10 @@ def ensure_monai_venv(venv: Path) -> Path:
         print("  $ " + shlex.join(cmd), flush=True)
         code = subprocess.run(cmd, env=monai_env()).returncode
         if code != 0:
-            raise SystemExit(f"{venv}: could not build the MONAI environment: `{shlex.join(cmd)}` exited with {code} "
-                             f"(remove {venv} and retry, or pass --monai-venv with a working one)")
+            raise SystemExit(
+                f"{venv}: could not build the MONAI environment: `{shlex.join(cmd)}` exited with {code} "
+                f"(remove {venv} and retry, or pass --monai-venv with a working one)"
+            )
     if not venv_ready(venv):
         raise SystemExit(f"{venv}: built, but `{venv_python(venv)} -c 'import torch, monai, numpy'` fails")
     return venv_python(venv)
@@ -400,10 +486,22 @@ def export_pixels(overrides: Sequence[str], split: str, path: Path, run_config: 
         arrays[f"{name}_cases"] = np.asarray([p.case for p in pairs], dtype=str)
         arrays[f"{name}_names"] = np.asarray([p.name for p in pairs], dtype=str)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays, num_classes=np.int64(len(dataset.class_names)), seed=np.int64(cfg.seed),
-             class_names=np.asarray(dataset.class_names, dtype=str))
-    return Pixels(path, dataset, split, (m.image_height, m.image_width), m.image_channels, cfg.dataset.case_pattern,
-                  arrays["score_images"])
+    np.savez(
+        path,
+        **arrays,
+        num_classes=np.int64(len(dataset.class_names)),
+        seed=np.int64(cfg.seed),
+        class_names=np.asarray(dataset.class_names, dtype=str),
+    )
+    return Pixels(
+        path,
+        dataset,
+        split,
+        (m.image_height, m.image_width),
+        m.image_channels,
+        cfg.dataset.case_pattern,
+        arrays["score_images"],
+    )
 
 
 class FixedPredictions:
@@ -438,32 +536,69 @@ def score_predictions(pixels: Pixels, predictions: np.ndarray, out_dir: Path) ->
     from segexp.evaluation.reports import evaluate_split, write_reports
 
     model = FixedPredictions(pixels.score_images, predictions, len(pixels.dataset.class_names))
-    evaluation = evaluate_split(model, pixels.dataset, pixels.split, image_size=pixels.image_size,
-                                channels=pixels.channels, case_pattern=pixels.case_pattern, batch_size=8)
+    evaluation = evaluate_split(
+        model,
+        pixels.dataset,
+        pixels.split,
+        image_size=pixels.image_size,
+        channels=pixels.channels,
+        case_pattern=pixels.case_pattern,
+        batch_size=8,
+    )
     write_reports(evaluation, out_dir)
     return evaluation.summary
 
 
-def monai_command(python: Path, data: Path, out: Path, *, seconds: float | None = None, steps: int | None = None,
-                  threads: int | None = None, max_epochs: int | None = None) -> list[str]:
+def monai_command(
+    python: Path,
+    data: Path,
+    out: Path,
+    *,
+    seconds: float | None = None,
+    steps: int | None = None,
+    threads: int | None = None,
+    max_epochs: int | None = None,
+) -> list[str]:
     """``<venv python> scripts/monai_loop.py --data .. --out .. [--seconds S] [--steps N] [--threads T] ..``."""
-    return [str(python), str(Path(__file__).with_name("monai_loop.py")), "--data", str(data), "--out", str(out),
-            *(["--seconds", f"{seconds:.3f}"] if seconds is not None else []),
-            *(["--steps", str(steps)] if steps is not None else []),
-            *(["--threads", str(threads)] if threads else []),
-            *(["--max-epochs", str(max_epochs)] if max_epochs else [])]
+    return [
+        str(python),
+        str(Path(__file__).with_name("monai_loop.py")),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *(["--seconds", f"{seconds:.3f}"] if seconds is not None else []),
+        *(["--steps", str(steps)] if steps is not None else []),
+        *(["--threads", str(threads)] if threads else []),
+        *(["--max-epochs", str(max_epochs)] if max_epochs else []),
+    ]
 
 
-def run_monai(pixels: Pixels, args: argparse.Namespace, work: Path, *, matched: str, budget: str,
-              seconds: float | None = None, steps: int | None = None) -> dict[str, Any]:
+def run_monai(
+    pixels: Pixels,
+    args: argparse.Namespace,
+    work: Path,
+    *,
+    matched: str,
+    budget: str,
+    seconds: float | None = None,
+    steps: int | None = None,
+) -> dict[str, Any]:
     """scripts/monai_loop.py in the MONAI environment for ``seconds`` or ``steps``; its row, scored by segexp.
 
     ``matched``: ``time`` or ``steps`` (which of segexp's numbers it got); ``budget``: the table's text for it.
     """
     out = work / f"monai_{matched}"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = monai_command(args.monai_python, pixels.path, out, seconds=seconds, steps=steps, threads=args.monai_threads,
-                        max_epochs=args.max_epochs)
+    cmd = monai_command(
+        args.monai_python,
+        pixels.path,
+        out,
+        seconds=seconds,
+        steps=steps,
+        threads=args.monai_threads,
+        max_epochs=args.max_epochs,
+    )
     code, process_seconds, _ = stream(cmd, work / f"monai_{matched}.log", f"monai-{matched}", env=monai_env())
     if code != 0:
         raise RuntimeError(f"scripts/monai_loop.py exited with {code}; see {work / f'monai_{matched}.log'}")
@@ -510,7 +645,9 @@ def target_verdict(rows: Sequence[dict[str, Any]], matched: str = "time") -> str
     problems = []
     if (seg["foreground_dice"] or 0.0) < (peer["foreground_dice"] or 0.0):
         problems.append(f"foreground Dice {seg['foreground_dice'] or 0:.3f} < MONAI {peer['foreground_dice'] or 0:.3f}")
-    missed = [c for c, v in seg["dice"].items() if seg["n"][c] and (v or 0.0) == 0.0 and (peer["dice"].get(c) or 0.0) > 0]
+    missed = [
+        c for c, v in seg["dice"].items() if seg["n"][c] and (v or 0.0) == 0.0 and (peer["dice"].get(c) or 0.0) > 0
+    ]
     if missed:
         problems.append(f"at 0 where MONAI finds them: {', '.join(missed)}")
     return "target met" if not problems else "target NOT met: " + "; ".join(problems)
@@ -521,14 +658,28 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     foreground Dice (and per seed), Dice per class."""
     classes = list(rows[0]["dice"])
     seeds = "per_seed" in rows[0]
-    head = ["system", "budget", "epochs", "optimiser steps", "wall time", "foreground Dice",
-            *(["per seed"] if seeds else []), *classes]
+    head = [
+        "system",
+        "budget",
+        "epochs",
+        "optimiser steps",
+        "wall time",
+        "foreground Dice",
+        *(["per seed"] if seeds else []),
+        *classes,
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["system"], r.get("budget", "–"), str(r["epochs"]), str(r["steps"]),
-                 _duration(r.get("process_seconds", r["train_seconds"])),
-                 _dice(r["foreground_dice"], 1), *([", ".join(f"{v:.3f}" for v in r["per_seed"])] if seeds else []),
-                 *(_dice(r["dice"][c], r["n"][c]) for c in classes)]
+        cells = [
+            r["system"],
+            r.get("budget", "–"),
+            str(r["epochs"]),
+            str(r["steps"]),
+            _duration(r.get("process_seconds", r["train_seconds"])),
+            _dice(r["foreground_dice"], 1),
+            *([", ".join(f"{v:.3f}" for v in r["per_seed"])] if seeds else []),
+            *(_dice(r["dice"][c], r["n"][c]) for c in classes),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -560,22 +711,31 @@ def _how(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
     seg = next((r for r in rows if r["system"].startswith("segexp")), None)
     steps = next((r for r in rows if r.get("matched") == "steps"), None)
     if seg is None:
-        return (f"MONAI alone on the machine's cores for `--minutes` {args.minutes:g}, counted from the start of its "
-                "script, stopping after the epoch that reaches it. ")
-    text = ("segexp and MONAI's equal-time run trained at the same time, sharing the machine's cores, with the same "
-            f"budget of {args.minutes:g} min (segexp: `training.max_time`, MONAI: from its script's start); each stops "
-            "after the epoch that reaches it. " if args.side_by_side else
-            "Each run trained alone on the machine's cores, segexp first. MONAI's equal-time run was given segexp's "
-            "whole measured wall time: the `segexp-train` process from start to exit (start-up, step tracing, "
-            "validation, its test evaluation and MLflow included), counted from the start of MONAI's script "
-            "(torch and MONAI imports included); it stops after the epoch that reaches it. ")
+        return (
+            f"MONAI alone on the machine's cores for `--minutes` {args.minutes:g}, counted from the start of its "
+            "script, stopping after the epoch that reaches it. "
+        )
+    text = (
+        "segexp and MONAI's equal-time run trained at the same time, sharing the machine's cores, with the same "
+        f"budget of {args.minutes:g} min (segexp: `training.max_time`, MONAI: from its script's start); each stops "
+        "after the epoch that reaches it. "
+        if args.side_by_side
+        else "Each run trained alone on the machine's cores, segexp first. MONAI's equal-time run was given segexp's "
+        "whole measured wall time: the `segexp-train` process from start to exit (start-up, step tracing, "
+        "validation, its test evaluation and MLflow included), counted from the start of MONAI's script "
+        "(torch and MONAI imports included); it stops after the epoch that reaches it. "
+    )
     if steps is not None:
-        text += ("MONAI's equal-steps run stopped at exactly segexp's number of optimiser steps (validated there). ")
-    return text + ("Wall time in the table: each process from start to exit (MONAI's includes predicting the scored "
-                   f"split after its budget). segexp's training time (its Keras epochs): {_duration(seg['train_seconds'])}. ")
+        text += "MONAI's equal-steps run stopped at exactly segexp's number of optimiser steps (validated there). "
+    return text + (
+        "Wall time in the table: each process from start to exit (MONAI's includes predicting the scored "
+        f"split after its budget). segexp's training time (its Keras epochs): {_duration(seg['train_seconds'])}. "
+    )
 
 
-def block(ds: Dataset, rows: Sequence[dict[str, Any]], args: argparse.Namespace, command: str, host: dict[str, Any]) -> str:
+def block(
+    ds: Dataset, rows: Sequence[dict[str, Any]], args: argparse.Namespace, command: str, host: dict[str, Any]
+) -> str:
     """The markdown block of one dataset (between its markers in ACCURACY.md)."""
     note = ds.note.format(slab=args.slab_slices)
     n_cases = rows[0]["num_cases"]
@@ -597,13 +757,17 @@ def block(ds: Dataset, rows: Sequence[dict[str, Any]], args: argparse.Namespace,
         verdict
         + _how(rows, args)
         + (f"MONAI network (`monai.networks.nets.UNet`): {monai['num_params']:,} parameters." if monai else "")
-        + (f" Means over seeds {', '.join(map(str, args.seeds))} (`seed=`; segexp's and MONAI's runs of one "
-           "seed share it)." if args.seeds else ""),
+        + (
+            f" Means over seeds {', '.join(map(str, args.seeds))} (`seed=`; segexp's and MONAI's runs of one "
+            "seed share it)."
+            if args.seeds
+            else ""
+        ),
         "",
         f"Reproduce: `{command}` — {host['cores']} cores, {host['cpu']}, GPU: {host['gpu']}; "
         f"TensorFlow {host['versions']['tensorflow']}, Keras {host['versions']['keras']}"
         + (f"; PyTorch {versions['torch']}, MONAI {versions['monai']}" if versions else "")
-        + f"; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        + f"; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         "",
     ]
     return "\n".join(lines)
@@ -662,16 +826,22 @@ def compare(ds: Dataset, data_overrides: list[str], args: argparse.Namespace, wo
         # cut by the budget. Hence not the default.
         with ThreadPoolExecutor(2) as pool:
             seg_job = pool.submit(run_segexp, ds, data_overrides, args, work)
-            time_job = pool.submit(run_monai, pixels, args, work, matched="time",
-                                   budget="same `--minutes`, side by side", seconds=budget)
+            time_job = pool.submit(
+                run_monai, pixels, args, work, matched="time", budget="same `--minutes`, side by side", seconds=budget
+            )
             seg, at_time = seg_job.result(), time_job.result()
     else:
         seg = run_segexp(ds, data_overrides, args, work)
         # MONAI reads the pixels at the size segexp trained with (its plan applied: .hydra/config.yaml).
-        pixels = export_pixels(segexp_overrides(ds, data_overrides, args), ds.split, work / "monai_input.npz",
-                               run_config=work / "segexp" / ".hydra" / "config.yaml")
-        at_time = run_monai(pixels, args, work, matched="time", budget="segexp's wall time",
-                            seconds=seg["process_seconds"])
+        pixels = export_pixels(
+            segexp_overrides(ds, data_overrides, args),
+            ds.split,
+            work / "monai_input.npz",
+            run_config=work / "segexp" / ".hydra" / "config.yaml",
+        )
+        at_time = run_monai(
+            pixels, args, work, matched="time", budget="segexp's wall time", seconds=seg["process_seconds"]
+        )
     at_steps = run_monai(pixels, args, work, matched="steps", budget="segexp's steps", steps=seg["steps"])
     return [seg, at_time, at_steps]
 
@@ -679,28 +849,57 @@ def compare(ds: Dataset, data_overrides: list[str], args: argparse.Namespace, wo
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--minutes", type=float, default=10.0,
-                        help="segexp's training.max_time (when the key exists); MONAI gets segexp's measured wall time "
-                             "(--monai-only: --minutes)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        help="segexp's training.max_time (when the key exists); MONAI gets segexp's measured wall time "
+        "(--monai-only: --minutes)",
+    )
     parser.add_argument("--out", default=str(REPO / "outputs" / "accuracy"), help="run folders, logs, mlflow.db")
-    parser.add_argument("--markdown", default=str(MARKDOWN), help="file whose dataset blocks are rewritten (ACCURACY.md)")
-    parser.add_argument("--segexp-overrides", nargs="+", default=[], action="extend", metavar="OVERRIDE",
-                        help="extra segexp-train overrides, passed as they are; MONAI's pixels are read through the "
-                             "same config (dataset, model input size and channels, seed; nothing of segexp's recipe)")
+    parser.add_argument(
+        "--markdown", default=str(MARKDOWN), help="file whose dataset blocks are rewritten (ACCURACY.md)"
+    )
+    parser.add_argument(
+        "--segexp-overrides",
+        nargs="+",
+        default=[],
+        action="extend",
+        metavar="OVERRIDE",
+        help="extra segexp-train overrides, passed as they are; MONAI's pixels are read through the "
+        "same config (dataset, model input size and channels, seed; nothing of segexp's recipe)",
+    )
     parser.add_argument("--slab-slices", type=int, default=4, help="thorax volumes: slices per slab")
     parser.add_argument("--max-epochs", type=int, default=None, help="MONAI: stop after this many epochs at the latest")
-    parser.add_argument("--monai-venv", default=str(MONAI_VENV),
-                        help="virtual environment with torch and monai, built there once when it does not import them")
+    parser.add_argument(
+        "--monai-venv",
+        default=str(MONAI_VENV),
+        help="virtual environment with torch and monai, built there once when it does not import them",
+    )
     parser.add_argument("--monai-threads", type=int, default=None, help="MONAI's torch threads (default: all cores)")
     parser.add_argument("--no-tracking", action="store_true", help="segexp-train with tracking=none")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
-                        help="run both systems once per seed (`seed=SEED`) and report means and each seed's score")
-    parser.add_argument("--side-by-side", action="store_true",
-                        help="train segexp and MONAI's equal-time run at once on the same cores with the same "
-                             "--minutes (default: segexp alone, then MONAI alone for segexp's measured wall time)")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="run both systems once per seed (`seed=SEED`) and report means and each seed's score",
+    )
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="train segexp and MONAI's equal-time run at once on the same cores with the same "
+        "--minutes (default: segexp alone, then MONAI alone for segexp's measured wall time)",
+    )
     only = parser.add_mutually_exclusive_group()
-    only.add_argument("--monai-only", "--reference-only", dest="monai_only", action="store_true",
-                      help="only MONAI, for --minutes (--reference-only: the former name)")
+    only.add_argument(
+        "--monai-only",
+        "--reference-only",
+        dest="monai_only",
+        action="store_true",
+        help="only MONAI, for --minutes (--reference-only: the former name)",
+    )
     only.add_argument("--segexp-only", action="store_true", help="only segexp-train")
     args = parser.parse_args(argv)
     command = " ".join(["python scripts/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
@@ -718,9 +917,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = out / name
         work.mkdir(parents=True, exist_ok=True)
         data_overrides = prepare_thorax(ds, work, args.slab_slices) if ds.volume else list(ds.overrides)
-        runs = [compare(ds, [*data_overrides, *([f"seed={seed}"] if seed is not None else [])], args,
-                        work if seed is None else work / f"seed{seed}")
-                for seed in (args.seeds or [None])]
+        runs = [
+            compare(
+                ds,
+                [*data_overrides, *([f"seed={seed}"] if seed is not None else [])],
+                args,
+                work if seed is None else work / f"seed{seed}",
+            )
+            for seed in (args.seeds or [None])
+        ]
         rows = mean_over_seeds(runs) if args.seeds else runs[0]
         text = block(ds, rows, args, command, host)
         seeds = " ".join(map(str, args.seeds or []))

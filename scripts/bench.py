@@ -29,7 +29,8 @@ Sections (see BENCHMARKS.md for what each means):
 * ``memory``   peak RSS of one training epoch on 36, 144 and 576 slices;
 * ``prepare``  ``segexp-prepare`` volumes/s and MB/s with 1 and 2 worker processes;
 * ``epoch``    (``--only epoch``) the fixed per-epoch cost of real ``segexp-train`` epochs;
-* ``zoo``      (``--only zoo``) training images/s (XLA off and on, first step included) and ``segexp-infer`` slices/s of every network
+* ``zoo``      (``--only zoo``) training images/s (XLA off and on, first step included) and ``segexp-infer``
+  slices/s of every network
   of the architecture sweep (``hparams_search=architectures``) at 128x128.
 """
 
@@ -116,7 +117,6 @@ def compose(overrides: Sequence[str], config_name: str = "train") -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import open_dict
-
     from segexp.config.schema import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -143,7 +143,6 @@ def zoo_presets() -> list[str]:
     """The model presets of the architecture sweep (``hparams_search=architectures``), expanded as Hydra does."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
-
     from segexp.config.schema import CONF_DIR
 
     grid = OmegaConf.load(CONF_DIR / "hparams_search" / "architectures.yaml").hydra.sweeper.params.model
@@ -151,15 +150,15 @@ def zoo_presets() -> list[str]:
     return override.value().filter(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
 
 
-def compiled_model(overrides: Sequence[str], jit_compile: bool | str = False,
-                   precision: str = "fp32") -> tuple[Any, Any]:
+def compiled_model(
+    overrides: Sequence[str], jit_compile: bool | str = False, precision: str = "fp32"
+) -> tuple[Any, Any]:
     """``(model, cfg)``: the configured network compiled exactly as ``segexp-train`` compiles it.
 
     No dataset is read: the class names are the dataset's when the counts agree, else
     placeholders (``flexunet_hocm`` has 8 classes, the phantom 6).
     """
     from omegaconf import OmegaConf, open_dict
-
     from segexp.training.loop import compile_model
 
     cfg = compose(["tracking=none", *overrides])
@@ -205,7 +204,6 @@ def work_train_step(p: dict[str, Any]) -> dict[str, Any]:
 def work_loader(p: dict[str, Any]) -> dict[str, Any]:
     """Augmented samples/s that ``model.fit`` receives from :class:`SliceLoader` (a 1x1-conv model consumes them)."""
     import keras
-
     from segexp.data.augment import Augmenter
     from segexp.data.dataset import open_dataset
     from segexp.training.loop import build_loaders
@@ -217,12 +215,14 @@ def work_loader(p: dict[str, Any]) -> dict[str, Any]:
     # The cheapest model that still takes the loader's batches through fit's data path: one
     # mean per image and a loss that ignores the masks. (A 1x1 conv with a per-pixel softmax
     # loss costs ~16 ms per 512x512 image on a CPU core, as much as the loader itself.)
-    null = keras.Sequential([
-        keras.Input((m.image_height, m.image_width, m.image_channels), dtype="uint8"),
-        keras.layers.Rescaling(1 / 255),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(1),
-    ])
+    null = keras.Sequential(
+        [
+            keras.Input((m.image_height, m.image_width, m.image_channels), dtype="uint8"),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(1),
+        ]
+    )
     null.compile(optimizer="sgd", loss=lambda y_true, y_pred: keras.ops.mean(y_pred))
     times: list[float] = []
 
@@ -236,8 +236,12 @@ def work_loader(p: dict[str, Any]) -> dict[str, Any]:
     null.fit(train_loader, epochs=1 + p["repeats"], shuffle=False, verbose=0, callbacks=[Clock()])
     samples = len(dataset.pairs["train"])
     rates = [samples / t for t in times[1:]]  # epoch 0 traces the graph: warm-up
-    return {"samples_per_s": statistics.median(rates), "rates": rates, "samples": samples,
-            "produced_per_s": _produced_per_s(train_loader, p["repeats"])}
+    return {
+        "samples_per_s": statistics.median(rates),
+        "rates": rates,
+        "samples": samples,
+        "produced_per_s": _produced_per_s(train_loader, p["repeats"]),
+    }
 
 
 def _produced_per_s(loader: Any, repeats: int) -> float | None:
@@ -268,7 +272,6 @@ def work_infer(p: dict[str, Any]) -> dict[str, Any]:
     import cv2
     import numpy as np
     from omegaconf import OmegaConf
-
     from segexp.data.rgb_map import default_palette
     from segexp.data.volumes import VolumeCase, load_case, num_slices, volume_slice
     from segexp.evaluation.prediction import predict_volume, window_like_training
@@ -289,8 +292,12 @@ def work_infer(p: dict[str, Any]) -> dict[str, Any]:
     loaded = load_case(VolumeCase("bench", volume, None))
     image = window_like_training(loaded.image, window)
     n = num_slices(image, "axial")
-    slices = np.stack([cv2.resize(volume_slice(image, "axial", i), (m.image_width, m.image_height),
-                                  interpolation=cv2.INTER_AREA) for i in range(n)])[..., None]
+    slices = np.stack(
+        [
+            cv2.resize(volume_slice(image, "axial", i), (m.image_width, m.image_height), interpolation=cv2.INTER_AREA)
+            for i in range(n)
+        ]
+    )[..., None]
     preloaded = np.repeat(slices, m.image_channels, axis=-1) if m.image_channels > 1 else slices
     preloaded = np.ascontiguousarray(preloaded)
 
@@ -359,7 +366,6 @@ def work_prepare(p: dict[str, Any]) -> dict[str, Any]:
     import logging
 
     import nibabel as nib
-
     from segexp.data.prepare import prepare
 
     logging.disable(logging.INFO)
@@ -372,17 +378,29 @@ def work_prepare(p: dict[str, Any]) -> dict[str, Any]:
 
     def run() -> int:
         counter[0] += 1
-        cfg = compose([
-            "volumes=phantom", f"volumes.source={source}", "volumes.phantom=null",
-            f"out_dir={p['out_dir']}/run{counter[0]}", f"workers={p['workers']}", f"paths.root={p['out_dir']}",
-        ], config_name="prepare")
+        cfg = compose(
+            [
+                "volumes=phantom",
+                f"volumes.source={source}",
+                "volumes.phantom=null",
+                f"out_dir={p['out_dir']}/run{counter[0]}",
+                f"workers={p['workers']}",
+                f"paths.root={p['out_dir']}",
+            ],
+            config_name="prepare",
+        )
         prepare(cfg)
         return len(images)
 
     rate, rates = median_rate(run, p["repeats"], warmup=0)
-    return {"volumes_per_s": rate, "voxel_mb_per_s": rate * voxel_mb / len(images),
-            "file_mb_per_s": rate * file_mb / len(images), "volumes": len(images), "voxel_mb": voxel_mb,
-            "rates": rates}
+    return {
+        "volumes_per_s": rate,
+        "voxel_mb_per_s": rate * voxel_mb / len(images),
+        "file_mb_per_s": rate * file_mb / len(images),
+        "volumes": len(images),
+        "voxel_mb": voxel_mb,
+        "rates": rates,
+    }
 
 
 def work_epoch(p: dict[str, Any]) -> dict[str, Any]:
@@ -392,7 +410,6 @@ def work_epoch(p: dict[str, Any]) -> dict[str, Any]:
     images, logging)."""
     import mlflow
     import numpy as np
-
     from segexp.training.loop import train
 
     uri = f"sqlite:///{p['run_dir']}.db"
@@ -410,21 +427,46 @@ def work_epoch(p: dict[str, Any]) -> dict[str, Any]:
         segexp.training.loop.fit_epochs = own_loop
     client = mlflow.MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])[0]
-    series = {k: [m.value for m in sorted(client.get_metric_history(run.info.run_id, f"time/{k}"), key=lambda m: m.step)]
-              for k in ("epoch_s", "fixed_s", "fixed_fraction")}
+    series = {
+        k: [m.value for m in sorted(client.get_metric_history(run.info.run_id, f"time/{k}"), key=lambda m: m.step)]
+        for k in ("epoch_s", "fixed_s", "fixed_fraction")
+    }
     later = {k: v[1:] or v for k, v in series.items()}
     train_s = [e - f for e, f in zip(later["epoch_s"], later["fixed_s"])]
-    return {"epochs": len(series["epoch_s"]), "steps_per_epoch": cfg.training.steps_per_epoch,
-            "train_s": float(np.median(train_s)), "batch": cfg.training.batch_size,
-            "epoch_s": float(np.median(later["epoch_s"])), "fixed_s": float(np.median(later["fixed_s"])),
-            "fixed_fraction": float(np.median(later["fixed_fraction"])), "first_epoch_s": series["epoch_s"][0]}
+    return {
+        "epochs": len(series["epoch_s"]),
+        "steps_per_epoch": cfg.training.steps_per_epoch,
+        "train_s": float(np.median(train_s)),
+        "batch": cfg.training.batch_size,
+        "epoch_s": float(np.median(later["epoch_s"])),
+        "fixed_s": float(np.median(later["fixed_s"])),
+        "fixed_fraction": float(np.median(later["fixed_fraction"])),
+        "first_epoch_s": series["epoch_s"][0],
+    }
 
 
-def keras_fit(model: Any, train: Any, valid: Any, *, epochs: int, initial_epoch: int = 0,
-              validation_epochs: Sequence[int] = (), callbacks: Sequence[Any] = (), verbose: Any = "auto") -> Any:
+def keras_fit(
+    model: Any,
+    train: Any,
+    valid: Any,
+    *,
+    epochs: int,
+    initial_epoch: int = 0,
+    validation_epochs: Sequence[int] = (),
+    callbacks: Sequence[Any] = (),
+    verbose: Any = "auto",
+) -> Any:
     """:func:`segexp.training.fit_loop.fit_epochs`'s signature, run by plain ``model.fit`` (for comparison)."""
-    return model.fit(train, validation_data=valid, validation_freq=list(validation_epochs), epochs=epochs,
-                     initial_epoch=initial_epoch, callbacks=list(callbacks), shuffle=False, verbose=verbose)
+    return model.fit(
+        train,
+        validation_data=valid,
+        validation_freq=list(validation_epochs),
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        callbacks=list(callbacks),
+        shuffle=False,
+        verbose=verbose,
+    )
 
 
 def work_fit_loop(p: dict[str, Any]) -> dict[str, Any]:
@@ -438,7 +480,6 @@ def work_fit_loop(p: dict[str, Any]) -> dict[str, Any]:
     """
     import keras
     import numpy as np
-
     from segexp.data.augment import Augmenter
     from segexp.data.dataset import open_dataset
     from segexp.training.loop import build_loaders, train, validate_run_config
@@ -476,10 +517,15 @@ def work_fit_loop(p: dict[str, Any]) -> dict[str, Any]:
     train(cfg, Path(p["run_dir"]), callbacks=[Probe()])
     later = rows[1:] or rows
     ratios = [r["fit"] / r["train_on_batch"] for r in later]
-    return {"fit": float(np.median([r["fit"] for r in later])),
-            "train_on_batch": float(np.median([r["train_on_batch"] for r in later])),
-            "ratio": float(np.median(ratios)), "ratios": ratios, "epochs": len(rows),
-            "steps_per_epoch": typed.training.steps_per_epoch, "batch": typed.training.batch_size}
+    return {
+        "fit": float(np.median([r["fit"] for r in later])),
+        "train_on_batch": float(np.median([r["train_on_batch"] for r in later])),
+        "ratio": float(np.median(ratios)),
+        "ratios": ratios,
+        "epochs": len(rows),
+        "steps_per_epoch": typed.training.steps_per_epoch,
+        "batch": typed.training.batch_size,
+    }
 
 
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -497,14 +543,28 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 IN_PROCESS: set[str] = set()
 
 
-def monai_step(height: int, width: int, channels: int, num_classes: int, *, steps: int, repeats: int,
-               threads: int, venv: Path) -> dict[str, Any]:
+def monai_step(
+    height: int, width: int, channels: int, num_classes: int, *, steps: int, repeats: int, threads: int, venv: Path
+) -> dict[str, Any]:
     """MONAI's step (``scripts/monai_loop.py --step-time``) in a fresh process of its own environment."""
-    from accuracy import monai_env, ensure_monai_venv
+    from accuracy import ensure_monai_venv, monai_env
 
     python = ensure_monai_venv(venv)
-    cmd = [str(python), str(REPO / "scripts" / "monai_loop.py"), "--step-time", str(height), str(width),
-           str(channels), str(num_classes), "--steps", str(steps), "--repeats", str(repeats), "--threads", str(threads)]
+    cmd = [
+        str(python),
+        str(REPO / "scripts" / "monai_loop.py"),
+        "--step-time",
+        str(height),
+        str(width),
+        str(channels),
+        str(num_classes),
+        "--steps",
+        str(steps),
+        "--repeats",
+        str(repeats),
+        "--threads",
+        str(threads),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=monai_env(), cwd=REPO)
     for line in proc.stdout.splitlines():
         if line.startswith("STEP_TIME "):
@@ -518,9 +578,14 @@ def planned_network(side: int, channels: int = 1, num_classes: int = 9) -> list[
     from segexp.planning import rules
 
     widths = list(rules.WIDTHS[: rules.strides_for(side) + 1])
-    return [f"model={rules.NETWORK}", f"model.image_height={side}", f"model.image_width={side}",
-            f"model.image_channels={channels}", f"model.num_classes={num_classes}",
-            f"model.channels=[{','.join(map(str, widths))}]"]
+    return [
+        f"model={rules.NETWORK}",
+        f"model.image_height={side}",
+        f"model.image_width={side}",
+        f"model.image_channels={channels}",
+        f"model.num_classes={num_classes}",
+        f"model.channels=[{','.join(map(str, widths))}]",
+    ]
 
 
 def run_worker(kind: str, params: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -532,8 +597,8 @@ def run_worker(kind: str, params: dict[str, Any], env: dict[str, str] | None = N
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=REPO)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):  # also on stderr as it arrives: a later failure loses nothing
-            print(f"  {kind}: {line[len(RESULT_PREFIX):][:400]}", file=sys.stderr, flush=True)
-            return json.loads(line[len(RESULT_PREFIX):])
+            print(f"  {kind}: {line[len(RESULT_PREFIX) :][:400]}", file=sys.stderr, flush=True)
+            return json.loads(line[len(RESULT_PREFIX) :])
     raise RuntimeError(f"benchmark worker {kind} {params} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
@@ -544,14 +609,17 @@ def make_slice_dataset(root: Path, train_slices: int, size: int, slices_per_case
     """Phantom slice dataset ``root`` with ``train_slices`` training slices; returns its dataset overrides."""
     cases = max(1, train_slices // slices_per_case)
     overrides = [
-        "dataset=phantom", f"dataset.root={root}", f"dataset.phantom.size={size}",
+        "dataset=phantom",
+        f"dataset.root={root}",
+        f"dataset.phantom.size={size}",
         f"dataset.phantom.num_slices={slices_per_case}",
         f"dataset.phantom.cases={{train: {cases}, valid: 1, test: 0}}",
     ]
     from segexp.data.phantom import write_phantom_dataset
 
-    write_phantom_dataset(root, cases={"train": cases, "valid": 1, "test": 0}, num_slices=slices_per_case,
-                          size=size, seed=0)
+    write_phantom_dataset(
+        root, cases={"train": cases, "valid": 1, "test": 0}, num_slices=slices_per_case, size=size, seed=0
+    )
     return overrides
 
 
@@ -595,9 +663,20 @@ def machine() -> dict[str, Any]:
             versions[dist] = version(dist)
         except Exception:  # noqa: BLE001 - a missing package is reported as such
             versions[dist] = "missing"
-    gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip() if _has("nvidia-smi") else ""
-    return {"cpu": cpu, "cores": cores, "memory_gib": round(mem_gib, 1), "python": platform.python_version(),
-            "os": platform.platform(), "gpu": gpus or "none", "versions": versions}
+    gpus = (
+        subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()
+        if _has("nvidia-smi")
+        else ""
+    )
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "memory_gib": round(mem_gib, 1),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "gpu": gpus or "none",
+        "versions": versions,
+    }
 
 
 def _has(program: str) -> bool:
@@ -633,20 +712,37 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
         loader = []
         worker_counts = [0, 2] if tiny else sorted({0, 1, 2, *[w for w in (4, 8, 16) if w <= cores]})
         for workers in worker_counts:
-            for processes in ([False] if workers == 0 else [False, True]):
+            for processes in [False] if workers == 0 else [False, True]:
                 if processes and tiny:
                     continue
                 say(f"loader: workers={workers} multiprocessing={processes}")
-                r = run_worker("loader", {"overrides": [*data, *shape, f"training.loader.workers={workers}",
-                                                        f"training.loader.use_multiprocessing={processes}"],
-                                          "repeats": repeats})
+                r = run_worker(
+                    "loader",
+                    {
+                        "overrides": [
+                            *data,
+                            *shape,
+                            f"training.loader.workers={workers}",
+                            f"training.loader.use_multiprocessing={processes}",
+                        ],
+                        "repeats": repeats,
+                    },
+                )
                 loader.append({"workers": workers, "multiprocessing": processes, **r})
         models = {}
         for name, spec in MODELS.items():
             say(f"loader: model step {name} at {size}x{size}")
-            models[name] = run_worker("train_step", {
-                "overrides": [*spec["overrides"], *shape], "batch": spec["batch"], "jit": False,
-                "steps": 1 if tiny else 3, "repeats": repeats, "threads": None})
+            models[name] = run_worker(
+                "train_step",
+                {
+                    "overrides": [*spec["overrides"], *shape],
+                    "batch": spec["batch"],
+                    "jit": False,
+                    "steps": 1 if tiny else 3,
+                    "repeats": repeats,
+                    "threads": None,
+                },
+            )
         sections["loader"] = {"size": size, "loader": loader, "models": models}
 
     # Training step: default preset and the reduced flexunet_hocm, XLA off/on, 1 thread / all cores.
@@ -656,49 +752,106 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
         gpu = results["machine"]["gpu"] != "none"
         # (threads, xla, precision) per model; bf16 at 1 thread and all cores, XLA with fp32 only (on CPUs).
         # Emulated bf16 (no native support) is 5-10x slower: one row at all cores, one step per repetition.
-        plan = [(cores, False, "fp32"), (cores, False, "bf16")] if tiny else [
-            (1, False, "fp32"), (1, True, "fp32"), *([(1, False, "bf16")] if native else []),
-            (cores, False, "fp32"), (cores, True, "fp32"), (cores, False, "bf16")]
+        plan = (
+            [(cores, False, "fp32"), (cores, False, "bf16")]
+            if tiny
+            else [
+                (1, False, "fp32"),
+                (1, True, "fp32"),
+                *([(1, False, "bf16")] if native else []),
+                (cores, False, "fp32"),
+                (cores, True, "fp32"),
+                (cores, False, "bf16"),
+            ]
+        )
         for name, spec in MODELS.items():
             size = [64, 64] if tiny else ([128, 128] if name == "default" else [256, 256])
             shape = [f"model.image_height={size[0]}", f"model.image_width={size[1]}"]
             for threads, jit, precision in plan:
                 slow = precision == "bf16" and not native and not tiny
                 say(f"train: {name} threads={threads} xla={jit} precision={precision}")
-                r = run_worker("train_step", {
-                    "overrides": [*spec["overrides"], *shape], "batch": spec["batch"], "jit": jit,
-                    "precision": precision, "steps": 1 if tiny or slow else 5, "repeats": 1 if slow else repeats,
-                    "threads": threads})
-                rows.append({"model": name, "size": size, "batch": spec["batch"], "threads": threads,
-                             "xla": jit, "precision": precision, **r})
+                r = run_worker(
+                    "train_step",
+                    {
+                        "overrides": [*spec["overrides"], *shape],
+                        "batch": spec["batch"],
+                        "jit": jit,
+                        "precision": precision,
+                        "steps": 1 if tiny or slow else 5,
+                        "repeats": 1 if slow else repeats,
+                        "threads": threads,
+                    },
+                )
+                rows.append(
+                    {
+                        "model": name,
+                        "size": size,
+                        "batch": spec["batch"],
+                        "threads": threads,
+                        "xla": jit,
+                        "precision": precision,
+                        **r,
+                    }
+                )
         if not tiny:  # the full flexunet_hocm at 512x512: a few steps; bf16 where it is native (emulated: ~6x slower)
             full = [(1, False, "fp32"), (cores, False, "fp32")] + ([(cores, False, "bf16")] if native else [])
             if gpu:
                 full = [(cores, False, "fp32"), (cores, True, "fp32"), (cores, False, "auto"), (cores, True, "auto")]
             for threads, jit, precision in full:
                 say(f"train: flexunet_hocm 512x512 threads={threads} xla={jit} precision={precision}")
-                r = run_worker("train_step", {"overrides": ["model=flexunet_hocm"], "batch": 2, "jit": jit,
-                                              "precision": precision, "steps": 10 if gpu else 1,
-                                              "repeats": repeats if gpu else 1, "threads": threads})
-                rows.append({"model": "hocm_full", "size": [512, 512], "batch": 2, "threads": threads, "xla": jit,
-                             "precision": precision, **r})
+                r = run_worker(
+                    "train_step",
+                    {
+                        "overrides": ["model=flexunet_hocm"],
+                        "batch": 2,
+                        "jit": jit,
+                        "precision": precision,
+                        "steps": 10 if gpu else 1,
+                        "repeats": repeats if gpu else 1,
+                        "threads": threads,
+                    },
+                )
+                rows.append(
+                    {
+                        "model": "hocm_full",
+                        "size": [512, 512],
+                        "batch": 2,
+                        "threads": threads,
+                        "xla": jit,
+                        "precision": precision,
+                        **r,
+                    }
+                )
         sections["train"] = {"rows": rows, "native_bf16": native, "cores": cores}
 
     # The fit loop: real segexp-train epochs against train_on_batch on the same batches, per model.
     if "fit" in wanted:
         rows = []
         # flexunet_hocm's 8 classes become the phantom's 6 (num_classes only sizes the head)
-        plan = [("default", 128, 8, [], 30),
-                ("hocm_like", 256, 2, [*MODELS["hocm_like"]["overrides"], "model.num_classes=6"], 10)]
+        plan = [
+            ("default", 128, 8, [], 30),
+            ("hocm_like", 256, 2, [*MODELS["hocm_like"]["overrides"], "model.num_classes=6"], 10),
+        ]
         for name, size, batch, model_overrides, steps in plan:
             if tiny:
                 size, steps, model_overrides = 32, 2, ["model.num_layers=3"]
             data = make_slice_dataset(work / f"fit_{size}", 8 if tiny else 72, size, slices_per_case=8 if tiny else 36)
             say(f"fit loop: {name} at {size}x{size}")
-            r = run_worker("fit_loop", {"overrides": [
-                *data, *model_overrides, f"model.image_height={size}", f"model.image_width={size}",
-                f"training.batch_size={batch}", f"training.steps_per_epoch={steps}", f"training.epochs={2 if tiny else 4}"],
-                "run_dir": str(work / f"fit_run_{name}")})
+            r = run_worker(
+                "fit_loop",
+                {
+                    "overrides": [
+                        *data,
+                        *model_overrides,
+                        f"model.image_height={size}",
+                        f"model.image_width={size}",
+                        f"training.batch_size={batch}",
+                        f"training.steps_per_epoch={steps}",
+                        f"training.epochs={2 if tiny else 4}",
+                    ],
+                    "run_dir": str(work / f"fit_run_{name}"),
+                },
+            )
             rows.append({"model": name, "size": size, **r})
         # The same runs' training steps under segexp's epoch loop and under plain Keras model.fit,
         # in alternating fresh processes (fit's cost shows only across processes: it traces the step).
@@ -709,18 +862,38 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
             if tiny:
                 size, steps, model_overrides = 32, 2, ["model.num_layers=3"]
             data = make_slice_dataset(work / f"fit_{size}", 8 if tiny else 72, size, slices_per_case=8 if tiny else 36)
-            overrides = [*data, *model_overrides, f"model.image_height={size}", f"model.image_width={size}",
-                         f"training.batch_size={batch}", f"training.steps_per_epoch={steps}",
-                         f"training.epochs={2 if tiny else 4}"]
+            overrides = [
+                *data,
+                *model_overrides,
+                f"model.image_height={size}",
+                f"model.image_width={size}",
+                f"training.batch_size={batch}",
+                f"training.steps_per_epoch={steps}",
+                f"training.epochs={2 if tiny else 4}",
+            ]
             rates: dict[str, list[float]] = {"segexp": [], "keras": []}
             for _ in range(1 if tiny else 2):
                 for loop in rates:
                     say(f"fit loop: {name} at {size}x{size}, {loop} loop")
-                    r = run_worker("epoch", {"overrides": overrides, "keras_fit": loop == "keras",
-                                             "run_dir": str(work / f"fit_loop_{name}_{loop}")})
+                    r = run_worker(
+                        "epoch",
+                        {
+                            "overrides": overrides,
+                            "keras_fit": loop == "keras",
+                            "run_dir": str(work / f"fit_loop_{name}_{loop}"),
+                        },
+                    )
                     rates[loop].append(batch * steps / r["train_s"])
-            keras_rows.append({"model": name, "size": size, "batch": batch, "steps_per_epoch": steps, **rates,
-                               "ratio": statistics.median(rates["segexp"]) / statistics.median(rates["keras"])})
+            keras_rows.append(
+                {
+                    "model": name,
+                    "size": size,
+                    "batch": batch,
+                    "steps_per_epoch": steps,
+                    **rates,
+                    "ratio": statistics.median(rates["segexp"]) / statistics.median(rates["keras"]),
+                }
+            )
         sections["fit"] = {"rows": rows, "keras_rows": keras_rows}
 
     # The planned network's step against MONAI's own UNet step in PyTorch (scripts/monai_loop.py, its own
@@ -738,8 +911,12 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
         planned = (xla_for(this_machine(), planned_precision), planned_precision)
         variants = {"segexp_xla_fp32": (True, "fp32"), "segexp_fp32": (False, "fp32")}
         if planned_precision != "fp32":
-            variants.update({f"segexp_xla_{planned_precision}": (True, planned_precision),
-                             f"segexp_{planned_precision}": (False, planned_precision)})
+            variants.update(
+                {
+                    f"segexp_xla_{planned_precision}": (True, planned_precision),
+                    f"segexp_{planned_precision}": (False, planned_precision),
+                }
+            )
         planned_name = next(name for name, v in variants.items() if v == planned)
         for side in sizes:
             overrides = planned_network(side)
@@ -749,21 +926,40 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
                 for system in times:
                     say(f"peer: {system} at {side}x{side}")
                     if system == "monai":
-                        r = monai_step(side, side, 1, 9, steps=1 if tiny else 5, repeats=repeats, threads=cores,
-                                       venv=venv)
+                        r = monai_step(
+                            side, side, 1, 9, steps=1 if tiny else 5, repeats=repeats, threads=cores, venv=venv
+                        )
                         times[system].append(r["step_s"])
                     else:
                         jit, precision = variants[system]
-                        r = run_worker("train_step", {"overrides": overrides, "batch": 8, "jit": jit,
-                                                      "precision": precision, "steps": 1 if tiny else 5,
-                                                      "repeats": repeats, "threads": cores})
+                        r = run_worker(
+                            "train_step",
+                            {
+                                "overrides": overrides,
+                                "batch": 8,
+                                "jit": jit,
+                                "precision": precision,
+                                "steps": 1 if tiny else 5,
+                                "repeats": repeats,
+                                "threads": cores,
+                            },
+                        )
                         times[system].append(8 / r["images_per_s"])
                     first[system].append(r["first_step_s"])
             med = {k: statistics.median(v) for k, v in times.items()}
-            rows.append({"size": side, "batch": 8, "overrides": overrides, "step_s": med, "step_s_all": times,
-                         "first_step_s": {k: statistics.median(v) for k, v in first.items()}, "planned": planned_name,
-                         "ratio_planned": med[planned_name] / med["monai"],
-                         "ratio": {k: med[k] / med["monai"] for k in variants}})
+            rows.append(
+                {
+                    "size": side,
+                    "batch": 8,
+                    "overrides": overrides,
+                    "step_s": med,
+                    "step_s_all": times,
+                    "first_step_s": {k: statistics.median(v) for k, v in first.items()},
+                    "planned": planned_name,
+                    "ratio_planned": med[planned_name] / med["monai"],
+                    "ratio": {k: med[k] / med["monai"] for k in variants},
+                }
+            )
         sections["peer"] = {"rows": rows, "threads": cores}
 
     # Inference on a 128-slice volume: each model on a volume of its own input size (as its
@@ -771,8 +967,12 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
     if "infer" in wanted:
         rows = []
         num = 8 if tiny else 128
-        plan = [("default", 128, 128, True, "fp32"), ("default", 128, 128, False, "bf16"),
-                ("default", 128, 512, False, "fp32"), ("hocm_like", 256, 512, True, "fp32")]
+        plan = [
+            ("default", 128, 128, True, "fp32"),
+            ("default", 128, 128, False, "bf16"),
+            ("default", 128, 512, False, "fp32"),
+            ("hocm_like", 256, 512, True, "fp32"),
+        ]
         if native_bf16() or tiny:  # emulated bf16 on the big model: ~10 min for one number that says "slower"
             plan.append(("hocm_like", 256, 512, False, "bf16"))
         for name, size, in_plane, target, precision in plan:
@@ -780,13 +980,33 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
                 size, in_plane = 32, 64 if in_plane == 512 else 32
             volume = make_volume(work / f"volume_{in_plane}x{num}.nii.gz", in_plane, num)
             say(f"infer: {name} at {size}x{size} on a {in_plane}x{in_plane}x{num} volume, {precision}")
-            r = run_worker("infer", {
-                "overrides": [*MODELS[name]["overrides"], f"model.image_height={size}", f"model.image_width={size}"],
-                "batch": 8, "volume": str(volume), "out_dir": str(work / f"infer_{name}"), "precision": precision,
-                "repeats": repeats if name == "default" else max(1, repeats - 1),
-                "per_slice_count": min(num, 8 if tiny else 32), "threads": None})
-            rows.append({"model": name, "size": size, "volume": [in_plane, in_plane, num], "target": target,
-                         "precision": precision, **r})
+            r = run_worker(
+                "infer",
+                {
+                    "overrides": [
+                        *MODELS[name]["overrides"],
+                        f"model.image_height={size}",
+                        f"model.image_width={size}",
+                    ],
+                    "batch": 8,
+                    "volume": str(volume),
+                    "out_dir": str(work / f"infer_{name}"),
+                    "precision": precision,
+                    "repeats": repeats if name == "default" else max(1, repeats - 1),
+                    "per_slice_count": min(num, 8 if tiny else 32),
+                    "threads": None,
+                },
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "size": size,
+                    "volume": [in_plane, in_plane, num],
+                    "target": target,
+                    "precision": precision,
+                    **r,
+                }
+            )
         sections["infer"] = {"rows": rows}
 
     # The model zoo: every network preset of the architecture sweep at one size (--only zoo).
@@ -795,28 +1015,71 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
         size, num = (32, 8) if tiny else (128, 64)
         volume = make_volume(work / f"volume_{size}x{num}.nii.gz", size, num)
         for preset in zoo_presets():
-            shape = [f"model={preset}", f"model.image_height={size}", f"model.image_width={size}",
-                     "model.image_channels=1"]
+            shape = [
+                f"model={preset}",
+                f"model.image_height={size}",
+                f"model.image_width={size}",
+                "model.image_channels=1",
+            ]
             if tiny:
                 shape.append("debug=fast")
             say(f"zoo: {preset} at {size}x{size}")
-            train = run_worker("train_step", {"overrides": shape, "batch": 8, "jit": False, "precision": "fp32",
-                                              "steps": 1 if tiny else 3, "repeats": repeats, "threads": None})
+            train = run_worker(
+                "train_step",
+                {
+                    "overrides": shape,
+                    "batch": 8,
+                    "jit": False,
+                    "precision": "fp32",
+                    "steps": 1 if tiny else 3,
+                    "repeats": repeats,
+                    "threads": None,
+                },
+            )
             say(f"zoo: {preset} at {size}x{size}, XLA")
             try:
-                xla = run_worker("train_step", {"overrides": shape, "batch": 8, "jit": True, "precision": "fp32",
-                                                "steps": 1 if tiny else 3, "repeats": repeats, "threads": None})
+                xla = run_worker(
+                    "train_step",
+                    {
+                        "overrides": shape,
+                        "batch": 8,
+                        "jit": True,
+                        "precision": "fp32",
+                        "steps": 1 if tiny else 3,
+                        "repeats": repeats,
+                        "threads": None,
+                    },
+                )
             except RuntimeError as err:  # a network XLA cannot compile is a result, not a crash of the suite
                 say(f"  {preset}: XLA failed: {str(err).splitlines()[0]}")
                 xla = {"images_per_s": float("nan"), "first_step_s": float("nan")}
-            infer = run_worker("infer", {
-                "overrides": shape, "batch": 8, "volume": str(volume), "out_dir": str(work / f"zoo_infer_{preset}"),
-                "precision": "fp32", "repeats": repeats, "per_slice_count": 2 if tiny else 4, "threads": None})
-            rows.append({"model": preset, "size": size, "params": train["params"],
-                         "train_images_per_s": train["images_per_s"], "first_step_s": train["first_step_s"],
-                         "xla_images_per_s": xla["images_per_s"], "xla_first_step_s": xla["first_step_s"],
-                         "infer_slices_per_s": infer["end_to_end"],
-                         "forward_slices_per_s": infer["bare_forward"], "volume": [size, size, num]})
+            infer = run_worker(
+                "infer",
+                {
+                    "overrides": shape,
+                    "batch": 8,
+                    "volume": str(volume),
+                    "out_dir": str(work / f"zoo_infer_{preset}"),
+                    "precision": "fp32",
+                    "repeats": repeats,
+                    "per_slice_count": 2 if tiny else 4,
+                    "threads": None,
+                },
+            )
+            rows.append(
+                {
+                    "model": preset,
+                    "size": size,
+                    "params": train["params"],
+                    "train_images_per_s": train["images_per_s"],
+                    "first_step_s": train["first_step_s"],
+                    "xla_images_per_s": xla["images_per_s"],
+                    "xla_first_step_s": xla["first_step_s"],
+                    "infer_slices_per_s": infer["end_to_end"],
+                    "forward_slices_per_s": infer["bare_forward"],
+                    "volume": [size, size, num],
+                }
+            )
         sections["zoo"] = {"rows": rows}
 
     # Memory: one training epoch on 36, 144, 576 slices.
@@ -827,11 +1090,24 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
         for count in counts:
             data = make_slice_dataset(work / f"memory_{count}", count, size, slices_per_case=8 if tiny else 36)
             say(f"memory: one epoch on {count} slices")
-            r = run_worker("memory", {"overrides": [
-                *data, f"model.image_height={size}", f"model.image_width={size}", "model.num_layers=3" if tiny else "model.num_layers=5",
-                "training.epochs=1", "training.steps_per_epoch=null", "training.foreground_fraction=0",
-                "training.evaluate_after=false", "training.epoch_images.num=0",
-                "training.verbose=0"], "run_dir": str(work / f"memory_run_{count}")})
+            r = run_worker(
+                "memory",
+                {
+                    "overrides": [
+                        *data,
+                        f"model.image_height={size}",
+                        f"model.image_width={size}",
+                        "model.num_layers=3" if tiny else "model.num_layers=5",
+                        "training.epochs=1",
+                        "training.steps_per_epoch=null",
+                        "training.foreground_fraction=0",
+                        "training.evaluate_after=false",
+                        "training.epoch_images.num=0",
+                        "training.verbose=0",
+                    ],
+                    "run_dir": str(work / f"memory_run_{count}"),
+                },
+            )
             rows.append({"slices": count, **r})
         sections["memory"] = {"rows": rows, "size": size}
 
@@ -840,14 +1116,27 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
         rows = []
         plan = [("phantom (default run)", [])]
         if HOCM_MINI.is_dir():
-            plan.append(("hocmvalves_mini (36 real slices)", ["experiment=hocmvalves_mini", f"dataset.root={HOCM_MINI}"]))
+            plan.append(
+                ("hocmvalves_mini (36 real slices)", ["experiment=hocmvalves_mini", f"dataset.root={HOCM_MINI}"])
+            )
         for label, overrides in plan:
             if tiny:
-                overrides = [*overrides, "debug=fast", "model.image_height=32", "model.image_width=32",
-                             "model.num_layers=3", "training.steps_per_epoch=2"]
+                overrides = [
+                    *overrides,
+                    "debug=fast",
+                    "model.image_height=32",
+                    "model.image_width=32",
+                    "model.num_layers=3",
+                    "training.steps_per_epoch=2",
+                ]
             say(f"epoch: {label}")
-            r = run_worker("epoch", {"overrides": [*overrides, f"training.epochs={2 if tiny else 3}"],
-                                     "run_dir": str(work / f"epoch_run_{len(rows)}")})
+            r = run_worker(
+                "epoch",
+                {
+                    "overrides": [*overrides, f"training.epochs={2 if tiny else 3}"],
+                    "run_dir": str(work / f"epoch_run_{len(rows)}"),
+                },
+            )
             rows.append({"data": label, **r})
         sections["epoch"] = {"rows": rows}
 
@@ -863,8 +1152,9 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
             say(f"prepare: workers={workers}")
             out = work / f"prepare_out_{workers}"
             _rmtree(out)
-            r = run_worker("prepare", {"source": str(source), "out_dir": str(out), "workers": workers,
-                                       "repeats": repeats})
+            r = run_worker(
+                "prepare", {"source": str(source), "out_dir": str(out), "workers": workers, "repeats": repeats}
+            )
             rows.append({"workers": workers, **r})
             _rmtree(out)
         sections["prepare"] = {"rows": rows, "volume": [size, size, num]}
@@ -898,148 +1188,255 @@ def report(results: dict[str, Any]) -> str:
     if "loader" in s:
         sec = s["loader"]
         size = sec["size"]
-        out += [f"### Loader vs model (augmentation=full, {size}x{size}, batch as the model)", "",
-                "| loader workers | kind | samples/s delivered by the workers | samples/s received by `fit` |",
-                "|---|---|---|---|"]
+        out += [
+            f"### Loader vs model (augmentation=full, {size}x{size}, batch as the model)",
+            "",
+            "| loader workers | kind | samples/s delivered by the workers | samples/s received by `fit` |",
+            "|---|---|---|---|",
+        ]
         for r in sec["loader"]:
             kind = "—" if r["workers"] == 0 else ("processes" if r["multiprocessing"] else "threads")
             produced = "—" if r.get("produced_per_s") is None else _f(r["produced_per_s"])
             out.append(f"| {r['workers']} | {kind} | {produced} | {_f(r['samples_per_s'])} |")
-        default_loader = next((r for r in sec["loader"] if r["workers"] == 2 and not r["multiprocessing"]),
-                              sec["loader"][-1])
-        out += ["", f"| model ({size}x{size}) | batch | params | training images/s | `fit`-received (2 threads) / model |",
-                "|---|---|---|---|---|"]
+        default_loader = next(
+            (r for r in sec["loader"] if r["workers"] == 2 and not r["multiprocessing"]), sec["loader"][-1]
+        )
+        out += [
+            "",
+            f"| model ({size}x{size}) | batch | params | training images/s | `fit`-received (2 threads) / model |",
+            "|---|---|---|---|---|",
+        ]
         for name, r in sec["models"].items():
             ratio = default_loader["samples_per_s"] / r["images_per_s"]
             checks.append((f"loader / {name} training step >= 2 (got {ratio:.1f})", ratio >= 2))
-            out.append(f"| {MODELS[name]['label']} | {MODELS[name]['batch']} | {r['params']:,} | "
-                       f"{_f(r['images_per_s'], 2)} | **{ratio:.1f}** |")
+            out.append(
+                f"| {MODELS[name]['label']} | {MODELS[name]['batch']} | {r['params']:,} | "
+                f"{_f(r['images_per_s'], 2)} | **{ratio:.1f}** |"
+            )
         out.append("")
     if "train" in s:
         sec = s["train"]
-        out += ["### Training step (random uint8 batch, `model.train_on_batch`)", "",
-                "| model | input | batch | threads | XLA | precision | images/s | bf16 / fp32 | / original tool |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        rate = {(r["model"], r["size"][0], r["threads"], r["xla"], r["precision"]): r["images_per_s"] for r in sec["rows"]}
+        out += [
+            "### Training step (random uint8 batch, `model.train_on_batch`)",
+            "",
+            "| model | input | batch | threads | XLA | precision | images/s | bf16 / fp32 | / original tool |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        rate = {
+            (r["model"], r["size"][0], r["threads"], r["xla"], r["precision"]): r["images_per_s"] for r in sec["rows"]
+        }
         for r in sec["rows"]:
             key = (r["model"], r["size"][0], r["threads"], r["xla"])
-            vs_fp32 = (f"{r['images_per_s'] / rate[(*key, 'fp32')]:.2f}x"
-                       if r["precision"] != "fp32" and (*key, "fp32") in rate else "")
-            original = ORIGINAL_TOOL.get((r["model"], r["size"][0], "all" if r["threads"] == sec["cores"] else r["threads"]))
+            vs_fp32 = (
+                f"{r['images_per_s'] / rate[(*key, 'fp32')]:.2f}x"
+                if r["precision"] != "fp32" and (*key, "fp32") in rate
+                else ""
+            )
+            original = ORIGINAL_TOOL.get(
+                (r["model"], r["size"][0], "all" if r["threads"] == sec["cores"] else r["threads"])
+            )
             vs_original = f"{r['images_per_s'] / original:.2f}x" if original and not r["xla"] else ""
-            out.append(f"| {LABELS[r['model']]} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | "
-                       f"{r['threads']} | {'on' if r['xla'] else 'off'} | {r['precision']} | "
-                       f"{_f(r['images_per_s'], 2)} | {vs_fp32} | {vs_original} |")
+            out.append(
+                f"| {LABELS[r['model']]} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | "
+                f"{r['threads']} | {'on' if r['xla'] else 'off'} | {r['precision']} | "
+                f"{_f(r['images_per_s'], 2)} | {vs_fp32} | {vs_original} |"
+            )
         cores = sec["cores"]
-        bf16, fp32 = rate.get(("hocm_like", 256, cores, False, "bf16")), rate.get(("hocm_like", 256, cores, False, "fp32"))
+        bf16, fp32 = (
+            rate.get(("hocm_like", 256, cores, False, "bf16")),
+            rate.get(("hocm_like", 256, cores, False, "fp32")),
+        )
         if bf16 and fp32 and sec["native_bf16"]:
             checks.append((f"bf16 >= 1.5x fp32 on the HOCM-like model (got {bf16 / fp32:.2f})", bf16 / fp32 >= 1.5))
-        out += ["", "bf16 on this machine: " + ("native (`training.precision=auto` picks it)" if sec["native_bf16"] else
-                "**emulated** (no `avx512_bf16`/`amx_bf16` CPU flag, no GPU): `auto` picks fp32 here; the bf16 rows show "
-                "what forcing it costs, and the full model is not run in bf16") + ".",
-                "The original tool's figures (issue 13: 1.51 images/s on both cores, 0.79 on one, 0.164 for the full "
-                "model on one) were measured on the 2-core AMD EPYC with AVX512_BF16; the ratio means segexp against "
-                "the original only when this table comes from that CPU.", ""]
+        out += [
+            "",
+            "bf16 on this machine: "
+            + (
+                "native (`training.precision=auto` picks it)"
+                if sec["native_bf16"]
+                else "**emulated** (no `avx512_bf16`/`amx_bf16` CPU flag, no GPU): `auto` picks fp32 here; "
+                "the bf16 rows show "
+                "what forcing it costs, and the full model is not run in bf16"
+            )
+            + ".",
+            "The original tool's figures (issue 13: 1.51 images/s on both cores, 0.79 on one, 0.164 for the full "
+            "model on one) were measured on the 2-core AMD EPYC with AVX512_BF16; the ratio means segexp against "
+            "the original only when this table comes from that CPU.",
+            "",
+        ]
         for (model, side, threads), original in ORIGINAL_TOOL.items():
             t = cores if threads == "all" else threads
-            best = max((v for (m, sd, th, x, _), v in rate.items() if (m, sd, th) == (model, side, t) and not x), default=None)
+            best = max(
+                (v for (m, sd, th, x, _), v in rate.items() if (m, sd, th) == (model, side, t) and not x), default=None
+            )
             if best is not None:
-                checks.append((f"segexp >= 1.5x the original tool, {LABELS[model]} {side}x{side}, {t} thread(s) "
-                               f"(got {best / original:.2f}x)", best / original >= 1.5))
+                checks.append(
+                    (
+                        f"segexp >= 1.5x the original tool, {LABELS[model]} {side}x{side}, {t} thread(s) "
+                        f"(got {best / original:.2f}x)",
+                        best / original >= 1.5,
+                    )
+                )
     if "fit" in s:
-        out += ["### The fit loop: real `segexp-train` epochs against `train_on_batch` on the same batches", "",
-                "| model | input | batch | steps/epoch | `segexp-train` images/s | `train_on_batch` images/s | ratio |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            "### The fit loop: real `segexp-train` epochs against `train_on_batch` on the same batches",
+            "",
+            "| model | input | batch | steps/epoch | `segexp-train` images/s | `train_on_batch` images/s | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in s["fit"]["rows"]:
-            checks.append((f"fit loop >= 0.9 of train_on_batch, {MODELS[r['model']]['label']} (got {r['ratio']:.2f})",
-                           r["ratio"] >= 0.9))
-            out.append(f"| {MODELS[r['model']]['label']} | {r['size']}x{r['size']} | {r['batch']} | "
-                       f"{r['steps_per_epoch']} | {_f(r['fit'], 2)} | {_f(r['train_on_batch'], 2)} | **{r['ratio']:.2f}** |")
-        out += ["", "### segexp's epoch loop against Keras' `model.fit` (the same `segexp-train` runs, "
-                "alternating fresh processes)", "",
-                "| model | input | batch | steps/epoch | segexp loop images/s (each run) | `model.fit` images/s "
-                "(each run) | ratio of medians |", "|---|---|---|---|---|---|---|"]
+            checks.append(
+                (
+                    f"fit loop >= 0.9 of train_on_batch, {MODELS[r['model']]['label']} (got {r['ratio']:.2f})",
+                    r["ratio"] >= 0.9,
+                )
+            )
+            out.append(
+                f"| {MODELS[r['model']]['label']} | {r['size']}x{r['size']} | {r['batch']} | "
+                f"{r['steps_per_epoch']} | {_f(r['fit'], 2)} | {_f(r['train_on_batch'], 2)} | **{r['ratio']:.2f}** |"
+            )
+        out += [
+            "",
+            "### segexp's epoch loop against Keras' `model.fit` (the same `segexp-train` runs, "
+            "alternating fresh processes)",
+            "",
+            "| model | input | batch | steps/epoch | segexp loop images/s (each run) | `model.fit` images/s "
+            "(each run) | ratio of medians |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in s["fit"].get("keras_rows", []):
-            out.append(f"| {MODELS[r['model']]['label']} | {r['size']}x{r['size']} | {r['batch']} | "
-                       f"{r['steps_per_epoch']} | {', '.join(_f(v, 2) for v in r['segexp'])} | "
-                       f"{', '.join(_f(v, 2) for v in r['keras'])} | **{r['ratio']:.2f}** |")
+            out.append(
+                f"| {MODELS[r['model']]['label']} | {r['size']}x{r['size']} | {r['batch']} | "
+                f"{r['steps_per_epoch']} | {', '.join(_f(v, 2) for v in r['segexp'])} | "
+                f"{', '.join(_f(v, 2) for v in r['keras'])} | **{r['ratio']:.2f}** |"
+            )
         out.append("")
     if "peer" in s:
         rows = s["peer"]["rows"]
         systems = list(rows[0]["step_s"]) if rows else []
-        out += ["### The planned network's step against MONAI's in PyTorch (batch 8, MONAI in fp32, "
-                f"{s['peer']['threads']} threads, alternating fresh processes; s/step, first step in brackets)", "",
-                "| input | planned network | " + " | ".join(f"`{k}`" for k in systems) + " | planned / MONAI |",
-                "|---|---|" + "---|" * len(systems) + "---|"]
+        out += [
+            "### The planned network's step against MONAI's in PyTorch (batch 8, MONAI in fp32, "
+            f"{s['peer']['threads']} threads, alternating fresh processes; s/step, first step in brackets)",
+            "",
+            "| input | planned network | " + " | ".join(f"`{k}`" for k in systems) + " | planned / MONAI |",
+            "|---|---|" + "---|" * len(systems) + "---|",
+        ]
         for r in rows:
             t, f, planned = r["step_s"], r["first_step_s"], r.get("planned", "segexp_xla")
-            checks.append((f"planned step ({planned}) faster than MONAI's at {r['size']}x{r['size']} (segexp / MONAI "
-                           f"{r['ratio_planned']:.2f})", r["ratio_planned"] < 1.0))
+            checks.append(
+                (
+                    f"planned step ({planned}) faster than MONAI's at {r['size']}x{r['size']} (segexp / MONAI "
+                    f"{r['ratio_planned']:.2f})",
+                    r["ratio_planned"] < 1.0,
+                )
+            )
             network = " ".join(o for o in r["overrides"] if o.startswith(("model=", "model.channels")))
             cells = [(f"**{t[k]:.3f}**" if k == planned else f"{t[k]:.3f}") + f" ({f[k]:.1f})" for k in systems]
-            out.append(f"| {r['size']}x{r['size']} | `{network}` | " + " | ".join(cells) +
-                       f" | **{r['ratio_planned']:.2f}** |")
+            out.append(
+                f"| {r['size']}x{r['size']} | `{network}` | " + " | ".join(cells) + f" | **{r['ratio_planned']:.2f}** |"
+            )
         out.append("")
     if "epoch" in s:
-        out += ["### Fixed per-epoch cost (real `segexp-train` epochs at default settings, MLflow on)", "",
-                "| data | steps/epoch | epoch (s) | fixed: validation, checkpoints, images, logging (s) | "
-                "fixed / epoch | first epoch (s, graph tracing) |", "|---|---|---|---|---|---|"]
+        out += [
+            "### Fixed per-epoch cost (real `segexp-train` epochs at default settings, MLflow on)",
+            "",
+            "| data | steps/epoch | epoch (s) | fixed: validation, checkpoints, images, logging (s) | "
+            "fixed / epoch | first epoch (s, graph tracing) |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in s["epoch"]["rows"]:
-            checks.append((f"fixed per-epoch cost <= 10 % of the epoch, {r['data']} (got "
-                           f"{100 * r['fixed_fraction']:.1f} %)", r["fixed_fraction"] <= 0.10))
-            out.append(f"| {r['data']} | {r['steps_per_epoch']} | {_f(r['epoch_s'])} | {_f(r['fixed_s'], 2)} | "
-                       f"**{100 * r['fixed_fraction']:.1f} %** | {_f(r['first_epoch_s'])} |")
+            checks.append(
+                (
+                    f"fixed per-epoch cost <= 10 % of the epoch, {r['data']} (got {100 * r['fixed_fraction']:.1f} %)",
+                    r["fixed_fraction"] <= 0.10,
+                )
+            )
+            out.append(
+                f"| {r['data']} | {r['steps_per_epoch']} | {_f(r['epoch_s'])} | {_f(r['fixed_s'], 2)} | "
+                f"**{100 * r['fixed_fraction']:.1f} %** | {_f(r['first_epoch_s'])} |"
+            )
         out.append("")
     if "infer" in s:
-        out += ["### Inference on a NIfTI volume (slices/s)", "",
-                "| model | input | precision | volume | segexp-infer end to end | bare forward | one `predict` per slice | "
-                "end-to-end / forward | end-to-end / per-slice |", "|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "### Inference on a NIfTI volume (slices/s)",
+            "",
+            "| model | input | precision | volume | segexp-infer end to end | bare forward | one `predict` per slice | "
+            "end-to-end / forward | end-to-end / per-slice |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in s["infer"]["rows"]:
             ratio = r["end_to_end"] / r["bare_forward"]
             speedup = r["end_to_end"] / r["per_slice"]
             v = r["volume"]
             if r["target"]:
-                checks.append((f"inference {r['model']} on a {v[0]}x{v[1]}x{v[2]} volume: end-to-end >= 0.85 of "
-                               f"bare forward (got {ratio:.2f})", ratio >= 0.85))
-            out.append(f"| {MODELS[r['model']]['label']} | {r['size']}x{r['size']} | {r.get('precision', 'fp32')} | "
-                       f"{v[0]}x{v[1]}x{v[2]} | "
-                       f"{_f(r['end_to_end'])} | {_f(r['bare_forward'])} | {_f(r['per_slice'])} | "
-                       f"**{ratio:.2f}** | **{speedup:.1f}x** |")
+                checks.append(
+                    (
+                        f"inference {r['model']} on a {v[0]}x{v[1]}x{v[2]} volume: end-to-end >= 0.85 of "
+                        f"bare forward (got {ratio:.2f})",
+                        ratio >= 0.85,
+                    )
+                )
+            out.append(
+                f"| {MODELS[r['model']]['label']} | {r['size']}x{r['size']} | {r.get('precision', 'fp32')} | "
+                f"{v[0]}x{v[1]}x{v[2]} | "
+                f"{_f(r['end_to_end'])} | {_f(r['bare_forward'])} | {_f(r['per_slice'])} | "
+                f"**{ratio:.2f}** | **{speedup:.1f}x** |"
+            )
         out.append("")
     if "zoo" in s:
         rows = s["zoo"]["rows"]
         v = rows[0]["volume"] if rows else [0, 0, 0]
-        out += [f"### Model zoo ({rows[0]['size'] if rows else 0}x{rows[0]['size'] if rows else 0}, 1 channel, "
-                "6 classes, batch 8, fp32, all cores)", "",
-                "| `model=` | params | training images/s, XLA off / on | XLA / off | first step (s), XLA off / on | "
-                f"segexp-infer slices/s ({v[0]}x{v[1]}x{v[2]} NIfTI) | bare forward slices/s |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            f"### Model zoo ({rows[0]['size'] if rows else 0}x{rows[0]['size'] if rows else 0}, 1 channel, "
+            "6 classes, batch 8, fp32, all cores)",
+            "",
+            "| `model=` | params | training images/s, XLA off / on | XLA / off | first step (s), XLA off / on | "
+            f"segexp-infer slices/s ({v[0]}x{v[1]}x{v[2]} NIfTI) | bare forward slices/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             xla, first_xla = r.get("xla_images_per_s", math.nan), r.get("xla_first_step_s", math.nan)
-            out.append(f"| `{r['model']}` | {r['params']:,} | {_f(r['train_images_per_s'], 2)} / {_f(xla, 2)} | "
-                       f"**{xla / r['train_images_per_s']:.2f}x** | {_f(r.get('first_step_s', math.nan))} / "
-                       f"{_f(first_xla)} | {_f(r['infer_slices_per_s'])} | {_f(r['forward_slices_per_s'])} |")
+            out.append(
+                f"| `{r['model']}` | {r['params']:,} | {_f(r['train_images_per_s'], 2)} / {_f(xla, 2)} | "
+                f"**{xla / r['train_images_per_s']:.2f}x** | {_f(r.get('first_step_s', math.nan))} / "
+                f"{_f(first_xla)} | {_f(r['infer_slices_per_s'])} | {_f(r['forward_slices_per_s'])} |"
+            )
         out.append("")
     if "memory" in s:
         rows = s["memory"]["rows"]
-        out += [f"### Memory: one training epoch ({s['memory']['size']}x{s['memory']['size']}, "
-                "augmentation=full, 2 loader threads)", "",
-                "| training slices | peak RSS (MiB) | RSS before training (MiB) | growth (MiB) |", "|---|---|---|---|"]
+        out += [
+            f"### Memory: one training epoch ({s['memory']['size']}x{s['memory']['size']}, "
+            "augmentation=full, 2 loader threads)",
+            "",
+            "| training slices | peak RSS (MiB) | RSS before training (MiB) | growth (MiB) |",
+            "|---|---|---|---|",
+        ]
         for r in rows:
-            out.append(f"| {r['slices']} | {_f(r['peak_rss_mb'], 0)} | {_f(r['baseline_rss_mb'], 0)} | "
-                       f"{_f(r['peak_rss_mb'] - r['baseline_rss_mb'], 0)} |")
+            out.append(
+                f"| {r['slices']} | {_f(r['peak_rss_mb'], 0)} | {_f(r['baseline_rss_mb'], 0)} | "
+                f"{_f(r['peak_rss_mb'] - r['baseline_rss_mb'], 0)} |"
+            )
         ratio = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
-        checks.append((f"memory flat: peak RSS {rows[-1]['slices']} / {rows[0]['slices']} slices <= 1.25 "
-                       f"(got {ratio:.2f})", ratio <= 1.25))
+        checks.append(
+            (
+                f"memory flat: peak RSS {rows[-1]['slices']} / {rows[0]['slices']} slices <= 1.25 (got {ratio:.2f})",
+                ratio <= 1.25,
+            )
+        )
         out += ["", f"Largest / smallest peak RSS: **{ratio:.2f}**.", ""]
     if "prepare" in s:
         v = s["prepare"]["volume"]
-        out += [f"### segexp-prepare ({s['prepare']['rows'][0]['volumes']} phantom volumes of {v[0]}x{v[1]}x{v[2]})",
-                "", "| worker processes | volumes/s | voxel MB/s (int16 image + uint8 label) | file MB/s (.nii.gz) |",
-                "|---|---|---|---|"]
+        out += [
+            f"### segexp-prepare ({s['prepare']['rows'][0]['volumes']} phantom volumes of {v[0]}x{v[1]}x{v[2]})",
+            "",
+            "| worker processes | volumes/s | voxel MB/s (int16 image + uint8 label) | file MB/s (.nii.gz) |",
+            "|---|---|---|---|",
+        ]
         for r in s["prepare"]["rows"]:
-            out.append(f"| {r['workers']} | {_f(r['volumes_per_s'], 2)} | {_f(r['voxel_mb_per_s'])} | "
-                       f"{_f(r['file_mb_per_s'])} |")
+            out.append(
+                f"| {r['workers']} | {_f(r['volumes_per_s'], 2)} | {_f(r['voxel_mb_per_s'])} | "
+                f"{_f(r['file_mb_per_s'])} |"
+            )
         out.append("")
     out += ["### Targets", ""] + [f"- [{'x' if ok else ' '}] {text}" for text, ok in checks]
     results["checks"] = [{"check": text, "ok": ok} for text, ok in checks]
@@ -1068,11 +1465,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="seconds-scale smoke run (CI): numbers are meaningless")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")
-    parser.add_argument("--only", nargs="+", choices=["loader", "train", "fit", "peer", "epoch", "infer", "memory", "prepare", "zoo"])
-    parser.add_argument("--peer-sizes", type=int, nargs="+", default=[128, 256],
-                        help="peer: input sides of the planned network (128: the phantom's plan, 256: real slices on CPUs)")
-    parser.add_argument("--monai-venv", default=str(REPO / "outputs" / "venvs" / "monai"),
-                        help="peer: virtual environment with torch and monai (built there once, as accuracy.py does)")
+    parser.add_argument(
+        "--only", nargs="+", choices=["loader", "train", "fit", "peer", "epoch", "infer", "memory", "prepare", "zoo"]
+    )
+    parser.add_argument(
+        "--peer-sizes",
+        type=int,
+        nargs="+",
+        default=[128, 256],
+        help="peer: input sides of the planned network (128: the phantom's plan, 256: real slices on CPUs)",
+    )
+    parser.add_argument(
+        "--monai-venv",
+        default=str(REPO / "outputs" / "venvs" / "monai"),
+        help="peer: virtual environment with torch and monai (built there once, as accuracy.py does)",
+    )
     parser.add_argument("--work-dir", default=str(REPO / "outputs" / "bench"), help="synthetic data and outputs")
     parser.add_argument("--json", help="also write all results (with every repetition) to this JSON file")
     parser.add_argument("--update", help="rewrite the results block of this markdown file (BENCHMARKS.md)")
@@ -1093,8 +1500,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(results, indent=2))
     if args.update and args.only:  # a partial run gets its own block: the full one stays whole
         name = "+".join(args.only)
-        update_markdown(Path(args.update), text, f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->",
-                        append=f"## Results of `--only {' '.join(args.only)}` (run on its own)")
+        update_markdown(
+            Path(args.update),
+            text,
+            f"<!-- bench:{name}:begin -->",
+            f"<!-- bench:{name}:end -->",
+            append=f"## Results of `--only {' '.join(args.only)}` (run on its own)",
+        )
     elif args.update:
         update_markdown(Path(args.update), text)
     return 0 if all(c["ok"] for c in results.get("checks", [])) or args.tiny else 1

@@ -21,8 +21,14 @@ import urllib.request
 from pathlib import Path
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 )
 
 
@@ -51,7 +57,9 @@ def chromium(url: str, *args: str, budget_ms: int = 20000) -> str:
     with tempfile.TemporaryDirectory() as profile:
         result = subprocess.run(
             [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *args, url],
-            capture_output=True, text=True, timeout=180,
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
     return result.stdout
 
@@ -71,17 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         raise SystemExit(f"no experiment {args.experiment!r} in {args.store}")
-    parents = client.search_runs([experiment.experiment_id], filter_string="tags.sweep_dir != ''",
-                                 order_by=["attributes.start_time DESC"], max_results=1)
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.sweep_dir != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not parents:
         raise SystemExit(f"no sweep parent run in {args.store}")
     parent = parents[0]
-    kids = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    kids = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(f"http://127.0.0.1:{port}/health")

@@ -93,8 +93,16 @@ def load_inputs(path: Path) -> Inputs:
     """Read and check the ``.npz`` of ``accuracy.py`` (uint8 images ``(N, H, W, C)``, masks ``(N, H, W)``)."""
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
-    missing = {"train_images", "train_masks", "valid_images", "valid_masks", "valid_cases", "score_images",
-               "num_classes", "seed"} - set(arrays)
+    missing = {
+        "train_images",
+        "train_masks",
+        "valid_images",
+        "valid_masks",
+        "valid_cases",
+        "score_images",
+        "num_classes",
+        "seed",
+    } - set(arrays)
     if missing:
         raise SystemExit(f"{path}: missing arrays {sorted(missing)}")
     for name in ("train_images", "valid_images", "score_images"):
@@ -110,14 +118,19 @@ def load_inputs(path: Path) -> Inputs:
     cases = [str(c) for c in arrays["valid_cases"]]
     if len(cases) != len(arrays["valid_images"]):
         raise SystemExit(f"{path}: {len(cases)} valid_cases for {len(arrays['valid_images'])} valid slices")
-    return Inputs(Split(arrays["train_images"], arrays["train_masks"], []),
-                  Split(arrays["valid_images"], arrays["valid_masks"], cases),
-                  arrays["score_images"], int(arrays["num_classes"]), int(arrays["seed"]))
+    return Inputs(
+        Split(arrays["train_images"], arrays["train_masks"], []),
+        Split(arrays["valid_images"], arrays["valid_masks"], cases),
+        arrays["score_images"],
+        int(arrays["num_classes"]),
+        int(arrays["seed"]),
+    )
 
 
 def divisible_padding(height: int, width: int, k: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """``((top, bottom), (left, right))`` zeros that make ``height`` and ``width`` multiples of ``k``, split
     evenly with the odd pixel at the end: MONAI's ``DivisiblePad(k, method="symmetric")``."""
+
     def split(n: int) -> tuple[int, int]:
         extra = -n % k
         return extra // 2, extra - extra // 2
@@ -134,16 +147,28 @@ def pad_inputs(inputs: Inputs, pads: tuple[tuple[int, int], tuple[int, int]]) ->
     def split(part: Split) -> Split:
         return Split(np.pad(part.images, ((0, 0), *image_pad)), np.pad(part.masks, ((0, 0), *mask_pad)), part.cases)
 
-    return Inputs(split(inputs.train), split(inputs.valid), np.pad(inputs.score_images, ((0, 0), *image_pad)),
-                  inputs.num_classes, inputs.seed)
+    return Inputs(
+        split(inputs.train),
+        split(inputs.valid),
+        np.pad(inputs.score_images, ((0, 0), *image_pad)),
+        inputs.num_classes,
+        inputs.seed,
+    )
 
 
 def build_unet(in_channels: int, num_classes: int) -> Any:
     """MONAI's 2D UNet, 16-256 channels, 4 stride-2 levels, 2 residual units, instance norm; logits out."""
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, channels=CHANNELS,
-                strides=STRIDES, num_res_units=NUM_RES_UNITS, norm="instance")
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        channels=CHANNELS,
+        strides=STRIDES,
+        num_res_units=NUM_RES_UNITS,
+        norm="instance",
+    )
 
 
 def to_tensor(images: np.ndarray) -> Any:
@@ -210,8 +235,15 @@ class Result:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def train(model: Any, inputs: Inputs, *, seconds: float | None, steps: int | None, max_epochs: int | None = None,
-          batch_size: int = BATCH_SIZE) -> Result:
+def train(
+    model: Any,
+    inputs: Inputs,
+    *,
+    seconds: float | None,
+    steps: int | None,
+    max_epochs: int | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> Result:
     """DiceCE, Adam 1e-3, flips; validate after every epoch, keep the best weights; stop on time or steps."""
     import torch
     from monai.losses import DiceCELoss
@@ -242,12 +274,26 @@ def train(model: Any, inputs: Inputs, *, seconds: float | None, steps: int | Non
         result.epochs += 1
         dice = foreground_dice(valid.masks, predict(model, valid.images, batch_size), valid.cases, inputs.num_classes)
         now = time.perf_counter()
-        result.history.append({"epoch": result.epochs, "steps": result.steps, "loss": float(np.mean(losses)),
-                               "val_dice_fg_mean": dice, "seconds": now - START})
-        print(f"epoch {result.epochs}: {result.steps} steps, loss {np.mean(losses):.4f}, "
-              f"val foreground Dice {dice:.4f}, {now - START:.1f} s", flush=True)
+        result.history.append(
+            {
+                "epoch": result.epochs,
+                "steps": result.steps,
+                "loss": float(np.mean(losses)),
+                "val_dice_fg_mean": dice,
+                "seconds": now - START,
+            }
+        )
+        print(
+            f"epoch {result.epochs}: {result.steps} steps, loss {np.mean(losses):.4f}, "
+            f"val foreground Dice {dice:.4f}, {now - START:.1f} s",
+            flush=True,
+        )
         if best_state is None or (math.isfinite(dice) and not dice <= result.best_val_dice_fg_mean):
-            best_state, result.best_epoch, result.best_val_dice_fg_mean = copy.deepcopy(model.state_dict()), result.epochs, dice
+            best_state, result.best_epoch, result.best_val_dice_fg_mean = (
+                copy.deepcopy(model.state_dict()),
+                result.epochs,
+                dice,
+            )
         if steps is not None and result.steps >= steps:
             result.stopped_by = "steps"
         elif seconds is not None and now - START >= seconds:
@@ -261,8 +307,9 @@ def train(model: Any, inputs: Inputs, *, seconds: float | None, steps: int | Non
     return result
 
 
-def step_time(height: int, width: int, channels: int, num_classes: int, *, steps: int, repeats: int,
-              threads: int | None = None) -> dict[str, Any]:
+def step_time(
+    height: int, width: int, channels: int, num_classes: int, *, steps: int, repeats: int, threads: int | None = None
+) -> dict[str, Any]:
     """Seconds per optimiser step of :func:`train`'s step (DiceCE, Adam) on one fixed random batch of 8.
 
     For ``scripts/bench.py``: the first step (one warm-up, as PyTorch has no graph to compile, only
@@ -296,9 +343,15 @@ def step_time(height: int, width: int, channels: int, num_classes: int, *, steps
         for _ in range(steps):
             one_step()
         seconds.append((time.perf_counter() - start) / steps)
-    return {"step_s": float(np.median(seconds)), "step_s_all": seconds, "first_step_s": first,
-            "params": int(sum(p.numel() for p in model.parameters())), "batch": BATCH_SIZE,
-            "threads": torch.get_num_threads(), "versions": versions()}
+    return {
+        "step_s": float(np.median(seconds)),
+        "step_s_all": seconds,
+        "first_step_s": first,
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "batch": BATCH_SIZE,
+        "threads": torch.get_num_threads(),
+        "versions": versions(),
+    }
 
 
 def versions() -> dict[str, str]:
@@ -309,8 +362,15 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "monai": monai.__version__, "numpy": np.__version__}
 
 
-def run(data: Path, out: Path, *, seconds: float | None, steps: int | None, threads: int | None = None,
-        max_epochs: int | None = None) -> dict[str, Any]:
+def run(
+    data: Path,
+    out: Path,
+    *,
+    seconds: float | None,
+    steps: int | None,
+    threads: int | None = None,
+    max_epochs: int | None = None,
+) -> dict[str, Any]:
     """Train MONAI's UNet on ``data``; write ``monai.json`` and ``predictions.npz`` in ``out``; returns monai.json."""
     import torch
 
@@ -323,22 +383,35 @@ def run(data: Path, out: Path, *, seconds: float | None, steps: int | None, thre
     inputs = pad_inputs(inputs, pads)
     model = build_unet(channels, inputs.num_classes)
     num_params = sum(p.numel() for p in model.parameters())
-    print(f"MONAI UNet: {num_params:,} parameters; {len(inputs.train.images)} train, {len(inputs.valid.images)} valid "
-          f"slices at {height}x{width}; budget {seconds if seconds is not None else '-'} s, "
-          f"{steps if steps is not None else '-'} steps; {threads} threads", flush=True)
+    print(
+        f"MONAI UNet: {num_params:,} parameters; {len(inputs.train.images)} train, {len(inputs.valid.images)} valid "
+        f"slices at {height}x{width}; budget {seconds if seconds is not None else '-'} s, "
+        f"{steps if steps is not None else '-'} steps; {threads} threads",
+        flush=True,
+    )
     result = train(model, inputs, seconds=seconds, steps=steps, max_epochs=max_epochs)
     out.mkdir(parents=True, exist_ok=True)
     (top, bottom), (left, right) = pads
     predictions = predict(model, inputs.score_images)[:, top : top + height, left : left + width]
     np.savez_compressed(out / "predictions.npz", predictions=predictions)
-    report = {**asdict(result), "num_params": int(num_params), "threads": threads, "batch_size": BATCH_SIZE,
-              "learning_rate": LEARNING_RATE, "image_size": [int(height), int(width)], "seed": inputs.seed,
-              "versions": versions()}
+    report = {
+        **asdict(result),
+        "num_params": int(num_params),
+        "threads": threads,
+        "batch_size": BATCH_SIZE,
+        "learning_rate": LEARNING_RATE,
+        "image_size": [int(height), int(width)],
+        "seed": inputs.seed,
+        "versions": versions(),
+    }
     (out / "monai.json").write_text(json.dumps(report, indent=2))
     steps_per_s = result.steps / result.loop_seconds if result.loop_seconds > 0 else float("nan")
-    print(f"MONAI: {result.epochs} epochs, {result.steps} steps, {result.train_seconds:.1f} s from start "
-          f"({result.startup_seconds:.1f} s start-up, {steps_per_s:.2f} steps/s with validation); "
-          f"best epoch {result.best_epoch}, val foreground Dice {result.best_val_dice_fg_mean:.4f}", flush=True)
+    print(
+        f"MONAI: {result.epochs} epochs, {result.steps} steps, {result.train_seconds:.1f} s from start "
+        f"({result.startup_seconds:.1f} s start-up, {steps_per_s:.2f} steps/s with validation); "
+        f"best epoch {result.best_epoch}, val foreground Dice {result.best_val_dice_fg_mean:.4f}",
+        flush=True,
+    )
     return report
 
 
@@ -346,12 +419,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help=".npz written by scripts/accuracy.py")
     parser.add_argument("--out", help="output folder (monai.json, predictions.npz)")
-    parser.add_argument("--step-time", nargs=4, type=int, metavar=("H", "W", "C", "K"),
-                        help="only time --steps training steps on a random batch of 8 HxWxC images, K classes "
-                             "(median of --repeats); prints one JSON line")
+    parser.add_argument(
+        "--step-time",
+        nargs=4,
+        type=int,
+        metavar=("H", "W", "C", "K"),
+        help="only time --steps training steps on a random batch of 8 HxWxC images, K classes "
+        "(median of --repeats); prints one JSON line",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="--step-time: timed repetitions")
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="wall-time budget from the script's start; stops after the epoch that reaches it")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="wall-time budget from the script's start; stops after the epoch that reaches it",
+    )
     parser.add_argument("--steps", type=int, default=None, help="stop exactly after this many optimiser steps")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: os.cpu_count())")
     parser.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs at the latest")
@@ -366,8 +448,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give --seconds, --steps or --max-epochs")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
-    run(Path(args.data), Path(args.out), seconds=args.seconds, steps=args.steps, threads=args.threads,
-        max_epochs=args.max_epochs)
+    run(
+        Path(args.data),
+        Path(args.out),
+        seconds=args.seconds,
+        steps=args.steps,
+        threads=args.threads,
+        max_epochs=args.max_epochs,
+    )
     return 0
 
 

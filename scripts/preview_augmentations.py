@@ -128,8 +128,10 @@ def parse_rgb_map(value: str) -> list[list[int]]:
         data = data["rgb_map"]
     if isinstance(data, dict):
         data = list(data.values())
-    ok = isinstance(data, list) and data and all(
-        isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) for v in c) for c in data
+    ok = (
+        isinstance(data, list)
+        and data
+        and all(isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) for v in c) for c in data)
     )
     if not ok:
         raise argparse.ArgumentTypeError(
@@ -260,23 +262,37 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Presets: " + ", ".join(available_presets()),
     )
-    parser.add_argument("--preset", action="append", metavar="NAME[,NAME]",
-                        help="augmentation preset(s) under conf/augmentation (repeatable or comma list; default full)")
+    parser.add_argument(
+        "--preset",
+        action="append",
+        metavar="NAME[,NAME]",
+        help="augmentation preset(s) under conf/augmentation (repeatable or comma list; default full)",
+    )
     parser.add_argument("--images", type=Path, help="folder with image PNGs (paired with --masks by file name)")
     parser.add_argument("--masks", type=Path, help="folder with mask PNGs (class indices, or colours with --rgb-map)")
-    parser.add_argument("--rgb-map", type=parse_rgb_map, default=None,
-                        help="decode colour masks: a dataset YAML with rgb_map:, or '{background: [0,0,0], x: [255,0,0]}'")
-    parser.add_argument("--source", choices=("auto", "phantom", "grid"), default="auto",
-                        help="synthetic input when no --images: phantom slices (auto: if available) or a grid")
+    parser.add_argument(
+        "--rgb-map",
+        type=parse_rgb_map,
+        default=None,
+        help="decode colour masks: a dataset YAML with rgb_map:, or '{background: [0,0,0], x: [255,0,0]}'",
+    )
+    parser.add_argument(
+        "--source",
+        choices=("auto", "phantom", "grid"),
+        default="auto",
+        help="synthetic input when no --images: phantom slices (auto: if available) or a grid",
+    )
     parser.add_argument("--size", type=int, default=256, help="resize inputs so the longer side is SIZE (0: keep)")
     parser.add_argument("--samples", type=int, default=4, help="rows: number of input samples")
     parser.add_argument("--variants", type=int, default=6, help="augmented variants per sample")
     parser.add_argument("--seed", type=int, default=0, help="seed for inputs and augmentations")
-    parser.add_argument("--out", default=None,
-                        help="output PNG (default outputs/augmentation_preview_<preset>.png; "
-                             "'{preset}' in the name is replaced, several presets get a _<preset> suffix)")
-    parser.add_argument("overrides", nargs="*",
-                        help="Hydra overrides, e.g. augmentation.transforms.rotate.p=1")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output PNG (default outputs/augmentation_preview_<preset>.png; "
+        "'{preset}' in the name is replaced, several presets get a _<preset> suffix)",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. augmentation.transforms.rotate.p=1")
     return parser
 
 

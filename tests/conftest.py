@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
-
 from segexp.config.schema import CONF_DIR, REPO_DIR
 from segexp.data.rgb_map import encode_rgb_mask
 
@@ -42,16 +41,20 @@ def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
     return _compose
 
 
-def random_batch(n: int, height: int, width: int, channels: int, classes: int,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def random_batch(
+    n: int, height: int, width: int, channels: int, classes: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Random uint8 images ``(n, H, W, C)`` and class-index masks ``(n, H, W)`` (two labels at least)."""
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (n, height, width, channels), dtype=np.uint8),
-            rng.integers(0, max(classes, 2), (n, height, width), dtype=np.uint8))
+    return (
+        rng.integers(0, 256, (n, height, width, channels), dtype=np.uint8),
+        rng.integers(0, max(classes, 2), (n, height, width), dtype=np.uint8),
+    )
 
 
 def assert_model_key_refused(overrides: Sequence[str], key: str, value: Any, message: str) -> None:
-    """With ``model.<key> = value`` on the composed config, start-up validation raises a ConfigError matching ``message``."""
+    """With ``model.<key> = value`` on the composed config, start-up validation raises a ConfigError matching
+    ``message``."""
     from segexp.config.errors import ConfigError
     from segexp.training.loop import validate_run_config
 

@@ -45,10 +45,25 @@ class RestartableServer:
         self.starts += 1
         log = open(self.base / f"server-{self.starts}.log", "w")
         self.process = subprocess.Popen(
-            ["mlflow", "server", "--backend-store-uri", f"sqlite:///{self.base / 'db.sqlite'}",
-             "--artifacts-destination", str(self.base / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            [
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.base / 'db.sqlite'}",
+                "--artifacts-destination",
+                str(self.base / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.healthy():

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from segexp.config.schema import REPO_DIR
 from segexp.data.dataset import leaked_cases
 from segexp.data.slices import split_pairs
@@ -26,8 +25,9 @@ sys.path.insert(0, str(SCRIPTS))  # the scripts import each other (bench) as scr
 import accuracy  # noqa: E402
 import monai_loop  # noqa: E402  (numpy only at import: torch and monai are imported where they are used)
 
-needs_venv = pytest.mark.skipif(not (MONAI_VENV / "bin" / "python").is_file(),
-                                reason=f"{MONAI_VENV} is absent (scripts/accuracy.py builds it)")
+needs_venv = pytest.mark.skipif(
+    not (MONAI_VENV / "bin" / "python").is_file(), reason=f"{MONAI_VENV} is absent (scripts/accuracy.py builds it)"
+)
 
 
 def _tiny_overrides(root: Path) -> list[str]:
@@ -87,14 +87,18 @@ def test_fixed_predictions_stand_in_for_a_model() -> None:
 def test_venv_commands_and_reuse(tmp_path: Path, monkeypatch) -> None:
     venv = tmp_path / "venv"
     cmds = accuracy.venv_commands(venv, "torch==2.0.0+cpu", python="/usr/bin/python3")
-    assert cmds == [["/usr/bin/python3", "-m", "venv", str(venv)],
-                    [str(venv / "bin" / "python"), "-m", "pip", "install", "torch==2.0.0+cpu", "monai>=1.4,<1.7", "numpy"]]
+    assert cmds == [
+        ["/usr/bin/python3", "-m", "venv", str(venv)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "torch==2.0.0+cpu", "monai>=1.4,<1.7", "numpy"],
+    ]
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     assert accuracy.torch_requirement([wheels], "cp311") == "torch"
-    for name in ("torch-2.9.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
-                 "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
-                 "torch-2.14.0+cpu-cp312-cp312-manylinux_2_28_x86_64.whl"):
+    for name in (
+        "torch-2.9.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "torch-2.14.0+cpu-cp312-cp312-manylinux_2_28_x86_64.whl",
+    ):
         (wheels / name).touch()
     assert accuracy.torch_requirement([wheels], "cp311") == "torch==2.13.0+cpu"  # newest for this Python
     monkeypatch.setattr(accuracy, "venv_ready", lambda v: True)
@@ -112,8 +116,18 @@ def test_venv_build_failure_names_the_path(tmp_path: Path, monkeypatch) -> None:
 
 def test_monai_command() -> None:
     cmd = accuracy.monai_command(Path("/v/bin/python"), Path("/w/in.npz"), Path("/w/out"), seconds=12.34567, threads=2)
-    assert cmd == ["/v/bin/python", str(SCRIPTS / "monai_loop.py"), "--data", "/w/in.npz", "--out", "/w/out",
-                   "--seconds", "12.346", "--threads", "2"]
+    assert cmd == [
+        "/v/bin/python",
+        str(SCRIPTS / "monai_loop.py"),
+        "--data",
+        "/w/in.npz",
+        "--out",
+        "/w/out",
+        "--seconds",
+        "12.346",
+        "--threads",
+        "2",
+    ]
     assert accuracy.monai_command(Path("p"), Path("d"), Path("o"), steps=160)[-2:] == ["--steps", "160"]
 
 
@@ -161,8 +175,17 @@ def test_slab_folder_is_split_by_slab_without_leaks(tmp_path: Path) -> None:
             (prepared / "train" / sub / f"case_x_{index:03d}.png").write_bytes(b"png")
     cases = accuracy.build_slab_folder(prepared, "case_x", tmp_path / "slabs", slab_slices=4)
     assert set(cases) == {"train", "valid", "test"} and all(cases.values())
-    pairs = {split: split_pairs(tmp_path / "slabs", split, layout="flat", splits={}, cases=cases,
-                                case_pattern=r"^(?P<case>.+)_(?P<slice>\d+)$") for split in cases}
+    pairs = {
+        split: split_pairs(
+            tmp_path / "slabs",
+            split,
+            layout="flat",
+            splits={},
+            cases=cases,
+            case_pattern=r"^(?P<case>.+)_(?P<slice>\d+)$",
+        )
+        for split in cases
+    }
     assert leaked_cases(pairs) == []
     names = [p.name for split in pairs.values() for p in split]
     assert len(names) == len(set(names)) == 40
@@ -173,8 +196,9 @@ def test_slab_folder_is_split_by_slab_without_leaks(tmp_path: Path) -> None:
         for slab in ids:
             got = sorted(int(p.name.rsplit("_", 1)[1]) for p in pairs[split] if p.case == slab)
             assert got == list(range(got[0], got[0] + len(got)))
-    assert (tmp_path / "slabs" / "images" / f"{cases['train'][0]}_010.png").resolve() == \
-        (prepared / "train" / "images" / "case_x_010.png").resolve()
+    assert (tmp_path / "slabs" / "images" / f"{cases['train'][0]}_010.png").resolve() == (
+        prepared / "train" / "images" / "case_x_010.png"
+    ).resolve()
 
 
 @pytest.mark.skipif(not HVSMR_MINI.is_dir(), reason="../shared/data/hvsmr_mini is absent")
@@ -194,8 +218,13 @@ def test_hvsmr_mini_split_scores_every_structure_in_valid_and_test() -> None:
 
 
 def test_segexp_time_is_its_keras_epochs() -> None:
-    lines = ["[2026-11-30][segexp.training.loop][INFO] - model resunet: 1 parameters, fp32 compute",
-             "Epoch 1/2", "20/20 - 50s - 2s/step - loss: 1.0", "Epoch 2/2", "20/20 - 37s - 2s/step - loss: 0.9"]
+    lines = [
+        "[2026-11-30][segexp.training.loop][INFO] - model resunet: 1 parameters, fp32 compute",
+        "Epoch 1/2",
+        "20/20 - 50s - 2s/step - loss: 1.0",
+        "Epoch 2/2",
+        "20/20 - 37s - 2s/step - loss: 0.9",
+    ]
     assert accuracy.keras_epochs(lines) == [(20, 50.0), (20, 37.0)]
     assert accuracy.keras_epochs(lines[:2]) == []
 
@@ -212,39 +241,66 @@ def test_target_verdict_is_on_monais_equal_time_row() -> None:
     steps = accuracy.target_verdict([seg, at_time, at_steps], "steps")
     assert steps.startswith("target NOT met") and "0.600 < MONAI 0.650" in steps
     verdict = accuracy.target_verdict([_row("segexp (plan)", 0.4, {"a": 0.8, "b": 0.0}), at_time])
-    assert verdict.startswith("target NOT met") and "0.400 < MONAI 0.500" in verdict and "MONAI finds them: b" in verdict
+    assert (
+        verdict.startswith("target NOT met") and "0.400 < MONAI 0.500" in verdict and "MONAI finds them: b" in verdict
+    )
     assert "one system only" in accuracy.target_verdict([at_time])
     assert "no MONAI run at segexp's steps" in accuracy.target_verdict([seg, at_time], "steps")
 
 
-def _fake_runs(monkeypatch, tmp_path: Path, fg_of=lambda system, overrides: 0.7 if system.startswith("segexp") else 0.6):
+def _fake_runs(
+    monkeypatch, tmp_path: Path, fg_of=lambda system, overrides: 0.7 if system.startswith("segexp") else 0.6
+):
     """run_segexp / run_monai / export / the environment replaced; returns the MONAI calls (matched, seconds, steps)."""
     calls = []
 
     def row(system: str, overrides: list[str], seconds: float, steps: int, **extra) -> dict:
         seed = next((int(o[5:]) for o in overrides if o.startswith("seed=")), 0)
         fg = fg_of(system, overrides)
-        return {"system": system, "epochs": 2 + seed, "steps": steps + seed, "train_seconds": seconds - 5 + seed,
-                "process_seconds": seconds + seed, "foreground_dice": fg,
-                "dice": {"LV": fg, "RV": None if seed == 0 else 0.2}, "n": {"LV": 1, "RV": 0 if seed == 0 else 1},
-                "num_cases": 1, **extra}
+        return {
+            "system": system,
+            "epochs": 2 + seed,
+            "steps": steps + seed,
+            "train_seconds": seconds - 5 + seed,
+            "process_seconds": seconds + seed,
+            "foreground_dice": fg,
+            "dice": {"LV": fg, "RV": None if seed == 0 else 0.2},
+            "n": {"LV": 1, "RV": 0 if seed == 0 else 1},
+            "num_cases": 1,
+            **extra,
+        }
 
     def run_monai(pixels, args, work, *, matched, budget, seconds=None, steps=None):
         calls.append((matched, seconds, steps))
-        return row("MONAI (PyTorch)", pixels, seconds or 50.0, steps or 9, matched=matched, budget=budget,
-                   num_params=1_625_000, versions={"torch": "2.x", "monai": "1.y"})
+        return row(
+            "MONAI (PyTorch)",
+            pixels,
+            seconds or 50.0,
+            steps or 9,
+            matched=matched,
+            budget=budget,
+            num_params=1_625_000,
+            versions={"torch": "2.x", "monai": "1.y"},
+        )
 
     monkeypatch.setattr(accuracy, "SHARED", tmp_path / "shared")
     (tmp_path / "shared" / "hvsmr_mini").mkdir(parents=True)  # hocmvalves_mini is absent: skipped
     monkeypatch.setattr(accuracy, "ensure_monai_venv", lambda venv: Path("/venv/bin/python"))
     monkeypatch.setattr(accuracy, "export_pixels", lambda overrides, split, path, run_config=None: list(overrides))
-    monkeypatch.setattr(accuracy, "run_segexp", lambda ds, overrides, args, work:
-                        row("segexp (plan)", overrides, 47.0, 6, matched=None, budget="training.max_time=4"))
+    monkeypatch.setattr(
+        accuracy,
+        "run_segexp",
+        lambda ds, overrides, args, work: row(
+            "segexp (plan)", overrides, 47.0, 6, matched=None, budget="training.max_time=4"
+        ),
+    )
     monkeypatch.setattr(accuracy, "run_monai", run_monai)
     return calls
 
 
-def test_main_gives_monai_segexps_process_time_and_steps_and_rewrites_blocks(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_main_gives_monai_segexps_process_time_and_steps_and_rewrites_blocks(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     calls = _fake_runs(monkeypatch, tmp_path)
     doc = tmp_path / "ACCURACY.md"
     argv = ["--datasets", "hvsmr_mini", "hocmvalves_mini", "--out", str(tmp_path / "out"), "--markdown", str(doc)]
@@ -264,8 +320,11 @@ def test_main_gives_monai_segexps_process_time_and_steps_and_rewrites_blocks(tmp
     assert accuracy.main(argv) == 0  # a rerun replaces the block
     assert doc.read_text().count("<!-- accuracy:hvsmr_mini:begin -->") == 1
     rows = json.loads((tmp_path / "out" / "hvsmr_mini" / "result.json").read_text())
-    assert [(r["system"], r["matched"]) for r in rows] == [("segexp (plan)", None), ("MONAI (PyTorch)", "time"),
-                                                           ("MONAI (PyTorch)", "steps")]
+    assert [(r["system"], r["matched"]) for r in rows] == [
+        ("segexp (plan)", None),
+        ("MONAI (PyTorch)", "time"),
+        ("MONAI (PyTorch)", "steps"),
+    ]
 
 
 def test_monai_only_and_segexp_only(tmp_path: Path, monkeypatch) -> None:
@@ -289,8 +348,12 @@ def test_seeds_run_both_systems_per_seed_and_report_means(tmp_path: Path, monkey
 
     _fake_runs(monkeypatch, tmp_path, fg)
     doc = tmp_path / "ACCURACY.md"
-    assert accuracy.main(["--datasets", "hvsmr_mini", "--out", str(tmp_path / "out"), "--markdown", str(doc),
-                          "--seeds", "0", "1"]) == 0
+    assert (
+        accuracy.main(
+            ["--datasets", "hvsmr_mini", "--out", str(tmp_path / "out"), "--markdown", str(doc), "--seeds", "0", "1"]
+        )
+        == 0
+    )
     text = doc.read_text()
     # segexp: 0.5 and 0.6 -> 0.55; RV scored only by seed 1; MONAI got segexp's process time of each seed (47, 48)
     assert "| segexp (plan) | training.max_time=4 | 2 | 6 | 48 s | 0.550 | 0.500, 0.600 | 0.550 | 0.200 |" in text
@@ -310,10 +373,21 @@ def test_monai_loop_two_steps_on_a_tiny_npz(tmp_path: Path) -> None:
         return rng.integers(0, 256, (n, 32, 32, 1), dtype=np.uint8), (rng.random((n, 32, 32)) > 0.7).astype(np.uint8)
 
     (ti, tm), (vi, vm), (si, _) = split(10), split(4), split(3)
-    np.savez(tmp_path / "in.npz", train_images=ti, train_masks=tm, valid_images=vi, valid_masks=vm,
-             valid_cases=np.array(["a", "a", "b", "b"]), score_images=si, score_cases=np.array(["c"] * 3),
-             num_classes=2, seed=0)
-    cmd = accuracy.monai_command(MONAI_VENV / "bin" / "python", tmp_path / "in.npz", tmp_path / "out", steps=2, threads=2)
+    np.savez(
+        tmp_path / "in.npz",
+        train_images=ti,
+        train_masks=tm,
+        valid_images=vi,
+        valid_masks=vm,
+        valid_cases=np.array(["a", "a", "b", "b"]),
+        score_images=si,
+        score_cases=np.array(["c"] * 3),
+        num_classes=2,
+        seed=0,
+    )
+    cmd = accuracy.monai_command(
+        MONAI_VENV / "bin" / "python", tmp_path / "in.npz", tmp_path / "out", steps=2, threads=2
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=accuracy.monai_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "monai.json").read_text())
@@ -327,11 +401,28 @@ def test_monai_loop_two_steps_on_a_tiny_npz(tmp_path: Path) -> None:
 
 def _run_accuracy(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
     doc = tmp_path / "ACCURACY.md"
-    doc.write_text("# A\n\n## hvsmr_mini\n<!-- accuracy:hvsmr_mini:begin -->\nold\n<!-- accuracy:hvsmr_mini:end -->\n\ntail\n")
+    doc.write_text(
+        "# A\n\n## hvsmr_mini\n<!-- accuracy:hvsmr_mini:begin -->\nold\n<!-- accuracy:hvsmr_mini:end -->\n\ntail\n"
+    )
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / "accuracy.py"), "--datasets", "hvsmr_mini", "--out", str(tmp_path / "out"),
-         "--markdown", str(doc), "--monai-venv", str(MONAI_VENV), *args],
-        capture_output=True, text=True, cwd=REPO_DIR, timeout=900, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [
+            sys.executable,
+            str(SCRIPTS / "accuracy.py"),
+            "--datasets",
+            "hvsmr_mini",
+            "--out",
+            str(tmp_path / "out"),
+            "--markdown",
+            str(doc),
+            "--monai-venv",
+            str(MONAI_VENV),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_DIR,
+        timeout=900,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, doc
@@ -344,15 +435,28 @@ CLASSES = "| LV | RV | LA | RA | AO | PA | SVC | IVC |"
 @needs_venv
 @pytest.mark.skipif(not HVSMR_MINI.is_dir(), reason="../shared/data/hvsmr_mini is absent")
 def test_monai_only_run_writes_table_and_block(tmp_path: Path) -> None:
-    proc, doc = _run_accuracy(tmp_path, "--monai-only", "--minutes", "0.01", "--max-epochs", "1",
-                              "--segexp-overrides", "model.image_height=32", "model.image_width=32")
+    proc, doc = _run_accuracy(
+        tmp_path,
+        "--monai-only",
+        "--minutes",
+        "0.01",
+        "--max-epochs",
+        "1",
+        "--segexp-overrides",
+        "model.image_height=32",
+        "model.image_width=32",
+    )
     text = doc.read_text()
-    assert "old" not in text and text.startswith("# A\n") and text.endswith("<!-- accuracy:hvsmr_mini:end -->\n\ntail\n")
+    assert (
+        "old" not in text and text.startswith("# A\n") and text.endswith("<!-- accuracy:hvsmr_mini:end -->\n\ntail\n")
+    )
     assert CLASSES in text and "| MONAI (PyTorch) | `--minutes` | 1 | 3 |" in text  # 23 train slices, batch 8
     assert "Reproduce: `python scripts/accuracy.py --datasets hvsmr_mini" in text and "MONAI 1." in text
     assert CLASSES in proc.stdout
     rows = json.loads((tmp_path / "out" / "hvsmr_mini" / "result.json").read_text())
-    assert rows[0]["epochs"] == 1 and rows[0]["num_cases"] == 1 and set(rows[0]["dice"]) == set(CLASSES[2:-2].split(" | "))
+    assert (
+        rows[0]["epochs"] == 1 and rows[0]["num_cases"] == 1 and set(rows[0]["dice"]) == set(CLASSES[2:-2].split(" | "))
+    )
     assert (tmp_path / "out" / "hvsmr_mini" / "monai_time" / "evaluation" / "summary.json").is_file()
 
 
@@ -360,9 +464,19 @@ def test_monai_only_run_writes_table_and_block(tmp_path: Path) -> None:
 @needs_venv
 @pytest.mark.skipif(not HVSMR_MINI.is_dir(), reason="../shared/data/hvsmr_mini is absent")
 def test_both_systems_tiny_run(tmp_path: Path) -> None:
-    proc, doc = _run_accuracy(tmp_path, "--minutes", "0.05", "--no-tracking", "--segexp-overrides",
-                              "model.image_height=32", "model.image_width=32", "model.channels=[4,8,16]",
-                              "training.epochs=1", "training.steps_per_epoch=3", "training.epoch_images.num=0")
+    proc, doc = _run_accuracy(
+        tmp_path,
+        "--minutes",
+        "0.05",
+        "--no-tracking",
+        "--segexp-overrides",
+        "model.image_height=32",
+        "model.image_width=32",
+        "model.channels=[4,8,16]",
+        "training.epochs=1",
+        "training.steps_per_epoch=3",
+        "training.epoch_images.num=0",
+    )
     text = doc.read_text()
     assert "| segexp (plan) | training.max_time=0.05 | 1 | 3 |" in text  # training.steps_per_epoch=3
     assert "| MONAI (PyTorch) | segexp's wall time |" in text and "| MONAI (PyTorch) | segexp's steps | 1 | 3 |" in text

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-
 from segexp.data.augment import (
     AugmentationError,
     Augmenter,
@@ -85,7 +84,14 @@ def test_every_preset_instantiates(name: str) -> None:
 def test_expected_presets_exist() -> None:
     assert {"none", "flips", "full"} <= set(PRESETS)
     assert Augmenter(preset("full").transforms).names == [
-        "hflip", "vflip", "rotate", "shear", "scale", "elastic", "barrel", "pincushion"
+        "hflip",
+        "vflip",
+        "rotate",
+        "shear",
+        "scale",
+        "elastic",
+        "barrel",
+        "pincushion",
     ]
 
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from segexp.config.schema import REPO_DIR
 
 BENCH = REPO_DIR / "scripts" / "bench.py"
@@ -29,9 +28,21 @@ def test_tiny_benchmark_reports_every_section(tmp_path: Path) -> None:
     doc = tmp_path / "BENCH.md"
     doc.write_text("# B\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\ntail\n")
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--tiny", "--work-dir", str(tmp_path / "work"), "--json", str(results),
-         "--update", str(doc)],
-        capture_output=True, text=True, cwd=REPO_DIR, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [
+            sys.executable,
+            str(BENCH),
+            "--tiny",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--json",
+            str(results),
+            "--update",
+            str(doc),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_DIR,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(results.read_text())
@@ -57,9 +68,16 @@ def test_tiny_benchmark_reports_every_section(tmp_path: Path) -> None:
     # The markdown block is replaced in place, the rest of the document kept.
     text = doc.read_text()
     assert "old" not in text and text.endswith("<!-- bench:end -->\n\ntail\n")
-    for heading in ("### Loader vs model", "### Training step", "### The fit loop", "### segexp's epoch loop against Keras",
-                    "### Inference", "### Memory", "### segexp-prepare",
-                    "### Targets"):
+    for heading in (
+        "### Loader vs model",
+        "### Training step",
+        "### The fit loop",
+        "### segexp's epoch loop against Keras",
+        "### Inference",
+        "### Memory",
+        "### segexp-prepare",
+        "### Targets",
+    ):
         assert heading in text
     assert "TINY smoke run" in text
 
@@ -91,9 +109,23 @@ def test_tiny_zoo_section_measures_every_network(tmp_path: Path) -> None:
     doc = tmp_path / "BENCH.md"
     doc.write_text("# B\n")
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--tiny", "--only", "zoo", "--work-dir", str(tmp_path / "work"),
-         "--json", str(results), "--update", str(doc)],
-        capture_output=True, text=True, cwd=REPO_DIR, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [
+            sys.executable,
+            str(BENCH),
+            "--tiny",
+            "--only",
+            "zoo",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--json",
+            str(results),
+            "--update",
+            str(doc),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_DIR,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(results.read_text())["sections"]["zoo"]["rows"]
@@ -111,30 +143,56 @@ def test_planned_network_is_the_plans_and_peer_report() -> None:
     overrides = bench.planned_network(256)
     assert f"model={rules.NETWORK}" in overrides and "model.channels=[16,32,64,128,256]" in overrides
     assert "model.channels=[16,32,64,128]" in bench.planned_network(64)  # 3 halvings keep an 8 px bottom
-    row = {"size": 256, "batch": 8, "overrides": overrides, "planned": "segexp_bf16",
-           "step_s": {"segexp_xla_fp32": 0.6, "segexp_fp32": 0.9, "segexp_bf16": 0.5, "monai": 0.75},
-           "first_step_s": {"segexp_xla_fp32": 15.0, "segexp_fp32": 6.0, "segexp_bf16": 5.0, "monai": 0.3},
-           "ratio_planned": 0.5 / 0.75}
-    results = {"machine": bench.machine(), "tiny": False, "repeats": 3,
-               "sections": {"peer": {"rows": [row], "threads": 2}}}
+    row = {
+        "size": 256,
+        "batch": 8,
+        "overrides": overrides,
+        "planned": "segexp_bf16",
+        "step_s": {"segexp_xla_fp32": 0.6, "segexp_fp32": 0.9, "segexp_bf16": 0.5, "monai": 0.75},
+        "first_step_s": {"segexp_xla_fp32": 15.0, "segexp_fp32": 6.0, "segexp_bf16": 5.0, "monai": 0.3},
+        "ratio_planned": 0.5 / 0.75,
+    }
+    results = {
+        "machine": bench.machine(),
+        "tiny": False,
+        "repeats": 3,
+        "sections": {"peer": {"rows": [row], "threads": 2}},
+    }
     text = bench.report(results)
-    assert ("| 256x256 | `model=resunet model.channels=[16,32,64,128,256]` | 0.600 (15.0) | 0.900 (6.0) | "
-            "**0.500** (5.0) | 0.750 (0.3) | **0.67** |") in text
-    assert results["checks"] == [{"check": "planned step (segexp_bf16) faster than MONAI's at 256x256 "
-                                           "(segexp / MONAI 0.67)", "ok": True}]
+    assert (
+        "| 256x256 | `model=resunet model.channels=[16,32,64,128,256]` | 0.600 (15.0) | 0.900 (6.0) | "
+        "**0.500** (5.0) | 0.750 (0.3) | **0.67** |"
+    ) in text
+    assert results["checks"] == [
+        {"check": "planned step (segexp_bf16) faster than MONAI's at 256x256 (segexp / MONAI 0.67)", "ok": True}
+    ]
 
 
 MONAI_VENV = REPO_DIR / "outputs" / "venvs" / "monai"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (MONAI_VENV / "bin" / "python").is_file(), reason="no MONAI venv (scripts/accuracy.py builds it)")
+@pytest.mark.skipif(
+    not (MONAI_VENV / "bin" / "python").is_file(), reason="no MONAI venv (scripts/accuracy.py builds it)"
+)
 def test_tiny_peer_section_times_segexp_and_monai(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--tiny", "--only", "peer", "--work-dir", str(tmp_path / "work"),
-         "--json", str(results)],
-        capture_output=True, text=True, cwd=REPO_DIR, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [
+            sys.executable,
+            str(BENCH),
+            "--tiny",
+            "--only",
+            "peer",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--json",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_DIR,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = json.loads(results.read_text())["sections"]["peer"]["rows"]

@@ -12,7 +12,6 @@ import cv2
 import nibabel as nib
 import numpy as np
 import pytest
-
 from segexp.cli.check import run_check
 from segexp.config.schema import ConfigError, validate_train_config
 from segexp.data.check import check_slice_dataset, check_volume_folder
@@ -31,8 +30,11 @@ from .conftest import (
 )
 
 THORAX = SHARED_DATA / "thorax_cta"
-TINY_KEYS = ("dataset=folder", "dataset.class_names=[background,square,disc]",
-             "dataset.rgb_map={background:[0,0,0],square:[255,0,0],disc:[0,255,0]}")
+TINY_KEYS = (
+    "dataset=folder",
+    "dataset.class_names=[background,square,disc]",
+    "dataset.rgb_map={background:[0,0,0],square:[255,0,0],disc:[0,255,0]}",
+)
 
 
 def _tiny_cfg(root: Path):
@@ -43,18 +45,18 @@ def break_dataset(root: Path) -> dict[str, str]:
     """Damage a tiny dataset in every way at once; returns {file name: expected cause (regex)}."""
     tr, va = root / "train", root / "valid"
     img = tr / "images" / "case0_000.png"
-    img.write_bytes(img.read_bytes()[: img.stat().st_size // 2])                      # truncated PNG
-    (tr / "masks" / "case0_001.png").write_bytes(b"")                                   # zero-byte file
-    (tr / "images" / "case0_002.png").write_text("this is not an image\n")              # text named .png
+    img.write_bytes(img.read_bytes()[: img.stat().st_size // 2])  # truncated PNG
+    (tr / "masks" / "case0_001.png").write_bytes(b"")  # zero-byte file
+    (tr / "images" / "case0_002.png").write_text("this is not an image\n")  # text named .png
     mask = cv2.imread(str(tr / "masks" / "case0_003.png"))
-    mask[3, 4] = (56, 34, 12)                                                            # stray colour (BGR)
+    mask[3, 4] = (56, 34, 12)  # stray colour (BGR)
     cv2.imwrite(str(tr / "masks" / "case0_003.png"), mask)
-    cv2.imwrite(str(tr / "images" / "case0_004.png"), np.zeros((48, 40), np.uint8))    # image of wrong size
+    cv2.imwrite(str(tr / "images" / "case0_004.png"), np.zeros((48, 40), np.uint8))  # image of wrong size
     cv2.imwrite(str(tr / "masks" / "case0_005.png"), np.zeros((16, 16, 3), np.uint8))  # mask of wrong size
     colour = np.zeros((32, 32, 3), np.uint8)
-    colour[..., 2] = 200                                                                 # RGB image, grayscale dataset
+    colour[..., 2] = 200  # RGB image, grayscale dataset
     cv2.imwrite(str(tr / "images" / "case0_006.png"), colour)
-    cv2.imwrite(str(va / "images" / "case1_099.png"), np.zeros((32, 32), np.uint8))    # image without mask
+    cv2.imwrite(str(va / "images" / "case1_099.png"), np.zeros((32, 32), np.uint8))  # image without mask
     cv2.imwrite(str(va / "masks" / "case1_098.png"), np.zeros((32, 32, 3), np.uint8))  # mask without image
     return {
         "train/images/case0_000.png": r"truncated PNG",
@@ -103,8 +105,11 @@ def test_fingerprint_of_a_good_dataset(tmp_path: Path) -> None:
     report = check_slice_dataset(_tiny_cfg(root), channels=1)
     assert report.ok, report.problems
     f = report.fingerprint
-    assert f.splits == {"train": {"cases": 1, "slices": 8}, "valid": {"cases": 1, "slices": 4},
-                        "test": {"cases": 1, "slices": 2}}
+    assert f.splits == {
+        "train": {"cases": 1, "slices": 8},
+        "valid": {"cases": 1, "slices": 4},
+        "test": {"cases": 1, "slices": 2},
+    }
     assert set(f.class_pixels) == {"background", "square", "disc"} and sum(f.class_pixels.values()) == 14 * 32 * 32
     assert sum(f.class_frequency.values()) == pytest.approx(1.0)
     assert f.image_sizes == {"32x32": 14}
@@ -117,8 +122,14 @@ def test_fingerprint_of_a_good_dataset(tmp_path: Path) -> None:
 
 def test_class_never_present_and_case_leak(tmp_path: Path) -> None:
     root = write_tiny_dataset(tmp_path / "d", {"train": 2, "valid": 2})
-    cfg = compose_config(["dataset=folder", f"dataset.root={root}", "dataset.class_names=[background,square,disc,extra]",
-                          "dataset.rgb_map={background:[0,0,0],square:[255,0,0],disc:[0,255,0],extra:[0,0,255]}"]).dataset
+    cfg = compose_config(
+        [
+            "dataset=folder",
+            f"dataset.root={root}",
+            "dataset.class_names=[background,square,disc,extra]",
+            "dataset.rgb_map={background:[0,0,0],square:[255,0,0],disc:[0,255,0],extra:[0,0,255]}",
+        ]
+    ).dataset
     for sub in ("images", "masks"):
         (root / "valid" / sub / "case1_000.png").rename(root / "valid" / sub / "case0_050.png")
     lines = [str(p) for p in check_slice_dataset(cfg, channels=1).problems]
@@ -161,8 +172,9 @@ def break_dataset_train(root: Path) -> dict[str, str]:
 def _loader(root: Path, shuffle: bool = False, **kw) -> SliceLoader:
     pairs = find_pairs(root / "train" / "images", root / "train" / "masks", r"^(?P<case>.+)_\d+$")
     sampler = EpochSampler(len(pairs), 4, seed=kw.get("seed", 0)) if shuffle else None  # one shuffled pass
-    return SliceLoader(pairs, MaskDecoder("rgb", 3, TINY_COLOURS), image_size=(32, 32), channels=1, batch_size=4,
-                       sampler=sampler, **kw)
+    return SliceLoader(
+        pairs, MaskDecoder("rgb", 3, TINY_COLOURS), image_size=(32, 32), channels=1, batch_size=4, sampler=sampler, **kw
+    )
 
 
 def test_loader_on_bad_file_error_names_the_file(tmp_path: Path) -> None:
@@ -229,14 +241,14 @@ def test_broken_volumes_are_each_one_problem(tmp_path: Path) -> None:
         _nifti(src / f"{case}_image.nii.gz", image)
     _nifti(src / "a_label.nii.gz", label)
     raw = (src / "b_image.nii.gz").read_bytes()
-    (src / "b_image.nii.gz").write_bytes(raw[: len(raw) // 2])           # truncated .nii.gz
+    (src / "b_image.nii.gz").write_bytes(raw[: len(raw) // 2])  # truncated .nii.gz
     _nifti(src / "b_label.nii.gz", label)
-    _nifti(src / "c_label.nii.gz", label[:, :, :6])                      # shape mismatch
+    _nifti(src / "c_label.nii.gz", label[:, :, :6])  # shape mismatch
     bad_values = label.copy()
     bad_values[0, 0, 0] = 7
-    _nifti(src / "d_label.nii.gz", bad_values)                           # label value not in the class table
-    _nifti(src / "e_image.nii.gz", image)                                # image without label
-    (src / "notes.nii").write_text("x")                                  # name outside the pattern
+    _nifti(src / "d_label.nii.gz", bad_values)  # label value not in the class table
+    _nifti(src / "e_image.nii.gz", image)  # image without label
+    (src / "notes.nii").write_text("x")  # name outside the pattern
     report = check_volume_folder(src, CASE_PATTERN, {"background": [0], "fg": [1], "other": [2]})
     lines = [str(p) for p in report.problems]
     expected = {
@@ -305,8 +317,13 @@ def test_cli_exit_status_and_file_names(tmp_path: Path) -> None:
     reports = list((tmp_path / "outputs" / "check" / "runs").glob("*/*/check_report.json"))
     assert len(reports) == 2
     assert max(json.loads(r.read_text())["num_problems"] for r in reports) == len(expected)
-    wrong = subprocess.run([*base, f"dataset.root={root}", "image_channels=2"], capture_output=True, text=True, timeout=300)
-    assert wrong.returncode == 2 and "image_channels: must be 1 (grayscale) or 3 (RGB), got 2" in wrong.stdout + wrong.stderr
+    wrong = subprocess.run(
+        [*base, f"dataset.root={root}", "image_channels=2"], capture_output=True, text=True, timeout=300
+    )
+    assert (
+        wrong.returncode == 2
+        and "image_channels: must be 1 (grayscale) or 3 (RGB), got 2" in wrong.stdout + wrong.stderr
+    )
 
 
 def test_cli_checks_volumes(tmp_path: Path) -> None:
@@ -317,8 +334,15 @@ def test_cli_checks_volumes(tmp_path: Path) -> None:
     label[0, :4, 0] = [2, 3, 4, 5]  # every class of the phantom's class table
     _nifti(src / "p1_image.nii.gz", np.full((8, 8, 4), 40, np.int16))
     _nifti(src / "p1_label.nii.gz", label)
-    cmd = [sys.executable, "-m", "segexp.cli.check", f"paths.root={tmp_path}", "volumes=phantom", "volumes.phantom=null",
-           f"volumes.source={src}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segexp.cli.check",
+        f"paths.root={tmp_path}",
+        "volumes=phantom",
+        "volumes.phantom=null",
+        f"volumes.source={src}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "problems: none" in result.stdout and "intensity (HU): mean 40" in result.stdout
@@ -327,20 +351,29 @@ def test_cli_checks_volumes(tmp_path: Path) -> None:
     assert result.returncode == 1 and f"{src / 'p1_image.nii.gz'}: image without a label (case p1)" in result.stdout
 
 
-def test_training_logs_the_fingerprint_and_honours_on_bad_file(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_training_logs_the_fingerprint_and_honours_on_bad_file(
+    compose_train, tiny_dataset: Path, tmp_path: Path
+) -> None:
     """``error`` stops at the bad file naming it; ``skip`` trains and logs the fingerprint (params + JSON artifact)."""
     import mlflow
     from mlflow import MlflowClient
-
     from segexp.training.loop import train
 
     (tiny_dataset / "train" / "images" / "case0_005.png").write_bytes(b"not a png")
-    overrides = (*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "training.epochs=1",
-                 "training.epoch_images.num=0", "tracking.log_model=false", "training.evaluate_after=false")
+    overrides = (
+        *TINY_DATASET_OVERRIDES,
+        f"dataset.root={tiny_dataset}",
+        "training.epochs=1",
+        "training.epoch_images.num=0",
+        "tracking.log_model=false",
+        "training.evaluate_after=false",
+    )
     with pytest.raises(DataError, match=r"case0_005\.png: cannot read image \(not an image file"):
         train(compose_train(*overrides, "tracking.enabled=false"), tmp_path / "a")
     (tiny_dataset / "valid" / "masks" / "case1_000.png").write_bytes(b"")  # also the first epoch image
-    objective = train(compose_train(*overrides, "dataset.on_bad_file=skip", "training.epoch_images.num=2"), tmp_path / "run")
+    objective = train(
+        compose_train(*overrides, "dataset.on_bad_file=skip", "training.epoch_images.num=2"), tmp_path / "run"
+    )
     assert np.isfinite(objective) or np.isnan(objective)
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")

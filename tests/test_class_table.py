@@ -9,7 +9,6 @@ import cv2
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-
 from segexp.cli.check import run_check
 from segexp.config.errors import ConfigError
 from segexp.config.schema import NO_CLASS_TABLE, check_train_config
@@ -24,10 +23,23 @@ TINY_DISCOVERED = {"background": [0, 0, 0], "class_1": [0, 255, 0], "class_2": [
 
 def section(root: Path, mask_format: str = "rgb", **keys) -> dict:
     """A plain dataset section as ``conf/dataset/folder.yaml`` gives it (layout splits)."""
-    return {"name": "mine", "root": str(root), "layout": "splits", "splits": {"train": "train", "valid": "valid", "test": "test"},
-            "cases": {}, "case_pattern": r"^(?P<case>.+)_(?P<slice>\d+)$", "images_dir": "images", "masks_dir": "masks",
-            "mask_format": mask_format, "class_names": None, "rgb_map": None, "binary_threshold": 128,
-            "on_bad_file": "error", "phantom": None, **keys}
+    return {
+        "name": "mine",
+        "root": str(root),
+        "layout": "splits",
+        "splits": {"train": "train", "valid": "valid", "test": "test"},
+        "cases": {},
+        "case_pattern": r"^(?P<case>.+)_(?P<slice>\d+)$",
+        "images_dir": "images",
+        "masks_dir": "masks",
+        "mask_format": mask_format,
+        "class_names": None,
+        "rgb_map": None,
+        "binary_threshold": 128,
+        "on_bad_file": "error",
+        "phantom": None,
+        **keys,
+    }
 
 
 def write_masks(root: Path, masks: dict[str, list[np.ndarray]]) -> Path:
@@ -88,8 +100,13 @@ def test_nnunet_v2_and_v1_dataset_json(tmp_path: Path) -> None:
 
 def test_dataset_json_colours_for_rgb_masks(tmp_path: Path) -> None:
     root = write_tiny_dataset(tmp_path / "d", {"train": 2, "valid": 1})
-    write_json(root, {"labels": {"background": 0, "square": 1, "disc": 2},
-                      "colors": {"background": [0, 0, 0], "square": [255, 0, 0], "disc": [0, 255, 0]}})
+    write_json(
+        root,
+        {
+            "labels": {"background": 0, "square": 1, "disc": 2},
+            "colors": {"background": [0, 0, 0], "square": [255, 0, 0], "disc": [0, 255, 0]},
+        },
+    )
     table = resolve_class_table(section(root))
     assert table.colours == [[0, 0, 0], [255, 0, 0], [0, 255, 0]] and not table.notes
     write_json(root, {"labels": {"background": 0, "a": 1, "b": 2}})  # no colours: sorted mask colours, a note
@@ -101,15 +118,18 @@ def test_dataset_json_colours_for_rgb_masks(tmp_path: Path) -> None:
         resolve_class_table(section(root))
 
 
-@pytest.mark.parametrize(("manifest", "message"), [
-    ("{not json", r"not valid JSON"),
-    ({"labels": {"background": 0, "LV": 2}}, r"label values must be 0\.\.n-1 without gaps .*got \[0, 2\]"),
-    ({"labels": {"background": 1, "LV": 2}}, r"got \[1, 2\]"),
-    ({"labels": {"background": 0, "both": [1, 2]}}, r"label 'both' is a region"),
-    ({"labels": {"background": 0, "LV": "one"}}, r"label 'LV' has value 'one'"),
-    ({"name": "no table"}, r"no class table in it"),
-    ({"labels": {"background": 0, "LV": 1}, "colors": {"background": [0, 0, 0]}}, r"\"colors\" must give a colour"),
-])
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ("{not json", r"not valid JSON"),
+        ({"labels": {"background": 0, "LV": 2}}, r"label values must be 0\.\.n-1 without gaps .*got \[0, 2\]"),
+        ({"labels": {"background": 1, "LV": 2}}, r"got \[1, 2\]"),
+        ({"labels": {"background": 0, "both": [1, 2]}}, r"label 'both' is a region"),
+        ({"labels": {"background": 0, "LV": "one"}}, r"label 'LV' has value 'one'"),
+        ({"name": "no table"}, r"no class table in it"),
+        ({"labels": {"background": 0, "LV": 1}, "colors": {"background": [0, 0, 0]}}, r"\"colors\" must give a colour"),
+    ],
+)
 def test_a_bad_dataset_json_is_named(tmp_path: Path, manifest: object, message: str) -> None:
     root = write_tiny_dataset(tmp_path / "d", {"train": 1, "valid": 1})
     path = write_json(root, manifest)
@@ -127,16 +147,24 @@ def test_rgb_colours_are_discovered_and_fill_the_config(tmp_path: Path) -> None:
     OmegaConf.set_struct(cfg, True)
     dataset, table = with_class_table(cfg.dataset)
     assert table.source == "masks (4 train masks)" and table.names == list(TINY_DISCOVERED)
-    assert table.lines()[0] == "class table from masks (4 train masks): background (0,0,0), class_1 (0,255,0), class_2 (255,0,0)"
+    assert (
+        table.lines()[0]
+        == "class table from masks (4 train masks): background (0,0,0), class_1 (0,255,0), class_2 (255,0,0)"
+    )
     assert cfg.dataset.class_names is None  # the input is left alone
-    assert list(dataset.class_names) == list(TINY_DISCOVERED) and OmegaConf.to_container(dataset.rgb_map) == TINY_DISCOVERED
+    assert (
+        list(dataset.class_names) == list(TINY_DISCOVERED)
+        and OmegaConf.to_container(dataset.rgb_map) == TINY_DISCOVERED
+    )
     cfg.dataset = dataset
     typed, problems = check_train_config(cfg)  # the interpolations resolve now
     assert typed.model.num_classes == 3 and not [p for p in problems if p.startswith("dataset")], problems
 
 
 def test_index_values_and_binary(tmp_path: Path) -> None:
-    root = write_masks(tmp_path / "d", {"train": [index_mask([0, 1]), index_mask([0, 2, 1])], "valid": [index_mask([0])]})
+    root = write_masks(
+        tmp_path / "d", {"train": [index_mask([0, 1]), index_mask([0, 2, 1])], "valid": [index_mask([0])]}
+    )
     table = resolve_class_table(section(root, "index"))
     assert table.names == ["background", "class_1", "class_2"] and table.colours is None
     assert table.to_dataset_overrides() == {"class_names": ["background", "class_1", "class_2"], "rgb_map": None}
@@ -162,23 +190,36 @@ def test_anti_aliased_masks_are_refused(tmp_path: Path) -> None:
     cv2.rectangle(sharp, (34, 30), (60, 60), (0, 0, 255), -1)
     blurred = cv2.GaussianBlur(sharp, (5, 5), 0)  # a smoothed mask: dozens of blended edge colours
     root = write_masks(tmp_path / "d", {"train": [sharp, blurred], "valid": [sharp]})
-    with pytest.raises(ClassTableError, match=r"look anti-aliased/blended: \d+ colours, the rarest: .*ctrain_001\.png"
-                                               r".*save masks without interpolation .*or give dataset\.rgb_map"):
+    with pytest.raises(
+        ClassTableError,
+        match=r"look anti-aliased/blended: \d+ colours, the rarest: .*ctrain_001\.png"
+        r".*save masks without interpolation .*or give dataset\.rgb_map",
+    ):
         resolve_class_table(section(root))
 
 
 def test_a_colour_only_in_valid_is_named(tmp_path: Path) -> None:
-    root = write_masks(tmp_path / "d", {"train": [rgb_mask([(0, 0, 0), (255, 0, 0)])] * 2,
-                                        "valid": [rgb_mask([(0, 0, 0), (0, 0, 255)])]})
-    with pytest.raises(ClassTableError, match=r"valid masks hold colours that no train mask has.*\(0,0,255\) in "
-                                               r".*valid/masks/cvalid_000\.png"):
+    root = write_masks(
+        tmp_path / "d",
+        {"train": [rgb_mask([(0, 0, 0), (255, 0, 0)])] * 2, "valid": [rgb_mask([(0, 0, 0), (0, 0, 255)])]},
+    )
+    with pytest.raises(
+        ClassTableError,
+        match=r"valid masks hold colours that no train mask has.*\(0,0,255\) in "
+        r".*valid/masks/cvalid_000\.png",
+    ):
         resolve_class_table(section(root))
 
 
 def test_missing_black_and_all_black(tmp_path: Path) -> None:
-    root = write_masks(tmp_path / "d", {"train": [rgb_mask([(10, 10, 10), (255, 0, 0)])], "valid": [rgb_mask([(10, 10, 10)])]})
-    with pytest.raises(ClassTableError, match=r"no black \(0,0,0\) background in the 1 train masks \(colours found: "
-                                               r"\(10,10,10\), \(255,0,0\)\)"):
+    root = write_masks(
+        tmp_path / "d", {"train": [rgb_mask([(10, 10, 10), (255, 0, 0)])], "valid": [rgb_mask([(10, 10, 10)])]}
+    )
+    with pytest.raises(
+        ClassTableError,
+        match=r"no black \(0,0,0\) background in the 1 train masks \(colours found: "
+        r"\(10,10,10\), \(255,0,0\)\)",
+    ):
         resolve_class_table(section(root))
     flat = write_masks(tmp_path / "e", {"train": [rgb_mask([(0, 0, 0)])], "valid": [rgb_mask([(0, 0, 0)])]})
     with pytest.raises(ClassTableError, match=r"all black"):
@@ -228,5 +269,7 @@ def test_validation_without_a_resolved_table_says_so(tmp_path: Path) -> None:
     cfg = compose_config(["dataset=folder", f"dataset.root={tmp_path}"])
     with pytest.raises(ConfigError, match=r"none given and none resolved"):
         check_train_config(cfg)  # model.num_classes: ${len:${dataset.class_names}}
-    _, problems = check_train_config(compose_config(["dataset=folder", f"dataset.root={tmp_path}", "model.num_classes=3"]))
+    _, problems = check_train_config(
+        compose_config(["dataset=folder", f"dataset.root={tmp_path}", "model.num_classes=3"])
+    )
     assert NO_CLASS_TABLE in problems

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
-
 from segexp.config.schema import CONF_DIR, ConfigError
 from segexp.data.dataset import open_dataset
 from segexp.data.slices import DataError
@@ -13,19 +12,30 @@ from segexp.training.loop import validate_run_config
 
 from .conftest import compose_config
 
-FOLDER_KEYS = ("dataset.root=/data", "dataset.class_names=[background,fg]", "dataset.rgb_map={background:[0,0,0],fg:[255,255,255]}", "model.num_classes=2")
+FOLDER_KEYS = (
+    "dataset.root=/data",
+    "dataset.class_names=[background,fg]",
+    "dataset.rgb_map={background:[0,0,0],fg:[255,255,255]}",
+    "model.num_classes=2",
+)
 
 
 def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-PRESETS = [(g, o) for g in ("model", "dataset", "augmentation", "training", "tracking", "paths", "experiment", "debug") for o in _options(g)]
+PRESETS = [
+    (g, o)
+    for g in ("model", "dataset", "augmentation", "training", "tracking", "paths", "experiment", "debug")
+    for o in _options(g)
+]
 
 
 @pytest.mark.parametrize(("group", "option"), PRESETS, ids=[f"{g}={o}" for g, o in PRESETS])
 def test_every_preset_composes_and_validates(group: str, option: str) -> None:
-    extra = {("dataset", "folder"): FOLDER_KEYS, ("model", "flexunet_hocm"): ("dataset=hocmvalves",)}.get((group, option), ())
+    extra = {("dataset", "folder"): FOLDER_KEYS, ("model", "flexunet_hocm"): ("dataset=hocmvalves",)}.get(
+        (group, option), ()
+    )
     cfg = compose_config([f"{group}={option}", *extra])
     typed = validate_run_config(cfg)
     assert typed.model.num_classes >= 1
@@ -53,8 +63,16 @@ def test_every_yaml_key_is_commented() -> None:
             if not stripped or stripped.startswith(("#", "- ")) or ":" not in stripped or _commented(lines, i):
                 continue
             indent = len(line) - len(line.lstrip())
-            parent = next((j for j in range(i - 1, -1, -1) if lines[j].strip() and not lines[j].strip().startswith("#")
-                           and len(lines[j]) - len(lines[j].lstrip()) < indent), None)
+            parent = next(
+                (
+                    j
+                    for j in range(i - 1, -1, -1)
+                    if lines[j].strip()
+                    and not lines[j].strip().startswith("#")
+                    and len(lines[j]) - len(lines[j].lstrip()) < indent
+                ),
+                None,
+            )
             if parent is None or not _commented(lines, parent):
                 uncommented.append(f"{path.relative_to(CONF_DIR)}:{i + 1}: {stripped}")
     assert not uncommented, "\n".join(uncommented)
@@ -69,7 +87,13 @@ def test_hocm_experiment_is_the_original_model() -> None:
     cfg = validate_run_config(compose_config(["experiment=hocmvalves"]))
     m = cfg.model
     assert (m.image_height, m.image_width, m.image_channels, m.num_classes) == (512, 512, 3, 8)
-    assert (m.base_filters, list(m.base_kernels), m.num_layers, m.dropout_rate, list(m.dilation)) == (16, [11, 11], 8, 0.05, [1, 1])
+    assert (m.base_filters, list(m.base_kernels), m.num_layers, m.dropout_rate, list(m.dilation)) == (
+        16,
+        [11, 11],
+        8,
+        0.05,
+        [1, 1],
+    )
     assert cfg.dataset.name == "hocmvalves" and len(cfg.dataset.rgb_map) == 8
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from segexp.data.augment import Augmenter
 from segexp.data.dataset import open_dataset
 from segexp.data.loader import SliceLoader
@@ -29,7 +28,16 @@ from .conftest import (
     write_tiny_dataset,
 )
 
-HOCM_COLOURS = [[0, 0, 0], [255, 0, 255], [0, 255, 255], [0, 0, 255], [0, 255, 0], [255, 255, 0], [255, 0, 0], [110, 110, 110]]
+HOCM_COLOURS = [
+    [0, 0, 0],
+    [255, 0, 255],
+    [0, 255, 255],
+    [0, 0, 255],
+    [0, 255, 0],
+    [255, 255, 0],
+    [255, 0, 0],
+    [110, 110, 110],
+]
 
 
 def test_rgb_map_round_trip_through_png(tmp_path: Path) -> None:
@@ -107,7 +115,12 @@ def test_flat_layout_splits_by_case_without_leak(tmp_path: Path) -> None:
             image, mask = tiny_pair(i)
             cv2.imwrite(str(root / "images" / f"{case}_{i}.png"), image)
             cv2.imwrite(str(root / "masks" / f"{case}_{i}.png"), encode_rgb_mask(mask, TINY_COLOURS)[..., ::-1])
-    kw = dict(layout="flat", splits={}, cases={"train": ["p1", "p3"], "valid": ["p2"]}, case_pattern=r"^(?P<case>.+)_(?P<slice>\d+)$")
+    kw = dict(
+        layout="flat",
+        splits={},
+        cases={"train": ["p1", "p3"], "valid": ["p2"]},
+        case_pattern=r"^(?P<case>.+)_(?P<slice>\d+)$",
+    )
     train = split_pairs(root, "train", **kw)
     valid = split_pairs(root, "valid", **kw)
     assert {p.case for p in train} == {"p1", "p3"} and len(train) == 6
@@ -120,8 +133,14 @@ def test_same_case_in_two_split_folders_is_a_leak(tmp_path: Path) -> None:
     root = write_tiny_dataset(tmp_path / "d", {"train": 2, "valid": 2})
     (root / "valid" / "images" / "case1_000.png").rename(root / "valid" / "images" / "case0_050.png")
     (root / "valid" / "masks" / "case1_000.png").rename(root / "valid" / "masks" / "case0_050.png")
-    cfg = compose_config(["dataset=folder", f"dataset.root={root}", "dataset.class_names=[background,square,disc]",
-                          "dataset.rgb_map={background:[0,0,0],square:[255,0,0],disc:[0,255,0]}"])
+    cfg = compose_config(
+        [
+            "dataset=folder",
+            f"dataset.root={root}",
+            "dataset.class_names=[background,square,disc]",
+            "dataset.rgb_map={background:[0,0,0],square:[255,0,0],disc:[0,255,0]}",
+        ]
+    )
     with pytest.raises(DataError, match=r"case 'case0' has slices in both the 'train' and 'valid'"):
         open_dataset(cfg.dataset, 3)
 
@@ -129,8 +148,9 @@ def test_same_case_in_two_split_folders_is_a_leak(tmp_path: Path) -> None:
 def _loader(root: Path, shuffle: bool = False, **kw) -> SliceLoader:
     pairs = find_pairs(root / "train" / "images", root / "train" / "masks", r"^(?P<case>.+)_\d+$")
     sampler = EpochSampler(len(pairs), 3, seed=kw.get("seed", 0)) if shuffle else None  # one shuffled pass
-    return SliceLoader(pairs, MaskDecoder("rgb", 3, TINY_COLOURS), image_size=(32, 32), channels=1, batch_size=3,
-                       sampler=sampler, **kw)
+    return SliceLoader(
+        pairs, MaskDecoder("rgb", 3, TINY_COLOURS), image_size=(32, 32), channels=1, batch_size=3, sampler=sampler, **kw
+    )
 
 
 def test_loader_batches_are_uint8_class_indices(tmp_path: Path) -> None:
@@ -150,7 +170,9 @@ def test_loader_is_reproducible_per_seed_epoch_index(tmp_path: Path) -> None:
     a = _loader(root, augmenter=augmenter, shuffle=True, seed=3)
     b = _loader(root, augmenter=augmenter, shuffle=True, seed=3)
     first = [a[i] for i in range(len(a))]
-    assert all(np.array_equal(u[0], v[0]) and np.array_equal(u[1], v[1]) for u, v in zip(first, (b[i] for i in range(len(b)))))
+    assert all(
+        np.array_equal(u[0], v[0]) and np.array_equal(u[1], v[1]) for u, v in zip(first, (b[i] for i in range(len(b))))
+    )
     a.on_epoch_end()
     second = [a[i] for i in range(len(a))]
     assert not all(np.array_equal(u[0], v[0]) for u, v in zip(first, second))  # new order and new draws
@@ -172,9 +194,17 @@ def test_validation_loader_never_augments(tmp_path: Path) -> None:
     from segexp.training.loop import build_loaders
 
     root = write_tiny_dataset(tmp_path / "d")
-    cfg = compose_config(["dataset=folder", f"dataset.root={root}", "dataset.class_names=[background,square,disc]",
-                          "dataset.rgb_map={background:[0,0,0],square:[255,0,0],disc:[0,255,0]}",
-                          "model.image_height=32", "model.image_width=32", "model.num_layers=3"])
+    cfg = compose_config(
+        [
+            "dataset=folder",
+            f"dataset.root={root}",
+            "dataset.class_names=[background,square,disc]",
+            "dataset.rgb_map={background:[0,0,0],square:[255,0,0],disc:[0,255,0]}",
+            "model.image_height=32",
+            "model.image_width=32",
+            "model.num_layers=3",
+        ]
+    )
     dataset = open_dataset(cfg.dataset, 3)
     train, valid = build_loaders(cfg, dataset, Augmenter(cfg.augmentation.transforms))
     assert train.augmenter is not None and train.sampler is not None

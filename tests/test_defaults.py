@@ -7,7 +7,6 @@ import inspect
 import typing
 
 from omegaconf import MISSING
-
 from segexp.config import schema
 from segexp.models import networks
 from segexp.models.registry import ModelParams
@@ -21,7 +20,9 @@ def leaf_defaults(cls: type, prefix: str = "") -> dict[str, object]:
     found = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        nested = next((t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)), None)
+        nested = next(
+            (t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)), None
+        )
         if nested is not None and f.default_factory is not dataclasses.MISSING:
             found.update(leaf_defaults(nested, f"{prefix}{f.name}."))
         elif f.default is not MISSING:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from segexp.config.errors import ConfigError, RunError
 from segexp.config.schema import REPO_DIR, validate_train_config
 from segexp.training.devices import data_parallel, device_names, is_default_device
@@ -24,29 +23,35 @@ from .conftest import TINY_DATASET_OVERRIDES, write_tiny_dataset
 # --------------------------------------------------------------------------- parsing
 
 
-@pytest.mark.parametrize(("devices", "gpus", "expected"), [
-    ("auto", 0, ["/cpu:0"]),
-    ("auto", 1, ["/gpu:0"]),
-    ("auto", 4, ["/gpu:0", "/gpu:1", "/gpu:2", "/gpu:3"]),
-    (1, 0, ["/cpu:0"]),
-    (2, 0, ["/cpu:0", "/cpu:1"]),
-    (2, 4, ["/gpu:0", "/gpu:1"]),
-    ([1, 3], 4, ["/gpu:1", "/gpu:3"]),
-    (["GPU:0", "/device:gpu:1"], 2, ["/gpu:0", "/gpu:1"]),
-    (["cpu:0", "/CPU:1"], 0, ["/cpu:0", "/cpu:1"]),
-])
+@pytest.mark.parametrize(
+    ("devices", "gpus", "expected"),
+    [
+        ("auto", 0, ["/cpu:0"]),
+        ("auto", 1, ["/gpu:0"]),
+        ("auto", 4, ["/gpu:0", "/gpu:1", "/gpu:2", "/gpu:3"]),
+        (1, 0, ["/cpu:0"]),
+        (2, 0, ["/cpu:0", "/cpu:1"]),
+        (2, 4, ["/gpu:0", "/gpu:1"]),
+        ([1, 3], 4, ["/gpu:1", "/gpu:3"]),
+        (["GPU:0", "/device:gpu:1"], 2, ["/gpu:0", "/gpu:1"]),
+        (["cpu:0", "/CPU:1"], 0, ["/cpu:0", "/cpu:1"]),
+    ],
+)
 def test_device_names(devices, gpus: int, expected: list[str]) -> None:
     assert device_names(devices, gpus) == expected
 
 
-@pytest.mark.parametrize(("devices", "gpus", "message"), [
-    (3, 2, "3 devices requested, but TensorFlow sees 2 GPUs"),
-    ([0, 2], 2, "/gpu:2 not found: TensorFlow sees 2 GPUs"),
-    ([0, "GPU:0"], 2, "listed twice"),
-    (["TPU:0"], 0, "'TPU:0' is not a GPU index or a device name"),
-    (0, 0, "must be >= 1"),
-    ([], 0, "non-empty list"),
-])
+@pytest.mark.parametrize(
+    ("devices", "gpus", "message"),
+    [
+        (3, 2, "3 devices requested, but TensorFlow sees 2 GPUs"),
+        ([0, 2], 2, "/gpu:2 not found: TensorFlow sees 2 GPUs"),
+        ([0, "GPU:0"], 2, "listed twice"),
+        (["TPU:0"], 0, "'TPU:0' is not a GPU index or a device name"),
+        (0, 0, "must be >= 1"),
+        ([], 0, "non-empty list"),
+    ],
+)
 def test_device_names_refuses(devices, gpus: int, message: str) -> None:
     with pytest.raises(ConfigError, match="training.devices") as err:
         device_names(devices, gpus)
@@ -72,13 +77,16 @@ def test_logical_cpus_after_tensorflow_started_is_a_clear_error() -> None:
 # --------------------------------------------------------------------------- config rules
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("training.devices=3", "training.batch_size: the global batch (4) must split evenly over the 3 replicas"),
-    ("training.devices=[0,1,2]", "training.batch_size: the global batch (4) must split evenly over the 3 replicas"),
-    ("training.devices=0", "training.devices: must be >= 1, got 0"),
-    ("training.devices=two", "training.devices: expected 1, auto, a count or a list"),
-    ("training.devices=[GPU0]", "training.devices: expected GPU indices (>= 0) or device names like 'GPU:0'"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.devices=3", "training.batch_size: the global batch (4) must split evenly over the 3 replicas"),
+        ("training.devices=[0,1,2]", "training.batch_size: the global batch (4) must split evenly over the 3 replicas"),
+        ("training.devices=0", "training.devices: must be >= 1, got 0"),
+        ("training.devices=two", "training.devices: expected 1, auto, a count or a list"),
+        ("training.devices=[GPU0]", "training.devices: expected GPU indices (>= 0) or device names like 'GPU:0'"),
+    ],
+)
 def test_bad_devices_are_refused_naming_the_key(compose_train, override: str, message: str) -> None:
     cfg = compose_train(*TINY_DATASET_OVERRIDES, "dataset.root=unread", override)
     with pytest.raises(ConfigError) as err:
@@ -170,8 +178,14 @@ result_file.write_text(json.dumps(out))
 #: A small FlexUNet without batch statistics (instance norm is per sample, so 2 replicas compute what one
 #: device does), no dropout, a constant learning rate (epoch 1 of a 1-epoch run is epoch 1 of a 2-epoch run).
 TWO_REPLICA_OVERRIDES = [
-    *TINY_DATASET_OVERRIDES, "model.norm=instance", "model.dropout_rate=0.0", "training.loss=categorical_crossentropy",
-    "training.epochs=1", "training.schedule=null", "training.epoch_images.num=1", "training.evaluate_after=false",
+    *TINY_DATASET_OVERRIDES,
+    "model.norm=instance",
+    "model.dropout_rate=0.0",
+    "training.loss=categorical_crossentropy",
+    "training.epochs=1",
+    "training.schedule=null",
+    "training.epoch_images.num=1",
+    "training.evaluate_after=false",
     "tracking.enabled=false",
 ]
 
@@ -179,8 +193,14 @@ TWO_REPLICA_OVERRIDES = [
 def _two_replicas(tmp: Path, mode: str, *args: str) -> dict:
     """The measurements of :data:`TWO_REPLICAS` in ``mode``, run in a fresh process."""
     result_file = tmp / "result.json"
-    result = subprocess.run([sys.executable, "-c", TWO_REPLICAS, str(tmp), mode, str(result_file), *args],
-                            cwd=REPO_DIR, capture_output=True, text=True, timeout=900, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", TWO_REPLICAS, str(tmp), mode, str(result_file), *args],
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result_file.read_text())
 

@@ -17,7 +17,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-
 from segexp.data.intensity import window_to_uint8
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.evaluation.postprocess import Postprocessing
@@ -54,8 +53,11 @@ def make_run(run_dir: Path, model: keras.Model, overrides) -> Path:
 
 
 def test_perfect_model_scores_one_and_hand_counts(tiny_dataset: Path, tmp_path: Path) -> None:
-    run = make_run(tmp_path / "run", oracle_model(TINY_CLASS_INTENSITIES),
-                   [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false"])
+    run = make_run(
+        tmp_path / "run",
+        oracle_model(TINY_CLASS_INTENSITIES),
+        [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false"],
+    )
     summary = evaluate_run(open_run(str(run)), tmp_path / "eval", log_to_run=False)
     assert summary["mean"]["foreground_mean"]["dice"] == pytest.approx(1.0)
     assert summary["mean"]["per_class"]["square"]["hd95"]["mean"] == 0.0
@@ -68,13 +70,18 @@ def test_perfect_model_scores_one_and_hand_counts(tiny_dataset: Path, tmp_path: 
 
 
 def test_class_count_mismatch_is_named(tiny_dataset: Path, tmp_path: Path) -> None:
-    run = make_run(tmp_path / "run", oracle_model((30, 220, 130, 80)),
-                   [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false"])
+    run = make_run(
+        tmp_path / "run",
+        oracle_model((30, 220, 130, 80)),
+        [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false"],
+    )
     with pytest.raises(EvaluationError, match="predicts 4 classes but the dataset has 3"):
         evaluate_run(open_run(str(run)), tmp_path / "eval", log_to_run=False)
 
 
-def test_training_evaluates_and_evaluate_resumes_the_same_run(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_training_evaluates_and_evaluate_resumes_the_same_run(
+    compose_train, tiny_dataset: Path, tmp_path: Path
+) -> None:
     cfg = compose_train(*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "training.epochs=1")
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
@@ -83,7 +90,13 @@ def test_training_evaluates_and_evaluate_resumes_the_same_run(compose_train, tin
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
     client = mlflow.MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("segexp").experiment_id])
-    assert {"test/dice/square", "test/dice/disc", "test/dice_fg_mean", "test/hd95/disc", "test/dice_incl_bg_original"} <= set(run.data.metrics)
+    assert {
+        "test/dice/square",
+        "test/dice/disc",
+        "test/dice_fg_mean",
+        "test/hd95/disc",
+        "test/dice_incl_bg_original",
+    } <= set(run.data.metrics)
     assert "evaluation/summary.json" in [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
     summary = json.loads((run_dir / "evaluation" / "summary.json").read_text())
     assert summary["split"] == "test"
@@ -112,8 +125,15 @@ def test_open_run_errors_name_the_source(tmp_path: Path) -> None:
 
 
 def test_png_folder_with_bad_files_is_reported_not_aborted(tiny_dataset: Path, tmp_path: Path) -> None:
-    run = open_run(str(make_run(tmp_path / "run", oracle_model(TINY_CLASS_INTENSITIES),
-                                [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}"])))
+    run = open_run(
+        str(
+            make_run(
+                tmp_path / "run",
+                oracle_model(TINY_CLASS_INTENSITIES),
+                [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}"],
+            )
+        )
+    )
     inputs = tmp_path / "in"
     inputs.mkdir()
     for src in sorted((tiny_dataset / "valid" / "images").iterdir())[:3]:
@@ -122,7 +142,9 @@ def test_png_folder_with_bad_files_is_reported_not_aborted(tiny_dataset: Path, t
     colour = np.zeros((32, 32, 3), np.uint8)
     colour[..., 2] = 255
     cv2.imwrite(str(inputs / "colour.png"), colour)
-    big = cv2.resize(cv2.imread(str(inputs / "case1_000.png"), cv2.IMREAD_GRAYSCALE), (64, 48), interpolation=cv2.INTER_NEAREST)
+    big = cv2.resize(
+        cv2.imread(str(inputs / "case1_000.png"), cv2.IMREAD_GRAYSCALE), (64, 48), interpolation=cv2.INTER_NEAREST
+    )
     cv2.imwrite(str(inputs / "big.png"), big)
     failures = infer(run, inputs, tmp_path / "out", large_images="tile")
     assert len(failures) == 2
@@ -140,10 +162,18 @@ def test_nifti_prediction_keeps_shape_affine_and_voxels(tmp_path: Path) -> None:
     """An LPS phantom volume in, a label volume out with its shape and affine and the right voxels."""
     from segexp.data.phantom import write_phantom_volumes
 
-    (image_path, _), = write_phantom_volumes(tmp_path / "vol", num_cases=1, size=32, num_slices=10)
+    ((image_path, _),) = write_phantom_volumes(tmp_path / "vol", num_cases=1, size=32, num_slices=10)
     centres = (0, 61, 122, 251)  # windowed intensities -> classes 0..3 (midpoints never integers: no ties)
-    overrides = ["model.image_height=32", "model.image_width=32", "model.num_layers=3", "model.num_classes=4",
-                 "dataset=folder", "dataset.root=/unused", "dataset.class_names=[a,b,c,d]", "dataset.mask_format=index"]
+    overrides = [
+        "model.image_height=32",
+        "model.image_width=32",
+        "model.num_layers=3",
+        "model.num_classes=4",
+        "dataset=folder",
+        "dataset.root=/unused",
+        "dataset.class_names=[a,b,c,d]",
+        "dataset.mask_format=index",
+    ]
     run = open_run(str(make_run(tmp_path / "run", oracle_model(centres), overrides)))
     failures = infer(run, image_path, tmp_path / "out", window={"mode": "fixed", "level": 300.0, "width": 800.0})
     assert failures == []
@@ -160,9 +190,17 @@ def test_nifti_prediction_keeps_shape_affine_and_voxels(tmp_path: Path) -> None:
 def test_nifti_without_window_is_reported(tmp_path: Path) -> None:
     from segexp.data.phantom import write_phantom_volumes
 
-    (image_path, _), = write_phantom_volumes(tmp_path / "vol", num_cases=1, size=32, num_slices=10)
-    overrides = ["model.image_height=32", "model.image_width=32", "model.num_layers=3", "model.num_classes=3",
-                 "dataset=folder", f"dataset.root={tmp_path}", "dataset.class_names=[a,b,c]", "dataset.mask_format=index"]
+    ((image_path, _),) = write_phantom_volumes(tmp_path / "vol", num_cases=1, size=32, num_slices=10)
+    overrides = [
+        "model.image_height=32",
+        "model.image_width=32",
+        "model.num_layers=3",
+        "model.num_classes=3",
+        "dataset=folder",
+        f"dataset.root={tmp_path}",
+        "dataset.class_names=[a,b,c]",
+        "dataset.mask_format=index",
+    ]
     run = open_run(str(make_run(tmp_path / "run", oracle_model(TINY_CLASS_INTENSITIES), overrides)))
     (failure,) = infer(run, image_path, tmp_path / "out")
     assert "phantom001_image.nii.gz: NIfTI input needs the training's window" in failure
@@ -172,18 +210,35 @@ def test_cli_evaluate_and_infer_exit_codes(tiny_dataset: Path, tmp_path: Path) -
     import subprocess
     import sys
 
-    run = make_run(tmp_path / "run", oracle_model(TINY_CLASS_INTENSITIES),
-                   [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false"])
+    run = make_run(
+        tmp_path / "run",
+        oracle_model(TINY_CLASS_INTENSITIES),
+        [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false"],
+    )
     common = [f"paths.root={tmp_path}", f"run={run}"]
-    ok = subprocess.run([sys.executable, "-m", "segexp.cli.evaluate", *common], capture_output=True, text=True, timeout=300)
+    ok = subprocess.run(
+        [sys.executable, "-m", "segexp.cli.evaluate", *common], capture_output=True, text=True, timeout=300
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert len(list((tmp_path / "outputs" / "evaluate" / "runs").glob("*/*/summary.json"))) == 1
-    bad = subprocess.run([sys.executable, "-m", "segexp.cli.evaluate", f"paths.root={tmp_path}", f"run={tmp_path}/nope"],
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "segexp.cli.evaluate", f"paths.root={tmp_path}", f"run={tmp_path}/nope"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "neither a training run folder nor an MLflow run id" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
     (tiny_dataset / "valid" / "images" / "zz_broken.png").write_bytes(b"")
-    part = subprocess.run([sys.executable, "-m", "segexp.cli.infer", *common, f"input={tiny_dataset}/valid/images"],
-                          capture_output=True, text=True, timeout=300)
-    assert part.returncode == 1 and "skipped: " in part.stdout + part.stderr and "zz_broken.png" in part.stdout + part.stderr
+    part = subprocess.run(
+        [sys.executable, "-m", "segexp.cli.infer", *common, f"input={tiny_dataset}/valid/images"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        part.returncode == 1
+        and "skipped: " in part.stdout + part.stderr
+        and "zz_broken.png" in part.stdout + part.stderr
+    )
     assert len(list((tmp_path / "outputs" / "infer" / "runs").glob("*/*/masks/*.png"))) == 4

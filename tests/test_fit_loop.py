@@ -7,7 +7,6 @@ import threading
 import keras
 import numpy as np
 import pytest
-
 from segexp.training.fit_loop import fit_epochs
 
 
@@ -42,13 +41,26 @@ def tiny_model() -> keras.Model:
     x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
     x = keras.layers.BatchNormalization()(x)
     model = keras.Model(inputs, keras.layers.Conv2D(2, 1, activation="softmax")(x))
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy",
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss="sparse_categorical_crossentropy",
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
+    )
     return model
 
 
-HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_train_batch_begin",
-         "on_train_batch_end", "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end")
+HOOKS = (
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_test_begin",
+    "on_test_end",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+)
 
 
 class Hooks(keras.callbacks.Callback):
@@ -62,6 +74,7 @@ class Hooks(keras.callbacks.Callback):
 def _recorder(name: str):
     def hook(self: Hooks, *args, **kwargs) -> None:
         self.calls.append((name, args[0] if args and isinstance(args[0], int) else None))
+
     return hook
 
 
@@ -75,8 +88,16 @@ def test_same_history_weights_and_hooks_as_model_fit() -> None:
         model, hooks = tiny_model(), Hooks()
         train, valid = Batches(3, seed=1), Batches(2, seed=2)
         if loop == "keras":
-            history = model.fit(train, validation_data=valid, validation_freq=[2, 3], epochs=3, initial_epoch=0,
-                                shuffle=False, callbacks=[hooks], verbose=0)
+            history = model.fit(
+                train,
+                validation_data=valid,
+                validation_freq=[2, 3],
+                epochs=3,
+                initial_epoch=0,
+                shuffle=False,
+                callbacks=[hooks],
+                verbose=0,
+            )
         else:
             history = fit_epochs(model, train, valid, epochs=3, validation_epochs=[2, 3], callbacks=[hooks], verbose=0)
         runs[loop] = (history.history, model.get_weights(), hooks.calls)
@@ -104,8 +125,16 @@ def test_epoch_e_reads_the_loaders_epoch_e() -> None:
 
 def test_resumes_at_initial_epoch_and_validates_only_on_listed_epochs() -> None:
     model, hooks = tiny_model(), Hooks()
-    history = fit_epochs(model, Batches(2, seed=1), Batches(1, seed=2), epochs=4, initial_epoch=2,
-                         validation_epochs=[4], callbacks=[hooks], verbose=0)
+    history = fit_epochs(
+        model,
+        Batches(2, seed=1),
+        Batches(1, seed=2),
+        epochs=4,
+        initial_epoch=2,
+        validation_epochs=[4],
+        callbacks=[hooks],
+        verbose=0,
+    )
     assert [e for hook, e in hooks.calls if hook == "on_epoch_begin"] == [2, 3]
     assert history.epoch == [2, 3]
     assert len(history.history["loss"]) == 2 and len(history.history["val_loss"]) == 1  # after epoch 4 only

@@ -8,7 +8,6 @@ import keras
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-
 from segexp.models import build_model, networks
 from segexp.models.flexunet import build_flexunet, level_dilation, level_kernel
 
@@ -87,7 +86,14 @@ def test_default_preset_builds_and_predicts():
 
 def test_level_helpers():
     assert [level_kernel([11, 11], i) for i in range(8)] == [
-        (11, 11), (9, 9), (7, 7), (5, 5), (3, 3), (3, 3), (3, 3), (3, 3),
+        (11, 11),
+        (9, 9),
+        (7, 7),
+        (5, 5),
+        (3, 3),
+        (3, 3),
+        (3, 3),
+        (3, 3),
     ]
     assert [level_kernel([7, 5], i) for i in range(4)] == [(7, 5), (5, 3), (3, 3), (3, 3)]
     assert [level_dilation([3, 2], i) for i in range(4)] == [(3, 2), (2, 1), (1, 1), (1, 1)]
@@ -125,9 +131,7 @@ def test_per_level_filters_kernels_and_dilations():
 
 def test_dropout_rate_per_level():
     model = small()
-    dropouts = {
-        layer.name: layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)
-    }
+    dropouts = {layer.name: layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)}
     expected = {f"enc{i}_dropout": 0.1 * i for i in range(4)}
     expected |= {f"dec{i}_dropout": 0.1 * i for i in range(3)}
     assert dropouts == pytest.approx(expected)

@@ -7,7 +7,6 @@ import math
 import keras
 import numpy as np
 import pytest
-
 from segexp.models.losses import (
     LOSSES,
     CrossEntropyLoss,
@@ -90,16 +89,8 @@ def metric_value(metric, y, p, sample_weight=None) -> float:
 
 
 # 4x4 example with hand-counted TP/FP/FN.
-Y44 = np.array(
-    [[0, 0, 1, 1],
-     [0, 1, 1, 1],
-     [0, 0, 2, 2],
-     [0, 0, 2, 2]], dtype=np.uint8)[None]
-P44_LABELS = np.array(
-    [[0, 1, 1, 1],
-     [0, 0, 1, 1],
-     [0, 0, 2, 0],
-     [0, 2, 2, 2]], dtype=np.uint8)[None]
+Y44 = np.array([[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 2, 2], [0, 0, 2, 2]], dtype=np.uint8)[None]
+P44_LABELS = np.array([[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 2, 0], [0, 2, 2, 2]], dtype=np.uint8)[None]
 # class 1: TP=4, FP=1 (0,1), FN=1 (1,1) -> 8/10; class 2: TP=3, FP=1 (3,1), FN=1 (2,3) -> 6/8
 DICE44 = {1: 0.8, 2: 0.75}
 
@@ -131,7 +122,7 @@ def test_dice_loss_is_batch_dice_not_mean_of_images():
     p = rng.dirichlet(np.ones(3), size=(3, 6, 6)).astype(np.float32)
     batch = value(SoftDiceLoss(3)(y, p))
     assert batch == pytest.approx(np_soft_dice_loss(y, p, 3), rel=1e-5)
-    per_image = np.mean([np_soft_dice_loss(y[i:i + 1], p[i:i + 1], 3) for i in range(3)])
+    per_image = np.mean([np_soft_dice_loss(y[i : i + 1], p[i : i + 1], 3) for i in range(3)])
     assert batch != pytest.approx(per_image, rel=1e-4)
 
 
@@ -143,7 +134,7 @@ def test_dice_loss_per_image_is_monai_batch_false(include_background):
     y = rng.integers(0, 3, size=(3, 6, 6)).astype(np.uint8)
     y[1][y[1] == 2] = 0  # class 2 absent from image 1
     p = rng.dirichlet(np.ones(3), size=(3, 6, 6)).astype(np.float32)
-    per_image = np.mean([np_soft_dice_loss(y[i:i + 1], p[i:i + 1], 3, include_background) for i in range(3)])
+    per_image = np.mean([np_soft_dice_loss(y[i : i + 1], p[i : i + 1], 3, include_background) for i in range(3)])
     got = value(SoftDiceLoss(3, include_background=include_background, batch=False)(y, p))
     assert got == pytest.approx(per_image, rel=1e-5)
     loss = build_loss("dice_ce", 3, batch_dice=False, include_background=include_background)
@@ -180,9 +171,7 @@ def test_binary_losses_match_numpy():
     assert value(CrossEntropyLoss(1)(y, p)) == pytest.approx(np_ce(y, p, 1), rel=1e-5)
     bce_dice = build_loss("bce_dice", 1)
     assert isinstance(bce_dice, DiceCELoss)
-    assert value(bce_dice(y, p)) == pytest.approx(
-        np_soft_dice_loss(y, p, 1) + np_ce(y, p, 1), rel=1e-5
-    )
+    assert value(bce_dice(y, p)) == pytest.approx(np_soft_dice_loss(y, p, 1) + np_ce(y, p, 1), rel=1e-5)
     # perfect binary prediction
     perfect = y[..., None].astype(np.float32)
     assert value(bce_dice(y, perfect)) == pytest.approx(0.0, abs=1e-5)
@@ -199,8 +188,7 @@ def test_bce_dice_guard_for_multiclass():
     with pytest.raises(ValueError) as err:
         build_loss("bce_dice", 8)
     assert str(err.value) == (
-        "training.loss: 'bce_dice' is for binary tasks (model.num_classes == 1), "
-        "got num_classes=8; use 'dice_ce'"
+        "training.loss: 'bce_dice' is for binary tasks (model.num_classes == 1), got num_classes=8; use 'dice_ce'"
     )
 
 
@@ -314,9 +302,7 @@ def test_binary_metrics():
     want = np_hard_dice(y, p, 1, 1)
     assert metric_value(ClassDice(1, 1), y, p) == pytest.approx(want, abs=1e-6)
     assert metric_value(ForegroundMeanDice(1), y, p) == pytest.approx(want, abs=1e-6)
-    assert metric_value(OriginalDiceCoefMulticlass(1), y, p) == pytest.approx(
-        np_original(y, p, 1), rel=1e-5
-    )
+    assert metric_value(OriginalDiceCoefMulticlass(1), y, p) == pytest.approx(np_original(y, p, 1), rel=1e-5)
     perfect = y[..., None].astype(np.float32)
     assert metric_value(ClassDice(1, 1), y[..., None], perfect) == pytest.approx(1.0)
     ms = build_metrics(["background", "tumour"], 1)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from segexp.cli import upload as upload_cli
 from segexp.config.errors import TrackingUnavailable
 from segexp.tracking import outbox as ob
@@ -93,8 +92,9 @@ def test_outbox_buffers_while_down_and_flushes_in_order(tmp_path: Path, fake_ser
     assert not box.submit(metrics(2))
     (tmp_path / "history.csv").write_text("epoch,loss\n0,1.0\n")
     assert not box.submit({"kind": "artifact", "path": str(tmp_path / "history.csv"), "artifact_path": None})
-    assert not box.submit({"kind": "image", "key": "epoch_images/a", "step": 2, "timestamp": 5,
-                           "array": np.full((4, 4, 3), 7, np.uint8)})
+    assert not box.submit(
+        {"kind": "image", "key": "epoch_images/a", "step": 2, "timestamp": 5, "array": np.full((4, 4, 3), 7, np.uint8)}
+    )
     assert not box.submit(metrics(3))
     (tmp_path / "history.csv").write_text("changed later\n")  # the buffered copy keeps what was logged
 
@@ -137,8 +137,13 @@ def test_flush_stops_at_the_first_failure_and_keeps_the_rest(tmp_path: Path, fak
         box.submit(metrics(step))
     fake_server["down"] = False
     real_send = ob.send_entry
-    monkeypatch.setattr(ob, "send_entry", lambda u, r, e, b=None: (_ for _ in ()).throw(ConnectionError("x"))
-                        if e["step"] == 2 else real_send(u, r, e, b))
+    monkeypatch.setattr(
+        ob,
+        "send_entry",
+        lambda u, r, e, b=None: (
+            (_ for _ in ()).throw(ConnectionError("x")) if e["step"] == 2 else real_send(u, r, e, b)
+        ),
+    )
     assert not box.flush()
     assert [e["step"] for e in box.pending] == [2, 3]
     assert [json.loads(x)["step"] for x in (tmp_path / ob.OUTBOX_FILE).read_text().splitlines()] == [2, 3]

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
-
 import segexp.training.loop as train_module
+from omegaconf import OmegaConf
 from segexp.config.errors import SegexpError
 from segexp.config.outputs import (
     OutputError,
@@ -114,7 +113,10 @@ def test_cli_refuses_hydra_run_dir_of_another_run_before_hydra_writes(tmp_path: 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
         [sys.executable, "-m", "segexp.cli.train", f"paths.root={tmp_path}", f"hydra.run.dir={run_dir}"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"run folder {run_dir} already holds the outputs of another run" in done.stderr

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-
 from segexp.data import intensity
 from segexp.data.loader import SliceLoader
 from segexp.data.slices import MaskDecoder, SlicePair
@@ -27,9 +26,13 @@ def write_pair(folder: Path, name: str, shape: tuple[int, ...]) -> SlicePair:
     return SlicePair(name, image, mask, "case0")
 
 
-@pytest.mark.parametrize("shape", [(40, 48), (100, 90), (64, 64), (50, 80, 3)], ids=["enlarge", "shrink", "same", "grey-rgb"])
+@pytest.mark.parametrize(
+    "shape", [(40, 48), (100, 90), (64, 64), (50, 80, 3)], ids=["enlarge", "shrink", "same", "grey-rgb"]
+)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_training_loader_evaluation_and_infer_give_identical_model_inputs(tmp_path: Path, monkeypatch, shape, channels) -> None:
+def test_training_loader_evaluation_and_infer_give_identical_model_inputs(
+    tmp_path: Path, monkeypatch, shape, channels
+) -> None:
     if len(shape) == 3:  # a grey image stored as RGB (three equal channels)
         grey = np.random.default_rng(1).integers(0, 256, shape[:2], dtype=np.uint8)
         pair = write_pair(tmp_path, "x", shape[:2])
@@ -46,10 +49,20 @@ def test_training_loader_evaluation_and_infer_give_identical_model_inputs(tmp_pa
         seen.extend(np.asarray(batch))
         return np.zeros((len(batch), MODEL_SIZE, MODEL_SIZE, 2), np.float32)
 
-    model = SimpleNamespace(input_shape=(None, MODEL_SIZE, MODEL_SIZE, channels), output_shape=(None, MODEL_SIZE, MODEL_SIZE, 2))
+    model = SimpleNamespace(
+        input_shape=(None, MODEL_SIZE, MODEL_SIZE, channels), output_shape=(None, MODEL_SIZE, MODEL_SIZE, 2)
+    )
     monkeypatch.setattr(prediction, "predict_batches", record)
-    failures = prediction.predict_png_files(model, [pair.image], tmp_path / "out", np.array([[0, 0, 0], [255, 0, 0]], np.uint8),
-                                            batch_size=1, flip_tta=False, large_images="resize", overlap=0.0)
+    failures = prediction.predict_png_files(
+        model,
+        [pair.image],
+        tmp_path / "out",
+        np.array([[0, 0, 0], [255, 0, 0]], np.uint8),
+        batch_size=1,
+        flip_tta=False,
+        large_images="resize",
+        overlap=0.0,
+    )
     assert failures == []
     monkeypatch.setattr(reports, "predict_batches", record)
     reports._predict_case(model, SimpleNamespace(decoder=decoder), [pair], (MODEL_SIZE, MODEL_SIZE), channels, 1, False)
@@ -62,7 +75,9 @@ def test_training_loader_evaluation_and_infer_give_identical_model_inputs(tmp_pa
 
 def test_prepare_and_infer_window_a_volume_alike() -> None:
     volume = np.random.default_rng(0).normal(100, 400, (8, 16, 16)).astype(np.float32)
-    for window in ({"mode": "fixed", "level": 300.0, "width": 800.0},
-                   {"mode": "percentile", "low_percentile": 1.0, "high_percentile": 99.0}):
+    for window in (
+        {"mode": "fixed", "level": 300.0, "width": 800.0},
+        {"mode": "percentile", "low_percentile": 1.0, "high_percentile": 99.0},
+    ):
         prepared, _ = intensity.window_volume(volume, **window)
         np.testing.assert_array_equal(prediction.window_like_training(volume, window), prepared)

@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from segexp.config.errors import ConfigError, EvaluationError
 from segexp.evaluation.postprocess import (
     FILE_NAME,
@@ -118,14 +117,18 @@ def test_training_postprocess_is_checked_before_training() -> None:
     from segexp.config.schema import validate_train_config
 
     with pytest.raises(ConfigError, match=r"training.postprocess: expected one of \['auto', 'none'\], got 'always'"):
-        validate_train_config(compose_config([*TINY_DATASET_OVERRIDES, "dataset.root=/nonexistent",
-                                              "training.postprocess=always"]))
+        validate_train_config(
+            compose_config([*TINY_DATASET_OVERRIDES, "dataset.root=/nonexistent", "training.postprocess=always"])
+        )
 
 
 def _stray_rules_run(tiny_dataset: Path, tmp_path: Path) -> Path:
     """An oracle run whose rules drop every "disc" prediction under 1000 pixels in a case (all of them)."""
-    run = make_run(tmp_path / "run", oracle_model(TINY_CLASS_INTENSITIES),
-                   [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false"])
+    run = make_run(
+        tmp_path / "run",
+        oracle_model(TINY_CLASS_INTENSITIES),
+        [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false"],
+    )
     Postprocessing(["background", "square", "disc"], {"disc": ClassRule(Rule.MIN_VOLUME, 1000)}).save(run / FILE_NAME)
     return run
 
@@ -151,7 +154,10 @@ def test_infer_applies_the_rules_per_case_of_the_file_names(tiny_dataset: Path, 
         (lone / p.name).write_bytes(p.read_bytes())
     (lone / "single_000.png").write_bytes((source / "case2_000.png").read_bytes())
     assert not infer(open_run(str(run)), lone, tmp_path / "out")
-    discs = {p.stem: int((cv2.imread(str(p), cv2.IMREAD_UNCHANGED) == 2).sum()) for p in (tmp_path / "out" / "masks").iterdir()}
+    discs = {
+        p.stem: int((cv2.imread(str(p), cv2.IMREAD_UNCHANGED) == 2).sum())
+        for p in (tmp_path / "out" / "masks").iterdir()
+    }
     assert discs["single_000"] == 0  # its own case: one disc of < 60 pixels, dropped
     assert 30 <= discs["case2_000"] < 60 and discs["case2_001"] > 0  # the same slice kept: case2 has >= 60 together
     assert not infer(open_run(str(run)), lone, tmp_path / "raw", postprocess="none")

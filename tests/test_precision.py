@@ -10,7 +10,6 @@ import mlflow
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-
 from segexp.cli.infer import check_infer_config
 from segexp.config.errors import ConfigError
 from segexp.data.slices import read_image
@@ -31,9 +30,22 @@ from .conftest import TINY_DATASET_OVERRIDES, compose_config
 
 
 def small(**options) -> keras.Model:
-    params = dict(name="flexunet", image_height=32, image_width=32, image_channels=1, num_classes=3, base_filters=4,
-                  base_kernels=[3, 3], num_layers=3, dropout_rate=0.0, dilation=[1, 1], norm="batch", norm_groups=4,
-                  residual=False, activation="relu")
+    params = dict(
+        name="flexunet",
+        image_height=32,
+        image_width=32,
+        image_channels=1,
+        num_classes=3,
+        base_filters=4,
+        base_kernels=[3, 3],
+        num_layers=3,
+        dropout_rate=0.0,
+        dilation=[1, 1],
+        norm="batch",
+        norm_groups=4,
+        residual=False,
+        activation="relu",
+    )
     return build_model(**{**params, **options})
 
 
@@ -41,16 +53,19 @@ def images(n: int = 2, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 1), dtype=np.uint8)
 
 
-@pytest.mark.parametrize(("gpus", "flags", "expected"), [
-    ([(9, 0)], set(), "bf16"),                          # H100
-    ([(8, 0)], set(), "bf16"),                          # A100: bf16 from Ampere on
-    ([(7, 5)], {"avx512_bf16"}, "fp16"),                # T4: the GPU decides, not the host CPU
-    ([(8, 6), (7, 0)], set(), "fp16"),                  # mixed node: the oldest GPU decides
-    ([], {"avx512f", "avx512_bf16"}, "bf16"),           # Zen 4, Cooper Lake
-    ([], {"amx_bf16", "amx_tile"}, "bf16"),             # Sapphire Rapids
-    ([], {"avx2", "fma", "avx512f"}, "fp32"),           # AVX-512 without BF16: emulated bf16 is slow
-    ([], set(), "fp32"),
-])
+@pytest.mark.parametrize(
+    ("gpus", "flags", "expected"),
+    [
+        ([(9, 0)], set(), "bf16"),  # H100
+        ([(8, 0)], set(), "bf16"),  # A100: bf16 from Ampere on
+        ([(7, 5)], {"avx512_bf16"}, "fp16"),  # T4: the GPU decides, not the host CPU
+        ([(8, 6), (7, 0)], set(), "fp16"),  # mixed node: the oldest GPU decides
+        ([], {"avx512f", "avx512_bf16"}, "bf16"),  # Zen 4, Cooper Lake
+        ([], {"amx_bf16", "amx_tile"}, "bf16"),  # Sapphire Rapids
+        ([], {"avx2", "fma", "avx512f"}, "fp32"),  # AVX-512 without BF16: emulated bf16 is slow
+        ([], set(), "fp32"),
+    ],
+)
 def test_auto_picks_by_hardware(gpus, flags, expected) -> None:
     assert choose_precision(gpus, flags) == expected
 
@@ -139,8 +154,15 @@ def test_configs_of_earlier_runs_are_upgraded() -> None:
 
 
 def test_the_run_records_the_precision_it_used(tmp_path: Path, tiny_dataset: Path) -> None:
-    cfg = compose_config([f"paths.root={tmp_path}", *TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}",
-                          "training.precision=bf16", "training.epochs=1"])
+    cfg = compose_config(
+        [
+            f"paths.root={tmp_path}",
+            *TINY_DATASET_OVERRIDES,
+            f"dataset.root={tiny_dataset}",
+            "training.precision=bf16",
+            "training.epochs=1",
+        ]
+    )
     train(cfg, tmp_path / "run")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
     run = mlflow.search_runs(experiment_names=["segexp"], output_format="list")[0]
@@ -155,10 +177,21 @@ def test_bf16_training_matches_fp32_accuracy(tmp_path: Path) -> None:
     """Issue 13's parity: the phantom trained in fp32 and in bf16 (same seed, same draws) ends within 0.02 Dice."""
     scores = {}
     for precision in ("fp32", "bf16"):
-        cfg = compose_config([f"paths.root={tmp_path}", f"dataset.root={tmp_path}/phantom", "tracking=none",
-                              "dataset.phantom.size=64", "model.image_height=64", "model.image_width=64",
-                              "training.epochs=10", "training.steps_per_epoch=40", "training.epoch_images.num=0",
-                              "training.verbose=0", f"training.precision={precision}"])
+        cfg = compose_config(
+            [
+                f"paths.root={tmp_path}",
+                f"dataset.root={tmp_path}/phantom",
+                "tracking=none",
+                "dataset.phantom.size=64",
+                "model.image_height=64",
+                "model.image_width=64",
+                "training.epochs=10",
+                "training.steps_per_epoch=40",
+                "training.epoch_images.num=0",
+                "training.verbose=0",
+                f"training.precision={precision}",
+            ]
+        )
         train(cfg, tmp_path / precision)
         summary = json.loads((tmp_path / precision / "evaluation" / "summary.json").read_text())
         scores[precision] = summary["mean"]["foreground_mean"]["dice"]
@@ -170,5 +203,6 @@ def test_bf16_training_matches_fp32_accuracy(tmp_path: Path) -> None:
     fp32 = load_keras_model(tmp_path / "fp32" / "checkpoints" / "best.keras")
     bf16 = apply_precision(load_keras_model(tmp_path / "fp32" / "checkpoints" / "best.keras"), "bf16")
     agree = probabilities_to_classes(fp32.predict(test_images, verbose=0)) == probabilities_to_classes(
-        bf16.predict(test_images, verbose=0))
+        bf16.predict(test_images, verbose=0)
+    )
     assert agree.mean() >= 0.995, agree.mean()

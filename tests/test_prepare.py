@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
-
 from segexp.config.schema import CONF_DIR, REPO_DIR, ConfigError
 from segexp.data.prepare import PrepareError, prepare
 from segexp.data.rgb_map import decode_rgb_mask
@@ -81,7 +80,9 @@ def test_labels_land_on_the_right_pixels(prepared: Path, tmp_path: Path) -> None
     """Slice k of the written masks is the phantom's label slice k in the documented display orientation."""
     m = _manifest(prepared)
     case, info = next(iter(m["cases"].items()))
-    label_img = nib.as_closest_canonical(nib.load(tmp_path / "outputs" / "data" / "phantom_volumes" / f"{case}_label.nii.gz"))
+    label_img = nib.as_closest_canonical(
+        nib.load(tmp_path / "outputs" / "data" / "phantom_volumes" / f"{case}_label.nii.gz")
+    )
     labels = np.asarray(label_img.dataobj)
     f = sorted((prepared / info["split"] / "masks").glob(f"{case}_*.png"))[len(info) // 2]
     k = int(f.stem.rsplit("_", 1)[1])
@@ -92,7 +93,9 @@ def test_labels_land_on_the_right_pixels(prepared: Path, tmp_path: Path) -> None
 
 def test_rerun_is_a_no_op(prepared: Path, tmp_path: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in prepared.rglob("*")}
-    again = prepare(compose_prepare(tmp_path, "split.ratios={train:0.6,valid:0.2,test:0.2}", "empty_fraction=0.5", "workers=2"))
+    again = prepare(
+        compose_prepare(tmp_path, "split.ratios={train:0.6,valid:0.2,test:0.2}", "empty_fraction=0.5", "workers=2")
+    )
     assert again == prepared and {p: p.stat().st_mtime_ns for p in prepared.rglob("*")} == before
 
 
@@ -131,10 +134,15 @@ def test_unknown_label_value_fails_before_writing(tmp_path: Path) -> None:
 
 
 def test_label_merge_makes_a_binary_dataset(tmp_path: Path) -> None:
-    out = prepare(compose_prepare(
-        tmp_path, "~volumes.classes", "+volumes.classes={background:{labels:[0],rgb:[0,0,0]},heart:{labels:[1,2,3,4,5],rgb:[255,255,255]}}",
-        f"out_dir={tmp_path}/binary", "mask_format=index",
-    ))
+    out = prepare(
+        compose_prepare(
+            tmp_path,
+            "~volumes.classes",
+            "+volumes.classes={background:{labels:[0],rgb:[0,0,0]},heart:{labels:[1,2,3,4,5],rgb:[255,255,255]}}",
+            f"out_dir={tmp_path}/binary",
+            "mask_format=index",
+        )
+    )
     assert _manifest(out)["class_names"] == ["background", "heart"]
     values = set()
     for f in (out / "train" / "masks").glob("*.png"):
@@ -143,22 +151,41 @@ def test_label_merge_makes_a_binary_dataset(tmp_path: Path) -> None:
 
 
 def test_k_fold_assignment(tmp_path: Path) -> None:
-    cfg = ("volumes.phantom.num_cases=7", "split.folds=3", "split.fold=1", "split.ratios={train:0.7,valid:0.15,test:0.15}")
+    cfg = (
+        "volumes.phantom.num_cases=7",
+        "split.folds=3",
+        "split.fold=1",
+        "split.ratios={train:0.7,valid:0.15,test:0.15}",
+    )
     m = _manifest(prepare(compose_prepare(tmp_path, *cfg)))
     assert sorted(m["splits"]["valid"]) == sorted(c for c, k in m["folds"].items() if k == 1)
     assert not set(m["splits"]["test"]) & set(m["folds"])
 
 
 def test_explicit_case_split(tmp_path: Path) -> None:
-    m = _manifest(prepare(compose_prepare(
-        tmp_path, "split.cases={train:[phantom001,phantom002,phantom003],valid:[phantom004],test:[phantom005]}")))
-    assert m["splits"] == {"train": ["phantom001", "phantom002", "phantom003"], "valid": ["phantom004"], "test": ["phantom005"]}
+    m = _manifest(
+        prepare(
+            compose_prepare(
+                tmp_path, "split.cases={train:[phantom001,phantom002,phantom003],valid:[phantom004],test:[phantom005]}"
+            )
+        )
+    )
+    assert m["splits"] == {
+        "train": ["phantom001", "phantom002", "phantom003"],
+        "valid": ["phantom004"],
+        "test": ["phantom005"],
+    }
 
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("axis=oblique", "axis"), ("empty_fraction=1.5", "empty_fraction"), ("window.width=0", "window.width"),
-     ("size=[64]", "size"), ("volumes.classes.LV.labels=[2]", "volumes.classes.Myocardium.labels")],
+    [
+        ("axis=oblique", "axis"),
+        ("empty_fraction=1.5", "empty_fraction"),
+        ("window.width=0", "window.width"),
+        ("size=[64]", "size"),
+        ("volumes.classes.LV.labels=[2]", "volumes.classes.Myocardium.labels"),
+    ],
 )
 def test_bad_settings_name_the_key(tmp_path: Path, override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -170,8 +197,14 @@ def test_prepared_phantom_trains(prepared: Path, compose_train) -> None:
 
     from .conftest import TINY_DATASET_OVERRIDES
 
-    small = [o for o in TINY_DATASET_OVERRIDES if o.startswith(("model.image", "model.base", "model.num_layers", "training."))]
-    cfg = compose_train("dataset=phantom_prepared", f"dataset.root={prepared}", *small, "training.epochs=1", "tracking.enabled=false")
+    small = [
+        o
+        for o in TINY_DATASET_OVERRIDES
+        if o.startswith(("model.image", "model.base", "model.num_layers", "training."))
+    ]
+    cfg = compose_train(
+        "dataset=phantom_prepared", f"dataset.root={prepared}", *small, "training.epochs=1", "tracking.enabled=false"
+    )
     objective = train(cfg, prepared.parent / "run")
     assert np.isfinite(objective) or np.isnan(objective)
     assert (prepared.parent / "run" / "checkpoints" / "best.keras").is_file()
@@ -190,10 +223,18 @@ def test_cli_prepare_and_bad_value(tmp_path: Path) -> None:
 @pytest.mark.skipif(not THORAX.is_dir(), reason="../shared/data/thorax_cta is absent")
 def test_real_thorax_volumes(tmp_path: Path) -> None:
     """Real LPS CT with HU: pairing in sub-folders, reorientation, windowing; unknown labels name the case."""
-    common = (f"volumes.source={THORAX}", "volumes.phantom=null", "volumes.name=thorax",
-              "volumes.pattern='^(?P<case>[^/]+)/(?P<kind>image|label)\\.nii\\.gz$'",
-              "split.cases={train:[case_aorta],valid:[case_pulmonary],test:[]}", "~volumes.classes")
-    narrow = "+volumes.classes={background:{labels:[0],rgb:[0,0,0]},heart:{labels:[1],rgb:[255,0,0]},pa:{labels:[2],rgb:[0,0,255]}}"
+    common = (
+        f"volumes.source={THORAX}",
+        "volumes.phantom=null",
+        "volumes.name=thorax",
+        "volumes.pattern='^(?P<case>[^/]+)/(?P<kind>image|label)\\.nii\\.gz$'",
+        "split.cases={train:[case_aorta],valid:[case_pulmonary],test:[]}",
+        "~volumes.classes",
+    )
+    narrow = (
+        "+volumes.classes={background:{labels:[0],rgb:[0,0,0]},heart:{labels:[1],rgb:[255,0,0]},"
+        "pa:{labels:[2],rgb:[0,0,255]}}"
+    )
     with pytest.raises(VolumeError, match="case_aorta") as info:
         prepare(compose_prepare(tmp_path, *common, narrow))
     assert "case_pulmonary" not in str(info.value)

@@ -10,7 +10,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
 from segexp.config.schema import ConfigError
 from segexp.training.callbacks import on_interval
 from segexp.training.loop import (
@@ -23,17 +22,23 @@ from segexp.training.loop import (
 from .conftest import TINY_DATASET_OVERRIDES
 
 
-@pytest.mark.parametrize("override, message", [
-    ("training.steps_per_epoch=0", "training.steps_per_epoch: must be >= 1, or null"),
-    ("training.foreground_fraction=1.5", "training.foreground_fraction: must lie in [0, 1], got 1.5"),
-    ("training.max_time=0", "training.max_time: minutes must be > 0"),
-    ("training.reduce_lr.enabled=true", "ReduceLROnPlateau cannot change a learning-rate schedule"),
-    ("training.validation.every_n_epochs=0", "training.validation.every_n_epochs: must be >= 1"),
-    ("training.checkpoint.every_n_epochs=0", "training.checkpoint.every_n_epochs: must be >= 1"),
-    ("training.loss=categorical_crossentropy training.dice.batch=false",
-     "training.dice: sets the Dice term of dice, dice_ce and bce_dice; training.loss=categorical_crossentropy has none"),
-    ("model.norm=layer", "model.norm: expected one of ['batch', 'instance', 'group', 'none'], got 'layer'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.steps_per_epoch=0", "training.steps_per_epoch: must be >= 1, or null"),
+        ("training.foreground_fraction=1.5", "training.foreground_fraction: must lie in [0, 1], got 1.5"),
+        ("training.max_time=0", "training.max_time: minutes must be > 0"),
+        ("training.reduce_lr.enabled=true", "ReduceLROnPlateau cannot change a learning-rate schedule"),
+        ("training.validation.every_n_epochs=0", "training.validation.every_n_epochs: must be >= 1"),
+        ("training.checkpoint.every_n_epochs=0", "training.checkpoint.every_n_epochs: must be >= 1"),
+        (
+            "training.loss=categorical_crossentropy training.dice.batch=false",
+            "training.dice: sets the Dice term of dice, dice_ce and bce_dice; "
+            "training.loss=categorical_crossentropy has none",
+        ),
+        ("model.norm=layer", "model.norm: expected one of ['batch', 'instance', 'group', 'none'], got 'layer'"),
+    ],
+)
 def test_recipe_mistakes_are_named(compose_train, override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         validate_run_config(compose_train(*override.split()))
@@ -85,11 +90,14 @@ def test_constant_learning_rate_without_a_schedule(compose_train) -> None:
 
 
 def test_dice_options_reach_the_compiled_loss(compose_train) -> None:
-    """``training.dice``: nnU-Net's batch Dice without background by default, MONAI's per-image Dice with it on request."""
+    """``training.dice``: nnU-Net's batch Dice without background by default, MONAI's per-image Dice with it
+    on request."""
     from segexp.training.loop import compile_model
 
-    for overrides, batch, background in (((), True, False),
-                                          (("training.dice.batch=false", "training.dice.include_background=true"), False, True)):
+    for overrides, batch, background in (
+        ((), True, False),
+        (("training.dice.batch=false", "training.dice.include_background=true"), False, True),
+    ):
         cfg = validate_run_config(compose_train(*overrides))
         loss = compile_model(cfg, list(cfg.dataset.class_names), steps_per_epoch=2).loss
         assert (loss.batch, loss.include_background, loss._dice.batch) == (batch, background, batch)
@@ -109,8 +117,13 @@ def _history(run_dir: Path) -> list[dict[str, str]]:
 def test_time_budget_ends_the_run_cleanly(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
     """max_time reached after epoch 1 of 5: the best model, the evaluation and MLflow are as after a
     last epoch, and the checkpoint says the run may be resumed to train on."""
-    cfg = compose_train(*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "training.epochs=5",
-                        "training.max_time=0.0001", "training.epoch_images.num=0")
+    cfg = compose_train(
+        *TINY_DATASET_OVERRIDES,
+        f"dataset.root={tiny_dataset}",
+        "training.epochs=5",
+        "training.max_time=0.0001",
+        "training.epoch_images.num=0",
+    )
     run_dir = tmp_path / "run"
     objective = train(cfg, run_dir)
     assert len(_history(run_dir)) == 1
@@ -129,10 +142,18 @@ def test_time_budget_ends_the_run_cleanly(compose_train, tiny_dataset: Path, tmp
     assert 0.0 <= run.data.metrics["time/fixed_fraction"] <= 1.0
 
 
-def test_intervals_validate_draw_and_checkpoint_every_nth_epoch(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
-    cfg = compose_train(*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false",
-                        "training.epochs=4", "training.validation.every_n_epochs=2",
-                        "training.epoch_images.every_n_epochs=3", "training.checkpoint.every_n_epochs=3")
+def test_intervals_validate_draw_and_checkpoint_every_nth_epoch(
+    compose_train, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    cfg = compose_train(
+        *TINY_DATASET_OVERRIDES,
+        f"dataset.root={tiny_dataset}",
+        "tracking.enabled=false",
+        "training.epochs=4",
+        "training.validation.every_n_epochs=2",
+        "training.epoch_images.every_n_epochs=3",
+        "training.checkpoint.every_n_epochs=3",
+    )
     run_dir = tmp_path / "run"
     train(cfg, run_dir)
     history = _history(run_dir)
@@ -147,4 +168,7 @@ def test_intervals_validate_draw_and_checkpoint_every_nth_epoch(compose_train, t
     kept = {p.name for p in resume.iterdir()}
     assert kept == {"state.json", "epoch_004.keras", f"epoch_{best_epoch:03d}.keras"}
     # the best model is one file on disk: the resume checkpoint links it instead of writing it again
-    assert os.stat(resume / f"epoch_{best_epoch:03d}.keras").st_ino == os.stat(run_dir / "checkpoints" / "best.keras").st_ino
+    assert (
+        os.stat(resume / f"epoch_{best_epoch:03d}.keras").st_ino
+        == os.stat(run_dir / "checkpoints" / "best.keras").st_ino
+    )

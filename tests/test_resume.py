@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
-
 from segexp.training import callbacks
 from segexp.training.loop import train
 from segexp.training.resume import (
@@ -64,8 +63,17 @@ def _env() -> dict[str, str]:
 
 
 def _cli(tmp_path: Path, tiny: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "segexp.cli.train", f"paths.root={tmp_path}", *TINY_DATASET_OVERRIDES,
-            f"dataset.root={tiny}", "training.evaluate_after=false", "tracking.log_model=false", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "segexp.cli.train",
+        f"paths.root={tmp_path}",
+        *TINY_DATASET_OVERRIDES,
+        f"dataset.root={tiny}",
+        "training.evaluate_after=false",
+        "tracking.log_model=false",
+        *extra,
+    ]
 
 
 def _wait_for_epoch(proc: subprocess.Popen, runs_root: Path, epoch: int, timeout: float = 240) -> Path:
@@ -97,8 +105,9 @@ def test_kill_9_then_resume_continues_the_same_run(tmp_path: Path, tiny_dataset:
     (run,) = _runs(client)
     assert run.info.status == "RUNNING"  # kill -9 leaves no chance to end it
 
-    result = subprocess.run([*command, f"training.resume={run_dir}"], env=_env(), capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [*command, f"training.resume={run_dir}"], env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (resumed,) = _runs(client)
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
@@ -139,8 +148,9 @@ def test_sigterm_marks_killed_and_resume_by_run_id(tmp_path: Path, tiny_dataset:
     assert run.info.status == "KILLED" and "interrupted" in run.data.tags["error"]
     assert read_state(run_dir)["epoch"] >= 1
 
-    result = subprocess.run([*command, f"training.resume={run.info.run_id}"], env=_env(), capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [*command, f"training.resume={run.info.run_id}"], env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (resumed,) = _runs(client)
     assert resumed.info.status == "FINISHED" and "error" not in resumed.data.tags
@@ -149,9 +159,19 @@ def test_sigterm_marks_killed_and_resume_by_run_id(tmp_path: Path, tiny_dataset:
 
 
 def _equivalence_overrides(tiny: Path) -> tuple[str, ...]:
-    return (*TINY_DATASET_OVERRIDES, f"dataset.root={tiny}", "training.deterministic=true", "training.epochs=4",
-            "training.learning_rate=0.05", "training.reduce_lr.patience=0", "training.early_stopping.patience=3", "training.evaluate_after=false",
-            "tracking.log_model=false", "model.dropout_rate=0.2", "training.epoch_images.num=0")
+    return (
+        *TINY_DATASET_OVERRIDES,
+        f"dataset.root={tiny}",
+        "training.deterministic=true",
+        "training.epochs=4",
+        "training.learning_rate=0.05",
+        "training.reduce_lr.patience=0",
+        "training.early_stopping.patience=3",
+        "training.evaluate_after=false",
+        "tracking.log_model=false",
+        "model.dropout_rate=0.2",
+        "training.epoch_images.num=0",
+    )
 
 
 def test_resumed_run_equals_uninterrupted_run(compose_train, tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
@@ -195,16 +215,25 @@ def test_resumed_run_equals_uninterrupted_run(compose_train, tiny_dataset: Path,
     last = resumed["model"]
     for ours, theirs in zip(_weights(run_dir / RESUME_DIR / last), _weights(reference_dir / RESUME_DIR / last)):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
-    for ours, theirs in zip(_weights(run_dir / "checkpoints" / "best.keras"),
-                            _weights(reference_dir / "checkpoints" / "best.keras")):
+    for ours, theirs in zip(
+        _weights(run_dir / "checkpoints" / "best.keras"), _weights(reference_dir / "checkpoints" / "best.keras")
+    ):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
-def test_crash_is_failed_then_resume_finishes(compose_train, tiny_dataset: Path, tmp_path: Path, monkeypatch,
-                                             caplog) -> None:
-    """A crash ends the run FAILED with the error as a tag; the requeued job resumes, ends FINISHED, error kept aside."""
-    overrides = (*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "training.epochs=3",
-                 "training.evaluate_after=false", "tracking.log_model=false", "training.epoch_images.num=0")
+def test_crash_is_failed_then_resume_finishes(
+    compose_train, tiny_dataset: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """A crash ends the run FAILED with the error as a tag; the requeued job resumes, ends FINISHED, error kept
+    aside."""
+    overrides = (
+        *TINY_DATASET_OVERRIDES,
+        f"dataset.root={tiny_dataset}",
+        "training.epochs=3",
+        "training.evaluate_after=false",
+        "tracking.log_model=false",
+        "training.epoch_images.num=0",
+    )
     original = callbacks.MlflowEpochLogger.on_epoch_end
 
     def crash(self, epoch, logs=None):
@@ -231,23 +260,38 @@ def test_crash_is_failed_then_resume_finishes(compose_train, tiny_dataset: Path,
 
 def _fake_checkpoint(run_dir: Path, config: dict, epoch: int = 1) -> None:
     (run_dir / RESUME_DIR).mkdir(parents=True)
-    state = {"format": 1, "epoch": epoch, "stopped": False, "model": "epoch_001.keras", "callbacks": {},
-             "history": [], "config": config}
+    state = {
+        "format": 1,
+        "epoch": epoch,
+        "stopped": False,
+        "model": "epoch_001.keras",
+        "callbacks": {},
+        "history": [],
+        "config": config,
+    }
     (run_dir / RESUME_DIR / STATE_FILE).write_text(json.dumps(state))
 
 
 def test_resume_with_another_config_names_the_keys(compose_train, tmp_path: Path) -> None:
     before = OmegaConf.to_container(compose_train("model.base_filters=8"), resolve=True)
     _fake_checkpoint(tmp_path / "run", before)
-    now = OmegaConf.to_container(compose_train("model.base_filters=16", "training.learning_rate=0.01",
-                                               "training.epochs=50", f"training.resume={tmp_path / 'run'}"), resolve=True)
+    now = OmegaConf.to_container(
+        compose_train(
+            "model.base_filters=16",
+            "training.learning_rate=0.01",
+            "training.epochs=50",
+            f"training.resume={tmp_path / 'run'}",
+        ),
+        resolve=True,
+    )
     with pytest.raises(ResumeError) as err:
         prepare_resume(now, tmp_path / "job")
     message = str(err.value)
     assert "model.base_filters: 8 -> 16" in message and "training.learning_rate: 0.003 -> 0.01" in message
     assert "training.epochs" not in message.split("Differing keys:")[1]
-    same = OmegaConf.to_container(compose_train("model.base_filters=8", "training.epochs=50",
-                                                f"training.resume={tmp_path / 'run'}"), resolve=True)
+    same = OmegaConf.to_container(
+        compose_train("model.base_filters=8", "training.epochs=50", f"training.resume={tmp_path / 'run'}"), resolve=True
+    )
     assert prepare_resume(same, tmp_path / "job").epoch == 1  # only epochs changed: fine
 
 
@@ -273,7 +317,10 @@ def test_resume_source_rules(compose_train, tmp_path: Path) -> None:
 def test_cli_bad_resume_is_one_clear_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "segexp.cli.train", f"paths.root={tmp_path}", f"training.resume={tmp_path}"],
-        capture_output=True, text=True, timeout=300, env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
     )
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "Traceback" not in output
@@ -285,9 +332,15 @@ def test_system_exit_marks_the_run_killed(tmp_path: Path) -> None:
     from segexp.tracking.tracker import tracked_run
 
     with pytest.raises(SystemExit):
-        with tracked_run(True, uri=f"sqlite:///{tmp_path}/outputs/mlflow.db", experiment="segexp",
-                         artifact_location=str(tmp_path / "outputs" / "mlartifacts"), run_name="x", tags={},
-                         description=""):
+        with tracked_run(
+            True,
+            uri=f"sqlite:///{tmp_path}/outputs/mlflow.db",
+            experiment="segexp",
+            artifact_location=str(tmp_path / "outputs" / "mlartifacts"),
+            run_name="x",
+            tags={},
+            description="",
+        ):
             sys.exit(-1)
     (run,) = _runs(_client(tmp_path))
     assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted (SystemExit: -1)"
@@ -302,8 +355,8 @@ def test_an_interrupt_that_tensorflow_turned_into_another_error_is_an_interrupti
                 raise KeyboardInterrupt("signal 15")
             except KeyboardInterrupt as inner:
                 raise SystemError("<built-in function __import__> returned a result with an exception set") from inner
-        except SystemError:
-            raise TypeError("Invalid input to `zip`")
+        except SystemError as err:
+            raise TypeError("Invalid input to `zip`") from err
 
     with pytest.raises(TypeError) as caught:
         mangled()

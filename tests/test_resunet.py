@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-
 from segexp.config.schema import ConfigError
 from segexp.models import build_model
 from segexp.models.resunet import build_resunet
@@ -33,8 +32,9 @@ def test_parameter_count_is_monais_plus_the_affine_norm() -> None:
 
 @pytest.mark.parametrize("channels, size", [(1, 32), (3, 64)])
 def test_output_is_class_probabilities_in_float32(channels: int, size: int) -> None:
-    model = build_resunet(image_height=size, image_width=size, image_channels=channels, num_classes=4,
-                          channels=(4, 8, 16))
+    model = build_resunet(
+        image_height=size, image_width=size, image_channels=channels, num_classes=4, channels=(4, 8, 16)
+    )
     assert model.input.dtype == "uint8"
     probs = model.predict(_images(2, size, channels), verbose=0)
     assert probs.shape == (2, size, size, 4) and probs.dtype == np.float32
@@ -54,8 +54,9 @@ def test_levels_halve_the_size_and_only_the_head_runs_at_full_resolution() -> No
 
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])
 def test_norm_options(norm: str) -> None:
-    model = build_resunet(image_height=32, image_width=32, image_channels=1, num_classes=3, channels=(8, 16),
-                          norm=norm, norm_groups=4)
+    model = build_resunet(
+        image_height=32, image_width=32, image_channels=1, num_classes=3, channels=(8, 16), norm=norm, norm_groups=4
+    )
     kinds = {type(layer).__name__ for layer in model.layers}
     assert ("BatchNormalization" in kinds) == (norm == "batch")
     assert ("GroupNormalization" in kinds) == (norm == "group")
@@ -64,16 +65,27 @@ def test_norm_options(norm: str) -> None:
 def test_one_training_step_and_safe_reload(tmp_path) -> None:
     from segexp.models.losses import build_loss
 
-    model = build_model(name="resunet", image_height=32, image_width=32, image_channels=1, num_classes=3,
-                        channels=[4, 8, 16], num_res_units=1, norm="instance", norm_groups=8, dropout_rate=0.1)
+    model = build_model(
+        name="resunet",
+        image_height=32,
+        image_width=32,
+        image_channels=1,
+        num_classes=3,
+        channels=[4, 8, 16],
+        num_res_units=1,
+        norm="instance",
+        norm_groups=8,
+        dropout_rate=0.1,
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=build_loss("dice_ce", 3))
     masks = np.random.default_rng(1).integers(0, 3, (2, 32, 32)).astype(np.uint8)
     assert np.isfinite(float(model.train_on_batch(_images(2, 32), masks)))
     path = tmp_path / "resunet.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
-    np.testing.assert_array_equal(loaded.predict(_images(2, 32, seed=3), verbose=0),
-                                  model.predict(_images(2, 32, seed=3), verbose=0))
+    np.testing.assert_array_equal(
+        loaded.predict(_images(2, 32, seed=3), verbose=0), model.predict(_images(2, 32, seed=3), verbose=0)
+    )
 
 
 def test_preset_composes_and_builds() -> None:
@@ -82,13 +94,19 @@ def test_preset_composes_and_builds() -> None:
     assert model.name == "resunet" and model.output_shape == (None, 128, 128, 6)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["model=resunet", "model.image_height=100"], "model.image_height: 100 is not divisible by 2**(len(channels)-1) = 16"),
-    (["model=resunet", "model.channels=[16]"], "model.channels: expected at least two positive widths"),
-    (["model=resunet", "model.num_res_units=0"], "model.num_res_units: must be >= 1, got 0"),
-    (["model=resunet", "+model.base_filters=8"], "model.base_filters: unknown key for model resunet"),
-    (["model=resunet", "model.norm=group", "model.norm_groups=5"], "model.norm_groups: must divide every width"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["model=resunet", "model.image_height=100"],
+            "model.image_height: 100 is not divisible by 2**(len(channels)-1) = 16",
+        ),
+        (["model=resunet", "model.channels=[16]"], "model.channels: expected at least two positive widths"),
+        (["model=resunet", "model.num_res_units=0"], "model.num_res_units: must be >= 1, got 0"),
+        (["model=resunet", "+model.base_filters=8"], "model.base_filters: unknown key for model resunet"),
+        (["model=resunet", "model.norm=group", "model.norm_groups=5"], "model.norm_groups: must divide every width"),
+    ],
+)
 def test_bad_parameters_are_refused_by_name(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as err:
         validate_run_config(compose_config(overrides))

@@ -12,7 +12,6 @@ from pathlib import Path
 import keras
 import pytest
 from mlflow import MlflowClient
-
 from segexp.config.schema import PACKAGE_DIR, REPO_DIR
 from segexp.tracking.runs import RunError, load_keras_model, open_run
 
@@ -51,12 +50,19 @@ def sources() -> list[Path]:
 
 def test_no_code_is_evaluated_and_no_lambda_layers_exist() -> None:
     called = re.compile(r"(?<![\w.])(eval|exec)\s*\(|\bLambda\s*\(|safe_mode\s*=\s*False")
-    offenders = [f"{p.relative_to(PACKAGE_DIR)}:{n}: {line.strip()}"
-                 for p in sources() for n, line in enumerate(p.read_text().splitlines(), 1)
-                 if called.search(line) and not line.lstrip().startswith("#")]
+    offenders = [
+        f"{p.relative_to(PACKAGE_DIR)}:{n}: {line.strip()}"
+        for p in sources()
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if called.search(line) and not line.lstrip().startswith("#")
+    ]
     assert offenders == []
-    loads = [f"{p.name}:{n}" for p in sources() for n, line in enumerate(p.read_text().splitlines(), 1)
-             if "models.load_model(" in line and "safe_mode=True" not in line]
+    loads = [
+        f"{p.name}:{n}"
+        for p in sources()
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if "models.load_model(" in line and "safe_mode=True" not in line
+    ]
     assert loads == []  # every keras load site states safe mode (runs.load_keras_model)
 
 
@@ -66,14 +72,30 @@ def test_config_values_that_look_like_code_stay_strings(tiny_dataset: Path, tmp_
     payload = f"__import__('os').system('touch {marker}')"
     quoted = "'" + payload.replace("'", "\\'") + "'"  # Hydra's quoting, as typed in a shell inside "..."
     overrides = [
-        *TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "training.epochs=1",
-        "training.evaluate_after=false", "tracking.log_model=false", "tracking.log_epoch_images=false",
-        f"tracking.run_name={quoted}", f"dataset.name={quoted}", f"tracking.experiment={quoted}",
+        *TINY_DATASET_OVERRIDES,
+        f"dataset.root={tiny_dataset}",
+        "training.epochs=1",
+        "training.evaluate_after=false",
+        "tracking.log_model=false",
+        "tracking.log_epoch_images=false",
+        f"tracking.run_name={quoted}",
+        f"dataset.name={quoted}",
+        f"tracking.experiment={quoted}",
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
-        [sys.executable, "-m", "segexp.cli.train", f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path}/run", *overrides],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "segexp.cli.train",
+            f"paths.root={tmp_path}",
+            f"hydra.run.dir={tmp_path}/run",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert not marker.exists()

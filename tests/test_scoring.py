@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-
 from segexp.evaluation.scoring import (
     METRICS,
     ClassScore,
@@ -354,9 +353,7 @@ def blob_cases():
 
 
 def touches_border(mask: np.ndarray) -> bool:
-    return any(
-        mask.take(0, axis=ax).any() or mask.take(-1, axis=ax).any() for ax in range(mask.ndim)
-    )
+    return any(mask.take(0, axis=ax).any() or mask.take(-1, axis=ax).any() for ax in range(mask.ndim))
 
 
 def test_hd95_matches_brute_force_on_random_blobs():

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from segexp.config.errors import ConfigError
 from segexp.config.schema import REPO_DIR
 from segexp.config.slurm import (
@@ -69,7 +68,13 @@ def test_scontrol_output_is_parsed() -> None:
     assert c01 == Node("c01", cpus=2, memory_mb=3900, gpus=0, partitions=("cpu", "old"))
     assert (c02.cpus, c02.partitions) == (2, ("cpu",))
     assert (g01.cpus, g01.memory_mb, g01.gpus) == (64, 512000, 4)
-    assert [parse_minutes(t) for t in ("UNLIMITED", "90", "1:30", "02:00:00", "1-12:00:00")] == [None, 90, 1.5, 120, 2160]
+    assert [parse_minutes(t) for t in ("UNLIMITED", "90", "1:30", "02:00:00", "1-12:00:00")] == [
+        None,
+        90,
+        1.5,
+        120,
+        2160,
+    ]
     assert gpu_count("gpu:2,gpu:v100:1(S:0)") == 3 and gpu_count("(null)") == 0
 
 
@@ -92,13 +97,18 @@ def test_preset_defaults_on_a_small_node_name_the_keys_to_change() -> None:
 
 
 def test_every_limit_is_checked() -> None:
-    assert _problems(cpus_per_task=1, gpus_per_node=1)[0].startswith("hydra.launcher.gpus_per_node=1: the nodes of "
-                                                                     "partition cpu have no GPUs")
+    assert _problems(cpus_per_task=1, gpus_per_node=1)[0].startswith(
+        "hydra.launcher.gpus_per_node=1: the nodes of partition cpu have no GPUs"
+    )
     assert _problems("gpu", cpus_per_task=8, gpus_per_node=4, mem_gb=200, timeout_min=2880) == []
     gpu = _problems("gpu", cpus_per_task=40, gpus_per_node=8, mem_gb=300, timeout_min=3000, nodes=2)
-    assert [p.split("=")[0] for p in gpu] == ["hydra.launcher.cpus_per_task", "hydra.launcher.mem_gb",
-                                              "hydra.launcher.gpus_per_node", "hydra.launcher.timeout_min",
-                                              "hydra.launcher.nodes"]
+    assert [p.split("=")[0] for p in gpu] == [
+        "hydra.launcher.cpus_per_task",
+        "hydra.launcher.mem_gb",
+        "hydra.launcher.gpus_per_node",
+        "hydra.launcher.timeout_min",
+        "hydra.launcher.nodes",
+    ]
     assert "at most 32 CPUs" in gpu[0] and "at most 250.0 GB" not in gpu[1] and "hydra.launcher.mem_gb<=250" in gpu[1]
     assert "hydra.launcher.timeout_min<=2880" in gpu[3]
     down = _problems("old", cpus_per_task=1, timeout_min=60)
@@ -111,10 +121,19 @@ def test_every_limit_is_checked() -> None:
 
 
 def test_no_single_node_fits_everything() -> None:
-    nodes = [Node("fat", cpus=64, memory_mb=1000, gpus=0, partitions=("p",)),
-             Node("big", cpus=2, memory_mb=500000, gpus=0, partitions=("p",))]
-    partition = Partition("p", default=True, state="UP", max_time_min=None, max_nodes=None, max_cpus_per_node=None,
-                          max_mem_per_node_mb=None)
+    nodes = [
+        Node("fat", cpus=64, memory_mb=1000, gpus=0, partitions=("p",)),
+        Node("big", cpus=2, memory_mb=500000, gpus=0, partitions=("p",)),
+    ]
+    partition = Partition(
+        "p",
+        default=True,
+        state="UP",
+        max_time_min=None,
+        max_nodes=None,
+        max_cpus_per_node=None,
+        max_mem_per_node_mb=None,
+    )
     (problem,) = request_problems(SlurmRequest(cpus_per_task=8, mem_gb=100), partition, nodes)
     assert problem.startswith("hydra.launcher: no node of partition p has 8 CPUs, 100 GB and 0 GPUs at once")
 
@@ -122,7 +141,6 @@ def test_no_single_node_fits_everything() -> None:
 def test_slurm_presets_become_requests() -> None:
     pytest.importorskip(SUBMITIT_PLUGIN)
     from hydra import compose, initialize_config_dir
-
     from segexp.config.schema import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -146,7 +164,9 @@ def skip_or_fail(reason: str) -> None:
 
 
 def _script(command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SLURM_SCRIPT), command], check=False, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        ["bash", str(SLURM_SCRIPT), command], check=False, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -157,14 +177,21 @@ def slurm_env() -> Iterator[dict[str, str]]:
         import hydra_plugins.hydra_submitit_launcher  # noqa: F401
     except ImportError:
         skip_or_fail("Hydra plugin not installed: pip install 'hydra-submitit-launcher==1.2.0'")
-    if not all(shutil.which(tool) or Path("/usr/sbin", tool).is_file() for tool in ("slurmctld", "slurmd", "munged", "sbatch")):
-        skip_or_fail("SLURM is not installed: bash scripts/ci_services.sh (root, Debian/Ubuntu) or apt-get install slurm-wlm munge")
+    if not all(
+        shutil.which(tool) or Path("/usr/sbin", tool).is_file() for tool in ("slurmctld", "slurmd", "munged", "sbatch")
+    ):
+        skip_or_fail(
+            "SLURM is not installed: bash scripts/ci_services.sh (root, Debian/Ubuntu) "
+            "or apt-get install slurm-wlm munge"
+        )
     running = _script("status").returncode == 0
     if not running:
         started = _script("start")
         if started.returncode != 0:
-            skip_or_fail(f"scripts/slurm_local.sh start failed ({started.returncode}): "
-                         + " ".join((started.stdout + started.stderr).split())[-2000:])
+            skip_or_fail(
+                f"scripts/slurm_local.sh start failed ({started.returncode}): "
+                + " ".join((started.stdout + started.stderr).split())[-2000:]
+            )
     env = {**os.environ, "SLURM_CONF": _script("conf").stdout.strip()}
     env.pop("MLFLOW_TRACKING_URI", None)
     yield env
@@ -178,10 +205,21 @@ def _slurm(env: dict[str, str], *command: str) -> str:
 
 #: A short job on the local cluster: one core, little memory, one thread, no XLA compilation (tens of
 #: seconds on CPU, paid again by a resumed job), no test-split evaluation.
-SLURM_JOB = ("launcher=submitit_slurm", "debug=fast", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-             "hydra.launcher.timeout_min=20", "training.threads.intra_op=1", "training.threads.inter_op=1",
-             "training.loader.workers=1", "training.jit_compile=false", "training.epoch_images.num=1",
-             "training.evaluate_after=false", "tracking.log_model=false", "training.verbose=0")
+SLURM_JOB = (
+    "launcher=submitit_slurm",
+    "debug=fast",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=20",
+    "training.threads.intra_op=1",
+    "training.threads.inter_op=1",
+    "training.loader.workers=1",
+    "training.jit_compile=false",
+    "training.epoch_images.num=1",
+    "training.evaluate_after=false",
+    "tracking.log_model=false",
+    "training.verbose=0",
+)
 
 
 def _train_command(root: Path, *overrides: str) -> list[str]:
@@ -192,12 +230,22 @@ def test_impossible_request_fails_before_submitting(slurm_env: dict[str, str], t
     """More cores than the node has: refused in seconds, naming the key; nothing submitted, no MLflow parent."""
     jobs_before = _slurm(slurm_env, "squeue", "-h", "-o", "%i")
     start = time.monotonic()
-    result = subprocess.run(_train_command(tmp_path, "hydra.launcher.cpus_per_task=1024", "model.base_filters=4,8"),
-                            check=False, env=slurm_env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        _train_command(tmp_path, "hydra.launcher.cpus_per_task=1024", "model.base_filters=4,8"),
+        check=False,
+        env=slurm_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     elapsed = time.monotonic() - start
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
-    assert re.search(r"hydra\.launcher\.cpus_per_task=1024 \(x tasks_per_node=1\): the nodes of partition debug have "
-                     r"at most \d+ CPUs; set hydra\.launcher\.cpus_per_task<=\d+", result.stderr), result.stderr[-3000:]
+    assert re.search(
+        r"hydra\.launcher\.cpus_per_task=1024 \(x tasks_per_node=1\): the nodes of partition debug have "
+        r"at most \d+ CPUs; set hydra\.launcher\.cpus_per_task<=\d+",
+        result.stderr,
+    ), result.stderr[-3000:]
     assert elapsed < 120, f"took {elapsed:.0f} s"  # the Python start-up; the check itself takes well under a second
     assert not list(tmp_path.glob("outputs/train/multiruns/*/*/.submitit"))
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
@@ -230,8 +278,13 @@ def test_sweep_on_slurm_requeues_resume_and_a_failure_is_recorded(slurm_env: dic
 
     log_file = tmp_path / "sweep.log"  # a file, not a pipe: submitit's warnings would fill a pipe nobody reads yet
     with open(log_file, "w") as out:
-        sweep = subprocess.Popen(_train_command(tmp_path, "training.epochs=4", "model.base_filters=4,8,0"),
-                                 env=slurm_env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        sweep = subprocess.Popen(
+            _train_command(tmp_path, "training.epochs=4", "model.base_filters=4,8,0"),
+            env=slurm_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
     actions = {0: ["scontrol", "requeue"], 1: ["scancel", "--signal=USR1"]}
     interrupted: dict[int, str] = {}  # job -> its MLflow run id when it was interrupted
     deadline = time.monotonic() + 900
@@ -275,8 +328,11 @@ def test_sweep_on_slurm_requeues_resume_and_a_failure_is_recorded(slurm_env: dic
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("segexp").experiment_id])
     (parent,) = [r for r in runs if "sweep_dir" in r.data.tags]
-    kids = {r.data.params.get("model.base_filters") or r.info.run_name.split("model.base_filters=")[1].split(",")[0]: r
-            for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    kids = {
+        r.data.params.get("model.base_filters") or r.info.run_name.split("model.base_filters=")[1].split(",")[0]: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert sorted(kids) == ["0", "4", "8"]
     assert kids["0"].info.status == "FAILED" and "model.base_filters: must be >= 1" in kids["0"].data.tags["error"]
     for job, filters in ((0, "4"), (1, "8")):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-
 from segexp.tracking.compare import compare
 from segexp.tracking.store import configure, retry_locked
 from segexp.tracking.tracker import tracked_run
@@ -19,9 +18,20 @@ from .conftest import TINY_DATASET_OVERRIDES
 
 def _sweep(tmp_path: Path, dataset: Path, *overrides: str) -> subprocess.CompletedProcess:
     tiny = [o for o in TINY_DATASET_OVERRIDES if not o.startswith("training.epochs")]
-    cmd = [sys.executable, "-m", "segexp.cli.train", "-m", f"paths.root={tmp_path}", *tiny, f"dataset.root={dataset}",
-           "training.epochs=1", "training.epoch_images.num=1", "training.evaluate_after=false",
-           "tracking.log_model=false", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segexp.cli.train",
+        "-m",
+        f"paths.root={tmp_path}",
+        *tiny,
+        f"dataset.root={dataset}",
+        "training.epochs=1",
+        "training.epoch_images.num=1",
+        "training.evaluate_after=false",
+        "tracking.log_model=false",
+        *overrides,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -86,8 +96,9 @@ def test_retry_locked_retries_only_lock_errors() -> None:
 
 
 def _log_many(uri: str, artifacts: str, worker: int, steps: int) -> None:
-    with tracked_run(True, uri=uri, experiment="segexp", artifact_location=artifacts, run_name=f"w{worker}",
-                     tags={}, description="") as tracker:
+    with tracked_run(
+        True, uri=uri, experiment="segexp", artifact_location=artifacts, run_name=f"w{worker}", tags={}, description=""
+    ) as tracker:
         tracker.log_params({"worker": str(worker)})
         for step in range(steps):
             tracker.log_metrics({"a": float(step), "b": float(worker)}, step=step)
@@ -120,7 +131,18 @@ def test_mlflow_ui_shows_parent_with_children(tmp_path: Path, tiny_dataset: Path
     """A real headless browser on `mlflow ui`: the runs page groups the children under the parent."""
     assert _sweep(tmp_path, tiny_dataset, "model.base_filters=2,4").returncode == 0
     script = Path(__file__).resolve().parents[1] / "scripts" / "mlflow_ui_check.py"
-    result = subprocess.run([sys.executable, str(script), "--store", str(tmp_path / "outputs" / "mlflow.db"),
-                             "--screenshot", str(tmp_path / "ui.png")], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--store",
+            str(tmp_path / "outputs" / "mlflow.db"),
+            "--screenshot",
+            str(tmp_path / "ui.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "ui.png").stat().st_size > 10_000

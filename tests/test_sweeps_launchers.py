@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
-
 from segexp.config.schema import CONF_DIR, validate_train_config
 
 OPTUNA_PLUGIN = "hydra_plugins.hydra_optuna_sweeper"
@@ -72,8 +71,12 @@ def test_optuna_search_composes(tmp_path: Path) -> None:
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
     assert sweeper.storage.url == f"sqlite:///{tmp_path}/outputs/optuna.db"  # under paths.output_dir
     assert set(sweeper.params) == {
-        "training.learning_rate", "model.base_filters", "model.base_kernels",
-        "model.num_layers", "model.dropout_rate", "augmentation",
+        "training.learning_rate",
+        "model.base_filters",
+        "model.base_kernels",
+        "model.num_layers",
+        "model.dropout_rate",
+        "augmentation",
     }
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     _validated(cfg)
@@ -124,9 +127,13 @@ def test_optuna_storage_persists_and_resumes(tmp_path: Path) -> None:
     (tmp_path / "outputs").mkdir()
 
     def study() -> optuna.Study:  # what the plugin does: create_study(..., load_if_exists=True)
-        return optuna.create_study(study_name=sweeper.study_name, storage=instantiate(sweeper.storage),
-                                   sampler=instantiate(sweeper.sampler), direction=sweeper.direction,
-                                   load_if_exists=True)
+        return optuna.create_study(
+            study_name=sweeper.study_name,
+            storage=instantiate(sweeper.storage),
+            sampler=instantiate(sweeper.sampler),
+            direction=sweeper.direction,
+            load_if_exists=True,
+        )
 
     first = study()
     for value in (0.2, 0.5):
@@ -138,7 +145,8 @@ def test_optuna_storage_persists_and_resumes(tmp_path: Path) -> None:
     assert (tmp_path / "outputs" / "optuna.db").is_file()
 
 
-@pytest.mark.slow  # two Optuna sweeps of real jobs: about 2 min (the default run keeps the composition and storage tests)
+# two Optuna sweeps of real jobs: about 2 min (the default run keeps the composition and storage tests)
+@pytest.mark.slow
 def test_optuna_sweep_runs_and_resumes(tmp_path: Path) -> None:
     """3 trials from a fresh project root write optimization_results.yaml; a rerun continues the study."""
     _need(OPTUNA_PLUGIN)
@@ -146,15 +154,28 @@ def test_optuna_sweep_runs_and_resumes(tmp_path: Path) -> None:
     from hydra.utils import instantiate
 
     def sweep(n_trials: int) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "segexp.cli.train", "-m", "hparams_search=flexunet_optuna", *FAST_JOB,
-               f"hydra.sweeper.n_trials={n_trials}", f"paths.root={tmp_path}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "segexp.cli.train",
+            "-m",
+            "hparams_search=flexunet_optuna",
+            *FAST_JOB,
+            f"hydra.sweeper.n_trials={n_trials}",
+            f"paths.root={tmp_path}",
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
 
     result = sweep(3)
     assert result.returncode == 0, (
-        "(unable to open database file: the sweep callback must create paths.output_dir before the study opens)\n"
-        if "unable to open database file" in result.stderr else ""
-    ) + result.stdout[-3000:] + result.stderr[-3000:]
+        (
+            "(unable to open database file: the sweep callback must create paths.output_dir before the study opens)\n"
+            if "unable to open database file" in result.stderr
+            else ""
+        )
+        + result.stdout[-3000:]
+        + result.stderr[-3000:]
+    )
     (results_file,) = (tmp_path / "outputs" / "train" / "multiruns").glob("*/*/optimization_results.yaml")
     results = OmegaConf.load(results_file)
     assert results.name == "optuna" and 0.0 <= results.best_value <= 1.0
@@ -180,9 +201,18 @@ def test_optuna_sweep_goes_on_after_a_failed_trial(tmp_path: Path) -> None:
     import optuna
     from hydra.utils import instantiate
 
-    cmd = [sys.executable, "-m", "segexp.cli.train", "-m", "hparams_search=flexunet_optuna", *FAST_JOB,
-           "model.image_height=36", "hydra.sweeper.sampler.seed=42", "hydra.sweeper.n_trials=3",
-           f"paths.root={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segexp.cli.train",
+        "-m",
+        "hparams_search=flexunet_optuna",
+        *FAST_JOB,
+        "model.image_height=36",
+        "hydra.sweeper.sampler.seed=42",
+        "hydra.sweeper.n_trials=3",
+        f"paths.root={tmp_path}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     storage = _compose(["hparams_search=flexunet_optuna", f"paths.root={tmp_path}"]).hydra.sweeper.storage
@@ -230,7 +260,9 @@ def test_optuna_search_with_parallel_launcher_composes() -> None:
     _need(OPTUNA_PLUGIN)
     _need(JOBLIB_PLUGIN)
     cfg = _compose(["hparams_search=flexunet_optuna", "launcher=joblib", "hydra.sweeper.n_jobs=2"])
-    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.launcher._target_.endswith(
+        "JoblibLauncher"
+    )
     assert cfg.hydra.sweeper.n_jobs == cfg.hydra.launcher.n_jobs == 2
     _validated(cfg)
 
@@ -242,8 +274,17 @@ def test_parallel_launcher_logs_complete_runs(tmp_path: Path, preset: str) -> No
     import mlflow
 
     tracked = [o for o in FAST_JOB if o != "tracking=none"] + ["tracking.log_model=false"]
-    cmd = [sys.executable, "-m", "segexp.cli.train", "-m", f"launcher={preset}", *tracked,
-           "training.epochs=2", "training.learning_rate=1e-3,3e-4", f"paths.root={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segexp.cli.train",
+        "-m",
+        f"launcher={preset}",
+        *tracked,
+        "training.epochs=2",
+        "training.learning_rate=1e-3,3e-4",
+        f"paths.root={tmp_path}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "outputs" / "train" / "multiruns").glob("*/*")

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import keras
 import pytest
-from mlflow import MlflowClient
-
 import segexp.training.loop as train_module
+from mlflow import MlflowClient
 from segexp.config.errors import SegexpError, TrackingUnavailable
 from segexp.config.schema import REPO_DIR
 from segexp.tracking.outbox import OUTBOX_DIR, OUTBOX_FILE
@@ -31,7 +30,11 @@ from .outage_server import RestartableServer
 from .servers import free_port
 
 KEYS = ("train/loss", "val/loss", "val/dice/square", "val/dice/disc", "val/dice_fg_mean", "learning_rate")
-FAST_OUTAGE = ("tracking.outage.connect_timeout_s=2", "tracking.outage.max_wait_s=2", "tracking.outage.request_timeout_s=5")
+FAST_OUTAGE = (
+    "tracking.outage.connect_timeout_s=2",
+    "tracking.outage.max_wait_s=2",
+    "tracking.outage.request_timeout_s=5",
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +69,19 @@ def with_outage(monkeypatch: pytest.MonkeyPatch, outage: Outage) -> None:
     monkeypatch.setattr(train_module, "build_callbacks", lambda *a, **k: [*build(*a, **k), outage])
 
 
-def run_training(compose_train, tiny_dataset: Path, run_dir: Path, server: RestartableServer, epochs: int,
-                 experiment: str) -> float:
+def run_training(
+    compose_train, tiny_dataset: Path, run_dir: Path, server: RestartableServer, epochs: int, experiment: str
+) -> float:
     cfg = compose_train(
-        *TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", f"training.epochs={epochs}",
-        "training.early_stopping.enabled=false", "training.reduce_lr.enabled=false",
-        "tracking=server", f"tracking.uri={server.uri}", f"tracking.experiment={experiment}", *FAST_OUTAGE,
+        *TINY_DATASET_OVERRIDES,
+        f"dataset.root={tiny_dataset}",
+        f"training.epochs={epochs}",
+        "training.early_stopping.enabled=false",
+        "training.reduce_lr.enabled=false",
+        "tracking=server",
+        f"tracking.uri={server.uri}",
+        f"tracking.experiment={experiment}",
+        *FAST_OUTAGE,
     )
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "config.yaml").write_text("seed: 42\n")
@@ -92,7 +102,11 @@ def artifacts(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
 
 
 def test_server_outage_mid_run_loses_nothing(
-    server: RestartableServer, compose_train, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    server: RestartableServer,
+    compose_train,
+    tiny_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="segexp.tracking.outbox")
@@ -117,8 +131,9 @@ def test_server_outage_mid_run_loses_nothing(
 
 def upload(run_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "segexp.cli.upload", str(run_dir)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "segexp.cli.upload", str(run_dir)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.mark.slow  # CI time: ~75 s; the mid-run outage test stays in the default run
@@ -186,9 +201,20 @@ def test_cli_with_unreachable_server_stops_with_one_message(tmp_path: Path, mult
     uri = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
-        [sys.executable, "-m", "segexp.cli.train", *(["-m"] if multirun else []), f"paths.root={tmp_path}",
-         "tracking=server", f"tracking.uri={uri}", "tracking.outage.connect_timeout_s=2"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "segexp.cli.train",
+            *(["-m"] if multirun else []),
+            f"paths.root={tmp_path}",
+            "tracking=server",
+            f"tracking.uri={uri}",
+            "tracking.outage.connect_timeout_s=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-3000:]

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
 from segexp.training.loop import train
 
 from .conftest import TINY_DATASET_OVERRIDES
@@ -67,8 +66,11 @@ def test_training_is_tracked_through_the_server(
     server_uri: str, compose_train, tiny_dataset: Path, tmp_path: Path
 ) -> None:
     cfg = compose_train(
-        *TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}",
-        "tracking=server", f"tracking.uri={server_uri}", "tracking.experiment=segexp-server",
+        *TINY_DATASET_OVERRIDES,
+        f"dataset.root={tiny_dataset}",
+        "tracking=server",
+        f"tracking.uri={server_uri}",
+        "tracking.experiment=segexp-server",
     )
     assert cfg.tracking.artifact_location is None
     run_dir = tmp_path / "run"

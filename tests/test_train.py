@@ -11,7 +11,6 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-
 from segexp.training.loop import train
 
 from .conftest import HOCM_MINI, TINY_DATASET_OVERRIDES
@@ -56,8 +55,16 @@ def test_two_epoch_run_is_fully_tracked(compose_train, tiny_dataset: Path, tmp_p
     assert params["augmentation.transforms.hflip._target_"] == "albumentations.HorizontalFlip"
     assert int(params["model.num_params"]) > 0
 
-    for key in ("train/loss", "val/loss", "val/dice/square", "val/dice/disc", "val/dice_fg_mean",
-                "train/dice_fg_mean", "val/dice_incl_bg_original", "learning_rate"):
+    for key in (
+        "train/loss",
+        "val/loss",
+        "val/dice/square",
+        "val/dice/disc",
+        "val/dice_fg_mean",
+        "train/dice_fg_mean",
+        "val/dice_incl_bg_original",
+        "learning_rate",
+    ):
         history = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == [1, 2], key
     best = max(m.value for m in client.get_metric_history(run.info.run_id, "val/dice_fg_mean"))
@@ -82,8 +89,13 @@ def test_two_epoch_run_is_fully_tracked(compose_train, tiny_dataset: Path, tmp_p
 
 @pytest.mark.slow  # CI time: ~35 s; bit-exactness is also covered by test_resumed_run_equals_uninterrupted_run
 def test_training_is_reproducible(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
-    overrides = (*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false",
-                 "training.epochs=1", "training.epoch_images.num=0")
+    overrides = (
+        *TINY_DATASET_OVERRIDES,
+        f"dataset.root={tiny_dataset}",
+        "tracking.enabled=false",
+        "training.epochs=1",
+        "training.epoch_images.num=0",
+    )
     first = train(compose_train(*overrides), tmp_path / "a")
     second = train(compose_train(*overrides), tmp_path / "b")
     assert first == second
@@ -119,7 +131,9 @@ def test_interrupted_run_is_marked_killed(compose_train, tiny_dataset: Path, tmp
 def test_cli_bad_value_is_one_clear_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "segexp.cli.train", f"paths.root={tmp_path}", "model.base_kernels=[4,4]"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 2
@@ -130,25 +144,48 @@ def test_cli_bad_value_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_cli_debug_run_end_to_end(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "segexp.cli.train", f"paths.root={tmp_path}", "debug=fast", "training.epochs=1",
-         "training.loader.workers=2", "training.verbose=0"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "segexp.cli.train",
+            f"paths.root={tmp_path}",
+            "debug=fast",
+            "training.epochs=1",
+            "training.loader.workers=2",
+            "training.verbose=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "outputs" / "train" / "runs").glob("*/*"))
     assert len(runs) == 1 and (runs[0] / ".hydra" / "config.yaml").is_file() and (runs[0] / "curves.png").is_file()
     client = _client(tmp_path)
     run = _only_run(client)
-    assert run.info.status == "FINISHED" and run.info.run_name == "debug=fast,training.epochs=1,training.loader.workers=2,training.verbose=0"
+    assert (
+        run.info.status == "FINISHED"
+        and run.info.run_name == "debug=fast,training.epochs=1,training.loader.workers=2,training.verbose=0"
+    )
 
 
 @pytest.mark.skipif(not HOCM_MINI.is_dir(), reason="../shared/data/hocmvalves_mini is absent")
 def test_short_training_on_real_hocmvalves_slices(compose_train, tmp_path: Path) -> None:
     """Case 10001 trains, case 10002 validates; the per-class metrics exist for the 7 structures."""
     cfg = compose_train(
-        "experiment=hocmvalves_mini", f"dataset.root={HOCM_MINI}", "model=resunet", "model.image_height=64", "model.image_width=64",
-        "model.channels=[4,8,16]", "training.steps_per_epoch=2", "training.epochs=1", "training.batch_size=7",
-        "training.loader.workers=0", "training.verbose=0", "training.jit_compile=false", "training.epoch_images.num=2",
+        "experiment=hocmvalves_mini",
+        f"dataset.root={HOCM_MINI}",
+        "model=resunet",
+        "model.image_height=64",
+        "model.image_width=64",
+        "model.channels=[4,8,16]",
+        "training.steps_per_epoch=2",
+        "training.epochs=1",
+        "training.batch_size=7",
+        "training.loader.workers=0",
+        "training.verbose=0",
+        "training.jit_compile=false",
+        "training.epoch_images.num=2",
     )
     objective = train(cfg, tmp_path / "run")
     run = _only_run(_client(tmp_path))
@@ -163,7 +200,8 @@ def test_sigterm_marks_the_run_killed(tmp_path: Path) -> None:
         "import os, signal, time\n"
         "from segexp.cli.shell import interrupt_on_sigterm\n"
         "from segexp.tracking.tracker import tracked_run\n"
-        f"with interrupt_on_sigterm(), tracked_run(True, uri='sqlite:///{tmp_path}/outputs/mlflow.db', experiment='segexp', "
+        "with interrupt_on_sigterm(), "
+        f"tracked_run(True, uri='sqlite:///{tmp_path}/outputs/mlflow.db', experiment='segexp', "
         f"artifact_location='{tmp_path}/outputs/mlartifacts', run_name='x', tags={{}}, description='') as t:\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    time.sleep(30)\n"

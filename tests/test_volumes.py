@@ -9,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 import segexp.config.schema
 from segexp.data.intensity import (
     WINDOW_PRESETS,
@@ -37,13 +36,9 @@ THORAX_LABELS = {"case_aorta": set(range(7)), "case_pulmonary": {0, 1, 2}}
 
 SHAPE = (16, 12, 8)
 # LPS-style file (DICOM-like): i -> patient left, j -> posterior, k -> superior.
-LPS_AFFINE = np.array(
-    [[-0.7, 0, 0, 120.0], [0, -0.7, 0, 95.0], [0, 0, 1.5, -310.0], [0, 0, 0, 1]]
-)
+LPS_AFFINE = np.array([[-0.7, 0, 0, 120.0], [0, -0.7, 0, 95.0], [0, 0, 1.5, -310.0], [0, 0, 0, 1]])
 # Permuted and flipped: i -> posterior, j -> left, k -> inferior ("PLI").
-PLI_AFFINE = np.array(
-    [[0, -0.7, 0, 40.0], [-0.7, 0, 0, 60.0], [0, 0, -1.5, 20.0], [0, 0, 0, 1]]
-)
+PLI_AFFINE = np.array([[0, -0.7, 0, 40.0], [-0.7, 0, 0, 60.0], [0, 0, -1.5, 20.0], [0, 0, 0, 1]])
 
 
 def _save(path: Path, data: np.ndarray, affine: np.ndarray = LPS_AFFINE) -> Path:

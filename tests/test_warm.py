@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from omegaconf import OmegaConf
-
 from segexp.models import build_model
 from segexp.planning.steptime import _measure
 from segexp.training import warm
@@ -12,8 +11,19 @@ from segexp.training.loop import compile_model, seed_and_threads
 
 from .conftest import random_batch
 
-OVERRIDES = ["model=flexunet", "model.base_filters=4", "model.num_layers=2", "model.image_height=32", "model.image_width=32", "model.num_classes=3",
-             "training.batch_size=2", "training.schedule=null", "training.precision=fp32", "plan.measure_steps=1", "dataset.class_names=[bg,a,b]"]
+OVERRIDES = [
+    "model=flexunet",
+    "model.base_filters=4",
+    "model.num_layers=2",
+    "model.image_height=32",
+    "model.image_width=32",
+    "model.num_classes=3",
+    "training.batch_size=2",
+    "training.schedule=null",
+    "training.precision=fp32",
+    "plan.measure_steps=1",
+    "dataset.class_names=[bg,a,b]",
+]
 NAMES = ["bg", "a", "b"]
 
 
@@ -67,6 +77,6 @@ def test_a_run_takes_the_plan_s_timed_model_and_only_that_run(compose_train) -> 
     _measure(cfg, NAMES)
     dataset = SimpleNamespace(class_names=NAMES)
     taken = model_for_run(cfg, None, dataset, 7, "fp32")
-    assert taken.train_function is not None                # traced by the plan's timing
+    assert taken.train_function is not None  # traced by the plan's timing
     again = model_for_run(cfg, None, dataset, 7, "fp32")
     assert again is not taken and again.train_function is None

@@ -10,7 +10,6 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-
 from segexp.config.errors import ConfigError
 from segexp.models import build_model
 from segexp.models.losses import build_loss
@@ -23,10 +22,17 @@ from .conftest import assert_model_key_refused, compose_config, random_batch
 TINY: dict[str, dict[str, Any]] = {
     "attention_unet": dict(filters=[4, 8, 16], norm="batch", norm_groups=4, dropout_rate=0.1),
     "multiresunet": dict(filters=[8, 16, 32], alpha=1.67, norm="batch", norm_groups=4, dropout_rate=0.1),
-    "efficient_unet": dict(variant="b0", encoder_weights=None, decoder_filters=[32, 16, 16, 8, 8], norm="batch",
-                           norm_groups=4, dropout_rate=0.1),
-    "deeplabv3plus": dict(atrous_rates=[1, 2, 3], aspp_filters=16, low_level_filters=8, norm="batch", norm_groups=4,
-                          dropout_rate=0.1),
+    "efficient_unet": dict(
+        variant="b0",
+        encoder_weights=None,
+        decoder_filters=[32, 16, 16, 8, 8],
+        norm="batch",
+        norm_groups=4,
+        dropout_rate=0.1,
+    ),
+    "deeplabv3plus": dict(
+        atrous_rates=[1, 2, 3], aspp_filters=16, low_level_filters=8, norm="batch", norm_groups=4, dropout_rate=0.1
+    ),
 }
 
 
@@ -41,8 +47,9 @@ def networks(heavy_slow: bool = True) -> list:
 
 def tiny(name: str, height: int = 32, width: int = 32, channels: int = 1, classes: int = 3, **options) -> keras.Model:
     params = {**TINY[name], **options}
-    return build_model(name=name, image_height=height, image_width=width, image_channels=channels,
-                       num_classes=classes, **params)
+    return build_model(
+        name=name, image_height=height, image_width=width, image_channels=channels, num_classes=classes, **params
+    )
 
 
 @pytest.mark.parametrize("name", networks())
@@ -60,8 +67,13 @@ def test_builds_at_two_sizes_with_one_or_three_channels(name: str, height: int, 
 
 
 @pytest.mark.parametrize("name", networks())
-@pytest.mark.parametrize("loss", [n if n == "dice_ce" else pytest.param(n, marks=pytest.mark.slow)  # the default loss;
-                                  for n in ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")])  # the rest: slow
+@pytest.mark.parametrize(
+    "loss",
+    [
+        n if n == "dice_ce" else pytest.param(n, marks=pytest.mark.slow)  # the default loss;
+        for n in ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
+    ],
+)  # the rest: slow
 def test_one_training_step_on_each_loss(name: str, loss: str) -> None:
     classes = 1 if loss == "bce_dice" else 3
     model = tiny(name, classes=classes)
@@ -114,15 +126,20 @@ def test_attention_gate_is_one_coefficient_per_pixel() -> None:
         assert model.get_layer(f"gate{level}_psi").output.shape[-1] == 1
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("filters", [4], r"model\.filters: expected at least two widths"),
-    ("dropout_rate", 1.5, r"model\.dropout_rate: must lie in \[0, 1\)"),
-    ("image_height", 36, r"model\.image_height: 36 is not divisible by 2\*\*\(len\(filters\)-1\) = 16"),
-    ("norm_groups", 3, r"model\.norm_groups: must divide every width"),
-    ("depth", 3, r"model\.depth: unknown key for model attention_unet"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("filters", [4], r"model\.filters: expected at least two widths"),
+        ("dropout_rate", 1.5, r"model\.dropout_rate: must lie in \[0, 1\)"),
+        ("image_height", 36, r"model\.image_height: 36 is not divisible by 2\*\*\(len\(filters\)-1\) = 16"),
+        ("norm_groups", 3, r"model\.norm_groups: must divide every width"),
+        ("depth", 3, r"model\.depth: unknown key for model attention_unet"),
+    ],
+)
 def test_attention_unet_bad_parameters_are_refused_by_name(tmp_path: Path, key: str, value: Any, message: str) -> None:
-    assert_model_key_refused([f"paths.root={tmp_path}", "model=attention_unet", "model.norm=group"], key, value, message)
+    assert_model_key_refused(
+        [f"paths.root={tmp_path}", "model=attention_unet", "model.norm=group"], key, value, message
+    )
 
 
 def test_multiresunet_parameter_count_follows_the_paper() -> None:
@@ -142,7 +159,9 @@ def test_multiresunet_parameter_count_follows_the_paper() -> None:
         return c * s + 4 * s + 9 * c * a + 4 * a + 9 * a * b + 4 * b + 9 * b * cc + 4 * cc + 8 * s, s
 
     def res_path(c: int, f: int, length: int) -> int:
-        return sum((c if i == 0 else f) * f + 4 * f + 9 * (c if i == 0 else f) * f + 4 * f + 4 * f for i in range(length))
+        return sum(
+            (c if i == 0 else f) * f + 4 * f + 9 * (c if i == 0 else f) * f + 4 * f + 4 * f for i in range(length)
+        )
 
     total, c, outs = 0, c_in, []
     for level in range(2):
@@ -160,12 +179,15 @@ def test_multiresunet_parameter_count_follows_the_paper() -> None:
     assert tiny("multiresunet").count_params() == total
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("alpha", 0.0, r"model\.alpha: must be > 0"),
-    ("alpha", 0.1, r"model\.alpha: alpha \* filters / 6 must be >= 1"),
-    ("norm", "group", r"model\.norm: group is not available for multiresunet"),
-    ("filters", [32], r"model\.filters: expected at least two"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("alpha", 0.0, r"model\.alpha: must be > 0"),
+        ("alpha", 0.1, r"model\.alpha: alpha \* filters / 6 must be >= 1"),
+        ("norm", "group", r"model\.norm: group is not available for multiresunet"),
+        ("filters", [32], r"model\.filters: expected at least two"),
+    ],
+)
 def test_multiresunet_bad_parameters_are_refused_by_name(tmp_path: Path, key: str, value: Any, message: str) -> None:
     assert_model_key_refused([f"paths.root={tmp_path}", "model=multiresunet"], key, value, message)
 
@@ -179,8 +201,23 @@ def test_deeplabv3plus_parameter_count() -> None:
     resnet = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 1))
     encoder = keras.Model(resnet.input, resnet.get_layer("conv4_block6_out").output).count_params()
     a, low, k = 16, 8, 3
-    rest = (1024 * a + 4 * a + 3 * (9 * 1024 * a + 4 * a) + 1024 * a + a + 5 * a * a + 4 * a + 256 * low + 4 * low
-            + 9 * (a + low) * a + 4 * a + 9 * a * a + 4 * a + a * k + k)
+    rest = (
+        1024 * a
+        + 4 * a
+        + 3 * (9 * 1024 * a + 4 * a)
+        + 1024 * a
+        + a
+        + 5 * a * a
+        + 4 * a
+        + 256 * low
+        + 4 * low
+        + 9 * (a + low) * a
+        + 4 * a
+        + 9 * a * a
+        + 4 * a
+        + a * k
+        + k
+    )
     assert tiny("deeplabv3plus").count_params() == encoder + rest
 
 
@@ -202,27 +239,38 @@ def test_efficient_unet_loads_local_encoder_weights(tmp_path: Path) -> None:
     encoder = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 1))
     encoder.save_weights(tmp_path / "b0.weights.h5")
     model = tiny("efficient_unet", encoder_weights=str(tmp_path / "b0.weights.h5"))
-    np.testing.assert_array_equal(model.get_layer("encoder").get_layer("stem_conv").get_weights()[0],
-                                  encoder.get_layer("stem_conv").get_weights()[0])
+    np.testing.assert_array_equal(
+        model.get_layer("encoder").get_layer("stem_conv").get_weights()[0],
+        encoder.get_layer("stem_conv").get_weights()[0],
+    )
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["model.encoder_weights=/nonexistent/b0.weights.h5"], r"model\.encoder_weights: /nonexistent/b0\.weights\.h5 does not exist"),
-    (["model.encoder_weights=/tmp/b0.h5"], r"model\.encoder_weights: expected a \.weights\.h5 file"),
-    (["model.variant=b9"], r"model\.variant: expected one of"),
-    (["model.image_height=100"], r"model\.image_height: 100 is not a multiple of 32"),
-    (["model.decoder_filters=[64,32]"], r"model\.decoder_filters: expected five"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.encoder_weights=/nonexistent/b0.weights.h5"],
+            r"model\.encoder_weights: /nonexistent/b0\.weights\.h5 does not exist",
+        ),
+        (["model.encoder_weights=/tmp/b0.h5"], r"model\.encoder_weights: expected a \.weights\.h5 file"),
+        (["model.variant=b9"], r"model\.variant: expected one of"),
+        (["model.image_height=100"], r"model\.image_height: 100 is not a multiple of 32"),
+        (["model.decoder_filters=[64,32]"], r"model\.decoder_filters: expected five"),
+    ],
+)
 def test_efficient_unet_bad_parameters_are_refused_by_name(tmp_path: Path, overrides, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate_run_config(compose_config([f"paths.root={tmp_path}", "model=efficient_unet", *overrides]))
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["model.atrous_rates=[6,12]"], r"model\.atrous_rates: expected three"),
-    (["model.aspp_filters=0"], r"model\.aspp_filters: must be >= 1"),
-    (["model.image_width=48"], r"model\.image_width: 48 is not a multiple of 32"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.atrous_rates=[6,12]"], r"model\.atrous_rates: expected three"),
+        (["model.aspp_filters=0"], r"model\.aspp_filters: must be >= 1"),
+        (["model.image_width=48"], r"model\.image_width: 48 is not a multiple of 32"),
+    ],
+)
 def test_deeplabv3plus_bad_parameters_are_refused_by_name(tmp_path: Path, overrides, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate_run_config(compose_config([f"paths.root={tmp_path}", "model=deeplabv3plus", *overrides]))

@@ -13,7 +13,6 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
-
 from segexp.config.schema import CONF_DIR
 from segexp.models import networks
 from segexp.tracking.compare import changed_params, comparison_rows, per_class_metrics
@@ -42,7 +41,8 @@ def test_architecture_sweep_runs_every_network_once() -> None:
 
 @pytest.mark.parametrize("base", [["experiment=hvsmr_mini"], ["debug=fast"]], ids=["hvsmr_mini", "debug_fast"])
 def test_every_network_of_the_sweep_validates_with_the_experiment(base: list[str], tmp_path: Path) -> None:
-    """The planned image size (256 for hvsmr_mini's 512x512 slices; 64 with debug=fast) suits every network of the grid."""
+    """The planned image size (256 for hvsmr_mini's 512x512 slices; 64 with debug=fast) suits every network of
+    the grid."""
     from segexp.planning.plan import make_plan
 
     if base == ["experiment=hvsmr_mini"] and not HVSMR_MINI.is_dir():
@@ -60,17 +60,35 @@ def test_every_network_of_the_sweep_validates_with_the_experiment(base: list[str
 
 
 def _run(name: str, params: dict[str, str], metrics: dict[str, float]) -> SimpleNamespace:
-    return SimpleNamespace(info=SimpleNamespace(run_name=name, status="FINISHED", run_id=name),
-                           data=SimpleNamespace(params=params, metrics=metrics))
+    return SimpleNamespace(
+        info=SimpleNamespace(run_name=name, status="FINISHED", run_id=name),
+        data=SimpleNamespace(params=params, metrics=metrics),
+    )
 
 
 def test_compare_shows_networks_without_their_own_keys() -> None:
-    a = _run("a", {"model.name": "resunet", "model.channels": "[16, 32]", "model.norm": "instance",
-                   "model.num_params": "1000", "training.seed": "1"},
-             {"best/val_dice_fg_mean": 0.4, "test/dice/LV": 0.5, "test/dice/RV": 0.3})
-    b = _run("b", {"model.name": "attention_unet", "model.filters": "[4, 8]", "model.norm": "batch",
-                   "model.num_params": "2000", "training.seed": "1"},
-             {"best/val_dice_fg_mean": 0.6, "test/dice/LV": 0.7})
+    a = _run(
+        "a",
+        {
+            "model.name": "resunet",
+            "model.channels": "[16, 32]",
+            "model.norm": "instance",
+            "model.num_params": "1000",
+            "training.seed": "1",
+        },
+        {"best/val_dice_fg_mean": 0.4, "test/dice/LV": 0.5, "test/dice/RV": 0.3},
+    )
+    b = _run(
+        "b",
+        {
+            "model.name": "attention_unet",
+            "model.filters": "[4, 8]",
+            "model.norm": "batch",
+            "model.num_params": "2000",
+            "training.seed": "1",
+        },
+        {"best/val_dice_fg_mean": 0.6, "test/dice/LV": 0.7},
+    )
     assert changed_params([a, b]) == ["model.name", "model.norm", "model.num_params"]
     columns, rows = comparison_rows([a, b], "best/val_dice_fg_mean", "max", per_class_metrics([a, b]))
     assert columns[-2:] == ["test/dice/LV", "test/dice/RV"]
@@ -85,12 +103,26 @@ def test_architecture_sweep_end_to_end(tmp_path: Path, tiny_dataset: Path) -> No
     """Two networks through the sweep preset: one parent run, two FINISHED children, ranked by segexp-compare."""
     from .conftest import TINY_DATASET_OVERRIDES
 
-    tiny = [o for o in TINY_DATASET_OVERRIDES if not o.startswith(("training.epochs", "model.base_filters",
-                                                                    "model.num_layers"))]
-    cmd = [sys.executable, "-m", "segexp.cli.train", "hparams_search=architectures",
-           "model=resunet,attention_unet", f"paths.root={tmp_path}", *tiny,
-           f"dataset.root={tiny_dataset}", "training.epochs=1", "training.steps_per_epoch=2",
-           "training.epoch_images.num=1", "tracking.log_model=false", "training.verbose=0"]
+    tiny = [
+        o
+        for o in TINY_DATASET_OVERRIDES
+        if not o.startswith(("training.epochs", "model.base_filters", "model.num_layers"))
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segexp.cli.train",
+        "hparams_search=architectures",
+        "model=resunet,attention_unet",
+        f"paths.root={tmp_path}",
+        *tiny,
+        f"dataset.root={tiny_dataset}",
+        "training.epochs=1",
+        "training.steps_per_epoch=2",
+        "training.epoch_images.num=1",
+        "tracking.log_model=false",
+        "training.verbose=0",
+    ]
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     uri = f"sqlite:///{tmp_path}/outputs/mlflow.db"
@@ -101,8 +133,22 @@ def test_architecture_sweep_end_to_end(tmp_path: Path, tiny_dataset: Path) -> No
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert [k.info.status for k in kids] == ["FINISHED", "FINISHED"], [k.data.tags for k in kids]
     assert sorted(k.data.params["model.name"] for k in kids) == ["attention_unet", "resunet"]
-    table = subprocess.run([sys.executable, "-m", "segexp.cli.compare", "--tracking-uri", uri, "--per-class",
-                            "--parent", parent.info.run_id], check=False, capture_output=True, text=True, timeout=300)
+    table = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segexp.cli.compare",
+            "--tracking-uri",
+            uri,
+            "--per-class",
+            "--parent",
+            parent.info.run_id,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert table.returncode == 0, table.stderr[-3000:]
     header, _, first, _second = table.stdout.strip().splitlines()[-4:]
     assert "model.name" in header and "model.num_params" in header and "model.filters" not in header
@@ -125,10 +171,14 @@ def test_architecture_optuna_space_covers_every_network_and_validates() -> None:
     assert not fixed
     models = space.pop("model").choices
     assert sorted(OmegaConf.load(CONF_DIR / "model" / f"{m}.yaml").name for m in models) == sorted(networks())
-    choices = {key: dist.choices if isinstance(dist, CategoricalDistribution) else (dist.low, dist.high)
-               for key, dist in space.items()}
+    choices = {
+        key: dist.choices if isinstance(dist, CategoricalDistribution) else (dist.low, dist.high)
+        for key, dist in space.items()
+    }
     for model in models:  # every network with the last choice of every key at once
-        validate_run_config(compose_config(["debug=fast", f"model={model}", *(f"{k}={c[-1]}" for k, c in choices.items())]))
+        validate_run_config(
+            compose_config(["debug=fast", f"model={model}", *(f"{k}={c[-1]}" for k, c in choices.items())])
+        )
     for key, values in choices.items():  # every other choice with the default network
         for value in values[:-1]:
             validate_run_config(compose_config(["debug=fast", f"{key}={value}"]))

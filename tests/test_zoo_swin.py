@@ -9,7 +9,6 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-
 from segexp.models import build_model
 from segexp.models.losses import build_loss
 from segexp.models.saving import load_keras_model, save_keras_model
@@ -24,17 +23,42 @@ from segexp.training.loop import validate_run_config
 from .conftest import assert_model_key_refused, compose_config, random_batch
 
 #: Two stages on a 32x32 image: grids 8x8 (window 4, shifted by 2) and 4x4 (one window, no shift).
-TINY: dict[str, Any] = {"patch_size": 4, "embed_dim": 8, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4,
-                        "mlp_ratio": 4.0, "norm": "none", "norm_groups": 1, "dropout_rate": 0.1, "drop_path": 0.1}
+TINY: dict[str, Any] = {
+    "patch_size": 4,
+    "embed_dim": 8,
+    "depths": [2, 2],
+    "num_heads": [1, 2],
+    "window_size": 4,
+    "mlp_ratio": 4.0,
+    "norm": "none",
+    "norm_groups": 1,
+    "dropout_rate": 0.1,
+    "drop_path": 0.1,
+}
 
 
 def tiny(height: int = 32, width: int = 32, channels: int = 1, classes: int = 3, **options: Any) -> keras.Model:
-    return build_model(name="swin_unet", image_height=height, image_width=width, image_channels=channels,
-                       num_classes=classes, **{**TINY, **options})
+    return build_model(
+        name="swin_unet",
+        image_height=height,
+        image_width=width,
+        image_channels=channels,
+        num_classes=classes,
+        **{**TINY, **options},
+    )
 
 
-def expected_params(c_in: int, k: int, size: tuple[int, int], patch: int, c: int, depths: list[int],
-                    heads: list[int], window: int, ratio: int = 4) -> int:
+def expected_params(
+    c_in: int,
+    k: int,
+    size: tuple[int, int],
+    patch: int,
+    c: int,
+    depths: list[int],
+    heads: list[int],
+    window: int,
+    ratio: int = 4,
+) -> int:
     """Parameters by the reference implementation's layer list (HuCaoFighting/Swin-Unet, SwinTransformerSys):
 
     * patch embedding: conv ``p*p*c_in*C + C``, LayerNorm ``2C`` (LayerNorm: ``2d``, scale and offset);
@@ -47,9 +71,21 @@ def expected_params(c_in: int, k: int, size: tuple[int, int], patch: int, c: int
       ``2d``, concat linear ``2d*d + d``, ``depths[i]`` blocks as the encoder's stage ``i``;
     * head: LayerNorm ``2C``, final expanding ``C * p*p*C`` (no bias) + LayerNorm ``2C``, 1x1 conv ``C*K`` (no bias).
     """
+
     def block(d: int, h: int, m: int) -> int:
-        return 2 * d + 3 * d * d + 3 * d + (2 * m - 1) ** 2 * h + d * d + d + 2 * d + d * ratio * d + ratio * d \
-            + ratio * d * d + d
+        return (
+            2 * d
+            + 3 * d * d
+            + 3 * d
+            + (2 * m - 1) ** 2 * h
+            + d * d
+            + d
+            + 2 * d
+            + d * ratio * d
+            + ratio * d
+            + ratio * d * d
+            + d
+        )
 
     stages = len(depths)
     grids = [(size[0] // (patch * 2**i), size[1] // (patch * 2**i)) for i in range(stages)]
@@ -93,8 +129,18 @@ def test_paper_and_preset_parameter_counts() -> None:
     """Swin-Unet as in the paper (224x224 RGB, C = 96, depths [2, 2, 2, 2], heads [3, 6, 12, 24], window 7,
     9 Synapse classes): 27,168,900 by the reference layer list (about 27.17 M); the preset (128x128 grey, C = 48,
     window 8, 6 classes): 6,823,716."""
-    paper = build_model(name="swin_unet", image_height=224, image_width=224, image_channels=3, num_classes=9,
-                        patch_size=4, embed_dim=96, depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24], window_size=7)
+    paper = build_model(
+        name="swin_unet",
+        image_height=224,
+        image_width=224,
+        image_channels=3,
+        num_classes=9,
+        patch_size=4,
+        embed_dim=96,
+        depths=[2, 2, 2, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+    )
     assert paper.count_params() == expected_params(3, 9, (224, 224), 4, 96, [2] * 4, [3, 6, 12, 24], 7) == 27_168_900
     cfg = validate_run_config(compose_config(["model=swin_unet", "model.num_classes=6"])).model
     preset = build_model(**{k: cfg[k] for k in cfg})
@@ -104,8 +150,10 @@ def test_paper_and_preset_parameter_counts() -> None:
 #: The first step traces forward and backward passes of every block (about 9 s of CPU with SGD; Adam's traced
 #: per-variable update of the ~100 weights quadruples it, so the step uses SGD): one loss runs by default and the
 #: others with the slow tests (`pytest -m slow`).
-LOSSES = ["dice_ce", *(pytest.param(loss, marks=pytest.mark.slow) for loss in ("categorical_crossentropy", "dice",
-                                                                               "bce_dice"))]
+LOSSES = [
+    "dice_ce",
+    *(pytest.param(loss, marks=pytest.mark.slow) for loss in ("categorical_crossentropy", "dice", "bce_dice")),
+]
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -172,7 +220,7 @@ def test_window_attention_matches_a_direct_computation(shift: int) -> None:
     table = rng.normal(size=((2 * m - 1) ** 2, heads)).astype(np.float32)
     layer.bias_table.assign(table)
     out = keras.ops.convert_to_numpy(layer(qkv))[0]
-    q, k, v = (qkv[0, :, :, j * heads * d:(j + 1) * heads * d].reshape(size, size, heads, d) for j in range(3))
+    q, k, v = (qkv[0, :, :, j * heads * d : (j + 1) * heads * d].reshape(size, size, heads, d) for j in range(3))
     expected = np.zeros((size, size, heads, d))
     for py, px in np.ndindex(size, size):
         ry, rx = (py - shift) % size, (px - shift) % size  # position in the rolled grid
@@ -207,20 +255,27 @@ def test_preset_and_debug_fast_compose_and_validate(tmp_path: Path) -> None:
         assert typed.model.name == "swin_unet" and typed.model.window_size == 8
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("depths", [2], r"model\.depths: expected at least two stages"),
-    ("num_heads", [3, 6, 12], r"model\.num_heads: expected one head count >= 1 per stage \(4"),
-    ("num_heads", [3, 5, 12, 24], r"model\.num_heads: stage i's width .* must divide by its head count"),
-    ("embed_dim", 0, r"model\.embed_dim: must be >= 1"),
-    ("patch_size", 0, r"model\.patch_size: must be >= 1"),
-    ("mlp_ratio", 0.0, r"model\.mlp_ratio: must be > 0"),
-    ("dropout_rate", 1.0, r"model\.dropout_rate: must lie in \[0, 1\)"),
-    ("drop_path", -0.1, r"model\.drop_path: must lie in \[0, 1\)"),
-    ("norm", "batch", r"model\.norm: swin_unet has no conv to normalise .* set model\.norm=none"),
-    ("image_height", 112, r"model\.image_height: 112 is not divisible by patch_size \* 2\*\*\(len\(depths\)-1\) = 32"),
-    ("window_size", 12, r"model\.window_size: stage 0's token grid 32x32 .* is not a multiple of its window 12"),
-    ("window_size", 7, r"model\.window_size: stage 0's token grid 32x32"),
-    ("filters", [16], r"model\.filters: unknown key for model swin_unet"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("depths", [2], r"model\.depths: expected at least two stages"),
+        ("num_heads", [3, 6, 12], r"model\.num_heads: expected one head count >= 1 per stage \(4"),
+        ("num_heads", [3, 5, 12, 24], r"model\.num_heads: stage i's width .* must divide by its head count"),
+        ("embed_dim", 0, r"model\.embed_dim: must be >= 1"),
+        ("patch_size", 0, r"model\.patch_size: must be >= 1"),
+        ("mlp_ratio", 0.0, r"model\.mlp_ratio: must be > 0"),
+        ("dropout_rate", 1.0, r"model\.dropout_rate: must lie in \[0, 1\)"),
+        ("drop_path", -0.1, r"model\.drop_path: must lie in \[0, 1\)"),
+        ("norm", "batch", r"model\.norm: swin_unet has no conv to normalise .* set model\.norm=none"),
+        (
+            "image_height",
+            112,
+            r"model\.image_height: 112 is not divisible by patch_size \* 2\*\*\(len\(depths\)-1\) = 32",
+        ),
+        ("window_size", 12, r"model\.window_size: stage 0's token grid 32x32 .* is not a multiple of its window 12"),
+        ("window_size", 7, r"model\.window_size: stage 0's token grid 32x32"),
+        ("filters", [16], r"model\.filters: unknown key for model swin_unet"),
+    ],
+)
 def test_bad_parameters_are_refused_by_name(tmp_path: Path, key: str, value: Any, message: str) -> None:
     assert_model_key_refused([f"paths.root={tmp_path}", "model=swin_unet"], key, value, message)

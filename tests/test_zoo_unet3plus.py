@@ -12,7 +12,6 @@ import mlflow
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-
 from segexp.evaluation.prediction import infer
 from segexp.models import NORMS, build_model
 from segexp.models.losses import build_loss
@@ -26,18 +25,32 @@ from segexp.training.resume import read_state
 from .conftest import assert_model_key_refused, compose_config, random_batch
 
 #: Tiny parameters (the preset's keys, small widths): 3 levels, so two side outputs with deep supervision.
-TINY: dict[str, Any] = {"filters": [4, 8, 16], "skip_filters": 4, "deep_supervision": False,
-                        "aux_weights": [1.0, 1.0], "norm": "batch", "norm_groups": 4, "dropout_rate": 0.1}
+TINY: dict[str, Any] = {
+    "filters": [4, 8, 16],
+    "skip_filters": 4,
+    "deep_supervision": False,
+    "aux_weights": [1.0, 1.0],
+    "norm": "batch",
+    "norm_groups": 4,
+    "dropout_rate": 0.1,
+}
 
 
 def tiny(height: int = 32, width: int = 32, channels: int = 1, classes: int = 3, **options: Any) -> keras.Model:
-    return build_model(name="unet3plus", image_height=height, image_width=width, image_channels=channels,
-                       num_classes=classes, **{**TINY, **options})
+    return build_model(
+        name="unet3plus",
+        image_height=height,
+        image_width=width,
+        image_channels=channels,
+        num_classes=classes,
+        **{**TINY, **options},
+    )
 
 
 @pytest.mark.parametrize(("height", "width", "channels", "deep_supervision"), [(32, 32, 1, False), (64, 32, 3, True)])
-def test_builds_at_two_sizes_with_one_or_three_channels(height: int, width: int, channels: int,
-                                                         deep_supervision: bool) -> None:
+def test_builds_at_two_sizes_with_one_or_three_channels(
+    height: int, width: int, channels: int, deep_supervision: bool
+) -> None:
     for classes in (3, 1):  # softmax, and the sigmoid head of binary tasks
         model = tiny(height, width, channels, classes, deep_supervision=deep_supervision)
         assert model.inputs[0].dtype == "uint8" and tuple(model.input_shape[1:]) == (height, width, channels)
@@ -89,13 +102,24 @@ def test_parameter_count_follows_the_paper() -> None:
 @pytest.mark.slow  # builds a 27 M-parameter model
 def test_paper_size_parameter_count() -> None:
     """The paper's widths (64...1024, s = 64) give about the 26.97 M parameters of its Table 1 (VGG-16 encoder)."""
-    model = build_model(name="unet3plus", image_height=32, image_width=32, image_channels=1, num_classes=1,
-                        **{**TINY, "filters": [64, 128, 256, 512, 1024], "skip_filters": 64})
+    model = build_model(
+        name="unet3plus",
+        image_height=32,
+        image_width=32,
+        image_channels=1,
+        num_classes=1,
+        **{**TINY, "filters": [64, 128, 256, 512, 1024], "skip_filters": 64},
+    )
     assert model.count_params() == pytest.approx(26.97e6, rel=0.002)
 
 
-@pytest.mark.parametrize("loss", [pytest.param(name, marks=pytest.mark.slow) if name != "dice_ce" else name
-                                  for name in ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        pytest.param(name, marks=pytest.mark.slow) if name != "dice_ce" else name
+        for name in ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
+    ],
+)
 def test_one_training_step_on_each_loss(loss: str) -> None:
     """With deep supervision (the loss on the main output and on every side output; the plain network trains in
     test_save_safe_load_identical_predictions): every trainable weight moves, the side heads' included."""
@@ -169,39 +193,61 @@ def test_save_safe_load_identical_predictions(tmp_path: Path, deep_supervision: 
 def test_every_preset_key_composes_and_validates(tmp_path: Path) -> None:
     typed = validate_run_config(compose_config([f"paths.root={tmp_path}", "model=unet3plus"]))
     assert typed.model.name == "unet3plus" and typed.model.deep_supervision is False
-    typed = validate_run_config(compose_config([f"paths.root={tmp_path}", "model=unet3plus",
-                                                "model.deep_supervision=true"]))
+    typed = validate_run_config(
+        compose_config([f"paths.root={tmp_path}", "model=unet3plus", "model.deep_supervision=true"])
+    )
     assert list(typed.model.aux_weights) == [1.0] * (len(typed.model.filters) - 1)
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("filters", [4], r"model\.filters: expected at least two positive widths"),
-    ("skip_filters", 0, r"model\.skip_filters: must be >= 1"),
-    ("aux_weights", [1.0, 1.0], r"model\.aux_weights: expected len\(filters\)-1 = 4 weights"),
-    ("aux_weights", [1.0, -1.0, 1.0, 1.0], r"model\.aux_weights: every weight must be >= 0"),
-    ("deep_supervision", "maybe", r"model\.deep_supervision: "),
-    ("dropout_rate", 1.5, r"model\.dropout_rate: must lie in \[0, 1\)"),
-    ("image_height", 36, r"model\.image_height: 36 is not divisible by 2\*\*\(len\(filters\)-1\) = 16"),
-    ("norm_groups", 3, r"model\.norm_groups: must divide every width in model\.filters"),
-    ("depth", 3, r"model\.depth: unknown key for model unet3plus"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("filters", [4], r"model\.filters: expected at least two positive widths"),
+        ("skip_filters", 0, r"model\.skip_filters: must be >= 1"),
+        ("aux_weights", [1.0, 1.0], r"model\.aux_weights: expected len\(filters\)-1 = 4 weights"),
+        ("aux_weights", [1.0, -1.0, 1.0, 1.0], r"model\.aux_weights: every weight must be >= 0"),
+        ("deep_supervision", "maybe", r"model\.deep_supervision: "),
+        ("dropout_rate", 1.5, r"model\.dropout_rate: must lie in \[0, 1\)"),
+        ("image_height", 36, r"model\.image_height: 36 is not divisible by 2\*\*\(len\(filters\)-1\) = 16"),
+        ("norm_groups", 3, r"model\.norm_groups: must divide every width in model\.filters"),
+        ("depth", 3, r"model\.depth: unknown key for model unet3plus"),
+    ],
+)
 def test_bad_parameters_are_refused_by_name(tmp_path: Path, key: str, value: Any, message: str) -> None:
-    assert_model_key_refused([f"paths.root={tmp_path}", "model=unet3plus", "model.norm=group",
-                          "model.deep_supervision=true"], key, value, message)
+    assert_model_key_refused(
+        [f"paths.root={tmp_path}", "model=unet3plus", "model.norm=group", "model.deep_supervision=true"],
+        key,
+        value,
+        message,
+    )
 
 
 @pytest.mark.slow  # two training runs and an inference: about 2 min on 2 busy cores
-def test_deep_supervision_run_trains_resumes_evaluates_and_infers(compose_train, tiny_dataset: Path,
-                                                                   tmp_path: Path) -> None:
+def test_deep_supervision_run_trains_resumes_evaluates_and_infers(
+    compose_train, tiny_dataset: Path, tmp_path: Path
+) -> None:
     """segexp-train with model.deep_supervision=true: one epoch, resumed for a second (the checkpoint holds the
     side heads and the optimizer), evaluated; best.keras, the run and the MLflow model give the main output."""
     overrides = [
-        "dataset=folder", f"dataset.root={tiny_dataset}", "dataset.class_names=[background,square,disc]",
-        "dataset.rgb_map={background:[0,0,0],square:[255,0,0],disc:[0,255,0]}", "model=unet3plus",
-        "model.num_classes=3", "model.image_height=32", "model.image_width=32", "model.filters=[4,8,16]",
-        "model.skip_filters=4", "model.deep_supervision=true", "model.aux_weights=[1.0,0.5]",
-        "training.batch_size=4", "training.steps_per_epoch=1", "training.epochs=1", "training.epoch_images.num=1",
-        "training.loader.workers=0", "training.jit_compile=false", "training.verbose=0",
+        "dataset=folder",
+        f"dataset.root={tiny_dataset}",
+        "dataset.class_names=[background,square,disc]",
+        "dataset.rgb_map={background:[0,0,0],square:[255,0,0],disc:[0,255,0]}",
+        "model=unet3plus",
+        "model.num_classes=3",
+        "model.image_height=32",
+        "model.image_width=32",
+        "model.filters=[4,8,16]",
+        "model.skip_filters=4",
+        "model.deep_supervision=true",
+        "model.aux_weights=[1.0,0.5]",
+        "training.batch_size=4",
+        "training.steps_per_epoch=1",
+        "training.epochs=1",
+        "training.epoch_images.num=1",
+        "training.loader.workers=0",
+        "training.jit_compile=false",
+        "training.verbose=0",
     ]
     run_dir = tmp_path / "run"
     cfg = compose_train(*overrides)
@@ -217,8 +263,9 @@ def test_deep_supervision_run_trains_resumes_evaluates_and_infers(compose_train,
     best = load_for_inference(run_dir / "checkpoints" / "best.keras", "fp32")
     assert isinstance(best, DeepSupervision) and best.predict(x, verbose=0).shape == (1, 32, 32, 3)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
-    logged = mlflow.search_logged_models(experiment_ids=[mlflow.get_experiment_by_name("segexp").experiment_id],
-                                         output_format="list")
+    logged = mlflow.search_logged_models(
+        experiment_ids=[mlflow.get_experiment_by_name("segexp").experiment_id], output_format="list"
+    )
     assert len(logged) == 2  # one per finished fit: the first epoch, and the resumed run
     for entry in logged:
         model = mlflow.keras.load_model(entry.model_uri, load_model_kwargs={"safe_mode": True})

@@ -19,8 +19,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--parent", help="MLflow id of the sweep's parent run")
     which.add_argument("--sweep-dir", type=Path, help="the sweep folder (holds mlflow_parent.json)")
-    parser.add_argument("--tracking-uri", default=f"sqlite:///{project_root()}/outputs/mlflow.db",
-                        help="MLflow store (default: the project's SQLite store)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=f"sqlite:///{project_root()}/outputs/mlflow.db",
+        help="MLflow store (default: the project's SQLite store)",
+    )
     parser.add_argument("--experiment", default="segexp", help="experiment searched for the latest sweep")
     parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"objective to sort by (default {DEFAULT_METRIC})")
     parser.add_argument("--mode", choices=("max", "min"), default="max", help="max: higher is better")

@@ -9,8 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
-from segexp.config.outputs import check_writable
 from segexp.config.errors import ConfigError
+from segexp.config.outputs import check_writable
 from segexp.config.schema import CONF_DIR, PRECISIONS
 from segexp.evaluation.postprocess import check_postprocess_mode
 from segexp.evaluation.reports import evaluate_run
@@ -28,9 +28,15 @@ def main(cfg: DictConfig) -> float:
         check_postprocess_mode(cfg.postprocess)
         check_writable(out_dir, "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         summary = evaluate_run(
-            open_run(str(cfg.run), cfg.tracking_uri), out_dir, split=cfg.split, batch_size=cfg.batch_size,
-            flip_tta=cfg.flip_tta, dataset_root=cfg.dataset_root, log_to_run=cfg.log_to_run,
-            precision=resolve_precision(cfg.precision), postprocess=cfg.postprocess,
+            open_run(str(cfg.run), cfg.tracking_uri),
+            out_dir,
+            split=cfg.split,
+            batch_size=cfg.batch_size,
+            flip_tta=cfg.flip_tta,
+            dataset_root=cfg.dataset_root,
+            log_to_run=cfg.log_to_run,
+            precision=resolve_precision(cfg.precision),
+            postprocess=cfg.postprocess,
         )
     value = summary["mean"]["foreground_mean"]["dice"]
     return float("nan") if value is None else float(value)

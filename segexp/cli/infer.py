@@ -40,10 +40,18 @@ def main(cfg: DictConfig) -> None:
     with user_errors_exit():
         check_infer_config(cfg)
         check_writable(out_dir, "output_dir" if cfg.output_dir else "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
-        failures = infer(open_run(str(cfg.run), cfg.tracking_uri), Path(cfg.input), out_dir,
-                         batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, large_images=cfg.large_images,
-                         overlap=cfg.overlap, window=window, precision=resolve_precision(cfg.precision),
-                         postprocess=cfg.postprocess)
+        failures = infer(
+            open_run(str(cfg.run), cfg.tracking_uri),
+            Path(cfg.input),
+            out_dir,
+            batch_size=cfg.batch_size,
+            flip_tta=cfg.flip_tta,
+            large_images=cfg.large_images,
+            overlap=cfg.overlap,
+            window=window,
+            precision=resolve_precision(cfg.precision),
+            postprocess=cfg.postprocess,
+        )
     if failures:
         sys.exit(1)
 

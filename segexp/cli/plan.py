@@ -50,8 +50,11 @@ def main(cfg: DictConfig) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
         atomic_write_text(Path(hydra_cfg.runtime.output_dir) / PLAN_FILE, json.dumps(plan.to_dict(), indent=2))
-        print(f"\nplan written to {path}; train with it: segexp-train experiment={path.stem}"
-              if path.parent == CONF_DIR / "experiment" else f"\nplan written to {path}")
+        print(
+            f"\nplan written to {path}; train with it: segexp-train experiment={path.stem}"
+            if path.parent == CONF_DIR / "experiment"
+            else f"\nplan written to {path}"
+        )
 
 
 if __name__ == "__main__":

@@ -16,11 +16,18 @@ from segexp.tracking.tracker import tracked_run
 def main(cfg: DictConfig) -> None:
     """Prepare the volumes named by ``volumes`` into ``out_dir``; the manifest is logged to MLflow."""
     t = cfg.tracking
-    with user_errors_exit(), tracked_run(
-        t.enabled, uri=t.uri, experiment=f"{t.experiment}-prepare", artifact_location=t.artifact_location,
-        run_name=f"prepare {cfg.volumes.name}", tags={"dataset": str(cfg.volumes.name)},
-        description="segexp-prepare " + " ".join(HydraConfig.get().overrides.task),
-    ) as tracker:
+    with (
+        user_errors_exit(),
+        tracked_run(
+            t.enabled,
+            uri=t.uri,
+            experiment=f"{t.experiment}-prepare",
+            artifact_location=t.artifact_location,
+            run_name=f"prepare {cfg.volumes.name}",
+            tags={"dataset": str(cfg.volumes.name)},
+            description="segexp-prepare " + " ".join(HydraConfig.get().overrides.task),
+        ) as tracker,
+    ):
         out_dir = prepare(cfg)
         tracker.log_artifact(out_dir / MANIFEST)
 

@@ -14,7 +14,9 @@ from segexp.tracking.outbox import upload
 def main(argv: list[str] | None = None) -> int:
     """Upload ``run_dir``'s outbox; exit 1 when the server still cannot be reached."""
     parser = argparse.ArgumentParser(prog="segexp-upload", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="training run folder (holds mlflow_run.json and mlflow_outbox.jsonl)")
+    parser.add_argument(
+        "run_dir", type=Path, help="training run folder (holds mlflow_run.json and mlflow_outbox.jsonl)"
+    )
     parser.add_argument("--tracking-uri", default=None, help="another address of the same store (default: the run's)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)")
     args = parser.parse_args(argv)

@@ -34,8 +34,6 @@ RUN_MARKERS = ("mlflow_run.json", "checkpoints", "history.csv", "evaluation/summ
 DEFAULT_MIN_FREE_MB = 200.0
 
 
-
-
 def requeued(env: Mapping[str, str] = os.environ) -> bool:
     """True in a SLURM job that was requeued (pre-emption, submitit resubmission after a timeout)."""
     try:

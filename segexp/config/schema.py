@@ -37,8 +37,6 @@ SPLITS = ("train", "valid", "test")
 DEVICE_NAME = re.compile(r"^/?(?:device:)?(cpu|gpu):(\d+)$", re.IGNORECASE)
 
 
-
-
 def project_root() -> str:
     """Project root for derived paths: ``$SEGEXP_ROOT``, else the segexp checkout, else the cwd."""
     env = os.environ.get("SEGEXP_ROOT")
@@ -246,8 +244,8 @@ class TrainConfig:
 #: Keys that were renamed or replaced: an old key is refused with this hint.
 RENAMED: dict[str, str] = {
     "training.mixed_precision": "replaced by training.precision: auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with "
-                                "AVX512_BF16/AMX-BF16 and GPUs of compute capability >= 8.0, fp16 on older GPUs, "
-                                "else fp32; mixed_precision=true was fp16)",
+    "AVX512_BF16/AMX-BF16 and GPUs of compute capability >= 8.0, fp16 on older GPUs, "
+    "else fp32; mixed_precision=true was fp16)",
 }
 
 
@@ -282,8 +280,10 @@ def _in_unit_interval(value: float) -> bool:
 
 
 #: The error when no class table reached validation (a command forgot :func:`segexp.data.class_table.with_class_table`).
-NO_CLASS_TABLE = ("dataset.class_names: none given and none resolved (null: the class table comes from dataset.json "
-                  "beside the data or the train masks, resolved before validation); give dataset.class_names")
+NO_CLASS_TABLE = (
+    "dataset.class_names: none given and none resolved (null: the class table comes from dataset.json "
+    "beside the data or the train masks, resolved before validation); give dataset.class_names"
+)
 
 
 def _check_dataset(d: Any, num_classes: int | None) -> list[str]:
@@ -362,14 +362,22 @@ def _check_devices(t: Any) -> list[str]:
     if isinstance(devices, int) and devices < 1:
         return [f"training.devices: must be >= 1, got {devices}"]
     if isinstance(devices, ListConfig):
-        bad = [d for d in devices if isinstance(d, bool) or not (
-            (isinstance(d, int) and d >= 0) or (isinstance(d, str) and DEVICE_NAME.match(d)))]
+        bad = [
+            d
+            for d in devices
+            if isinstance(d, bool)
+            or not ((isinstance(d, int) and d >= 0) or (isinstance(d, str) and DEVICE_NAME.match(d)))
+        ]
         if not devices or bad:
             return [f"training.devices: expected GPU indices (>= 0) or device names like 'GPU:0', got {list(devices)}"]
     replicas = devices if isinstance(devices, int) else len(devices) if isinstance(devices, ListConfig) else 1
     if t.batch_size >= 1 and t.batch_size % replicas:
-        return [(f"training.batch_size: the global batch ({t.batch_size}) must split evenly over the {replicas} "
-                 f"replicas of training.devices (batch_size / replicas samples each)")]
+        return [
+            (
+                f"training.batch_size: the global batch ({t.batch_size}) must split evenly over the {replicas} "
+                f"replicas of training.devices (batch_size / replicas samples each)"
+            )
+        ]
     return []
 
 
@@ -408,19 +416,25 @@ def _check_training(t: Any) -> list[str]:
         if t.threads[key] is not None and t.threads[key] < 1:
             errors.append(f"training.threads.{key}: must be >= 1 or null (TensorFlow's default), got {t.threads[key]}")
     if t.steps_per_epoch is not None and t.steps_per_epoch < 1:
-        errors.append(f"training.steps_per_epoch: must be >= 1, or null for one pass over the data, got {t.steps_per_epoch}")
+        errors.append(
+            f"training.steps_per_epoch: must be >= 1, or null for one pass over the data, got {t.steps_per_epoch}"
+        )
     if not _in_unit_interval(t.foreground_fraction):
         errors.append(f"training.foreground_fraction: must lie in [0, 1], got {t.foreground_fraction}")
     elif t.foreground_fraction > 0 and t.steps_per_epoch is None:
-        errors.append("training.foreground_fraction: oversampling draws samples, which needs training.steps_per_epoch "
-                      "(got null: one pass); set steps_per_epoch or foreground_fraction=0")
+        errors.append(
+            "training.foreground_fraction: oversampling draws samples, which needs training.steps_per_epoch "
+            "(got null: one pass); set steps_per_epoch or foreground_fraction=0"
+        )
     if t.max_time is not None and t.max_time <= 0:
         errors.append(f"training.max_time: minutes must be > 0, or null for no limit, got {t.max_time}")
     if t.schedule is not None and "_target_" not in t.schedule:
         errors.append("training.schedule: needs a _target_ such as keras.optimizers.schedules.PolynomialDecay, or null")
     if t.schedule is not None and t.reduce_lr.enabled:
-        errors.append("training.reduce_lr.enabled: ReduceLROnPlateau cannot change a learning-rate schedule; "
-                      "set training.schedule=null to use it (or reduce_lr.enabled=false)")
+        errors.append(
+            "training.reduce_lr.enabled: ReduceLROnPlateau cannot change a learning-rate schedule; "
+            "set training.schedule=null to use it (or reduce_lr.enabled=false)"
+        )
     for key in ("epoch_images", "validation", "checkpoint"):
         if t[key].every_n_epochs < 1:
             errors.append(f"training.{key}.every_n_epochs: must be >= 1, got {t[key].every_n_epochs}")
@@ -481,8 +495,12 @@ def check_train_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
     (:func:`segexp.models.check_model_config`), not here.
     """
     typed = _typed(cfg, TrainConfig)
-    problems = (_check_dataset(typed.dataset, typed.model.num_classes) + _check_training(typed.training)
-                + _check_augmentation(typed.augmentation) + _check_plan(typed.plan))
+    problems = (
+        _check_dataset(typed.dataset, typed.model.num_classes)
+        + _check_training(typed.training)
+        + _check_augmentation(typed.augmentation)
+        + _check_plan(typed.plan)
+    )
     return typed, problems
 
 
@@ -603,7 +621,8 @@ def validate_prepare_config(cfg: DictConfig) -> DictConfig:
         errors.append(f"window.width: must be > 0 HU, got {w.width}")
     if not 0.0 <= w.low_percentile < w.high_percentile <= 100.0:
         errors.append(
-            f"window.low_percentile/high_percentile: need 0 <= low < high <= 100, got {w.low_percentile}, {w.high_percentile}"
+            "window.low_percentile/high_percentile: need 0 <= low < high <= 100, "
+            f"got {w.low_percentile}, {w.high_percentile}"
         )
     if typed.axis not in SLICE_AXIS_NAMES:
         errors.append(f"axis: expected one of {list(SLICE_AXIS_NAMES)}, got {typed.axis!r}")

@@ -69,11 +69,17 @@ class SlurmRequest:
     def from_launcher(cls, launcher: Mapping[str, Any]) -> SlurmRequest:
         """The request of a ``hydra.launcher`` node (missing or null keys take submitit's meaning)."""
         get = launcher.get
-        return cls(partition=get("partition"), account=get("account"), qos=get("qos"),
-                   timeout_min=int(get("timeout_min") or 60), nodes=int(get("nodes") or 1),
-                   tasks_per_node=int(get("tasks_per_node") or 1), cpus_per_task=int(get("cpus_per_task") or 1),
-                   gpus_per_node=int(get("gpus_per_node") or 0),
-                   mem_gb=None if get("mem_gb") is None else float(get("mem_gb")))
+        return cls(
+            partition=get("partition"),
+            account=get("account"),
+            qos=get("qos"),
+            timeout_min=int(get("timeout_min") or 60),
+            nodes=int(get("nodes") or 1),
+            tasks_per_node=int(get("tasks_per_node") or 1),
+            cpus_per_task=int(get("cpus_per_task") or 1),
+            gpus_per_node=int(get("gpus_per_node") or 0),
+            mem_gb=None if get("mem_gb") is None else float(get("mem_gb")),
+        )
 
     @property
     def cpus_per_node(self) -> int:
@@ -86,8 +92,12 @@ class SlurmRequest:
 
     def sbatch_options(self) -> list[str]:
         """The resource options of the sbatch script submitit writes for this request."""
-        options = [f"--time={self.timeout_min}", f"--nodes={self.nodes}", f"--ntasks-per-node={self.tasks_per_node}",
-                   f"--cpus-per-task={self.cpus_per_task}"]
+        options = [
+            f"--time={self.timeout_min}",
+            f"--nodes={self.nodes}",
+            f"--ntasks-per-node={self.tasks_per_node}",
+            f"--cpus-per-task={self.cpus_per_task}",
+        ]
         options += [f"--partition={self.partition}"] if self.partition else []
         options += [f"--account={self.account}"] if self.account else []
         options += [f"--qos={self.qos}"] if self.qos else []
@@ -133,7 +143,8 @@ def _limit(value: str | None) -> int | None:
 
 
 def parse_minutes(value: str | None) -> float | None:
-    """SLURM time ``[days-]hours:minutes:seconds`` (or ``minutes``, ``minutes:seconds``) in minutes; None if unlimited."""
+    """SLURM time ``[days-]hours:minutes:seconds`` (or ``minutes``, ``minutes:seconds``) in minutes;
+    None if unlimited."""
     if value is None or value.strip().upper() in UNLIMITED:
         return None
     days, _, clock = value.strip().rpartition("-")
@@ -151,19 +162,34 @@ def gpu_count(gres: str | None) -> int:
 
 def parse_partitions(text: str) -> list[Partition]:
     """Partitions of ``scontrol show partition -o``."""
-    return [Partition(name=r["PartitionName"], default=r.get("Default") == "YES", state=r.get("State", "UP"),
-                      max_time_min=parse_minutes(r.get("MaxTime")), max_nodes=_limit(r.get("MaxNodes")),
-                      max_cpus_per_node=_limit(r.get("MaxCPUsPerNode")),
-                      max_mem_per_node_mb=_limit(r.get("MaxMemPerNode")))
-            for r in parse_records(text) if "PartitionName" in r]
+    return [
+        Partition(
+            name=r["PartitionName"],
+            default=r.get("Default") == "YES",
+            state=r.get("State", "UP"),
+            max_time_min=parse_minutes(r.get("MaxTime")),
+            max_nodes=_limit(r.get("MaxNodes")),
+            max_cpus_per_node=_limit(r.get("MaxCPUsPerNode")),
+            max_mem_per_node_mb=_limit(r.get("MaxMemPerNode")),
+        )
+        for r in parse_records(text)
+        if "PartitionName" in r
+    ]
 
 
 def parse_nodes(text: str) -> list[Node]:
     """Nodes of ``scontrol show node -o``."""
-    return [Node(name=r["NodeName"], cpus=int(r.get("CPUTot") or r.get("CPUEfctv") or 0),
-                 memory_mb=int(r.get("RealMemory") or 0), gpus=gpu_count(r.get("Gres")),
-                 partitions=tuple(p for p in (r.get("Partitions") or "").split(",") if p))
-            for r in parse_records(text) if "NodeName" in r]
+    return [
+        Node(
+            name=r["NodeName"],
+            cpus=int(r.get("CPUTot") or r.get("CPUEfctv") or 0),
+            memory_mb=int(r.get("RealMemory") or 0),
+            gpus=gpu_count(r.get("Gres")),
+            partitions=tuple(p for p in (r.get("Partitions") or "").split(",") if p),
+        )
+        for r in parse_records(text)
+        if "NodeName" in r
+    ]
 
 
 # --------------------------------------------------------------------------- checking
@@ -175,13 +201,15 @@ def choose_partition(request: SlurmRequest, partitions: Sequence[Partition]) -> 
     if request.partition is None:
         default = next((p for p in partitions if p.default), None)
         if default is None:
-            raise ConfigError(f"{KEY}.partition=null, and the cluster has no default partition: "
-                              f"set {KEY}.partition to one of {names}")
+            raise ConfigError(
+                f"{KEY}.partition=null, and the cluster has no default partition: set {KEY}.partition to one of {names}"
+            )
         return default
     chosen = next((p for p in partitions if p.name == request.partition), None)
     if chosen is None:
-        raise ConfigError(f"{KEY}.partition={request.partition}: no such partition on this cluster "
-                          f"(partitions: {names})")
+        raise ConfigError(
+            f"{KEY}.partition={request.partition}: no such partition on this cluster (partitions: {names})"
+        )
     return chosen
 
 
@@ -202,37 +230,54 @@ def request_problems(request: SlurmRequest, partition: Partition, nodes: Sequenc
         cpus = min(cpus, partition.max_cpus_per_node)
     if request.cpus_per_node > cpus:
         per_task = max(cpus // request.tasks_per_node, 0)
-        problems.append(f"{KEY}.cpus_per_task={request.cpus_per_task} (x tasks_per_node={request.tasks_per_node}): "
-                        f"the nodes of {where} have at most {cpus} CPUs; set {KEY}.cpus_per_task<={per_task} "
-                        "(and training.threads.intra_op, training.loader.workers to match)")
+        problems.append(
+            f"{KEY}.cpus_per_task={request.cpus_per_task} (x tasks_per_node={request.tasks_per_node}): "
+            f"the nodes of {where} have at most {cpus} CPUs; set {KEY}.cpus_per_task<={per_task} "
+            "(and training.threads.intra_op, training.loader.workers to match)"
+        )
     if request.mem_mb is not None:
         mem_mb = max(n.memory_mb for n in members)
         if partition.max_mem_per_node_mb is not None:
             mem_mb = min(mem_mb, partition.max_mem_per_node_mb)
         if request.mem_mb > mem_mb:
-            problems.append(f"{KEY}.mem_gb={request.mem_gb:g}: the nodes of {where} have at most {mem_mb} MB "
-                            f"({mem_mb / 1024:.1f} GB); set {KEY}.mem_gb<={mem_mb // 1024}")
+            problems.append(
+                f"{KEY}.mem_gb={request.mem_gb:g}: the nodes of {where} have at most {mem_mb} MB "
+                f"({mem_mb / 1024:.1f} GB); set {KEY}.mem_gb<={mem_mb // 1024}"
+            )
     gpus = max(n.gpus for n in members)
     if request.gpus_per_node > gpus:
-        problems.append(f"{KEY}.gpus_per_node={request.gpus_per_node}: the nodes of {where} have "
-                        + (f"at most {gpus} GPUs" if gpus else "no GPUs (no gpu GRES)")
-                        + f"; set {KEY}.gpus_per_node<={gpus} or choose a GPU partition with {KEY}.partition")
+        problems.append(
+            f"{KEY}.gpus_per_node={request.gpus_per_node}: the nodes of {where} have "
+            + (f"at most {gpus} GPUs" if gpus else "no GPUs (no gpu GRES)")
+            + f"; set {KEY}.gpus_per_node<={gpus} or choose a GPU partition with {KEY}.partition"
+        )
     if partition.max_time_min is not None and request.timeout_min > partition.max_time_min:
-        problems.append(f"{KEY}.timeout_min={request.timeout_min}: {where} allows at most "
-                        f"{partition.max_time_min:g} minutes (MaxTime); set {KEY}.timeout_min<={int(partition.max_time_min)}")
+        problems.append(
+            f"{KEY}.timeout_min={request.timeout_min}: {where} allows at most "
+            f"{partition.max_time_min:g} minutes (MaxTime); set {KEY}.timeout_min<={int(partition.max_time_min)}"
+        )
     node_limit = len(members) if partition.max_nodes is None else min(len(members), partition.max_nodes)
     if request.nodes > node_limit:
-        problems.append(f"{KEY}.nodes={request.nodes}: {where} gives a job at most {node_limit} node(s); "
-                        f"set {KEY}.nodes=1 (segexp trains on one node)")
+        problems.append(
+            f"{KEY}.nodes={request.nodes}: {where} gives a job at most {node_limit} node(s); "
+            f"set {KEY}.nodes=1 (segexp trains on one node)"
+        )
     if problems:
         return problems
-    fitting = [n for n in members if n.cpus >= request.cpus_per_node and n.gpus >= request.gpus_per_node
-               and (request.mem_mb is None or n.memory_mb >= request.mem_mb)]
+    fitting = [
+        n
+        for n in members
+        if n.cpus >= request.cpus_per_node
+        and n.gpus >= request.gpus_per_node
+        and (request.mem_mb is None or n.memory_mb >= request.mem_mb)
+    ]
     if len(fitting) < request.nodes:
-        problems.append(f"{KEY}: no node of {where} has {request.cpus_per_node} CPUs, "
-                        f"{'default' if request.mem_gb is None else format(request.mem_gb, 'g')} GB and "
-                        f"{request.gpus_per_node} GPUs at once (cpus_per_task, mem_gb, gpus_per_node); "
-                        f"nodes: " + ", ".join(f"{n.name} {n.cpus} CPUs/{n.memory_mb} MB/{n.gpus} GPUs" for n in members[:8]))
+        problems.append(
+            f"{KEY}: no node of {where} has {request.cpus_per_node} CPUs, "
+            f"{'default' if request.mem_gb is None else format(request.mem_gb, 'g')} GB and "
+            f"{request.gpus_per_node} GPUs at once (cpus_per_task, mem_gb, gpus_per_node); "
+            f"nodes: " + ", ".join(f"{n.name} {n.cpus} CPUs/{n.memory_mb} MB/{n.gpus} GPUs" for n in members[:8])
+        )
     return problems
 
 
@@ -240,15 +285,19 @@ def _run(command: Sequence[str]) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(list(command), check=False, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise ConfigError(f"launcher=submitit_slurm: `{' '.join(command)}` did not answer in {COMMAND_TIMEOUT_S} s: "
-                          "is slurmctld running?") from None
+        raise ConfigError(
+            f"launcher=submitit_slurm: `{' '.join(command)}` did not answer in {COMMAND_TIMEOUT_S} s: "
+            "is slurmctld running?"
+        ) from None
 
 
 def _scontrol(entity: str) -> str:
     result = _run(["scontrol", "--all", "show", entity, "-o"])  # --all: hidden partitions too
     if result.returncode != 0:
-        raise ConfigError(f"launcher=submitit_slurm: `scontrol show {entity}` failed: "
-                          f"{' '.join(result.stderr.split()) or result.returncode}; is the SLURM controller reachable?")
+        raise ConfigError(
+            f"launcher=submitit_slurm: `scontrol show {entity}` failed: "
+            f"{' '.join(result.stderr.split()) or result.returncode}; is the SLURM controller reachable?"
+        )
     return result.stdout
 
 
@@ -260,20 +309,26 @@ def check_slurm_request(launcher: Mapping[str, Any]) -> None:
     """
     missing = [tool for tool in ("scontrol", "sbatch", "srun") if shutil.which(tool) is None]
     if missing:
-        raise ConfigError(f"launcher=submitit_slurm: {', '.join(missing)} not found: submit from a SLURM login node "
-                          "(for a one-node test cluster on this machine: scripts/slurm_local.sh start)")
+        raise ConfigError(
+            f"launcher=submitit_slurm: {', '.join(missing)} not found: submit from a SLURM login node "
+            "(for a one-node test cluster on this machine: scripts/slurm_local.sh start)"
+        )
     request = SlurmRequest.from_launcher(launcher)
     partition = choose_partition(request, parse_partitions(_scontrol("partition")))
     problems = request_problems(request, partition, parse_nodes(_scontrol("node")))
     if not problems:
         test = _run(["sbatch", "--test-only", *request.sbatch_options(), "--wrap", "true"])
         if test.returncode != 0:
-            problems.append(f"sbatch --test-only {' '.join(request.sbatch_options())} refuses the request: "
-                            f"{' '.join(test.stderr.split())} (check {KEY}.partition, account, qos, "
-                            "additional_parameters)")
+            problems.append(
+                f"sbatch --test-only {' '.join(request.sbatch_options())} refuses the request: "
+                f"{' '.join(test.stderr.split())} (check {KEY}.partition, account, qos, "
+                "additional_parameters)"
+            )
     if problems:
-        raise ConfigError(f"launcher=submitit_slurm: no job of this sweep could ever start in partition "
-                          f"{partition.name}:\n  " + "\n  ".join(problems))
+        raise ConfigError(
+            f"launcher=submitit_slurm: no job of this sweep could ever start in partition "
+            f"{partition.name}:\n  " + "\n  ".join(problems)
+        )
 
 
 # --------------------------------------------------------------------------- inside a job
@@ -326,5 +381,9 @@ class SlurmSweepCallback(Callback):
         if aliased:
             array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
             job = "_".join(array) if all(array) else os.environ["SLURM_JOB_ID"]
-            log.info("SLURM job %s: %s requeues it like submitit's %s (it then resumes from its last checkpoint)",
-                     job, " and ".join(aliased), os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+            log.info(
+                "SLURM job %s: %s requeues it like submitit's %s (it then resumes from its last checkpoint)",
+                job,
+                " and ".join(aliased),
+                os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"),
+            )

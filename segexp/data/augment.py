@@ -49,8 +49,6 @@ __all__ = [
 _CONFIG_PREFIX = "augmentation.transforms"
 
 
-
-
 # --------------------------------------------------------------------------- build
 
 
@@ -116,9 +114,7 @@ def _instantiate_entry(name: str, entry: Any) -> BasicTransform | BaseCompose:
     if isinstance(entry, DictConfig):
         entry = OmegaConf.to_container(entry, resolve=True)
     if not isinstance(entry, Mapping):
-        raise AugmentationError(
-            f"{key}: expected a mapping with a _target_ (or null to disable), got {entry!r}"
-        )
+        raise AugmentationError(f"{key}: expected a mapping with a _target_ (or null to disable), got {entry!r}")
     target = entry.get("_target_")
     if not target or not isinstance(target, str):
         raise AugmentationError(
@@ -139,8 +135,7 @@ def _instantiate_entry(name: str, entry: Any) -> BasicTransform | BaseCompose:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(obj, (BasicTransform, BaseCompose)):
         raise AugmentationError(
-            f"{key} ({target}): not an albumentations transform (got {type(obj).__module__}."
-            f"{type(obj).__qualname__})"
+            f"{key} ({target}): not an albumentations transform (got {type(obj).__module__}.{type(obj).__qualname__})"
         )
     _check_p(obj, key, target)
     return obj
@@ -345,9 +340,7 @@ class Augmenter:
         """Augment one pair with ``seed`` (see :func:`augment_pair`)."""
         return augment_pair(self._pipeline(), image, mask, seed)
 
-    def apply(
-        self, image: np.ndarray, mask: np.ndarray, seed: int
-    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def apply(self, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Like ``__call__`` but also return the names of the transforms that fired."""
         pipeline = self._pipeline()
         out_image, out_mask = augment_pair(pipeline, image, mask, seed)

@@ -181,8 +181,16 @@ class _Uint8Stats:
         nonzero = np.flatnonzero(self.hist)
         cum = np.cumsum(self.hist)
         pct = {f"p{q:g}": float(np.searchsorted(cum, max(1, int(np.ceil(q / 100 * n))))) for q in PERCENTILES}
-        return IntensityStats("uint8", n, round(mean, 4), round(var**0.5, 4), float(nonzero[0]), float(nonzero[-1]),
-                              pct, "all pixels read (exact, nearest rank)")
+        return IntensityStats(
+            "uint8",
+            n,
+            round(mean, 4),
+            round(var**0.5, 4),
+            float(nonzero[0]),
+            float(nonzero[-1]),
+            pct,
+            "all pixels read (exact, nearest rank)",
+        )
 
 
 class _FloatStats:
@@ -214,8 +222,16 @@ class _FloatStats:
         std = max(self.total_sq / self.n - mean**2, 0.0) ** 0.5
         pooled = np.concatenate(self.samples)
         pct = {f"p{q:g}": round(float(np.percentile(pooled, q)), 4) for q in PERCENTILES}
-        return IntensityStats(self.unit, self.n, round(mean, 4), round(std, 4), self.lo, self.hi, pct,
-                              f"a seeded sample of at most {self.sample} voxels per volume")
+        return IntensityStats(
+            self.unit,
+            self.n,
+            round(mean, 4),
+            round(std, 4),
+            self.lo,
+            self.hi,
+            pct,
+            f"a seeded sample of at most {self.sample} voxels per volume",
+        )
 
 
 def _class_summary(
@@ -225,8 +241,11 @@ def _class_summary(
     pixels = {name: int(total[i]) for i, name in enumerate(class_names)}
     n = int(total.sum())
     frequency = {name: (round(int(total[i]) / n, 8) if n else 0.0) for i, name in enumerate(class_names)}
-    absent = {split: [class_names[i] for i in np.flatnonzero(counts == 0)]
-              for split, counts in per_split.items() if counts.any()}  # splits with masks read
+    absent = {
+        split: [class_names[i] for i in np.flatnonzero(counts == 0)]
+        for split, counts in per_split.items()
+        if counts.any()
+    }  # splits with masks read
     return pixels, frequency, absent
 
 
@@ -278,14 +297,20 @@ def list_split_pairs(d: Mapping[str, Any], problems: list[Problem]) -> dict[str,
             if split == "test" and not base.is_dir():
                 continue  # a test split is optional
             found = _pair_folders(base / d["images_dir"], base / d["masks_dir"], problems)
-            pairs[split] += [SlicePair(stem, image, mask, case_id(stem, pattern, strict=False))
-                             for stem, image, mask in found]
+            pairs[split] += [
+                SlicePair(stem, image, mask, case_id(stem, pattern, strict=False)) for stem, image, mask in found
+            ]
     for split in ("train", "valid"):
         if not pairs[split]:
             problems.append(Problem(str(root), f"the {split!r} split has no slices"))
     for case, first, split in leaked_cases(pairs):
-        problems.append(Problem(str(root), f"case {case!r} has slices in both the {first!r} and "
-                                           f"{split!r} splits: split by patient, never by slice"))
+        problems.append(
+            Problem(
+                str(root),
+                f"case {case!r} has slices in both the {first!r} and "
+                f"{split!r} splits: split by patient, never by slice",
+            )
+        )
     return pairs
 
 
@@ -313,8 +338,13 @@ def _read_pairs(
     per_split = {split: np.zeros(num_classes, np.int64) for split in pairs}
     stats, sizes, read = _Uint8Stats(), {}, 0
     todo = {split: _sample(split_pairs, limit) for split, split_pairs in pairs.items()}
-    bar = tqdm(total=sum(map(len, todo.values())), desc="pairs", unit="pair", file=sys.stderr,
-               disable=None if progress else True)
+    bar = tqdm(
+        total=sum(map(len, todo.values())),
+        desc="pairs",
+        unit="pair",
+        file=sys.stderr,
+        disable=None if progress else True,
+    )
     for split, split_pairs in todo.items():
         for pair in split_pairs:
             read += 1
@@ -332,8 +362,11 @@ def _read_pairs(
                 key = f"{image.shape[1]}x{image.shape[0]}"
                 sizes[key] = sizes.get(key, 0) + 1
                 if size is not None and image.shape[:2] != tuple(size):
-                    problems.append(Problem(str(pair.image), f"size {key} (width x height), expected "
-                                                             f"{size[1]}x{size[0]} (image_size)"))
+                    problems.append(
+                        Problem(
+                            str(pair.image), f"size {key} (width x height), expected {size[1]}x{size[0]} (image_size)"
+                        )
+                    )
             if decoder is None and image is not None:
                 stats.add(image)  # no class table: the images alone
                 continue
@@ -354,7 +387,7 @@ def _as_problem(err: DataError, path: Path) -> Problem:
     """``DataError`` messages start with the path: split it off into :attr:`Problem.file`."""
     text = str(err)
     prefix = f"{path}: "
-    return Problem(str(path), text[len(prefix):] if text.startswith(prefix) else text)
+    return Problem(str(path), text[len(prefix) :] if text.startswith(prefix) else text)
 
 
 def check_slice_dataset(
@@ -399,21 +432,39 @@ def check_slice_dataset(
     else:
         class_names, decoder = [], None
     per_split, stats, sizes, read = _read_pairs(
-        pairs, decoder, len(class_names), channels, tuple(size) if size is not None else None,
-        max_pairs_per_split, problems, progress=True,
+        pairs,
+        decoder,
+        len(class_names),
+        channels,
+        tuple(size) if size is not None else None,
+        max_pairs_per_split,
+        problems,
+        progress=True,
     )
     pixels, frequency, absent = _class_summary(class_names, per_split)
     complete_train = max_pairs_per_split is None or len(pairs["train"]) <= max_pairs_per_split
     if complete_train and pairs["train"]:
         for name in absent.get("train", []):
-            problems.append(Problem(str(root), f"class {name!r} never appears in the {len(pairs['train'])} train masks"))
+            problems.append(
+                Problem(str(root), f"class {name!r} never appears in the {len(pairs['train'])} train masks")
+            )
     total = sum(len(v) for v in pairs.values())
     fingerprint = Fingerprint(
-        kind="slices", name=str(d["name"]), root=str(root),
+        kind="slices",
+        name=str(d["name"]),
+        root=str(root),
         splits={s: {"cases": len({p.case for p in v}), "slices": len(v)} for s, v in pairs.items()},
-        class_names=class_names, class_pixels=pixels, class_frequency=frequency, classes_absent=absent,
-        intensity=stats.result(), image_sizes=sizes, files_read=read, files_total=total,
-        sampling="all pairs" if max_pairs_per_split is None else f"at most {max_pairs_per_split} evenly spaced pairs per split",
+        class_names=class_names,
+        class_pixels=pixels,
+        class_frequency=frequency,
+        classes_absent=absent,
+        intensity=stats.result(),
+        image_sizes=sizes,
+        files_read=read,
+        files_total=total,
+        sampling="all pairs"
+        if max_pairs_per_split is None
+        else f"at most {max_pairs_per_split} evenly spaced pairs per split",
     )
     return CheckReport(problems, fingerprint, table)
 
@@ -433,10 +484,17 @@ def dataset_fingerprint(
     )
     pixels, frequency, absent = _class_summary(names, per_split)
     fingerprint = Fingerprint(
-        kind="slices", name=dataset.name, root=str(dataset.root),
+        kind="slices",
+        name=dataset.name,
+        root=str(dataset.root),
         splits={s: {"cases": len(dataset.cases(s)), "slices": len(v)} for s, v in dataset.pairs.items()},
-        class_names=list(names), class_pixels=pixels, class_frequency=frequency, classes_absent=absent,
-        intensity=stats.result(), image_sizes=sizes, files_read=read,
+        class_names=list(names),
+        class_pixels=pixels,
+        class_frequency=frequency,
+        classes_absent=absent,
+        intensity=stats.result(),
+        image_sizes=sizes,
+        files_read=read,
         files_total=sum(len(v) for v in dataset.pairs.values()),
         sampling=f"at most {max_pairs_per_split} evenly spaced pairs per split",
     )
@@ -461,8 +519,10 @@ def _find_volume_files(folder: Path, pattern: str, problems: list[Problem]) -> d
     if not files:
         problems.append(Problem(str(folder), f"no NIfTI files ({NIFTI_GLOB})"))
     found, rejected = group_by_case(files, folder, regex)
-    problems += [Problem(str(path), f"name does not match volumes.pattern {pattern!r} (groups case, and kind = image or label)")
-                 for path, _ in rejected]
+    problems += [
+        Problem(str(path), f"name does not match volumes.pattern {pattern!r} (groups case, and kind = image or label)")
+        for path, _ in rejected
+    ]
     for case, kinds in sorted(found.items()):
         for kind, paths in kinds.items():
             for extra in paths[1:]:
@@ -493,8 +553,9 @@ def _voxels(img: Any, path: Path, dtype: Any, problems: list[Problem]) -> np.nda
     try:
         return np.asarray(img.dataobj, dtype=dtype).reshape(img.shape[:3])
     except Exception as err:  # a truncated .nii.gz raises EOFError, zlib.error, ValueError ...
-        problems.append(Problem(str(path), f"cannot read the voxel data, truncated or corrupt "
-                                           f"({type(err).__name__}: {err})"))
+        problems.append(
+            Problem(str(path), f"cannot read the voxel data, truncated or corrupt ({type(err).__name__}: {err})")
+        )
         return None
 
 
@@ -526,13 +587,19 @@ def _matching_label(img: Any, lab: Any, image_path: Path, label_path: Path, prob
         problems.append(Problem(str(label_path), f"label shape {lab_shape} != image shape {shape} ({image_path.name})"))
         return None
     if not np.allclose(lab_affine, affine, rtol=0.0, atol=_AFFINE_ATOL_MM):
-        problems.append(Problem(str(label_path), f"label affine ({describe_affine(lab_affine)}) differs from the "
-                                                 f"image's ({describe_affine(affine)}, {image_path.name})"))
+        problems.append(
+            Problem(
+                str(label_path),
+                f"label affine ({describe_affine(lab_affine)}) differs from the "
+                f"image's ({describe_affine(affine)}, {image_path.name})",
+            )
+        )
     return lab
 
 
-def _volume_class_summary(classes: Mapping[str, Sequence[int]] | None, counts: Mapping[int, int],
-                          lut_names: Mapping[int, str]) -> tuple[list[str], dict[str, int]]:
+def _volume_class_summary(
+    classes: Mapping[str, Sequence[int]] | None, counts: Mapping[int, int], lut_names: Mapping[int, str]
+) -> tuple[list[str], dict[str, int]]:
     """Class names and pixel counts: the configured classes, or one ``label_<v>`` per value found."""
     if classes is not None:
         names = list(classes)
@@ -577,8 +644,11 @@ def check_volume_folder(
         if img is None:
             continue
         affine, shape = np.asarray(img.affine, np.float64), tuple(int(v) for v in img.shape[:3])
-        info.update(shape=list(shape), spacing_mm=[round(v, 4) for v in voxel_spacing(affine)],
-                    orientation=orientation_code(affine))
+        info.update(
+            shape=list(shape),
+            spacing_mm=[round(v, 4) for v in voxel_spacing(affine)],
+            orientation=orientation_code(affine),
+        )
         sizes["x".join(map(str, shape))] = sizes.get("x".join(map(str, shape)), 0) + 1
         slices += _slices_along(affine, shape, axis)
         voxels = _voxels(img, image_path, np.float32, problems)
@@ -596,20 +666,34 @@ def check_volume_folder(
             counts[int(v)] = counts.get(int(v), 0) + int(n)
         unknown = [int(v) for v in values if int(v) not in lut_names]
         if classes is not None and unknown:
-            problems.append(Problem(str(label_path), f"label values {unknown} are not in volumes.classes "
-                                                     f"(allowed: {sorted(lut_names)})"))
+            problems.append(
+                Problem(
+                    str(label_path), f"label values {unknown} are not in volumes.classes (allowed: {sorted(lut_names)})"
+                )
+            )
     class_names, pixels = _volume_class_summary(classes, counts, lut_names)
     total = sum(pixels.values())
     absent = [name for name, n in pixels.items() if n == 0]
     if classes is not None and read:
-        problems += [Problem(str(source), f"class {name!r} (labels {list(classes[name])}) never appears in any label")
-                     for name in absent]
+        problems += [
+            Problem(str(source), f"class {name!r} (labels {list(classes[name])}) never appears in any label")
+            for name in absent
+        ]
     fingerprint = Fingerprint(
-        kind="volumes", name=source.name, root=str(source),
-        splits={"all": {"cases": len(cases), "slices": slices}}, class_names=class_names, class_pixels=pixels,
+        kind="volumes",
+        name=source.name,
+        root=str(source),
+        splits={"all": {"cases": len(cases), "slices": slices}},
+        class_names=class_names,
+        class_pixels=pixels,
         class_frequency={name: (round(n / total, 8) if total else 0.0) for name, n in pixels.items()},
-        classes_absent={"all": absent}, intensity=stats.result(), image_sizes=sizes, files_read=read,
-        files_total=len(found), sampling=f"all volumes; {axis} slices after reorientation to RAS", cases=cases,
+        classes_absent={"all": absent},
+        intensity=stats.result(),
+        image_sizes=sizes,
+        files_read=read,
+        files_total=len(found),
+        sampling=f"all volumes; {axis} slices after reorientation to RAS",
+        cases=cases,
     )
     return CheckReport(problems, fingerprint)
 
@@ -630,16 +714,22 @@ def problem_lines(problems: Sequence[Problem], max_problems: int | None = None) 
 
 def fingerprint_lines(f: Fingerprint) -> list[str]:
     """The fingerprint as a short table: splits, sizes, class frequencies, intensities."""
-    lines = [f"fingerprint of {f.name} ({f.kind}, {f.root}); pixels from {f.files_read} of {f.files_total} "
-             f"{'pairs' if f.kind == 'slices' else 'cases'} ({f.sampling}):"]
+    lines = [
+        f"fingerprint of {f.name} ({f.kind}, {f.root}); pixels from {f.files_read} of {f.files_total} "
+        f"{'pairs' if f.kind == 'slices' else 'cases'} ({f.sampling}):"
+    ]
     lines.append(f"  {'split':<8}{'cases':>7}{'slices':>10}")
     for split, c in f.splits.items():
         lines.append(f"  {split:<8}{c['cases']:>7}{c['slices']:>10}")
     if f.image_sizes:
-        lines.append("  sizes: " + ", ".join(f"{k} ({n})" for k, n in sorted(f.image_sizes.items(), key=lambda kv: -kv[1])))
+        lines.append(
+            "  sizes: " + ", ".join(f"{k} ({n})" for k, n in sorted(f.image_sizes.items(), key=lambda kv: -kv[1]))
+        )
     lines.append("  class pixels:")
     for name in f.class_names:
-        lines.append(f"    {name:<18}{f.class_pixels.get(name, 0):>14,}  {100 * f.class_frequency.get(name, 0.0):9.4f} %")
+        lines.append(
+            f"    {name:<18}{f.class_pixels.get(name, 0):>14,}  {100 * f.class_frequency.get(name, 0.0):9.4f} %"
+        )
     absent = {s: names for s, names in f.classes_absent.items() if names}
     if absent:
         lines.append("  classes absent: " + "; ".join(f"{s}: {', '.join(n)}" for s, n in absent.items()))
@@ -671,9 +761,13 @@ def log_fingerprint(dataset: SliceDataset, channels: int, run_dir: Path, tracker
     for problem in report.problems:
         log.warning("dataset check: %s", problem)
     splits = report.fingerprint.splits
-    log.info("dataset fingerprint: %s; intensity mean %s std %s (%s)",
-             ", ".join(f"{s} {c['slices']} slices/{c['cases']} cases" for s, c in splits.items()),
-             report.fingerprint.intensity.mean, report.fingerprint.intensity.std, report.fingerprint.sampling)
+    log.info(
+        "dataset fingerprint: %s; intensity mean %s std %s (%s)",
+        ", ".join(f"{s} {c['slices']} slices/{c['cases']} cases" for s, c in splits.items()),
+        report.fingerprint.intensity.mean,
+        report.fingerprint.intensity.std,
+        report.fingerprint.sampling,
+    )
     tracker.log_params(report.fingerprint.params())
     tracker.log_artifact(path)
     return report

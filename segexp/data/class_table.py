@@ -121,7 +121,9 @@ def resolve_class_table(
         colours = None if rgb_map is None else [list(c) for c in rgb_map.values()]
         return ClassTable([str(n) for n in names], colours, "config")
     if rgb_map is not None:
-        return ClassTable([str(n) for n in rgb_map], [list(c) for c in rgb_map.values()], "config (dataset.rgb_map keys)")
+        return ClassTable(
+            [str(n) for n in rgb_map], [list(c) for c in rgb_map.values()], "config (dataset.rgb_map keys)"
+        )
     fmt = d["mask_format"]
     if fmt not in ("rgb", "index", "binary"):
         raise ClassTableError(f"dataset.mask_format: expected rgb, index or binary, got {fmt!r}")
@@ -145,8 +147,9 @@ def resolve_class_table(
     return ClassTable(names, None, source, scan.notes + _rare_notes(scan, names))
 
 
-def with_class_table(d: DictConfig, pairs: Mapping[str, Sequence[SlicePair]] | None = None,
-                     workers: int | None = None) -> tuple[DictConfig, ClassTable]:
+def with_class_table(
+    d: DictConfig, pairs: Mapping[str, Sequence[SlicePair]] | None = None, workers: int | None = None
+) -> tuple[DictConfig, ClassTable]:
     """A copy of dataset section ``d`` with ``class_names`` and ``rgb_map`` filled in, and the table.
 
     A table given in the config leaves the copy as it is. The copy keeps ``d``'s flags
@@ -180,8 +183,8 @@ def _from_dataset_json(path: Path, fmt: str, scanner: _Scanner) -> ClassTable:
         by_value = {i: str(n) for i, n in enumerate(manifest["class_names"])}
     else:
         raise ClassTableError(
-            f"{path}: no class table in it: expected nnU-Net's \"labels\" ({{\"background\": 0, \"LV\": 1}}) or "
-            "segexp-prepare's \"class_names\"; fix it, or give dataset.class_names (and dataset.rgb_map)"
+            f'{path}: no class table in it: expected nnU-Net\'s "labels" ({{"background": 0, "LV": 1}}) or '
+            'segexp-prepare\'s "class_names"; fix it, or give dataset.class_names (and dataset.rgb_map)'
         )
     values = sorted(by_value)
     if values != list(range(len(values))):
@@ -204,16 +207,18 @@ def _from_dataset_json(path: Path, fmt: str, scanner: _Scanner) -> ClassTable:
         return ClassTable(names, colours, source)
     scan = scanner.scan("rgb")
     found = _discovered_colours(scan, expected=len(names), manifest=path)
-    note = (f"{path} gives no colours: the {len(found)} mask colours, sorted (black first, then by r<<16|g<<8|b), "
-            f"were assigned to the labels in value order: {', '.join(f'{n} {_fmt(c)}' for n, c in zip(names, found))}; "
-            f"if that is wrong, add \"colors\": {{name: [r, g, b]}} to it or give dataset.rgb_map")
+    note = (
+        f"{path} gives no colours: the {len(found)} mask colours, sorted (black first, then by r<<16|g<<8|b), "
+        f"were assigned to the labels in value order: {', '.join(f'{n} {_fmt(c)}' for n, c in zip(names, found))}; "
+        f'if that is wrong, add "colors": {{name: [r, g, b]}} to it or give dataset.rgb_map'
+    )
     return ClassTable(names, found, source, scan.notes + [note] + _rare_notes(scan, names))
 
 
 def _nnunet_labels(path: Path, labels: Any) -> dict[int, str]:
     """Value -> name of nnU-Net's ``labels``: v2 ``{name: value}`` or v1 ``{"value": name}``."""
     if not isinstance(labels, dict) or not labels:
-        raise ClassTableError(f"{path}: \"labels\" must be a non-empty object, got {labels!r}")
+        raise ClassTableError(f'{path}: "labels" must be a non-empty object, got {labels!r}')
     if all(isinstance(k, str) and k.strip().isdigit() and isinstance(v, str) for k, v in labels.items()):
         return {int(k): v for k, v in labels.items()}  # nnU-Net v1
     by_value: dict[int, str] = {}
@@ -223,7 +228,7 @@ def _nnunet_labels(path: Path, labels: Any) -> dict[int, str]:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ClassTableError(
                 f"{path}: label {name!r} has value {value!r}; expected nnU-Net v2 {{name: integer value}} "
-                "or v1 {\"value\": name}"
+                'or v1 {"value": name}'
             )
         if value in by_value:
             raise ClassTableError(f"{path}: labels {by_value[value]!r} and {name!r} share the value {value}")
@@ -237,16 +242,19 @@ def _json_colours(path: Path, manifest: dict[str, Any], names: list[str]) -> lis
         return None
     table = manifest[key]
     if set(table) != set(names):
-        raise ClassTableError(f"{path}: \"{key}\" must give a colour for each label {names}, got {list(table)}")
+        raise ClassTableError(f'{path}: "{key}" must give a colour for each label {names}, got {list(table)}')
     colours = []
     for name in names:
         c = table[name]
-        if (not isinstance(c, list) or len(c) != 3
-                or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255 for v in c)):
-            raise ClassTableError(f"{path}: \"{key}\".{name} must be [r, g, b] in 0..255, got {c!r}")
+        if (
+            not isinstance(c, list)
+            or len(c) != 3
+            or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255 for v in c)
+        ):
+            raise ClassTableError(f'{path}: "{key}".{name} must be [r, g, b] in 0..255, got {c!r}')
         colours.append(list(c))
     if len({tuple(c) for c in colours}) != len(colours):
-        raise ClassTableError(f"{path}: \"{key}\" colours must be distinct, got {colours}")
+        raise ClassTableError(f'{path}: "{key}" colours must be distinct, got {colours}')
     return colours
 
 
@@ -274,8 +282,9 @@ class _Scan:
 class _Scanner:
     """Lists the splits (lazily) and reads their masks in a thread pool, once."""
 
-    def __init__(self, d: Mapping[str, Any], root: Path, pairs: Mapping[str, Sequence[SlicePair]] | None,
-                 workers: int | None) -> None:
+    def __init__(
+        self, d: Mapping[str, Any], root: Path, pairs: Mapping[str, Sequence[SlicePair]] | None, workers: int | None
+    ) -> None:
         self.d, self.root, self.pairs, self.workers = d, root, pairs, workers or usable_cores(8)
         self.result: _Scan | None = None
 
@@ -286,8 +295,14 @@ class _Scanner:
         for split in ("train", "valid", "test"):
             try:
                 out[split] = split_pairs(
-                    self.root, split, layout=d["layout"], splits=d["splits"], cases=d["cases"],
-                    case_pattern=d["case_pattern"], images_dir=d["images_dir"], masks_dir=d["masks_dir"],
+                    self.root,
+                    split,
+                    layout=d["layout"],
+                    splits=d["splits"],
+                    cases=d["cases"],
+                    case_pattern=d["case_pattern"],
+                    images_dir=d["images_dir"],
+                    masks_dir=d["masks_dir"],
                 )
             except DataError as err:
                 if split == "train":
@@ -315,8 +330,10 @@ class _Scanner:
             raise ClassTableError(f"no train mask could be read to find the classes; the first: {train_failed[0]}")
         notes = []
         if failed:
-            notes.append(f"{len(failed)} masks could not be read and were left out of the class table "
-                         f"(the first: {failed[0][1]})")
+            notes.append(
+                f"{len(failed)} masks could not be read and were left out of the class table "
+                f"(the first: {failed[0][1]})"
+            )
         self.result = _Scan(kind, values, pixels, per_file, len(pairs["train"]) - len(train_failed), notes)
         return self.result
 
@@ -372,8 +389,10 @@ def _check_scan(scan: _Scan) -> None:
     rare = np.argsort(fraction, kind="stable")[:_SHOWN]
     if len(train) > MAX_COLOURS or (len(train) > MANY_COLOURS and fraction.min() < RARE_FRACTION):
         rarest = "; ".join(
-            f"{scan.describe(train[i])} {int(pixels[i])} px in {', '.join(map(str, scan.files_with('train', train[i])))}"
-            for i in rare[:3])
+            f"{scan.describe(train[i])} {int(pixels[i])} px in "
+            f"{', '.join(map(str, scan.files_with('train', train[i])))}"
+            for i in rare[:3]
+        )
         fix = "dataset.rgb_map" if scan.kind == "rgb" else "dataset.class_names"
         raise ClassTableError(
             f"the {scan.num_train} train masks look anti-aliased/blended: {len(train)} {what}, the rarest: {rarest}; "
@@ -383,7 +402,8 @@ def _check_scan(scan: _Scan) -> None:
         extra = np.setdiff1d(scan.values[split], train)
         if len(extra):
             shown = "; ".join(
-                f"{scan.describe(v)} in {', '.join(map(str, scan.files_with(split, v)))}" for v in extra[:_SHOWN])
+                f"{scan.describe(v)} in {', '.join(map(str, scan.files_with(split, v)))}" for v in extra[:_SHOWN]
+            )
             more = f" and {len(extra) - _SHOWN} more" if len(extra) > _SHOWN else ""
             raise ClassTableError(
                 f"{split} masks hold {what} that no train mask has, so they would have no class: {shown}{more}; "
@@ -397,11 +417,13 @@ def _discovered_colours(scan: _Scan, expected: int | None = None, manifest: Path
     _check_scan(scan)
     train = scan.values["train"]
     colours = [_unpack(v) for v in train]
-    shown = ", ".join(_fmt(c) for c in colours[:_SHOWN]) + (f" and {len(colours) - _SHOWN} more" if len(colours) > _SHOWN else "")
+    shown = ", ".join(_fmt(c) for c in colours[:_SHOWN]) + (
+        f" and {len(colours) - _SHOWN} more" if len(colours) > _SHOWN else ""
+    )
     if expected is not None and len(colours) != expected:
         raise ClassTableError(
             f"{manifest} lists {expected} labels but the {scan.num_train} train masks hold {len(colours)} colours "
-            f"({shown}); add \"colors\": {{name: [r, g, b]}} to it or give dataset.rgb_map"
+            f'({shown}); add "colors": {{name: [r, g, b]}} to it or give dataset.rgb_map'
         )
     if len(train) == 0 or train[0] != 0:
         raise ClassTableError(
@@ -419,14 +441,16 @@ def _discovered_values(scan: _Scan) -> list[int]:
     values = [int(v) for v in scan.values["train"]]
     missing = sorted(set(range(max(values) + 1)) - set(values))
     if missing:
-        hint = (" (0 and 255 only: a binary mask? use dataset.mask_format=binary)" if values == [0, 255] else "")
+        hint = " (0 and 255 only: a binary mask? use dataset.mask_format=binary)" if values == [0, 255] else ""
         raise ClassTableError(
             f"the {scan.num_train} train masks hold index values {values}{hint}, without {missing[:_SHOWN]}"
             f"{' ...' if len(missing) > _SHOWN else ''}; segexp reads the pixel value as the class index, so "
             "the values must be 0..n-1: renumber the masks or give dataset.class_names"
         )
     if len(values) < 2:
-        raise ClassTableError(f"the {scan.num_train} train masks hold only the value 0 (background): no class to segment")
+        raise ClassTableError(
+            f"the {scan.num_train} train masks hold only the value 0 (background): no class to segment"
+        )
     return values
 
 
@@ -438,7 +462,8 @@ def _rare_notes(scan: _Scan, names: Sequence[str]) -> list[str]:
         f"{names[i]} {scan.describe(train[i])} covers only {int(pixels[i])} of {total} train pixels "
         f"(in {', '.join(map(str, scan.files_with('train', train[i])))}): a real class, or a stray "
         f"{'colour' if scan.kind == 'rgb' else 'value'}?"
-        for i in range(len(train)) if i < len(names) and pixels[i] / total < RARE_FRACTION
+        for i in range(len(train))
+        if i < len(names) and pixels[i] / total < RARE_FRACTION
     ]
 
 

@@ -76,7 +76,9 @@ def window_to_uint8(hu: np.ndarray, level: float, width: float) -> np.ndarray:
 
 
 #: Integer dtypes windowed through a lookup table: dtype -> (min, max) value.
-_LUT_DTYPES = {np.dtype(t): (int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in (np.int8, np.uint8, np.int16, np.uint16)}
+_LUT_DTYPES = {
+    np.dtype(t): (int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in (np.int8, np.uint8, np.int16, np.uint16)
+}
 
 
 def _window_float(hu: np.ndarray, level: float, width: float) -> np.ndarray:
@@ -96,9 +98,7 @@ def percentile_window(volume: np.ndarray, low_pct: float, high_pct: float) -> tu
     """
     low_pct, high_pct = float(low_pct), float(high_pct)
     if not (0.0 <= low_pct < high_pct <= 100.0):
-        raise ValueError(
-            f"percentile window needs 0 <= low < high <= 100, got low={low_pct}, high={high_pct}"
-        )
+        raise ValueError(f"percentile window needs 0 <= low < high <= 100, got low={low_pct}, high={high_pct}")
     arr = np.asarray(volume)
     if arr.size == 0:
         raise ValueError("percentile window of an empty volume")
@@ -116,9 +116,7 @@ def preset_window(name: str) -> tuple[float, float]:
     try:
         return WINDOW_PRESETS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown window preset {name!r}; choose one of {sorted(WINDOW_PRESETS)}"
-        ) from None
+        raise ValueError(f"unknown window preset {name!r}; choose one of {sorted(WINDOW_PRESETS)}") from None
 
 
 def window_volume(

@@ -209,9 +209,12 @@ class _Frame:
         reach = float(radii.max()) + 1.0
         lo, hi = points.min(axis=0) - reach, points.max(axis=0) + reach
         box = (
-            (self.u >= lo[0]) & (self.u <= hi[0])
-            & (self.v >= lo[1]) & (self.v <= hi[1])
-            & (self.w >= lo[2]) & (self.w <= hi[2])
+            (self.u >= lo[0])
+            & (self.u <= hi[0])
+            & (self.v >= lo[1])
+            & (self.v <= hi[1])
+            & (self.w >= lo[2])
+            & (self.w <= hi[2])
         )
         idx = np.nonzero(box)
         out = np.zeros(box.shape, dtype=bool)
@@ -401,8 +404,15 @@ def _structures(d: _Draw, heart: dict[str, Any], spine: tuple[float, float]) -> 
     aa_v = aa_start[1] + aa_dv * (w - aa_start[2])
     asc = (((u - aa_u) ** 2 + (v - aa_v) ** 2) <= aa_r**2) & (w >= aa_start[2]) & (w <= w_hi)
     coronary = _coronaries(d, heart, lv_axes + myo_t) & (w >= w_lo) & (w <= w_hi)
-    return {CORONARY: coronary, LA: la, AO: desc | asc, MYOCARDIUM: myo, LV: lv,
-            "range": (w_lo, w_hi), "contrast": contrast}
+    return {
+        CORONARY: coronary,
+        LA: la,
+        AO: desc | asc,
+        MYOCARDIUM: myo,
+        LV: lv,
+        "range": (w_lo, w_hi),
+        "contrast": contrast,
+    }
 
 
 def _coronaries(d: _Draw, heart: dict[str, Any], outer: np.ndarray) -> np.ndarray:
@@ -423,8 +433,9 @@ def _coronaries(d: _Draw, heart: dict[str, Any], outer: np.ndarray) -> np.ndarra
     if rng.random() < 0.75:  # circumflex in the AV groove towards the lateral/posterior wall
         psi1 = np.deg2rad(rng.uniform(20, 50))
         sweep = np.deg2rad(rng.uniform(70, 120))
-        branches.append(np.stack([surface_point(outer[0] * (-0.7 + 0.15 * ti), psi1 + sweep * ti, cor_r + 0.6 * s)
-                                  for ti in t]))
+        branches.append(
+            np.stack([surface_point(outer[0] * (-0.7 + 0.15 * ti), psi1 + sweep * ti, cor_r + 0.6 * s) for ti in t])
+        )
     for nodes in branches:
         pts = _resample_polyline(nodes, 0.4 * s)
         radii = cor_r * (1.0 - 0.4 * np.linspace(0.0, 1.0, len(pts)))
@@ -446,7 +457,9 @@ def make_phantom_volume(seed: int, size: int = 128, num_slices: int = 32) -> tup
     z_extent = _Z_EXTENT * size
     f = _place_patient(rng, size, num_slices, z_extent)
     shape = f.u.shape
-    d = _Draw(rng, size / 128.0, f, np.full(shape, -1000.0, dtype=np.float32), np.zeros(shape, dtype=np.uint8), z_extent)
+    d = _Draw(
+        rng, size / 128.0, f, np.full(shape, -1000.0, dtype=np.float32), np.zeros(shape, dtype=np.uint8), z_extent
+    )
     thorax = _paint_thorax(d)
     heart = _heart_frame(d, thorax)
     spine = _paint_spine(d, thorax["inner"])
@@ -870,8 +883,9 @@ def ensure_phantom_slices(root: Path, spec: Mapping[str, Any] | None) -> None:
     nothing happens when ``spec`` is None (a real dataset).
     """
     if spec is not None:
-        write_phantom_dataset(Path(root), cases=dict(spec["cases"]), num_slices=spec["num_slices"],
-                              size=spec["size"], seed=spec["seed"])
+        write_phantom_dataset(
+            Path(root), cases=dict(spec["cases"]), num_slices=spec["num_slices"], size=spec["size"], seed=spec["seed"]
+        )
 
 
 def ensure_phantom_volumes(source: Path, spec: Mapping[str, Any] | None) -> None:

@@ -68,8 +68,6 @@ IN_PLANE = {
 }
 
 
-
-
 @dataclass(frozen=True)
 class SliceSettings:
     """Everything a worker needs to turn one volume into PNG slices (picklable)."""
@@ -153,9 +151,15 @@ def process_case(case: VolumeCase, split: str, settings: SliceSettings, staging:
         rgb = encode_rgb_mask(mask, settings.colours)[..., ::-1] if settings.mask_format == "rgb" else mask
         _imwrite(masks_dir / name, rgb)
     return CaseReport(
-        case=case.case, split=split, shape=[int(v) for v in loaded.original_shape],
-        spacing_mm=[round(float(v), 4) for v in loaded.spacing], orientation=loaded.original_orientation,
-        slices_total=total, slices_foreground=len(foreground), slices_empty_kept=len(kept_empty), window=window,
+        case=case.case,
+        split=split,
+        shape=[int(v) for v in loaded.original_shape],
+        spacing_mm=[round(float(v), 4) for v in loaded.spacing],
+        orientation=loaded.original_orientation,
+        slices_total=total,
+        slices_foreground=len(foreground),
+        slices_empty_kept=len(kept_empty),
+        window=window,
         image={"file": case.image.name, "sha256": sha256_file(case.image)},
         label={"file": case.label.name, "sha256": sha256_file(case.label)},
     )
@@ -171,11 +175,18 @@ def _settings(cfg: DictConfig) -> SliceSettings:
     names, colours, lut = class_table(cfg.volumes.classes)
     w = cfg.window
     return SliceSettings(
-        axis=cfg.axis, size=tuple(cfg.size) if cfg.size is not None else None,
-        empty_fraction=cfg.empty_fraction, seed=cfg.seed, mask_format=cfg.mask_format,
-        colours=tuple(tuple(int(v) for v in c) for c in colours), label_lut=tuple(int(v) for v in lut),
-        window_mode=w.mode, level=w.level, width=w.width,
-        low_percentile=w.low_percentile, high_percentile=w.high_percentile,
+        axis=cfg.axis,
+        size=tuple(cfg.size) if cfg.size is not None else None,
+        empty_fraction=cfg.empty_fraction,
+        seed=cfg.seed,
+        mask_format=cfg.mask_format,
+        colours=tuple(tuple(int(v) for v in c) for c in colours),
+        label_lut=tuple(int(v) for v in lut),
+        window_mode=w.mode,
+        level=w.level,
+        width=w.width,
+        low_percentile=w.low_percentile,
+        high_percentile=w.high_percentile,
     )
 
 
@@ -284,8 +295,13 @@ def prepare(cfg: DictConfig) -> Path:
             shutil.rmtree(out_dir)  # a segexp-prepare dataset, replaced on request (checked above)
         staging.rename(out_dir)
     kept = sum(r.slices_foreground + r.slices_empty_kept for r in reports)
-    log.info("wrote %d slices of %d cases to %s (%s)", kept, len(reports), out_dir,
-             ", ".join(f"{k}: {len(ids)} cases" for k, ids in splits.items()))
+    log.info(
+        "wrote %d slices of %d cases to %s (%s)",
+        kept,
+        len(reports),
+        out_dir,
+        ", ".join(f"{k}: {len(ids)} cases" for k, ids in splits.items()),
+    )
     return out_dir
 
 
@@ -314,7 +330,7 @@ def _run_cases(
                 progress.update()
     progress.close()
     if errors:
-        raise VolumeError(f"{len(errors)} of {len(cases)} cases failed; nothing was written:\n  " + "\n  ".join(sorted(errors)))
+        raise VolumeError(
+            f"{len(errors)} of {len(cases)} cases failed; nothing was written:\n  " + "\n  ".join(sorted(errors))
+        )
     return sorted(reports, key=lambda r: r.case)
-
-

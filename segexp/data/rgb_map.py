@@ -37,9 +37,7 @@ def _pack(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-def decode_rgb_mask(
-    rgb: np.ndarray, colours: Sequence[Sequence[int]], source: str | Path = "<array>"
-) -> np.ndarray:
+def decode_rgb_mask(rgb: np.ndarray, colours: Sequence[Sequence[int]], source: str | Path = "<array>") -> np.ndarray:
     """Map an ``(H, W, 3)`` RGB mask to ``(H, W) uint8`` class indices.
 
     Colours must match the rgb_map exactly; any other colour raises
@@ -116,6 +114,7 @@ _BASE_COLOURS = (
     (0, 128, 128),  # teal
     (170, 110, 40),  # brown
 )
+
 
 def default_palette(num_classes: int) -> np.ndarray:
     """Return a ``(num_classes, 3) uint8`` palette: class 0 black, the others distinct colours.

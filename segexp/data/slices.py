@@ -26,8 +26,6 @@ from segexp.data.rgb_map import MaskColourError, colour_table, decode_rgb_mask
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-
-
 @dataclass(frozen=True)
 class SlicePair:
     """One image and its mask; ``name`` is the shared file stem, ``case`` the patient id."""
@@ -45,6 +43,7 @@ def image_files(folder: Path, problems: list[tuple[Path, str]] | None = None) ->
     ``problems`` list is given (``segexp-check``, which reports everything), are appended
     to it as ``(path, cause)`` and skipped.
     """
+
     def problem(path: Path, cause: str) -> None:
         if problems is None:
             raise DataError(f"{path}: {cause}")
@@ -170,7 +169,11 @@ def read_image_file(path: Path, flags: int, what: str = "image") -> np.ndarray:
         raise DataError(f"{path}: cannot read {what} (corrupt data: {detail})") from None
     if image is None:
         start = data[:8]
-        kind = "corrupt image data" if data.startswith((PNG_SIGNATURE, JPEG_SIGNATURE)) else f"not an image file, starts with {start!r}"
+        kind = (
+            "corrupt image data"
+            if data.startswith((PNG_SIGNATURE, JPEG_SIGNATURE))
+            else f"not an image file, starts with {start!r}"
+        )
         raise DataError(f"{path}: cannot read {what} ({kind})")
     return image
 
@@ -235,9 +238,7 @@ class MaskDecoder:
             return (raw >= self.threshold).astype(np.uint8)
         if int(raw.max()) >= self.num_classes:
             bad = sorted(int(v) for v in np.unique(raw[raw >= self.num_classes]))[:8]
-            raise DataError(
-                f"{path}: class-index mask holds values {bad} but there are {self.num_classes} classes"
-            )
+            raise DataError(f"{path}: class-index mask holds values {bad} but there are {self.num_classes} classes")
         return raw
 
 

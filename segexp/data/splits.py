@@ -44,8 +44,6 @@ DEFAULT_RATIOS: Mapping[str, float] = {"train": 0.7, "valid": 0.15, "test": 0.15
 _RATIO_TOL = 1e-6
 
 
-
-
 def _shorten(names: Iterable[Any], limit: int = 20) -> str:
     names = [str(n) for n in names]
     text = ", ".join(names[:limit])
@@ -139,9 +137,7 @@ def _check_explicit(
     known_set = set(known)
     unknown = sorted({c for ids in lists.values() for c in ids if c not in known_set})
     if unknown:
-        raise SplitError(
-            f"split.cases: unknown case(s) {_shorten(unknown)}; known cases: {_shorten(known)}"
-        )
+        raise SplitError(f"split.cases: unknown case(s) {_shorten(unknown)}; known cases: {_shorten(known)}")
     where: dict[str, str] = {}
     for split in SPLITS:
         for case in lists[split]:
@@ -155,8 +151,7 @@ def _check_explicit(
         missing = [c for c in known if c not in where]
         if missing:
             raise SplitError(
-                f"split.cases: case(s) not in any split: {_shorten(missing)}; "
-                "list every case in train, valid or test"
+                f"split.cases: case(s) not in any split: {_shorten(missing)}; list every case in train, valid or test"
             )
     return {s: sorted(lists[s]) for s in SPLITS}
 

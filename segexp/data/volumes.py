@@ -75,8 +75,6 @@ _AFFINE_ATOL_MM = 1e-3
 _HASH_CHUNK = 1 << 20
 
 
-
-
 # --------------------------------------------------------------------------- finding cases
 
 
@@ -106,12 +104,18 @@ def compile_case_pattern(pattern: str) -> re.Pattern[str]:
 def list_nifti_files(folder: Path, recursive: bool) -> list[Path]:
     """``*.nii*`` files in (``recursive``: or below) ``folder``, hidden files and folders (``.*``) left out, sorted."""
     candidates = folder.rglob(NIFTI_GLOB) if recursive else folder.glob(NIFTI_GLOB)
-    return sorted(p for p in candidates if p.is_file() and fnmatch.fnmatch(p.name, NIFTI_GLOB)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in candidates
+        if p.is_file()
+        and fnmatch.fnmatch(p.name, NIFTI_GLOB)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
-def group_by_case(files: Sequence[Path], folder: Path, regex: re.Pattern[str]
-                  ) -> tuple[dict[str, dict[str, list[Path]]], list[tuple[Path, str]]]:
+def group_by_case(
+    files: Sequence[Path], folder: Path, regex: re.Pattern[str]
+) -> tuple[dict[str, dict[str, list[Path]]], list[tuple[Path, str]]]:
     """``(case -> {"image": [...], "label": [...]}, [(file, why it matches no case)])`` for NIfTI ``files``.
 
     ``regex`` (:func:`compile_case_pattern`) is matched against the path relative to ``folder``.
@@ -132,8 +136,12 @@ def group_by_case(files: Sequence[Path], folder: Path, regex: re.Pattern[str]
 def _pairing_problems(found: Mapping[str, Mapping[str, list[Path]]], folder: Path, require_labels: bool) -> list[str]:
     """Cases found twice, images without labels (when required), labels without images."""
     problems = []
-    duplicates = [f"{case} {kind}: {', '.join(p.relative_to(folder).as_posix() for p in paths)}"
-                  for case, kinds in sorted(found.items()) for kind, paths in kinds.items() if len(paths) > 1]
+    duplicates = [
+        f"{case} {kind}: {', '.join(p.relative_to(folder).as_posix() for p in paths)}"
+        for case, kinds in sorted(found.items())
+        for kind, paths in kinds.items()
+        if len(paths) > 1
+    ]
     if duplicates:
         problems.append(f"case found more than once: {'; '.join(duplicates)}")
     no_label = sorted(c for c, k in found.items() if k["image"] and not k["label"])
@@ -176,8 +184,11 @@ def find_volume_cases(
         raise VolumeError(f"no NIfTI files ({NIFTI_GLOB}) {'in or below' if recursive else 'in'} {folder}")
     found, rejected = group_by_case(files, folder, regex)
     unmatched = [p.relative_to(folder).as_posix() for p, why in rejected if why.startswith("does not match")]
-    bad_kind = [f"{p.relative_to(folder).as_posix()} ({why.split(' is ')[0]})" for p, why in rejected
-                if not why.startswith("does not match")]
+    bad_kind = [
+        f"{p.relative_to(folder).as_posix()} ({why.split(' is ')[0]})"
+        for p, why in rejected
+        if not why.startswith("does not match")
+    ]
     problems: list[str] = []
     if unmatched:
         problems.append(f"{len(unmatched)} file(s) do not match the case pattern {pattern!r}: {', '.join(unmatched)}")
@@ -186,8 +197,10 @@ def find_volume_cases(
     problems += _pairing_problems(found, folder, require_labels)
     if problems:
         raise VolumeError(f"volume folder {folder}:\n  " + "\n  ".join(problems))
-    return [VolumeCase(case=case, image=kinds["image"][0], label=kinds["label"][0] if kinds["label"] else None)
-            for case, kinds in sorted(found.items())]
+    return [
+        VolumeCase(case=case, image=kinds["image"][0], label=kinds["label"][0] if kinds["label"] else None)
+        for case, kinds in sorted(found.items())
+    ]
 
 
 # --------------------------------------------------------------------------- headers
@@ -228,8 +241,7 @@ def _shape3(case: str, path: Path, kind: str, shape: tuple[int, ...]) -> tuple[i
         dims = dims[:3]
     if len(dims) != 3:
         raise VolumeError(
-            f"case {case}: {kind} {path} must be a 3D volume (or 4D with a trailing dimension of 1), "
-            f"got shape {dims}"
+            f"case {case}: {kind} {path} must be a 3D volume (or 4D with a trailing dimension of 1), got shape {dims}"
         )
     return dims  # type: ignore[return-value]
 
@@ -257,8 +269,7 @@ def _read_header(case: VolumeCase) -> tuple[CaseHeader, SpatialImage, SpatialIma
     lab_shape = _shape3(case.case, case.label, "label", lab.shape)
     if lab_shape != shape:
         raise VolumeError(
-            f"case {case.case}: label shape {lab_shape} ({case.label.name}) != image shape {shape} "
-            f"({case.image.name})"
+            f"case {case.case}: label shape {lab_shape} ({case.label.name}) != image shape {shape} ({case.image.name})"
         )
     lab_affine = np.asarray(lab.affine, dtype=np.float64)
     if not np.allclose(lab_affine, affine, rtol=0.0, atol=_AFFINE_ATOL_MM):
@@ -313,9 +324,7 @@ def _summarise(values: np.ndarray, limit: int = 10) -> str:
     return f"[{shown}{more}]"
 
 
-def _label_to_uint8(
-    case: VolumeCase, data: np.ndarray, allowed_labels: Collection[int] | None
-) -> np.ndarray:
+def _label_to_uint8(case: VolumeCase, data: np.ndarray, allowed_labels: Collection[int] | None) -> np.ndarray:
     name = case.label.name if case.label is not None else "label"
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.bool_)):
         finite = np.isfinite(data)
@@ -325,15 +334,13 @@ def _label_to_uint8(
         if fractional.any():
             bad = np.unique(data[fractional])
             raise VolumeError(
-                f"case {case.case}: label {name} must hold integer class indices; "
-                f"non-integer values {_summarise(bad)}"
+                f"case {case.case}: label {name} must hold integer class indices; non-integer values {_summarise(bad)}"
             )
     lo, hi = data.min(), data.max()
     if lo < 0 or hi > 255:
         bad = np.unique(data[(data < 0) | (data > 255)])
         raise VolumeError(
-            f"case {case.case}: label {name} values must be class indices in 0..255; "
-            f"got {_summarise(bad)}"
+            f"case {case.case}: label {name} values must be class indices in 0..255; got {_summarise(bad)}"
         )
     label = data.astype(np.uint8, copy=False)
     if allowed_labels is not None:
@@ -342,8 +349,7 @@ def _label_to_uint8(
         unexpected = np.setdiff1d(present, allowed)
         if unexpected.size:
             raise VolumeError(
-                f"case {case.case}: label {name} has unexpected values {_summarise(unexpected)}; "
-                f"allowed: {allowed}"
+                f"case {case.case}: label {name} has unexpected values {_summarise(unexpected)}; allowed: {allowed}"
             )
     return label
 

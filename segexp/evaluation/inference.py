@@ -300,7 +300,5 @@ def predict_images(
         for i, p in zip(indices, probs):
             results[i] = p
     for i in windowed:
-        results[i] = sliding_window_predict(
-            model, arrays[i], overlap=overlap, batch_size=batch_size, flip_tta=flip_tta
-        )
+        results[i] = sliding_window_predict(model, arrays[i], overlap=overlap, batch_size=batch_size, flip_tta=flip_tta)
     return results  # type: ignore[return-value]

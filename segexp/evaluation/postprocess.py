@@ -74,9 +74,12 @@ class ClassRule:
     min_voxels: int = 0
 
     def describe(self) -> str:
-        return {Rule.MIN_VOLUME: f"drop it from a case where it is predicted in < {self.min_voxels} voxels",
-                Rule.MIN_SIZE: f"drop components < {self.min_voxels} voxels",
-                Rule.LARGEST: "keep the largest component", Rule.NONE: "none"}[self.rule]
+        return {
+            Rule.MIN_VOLUME: f"drop it from a case where it is predicted in < {self.min_voxels} voxels",
+            Rule.MIN_SIZE: f"drop components < {self.min_voxels} voxels",
+            Rule.LARGEST: "keep the largest component",
+            Rule.NONE: "none",
+        }[self.rule]
 
 
 @dataclass
@@ -105,7 +108,7 @@ class Postprocessing:
             "rules": {name: {"rule": str(r.rule), "min_voxels": r.min_voxels} for name, r in self.rules.items()},
             "validation": self.validation,
             "method": "per class, kept only if it raises the mean validation Dice over cases "
-                      "(segexp.evaluation.postprocess)",
+            "(segexp.evaluation.postprocess)",
         }
 
     @classmethod
@@ -114,8 +117,10 @@ class Postprocessing:
             names = list(data["class_names"])
             rules = {name: ClassRule(Rule(r["rule"]), int(r.get("min_voxels", 0))) for name, r in data["rules"].items()}
         except (KeyError, TypeError, ValueError) as err:
-            raise EvaluationError(f"{source}: not a segexp postprocessing file ({err!r}); "
-                                  f"expected keys class_names and rules: {{name: {{rule: {'|'.join(Rule)}}}}}") from err
+            raise EvaluationError(
+                f"{source}: not a segexp postprocessing file ({err!r}); "
+                f"expected keys class_names and rules: {{name: {{rule: {'|'.join(Rule)}}}}}"
+            ) from err
         unknown = sorted(set(rules) - set(names[1:]))
         if unknown:
             raise EvaluationError(f"{source}: rules for unknown classes {unknown}; the classes are {names[1:]}")
@@ -183,8 +188,9 @@ def candidates(truths: Iterable[np.ndarray], k: int, fractions: Sequence[float] 
     return [ClassRule(Rule.MIN_VOLUME, s) for s in sorted({max(2, int(round(f * median))) for f in fractions})]
 
 
-def determine(cases: Sequence[tuple[np.ndarray, np.ndarray]], class_names: Sequence[str],
-              fractions: Sequence[float] = FRACTIONS) -> Postprocessing:
+def determine(
+    cases: Sequence[tuple[np.ndarray, np.ndarray]], class_names: Sequence[str], fractions: Sequence[float] = FRACTIONS
+) -> Postprocessing:
     """The rules that raise validation Dice, from ``cases``: ``(truth, prediction)`` label stacks ``(S, H, W)``
     per validation case. A class absent from every validation truth gets no rule (nothing to measure)."""
     if not cases:
@@ -198,8 +204,12 @@ def determine(cases: Sequence[tuple[np.ndarray, np.ndarray]], class_names: Seque
         tried: dict[str, float | None] = {}
         if not any((t == k).any() for t, _ in current):
             chosen.rules[name] = best_rule
-            chosen.validation[name] = {"dice_before": _nan_to_none(baseline), "dice_after": _nan_to_none(baseline),
-                                       "rule": str(Rule.NONE), "why": "absent from every validation case"}
+            chosen.validation[name] = {
+                "dice_before": _nan_to_none(baseline),
+                "dice_after": _nan_to_none(baseline),
+                "rule": str(Rule.NONE),
+                "why": "absent from every validation case",
+            }
             continue
         scored = []
         for rule in candidates((t for t, _ in current), k, fractions):
@@ -215,8 +225,12 @@ def determine(cases: Sequence[tuple[np.ndarray, np.ndarray]], class_names: Seque
         if best_preds is not None:
             current = [(t, p) for (t, _), p in zip(current, best_preds)]
         chosen.rules[name] = best_rule
-        chosen.validation[name] = {"dice_before": _nan_to_none(baseline), "dice_after": _nan_to_none(best_score),
-                                   "rule": best_rule.describe(), "tried": tried}
+        chosen.validation[name] = {
+            "dice_before": _nan_to_none(baseline),
+            "dice_after": _nan_to_none(best_score),
+            "rule": best_rule.describe(),
+            "tried": tried,
+        }
     return chosen
 
 
@@ -238,7 +252,9 @@ def for_run(run: TrainedRun, mode: str = Mode.AUTO) -> Postprocessing | None:
         return None
     post = Postprocessing.load(path)
     if post.class_names != run.class_names:
-        raise EvaluationError(f"{path}: rules for classes {post.class_names}, but the run's classes are {run.class_names}")
+        raise EvaluationError(
+            f"{path}: rules for classes {post.class_names}, but the run's classes are {run.class_names}"
+        )
     return post
 
 
@@ -258,5 +274,17 @@ def describe(post: Postprocessing) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FILE_NAME", "FRACTIONS", "ClassRule", "Mode", "Postprocessing", "Rule", "apply_rule", "candidates",
-           "check_postprocess_mode", "describe", "determine", "for_run"]
+__all__ = [
+    "FILE_NAME",
+    "FRACTIONS",
+    "ClassRule",
+    "Mode",
+    "Postprocessing",
+    "Rule",
+    "apply_rule",
+    "candidates",
+    "check_postprocess_mode",
+    "describe",
+    "determine",
+    "for_run",
+]

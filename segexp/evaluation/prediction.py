@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-
-
 def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
@@ -71,8 +69,11 @@ def list_inputs(source: Path) -> list[Path]:
         return [source]
     if not source.is_dir():
         raise DataError(f"input: {source} does not exist")
-    files = [p for p in sorted(source.iterdir()) if p.is_file() and not p.name.startswith(".")
-             and (p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p))]
+    files = [
+        p
+        for p in sorted(source.iterdir())
+        if p.is_file() and not p.name.startswith(".") and (p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p))
+    ]
     if not files:
         raise DataError(f"input: no PNG/JPG/NIfTI files in {source}")
     return files
@@ -90,9 +91,20 @@ def _model_size(model: Any) -> tuple[int, int]:
     return int(model.input_shape[1]), int(model.input_shape[2])
 
 
-def predict_png_files(model: Any, paths: Sequence[Path], out_dir: Path, colours: np.ndarray, *, batch_size: int,
-                      flip_tta: bool, large_images: str, overlap: float, chunk: int = 64,
-                      postprocessing: Postprocessing | None = None, case_pattern: str = r"^(?P<case>.+)$") -> list[str]:
+def predict_png_files(
+    model: Any,
+    paths: Sequence[Path],
+    out_dir: Path,
+    colours: np.ndarray,
+    *,
+    batch_size: int,
+    flip_tta: bool,
+    large_images: str,
+    overlap: float,
+    chunk: int = 64,
+    postprocessing: Postprocessing | None = None,
+    case_pattern: str = r"^(?P<case>.+)$",
+) -> list[str]:
     """Predict image files (``chunk`` at a time) and write masks, colour masks and overlays; returns the failures.
 
     With ``postprocessing``, its rules act on each case's slices stacked in slice order (the case and slice
@@ -100,8 +112,14 @@ def predict_png_files(model: Any, paths: Sequence[Path], out_dir: Path, colours:
     failures: list[str] = []
     masks: dict[Path, np.ndarray] = {}
     for start in range(0, len(paths), chunk):
-        found, bad = _png_masks(model, paths[start : start + chunk], batch_size=batch_size, flip_tta=flip_tta,
-                                large_images=large_images, overlap=overlap)
+        found, bad = _png_masks(
+            model,
+            paths[start : start + chunk],
+            batch_size=batch_size,
+            flip_tta=flip_tta,
+            large_images=large_images,
+            overlap=overlap,
+        )
         masks.update(found)
         failures += bad
     if postprocessing is not None and postprocessing.active:
@@ -109,8 +127,11 @@ def predict_png_files(model: Any, paths: Sequence[Path], out_dir: Path, colours:
     channels = int(model.input_shape[-1])
     for path, mask in masks.items():
         image = read_image(path, channels)
-        for sub, array in (("masks", mask), ("colour", encode_rgb_mask(mask, colours)[..., ::-1]),
-                           ("overlays", overlay_mask(image, mask, colours)[..., ::-1])):
+        for sub, array in (
+            ("masks", mask),
+            ("colour", encode_rgb_mask(mask, colours)[..., ::-1]),
+            ("overlays", overlay_mask(image, mask, colours)[..., ::-1]),
+        ):
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
             with atomic_write_path(out_dir / sub / f"{path.stem}.png") as tmp:
                 if not cv2.imwrite(str(tmp), array):
@@ -118,8 +139,9 @@ def predict_png_files(model: Any, paths: Sequence[Path], out_dir: Path, colours:
     return failures
 
 
-def _postprocess_by_case(masks: dict[Path, np.ndarray], postprocessing: Postprocessing,
-                         case_pattern: str) -> dict[Path, np.ndarray]:
+def _postprocess_by_case(
+    masks: dict[Path, np.ndarray], postprocessing: Postprocessing, case_pattern: str
+) -> dict[Path, np.ndarray]:
     cases: dict[str, list[Path]] = {}
     for path in masks:
         cases.setdefault(case_id(path.stem, case_pattern, strict=False), []).append(path)
@@ -134,8 +156,9 @@ def _postprocess_by_case(masks: dict[Path, np.ndarray], postprocessing: Postproc
     return out
 
 
-def _png_masks(model: Any, paths: Sequence[Path], *, batch_size: int, flip_tta: bool, large_images: str,
-               overlap: float) -> tuple[dict[Path, np.ndarray], list[str]]:
+def _png_masks(
+    model: Any, paths: Sequence[Path], *, batch_size: int, flip_tta: bool, large_images: str, overlap: float
+) -> tuple[dict[Path, np.ndarray], list[str]]:
     failures, images, good = [], [], []
     channels = int(model.input_shape[-1])
     height, width = _model_size(model)
@@ -168,12 +191,24 @@ def training_window(run: TrainedRun) -> tuple[dict[str, Any] | None, str]:
 def window_like_training(volume: np.ndarray, window: dict[str, Any]) -> np.ndarray:
     """The training's intensity mapping (``window`` as in the dataset's manifest or ``conf/window``), to uint8."""
     keys = ("level", "width", "low_percentile", "high_percentile")
-    return window_volume(volume, window.get("mode", "fixed"), **{k: window[k] for k in keys if window.get(k) is not None})[0]
+    return window_volume(
+        volume, window.get("mode", "fixed"), **{k: window[k] for k in keys if window.get(k) is not None}
+    )[0]
 
 
-def predict_volume(model: Any, path: Path, out_dir: Path, colours: np.ndarray, window: dict[str, Any], axis: str,
-                   *, batch_size: int, flip_tta: bool, chunk: int = 32,
-                   postprocessing: Postprocessing | None = None) -> Path:
+def predict_volume(
+    model: Any,
+    path: Path,
+    out_dir: Path,
+    colours: np.ndarray,
+    window: dict[str, Any],
+    axis: str,
+    *,
+    batch_size: int,
+    flip_tta: bool,
+    chunk: int = 32,
+    postprocessing: Postprocessing | None = None,
+) -> Path:
     """Predict every slice of one NIfTI volume; write ``<name>_pred.nii.gz`` (input shape and affine) + a montage.
 
     Speed (BENCHMARKS.md): the volume is read in its stored dtype and windowed through a
@@ -194,7 +229,9 @@ def predict_volume(model: Any, path: Path, out_dir: Path, colours: np.ndarray, w
     slices = [volume_slice(image, axis, i) for i in range(n)]
     batch = np.empty((n, height, width, channels), np.uint8)
     for i, s in enumerate(slices):
-        batch[i] = (s if s.shape == (height, width) else cv2.resize(s, (width, height), interpolation=cv2.INTER_AREA))[..., None]
+        batch[i] = (s if s.shape == (height, width) else cv2.resize(s, (width, height), interpolation=cv2.INTER_AREA))[
+            ..., None
+        ]
     labels = np.empty((n, *slices[0].shape), np.uint8)
 
     def to_labels(start: int, probs: np.ndarray) -> None:
@@ -203,9 +240,14 @@ def predict_volume(model: Any, path: Path, out_dir: Path, colours: np.ndarray, w
 
     chunk = max(chunk - chunk % batch_size, batch_size)  # whole batches, so every call has one shape
     with ThreadPoolExecutor(max_workers=1) as post:
-        pending = [post.submit(to_labels, start, predict_batches(model, batch[start : start + chunk],
-                                                                 batch_size=batch_size, flip_tta=flip_tta))
-                   for start in range(0, n, chunk)]
+        pending = [
+            post.submit(
+                to_labels,
+                start,
+                predict_batches(model, batch[start : start + chunk], batch_size=batch_size, flip_tta=flip_tta),
+            )
+            for start in range(0, n, chunk)
+        ]
         for future in pending:
             future.result()
     if postprocessing is not None and postprocessing.active:
@@ -239,20 +281,34 @@ def _to_original_orientation(canonical: np.ndarray, original_affine: np.ndarray)
     return np.ascontiguousarray(apply_orientation(canonical, back))
 
 
-def montage(slices: Sequence[np.ndarray], labels: Sequence[np.ndarray], colours: np.ndarray, count: int = 12) -> np.ndarray:
+def montage(
+    slices: Sequence[np.ndarray], labels: Sequence[np.ndarray], colours: np.ndarray, count: int = 12
+) -> np.ndarray:
     """Overlays of ``count`` evenly spaced slices, preferring those with predicted foreground."""
     with_fg = [i for i, lab in enumerate(labels) if lab.any()] or list(range(len(labels)))
     picks = sorted({with_fg[int(round(k))] for k in np.linspace(0, len(with_fg) - 1, min(count, len(with_fg)))})
     panels = [overlay_mask(slices[i], labels[i], colours) for i in picks]
-    rows = [hstack_panels(panels[r : r + 4], [f"slice {i}" for i in picks[r : r + 4]]) for r in range(0, len(panels), 4)]
+    rows = [
+        hstack_panels(panels[r : r + 4], [f"slice {i}" for i in picks[r : r + 4]]) for r in range(0, len(panels), 4)
+    ]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     return vstack_rows(rows)
 
 
-def infer(run: TrainedRun, source: Path, out_dir: Path, *, batch_size: int = 8, flip_tta: bool = False,
-          large_images: str = "resize", overlap: float = 0.5, window: dict[str, Any] | None = None,
-          precision: str = "fp32", postprocess: str = "auto") -> list[str]:
+def infer(
+    run: TrainedRun,
+    source: Path,
+    out_dir: Path,
+    *,
+    batch_size: int = 8,
+    flip_tta: bool = False,
+    large_images: str = "resize",
+    overlap: float = 0.5,
+    window: dict[str, Any] | None = None,
+    precision: str = "fp32",
+    postprocess: str = "auto",
+) -> list[str]:
     """Predict every input under ``source`` into ``out_dir`` computing in ``precision`` (resolved: fp32, bf16,
     fp16), after the run's postprocessing rules (``postprocess`` auto) or without (none); returns the failures
     (one line per bad file)."""
@@ -263,8 +319,10 @@ def infer(run: TrainedRun, source: Path, out_dir: Path, *, batch_size: int = 8, 
     paths = list_inputs(source)
     postprocessing = for_run(run, postprocess)
     if postprocessing is not None and postprocessing.active:
-        log.info("postprocessing (chosen on validation): %s",
-                 "; ".join(f"{n}: {r.describe()}" for n, r in postprocessing.active.items()))
+        log.info(
+            "postprocessing (chosen on validation): %s",
+            "; ".join(f"{n}: {r.describe()}" for n, r in postprocessing.active.items()),
+        )
     model = run.load_model(precision)
     check_model_fits(model, len(class_names), int(cfg.model.image_channels))
     trained_window, axis = training_window(run)
@@ -273,17 +331,37 @@ def infer(run: TrainedRun, source: Path, out_dir: Path, *, batch_size: int = 8, 
     volumes = [p for p in paths if is_nifti(p)]
     images = [p for p in paths if not is_nifti(p)]
     if images:
-        failures += predict_png_files(model, images, out_dir, colours, batch_size=batch_size, flip_tta=flip_tta,
-                                      large_images=large_images, overlap=overlap, postprocessing=postprocessing,
-                                      case_pattern=str(cfg.dataset.case_pattern))
+        failures += predict_png_files(
+            model,
+            images,
+            out_dir,
+            colours,
+            batch_size=batch_size,
+            flip_tta=flip_tta,
+            large_images=large_images,
+            overlap=overlap,
+            postprocessing=postprocessing,
+            case_pattern=str(cfg.dataset.case_pattern),
+        )
     for path in volumes:
         if window is None:
-            failures.append(f"{path}: NIfTI input needs the training's window, but {cfg.dataset.root} has no dataset.json; "
-                            "pass one, e.g. window=cardiac_cta")
+            failures.append(
+                f"{path}: NIfTI input needs the training's window, but {cfg.dataset.root} has no dataset.json; "
+                "pass one, e.g. window=cardiac_cta"
+            )
             continue
         try:
-            target = predict_volume(model, path, out_dir, colours, window, axis, batch_size=batch_size, flip_tta=flip_tta,
-                                    postprocessing=postprocessing)
+            target = predict_volume(
+                model,
+                path,
+                out_dir,
+                colours,
+                window,
+                axis,
+                batch_size=batch_size,
+                flip_tta=flip_tta,
+                postprocessing=postprocessing,
+            )
             log.info("%s -> %s", path.name, target)
         except InferenceInputError as err:
             failures.append(str(err))
@@ -292,5 +370,3 @@ def infer(run: TrainedRun, source: Path, out_dir: Path, *, batch_size: int = 8, 
     for failure in failures:
         log.error("skipped: %s", failure)
     return failures
-
-

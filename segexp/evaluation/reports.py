@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 METRICS = ("dice", "iou", "hd95", "precision", "recall")
 
 
-
-
 def check_model_fits(model: Any, num_classes: int, channels: int) -> None:
     """The model must output ``num_classes`` channels (1 for a sigmoid binary head) and take ``channels``."""
     outputs, inputs = model.output_shape[-1], model.input_shape[-1]
@@ -106,8 +104,15 @@ def case_spacing(root: Path, case: str) -> tuple[float, float, float] | None:
     return (float(through), float(row), float(col))
 
 
-def _predict_case(model: Any, dataset: SliceDataset, pairs: list[SlicePair], size: tuple[int, int],
-                  channels: int, batch_size: int, flip_tta: bool) -> tuple[np.ndarray, np.ndarray]:
+def _predict_case(
+    model: Any,
+    dataset: SliceDataset,
+    pairs: list[SlicePair],
+    size: tuple[int, int],
+    channels: int,
+    batch_size: int,
+    flip_tta: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """(truth, prediction) stacks ``(S, H, W)`` of one case at the stored slice size."""
     images, truths = [], []
     for pair in pairs:
@@ -132,8 +137,15 @@ class Evaluation:
 
 
 def predict_cases(
-    model: Any, dataset: SliceDataset, split: str, *, image_size: tuple[int, int], channels: int,
-    case_pattern: str, batch_size: int = 8, flip_tta: bool = False,
+    model: Any,
+    dataset: SliceDataset,
+    split: str,
+    *,
+    image_size: tuple[int, int],
+    channels: int,
+    case_pattern: str,
+    batch_size: int = 8,
+    flip_tta: bool = False,
 ) -> Iterator[tuple[str, list[SlicePair], np.ndarray, np.ndarray]]:
     """``(case, its slice pairs, truth, prediction)`` for every case of ``split``, stacks ``(S, H, W)`` at the
     stored slice size, in case order."""
@@ -144,15 +156,31 @@ def predict_cases(
 
 
 def evaluate_split(
-    model: Any, dataset: SliceDataset, split: str, *, image_size: tuple[int, int], channels: int,
-    case_pattern: str, batch_size: int = 8, flip_tta: bool = False, postprocessing: Postprocessing | None = None,
+    model: Any,
+    dataset: SliceDataset,
+    split: str,
+    *,
+    image_size: tuple[int, int],
+    channels: int,
+    case_pattern: str,
+    batch_size: int = 8,
+    flip_tta: bool = False,
+    postprocessing: Postprocessing | None = None,
 ) -> Evaluation:
     """Score every case (3D) and slice (2D) of ``split``, after ``postprocessing``'s rules when given."""
     num_classes = len(dataset.class_names)
     per_case, per_slice, original = {}, [], []
     spacings = {}
-    for case, pairs, truth, pred in predict_cases(model, dataset, split, image_size=image_size, channels=channels,
-                                                  case_pattern=case_pattern, batch_size=batch_size, flip_tta=flip_tta):
+    for case, pairs, truth, pred in predict_cases(
+        model,
+        dataset,
+        split,
+        image_size=image_size,
+        channels=channels,
+        case_pattern=case_pattern,
+        batch_size=batch_size,
+        flip_tta=flip_tta,
+    ):
         if postprocessing is not None:
             pred = postprocessing.apply(pred)
         spacing = case_spacing(dataset.root, case)
@@ -163,39 +191,62 @@ def evaluate_split(
             per_slice.append((case, pair.name, score_classes(t, p, num_classes, spacing[1:] if spacing else None)))
     units = "mm" if spacings and all(s is not None for s in spacings.values()) else "px"
     fg_names = dataset.class_names[1:]
-    summary = to_json_safe({
-        "split": split,
-        "num_cases": len(per_case),
-        "num_slices": len(per_slice),
-        "class_names": dataset.class_names,
-        "hd95_units": units,
-        "conventions": {
-            "background": "excluded from every score",
-            "absent_in_both": "NaN (null): the class is not counted for that case/slice and left out of means",
-            "absent_in_one": "Dice 0, HD95 = the diagonal of the volume (worst case)",
-            "aggregation": "per_case: 3D scores on each case's stacked slices; per_slice: 2D scores",
-        },
-        "postprocessing": ({n: r.describe() for n, r in postprocessing.active.items()}
-                           if postprocessing is not None else None),
-        "per_case": {case: {fg_names[k - 1]: s.as_dict() for k, s in scores.items()} for case, scores in per_case.items()},
-        "mean": aggregate(list(per_case.values()), dataset.class_names),
-        "per_slice_mean": aggregate([s for _, _, s in per_slice], dataset.class_names),
-        "dice_incl_bg_original": {
-            "mean": float(np.mean(original)) if original else None,
-            "note": "the original tool's score: includes background, dominated by it; for comparison only",
-        },
-    })
-    rows = to_json_safe([(case, name, {fg_names[k - 1]: s.as_dict() for k, s in scores.items()}) for case, name, scores in per_slice])
+    summary = to_json_safe(
+        {
+            "split": split,
+            "num_cases": len(per_case),
+            "num_slices": len(per_slice),
+            "class_names": dataset.class_names,
+            "hd95_units": units,
+            "conventions": {
+                "background": "excluded from every score",
+                "absent_in_both": "NaN (null): the class is not counted for that case/slice and left out of means",
+                "absent_in_one": "Dice 0, HD95 = the diagonal of the volume (worst case)",
+                "aggregation": "per_case: 3D scores on each case's stacked slices; per_slice: 2D scores",
+            },
+            "postprocessing": (
+                {n: r.describe() for n, r in postprocessing.active.items()} if postprocessing is not None else None
+            ),
+            "per_case": {
+                case: {fg_names[k - 1]: s.as_dict() for k, s in scores.items()} for case, scores in per_case.items()
+            },
+            "mean": aggregate(list(per_case.values()), dataset.class_names),
+            "per_slice_mean": aggregate([s for _, _, s in per_slice], dataset.class_names),
+            "dice_incl_bg_original": {
+                "mean": float(np.mean(original)) if original else None,
+                "note": "the original tool's score: includes background, dominated by it; for comparison only",
+            },
+        }
+    )
+    rows = to_json_safe(
+        [(case, name, {fg_names[k - 1]: s.as_dict() for k, s in scores.items()}) for case, name, scores in per_slice]
+    )
     return Evaluation(summary, rows)
 
 
 def choose_postprocessing(
-    model: Any, dataset: SliceDataset, *, image_size: tuple[int, int], channels: int, case_pattern: str,
-    batch_size: int = 8, split: str = "valid",
+    model: Any,
+    dataset: SliceDataset,
+    *,
+    image_size: tuple[int, int],
+    channels: int,
+    case_pattern: str,
+    batch_size: int = 8,
+    split: str = "valid",
 ) -> Postprocessing:
     """The postprocessing rules that raise ``split``'s mean Dice per class (:func:`postprocess.determine`)."""
-    cases = [(truth, pred) for _, _, truth, pred in predict_cases(
-        model, dataset, split, image_size=image_size, channels=channels, case_pattern=case_pattern, batch_size=batch_size)]
+    cases = [
+        (truth, pred)
+        for _, _, truth, pred in predict_cases(
+            model,
+            dataset,
+            split,
+            image_size=image_size,
+            channels=channels,
+            case_pattern=case_pattern,
+            batch_size=batch_size,
+        )
+    ]
     return determine(cases, dataset.class_names)
 
 
@@ -265,9 +316,18 @@ def log_summary(tracker: Tracker, summary: dict[str, Any], files: Sequence[Path]
         tracker.log_artifact(path, "evaluation")
 
 
-def evaluate_run(run: TrainedRun, out_dir: Path, *, split: str = "test", batch_size: int = 8,
-                 flip_tta: bool = False, dataset_root: str | None = None, log_to_run: bool = True,
-                 precision: str = "fp32", postprocess: str = "auto") -> dict[str, Any]:
+def evaluate_run(
+    run: TrainedRun,
+    out_dir: Path,
+    *,
+    split: str = "test",
+    batch_size: int = 8,
+    flip_tta: bool = False,
+    dataset_root: str | None = None,
+    log_to_run: bool = True,
+    precision: str = "fp32",
+    postprocess: str = "auto",
+) -> dict[str, Any]:
     """Evaluate a finished training run on ``split`` computing in ``precision`` (resolved: fp32, bf16, fp16),
     after the run's postprocessing rules (``postprocess`` auto) or without (none); log to its MLflow run
     when it has one."""
@@ -283,15 +343,29 @@ def evaluate_run(run: TrainedRun, out_dir: Path, *, split: str = "test", batch_s
         log.warning("the postprocessing rules were chosen on the valid split: its scores after them are optimistic")
     model = run.load_model(precision)
     evaluation = evaluate_split(
-        model, dataset, split, image_size=(cfg.model.image_height, cfg.model.image_width),
-        channels=cfg.model.image_channels, case_pattern=cfg.dataset.case_pattern, batch_size=batch_size, flip_tta=flip_tta,
+        model,
+        dataset,
+        split,
+        image_size=(cfg.model.image_height, cfg.model.image_width),
+        channels=cfg.model.image_channels,
+        case_pattern=cfg.dataset.case_pattern,
+        batch_size=batch_size,
+        flip_tta=flip_tta,
         postprocessing=postprocessing,
     )
     summary = evaluation.summary
     files = write_reports(evaluation, out_dir)
     resume = run.run_id if log_to_run else None
-    with tracked_run(resume is not None, uri=run.tracking_uri or "", experiment="", artifact_location=None,
-                     run_name="", tags={}, description="", resume_run_id=resume) as tracker:
+    with tracked_run(
+        resume is not None,
+        uri=run.tracking_uri or "",
+        experiment="",
+        artifact_location=None,
+        run_name="",
+        tags={},
+        description="",
+        resume_run_id=resume,
+    ) as tracker:
         log_summary(tracker, summary, files, prefix=split)
     _log_table(summary)
     return summary
@@ -301,10 +375,10 @@ def _log_table(summary: dict[str, Any]) -> None:
     lines = [f"{'class':<16}{'Dice':>8}{'IoU':>8}{'HD95 ' + summary['hd95_units']:>11}{'n':>5}"]
     for name, s in summary["mean"]["per_class"].items():
         fmt = lambda v: "   -" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(f"{name:<16}{fmt(s['dice']['mean']):>8}{fmt(s['iou']['mean']):>8}{fmt(s['hd95']['mean']):>11}{s['dice']['n']:>5}")
+        lines.append(
+            f"{name:<16}{fmt(s['dice']['mean']):>8}{fmt(s['iou']['mean']):>8}{fmt(s['hd95']['mean']):>11}{s['dice']['n']:>5}"
+        )
     fg = summary["mean"]["foreground_mean"]
     lines.append(f"{'foreground mean':<16}{fg['dice'] or float('nan'):>8.3f}")
     lines.append(f"(original, incl. background, for comparison only: {summary['dice_incl_bg_original']['mean']:.3f})")
     log.info("evaluation on %s (%d cases):\n%s", summary["split"], summary["num_cases"], "\n".join(lines))
-
-

@@ -132,9 +132,7 @@ def _check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, .
         return (1.0,) * ndim
     values = tuple(float(s) for s in np.asarray(spacing, dtype=float).ravel())
     if len(values) != ndim:
-        raise ValueError(
-            f"spacing must have one value per array axis ({ndim}), got {tuple(spacing)!r}"
-        )
+        raise ValueError(f"spacing must have one value per array axis ({ndim}), got {tuple(spacing)!r}")
     if not all(math.isfinite(s) and s > 0 for s in values):
         raise ValueError(f"spacing values must be finite and > 0, got {values!r}")
     return values
@@ -156,9 +154,7 @@ def _as_bool_mask(mask: np.ndarray, name: str) -> np.ndarray:
 
 def _check_pair(truth: np.ndarray, pred: np.ndarray) -> None:
     if truth.shape != pred.shape:
-        raise ValueError(
-            f"truth and prediction shapes differ: truth {truth.shape}, prediction {pred.shape}"
-        )
+        raise ValueError(f"truth and prediction shapes differ: truth {truth.shape}, prediction {pred.shape}")
     if truth.ndim < 1 or truth.size == 0:
         raise ValueError(f"masks must be non-empty arrays, got shape {truth.shape}")
 
@@ -188,9 +184,7 @@ def _check_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarray
 
 def _check_num_classes(num_classes: int) -> int:
     if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
-        raise ValueError(
-            f"num_classes must be an integer >= 2 (background + foreground), got {num_classes!r}"
-        )
+        raise ValueError(f"num_classes must be an integer >= 2 (background + foreground), got {num_classes!r}")
     return int(num_classes)
 
 
@@ -411,17 +405,13 @@ def aggregate(
 
     per_class: dict[str, dict[str, dict[str, float | int]]] = {}
     for k, name in zip(keys, names):
-        per_class[name] = {
-            metric: _summary([getattr(case[k], metric) for case in scores]) for metric in METRICS
-        }
+        per_class[name] = {metric: _summary([getattr(case[k], metric) for case in scores]) for metric in METRICS}
     foreground_mean: dict[str, float] = {}
     for metric in METRICS:
         means = np.asarray([per_class[n][metric]["mean"] for n in names], dtype=float)
         means = means[~np.isnan(means)]
         foreground_mean[metric] = float(means.mean()) if means.size else _NAN
-    return to_json_safe(
-        {"n_cases": len(scores), "per_class": per_class, "foreground_mean": foreground_mean}
-    )
+    return to_json_safe({"n_cases": len(scores), "per_class": per_class, "foreground_mean": foreground_mean})
 
 
 def to_json_safe(obj: Any) -> Any:

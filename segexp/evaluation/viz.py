@@ -50,9 +50,7 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, int], colours: np.ndarray) -
     return mask.astype(np.intp, copy=False)
 
 
-def overlay_mask(
-    image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: float = 0.45
-) -> np.ndarray:
+def overlay_mask(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """Blend class colours over ``image`` where ``mask > 0`` and outline each class.
 
     Returns an RGB ``(H, W, 3) uint8`` array. Background pixels (mask 0) keep the image
@@ -102,9 +100,7 @@ def _title_strip(text: str, width: int) -> np.ndarray:
     return strip
 
 
-def hstack_panels(
-    panels: Sequence[np.ndarray], titles: Sequence[str] | None = None, gap: int = 4
-) -> np.ndarray:
+def hstack_panels(panels: Sequence[np.ndarray], titles: Sequence[str] | None = None, gap: int = 4) -> np.ndarray:
     """Lay panels side by side (RGB ``uint8``), separated by ``gap`` white pixels.
 
     Grayscale panels are converted to RGB; shorter panels are padded with black at the

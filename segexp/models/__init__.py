@@ -49,5 +49,12 @@ register_network("deeplabv3plus", Network(build_deeplabv3plus, DeepLabV3PlusPara
 register_network("unet3plus", Network(build_unet3plus, UNet3PlusParams, unet3plus_rules))
 register_network("swin_unet", Network(build_swin_unet, SwinUNetParams, swin_unet_rules))
 
-__all__ = ["NORMS", "Network", "build_model", "check_model_config", "networks", "register_network",
-           "validate_model_config"]
+__all__ = [
+    "NORMS",
+    "Network",
+    "build_model",
+    "check_model_config",
+    "networks",
+    "register_network",
+    "validate_model_config",
+]

@@ -12,9 +12,9 @@ Segmentation" (ECCV; arXiv 1802.02611), section 3 and Fig. 2. Choices:
   ``model.atrous_rates`` (the paper: 6, 12, 18 at output stride 16) and image pooling
   (global average -> 1x1 conv with bias -> ReLU -> bilinear back; no norm there, since one
   value per feature map would be zeroed by instance norm and is noisy in a small batch),
-  each ``model.aspp_filters`` wide (256), the others with norm + ReLU; concatenated, a 1x1 conv, norm, ReLU and dropout (``model.dropout_rate``, the
-  reference code's 0.1). Plain (not depthwise-separable) convs, as in the paper's ResNet-101
-  variant.
+  each ``model.aspp_filters`` wide (256), the others with norm + ReLU; concatenated, a 1x1 conv,
+  norm, ReLU and dropout (``model.dropout_rate``, the reference code's 0.1). Plain (not
+  depthwise-separable) convs, as in the paper's ResNet-101 variant.
 - *Decoder* (section 3.1): the ASPP output upsampled x4 bilinearly, concatenated with the
   stride-4 low-level features (``conv2_block3_out``) projected by a 1x1 conv to
   ``model.low_level_filters`` (48), two 3x3 convs of ``model.aspp_filters``, a 1x1 conv to
@@ -66,18 +66,24 @@ def deeplabv3plus_rules(m: Any) -> list[str]:
         if m[key] < 1:
             errors.append(f"model.{key}: must be >= 1, got {m[key]}")
     if m.norm == "group" and (m.aspp_filters % m.norm_groups or m.low_level_filters % m.norm_groups):
-        errors.append(f"model.norm_groups: must divide model.aspp_filters and model.low_level_filters, "
-                      f"got {m.norm_groups}")
+        errors.append(
+            f"model.norm_groups: must divide model.aspp_filters and model.low_level_filters, got {m.norm_groups}"
+        )
     if not 0.0 <= m.dropout_rate < 1.0:
         errors.append(f"model.dropout_rate: must lie in [0, 1), got {m.dropout_rate}")
-    errors += [f"model.{key}: {m[key]} is not a multiple of 32 (ResNet-50 halves the image five times "
-               f"before its stage-4 output at stride 16); use a multiple of 32"
-               for key in ("image_height", "image_width") if m[key] % 32]
+    errors += [
+        f"model.{key}: {m[key]} is not a multiple of 32 (ResNet-50 halves the image five times "
+        f"before its stage-4 output at stride 16); use a multiple of 32"
+        for key in ("image_height", "image_width")
+        if m[key] % 32
+    ]
     return errors
 
 
 def _conv(x: Any, filters: int, kernel: int, norm: str, groups: int, name: str, rate: int = 1) -> Any:
-    x = layers.Conv2D(filters, kernel, padding="same", dilation_rate=rate, use_bias=norm == "none", name=f"{name}_conv")(x)
+    x = layers.Conv2D(
+        filters, kernel, padding="same", dilation_rate=rate, use_bias=norm == "none", name=f"{name}_conv"
+    )(x)
     normalise = norm_layer(norm, math.gcd(groups, filters), f"{name}_norm")
     if normalise is not None:
         x = normalise(x)

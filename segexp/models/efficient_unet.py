@@ -42,8 +42,12 @@ from segexp.models.registry import ModelParams
 #: keras.applications builders by ``model.variant``.
 VARIANTS = {f"b{k}": getattr(keras.applications, f"EfficientNetB{k}") for k in range(8)}
 #: Encoder layers giving the skips at strides 2, 4, 8, 16 and the stride-32 features.
-SKIPS = ("block2a_expand_activation", "block3a_expand_activation", "block4a_expand_activation",
-         "block6a_expand_activation")
+SKIPS = (
+    "block2a_expand_activation",
+    "block3a_expand_activation",
+    "block4a_expand_activation",
+    "block6a_expand_activation",
+)
 TOP = "top_activation"
 
 
@@ -66,17 +70,26 @@ def efficient_unet_rules(m: Any) -> list[str]:
         if not str(path).endswith(".weights.h5"):
             errors.append(f"model.encoder_weights: expected a .weights.h5 file or null, got {str(path)!r}")
         elif not path.is_file():
-            errors.append(f"model.encoder_weights: {path} does not exist (nothing is downloaded: save the encoder's "
-                          f"weights there first, or use null for random initialisation)")
+            errors.append(
+                f"model.encoder_weights: {path} does not exist (nothing is downloaded: save the encoder's "
+                f"weights there first, or use null for random initialisation)"
+            )
     filters = list(m.decoder_filters)
     if len(filters) != 5 or min(filters) < 1:
-        errors.append(f"model.decoder_filters: expected five positive widths like [256, 128, 64, 32, 16], got {filters}")
+        errors.append(
+            f"model.decoder_filters: expected five positive widths like [256, 128, 64, 32, 16], got {filters}"
+        )
     elif m.norm == "group" and any(f % m.norm_groups for f in filters):
-        errors.append(f"model.norm_groups: must divide every width in model.decoder_filters {filters}, got {m.norm_groups}")
+        errors.append(
+            f"model.norm_groups: must divide every width in model.decoder_filters {filters}, got {m.norm_groups}"
+        )
     if not 0.0 <= m.dropout_rate < 1.0:
         errors.append(f"model.dropout_rate: must lie in [0, 1), got {m.dropout_rate}")
-    errors += [f"model.{key}: {m[key]} is not a multiple of 32 (the encoder halves the image five times)"
-               for key in ("image_height", "image_width") if m[key] % 32]
+    errors += [
+        f"model.{key}: {m[key]} is not a multiple of 32 (the encoder halves the image five times)"
+        for key in ("image_height", "image_width")
+        if m[key] % 32
+    ]
     return errors
 
 
@@ -105,7 +118,9 @@ def build_efficient_unet(
     """Build an EfficientUNet taking ``(H, W, C) uint8`` and giving ``(H, W, num_classes)`` float32 probabilities."""
     check_divisible(image_height, image_width, 32, "32")
     inputs, pixels = image_input(image_height, image_width, image_channels, scale=1.0)  # EfficientNet rescales itself
-    encoder = VARIANTS[variant](include_top=False, weights=None, input_shape=(image_height, image_width, image_channels))
+    encoder = VARIANTS[variant](
+        include_top=False, weights=None, input_shape=(image_height, image_width, image_channels)
+    )
     if encoder_weights is not None:
         encoder.load_weights(str(Path(encoder_weights).expanduser()))
     features = keras.Model(encoder.input, [encoder.get_layer(n).output for n in (*SKIPS, TOP)], name="encoder")

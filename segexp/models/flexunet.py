@@ -14,8 +14,8 @@ and rescales them by 1/255 inside the graph.
 # convs use the mirrored level kernel/dilation, the transposed convs are always 2x2 with
 # stride 2 whatever the level kernel, and the concatenation is [upsampled, skip]. With
 # norm=batch, BN follows each conv (before the dropout), as the original's
-# `normalization`; norm=none and residual=false is the original without it. One deliberate difference: the original unpacks
-# `(k, k) = base_kernels` (likewise `dilation`), so it uses the second value on both
+# `normalization`; norm=none and residual=false is the original without it. One deliberate
+# difference: the original unpacks `(k, k) = base_kernels` (likewise `dilation`), so it uses the second value on both
 # axes; here each axis uses its own value. Square settings build the same model.
 
 from __future__ import annotations
@@ -64,8 +64,10 @@ def flexunet_rules(m: Any) -> list[str]:
             f"i = num_layers-1 = {m.num_layers - 1}; got {m.dropout_rate}"
         )
     if m.norm == "group" and m.base_filters % m.norm_groups:
-        errors.append(f"model.norm_groups: must divide model.base_filters ({m.base_filters}) so that every "
-                      f"level's filters split into equal groups, got {m.norm_groups}")
+        errors.append(
+            f"model.norm_groups: must divide model.base_filters ({m.base_filters}) so that every "
+            f"level's filters split into equal groups, got {m.norm_groups}"
+        )
     return errors + divisible_size_rules(m, m.num_layers, "num_layers")
 
 
@@ -155,8 +157,18 @@ def build_flexunet(
     # Encoder; the last level is the bottleneck and is not pooled.
     def level(x, i: int, prefix: str):
         """The double conv (or residual unit) of level ``i``."""
-        return _double_conv(x, base_filters * 2**i, level_kernel(base_kernels, i), level_dilation(dilation, i),
-                            dropout_rate * i, activation, norm, norm_groups, residual, f"{prefix}{i}")
+        return _double_conv(
+            x,
+            base_filters * 2**i,
+            level_kernel(base_kernels, i),
+            level_dilation(dilation, i),
+            dropout_rate * i,
+            activation,
+            norm,
+            norm_groups,
+            residual,
+            f"{prefix}{i}",
+        )
 
     skips = []
     for i in range(num_layers):
@@ -168,9 +180,7 @@ def build_flexunet(
     # Decoder, back up from level num_layers-2 to 0.
     for i in range(num_layers - 2, -1, -1):
         filters = base_filters * 2**i
-        x = layers.Conv2DTranspose(
-            filters, (2, 2), strides=(2, 2), padding="same", name=f"dec{i}_up"
-        )(x)
+        x = layers.Conv2DTranspose(filters, (2, 2), strides=(2, 2), padding="same", name=f"dec{i}_up")(x)
         x = layers.Concatenate(name=f"dec{i}_concat")([x, skips[i]])
         x = level(x, i, "dec")
 

@@ -211,7 +211,9 @@ class DiceCELoss(keras.losses.Loss):
         return config
 
 
-def build_loss(name: str, num_classes: int, batch_dice: bool = True, include_background: bool = False) -> keras.losses.Loss:
+def build_loss(
+    name: str, num_classes: int, batch_dice: bool = True, include_background: bool = False
+) -> keras.losses.Loss:
     """Build the loss selected by config key ``training.loss`` (Dice options: ``training.dice``).
 
     ``categorical_crossentropy`` -> :class:`CrossEntropyLoss` (BCE when binary),
@@ -234,7 +236,4 @@ def build_loss(name: str, num_classes: int, batch_dice: bool = True, include_bac
                 f"got num_classes={num_classes}; use 'dice_ce'"
             )
         return DiceCELoss(num_classes, name=name, **dice)
-    raise ValueError(
-        f"training.loss: unknown loss {name!r}; expected one of "
-        + ", ".join(repr(n) for n in LOSSES)
-    )
+    raise ValueError(f"training.loss: unknown loss {name!r}; expected one of " + ", ".join(repr(n) for n in LOSSES))

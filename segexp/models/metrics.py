@@ -121,8 +121,7 @@ class ClassDice(keras.metrics.Metric):
         n_labels = max(self.num_classes, 2)
         if not 0 <= self.class_index < n_labels:
             raise ValueError(
-                f"class_index must be in [0, {n_labels - 1}] for num_classes="
-                f"{self.num_classes}, got {class_index!r}"
+                f"class_index must be in [0, {n_labels - 1}] for num_classes={self.num_classes}, got {class_index!r}"
             )
         self.tp = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="tp")
         self.fp = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="fp")
@@ -180,9 +179,7 @@ class ForegroundMeanDice(keras.metrics.Metric):
         present = ops.logical_not(ops.isnan(dice))
         n_present = ops.sum(ops.cast(present, "float32"))
         total = ops.sum(ops.where(present, dice, 0.0))
-        return ops.where(
-            ops.greater(n_present, 0.0), total / ops.maximum(n_present, 1.0), _NAN
-        )
+        return ops.where(ops.greater(n_present, 0.0), total / ops.maximum(n_present, 1.0), _NAN)
 
     def get_config(self):
         config = super().get_config()
@@ -231,9 +228,7 @@ class OriginalDiceCoefMulticlass(keras.metrics.Metric):
         self.count.assign_add(1.0)
 
     def result(self):
-        return ops.where(
-            ops.greater(self.count, 0.0), self.total / ops.maximum(self.count, 1.0), 0.0
-        )
+        return ops.where(ops.greater(self.count, 0.0), self.total / ops.maximum(self.count, 1.0), 0.0)
 
     def get_config(self):
         config = super().get_config()
@@ -269,15 +264,12 @@ def build_metrics(class_names: Sequence[str], num_classes: int) -> list[keras.me
             + (" ([background, foreground] for a binary task)" if num_classes == 1 else "")
         )
     metrics: list[keras.metrics.Metric] = [
-        ClassDice(k, num_classes, name=f"dice_{metric_safe_name(class_names[k])}")
-        for k in range(1, expected)
+        ClassDice(k, num_classes, name=f"dice_{metric_safe_name(class_names[k])}") for k in range(1, expected)
     ]
     metrics.append(ForegroundMeanDice(num_classes))
     metrics.append(OriginalDiceCoefMulticlass(num_classes))
     names = [m.name for m in metrics]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(
-            f"metric names clash after sanitising class names {class_names!r}: {duplicates}"
-        )
+        raise ValueError(f"metric names clash after sanitising class names {class_names!r}: {duplicates}")
     return metrics

@@ -65,13 +65,17 @@ def multiresunet_rules(m: Any) -> list[str]:
     if m.alpha <= 0:
         errors.append(f"model.alpha: must be > 0, got {m.alpha}")
     elif min(min(multires_widths(f, m.alpha)) for f in filters) < 1:
-        errors.append(f"model.alpha: alpha * filters / 6 must be >= 1 at every level (the block's first conv), "
-                      f"got alpha {m.alpha} with filters {filters}")
+        errors.append(
+            f"model.alpha: alpha * filters / 6 must be >= 1 at every level (the block's first conv), "
+            f"got alpha {m.alpha} with filters {filters}"
+        )
     if not 0.0 <= m.dropout_rate < 1.0:
         errors.append(f"model.dropout_rate: must lie in [0, 1), got {m.dropout_rate}")
     if m.norm == "group":
-        errors.append("model.norm: group is not available for multiresunet (its block widths, e.g. int(1.67*32/6) = 8, "
-                      "9, 26, are not multiples of a common group count); use batch (the paper), instance or none")
+        errors.append(
+            "model.norm: group is not available for multiresunet (its block widths, e.g. int(1.67*32/6) = 8, "
+            "9, 26, are not multiples of a common group count); use batch (the paper), instance or none"
+        )
     return errors + divisible_size_rules(m, len(filters), "len(filters)")
 
 

@@ -67,9 +67,12 @@ def common_rules(m: Any) -> list[str]:
 def divisible_size_rules(m: Any, levels: int, what: str) -> list[str]:
     """``image_height`` and ``image_width`` must be multiples of ``2**(levels-1)`` (``what`` names the key)."""
     factor = 2 ** (levels - 1)
-    return [f"model.{key}: {m[key]} is not divisible by 2**({what}-1) = {factor} ({what}={levels}); "
-            f"use a multiple of {factor} or fewer levels"
-            for key in ("image_height", "image_width") if levels >= 1 and m[key] % factor]
+    return [
+        f"model.{key}: {m[key]} is not divisible by 2**({what}-1) = {factor} ({what}={levels}); "
+        f"use a multiple of {factor} or fewer levels"
+        for key in ("image_height", "image_width")
+        if levels >= 1 and m[key] % factor
+    ]
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,13 @@ def check_model_config(model: DictConfig | dict[str, Any]) -> tuple[DictConfig |
         return None, [f"model.name: unknown model {name!r}; available: {', '.join(sorted(_NETWORKS))}"]
     network = _NETWORKS[name]
     declared = {f.name for f in fields(network.params)}
-    problems = [f"model.{key}: {RENAMED[key]}" if key in RENAMED else
-                f"model.{key}: unknown key for model {name}; expected one of {sorted(declared)}"
-                for key in model.keys() if key not in declared]
+    problems = [
+        f"model.{key}: {RENAMED[key]}"
+        if key in RENAMED
+        else f"model.{key}: unknown key for model {name}; expected one of {sorted(declared)}"
+        for key in model.keys()
+        if key not in declared
+    ]
     missing = sorted(declared - set(model.keys()))
     problems += [f"model.{key}: model {name} needs a value (conf/model/{name}.yaml sets it)" for key in missing]
     if problems:

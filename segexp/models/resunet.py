@@ -58,8 +58,18 @@ class _Namer:
         return f"{kind}_{self.count}"
 
 
-def _convolution(x: Any, filters: int, stride: int, norm: str, groups: int, dropout: float, name: _Namer, *,
-                 transposed: bool = False, conv_only: bool = False) -> Any:
+def _convolution(
+    x: Any,
+    filters: int,
+    stride: int,
+    norm: str,
+    groups: int,
+    dropout: float,
+    name: _Namer,
+    *,
+    transposed: bool = False,
+    conv_only: bool = False,
+) -> Any:
     """MONAI ``Convolution`` (kernel 3): (transposed) conv, then norm, dropout and PReLU unless ``conv_only``."""
     if transposed:  # PyTorch padding=1, output_padding=stride-1: the valid output less 1 first and 2-stride last
         x = layers.Conv2DTranspose(filters, 3, strides=stride, padding="valid", name=name("upconv"))(x)
@@ -80,8 +90,17 @@ def _convolution(x: Any, filters: int, stride: int, norm: str, groups: int, drop
     return layers.PReLU(alpha_initializer=initializers.Constant(0.25), shared_axes=[1, 2, 3], name=name("prelu"))(x)
 
 
-def _residual_unit(x: Any, filters: int, stride: int, subunits: int, norm: str, groups: int, dropout: float,
-                   name: _Namer, last_conv_only: bool = False) -> Any:
+def _residual_unit(
+    x: Any,
+    filters: int,
+    stride: int,
+    subunits: int,
+    norm: str,
+    groups: int,
+    dropout: float,
+    name: _Namer,
+    last_conv_only: bool = False,
+) -> Any:
     """MONAI ``ResidualUnit``: ``subunits`` Convolutions (the first strided) plus the residual path."""
     if stride != 1:
         residual = layers.ZeroPadding2D(1, name=name("pad"))(x)
@@ -92,8 +111,16 @@ def _residual_unit(x: Any, filters: int, stride: int, subunits: int, norm: str, 
         residual = x
     y = x
     for unit in range(subunits):
-        y = _convolution(y, filters, stride if unit == 0 else 1, norm, groups, dropout, name,
-                         conv_only=last_conv_only and unit == subunits - 1)
+        y = _convolution(
+            y,
+            filters,
+            stride if unit == 0 else 1,
+            norm,
+            groups,
+            dropout,
+            name,
+            conv_only=last_conv_only and unit == subunits - 1,
+        )
     return layers.Add(name=name("add"))([y, residual])
 
 

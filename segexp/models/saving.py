@@ -46,7 +46,8 @@ def load_keras_model(path: Path, error: type[SegexpError] = RunError) -> keras.M
 
 
 def save_keras_model(model: keras.Model, path: Path) -> None:
-    """Save ``model`` to the ``.keras`` file ``path`` with float32 layer policies: the file predicts in fp32 anywhere."""
+    """Save ``model`` to the ``.keras`` file ``path`` with float32 layer policies: the file predicts in fp32
+    anywhere."""
     with float32_while_saving(model):
         model.save(path)
 

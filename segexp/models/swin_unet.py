@@ -112,28 +112,36 @@ def swin_unet_rules(m: Any) -> list[str]:
         if m[key] < 1:
             errors.append(f"model.{key}: must be >= 1, got {m[key]}")
     if len(heads) != len(depths) or (heads and min(heads) < 1):
-        errors.append(f"model.num_heads: expected one head count >= 1 per stage ({len(depths)}, as model.depths), "
-                      f"got {heads}")
+        errors.append(
+            f"model.num_heads: expected one head count >= 1 per stage ({len(depths)}, as model.depths), got {heads}"
+        )
     elif m.embed_dim >= 1:
         widths = [m.embed_dim * 2**i for i in range(len(depths))]
         bad = [f"{w} % {h}" for w, h in zip(widths, heads) if w % h]
         if bad:
-            errors.append(f"model.num_heads: stage i's width embed_dim * 2**i = {widths} must divide by its head "
-                          f"count, got {heads} ({', '.join(bad)} != 0)")
+            errors.append(
+                f"model.num_heads: stage i's width embed_dim * 2**i = {widths} must divide by its head "
+                f"count, got {heads} ({', '.join(bad)} != 0)"
+            )
     if m.mlp_ratio <= 0 or (m.embed_dim >= 1 and int(m.embed_dim * m.mlp_ratio) < 1):
         errors.append(f"model.mlp_ratio: must be > 0 with int(embed_dim * mlp_ratio) >= 1, got {m.mlp_ratio}")
     for key in ("dropout_rate", "drop_path"):
         if not 0.0 <= m[key] < 1.0:
             errors.append(f"model.{key}: must lie in [0, 1), got {m[key]}")
     if m.norm != "none":
-        errors.append(f"model.norm: swin_unet has no conv to normalise (its Swin blocks, patch merging and "
-                      f"expanding always use LayerNorm); set model.norm=none, got {m.norm!r}")
+        errors.append(
+            f"model.norm: swin_unet has no conv to normalise (its Swin blocks, patch merging and "
+            f"expanding always use LayerNorm); set model.norm=none, got {m.norm!r}"
+        )
     if errors or len(depths) < 2:
         return errors
     factor = m.patch_size * 2 ** (len(depths) - 1)
-    errors += [f"model.{key}: {m[key]} is not divisible by patch_size * 2**(len(depths)-1) = {factor} "
-               f"(patch_size={m.patch_size}, {len(depths)} stages); use a multiple of {factor}"
-               for key in ("image_height", "image_width") if m[key] % factor]
+    errors += [
+        f"model.{key}: {m[key]} is not divisible by patch_size * 2**(len(depths)-1) = {factor} "
+        f"(patch_size={m.patch_size}, {len(depths)} stages); use a multiple of {factor}"
+        for key in ("image_height", "image_width")
+        if m[key] % factor
+    ]
     if errors:
         return errors
     grids = stage_grids(m.image_height, m.image_width, m.patch_size, len(depths))
@@ -141,10 +149,12 @@ def swin_unet_rules(m: Any) -> list[str]:
         window, _ = stage_window(gh, gw, m.window_size)
         if gh % window or gw % window:
             fitting = [w for w in range(1, max(grids[0]) + 1) if windows_fit(grids, w)]
-            errors.append(f"model.window_size: stage {i}'s token grid {gh}x{gw} (image / (patch_size * 2**{i})) is "
-                          f"not a multiple of its window {window} (window_size={m.window_size}; the window shrinks "
-                          f"to a grid whose smaller side is <= window_size); every stage's grid must be a multiple "
-                          f"of its window: window sizes that fit grids {grids}: {fitting}")
+            errors.append(
+                f"model.window_size: stage {i}'s token grid {gh}x{gw} (image / (patch_size * 2**{i})) is "
+                f"not a multiple of its window {window} (window_size={m.window_size}; the window shrinks "
+                f"to a grid whose smaller side is <= window_size); every stage's grid must be a multiple "
+                f"of its window: window sizes that fit grids {grids}: {fitting}"
+            )
             break
     return errors
 
@@ -202,8 +212,15 @@ class WindowAttention(layers.Layer):
     are constants of the (static) grid size.
     """
 
-    def __init__(self, num_heads: int, window_size: int, shift_size: int = 0, attention_dropout: float = 0.0,
-                 seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_heads: int,
+        window_size: int,
+        shift_size: int = 0,
+        attention_dropout: float = 0.0,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if not 0 <= shift_size < window_size:
             raise ValueError(f"shift_size must lie in [0, window_size={window_size}), got {shift_size}")
@@ -218,11 +235,15 @@ class WindowAttention(layers.Layer):
         _, height, width, channels3 = input_shape
         m = self.window_size
         if height % m or width % m or channels3 % (3 * self.num_heads):
-            raise ValueError(f"{self.name}: grid {height}x{width} must be a multiple of the window {m} and the "
-                             f"{channels3} q|k|v channels a multiple of 3 * num_heads = {3 * self.num_heads}")
+            raise ValueError(
+                f"{self.name}: grid {height}x{width} must be a multiple of the window {m} and the "
+                f"{channels3} q|k|v channels a multiple of 3 * num_heads = {3 * self.num_heads}"
+            )
         self.bias_table = self.add_weight(
-            shape=((2 * m - 1) ** 2, self.num_heads), name="relative_position_bias_table",
-            initializer=keras.initializers.TruncatedNormal(stddev=0.02))
+            shape=((2 * m - 1) ** 2, self.num_heads),
+            name="relative_position_bias_table",
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        )
         self._index = relative_position_index(m).reshape(-1)
         self._mask = shift_mask(height, width, m, self.shift_size) if self.shift_size else None
 
@@ -245,8 +266,9 @@ class WindowAttention(layers.Layer):
         if self._mask is not None:
             count = self._mask.shape[0]
             mask = ops.convert_to_tensor(self._mask[:, None], dtype=logits.dtype)  # (windows, 1, N, N)
-            logits = ops.reshape(ops.reshape(logits, (-1, count, heads, tokens, tokens)) + mask,
-                                 (-1, heads, tokens, tokens))
+            logits = ops.reshape(
+                ops.reshape(logits, (-1, count, heads, tokens, tokens)) + mask, (-1, heads, tokens, tokens)
+            )
         weights = ops.softmax(logits, axis=-1)
         if training and self.attention_dropout > 0:
             weights = keras.random.dropout(weights, self.attention_dropout, seed=self.seed_generator)
@@ -260,8 +282,14 @@ class WindowAttention(layers.Layer):
         return (*input_shape[:-1], input_shape[-1] // 3)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "num_heads": self.num_heads, "window_size": self.window_size,
-                "shift_size": self.shift_size, "attention_dropout": self.attention_dropout, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "window_size": self.window_size,
+            "shift_size": self.shift_size,
+            "attention_dropout": self.attention_dropout,
+            "seed": self.seed,
+        }
 
 
 @keras.saving.register_keras_serializable(package="segexp")
@@ -305,8 +333,13 @@ class PatchExpand(layers.Layer):
 
 
 def _dense(units: int, name: str, use_bias: bool = True, activation: str | None = None) -> layers.Dense:
-    return layers.Dense(units, activation=activation, use_bias=use_bias, name=name,
-                        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02))
+    return layers.Dense(
+        units,
+        activation=activation,
+        use_bias=use_bias,
+        name=name,
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+    )
 
 
 def _norm(name: str) -> layers.LayerNormalization:
@@ -322,8 +355,9 @@ def _regularise(x: Any, dropout: float, drop_path: float, name: str) -> Any:
     return x
 
 
-def swin_block(x: Any, heads: int, window: int, shift: int, mlp_ratio: float, dropout: float, drop_path: float,
-               name: str) -> Any:
+def swin_block(
+    x: Any, heads: int, window: int, shift: int, mlp_ratio: float, dropout: float, drop_path: float, name: str
+) -> Any:
     """One Swin Transformer block on ``(B, H, W, C)`` (Liu et al. eq. 3; W-MSA if ``shift == 0``, else SW-MSA)."""
     channels = x.shape[-1]
     y = _dense(3 * channels, f"{name}_qkv")(_norm(f"{name}_norm1")(x))
@@ -337,8 +371,16 @@ def swin_block(x: Any, heads: int, window: int, shift: int, mlp_ratio: float, dr
     return layers.Add(name=f"{name}_add2")([x, y])
 
 
-def swin_stage(x: Any, depth: int, heads: int, window_size: int, mlp_ratio: float, dropout: float,
-               drop_paths: Sequence[float], name: str) -> Any:
+def swin_stage(
+    x: Any,
+    depth: int,
+    heads: int,
+    window_size: int,
+    mlp_ratio: float,
+    dropout: float,
+    drop_paths: Sequence[float],
+    name: str,
+) -> Any:
     """``depth`` Swin blocks, even ones regular, odd ones shifted by half a window (none where clipped)."""
     window, shift = stage_window(x.shape[1], x.shape[2], window_size)
     for j in range(depth):
@@ -373,10 +415,11 @@ def build_swin_unet(
     if stages < 2 or len(num_heads) != stages:
         raise ValueError(f"depths and num_heads need the same number (>= 2) of stages, got {depths} and {num_heads}")
     if image_height % factor or image_width % factor:
-        raise ValueError(f"image size {image_height}x{image_width} must be divisible by "
-                         f"patch_size * 2**(len(depths)-1) = {factor}")
+        raise ValueError(
+            f"image size {image_height}x{image_width} must be divisible by patch_size * 2**(len(depths)-1) = {factor}"
+        )
     rates = np.linspace(0.0, drop_path, sum(depths)).tolist()
-    stage_rates = [rates[sum(depths[:i]):sum(depths[:i + 1])] for i in range(stages)]
+    stage_rates = [rates[sum(depths[:i]) : sum(depths[: i + 1])] for i in range(stages)]
 
     inputs, x = image_input(image_height, image_width, image_channels)
     x = layers.Conv2D(embed_dim, patch_size, strides=patch_size, name="patch_embed")(x)
@@ -389,7 +432,8 @@ def build_swin_unet(
         if i < stages - 1:
             skips.append(x)
             x = _dense(2 * x.shape[-1], f"enc{i}_merge", use_bias=False)(
-                _norm(f"enc{i}_merge_norm")(PatchMerge(name=f"enc{i}_merge_patches")(x)))
+                _norm(f"enc{i}_merge_norm")(PatchMerge(name=f"enc{i}_merge_patches")(x))
+            )
     x = _norm("bottleneck_norm")(x)
     for i in reversed(range(stages - 1)):
         width = embed_dim * 2**i

@@ -70,15 +70,19 @@ def unet3plus_rules(m: Any) -> list[str]:
         errors.append(f"model.skip_filters: must be >= 1 (the paper's 64), got {m.skip_filters}")
     weights = list(m.aux_weights)
     if m.deep_supervision and len(weights) != len(filters) - 1:
-        errors.append(f"model.aux_weights: expected len(filters)-1 = {len(filters) - 1} weights (one per side "
-                      f"output: decoder stages 1...{len(filters) - 2} and the bottleneck), got {weights}")
+        errors.append(
+            f"model.aux_weights: expected len(filters)-1 = {len(filters) - 1} weights (one per side "
+            f"output: decoder stages 1...{len(filters) - 2} and the bottleneck), got {weights}"
+        )
     if any(w < 0 for w in weights):
         errors.append(f"model.aux_weights: every weight must be >= 0, got {weights}")
     if not 0.0 <= m.dropout_rate < 1.0:
         errors.append(f"model.dropout_rate: must lie in [0, 1), got {m.dropout_rate}")
     if m.norm == "group" and any(f % m.norm_groups for f in [*filters, m.skip_filters]):
-        errors.append(f"model.norm_groups: must divide every width in model.filters {filters} and "
-                      f"model.skip_filters {m.skip_filters}, got {m.norm_groups}")
+        errors.append(
+            f"model.norm_groups: must divide every width in model.filters {filters} and "
+            f"model.skip_filters {m.skip_filters}, got {m.norm_groups}"
+        )
     return errors + divisible_size_rules(m, len(filters), "len(filters)")
 
 
@@ -100,8 +104,10 @@ class DeepSupervision(keras.Model):
     def __init__(self, network: keras.Model, aux_weights: Sequence[float], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if len(network.outputs) != len(aux_weights) + 1:
-            raise ValueError(f"aux_weights: expected {len(network.outputs) - 1} weights (one per side output), "
-                             f"got {list(aux_weights)}")
+            raise ValueError(
+                f"aux_weights: expected {len(network.outputs) - 1} weights (one per side output), "
+                f"got {list(aux_weights)}"
+            )
         self.network = network
         self.aux_weights = [float(w) for w in aux_weights]
         self.sigmoid = network.output_shape[0][-1] == 1
@@ -138,8 +144,9 @@ class DeepSupervision(keras.Model):
             return loss(y, side, sample_weight)
         return ops.mean(loss(y, side))
 
-    def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None,
-                     training: bool = True) -> Any:
+    def compute_loss(
+        self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
+    ) -> Any:
         if not isinstance(y_pred, (tuple, list)):
             return super().compute_loss(x, y, y_pred, sample_weight, training)
         main, *sides = y_pred
@@ -154,8 +161,12 @@ class DeepSupervision(keras.Model):
         return super().compute_metrics(x, y, main, sample_weight)
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "trainable": self.trainable,
-                "network": keras.saving.serialize_keras_object(self.network), "aux_weights": self.aux_weights}
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "network": keras.saving.serialize_keras_object(self.network),
+            "aux_weights": self.aux_weights,
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> DeepSupervision:
@@ -164,8 +175,9 @@ class DeepSupervision(keras.Model):
         return cls(network, **config)
 
 
-def full_scale_stage(encoders: Sequence[Any], decoders: dict[int, Any], level: int, skip_filters: int,
-                     norm: str, groups: int) -> Any:
+def full_scale_stage(
+    encoders: Sequence[Any], decoders: dict[int, Any], level: int, skip_filters: int, norm: str, groups: int
+) -> Any:
     """Decoder stage ``level`` (eq. 1): every scale resampled to its grid, each through a 3x3 conv of
     ``skip_filters`` (norm, ReLU), concatenated, aggregated by a 3x3 conv of ``len(encoders) * skip_filters``.
 
@@ -180,8 +192,9 @@ def full_scale_stage(encoders: Sequence[Any], decoders: dict[int, Any], level: i
         if k < level:
             source = layers.MaxPooling2D(2 ** (level - k), name=f"{name}_from_{kind}{k}_pool")(source)
         elif k > level:
-            source = layers.UpSampling2D(2 ** (k - level), interpolation="bilinear",
-                                         name=f"{name}_from_{kind}{k}_up")(source)
+            source = layers.UpSampling2D(2 ** (k - level), interpolation="bilinear", name=f"{name}_from_{kind}{k}_up")(
+                source
+            )
         parts.append(conv_norm_relu(source, skip_filters, norm, groups, f"{name}_from_{kind}{k}"))
     x = layers.Concatenate(name=f"{name}_concat")(parts)
     return conv_norm_relu(x, len(encoders) * skip_filters, norm, groups, f"{name}_aggregate")
@@ -191,7 +204,7 @@ def side_output(x: Any, level: int, num_classes: int) -> Any:
     """Side output of level ``level`` (section 2.2): 3x3 conv to the classes, bilinear upsampling to full size
     (logits; :class:`DeepSupervision` applies softmax/sigmoid)."""
     x = layers.Conv2D(num_classes, 3, padding="same", name=f"side{level}_conv")(x)
-    return layers.UpSampling2D(2 ** level, interpolation="bilinear", name=f"side{level}_up")(x)
+    return layers.UpSampling2D(2**level, interpolation="bilinear", name=f"side{level}_up")(x)
 
 
 def build_unet3plus(

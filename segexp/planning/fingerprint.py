@@ -21,7 +21,7 @@ import numpy as np
 from segexp.data.check import dataset_fingerprint
 from segexp.data.dataset import SliceDataset
 from segexp.data.sampling import cached_class_presence
-from segexp.data.slices import DataError, same_channels, read_image_file
+from segexp.data.slices import DataError, read_image_file, same_channels
 
 #: Train images read to tell grey from colour slices.
 CHANNEL_SAMPLE = 16

@@ -70,8 +70,9 @@ class Explicit:
         """Whether ``choice`` is the user's: its group was chosen, or its key, a parent or a child was set."""
         if choice.group:
             return choice.key in self.groups
-        return any(k == choice.key or choice.key.startswith(k + ".") or k.startswith(choice.key + ".")
-                   for k in self.keys)
+        return any(
+            k == choice.key or choice.key.startswith(k + ".") or k.startswith(choice.key + ".") for k in self.keys
+        )
 
 
 @dataclass
@@ -87,34 +88,50 @@ class Plan:
     group_overrides: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint.to_dict(), "machine": asdict(self.machine),
-                "step": asdict(self.step) if self.step else None,
-                "class_table": {"names": self.class_table.names, "colours": self.class_table.colours,
-                                "source": self.class_table.source},
-                "applied": [asdict(c) for c in self.applied], "skipped": [asdict(c) for c in self.skipped],
-                "group_overrides": self.group_overrides}
+        return {
+            "fingerprint": self.fingerprint.to_dict(),
+            "machine": asdict(self.machine),
+            "step": asdict(self.step) if self.step else None,
+            "class_table": {
+                "names": self.class_table.names,
+                "colours": self.class_table.colours,
+                "source": self.class_table.source,
+            },
+            "applied": [asdict(c) for c in self.applied],
+            "skipped": [asdict(c) for c in self.skipped],
+            "group_overrides": self.group_overrides,
+        }
 
     def params(self) -> dict[str, str]:
         """MLflow params ``plan.<key>`` for every applied choice, plus the measured step."""
         out = {f"plan.{c.key}": json.dumps(c.value) if not isinstance(c.value, str) else c.value for c in self.applied}
         out["plan.class_table"] = self.class_table.source
         if self.step is not None:
-            out.update({"plan.step_s": f"{self.step.train_s:g}", "plan.first_step_s": f"{self.step.first_s:g}",
-                        "plan.loader_batch_s": f"{self.step.load_s:g}"})
+            out.update(
+                {
+                    "plan.step_s": f"{self.step.train_s:g}",
+                    "plan.first_step_s": f"{self.step.first_s:g}",
+                    "plan.loader_batch_s": f"{self.step.load_s:g}",
+                }
+            )
         out["plan.machine"] = f"{self.machine.device}: {self.machine.name}, {self.machine.cores} cores"
         return out
 
     def lines(self) -> list[str]:
         """The plan as printed: one line per choice, the figure read and the rule."""
         f = self.fingerprint
-        out = [f"plan for {f.name} on {self.machine.device} ({self.machine.name}, {self.machine.cores} cores):",
-               f"  fingerprint: {f.slices} slices, {f.cases} cases, median {f.image_size[0]}x{f.image_size[1]}, "
-               f"{f.channels} channel(s), intensity mean {_g(f.intensity_mean)} std {_g(f.intensity_std)}"
-               + (f", spacing {f.spacing_mm} mm" if f.spacing_mm else ""),
-               f"  class table ({self.class_table.source}): " + ", ".join(self.class_table.names)]
+        out = [
+            f"plan for {f.name} on {self.machine.device} ({self.machine.name}, {self.machine.cores} cores):",
+            f"  fingerprint: {f.slices} slices, {f.cases} cases, median {f.image_size[0]}x{f.image_size[1]}, "
+            f"{f.channels} channel(s), intensity mean {_g(f.intensity_mean)} std {_g(f.intensity_std)}"
+            + (f", spacing {f.spacing_mm} mm" if f.spacing_mm else ""),
+            f"  class table ({self.class_table.source}): " + ", ".join(self.class_table.names),
+        ]
         if self.step is not None:
-            out.append(f"  step time: {self.step.train_s:.3f} s (first {self.step.first_s:.1f} s, "
-                       f"validation batch {self.step.infer_s:.3f} s, loader batch {self.step.load_s:.3f} s)")
+            out.append(
+                f"  step time: {self.step.train_s:.3f} s (first {self.step.first_s:.1f} s, "
+                f"validation batch {self.step.infer_s:.3f} s, loader batch {self.step.load_s:.3f} s)"
+            )
         for c in self.applied:
             setting = f"{c.key}{'=' if c.group else ': '}{_show(c.value)}"
             out.append(f"  {setting:<44} # {c.figure} -> {c.rule}")
@@ -213,8 +230,10 @@ def _class_table_choices(table: ClassTable) -> list[Choice]:
     if table.source == "config":
         return []
     overrides = table.to_dataset_overrides()
-    return [Choice("dataset.class_names", overrides["class_names"], table.source, "the class table read from the data"),
-            Choice("dataset.rgb_map", overrides["rgb_map"], table.source, "the mask colours read from the data")]
+    return [
+        Choice("dataset.class_names", overrides["class_names"], table.source, "the class table read from the data"),
+        Choice("dataset.rgb_map", overrides["rgb_map"], table.source, "the mask colours read from the data"),
+    ]
 
 
 def _foreign_model_keys(explicit: Explicit, network: str, conf_dir: Path) -> list[str]:
@@ -235,8 +254,11 @@ def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_D
     machine = this_machine()
     requested = cfg.training.precision  # a bad value is named by the config check of the run
     precision = resolve_precision(requested) if requested in PRECISIONS else "fp32"
-    static = [*_class_table_choices(table), *network_choices(fingerprint, machine, cfg.plan.max_side, precision),
-              *data_choices(fingerprint)]
+    static = [
+        *_class_table_choices(table),
+        *network_choices(fingerprint, machine, cfg.plan.max_side, precision),
+        *data_choices(fingerprint),
+    ]
     for c in static:  # your keys of another network (model.base_filters=...) keep that network
         if c.group and c.key == "model" and _foreign_model_keys(explicit, str(c.value), conf_dir):
             explicit.groups.add("model")
@@ -245,14 +267,17 @@ def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_D
     apply, skipped = _applicable(static, explicit, planned)
     planned = _set(planned, [c for c in apply if not c.group])
     size = (planned.model.image_height, planned.model.image_width)
-    loader, loader_skipped = _applicable(loader_choices(fingerprint, machine, size, planned.training.loader.cache_mb),
-                                         explicit, planned)
+    loader, loader_skipped = _applicable(
+        loader_choices(fingerprint, machine, size, planned.training.loader.cache_mb), explicit, planned
+    )
     planned = _set(planned, loader)
     apply, skipped = [*apply, *loader], [*skipped, *loader_skipped]
     t = planned.training
     step = None
     budget_keys = Explicit(keys=explicit.keys)
-    wants_budget = not all(budget_keys.covers(Choice(k, None, "", "")) for k in ("training.steps_per_epoch", "training.epochs"))
+    wants_budget = not all(
+        budget_keys.covers(Choice(k, None, "", "")) for k in ("training.steps_per_epoch", "training.epochs")
+    )
     if t.max_time is not None and wants_budget and t.devices == 1:
         step = measure_step_time(validate_run_config(planned.copy()), table.names, machine, cache_dir)
         jit = next((c for c in apply if c.key == "training.jit_compile"), None)
@@ -266,8 +291,15 @@ def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_D
             step = with_xla if chosen.value else without
         if planned.training.loader.workers == 0:  # the batches are augmented between two steps: part of the step
             step = replace(step, load_s=loader_batch_time(validate_run_config(planned.copy()), dataset))
-    budget = budget_choices(t.max_time if step else None, step, fingerprint.slices.get("valid", 0), t.batch_size,
-                            cfg.plan.fixed_steps, cfg.plan.validations, cfg.plan.max_overhead)
+    budget = budget_choices(
+        t.max_time if step else None,
+        step,
+        fingerprint.slices.get("valid", 0),
+        t.batch_size,
+        cfg.plan.fixed_steps,
+        cfg.plan.validations,
+        cfg.plan.max_overhead,
+    )
     more, more_skipped = _applicable(budget, explicit, planned)
     planned = _set(planned, more)
     plan = Plan(fingerprint, machine, step, table, [*apply, *more], [*skipped, *more_skipped], groups)
@@ -290,12 +322,14 @@ def preset_text(plan: Plan, planned: DictConfig, defaults: DictConfig, overrides
     (the config composed with ``plan=none`` and the same overrides), each line with its figure and rule.
     The command line's own settings are listed too, so the preset stands alone."""
     explicit = explicit_settings(overrides)
-    lines = ["# @package _global_",
-             f"# The plan for {plan.fingerprint.name}, made by segexp-plan on {plan.machine.device} "
-             f"({plan.machine.name}, {plan.machine.cores} cores). Edit freely, then:",
-             f"#   segexp-train experiment=<this file's name>",
-             "# Each planned line names the fingerprint figure it read and the rule (README 'Plan').",
-             "defaults:"]
+    lines = [
+        "# @package _global_",
+        f"# The plan for {plan.fingerprint.name}, made by segexp-plan on {plan.machine.device} "
+        f"({plan.machine.name}, {plan.machine.cores} cores). Edit freely, then:",
+        "#   segexp-train experiment=<this file's name>",
+        "# Each planned line names the fingerprint figure it read and the rule (README 'Plan').",
+        "defaults:",
+    ]
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key in explicit.groups and key not in GLOBAL_GROUPS and key != "plan":

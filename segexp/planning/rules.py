@@ -139,15 +139,23 @@ def xla_choice(minutes: float, with_xla: StepTime, without: StepTime, requires: 
     """``training.jit_compile`` from both measured steps: the one that fits more steps into the budget."""
     budget = 60.0 * minutes
     xla = budget_steps(budget, with_xla) >= budget_steps(budget, without)
-    figure = (f"measured: XLA {with_xla.train_s:.3f} s per step (first {with_xla.first_s:.1f} s), without "
-              f"{without.train_s:.3f} s (first {without.first_s:.1f} s)")
-    return Choice("training.jit_compile", xla, figure,
-                  f"the variant that fits more steps into training.max_time {minutes:g} min: (T - first) / step "
-                  "(Zen 3: XLA faster, Zen 4: without; README 'Plan')", requires=requires)
+    figure = (
+        f"measured: XLA {with_xla.train_s:.3f} s per step (first {with_xla.first_s:.1f} s), without "
+        f"{without.train_s:.3f} s (first {without.first_s:.1f} s)"
+    )
+    return Choice(
+        "training.jit_compile",
+        xla,
+        figure,
+        f"the variant that fits more steps into training.max_time {minutes:g} min: (T - first) / step "
+        "(Zen 3: XLA faster, Zen 4: without; README 'Plan')",
+        requires=requires,
+    )
 
 
-def network_choices(fp: DataFingerprint, machine: Machine, max_side: Any = "auto",
-                    precision: str = "fp32") -> list[Choice]:
+def network_choices(
+    fp: DataFingerprint, machine: Machine, max_side: Any = "auto", precision: str = "fp32"
+) -> list[Choice]:
     """Network, depth, input size and channels from the slice size and the device; XLA from the
     device and the compute ``precision`` (``training.precision`` resolved: fp32 | bf16 | fp16)."""
     side = max_side_for(machine, max_side)
@@ -158,22 +166,48 @@ def network_choices(fp: DataFingerprint, machine: Machine, max_side: Any = "auto
     spacing = f", spacing {fp.spacing_mm[0]:g}x{fp.spacing_mm[1]:g} mm" if fp.spacing_mm else ""
     needs = f"model={NETWORK}"
     return [
-        Choice("model", NETWORK, f"{fp.slices.get('train', 0)} train slices on {machine.device}",
-               "MONAI's residual U-Net: at equal CPU time it led the zoo on real slices (README 'Choosing a network')",
-               group=True),
-        Choice("model.image_height", h, size + spacing,
-               f"long side scaled to <= {side} px ({machine.device}), a multiple of 2**{strides}; never upsampled"),
-        Choice("model.image_width", w, size + spacing,
-               f"long side scaled to <= {side} px ({machine.device}), a multiple of 2**{strides}; never upsampled"),
-        Choice("model.image_channels", fp.channels, "grey" if fp.channels == 1 else "colour (3 different channels)",
-               "the images' own channels"),
-        Choice("training.jit_compile", xla_for(machine, precision), f"{NETWORK} on {machine.device}, {precision} compute",
-               "XLA for an fp32 training step (Keras' auto turns it off on CPU-only machines): 0.95 vs 1.17 s per step "
-               "in real epochs (Zen 3, hvsmr_mini 256x256, batch 8, 2 cores); none for bf16 on a CPU, where oneDNN's "
-               "native bf16 kernels stepped in 0.472 s against 0.614 s with XLA (Zen 4, avx512_bf16; xla_for)", requires=needs),
-        Choice("model.channels", widths, f"input {h}x{w}",
-               f"MONAI's 16...256 widths, {strides} halvings: bottom map {min(h, w) // 2 ** strides} px "
-               f"(>= {MIN_BOTTOM}, nnU-Net pools to 4-8 px)", requires=needs),
+        Choice(
+            "model",
+            NETWORK,
+            f"{fp.slices.get('train', 0)} train slices on {machine.device}",
+            "MONAI's residual U-Net: at equal CPU time it led the zoo on real slices (README 'Choosing a network')",
+            group=True,
+        ),
+        Choice(
+            "model.image_height",
+            h,
+            size + spacing,
+            f"long side scaled to <= {side} px ({machine.device}), a multiple of 2**{strides}; never upsampled",
+        ),
+        Choice(
+            "model.image_width",
+            w,
+            size + spacing,
+            f"long side scaled to <= {side} px ({machine.device}), a multiple of 2**{strides}; never upsampled",
+        ),
+        Choice(
+            "model.image_channels",
+            fp.channels,
+            "grey" if fp.channels == 1 else "colour (3 different channels)",
+            "the images' own channels",
+        ),
+        Choice(
+            "training.jit_compile",
+            xla_for(machine, precision),
+            f"{NETWORK} on {machine.device}, {precision} compute",
+            "XLA for an fp32 training step (Keras' auto turns it off on CPU-only machines): 0.95 vs 1.17 s per step "
+            "in real epochs (Zen 3, hvsmr_mini 256x256, batch 8, 2 cores); none for bf16 on a CPU, where oneDNN's "
+            "native bf16 kernels stepped in 0.472 s against 0.614 s with XLA (Zen 4, avx512_bf16; xla_for)",
+            requires=needs,
+        ),
+        Choice(
+            "model.channels",
+            widths,
+            f"input {h}x{w}",
+            f"MONAI's 16...256 widths, {strides} halvings: bottom map {min(h, w) // 2**strides} px "
+            f"(>= {MIN_BOTTOM}, nnU-Net pools to 4-8 px)",
+            requires=needs,
+        ),
     ]
 
 
@@ -189,10 +223,16 @@ def loader_choices(fp: DataFingerprint, machine: Machine, size: tuple[int, int],
     mib = train * size[0] * size[1] * (fp.channels + 1) / 2**20  # uint8 image + uint8 class mask per slice
     if machine.device != "cpu" or mib > cache_mb:
         return []
-    return [Choice("training.loader.workers", 0, f"{train} train slices at {size[0]}x{size[1]} = {mib:.0f} MiB "
-                   f"<= loader cache {cache_mb:g} MiB, on {machine.device}",
-                   "cached slices are read in the main thread: loader threads took cores from the step "
-                   "(hvsmr_mini, 2 cores: 0.95 -> 0.83 s per step)")]
+    return [
+        Choice(
+            "training.loader.workers",
+            0,
+            f"{train} train slices at {size[0]}x{size[1]} = {mib:.0f} MiB "
+            f"<= loader cache {cache_mb:g} MiB, on {machine.device}",
+            "cached slices are read in the main thread: loader threads took cores from the step "
+            "(hvsmr_mini, 2 cores: 0.95 -> 0.83 s per step)",
+        )
+    ]
 
 
 def data_choices(fp: DataFingerprint) -> list[Choice]:
@@ -203,16 +243,33 @@ def data_choices(fp: DataFingerprint) -> list[Choice]:
     common = bool(foreground) and min(foreground.values()) >= COMMON_CLASS
     presence = f"rarest class {rarest} in {100 * foreground[rarest]:.0f} % of train slices" if rarest else "no classes"
     return [
-        Choice("training.batch_size", BATCH_SIZE, f"{fp.slices.get('train', 0)} train slices",
-               "8 images per step, MONAI's batch and the measured CPU presets'"),
-        Choice("training.learning_rate", LEARNING_RATE, "Adam",
-               "3e-3 beat 1e-3 at equal steps (phantom 0.84 vs 0.69, hvsmr_mini 0.199 vs 0.158; ACCURACY.md)"),
-        Choice("augmentation", "full" if cases < FEW_CASES else "flips", f"{cases} train cases",
-               f"under {FEW_CASES} training patients the spatial augmentation pays (hvsmr_mini 0.215 -> 0.242, "
-               "hocmvalves_mini 0.131 -> 0.197; ACCURACY.md point 6); flips with more", group=True),
-        Choice("training.foreground_fraction", 0.0 if common else FOREGROUND_FRACTION, presence,
-               f"nnU-Net's 1/3 foreground oversampling; 0 when every class is in >= {100 * COMMON_CLASS:.0f} % "
-               "of the slices anyway"),
+        Choice(
+            "training.batch_size",
+            BATCH_SIZE,
+            f"{fp.slices.get('train', 0)} train slices",
+            "8 images per step, MONAI's batch and the measured CPU presets'",
+        ),
+        Choice(
+            "training.learning_rate",
+            LEARNING_RATE,
+            "Adam",
+            "3e-3 beat 1e-3 at equal steps (phantom 0.84 vs 0.69, hvsmr_mini 0.199 vs 0.158; ACCURACY.md)",
+        ),
+        Choice(
+            "augmentation",
+            "full" if cases < FEW_CASES else "flips",
+            f"{cases} train cases",
+            f"under {FEW_CASES} training patients the spatial augmentation pays (hvsmr_mini 0.215 -> 0.242, "
+            "hocmvalves_mini 0.131 -> 0.197; ACCURACY.md point 6); flips with more",
+            group=True,
+        ),
+        Choice(
+            "training.foreground_fraction",
+            0.0 if common else FOREGROUND_FRACTION,
+            presence,
+            f"nnU-Net's 1/3 foreground oversampling; 0 when every class is in >= {100 * COMMON_CLASS:.0f} % "
+            "of the slices anyway",
+        ),
     ]
 
 
@@ -221,8 +278,15 @@ def validation_cost(valid_slices: int, batch_size: int, step: StepTime) -> float
     return math.ceil(max(1, valid_slices) / batch_size) * step.infer_s + EPOCH_END_S
 
 
-def budget_choices(minutes: float | None, step: StepTime | None, valid_slices: int, batch_size: int,
-                   fixed_steps: int, validations: int, max_overhead: float) -> list[Choice]:
+def budget_choices(
+    minutes: float | None,
+    step: StepTime | None,
+    valid_slices: int,
+    batch_size: int,
+    fixed_steps: int,
+    validations: int,
+    max_overhead: float,
+) -> list[Choice]:
     """Steps per epoch, epochs and schedule: filling ``minutes`` with measured steps, else ``fixed_steps``.
 
     With a budget ``T`` (s) and a measured step: ``K = clip(floor(max_overhead * T / v), 3, validations)``
@@ -241,10 +305,14 @@ def budget_choices(minutes: float | None, step: StepTime | None, valid_slices: i
         epochs = int(min(validations, max(3, math.floor(max_overhead * budget / v))))
         total = max(epochs, int((budget - step.first_s - epochs * v) / step.cycle_s))
         loading = f" + loader {step.load_s:.3f} s" if step.load_s else ""
-        figure = (f"training.max_time {minutes:g} min, step {step.train_s:.3f} s{loading}, first step {step.first_s:.1f} s, "
-                  f"epoch end {v:.2f} s ({valid_slices} valid slices)")
-        how = (f"{total} steps fill the budget with {epochs} validations taking <= {100 * max_overhead:.0f} % "
-               f"(plan.max_overhead)")
+        figure = (
+            f"training.max_time {minutes:g} min, step {step.train_s:.3f} s{loading}, first step {step.first_s:.1f} s, "
+            f"epoch end {v:.2f} s ({valid_slices} valid slices)"
+        )
+        how = (
+            f"{total} steps fill the budget with {epochs} validations taking <= {100 * max_overhead:.0f} % "
+            f"(plan.max_overhead)"
+        )
     per_epoch = max(1, math.ceil(total / epochs))
     constant = total < CONSTANT_LR_BELOW
     if constant and minutes is not None and step is not None:
@@ -260,14 +328,28 @@ def budget_choices(minutes: float | None, step: StepTime | None, valid_slices: i
         checkpoint = max(1, min(epochs, math.floor(CHECKPOINT_EVERY_S / epoch_s)))
         images = max(1, math.ceil(epochs / EPOCH_IMAGE_SETS))
         choices += [
-            Choice("training.checkpoint.every_n_epochs", checkpoint, f"epochs of ~{epoch_s:.0f} s",
-                   f"a resume checkpoint at least every {CHECKPOINT_EVERY_S / 60:g} min of training (and at the end); "
-                   "each write cost 0.35 s (ResUNet, 2 cores)"),
-            Choice("training.epoch_images.every_n_epochs", images, f"{epochs} epochs",
-                   f"about {EPOCH_IMAGE_SETS} epoch-image sets per run; each cost 0.44 s (6 images, ResUNet 256x256)"),
+            Choice(
+                "training.checkpoint.every_n_epochs",
+                checkpoint,
+                f"epochs of ~{epoch_s:.0f} s",
+                f"a resume checkpoint at least every {CHECKPOINT_EVERY_S / 60:g} min of training (and at the end); "
+                "each write cost 0.35 s (ResUNet, 2 cores)",
+            ),
+            Choice(
+                "training.epoch_images.every_n_epochs",
+                images,
+                f"{epochs} epochs",
+                f"about {EPOCH_IMAGE_SETS} epoch-image sets per run; each cost 0.44 s (6 images, ResUNet 256x256)",
+            ),
         ]
     if constant:  # else the default: nnU-Net's poly decay over epochs x steps_per_epoch
-        choices.append(Choice("training.schedule", None, f"{total} steps",
-                              f"constant rate below {CONSTANT_LR_BELOW} steps (poly decay starved 160-step runs: "
-                              "hvsmr_mini 0.112 vs 0.158 constant; ACCURACY.md); nnU-Net's poly decay from there"))
+        choices.append(
+            Choice(
+                "training.schedule",
+                None,
+                f"{total} steps",
+                f"constant rate below {CONSTANT_LR_BELOW} steps (poly decay starved 160-step runs: "
+                "hvsmr_mini 0.112 vs 0.158 constant; ACCURACY.md); nnU-Net's poly decay from there",
+            )
+        )
     return choices

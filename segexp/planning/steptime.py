@@ -74,12 +74,22 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 def cache_key(cfg: DictConfig, machine: Machine) -> str:
     """Hash of what the step time depends on (see the module docstring)."""
     t = cfg.training
-    blob = json.dumps({
-        "model": OmegaConf.to_container(cfg.model, resolve=True), "batch": t.batch_size, "loss": t.loss,
-        "dice": OmegaConf.to_container(t.dice), "precision": t.precision, "jit": t.jit_compile,
-        "threads": OmegaConf.to_container(t.threads), "machine": asdict(machine),
-        "versions": [version("tensorflow"), version("keras")], "steps": cfg.plan.measure_steps,
-    }, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "batch": t.batch_size,
+            "loss": t.loss,
+            "dice": OmegaConf.to_container(t.dice),
+            "precision": t.precision,
+            "jit": t.jit_compile,
+            "threads": OmegaConf.to_container(t.threads),
+            "machine": asdict(machine),
+            "versions": [version("tensorflow"), version("keras")],
+            "steps": cfg.plan.measure_steps,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -109,11 +119,19 @@ def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (t.batch_size, m.image_height, m.image_width, m.image_channels), dtype=np.uint8)
     masks = rng.integers(0, len(class_names), (t.batch_size, m.image_height, m.image_width), dtype=np.uint8)
-    log.info("plan: timing %s at %dx%d, batch %d on this machine (%d steps; cached afterwards)",
-             m.name, m.image_height, m.image_width, t.batch_size, cfg.plan.measure_steps)
+    log.info(
+        "plan: timing %s at %dx%d, batch %d on this machine (%d steps; cached afterwards)",
+        m.name,
+        m.image_height,
+        m.image_width,
+        t.batch_size,
+        cfg.plan.measure_steps,
+    )
     precision = resolve_precision(t.precision)
     timed = cfg.copy()
-    timed.training.schedule = None  # a constant rate, as the plan gives budgets under 1000 steps: the run can take the model over
+    timed.training.schedule = (
+        None  # a constant rate, as the plan gives budgets under 1000 steps: the run can take the model over
+    )
     model = compile_model(timed, class_names, steps_per_epoch=1, precision=precision)
     batch = (images, masks)  # the epoch loop's batch structure: the traced step is the one the run calls
     start = time.perf_counter()
@@ -137,8 +155,9 @@ def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
     warm.keep(model, warm.compile_signature(timed, class_names, 1, precision), optimizer_state)
     del model
     keras.backend.clear_session()
-    step = StepTime(first_s=round(first, 3), train_s=round(float(np.median(train)), 4),
-                    infer_s=round(float(np.median(infer)), 4))
+    step = StepTime(
+        first_s=round(first, 3), train_s=round(float(np.median(train)), 4), infer_s=round(float(np.median(infer)), 4)
+    )
     log.info("plan: first step %.1f s, step %.3f s, validation batch %.3f s", step.first_s, step.train_s, step.infer_s)
     return step
 

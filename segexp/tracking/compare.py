@@ -45,8 +45,9 @@ def per_class_metrics(runs: Sequence[Any], prefix: str = "test/dice/") -> list[s
     return sorted({m for r in runs for m in r.data.metrics if m.startswith(prefix)})
 
 
-def comparison_rows(runs: Sequence[Any], metric: str, mode: str,
-                    extra: Sequence[str] = ()) -> tuple[list[str], list[dict[str, Any]]]:
+def comparison_rows(
+    runs: Sequence[Any], metric: str, mode: str, extra: Sequence[str] = ()
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Table columns and rows (one per child), sorted by ``metric`` (best first, missing last);
     ``extra`` metrics (e.g. :func:`per_class_metrics`) are added as columns."""
     params = changed_params(runs)
@@ -65,6 +66,7 @@ def comparison_rows(runs: Sequence[Any], metric: str, mode: str,
 
 def format_table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table (floats with 4 decimals)."""
+
     def cell(v: Any) -> str:
         return "-" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -126,13 +128,18 @@ def latest_parent(experiment: str) -> str | None:
     found = mlflow.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = mlflow.MlflowClient().search_runs([found.experiment_id], filter_string="tags.sweep_dir != ''",
-                                             order_by=["attributes.start_time DESC"], max_results=1)
+    runs = mlflow.MlflowClient().search_runs(
+        [found.experiment_id],
+        filter_string="tags.sweep_dir != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0].info.run_id if runs else None
 
 
-def compare(parent: str, metric: str = DEFAULT_METRIC, mode: str = "max", log_to_parent: bool = True,
-            per_class: bool = False) -> str:
+def compare(
+    parent: str, metric: str = DEFAULT_METRIC, mode: str = "max", log_to_parent: bool = True, per_class: bool = False
+) -> str:
     """The comparison table of ``parent``'s children (with ``per_class``: every ``test/dice/<class>`` column);
     logs the CSV and the plot to ``parent``."""
     import mlflow

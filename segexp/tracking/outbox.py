@@ -55,8 +55,6 @@ OUTBOX_DIR = "mlflow_outbox"
 UPLOAD_COMMAND = "segexp-upload {run_dir}   (or: python -m segexp.cli.upload {run_dir})"
 
 
-
-
 # --------------------------------------------------------------------------- sending one entry
 
 
@@ -92,8 +90,13 @@ def send_entry(uri: str, run_id: str, entry: Mapping[str, Any], base: Path | Non
 
             image = np.asarray(Image.open(local("path")))
         retry_locked(
-            client.log_image, run_id, image, key=entry["key"], step=int(entry["step"]),
-            timestamp=int(entry["timestamp"]), synchronous=True,
+            client.log_image,
+            run_id,
+            image,
+            key=entry["key"],
+            step=int(entry["step"]),
+            timestamp=int(entry["timestamp"]),
+            synchronous=True,
         )
     elif kind == "artifact":
         path = local("path")
@@ -133,8 +136,9 @@ def _send_model(uri: str, run_id: str, model: Any, name: str) -> None:
 class Outbox:
     """Sends a run's logging calls; keeps those the server could not take in ``<run_dir>/mlflow_outbox.jsonl``."""
 
-    def __init__(self, run_dir: Path, run_id: str, uri: str, policy: OutagePolicy = OutagePolicy()) -> None:
-        self.run_dir, self.run_id, self.uri, self.policy = Path(run_dir), run_id, uri, policy
+    def __init__(self, run_dir: Path, run_id: str, uri: str, policy: OutagePolicy | None = None) -> None:
+        self.run_dir, self.run_id, self.uri = Path(run_dir), run_id, uri
+        self.policy = policy or OutagePolicy()
         self.file = self.run_dir / OUTBOX_FILE
         self.folder = self.run_dir / OUTBOX_DIR
         self.pending: list[dict[str, Any]] = read_entries(self.file) if self.file.is_file() else []
@@ -147,12 +151,16 @@ class Outbox:
         try:
             call_with_backoff(
                 lambda: send_entry(self.uri, self.run_id, entry, self.run_dir),
-                self.policy.max_wait_s, self.policy.first_delay_s,
+                self.policy.max_wait_s,
+                self.policy.first_delay_s,
             )
         except Exception as err:
             log.warning(
                 "MLflow at %s did not take %s (%s); kept in %s, sent when the server is back",
-                self.uri, describe(entry), _first_line(err), self.file,
+                self.uri,
+                describe(entry),
+                _first_line(err),
+                self.file,
             )
             self._buffer(entry)
             return False
@@ -182,7 +190,11 @@ class Outbox:
             log.warning(
                 "%d MLflow logging calls could not reach %s; they are kept in %s. "
                 "Upload them into run %s when the server is back: %s",
-                len(self.pending), self.uri, self.file, self.run_id, UPLOAD_COMMAND.format(run_dir=self.run_dir),
+                len(self.pending),
+                self.uri,
+                self.file,
+                self.run_id,
+                UPLOAD_COMMAND.format(run_dir=self.run_dir),
             )
 
     # -- persistence

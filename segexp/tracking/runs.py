@@ -19,14 +19,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from segexp.config.errors import RunError
 from segexp.config.outputs import atomic_write_text
 from segexp.models.precision import apply_precision
-from segexp.models.saving import load_for_inference, load_keras_model, unsafe_model_message
+from segexp.models.saving import load_for_inference, unsafe_model_message
 
 MLFLOW_RUN_FILE = "mlflow_run.json"
 BEST_MODEL = Path("checkpoints") / "best.keras"
 #: An MLflow run id: 32 lower-case hex characters.
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
 
 
 @dataclass
@@ -54,7 +52,8 @@ class TrainedRun:
 
         mlflow.set_tracking_uri(self.tracking_uri)
         models = mlflow.search_logged_models(
-            filter_string=f"source_run_id = '{self.run_id}'", output_format="list",
+            filter_string=f"source_run_id = '{self.run_id}'",
+            output_format="list",
             experiment_ids=[mlflow.get_run(self.run_id).info.experiment_id],
         )
         if not models:
@@ -64,7 +63,6 @@ class TrainedRun:
         except ValueError as err:
             raise RunError(unsafe_model_message(f"MLflow model {models[0].model_uri}", err)) from None
         return apply_precision(model, precision)
-
 
     def artifact_file(self, name: str) -> Path | None:
         """A file the training wrote at the top of its run folder (and logged as an MLflow artifact): the local
@@ -82,7 +80,9 @@ class TrainedRun:
                 return None
             return Path(mlflow.artifacts.download_artifacts(run_id=self.run_id, artifact_path=name))
         except MlflowException as err:
-            raise RunError(f"MLflow run {self.run_id}: cannot read its artifact {name}: {str(err).splitlines()[0]}") from err
+            raise RunError(
+                f"MLflow run {self.run_id}: cannot read its artifact {name}: {str(err).splitlines()[0]}"
+            ) from err
 
 
 def record_mlflow_run(run_dir: Path, run_id: str, tracking_uri: str) -> None:
@@ -149,5 +149,8 @@ def _from_mlflow(run_id: str, tracking_uri: str | None) -> TrainedRun:
     if run_dir is not None and not run_dir.is_dir():
         run_dir = None
     return TrainedRun(
-        config=upgrade_run_config(OmegaConf.load(local)), run_dir=run_dir, run_id=run_id, tracking_uri=mlflow.get_tracking_uri()
+        config=upgrade_run_config(OmegaConf.load(local)),
+        run_dir=run_dir,
+        run_id=run_id,
+        tracking_uri=mlflow.get_tracking_uri(),
     )

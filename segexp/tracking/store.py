@@ -126,6 +126,7 @@ def retry_locked(fn: Callable[..., T], *args: Any, max_wait_s: float = 60.0, **k
 
     Several jobs of a parallel sweep write to one SQLite store; SQLite admits one writer at a time.
     """
+
     def locked(err: BaseException) -> bool:
         if "database is locked" not in str(err):
             return False

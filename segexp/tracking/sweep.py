@@ -57,8 +57,10 @@ class MlflowSweepCallback(Callback):
         import mlflow
 
         try:  # an unreachable server stops the sweep before any job starts
-            check_server(tracking.uri, float(OmegaConf.select(tracking, "outage.connect_timeout_s",
-                                                            default=OutagePolicy().connect_timeout_s)))
+            check_server(
+                tracking.uri,
+                float(OmegaConf.select(tracking, "outage.connect_timeout_s", default=OutagePolicy().connect_timeout_s)),
+            )
         except TrackingUnavailable as err:
             log.error("%s", err)
             sys.exit(2)
@@ -87,8 +89,12 @@ class MlflowSweepCallback(Callback):
         if parent is None:
             return
         training = config.get("training", {})
-        close_parent(parent, tracking.uri, str(training.get("monitor", "val_dice_fg_mean")),
-                     str(training.get("monitor_mode", "max")))
+        close_parent(
+            parent,
+            tracking.uri,
+            str(training.get("monitor", "val_dice_fg_mean")),
+            str(training.get("monitor_mode", "max")),
+        )
 
 
 def children(parent: str) -> list[Any]:
@@ -97,8 +103,9 @@ def children(parent: str) -> list[Any]:
 
     client = mlflow.MlflowClient()
     experiment = retry_locked(client.get_run, parent).info.experiment_id
-    return retry_locked(client.search_runs, [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
-                        max_results=10_000)
+    return retry_locked(
+        client.search_runs, [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=10_000
+    )
 
 
 def best_child(runs: Sequence[Any], metric: str, mode: str) -> tuple[Any | None, float | None]:
@@ -120,16 +127,26 @@ def close_parent(parent: str, uri: str, monitor: str, mode: str) -> None:
     metric = f"best/{monitor}"
     best, value = best_child(runs, metric, mode)
     statuses = [r.info.status for r in runs]
-    tags = {"children": str(len(runs)), "children_finished": str(statuses.count("FINISHED")),
-            "children_failed": str(statuses.count("FAILED"))}
+    tags = {
+        "children": str(len(runs)),
+        "children_finished": str(statuses.count("FINISHED")),
+        "children_failed": str(statuses.count("FAILED")),
+    }
     if best is not None:
         tags.update(best_child_run_id=best.info.run_id, best_child_run_name=best.info.run_name or "")
         retry_locked(client.log_metric, parent, metric, value)
     for key, text in tags.items():
         retry_locked(client.set_tag, parent, key, text)
     retry_locked(client.set_terminated, parent, "FINISHED" if best is not None else "FAILED")
-    log.info("sweep parent %s: %s children (%s failed); best %s = %s (%s)", parent, len(runs),
-             tags["children_failed"], metric, value, best.info.run_name if best else "none")
+    log.info(
+        "sweep parent %s: %s children (%s failed); best %s = %s (%s)",
+        parent,
+        len(runs),
+        tags["children_failed"],
+        metric,
+        value,
+        best.info.run_name if best else "none",
+    )
 
 
 def record_failed_job(parent: str, uri: str, overrides: Sequence[str], error: BaseException) -> None:
@@ -139,8 +156,14 @@ def record_failed_job(parent: str, uri: str, overrides: Sequence[str], error: Ba
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     experiment = retry_locked(client.get_run, parent).info.experiment_id
-    run = retry_locked(client.create_run, experiment, run_name=run_name_from_overrides(overrides), tags={
-        "mlflow.parentRunId": parent, "error": f"{type(error).__name__}: {error}"[:5000],
-        "mlflow.note.content": "segexp-train " + " ".join(overrides),
-    })
+    run = retry_locked(
+        client.create_run,
+        experiment,
+        run_name=run_name_from_overrides(overrides),
+        tags={
+            "mlflow.parentRunId": parent,
+            "error": f"{type(error).__name__}: {error}"[:5000],
+            "mlflow.note.content": "segexp-train " + " ".join(overrides),
+        },
+    )
     retry_locked(client.set_terminated, run.info.run_id, "FAILED")

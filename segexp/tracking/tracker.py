@@ -57,7 +57,10 @@ def git_commit(repo: Path) -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -205,4 +208,3 @@ def tracked_run(
         raise
     else:
         tracker.end(previous or "FINISHED")
-

@@ -205,13 +205,24 @@ class EpochClock(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         now = time.perf_counter()
         epoch_s, train_s = now - self.epoch_start, self.last_step_end - self.epoch_start
-        times = {"time/epoch_s": epoch_s, "time/fixed_s": epoch_s - train_s,
-                 "time/fixed_fraction": (epoch_s - train_s) / epoch_s if epoch_s > 0 else 0.0}
+        times = {
+            "time/epoch_s": epoch_s,
+            "time/fixed_s": epoch_s - train_s,
+            "time/fixed_fraction": (epoch_s - train_s) / epoch_s if epoch_s > 0 else 0.0,
+        }
         self.times.append(times)
         self.tracker.log_metrics(times, step=epoch + 1)
-        log.info("epoch %d: %.1f s, of which %.1f s (%.0f %%) outside the training steps (validation, checkpoints, "
-                 "images, logging)", epoch + 1, epoch_s, epoch_s - train_s, 100 * times["time/fixed_fraction"])
+        log.info(
+            "epoch %d: %.1f s, of which %.1f s (%.0f %%) outside the training steps (validation, checkpoints, "
+            "images, logging)",
+            epoch + 1,
+            epoch_s,
+            epoch_s - train_s,
+            100 * times["time/fixed_fraction"],
+        )
         if self.max_time_s is not None and now - self.fit_start >= self.max_time_s:
             self.budget_spent = True
             self.model.stop_training = True
-            log.info("training.max_time: %.1f min reached after epoch %d; ending the run", self.max_time_s / 60, epoch + 1)
+            log.info(
+                "training.max_time: %.1f min reached after epoch %d; ending the run", self.max_time_s / 60, epoch + 1
+            )

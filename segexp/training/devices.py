@@ -125,15 +125,19 @@ def data_parallel(devices: Any, batch_size: int) -> Any | None:
     if devices == 1:
         return None
     if keras.backend.backend() != "tensorflow":
-        raise ConfigError(f"training.devices: several devices need the TensorFlow backend, got {keras.backend.backend()}")
+        raise ConfigError(
+            f"training.devices: several devices need the TensorFlow backend, got {keras.backend.backend()}"
+        )
     gpus = num_gpus()
     names = device_names(devices, gpus)
     if is_default_device(names, gpus):
         log.info("training on one device (%s)", names[0])
         return None
     if batch_size % len(names):
-        raise ConfigError(f"training.batch_size: the global batch ({batch_size}) must split evenly over the "
-                          f"{len(names)} replicas of training.devices={devices!r}")
+        raise ConfigError(
+            f"training.batch_size: the global batch ({batch_size}) must split evenly over the "
+            f"{len(names)} replicas of training.devices={devices!r}"
+        )
     cpus = [int(n.split(":")[1]) for n in names if n.startswith("/cpu:")]
     if cpus and max(cpus) > 0:
         ensure_logical_cpus(max(cpus) + 1)
@@ -141,8 +145,13 @@ def data_parallel(devices: Any, batch_size: int) -> Any | None:
 
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # else ~100 INFO lines per trace, one per all-reduce
     strategy = tf.distribute.MirroredStrategy(devices=names)
-    log.info("data parallel: %d replicas (MirroredStrategy on %s), global batch %d = %d per replica",
-             strategy.num_replicas_in_sync, ", ".join(names), batch_size, batch_size // len(names))
+    log.info(
+        "data parallel: %d replicas (MirroredStrategy on %s), global batch %d = %d per replica",
+        strategy.num_replicas_in_sync,
+        ", ".join(names),
+        batch_size,
+        batch_size // len(names),
+    )
     return strategy
 
 

@@ -67,8 +67,9 @@ def build_state(model: keras.Model, batch: Batch) -> None:
     model._symbolic_build(data_batch=(x, y, weights[0] if weights else None))
 
 
-def state_built_first(model: keras.Model, step: Callable[[Iterator[Batch]], dict[str, Any]]
-                      ) -> Callable[[Iterator[Batch]], dict[str, Any]]:
+def state_built_first(
+    model: keras.Model, step: Callable[[Iterator[Batch]], dict[str, Any]]
+) -> Callable[[Iterator[Batch]], dict[str, Any]]:
     """``step`` that first calls :func:`build_state` on the first batch it is given (no extra read)."""
     built = False
 
@@ -89,9 +90,13 @@ def run_step(step: Callable[[Iterator[Batch]], dict[str, Any]], batch: Batch) ->
     return {name: float(keras.ops.convert_to_numpy(value)) for name, value in logs.items()}
 
 
-def one_pass(loader: keras.utils.PyDataset, step: Callable[[Iterator[Batch]], dict[str, Any]],
-             begin: Callable[[int], None], end: Callable[[int, dict[str, float]], None],
-             stop: Callable[[], bool] = lambda: False) -> dict[str, float]:
+def one_pass(
+    loader: keras.utils.PyDataset,
+    step: Callable[[Iterator[Batch]], dict[str, Any]],
+    begin: Callable[[int], None],
+    end: Callable[[int, dict[str, float]], None],
+    stop: Callable[[], bool] = lambda: False,
+) -> dict[str, float]:
     """``step`` on every batch of one epoch of ``loader``, between the batch hooks ``begin`` and
     ``end``; ends early when ``stop()``. Returns the last step's logs."""
     logs: dict[str, float] = {}
@@ -105,13 +110,16 @@ def one_pass(loader: keras.utils.PyDataset, step: Callable[[Iterator[Batch]], di
     return logs
 
 
-def validate(model: keras.Model, loader: keras.utils.PyDataset, callbacks: keras.callbacks.CallbackList) -> dict[str, float]:
+def validate(
+    model: keras.Model, loader: keras.utils.PyDataset, callbacks: keras.callbacks.CallbackList
+) -> dict[str, float]:
     """Metrics over one full pass of ``loader`` (as ``model.evaluate``), keys prefixed ``val_``."""
     model.make_test_function()
     model.reset_metrics()
     callbacks.on_test_begin()
-    logs = metrics_result(model, one_pass(loader, model.test_function, callbacks.on_test_batch_begin,
-                                          callbacks.on_test_batch_end))
+    logs = metrics_result(
+        model, one_pass(loader, model.test_function, callbacks.on_test_batch_begin, callbacks.on_test_batch_end)
+    )
     callbacks.on_test_end(logs)
     return {f"val_{name}": value for name, value in logs.items()}
 
@@ -123,17 +131,30 @@ def metrics_result(model: keras.Model, logs: dict[str, float]) -> dict[str, floa
     return {name: float(keras.ops.convert_to_numpy(v)) for name, v in model.get_metrics_result().items()}
 
 
-def fit_epochs(model: keras.Model, train: keras.utils.PyDataset, valid: keras.utils.PyDataset | None, *,
-               epochs: int, initial_epoch: int = 0, validation_epochs: Collection[int] = (),
-               callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int | str = "auto") -> keras.callbacks.History:
+def fit_epochs(
+    model: keras.Model,
+    train: keras.utils.PyDataset,
+    valid: keras.utils.PyDataset | None,
+    *,
+    epochs: int,
+    initial_epoch: int = 0,
+    validation_epochs: Collection[int] = (),
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
+) -> keras.callbacks.History:
     """Train ``model`` from ``initial_epoch`` to ``epochs`` (0-based, as ``fit``) on one device.
 
     ``validation_epochs``: the epochs (from 1) after which ``valid`` is scored in full, as
     ``fit``'s ``validation_freq`` list. Returns ``model.history``.
     """
     callback_list = keras.callbacks.CallbackList(
-        list(callbacks), add_history=True, add_progbar=verbose != 0, verbose=verbose,
-        epochs=epochs, steps=len(train), model=model,
+        list(callbacks),
+        add_history=True,
+        add_progbar=verbose != 0,
+        verbose=verbose,
+        epochs=epochs,
+        steps=len(train),
+        model=model,
     )
     model.stop_training = False
     model.make_train_function()
@@ -143,8 +164,13 @@ def fit_epochs(model: keras.Model, train: keras.utils.PyDataset, valid: keras.ut
     for epoch in range(initial_epoch, epochs):
         model.reset_metrics()
         callback_list.on_epoch_begin(epoch)
-        logs = one_pass(train, train_step, callback_list.on_train_batch_begin,
-                        callback_list.on_train_batch_end, stop=lambda: model.stop_training)
+        logs = one_pass(
+            train,
+            train_step,
+            callback_list.on_train_batch_begin,
+            callback_list.on_train_batch_end,
+            stop=lambda: model.stop_training,
+        )
         epoch_logs = metrics_result(model, logs)
         if valid is not None and epoch + 1 in validation_epochs:
             epoch_logs.update(validate(model, valid, callback_list))

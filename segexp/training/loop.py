@@ -50,6 +50,7 @@ from segexp.tracking.tracker import (
     run_name_from_overrides,
     tracked_run,
 )
+from segexp.training import warm
 from segexp.training.callbacks import (
     BestCheckpoint,
     EpochClock,
@@ -63,7 +64,6 @@ from segexp.training.devices import (
     strategy_scope,
     synchronize_batch_norm,
 )
-from segexp.training import warm
 from segexp.training.fit_loop import fit_epochs
 from segexp.training.resume import (
     Resume,
@@ -78,6 +78,7 @@ from segexp.training.resume import (
 )
 
 log = logging.getLogger(__name__)
+
 
 def validate_run_config(cfg: DictConfig) -> DictConfig:
     """The composed training config, typed: the schema's rules and the network's own, in one :class:`ConfigError`."""
@@ -97,16 +98,27 @@ def build_sampler(cfg: DictConfig, dataset: SliceDataset) -> EpochSampler:
     t, pairs = cfg.training, dataset.pairs["train"]
     presence = None
     if t.steps_per_epoch is not None and t.foreground_fraction > 0:
-        presence = cached_class_presence(pairs, dataset.decoder, Path(cfg.paths.output_dir) / "cache",
-                                         workers=max(1, t.loader.workers))
+        presence = cached_class_presence(
+            pairs, dataset.decoder, Path(cfg.paths.output_dir) / "cache", workers=max(1, t.loader.workers)
+        )
         counts = presence.sum(axis=0)
-        log.info("slices holding each class (train): %s", ", ".join(
-            f"{name} {int(n)}" for name, n in zip(dataset.class_names[1:], counts[1:])))
-    return EpochSampler(len(pairs), t.batch_size, seed=cfg.seed, steps_per_epoch=t.steps_per_epoch,
-                        foreground_fraction=t.foreground_fraction, presence=presence)
+        log.info(
+            "slices holding each class (train): %s",
+            ", ".join(f"{name} {int(n)}" for name, n in zip(dataset.class_names[1:], counts[1:])),
+        )
+    return EpochSampler(
+        len(pairs),
+        t.batch_size,
+        seed=cfg.seed,
+        steps_per_epoch=t.steps_per_epoch,
+        foreground_fraction=t.foreground_fraction,
+        presence=presence,
+    )
 
 
-def build_loaders(cfg: DictConfig, dataset: SliceDataset, augmenter: Augmenter | None) -> tuple[SliceLoader, SliceLoader]:
+def build_loaders(
+    cfg: DictConfig, dataset: SliceDataset, augmenter: Augmenter | None
+) -> tuple[SliceLoader, SliceLoader]:
     """Training loader (sampled, augmented) and validation loader (one pass in file order, never augmented)."""
     m, t = cfg.model, cfg.training
     common = dict(
@@ -131,14 +143,26 @@ def epoch_image_set(cfg: DictConfig, dataset: SliceDataset) -> tuple[np.ndarray,
     m, e = cfg.model, cfg.training.epoch_images
     if e.dir is not None:
         root = Path(e.dir)
-        pairs = find_pairs(root / cfg.dataset.images_dir, root / cfg.dataset.masks_dir, cfg.dataset.case_pattern, strict=False)
+        pairs = find_pairs(
+            root / cfg.dataset.images_dir, root / cfg.dataset.masks_dir, cfg.dataset.case_pattern, strict=False
+        )
     else:
         pairs = dataset.pairs["valid"]
     picks = np.unique(np.linspace(0, len(pairs) - 1, min(e.num, len(pairs))).round().astype(int))
-    reader = SliceLoader(pairs, dataset.decoder, image_size=(m.image_height, m.image_width), channels=m.image_channels,
-                         batch_size=1, on_bad_file=cfg.dataset.on_bad_file)  # skip: a bad pick is replaced
+    reader = SliceLoader(
+        pairs,
+        dataset.decoder,
+        image_size=(m.image_height, m.image_width),
+        channels=m.image_channels,
+        batch_size=1,
+        on_bad_file=cfg.dataset.on_bad_file,
+    )  # skip: a bad pick is replaced
     loaded = [reader.load_sample(int(i), 0) for i in picks]
-    images = np.stack([im for im, _ in loaded]) if loaded else np.zeros((0, m.image_height, m.image_width, m.image_channels), np.uint8)
+    images = (
+        np.stack([im for im, _ in loaded])
+        if loaded
+        else np.zeros((0, m.image_height, m.image_width, m.image_channels), np.uint8)
+    )
     masks = np.stack([mk for _, mk in loaded]) if loaded else np.zeros((0, m.image_height, m.image_width), np.uint8)
     return images, masks, [pairs[i].name for i in picks]
 
@@ -163,7 +187,9 @@ def build_network(cfg: DictConfig, precision: str = "fp32") -> keras.Model:
     return apply_precision(build_model(**OmegaConf.to_container(cfg.model)), precision)
 
 
-def compile_model(cfg: DictConfig, class_names: Sequence[str], steps_per_epoch: int, precision: str = "fp32") -> keras.Model:
+def compile_model(
+    cfg: DictConfig, class_names: Sequence[str], steps_per_epoch: int, precision: str = "fp32"
+) -> keras.Model:
     """Build the configured network in ``precision`` (fp32, bf16, fp16: resolved) and compile it with
     optimizer (and schedule), loss and foreground metrics. fp16 gets Keras' loss scaling in ``compile``."""
     t = cfg.training
@@ -183,7 +209,9 @@ def validation_epochs(t: DictConfig) -> list[int]:
     return [e for e in range(1, t.epochs + 1) if e % n == 0 or e == t.epochs]
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path, tracker: Tracker, dataset: SliceDataset) -> list[keras.callbacks.Callback]:
+def build_callbacks(
+    cfg: DictConfig, run_dir: Path, tracker: Tracker, dataset: SliceDataset
+) -> list[keras.callbacks.Callback]:
     """Best-model checkpoint, LR reducer, early stopping, CSV history, MLflow, epoch images."""
     t = cfg.training
     callbacks: list[keras.callbacks.Callback] = [
@@ -194,36 +222,59 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, tracker: Tracker, dataset: S
     if t.reduce_lr.enabled:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
-                monitor=t.monitor, mode=t.monitor_mode, factor=t.reduce_lr.factor,
-                patience=t.reduce_lr.patience, min_lr=t.reduce_lr.min_lr, verbose=1,
+                monitor=t.monitor,
+                mode=t.monitor_mode,
+                factor=t.reduce_lr.factor,
+                patience=t.reduce_lr.patience,
+                min_lr=t.reduce_lr.min_lr,
+                verbose=1,
             )
         )
     if t.early_stopping.enabled:
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping.patience,
-                min_delta=t.early_stopping.min_delta, restore_best_weights=True, verbose=1,
+                monitor=t.monitor,
+                mode=t.monitor_mode,
+                patience=t.early_stopping.patience,
+                min_delta=t.early_stopping.min_delta,
+                restore_best_weights=True,
+                verbose=1,
             )
         )
     if t.epoch_images.num > 0:
         images, masks, names = epoch_image_set(cfg, dataset)
         image_tracker = tracker if cfg.tracking.log_epoch_images else Tracker(None)
-        callbacks.append(EpochImages(images, masks, names, dataset.colours, run_dir / "epoch_images", image_tracker,
-                                     every_n_epochs=t.epoch_images.every_n_epochs, last_epoch=t.epochs))
+        callbacks.append(
+            EpochImages(
+                images,
+                masks,
+                names,
+                dataset.colours,
+                run_dir / "epoch_images",
+                image_tracker,
+                every_n_epochs=t.epoch_images.every_n_epochs,
+                last_epoch=t.epochs,
+            )
+        )
     max_time_s = None if t.max_time is None else 60.0 * t.max_time
     callbacks.append(EpochClock(tracker, max_time_s))  # last: it times the whole epoch
     return callbacks
 
 
-def choose_postprocessing_for_run(cfg: DictConfig, model: keras.Model, dataset: SliceDataset, run_dir: Path,
-                                  tracker: Tracker) -> Postprocessing | None:
+def choose_postprocessing_for_run(
+    cfg: DictConfig, model: keras.Model, dataset: SliceDataset, run_dir: Path, tracker: Tracker
+) -> Postprocessing | None:
     """With ``training.postprocess=auto``: the connected-component rules that raise the validation Dice of the
     best model (``postprocessing.json`` in the run folder and the run; tags ``postprocess.<class>``)."""
     if cfg.training.postprocess == "none" or not dataset.pairs.get("valid"):
         return None
     chosen = choose_postprocessing(
-        model, dataset, image_size=(cfg.model.image_height, cfg.model.image_width), channels=cfg.model.image_channels,
-        case_pattern=cfg.dataset.case_pattern, batch_size=cfg.training.batch_size,
+        model,
+        dataset,
+        image_size=(cfg.model.image_height, cfg.model.image_width),
+        channels=cfg.model.image_channels,
+        case_pattern=cfg.dataset.case_pattern,
+        batch_size=cfg.training.batch_size,
     )
     path = chosen.save(run_dir / POSTPROCESSING_FILE)
     tracker.log_artifact(path)
@@ -232,8 +283,14 @@ def choose_postprocessing_for_run(cfg: DictConfig, model: keras.Model, dataset: 
     return chosen
 
 
-def evaluate_test_split(cfg: DictConfig, model: keras.Model, dataset: SliceDataset, out_dir: Path, tracker: Tracker,
-                        postprocessing: Postprocessing | None = None) -> None:
+def evaluate_test_split(
+    cfg: DictConfig,
+    model: keras.Model,
+    dataset: SliceDataset,
+    out_dir: Path,
+    tracker: Tracker,
+    postprocessing: Postprocessing | None = None,
+) -> None:
     """Score the best model on the test split, after ``postprocessing`` (reports in ``out_dir``, metrics
     ``test/...`` in the run)."""
     if not dataset.pairs.get("test"):
@@ -241,15 +298,24 @@ def evaluate_test_split(cfg: DictConfig, model: keras.Model, dataset: SliceDatas
         return
 
     evaluation = evaluate_split(
-        model, dataset, "test", image_size=(cfg.model.image_height, cfg.model.image_width),
-        channels=cfg.model.image_channels, case_pattern=cfg.dataset.case_pattern, batch_size=cfg.training.batch_size,
+        model,
+        dataset,
+        "test",
+        image_size=(cfg.model.image_height, cfg.model.image_width),
+        channels=cfg.model.image_channels,
+        case_pattern=cfg.dataset.case_pattern,
+        batch_size=cfg.training.batch_size,
         postprocessing=postprocessing,
     )
     summary = evaluation.summary
     files = write_reports(evaluation, out_dir)
     log_summary(tracker, summary, files, prefix="test")
-    log.info("test foreground mean Dice %s (%d cases); reports in %s",
-             summary["mean"]["foreground_mean"]["dice"], summary["num_cases"], out_dir)
+    log.info(
+        "test foreground mean Dice %s (%d cases); reports in %s",
+        summary["mean"]["foreground_mean"]["dice"],
+        summary["num_cases"],
+        out_dir,
+    )
 
 
 def set_threads(intra_op: int | None, inter_op: int | None) -> None:
@@ -279,8 +345,10 @@ def outage_policy(cfg: DictConfig) -> OutagePolicy:
     """``tracking.outage.*`` as an :class:`~segexp.tracking.outbox.OutagePolicy`."""
     o = cfg.tracking.outage
     return OutagePolicy(
-        connect_timeout_s=o.connect_timeout_s, request_timeout_s=o.request_timeout_s,
-        http_retries=o.http_retries, max_wait_s=o.max_wait_s,
+        connect_timeout_s=o.connect_timeout_s,
+        request_timeout_s=o.request_timeout_s,
+        http_retries=o.http_retries,
+        max_wait_s=o.max_wait_s,
     )
 
 
@@ -310,8 +378,9 @@ def seed_and_threads(cfg: DictConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def model_for_run(cfg: DictConfig, start: Resume | None, dataset: SliceDataset, steps_per_epoch: int,
-                  precision: str) -> keras.Model:
+def model_for_run(
+    cfg: DictConfig, start: Resume | None, dataset: SliceDataset, steps_per_epoch: int, precision: str
+) -> keras.Model:
     """A new compiled model (the plan's timed one, reset, when compiled alike: :mod:`segexp.training.warm`),
     or the resumed one with its schedule rebuilt for ``training.epochs``, in ``precision``."""
     if start is None:
@@ -329,8 +398,14 @@ def model_for_run(cfg: DictConfig, start: Resume | None, dataset: SliceDataset, 
     return model
 
 
-def fit(cfg: DictConfig, model: keras.Model, loaders: tuple[SliceLoader, SliceLoader], callbacks: list,
-        start: Resume | None, one_device: bool = True) -> dict[str, list[float]]:
+def fit(
+    cfg: DictConfig,
+    model: keras.Model,
+    loaders: tuple[SliceLoader, SliceLoader],
+    callbacks: list,
+    start: Resume | None,
+    one_device: bool = True,
+) -> dict[str, list[float]]:
     """The run's epochs (from the resume point); the history of every epoch of the run.
 
     On one device segexp's own epoch loop (:func:`segexp.training.fit_loop.fit_epochs`, ~1.2x
@@ -343,12 +418,26 @@ def fit(cfg: DictConfig, model: keras.Model, loaders: tuple[SliceLoader, SliceLo
         valid_loader.set_epoch(start.epoch)
     first, final = (start.epoch, start.final_epoch(cfg.training.epochs)) if start else (0, cfg.training.epochs)
     if one_device:
-        fit_epochs(model, train_loader, valid_loader, epochs=final, initial_epoch=first,
-                   validation_epochs=validation_epochs(cfg.training), callbacks=callbacks, verbose=cfg.training.verbose)
+        fit_epochs(
+            model,
+            train_loader,
+            valid_loader,
+            epochs=final,
+            initial_epoch=first,
+            validation_epochs=validation_epochs(cfg.training),
+            callbacks=callbacks,
+            verbose=cfg.training.verbose,
+        )
     else:
         model.fit(
-            train_loader, validation_data=valid_loader, validation_freq=validation_epochs(cfg.training),
-            callbacks=callbacks, shuffle=False, epochs=final, initial_epoch=first, verbose=cfg.training.verbose,
+            train_loader,
+            validation_data=valid_loader,
+            validation_freq=validation_epochs(cfg.training),
+            callbacks=callbacks,
+            shuffle=False,
+            epochs=final,
+            initial_epoch=first,
+            verbose=cfg.training.verbose,
         )
     checkpoint = next(c for c in callbacks if isinstance(c, ResumeCheckpoint))
     return history_columns(checkpoint.history)  # resumed epochs included
@@ -366,8 +455,15 @@ def keep_best_model(callbacks: Sequence[keras.callbacks.Callback]) -> None:
                 log.warning("best model not written after the interruption: %s", err)
 
 
-def finish_run(cfg: DictConfig, model: keras.Model, history: dict[str, list[float]], dataset: SliceDataset,
-               run_dir: Path, tracker: Tracker, precision: str) -> float:
+def finish_run(
+    cfg: DictConfig,
+    model: keras.Model,
+    history: dict[str, list[float]],
+    dataset: SliceDataset,
+    run_dir: Path,
+    tracker: Tracker,
+    precision: str,
+) -> float:
     """After the last epoch: curves, the best model (logged, evaluated on the test split); returns the objective."""
     plot_curves(history, run_dir / "curves.png")
     tracker.log_artifact(run_dir / "curves.png")
@@ -383,8 +479,14 @@ def finish_run(cfg: DictConfig, model: keras.Model, history: dict[str, list[floa
     return objective
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_run_id: str | None = None,
-          callbacks: Sequence[keras.callbacks.Callback] = (), extra_params: Mapping[str, str] | None = None) -> float:
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str] = (),
+    parent_run_id: str | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    extra_params: Mapping[str, str] | None = None,
+) -> float:
     """Validate ``cfg``, train, log everything to MLflow; return the best ``training.monitor`` value.
 
     ``callbacks`` (for tools and benchmarks) run after segexp's own, so the epoch clock does not count them.
@@ -404,8 +506,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
     loaders = build_loaders(cfg, dataset, augmenter)
     log.info(
         "dataset %s: %d train slices (%d cases), %d validation slices (%d cases), %d classes",
-        dataset.name, len(dataset.pairs["train"]), len(dataset.cases("train")),
-        len(dataset.pairs["valid"]), len(dataset.cases("valid")), len(dataset.class_names),
+        dataset.name,
+        len(dataset.pairs["train"]),
+        len(dataset.cases("train")),
+        len(dataset.pairs["valid"]),
+        len(dataset.cases("valid")),
+        len(dataset.class_names),
     )
     precision = resolve_precision(cfg.training.precision)
     with strategy_scope(strategy):  # weights, optimizer and metric variables mirrored on every replica
@@ -413,23 +519,51 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = (), parent_
         if strategy is not None:  # batch statistics of the global batch, as on one device
             log.info("batch norm over all replicas: %d layers", synchronize_batch_norm(model))
     t = cfg.tracking
-    tags = {"git_commit": git_commit(REPO_DIR), "keras_backend": keras.backend.backend(), "dataset": dataset.name,
-            "model": cfg.model.name, "run_dir": str(run_dir), "precision": precision}
+    tags = {
+        "git_commit": git_commit(REPO_DIR),
+        "keras_backend": keras.backend.backend(),
+        "dataset": dataset.name,
+        "model": cfg.model.name,
+        "run_dir": str(run_dir),
+        "precision": precision,
+    }
     outage = outage_policy(cfg)
-    with http_settings(outage), tracked_run(
-        t.enabled, uri=t.uri, experiment=t.experiment, artifact_location=t.artifact_location,
-        run_name=t.run_name or run_name_from_overrides(overrides), tags=tags,
-        description="segexp-train " + " ".join(overrides), parent_run_id=parent_run_id,
-        resume_run_id=start.run_id if start else None, keep_status=False, run_dir=run_dir, outage=outage,
-    ) as tracker:
+    with (
+        http_settings(outage),
+        tracked_run(
+            t.enabled,
+            uri=t.uri,
+            experiment=t.experiment,
+            artifact_location=t.artifact_location,
+            run_name=t.run_name or run_name_from_overrides(overrides),
+            tags=tags,
+            description="segexp-train " + " ".join(overrides),
+            parent_run_id=parent_run_id,
+            resume_run_id=start.run_id if start else None,
+            keep_status=False,
+            run_dir=run_dir,
+            outage=outage,
+        ) as tracker,
+    ):
         if tracker.enabled:
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
-        own = with_resume_checkpoint(build_callbacks(cfg, run_dir, tracker, dataset), run_dir, resolved,
-                                     tracker.run_id, start, cfg.training.checkpoint.every_n_epochs)
+        own = with_resume_checkpoint(
+            build_callbacks(cfg, run_dir, tracker, dataset),
+            run_dir,
+            resolved,
+            tracker.run_id,
+            start,
+            cfg.training.checkpoint.every_n_epochs,
+        )
         if start is None:
             tracker.log_params(flatten_config(resolved))
-            tracker.log_params({"model.num_params": str(model.count_params()), "training.precision_used": precision,
-                                "training.replicas": str(replica_count(strategy))})
+            tracker.log_params(
+                {
+                    "model.num_params": str(model.count_params()),
+                    "training.precision_used": precision,
+                    "training.replicas": str(replica_count(strategy)),
+                }
+            )
             log_fingerprint(dataset, cfg.model.image_channels, run_dir, tracker)  # dataset_fingerprint.json + params
             tracker.log_params(dict(extra_params or {}))
             for plan_file in ("plan.json", "plan.yaml"):

@@ -56,16 +56,24 @@ RESUME_DIR = Path("checkpoints") / "resume"
 STATE_FILE = "state.json"
 FORMAT = 1
 #: Keys that may differ between a run and its resumption (how long, how verbose, how fast).
-MAY_CHANGE = ("training.epochs", "training.max_time", "training.devices", "training.resume", "training.verbose", "training.loader.",
-              "training.threads.", "training.checkpoint.", "training.validation.", "training.epoch_images.every_n_epochs")
+MAY_CHANGE = (
+    "training.epochs",
+    "training.max_time",
+    "training.devices",
+    "training.resume",
+    "training.verbose",
+    "training.loader.",
+    "training.threads.",
+    "training.checkpoint.",
+    "training.validation.",
+    "training.epoch_images.every_n_epochs",
+)
 #: Callback attributes saved and restored (counters and best values).
 CALLBACK_STATE = {
     BestCheckpoint: ("best", "saved_epoch"),
     keras.callbacks.ReduceLROnPlateau: ("best", "wait", "cooldown_counter"),
     keras.callbacks.EarlyStopping: ("best", "wait", "stopped_epoch", "best_epoch"),
 }
-
-
 
 
 # --------------------------------------------------------------------------- files
@@ -116,8 +124,15 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     is that link.
     """
 
-    def __init__(self, run_dir: Path, config: Mapping[str, Any], callbacks: Sequence[keras.callbacks.Callback],
-                 run_id: str | None, previous: dict[str, Any] | None = None, every_n_epochs: int = 1) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: Mapping[str, Any],
+        callbacks: Sequence[keras.callbacks.Callback],
+        run_id: str | None,
+        previous: dict[str, Any] | None = None,
+        every_n_epochs: int = 1,
+    ) -> None:
         super().__init__()
         self.dir = Path(run_dir) / RESUME_DIR
         self.config = dict(config)
@@ -225,18 +240,26 @@ def restore_callbacks(callbacks: Sequence[keras.callbacks.Callback], state: Mapp
             if weights_file.is_file():
                 c.best_weights = load_keras_model(weights_file, ResumeError).get_weights()
             else:  # that epoch was neither checkpointed nor the best by training.monitor
-                log.warning("early stopping's best weights (epoch %d) were not checkpointed; it restores none", weights_epoch)
+                log.warning(
+                    "early stopping's best weights (epoch %d) were not checkpointed; it restores none", weights_epoch
+                )
 
 
 # --------------------------------------------------------------------------- resuming
 
 
-def resume_source(setting: str | None, run_dir: Path, tracking_uri: str, env: Mapping[str, str] = os.environ) -> Path | None:
+def resume_source(
+    setting: str | None, run_dir: Path, tracking_uri: str, env: Mapping[str, str] = os.environ
+) -> Path | None:
     """The run folder to continue (or None: a fresh run) for ``training.resume=setting``."""
     here = read_state(run_dir) is not None
     if setting is None:
         if requeued(env) and here:
-            log.info("requeued job (SLURM_RESTART_COUNT=%s): resuming the checkpoint in %s", env["SLURM_RESTART_COUNT"], run_dir)
+            log.info(
+                "requeued job (SLURM_RESTART_COUNT=%s): resuming the checkpoint in %s",
+                env["SLURM_RESTART_COUNT"],
+                run_dir,
+            )
             return Path(run_dir)
         return None
     if setting == "auto":
@@ -247,10 +270,14 @@ def resume_source(setting: str | None, run_dir: Path, tracking_uri: str, env: Ma
     elif RUN_ID.match(setting):
         source = _run_dir_of(setting, tracking_uri)
     else:
-        raise ResumeError(f"training.resume: {setting!r} is neither a run folder nor an MLflow run id (32 hex characters) nor auto")
+        raise ResumeError(
+            f"training.resume: {setting!r} is neither a run folder nor an MLflow run id (32 hex characters) nor auto"
+        )
     if read_state(source) is None:
-        raise ResumeError(f"training.resume: {source} holds no checkpoint ({RESUME_DIR / STATE_FILE}): "
-                          "no epoch was completed there, or it was trained before checkpoints existed; start a new run")
+        raise ResumeError(
+            f"training.resume: {source} holds no checkpoint ({RESUME_DIR / STATE_FILE}): "
+            "no epoch was completed there, or it was trained before checkpoints existed; start a new run"
+        )
     return source
 
 
@@ -262,11 +289,15 @@ def _run_dir_of(run_id: str, tracking_uri: str) -> Path:
     try:
         run = retry_locked(mlflow.MlflowClient().get_run, run_id)
     except MlflowException as err:
-        raise ResumeError(f"training.resume: MLflow run {run_id} at {tracking_uri}: {str(err).splitlines()[0]}") from None
+        raise ResumeError(
+            f"training.resume: MLflow run {run_id} at {tracking_uri}: {str(err).splitlines()[0]}"
+        ) from None
     folder = run.data.tags.get("run_dir")
     if folder is None or not Path(folder).is_dir():
-        raise ResumeError(f"training.resume: MLflow run {run_id}: its run folder {folder} is not on this machine "
-                          "(checkpoints are kept in the run folder, not in MLflow)")
+        raise ResumeError(
+            f"training.resume: MLflow run {run_id}: its run folder {folder} is not on this machine "
+            "(checkpoints are kept in the run folder, not in MLflow)"
+        )
     return Path(folder).resolve()
 
 
@@ -305,8 +336,9 @@ class Resume:
         model = load_keras_model(self.run_dir / RESUME_DIR / self.state["model"], ResumeError)
         variables, saved = seed_generator_states(model), self.state.get("seed_generators", [])
         if len(variables) != len(saved):
-            raise ResumeError(f"{self.run_dir / RESUME_DIR / STATE_FILE}: {len(saved)} RNG states for "
-                              f"{len(variables)} random layers")
+            raise ResumeError(
+                f"{self.run_dir / RESUME_DIR / STATE_FILE}: {len(saved)} RNG states for {len(variables)} random layers"
+            )
         for variable, value in zip(variables, saved):
             variable.assign(np.asarray(value, dtype=variable.dtype))
         self._restore_best_model()
@@ -336,7 +368,9 @@ def prepare_resume(config: Mapping[str, Any], run_dir: Path, env: Mapping[str, s
     state = read_state(source)
     assert state is not None
     if state.get("format") != FORMAT:
-        raise ResumeError(f"{source / RESUME_DIR / STATE_FILE}: checkpoint format {state.get('format')}, expected {FORMAT}")
+        raise ResumeError(
+            f"{source / RESUME_DIR / STATE_FILE}: checkpoint format {state.get('format')}, expected {FORMAT}"
+        )
     differences = config_differences(state["config"], config)
     if differences:
         raise ResumeError(
@@ -348,8 +382,14 @@ def prepare_resume(config: Mapping[str, Any], run_dir: Path, env: Mapping[str, s
     return resume
 
 
-def with_resume_checkpoint(callbacks: list[keras.callbacks.Callback], run_dir: Path, config: Mapping[str, Any],
-                           run_id: str | None, resume: Resume | None, every_n_epochs: int = 1) -> list[keras.callbacks.Callback]:
+def with_resume_checkpoint(
+    callbacks: list[keras.callbacks.Callback],
+    run_dir: Path,
+    config: Mapping[str, Any],
+    run_id: str | None,
+    resume: Resume | None,
+    every_n_epochs: int = 1,
+) -> list[keras.callbacks.Callback]:
     """``callbacks`` with a :class:`ResumeCheckpoint` before the MLflow loggers; a resumed run's
     ``history.csv`` is cut back to the completed epochs and appended to."""
     if resume is not None:
@@ -385,8 +425,13 @@ def history_columns(rows: Sequence[Mapping[str, float]]) -> dict[str, list[float
 # --------------------------------------------------------------------------- MLflow
 
 
-def reopen_run(tracker: Tracker, resume: Resume, model: keras.Model, callbacks: Sequence[keras.callbacks.Callback],
-               class_names: Sequence[str]) -> None:
+def reopen_run(
+    tracker: Tracker,
+    resume: Resume,
+    model: keras.Model,
+    callbacks: Sequence[keras.callbacks.Callback],
+    class_names: Sequence[str],
+) -> None:
     """Complete what an interruption left out after the last checkpoint, and tag the reopened MLflow run.
 
     The last checkpointed epoch's images are drawn again (with that epoch's model) when their
@@ -442,7 +487,7 @@ def _backfill_images(tracker: Tracker, client: Any, epochs: int, folder: Path) -
     logged = {a.path.rsplit("/", 1)[-1] for a in retry_locked(client.list_artifacts, tracker.run_id, "images")}
     for step in range(1, epochs + 1):
         for png in sorted(folder.glob(f"epoch_{step:03d}_*.png")):
-            name = png.stem[len(f"epoch_{step:03d}_"):]
+            name = png.stem[len(f"epoch_{step:03d}_") :]
             prefix = f"epoch_images~{name}+step+{step}+"
             image = None if any(a.startswith(prefix) for a in logged) else _read_png(png)
             if image is not None:
@@ -483,9 +528,15 @@ def log_interrupted(run_dir: Path, overrides: Sequence[str], error: BaseExceptio
     what = "interrupted" if interrupted else f"failed ({type(error).__name__}: {error})"
     status = "KILLED" if interrupted else "FAILED"
     fix = "" if interrupted else " once the cause is fixed"
-    log.warning("%s: %d epoch(s) completed and checkpointed in %s; the MLflow run (if tracked) ends %s. "
-                "Continue%s with:\n  %s", what, state["epoch"], run_dir / RESUME_DIR, status, fix,
-                resume_command(overrides, run_dir))
+    log.warning(
+        "%s: %d epoch(s) completed and checkpointed in %s; the MLflow run (if tracked) ends %s. Continue%s with:\n  %s",
+        what,
+        state["epoch"],
+        run_dir / RESUME_DIR,
+        status,
+        fix,
+        resume_command(overrides, run_dir),
+    )
 
 
 def follow_log(job_dir: Path, run_dir: Path) -> Path:

@@ -32,9 +32,20 @@ def compile_signature(cfg: DictConfig, class_names: Sequence[str], total_steps: 
     t = cfg.training
     plain = lambda node: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node  # noqa: E731
     schedule = None if t.schedule is None else {**plain(t.schedule), "decay_steps": total_steps}
-    return json.dumps({"model": plain(cfg.model), "loss": plain(t.loss), "dice": plain(t.dice),
-                       "optimizer": plain(t.optimizer), "schedule": schedule, "jit": t.jit_compile,
-                       "precision": precision, "classes": list(class_names)}, sort_keys=True, default=str)
+    return json.dumps(
+        {
+            "model": plain(cfg.model),
+            "loss": plain(t.loss),
+            "dice": plain(t.dice),
+            "optimizer": plain(t.optimizer),
+            "schedule": schedule,
+            "jit": t.jit_compile,
+            "precision": precision,
+            "classes": list(class_names),
+        },
+        sort_keys=True,
+        default=str,
+    )
 
 
 @dataclass
