@@ -117,6 +117,7 @@ def compose(overrides: Sequence[str], config_name: str = "train") -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import open_dict
+
     from segexp.config.schema import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -143,6 +144,7 @@ def zoo_presets() -> list[str]:
     """The model presets of the architecture sweep (``hparams_search=architectures``), expanded as Hydra does."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
+
     from segexp.config.schema import CONF_DIR
 
     grid = OmegaConf.load(CONF_DIR / "hparams_search" / "architectures.yaml").hydra.sweeper.params.model
@@ -159,6 +161,7 @@ def compiled_model(
     placeholders (``flexunet_hocm`` has 8 classes, the phantom 6).
     """
     from omegaconf import OmegaConf, open_dict
+
     from segexp.training.loop import compile_model
 
     cfg = compose(["tracking=none", *overrides])
@@ -204,6 +207,7 @@ def work_train_step(p: dict[str, Any]) -> dict[str, Any]:
 def work_loader(p: dict[str, Any]) -> dict[str, Any]:
     """Augmented samples/s that ``model.fit`` receives from :class:`SliceLoader` (a 1x1-conv model consumes them)."""
     import keras
+
     from segexp.data.augment import Augmenter
     from segexp.data.dataset import open_dataset
     from segexp.training.loop import build_loaders
@@ -272,6 +276,7 @@ def work_infer(p: dict[str, Any]) -> dict[str, Any]:
     import cv2
     import numpy as np
     from omegaconf import OmegaConf
+
     from segexp.data.rgb_map import default_palette
     from segexp.data.volumes import VolumeCase, load_case, num_slices, volume_slice
     from segexp.evaluation.prediction import predict_volume, window_like_training
@@ -366,6 +371,7 @@ def work_prepare(p: dict[str, Any]) -> dict[str, Any]:
     import logging
 
     import nibabel as nib
+
     from segexp.data.prepare import prepare
 
     logging.disable(logging.INFO)
@@ -410,6 +416,7 @@ def work_epoch(p: dict[str, Any]) -> dict[str, Any]:
     images, logging)."""
     import mlflow
     import numpy as np
+
     from segexp.training.loop import train
 
     uri = f"sqlite:///{p['run_dir']}.db"
@@ -480,6 +487,7 @@ def work_fit_loop(p: dict[str, Any]) -> dict[str, Any]:
     """
     import keras
     import numpy as np
+
     from segexp.data.augment import Augmenter
     from segexp.data.dataset import open_dataset
     from segexp.training.loop import build_loaders, train, validate_run_config

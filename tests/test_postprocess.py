@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from segexp.config.errors import ConfigError, EvaluationError
 from segexp.evaluation.postprocess import (
     FILE_NAME,

@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+
 from segexp.cli.infer import check_infer_config
 from segexp.config.errors import ConfigError
 from segexp.data.slices import read_image

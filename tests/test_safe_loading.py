@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import pytest
 from mlflow import MlflowClient
+
 from segexp.config.schema import PACKAGE_DIR, REPO_DIR
 from segexp.tracking.runs import RunError, load_keras_model, open_run
 

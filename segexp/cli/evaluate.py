@@ -10,8 +10,9 @@ from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
 from segexp.config.errors import ConfigError
+from segexp.config.options import Precision, expected
 from segexp.config.outputs import check_writable
-from segexp.config.schema import CONF_DIR, PRECISIONS
+from segexp.config.schema import CONF_DIR
 from segexp.evaluation.postprocess import check_postprocess_mode
 from segexp.evaluation.reports import evaluate_run
 from segexp.models.precision import resolve_precision
@@ -23,8 +24,8 @@ def main(cfg: DictConfig) -> float:
     """Evaluate ``run`` into this job's run folder; return the foreground mean Dice (NaN when undefined)."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     with user_errors_exit():
-        if cfg.precision not in PRECISIONS:
-            raise ConfigError(f"precision: expected one of {list(PRECISIONS)}, got {cfg.precision!r}")
+        if (error := expected("precision", cfg.precision, Precision)) is not None:
+            raise ConfigError(error)
         check_postprocess_mode(cfg.postprocess)
         check_writable(out_dir, "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         summary = evaluate_run(

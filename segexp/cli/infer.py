@@ -11,24 +11,23 @@ from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
 from segexp.config.errors import ConfigError
+from segexp.config.options import LargeImages, Precision, expected
 from segexp.config.outputs import check_writable
-from segexp.config.schema import CONF_DIR, PRECISIONS
+from segexp.config.schema import CONF_DIR
 from segexp.evaluation.postprocess import check_postprocess_mode
 from segexp.evaluation.prediction import infer
 from segexp.models.precision import resolve_precision
 from segexp.tracking.runs import open_run
 
-LARGE_IMAGES = ("resize", "tile")
-
 
 def check_infer_config(cfg: DictConfig) -> None:
     """``large_images`` and ``overlap`` values, checked before the model is loaded."""
-    if cfg.large_images not in LARGE_IMAGES:
-        raise ConfigError(f"large_images: expected one of {list(LARGE_IMAGES)}, got {cfg.large_images!r}")
+    if (error := expected("large_images", cfg.large_images, LargeImages)) is not None:
+        raise ConfigError(error)
     if not 0.0 <= cfg.overlap < 1.0:
         raise ConfigError(f"overlap: must lie in [0, 1), got {cfg.overlap}")
-    if cfg.precision not in PRECISIONS:
-        raise ConfigError(f"precision: expected one of {list(PRECISIONS)}, got {cfg.precision!r}")
+    if (error := expected("precision", cfg.precision, Precision)) is not None:
+        raise ConfigError(error)
     check_postprocess_mode(cfg.postprocess)
 
 

@@ -46,6 +46,7 @@ from segexp.data.slices import (
     image_files,
     read_image,
 )
+from segexp.data.splits import SPLITS
 from segexp.data.volumes import (
     NIFTI_GLOB,
     SLICE_AXES,
@@ -58,7 +59,6 @@ from segexp.data.volumes import (
     voxel_spacing,
 )
 
-SPLITS = ("train", "valid", "test")
 PERCENTILES = (0.5, 1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0, 99.5)
 """Intensity percentiles reported in the fingerprint (in %)."""
 TRAIN_SAMPLE_PER_SPLIT = 32

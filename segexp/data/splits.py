@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from segexp.config.errors import SplitError
+from segexp.config.options import Split, values
 
-SPLITS: tuple[str, str, str] = ("train", "valid", "test")
+SPLITS: tuple[str, ...] = values(Split)
 """The split names, in cutting order."""
 
 DEFAULT_RATIOS: Mapping[str, float] = {"train": 0.7, "valid": 0.15, "test": 0.15}

@@ -42,6 +42,7 @@ import numpy as np
 from scipy import ndimage
 
 from segexp.config.errors import EvaluationError
+from segexp.config.options import PostprocessMode, expected
 from segexp.config.outputs import atomic_write_text
 from segexp.tracking.runs import TrainedRun
 
@@ -56,14 +57,6 @@ class Rule(StrEnum):
     MIN_VOLUME = "min_volume"
     MIN_SIZE = "min_size"
     LARGEST = "largest"
-
-
-class Mode(StrEnum):
-    """``postprocess`` of ``segexp-evaluate`` / ``segexp-infer`` and ``training.postprocess``
-    (``segexp.config.schema.POSTPROCESS_MODES``)."""
-
-    AUTO = "auto"  # training: choose on validation; evaluate/infer: the run's chosen rules, if any
-    NONE = "none"  # raw argmax labels
 
 
 @dataclass(frozen=True)
@@ -234,18 +227,18 @@ def determine(
     return chosen
 
 
-def check_postprocess_mode(mode: str, key: str = "postprocess") -> Mode:
-    """``mode`` as a :class:`Mode`, or an error naming ``key`` and the choices."""
-    try:
-        return Mode(mode)
-    except ValueError:
-        raise EvaluationError(f"{key}: expected one of {[str(m) for m in Mode]}, got {mode!r}") from None
+def check_postprocess_mode(mode: str, key: str = "postprocess") -> PostprocessMode:
+    """``mode`` as a :class:`PostprocessMode`, or an error naming ``key`` and the choices."""
+    error = expected(key, mode, PostprocessMode)
+    if error is not None:
+        raise EvaluationError(error)
+    return PostprocessMode(mode)
 
 
-def for_run(run: TrainedRun, mode: str = Mode.AUTO) -> Postprocessing | None:
+def for_run(run: TrainedRun, mode: str = PostprocessMode.auto) -> Postprocessing | None:
     """The rules ``run``'s training chose (``postprocessing.json``) for ``mode`` ``auto``; None for ``none``
     or a run trained without them."""
-    if check_postprocess_mode(mode) is Mode.NONE:
+    if check_postprocess_mode(mode) is PostprocessMode.none:
         return None
     path = run.artifact_file(FILE_NAME)
     if path is None:
@@ -278,7 +271,6 @@ __all__ = [
     "FILE_NAME",
     "FRACTIONS",
     "ClassRule",
-    "Mode",
     "Postprocessing",
     "Rule",
     "apply_rule",

@@ -43,6 +43,7 @@ from segexp.data.slices import (
 from segexp.evaluation.inference import predict_batches, probabilities_to_classes
 from segexp.evaluation.postprocess import Postprocessing, determine, for_run
 from segexp.evaluation.scoring import (
+    METRICS,
     aggregate,
     dice_including_background,
     score_classes,
@@ -52,8 +53,6 @@ from segexp.tracking.runs import TrainedRun
 from segexp.tracking.tracker import Tracker, tracked_run
 
 log = logging.getLogger(__name__)
-
-METRICS = ("dice", "iou", "hd95", "precision", "recall")
 
 
 def check_model_fits(model: Any, num_classes: int, channels: int) -> None:

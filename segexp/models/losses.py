@@ -19,16 +19,14 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from segexp.config.options import Loss
+
 __all__ = [
-    "LOSSES",
     "CrossEntropyLoss",
     "DiceCELoss",
     "SoftDiceLoss",
     "build_loss",
 ]
-
-#: Names accepted by :func:`build_loss` (config key ``training.loss``).
-LOSSES = ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
 
 
 def _check_num_classes(num_classes) -> int:
@@ -236,4 +234,4 @@ def build_loss(
                 f"got num_classes={num_classes}; use 'dice_ce'"
             )
         return DiceCELoss(num_classes, name=name, **dice)
-    raise ValueError(f"training.loss: unknown loss {name!r}; expected one of " + ", ".join(repr(n) for n in LOSSES))
+    raise ValueError(f"training.loss: unknown loss {name!r}; expected one of " + ", ".join(repr(n) for n in Loss))
