@@ -32,7 +32,7 @@ from segexp.data.slices import find_pairs
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.evaluation.postprocess import Postprocessing
 from segexp.evaluation.postprocess import describe as describe_postprocessing
-from segexp.evaluation.reports import choose_postprocessing, evaluate_split, log_summary, write_reports
+from segexp.evaluation.reports import choose_postprocessing, log_summary, score_split
 from segexp.models import build_model, check_model_config
 from segexp.models.losses import build_loss
 from segexp.models.metrics import build_metrics
@@ -297,18 +297,16 @@ def evaluate_test_split(
         log.info("no test split in %s: skipping the evaluation after training", dataset.root)
         return
 
-    evaluation = evaluate_split(
+    summary, files = score_split(
         model,
         dataset,
         "test",
-        image_size=(cfg.model.image_height, cfg.model.image_width),
-        channels=cfg.model.image_channels,
+        cfg.model,
+        out_dir,
         case_pattern=cfg.dataset.case_pattern,
         batch_size=cfg.training.batch_size,
         postprocessing=postprocessing,
     )
-    summary = evaluation.summary
-    files = write_reports(evaluation, out_dir)
     log_summary(tracker, summary, files, prefix="test")
     log.info(
         "test foreground mean Dice %s (%d cases); reports in %s",
