@@ -491,7 +491,7 @@ def _typed(cfg: DictConfig, schema: type) -> DictConfig:
         OmegaConf.resolve(typed)
     except OmegaConfBaseException as err:
         where = f"{err.full_key}: " if err.full_key else ""  # a resolver's error (``${len:...}``) names no key
-        raise ConfigError(f"invalid config: {where}{str(err).splitlines()[0]}") from None
+        raise ConfigError(f"invalid config: {where}{str(err).splitlines()[0]}") from err
     missing = sorted(OmegaConf.missing_keys(typed))
     if missing:
         raise ConfigError("invalid config: these keys need a value: " + ", ".join(missing))

@@ -284,11 +284,11 @@ def request_problems(request: SlurmRequest, partition: Partition, nodes: Sequenc
 def _run(command: Sequence[str]) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(list(command), check=False, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
         raise ConfigError(
             f"launcher=submitit_slurm: `{' '.join(command)}` did not answer in {COMMAND_TIMEOUT_S} s: "
             "is slurmctld running?"
-        ) from None
+        ) from err
 
 
 def _scontrol(entity: str) -> str:

@@ -115,8 +115,8 @@ def preset_window(name: str) -> tuple[float, float]:
     """``(level, width)`` of the preset ``name``; ValueError listing the presets."""
     try:
         return WINDOW_PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown window preset {name!r}; choose one of {sorted(WINDOW_PRESETS)}") from None
+    except KeyError as err:
+        raise ValueError(f"unknown window preset {name!r}; choose one of {sorted(WINDOW_PRESETS)}") from err
 
 
 def window_volume(

@@ -145,10 +145,10 @@ def read_image_file(path: Path, flags: int, what: str = "image") -> np.ndarray:
     """
     try:
         data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: cannot read {what} (file does not exist)") from None
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: cannot read {what} (file does not exist)") from err
     except OSError as err:
-        raise DataError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+        raise DataError(f"{path}: cannot read {what} ({err.strerror or err})") from err
     if not data:
         raise DataError(f"{path}: cannot read {what} (empty file, 0 bytes)")
     if data.startswith(PNG_SIGNATURE):
@@ -166,7 +166,7 @@ def read_image_file(path: Path, flags: int, what: str = "image") -> np.ndarray:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as err:
         detail = str(err).strip().splitlines()[-1] if str(err).strip() else "OpenCV error"
-        raise DataError(f"{path}: cannot read {what} (corrupt data: {detail})") from None
+        raise DataError(f"{path}: cannot read {what} (corrupt data: {detail})") from err
     if image is None:
         start = data[:8]
         kind = (
@@ -227,7 +227,7 @@ class MaskDecoder:
             try:
                 return decode_rgb_mask(cv2.cvtColor(raw, cv2.COLOR_BGR2RGB), self.colours, path)
             except MaskColourError as err:
-                raise DataError(str(err)) from None
+                raise DataError(str(err)) from err
         if not same_channels(raw):
             raise DataError(
                 f"{path}: colour mask (3 different channels) but dataset.mask_format is "

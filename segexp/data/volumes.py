@@ -91,7 +91,7 @@ def compile_case_pattern(pattern: str) -> re.Pattern[str]:
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise VolumeError(f"case pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        raise VolumeError(f"case pattern {pattern!r} is not a valid regular expression: {exc}") from exc
     missing = {"case", "kind"} - set(regex.groupindex)
     if missing:
         raise VolumeError(
@@ -229,10 +229,10 @@ def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
 def _load_nifti(case: str, path: Path, kind: str) -> SpatialImage:
     try:
         return nib.load(str(path))
-    except FileNotFoundError:
-        raise VolumeError(f"case {case}: {kind} file {path} does not exist") from None
+    except FileNotFoundError as err:
+        raise VolumeError(f"case {case}: {kind} file {path} does not exist") from err
     except Exception as exc:  # nibabel raises several types for corrupt files
-        raise VolumeError(f"case {case}: cannot read {kind} file {path}: {exc}") from None
+        raise VolumeError(f"case {case}: cannot read {kind} file {path}: {exc}") from exc
 
 
 def _shape3(case: str, path: Path, kind: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -378,7 +378,7 @@ def load_case(
         data = img.dataobj if image_dtype is None else np.asarray(img.dataobj, dtype=image_dtype)
         image = np.asanyarray(data).reshape(header.shape)
     except Exception as exc:
-        raise VolumeError(f"case {case.case}: cannot read image data from {case.image}: {exc}") from None
+        raise VolumeError(f"case {case.case}: cannot read image data from {case.image}: {exc}") from exc
     image = apply_orientation(image, ornt)
 
     label = None
@@ -386,7 +386,7 @@ def load_case(
         try:
             raw = np.asanyarray(lab.dataobj).reshape(header.shape)
         except Exception as exc:
-            raise VolumeError(f"case {case.case}: cannot read label data from {case.label}: {exc}") from None
+            raise VolumeError(f"case {case.case}: cannot read label data from {case.label}: {exc}") from exc
         label = apply_orientation(_label_to_uint8(case, raw, allowed_labels), ornt)
 
     return LoadedCase(
@@ -407,8 +407,8 @@ def load_case(
 def _slice_axis(axis: str) -> int:
     try:
         return SLICE_AXES[axis]
-    except KeyError:
-        raise ValueError(f"slice axis must be one of {sorted(SLICE_AXES)}, got {axis!r}") from None
+    except KeyError as err:
+        raise ValueError(f"slice axis must be one of {sorted(SLICE_AXES)}, got {axis!r}") from err
 
 
 def _check_volume(volume: np.ndarray) -> np.ndarray:

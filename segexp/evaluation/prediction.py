@@ -220,7 +220,7 @@ def predict_volume(
     try:
         loaded = load_case(VolumeCase(name, path, None), image_dtype=None)
     except (VolumeError, OSError, nib.filebasedimages.ImageFileError) as err:
-        raise InferenceInputError(f"{path}: {err}") from None
+        raise InferenceInputError(f"{path}: {err}") from err
     channels = int(model.input_shape[-1])
     height, width = _model_size(model)
     image, original_affine = window_like_training(loaded.image, window), loaded.original_affine

@@ -61,7 +61,7 @@ class TrainedRun:
         try:
             model = mlflow.keras.load_model(models[0].model_uri, load_model_kwargs={"safe_mode": True})
         except ValueError as err:
-            raise RunError(unsafe_model_message(f"MLflow model {models[0].model_uri}", err)) from None
+            raise RunError(unsafe_model_message(f"MLflow model {models[0].model_uri}", err)) from err
         return apply_precision(model, precision)
 
     def artifact_file(self, name: str) -> Path | None:
@@ -144,7 +144,7 @@ def _from_mlflow(run_id: str, tracking_uri: str | None) -> TrainedRun:
         run = mlflow.get_run(run_id)
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/config.yaml")
     except MlflowException as err:
-        raise RunError(f"MLflow run {run_id} at {mlflow.get_tracking_uri()}: {str(err).splitlines()[0]}") from None
+        raise RunError(f"MLflow run {run_id} at {mlflow.get_tracking_uri()}: {str(err).splitlines()[0]}") from err
     run_dir = Path(run.data.tags["run_dir"]) if "run_dir" in run.data.tags else None
     if run_dir is not None and not run_dir.is_dir():
         run_dir = None

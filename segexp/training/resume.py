@@ -87,7 +87,7 @@ def read_state(run_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except ValueError as err:
-        raise ResumeError(f"{path}: unreadable checkpoint state ({err})") from None
+        raise ResumeError(f"{path}: unreadable checkpoint state ({err})") from err
 
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -291,7 +291,7 @@ def _run_dir_of(run_id: str, tracking_uri: str) -> Path:
     except MlflowException as err:
         raise ResumeError(
             f"training.resume: MLflow run {run_id} at {tracking_uri}: {str(err).splitlines()[0]}"
-        ) from None
+        ) from err
     folder = run.data.tags.get("run_dir")
     if folder is None or not Path(folder).is_dir():
         raise ResumeError(
