@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from segexp.config.errors import ConfigError, raise_config_problems
 from segexp.config.options import (
+    LargeImages,
     Layout,
     Loss,
     MaskFormat,
@@ -680,5 +681,68 @@ def validate_check_config(cfg: DictConfig) -> DictConfig:
     errors += _one_of(("axis", typed.axis, SliceAxis))
     if typed.max_lines < 1:
         errors.append(f"max_lines: must be >= 1, got {typed.max_lines}")
+    raise_config_problems(errors)
+    return typed
+
+
+# --------------------------------------------------------------------------- segexp-evaluate, segexp-infer
+
+
+@dataclass
+class EvaluateConfig:
+    task_name: str = MISSING
+    run: str = MISSING
+    tracking_uri: Optional[str] = MISSING
+    split: str = MISSING
+    batch_size: int = MISSING
+    flip_tta: bool = MISSING
+    postprocess: str = MISSING
+    precision: str = MISSING
+    dataset_root: Optional[str] = MISSING
+    log_to_run: bool = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class InferConfig:
+    task_name: str = MISSING
+    run: str = MISSING
+    tracking_uri: Optional[str] = MISSING
+    input: str = MISSING
+    output_dir: Optional[str] = MISSING
+    batch_size: int = MISSING
+    flip_tta: bool = MISSING
+    postprocess: str = MISSING
+    precision: str = MISSING
+    large_images: str = MISSING
+    overlap: float = MISSING
+    window: Optional[WindowConfig] = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def _check_prediction_keys(typed: Any) -> list[str]:
+    """Keys segexp-evaluate and segexp-infer share."""
+    errors = _one_of(("precision", typed.precision, Precision), ("postprocess", typed.postprocess, PostprocessMode))
+    if typed.batch_size < 1:
+        errors.append(f"batch_size: must be >= 1, got {typed.batch_size}")
+    return errors
+
+
+def validate_evaluate_config(cfg: DictConfig) -> DictConfig:
+    """Typed ``segexp-evaluate`` config; every problem is reported with its key, before the model is loaded."""
+    typed = _typed(cfg, EvaluateConfig)
+    errors = _check_prediction_keys(typed) + _one_of(("split", typed.split, Split))
+    raise_config_problems(errors)
+    return typed
+
+
+def validate_infer_config(cfg: DictConfig) -> DictConfig:
+    """Typed ``segexp-infer`` config; every problem is reported with its key, before the model is loaded."""
+    typed = _typed(cfg, InferConfig)
+    errors = _check_prediction_keys(typed) + _one_of(("large_images", typed.large_images, LargeImages))
+    if not 0.0 <= typed.overlap < 1.0:
+        errors.append(f"overlap: must lie in [0, 1), got {typed.overlap}")
+    if typed.window is not None:
+        errors += _one_of(("window.mode", typed.window.mode, WindowMode))
     raise_config_problems(errors)
     return typed
