@@ -194,6 +194,7 @@ class TrainingConfig:
     deterministic: bool = MISSING
     verbose: int = MISSING
     evaluate_after: bool = MISSING
+    callbacks: Optional[dict[str, Any]] = MISSING
     postprocess: str = MISSING
     resume: Optional[str] = MISSING
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
@@ -443,6 +444,9 @@ def _check_training(t: Any) -> list[str]:
         errors.append(f"training.max_time: minutes must be > 0, or null for no limit, got {t.max_time}")
     if t.schedule is not None and "_target_" not in t.schedule:
         errors.append("training.schedule: needs a _target_ such as keras.optimizers.schedules.PolynomialDecay, or null")
+    for name, spec in (t.callbacks or {}).items():
+        if spec is not None and (not isinstance(spec, DictConfig) or "_target_" not in spec):
+            errors.append(f"training.callbacks.{name}: needs a _target_ naming a keras.callbacks.Callback, or null")
     if t.schedule is not None and t.reduce_lr.enabled:
         errors.append(
             "training.reduce_lr.enabled: ReduceLROnPlateau cannot change a learning-rate schedule; "

@@ -94,13 +94,15 @@ def record_mlflow_run(run_dir: Path, run_id: str, tracking_uri: str) -> None:
 def upgrade_run_config(config: DictConfig) -> DictConfig:
     """The config of a run trained by an earlier segexp, in today's keys (so it validates and evaluates).
 
-    ``training.mixed_precision`` (true: float16) became ``training.precision``; ``training.postprocess`` is
-    new (a run from before chose no postprocessing: ``none``).
+    ``training.mixed_precision`` (true: float16) became ``training.precision``; ``training.postprocess`` and
+    ``training.callbacks`` are new (a run from before chose no postprocessing, ``none``, and had no callbacks
+    of its user's, ``{}``).
     """
     training = config.get("training")
-    if training is not None and "postprocess" not in training:
-        with open_dict(config):
-            training.postprocess = "none"
+    for key, before in (("postprocess", "none"), ("callbacks", {})):
+        if training is not None and key not in training:
+            with open_dict(config):
+                training[key] = before
     if training is not None and "mixed_precision" in training:
         with open_dict(config):
             if "precision" not in training:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.config.errors import raise_config_problems
+from segexp.config.errors import ConfigError, raise_config_problems
 from segexp.config.outputs import (
     check_output_locations,
     check_run_dir_free,
@@ -209,6 +210,27 @@ def validation_epochs(t: DictConfig) -> list[int]:
     return [e for e in range(1, t.epochs + 1) if e % n == 0 or e == t.epochs]
 
 
+def user_callbacks(specs: Any) -> list[keras.callbacks.Callback]:
+    """``training.callbacks``: each named entry a Keras callback built from its ``_target_`` (null: off), in the
+    order given. A callback whose counters must survive a resume lists them in a ``resume_state`` class
+    attribute (:func:`segexp.training.resume.state_attributes`)."""
+    built = []
+    for name, spec in (specs or {}).items():
+        if spec is None:
+            continue
+        try:
+            callback = hydra.utils.instantiate(spec)
+        except Exception as err:  # noqa: BLE001 - any failure to build it is the user's entry
+            raise ConfigError(f"training.callbacks.{name}: cannot build {spec.get('_target_')!r}: {err}") from err
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise ConfigError(
+                f"training.callbacks.{name}: {spec.get('_target_')!r} built a {type(callback).__name__}, "
+                "expected a keras.callbacks.Callback"
+            )
+        built.append(callback)
+    return built
+
+
 def build_callbacks(
     cfg: DictConfig, run_dir: Path, tracker: Tracker, dataset: SliceDataset
 ) -> list[keras.callbacks.Callback]:
@@ -256,6 +278,7 @@ def build_callbacks(
                 last_epoch=t.epochs,
             )
         )
+    callbacks += user_callbacks(t.callbacks)
     max_time_s = None if t.max_time is None else 60.0 * t.max_time
     callbacks.append(EpochClock(tracker, max_time_s))  # last: it times the whole epoch
     return callbacks

@@ -67,13 +67,23 @@ MAY_CHANGE = (
     "training.checkpoint.",
     "training.validation.",
     "training.epoch_images.every_n_epochs",
+    "training.postprocess",  # only the step after the last epoch reads it
 )
-#: Callback attributes saved and restored (counters and best values).
+#: Callback attributes saved and restored (counters and best values). A callback of the user's
+#: (``training.callbacks``) names its own in a ``resume_state`` class attribute (see :func:`state_attributes`).
 CALLBACK_STATE = {
     BestCheckpoint: ("best", "saved_epoch"),
     keras.callbacks.ReduceLROnPlateau: ("best", "wait", "cooldown_counter"),
     keras.callbacks.EarlyStopping: ("best", "wait", "stopped_epoch", "best_epoch"),
 }
+
+
+def state_attributes(callback: keras.callbacks.Callback) -> tuple[str, ...]:
+    """The attributes of ``callback`` a resume restores: :data:`CALLBACK_STATE` for the built-in ones,
+    else its ``resume_state`` (a tuple of attribute names; none: nothing to restore)."""
+    if type(callback) in CALLBACK_STATE:
+        return CALLBACK_STATE[type(callback)]
+    return tuple(getattr(callback, "resume_state", ()))
 
 
 # --------------------------------------------------------------------------- files
@@ -136,7 +146,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.dir = Path(run_dir) / RESUME_DIR
         self.config = dict(config)
-        self.watched = [c for c in callbacks if type(c) in CALLBACK_STATE]
+        self.watched = [c for c in callbacks if state_attributes(c)]
         self.best = next((c for c in callbacks if isinstance(c, BestCheckpoint)), None)
         self.clock = next((c for c in callbacks if isinstance(c, EpochClock)), None)
         self.run_id = run_id
@@ -188,7 +198,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
                 save_keras_model(self.model, tmp)
         callbacks: dict[str, dict[str, Any]] = {}
         for c in self.watched:
-            state = {name: _plain(getattr(c, name, None)) for name in CALLBACK_STATE[type(c)]}
+            state = {name: _plain(getattr(c, name, None)) for name in state_attributes(c)}
             if isinstance(c, keras.callbacks.EarlyStopping) and c.best_weights is not None:
                 state["best_weights_epoch"] = c.best_epoch + 1  # the weights of that epoch's file
             callbacks[type(c).__name__] = state
@@ -227,12 +237,13 @@ def _remove_unreferenced(folder: Path, state: Mapping[str, Any]) -> None:
 
 
 def restore_callbacks(callbacks: Sequence[keras.callbacks.Callback], state: Mapping[str, Any], folder: Path) -> None:
-    """Put the saved counters and best values back into BestCheckpoint, ReduceLROnPlateau, EarlyStopping."""
+    """Put the saved counters and best values back into BestCheckpoint, ReduceLROnPlateau, EarlyStopping and
+    the user's callbacks that name a ``resume_state``."""
     for c in callbacks:
         saved = state["callbacks"].get(type(c).__name__)
         if saved is None:
             continue
-        for name in CALLBACK_STATE[type(c)]:
+        for name in state_attributes(c):
             setattr(c, name, saved.get(name))
         weights_epoch = saved.get("best_weights_epoch")
         weights_file = folder / f"epoch_{weights_epoch:03d}.keras" if weights_epoch else None
