@@ -34,8 +34,8 @@ import numpy as np
 
 from segexp.config.errors import TrackingUnavailable
 from segexp.config.outputs import atomic_write_text
-from segexp.models.saving import save_keras_model
-from segexp.tracking.runs import MLFLOW_RUN_FILE, load_keras_model
+from segexp.models.saving import load_keras_model, save_keras_model
+from segexp.tracking.runs import MLFLOW_RUN_FILE
 from segexp.tracking.store import (
     OutagePolicy,
     call_with_backoff,
