@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field, is_dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional, Union, cast, get_args, get_origin, get_type_hints
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -69,6 +69,14 @@ def _length(seq: Any) -> int:
 if not OmegaConf.has_resolver("len"):
     # ``${len:${dataset.class_names}}``: the model's class count follows the dataset's.
     OmegaConf.register_new_resolver("len", _length)
+
+
+def to_dict(cfg: Any, *, resolve: bool) -> dict[str, Any]:
+    """``OmegaConf.to_container(cfg, resolve=resolve)`` of a mapping node, typed as the plain dict it is."""
+    plain = OmegaConf.to_container(cfg, resolve=resolve)
+    if not isinstance(plain, dict):
+        raise TypeError(f"expected a mapping config node, got {type(plain).__name__}")
+    return cast("dict[str, Any]", plain)  # DictConfig keys are str in every config this project reads
 
 
 def usable_cores(cap: int | None = None) -> int:
@@ -263,14 +271,14 @@ RENAMED: dict[str, str] = {
 }
 
 
-def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
+def _unknown_keys(node: Any, schema: Any, prefix: str) -> list[str]:
     """Full keys present in ``node`` but not declared in the dataclass ``schema``."""
     if not isinstance(node, DictConfig):
         return []
     hints = get_type_hints(schema)
     problems = []
     for key in node.keys():
-        full = f"{prefix}{key}"
+        full = f"{prefix}{key!s}"
         if full in RENAMED:
             problems.append(f"{full}: {RENAMED[full]}")
             continue
@@ -492,7 +500,7 @@ def _typed(cfg: DictConfig, schema: type) -> DictConfig:
     """Merge ``cfg`` onto the dataclass ``schema``: unknown keys, wrong types and missing values fail."""
     raise_config_problems(_unknown_keys(cfg, schema, ""))
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        typed = cast(DictConfig, OmegaConf.merge(OmegaConf.structured(schema), cfg))  # a dataclass merges to a dict
         OmegaConf.resolve(typed)
     except OmegaConfBaseException as err:
         where = f"{err.full_key}: " if err.full_key else ""  # a resolver's error (``${len:...}``) names no key

@@ -353,7 +353,7 @@ class Augmenter:
         return {"cfg": self._cfg}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["cfg"])
+        type(self).__init__(self, state["cfg"])
 
     def __repr__(self) -> str:
         return f"Augmenter({', '.join(self._names) or 'identity'})"

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from segexp.config.errors import DataError
-from segexp.data.rgb_map import MaskColourError, colour_table, decode_rgb_mask
+from segexp.data.rgb_map import Colours, MaskColourError, colour_table, decode_rgb_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -213,7 +213,7 @@ class MaskDecoder:
         self,
         mask_format: str,
         num_classes: int,
-        colours: Sequence[Sequence[int]] | None = None,
+        colours: Colours | None = None,
         threshold: int = 128,
     ) -> None:
         self.mask_format = mask_format
@@ -224,6 +224,8 @@ class MaskDecoder:
     def __call__(self, path: Path) -> np.ndarray:
         raw = read_image_file(path, cv2.IMREAD_COLOR, "mask")
         if self.mask_format == "rgb":
+            if self.colours is None:  # as colour_table(None) would fail
+                raise TypeError("MaskDecoder: mask_format 'rgb' needs colours (the rgb_map)")
             try:
                 return decode_rgb_mask(cv2.cvtColor(raw, cv2.COLOR_BGR2RGB), self.colours, path)
             except MaskColourError as err:

@@ -48,6 +48,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -228,7 +229,7 @@ def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
 
 def _load_nifti(case: str, path: Path, kind: str) -> SpatialImage:
     try:
-        return nib.load(str(path))
+        return cast(SpatialImage, nib.load(str(path)))  # NIfTI files: a SpatialImage (Nifti1Image/Nifti2Image)
     except FileNotFoundError as err:
         raise VolumeError(f"case {case}: {kind} file {path} does not exist") from err
     except Exception as exc:  # nibabel raises several types for corrupt files
@@ -243,7 +244,7 @@ def _shape3(case: str, path: Path, kind: str, shape: tuple[int, ...]) -> tuple[i
         raise VolumeError(
             f"case {case}: {kind} {path} must be a 3D volume (or 4D with a trailing dimension of 1), got shape {dims}"
         )
-    return dims  # type: ignore[return-value]
+    return dims
 
 
 def describe_affine(affine: np.ndarray) -> str:
@@ -441,7 +442,7 @@ def volume_slice(volume: np.ndarray, axis: str, index: int) -> np.ndarray:
     return np.ascontiguousarray(plane[::-1, ::-1].T)
 
 
-def stack_slices(slices: Sequence[np.ndarray], axis: str) -> np.ndarray:
+def stack_slices(slices: Sequence[np.ndarray] | np.ndarray, axis: str) -> np.ndarray:
     """Inverse of :func:`volume_slice`: display-oriented 2D slices -> canonical ``(x, y, z)`` volume.
 
     ``slices[i]`` becomes slice ``i`` along ``axis``, so

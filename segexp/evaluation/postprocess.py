@@ -204,7 +204,7 @@ def determine(
                 "why": "absent from every validation case",
             }
             continue
-        scored = []
+        scored: list[tuple[float, int, ClassRule, list[np.ndarray]]] = []
         for rule in candidates((t for t, _ in current), k, fractions):
             preds = [np.array(p, copy=True) for _, p in current]
             for p in preds:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import keras
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -105,9 +105,9 @@ def check_model_config(model: DictConfig | dict[str, Any]) -> tuple[DictConfig |
     network = _NETWORKS[name]
     declared = {f.name for f in fields(network.params)}
     problems = [
-        f"model.{key}: {RENAMED[key]}"
+        f"model.{key!s}: {RENAMED[key]}"
         if key in RENAMED
-        else f"model.{key}: unknown key for model {name}; expected one of {sorted(declared)}"
+        else f"model.{key!s}: unknown key for model {name}; expected one of {sorted(declared)}"
         for key in model.keys()
         if key not in declared
     ]
@@ -116,7 +116,7 @@ def check_model_config(model: DictConfig | dict[str, Any]) -> tuple[DictConfig |
     if problems:
         return None, problems
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(network.params), model)
+        typed = cast(DictConfig, OmegaConf.merge(OmegaConf.structured(network.params), model))  # dataclass: a dict
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", "") or "?"
         return None, [f"model.{key.removeprefix('model.')}: {str(err).splitlines()[0]}"]
@@ -128,6 +128,7 @@ def validate_model_config(model: DictConfig | dict[str, Any]) -> DictConfig:
     """The typed ``model`` section, or :class:`ConfigError` listing every problem."""
     typed, problems = check_model_config(model)
     raise_config_problems(problems)
+    assert typed is not None  # check_model_config returns None only together with problems, raised above
     return typed
 
 

@@ -217,7 +217,8 @@ def _set(cfg: DictConfig, choices: Sequence[Choice]) -> DictConfig:
 
 def _applicable(choices: Sequence[Choice], explicit: Explicit, cfg: DictConfig) -> tuple[list[Choice], list[Choice]]:
     """(to apply, the user's): a choice whose ``requires`` the final group choice misses is dropped."""
-    apply, skipped = [], []
+    apply: list[Choice] = []
+    skipped: list[Choice] = []
     for c in choices:
         if c.requires is not None:
             group, option = c.requires.split("=")

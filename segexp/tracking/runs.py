@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -125,7 +125,7 @@ def _from_dir(run_dir: Path) -> TrainedRun:
     config_file = run_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
         raise RunError(f"{run_dir}: not a segexp training run folder (no .hydra/config.yaml)")
-    config = upgrade_run_config(OmegaConf.load(config_file))
+    config = upgrade_run_config(cast(DictConfig, OmegaConf.load(config_file)))  # Hydra writes a mapping
     run_id = tracking_uri = None
     record = run_dir / MLFLOW_RUN_FILE
     if record.is_file():
@@ -151,7 +151,7 @@ def _from_mlflow(run_id: str, tracking_uri: str | None) -> TrainedRun:
     if run_dir is not None and not run_dir.is_dir():
         run_dir = None
     return TrainedRun(
-        config=upgrade_run_config(OmegaConf.load(local)),
+        config=upgrade_run_config(cast(DictConfig, OmegaConf.load(local))),  # the run's .hydra/config.yaml
         run_dir=run_dir,
         run_id=run_id,
         tracking_uri=mlflow.get_tracking_uri(),

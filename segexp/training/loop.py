@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 import keras
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from segexp.config.errors import ConfigError, raise_config_problems
 from segexp.config.outputs import (
@@ -23,7 +23,7 @@ from segexp.config.outputs import (
     resume_requested,
     train_output_locations,
 )
-from segexp.config.schema import REPO_DIR, check_train_config
+from segexp.config.schema import REPO_DIR, check_train_config, to_dict
 from segexp.data.augment import Augmenter
 from segexp.data.check import log_fingerprint
 from segexp.data.dataset import SliceDataset, open_dataset
@@ -185,7 +185,7 @@ def build_optimizer(t: DictConfig, total_steps: int) -> keras.optimizers.Optimiz
 
 def build_network(cfg: DictConfig, precision: str = "fp32") -> keras.Model:
     """The configured network, uncompiled, in ``precision`` (its weights drawn from the global seed)."""
-    return apply_precision(build_model(**OmegaConf.to_container(cfg.model)), precision)
+    return apply_precision(build_model(**to_dict(cfg.model, resolve=False)), precision)
 
 
 def compile_model(
@@ -518,7 +518,7 @@ def train(
     the MLflow run starts and before any training step (:func:`prepare_run_folder`).
     """
     cfg = validate_run_config(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = to_dict(cfg, resolve=True)
     start, run_dir = prepare_run_folder(cfg, resolved, Path(run_dir))
     strategy = data_parallel(cfg.training.devices, cfg.training.batch_size)  # before TensorFlow initialises
     seed_and_threads(cfg)
@@ -566,7 +566,7 @@ def train(
             outage=outage,
         ) as tracker,
     ):
-        if tracker.enabled:
+        if tracker.run_id is not None:  # tracker.enabled
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
         own = with_resume_checkpoint(
             build_callbacks(cfg, run_dir, tracker, dataset),

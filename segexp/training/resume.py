@@ -176,6 +176,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
 
     def _link_best(self, epoch: int) -> None:
         """``epoch_<e>.keras`` as a hard link to the ``best.keras`` just written (a copy where links fail)."""
+        assert self.best is not None  # _commit links only when there is a best checkpoint
         target = self.dir / f"epoch_{epoch:03d}.keras"
         with atomic_write_path(target, durable=True) as tmp:
             try:
@@ -520,11 +521,12 @@ def interrupted_inside(error: BaseException) -> bool:
     error (seen: ``TypeError: Invalid input to zip`` over ``SystemError`` over the interrupt, from a
     SIGTERM during ``model.predict``); the chain of causes still holds the interrupt."""
     seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (KeyboardInterrupt, SystemExit)):
             return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return False
 
 
