@@ -235,10 +235,10 @@ def check_postprocess_mode(mode: str, key: str = "postprocess") -> PostprocessMo
     return PostprocessMode(mode)
 
 
-def for_run(run: TrainedRun, mode: str = PostprocessMode.auto) -> Postprocessing | None:
+def for_run(run: TrainedRun, mode: str = PostprocessMode.AUTO) -> Postprocessing | None:
     """The rules ``run``'s training chose (``postprocessing.json``) for ``mode`` ``auto``; None for ``none``
     or a run trained without them."""
-    if check_postprocess_mode(mode) is PostprocessMode.none:
+    if check_postprocess_mode(mode) is PostprocessMode.NONE:
         return None
     path = run.artifact_file(FILE_NAME)
     if path is None:
