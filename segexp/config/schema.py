@@ -187,7 +187,7 @@ class TrainingConfig:
     optimizer: dict[str, Any] = MISSING
     schedule: Optional[dict[str, Any]] = MISSING
     max_time: Optional[float] = MISSING
-    loss: str = MISSING
+    loss: Any = MISSING  # a Loss name, or a mapping with a _target_ (a loss of the user's)
     dice: DiceConfig = field(default_factory=DiceConfig)
     monitor: str = MISSING
     monitor_mode: str = MISSING
@@ -409,7 +409,11 @@ def _check_training(t: Any) -> list[str]:
             errors.append(f"training.{key}: must be >= 1, got {t[key]}")
     if t.learning_rate <= 0:
         errors.append(f"training.learning_rate: must be > 0, got {t.learning_rate}")
-    loss_error = expected("training.loss", t.loss, Loss)
+    if isinstance(t.loss, DictConfig):
+        needs = "training.loss: a mapping needs a _target_ naming a keras.losses.Loss"
+        loss_error = None if "_target_" in t.loss else needs
+    else:
+        loss_error = expected("training.loss", t.loss, Loss)
     if loss_error is not None:
         errors.append(loss_error)
     elif t.loss == "categorical_crossentropy" and (t.dice.batch is not True or t.dice.include_background is not False):
