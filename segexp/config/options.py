@@ -73,6 +73,15 @@ class PostprocessMode(StrEnum):
     NONE = "none"  # raw argmax labels
 
 
+class PostprocessRule(StrEnum):
+    """What is done to one class's predicted components (``postprocessing.json``, ``segexp.evaluation.postprocess``)."""
+
+    NONE = "none"
+    MIN_VOLUME = "min_volume"
+    MIN_SIZE = "min_size"
+    LARGEST = "largest"
+
+
 class Norm(StrEnum):
     """``model.norm``: the normalisation after each hidden convolution."""
 
