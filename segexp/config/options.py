@@ -74,7 +74,7 @@ class PostprocessMode(StrEnum):
 
 
 class PostprocessRule(StrEnum):
-    """What is done to one class's predicted components (``postprocessing.json``, ``segexp.evaluation.postprocess``)."""
+    """What is done to a class's predictions in a case (``postprocessing.json``, ``segexp.evaluation.postprocess``)."""
 
     NONE = "none"
     MIN_VOLUME = "min_volume"
