@@ -68,9 +68,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
-
 from bench import compose, machine, update_markdown
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -47,6 +47,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,7 @@ def compose(overrides: Sequence[str], config_name: str = "train") -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import open_dict
+
     from segexp.config.schema import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -143,6 +145,7 @@ def zoo_presets() -> list[str]:
     """The model presets of the architecture sweep (``hparams_search=architectures``), expanded as Hydra does."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
+
     from segexp.config.schema import CONF_DIR
 
     grid = OmegaConf.load(CONF_DIR / "hparams_search" / "architectures.yaml").hydra.sweeper.params.model
@@ -159,6 +162,7 @@ def compiled_model(
     placeholders (``flexunet_hocm`` has 8 classes, the phantom 6).
     """
     from omegaconf import OmegaConf, open_dict
+
     from segexp.training.loop import compile_model
 
     cfg = compose(["tracking=none", *overrides])
@@ -204,6 +208,7 @@ def work_train_step(p: dict[str, Any]) -> dict[str, Any]:
 def work_loader(p: dict[str, Any]) -> dict[str, Any]:
     """Augmented samples/s that ``model.fit`` receives from :class:`SliceLoader` (a 1x1-conv model consumes them)."""
     import keras
+
     from segexp.data.augment import Augmenter
     from segexp.data.dataset import open_dataset
     from segexp.training.loop import build_loaders
@@ -272,6 +277,7 @@ def work_infer(p: dict[str, Any]) -> dict[str, Any]:
     import cv2
     import numpy as np
     from omegaconf import OmegaConf
+
     from segexp.data.rgb_map import default_palette
     from segexp.data.volumes import VolumeCase, load_case, num_slices, volume_slice
     from segexp.evaluation.prediction import predict_volume, window_like_training
@@ -366,6 +372,7 @@ def work_prepare(p: dict[str, Any]) -> dict[str, Any]:
     import logging
 
     import nibabel as nib
+
     from segexp.data.prepare import prepare
 
     logging.disable(logging.INFO)
@@ -410,6 +417,7 @@ def work_epoch(p: dict[str, Any]) -> dict[str, Any]:
     images, logging)."""
     import mlflow
     import numpy as np
+
     from segexp.training.loop import train
 
     uri = f"sqlite:///{p['run_dir']}.db"
@@ -480,6 +488,7 @@ def work_fit_loop(p: dict[str, Any]) -> dict[str, Any]:
     """
     import keras
     import numpy as np
+
     from segexp.data.augment import Augmenter
     from segexp.data.dataset import open_dataset
     from segexp.training.loop import build_loaders, train, validate_run_config
@@ -688,476 +697,521 @@ def _has(program: str) -> bool:
 # ----------------------------------------------------------------------------- the suite
 
 
+@dataclass
+class SuiteRun:
+    """What every benchmark section reads: the options, the work folder, the machine."""
+
+    args: argparse.Namespace
+    tiny: bool
+    work: Path
+    cores: int
+    repeats: int
+    machine: dict[str, Any]
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def bench_loader(run: SuiteRun) -> dict[str, Any]:
+    """Loader at 512x512 vs the model's training step at 512x512."""
+    tiny, work, cores, repeats = run.tiny, run.work, run.cores, run.repeats
+    size = 64 if tiny else 512
+    data = make_slice_dataset(work / f"loader_{size}", 8 if tiny else 72, size, slices_per_case=8 if tiny else 36)
+    shape = [f"model.image_height={size}", f"model.image_width={size}"]
+    loader = []
+    worker_counts = [0, 2] if tiny else sorted({0, 1, 2, *[w for w in (4, 8, 16) if w <= cores]})
+    for workers in worker_counts:
+        for processes in [False] if workers == 0 else [False, True]:
+            if processes and tiny:
+                continue
+            say(f"loader: workers={workers} multiprocessing={processes}")
+            r = run_worker(
+                "loader",
+                {
+                    "overrides": [
+                        *data,
+                        *shape,
+                        f"training.loader.workers={workers}",
+                        f"training.loader.use_multiprocessing={processes}",
+                    ],
+                    "repeats": repeats,
+                },
+            )
+            loader.append({"workers": workers, "multiprocessing": processes, **r})
+    models = {}
+    for name, spec in MODELS.items():
+        say(f"loader: model step {name} at {size}x{size}")
+        models[name] = run_worker(
+            "train_step",
+            {
+                "overrides": [*spec["overrides"], *shape],
+                "batch": spec["batch"],
+                "jit": False,
+                "steps": 1 if tiny else 3,
+                "repeats": repeats,
+                "threads": None,
+            },
+        )
+    return {"size": size, "loader": loader, "models": models}
+
+
+def bench_train(run: SuiteRun) -> dict[str, Any]:
+    """Training step: default preset and the reduced flexunet_hocm, XLA off/on, 1 thread / all cores."""
+    tiny, cores, repeats = run.tiny, run.cores, run.repeats
+    rows = []
+    native = native_bf16()
+    gpu = run.machine["gpu"] != "none"
+    # (threads, xla, precision) per model; bf16 at 1 thread and all cores, XLA with fp32 only (on CPUs).
+    # Emulated bf16 (no native support) is 5-10x slower: one row at all cores, one step per repetition.
+    plan = (
+        [(cores, False, "fp32"), (cores, False, "bf16")]
+        if tiny
+        else [
+            (1, False, "fp32"),
+            (1, True, "fp32"),
+            *([(1, False, "bf16")] if native else []),
+            (cores, False, "fp32"),
+            (cores, True, "fp32"),
+            (cores, False, "bf16"),
+        ]
+    )
+    for name, spec in MODELS.items():
+        size = [64, 64] if tiny else ([128, 128] if name == "default" else [256, 256])
+        shape = [f"model.image_height={size[0]}", f"model.image_width={size[1]}"]
+        for threads, jit, precision in plan:
+            slow = precision == "bf16" and not native and not tiny
+            say(f"train: {name} threads={threads} xla={jit} precision={precision}")
+            r = run_worker(
+                "train_step",
+                {
+                    "overrides": [*spec["overrides"], *shape],
+                    "batch": spec["batch"],
+                    "jit": jit,
+                    "precision": precision,
+                    "steps": 1 if tiny or slow else 5,
+                    "repeats": 1 if slow else repeats,
+                    "threads": threads,
+                },
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "size": size,
+                    "batch": spec["batch"],
+                    "threads": threads,
+                    "xla": jit,
+                    "precision": precision,
+                    **r,
+                }
+            )
+    if not tiny:  # the full flexunet_hocm at 512x512: a few steps; bf16 where it is native (emulated: ~6x slower)
+        full = [(1, False, "fp32"), (cores, False, "fp32")] + ([(cores, False, "bf16")] if native else [])
+        if gpu:
+            full = [(cores, False, "fp32"), (cores, True, "fp32"), (cores, False, "auto"), (cores, True, "auto")]
+        for threads, jit, precision in full:
+            say(f"train: flexunet_hocm 512x512 threads={threads} xla={jit} precision={precision}")
+            r = run_worker(
+                "train_step",
+                {
+                    "overrides": ["model=flexunet_hocm"],
+                    "batch": 2,
+                    "jit": jit,
+                    "precision": precision,
+                    "steps": 10 if gpu else 1,
+                    "repeats": repeats if gpu else 1,
+                    "threads": threads,
+                },
+            )
+            rows.append(
+                {
+                    "model": "hocm_full",
+                    "size": [512, 512],
+                    "batch": 2,
+                    "threads": threads,
+                    "xla": jit,
+                    "precision": precision,
+                    **r,
+                }
+            )
+    return {"rows": rows, "native_bf16": native, "cores": cores}
+
+
+def bench_fit(run: SuiteRun) -> dict[str, Any]:
+    """The fit loop: real segexp-train epochs against train_on_batch on the same batches, per model."""
+    tiny, work = run.tiny, run.work
+    rows = []
+    # flexunet_hocm's 8 classes become the phantom's 6 (num_classes only sizes the head)
+    plan = [
+        ("default", 128, 8, [], 30),
+        ("hocm_like", 256, 2, [*MODELS["hocm_like"]["overrides"], "model.num_classes=6"], 10),
+    ]
+    for name, size, batch, model_overrides, steps in plan:
+        if tiny:
+            size, steps, model_overrides = 32, 2, ["model.num_layers=3"]
+        data = make_slice_dataset(work / f"fit_{size}", 8 if tiny else 72, size, slices_per_case=8 if tiny else 36)
+        say(f"fit loop: {name} at {size}x{size}")
+        r = run_worker(
+            "fit_loop",
+            {
+                "overrides": [
+                    *data,
+                    *model_overrides,
+                    f"model.image_height={size}",
+                    f"model.image_width={size}",
+                    f"training.batch_size={batch}",
+                    f"training.steps_per_epoch={steps}",
+                    f"training.epochs={2 if tiny else 4}",
+                ],
+                "run_dir": str(work / f"fit_run_{name}"),
+            },
+        )
+        rows.append({"model": name, "size": size, **r})
+    # The same runs' training steps under segexp's epoch loop and under plain Keras model.fit,
+    # in alternating fresh processes (fit's cost shows only across processes: it traces the step).
+    # The default preset only: four runs of the hocm-like model (8 s per step on 2 cores
+    # without AVX-512) would add ~25 min to --only fit.
+    keras_rows = []
+    for name, size, batch, model_overrides, steps in plan[:1]:
+        if tiny:
+            size, steps, model_overrides = 32, 2, ["model.num_layers=3"]
+        data = make_slice_dataset(work / f"fit_{size}", 8 if tiny else 72, size, slices_per_case=8 if tiny else 36)
+        overrides = [
+            *data,
+            *model_overrides,
+            f"model.image_height={size}",
+            f"model.image_width={size}",
+            f"training.batch_size={batch}",
+            f"training.steps_per_epoch={steps}",
+            f"training.epochs={2 if tiny else 4}",
+        ]
+        rates: dict[str, list[float]] = {"segexp": [], "keras": []}
+        for _ in range(1 if tiny else 2):
+            for loop in rates:
+                say(f"fit loop: {name} at {size}x{size}, {loop} loop")
+                r = run_worker(
+                    "epoch",
+                    {
+                        "overrides": overrides,
+                        "keras_fit": loop == "keras",
+                        "run_dir": str(work / f"fit_loop_{name}_{loop}"),
+                    },
+                )
+                rates[loop].append(batch * steps / r["train_s"])
+        keras_rows.append(
+            {
+                "model": name,
+                "size": size,
+                "batch": batch,
+                "steps_per_epoch": steps,
+                **rates,
+                "ratio": statistics.median(rates["segexp"]) / statistics.median(rates["keras"]),
+            }
+        )
+    return {"rows": rows, "keras_rows": keras_rows}
+
+
+def bench_peer(run: SuiteRun) -> dict[str, Any]:
+    """The planned network's step against MONAI's own UNet step in PyTorch (scripts/monai_loop.py, its own venv),
+    alternating fresh processes: segexp as planned on this machine (XLA and precision: the plan's rule and
+    training.precision=auto), the other segexp variants, MONAI (fp32)."""
+    tiny, cores, repeats = run.tiny, run.cores, run.repeats
+    from segexp.models.precision import resolve_precision
+    from segexp.planning.rules import xla_for
+    from segexp.planning.steptime import this_machine
+
+    rows = []
+    venv = Path(run.args.monai_venv)
+    sizes = [32] if tiny else run.args.peer_sizes
+    planned_precision = resolve_precision("auto")
+    planned = (xla_for(this_machine(), planned_precision), planned_precision)
+    variants = {"segexp_xla_fp32": (True, "fp32"), "segexp_fp32": (False, "fp32")}
+    if planned_precision != "fp32":
+        variants.update(
+            {
+                f"segexp_xla_{planned_precision}": (True, planned_precision),
+                f"segexp_{planned_precision}": (False, planned_precision),
+            }
+        )
+    planned_name = next(name for name, v in variants.items() if v == planned)
+    for side in sizes:
+        overrides = planned_network(side)
+        times: dict[str, list[float]] = {name: [] for name in [*variants, "monai"]}
+        first: dict[str, list[float]] = {k: [] for k in times}
+        for _ in range(1 if tiny else 2):
+            for system in times:
+                say(f"peer: {system} at {side}x{side}")
+                if system == "monai":
+                    r = monai_step(side, side, 1, 9, steps=1 if tiny else 5, repeats=repeats, threads=cores, venv=venv)
+                    times[system].append(r["step_s"])
+                else:
+                    jit, precision = variants[system]
+                    r = run_worker(
+                        "train_step",
+                        {
+                            "overrides": overrides,
+                            "batch": 8,
+                            "jit": jit,
+                            "precision": precision,
+                            "steps": 1 if tiny else 5,
+                            "repeats": repeats,
+                            "threads": cores,
+                        },
+                    )
+                    times[system].append(8 / r["images_per_s"])
+                first[system].append(r["first_step_s"])
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append(
+            {
+                "size": side,
+                "batch": 8,
+                "overrides": overrides,
+                "step_s": med,
+                "step_s_all": times,
+                "first_step_s": {k: statistics.median(v) for k, v in first.items()},
+                "planned": planned_name,
+                "ratio_planned": med[planned_name] / med["monai"],
+                "ratio": {k: med[k] / med["monai"] for k in variants},
+            }
+        )
+    return {"rows": rows, "threads": cores}
+
+
+def bench_infer(run: SuiteRun) -> dict[str, Any]:
+    """Inference on a 128-slice volume: each model on a volume of its own input size (as its training data), and the
+    default model on a 512x512 CT as well (I/O-bound, see BENCHMARKS.md)."""
+    tiny, work, repeats = run.tiny, run.work, run.repeats
+    rows = []
+    num = 8 if tiny else 128
+    plan = [
+        ("default", 128, 128, True, "fp32"),
+        ("default", 128, 128, False, "bf16"),
+        ("default", 128, 512, False, "fp32"),
+        ("hocm_like", 256, 512, True, "fp32"),
+    ]
+    if native_bf16() or tiny:  # emulated bf16 on the big model: ~10 min for one number that says "slower"
+        plan.append(("hocm_like", 256, 512, False, "bf16"))
+    for name, size, in_plane, target, precision in plan:
+        if tiny:
+            size, in_plane = 32, 64 if in_plane == 512 else 32
+        volume = make_volume(work / f"volume_{in_plane}x{num}.nii.gz", in_plane, num)
+        say(f"infer: {name} at {size}x{size} on a {in_plane}x{in_plane}x{num} volume, {precision}")
+        r = run_worker(
+            "infer",
+            {
+                "overrides": [
+                    *MODELS[name]["overrides"],
+                    f"model.image_height={size}",
+                    f"model.image_width={size}",
+                ],
+                "batch": 8,
+                "volume": str(volume),
+                "out_dir": str(work / f"infer_{name}"),
+                "precision": precision,
+                "repeats": repeats if name == "default" else max(1, repeats - 1),
+                "per_slice_count": min(num, 8 if tiny else 32),
+                "threads": None,
+            },
+        )
+        rows.append(
+            {
+                "model": name,
+                "size": size,
+                "volume": [in_plane, in_plane, num],
+                "target": target,
+                "precision": precision,
+                **r,
+            }
+        )
+    return {"rows": rows}
+
+
+def bench_zoo(run: SuiteRun) -> dict[str, Any]:
+    """The model zoo: every network preset of the architecture sweep at one size (--only zoo)."""
+    tiny, work, repeats = run.tiny, run.work, run.repeats
+    rows = []
+    size, num = (32, 8) if tiny else (128, 64)
+    volume = make_volume(work / f"volume_{size}x{num}.nii.gz", size, num)
+    for preset in zoo_presets():
+        shape = [
+            f"model={preset}",
+            f"model.image_height={size}",
+            f"model.image_width={size}",
+            "model.image_channels=1",
+        ]
+        if tiny:
+            shape.append("debug=fast")
+        say(f"zoo: {preset} at {size}x{size}")
+        train = run_worker(
+            "train_step",
+            {
+                "overrides": shape,
+                "batch": 8,
+                "jit": False,
+                "precision": "fp32",
+                "steps": 1 if tiny else 3,
+                "repeats": repeats,
+                "threads": None,
+            },
+        )
+        say(f"zoo: {preset} at {size}x{size}, XLA")
+        try:
+            xla = run_worker(
+                "train_step",
+                {
+                    "overrides": shape,
+                    "batch": 8,
+                    "jit": True,
+                    "precision": "fp32",
+                    "steps": 1 if tiny else 3,
+                    "repeats": repeats,
+                    "threads": None,
+                },
+            )
+        except RuntimeError as err:  # a network XLA cannot compile is a result, not a crash of the suite
+            say(f"  {preset}: XLA failed: {str(err).splitlines()[0]}")
+            xla = {"images_per_s": float("nan"), "first_step_s": float("nan")}
+        infer = run_worker(
+            "infer",
+            {
+                "overrides": shape,
+                "batch": 8,
+                "volume": str(volume),
+                "out_dir": str(work / f"zoo_infer_{preset}"),
+                "precision": "fp32",
+                "repeats": repeats,
+                "per_slice_count": 2 if tiny else 4,
+                "threads": None,
+            },
+        )
+        rows.append(
+            {
+                "model": preset,
+                "size": size,
+                "params": train["params"],
+                "train_images_per_s": train["images_per_s"],
+                "first_step_s": train["first_step_s"],
+                "xla_images_per_s": xla["images_per_s"],
+                "xla_first_step_s": xla["first_step_s"],
+                "infer_slices_per_s": infer["end_to_end"],
+                "forward_slices_per_s": infer["bare_forward"],
+                "volume": [size, size, num],
+            }
+        )
+    return {"rows": rows}
+
+
+def bench_memory(run: SuiteRun) -> dict[str, Any]:
+    """Memory: one training epoch on 36, 144, 576 slices."""
+    tiny, work = run.tiny, run.work
+    rows = []
+    counts = [8, 16] if tiny else [36, 144, 576]
+    size = 32 if tiny else 128
+    for count in counts:
+        data = make_slice_dataset(work / f"memory_{count}", count, size, slices_per_case=8 if tiny else 36)
+        say(f"memory: one epoch on {count} slices")
+        r = run_worker(
+            "memory",
+            {
+                "overrides": [
+                    *data,
+                    f"model.image_height={size}",
+                    f"model.image_width={size}",
+                    "model.num_layers=3" if tiny else "model.num_layers=5",
+                    "training.epochs=1",
+                    "training.steps_per_epoch=null",
+                    "training.foreground_fraction=0",
+                    "training.evaluate_after=false",
+                    "training.epoch_images.num=0",
+                    "training.verbose=0",
+                ],
+                "run_dir": str(work / f"memory_run_{count}"),
+            },
+        )
+        rows.append({"slices": count, **r})
+    return {"rows": rows, "size": size}
+
+
+def bench_epoch(run: SuiteRun) -> dict[str, Any]:
+    """Epochs: the fixed per-epoch cost at default settings, phantom and a 36-slice real set."""
+    tiny, work = run.tiny, run.work
+    rows = []
+    plan = [("phantom (default run)", [])]
+    if HOCM_MINI.is_dir():
+        plan.append(("hocmvalves_mini (36 real slices)", ["experiment=hocmvalves_mini", f"dataset.root={HOCM_MINI}"]))
+    for label, overrides in plan:
+        if tiny:
+            overrides = [
+                *overrides,
+                "debug=fast",
+                "model.image_height=32",
+                "model.image_width=32",
+                "model.num_layers=3",
+                "training.steps_per_epoch=2",
+            ]
+        say(f"epoch: {label}")
+        r = run_worker(
+            "epoch",
+            {
+                "overrides": [*overrides, f"training.epochs={2 if tiny else 3}"],
+                "run_dir": str(work / f"epoch_run_{len(rows)}"),
+            },
+        )
+        rows.append({"data": label, **r})
+    return {"rows": rows}
+
+
+def bench_prepare(run: SuiteRun) -> dict[str, Any]:
+    """Prepare: volumes/s with 1 and 2 workers."""
+    tiny, work, repeats = run.tiny, run.work, run.repeats
+    from segexp.data.phantom import write_phantom_volumes
+
+    n, size, num = (3, 32, 8) if tiny else (8, 256, 96)
+    source = work / f"prepare_volumes_{n}x{size}x{num}"
+    write_phantom_volumes(source, num_cases=n, size=size, num_slices=num, seed=0)
+    rows = []
+    for workers in (1, 2):
+        say(f"prepare: workers={workers}")
+        out = work / f"prepare_out_{workers}"
+        _rmtree(out)
+        r = run_worker("prepare", {"source": str(source), "out_dir": str(out), "workers": workers, "repeats": repeats})
+        rows.append({"workers": workers, **r})
+        _rmtree(out)
+    return {"rows": rows, "volume": [size, size, num]}
+
+
+#: The sections, in the order they run: name -> function (``--only`` names them).
+SECTIONS: dict[str, Callable[[SuiteRun], dict[str, Any]]] = {
+    "loader": bench_loader,
+    "train": bench_train,
+    "fit": bench_fit,
+    "peer": bench_peer,
+    "infer": bench_infer,
+    "zoo": bench_zoo,
+    "memory": bench_memory,
+    "epoch": bench_epoch,
+    "prepare": bench_prepare,
+}
+#: What a run without ``--only`` measures (epoch and zoo only on request).
+DEFAULT_SECTIONS = ("loader", "train", "fit", "peer", "infer", "memory", "prepare")
+
+
 def suite(args: argparse.Namespace) -> dict[str, Any]:
-    """Run every section; returns all results (also printed as they arrive)."""
+    """Run the wanted sections; returns all results (also printed as they arrive)."""
     tiny = args.tiny
     if tiny:
         IN_PROCESS.update({"train_step", "loader", "infer", "memory", "epoch", "fit_loop"})
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    cores = machine()["cores"]
-    repeats = 1 if tiny else args.repeats
-    results: dict[str, Any] = {"machine": machine(), "tiny": tiny, "repeats": repeats, "sections": {}}
-    sections = results["sections"]
-    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    wanted = set(args.only or ["loader", "train", "fit", "peer", "infer", "memory", "prepare"])  # epoch, zoo: --only
+    host = machine()
+    run = SuiteRun(args, tiny, work, host["cores"], 1 if tiny else args.repeats, host)
+    results: dict[str, Any] = {"machine": host, "tiny": tiny, "repeats": run.repeats, "sections": {}}
+    wanted = set(args.only or DEFAULT_SECTIONS)
     if tiny and not args.only:  # the smoke run (CI) builds no MONAI environment; --tiny --only peer uses one
         wanted.discard("peer")
-
-    # Loader at 512x512 vs the model's training step at 512x512.
-    if "loader" in wanted:
-        size = 64 if tiny else 512
-        data = make_slice_dataset(work / f"loader_{size}", 8 if tiny else 72, size, slices_per_case=8 if tiny else 36)
-        shape = [f"model.image_height={size}", f"model.image_width={size}"]
-        loader = []
-        worker_counts = [0, 2] if tiny else sorted({0, 1, 2, *[w for w in (4, 8, 16) if w <= cores]})
-        for workers in worker_counts:
-            for processes in [False] if workers == 0 else [False, True]:
-                if processes and tiny:
-                    continue
-                say(f"loader: workers={workers} multiprocessing={processes}")
-                r = run_worker(
-                    "loader",
-                    {
-                        "overrides": [
-                            *data,
-                            *shape,
-                            f"training.loader.workers={workers}",
-                            f"training.loader.use_multiprocessing={processes}",
-                        ],
-                        "repeats": repeats,
-                    },
-                )
-                loader.append({"workers": workers, "multiprocessing": processes, **r})
-        models = {}
-        for name, spec in MODELS.items():
-            say(f"loader: model step {name} at {size}x{size}")
-            models[name] = run_worker(
-                "train_step",
-                {
-                    "overrides": [*spec["overrides"], *shape],
-                    "batch": spec["batch"],
-                    "jit": False,
-                    "steps": 1 if tiny else 3,
-                    "repeats": repeats,
-                    "threads": None,
-                },
-            )
-        sections["loader"] = {"size": size, "loader": loader, "models": models}
-
-    # Training step: default preset and the reduced flexunet_hocm, XLA off/on, 1 thread / all cores.
-    if "train" in wanted:
-        rows = []
-        native = native_bf16()
-        gpu = results["machine"]["gpu"] != "none"
-        # (threads, xla, precision) per model; bf16 at 1 thread and all cores, XLA with fp32 only (on CPUs).
-        # Emulated bf16 (no native support) is 5-10x slower: one row at all cores, one step per repetition.
-        plan = (
-            [(cores, False, "fp32"), (cores, False, "bf16")]
-            if tiny
-            else [
-                (1, False, "fp32"),
-                (1, True, "fp32"),
-                *([(1, False, "bf16")] if native else []),
-                (cores, False, "fp32"),
-                (cores, True, "fp32"),
-                (cores, False, "bf16"),
-            ]
-        )
-        for name, spec in MODELS.items():
-            size = [64, 64] if tiny else ([128, 128] if name == "default" else [256, 256])
-            shape = [f"model.image_height={size[0]}", f"model.image_width={size[1]}"]
-            for threads, jit, precision in plan:
-                slow = precision == "bf16" and not native and not tiny
-                say(f"train: {name} threads={threads} xla={jit} precision={precision}")
-                r = run_worker(
-                    "train_step",
-                    {
-                        "overrides": [*spec["overrides"], *shape],
-                        "batch": spec["batch"],
-                        "jit": jit,
-                        "precision": precision,
-                        "steps": 1 if tiny or slow else 5,
-                        "repeats": 1 if slow else repeats,
-                        "threads": threads,
-                    },
-                )
-                rows.append(
-                    {
-                        "model": name,
-                        "size": size,
-                        "batch": spec["batch"],
-                        "threads": threads,
-                        "xla": jit,
-                        "precision": precision,
-                        **r,
-                    }
-                )
-        if not tiny:  # the full flexunet_hocm at 512x512: a few steps; bf16 where it is native (emulated: ~6x slower)
-            full = [(1, False, "fp32"), (cores, False, "fp32")] + ([(cores, False, "bf16")] if native else [])
-            if gpu:
-                full = [(cores, False, "fp32"), (cores, True, "fp32"), (cores, False, "auto"), (cores, True, "auto")]
-            for threads, jit, precision in full:
-                say(f"train: flexunet_hocm 512x512 threads={threads} xla={jit} precision={precision}")
-                r = run_worker(
-                    "train_step",
-                    {
-                        "overrides": ["model=flexunet_hocm"],
-                        "batch": 2,
-                        "jit": jit,
-                        "precision": precision,
-                        "steps": 10 if gpu else 1,
-                        "repeats": repeats if gpu else 1,
-                        "threads": threads,
-                    },
-                )
-                rows.append(
-                    {
-                        "model": "hocm_full",
-                        "size": [512, 512],
-                        "batch": 2,
-                        "threads": threads,
-                        "xla": jit,
-                        "precision": precision,
-                        **r,
-                    }
-                )
-        sections["train"] = {"rows": rows, "native_bf16": native, "cores": cores}
-
-    # The fit loop: real segexp-train epochs against train_on_batch on the same batches, per model.
-    if "fit" in wanted:
-        rows = []
-        # flexunet_hocm's 8 classes become the phantom's 6 (num_classes only sizes the head)
-        plan = [
-            ("default", 128, 8, [], 30),
-            ("hocm_like", 256, 2, [*MODELS["hocm_like"]["overrides"], "model.num_classes=6"], 10),
-        ]
-        for name, size, batch, model_overrides, steps in plan:
-            if tiny:
-                size, steps, model_overrides = 32, 2, ["model.num_layers=3"]
-            data = make_slice_dataset(work / f"fit_{size}", 8 if tiny else 72, size, slices_per_case=8 if tiny else 36)
-            say(f"fit loop: {name} at {size}x{size}")
-            r = run_worker(
-                "fit_loop",
-                {
-                    "overrides": [
-                        *data,
-                        *model_overrides,
-                        f"model.image_height={size}",
-                        f"model.image_width={size}",
-                        f"training.batch_size={batch}",
-                        f"training.steps_per_epoch={steps}",
-                        f"training.epochs={2 if tiny else 4}",
-                    ],
-                    "run_dir": str(work / f"fit_run_{name}"),
-                },
-            )
-            rows.append({"model": name, "size": size, **r})
-        # The same runs' training steps under segexp's epoch loop and under plain Keras model.fit,
-        # in alternating fresh processes (fit's cost shows only across processes: it traces the step).
-        # The default preset only: four runs of the hocm-like model (8 s per step on 2 cores
-        # without AVX-512) would add ~25 min to --only fit.
-        keras_rows = []
-        for name, size, batch, model_overrides, steps in plan[:1]:
-            if tiny:
-                size, steps, model_overrides = 32, 2, ["model.num_layers=3"]
-            data = make_slice_dataset(work / f"fit_{size}", 8 if tiny else 72, size, slices_per_case=8 if tiny else 36)
-            overrides = [
-                *data,
-                *model_overrides,
-                f"model.image_height={size}",
-                f"model.image_width={size}",
-                f"training.batch_size={batch}",
-                f"training.steps_per_epoch={steps}",
-                f"training.epochs={2 if tiny else 4}",
-            ]
-            rates: dict[str, list[float]] = {"segexp": [], "keras": []}
-            for _ in range(1 if tiny else 2):
-                for loop in rates:
-                    say(f"fit loop: {name} at {size}x{size}, {loop} loop")
-                    r = run_worker(
-                        "epoch",
-                        {
-                            "overrides": overrides,
-                            "keras_fit": loop == "keras",
-                            "run_dir": str(work / f"fit_loop_{name}_{loop}"),
-                        },
-                    )
-                    rates[loop].append(batch * steps / r["train_s"])
-            keras_rows.append(
-                {
-                    "model": name,
-                    "size": size,
-                    "batch": batch,
-                    "steps_per_epoch": steps,
-                    **rates,
-                    "ratio": statistics.median(rates["segexp"]) / statistics.median(rates["keras"]),
-                }
-            )
-        sections["fit"] = {"rows": rows, "keras_rows": keras_rows}
-
-    # The planned network's step against MONAI's own UNet step in PyTorch (scripts/monai_loop.py, its own
-    # venv), alternating fresh processes: segexp as planned on this machine (XLA and precision: the plan's
-    # rule and training.precision=auto), the other segexp variants, MONAI (fp32).
-    if "peer" in wanted:
-        from segexp.models.precision import resolve_precision
-        from segexp.planning.rules import xla_for
-        from segexp.planning.steptime import this_machine
-
-        rows = []
-        venv = Path(args.monai_venv)
-        sizes = [32] if tiny else args.peer_sizes
-        planned_precision = resolve_precision("auto")
-        planned = (xla_for(this_machine(), planned_precision), planned_precision)
-        variants = {"segexp_xla_fp32": (True, "fp32"), "segexp_fp32": (False, "fp32")}
-        if planned_precision != "fp32":
-            variants.update(
-                {
-                    f"segexp_xla_{planned_precision}": (True, planned_precision),
-                    f"segexp_{planned_precision}": (False, planned_precision),
-                }
-            )
-        planned_name = next(name for name, v in variants.items() if v == planned)
-        for side in sizes:
-            overrides = planned_network(side)
-            times: dict[str, list[float]] = {name: [] for name in [*variants, "monai"]}
-            first: dict[str, list[float]] = {k: [] for k in times}
-            for _ in range(1 if tiny else 2):
-                for system in times:
-                    say(f"peer: {system} at {side}x{side}")
-                    if system == "monai":
-                        r = monai_step(
-                            side, side, 1, 9, steps=1 if tiny else 5, repeats=repeats, threads=cores, venv=venv
-                        )
-                        times[system].append(r["step_s"])
-                    else:
-                        jit, precision = variants[system]
-                        r = run_worker(
-                            "train_step",
-                            {
-                                "overrides": overrides,
-                                "batch": 8,
-                                "jit": jit,
-                                "precision": precision,
-                                "steps": 1 if tiny else 5,
-                                "repeats": repeats,
-                                "threads": cores,
-                            },
-                        )
-                        times[system].append(8 / r["images_per_s"])
-                    first[system].append(r["first_step_s"])
-            med = {k: statistics.median(v) for k, v in times.items()}
-            rows.append(
-                {
-                    "size": side,
-                    "batch": 8,
-                    "overrides": overrides,
-                    "step_s": med,
-                    "step_s_all": times,
-                    "first_step_s": {k: statistics.median(v) for k, v in first.items()},
-                    "planned": planned_name,
-                    "ratio_planned": med[planned_name] / med["monai"],
-                    "ratio": {k: med[k] / med["monai"] for k in variants},
-                }
-            )
-        sections["peer"] = {"rows": rows, "threads": cores}
-
-    # Inference on a 128-slice volume: each model on a volume of its own input size (as its
-    # training data), and the default model on a 512x512 CT as well (I/O-bound, see BENCHMARKS.md).
-    if "infer" in wanted:
-        rows = []
-        num = 8 if tiny else 128
-        plan = [
-            ("default", 128, 128, True, "fp32"),
-            ("default", 128, 128, False, "bf16"),
-            ("default", 128, 512, False, "fp32"),
-            ("hocm_like", 256, 512, True, "fp32"),
-        ]
-        if native_bf16() or tiny:  # emulated bf16 on the big model: ~10 min for one number that says "slower"
-            plan.append(("hocm_like", 256, 512, False, "bf16"))
-        for name, size, in_plane, target, precision in plan:
-            if tiny:
-                size, in_plane = 32, 64 if in_plane == 512 else 32
-            volume = make_volume(work / f"volume_{in_plane}x{num}.nii.gz", in_plane, num)
-            say(f"infer: {name} at {size}x{size} on a {in_plane}x{in_plane}x{num} volume, {precision}")
-            r = run_worker(
-                "infer",
-                {
-                    "overrides": [
-                        *MODELS[name]["overrides"],
-                        f"model.image_height={size}",
-                        f"model.image_width={size}",
-                    ],
-                    "batch": 8,
-                    "volume": str(volume),
-                    "out_dir": str(work / f"infer_{name}"),
-                    "precision": precision,
-                    "repeats": repeats if name == "default" else max(1, repeats - 1),
-                    "per_slice_count": min(num, 8 if tiny else 32),
-                    "threads": None,
-                },
-            )
-            rows.append(
-                {
-                    "model": name,
-                    "size": size,
-                    "volume": [in_plane, in_plane, num],
-                    "target": target,
-                    "precision": precision,
-                    **r,
-                }
-            )
-        sections["infer"] = {"rows": rows}
-
-    # The model zoo: every network preset of the architecture sweep at one size (--only zoo).
-    if "zoo" in wanted:
-        rows = []
-        size, num = (32, 8) if tiny else (128, 64)
-        volume = make_volume(work / f"volume_{size}x{num}.nii.gz", size, num)
-        for preset in zoo_presets():
-            shape = [
-                f"model={preset}",
-                f"model.image_height={size}",
-                f"model.image_width={size}",
-                "model.image_channels=1",
-            ]
-            if tiny:
-                shape.append("debug=fast")
-            say(f"zoo: {preset} at {size}x{size}")
-            train = run_worker(
-                "train_step",
-                {
-                    "overrides": shape,
-                    "batch": 8,
-                    "jit": False,
-                    "precision": "fp32",
-                    "steps": 1 if tiny else 3,
-                    "repeats": repeats,
-                    "threads": None,
-                },
-            )
-            say(f"zoo: {preset} at {size}x{size}, XLA")
-            try:
-                xla = run_worker(
-                    "train_step",
-                    {
-                        "overrides": shape,
-                        "batch": 8,
-                        "jit": True,
-                        "precision": "fp32",
-                        "steps": 1 if tiny else 3,
-                        "repeats": repeats,
-                        "threads": None,
-                    },
-                )
-            except RuntimeError as err:  # a network XLA cannot compile is a result, not a crash of the suite
-                say(f"  {preset}: XLA failed: {str(err).splitlines()[0]}")
-                xla = {"images_per_s": float("nan"), "first_step_s": float("nan")}
-            infer = run_worker(
-                "infer",
-                {
-                    "overrides": shape,
-                    "batch": 8,
-                    "volume": str(volume),
-                    "out_dir": str(work / f"zoo_infer_{preset}"),
-                    "precision": "fp32",
-                    "repeats": repeats,
-                    "per_slice_count": 2 if tiny else 4,
-                    "threads": None,
-                },
-            )
-            rows.append(
-                {
-                    "model": preset,
-                    "size": size,
-                    "params": train["params"],
-                    "train_images_per_s": train["images_per_s"],
-                    "first_step_s": train["first_step_s"],
-                    "xla_images_per_s": xla["images_per_s"],
-                    "xla_first_step_s": xla["first_step_s"],
-                    "infer_slices_per_s": infer["end_to_end"],
-                    "forward_slices_per_s": infer["bare_forward"],
-                    "volume": [size, size, num],
-                }
-            )
-        sections["zoo"] = {"rows": rows}
-
-    # Memory: one training epoch on 36, 144, 576 slices.
-    if "memory" in wanted:
-        rows = []
-        counts = [8, 16] if tiny else [36, 144, 576]
-        size = 32 if tiny else 128
-        for count in counts:
-            data = make_slice_dataset(work / f"memory_{count}", count, size, slices_per_case=8 if tiny else 36)
-            say(f"memory: one epoch on {count} slices")
-            r = run_worker(
-                "memory",
-                {
-                    "overrides": [
-                        *data,
-                        f"model.image_height={size}",
-                        f"model.image_width={size}",
-                        "model.num_layers=3" if tiny else "model.num_layers=5",
-                        "training.epochs=1",
-                        "training.steps_per_epoch=null",
-                        "training.foreground_fraction=0",
-                        "training.evaluate_after=false",
-                        "training.epoch_images.num=0",
-                        "training.verbose=0",
-                    ],
-                    "run_dir": str(work / f"memory_run_{count}"),
-                },
-            )
-            rows.append({"slices": count, **r})
-        sections["memory"] = {"rows": rows, "size": size}
-
-    # Epochs: the fixed per-epoch cost at default settings, phantom and a 36-slice real set.
-    if "epoch" in wanted:
-        rows = []
-        plan = [("phantom (default run)", [])]
-        if HOCM_MINI.is_dir():
-            plan.append(
-                ("hocmvalves_mini (36 real slices)", ["experiment=hocmvalves_mini", f"dataset.root={HOCM_MINI}"])
-            )
-        for label, overrides in plan:
-            if tiny:
-                overrides = [
-                    *overrides,
-                    "debug=fast",
-                    "model.image_height=32",
-                    "model.image_width=32",
-                    "model.num_layers=3",
-                    "training.steps_per_epoch=2",
-                ]
-            say(f"epoch: {label}")
-            r = run_worker(
-                "epoch",
-                {
-                    "overrides": [*overrides, f"training.epochs={2 if tiny else 3}"],
-                    "run_dir": str(work / f"epoch_run_{len(rows)}"),
-                },
-            )
-            rows.append({"data": label, **r})
-        sections["epoch"] = {"rows": rows}
-
-    # Prepare: volumes/s with 1 and 2 workers.
-    if "prepare" in wanted:
-        from segexp.data.phantom import write_phantom_volumes
-
-        n, size, num = (3, 32, 8) if tiny else (8, 256, 96)
-        source = work / f"prepare_volumes_{n}x{size}x{num}"
-        write_phantom_volumes(source, num_cases=n, size=size, num_slices=num, seed=0)
-        rows = []
-        for workers in (1, 2):
-            say(f"prepare: workers={workers}")
-            out = work / f"prepare_out_{workers}"
-            _rmtree(out)
-            r = run_worker(
-                "prepare", {"source": str(source), "out_dir": str(out), "workers": workers, "repeats": repeats}
-            )
-            rows.append({"workers": workers, **r})
-            _rmtree(out)
-        sections["prepare"] = {"rows": rows, "volume": [size, size, num]}
+    for name, bench in SECTIONS.items():
+        if name in wanted:
+            results["sections"][name] = bench(run)
     return results
 
 
@@ -1465,9 +1519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="seconds-scale smoke run (CI): numbers are meaningless")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")
-    parser.add_argument(
-        "--only", nargs="+", choices=["loader", "train", "fit", "peer", "epoch", "infer", "memory", "prepare", "zoo"]
-    )
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS))
     parser.add_argument(
         "--peer-sizes",
         type=int,

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from segexp.config.schema import REPO_DIR
 
 SERVER_SCRIPT = REPO_DIR / "scripts" / "mlflow_server.sh"

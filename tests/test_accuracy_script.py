@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from segexp.config.schema import REPO_DIR
 from segexp.data.dataset import leaked_cases
 from segexp.data.slices import split_pairs

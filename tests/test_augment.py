@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+
 from segexp.data.augment import (
     AugmentationError,
     Augmenter,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from segexp.config.schema import REPO_DIR
 
 BENCH = REPO_DIR / "scripts" / "bench.py"

@@ -12,6 +12,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 import pytest
+
 from segexp.cli.check import run_check
 from segexp.config.schema import ConfigError, validate_train_config
 from segexp.data.check import check_slice_dataset, check_volume_folder
@@ -357,6 +358,7 @@ def test_training_logs_the_fingerprint_and_honours_on_bad_file(
     """``error`` stops at the bad file naming it; ``skip`` trains and logs the fingerprint (params + JSON artifact)."""
     import mlflow
     from mlflow import MlflowClient
+
     from segexp.training.loop import train
 
     (tiny_dataset / "train" / "images" / "case0_005.png").write_bytes(b"not a png")

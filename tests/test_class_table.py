@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+
 from segexp.cli.check import run_check
 from segexp.config.errors import ConfigError
 from segexp.config.schema import NO_CLASS_TABLE, check_train_config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
+
 from segexp.config.schema import CONF_DIR, ConfigError
 from segexp.data.dataset import open_dataset
 from segexp.data.slices import DataError

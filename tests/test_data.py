@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from segexp.data.augment import Augmenter
 from segexp.data.dataset import open_dataset
 from segexp.data.loader import SliceLoader

@@ -7,6 +7,7 @@ import inspect
 import typing
 
 from omegaconf import MISSING
+
 from segexp.config import schema
 from segexp.models import networks
 from segexp.models.registry import ModelParams

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from segexp.config.errors import ConfigError, RunError
 from segexp.config.schema import REPO_DIR, validate_train_config
 from segexp.training.devices import data_parallel, device_names, is_default_device

@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+
 from segexp.data.intensity import window_to_uint8
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.evaluation.postprocess import Postprocessing

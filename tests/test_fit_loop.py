@@ -7,6 +7,7 @@ import threading
 import keras
 import numpy as np
 import pytest
+
 from segexp.training.fit_loop import fit_epochs
 
 

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+
 from segexp.models import build_model, networks
 from segexp.models.flexunet import build_flexunet, level_dilation, level_kernel
 

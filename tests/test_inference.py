@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+
 from segexp.evaluation.inference import (
     gaussian_importance_map,
     predict_batches,

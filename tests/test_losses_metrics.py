@@ -7,8 +7,9 @@ import math
 import keras
 import numpy as np
 import pytest
+
+from segexp.config.options import Loss, values
 from segexp.models.losses import (
-    LOSSES,
     CrossEntropyLoss,
     DiceCELoss,
     SoftDiceLoss,
@@ -181,7 +182,7 @@ def test_build_loss_types():
     assert isinstance(build_loss("categorical_crossentropy", 4), CrossEntropyLoss)
     assert isinstance(build_loss("dice", 4), SoftDiceLoss)
     assert isinstance(build_loss("dice_ce", 4), DiceCELoss)
-    assert LOSSES == ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
+    assert values(Loss) == ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
 
 
 def test_bce_dice_guard_for_multiclass():
@@ -197,7 +198,7 @@ def test_unknown_loss_error():
         build_loss("focal", 3)
     msg = str(err.value)
     assert "training.loss" in msg and "'focal'" in msg
-    for name in LOSSES:
+    for name in values(Loss):
         assert name in msg
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from segexp.cli import upload as upload_cli
 from segexp.config.errors import TrackingUnavailable
 from segexp.tracking import outbox as ob

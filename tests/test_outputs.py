@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import segexp.training.loop as train_module
 from omegaconf import OmegaConf
+
+import segexp.training.loop as train_module
 from segexp.config.errors import SegexpError
 from segexp.config.outputs import (
     OutputError,

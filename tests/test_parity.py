@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+
 from segexp.data import intensity
 from segexp.data.loader import SliceLoader
 from segexp.data.slices import MaskDecoder, SlicePair

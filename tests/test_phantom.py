@@ -9,6 +9,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 import pytest
+
 from segexp.data.phantom import (
     AO,
     CORONARY,

@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+
 from segexp.config.schema import CONF_DIR
 from segexp.planning import rules
 from segexp.planning.fingerprint import DataFingerprint, median_size

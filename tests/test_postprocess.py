@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from segexp.config.errors import ConfigError, EvaluationError
 from segexp.evaluation.postprocess import (
     FILE_NAME,
@@ -83,14 +84,15 @@ def test_determine_keeps_a_rule_only_where_it_raises_validation_dice() -> None:
     chosen = determine(cases, NAMES)
     assert chosen.rules["a"].rule is Rule.MIN_VOLUME and chosen.rules["a"].min_voxels == 4  # 10 % of 36, rounded
     assert chosen.validation["a"]["dice_before"] == pytest.approx(0.5) and chosen.validation["a"]["dice_after"] == 1.0
-    assert chosen.rules["b"].rule is Rule.NONE  # already perfect: nothing raises it
+    # already perfect: nothing raises it, and the weakest candidate (1 % of 36 -> 2 voxels) costs nothing
+    assert chosen.rules["b"] == ClassRule(Rule.MIN_VOLUME, 2) and chosen.validation["b"]["dice_after"] == 1.0
     fixed = chosen.apply(cases[1][1])
     assert not (fixed == 1).any() and (fixed == 2).sum() == 36
 
     # a small true structure: removing it would lower the Dice, so no rule
     tiny_truth = stack_with({1: [(0, 0, 0, 1)], 2: [(1, 2, 2, 6)]})
     kept = determine([(truth_a, truth_a.copy()), (tiny_truth, tiny_truth.copy())], NAMES)
-    assert kept.rules["a"].rule is Rule.NONE and not kept.active
+    assert kept.rules["a"].rule is Rule.NONE and list(kept.active) == ["b"]
 
     absent = determine([(no_a, no_a.copy())], NAMES)
     assert absent.rules["a"].rule is Rule.NONE and absent.validation["a"]["why"] == "absent from every validation case"

@@ -10,8 +10,9 @@ import mlflow
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-from segexp.cli.infer import check_infer_config
+
 from segexp.config.errors import ConfigError
+from segexp.config.schema import validate_evaluate_config, validate_infer_config
 from segexp.data.slices import read_image
 from segexp.evaluation.inference import probabilities_to_classes
 from segexp.models import build_model
@@ -139,11 +140,25 @@ def test_mixed_precision_key_is_refused_with_its_replacement(tmp_path: Path) -> 
         validate_run_config(compose_config([f"paths.root={tmp_path}", "training.precision=half"]))
 
 
-def test_infer_precision_is_checked_before_loading_the_model() -> None:
-    cfg = OmegaConf.create({"large_images": "resize", "overlap": 0.5, "precision": "half"})
+def test_infer_and_evaluate_keys_are_checked_before_loading_the_model() -> None:
+    infer = ["run=x", "input=y", "paths.root=/tmp"]
     with pytest.raises(ConfigError, match=r"precision: expected one of .*got 'half'"):
-        check_infer_config(cfg)
-    check_infer_config(OmegaConf.create({"large_images": "resize", "overlap": 0.5, "precision": "auto"}))
+        validate_infer_config(compose_config([*infer, "precision=half"], "infer"))
+    validate_infer_config(compose_config([*infer, "precision=auto"], "infer"))
+    # every problem at once, each named by its key
+    with pytest.raises(ConfigError) as caught:
+        validate_infer_config(compose_config([*infer, "large_images=crop", "overlap=1.0", "postprocess=yes"], "infer"))
+    for text in (
+        "large_images: expected one of ['resize', 'tile'], got 'crop'",
+        "overlap: must lie in [0, 1), got 1.0",
+        "postprocess: expected one of ['auto', 'none'], got 'yes'",
+    ):
+        assert text in str(caught.value)
+    with pytest.raises(ConfigError, match=r"batch_siz: unknown key"):
+        validate_evaluate_config(compose_config(["run=x", "paths.root=/tmp", "+batch_siz=4"], "evaluate"))
+    with pytest.raises(ConfigError, match=r"split: expected one of \['train', 'valid', 'test'\], got 'val'"):
+        validate_evaluate_config(compose_config(["run=x", "paths.root=/tmp", "split=val"], "evaluate"))
+    assert validate_evaluate_config(compose_config(["run=x", "paths.root=/tmp"], "evaluate")).split == "test"
 
 
 def test_configs_of_earlier_runs_are_upgraded() -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
+
 from segexp.config.schema import CONF_DIR, REPO_DIR, ConfigError
 from segexp.data.prepare import PrepareError, prepare
 from segexp.data.rgb_map import decode_rgb_mask

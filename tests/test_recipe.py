@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+
 from segexp.config.schema import ConfigError
 from segexp.training.callbacks import on_interval
 from segexp.training.loop import (

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
+
 from segexp.training import callbacks
 from segexp.training.loop import train
 from segexp.training.resume import (

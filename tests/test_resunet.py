@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+
 from segexp.config.schema import ConfigError
 from segexp.models import build_model
 from segexp.models.resunet import build_resunet

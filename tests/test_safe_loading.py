@@ -12,8 +12,10 @@ from pathlib import Path
 import keras
 import pytest
 from mlflow import MlflowClient
+
 from segexp.config.schema import PACKAGE_DIR, REPO_DIR
-from segexp.tracking.runs import RunError, load_keras_model, open_run
+from segexp.models.saving import load_keras_model
+from segexp.tracking.runs import RunError, open_run
 
 from .conftest import TINY_DATASET_OVERRIDES
 
@@ -63,7 +65,7 @@ def test_no_code_is_evaluated_and_no_lambda_layers_exist() -> None:
         for n, line in enumerate(p.read_text().splitlines(), 1)
         if "models.load_model(" in line and "safe_mode=True" not in line
     ]
-    assert loads == []  # every keras load site states safe mode (runs.load_keras_model)
+    assert loads == []  # every keras load site states safe mode (saving.load_keras_model)
 
 
 @pytest.mark.slow  # CI time: ~40 s; a whole training run

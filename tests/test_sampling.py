@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from segexp.data.sampling import EpochSampler, cached_class_presence, class_presence
 from segexp.data.slices import MaskDecoder, find_pairs
-
 from tests.conftest import TINY_COLOURS, write_tiny_dataset
 
 # 10 slices, 4 classes: class 1 in every slice, class 2 in slices 0-1, class 3 only in slice 7.

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from segexp.config.errors import ConfigError
 from segexp.config.schema import REPO_DIR
 from segexp.config.slurm import (
@@ -141,6 +142,7 @@ def test_no_single_node_fits_everything() -> None:
 def test_slurm_presets_become_requests() -> None:
     pytest.importorskip(SUBMITIT_PLUGIN)
     from hydra import compose, initialize_config_dir
+
     from segexp.config.schema import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

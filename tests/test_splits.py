@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from segexp.data.splits import DEFAULT_RATIOS, SplitError, fold_table, split_cases
 
 CASES = [f"p{i:02d}" for i in range(20)]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+
 from segexp.tracking.compare import compare
 from segexp.tracking.store import configure, retry_locked
 from segexp.tracking.tracker import tracked_run

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
+
 from segexp.config.schema import CONF_DIR, validate_train_config
 
 OPTUNA_PLUGIN = "hydra_plugins.hydra_optuna_sweeper"

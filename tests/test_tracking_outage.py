@@ -18,8 +18,9 @@ from pathlib import Path
 
 import keras
 import pytest
-import segexp.training.loop as train_module
 from mlflow import MlflowClient
+
+import segexp.training.loop as train_module
 from segexp.config.errors import SegexpError, TrackingUnavailable
 from segexp.config.schema import REPO_DIR
 from segexp.tracking.outbox import OUTBOX_DIR, OUTBOX_FILE

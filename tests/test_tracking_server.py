@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
 from segexp.training.loop import train
 
 from .conftest import TINY_DATASET_OVERRIDES

@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+
 from segexp.training.loop import train
 
 from .conftest import HOCM_MINI, TINY_DATASET_OVERRIDES

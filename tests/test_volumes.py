@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+
 import segexp.config.schema
 from segexp.data.intensity import (
     WINDOW_PRESETS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from omegaconf import OmegaConf
+
 from segexp.models import build_model
 from segexp.planning.steptime import _measure
 from segexp.training import warm

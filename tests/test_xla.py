@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+
 from segexp.models.xla import xla_for_training_only
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+
 from segexp.config.errors import ConfigError
 from segexp.models import build_model
 from segexp.models.losses import build_loss

@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
+
 from segexp.config.schema import CONF_DIR
 from segexp.models import networks
 from segexp.tracking.compare import changed_params, comparison_rows, per_class_metrics

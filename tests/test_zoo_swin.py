@@ -9,6 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+
 from segexp.models import build_model
 from segexp.models.losses import build_loss
 from segexp.models.saving import load_keras_model, save_keras_model

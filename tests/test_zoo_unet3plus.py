@@ -12,8 +12,10 @@ import mlflow
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+
+from segexp.config.options import Norm, values
 from segexp.evaluation.prediction import infer
-from segexp.models import NORMS, build_model
+from segexp.models import build_model
 from segexp.models.losses import build_loss
 from segexp.models.metrics import build_metrics
 from segexp.models.saving import load_for_inference, load_keras_model, save_keras_model
@@ -64,7 +66,7 @@ def test_builds_at_two_sizes_with_one_or_three_channels(
             assert 0.0 <= y.min() and y.max() <= 1.0
 
 
-@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("norm", values(Norm))
 def test_every_norm_builds_and_runs(norm: str) -> None:
     model = tiny(norm=norm, norm_groups=2, deep_supervision=True)
     x, _ = random_batch(1, 32, 32, 1, 3)

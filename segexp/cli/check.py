@@ -16,10 +16,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
-from segexp.config.schema import CONF_DIR, validate_check_config
+from segexp.config.schema import CONF_DIR, to_dict, validate_check_config
 from segexp.data.check import CheckReport, check_slice_dataset, check_volume_folder
 from segexp.data.phantom import ensure_phantom_volumes
 
@@ -32,11 +32,11 @@ def run_check(cfg: DictConfig) -> CheckReport:
     v = cfg.volumes
     if v is not None:
         source = Path(v.source).expanduser()
-        ensure_phantom_volumes(source, OmegaConf.to_container(v.phantom) if v.phantom is not None else None)
+        ensure_phantom_volumes(source, to_dict(v.phantom, resolve=False) if v.phantom is not None else None)
         classes = {name: list(c.labels) for name, c in v.classes.items()}
         return check_volume_folder(source, v.pattern, classes, axis=cfg.axis)
     size = list(cfg.image_size) if cfg.image_size is not None else None
-    return check_slice_dataset(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.image_channels, size=size)
+    return check_slice_dataset(to_dict(cfg.dataset, resolve=True), cfg.image_channels, size=size)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="check")

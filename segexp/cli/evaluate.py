@@ -9,10 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
-from segexp.config.errors import ConfigError
 from segexp.config.outputs import check_writable
-from segexp.config.schema import CONF_DIR, PRECISIONS
-from segexp.evaluation.postprocess import check_postprocess_mode
+from segexp.config.schema import CONF_DIR, validate_evaluate_config
 from segexp.evaluation.reports import evaluate_run
 from segexp.models.precision import resolve_precision
 from segexp.tracking.runs import open_run
@@ -23,9 +21,7 @@ def main(cfg: DictConfig) -> float:
     """Evaluate ``run`` into this job's run folder; return the foreground mean Dice (NaN when undefined)."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     with user_errors_exit():
-        if cfg.precision not in PRECISIONS:
-            raise ConfigError(f"precision: expected one of {list(PRECISIONS)}, got {cfg.precision!r}")
-        check_postprocess_mode(cfg.postprocess)
+        cfg = validate_evaluate_config(cfg)  # every key checked before the model is loaded
         check_writable(out_dir, "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         summary = evaluate_run(
             open_run(str(cfg.run), cfg.tracking_uri),

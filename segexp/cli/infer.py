@@ -10,35 +10,20 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
-from segexp.config.errors import ConfigError
 from segexp.config.outputs import check_writable
-from segexp.config.schema import CONF_DIR, PRECISIONS
-from segexp.evaluation.postprocess import check_postprocess_mode
+from segexp.config.schema import CONF_DIR, validate_infer_config
 from segexp.evaluation.prediction import infer
 from segexp.models.precision import resolve_precision
 from segexp.tracking.runs import open_run
-
-LARGE_IMAGES = ("resize", "tile")
-
-
-def check_infer_config(cfg: DictConfig) -> None:
-    """``large_images`` and ``overlap`` values, checked before the model is loaded."""
-    if cfg.large_images not in LARGE_IMAGES:
-        raise ConfigError(f"large_images: expected one of {list(LARGE_IMAGES)}, got {cfg.large_images!r}")
-    if not 0.0 <= cfg.overlap < 1.0:
-        raise ConfigError(f"overlap: must lie in [0, 1), got {cfg.overlap}")
-    if cfg.precision not in PRECISIONS:
-        raise ConfigError(f"precision: expected one of {list(PRECISIONS)}, got {cfg.precision!r}")
-    check_postprocess_mode(cfg.postprocess)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="infer")
 def main(cfg: DictConfig) -> None:
     """Predict ``input`` with ``run`` into this job's run folder (or ``output_dir``)."""
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(HydraConfig.get().runtime.output_dir)
-    window = dict(cfg.window) if cfg.get("window") else None
     with user_errors_exit():
-        check_infer_config(cfg)
+        cfg = validate_infer_config(cfg)  # every key checked before the model is loaded
+        out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(HydraConfig.get().runtime.output_dir)
+        window = dict(cfg.window) if cfg.window is not None else None
         check_writable(out_dir, "output_dir" if cfg.output_dir else "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         failures = infer(
             open_run(str(cfg.run), cfg.tracking_uri),

@@ -52,6 +52,8 @@ def user_errors_exit() -> Iterator[None]:
             yield
     except SegexpError as err:
         log.error("%s", err)
+        if err.__cause__ is not None:  # the library error behind it, for the debug log (hydra.verbose=true)
+            log.debug("caused by", exc_info=err.__cause__)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:  # what was saved and how to continue is logged where it happened
         sys.exit(EXIT_INTERRUPTED)

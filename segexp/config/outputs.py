@@ -82,7 +82,7 @@ def check_writable(folder: Path, what: str, min_free_mb: float = DEFAULT_MIN_FRE
         raise OutputError(
             f"{what} = {folder}: cannot write there ({err.strerror or err}); "
             f"choose a writable folder or fix its permissions"
-        ) from None
+        ) from err
     free_mb = shutil.disk_usage(folder).free / 2**20
     if free_mb < min_free_mb:
         raise OutputError(

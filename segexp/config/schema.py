@@ -12,27 +12,35 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, is_dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional, Union, cast, get_args, get_origin, get_type_hints
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from segexp.config.errors import ConfigError, raise_config_problems
+from segexp.config.options import (
+    LargeImages,
+    Layout,
+    Loss,
+    MaskFormat,
+    OnBadFile,
+    PostprocessMode,
+    Precision,
+    PreparedMaskFormat,
+    SliceAxis,
+    Split,
+    WindowMode,
+    expected,
+    values,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # segexp/
 #: The repository checkout that holds ``conf/`` (segexp is installed editable).
 REPO_DIR = PACKAGE_DIR.parent
 CONF_DIR = REPO_DIR / "conf"
 
-LOSS_NAMES = ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
-MASK_FORMATS = ("rgb", "index", "binary")
-LAYOUTS = ("splits", "flat")
-ON_BAD_FILE = ("error", "skip")
-#: ``training.precision`` / ``precision`` values (segexp.models.precision says what each means).
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-POSTPROCESS_MODES = ("auto", "none")  # segexp.evaluation.postprocess.Mode
-SPLITS = ("train", "valid", "test")
 #: A device name in ``training.devices``: ``GPU:0``, ``/gpu:0``, ``/device:CPU:1`` (any case).
 DEVICE_NAME = re.compile(r"^/?(?:device:)?(cpu|gpu):(\d+)$", re.IGNORECASE)
 
@@ -63,6 +71,14 @@ if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", _length)
 
 
+def to_dict(cfg: Any, *, resolve: bool) -> dict[str, Any]:
+    """``OmegaConf.to_container(cfg, resolve=resolve)`` of a mapping node, typed as the plain dict it is."""
+    plain = OmegaConf.to_container(cfg, resolve=resolve)
+    if not isinstance(plain, dict):
+        raise TypeError(f"expected a mapping config node, got {type(plain).__name__}")
+    return cast("dict[str, Any]", plain)  # DictConfig keys are str in every config this project reads
+
+
 def usable_cores(cap: int | None = None) -> int:
     """CPU cores this process may run on (its affinity mask), at most ``cap``."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -75,6 +91,11 @@ if not OmegaConf.has_resolver("cores"):
 
 
 # --------------------------------------------------------------------------- schema
+
+
+def _one_of(*checks: tuple[str, Any, type[StrEnum]]) -> list[str]:
+    """The errors of ``(full key, value, option set)`` checks whose value is not one of the set."""
+    return [e for e in (expected(key, value, options) for key, value, options in checks) if e is not None]
 
 
 @dataclass
@@ -166,7 +187,7 @@ class TrainingConfig:
     optimizer: dict[str, Any] = MISSING
     schedule: Optional[dict[str, Any]] = MISSING
     max_time: Optional[float] = MISSING
-    loss: str = MISSING
+    loss: Any = MISSING  # a Loss name, or a mapping with a _target_ (a loss of the user's)
     dice: DiceConfig = field(default_factory=DiceConfig)
     monitor: str = MISSING
     monitor_mode: str = MISSING
@@ -181,6 +202,7 @@ class TrainingConfig:
     deterministic: bool = MISSING
     verbose: int = MISSING
     evaluate_after: bool = MISSING
+    callbacks: Optional[dict[str, Any]] = MISSING
     postprocess: str = MISSING
     resume: Optional[str] = MISSING
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
@@ -249,14 +271,14 @@ RENAMED: dict[str, str] = {
 }
 
 
-def _unknown_keys(node: Any, schema: type, prefix: str) -> list[str]:
+def _unknown_keys(node: Any, schema: Any, prefix: str) -> list[str]:
     """Full keys present in ``node`` but not declared in the dataclass ``schema``."""
     if not isinstance(node, DictConfig):
         return []
     hints = get_type_hints(schema)
     problems = []
     for key in node.keys():
-        full = f"{prefix}{key}"
+        full = f"{prefix}{key!s}"
         if full in RENAMED:
             problems.append(f"{full}: {RENAMED[full]}")
             continue
@@ -329,12 +351,11 @@ def _check_dataset(d: Any, num_classes: int | None) -> list[str]:
 def _check_dataset_keys(d: Any) -> list[str]:
     """Problems of the ``dataset`` keys other than the class table."""
     errors = []
-    if d.mask_format not in MASK_FORMATS:
-        errors.append(f"dataset.mask_format: expected one of {list(MASK_FORMATS)}, got {d.mask_format!r}")
-    if d.layout not in LAYOUTS:
-        errors.append(f"dataset.layout: expected one of {list(LAYOUTS)}, got {d.layout!r}")
-    if d.on_bad_file not in ON_BAD_FILE:
-        errors.append(f"dataset.on_bad_file: expected one of {list(ON_BAD_FILE)}, got {d.on_bad_file!r}")
+    errors += _one_of(
+        ("dataset.mask_format", d.mask_format, MaskFormat),
+        ("dataset.layout", d.layout, Layout),
+        ("dataset.on_bad_file", d.on_bad_file, OnBadFile),
+    )
     if d.mask_format == "binary" and not 0 <= d.binary_threshold <= 255:
         errors.append(f"dataset.binary_threshold: must lie in 0..255, got {d.binary_threshold}")
     if d.layout == "flat":
@@ -343,8 +364,8 @@ def _check_dataset_keys(d: Any) -> list[str]:
                 errors.append(f"dataset.cases.{split}: layout 'flat' needs the case ids of the {split} split")
         seen: dict[str, str] = {}
         for split, case_ids in d.cases.items():
-            if split not in SPLITS:
-                errors.append(f"dataset.cases.{split}: unknown split; expected {list(SPLITS)}")
+            if split not in values(Split):
+                errors.append(f"dataset.cases.{split}: unknown split; expected {list(values(Split))}")
             for case in case_ids or []:
                 if case in seen:
                     errors.append(
@@ -388,8 +409,13 @@ def _check_training(t: Any) -> list[str]:
             errors.append(f"training.{key}: must be >= 1, got {t[key]}")
     if t.learning_rate <= 0:
         errors.append(f"training.learning_rate: must be > 0, got {t.learning_rate}")
-    if t.loss not in LOSS_NAMES:
-        errors.append(f"training.loss: expected one of {list(LOSS_NAMES)}, got {t.loss!r}")
+    if isinstance(t.loss, DictConfig):
+        needs = "training.loss: a mapping needs a _target_ naming a keras.losses.Loss"
+        loss_error = None if "_target_" in t.loss else needs
+    else:
+        loss_error = expected("training.loss", t.loss, Loss)
+    if loss_error is not None:
+        errors.append(loss_error)
     elif t.loss == "categorical_crossentropy" and (t.dice.batch is not True or t.dice.include_background is not False):
         # Compared with conf/training/default.yaml's values, the only way to tell an override of an inert
         # key (tests/test_recipe.py composes the defaults with this loss, so a drift fails there).
@@ -430,6 +456,9 @@ def _check_training(t: Any) -> list[str]:
         errors.append(f"training.max_time: minutes must be > 0, or null for no limit, got {t.max_time}")
     if t.schedule is not None and "_target_" not in t.schedule:
         errors.append("training.schedule: needs a _target_ such as keras.optimizers.schedules.PolynomialDecay, or null")
+    for name, spec in (t.callbacks or {}).items():
+        if spec is not None and (not isinstance(spec, DictConfig) or "_target_" not in spec):
+            errors.append(f"training.callbacks.{name}: needs a _target_ naming a keras.callbacks.Callback, or null")
     if t.schedule is not None and t.reduce_lr.enabled:
         errors.append(
             "training.reduce_lr.enabled: ReduceLROnPlateau cannot change a learning-rate schedule; "
@@ -438,10 +467,9 @@ def _check_training(t: Any) -> list[str]:
     for key in ("epoch_images", "validation", "checkpoint"):
         if t[key].every_n_epochs < 1:
             errors.append(f"training.{key}.every_n_epochs: must be >= 1, got {t[key].every_n_epochs}")
-    if t.precision not in PRECISIONS:
-        errors.append(f"training.precision: expected one of {list(PRECISIONS)}, got {t.precision!r}")
-    if t.postprocess not in POSTPROCESS_MODES:
-        errors.append(f"training.postprocess: expected one of {list(POSTPROCESS_MODES)}, got {t.postprocess!r}")
+    errors += _one_of(
+        ("training.precision", t.precision, Precision), ("training.postprocess", t.postprocess, PostprocessMode)
+    )
     if t.jit_compile not in ("auto", True, False):
         errors.append(f"training.jit_compile: expected auto, true or false, got {t.jit_compile!r}")
     if t.epoch_images.dir is not None and not Path(t.epoch_images.dir).is_dir():
@@ -476,11 +504,11 @@ def _typed(cfg: DictConfig, schema: type) -> DictConfig:
     """Merge ``cfg`` onto the dataclass ``schema``: unknown keys, wrong types and missing values fail."""
     raise_config_problems(_unknown_keys(cfg, schema, ""))
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        typed = cast(DictConfig, OmegaConf.merge(OmegaConf.structured(schema), cfg))  # a dataclass merges to a dict
         OmegaConf.resolve(typed)
     except OmegaConfBaseException as err:
         where = f"{err.full_key}: " if err.full_key else ""  # a resolver's error (``${len:...}``) names no key
-        raise ConfigError(f"invalid config: {where}{str(err).splitlines()[0]}") from None
+        raise ConfigError(f"invalid config: {where}{str(err).splitlines()[0]}") from err
     missing = sorted(OmegaConf.missing_keys(typed))
     if missing:
         raise ConfigError("invalid config: these keys need a value: " + ", ".join(missing))
@@ -517,10 +545,6 @@ def validate_train_config(cfg: DictConfig) -> DictConfig:
 
 
 # --------------------------------------------------------------------------- segexp-prepare
-
-SLICE_AXIS_NAMES = ("sagittal", "coronal", "axial")
-WINDOW_MODES = ("fixed", "percentile")
-PREPARED_MASK_FORMATS = ("rgb", "index")
 
 
 @dataclass
@@ -615,8 +639,7 @@ def validate_prepare_config(cfg: DictConfig) -> DictConfig:
     typed = _typed(cfg, PrepareConfig)
     errors = _check_volume_classes(typed.volumes.classes, typed.mask_format)
     w = typed.window
-    if w.mode not in WINDOW_MODES:
-        errors.append(f"window.mode: expected one of {list(WINDOW_MODES)}, got {w.mode!r}")
+    errors += _one_of(("window.mode", w.mode, WindowMode))
     if w.width <= 0:
         errors.append(f"window.width: must be > 0 HU, got {w.width}")
     if not 0.0 <= w.low_percentile < w.high_percentile <= 100.0:
@@ -624,19 +647,17 @@ def validate_prepare_config(cfg: DictConfig) -> DictConfig:
             "window.low_percentile/high_percentile: need 0 <= low < high <= 100, "
             f"got {w.low_percentile}, {w.high_percentile}"
         )
-    if typed.axis not in SLICE_AXIS_NAMES:
-        errors.append(f"axis: expected one of {list(SLICE_AXIS_NAMES)}, got {typed.axis!r}")
+    errors += _one_of(("axis", typed.axis, SliceAxis))
     if typed.size is not None and (len(typed.size) != 2 or min(typed.size) < 1):
         errors.append(f"size: expected null or [height, width] in pixels, got {list(typed.size)}")
     if not _in_unit_interval(typed.empty_fraction):
         errors.append(f"empty_fraction: must lie in [0, 1], got {typed.empty_fraction}")
-    if typed.mask_format not in PREPARED_MASK_FORMATS:
-        errors.append(f"mask_format: expected one of {list(PREPARED_MASK_FORMATS)}, got {typed.mask_format!r}")
+    errors += _one_of(("mask_format", typed.mask_format, PreparedMaskFormat))
     if typed.workers < 0:
         errors.append(f"workers: must be >= 0, got {typed.workers}")
     for split, ratio in typed.split.ratios.items():
-        if split not in SPLITS:
-            errors.append(f"split.ratios.{split}: unknown split; expected {list(SPLITS)}")
+        if split not in values(Split):
+            errors.append(f"split.ratios.{split}: unknown split; expected {list(values(Split))}")
         elif not _in_unit_interval(ratio):
             errors.append(f"split.ratios.{split}: must lie in [0, 1], got {ratio}")
     raise_config_problems(errors)
@@ -673,9 +694,71 @@ def validate_check_config(cfg: DictConfig) -> DictConfig:
         errors.append(f"image_channels: must be 1 (grayscale) or 3 (RGB), got {typed.image_channels}")
     if typed.image_size is not None and (len(typed.image_size) != 2 or min(typed.image_size) < 1):
         errors.append(f"image_size: expected null or [height, width] in pixels, got {list(typed.image_size)}")
-    if typed.axis not in SLICE_AXIS_NAMES:
-        errors.append(f"axis: expected one of {list(SLICE_AXIS_NAMES)}, got {typed.axis!r}")
+    errors += _one_of(("axis", typed.axis, SliceAxis))
     if typed.max_lines < 1:
         errors.append(f"max_lines: must be >= 1, got {typed.max_lines}")
+    raise_config_problems(errors)
+    return typed
+
+
+# --------------------------------------------------------------------------- segexp-evaluate, segexp-infer
+
+
+@dataclass
+class EvaluateConfig:
+    task_name: str = MISSING
+    run: str = MISSING
+    tracking_uri: Optional[str] = MISSING
+    split: str = MISSING
+    batch_size: int = MISSING
+    flip_tta: bool = MISSING
+    postprocess: str = MISSING
+    precision: str = MISSING
+    dataset_root: Optional[str] = MISSING
+    log_to_run: bool = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class InferConfig:
+    task_name: str = MISSING
+    run: str = MISSING
+    tracking_uri: Optional[str] = MISSING
+    input: str = MISSING
+    output_dir: Optional[str] = MISSING
+    batch_size: int = MISSING
+    flip_tta: bool = MISSING
+    postprocess: str = MISSING
+    precision: str = MISSING
+    large_images: str = MISSING
+    overlap: float = MISSING
+    window: Optional[WindowConfig] = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def _check_prediction_keys(typed: Any) -> list[str]:
+    """Keys segexp-evaluate and segexp-infer share."""
+    errors = _one_of(("precision", typed.precision, Precision), ("postprocess", typed.postprocess, PostprocessMode))
+    if typed.batch_size < 1:
+        errors.append(f"batch_size: must be >= 1, got {typed.batch_size}")
+    return errors
+
+
+def validate_evaluate_config(cfg: DictConfig) -> DictConfig:
+    """Typed ``segexp-evaluate`` config; every problem is reported with its key, before the model is loaded."""
+    typed = _typed(cfg, EvaluateConfig)
+    errors = _check_prediction_keys(typed) + _one_of(("split", typed.split, Split))
+    raise_config_problems(errors)
+    return typed
+
+
+def validate_infer_config(cfg: DictConfig) -> DictConfig:
+    """Typed ``segexp-infer`` config; every problem is reported with its key, before the model is loaded."""
+    typed = _typed(cfg, InferConfig)
+    errors = _check_prediction_keys(typed) + _one_of(("large_images", typed.large_images, LargeImages))
+    if not 0.0 <= typed.overlap < 1.0:
+        errors.append(f"overlap: must lie in [0, 1), got {typed.overlap}")
+    if typed.window is not None:
+        errors += _one_of(("window.mode", typed.window.mode, WindowMode))
     raise_config_problems(errors)
     return typed

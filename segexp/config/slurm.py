@@ -78,7 +78,7 @@ class SlurmRequest:
             tasks_per_node=int(get("tasks_per_node") or 1),
             cpus_per_task=int(get("cpus_per_task") or 1),
             gpus_per_node=int(get("gpus_per_node") or 0),
-            mem_gb=None if get("mem_gb") is None else float(get("mem_gb")),
+            mem_gb=None if (mem_gb := get("mem_gb")) is None else float(mem_gb),
         )
 
     @property
@@ -284,11 +284,11 @@ def request_problems(request: SlurmRequest, partition: Partition, nodes: Sequenc
 def _run(command: Sequence[str]) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(list(command), check=False, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
         raise ConfigError(
             f"launcher=submitit_slurm: `{' '.join(command)}` did not answer in {COMMAND_TIMEOUT_S} s: "
             "is slurmctld running?"
-        ) from None
+        ) from err
 
 
 def _scontrol(entity: str) -> str:
@@ -364,10 +364,10 @@ class SlurmSweepCallback(Callback):
         launcher = config.hydra.launcher
         if launcher.get("_target_") != SLURM_LAUNCHER:
             return
-        from omegaconf import OmegaConf
+        from segexp.config.schema import to_dict
 
         try:
-            check_slurm_request(OmegaConf.to_container(launcher, resolve=True))
+            check_slurm_request(to_dict(launcher, resolve=True))
         except ConfigError as err:
             log.error("%s", err)
             print(f"error: {err}", file=sys.stderr)
@@ -379,8 +379,8 @@ class SlurmSweepCallback(Callback):
             return
         aliased = alias_preemption_signals()
         if aliased:
-            array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-            job = "_".join(array) if all(array) else os.environ["SLURM_JOB_ID"]
+            array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+            job = f"{array_job}_{array_task}" if array_job and array_task else os.environ["SLURM_JOB_ID"]
             log.info(
                 "SLURM job %s: %s requeues it like submitit's %s (it then resumes from its last checkpoint)",
                 job,

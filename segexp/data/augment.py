@@ -125,7 +125,7 @@ def _instantiate_entry(name: str, entry: Any) -> BasicTransform | BaseCompose:
         try:
             obj = instantiate(entry, _convert_="all")
         except Exception as exc:  # noqa: BLE001 - any failure is a config error for the user
-            raise AugmentationError(f"{key} ({target}): {_one_line(exc)}") from None
+            raise AugmentationError(f"{key} ({target}): {_one_line(exc)}") from exc
     for w in caught:
         message = str(w.message)
         # albumentations only warns about unknown keyword arguments; treat them as errors
@@ -353,7 +353,7 @@ class Augmenter:
         return {"cfg": self._cfg}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["cfg"])
+        type(self).__init__(self, state["cfg"])
 
     def __repr__(self) -> str:
         return f"Augmenter({', '.join(self._names) or 'identity'})"

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from nibabel.orientations import io_orientation
@@ -46,6 +46,7 @@ from segexp.data.slices import (
     image_files,
     read_image,
 )
+from segexp.data.splits import SPLITS
 from segexp.data.volumes import (
     NIFTI_GLOB,
     SLICE_AXES,
@@ -58,7 +59,6 @@ from segexp.data.volumes import (
     voxel_spacing,
 )
 
-SPLITS = ("train", "valid", "test")
 PERCENTILES = (0.5, 1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0, 99.5)
 """Intensity percentiles reported in the fingerprint (in %)."""
 TRAIN_SAMPLE_PER_SPLIT = 32
@@ -242,7 +242,7 @@ def _class_summary(
     n = int(total.sum())
     frequency = {name: (round(int(total[i]) / n, 8) if n else 0.0) for i, name in enumerate(class_names)}
     absent = {
-        split: [class_names[i] for i in np.flatnonzero(counts == 0)]
+        split: [class_names[int(i)] for i in np.flatnonzero(counts == 0)]
         for split, counts in per_split.items()
         if counts.any()
     }  # splits with masks read
@@ -326,7 +326,7 @@ def _read_pairs(
     decoder: MaskDecoder | None,
     num_classes: int,
     channels: int,
-    size: tuple[int, int] | None,
+    size: tuple[int, ...] | None,  # (height, width)
     limit: int | None,
     problems: list[Problem],
     progress: bool = False,
@@ -336,7 +336,8 @@ def _read_pairs(
     Without a ``decoder`` (no class table) only the images are read.
     """
     per_split = {split: np.zeros(num_classes, np.int64) for split in pairs}
-    stats, sizes, read = _Uint8Stats(), {}, 0
+    stats, read = _Uint8Stats(), 0
+    sizes: dict[str, int] = {}
     todo = {split: _sample(split_pairs, limit) for split, split_pairs in pairs.items()}
     bar = tqdm(
         total=sum(map(len, todo.values())),
@@ -538,7 +539,7 @@ def _load_nifti(path: Path, problems: list[Problem]) -> Any:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img = cast(nib.Nifti1Image, nib.load(str(path)))  # a .nii[.gz] file (Nifti2Image subclasses it)
     except Exception as err:  # nibabel raises several types for corrupt files
         problems.append(Problem(str(path), f"cannot read the NIfTI header ({type(err).__name__}: {err})"))
         return None
@@ -656,7 +657,9 @@ def check_volume_folder(
             stats.add(voxels)
             read += 1
         del voxels
-        lab = _matching_label(img, lab, image_path, label_path, problems) if lab is not None else None
+        if lab is None or label_path is None:  # no label file, or one that does not load (lab is None then)
+            continue
+        lab = _matching_label(img, lab, image_path, label_path, problems)
         found_values = _label_values(lab, label_path, problems) if lab is not None else None
         if found_values is None:
             continue

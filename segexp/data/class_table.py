@@ -172,9 +172,9 @@ def _from_dataset_json(path: Path, fmt: str, scanner: _Scanner) -> ClassTable:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as err:
-        raise ClassTableError(f"{path}: cannot read it ({err})") from None
+        raise ClassTableError(f"{path}: cannot read it ({err})") from err
     except ValueError as err:
-        raise ClassTableError(f"{path}: not valid JSON ({err})") from None
+        raise ClassTableError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(manifest, dict):
         raise ClassTableError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     if "labels" in manifest:
@@ -306,7 +306,7 @@ class _Scanner:
                 )
             except DataError as err:
                 if split == "train":
-                    raise DataError(f"dataset split 'train': {err}") from None
+                    raise DataError(f"dataset split 'train': {err}") from err
                 out[split] = []  # an absent test split is allowed; open_dataset reports a broken valid split
         return out
 

@@ -87,7 +87,7 @@ def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
                 masks_dir=d["masks_dir"],
             )
         except DataError as err:
-            raise DataError(f"dataset split {split!r}: {err}") from None
+            raise DataError(f"dataset split {split!r}: {err}") from err
     for split in ("train", "valid"):
         if not dataset.pairs[split]:
             raise DataError(f"dataset split {split!r} under {root} has no slices")

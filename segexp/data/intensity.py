@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Literal
 
 import numpy as np
 
@@ -66,7 +67,7 @@ def window_to_uint8(hu: np.ndarray, level: float, width: float) -> np.ndarray:
         table = _window_float(np.arange(lo, hi + 1), level, width)
         # Walk memory in its own order (NIfTI arrays are Fortran-ordered, reoriented ones have
         # flipped strides): a C-order walk of such a view is ~5x slower.
-        order = "F" if hu.ndim > 1 and abs(hu.strides[0]) < abs(hu.strides[-1]) else "C"
+        order: Literal["F", "C"] = "F" if hu.ndim > 1 and abs(hu.strides[0]) < abs(hu.strides[-1]) else "C"
         flat = np.asarray(hu, order=order).reshape(-1, order=order)
         if lo:  # signed: the unsigned view with the sign bit flipped is value - lo, without a wider copy
             unsigned = np.dtype(f"u{hu.dtype.itemsize}")
@@ -115,8 +116,8 @@ def preset_window(name: str) -> tuple[float, float]:
     """``(level, width)`` of the preset ``name``; ValueError listing the presets."""
     try:
         return WINDOW_PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown window preset {name!r}; choose one of {sorted(WINDOW_PRESETS)}") from None
+    except KeyError as err:
+        raise ValueError(f"unknown window preset {name!r}; choose one of {sorted(WINDOW_PRESETS)}") from err
 
 
 def window_volume(

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
+from segexp.config.options import OnBadFile, expected
 from segexp.data.augment import sample_seed
 from segexp.data.sampling import EpochSampler
 from segexp.data.slices import DataError, MaskDecoder, SlicePair, load_pair
@@ -40,7 +41,6 @@ from segexp.data.slices import DataError, MaskDecoder, SlicePair, load_pair
 log = logging.getLogger(__name__)
 
 #: ``dataset.on_bad_file`` values: raise on a bad file, or skip it (replaced by the next valid sample).
-ON_BAD_FILE = ("error", "skip")
 
 #: ``augmenter(image, mask, seed) -> (image, mask)``, e.g. :class:`segexp.data.augment.Augmenter`.
 AugmentFn = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -76,8 +76,9 @@ class SliceLoader(keras.utils.PyDataset):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         if not pairs:
             raise ValueError("SliceLoader needs at least one slice pair")
-        if on_bad_file not in ON_BAD_FILE:
-            raise ValueError(f"on_bad_file: expected one of {list(ON_BAD_FILE)}, got {on_bad_file!r}")
+        bad_file_error = expected("on_bad_file", on_bad_file, OnBadFile)
+        if bad_file_error is not None:
+            raise ValueError(bad_file_error)
         self.on_bad_file = on_bad_file
         #: read-and-resized pairs by position, up to ``cache_mb`` MiB (dict writes are atomic across threads)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}

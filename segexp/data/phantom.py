@@ -55,7 +55,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import nibabel as nib
@@ -189,7 +189,8 @@ class _Frame:
         c = [float(value) for value in centre]
         du, dv, dw = self.u - c[0], self.v - c[1], self.w - c[2]
         if rot is None:
-            return sum(((d / float(ax)) ** 2 for d, ax in zip((du, dv, dw), axes, strict=True)), np.float32(0))
+            squares = ((d / float(ax)) ** 2 for d, ax in zip((du, dv, dw), axes, strict=True))
+            return cast(np.ndarray, sum(squares, np.float32(0)))  # a float32 scalar plus the grids: a grid
         total = np.zeros(du.shape, dtype=np.float32)
         for row, ax in zip(rot, axes, strict=True):
             r0, r1, r2, a = float(row[0]), float(row[1]), float(row[2]), float(ax)
@@ -373,8 +374,9 @@ def _paint_spine(d: _Draw, inner: np.ndarray) -> tuple[float, float]:
     return vb_v, vb_r
 
 
-def _structures(d: _Draw, heart: dict[str, Any], spine: tuple[float, float]) -> dict[int, np.ndarray]:
-    """Masks of the labelled structures (and the unlabelled RV, painted here) inside the cardiac z range."""
+def _structures(d: _Draw, heart: dict[str, Any], spine: tuple[float, float]) -> dict[int | str, Any]:
+    """Masks of the labelled structures (and the unlabelled RV, painted here) inside the cardiac z range;
+    ``"range"``: that range ``(w_lo, w_hi)``, ``"contrast"``: the contrast factor."""
     rng, s, f, hu = d.rng, d.s, d.f, d.hu
     u, v, w = f.u, f.v, f.w
     heart_c, long_dir, rot, lv_axes, myo_t = (heart[k] for k in ("heart_c", "long_dir", "rot", "lv_axes", "myo_t"))

@@ -39,7 +39,7 @@ from tqdm import tqdm
 import segexp
 from segexp.config.errors import PrepareError
 from segexp.config.outputs import staging_folder
-from segexp.config.schema import validate_prepare_config
+from segexp.config.schema import to_dict, validate_prepare_config
 from segexp.data.intensity import window_volume
 from segexp.data.phantom import ensure_phantom_volumes
 from segexp.data.rgb_map import encode_rgb_mask
@@ -77,7 +77,7 @@ class SliceSettings:
     empty_fraction: float
     seed: int
     mask_format: str
-    colours: tuple[tuple[int, int, int], ...]
+    colours: tuple[tuple[int, ...], ...]  # (r, g, b) per class
     label_lut: tuple[int, ...]  # label value -> class index, 255 = not in the class table
     window_mode: str
     level: float
@@ -161,8 +161,14 @@ def process_case(case: VolumeCase, split: str, settings: SliceSettings, staging:
         slices_empty_kept=len(kept_empty),
         window=window,
         image={"file": case.image.name, "sha256": sha256_file(case.image)},
-        label={"file": case.label.name, "sha256": sha256_file(case.label)},
+        label={"file": _label_file(case).name, "sha256": sha256_file(_label_file(case))},
     )
+
+
+def _label_file(case: VolumeCase) -> Path:
+    """The label file of ``case``: :func:`prepare` lists its cases with labels required, so every case has one."""
+    assert case.label is not None, f"case {case.case}: no label file"
+    return case.label
 
 
 def _imwrite(path: Path, array: np.ndarray) -> None:
@@ -192,11 +198,11 @@ def _settings(cfg: DictConfig) -> SliceSettings:
 
 def fingerprint(cfg: DictConfig, cases: list[VolumeCase]) -> str:
     """SHA-256 over the settings that shape the output and the source files' checksums."""
-    settings = OmegaConf.to_container(cfg, resolve=True)
+    settings = to_dict(cfg, resolve=True)
     for key in ("workers", "overwrite", "tracking", "paths", "out_dir", "task_name"):
         settings.pop(key, None)
     settings["volumes"].pop("source", None)
-    sources = {c.case: [sha256_file(c.image), sha256_file(c.label)] for c in cases}
+    sources = {c.case: [sha256_file(c.image), sha256_file(_label_file(c))] for c in cases}
     blob = json.dumps({"settings": settings, "sources": sources, "generator": GENERATOR}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -230,7 +236,7 @@ def check_out_dir(out_dir: Path, print_: str, overwrite: bool) -> bool:
 
 def _split(cfg: DictConfig, case_ids: list[str]) -> tuple[dict[str, list[str]], dict[str, int] | None]:
     s = cfg.split
-    explicit = OmegaConf.to_container(s.cases) if s.cases is not None else None
+    explicit = to_dict(s.cases, resolve=False) if s.cases is not None else None
     ratios = None if explicit is not None else dict(s.ratios)
     splits = split_cases(case_ids, ratios=ratios, explicit=explicit, seed=s.seed, folds=s.folds, fold=s.fold)
     folds = None
@@ -247,7 +253,7 @@ def prepare(cfg: DictConfig) -> Path:
     cfg = validate_prepare_config(cfg)
     v = cfg.volumes
     source = Path(v.source).expanduser()
-    ensure_phantom_volumes(source, OmegaConf.to_container(v.phantom) if v.phantom is not None else None)
+    ensure_phantom_volumes(source, to_dict(v.phantom, resolve=False) if v.phantom is not None else None)
     cases = find_volume_cases(source, v.pattern)
     headers = {c.case: read_header(c) for c in cases}
     splits, folds = _split(cfg, [c.case for c in cases])

@@ -17,8 +17,11 @@ import numpy as np
 
 from segexp.config.errors import MaskColourError
 
+#: An rgb_map's colours, class index -> ``[r, g, b]``: nested sequences or a ``(C, 3)`` array.
+Colours = Sequence[Sequence[int]] | np.ndarray
 
-def colour_table(colours: Sequence[Sequence[int]]) -> np.ndarray:
+
+def colour_table(colours: Colours) -> np.ndarray:
     """Return the rgb_map as a ``(num_classes, 3) uint8`` array, checking each colour."""
     table = np.asarray(colours, dtype=np.int64)
     if table.ndim != 2 or table.shape[1] != 3:
@@ -37,7 +40,7 @@ def _pack(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-def decode_rgb_mask(rgb: np.ndarray, colours: Sequence[Sequence[int]], source: str | Path = "<array>") -> np.ndarray:
+def decode_rgb_mask(rgb: np.ndarray, colours: Colours, source: str | Path = "<array>") -> np.ndarray:
     """Map an ``(H, W, 3)`` RGB mask to ``(H, W) uint8`` class indices.
 
     Colours must match the rgb_map exactly; any other colour raises
@@ -91,7 +94,7 @@ def _raise_unknown(packed: np.ndarray, found: np.ndarray, table: np.ndarray, sou
     )
 
 
-def encode_rgb_mask(mask: np.ndarray, colours: Sequence[Sequence[int]]) -> np.ndarray:
+def encode_rgb_mask(mask: np.ndarray, colours: Colours) -> np.ndarray:
     """Map ``(H, W)`` class indices to an ``(H, W, 3) uint8`` RGB mask."""
     table = colour_table(colours)
     if mask.size and int(mask.max()) >= len(table):

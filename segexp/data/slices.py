@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from segexp.config.errors import DataError
-from segexp.data.rgb_map import MaskColourError, colour_table, decode_rgb_mask
+from segexp.data.rgb_map import Colours, MaskColourError, colour_table, decode_rgb_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -145,10 +145,10 @@ def read_image_file(path: Path, flags: int, what: str = "image") -> np.ndarray:
     """
     try:
         data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: cannot read {what} (file does not exist)") from None
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: cannot read {what} (file does not exist)") from err
     except OSError as err:
-        raise DataError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+        raise DataError(f"{path}: cannot read {what} ({err.strerror or err})") from err
     if not data:
         raise DataError(f"{path}: cannot read {what} (empty file, 0 bytes)")
     if data.startswith(PNG_SIGNATURE):
@@ -166,7 +166,7 @@ def read_image_file(path: Path, flags: int, what: str = "image") -> np.ndarray:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as err:
         detail = str(err).strip().splitlines()[-1] if str(err).strip() else "OpenCV error"
-        raise DataError(f"{path}: cannot read {what} (corrupt data: {detail})") from None
+        raise DataError(f"{path}: cannot read {what} (corrupt data: {detail})") from err
     if image is None:
         start = data[:8]
         kind = (
@@ -213,7 +213,7 @@ class MaskDecoder:
         self,
         mask_format: str,
         num_classes: int,
-        colours: Sequence[Sequence[int]] | None = None,
+        colours: Colours | None = None,
         threshold: int = 128,
     ) -> None:
         self.mask_format = mask_format
@@ -224,10 +224,12 @@ class MaskDecoder:
     def __call__(self, path: Path) -> np.ndarray:
         raw = read_image_file(path, cv2.IMREAD_COLOR, "mask")
         if self.mask_format == "rgb":
+            if self.colours is None:  # as colour_table(None) would fail
+                raise TypeError("MaskDecoder: mask_format 'rgb' needs colours (the rgb_map)")
             try:
                 return decode_rgb_mask(cv2.cvtColor(raw, cv2.COLOR_BGR2RGB), self.colours, path)
             except MaskColourError as err:
-                raise DataError(str(err)) from None
+                raise DataError(str(err)) from err
         if not same_channels(raw):
             raise DataError(
                 f"{path}: colour mask (3 different channels) but dataset.mask_format is "

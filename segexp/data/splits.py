@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from segexp.config.errors import SplitError
+from segexp.config.options import Split, values
 
-SPLITS: tuple[str, str, str] = ("train", "valid", "test")
+SPLITS: tuple[str, ...] = values(Split)
 """The split names, in cutting order."""
 
 DEFAULT_RATIOS: Mapping[str, float] = {"train": 0.7, "valid": 0.15, "test": 0.15}
@@ -79,8 +80,8 @@ def _check_ratios(ratios: Mapping[str, float]) -> dict[str, float]:
             value = 0.0
         try:
             ratio = float(value)
-        except (TypeError, ValueError):
-            raise SplitError(f"split.ratios.{name}: expected a number in [0, 1], got {value!r}") from None
+        except (TypeError, ValueError) as err:
+            raise SplitError(f"split.ratios.{name}: expected a number in [0, 1], got {value!r}") from err
         if isinstance(value, bool) or not (0.0 <= ratio <= 1.0):
             raise SplitError(f"split.ratios.{name}: expected a number in [0, 1], got {value!r}")
         out[name] = ratio

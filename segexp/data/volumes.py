@@ -48,6 +48,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -91,7 +92,7 @@ def compile_case_pattern(pattern: str) -> re.Pattern[str]:
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise VolumeError(f"case pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        raise VolumeError(f"case pattern {pattern!r} is not a valid regular expression: {exc}") from exc
     missing = {"case", "kind"} - set(regex.groupindex)
     if missing:
         raise VolumeError(
@@ -228,11 +229,11 @@ def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
 
 def _load_nifti(case: str, path: Path, kind: str) -> SpatialImage:
     try:
-        return nib.load(str(path))
-    except FileNotFoundError:
-        raise VolumeError(f"case {case}: {kind} file {path} does not exist") from None
+        return cast(SpatialImage, nib.load(str(path)))  # NIfTI files: a SpatialImage (Nifti1Image/Nifti2Image)
+    except FileNotFoundError as err:
+        raise VolumeError(f"case {case}: {kind} file {path} does not exist") from err
     except Exception as exc:  # nibabel raises several types for corrupt files
-        raise VolumeError(f"case {case}: cannot read {kind} file {path}: {exc}") from None
+        raise VolumeError(f"case {case}: cannot read {kind} file {path}: {exc}") from exc
 
 
 def _shape3(case: str, path: Path, kind: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -243,7 +244,7 @@ def _shape3(case: str, path: Path, kind: str, shape: tuple[int, ...]) -> tuple[i
         raise VolumeError(
             f"case {case}: {kind} {path} must be a 3D volume (or 4D with a trailing dimension of 1), got shape {dims}"
         )
-    return dims  # type: ignore[return-value]
+    return dims
 
 
 def describe_affine(affine: np.ndarray) -> str:
@@ -378,7 +379,7 @@ def load_case(
         data = img.dataobj if image_dtype is None else np.asarray(img.dataobj, dtype=image_dtype)
         image = np.asanyarray(data).reshape(header.shape)
     except Exception as exc:
-        raise VolumeError(f"case {case.case}: cannot read image data from {case.image}: {exc}") from None
+        raise VolumeError(f"case {case.case}: cannot read image data from {case.image}: {exc}") from exc
     image = apply_orientation(image, ornt)
 
     label = None
@@ -386,7 +387,7 @@ def load_case(
         try:
             raw = np.asanyarray(lab.dataobj).reshape(header.shape)
         except Exception as exc:
-            raise VolumeError(f"case {case.case}: cannot read label data from {case.label}: {exc}") from None
+            raise VolumeError(f"case {case.case}: cannot read label data from {case.label}: {exc}") from exc
         label = apply_orientation(_label_to_uint8(case, raw, allowed_labels), ornt)
 
     return LoadedCase(
@@ -407,8 +408,8 @@ def load_case(
 def _slice_axis(axis: str) -> int:
     try:
         return SLICE_AXES[axis]
-    except KeyError:
-        raise ValueError(f"slice axis must be one of {sorted(SLICE_AXES)}, got {axis!r}") from None
+    except KeyError as err:
+        raise ValueError(f"slice axis must be one of {sorted(SLICE_AXES)}, got {axis!r}") from err
 
 
 def _check_volume(volume: np.ndarray) -> np.ndarray:
@@ -441,7 +442,7 @@ def volume_slice(volume: np.ndarray, axis: str, index: int) -> np.ndarray:
     return np.ascontiguousarray(plane[::-1, ::-1].T)
 
 
-def stack_slices(slices: Sequence[np.ndarray], axis: str) -> np.ndarray:
+def stack_slices(slices: Sequence[np.ndarray] | np.ndarray, axis: str) -> np.ndarray:
     """Inverse of :func:`volume_slice`: display-oriented 2D slices -> canonical ``(x, y, z)`` volume.
 
     ``slices[i]`` becomes slice ``i`` along ``axis``, so

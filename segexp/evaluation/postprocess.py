@@ -15,17 +15,19 @@ predicted anywhere, and leaves the case out when both are empty. A few stray vox
 cost the structure that whole case, while dropping a true prediction that small costs a case that
 has the structure at most that small share of its volume.
 
-:func:`determine` goes class by class, in class order, on top of the rules already chosen, and
-keeps a rule only if it **raises** that class's mean validation Dice over cases (``>``, as nnU-Net;
-equal is not enough); of candidates scoring the same the stronger (larger size) wins, since
-validation cannot tell them apart and the asymmetry above favours it. The candidates
-(:func:`candidates`) are ``min_volume`` at 1 %, 3 % and 10 % of the class's median per-case volume in
-the validation truth. ``min_size`` and ``largest`` are not tried: chosen on one or two validation
-patients they removed true fragments on new ones (ACCURACY.md "Postprocessing": with ``largest`` in
-the candidates hvsmr_mini's seed 2 fell from 0.190 to 0.133 on its test patient, ``min_size`` moved
-the three seeds by -0.007 to +0.007), while ``min_volume`` alone raised the thorax pulmonary test
-Dice from 0.578 to 0.801 and the aorta's from 0.476 to 0.497 and changed no hvsmr_mini seed. They
-remain rules a ``postprocessing.json`` may name.
+:func:`determine` goes class by class, in class order, on top of the rules already chosen. A rule that
+**raises** the class's mean validation Dice over cases is kept (the best; of equal ones the stronger,
+larger size), as nnU-Net keeps a rule only when it raises the score. Unlike nnU-Net, when no candidate
+raises it but the weakest one leaves it unchanged, the weakest is kept: a validation split of one or
+two patients rarely holds a case without the structure, so it cannot show the gain, and by the
+asymmetry above dropping a prediction of under 1 % of the structure's typical volume is nearly free.
+The candidates (:func:`candidates`) are ``min_volume`` at 1 %, 3 % and 10 % of the class's median
+per-case volume in the validation truth. ``min_size`` and ``largest`` are not tried: chosen on one or
+two validation patients they removed true fragments on new ones (ACCURACY.md "Postprocessing": with
+``largest`` among the candidates hvsmr_mini's seed 2 fell from 0.190 to 0.133 on its test patient,
+``min_size`` moved the three seeds by -0.007 to +0.007), while ``min_volume`` raised the thorax
+pulmonary test Dice from 0.578 to 0.801 and the aorta's from 0.476 to 0.497 and changed no hvsmr_mini
+seed. They remain rules a ``postprocessing.json`` may name.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -42,28 +43,13 @@ import numpy as np
 from scipy import ndimage
 
 from segexp.config.errors import EvaluationError
+from segexp.config.options import PostprocessMode, expected
+from segexp.config.options import PostprocessRule as Rule
 from segexp.config.outputs import atomic_write_text
 from segexp.tracking.runs import TrainedRun
 
 FILE_NAME = "postprocessing.json"
 FRACTIONS = (0.01, 0.03, 0.1)  # candidate min_volume as a share of the class's median per-case volume
-
-
-class Rule(StrEnum):
-    """What is done to one class's predicted components."""
-
-    NONE = "none"
-    MIN_VOLUME = "min_volume"
-    MIN_SIZE = "min_size"
-    LARGEST = "largest"
-
-
-class Mode(StrEnum):
-    """``postprocess`` of ``segexp-evaluate`` / ``segexp-infer`` and ``training.postprocess``
-    (``segexp.config.schema.POSTPROCESS_MODES``)."""
-
-    AUTO = "auto"  # training: choose on validation; evaluate/infer: the run's chosen rules, if any
-    NONE = "none"  # raw argmax labels
 
 
 @dataclass(frozen=True)
@@ -211,17 +197,23 @@ def determine(
                 "why": "absent from every validation case",
             }
             continue
-        scored = []
-        for rule in candidates((t for t, _ in current), k, fractions):
+        candidates_of_k = candidates((t for t, _ in current), k, fractions)
+        raised: list[tuple[float, int, ClassRule, list[np.ndarray]]] = []
+        harmless: list[tuple[ClassRule, list[np.ndarray]]] = []
+        for rule in candidates_of_k:
             preds = [np.array(p, copy=True) for _, p in current]
             for p in preds:
                 apply_rule(p, k, rule)
             score = _mean_dice([(t, p) for (t, _), p in zip(current, preds)], k)
             tried[rule.describe()] = _nan_to_none(score)
-            if score > baseline:  # strictly, as nnU-Net (NaN compares False)
-                scored.append((score, len(scored), rule, preds))
-        if scored:  # the best; a tie goes to the later, stronger candidate
-            best_score, _, best_rule, best_preds = max(scored, key=lambda c: (c[0], c[1]))
+            if score > baseline:  # NaN compares False
+                raised.append((score, len(raised), rule, preds))
+            elif score == baseline:
+                harmless.append((rule, preds))
+        if raised:  # the best; a tie goes to the later, stronger candidate
+            best_score, _, best_rule, best_preds = max(raised, key=lambda c: (c[0], c[1]))
+        elif harmless and harmless[0][0] == candidates_of_k[0]:  # validation cannot tell: the weakest, if harmless
+            best_rule, best_preds = harmless[0]
         if best_preds is not None:
             current = [(t, p) for (t, _), p in zip(current, best_preds)]
         chosen.rules[name] = best_rule
@@ -234,18 +226,18 @@ def determine(
     return chosen
 
 
-def check_postprocess_mode(mode: str, key: str = "postprocess") -> Mode:
-    """``mode`` as a :class:`Mode`, or an error naming ``key`` and the choices."""
-    try:
-        return Mode(mode)
-    except ValueError:
-        raise EvaluationError(f"{key}: expected one of {[str(m) for m in Mode]}, got {mode!r}") from None
+def check_postprocess_mode(mode: str, key: str = "postprocess") -> PostprocessMode:
+    """``mode`` as a :class:`PostprocessMode`, or an error naming ``key`` and the choices."""
+    error = expected(key, mode, PostprocessMode)
+    if error is not None:
+        raise EvaluationError(error)
+    return PostprocessMode(mode)
 
 
-def for_run(run: TrainedRun, mode: str = Mode.AUTO) -> Postprocessing | None:
+def for_run(run: TrainedRun, mode: str = PostprocessMode.AUTO) -> Postprocessing | None:
     """The rules ``run``'s training chose (``postprocessing.json``) for ``mode`` ``auto``; None for ``none``
     or a run trained without them."""
-    if check_postprocess_mode(mode) is Mode.NONE:
+    if check_postprocess_mode(mode) is PostprocessMode.NONE:
         return None
     path = run.artifact_file(FILE_NAME)
     if path is None:
@@ -278,7 +270,6 @@ __all__ = [
     "FILE_NAME",
     "FRACTIONS",
     "ClassRule",
-    "Mode",
     "Postprocessing",
     "Rule",
     "apply_rule",

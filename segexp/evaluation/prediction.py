@@ -20,7 +20,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import nibabel as nib
@@ -172,7 +172,7 @@ def _png_masks(
         return {}, failures
     if large_images == "resize":
         batch = np.stack([resize_image(im, height, width) for im in images])
-        probs = predict_batches(model, batch, batch_size=batch_size, flip_tta=flip_tta)
+        probs: np.ndarray | list[np.ndarray] = predict_batches(model, batch, batch_size=batch_size, flip_tta=flip_tta)
         probs = [resize_probabilities(p, *im.shape[:2]) for p, im in zip(probs, images)]
     else:
         probs = predict_images(model, images, batch_size=batch_size, flip_tta=flip_tta, tiled=True, overlap=overlap)
@@ -220,7 +220,7 @@ def predict_volume(
     try:
         loaded = load_case(VolumeCase(name, path, None), image_dtype=None)
     except (VolumeError, OSError, nib.filebasedimages.ImageFileError) as err:
-        raise InferenceInputError(f"{path}: {err}") from None
+        raise InferenceInputError(f"{path}: {err}") from err
     channels = int(model.input_shape[-1])
     height, width = _model_size(model)
     image, original_affine = window_like_training(loaded.image, window), loaded.original_affine
@@ -254,7 +254,7 @@ def predict_volume(
         labels = postprocessing.apply(labels)  # 3D components over the volume's slices
     canonical = stack_slices(labels, axis)
     original = _to_original_orientation(canonical, original_affine)
-    source = nib.load(str(path))
+    source = cast(nib.Nifti1Image, nib.load(str(path)))  # the NIfTI volume load_case read above
     # A fresh header: the CT's scaling (scl_slope/inter) must not apply to class indices.
     out = nib.Nifti1Image(original.reshape(source.shape[:3]).astype(np.uint8), source.affine)
     out.header.set_xyzt_units(*source.header.get_xyzt_units())
@@ -282,7 +282,10 @@ def _to_original_orientation(canonical: np.ndarray, original_affine: np.ndarray)
 
 
 def montage(
-    slices: Sequence[np.ndarray], labels: Sequence[np.ndarray], colours: np.ndarray, count: int = 12
+    slices: Sequence[np.ndarray] | np.ndarray,
+    labels: Sequence[np.ndarray] | np.ndarray,
+    colours: np.ndarray,
+    count: int = 12,
 ) -> np.ndarray:
     """Overlays of ``count`` evenly spaced slices, preferring those with predicted foreground."""
     with_fg = [i for i, lab in enumerate(labels) if lab.any()] or list(range(len(labels)))

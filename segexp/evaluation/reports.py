@@ -43,6 +43,7 @@ from segexp.data.slices import (
 from segexp.evaluation.inference import predict_batches, probabilities_to_classes
 from segexp.evaluation.postprocess import Postprocessing, determine, for_run
 from segexp.evaluation.scoring import (
+    METRICS,
     aggregate,
     dice_including_background,
     score_classes,
@@ -52,8 +53,6 @@ from segexp.tracking.runs import TrainedRun
 from segexp.tracking.tracker import Tracker, tracked_run
 
 log = logging.getLogger(__name__)
-
-METRICS = ("dice", "iou", "hd95", "precision", "recall")
 
 
 def check_model_fits(model: Any, num_classes: int, channels: int) -> None:
@@ -316,6 +315,35 @@ def log_summary(tracker: Tracker, summary: dict[str, Any], files: Sequence[Path]
         tracker.log_artifact(path, "evaluation")
 
 
+def score_split(
+    model: Any,
+    dataset: SliceDataset,
+    split: str,
+    model_cfg: Any,
+    out_dir: Path,
+    *,
+    case_pattern: str,
+    batch_size: int = 8,
+    flip_tta: bool = False,
+    postprocessing: Postprocessing | None = None,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Score ``split`` at the model's input size (``model_cfg``: the run's ``model`` section) and write the
+    reports in ``out_dir``: ``(summary, report files)``, to log with :func:`log_summary`. The one path from a
+    model to a split's scores, after training and in ``segexp-evaluate``."""
+    evaluation = evaluate_split(
+        model,
+        dataset,
+        split,
+        image_size=(model_cfg.image_height, model_cfg.image_width),
+        channels=model_cfg.image_channels,
+        case_pattern=case_pattern,
+        batch_size=batch_size,
+        flip_tta=flip_tta,
+        postprocessing=postprocessing,
+    )
+    return evaluation.summary, write_reports(evaluation, out_dir)
+
+
 def evaluate_run(
     run: TrainedRun,
     out_dir: Path,
@@ -342,19 +370,17 @@ def evaluate_run(
     if postprocessing is not None and split == "valid" and postprocessing.active:
         log.warning("the postprocessing rules were chosen on the valid split: its scores after them are optimistic")
     model = run.load_model(precision)
-    evaluation = evaluate_split(
+    summary, files = score_split(
         model,
         dataset,
         split,
-        image_size=(cfg.model.image_height, cfg.model.image_width),
-        channels=cfg.model.image_channels,
+        cfg.model,
+        out_dir,
         case_pattern=cfg.dataset.case_pattern,
         batch_size=batch_size,
         flip_tta=flip_tta,
         postprocessing=postprocessing,
     )
-    summary = evaluation.summary
-    files = write_reports(evaluation, out_dir)
     resume = run.run_id if log_to_run else None
     with tracked_run(
         resume is not None,

@@ -83,6 +83,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from segexp.config.options import Metric, values
+
 __all__ = [
     "METRICS",
     "ClassScore",
@@ -96,7 +98,7 @@ __all__ = [
 ]
 
 #: The float scores of a :class:`ClassScore`, in reporting order.
-METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "hd95")
+METRICS: tuple[str, ...] = values(Metric)
 
 _NAN = math.nan
 

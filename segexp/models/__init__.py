@@ -28,7 +28,6 @@ from segexp.models.multiresunet import (
     multiresunet_rules,
 )
 from segexp.models.registry import (
-    NORMS,
     Network,
     build_model,
     check_model_config,
@@ -50,7 +49,6 @@ register_network("unet3plus", Network(build_unet3plus, UNet3PlusParams, unet3plu
 register_network("swin_unet", Network(build_swin_unet, SwinUNetParams, swin_unet_rules))
 
 __all__ = [
-    "NORMS",
     "Network",
     "build_model",
     "check_model_config",

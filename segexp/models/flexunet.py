@@ -28,8 +28,9 @@ import keras
 from keras import layers
 from omegaconf import MISSING
 
+from segexp.config.options import Norm, expected
 from segexp.models.layers import norm_layer
-from segexp.models.registry import NORMS, ModelParams, divisible_size_rules
+from segexp.models.registry import ModelParams, divisible_size_rules
 
 
 @dataclass
@@ -139,11 +140,12 @@ def build_flexunet(
     Level ``i``: filters ``base_filters * 2**i``, kernel ``max(base_kernels[k] - 2*i, 3)``,
     dilation ``max(dilation[k] - i, 1)``, dropout ``dropout_rate * i``. The head is a 1x1
     conv with softmax, or sigmoid when ``num_classes == 1``, kept in float32.
-    ``norm`` (:data:`NORMS`) follows every hidden conv; ``residual`` makes each level a
+    ``norm`` (:class:`~segexp.config.options.Norm`) follows every hidden conv; ``residual`` makes each level a
     residual unit. ``norm="none", residual=False`` is the original's topology.
     """
-    if norm not in NORMS:
-        raise ValueError(f"model.norm: expected one of {list(NORMS)}, got {norm!r}")
+    norm_error = expected("model.norm", norm, Norm)
+    if norm_error is not None:
+        raise ValueError(norm_error)
     factor = 2 ** (num_layers - 1)
     if image_height % factor or image_width % factor:
         raise ValueError(

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from segexp.models.registry import NORMS
+from segexp.config.options import Norm, expected
 
 
 def norm_layer(norm: str, groups: int, name: str) -> layers.Layer | None:
@@ -25,7 +25,7 @@ def norm_layer(norm: str, groups: int, name: str) -> layers.Layer | None:
         return layers.GroupNormalization(groups=-1, name=name)
     if norm == "group":
         return layers.GroupNormalization(groups=groups, name=name)
-    raise ValueError(f"model.norm: expected one of {list(NORMS)}, got {norm!r}")
+    raise ValueError(expected("model.norm", norm, Norm))
 
 
 def conv_norm_relu(x: Any, filters: int, norm: str, groups: int, name: str) -> Any:

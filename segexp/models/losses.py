@@ -16,19 +16,21 @@ safe under a ``mixed_float16`` / ``mixed_bfloat16`` dtype policy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import keras
 from keras import ops
 
+from segexp.config.errors import ConfigError
+from segexp.config.options import Loss
+
 __all__ = [
-    "LOSSES",
     "CrossEntropyLoss",
     "DiceCELoss",
     "SoftDiceLoss",
     "build_loss",
 ]
-
-#: Names accepted by :func:`build_loss` (config key ``training.loss``).
-LOSSES = ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
 
 
 def _check_num_classes(num_classes) -> int:
@@ -212,9 +214,12 @@ class DiceCELoss(keras.losses.Loss):
 
 
 def build_loss(
-    name: str, num_classes: int, batch_dice: bool = True, include_background: bool = False
+    name: str | Mapping[str, Any], num_classes: int, batch_dice: bool = True, include_background: bool = False
 ) -> keras.losses.Loss:
     """Build the loss selected by config key ``training.loss`` (Dice options: ``training.dice``).
+
+    A mapping with a ``_target_`` is a loss of the user's: the target is called with the mapping's other
+    keys and ``num_classes`` and must return a ``keras.losses.Loss``.
 
     ``categorical_crossentropy`` -> :class:`CrossEntropyLoss` (BCE when binary),
     ``dice`` -> :class:`SoftDiceLoss`, ``dice_ce`` -> :class:`DiceCELoss`,
@@ -222,6 +227,8 @@ def build_loss(
     (``num_classes == 1``). ``batch_dice`` and ``include_background`` set the Dice term.
     """
     num_classes = _check_num_classes(num_classes)
+    if not isinstance(name, str):
+        return _user_loss(name, num_classes)
     dice = {"batch": batch_dice, "include_background": include_background}
     if name == "categorical_crossentropy":
         return CrossEntropyLoss(num_classes, name=name)
@@ -236,4 +243,17 @@ def build_loss(
                 f"got num_classes={num_classes}; use 'dice_ce'"
             )
         return DiceCELoss(num_classes, name=name, **dice)
-    raise ValueError(f"training.loss: unknown loss {name!r}; expected one of " + ", ".join(repr(n) for n in LOSSES))
+    raise ValueError(f"training.loss: unknown loss {name!r}; expected one of " + ", ".join(repr(n) for n in Loss))
+
+
+def _user_loss(spec: Mapping[str, Any], num_classes: int) -> keras.losses.Loss:
+    import hydra
+
+    target = spec.get("_target_")
+    try:
+        loss = hydra.utils.instantiate(spec, num_classes=num_classes)
+    except Exception as err:  # noqa: BLE001 - any failure to build it is the user's entry
+        raise ConfigError(f"training.loss: cannot build {target!r} with num_classes={num_classes}: {err}") from err
+    if not isinstance(loss, keras.losses.Loss):
+        raise ConfigError(f"training.loss: {target!r} built a {type(loss).__name__}, expected a keras.losses.Loss")
+    return loss

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import keras
 
-from segexp.config.schema import PRECISIONS
+from segexp.config.options import Precision, expected
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,10 @@ def choose_precision(gpus: list[tuple[int, int]], flags: set[str]) -> str:
 
 
 def resolve_precision(requested: str) -> str:
-    """``requested`` (one of ``segexp.config.schema.PRECISIONS``) as a concrete precision: fp32, bf16 or fp16."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {requested!r}")
+    """``requested`` (a :class:`~segexp.config.options.Precision`) as a concrete precision: fp32, bf16 or fp16."""
+    error = expected("precision", requested, Precision)
+    if error is not None:
+        raise ValueError(error)
     if requested != "auto":
         return requested
     gpus = gpu_compute_capabilities()

@@ -18,16 +18,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import keras
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from segexp.config.errors import ConfigError, raise_config_problems
-
-#: ``model.norm`` values: the layer after every hidden conv.
-NORMS = ("batch", "instance", "group", "none")
+from segexp.config.options import Norm, expected
 
 #: Keys that were renamed or replaced: an old key is refused with this hint.
 RENAMED = {
@@ -44,7 +42,7 @@ class ModelParams:
     image_width: int = MISSING  # input width in pixels
     image_channels: int = MISSING  # 1 grey, 3 RGB; the model takes raw uint8 images
     num_classes: int = MISSING  # output classes incl. background; 1: sigmoid head for binary tasks
-    norm: str = MISSING  # one of NORMS
+    norm: str = MISSING  # a segexp.config.options.Norm
     norm_groups: int = MISSING  # groups of norm=group
     dropout_rate: float = MISSING  # dropout rate (its place is the network's)
 
@@ -57,8 +55,9 @@ def common_rules(m: Any) -> list[str]:
             errors.append(f"model.{key}: must be >= 1, got {m[key]}")
     if m.image_channels not in (1, 3):
         errors.append(f"model.image_channels: must be 1 (grayscale) or 3 (RGB), got {m.image_channels}")
-    if m.norm not in NORMS:
-        errors.append(f"model.norm: expected one of {list(NORMS)}, got {m.norm!r}")
+    norm_error = expected("model.norm", m.norm, Norm)
+    if norm_error is not None:
+        errors.append(norm_error)
     if m.norm_groups < 1:
         errors.append(f"model.norm_groups: must be >= 1, got {m.norm_groups}")
     return errors
@@ -106,9 +105,9 @@ def check_model_config(model: DictConfig | dict[str, Any]) -> tuple[DictConfig |
     network = _NETWORKS[name]
     declared = {f.name for f in fields(network.params)}
     problems = [
-        f"model.{key}: {RENAMED[key]}"
+        f"model.{key!s}: {RENAMED[key]}"
         if key in RENAMED
-        else f"model.{key}: unknown key for model {name}; expected one of {sorted(declared)}"
+        else f"model.{key!s}: unknown key for model {name}; expected one of {sorted(declared)}"
         for key in model.keys()
         if key not in declared
     ]
@@ -117,7 +116,7 @@ def check_model_config(model: DictConfig | dict[str, Any]) -> tuple[DictConfig |
     if problems:
         return None, problems
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(network.params), model)
+        typed = cast(DictConfig, OmegaConf.merge(OmegaConf.structured(network.params), model))  # dataclass: a dict
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", "") or "?"
         return None, [f"model.{key.removeprefix('model.')}: {str(err).splitlines()[0]}"]
@@ -129,6 +128,7 @@ def validate_model_config(model: DictConfig | dict[str, Any]) -> DictConfig:
     """The typed ``model`` section, or :class:`ConfigError` listing every problem."""
     typed, problems = check_model_config(model)
     raise_config_problems(problems)
+    assert typed is not None  # check_model_config returns None only together with problems, raised above
     return typed
 
 

@@ -41,7 +41,7 @@ def load_keras_model(path: Path, error: type[SegexpError] = RunError) -> keras.M
     try:
         model = keras.models.load_model(path, safe_mode=True)
     except Exception as err:  # code refused by safe mode, a truncated or foreign file: say which file
-        raise error(unsafe_model_message(str(path), err)) from None
+        raise error(unsafe_model_message(str(path), err)) from err
     return xla_for_training_only(model)
 
 

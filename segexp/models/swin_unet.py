@@ -54,7 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import keras
 import numpy as np
@@ -68,6 +68,8 @@ from segexp.models.registry import ModelParams
 MASK_VALUE = -100.0
 #: LayerNorm epsilon of the reference (PyTorch's default).
 EPSILON = 1e-5
+#: A ``(B, H, W, C)`` input shape of these layers: only the batch may be unknown (the model's grid is static).
+_StaticGrid = tuple[int | None, int, int, int]
 
 
 @dataclass
@@ -180,7 +182,7 @@ def shift_mask(height: int, width: int, window: int, shift: int) -> np.ndarray:
         for cols in bands:
             regions[rows, cols] = label
             label += 1
-    windows = regions.reshape(height // window, window, width // window, window).transpose(0, 2, 1, 3)
+    windows: np.ndarray = regions.reshape(height // window, window, width // window, window).transpose(0, 2, 1, 3)
     windows = windows.reshape(-1, window * window)
     return np.where(windows[:, None, :] != windows[:, :, None], MASK_VALUE, 0.0).astype(np.float32)
 
@@ -232,7 +234,7 @@ class WindowAttention(layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        _, height, width, channels3 = input_shape
+        _, height, width, channels3 = cast(_StaticGrid, input_shape)
         m = self.window_size
         if height % m or width % m or channels3 % (3 * self.num_heads):
             raise ValueError(
@@ -279,7 +281,7 @@ class WindowAttention(layers.Layer):
         return out
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        return (*input_shape[:-1], input_shape[-1] // 3)
+        return (*input_shape[:-1], cast(int, input_shape[-1]) // 3)  # q|k|v channels are static
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -304,7 +306,7 @@ class PatchMerge(layers.Layer):
         return ops.reshape(x, (-1, height // 2, width // 2, 4 * channels))
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        b, h, w, c = input_shape
+        b, h, w, c = cast(_StaticGrid, input_shape)
         return (b, h // 2, w // 2, 4 * c)
 
 
@@ -325,7 +327,7 @@ class PatchExpand(layers.Layer):
         return ops.reshape(x, (-1, height * s, width * s, channels // (s * s)))
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        b, h, w, c = input_shape
+        b, h, w, c = cast(_StaticGrid, input_shape)
         return (b, h * self.scale, w * self.scale, c // self.scale**2)
 
     def get_config(self) -> dict[str, Any]:

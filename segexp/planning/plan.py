@@ -31,10 +31,11 @@ from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segexp.config.options import Precision, values
 from segexp.config.schema import CONF_DIR
 from segexp.data.class_table import ClassTable, with_class_table
 from segexp.data.dataset import open_dataset
-from segexp.models.precision import PRECISIONS, resolve_precision
+from segexp.models.precision import resolve_precision
 from segexp.planning.fingerprint import DataFingerprint, read_fingerprint
 from segexp.planning.rules import (
     Choice,
@@ -216,7 +217,8 @@ def _set(cfg: DictConfig, choices: Sequence[Choice]) -> DictConfig:
 
 def _applicable(choices: Sequence[Choice], explicit: Explicit, cfg: DictConfig) -> tuple[list[Choice], list[Choice]]:
     """(to apply, the user's): a choice whose ``requires`` the final group choice misses is dropped."""
-    apply, skipped = [], []
+    apply: list[Choice] = []
+    skipped: list[Choice] = []
     for c in choices:
         if c.requires is not None:
             group, option = c.requires.split("=")
@@ -253,7 +255,7 @@ def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_D
     fingerprint = read_fingerprint(dataset, cache_dir, workers)
     machine = this_machine()
     requested = cfg.training.precision  # a bad value is named by the config check of the run
-    precision = resolve_precision(requested) if requested in PRECISIONS else "fp32"
+    precision = resolve_precision(requested) if requested in values(Precision) else "fp32"
     static = [
         *_class_table_choices(table),
         *network_choices(fingerprint, machine, cfg.plan.max_side, precision),

@@ -135,7 +135,7 @@ def budget_steps(budget_s: float, step: StepTime) -> float:
     return (budget_s - step.first_s) / step.cycle_s
 
 
-def xla_choice(minutes: float, with_xla: StepTime, without: StepTime, requires: str) -> Choice:
+def xla_choice(minutes: float, with_xla: StepTime, without: StepTime, requires: str | None) -> Choice:
     """``training.jit_compile`` from both measured steps: the one that fits more steps into the budget."""
     budget = 60.0 * minutes
     xla = budget_steps(budget, with_xla) >= budget_steps(budget, without)
@@ -239,7 +239,7 @@ def data_choices(fp: DataFingerprint) -> list[Choice]:
     """Batch, learning rate, augmentation and foreground oversampling from the cases and classes."""
     cases = fp.cases.get("train", 0)
     foreground = {n: fp.slice_presence.get(n, 0.0) for n in fp.class_names[1:]}
-    rarest = min(foreground, key=foreground.get) if foreground else None
+    rarest = min(foreground, key=lambda n: foreground[n]) if foreground else None
     common = bool(foreground) and min(foreground.values()) >= COMMON_CLASS
     presence = f"rarest class {rarest} in {100 * foreground[rarest]:.0f} % of train slices" if rarest else "no classes"
     return [

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -61,7 +61,7 @@ class TrainedRun:
         try:
             model = mlflow.keras.load_model(models[0].model_uri, load_model_kwargs={"safe_mode": True})
         except ValueError as err:
-            raise RunError(unsafe_model_message(f"MLflow model {models[0].model_uri}", err)) from None
+            raise RunError(unsafe_model_message(f"MLflow model {models[0].model_uri}", err)) from err
         return apply_precision(model, precision)
 
     def artifact_file(self, name: str) -> Path | None:
@@ -94,13 +94,15 @@ def record_mlflow_run(run_dir: Path, run_id: str, tracking_uri: str) -> None:
 def upgrade_run_config(config: DictConfig) -> DictConfig:
     """The config of a run trained by an earlier segexp, in today's keys (so it validates and evaluates).
 
-    ``training.mixed_precision`` (true: float16) became ``training.precision``; ``training.postprocess`` is
-    new (a run from before chose no postprocessing: ``none``).
+    ``training.mixed_precision`` (true: float16) became ``training.precision``; ``training.postprocess`` and
+    ``training.callbacks`` are new (a run from before chose no postprocessing, ``none``, and had no callbacks
+    of its user's, ``{}``).
     """
     training = config.get("training")
-    if training is not None and "postprocess" not in training:
-        with open_dict(config):
-            training.postprocess = "none"
+    for key, before in (("postprocess", "none"), ("callbacks", {})):
+        if training is not None and key not in training:
+            with open_dict(config):
+                training[key] = before
     if training is not None and "mixed_precision" in training:
         with open_dict(config):
             if "precision" not in training:
@@ -123,7 +125,7 @@ def _from_dir(run_dir: Path) -> TrainedRun:
     config_file = run_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
         raise RunError(f"{run_dir}: not a segexp training run folder (no .hydra/config.yaml)")
-    config = upgrade_run_config(OmegaConf.load(config_file))
+    config = upgrade_run_config(cast(DictConfig, OmegaConf.load(config_file)))  # Hydra writes a mapping
     run_id = tracking_uri = None
     record = run_dir / MLFLOW_RUN_FILE
     if record.is_file():
@@ -144,12 +146,12 @@ def _from_mlflow(run_id: str, tracking_uri: str | None) -> TrainedRun:
         run = mlflow.get_run(run_id)
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/config.yaml")
     except MlflowException as err:
-        raise RunError(f"MLflow run {run_id} at {mlflow.get_tracking_uri()}: {str(err).splitlines()[0]}") from None
+        raise RunError(f"MLflow run {run_id} at {mlflow.get_tracking_uri()}: {str(err).splitlines()[0]}") from err
     run_dir = Path(run.data.tags["run_dir"]) if "run_dir" in run.data.tags else None
     if run_dir is not None and not run_dir.is_dir():
         run_dir = None
     return TrainedRun(
-        config=upgrade_run_config(OmegaConf.load(local)),
+        config=upgrade_run_config(cast(DictConfig, OmegaConf.load(local))),  # the run's .hydra/config.yaml
         run_dir=run_dir,
         run_id=run_id,
         tracking_uri=mlflow.get_tracking_uri(),

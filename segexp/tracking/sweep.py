@@ -85,7 +85,9 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         tracking = _tracking(config)
-        parent = parent_run_id(Path(config.hydra.sweep.dir)) if tracking is not None else None
+        if tracking is None:
+            return
+        parent = parent_run_id(Path(config.hydra.sweep.dir))
         if parent is None:
             return
         training = config.get("training", {})

@@ -99,6 +99,7 @@ class Tracker:
             return
         import mlflow
 
+        assert self.run_id is not None  # every caller submits only when enabled
         send_entry(self.uri or mlflow.get_tracking_uri(), self.run_id, entry)
 
     def log_params(self, params: Mapping[str, str]) -> None:

@@ -100,12 +100,12 @@ def ensure_logical_cpus(count: int) -> None:
         return
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
-    except RuntimeError:  # "Virtual devices cannot be modified after being initialized"
+    except RuntimeError as err:  # "Virtual devices cannot be modified after being initialized"
         raise RunError(
             f"training.devices: {count} logical CPU devices must be created before TensorFlow initialises, but this "
             f"process already runs TensorFlow with {max(1, len(configured))}; start the training in a fresh process "
             "(segexp-train does)"
-        ) from None
+        ) from err
 
 
 def num_gpus() -> int:

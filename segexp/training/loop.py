@@ -9,20 +9,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 import keras
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from segexp.config.errors import raise_config_problems
+from segexp.config.errors import ConfigError, raise_config_problems
 from segexp.config.outputs import (
     check_output_locations,
     check_run_dir_free,
     resume_requested,
     train_output_locations,
 )
-from segexp.config.schema import REPO_DIR, check_train_config
+from segexp.config.schema import REPO_DIR, check_train_config, to_dict
 from segexp.data.augment import Augmenter
 from segexp.data.check import log_fingerprint
 from segexp.data.dataset import SliceDataset, open_dataset
@@ -32,7 +33,7 @@ from segexp.data.slices import find_pairs
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.evaluation.postprocess import Postprocessing
 from segexp.evaluation.postprocess import describe as describe_postprocessing
-from segexp.evaluation.reports import choose_postprocessing, evaluate_split, log_summary, write_reports
+from segexp.evaluation.reports import choose_postprocessing, log_summary, score_split
 from segexp.models import build_model, check_model_config
 from segexp.models.losses import build_loss
 from segexp.models.metrics import build_metrics
@@ -184,7 +185,7 @@ def build_optimizer(t: DictConfig, total_steps: int) -> keras.optimizers.Optimiz
 
 def build_network(cfg: DictConfig, precision: str = "fp32") -> keras.Model:
     """The configured network, uncompiled, in ``precision`` (its weights drawn from the global seed)."""
-    return apply_precision(build_model(**OmegaConf.to_container(cfg.model)), precision)
+    return apply_precision(build_model(**to_dict(cfg.model, resolve=False)), precision)
 
 
 def compile_model(
@@ -207,6 +208,27 @@ def validation_epochs(t: DictConfig) -> list[int]:
     """Epochs (from 1) after which the validation split is scored: every n-th and the last."""
     n = t.validation.every_n_epochs
     return [e for e in range(1, t.epochs + 1) if e % n == 0 or e == t.epochs]
+
+
+def user_callbacks(specs: Any) -> list[keras.callbacks.Callback]:
+    """``training.callbacks``: each named entry a Keras callback built from its ``_target_`` (null: off), in the
+    order given. A callback whose counters must survive a resume lists them in a ``resume_state`` class
+    attribute (:func:`segexp.training.resume.state_attributes`)."""
+    built = []
+    for name, spec in (specs or {}).items():
+        if spec is None:
+            continue
+        try:
+            callback = hydra.utils.instantiate(spec)
+        except Exception as err:  # noqa: BLE001 - any failure to build it is the user's entry
+            raise ConfigError(f"training.callbacks.{name}: cannot build {spec.get('_target_')!r}: {err}") from err
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise ConfigError(
+                f"training.callbacks.{name}: {spec.get('_target_')!r} built a {type(callback).__name__}, "
+                "expected a keras.callbacks.Callback"
+            )
+        built.append(callback)
+    return built
 
 
 def build_callbacks(
@@ -256,6 +278,7 @@ def build_callbacks(
                 last_epoch=t.epochs,
             )
         )
+    callbacks += user_callbacks(t.callbacks)
     max_time_s = None if t.max_time is None else 60.0 * t.max_time
     callbacks.append(EpochClock(tracker, max_time_s))  # last: it times the whole epoch
     return callbacks
@@ -297,18 +320,16 @@ def evaluate_test_split(
         log.info("no test split in %s: skipping the evaluation after training", dataset.root)
         return
 
-    evaluation = evaluate_split(
+    summary, files = score_split(
         model,
         dataset,
         "test",
-        image_size=(cfg.model.image_height, cfg.model.image_width),
-        channels=cfg.model.image_channels,
+        cfg.model,
+        out_dir,
         case_pattern=cfg.dataset.case_pattern,
         batch_size=cfg.training.batch_size,
         postprocessing=postprocessing,
     )
-    summary = evaluation.summary
-    files = write_reports(evaluation, out_dir)
     log_summary(tracker, summary, files, prefix="test")
     log.info(
         "test foreground mean Dice %s (%d cases); reports in %s",
@@ -497,7 +518,7 @@ def train(
     the MLflow run starts and before any training step (:func:`prepare_run_folder`).
     """
     cfg = validate_run_config(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = to_dict(cfg, resolve=True)
     start, run_dir = prepare_run_folder(cfg, resolved, Path(run_dir))
     strategy = data_parallel(cfg.training.devices, cfg.training.batch_size)  # before TensorFlow initialises
     seed_and_threads(cfg)
@@ -545,7 +566,7 @@ def train(
             outage=outage,
         ) as tracker,
     ):
-        if tracker.enabled:
+        if tracker.run_id is not None:  # tracker.enabled
             record_mlflow_run(run_dir, tracker.run_id, t.uri)
         own = with_resume_checkpoint(
             build_callbacks(cfg, run_dir, tracker, dataset),

@@ -67,13 +67,23 @@ MAY_CHANGE = (
     "training.checkpoint.",
     "training.validation.",
     "training.epoch_images.every_n_epochs",
+    "training.postprocess",  # only the step after the last epoch reads it
 )
-#: Callback attributes saved and restored (counters and best values).
+#: Callback attributes saved and restored (counters and best values). A callback of the user's
+#: (``training.callbacks``) names its own in a ``resume_state`` class attribute (see :func:`state_attributes`).
 CALLBACK_STATE = {
     BestCheckpoint: ("best", "saved_epoch"),
     keras.callbacks.ReduceLROnPlateau: ("best", "wait", "cooldown_counter"),
     keras.callbacks.EarlyStopping: ("best", "wait", "stopped_epoch", "best_epoch"),
 }
+
+
+def state_attributes(callback: keras.callbacks.Callback) -> tuple[str, ...]:
+    """The attributes of ``callback`` a resume restores: :data:`CALLBACK_STATE` for the built-in ones,
+    else its ``resume_state`` (a tuple of attribute names; none: nothing to restore)."""
+    if type(callback) in CALLBACK_STATE:
+        return CALLBACK_STATE[type(callback)]
+    return tuple(getattr(callback, "resume_state", ()))
 
 
 # --------------------------------------------------------------------------- files
@@ -87,7 +97,7 @@ def read_state(run_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except ValueError as err:
-        raise ResumeError(f"{path}: unreadable checkpoint state ({err})") from None
+        raise ResumeError(f"{path}: unreadable checkpoint state ({err})") from err
 
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -136,7 +146,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.dir = Path(run_dir) / RESUME_DIR
         self.config = dict(config)
-        self.watched = [c for c in callbacks if type(c) in CALLBACK_STATE]
+        self.watched = [c for c in callbacks if state_attributes(c)]
         self.best = next((c for c in callbacks if isinstance(c, BestCheckpoint)), None)
         self.clock = next((c for c in callbacks if isinstance(c, EpochClock)), None)
         self.run_id = run_id
@@ -166,6 +176,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
 
     def _link_best(self, epoch: int) -> None:
         """``epoch_<e>.keras`` as a hard link to the ``best.keras`` just written (a copy where links fail)."""
+        assert self.best is not None  # _commit links only when there is a best checkpoint
         target = self.dir / f"epoch_{epoch:03d}.keras"
         with atomic_write_path(target, durable=True) as tmp:
             try:
@@ -188,7 +199,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
                 save_keras_model(self.model, tmp)
         callbacks: dict[str, dict[str, Any]] = {}
         for c in self.watched:
-            state = {name: _plain(getattr(c, name, None)) for name in CALLBACK_STATE[type(c)]}
+            state = {name: _plain(getattr(c, name, None)) for name in state_attributes(c)}
             if isinstance(c, keras.callbacks.EarlyStopping) and c.best_weights is not None:
                 state["best_weights_epoch"] = c.best_epoch + 1  # the weights of that epoch's file
             callbacks[type(c).__name__] = state
@@ -227,12 +238,13 @@ def _remove_unreferenced(folder: Path, state: Mapping[str, Any]) -> None:
 
 
 def restore_callbacks(callbacks: Sequence[keras.callbacks.Callback], state: Mapping[str, Any], folder: Path) -> None:
-    """Put the saved counters and best values back into BestCheckpoint, ReduceLROnPlateau, EarlyStopping."""
+    """Put the saved counters and best values back into BestCheckpoint, ReduceLROnPlateau, EarlyStopping and
+    the user's callbacks that name a ``resume_state``."""
     for c in callbacks:
         saved = state["callbacks"].get(type(c).__name__)
         if saved is None:
             continue
-        for name in CALLBACK_STATE[type(c)]:
+        for name in state_attributes(c):
             setattr(c, name, saved.get(name))
         weights_epoch = saved.get("best_weights_epoch")
         weights_file = folder / f"epoch_{weights_epoch:03d}.keras" if weights_epoch else None
@@ -291,7 +303,7 @@ def _run_dir_of(run_id: str, tracking_uri: str) -> Path:
     except MlflowException as err:
         raise ResumeError(
             f"training.resume: MLflow run {run_id} at {tracking_uri}: {str(err).splitlines()[0]}"
-        ) from None
+        ) from err
     folder = run.data.tags.get("run_dir")
     if folder is None or not Path(folder).is_dir():
         raise ResumeError(
@@ -509,11 +521,12 @@ def interrupted_inside(error: BaseException) -> bool:
     error (seen: ``TypeError: Invalid input to zip`` over ``SystemError`` over the interrupt, from a
     SIGTERM during ``model.predict``); the chain of causes still holds the interrupt."""
     seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (KeyboardInterrupt, SystemExit)):
             return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return False
 
 

@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -30,7 +31,10 @@ def compile_signature(cfg: DictConfig, class_names: Sequence[str], total_steps: 
     """What ``training.loop.compile_model`` reads (keep the two in step): model section, loss, Dice
     options, optimizer, schedule (with its ``decay_steps = total_steps``), XLA flag, precision, classes."""
     t = cfg.training
-    plain = lambda node: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node  # noqa: E731
+
+    def plain(node: Any) -> Any:  # a config section as plain JSON-able values; a leaf as it is
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
     schedule = None if t.schedule is None else {**plain(t.schedule), "decay_steps": total_steps}
     return json.dumps(
         {
