@@ -47,9 +47,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 HOCM_MINI = REPO.parent / "shared" / "data" / "hocmvalves_mini"  # real slices, where ../shared is beside the checkout
@@ -697,8 +696,7 @@ def _has(program: str) -> bool:
 # ----------------------------------------------------------------------------- the suite
 
 
-@dataclass
-class SuiteRun:
+class SuiteRun(NamedTuple):
     """What every benchmark section reads: the options, the work folder, the machine."""
 
     args: argparse.Namespace

@@ -16,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional, Union, cast, get_args, get_origin, get_type_hints
 
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from segexp.config.errors import ConfigError, raise_config_problems
@@ -732,7 +732,7 @@ class InferConfig:
     precision: str = MISSING
     large_images: str = MISSING
     overlap: float = MISSING
-    window: Optional[WindowConfig] = None
+    window: Optional[WindowConfig] = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
@@ -754,6 +754,10 @@ def validate_evaluate_config(cfg: DictConfig) -> DictConfig:
 
 def validate_infer_config(cfg: DictConfig) -> DictConfig:
     """Typed ``segexp-infer`` config; every problem is reported with its key, before the model is loaded."""
+    if "window" not in cfg:  # the defaults list's `window: null` leaves the key out
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.window = None
     typed = _typed(cfg, InferConfig)
     errors = _check_prediction_keys(typed) + _one_of(("large_images", typed.large_images, LargeImages))
     if not 0.0 <= typed.overlap < 1.0:

@@ -36,6 +36,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from segexp.config.errors import ConfigError
+from segexp.config.schema import to_dict
 
 log = logging.getLogger(__name__)
 
@@ -364,8 +365,6 @@ class SlurmSweepCallback(Callback):
         launcher = config.hydra.launcher
         if launcher.get("_target_") != SLURM_LAUNCHER:
             return
-        from segexp.config.schema import to_dict
-
         try:
             check_slurm_request(to_dict(launcher, resolve=True))
         except ConfigError as err:

@@ -411,8 +411,8 @@ def with_resume_checkpoint(
                 c.append = True
     checkpoint = ResumeCheckpoint(run_dir, config, callbacks, run_id, resume.state if resume else None, every_n_epochs)
     at = next((i for i, c in enumerate(callbacks) if isinstance(c, MlflowEpochLogger)), len(callbacks))
-    rest = [c for c in callbacks[at:] if type(c) not in CALLBACK_STATE]
-    stateful = [c for c in callbacks[at:] if type(c) in CALLBACK_STATE]
+    rest = [c for c in callbacks[at:] if not state_attributes(c)]
+    stateful = [c for c in callbacks[at:] if state_attributes(c)]  # their state as of this epoch's end
     return [*callbacks[:at], *stateful, checkpoint, *rest]
 
 
