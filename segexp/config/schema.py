@@ -705,39 +705,37 @@ def validate_check_config(cfg: DictConfig) -> DictConfig:
 
 
 @dataclass
-class EvaluateConfig:
+class PredictionConfig:
+    """Keys segexp-evaluate and segexp-infer share."""
+
     task_name: str = MISSING
     run: str = MISSING
     tracking_uri: Optional[str] = MISSING
-    split: str = MISSING
     batch_size: int = MISSING
     flip_tta: bool = MISSING
     postprocess: str = MISSING
     precision: str = MISSING
-    dataset_root: Optional[str] = MISSING
-    log_to_run: bool = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 @dataclass
-class InferConfig:
-    task_name: str = MISSING
-    run: str = MISSING
-    tracking_uri: Optional[str] = MISSING
+class EvaluateConfig(PredictionConfig):
+    split: str = MISSING
+    dataset_root: Optional[str] = MISSING
+    log_to_run: bool = MISSING
+
+
+@dataclass
+class InferConfig(PredictionConfig):
     input: str = MISSING
     output_dir: Optional[str] = MISSING
-    batch_size: int = MISSING
-    flip_tta: bool = MISSING
-    postprocess: str = MISSING
-    precision: str = MISSING
     large_images: str = MISSING
     overlap: float = MISSING
     window: Optional[WindowConfig] = MISSING
-    paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 def _check_prediction_keys(typed: Any) -> list[str]:
-    """Keys segexp-evaluate and segexp-infer share."""
+    """The rules of :class:`PredictionConfig`'s keys."""
     errors = _one_of(("precision", typed.precision, Precision), ("postprocess", typed.postprocess, PostprocessMode))
     if typed.batch_size < 1:
         errors.append(f"batch_size: must be >= 1, got {typed.batch_size}")

@@ -110,7 +110,8 @@ def predict_png_files(
     With ``postprocessing``, its rules act on each case's slices stacked in slice order (the case and slice
     number from the file name by ``case_pattern``, as in training; a name it does not match is its own case)."""
     failures: list[str] = []
-    masks: dict[Path, np.ndarray] = {}
+    rules = postprocessing if postprocessing is not None and postprocessing.active else None
+    masks: dict[Path, np.ndarray] = {}  # only with postprocessing: a case's slices may span chunks
     for start in range(0, len(paths), chunk):
         found, bad = _png_masks(
             model,
@@ -120,23 +121,31 @@ def predict_png_files(
             large_images=large_images,
             overlap=overlap,
         )
-        masks.update(found)
         failures += bad
-    if postprocessing is not None and postprocessing.active:
-        masks = _postprocess_by_case(masks, postprocessing, case_pattern)
-    channels = int(model.input_shape[-1])
-    for path, mask in masks.items():
-        image = read_image(path, channels)
-        for sub, array in (
-            ("masks", mask),
-            ("colour", encode_rgb_mask(mask, colours)[..., ::-1]),
-            ("overlays", overlay_mask(image, mask, colours)[..., ::-1]),
-        ):
-            (out_dir / sub).mkdir(parents=True, exist_ok=True)
-            with atomic_write_path(out_dir / sub / f"{path.stem}.png") as tmp:
-                if not cv2.imwrite(str(tmp), array):
-                    raise OSError(f"could not write {out_dir / sub / f'{path.stem}.png'}")
+        if rules is None:
+            for path, (image, mask) in found.items():
+                _write_png_outputs(path, image, mask, out_dir, colours)
+            continue
+        masks.update((path, mask) for path, (_, mask) in found.items())
+    if rules is not None:
+        channels = int(model.input_shape[-1])
+        for path, mask in _postprocess_by_case(masks, rules, case_pattern).items():
+            # read again for its overlay: holding every image until the last chunk would cost their memory
+            _write_png_outputs(path, read_image(path, channels), mask, out_dir, colours)
     return failures
+
+
+def _write_png_outputs(path: Path, image: np.ndarray, mask: np.ndarray, out_dir: Path, colours: np.ndarray) -> None:
+    """``masks/``, ``colour/`` and ``overlays/`` PNGs of one predicted file, each written atomically."""
+    for sub, array in (
+        ("masks", mask),
+        ("colour", encode_rgb_mask(mask, colours)[..., ::-1]),
+        ("overlays", overlay_mask(image, mask, colours)[..., ::-1]),
+    ):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+        with atomic_write_path(out_dir / sub / f"{path.stem}.png") as tmp:
+            if not cv2.imwrite(str(tmp), array):
+                raise OSError(f"could not write {out_dir / sub / f'{path.stem}.png'}")
 
 
 def _postprocess_by_case(
@@ -158,7 +167,8 @@ def _postprocess_by_case(
 
 def _png_masks(
     model: Any, paths: Sequence[Path], *, batch_size: int, flip_tta: bool, large_images: str, overlap: float
-) -> tuple[dict[Path, np.ndarray], list[str]]:
+) -> tuple[dict[Path, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """``{path: (image, class-index mask)}`` of the readable files of one chunk, and the failures."""
     failures, images, good = [], [], []
     channels = int(model.input_shape[-1])
     height, width = _model_size(model)
@@ -176,7 +186,7 @@ def _png_masks(
         probs = [resize_probabilities(p, *im.shape[:2]) for p, im in zip(probs, images)]
     else:
         probs = predict_images(model, images, batch_size=batch_size, flip_tta=flip_tta, tiled=True, overlap=overlap)
-    return {path: probabilities_to_classes(prob) for path, prob in zip(good, probs)}, failures
+    return {path: (image, probabilities_to_classes(prob)) for path, image, prob in zip(good, images, probs)}, failures
 
 
 def training_window(run: TrainedRun) -> tuple[dict[str, Any] | None, str]:
