@@ -390,3 +390,5 @@ def test_training_logs_the_fingerprint_and_honours_on_bad_file(
     assert set(saved["fingerprint"]["class_pixels"]) == {"background", "square", "disc"}
     assert sorted(Path(p["file"]).name for p in saved["problems"]) == ["case0_005.png", "case1_000.png"]
     assert len(list((tmp_path / "run" / "epoch_images").glob("*.png"))) == 2
+    # the postprocessing is chosen on the valid slices that could be read (the bad one left out, as in training)
+    assert (tmp_path / "run" / "postprocessing.json").is_file()

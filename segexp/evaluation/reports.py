@@ -111,20 +111,32 @@ def _predict_case(
     channels: int,
     batch_size: int,
     flip_tta: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(truth, prediction) stacks ``(S, H, W)`` of one case at the stored slice size."""
-    images, truths = [], []
+    on_bad_file: str = "error",
+) -> tuple[list[SlicePair], np.ndarray, np.ndarray] | None:
+    """(the slices read, truth, prediction) of one case, stacks ``(S, H, W)`` at the stored slice size. An
+    unreadable slice stops with its error, or with ``on_bad_file="skip"`` is logged and left out (as the training
+    loader does); None when no slice of the case could be read."""
+    kept, images, truths = [], [], []
     for pair in pairs:
-        image, truth = read_image(pair.image, channels), dataset.decoder(pair.mask)
-        check_same_size(pair, image, truth)
+        try:
+            image, truth = read_image(pair.image, channels), dataset.decoder(pair.mask)
+            check_same_size(pair, image, truth)
+        except DataError as err:
+            if on_bad_file != "skip":
+                raise
+            log.warning("left out of the scores (dataset.on_bad_file=skip): %s", err)
+            continue
+        kept.append(pair)
         images.append(image)
         truths.append(truth)
+    if not kept:
+        return None
     resized = np.stack([resize_pair(im, t, *size)[0] for im, t in zip(images, truths)])
     predicted = probabilities_to_classes(predict_batches(model, resized, batch_size=batch_size, flip_tta=flip_tta))
     preds = [resize_pair(p[..., None], p, *t.shape)[1] for p, t in zip(predicted, truths)]
     if len({t.shape for t in truths}) > 1:
         raise DataError(f"case {pairs[0].case}: slices of different sizes cannot be stacked into a volume")
-    return np.stack(truths), np.stack(preds)
+    return kept, np.stack(truths), np.stack(preds)
 
 
 @dataclass
@@ -145,13 +157,15 @@ def predict_cases(
     case_pattern: str,
     batch_size: int = 8,
     flip_tta: bool = False,
+    on_bad_file: str = "error",
 ) -> Iterator[tuple[str, list[SlicePair], np.ndarray, np.ndarray]]:
-    """``(case, its slice pairs, truth, prediction)`` for every case of ``split``, stacks ``(S, H, W)`` at the
-    stored slice size, in case order."""
+    """``(case, its slice pairs read, truth, prediction)`` for every case of ``split``, stacks ``(S, H, W)`` at
+    the stored slice size, in case order (unreadable slices: ``on_bad_file``, as ``dataset.on_bad_file``)."""
     check_model_fits(model, len(dataset.class_names), channels)
     for case, pairs in cases_of(dataset.pairs[split], case_pattern).items():
-        truth, pred = _predict_case(model, dataset, pairs, image_size, channels, batch_size, flip_tta)
-        yield case, pairs, truth, pred
+        read = _predict_case(model, dataset, pairs, image_size, channels, batch_size, flip_tta, on_bad_file)
+        if read is not None:
+            yield case, *read
 
 
 def evaluate_split(
@@ -165,6 +179,7 @@ def evaluate_split(
     batch_size: int = 8,
     flip_tta: bool = False,
     postprocessing: Postprocessing | None = None,
+    on_bad_file: str = "error",
 ) -> Evaluation:
     """Score every case (3D) and slice (2D) of ``split``, after ``postprocessing``'s rules when given."""
     num_classes = len(dataset.class_names)
@@ -179,6 +194,7 @@ def evaluate_split(
         case_pattern=case_pattern,
         batch_size=batch_size,
         flip_tta=flip_tta,
+        on_bad_file=on_bad_file,
     ):
         if postprocessing is not None:
             pred = postprocessing.apply(pred)
@@ -232,6 +248,7 @@ def choose_postprocessing(
     case_pattern: str,
     batch_size: int = 8,
     split: str = "valid",
+    on_bad_file: str = "error",
 ) -> Postprocessing:
     """The postprocessing rules that raise ``split``'s mean Dice per class (:func:`postprocess.determine`)."""
     cases = [
@@ -244,6 +261,7 @@ def choose_postprocessing(
             channels=channels,
             case_pattern=case_pattern,
             batch_size=batch_size,
+            on_bad_file=on_bad_file,
         )
     ]
     return determine(cases, dataset.class_names)
@@ -326,6 +344,7 @@ def score_split(
     batch_size: int = 8,
     flip_tta: bool = False,
     postprocessing: Postprocessing | None = None,
+    on_bad_file: str = "error",
 ) -> tuple[dict[str, Any], list[Path]]:
     """Score ``split`` at the model's input size (``model_cfg``: the run's ``model`` section) and write the
     reports in ``out_dir``: ``(summary, report files)``, to log with :func:`log_summary`. The one path from a
@@ -340,6 +359,7 @@ def score_split(
         batch_size=batch_size,
         flip_tta=flip_tta,
         postprocessing=postprocessing,
+        on_bad_file=on_bad_file,
     )
     return evaluation.summary, write_reports(evaluation, out_dir)
 
@@ -380,6 +400,7 @@ def evaluate_run(
         batch_size=batch_size,
         flip_tta=flip_tta,
         postprocessing=postprocessing,
+        on_bad_file=cfg.dataset.on_bad_file,
     )
     resume = run.run_id if log_to_run else None
     with tracked_run(

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
-from segexp.config.errors import ConfigError, DataError, raise_config_problems
+from segexp.config.errors import ConfigError, raise_config_problems
 from segexp.config.outputs import (
     check_output_locations,
     check_run_dir_free,
@@ -291,21 +291,15 @@ def choose_postprocessing_for_run(
     best model (``postprocessing.json`` in the run folder and the run; tags ``postprocess.<class>``)."""
     if cfg.training.postprocess == "none" or not dataset.pairs.get("valid"):
         return None
-    try:
-        chosen = choose_postprocessing(
-            model,
-            dataset,
-            image_size=(cfg.model.image_height, cfg.model.image_width),
-            channels=cfg.model.image_channels,
-            case_pattern=cfg.dataset.case_pattern,
-            batch_size=cfg.training.batch_size,
-        )
-    except DataError as err:
-        if cfg.dataset.on_bad_file != "skip":
-            raise
-        # the rules are chosen on whole cases; a case with a skipped file cannot be scored as one
-        log.warning("no postprocessing chosen: a valid file is unreadable (dataset.on_bad_file=skip): %s", err)
-        return None
+    chosen = choose_postprocessing(
+        model,
+        dataset,
+        image_size=(cfg.model.image_height, cfg.model.image_width),
+        channels=cfg.model.image_channels,
+        case_pattern=cfg.dataset.case_pattern,
+        batch_size=cfg.training.batch_size,
+        on_bad_file=cfg.dataset.on_bad_file,
+    )
     path = chosen.save(run_dir / POSTPROCESSING_FILE)
     tracker.log_artifact(path)
     tracker.set_tags({f"postprocess.{name}": rule.describe() for name, rule in chosen.rules.items()})
@@ -336,6 +330,7 @@ def evaluate_test_split(
         case_pattern=cfg.dataset.case_pattern,
         batch_size=cfg.training.batch_size,
         postprocessing=postprocessing,
+        on_bad_file=cfg.dataset.on_bad_file,
     )
     log_summary(tracker, summary, files, prefix="test")
     log.info(
