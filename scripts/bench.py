@@ -172,7 +172,22 @@ def compiled_model(
     names = list(cfg.dataset.class_names)
     if len(names) != cfg.model.num_classes:
         names = [f"class{i}" for i in range(cfg.model.num_classes)]
-    return compile_model(cfg, names, cfg.training.steps_per_epoch or 1, precision), cfg
+    return compile_model(cfg.model, cfg.training, names, cfg.training.steps_per_epoch or 1, precision), cfg
+
+
+def run_loaders(cfg: Any, dataset: Any, augmenter: Any) -> Any:
+    """The training and validation loaders a ``segexp-train`` run of composed config ``cfg`` builds."""
+    from segexp.training.loop import build_loaders
+
+    return build_loaders(
+        cfg.model,
+        cfg.training,
+        dataset,
+        augmenter,
+        seed=cfg.seed,
+        on_bad_file=cfg.dataset.on_bad_file,
+        cache_dir=Path(cfg.paths.output_dir) / "cache",
+    )
 
 
 # ----------------------------------------------------------------------------- workers (one process each)
@@ -210,11 +225,10 @@ def work_loader(p: dict[str, Any]) -> dict[str, Any]:
 
     from segexp.data.augment import Augmenter
     from segexp.data.dataset import open_dataset
-    from segexp.training.loop import build_loaders
 
     cfg = compose(["tracking=none", "augmentation=full", *p["overrides"]])
     dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
-    train_loader, _ = build_loaders(cfg, dataset, Augmenter(cfg.augmentation.transforms))
+    train_loader, _ = run_loaders(cfg, dataset, Augmenter(cfg.augmentation.transforms))
     m = cfg.model
     # The cheapest model that still takes the loader's batches through fit's data path: one
     # mean per image and a loss that ignores the masks. (A 1x1 conv with a per-pixel softmax
@@ -490,7 +504,7 @@ def work_fit_loop(p: dict[str, Any]) -> dict[str, Any]:
 
     from segexp.data.augment import Augmenter
     from segexp.data.dataset import open_dataset
-    from segexp.training.loop import build_loaders, train, validate_run_config
+    from segexp.training.loop import train, validate_run_config
 
     set_tf_threads(p.get("threads"))
     uri = f"sqlite:///{p['run_dir']}.db"
@@ -498,7 +512,7 @@ def work_fit_loop(p: dict[str, Any]) -> dict[str, Any]:
     typed = validate_run_config(cfg)
     dataset = open_dataset(typed.dataset, typed.model.num_classes)
     augmenter = Augmenter(typed.augmentation.transforms) if typed.augmentation.transforms else None
-    twin, _ = build_loaders(typed, dataset, augmenter)  # the run's training batches, epoch by epoch
+    twin, _ = run_loaders(typed, dataset, augmenter)  # the run's training batches, epoch by epoch
     rows: list[dict[str, float]] = []
 
     class Probe(keras.callbacks.Callback):

@@ -207,7 +207,15 @@ def test_validation_loader_never_augments(tmp_path: Path) -> None:
         ]
     )
     dataset = open_dataset(cfg.dataset, 3)
-    train, valid = build_loaders(cfg, dataset, Augmenter(cfg.augmentation.transforms))
+    train, valid = build_loaders(
+        cfg.model,
+        cfg.training,
+        dataset,
+        Augmenter(cfg.augmentation.transforms),
+        seed=cfg.seed,
+        on_bad_file=cfg.dataset.on_bad_file,
+        cache_dir=tmp_path / "cache",
+    )
     assert train.augmenter is not None and train.sampler is not None
     assert valid.augmenter is None and valid.sampler is None
 

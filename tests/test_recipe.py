@@ -100,7 +100,7 @@ def test_dice_options_reach_the_compiled_loss(compose_train) -> None:
         (("training.dice.batch=false", "training.dice.include_background=true"), False, True),
     ):
         cfg = validate_run_config(compose_train(*overrides))
-        loss = compile_model(cfg, list(cfg.dataset.class_names), steps_per_epoch=2).loss
+        loss = compile_model(cfg.model, cfg.training, list(cfg.dataset.class_names), steps_per_epoch=2).loss
         assert (loss.batch, loss.include_background, loss._dice.batch) == (batch, background, batch)
 
 

@@ -41,11 +41,11 @@ def _fresh(cfg):
 def test_the_timed_model_is_taken_over_reset_to_a_fresh_seeded_build(compose_train) -> None:
     cfg = _cfg(compose_train)
     _measure(cfg, NAMES)  # trains 3 steps on random data, then keeps the model
-    seed_and_threads(cfg)
-    taken = warm.take(warm.compile_signature(cfg, NAMES, 99, "fp32"), _fresh(cfg))
+    seed_and_threads(cfg.training, cfg.seed)
+    taken = warm.take(warm.compile_signature(cfg.model, cfg.training, NAMES, 99, "fp32"), _fresh(cfg))
     assert taken is not None and taken.train_function is not None  # the traced step comes along
-    seed_and_threads(cfg)
-    cold = compile_model(cfg, NAMES, steps_per_epoch=1)
+    seed_and_threads(cfg.training, cfg.seed)
+    cold = compile_model(cfg.model, cfg.training, NAMES, steps_per_epoch=1)
     for a, b in zip(taken.variables, cold.variables):  # weights and seed states as a cold start's
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(taken.optimizer.iterations.numpy()) == 0
@@ -55,17 +55,22 @@ def test_the_timed_model_is_taken_over_reset_to_a_fresh_seeded_build(compose_tra
     x, y = random_batch(2, 32, 32, 1, 3)
     taken.train_on_batch(x, y)
     assert int(taken.optimizer.iterations.numpy()) == 1
-    assert warm.take(warm.compile_signature(cfg, NAMES, 99, "fp32"), _fresh(cfg)) is None  # one handover only
+    assert (
+        warm.take(warm.compile_signature(cfg.model, cfg.training, NAMES, 99, "fp32"), _fresh(cfg)) is None
+    )  # one handover only
 
 
 def test_other_compile_settings_compile_anew(compose_train) -> None:
     cfg = _cfg(compose_train)
     _measure(cfg, NAMES)
     slower = _cfg(compose_train, "training.learning_rate=1e-3")
-    assert warm.take(warm.compile_signature(slower, NAMES, 10, "fp32"), _fresh(slower)) is None
+    assert warm.take(warm.compile_signature(slower.model, slower.training, NAMES, 10, "fp32"), _fresh(slower)) is None
     _measure(cfg, NAMES)
     scheduled = compose_train(*[o for o in OVERRIDES if not o.startswith("training.schedule")])
-    assert warm.take(warm.compile_signature(scheduled, NAMES, 10, "fp32"), _fresh(scheduled)) is None
+    assert (
+        warm.take(warm.compile_signature(scheduled.model, scheduled.training, NAMES, 10, "fp32"), _fresh(scheduled))
+        is None
+    )
     warm.release()
 
 

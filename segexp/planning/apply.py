@@ -56,7 +56,7 @@ def planned_run_config(cfg: DictConfig, overrides: Sequence[str], run_dir: Path)
     if class_names_given(cfg.dataset):  # typos and bad values fail before the data is read
         validate_run_config(cfg.copy())
     if cfg.tracking.enabled:  # an unreachable server fails before the plan's work
-        check_server(cfg.tracking.uri, outage_policy(cfg).connect_timeout_s)
+        check_server(cfg.tracking.uri, outage_policy(cfg.tracking.outage).connect_timeout_s)
     resuming = resume_requested(cfg)
     check_run_dir_free(run_dir, resuming)  # before anything is written into a folder
     if resuming:

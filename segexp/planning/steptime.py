@@ -128,11 +128,11 @@ def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
         cfg.plan.measure_steps,
     )
     precision = resolve_precision(t.precision)
-    timed = cfg.copy()
-    timed.training.schedule = (
+    timed = t.copy()
+    timed.schedule = (
         None  # a constant rate, as the plan gives budgets under 1000 steps: the run can take the model over
     )
-    model = compile_model(timed, class_names, steps_per_epoch=1, precision=precision)
+    model = compile_model(m, timed, class_names, steps_per_epoch=1, precision=precision)
     batch = (images, masks)  # the epoch loop's batch structure: the traced step is the one the run calls
     start = time.perf_counter()
     build_state(model, batch)  # as the epoch loop does: one trace, not two
@@ -152,7 +152,7 @@ def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
         start = time.perf_counter()
         run_step(model.test_function, batch)
         infer.append(time.perf_counter() - start)
-    warm.keep(model, warm.compile_signature(timed, class_names, 1, precision), optimizer_state)
+    warm.keep(model, warm.compile_signature(m, timed, class_names, 1, precision), optimizer_state)
     del model
     keras.backend.clear_session()
     step = StepTime(
@@ -171,7 +171,15 @@ def loader_batch_time(cfg: DictConfig, dataset: SliceDataset, batches: int = 3) 
     augmentation, and costs a fraction of a second.
     """
     augmenter = Augmenter(cfg.augmentation.transforms) if cfg.augmentation.transforms else None
-    train, _ = build_loaders(cfg, dataset, augmenter)
+    train, _ = build_loaders(
+        cfg.model,
+        cfg.training,
+        dataset,
+        augmenter,
+        seed=cfg.seed,
+        on_bad_file=cfg.dataset.on_bad_file,
+        cache_dir=Path(cfg.paths.output_dir) / "cache",
+    )
     count = min(batches, len(train))
     for index in range(count):
         train[index]  # fills the loader cache, as the run's first epoch does

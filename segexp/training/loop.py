@@ -23,7 +23,15 @@ from segexp.config.outputs import (
     resume_requested,
     train_output_locations,
 )
-from segexp.config.schema import REPO_DIR, check_train_config, to_dict
+from segexp.config.schema import (
+    REPO_DIR,
+    DatasetConfig,
+    EpochImagesConfig,
+    OutageConfig,
+    TrainingConfig,
+    check_train_config,
+    to_dict,
+)
 from segexp.data.augment import Augmenter
 from segexp.data.check import log_fingerprint
 from segexp.data.dataset import SliceDataset, open_dataset
@@ -38,6 +46,7 @@ from segexp.models import build_model, check_model_config
 from segexp.models.losses import build_loss
 from segexp.models.metrics import build_metrics
 from segexp.models.precision import apply_precision, resolve_precision
+from segexp.models.registry import ModelParams
 from segexp.models.saving import load_for_inference
 from segexp.models.xla import xla_for_training_only
 from segexp.tracking.runs import (
@@ -90,18 +99,16 @@ def validate_run_config(cfg: DictConfig) -> DictConfig:
     return typed
 
 
-def build_sampler(cfg: DictConfig, dataset: SliceDataset) -> EpochSampler:
+def build_sampler(t: TrainingConfig, dataset: SliceDataset, seed: int, cache_dir: Path) -> EpochSampler:
     """The training samples of each epoch: ``training.steps_per_epoch`` draws, foreground oversampled.
 
     Class presence per training slice is read only when oversampling needs it, and cached
-    under ``<paths.output_dir>/cache`` (keyed by the mask files), so it is read once per dataset.
+    under ``cache_dir`` (``<paths.output_dir>/cache``, keyed by the mask files), so it is read once per dataset.
     """
-    t, pairs = cfg.training, dataset.pairs["train"]
+    pairs = dataset.pairs["train"]
     presence = None
     if t.steps_per_epoch is not None and t.foreground_fraction > 0:
-        presence = cached_class_presence(
-            pairs, dataset.decoder, Path(cfg.paths.output_dir) / "cache", workers=max(1, t.loader.workers)
-        )
+        presence = cached_class_presence(pairs, dataset.decoder, cache_dir, workers=max(1, t.loader.workers))
         counts = presence.sum(axis=0)
         log.info(
             "slices holding each class (train): %s",
@@ -110,7 +117,7 @@ def build_sampler(cfg: DictConfig, dataset: SliceDataset) -> EpochSampler:
     return EpochSampler(
         len(pairs),
         t.batch_size,
-        seed=cfg.seed,
+        seed=seed,
         steps_per_epoch=t.steps_per_epoch,
         foreground_fraction=t.foreground_fraction,
         presence=presence,
@@ -118,35 +125,47 @@ def build_sampler(cfg: DictConfig, dataset: SliceDataset) -> EpochSampler:
 
 
 def build_loaders(
-    cfg: DictConfig, dataset: SliceDataset, augmenter: Augmenter | None
+    m: ModelParams,
+    t: TrainingConfig,
+    dataset: SliceDataset,
+    augmenter: Augmenter | None,
+    *,
+    seed: int,
+    on_bad_file: str,
+    cache_dir: Path,
 ) -> tuple[SliceLoader, SliceLoader]:
-    """Training loader (sampled, augmented) and validation loader (one pass in file order, never augmented)."""
-    m, t = cfg.model, cfg.training
-    common = dict(
-        decoder=dataset.decoder,
-        image_size=(m.image_height, m.image_width),
-        channels=m.image_channels,
-        batch_size=t.batch_size,
-        seed=cfg.seed,
-        workers=t.loader.workers,
-        use_multiprocessing=t.loader.use_multiprocessing,
-        max_queue_size=t.loader.max_queue_size,
-        on_bad_file=cfg.dataset.on_bad_file,
-        cache_mb=t.loader.cache_mb,
-    )
-    train = SliceLoader(dataset.pairs["train"], augmenter=augmenter, sampler=build_sampler(cfg, dataset), **common)
-    valid = SliceLoader(dataset.pairs["valid"], augmenter=None, **common)
+    """Training loader (sampled, augmented) and validation loader (one pass in file order, never augmented);
+    ``on_bad_file`` is ``dataset.on_bad_file``, ``cache_dir`` the class-presence cache (:func:`build_sampler`)."""
+    def loader(split: str, augmenter: Augmenter | None, sampler: EpochSampler | None) -> SliceLoader:
+        return SliceLoader(
+            dataset.pairs[split],
+            dataset.decoder,
+            image_size=(m.image_height, m.image_width),
+            channels=m.image_channels,
+            batch_size=t.batch_size,
+            augmenter=augmenter,
+            sampler=sampler,
+            seed=seed,
+            workers=t.loader.workers,
+            use_multiprocessing=t.loader.use_multiprocessing,
+            max_queue_size=t.loader.max_queue_size,
+            on_bad_file=on_bad_file,
+            cache_mb=t.loader.cache_mb,
+        )
+
+    train = loader("train", augmenter, build_sampler(t, dataset, seed, cache_dir))
+    valid = loader("valid", None, None)
     return train, valid
 
 
-def epoch_image_set(cfg: DictConfig, dataset: SliceDataset) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The fixed images predicted after every epoch: evenly spaced over the chosen folder or split."""
-    m, e = cfg.model, cfg.training.epoch_images
+def epoch_image_set(
+    m: ModelParams, e: EpochImagesConfig, d: DatasetConfig, dataset: SliceDataset
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The fixed images predicted after every epoch: evenly spaced over ``e.dir`` (laid out as dataset ``d``'s
+    folders) or the valid split."""
     if e.dir is not None:
         root = Path(e.dir)
-        pairs = find_pairs(
-            root / cfg.dataset.images_dir, root / cfg.dataset.masks_dir, cfg.dataset.case_pattern, strict=False
-        )
+        pairs = find_pairs(root / d.images_dir, root / d.masks_dir, d.case_pattern, strict=False)
     else:
         pairs = dataset.pairs["valid"]
     picks = np.unique(np.linspace(0, len(pairs) - 1, min(e.num, len(pairs))).round().astype(int))
@@ -156,7 +175,7 @@ def epoch_image_set(cfg: DictConfig, dataset: SliceDataset) -> tuple[np.ndarray,
         image_size=(m.image_height, m.image_width),
         channels=m.image_channels,
         batch_size=1,
-        on_bad_file=cfg.dataset.on_bad_file,
+        on_bad_file=d.on_bad_file,
     )  # skip: a bad pick is replaced
     loaded = [reader.load_sample(int(i), 0) for i in picks]
     images = (
@@ -168,14 +187,14 @@ def epoch_image_set(cfg: DictConfig, dataset: SliceDataset) -> tuple[np.ndarray,
     return images, masks, [pairs[i].name for i in picks]
 
 
-def build_schedule(t: DictConfig, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule | None:
+def build_schedule(t: TrainingConfig, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule | None:
     """``training.schedule`` with ``decay_steps = total_steps`` (epochs x steps per epoch), or None."""
     if t.schedule is None:
         return None
     return hydra.utils.instantiate(t.schedule, decay_steps=total_steps, _convert_="all")
 
 
-def build_optimizer(t: DictConfig, total_steps: int) -> keras.optimizers.Optimizer:
+def build_optimizer(t: TrainingConfig, total_steps: int) -> keras.optimizers.Optimizer:
     """``training.optimizer`` whose learning rate follows ``training.schedule`` (or stays constant)."""
     schedule = build_schedule(t, total_steps)
     if schedule is None:
@@ -183,28 +202,27 @@ def build_optimizer(t: DictConfig, total_steps: int) -> keras.optimizers.Optimiz
     return hydra.utils.instantiate(t.optimizer, learning_rate=schedule, _convert_="all")
 
 
-def build_network(cfg: DictConfig, precision: str = "fp32") -> keras.Model:
-    """The configured network, uncompiled, in ``precision`` (its weights drawn from the global seed)."""
-    return apply_precision(build_model(**to_dict(cfg.model, resolve=False)), precision)
+def build_network(m: ModelParams, precision: str = "fp32") -> keras.Model:
+    """The network of model section ``m``, uncompiled, in ``precision`` (its weights drawn from the global seed)."""
+    return apply_precision(build_model(**to_dict(m, resolve=False)), precision)
 
 
 def compile_model(
-    cfg: DictConfig, class_names: Sequence[str], steps_per_epoch: int, precision: str = "fp32"
+    m: ModelParams, t: TrainingConfig, class_names: Sequence[str], steps_per_epoch: int, precision: str = "fp32"
 ) -> keras.Model:
-    """Build the configured network in ``precision`` (fp32, bf16, fp16: resolved) and compile it with
+    """Build the network of ``m`` in ``precision`` (fp32, bf16, fp16: resolved) and compile it with ``t``'s
     optimizer (and schedule), loss and foreground metrics. fp16 gets Keras' loss scaling in ``compile``."""
-    t = cfg.training
-    model = build_network(cfg, precision)
+    model = build_network(m, precision)
     model.compile(
         optimizer=build_optimizer(t, t.epochs * steps_per_epoch),
-        loss=build_loss(t.loss, cfg.model.num_classes, t.dice.batch, t.dice.include_background),
-        metrics=build_metrics(class_names, cfg.model.num_classes),
+        loss=build_loss(t.loss, m.num_classes, t.dice.batch, t.dice.include_background),
+        metrics=build_metrics(class_names, m.num_classes),
         jit_compile=t.jit_compile,
     )
     return xla_for_training_only(model)
 
 
-def validation_epochs(t: DictConfig) -> list[int]:
+def validation_epochs(t: TrainingConfig) -> list[int]:
     """Epochs (from 1) after which the validation split is scored: every n-th and the last."""
     n = t.validation.every_n_epochs
     return [e for e in range(1, t.epochs + 1) if e % n == 0 or e == t.epochs]
@@ -264,7 +282,7 @@ def build_callbacks(
             )
         )
     if t.epoch_images.num > 0:
-        images, masks, names = epoch_image_set(cfg, dataset)
+        images, masks, names = epoch_image_set(cfg.model, t.epoch_images, cfg.dataset, dataset)
         image_tracker = tracker if cfg.tracking.log_epoch_images else Tracker(None)
         callbacks.append(
             EpochImages(
@@ -364,9 +382,8 @@ def _objective(history: dict[str, list[float]], monitor: str, mode: str) -> floa
     return float(max(values) if mode == "max" else min(values))
 
 
-def outage_policy(cfg: DictConfig) -> OutagePolicy:
-    """``tracking.outage.*`` as an :class:`~segexp.tracking.outbox.OutagePolicy`."""
-    o = cfg.tracking.outage
+def outage_policy(o: OutageConfig) -> OutagePolicy:
+    """``tracking.outage`` as an :class:`~segexp.tracking.outbox.OutagePolicy`."""
     return OutagePolicy(
         connect_timeout_s=o.connect_timeout_s,
         request_timeout_s=o.request_timeout_s,
@@ -386,16 +403,16 @@ def prepare_run_folder(cfg: DictConfig, resolved: dict, run_dir: Path) -> tuple[
     run_dir = follow_log(Path(run_dir), start.run_dir) if start else Path(run_dir)
     check_output_locations(train_output_locations(cfg, run_dir), cfg.paths.min_free_mb)
     if cfg.tracking.enabled:
-        check_server(cfg.tracking.uri, outage_policy(cfg).connect_timeout_s)
+        check_server(cfg.tracking.uri, outage_policy(cfg.tracking.outage).connect_timeout_s)
     run_dir.mkdir(parents=True, exist_ok=True)
     return start, run_dir
 
 
-def seed_and_threads(cfg: DictConfig) -> None:
-    """TensorFlow thread pools, the global seed and (optionally) op determinism, before any op runs."""
-    set_threads(cfg.training.threads.intra_op, cfg.training.threads.inter_op)
-    keras.utils.set_random_seed(cfg.seed)
-    if cfg.training.deterministic and keras.backend.backend() == "tensorflow":
+def seed_and_threads(t: TrainingConfig, seed: int) -> None:
+    """TensorFlow thread pools, the global ``seed`` and (optionally) op determinism, before any op runs."""
+    set_threads(t.threads.intra_op, t.threads.inter_op)
+    keras.utils.set_random_seed(seed)
+    if t.deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf  # deferred: TensorFlow-only, the backend may be another
 
         tf.config.experimental.enable_op_determinism()
@@ -407,10 +424,11 @@ def model_for_run(
     """A new compiled model (the plan's timed one, reset, when compiled alike: :mod:`segexp.training.warm`),
     or the resumed one with its schedule rebuilt for ``training.epochs``, in ``precision``."""
     if start is None:
-        signature = warm.compile_signature(cfg, dataset.class_names, cfg.training.epochs * steps_per_epoch, precision)
-        model = warm.take(signature, lambda: build_network(cfg, precision))
+        m, t = cfg.model, cfg.training
+        signature = warm.compile_signature(m, t, dataset.class_names, t.epochs * steps_per_epoch, precision)
+        model = warm.take(signature, lambda: build_network(m, precision))
         if model is None:
-            model = compile_model(cfg, dataset.class_names, steps_per_epoch, precision)
+            model = compile_model(m, t, dataset.class_names, steps_per_epoch, precision)
     else:
         warm.release()  # a resumed run continues its checkpoint, not the plan's timed model
         model = apply_precision(start.load_model(), precision)  # checkpoints are saved in float32 policies
@@ -523,10 +541,18 @@ def train(
     resolved = to_dict(cfg, resolve=True)
     start, run_dir = prepare_run_folder(cfg, resolved, Path(run_dir))
     strategy = data_parallel(cfg.training.devices, cfg.training.batch_size)  # before TensorFlow initialises
-    seed_and_threads(cfg)
+    seed_and_threads(cfg.training, cfg.seed)
     dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
     augmenter = Augmenter(cfg.augmentation.transforms) if cfg.augmentation.transforms else None
-    loaders = build_loaders(cfg, dataset, augmenter)
+    loaders = build_loaders(
+        cfg.model,
+        cfg.training,
+        dataset,
+        augmenter,
+        seed=cfg.seed,
+        on_bad_file=cfg.dataset.on_bad_file,
+        cache_dir=Path(cfg.paths.output_dir) / "cache",
+    )
     log.info(
         "dataset %s: %d train slices (%d cases), %d validation slices (%d cases), %d classes",
         dataset.name,
@@ -550,7 +576,7 @@ def train(
         "run_dir": str(run_dir),
         "precision": precision,
     }
-    outage = outage_policy(cfg)
+    outage = outage_policy(cfg.tracking.outage)
     with (
         http_settings(outage),
         tracked_run(

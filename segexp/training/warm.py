@@ -22,15 +22,19 @@ from typing import Any
 
 import keras
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from segexp.config.schema import TrainingConfig
+from segexp.models.registry import ModelParams
 
 log = logging.getLogger(__name__)
 
 
-def compile_signature(cfg: DictConfig, class_names: Sequence[str], total_steps: int, precision: str) -> str:
-    """What ``training.loop.compile_model`` reads (keep the two in step): model section, loss, Dice
+def compile_signature(
+    m: ModelParams, t: TrainingConfig, class_names: Sequence[str], total_steps: int, precision: str
+) -> str:
+    """What ``training.loop.compile_model`` reads (keep the two in step): model section ``m``, ``t``'s loss, Dice
     options, optimizer, schedule (with its ``decay_steps = total_steps``), XLA flag, precision, classes."""
-    t = cfg.training
 
     def plain(node: Any) -> Any:  # a config section as plain JSON-able values; a leaf as it is
         return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
@@ -38,7 +42,7 @@ def compile_signature(cfg: DictConfig, class_names: Sequence[str], total_steps: 
     schedule = None if t.schedule is None else {**plain(t.schedule), "decay_steps": total_steps}
     return json.dumps(
         {
-            "model": plain(cfg.model),
+            "model": plain(m),
             "loss": plain(t.loss),
             "dice": plain(t.dice),
             "optimizer": plain(t.optimizer),
