@@ -16,14 +16,9 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
-from segexp.config.errors import ConfigError, raise_config_problems
-from segexp.config.outputs import (
-    check_output_locations,
-    check_run_dir_free,
-    resume_requested,
-    train_output_locations,
-)
 from segexp.config.schema import REPO_DIR, check_train_config, to_dict
+from segexp.core.errors import ConfigError, raise_config_problems
+from segexp.core.files import check_output_locations
 from segexp.data.augment import Augmenter
 from segexp.data.check import log_fingerprint
 from segexp.data.dataset import SliceDataset, open_dataset
@@ -77,6 +72,7 @@ from segexp.training.resume import (
     reopen_run,
     with_resume_checkpoint,
 )
+from segexp.training.run_folder import check_run_dir_free, resume_requested, train_output_locations
 
 log = logging.getLogger(__name__)
 
