@@ -462,11 +462,13 @@ def export_pixels(overrides: Sequence[str], split: str, path: Path, run_config: 
     config segexp's run trained with, its plan applied; else composed from ``overrides``): the train and valid slices
     (uint8 images ``(N, H, W, C)``, class-index masks ``(N, H, W)``, case per slice) and ``split``'s slices
     (``score_*``) in ``evaluate_split``'s order, ``num_classes``, ``seed``."""
+    from segexp.config.resolvers import register_resolvers
     from segexp.config.schema import validate_train_config
     from segexp.data.dataset import open_dataset
     from segexp.data.slices import load_pair
     from segexp.evaluation.reports import cases_of
 
+    register_resolvers()  # a saved run config may hold ${len:...}, ${cores:...}
     if run_config is not None and run_config.is_file():
         cfg = OmegaConf.load(run_config)
     else:

@@ -118,8 +118,10 @@ def compose(overrides: Sequence[str], config_name: str = "train") -> Any:
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
+    from segexp.config.resolvers import register_resolvers
     from segexp.config.schema import CONF_DIR
 
+    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     with open_dict(cfg):
@@ -375,7 +377,7 @@ def work_memory(p: dict[str, Any]) -> dict[str, Any]:
     import keras  # noqa: F401  (TensorFlow's start-up memory is part of the baseline)
 
     baseline = rss_mb()
-    _rmtree(Path(p["run_dir"]))  # a run folder holding an earlier run is refused (segexp.config.outputs)
+    _rmtree(Path(p["run_dir"]))  # a run folder holding an earlier run is refused (segexp.training.run_folder)
     train(cfg, Path(p["run_dir"]))
     return {"peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline}
 
@@ -674,7 +676,7 @@ def machine() -> dict[str, Any]:
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         mem_gib = float("nan")
-    from segexp.config.schema import usable_cores
+    from segexp.config.resolvers import usable_cores
 
     cores = usable_cores()
     versions = {}

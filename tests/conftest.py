@@ -12,10 +12,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR, REPO_DIR
 from segexp.data.rgb_map import encode_rgb_mask
 
 from .servers import mlflow_server  # noqa: F401  (session fixture: PostgreSQL-backed MLflow server)
+
+register_resolvers()  # every test composes or resolves configs as the command shells do
 
 SHARED_DATA = REPO_DIR.parent / "shared" / "data"
 HOCM_MINI = SHARED_DATA / "hocmvalves_mini"
@@ -56,7 +59,7 @@ def random_batch(
 def assert_model_key_refused(overrides: Sequence[str], key: str, value: Any, message: str) -> None:
     """With ``model.<key> = value`` on the composed config, start-up validation raises a ConfigError matching
     ``message``."""
-    from segexp.config.errors import ConfigError
+    from segexp.core.errors import ConfigError
     from segexp.training.loop import validate_run_config
 
     cfg = compose_config(overrides)

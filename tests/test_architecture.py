@@ -1,8 +1,8 @@
 """The package layout is the architecture (README "Architecture"): layers import only downwards.
 
-Layers, top to bottom: ``cli`` > ``planning`` > ``training`` > ``evaluation`` > ``tracking`` > ``models`` >
-``data`` > ``config``. A module may import segexp modules of its own layer or below, at module
-level only (no function-local segexp imports hide a circle), and the import graph has no cycle.
+Layers, top to bottom: ``cli`` > ``launch`` > ``planning`` > ``training`` > ``evaluation`` > ``tracking`` >
+``models`` > ``data`` > ``config`` > ``core``. A module may import segexp modules of its own layer or below, at
+module level only (no function-local segexp imports hide a circle), and the import graph has no cycle.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "segexp"
-LAYERS = ["config", "data", "models", "tracking", "evaluation", "training", "planning", "cli"]
+LAYERS = ["core", "config", "data", "models", "tracking", "evaluation", "training", "planning", "launch", "cli"]
 
 
 def module_name(path: Path) -> str:

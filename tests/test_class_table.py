@@ -11,8 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from segexp.cli.check import run_check
-from segexp.config.errors import ConfigError
 from segexp.config.schema import NO_CLASS_TABLE, check_train_config
+from segexp.core.errors import ConfigError
 from segexp.data.class_table import ClassTableError, resolve_class_table, with_class_table
 from segexp.data.slices import DataError
 

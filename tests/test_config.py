@@ -163,7 +163,7 @@ def test_loader_workers_default_to_usable_cores_up_to_8(monkeypatch) -> None:
     """``training.loader.workers: ${cores:8}`` follows the CPU cores this process may use, capped at 8."""
     import os
 
-    from segexp.config.schema import usable_cores
+    from segexp.config.resolvers import usable_cores
 
     for cores, expected in ((set(range(2)), 2), (set(range(16)), 8), ({0}, 1)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: c, raising=False)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segexp.config.errors import ConfigError, RunError
 from segexp.config.schema import REPO_DIR, validate_train_config
+from segexp.core.errors import ConfigError, RunError
 from segexp.training.devices import data_parallel, device_names, is_default_device
 
 from .conftest import TINY_DATASET_OVERRIDES, write_tiny_dataset

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from segexp.cli import upload as upload_cli
-from segexp.config.errors import TrackingUnavailable
+from segexp.core.errors import TrackingUnavailable
 from segexp.tracking import outbox as ob
 from segexp.tracking.outbox import Outbox
 from segexp.tracking.store import (

@@ -13,18 +13,12 @@ import pytest
 from omegaconf import OmegaConf
 
 import segexp.training.loop as train_module
-from segexp.config.errors import SegexpError
-from segexp.config.outputs import (
-    OutputError,
-    atomic_write_path,
-    atomic_write_text,
-    check_run_dir_free,
-    check_writable,
-    resume_requested,
-)
 from segexp.config.schema import REPO_DIR
+from segexp.core.errors import OutputError, SegexpError
+from segexp.core.files import atomic_write_path, atomic_write_text, check_writable
 from segexp.evaluation.viz import save_png
 from segexp.training.loop import train
+from segexp.training.run_folder import check_run_dir_free, resume_requested
 
 from .conftest import TINY_DATASET_OVERRIDES
 

@@ -10,7 +10,7 @@ import keras
 import pytest
 from omegaconf import OmegaConf
 
-from segexp.config.errors import ConfigError
+from segexp.core.errors import ConfigError
 from segexp.models.losses import SoftDiceLoss, build_loss
 from segexp.training.loop import train, validate_run_config
 from segexp.training.resume import RESUME_DIR, read_state, restore_callbacks

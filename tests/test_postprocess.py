@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from segexp.config.errors import ConfigError, EvaluationError
+from segexp.core.errors import ConfigError, EvaluationError
 from segexp.evaluation.postprocess import (
     FILE_NAME,
     ClassRule,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from segexp.config.errors import ConfigError
 from segexp.config.schema import validate_evaluate_config, validate_infer_config
+from segexp.core.errors import ConfigError
 from segexp.data.slices import read_image
 from segexp.evaluation.inference import probabilities_to_classes
 from segexp.models import build_model

@@ -1,6 +1,6 @@
 """launcher=submitit_slurm on a real SLURM cluster: the one-node cluster of ``scripts/slurm_local.sh``.
 
-The unit tests check the pre-submission request check (segexp/config/slurm.py) against fake
+The unit tests check the pre-submission request check (segexp/launch/slurm_request.py) against fake
 ``scontrol`` output. The cluster tests start the local cluster (idempotent; CI has started it
 in scripts/ci_services.sh) and submit through the real ``sbatch`` path: without SLURM they
 are skipped, or fail when ``SEGEXP_REQUIRE_SLURM`` is set (CI).
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from segexp.config.errors import ConfigError
 from segexp.config.schema import REPO_DIR
-from segexp.config.slurm import (
+from segexp.core.errors import ConfigError
+from segexp.launch.slurm_request import (
     Node,
     Partition,
     SlurmRequest,

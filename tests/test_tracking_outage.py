@@ -21,8 +21,8 @@ import pytest
 from mlflow import MlflowClient
 
 import segexp.training.loop as train_module
-from segexp.config.errors import SegexpError, TrackingUnavailable
 from segexp.config.schema import REPO_DIR
+from segexp.core.errors import SegexpError, TrackingUnavailable
 from segexp.tracking.outbox import OUTBOX_DIR, OUTBOX_FILE
 from segexp.training.loop import train
 

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from segexp.config.errors import ConfigError
+from segexp.core.errors import ConfigError
 from segexp.models import build_model
 from segexp.models.losses import build_loss
 from segexp.models.saving import load_keras_model, save_keras_model

@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
+from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR, to_dict, validate_check_config
 from segexp.data.check import CheckReport, check_slice_dataset, check_volume_folder
 from segexp.data.phantom import ensure_phantom_volumes
@@ -37,6 +38,9 @@ def run_check(cfg: DictConfig) -> CheckReport:
         return check_volume_folder(source, v.pattern, classes, axis=cfg.axis)
     size = list(cfg.image_size) if cfg.image_size is not None else None
     return check_slice_dataset(to_dict(cfg.dataset, resolve=True), cfg.image_channels, size=size)
+
+
+register_resolvers()  # before Hydra composes; also in sweep workers that import this task
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="check")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segexp.cli.shell import user_errors_exit
-from segexp.config.schema import project_root
+from segexp.config.resolvers import project_root
 from segexp.tracking.compare import DEFAULT_METRIC, compare, latest_parent
 from segexp.tracking.sweep import parent_run_id
 

@@ -10,11 +10,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
-from segexp.config.outputs import check_writable
+from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR, validate_infer_config
+from segexp.core.files import check_writable
 from segexp.evaluation.prediction import infer
 from segexp.models.precision import resolve_precision
 from segexp.tracking.runs import open_run
+
+register_resolvers()  # before Hydra composes; also in sweep workers that import this task
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="infer")

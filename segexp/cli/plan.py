@@ -21,8 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from segexp.cli.shell import user_errors_exit
-from segexp.config.outputs import atomic_write_text
+from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR
+from segexp.core.files import atomic_write_text
 from segexp.planning.plan import PLAN_FILE, compose_train, make_plan, preset_text
 
 log = logging.getLogger("segexp")
@@ -32,6 +33,9 @@ def preset_path(out: str | None, dataset_name: str) -> Path:
     """Where the preset goes: ``out``, else ``conf/experiment/plan_<dataset name>.yaml``; never over a file."""
     path = Path(out) if out else CONF_DIR / "experiment" / f"plan_{dataset_name}.yaml"
     return path.with_suffix(".new.yaml") if path.exists() else path
+
+
+register_resolvers()  # before Hydra composes; also in sweep workers that import this task
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="segexp_plan")

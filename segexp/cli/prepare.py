@@ -7,9 +7,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
+from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR
 from segexp.data.prepare import MANIFEST, prepare
 from segexp.tracking.tracker import tracked_run
+
+register_resolvers()  # before Hydra composes; also in sweep workers that import this task
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="prepare")

@@ -3,7 +3,7 @@
 * :func:`interrupt_on_sigterm`: SIGTERM (``kill``, a cluster's pre-emption, ``scancel``)
   raises ``KeyboardInterrupt`` like Ctrl-C, so a run in progress ends through the same path
   whatever the tracking setting: the resume message is logged and a tracked run ends KILLED.
-* :func:`user_errors_exit`: a :class:`~segexp.config.errors.SegexpError` is printed as one
+* :func:`user_errors_exit`: a :class:`~segexp.core.errors.SegexpError` is printed as one
   line (its message names the key, file or value) and the command exits 2; Ctrl-C and SIGTERM
   exit 130; anything else is a bug and keeps its traceback.
 """
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from segexp.config.errors import SegexpError
+from segexp.core.errors import SegexpError
 
 log = logging.getLogger("segexp")
 

@@ -18,8 +18,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from segexp.cli.shell import interrupt_on_sigterm, user_errors_exit
-from segexp.config.errors import SegexpError
+from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR
+from segexp.core.errors import SegexpError
 from segexp.planning.apply import planned_run_config
 from segexp.tracking.runs import MLFLOW_RUN_FILE
 from segexp.tracking.sweep import parent_run_id, record_failed_job
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: Hydra's default sweeper; it aborts the sweep on a raising job.
 GRID_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+register_resolvers()  # before Hydra composes; also in sweep workers that import this task
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from segexp.config.errors import TrackingUnavailable
+from segexp.core.errors import TrackingUnavailable
 from segexp.tracking.outbox import upload
 
 

@@ -1,1 +1,1 @@
-"""The bottom layer: user-facing errors, the typed config schema and its start-up rules, output safety."""
+"""Config: the typed schema and its start-up rules, the option sets, the OmegaConf resolvers."""

@@ -9,7 +9,6 @@ key (``model.base_kernels``) in one :class:`ConfigError`, before any data is rea
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field, is_dataclass
 from enum import StrEnum
@@ -19,7 +18,6 @@ from typing import Any, Optional, Union, cast, get_args, get_origin, get_type_hi
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from segexp.config.errors import ConfigError, raise_config_problems
 from segexp.config.options import (
     LargeImages,
     Layout,
@@ -35,6 +33,7 @@ from segexp.config.options import (
     expected,
     values,
 )
+from segexp.core.errors import ConfigError, raise_config_problems
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # segexp/
 #: The repository checkout that holds ``conf/`` (segexp is installed editable).
@@ -45,49 +44,12 @@ CONF_DIR = REPO_DIR / "conf"
 DEVICE_NAME = re.compile(r"^/?(?:device:)?(cpu|gpu):(\d+)$", re.IGNORECASE)
 
 
-def project_root() -> str:
-    """Project root for derived paths: ``$SEGEXP_ROOT``, else the segexp checkout, else the cwd."""
-    env = os.environ.get("SEGEXP_ROOT")
-    if env:
-        return str(Path(env).expanduser().resolve())
-    if (REPO_DIR / "pyproject.toml").is_file():
-        return str(REPO_DIR)
-    return str(Path.cwd())
-
-
-if not OmegaConf.has_resolver("project_root"):
-    OmegaConf.register_new_resolver("project_root", project_root)
-
-
-def _length(seq: Any) -> int:
-    """``${len:...}``; a null sequence (a class table never resolved) is an error saying so."""
-    if seq is None:
-        raise ValueError(NO_CLASS_TABLE)
-    return len(seq)
-
-
-if not OmegaConf.has_resolver("len"):
-    # ``${len:${dataset.class_names}}``: the model's class count follows the dataset's.
-    OmegaConf.register_new_resolver("len", _length)
-
-
 def to_dict(cfg: Any, *, resolve: bool) -> dict[str, Any]:
     """``OmegaConf.to_container(cfg, resolve=resolve)`` of a mapping node, typed as the plain dict it is."""
     plain = OmegaConf.to_container(cfg, resolve=resolve)
     if not isinstance(plain, dict):
         raise TypeError(f"expected a mapping config node, got {type(plain).__name__}")
     return cast("dict[str, Any]", plain)  # DictConfig keys are str in every config this project reads
-
-
-def usable_cores(cap: int | None = None) -> int:
-    """CPU cores this process may run on (its affinity mask), at most ``cap``."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, int(cap))) if cap is not None else max(1, cores)
-
-
-if not OmegaConf.has_resolver("cores"):
-    # ``${cores:8}``: min(8, usable CPU cores), e.g. loader workers that fit the machine.
-    OmegaConf.register_new_resolver("cores", usable_cores)
 
 
 # --------------------------------------------------------------------------- schema

@@ -35,7 +35,7 @@ from albumentations.core.transforms_interface import BasicTransform
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from segexp.config.errors import AugmentationError
+from segexp.core.errors import AugmentationError
 
 __all__ = [
     "AugmentationError",

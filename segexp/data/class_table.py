@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
-from segexp.config.schema import usable_cores
+from segexp.config.resolvers import usable_cores
 from segexp.data.slices import DataError, MaskDecoder, SlicePair, read_image_file, split_pairs
 
 DATASET_JSON = "dataset.json"

@@ -61,7 +61,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 
-from segexp.config.outputs import staging_folder
+from segexp.core.files import staging_folder
 from segexp.data.intensity import window_to_uint8
 from segexp.data.rgb_map import encode_rgb_mask
 

@@ -37,9 +37,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import segexp
-from segexp.config.errors import PrepareError
-from segexp.config.outputs import staging_folder
 from segexp.config.schema import to_dict, validate_prepare_config
+from segexp.core.errors import PrepareError
+from segexp.core.files import staging_folder
 from segexp.data.intensity import window_volume
 from segexp.data.phantom import ensure_phantom_volumes
 from segexp.data.rgb_map import encode_rgb_mask

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segexp.config.errors import MaskColourError
+from segexp.core.errors import MaskColourError
 
 #: An rgb_map's colours, class index -> ``[r, g, b]``: nested sequences or a ``(C, 3)`` array.
 Colours = Sequence[Sequence[int]] | np.ndarray

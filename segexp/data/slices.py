@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segexp.config.errors import DataError
+from segexp.core.errors import DataError
 from segexp.data.rgb_map import Colours, MaskColourError, colour_table, decode_rgb_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from segexp.config.errors import SplitError
 from segexp.config.options import Split, values
+from segexp.core.errors import SplitError
 
 SPLITS: tuple[str, ...] = values(Split)
 """The split names, in cutting order."""

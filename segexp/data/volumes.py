@@ -56,7 +56,7 @@ from nibabel.affines import voxel_sizes
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from nibabel.spatialimages import SpatialImage
 
-from segexp.config.errors import VolumeError
+from segexp.core.errors import VolumeError
 
 CASE_PATTERN = r"^(?P<case>.+)_(?P<kind>image|label)\.nii(\.gz)?$"
 """Default file-name pattern: ``<case>_image.nii.gz`` / ``<case>_label.nii.gz``."""

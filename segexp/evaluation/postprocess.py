@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from segexp.config.errors import EvaluationError
 from segexp.config.options import PostprocessMode, expected
 from segexp.config.options import PostprocessRule as Rule
-from segexp.config.outputs import atomic_write_text
+from segexp.core.errors import EvaluationError
+from segexp.core.files import atomic_write_text
 from segexp.tracking.runs import TrainedRun
 
 FILE_NAME = "postprocessing.json"

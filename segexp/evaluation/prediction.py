@@ -26,8 +26,8 @@ import cv2
 import nibabel as nib
 import numpy as np
 
-from segexp.config.errors import InferenceInputError
-from segexp.config.outputs import atomic_write_path
+from segexp.core.errors import InferenceInputError
+from segexp.core.files import atomic_write_path
 from segexp.data.intensity import window_volume
 from segexp.data.rgb_map import default_palette, encode_rgb_mask
 from segexp.data.slices import IMAGE_SUFFIXES, DataError, case_id, read_image, resize_image

@@ -26,12 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from segexp.config.errors import EvaluationError
-from segexp.config.outputs import (
-    atomic_write_path,
-    atomic_write_text,
-)
 from segexp.config.schema import validate_train_config
+from segexp.core.errors import EvaluationError
+from segexp.core.files import atomic_write_path, atomic_write_text
 from segexp.data.dataset import SliceDataset, open_dataset
 from segexp.data.slices import (
     DataError,

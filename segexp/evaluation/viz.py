@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segexp.config.outputs import atomic_write_path
+from segexp.core.files import atomic_write_path
 
 _TITLE_FONT = cv2.FONT_HERSHEY_SIMPLEX
 _TITLE_SCALE = 0.45

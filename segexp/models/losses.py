@@ -22,8 +22,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from segexp.config.errors import ConfigError
 from segexp.config.options import Loss
+from segexp.core.errors import ConfigError
 
 __all__ = [
     "CrossEntropyLoss",

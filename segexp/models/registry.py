@@ -24,8 +24,8 @@ import keras
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from segexp.config.errors import ConfigError, raise_config_problems
 from segexp.config.options import Norm, expected
+from segexp.core.errors import ConfigError, raise_config_problems
 
 #: Keys that were renamed or replaced: an old key is refused with this hint.
 RENAMED = {

@@ -16,7 +16,7 @@ import keras
 
 import segexp.models.losses  # noqa: F401  (registers the serialisable losses)
 import segexp.models.metrics  # noqa: F401  (registers the serialisable metrics)
-from segexp.config.errors import RunError, SegexpError
+from segexp.core.errors import RunError, SegexpError
 from segexp.models.precision import apply_precision, float32_while_saving
 from segexp.models.xla import xla_for_training_only
 

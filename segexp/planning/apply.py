@@ -17,12 +17,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.config.outputs import atomic_write_text, check_run_dir_free, resume_requested
+from segexp.core.files import atomic_write_text
 from segexp.data.class_table import class_names_given, with_class_table
 from segexp.planning.plan import PLAN_FILE, PRESET_FILE, compose_train, make_plan, preset_text, replay_plan
 from segexp.tracking.store import check_server
 from segexp.training.loop import outage_policy, validate_run_config
 from segexp.training.resume import resume_source
+from segexp.training.run_folder import check_run_dir_free, resume_requested
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segexp.config.options import Precision, values
+from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR
 from segexp.data.class_table import ClassTable, with_class_table
 from segexp.data.dataset import open_dataset
@@ -205,6 +206,7 @@ def explicit_settings(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> Ex
 
 def compose_train(overrides: Sequence[str]) -> DictConfig:
     """``conf/train.yaml`` composed with ``overrides`` (inside a Hydra app or an initialised Hydra)."""
+    register_resolvers()
     return compose(config_name="train", overrides=list(overrides))
 
 

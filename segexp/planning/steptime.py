@@ -27,7 +27,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from segexp.config.schema import usable_cores
+from segexp.config.resolvers import usable_cores
 from segexp.data.augment import Augmenter
 from segexp.data.dataset import SliceDataset
 from segexp.models.precision import resolve_precision

@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from segexp.config.errors import TrackingUnavailable
-from segexp.config.outputs import atomic_write_text
+from segexp.core.errors import TrackingUnavailable
+from segexp.core.files import atomic_write_text
 from segexp.models.saving import load_keras_model, save_keras_model
 from segexp.tracking.runs import MLFLOW_RUN_FILE
 from segexp.tracking.store import (

@@ -16,8 +16,8 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segexp.config.errors import RunError
-from segexp.config.outputs import atomic_write_text
+from segexp.core.errors import RunError
+from segexp.core.files import atomic_write_text
 from segexp.models.precision import apply_precision
 from segexp.models.saving import load_for_inference, unsafe_model_message
 

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from segexp.config.errors import TrackingUnavailable
-from segexp.config.outputs import sqlite_path
+from segexp.core.errors import TrackingUnavailable
+from segexp.core.files import sqlite_path
 from segexp.models.precision import float32_while_saving
 
 log = logging.getLogger(__name__)

@@ -1,39 +1,28 @@
 """Hydra multirun sweeps grouped in MLflow: one parent run per sweep, one child run per job.
 
-:class:`MlflowSweepCallback` (configured in ``conf/hydra/default.yaml``) runs in the
-process that launches the sweep. Before any job starts it creates the MLflow
-store and experiment once (so parallel jobs never race to create them) and a
-parent run tagged with the sweep folder and the sweep overrides; it writes the
-parent's id to ``<sweep dir>/mlflow_parent.json``, where every job (in-process,
-joblib worker, submitit or SLURM task on a shared file system) finds it and tags
-its own run ``mlflow.parentRunId``. When the sweep ends, the parent gets the best
-child's objective and id, and counts of finished and failed children.
+:func:`open_parent` creates the sweep's parent run, tagged with the sweep folder and the
+sweep overrides, and writes its id to ``<sweep dir>/mlflow_parent.json``, where every job
+(in-process, joblib worker, submitit or SLURM task on a shared file system) finds it
+(:func:`parent_run_id`) and tags its own run ``mlflow.parentRunId``. :func:`close_parent`
+gives the parent the best child's objective and id, and counts of finished and failed
+children. The Hydra callback that calls them around a sweep is
+:class:`segexp.launch.sweep.MlflowSweepCallback`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
-
-from segexp.config.errors import TrackingUnavailable
-from segexp.tracking.store import OutagePolicy, check_server, configure, retry_locked
+from segexp.tracking.store import configure, retry_locked
 from segexp.tracking.tracker import run_name_from_overrides
 
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent.json"
-
-
-def _tracking(config: DictConfig) -> Any | None:
-    tracking = config.get("tracking")
-    return tracking if tracking is not None and tracking.get("enabled", False) else None
 
 
 def parent_run_id(sweep_dir: Path) -> str | None:
@@ -44,59 +33,36 @@ def parent_run_id(sweep_dir: Path) -> str | None:
         return None
 
 
-class MlflowSweepCallback(Callback):
-    """Creates the sweep's MLflow parent run before the jobs and closes it with the best child after them."""
+def open_parent(
+    uri: str,
+    experiment: str,
+    artifact_location: str | None,
+    sweep_dir: Path,
+    overrides: Sequence[str],
+    tags: dict[str, str],
+) -> str:
+    """Create the sweep's parent run (and the store and experiment, once) and write its id into ``sweep_dir``.
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # The sweep folder (and paths.output_dir above it) exists before the sweeper opens its
-        # storage (hparams_search: sqlite:///${paths.output_dir}/optuna.db) and before any job.
-        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-        tracking = _tracking(config)
-        if tracking is None:
-            return
-        import mlflow
+    ``tags`` are added to the sweep folder, the overrides and the command; returns the run id.
+    """
+    import mlflow
 
-        try:  # an unreachable server stops the sweep before any job starts
-            check_server(
-                tracking.uri,
-                float(OmegaConf.select(tracking, "outage.connect_timeout_s", default=OutagePolicy().connect_timeout_s)),
-            )
-        except TrackingUnavailable as err:
-            log.error("%s", err)
-            sys.exit(2)
-        experiment_id = configure(tracking.uri, tracking.experiment, tracking.artifact_location)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        overrides = list(config.hydra.overrides.task)
-        run = retry_locked(
-            mlflow.MlflowClient().create_run,
-            experiment_id,
-            run_name="sweep: " + run_name_from_overrides(overrides),
-            tags={
-                "sweep_dir": str(sweep_dir),
-                "sweep_overrides": " ".join(overrides),
-                "sweeper": str(config.hydra.sweeper.get("_target_", "")),
-                "launcher": str(config.hydra.launcher.get("_target_", "")),
-                "mlflow.note.content": "segexp-train -m " + " ".join(overrides),
-            },
-        )
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking.uri}))
-        log.info("MLflow parent run %s for the sweep in %s", run.info.run_id, sweep_dir)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        tracking = _tracking(config)
-        if tracking is None:
-            return
-        parent = parent_run_id(Path(config.hydra.sweep.dir))
-        if parent is None:
-            return
-        training = config.get("training", {})
-        close_parent(
-            parent,
-            tracking.uri,
-            str(training.get("monitor", "val_dice_fg_mean")),
-            str(training.get("monitor_mode", "max")),
-        )
+    experiment_id = configure(uri, experiment, artifact_location)
+    run = retry_locked(
+        mlflow.MlflowClient().create_run,
+        experiment_id,
+        run_name="sweep: " + run_name_from_overrides(overrides),
+        tags={
+            "sweep_dir": str(sweep_dir),
+            "sweep_overrides": " ".join(overrides),
+            **tags,
+            "mlflow.note.content": "segexp-train -m " + " ".join(overrides),
+        },
+    )
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": uri}))
+    log.info("MLflow parent run %s for the sweep in %s", run.info.run_id, sweep_dir)
+    return str(run.info.run_id)
 
 
 def children(parent: str) -> list[Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from segexp.config.outputs import atomic_write_path
+from segexp.core.files import atomic_write_path
 from segexp.evaluation.inference import probabilities_to_classes
 from segexp.evaluation.viz import image_truth_prediction, save_png
 from segexp.models.metrics import metric_safe_name

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from segexp.config.outputs import atomic_write_path
+from segexp.core.files import atomic_write_path
 
 
 def plot_curves(history: Mapping[str, Sequence[float]], path: Path) -> Path:

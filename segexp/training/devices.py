@@ -37,8 +37,8 @@ from typing import Any
 
 import keras
 
-from segexp.config.errors import ConfigError, RunError
 from segexp.config.schema import DEVICE_NAME
+from segexp.core.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,6 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
-from segexp.config.errors import ConfigError, raise_config_problems
-from segexp.config.outputs import (
-    check_output_locations,
-    check_run_dir_free,
-    resume_requested,
-    train_output_locations,
-)
 from segexp.config.schema import (
     REPO_DIR,
     DatasetConfig,
@@ -32,6 +25,8 @@ from segexp.config.schema import (
     check_train_config,
     to_dict,
 )
+from segexp.core.errors import ConfigError, raise_config_problems
+from segexp.core.files import check_output_locations
 from segexp.data.augment import Augmenter
 from segexp.data.check import log_fingerprint
 from segexp.data.dataset import SliceDataset, open_dataset
@@ -86,6 +81,7 @@ from segexp.training.resume import (
     reopen_run,
     with_resume_checkpoint,
 )
+from segexp.training.run_folder import check_run_dir_free, resume_requested, train_output_locations
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +132,7 @@ def build_loaders(
 ) -> tuple[SliceLoader, SliceLoader]:
     """Training loader (sampled, augmented) and validation loader (one pass in file order, never augmented);
     ``on_bad_file`` is ``dataset.on_bad_file``, ``cache_dir`` the class-presence cache (:func:`build_sampler`)."""
+
     def loader(split: str, augmenter: Augmenter | None, sampler: EpochSampler | None) -> SliceLoader:
         return SliceLoader(
             dataset.pairs[split],

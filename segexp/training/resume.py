@@ -32,8 +32,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from segexp.config.errors import ResumeError
-from segexp.config.outputs import atomic_write_path, requeued
+from segexp.core.errors import ResumeError
+from segexp.core.files import atomic_write_path
 from segexp.evaluation.viz import image_truth_prediction, save_png
 from segexp.models.saving import load_keras_model, save_keras_model
 from segexp.tracking.runs import MLFLOW_RUN_FILE, RUN_ID
@@ -49,6 +49,7 @@ from segexp.training.callbacks import (
     on_interval,
     predict_classes,
 )
+from segexp.training.run_folder import requeued
 
 log = logging.getLogger(__name__)
 

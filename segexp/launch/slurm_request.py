@@ -2,43 +2,28 @@
 
 SLURM accepts an array job that no node of its partition can ever run (more cores per job
 than any node has, for instance) and leaves it PENDING with reason ``PartitionConfig``,
-while the launching command waits without a word. :class:`SlurmSweepCallback` (a Hydra
-callback in ``conf/hydra/default.yaml``, before the MLflow parent run is created) reads
+while the launching command waits without a word. :func:`check_slurm_request` reads
 the partition and its nodes with ``scontrol --all show partition|node -o`` and compares
 them with ``hydra.launcher``: cores (``cpus_per_task * tasks_per_node``), memory (``mem_gb``, in GiB
 as sbatch's ``--mem=<n>GB`` reads it: n * 1024 MB), GPUs (``gpus_per_node`` against the
 nodes' ``gpu`` GRES), wall time (``timeout_min`` against ``MaxTime``), node count and the
 partition's per-node limits. A request that passes is tried with ``sbatch --test-only`` (which
-also knows accounts and QOS). A refused request stops the sweep at once (exit 2) with one
-line per problem, naming the ``hydra.launcher`` key to change and the largest value that fits.
-
-Inside a job the callback also makes SIGUSR1 do what submitit does on its own pre-emption
-signal (SIGUSR2 in submitit >= 1.5, the signal ``sbatch --signal`` sends before the time
-limit): requeue the job, which then resumes its last checkpoint. Without it, ``scancel
---signal=USR1`` (or a cluster that warns with USR1) kills the job silently and the launching
-command waits for it forever (see :func:`alias_preemption_signals`).
+also knows accounts and QOS). A refused request is one :class:`ConfigError` with one line per
+problem, naming the ``hydra.launcher`` key to change and the largest value that fits.
+:class:`segexp.launch.slurm.SlurmSweepCallback` calls it before the sweep is submitted.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hydra.experimental.callback import Callback
-
-from segexp.config.errors import ConfigError
-from segexp.config.schema import to_dict
-
-log = logging.getLogger(__name__)
+from segexp.core.errors import ConfigError
 
 #: ``hydra.launcher._target_`` of the SLURM launcher (hydra-submitit-launcher).
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -330,59 +315,3 @@ def check_slurm_request(launcher: Mapping[str, Any]) -> None:
             f"launcher=submitit_slurm: no job of this sweep could ever start in partition "
             f"{partition.name}:\n  " + "\n  ".join(problems)
         )
-
-
-# --------------------------------------------------------------------------- inside a job
-
-
-def alias_preemption_signals(names: Sequence[str] = ("SIGUSR1", "SIGUSR2")) -> list[str]:
-    """Make the signals in ``names`` that still kill the process act like submitit's pre-emption signal.
-
-    submitit (in a SLURM job) handles one user signal (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by
-    default): it pickles the job again and calls ``scontrol requeue``, and SLURM's SIGTERM then
-    ends the run (KILLED) until the requeued job resumes it. The other user signal would kill
-    the job without a result, and the launching command would wait for it forever (with
-    accounting disabled it cannot see the job end). Returns the signals aliased.
-    """
-    from submitit import JobEnvironment
-
-    handler = signal.getsignal(JobEnvironment._usr_sig())
-    if not callable(handler):  # submitit installed no handler: nothing to alias to
-        return []
-    aliased = []
-    for name in names:
-        number = getattr(signal, name, None)
-        if number is not None and signal.getsignal(number) == signal.SIG_DFL:
-            signal.signal(number, handler)
-            aliased.append(name)
-    return aliased
-
-
-class SlurmSweepCallback(Callback):
-    """Hydra callback: check a SLURM sweep's request before it is submitted; requeue on USR1 in its jobs."""
-
-    def on_multirun_start(self, config: Any, **_: Any) -> None:
-        launcher = config.hydra.launcher
-        if launcher.get("_target_") != SLURM_LAUNCHER:
-            return
-        try:
-            check_slurm_request(to_dict(launcher, resolve=True))
-        except ConfigError as err:
-            log.error("%s", err)
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        log.info("SLURM request fits partition %s", launcher.get("partition") or "(default)")
-
-    def on_job_start(self, config: Any, **_: Any) -> None:
-        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or "SLURM_JOB_ID" not in os.environ:
-            return
-        aliased = alias_preemption_signals()
-        if aliased:
-            array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-            job = f"{array_job}_{array_task}" if array_job and array_task else os.environ["SLURM_JOB_ID"]
-            log.info(
-                "SLURM job %s: %s requeues it like submitit's %s (it then resumes from its last checkpoint)",
-                job,
-                " and ".join(aliased),
-                os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"),
-            )

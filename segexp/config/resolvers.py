@@ -1,0 +1,55 @@
+"""The OmegaConf resolvers segexp's configs use, and :func:`register_resolvers` to install them.
+
+* ``${project_root:}`` (:func:`project_root`): ``$SEGEXP_ROOT``, else the segexp checkout, else the cwd.
+* ``${len:${dataset.class_names}}`` (:func:`class_count`): the model's class count follows the dataset's.
+* ``${cores:8}`` (:func:`usable_cores`): min(8, usable CPU cores), e.g. loader workers that fit the machine.
+
+Nothing is registered on import: whoever composes or resolves a config (each command shell,
+:func:`segexp.planning.plan.compose_train`, the tests' ``conftest.py``, the scripts) calls
+:func:`register_resolvers` first; calling it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from segexp.config.schema import NO_CLASS_TABLE, REPO_DIR
+
+
+def project_root() -> str:
+    """Project root for derived paths: ``$SEGEXP_ROOT``, else the segexp checkout, else the cwd."""
+    env = os.environ.get("SEGEXP_ROOT")
+    if env:
+        return str(Path(env).expanduser().resolve())
+    if (REPO_DIR / "pyproject.toml").is_file():
+        return str(REPO_DIR)
+    return str(Path.cwd())
+
+
+def class_count(seq: Any) -> int:
+    """``${len:...}``; a null sequence (a class table never resolved) is an error saying so."""
+    if seq is None:
+        raise ValueError(NO_CLASS_TABLE)
+    return len(seq)
+
+
+def usable_cores(cap: int | None = None) -> int:
+    """CPU cores this process may run on (its affinity mask), at most ``cap``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, int(cap))) if cap is not None else max(1, cores)
+
+
+#: Resolver name -> function, as the YAML files under ``conf/`` call them.
+RESOLVERS: dict[str, Callable[..., Any]] = {"project_root": project_root, "len": class_count, "cores": usable_cores}
+
+
+def register_resolvers() -> None:
+    """Register every resolver of :data:`RESOLVERS` that OmegaConf does not know yet (idempotent)."""
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)

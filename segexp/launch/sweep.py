@@ -1,0 +1,75 @@
+"""The MLflow sweep callback: one parent run per Hydra multirun sweep, one child run per job.
+
+:class:`MlflowSweepCallback` (configured in ``conf/hydra/default.yaml``) runs in the
+process that launches the sweep. Before any job starts it checks the tracking server and
+creates the MLflow store, experiment and parent run once (so parallel jobs never race to
+create them; :func:`segexp.tracking.sweep.open_parent`). When the sweep ends it closes the
+parent with the best child (:func:`segexp.tracking.sweep.close_parent`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from segexp.core.errors import TrackingUnavailable
+from segexp.tracking.store import OutagePolicy, check_server
+from segexp.tracking.sweep import close_parent, open_parent, parent_run_id
+
+log = logging.getLogger(__name__)
+
+
+def _tracking(config: DictConfig) -> Any | None:
+    tracking = config.get("tracking")
+    return tracking if tracking is not None and tracking.get("enabled", False) else None
+
+
+class MlflowSweepCallback(Callback):
+    """Creates the sweep's MLflow parent run before the jobs and closes it with the best child after them."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # The sweep folder (and paths.output_dir above it) exists before the sweeper opens its
+        # storage (hparams_search: sqlite:///${paths.output_dir}/optuna.db) and before any job.
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        tracking = _tracking(config)
+        if tracking is None:
+            return
+        try:  # an unreachable server stops the sweep before any job starts
+            check_server(
+                tracking.uri,
+                float(OmegaConf.select(tracking, "outage.connect_timeout_s", default=OutagePolicy().connect_timeout_s)),
+            )
+        except TrackingUnavailable as err:
+            log.error("%s", err)
+            sys.exit(2)
+        open_parent(
+            tracking.uri,
+            tracking.experiment,
+            tracking.artifact_location,
+            Path(config.hydra.sweep.dir),
+            list(config.hydra.overrides.task),
+            {
+                "sweeper": str(config.hydra.sweeper.get("_target_", "")),
+                "launcher": str(config.hydra.launcher.get("_target_", "")),
+            },
+        )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        tracking = _tracking(config)
+        if tracking is None:
+            return
+        parent = parent_run_id(Path(config.hydra.sweep.dir))
+        if parent is None:
+            return
+        training = config.get("training", {})
+        close_parent(
+            parent,
+            tracking.uri,
+            str(training.get("monitor", "val_dice_fg_mean")),
+            str(training.get("monitor_mode", "max")),
+        )
