@@ -44,8 +44,9 @@ class PreparedMaskFormat(StrEnum):
 
 
 class Layout(StrEnum):
-    """``dataset.layout``: split folders, or one flat folder with case lists."""
+    """``dataset.layout``: split folders, one flat folder split by patient, or read from the folder."""
 
+    AUTO = "auto"
     SPLITS = "splits"
     FLAT = "flat"
 

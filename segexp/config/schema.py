@@ -320,10 +320,13 @@ def _check_dataset_keys(d: Any) -> list[str]:
     )
     if d.mask_format == "binary" and not 0 <= d.binary_threshold <= 255:
         errors.append(f"dataset.binary_threshold: must lie in 0..255, got {d.binary_threshold}")
-    if d.layout == "flat":
+    if d.layout != "splits" and any(d.cases.get(s) for s in d.cases):  # {} is the automatic split by patient
         for split in ("train", "valid"):
             if not d.cases.get(split):
-                errors.append(f"dataset.cases.{split}: layout 'flat' needs the case ids of the {split} split")
+                errors.append(
+                    f"dataset.cases.{split}: the case ids of the {split} split are missing "
+                    "(name train and valid, or leave dataset.cases empty ({}) for an automatic split by patient)"
+                )
         seen: dict[str, str] = {}
         for split, case_ids in d.cases.items():
             if split not in values(Split):

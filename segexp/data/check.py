@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from segexp.data.class_table import ClassTable, class_names_given, resolve_class_table
 from segexp.data.dataset import SliceDataset, leaked_cases, mask_decoder
+from segexp.data.layout import resolved_section
 from segexp.data.phantom import ensure_phantom_slices
 from segexp.data.slices import (
     DataError,
@@ -418,6 +419,10 @@ def check_slice_dataset(
         problems.append(Problem(str(root), "folder does not exist (dataset.root)"))
         pairs: dict[str, list[SlicePair]] = {split: [] for split in SPLITS}
     else:
+        try:
+            d = resolved_section(d)  # layout auto / the automatic split by patient, as training reads it
+        except DataError as err:
+            problems.append(Problem("dataset.layout", str(err)))
         pairs = list_split_pairs(d, problems)
     table = None
     if not class_names_given(d) and pairs["train"]:

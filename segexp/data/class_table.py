@@ -51,6 +51,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from segexp.config.resolvers import usable_cores
+from segexp.data.layout import resolved_section
 from segexp.data.slices import DataError, MaskDecoder, SlicePair, read_image_file, split_pairs
 
 DATASET_JSON = "dataset.json"
@@ -291,7 +292,7 @@ class _Scanner:
     def _pairs(self) -> dict[str, list[SlicePair]]:
         if self.pairs is not None:
             return {s: list(self.pairs.get(s, [])) for s in ("train", "valid", "test")}
-        d, out = self.d, {}
+        d, out = resolved_section(self.d), {}
         for split in ("train", "valid", "test"):
             try:
                 out[split] = split_pairs(

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from segexp.data.layout import resolved_section
 from segexp.data.phantom import ensure_phantom_slices
 from segexp.data.rgb_map import default_palette
 from segexp.data.slices import (
@@ -68,6 +69,7 @@ def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
     ensure_phantom_slices(root, d.get("phantom"))
     if not root.is_dir():
         raise DataError(f"dataset.root: folder {root} does not exist")
+    d = resolved_section(d)  # layout auto / flat without cases: the same split the run config records
     class_names = list(d["class_names"])
     decoder, colours = mask_decoder(d)
     dataset = SliceDataset(d["name"], root, class_names, decoder, colours)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segexp.core.files import atomic_write_text
 from segexp.data.class_table import class_names_given, with_class_table
+from segexp.data.layout import with_layout
 from segexp.planning.plan import PLAN_FILE, PRESET_FILE, compose_train, make_plan, preset_text, replay_plan
 from segexp.tracking.store import check_server
 from segexp.training.loop import outage_policy, validate_run_config
@@ -68,6 +69,9 @@ def planned_run_config(cfg: DictConfig, overrides: Sequence[str], run_dir: Path)
             record_run_config(cfg, run_dir)
             return cfg, {}
     if not cfg.plan.enabled:
+        cfg.dataset, layout = with_layout(cfg.dataset)
+        for line in layout.lines():
+            log.info(line)
         if not class_names_given(cfg.dataset):
             cfg.dataset, table = with_class_table(cfg.dataset)
             for line in table.lines():

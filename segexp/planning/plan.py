@@ -36,6 +36,7 @@ from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR
 from segexp.data.class_table import ClassTable, with_class_table
 from segexp.data.dataset import open_dataset
+from segexp.data.layout import ResolvedLayout, with_layout
 from segexp.models.precision import resolve_precision
 from segexp.planning.fingerprint import DataFingerprint, read_fingerprint
 from segexp.planning.rules import (
@@ -230,6 +231,15 @@ def _applicable(choices: Sequence[Choice], explicit: Explicit, cfg: DictConfig) 
     return apply, skipped
 
 
+def _layout_choices(layout: ResolvedLayout) -> list[Choice]:
+    if layout.source == "config":
+        return []
+    choices = [Choice("dataset.layout", str(layout.layout), layout.source, "the layout read from the folder")]
+    if layout.cases:
+        choices.append(Choice("dataset.cases", layout.cases, layout.source, "split by patient, never by slice"))
+    return choices
+
+
 def _class_table_choices(table: ClassTable) -> list[Choice]:
     if table.source == "config":
         return []
@@ -250,7 +260,8 @@ def _foreign_model_keys(explicit: Explicit, network: str, conf_dir: Path) -> lis
 def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> tuple[DictConfig, Plan]:
     """The planned config for the composed ``cfg`` of a job with command line ``overrides``, and its :class:`Plan`."""
     explicit = explicit_settings(overrides, conf_dir)
-    dataset_cfg, table = with_class_table(cfg.dataset)
+    dataset_cfg, layout = with_layout(cfg.dataset)
+    dataset_cfg, table = with_class_table(dataset_cfg)
     cache_dir = Path(cfg.paths.output_dir) / "cache"
     dataset = open_dataset(dataset_cfg, len(table.names))
     workers = max(1, int(cfg.training.loader.workers))
@@ -259,6 +270,7 @@ def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_D
     requested = cfg.training.precision  # a bad value is named by the config check of the run
     precision = resolve_precision(requested) if requested in values(Precision) else "fp32"
     static = [
+        *_layout_choices(layout),
         *_class_table_choices(table),
         *network_choices(fingerprint, machine, cfg.plan.max_side, precision),
         *data_choices(fingerprint),
