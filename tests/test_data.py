@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -10,7 +11,7 @@ import pytest
 
 from segexp.data.augment import Augmenter
 from segexp.data.dataset import open_dataset
-from segexp.data.loader import SliceLoader
+from segexp.data.loader import MAIN_THREAD, SliceLoader
 from segexp.data.rgb_map import decode_rgb_mask, encode_rgb_mask
 from segexp.data.sampling import EpochSampler
 from segexp.data.slices import (
@@ -239,13 +240,15 @@ def test_loader_cache_keeps_read_pairs_up_to_its_bound(tmp_path: Path) -> None:
     root = write_tiny_dataset(tmp_path / "d", {"train": 6})
     streamed = _loader(root)
     expected = [streamed[i] for i in range(len(streamed))]
-    cached = _loader(root, cache_mb=1.0)
+    cached = _loader(root, loader=replace(MAIN_THREAD, cache_mb=1.0))
     first = [cached[i] for i in range(len(cached))]
     (root / "train" / "images" / "case0_004.png").unlink()
     again = [cached[i] for i in range(len(cached))]
     for a, b, c in zip(expected, first, again):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1])
     one_pair = 32 * 32 * 2 / 2**20  # image + mask at 32x32, in MiB
-    bounded = _loader(write_tiny_dataset(tmp_path / "e", {"train": 6}), cache_mb=2.5 * one_pair)
+    bounded = _loader(
+        write_tiny_dataset(tmp_path / "e", {"train": 6}), loader=replace(MAIN_THREAD, cache_mb=2.5 * one_pair)
+    )
     bounded[0]
     assert len(bounded._cache) == 2  # the bound holds two pairs; the third streams

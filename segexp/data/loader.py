@@ -34,13 +34,15 @@ import keras
 import numpy as np
 
 from segexp.config.options import OnBadFile, expected
+from segexp.config.schema import LoaderConfig
 from segexp.data.augment import sample_seed
 from segexp.data.sampling import EpochSampler
 from segexp.data.slices import DataError, MaskDecoder, SlicePair, load_pair
 
 log = logging.getLogger(__name__)
 
-#: ``dataset.on_bad_file`` values: raise on a bad file, or skip it (replaced by the next valid sample).
+#: The loader settings of a reader without ``training.loader``: main thread, no cache (validation pictures, tests).
+MAIN_THREAD = LoaderConfig(workers=0, use_multiprocessing=False, max_queue_size=10, cache_mb=0.0)
 
 #: ``augmenter(image, mask, seed) -> (image, mask)``, e.g. :class:`segexp.data.augment.Augmenter`.
 AugmentFn = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -49,8 +51,9 @@ AugmentFn = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray
 class SliceLoader(keras.utils.PyDataset):
     """Batches of slice pairs, read from disk on demand (optionally augmented).
 
-    ``workers`` > 1 (or > 0 with ``use_multiprocessing``) reads batches in parallel
-    threads/processes ahead of the model, ``max_queue_size`` batches deep.
+    ``loader`` (``training.loader``; default :data:`MAIN_THREAD`): ``workers`` > 1 (or > 0 with
+    ``use_multiprocessing``) read batches in parallel threads/processes ahead of the model,
+    ``max_queue_size`` batches deep; ``cache_mb`` MiB of read-and-resized pairs are kept.
     Without a ``sampler`` every epoch is one pass in file order (validation). Pass
     ``shuffle=False`` to ``model.fit``: the sampler orders the samples itself, seeded.
     :func:`~segexp.training.fit_loop.fit_epochs` trains epoch ``e`` on the sampler's epoch ``e``.
@@ -67,13 +70,13 @@ class SliceLoader(keras.utils.PyDataset):
         augmenter: AugmentFn | None = None,
         sampler: EpochSampler | None = None,
         seed: int = 0,
-        workers: int = 0,
-        use_multiprocessing: bool = False,
-        max_queue_size: int = 10,
+        loader: LoaderConfig | None = None,
         on_bad_file: str = "error",
-        cache_mb: float = 0.0,
     ) -> None:
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        loader = loader or MAIN_THREAD
+        super().__init__(
+            workers=loader.workers, use_multiprocessing=loader.use_multiprocessing, max_queue_size=loader.max_queue_size
+        )
         if not pairs:
             raise ValueError("SliceLoader needs at least one slice pair")
         bad_file_error = expected("on_bad_file", on_bad_file, OnBadFile)
@@ -82,7 +85,7 @@ class SliceLoader(keras.utils.PyDataset):
         self.on_bad_file = on_bad_file
         #: read-and-resized pairs by position, up to ``cache_mb`` MiB (dict writes are atomic across threads)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._cache_left = int(cache_mb * 2**20)
+        self._cache_left = int(loader.cache_mb * 2**20)
         #: ``skip`` mode: bad files met so far (image path -> cause); per process with multiprocessing.
         self.skipped: dict[str, str] = {}  # one dict assignment per bad file: safe across loader threads
         self.pairs = list(pairs)

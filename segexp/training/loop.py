@@ -143,11 +143,8 @@ def build_loaders(
             augmenter=augmenter,
             sampler=sampler,
             seed=seed,
-            workers=t.loader.workers,
-            use_multiprocessing=t.loader.use_multiprocessing,
-            max_queue_size=t.loader.max_queue_size,
+            loader=t.loader,
             on_bad_file=on_bad_file,
-            cache_mb=t.loader.cache_mb,
         )
 
     train = loader("train", augmenter, build_sampler(t, dataset, seed, cache_dir))
