@@ -22,9 +22,11 @@ from segexp.data.phantom import (
     PHANTOM_MANIFEST,
     PHANTOM_VOLUMES_MANIFEST,
     PHANTOM_WINDOW,
+    cache,
     make_phantom_volume,
     phantom_affine,
     phantom_spacing,
+    slices,
     window_to_uint8,
     write_phantom_dataset,
     write_phantom_volumes,
@@ -457,19 +459,62 @@ def test_new_split_never_replaces_an_unowned_folder(tmp_path: Path) -> None:
     assert (root / "test" / "mine.png").read_bytes() == b"mine"
 
 
-def test_parallel_writers_of_the_same_phantom_do_not_fail(tmp_path, monkeypatch):
-    """Two sweep jobs generating the same phantom at once: the one that loses the rename keeps the winner's copy."""
-    from segexp.data import phantom
+def _lose_the_race(root: Path, theirs: dict, mine: dict) -> list[Path]:
+    """A sweep job finds ``root`` absent and builds ``mine``; meanwhile another job installs ``theirs`` there.
 
+    Returns the listing of ``root`` as the other job left it.
+    """
+    left: list[Path] = []
+
+    def build(staging: Path) -> dict:
+        write_phantom_dataset(root, **theirs)  # the other job finishes first
+        left.extend(sorted(p.relative_to(root) for p in root.rglob("*")))
+        return slices.write_slices(staging, **mine)
+
+    params = slices.slice_params(mine["cases"], mine["num_slices"], mine["size"], mine["seed"])
+    assert cache.ensure_generated(slices.SLICE_FOLDER, root, params, list(mine["cases"]), build)
+    return left
+
+
+def test_parallel_writers_of_the_same_phantom_do_not_fail(tmp_path: Path) -> None:
+    """Two sweep jobs generating the same phantom at once: the one that loses the rename keeps the winner's copy."""
     root = tmp_path / "phantom"
     kwargs = dict(cases={"train": 1, "valid": 1}, num_slices=4, size=32, seed=3)
-    phantom.write_phantom_dataset(root, **kwargs)
-    before = sorted(p.relative_to(root) for p in root.rglob("*"))
     # The second job checked the folder while it was still absent, then lost the race.
-    monkeypatch.setattr(phantom, "_inspect_root", lambda *a, **k: None)
-    monkeypatch.setattr(phantom, "_check_no_clash", lambda *a, **k: None)
-    phantom.write_phantom_dataset(root, **kwargs)
+    before = _lose_the_race(root, theirs=kwargs, mine=kwargs)
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
     assert not [p for p in tmp_path.iterdir() if p.name != "phantom"]  # no temporary folder left
     with pytest.raises(OSError):  # a different dataset in its place is still an error
-        phantom.write_phantom_dataset(root, **{**kwargs, "seed": 4})
+        _lose_the_race(tmp_path / "other", theirs=kwargs, mine={**kwargs, "seed": 4})
+
+
+def test_the_cache_is_generic(tmp_path: Path) -> None:
+    """Any generator can use the cache: built once, reused, rebuilt for other params without touching others' files."""
+    notes = cache.GeneratedFolder(
+        manifest="notes.json",
+        generator="test.notes",
+        entries_key="files",
+        what="notes",
+        complete=lambda root, manifest: all((root / name).is_file() for name in manifest["files"]),
+        check_entry=lambda name: None,
+    )
+
+    def ensure(text: str) -> bool:
+        def build(staging: Path) -> dict:
+            (staging / f"{text}.txt").write_text(text)
+            return {"length": len(text)}
+
+        return cache.ensure_generated(notes, tmp_path / "notes", {"text": text}, [f"{text}.txt"], build)
+
+    assert ensure("a") and not ensure("a")
+    (tmp_path / "notes" / "user.txt").write_text("keep")
+    assert ensure("bb")
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["bb.txt", "notes.json", "user.txt"]
+    manifest = json.loads((tmp_path / "notes" / "notes.json").read_text())
+    assert manifest == {
+        "generator": "test.notes",
+        "complete": True,
+        "params": {"text": "bb"},
+        "files": ["bb.txt"],
+        "length": 2,
+    }
