@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, open_dict
 from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR, REPO_DIR
 from segexp.data.rgb_map import encode_rgb_mask
+from segexp.tracking.tracker import Tracker, tracked_run
 
 from .servers import mlflow_server  # noqa: F401  (session fixture: PostgreSQL-backed MLflow server)
 
@@ -24,6 +26,19 @@ SHARED_DATA = REPO_DIR.parent / "shared" / "data"
 HOCM_MINI = SHARED_DATA / "hocmvalves_mini"
 
 TINY_COLOURS = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
+
+
+def sqlite_tracked_run(root: Path, **options: Any) -> AbstractContextManager[Tracker]:
+    """A tracked MLflow run in the SQLite store a training run under ``paths.root=root`` uses (experiment
+    ``segexp``); ``options``: further arguments of :func:`tracked_run` (tags, run_dir, ...)."""
+    defaults: dict[str, Any] = {"run_name": "x", "tags": {}, "description": ""}
+    return tracked_run(
+        True,
+        uri=f"sqlite:///{root}/outputs/mlflow.db",
+        experiment="segexp",
+        artifact_location=str(root / "outputs" / "mlartifacts"),
+        **{**defaults, **options},
+    )
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 from segexp.core.errors import ConfigError
 from segexp.models.losses import SoftDiceLoss, build_loss
+from segexp.training.checkpoint import RESUME_DIR, read_state, restore_callbacks
 from segexp.training.loop import train, validate_run_config
-from segexp.training.resume import RESUME_DIR, read_state, restore_callbacks
 
 from .conftest import TINY_DATASET_OVERRIDES
 

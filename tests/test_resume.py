@@ -17,18 +17,13 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
+from segexp.core.errors import ResumeError
 from segexp.training import callbacks
+from segexp.training.checkpoint import RESUME_DIR, STATE_FILE, read_state
 from segexp.training.loop import train
-from segexp.training.resume import (
-    RESUME_DIR,
-    STATE_FILE,
-    ResumeError,
-    prepare_resume,
-    read_state,
-    resume_source,
-)
+from segexp.training.resume import prepare_resume, resume_source
 
-from .conftest import TINY_DATASET_OVERRIDES
+from .conftest import TINY_DATASET_OVERRIDES, sqlite_tracked_run
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("train/loss", "val/loss", "val/dice_fg_mean", "val/dice/square", "learning_rate")
@@ -330,25 +325,15 @@ def test_cli_bad_resume_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_system_exit_marks_the_run_killed(tmp_path: Path) -> None:
     """submitit requeues a pre-empted job by ``sys.exit(-1)`` from its signal handler: KILLED, not FAILED."""
-    from segexp.tracking.tracker import tracked_run
-
     with pytest.raises(SystemExit):
-        with tracked_run(
-            True,
-            uri=f"sqlite:///{tmp_path}/outputs/mlflow.db",
-            experiment="segexp",
-            artifact_location=str(tmp_path / "outputs" / "mlartifacts"),
-            run_name="x",
-            tags={},
-            description="",
-        ):
+        with sqlite_tracked_run(tmp_path):
             sys.exit(-1)
     (run,) = _runs(_client(tmp_path))
     assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted (SystemExit: -1)"
 
 
 def test_an_interrupt_that_tensorflow_turned_into_another_error_is_an_interruption() -> None:
-    from segexp.training.resume import interrupted_inside
+    from segexp.training.interrupts import interrupted_inside
 
     def mangled() -> None:
         try:

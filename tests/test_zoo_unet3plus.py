@@ -21,8 +21,8 @@ from segexp.models.metrics import build_metrics
 from segexp.models.saving import load_for_inference, load_keras_model, save_keras_model
 from segexp.models.unet3plus import DeepSupervision
 from segexp.tracking.runs import open_run
+from segexp.training.checkpoint import read_state
 from segexp.training.loop import train, validate_run_config
-from segexp.training.resume import read_state
 
 from .conftest import assert_model_key_refused, compose_config, random_batch
 

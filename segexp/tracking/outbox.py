@@ -79,6 +79,9 @@ def send_entry(uri: str, run_id: str, entry: Mapping[str, Any], base: Path | Non
     elif kind == "tags":
         tags = [RunTag(k, v) for k, v in entry["tags"].items()]
         retry_locked(client.log_batch, run_id, tags=tags, synchronous=True)
+    elif kind == "delete_tag":
+        if entry["key"] in retry_locked(client.get_run, run_id).data.tags:  # sent twice (a lost reply): done
+            retry_locked(client.delete_tag, run_id, entry["key"])
     elif kind == "metrics":
         ts, step = int(entry["timestamp"]), int(entry["step"])
         metrics = [Metric(k, float(v), ts, step) for k, v in entry["metrics"].items()]
@@ -277,6 +280,8 @@ def describe(entry: Mapping[str, Any]) -> str:
         return f"artifact {Path(entry['path']).name}"
     if kind == "terminated":
         return f"run status {entry['status']}"
+    if kind == "delete_tag":
+        return f"deletion of tag {entry['key']}"
     return kind
 
 

@@ -20,6 +20,7 @@ from segexp.core.errors import RunError
 from segexp.core.files import atomic_write_text
 from segexp.models.precision import apply_precision
 from segexp.models.saving import load_for_inference, unsafe_model_message
+from segexp.tracking.store import mlflow_client, retry_locked
 
 MLFLOW_RUN_FILE = "mlflow_run.json"
 BEST_MODEL = Path("checkpoints") / "best.keras"
@@ -83,6 +84,20 @@ class TrainedRun:
             raise RunError(
                 f"MLflow run {self.run_id}: cannot read its artifact {name}: {str(err).splitlines()[0]}"
             ) from err
+
+
+def run_dir_tag(run_id: str, tracking_uri: str) -> str | None:
+    """The ``run_dir`` tag of MLflow run ``run_id`` at ``tracking_uri``: the folder it trained in (None: untagged).
+
+    Raises :class:`RunError` naming the run and the store when MLflow does not give the run.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = retry_locked(mlflow_client(tracking_uri).get_run, run_id)
+    except MlflowException as err:
+        raise RunError(f"MLflow run {run_id} at {tracking_uri}: {str(err).splitlines()[0]}") from err
+    return run.data.tags.get("run_dir")
 
 
 def record_mlflow_run(run_dir: Path, run_id: str, tracking_uri: str) -> None:

@@ -142,6 +142,25 @@ def mlflow_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
+#: The artifact folder where ``MlflowClient.log_image(key=..., step=...)`` stores time-stepped images.
+IMAGE_ARTIFACT_DIR = "images"
+
+
+def image_key_and_step(artifact_path: str) -> tuple[str, int] | None:
+    """The ``(key, step)`` of a time-stepped image from its artifact path, or None for another file.
+
+    MLflow's own naming (3.x): ``images/<key, "/" as "~">+step+<step>+timestamp+<ms>+<uuid>.png``, and a
+    ``+compressed.webp`` copy. Keys hold no ``+`` or ``~`` (MLflow refuses them), so the name is read back
+    unambiguously; this is the one place that knows the naming.
+    """
+    name = artifact_path.rsplit("/", 1)[-1]
+    key, found, rest = name.partition("+step+")
+    step = rest.split("+", 1)[0]
+    if not found or not step.isdigit():
+        return None
+    return key.replace("~", "/"), int(step)
+
+
 def configure(uri: str, experiment: str, artifact_location: str | None) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment`` (created if missing)."""
     import mlflow

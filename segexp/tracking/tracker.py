@@ -22,7 +22,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from segexp.tracking.outbox import Outbox, send_entry
-from segexp.tracking.store import OutagePolicy, configure, retry_locked
+from segexp.tracking.store import (
+    IMAGE_ARTIFACT_DIR,
+    OutagePolicy,
+    configure,
+    image_key_and_step,
+    mlflow_client,
+    retry_locked,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,6 +117,11 @@ class Tracker:
         if self.enabled:
             self._submit({"kind": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
+    def delete_tag(self, key: str) -> None:
+        """Remove the tag ``key`` (none: nothing happens); buffered like any call when the server is away."""
+        if self.enabled:
+            self._submit({"kind": "delete_tag", "key": key})
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if self.enabled:
             values = {k: float(v) for k, v in metrics.items()}
@@ -127,6 +139,49 @@ class Tracker:
         """Log ``model`` with the ``mlflow.keras`` flavour: raw uint8 images in, probabilities out."""
         if self.enabled:
             self._submit({"kind": "model", "name": name, "model": model})
+
+    # -- reading the run back (a reopened run: what is there already); these need the server
+
+    def _client(self) -> Any:
+        import mlflow
+
+        return mlflow_client(self.uri or mlflow.get_tracking_uri())
+
+    def tags(self) -> dict[str, str]:
+        """The run's tags as the store has them (empty when tracking is disabled)."""
+        if not self.enabled:
+            return {}
+        return dict(retry_locked(self._client().get_run, self.run_id).data.tags)
+
+    def metric_steps(self, key: str) -> set[int]:
+        """The steps at which the store holds a value of metric ``key``."""
+        if not self.enabled:
+            return set()
+        return {m.step for m in retry_locked(self._client().get_metric_history, self.run_id, key)}
+
+    def logged_image_steps(self) -> dict[str, set[int]]:
+        """``{key: steps}`` of the time-stepped images (:meth:`log_image`) the store holds."""
+        if not self.enabled:
+            return {}
+        found: dict[str, set[int]] = {}
+        for artifact in retry_locked(self._client().list_artifacts, self.run_id, IMAGE_ARTIFACT_DIR):
+            key_step = image_key_and_step(artifact.path)
+            if key_step is not None:
+                found.setdefault(key_step[0], set()).add(key_step[1])
+        return found
+
+    def mark_resumed(self, epoch: int) -> int:
+        """Tag the reopened run as resumed after ``epoch`` epochs (``resumed``: how often, ``resumed_<n>_at_epoch``);
+        the previous attempt's ``error`` tag moves to ``previous_error`` (it is being repaired). Returns n."""
+        if not self.enabled:
+            return 0
+        tags = self.tags()
+        if "error" in tags:
+            self.set_tags({"previous_error": tags["error"]})
+            self.delete_tag("error")
+        count = int(tags.get("resumed", "0")) + 1
+        self.set_tags({"resumed": str(count), f"resumed_{count}_at_epoch": str(epoch)})
+        return count
 
     def end(self, status: str) -> None:
         """Set the run's final status (buffered like any call when the server is away)."""

@@ -62,6 +62,7 @@ from segexp.training.callbacks import (
     EpochImages,
     MlflowEpochLogger,
 )
+from segexp.training.checkpoint import ResumeCheckpoint, history_columns, with_resume_checkpoint
 from segexp.training.curves import plot_curves
 from segexp.training.devices import (
     data_parallel,
@@ -70,17 +71,9 @@ from segexp.training.devices import (
     synchronize_batch_norm,
 )
 from segexp.training.fit_loop import fit_epochs
-from segexp.training.resume import (
-    Resume,
-    ResumeCheckpoint,
-    follow_log,
-    history_columns,
-    interrupted_inside,
-    log_interrupted,
-    prepare_resume,
-    reopen_run,
-    with_resume_checkpoint,
-)
+from segexp.training.interrupts import interrupted_inside, log_interrupted
+from segexp.training.reopen import reopen_run
+from segexp.training.resume import Resume, follow_log, prepare_resume
 from segexp.training.run_folder import check_run_dir_free, resume_requested, train_output_locations
 
 log = logging.getLogger(__name__)
@@ -225,7 +218,7 @@ def validation_epochs(t: TrainingConfig) -> list[int]:
 def user_callbacks(specs: Any) -> list[keras.callbacks.Callback]:
     """``training.callbacks``: each named entry a Keras callback built from its ``_target_`` (null: off), in the
     order given. A callback whose counters must survive a resume lists them in a ``resume_state`` class
-    attribute (:func:`segexp.training.resume.state_attributes`)."""
+    attribute (:func:`segexp.training.checkpoint.state_attributes`)."""
     built = []
     for name, spec in (specs or {}).items():
         if spec is None:
@@ -595,7 +588,7 @@ def train(
             run_dir,
             resolved,
             tracker.run_id,
-            start,
+            start.state if start else None,
             cfg.training.checkpoint.every_n_epochs,
         )
         if start is None:
