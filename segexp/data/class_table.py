@@ -51,8 +51,9 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from segexp.config.resolvers import usable_cores
-from segexp.data.layout import resolved_section
-from segexp.data.slices import DataError, MaskDecoder, SlicePair, read_image_file, split_pairs
+from segexp.data.dataset import list_split_pairs
+from segexp.data.slices import DataError, MaskDecoder, SlicePair, read_image_file
+from segexp.data.splits import SPLITS
 
 DATASET_JSON = "dataset.json"
 #: Keys of a dataset.json that may hold the class colours (name -> [r, g, b]).
@@ -114,7 +115,8 @@ def resolve_class_table(
 
     ``d['class_names']`` may be ``None`` or missing (``???``), ``d['rgb_map']`` ``None``.
     ``pairs`` (split -> pairs) replaces the listing of the splits (``segexp-check`` passes its
-    own, tolerant listing); ``workers`` threads read the masks (default: up to 8 cores).
+    own, tolerant listing; else :func:`segexp.data.dataset.list_split_pairs`); ``workers``
+    threads read the masks (default: up to 8 cores).
     Raises :class:`ClassTableError` (or :class:`DataError` for the folder listing).
     """
     names, rgb_map = _value(d, "class_names"), _value(d, "rgb_map")
@@ -291,25 +293,8 @@ class _Scanner:
 
     def _pairs(self) -> dict[str, list[SlicePair]]:
         if self.pairs is not None:
-            return {s: list(self.pairs.get(s, [])) for s in ("train", "valid", "test")}
-        d, out = resolved_section(self.d), {}
-        for split in ("train", "valid", "test"):
-            try:
-                out[split] = split_pairs(
-                    self.root,
-                    split,
-                    layout=d["layout"],
-                    splits=d["splits"],
-                    cases=d["cases"],
-                    case_pattern=d["case_pattern"],
-                    images_dir=d["images_dir"],
-                    masks_dir=d["masks_dir"],
-                )
-            except DataError as err:
-                if split == "train":
-                    raise DataError(f"dataset split 'train': {err}") from err
-                out[split] = []  # an absent test split is allowed; open_dataset reports a broken valid split
-        return out
+            return {s: list(self.pairs.get(s, [])) for s in SPLITS}
+        return list_split_pairs(self.d)
 
     def scan(self, kind: str) -> _Scan:
         if self.result is not None:

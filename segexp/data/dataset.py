@@ -3,6 +3,8 @@
 :func:`open_dataset` turns the validated ``dataset`` config group into a
 :class:`SliceDataset`, generating the built-in phantom first when configured.
 It lists files only (no image is read), so it is cheap to call at start-up.
+:func:`list_split_pairs` is the one listing of a dataset's splits: strict for
+training, tolerant (a problem collector) for ``segexp-check``.
 """
 
 from __future__ import annotations
@@ -16,14 +18,10 @@ import numpy as np
 
 from segexp.data.layout import resolved_section
 from segexp.data.phantom import ensure_phantom_slices
+from segexp.data.problems import Problem, Problems, report
 from segexp.data.rgb_map import default_palette
-from segexp.data.slices import (
-    IMAGE_SUFFIXES,
-    DataError,
-    MaskDecoder,
-    SlicePair,
-    split_pairs,
-)
+from segexp.data.slices import IMAGE_SUFFIXES, DataError, MaskDecoder, SlicePair, split_pairs
+from segexp.data.splits import SPLITS
 
 
 @dataclass
@@ -60,25 +58,43 @@ def mask_decoder(d: Mapping[str, Any]) -> tuple[MaskDecoder, np.ndarray]:
 
 
 def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
-    """List the train/valid/test pairs of dataset config ``d`` and check patients do not leak.
+    """List the train/valid/test pairs of dataset config ``d`` (:func:`list_split_pairs`, strict).
 
     Raises :class:`DataError` naming the key or file for a missing folder, an unpaired
     file, or a case found in two splits.
     """
     root = Path(d["root"]).expanduser()
     ensure_phantom_slices(root, d.get("phantom"))
-    if not root.is_dir():
-        raise DataError(f"dataset.root: folder {root} does not exist")
-    d = resolved_section(d)  # layout auto / flat without cases: the same split the run config records
-    class_names = list(d["class_names"])
+    pairs = list_split_pairs(d)
     decoder, colours = mask_decoder(d)
-    dataset = SliceDataset(d["name"], root, class_names, decoder, colours)
-    for split in ("train", "valid", "test"):
-        if d["layout"] == "splits" and split == "test" and not _has_images(root / d["splits"][split] / d["images_dir"]):
-            dataset.pairs[split] = []  # a test split is optional for training
-            continue
+    return SliceDataset(d["name"], root, list(d["class_names"]), decoder, colours, pairs)
+
+
+def list_split_pairs(d: Mapping[str, Any], problems: Problems | None = None) -> dict[str, list[SlicePair]]:
+    """The slice pairs of every split of dataset config ``d``: what training reads and ``segexp-check`` checks.
+
+    Problems: a missing ``dataset.root``, each listing problem of a split
+    (:func:`segexp.data.slices.split_pairs`), an empty ``train`` or ``valid`` split and a
+    case in two splits; a ``test`` split without images is allowed. Strict without
+    ``problems`` (:class:`DataError` at the first), else recorded (:mod:`segexp.data.problems`).
+    """
+    root = Path(d["root"]).expanduser()
+    pairs: dict[str, list[SlicePair]] = {split: [] for split in SPLITS}
+    if not root.is_dir():
+        report(problems, Problem("dataset.root", f"folder {root} does not exist"))
+        return pairs
+    try:
+        d = resolved_section(d)  # layout auto / a flat folder without cases: the split the run config records
+    except DataError as err:
+        if problems is None:
+            raise
+        report(problems, Problem("dataset.layout", str(err)))
+        return pairs
+    for split in SPLITS:
+        if _absent_test_split(d, root, split):
+            continue  # a test split is optional
         try:
-            dataset.pairs[split] = split_pairs(
+            pairs[split] = split_pairs(
                 root,
                 split,
                 layout=d["layout"],
@@ -87,35 +103,39 @@ def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
                 case_pattern=d["case_pattern"],
                 images_dir=d["images_dir"],
                 masks_dir=d["masks_dir"],
+                problems=problems,
             )
         except DataError as err:
             raise DataError(f"dataset split {split!r}: {err}") from err
     for split in ("train", "valid"):
-        if not dataset.pairs[split]:
-            raise DataError(f"dataset split {split!r} under {root} has no slices")
-    _check_no_patient_leak(dataset)
-    return dataset
+        if not pairs[split]:
+            report(problems, Problem(str(root), f"the {split!r} split has no slices"))
+    leaks = [
+        Problem(
+            str(root),
+            f"case {case!r} has slices in both the {first!r} and {split!r} splits: split by patient, never by slice",
+        )
+        for case, first, split in leaked_cases(pairs)
+    ]
+    report(problems, leaks)
+    return pairs
 
 
-def _has_images(folder: Path) -> bool:
-    return folder.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
+def _absent_test_split(d: Mapping[str, Any], root: Path, split: str) -> bool:
+    """Whether ``split`` is a ``test`` split folder without images (layout ``splits``)."""
+    if d["layout"] != "splits" or split != "test":
+        return False
+    folder = root / d["splits"][split] / d["images_dir"]
+    return not (folder.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()))
 
 
 def leaked_cases(pairs: Mapping[str, Sequence[SlicePair]]) -> list[tuple[str, str, str]]:
     """``(case, first split, other split)`` for every patient whose slices are in two splits."""
     seen: dict[str, str] = {}
     leaks = []
-    for split in ("train", "valid", "test"):
+    for split in SPLITS:
         for case in sorted({p.case for p in pairs.get(split, [])}):
             if case in seen:
                 leaks.append((case, seen[case], split))
             seen.setdefault(case, split)
     return leaks
-
-
-def _check_no_patient_leak(dataset: SliceDataset) -> None:
-    for case, first, split in leaked_cases(dataset.pairs)[:1]:
-        raise DataError(
-            f"case {case!r} has slices in both the {first!r} and {split!r} splits of "
-            f"{dataset.root}: split by patient, never by slice"
-        )

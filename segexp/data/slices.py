@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from segexp.core.errors import DataError
+from segexp.data.problems import Problem, Problems, report
 from segexp.data.rgb_map import Colours, MaskColourError, colour_table, decode_rgb_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -36,28 +37,23 @@ class SlicePair:
     case: str
 
 
-def image_files(folder: Path, problems: list[tuple[Path, str]] | None = None) -> dict[str, Path]:
+def image_files(folder: Path, problems: Problems | None = None) -> dict[str, Path]:
     """Image files of ``folder`` by stem (hidden files and other suffixes ignored).
 
-    A missing folder or two files with one stem raise :class:`DataError`, or, when a
-    ``problems`` list is given (``segexp-check``, which reports everything), are appended
-    to it as ``(path, cause)`` and skipped.
+    A missing folder or two files with one stem are problems (:mod:`segexp.data.problems`):
+    raised as :class:`DataError`, or recorded in ``problems`` and skipped.
     """
-
-    def problem(path: Path, cause: str) -> None:
-        if problems is None:
-            raise DataError(f"{path}: {cause}")
-        problems.append((path, cause))
-
     if not folder.is_dir():
-        problem(folder, "folder does not exist")
+        report(problems, Problem(str(folder), "folder does not exist"))
         return {}
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
             continue
         if path.stem in files:
-            problem(path, f"two files share the name {path.stem!r} (also {files[path.stem].name})")
+            report(
+                problems, Problem(str(path), f"two files share the name {path.stem!r} (also {files[path.stem].name})")
+            )
             continue
         files[path.stem] = path
     return files
@@ -79,21 +75,45 @@ def case_id(name: str, case_pattern: str, strict: bool = True) -> str:
     return match.group("case")
 
 
-def find_pairs(images_dir: Path, masks_dir: Path, case_pattern: str, strict: bool = True) -> list[SlicePair]:
-    """Pair images and masks by file stem; a file without partner is an error listing names."""
-    images, masks = image_files(images_dir), image_files(masks_dir)
-    no_mask = sorted(set(images) - set(masks))
-    no_image = sorted(set(masks) - set(images))
-    if no_mask or no_image:
-        lines = []
-        if no_mask:
-            lines.append(f"images without a mask in {masks_dir}: {_shorten(no_mask)}")
-        if no_image:
-            lines.append(f"masks without an image in {images_dir}: {_shorten(no_image)}")
-        raise DataError("unpaired files:\n  " + "\n  ".join(lines))
+def find_pairs(
+    images_dir: Path, masks_dir: Path, case_pattern: str, strict: bool = True, problems: Problems | None = None
+) -> list[SlicePair]:
+    """Pair images and masks by file stem, sorted; ``strict``: every stem must match ``case_pattern``.
+
+    Problems (a missing folder, a file without partner, no image, a name outside the
+    pattern) raise :class:`DataError`, or are recorded in ``problems`` and the file skipped.
+    """
+    images, masks = image_files(images_dir, problems), image_files(masks_dir, problems)
+    if not (images_dir.is_dir() and masks_dir.is_dir()):
+        return []  # the missing folder is the problem, not each file of the other one
+    _report_unpaired(images, masks, images_dir, masks_dir, problems)
     if not images:
-        raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    return [SlicePair(n, images[n], masks[n], case_id(n, case_pattern, strict)) for n in sorted(images)]
+        report(problems, Problem(str(images_dir), f"no images ({', '.join(IMAGE_SUFFIXES)})"))
+    pairs = []
+    for stem in sorted(set(images) & set(masks)):
+        try:
+            case = case_id(stem, case_pattern, strict)
+        except DataError as err:
+            report(
+                problems,
+                Problem(str(images[stem]), f"name does not match dataset.case_pattern {case_pattern!r}"),
+                str(err),
+            )
+            continue
+        pairs.append(SlicePair(stem, images[stem], masks[stem], case))
+    return pairs
+
+
+def _report_unpaired(
+    images: Mapping[str, Path], masks: Mapping[str, Path], images_dir: Path, masks_dir: Path, problems: Problems | None
+) -> None:
+    """One problem per file without partner; strict, one error listing them all."""
+    no_mask, no_image = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
+    found = [Problem(str(images[s]), f"image without a mask (no {s}.* in {masks_dir})") for s in no_mask]
+    found += [Problem(str(masks[s]), f"mask without an image (no {s}.* in {images_dir})") for s in no_image]
+    lines = [f"images without a mask in {masks_dir}: {_shorten(no_mask)}"] if no_mask else []
+    lines += [f"masks without an image in {images_dir}: {_shorten(no_image)}"] if no_image else []
+    report(problems, found, "unpaired files:\n  " + "\n  ".join(lines))
 
 
 def _shorten(names: Sequence[str], limit: int = 20) -> str:
@@ -111,20 +131,28 @@ def split_pairs(
     case_pattern: str,
     images_dir: str = "images",
     masks_dir: str = "masks",
+    problems: Problems | None = None,
 ) -> list[SlicePair]:
-    """Slice pairs of one split (``train``, ``valid`` or ``test``) of a dataset folder."""
+    """Slice pairs of one split (``train``, ``valid`` or ``test``) of a dataset folder.
+
+    Layout ``splits``: the pairs of ``<root>/<split folder>``; ``flat``: the pairs of
+    ``root`` whose case is listed in ``cases[split]`` (a listed case without slices is a problem).
+    """
     if layout == "splits":
         base = root / splits[split]
-        return find_pairs(base / images_dir, base / masks_dir, case_pattern, strict=False)
+        return find_pairs(base / images_dir, base / masks_dir, case_pattern, strict=False, problems=problems)
     wanted = {str(c) for c in cases.get(split) or []}
     if not wanted:
         return []
-    pairs = find_pairs(root / images_dir, root / masks_dir, case_pattern)
+    pairs = find_pairs(root / images_dir, root / masks_dir, case_pattern, problems=problems)
     selected = [p for p in pairs if p.case in wanted]
     missing = sorted(wanted - {p.case for p in selected})
-    if missing:
-        found = sorted({p.case for p in pairs})
-        raise DataError(f"dataset.cases.{split}: no slices of case(s) {missing} in {root}; cases found: {found}")
+    found = sorted({p.case for p in pairs})
+    report(
+        problems,
+        [Problem(f"dataset.cases.{split}", f"no slices of case {case!r} in {root}") for case in missing],
+        f"dataset.cases.{split}: no slices of case(s) {missing} in {root}; cases found: {found}",
+    )
     return selected
 
 

@@ -38,6 +38,10 @@ Files: a case is ``<case>_image.nii[.gz]`` + ``<case>_label.nii[.gz]`` by
 default (:data:`CASE_PATTERN`), or one folder per case with
 ``<case>/image.nii[.gz]`` + ``<case>/label.nii[.gz]`` (:data:`CASE_DIR_PATTERN`).
 Files pair by the ``case`` parsed from the name, never by sort position.
+
+Every reader here (:func:`find_volume_cases`, :func:`open_case`, :func:`read_voxels`,
+:func:`read_label`) takes an optional problem collector (:mod:`segexp.data.problems`):
+strict without one (``segexp-prepare``, prediction), tolerant with one (``segexp-check``).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from nibabel.spatialimages import SpatialImage
 
 from segexp.core.errors import VolumeError
+from segexp.data.problems import Problem, Problems, report
 
 CASE_PATTERN = r"^(?P<case>.+)_(?P<kind>image|label)\.nii(\.gz)?$"
 """Default file-name pattern: ``<case>_image.nii.gz`` / ``<case>_label.nii.gz``."""
@@ -134,24 +139,64 @@ def group_by_case(
     return found, rejected
 
 
-def _pairing_problems(found: Mapping[str, Mapping[str, list[Path]]], folder: Path, require_labels: bool) -> list[str]:
-    """Cases found twice, images without labels (when required), labels without images."""
-    problems = []
+def _file_problems(
+    found: Mapping[str, Mapping[str, list[Path]]],
+    rejected: Sequence[tuple[Path, str]],
+    pattern: str,
+    require_labels: bool,
+) -> list[Problem]:
+    """One problem per file: outside the pattern, a case's second image or label, a missing partner."""
+    out = [
+        Problem(str(path), f"name does not match volumes.pattern {pattern!r} (groups case, and kind = image or label)")
+        for path, _ in rejected
+    ]
+    for case, kinds in sorted(found.items()):
+        for kind, paths in kinds.items():
+            out += [
+                Problem(str(extra), f"case {case} has more than one {kind} (also {paths[0].name})")
+                for extra in paths[1:]
+            ]
+        if kinds["image"] and not kinds["label"] and require_labels:
+            out.append(Problem(str(kinds["image"][0]), f"image without a label (case {case})"))
+        if kinds["label"] and not kinds["image"]:
+            out.append(Problem(str(kinds["label"][0]), f"label without an image (case {case})"))
+    return out
+
+
+def _folder_summary(
+    folder: Path,
+    found: Mapping[str, Mapping[str, list[Path]]],
+    rejected: Sequence[tuple[Path, str]],
+    pattern: str,
+    require_labels: bool,
+) -> str:
+    """The strict error of :func:`find_volume_cases`: the same problems, grouped by kind."""
+
+    def rel(p: Path) -> str:
+        return p.relative_to(folder).as_posix()
+
+    unmatched = [rel(p) for p, why in rejected if why.startswith("does not match")]
+    bad_kind = [f"{rel(p)} ({why.split(' is ')[0]})" for p, why in rejected if not why.startswith("does not match")]
     duplicates = [
-        f"{case} {kind}: {', '.join(p.relative_to(folder).as_posix() for p in paths)}"
+        f"{case} {kind}: {', '.join(rel(p) for p in paths)}"
         for case, kinds in sorted(found.items())
         for kind, paths in kinds.items()
         if len(paths) > 1
     ]
-    if duplicates:
-        problems.append(f"case found more than once: {'; '.join(duplicates)}")
-    no_label = sorted(c for c, k in found.items() if k["image"] and not k["label"])
+    no_label = sorted(c for c, k in found.items() if k["image"] and not k["label"]) if require_labels else []
     no_image = sorted(c for c, k in found.items() if k["label"] and not k["image"])
-    if no_label and require_labels:
-        problems.append(f"image(s) without label for case(s): {', '.join(no_label)}")
-    if no_image:
-        problems.append(f"label(s) without image for case(s): {', '.join(no_image)}")
-    return problems
+    lines = [
+        *(
+            [f"{len(unmatched)} file(s) do not match the case pattern {pattern!r}: {', '.join(unmatched)}"]
+            if unmatched
+            else []
+        ),
+        *([f"the pattern's 'kind' group must be 'image' or 'label': {', '.join(bad_kind)}"] if bad_kind else []),
+        *([f"case found more than once: {'; '.join(duplicates)}"] if duplicates else []),
+        *([f"image(s) without label for case(s): {', '.join(no_label)}"] if no_label else []),
+        *([f"label(s) without image for case(s): {', '.join(no_image)}"] if no_image else []),
+    ]
+    return f"volume folder {folder}:\n  " + "\n  ".join(lines)
 
 
 def find_volume_cases(
@@ -160,6 +205,7 @@ def find_volume_cases(
     require_labels: bool = True,
     *,
     recursive: bool | None = None,
+    problems: Problems | None = None,
 ) -> list[VolumeCase]:
     """Image/label NIfTI pairs in ``folder``, paired by case id, sorted by case id.
 
@@ -171,36 +217,37 @@ def find_volume_cases(
     ``find_volume_cases(root, CASE_DIR_PATTERN)`` for ``<case>/image.nii.gz``.
 
     With ``require_labels=False`` an image without a label gives ``label=None``
-    (inference inputs). Raises :class:`VolumeError` listing all problems at once:
-    missing folder, no NIfTI files, files not matching the pattern, a case twice
-    (e.g. ``.nii`` and ``.nii.gz``), images without label, labels without image.
+    (inference inputs). Problems: missing folder, no NIfTI files, files not matching
+    the pattern, a case twice (e.g. ``.nii`` and ``.nii.gz``), images without label,
+    labels without image. Strict, one :class:`VolumeError` lists them all; with
+    ``problems`` each file is one problem, and a case keeps its first image (and label).
     """
     folder = Path(folder)
-    regex = compile_case_pattern(pattern)
+    try:
+        regex = compile_case_pattern(pattern)
+    except VolumeError as err:
+        report(problems, Problem("volumes.pattern", str(err)), str(err), VolumeError)
+        return []
     if not folder.is_dir():
-        raise VolumeError(f"volume folder {folder} does not exist or is not a folder")
+        report(problems, Problem(str(folder), "volume folder does not exist or is not a folder"), error=VolumeError)
+        return []
     recursive = "/" in pattern if recursive is None else recursive
     files = list_nifti_files(folder, recursive)
     if not files:
-        raise VolumeError(f"no NIfTI files ({NIFTI_GLOB}) {'in or below' if recursive else 'in'} {folder}")
+        where = "in or below it" if recursive else "in it"
+        report(problems, Problem(str(folder), f"no NIfTI files ({NIFTI_GLOB}) {where}"), error=VolumeError)
+        return []
     found, rejected = group_by_case(files, folder, regex)
-    unmatched = [p.relative_to(folder).as_posix() for p, why in rejected if why.startswith("does not match")]
-    bad_kind = [
-        f"{p.relative_to(folder).as_posix()} ({why.split(' is ')[0]})"
-        for p, why in rejected
-        if not why.startswith("does not match")
-    ]
-    problems: list[str] = []
-    if unmatched:
-        problems.append(f"{len(unmatched)} file(s) do not match the case pattern {pattern!r}: {', '.join(unmatched)}")
-    if bad_kind:
-        problems.append(f"the pattern's 'kind' group must be 'image' or 'label': {', '.join(bad_kind)}")
-    problems += _pairing_problems(found, folder, require_labels)
-    if problems:
-        raise VolumeError(f"volume folder {folder}:\n  " + "\n  ".join(problems))
+    report(
+        problems,
+        _file_problems(found, rejected, pattern, require_labels),
+        _folder_summary(folder, found, rejected, pattern, require_labels),
+        VolumeError,
+    )
     return [
         VolumeCase(case=case, image=kinds["image"][0], label=kinds["label"][0] if kinds["label"] else None)
         for case, kinds in sorted(found.items())
+        if kinds["image"]
     ]
 
 
@@ -218,6 +265,16 @@ class CaseHeader:
     orientation: str
 
 
+@dataclass
+class OpenedCase:
+    """A case with its headers read (no voxels yet): the image's geometry, image and label files."""
+
+    case: VolumeCase
+    header: CaseHeader
+    image: SpatialImage
+    label: SpatialImage | None
+
+
 def orientation_code(affine: np.ndarray) -> str:
     return "".join(str(c) for c in nib.aff2axcodes(affine))
 
@@ -227,73 +284,88 @@ def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return (float(s[0]), float(s[1]), float(s[2]))
 
 
-def _load_nifti(case: str, path: Path, kind: str) -> SpatialImage:
-    try:
-        return cast(SpatialImage, nib.load(str(path)))  # NIfTI files: a SpatialImage (Nifti1Image/Nifti2Image)
-    except FileNotFoundError as err:
-        raise VolumeError(f"case {case}: {kind} file {path} does not exist") from err
-    except Exception as exc:  # nibabel raises several types for corrupt files
-        raise VolumeError(f"case {case}: cannot read {kind} file {path}: {exc}") from exc
-
-
-def _shape3(case: str, path: Path, kind: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    dims = tuple(int(d) for d in shape)
-    if len(dims) == 4 and dims[3] == 1:
-        dims = dims[:3]
-    if len(dims) != 3:
-        raise VolumeError(
-            f"case {case}: {kind} {path} must be a 3D volume (or 4D with a trailing dimension of 1), got shape {dims}"
-        )
-    return dims
-
-
 def describe_affine(affine: np.ndarray) -> str:
     sp = ", ".join(f"{s:.4g}" for s in voxel_spacing(affine))
     origin = ", ".join(f"{v:.4g}" for v in affine[:3, 3])
     return f"orientation {orientation_code(affine)}, spacing ({sp}) mm, origin ({origin}) mm"
 
 
-def _read_header(case: VolumeCase) -> tuple[CaseHeader, SpatialImage, SpatialImage | None]:
-    img = _load_nifti(case.case, case.image, "image")
-    shape = _shape3(case.case, case.image, "image", img.shape)
-    affine = np.asarray(img.affine, dtype=np.float64)
-    header = CaseHeader(
-        case=case.case,
-        shape=shape,
-        affine=affine,
-        spacing=voxel_spacing(affine),
-        orientation=orientation_code(affine),
-    )
-    if case.label is None:
-        return header, img, None
-    lab = _load_nifti(case.case, case.label, "label")
-    lab_shape = _shape3(case.case, case.label, "label", lab.shape)
-    if lab_shape != shape:
-        raise VolumeError(
-            f"case {case.case}: label shape {lab_shape} ({case.label.name}) != image shape {shape} ({case.image.name})"
-        )
+def _case_problem(problems: Problems | None, case: str, path: Path, cause: str) -> None:
+    """A problem of file ``path`` of ``case``: recorded, or raised as ``case <case>: <cause> (file <path>)``."""
+    report(problems, Problem(str(path), cause), f"case {case}: {cause} (file {path})", VolumeError)
+
+
+def _shape3(shape: Sequence[int]) -> tuple[int, int, int] | None:
+    """The 3D shape, a trailing dimension of 1 dropped; None when not a volume."""
+    dims = tuple(int(d) for d in shape)
+    dims = dims[:3] if len(dims) == 4 and dims[3] == 1 else dims
+    return (dims[0], dims[1], dims[2]) if len(dims) == 3 else None
+
+
+def open_nifti(case: str, path: Path, kind: str, problems: Problems | None = None) -> SpatialImage | None:
+    """The header of ``case``'s ``kind`` (image or label) file, a 3D volume (4D with a trailing 1 accepted)."""
+    try:
+        img = cast(SpatialImage, nib.load(str(path)))  # NIfTI files: a SpatialImage (Nifti1Image/Nifti2Image)
+    except FileNotFoundError:
+        _case_problem(problems, case, path, f"{kind} file does not exist")
+        return None
+    except Exception as exc:  # nibabel raises several types for corrupt files
+        _case_problem(problems, case, path, f"cannot read the {kind}'s NIfTI header ({type(exc).__name__}: {exc})")
+        return None
+    if _shape3(img.shape) is None:
+        shape = tuple(int(d) for d in img.shape)
+        _case_problem(problems, case, path, f"{kind} is not a 3D volume (or 4D with a trailing 1): shape {shape}")
+        return None
+    return img
+
+
+def _matching_label(
+    case: VolumeCase, header: CaseHeader, lab: SpatialImage, problems: Problems | None
+) -> SpatialImage | None:
+    """``lab`` when its grid is the image's: a shape mismatch drops it, an affine mismatch is a problem only."""
+    label_path = cast(Path, case.label)
+    lab_shape = _shape3(lab.shape)
+    if lab_shape != header.shape:
+        cause = f"label shape {lab_shape} != image shape {header.shape} ({case.image.name})"
+        _case_problem(problems, case.case, label_path, cause)
+        return None
     lab_affine = np.asarray(lab.affine, dtype=np.float64)
-    if not np.allclose(lab_affine, affine, rtol=0.0, atol=_AFFINE_ATOL_MM):
-        raise VolumeError(
-            f"case {case.case}: label affine differs from image affine (tolerance {_AFFINE_ATOL_MM} mm):\n"
-            f"  image {case.image.name}: {describe_affine(affine)}\n"
-            f"  label {case.label.name}: {describe_affine(lab_affine)}\n"
-            f"  image affine:\n{np.array2string(affine, precision=4)}\n"
-            f"  label affine:\n{np.array2string(lab_affine, precision=4)}"
+    if not np.allclose(lab_affine, header.affine, rtol=0.0, atol=_AFFINE_ATOL_MM):
+        cause = (
+            f"label affine differs from the image's (tolerance {_AFFINE_ATOL_MM} mm): "
+            f"label {describe_affine(lab_affine)}; image {describe_affine(header.affine)} ({case.image.name})"
         )
-    return header, img, lab
+        _case_problem(problems, case.case, label_path, cause)
+    return lab
+
+
+def open_case(case: VolumeCase, problems: Problems | None = None) -> OpenedCase | None:
+    """Read the headers of ``case`` (no voxel data): image and label 3D, same shape and affine (atol 1e-3 mm).
+
+    ``spacing`` is the voxel size from the affine (column norms, mm) in file axis order;
+    ``orientation`` the file's axis codes (e.g. ``"LPS"``). Strict, the first problem raises
+    :class:`VolumeError`; with ``problems``: None when the image does not open, the label
+    left out (``None``) when it does not open or differs in shape, kept when only its affine differs.
+    """
+    img = open_nifti(case.case, case.image, "image", problems)
+    lab = open_nifti(case.case, case.label, "label", problems) if case.label is not None else None
+    if img is None:
+        return None
+    affine = np.asarray(img.affine, dtype=np.float64)
+    shape = cast(tuple[int, int, int], _shape3(img.shape))
+    header = CaseHeader(case.case, shape, affine, voxel_spacing(affine), orientation_code(affine))
+    return OpenedCase(case, header, img, _matching_label(case, header, lab, problems) if lab is not None else None)
 
 
 def read_header(case: VolumeCase) -> CaseHeader:
-    """Image geometry from the headers only (no voxel data is read).
+    """Image geometry from the headers only, strict (:func:`open_case`)."""
+    return cast(OpenedCase, open_case(case)).header
 
-    Checks that the image is 3D (4D with a trailing singleton dimension is
-    accepted as 3D) and, when the case has a label, that the label has the same
-    shape and the same affine (``np.allclose``, atol 1e-3 mm). ``spacing`` is the
-    voxel size from the affine (column norms, mm) in file axis order;
-    ``orientation`` the file's axis codes (e.g. ``"LPS"``).
-    """
-    return _read_header(case)[0]
+
+def header_slices(header: CaseHeader, axis: str) -> int:
+    """Number of 2D slices along ``axis`` once the case is reoriented to RAS+ (from the header alone)."""
+    ornt = io_orientation(header.affine)
+    return int(header.shape[int(np.flatnonzero(ornt[:, 0] == _slice_axis(axis))[0])])
 
 
 # --------------------------------------------------------------------------- loading
@@ -325,79 +397,87 @@ def _summarise(values: np.ndarray, limit: int = 10) -> str:
     return f"[{shown}{more}]"
 
 
-def _label_to_uint8(case: VolumeCase, data: np.ndarray, allowed_labels: Collection[int] | None) -> np.ndarray:
-    name = case.label.name if case.label is not None else "label"
+def read_voxels(
+    opened: OpenedCase, kind: str, dtype: type | None = np.float32, problems: Problems | None = None
+) -> np.ndarray | None:
+    """The voxels of the opened image (or label: ``kind``), file orientation, as ``dtype`` (None: as stored)."""
+    img, path = (opened.image, opened.case.image) if kind == "image" else (opened.label, opened.case.label)
+    try:
+        data = cast(SpatialImage, img).dataobj
+        return np.asanyarray(data if dtype is None else np.asarray(data, dtype=dtype)).reshape(opened.header.shape)
+    except Exception as exc:  # a truncated .nii.gz raises EOFError, zlib.error, ValueError ...
+        cause = f"cannot read the voxel data, truncated or corrupt ({type(exc).__name__}: {exc})"
+        _case_problem(problems, opened.case.case, cast(Path, path), cause)
+        return None
+
+
+def read_label(
+    opened: OpenedCase, allowed_labels: Collection[int] | None = None, problems: Problems | None = None
+) -> np.ndarray | None:
+    """The label voxels as uint8 class indices (file orientation), None without a readable label.
+
+    Labels must be integer-valued (a float label only if every value is an integer) and
+    within 0..255; values outside ``allowed_labels`` (when given) are a problem that
+    keeps the label.
+    """
+    if opened.label is None:
+        return None
+    data = read_voxels(opened, "label", None, problems)
+    if data is None:
+        return None
+    case, path = opened.case.case, cast(Path, opened.case.label)
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.bool_)):
-        finite = np.isfinite(data)
-        if not finite.all():
-            raise VolumeError(f"case {case.case}: label {name} contains NaN or infinite values")
+        if not np.isfinite(data).all():
+            _case_problem(problems, case, path, "label contains NaN or infinite values")
+            return None
         fractional = data != np.round(data)
         if fractional.any():
-            bad = np.unique(data[fractional])
-            raise VolumeError(
-                f"case {case.case}: label {name} must hold integer class indices; non-integer values {_summarise(bad)}"
-            )
-    lo, hi = data.min(), data.max()
-    if lo < 0 or hi > 255:
-        bad = np.unique(data[(data < 0) | (data > 255)])
-        raise VolumeError(
-            f"case {case.case}: label {name} values must be class indices in 0..255; got {_summarise(bad)}"
-        )
+            bad = _summarise(np.unique(data[fractional]))
+            _case_problem(problems, case, path, f"label must hold integer class indices; non-integer values {bad}")
+            return None
+    if data.min() < 0 or data.max() > 255:
+        bad = _summarise(np.unique(data[(data < 0) | (data > 255)]))
+        _case_problem(problems, case, path, f"label values must be class indices in 0..255; got {bad}")
+        return None
     label = data.astype(np.uint8, copy=False)
     if allowed_labels is not None:
         allowed = sorted({int(v) for v in allowed_labels})
-        present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
-        unexpected = np.setdiff1d(present, allowed)
+        unexpected = np.setdiff1d(np.flatnonzero(np.bincount(label.ravel(), minlength=256)), allowed)
         if unexpected.size:
-            raise VolumeError(
-                f"case {case.case}: label {name} has unexpected values {_summarise(unexpected)}; allowed: {allowed}"
-            )
+            bad = _summarise(unexpected)
+            cause = f"label values {bad} are not in volumes.classes (unexpected values {bad}; allowed: {allowed})"
+            _case_problem(problems, case, path, cause)
     return label
 
 
 def load_case(
     case: VolumeCase, allowed_labels: Collection[int] | None = None, image_dtype: type | None = np.float32
 ) -> LoadedCase:
-    """Load a case's image (float32 HU) and label (uint8), reoriented to RAS+.
+    """Load a case's image (float32 HU) and label (uint8), reoriented to RAS+; strict.
 
-    Runs the :func:`read_header` checks first. The reorientation is that of
-    ``nib.as_closest_canonical`` (permutations and flips only, views where
-    possible), applied to the float32 image so that no wider copy of the volume
-    is made. Labels must be integer-valued (a float label file is accepted only
-    if every value is an integer), within 0..255 and, when ``allowed_labels`` is
-    given, a subset of it; otherwise :class:`VolumeError` naming the case and the
-    offending values. One volume at a time: memory is about one float32 image
+    Runs the :func:`open_case` checks first and :func:`read_label`'s on the label. The
+    reorientation is that of ``nib.as_closest_canonical`` (permutations and flips only,
+    views where possible), applied to the float32 image so that no wider copy of the
+    volume is made. Every problem raises :class:`VolumeError` naming the case, the file
+    and the offending values. One volume at a time: memory is about one float32 image
     plus the label and its native-dtype read. ``image_dtype=None`` keeps the image as
     stored (e.g. int16 HU; float only where the header scales it), for windowing
     through a lookup table without a float copy.
     """
-    header, img, lab = _read_header(case)
+    opened = cast(OpenedCase, open_case(case))
+    header = opened.header
     ornt = io_orientation(header.affine)
     canonical_affine = header.affine @ inv_ornt_aff(ornt, header.shape)
-
-    try:
-        data = img.dataobj if image_dtype is None else np.asarray(img.dataobj, dtype=image_dtype)
-        image = np.asanyarray(data).reshape(header.shape)
-    except Exception as exc:
-        raise VolumeError(f"case {case.case}: cannot read image data from {case.image}: {exc}") from exc
-    image = apply_orientation(image, ornt)
-
-    label = None
-    if lab is not None:
-        try:
-            raw = np.asanyarray(lab.dataobj).reshape(header.shape)
-        except Exception as exc:
-            raise VolumeError(f"case {case.case}: cannot read label data from {case.label}: {exc}") from exc
-        label = apply_orientation(_label_to_uint8(case, raw, allowed_labels), ornt)
-
+    image = apply_orientation(cast(np.ndarray, read_voxels(opened, "image", image_dtype)), ornt)
+    label = read_label(opened, allowed_labels)
     return LoadedCase(
         case=case.case,
         image=image,
-        label=label,
+        label=None if label is None else apply_orientation(label, ornt),
         affine=canonical_affine,
         spacing=voxel_spacing(canonical_affine),
         original_orientation=header.orientation,
-        original_shape=tuple(int(d) for d in img.shape),
+        original_shape=tuple(int(d) for d in opened.image.shape),
         original_affine=header.affine,
     )
 
