@@ -1,6 +1,7 @@
 """Components of the user's are one class plus one config entry (``_target_``): a Keras callback in
 ``training.callbacks`` (its counters survive a resume when it names them in ``resume_state``), a loss in
-``training.loss``."""
+``training.loss``. A network is one module declaring its ``NETWORK`` (or one ``register_network`` call from
+outside ``segexp.models``): every list of network choices derives from the registry."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ from pathlib import Path
 
 import keras
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from segexp.config.schema import CONF_DIR
 from segexp.core.errors import ConfigError
+from segexp.models import Network, build_model, networks, register_network, unregister_network
+from segexp.models.flexunet import FlexUNetParams, build_flexunet, flexunet_rules
 from segexp.models.losses import SoftDiceLoss, build_loss
 from segexp.training.loop import train, validate_run_config
 from segexp.training.resume import RESUME_DIR, read_state, restore_callbacks
@@ -68,3 +74,29 @@ def test_a_user_loss_is_a_target_called_with_num_classes(compose_train, tiny_dat
         validate_run_config(compose_train(*base, "training.loss={batch:false}"))
     train(compose_train(*base, "training.loss={_target_:segexp.models.losses.SoftDiceLoss}"), tmp_path / "run")
     assert len(read_state(tmp_path / "run")["history"]) == 1
+
+
+def optuna_model_choices() -> list[str]:
+    """The model choices of ``hparams_search=architecture_optuna`` as Hydra's sweepers parse them."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=architecture_optuna"], return_hydra_config=True)
+    (override,) = OverridesParser.create().parse_overrides([f"model={cfg.hydra.sweeper.params.model}"])
+    return list(override.value().list)
+
+
+def test_a_registered_network_joins_the_derived_model_choices() -> None:
+    assert optuna_model_choices() == sorted(networks())  # every network declared in segexp.models, by name
+    register_network(Network("plugin_net", build_flexunet, FlexUNetParams, flexunet_rules))
+    try:
+        assert "plugin_net" in optuna_model_choices() and "plugin_net" in networks()
+        model = build_model(
+            "plugin_net", image_height=32, image_width=32, image_channels=1, num_classes=2, base_filters=4,
+            base_kernels=[3, 3], num_layers=2, dropout_rate=0.0, dilation=[1, 1], norm="none", norm_groups=1,
+            residual=False, activation="relu",
+        )  # fmt: skip
+        assert model.output_shape == (None, 32, 32, 2)
+        with pytest.raises(ValueError, match="'flexunet' is segexp's own"):
+            register_network(Network("flexunet", build_flexunet, FlexUNetParams, flexunet_rules))
+    finally:
+        unregister_network("plugin_net")
+    assert "plugin_net" not in optuna_model_choices()
