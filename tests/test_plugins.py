@@ -13,11 +13,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from segexp.config.options import Loss, values
 from segexp.config.schema import CONF_DIR
 from segexp.core.errors import ConfigError
 from segexp.models import Network, build_model, networks, register_network, unregister_network
 from segexp.models.flexunet import FlexUNetParams, build_flexunet, flexunet_rules
-from segexp.models.losses import SoftDiceLoss, build_loss
+from segexp.models.losses import LOSSES, CrossEntropyLoss, DiceCELoss, SoftDiceLoss, build_loss
 from segexp.training.loop import train, validate_run_config
 from segexp.training.resume import RESUME_DIR, read_state, restore_callbacks
 
@@ -100,3 +101,25 @@ def test_a_registered_network_joins_the_derived_model_choices() -> None:
     finally:
         unregister_network("plugin_net")
     assert "plugin_net" not in optuna_model_choices()
+
+
+def test_the_loss_table_is_the_option_set_and_builds_each_entry() -> None:
+    assert tuple(LOSSES) == values(Loss)  # one source: the table holds every option, in order
+    built = {name: build_loss(name, 1 if name == "bce_dice" else 3, batch_dice=False) for name in LOSSES}
+    assert {n: type(loss) for n, loss in built.items()} == {n: kind.loss for n, kind in LOSSES.items()}
+    assert [n for n, kind in LOSSES.items() if not kind.dice] == ["categorical_crossentropy"]
+    assert isinstance(built["categorical_crossentropy"], CrossEntropyLoss)
+    assert isinstance(built["bce_dice"], DiceCELoss) and built["bce_dice"].batch is False  # training.dice reaches it
+    assert all(loss.name == name for name, loss in built.items())
+    default_yaml = (CONF_DIR / "training" / "default.yaml").read_text()
+    (comment,) = [line for line in default_yaml.splitlines() if line.startswith("loss:")]
+    assert [n for n in LOSSES if n not in comment] == []  # the preset's comment names every loss
+
+
+def test_a_loss_rule_is_checked_at_start_up(compose_train) -> None:
+    """bce_dice (binary only) with the phantom's 6 classes is refused by validation, before anything is built."""
+    with pytest.raises(ConfigError, match=r"training.loss: 'bce_dice' is for binary tasks \(model.num_classes == 1\)"):
+        validate_run_config(compose_train("training.loss=bce_dice"))
+    with pytest.raises(ConfigError) as err:  # a problem of the model section: the loss rule waits for it
+        validate_run_config(compose_train("training.loss=bce_dice", "model.num_classes=x"))
+    assert "model.num_classes" in str(err.value) and "bce_dice" not in str(err.value)

@@ -38,7 +38,7 @@ from segexp.evaluation.postprocess import Postprocessing
 from segexp.evaluation.postprocess import describe as describe_postprocessing
 from segexp.evaluation.reports import choose_postprocessing, log_summary, score_split
 from segexp.models import build_model, check_model_config
-from segexp.models.losses import build_loss
+from segexp.models.losses import build_loss, check_loss_config
 from segexp.models.metrics import build_metrics
 from segexp.models.precision import apply_precision, resolve_precision
 from segexp.models.registry import ModelParams
@@ -87,9 +87,11 @@ log = logging.getLogger(__name__)
 
 
 def validate_run_config(cfg: DictConfig) -> DictConfig:
-    """The composed training config, typed: the schema's rules and the network's own, in one :class:`ConfigError`."""
+    """The composed training config, typed: the schema's rules, the network's and the loss's own, in one
+    :class:`ConfigError`."""
     typed, problems = check_train_config(cfg)
     model, model_problems = check_model_config(typed.model)
+    problems += check_loss_config(typed.training, model.num_classes if model is not None else None)
     raise_config_problems(model_problems + problems)
     typed.model = model
     return typed
