@@ -19,8 +19,9 @@ from segexp.core.errors import ConfigError
 from segexp.models import Network, build_model, networks, register_network, unregister_network
 from segexp.models.flexunet import FlexUNetParams, build_flexunet, flexunet_rules
 from segexp.models.losses import LOSSES, CrossEntropyLoss, DiceCELoss, SoftDiceLoss, build_loss
+from segexp.training.callbacks import CALLBACKS, BestCheckpoint, EarlyStopping, ReduceLROnPlateau
 from segexp.training.loop import train, validate_run_config
-from segexp.training.resume import RESUME_DIR, read_state, restore_callbacks
+from segexp.training.resume import RESUME_DIR, read_state, restore_callbacks, state_attributes
 
 from .conftest import TINY_DATASET_OVERRIDES
 
@@ -123,3 +124,47 @@ def test_a_loss_rule_is_checked_at_start_up(compose_train) -> None:
     with pytest.raises(ConfigError) as err:  # a problem of the model section: the loss rule waits for it
         validate_run_config(compose_train("training.loss=bce_dice", "model.num_classes=x"))
     assert "model.num_classes" in str(err.value) and "bce_dice" not in str(err.value)
+
+
+def test_built_in_callbacks_declare_the_state_a_resume_restores(
+    compose_train, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """segexp's own stateful callbacks name their counters in ``resume_state`` like a user's: the checkpoint saves
+    exactly those (under the class name), a fresh callback gets them back, and a resumed run goes on from them."""
+    assert list(CALLBACKS)[-1] == "epoch_clock" and "callbacks" in CALLBACKS  # the user's run before the clock
+    base = [
+        *TINY_DATASET_OVERRIDES,
+        f"dataset.root={tiny_dataset}",
+        "tracking.enabled=false",
+        "training.schedule=null",
+        "training.reduce_lr.enabled=true",
+        "training.reduce_lr.patience=0",
+        "training.early_stopping.enabled=true",
+        "training.early_stopping.patience=5",
+        "training.epoch_images.num=0",
+        "training.evaluate_after=false",
+        "+training.callbacks.counter={_target_:tests.test_plugins.EpochCounter}",
+    ]
+    run_dir = tmp_path / "run"
+    train(compose_train(*base), run_dir)
+    saved = read_state(run_dir)["callbacks"]
+    fresh = [
+        BestCheckpoint(tmp_path / "best.keras", monitor="val_dice_fg_mean", mode="max"),
+        ReduceLROnPlateau(),
+        EarlyStopping(restore_best_weights=True),
+        EpochCounter(),
+    ]
+    assert {type(c).__name__ for c in fresh} == set(saved)
+    for c in fresh:
+        assert set(saved[type(c).__name__]) - {"best_weights_epoch"} == set(state_attributes(c)) == set(c.resume_state)
+    restore_callbacks(fresh, read_state(run_dir), run_dir / RESUME_DIR)
+    for c in fresh:
+        assert {a: getattr(c, a) for a in c.resume_state} == {a: saved[type(c).__name__][a] for a in c.resume_state}
+    assert fresh[2].best_weights is not None  # early stopping's best weights come back from their epoch's file
+    assert saved["EpochCounter"] == {"seen": 2}
+
+    train(compose_train(*base, "training.epochs=3", f"training.resume={run_dir}"), tmp_path / "resume_job")
+    resumed = read_state(run_dir)
+    assert resumed["epoch"] == 3 and resumed["callbacks"]["EpochCounter"] == {"seen": 3}  # went on from 2
+    scores = [e["val_dice_fg_mean"] for e in resumed["history"]]
+    assert resumed["callbacks"]["BestCheckpoint"]["best"] == pytest.approx(max(scores))  # over all three epochs
