@@ -16,11 +16,12 @@ from omegaconf import DictConfig, open_dict
 from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR, REPO_DIR
 from segexp.data.rgb_map import encode_rgb_mask
+from segexp.models import RESOLVERS as MODEL_RESOLVERS
 from segexp.tracking.tracker import Tracker, tracked_run
 
 from .servers import mlflow_server  # noqa: F401  (session fixture: PostgreSQL-backed MLflow server)
 
-register_resolvers()  # every test composes or resolves configs as the command shells do
+register_resolvers(MODEL_RESOLVERS)  # every test composes or resolves configs as the command shells do
 
 SHARED_DATA = REPO_DIR.parent / "shared" / "data"
 HOCM_MINI = SHARED_DATA / "hocmvalves_mini"

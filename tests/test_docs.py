@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from segexp.config.schema import CONF_DIR, REPO_DIR
+from segexp.models import networks
 
 PAGES = [REPO_DIR / "README.md", *sorted((REPO_DIR / "docs").rglob("*.md")), REPO_DIR / "ACCURACY.md",
          REPO_DIR / "BENCHMARKS.md"]  # fmt: skip
@@ -74,3 +75,9 @@ def test_documented_commands_compose(page: str, command: str, overrides: list[st
     overrides = [o for o in overrides if not o.startswith("experiment=plan_")]  # written by segexp-plan
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         compose(config_name=COMMANDS[command], overrides=overrides)
+
+
+def test_every_network_is_documented() -> None:
+    """docs/models.md names every registered network as ``model=<name>`` or in its zoo table (`` `<name>` ``)."""
+    text = (REPO_DIR / "docs" / "models.md").read_text()
+    assert [n for n in networks() if f"model={n}" not in text and f"| `{n}` |" not in text] == []

@@ -67,7 +67,7 @@ def test_backoff_total_time_is_bounded() -> None:
 @pytest.fixture
 def fake_server(monkeypatch: pytest.MonkeyPatch) -> dict:
     """Replace the MLflow calls: ``state["down"]`` switches the server off; sent entries are recorded."""
-    state: dict = {"down": False, "sent": []}
+    state: dict = {"down": False, "sent": [], "real_send": ob.send_entry}
 
     def send(uri: str, run_id: str, entry: dict, base: Path | None = None) -> None:
         if state["down"]:
@@ -206,3 +206,30 @@ def test_an_unwritable_outbox_keeps_entries_in_memory(tmp_path: Path, fake_serve
     assert not box.submit({"kind": "image", "key": "a", "step": 1, "timestamp": 1, "array": np.zeros((2, 2), np.uint8)})
     fake_server["down"] = False
     assert box.flush() and [e["kind"] for e in fake_server["sent"]] == ["metrics", "image"]
+
+
+def test_an_entry_kind_is_one_table_entry(tmp_path: Path, fake_server: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sending, naming and keeping an entry go by its kind's entry in ``KINDS``: a new kind is one entry."""
+    real_send = fake_server["real_send"]
+    assert set(ob.KINDS) == {"params", "tags", "delete_tag", "metrics", "image", "artifact", "model", "terminated"}
+    sent: list[tuple[str, str]] = []
+
+    def keep(entry: dict, folder: Path) -> Path:
+        copy = folder / "note.txt"
+        copy.write_text(entry["text"])
+        return copy
+
+    note = ob.EntryKind(
+        lambda to, e: sent.append((to.run_id, to.local(e).read_text())), lambda e: f"note {e['text']}", keep
+    )
+    monkeypatch.setitem(ob.KINDS, "note", note)
+    fake_server["down"] = True
+    box = Outbox(tmp_path, "r1", "http://127.0.0.1:1", POLICY)
+    assert not box.submit({"kind": "note", "text": "hello"})
+    (stored,) = box.pending
+    assert ob.describe(stored) == "note hello" and (tmp_path / stored["path"]).read_text() == "hello"
+    real_send("http://127.0.0.1:1", "r1", stored, tmp_path)  # the relative path is found under the run folder
+    assert sent == [("r1", "hello")]
+    assert ob.describe({"kind": "tags"}) == "tags" and ob.describe(metrics(3)) == "metrics of step 3"
+    with pytest.raises(ValueError, match="unknown outbox entry kind 'nope'"):
+        real_send("http://127.0.0.1:1", "r1", {"kind": "nope"})

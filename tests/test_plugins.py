@@ -1,6 +1,7 @@
 """Components of the user's are one class plus one config entry (``_target_``): a Keras callback in
 ``training.callbacks`` (its counters survive a resume when it names them in ``resume_state``), a loss in
-``training.loss``."""
+``training.loss``. A network is one module declaring its ``NETWORK`` (or one ``register_network`` call from
+outside ``segexp.models``): every list of network choices derives from the registry."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ from pathlib import Path
 
 import keras
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from segexp.config.options import Loss, values
+from segexp.config.schema import CONF_DIR
 from segexp.core.errors import ConfigError
-from segexp.models.losses import SoftDiceLoss, build_loss
-from segexp.training.checkpoint import RESUME_DIR, read_state, restore_callbacks
+from segexp.models import Network, build_model, networks, register_network, unregister_network
+from segexp.models.flexunet import FlexUNetParams, build_flexunet, flexunet_rules
+from segexp.models.losses import LOSSES, CrossEntropyLoss, DiceCELoss, SoftDiceLoss, build_loss
+from segexp.training.callbacks import CALLBACKS, BestCheckpoint, EarlyStopping, ReduceLROnPlateau
+from segexp.training.checkpoint import RESUME_DIR, read_state, restore_callbacks, state_attributes
 from segexp.training.loop import train, validate_run_config
 
 from .conftest import TINY_DATASET_OVERRIDES
@@ -68,3 +76,95 @@ def test_a_user_loss_is_a_target_called_with_num_classes(compose_train, tiny_dat
         validate_run_config(compose_train(*base, "training.loss={batch:false}"))
     train(compose_train(*base, "training.loss={_target_:segexp.models.losses.SoftDiceLoss}"), tmp_path / "run")
     assert len(read_state(tmp_path / "run")["history"]) == 1
+
+
+def optuna_model_choices() -> list[str]:
+    """The model choices of ``hparams_search=architecture_optuna`` as Hydra's sweepers parse them."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=architecture_optuna"], return_hydra_config=True)
+    (override,) = OverridesParser.create().parse_overrides([f"model={cfg.hydra.sweeper.params.model}"])
+    return list(override.value().list)
+
+
+def test_a_registered_network_joins_the_derived_model_choices() -> None:
+    assert optuna_model_choices() == sorted(networks())  # every network declared in segexp.models, by name
+    register_network(Network("plugin_net", build_flexunet, FlexUNetParams, flexunet_rules))
+    try:
+        assert "plugin_net" in optuna_model_choices() and "plugin_net" in networks()
+        model = build_model(
+            "plugin_net", image_height=32, image_width=32, image_channels=1, num_classes=2, base_filters=4,
+            base_kernels=[3, 3], num_layers=2, dropout_rate=0.0, dilation=[1, 1], norm="none", norm_groups=1,
+            residual=False, activation="relu",
+        )  # fmt: skip
+        assert model.output_shape == (None, 32, 32, 2)
+        with pytest.raises(ValueError, match="'flexunet' is segexp's own"):
+            register_network(Network("flexunet", build_flexunet, FlexUNetParams, flexunet_rules))
+    finally:
+        unregister_network("plugin_net")
+    assert "plugin_net" not in optuna_model_choices()
+
+
+def test_the_loss_table_is_the_option_set_and_builds_each_entry() -> None:
+    assert tuple(LOSSES) == values(Loss)  # one source: the table holds every option, in order
+    built = {name: build_loss(name, 1 if name == "bce_dice" else 3, batch_dice=False) for name in LOSSES}
+    assert {n: type(loss) for n, loss in built.items()} == {n: kind.loss for n, kind in LOSSES.items()}
+    assert [n for n, kind in LOSSES.items() if not kind.dice] == ["categorical_crossentropy"]
+    assert isinstance(built["categorical_crossentropy"], CrossEntropyLoss)
+    assert isinstance(built["bce_dice"], DiceCELoss) and built["bce_dice"].batch is False  # training.dice reaches it
+    assert all(loss.name == name for name, loss in built.items())
+    default_yaml = (CONF_DIR / "training" / "default.yaml").read_text()
+    (comment,) = [line for line in default_yaml.splitlines() if line.startswith("loss:")]
+    assert [n for n in LOSSES if n not in comment] == []  # the preset's comment names every loss
+
+
+def test_a_loss_rule_is_checked_at_start_up(compose_train) -> None:
+    """bce_dice (binary only) with the phantom's 6 classes is refused by validation, before anything is built."""
+    with pytest.raises(ConfigError, match=r"training.loss: 'bce_dice' is for binary tasks \(model.num_classes == 1\)"):
+        validate_run_config(compose_train("training.loss=bce_dice"))
+    with pytest.raises(ConfigError) as err:  # a problem of the model section: the loss rule waits for it
+        validate_run_config(compose_train("training.loss=bce_dice", "model.num_classes=x"))
+    assert "model.num_classes" in str(err.value) and "bce_dice" not in str(err.value)
+
+
+def test_built_in_callbacks_declare_the_state_a_resume_restores(
+    compose_train, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """segexp's own stateful callbacks name their counters in ``resume_state`` like a user's: the checkpoint saves
+    exactly those (under the class name), a fresh callback gets them back, and a resumed run goes on from them."""
+    assert list(CALLBACKS)[-1] == "epoch_clock" and "callbacks" in CALLBACKS  # the user's run before the clock
+    base = [
+        *TINY_DATASET_OVERRIDES,
+        f"dataset.root={tiny_dataset}",
+        "tracking.enabled=false",
+        "training.schedule=null",
+        "training.reduce_lr.enabled=true",
+        "training.reduce_lr.patience=0",
+        "training.early_stopping.enabled=true",
+        "training.early_stopping.patience=5",
+        "training.epoch_images.num=0",
+        "training.evaluate_after=false",
+        "+training.callbacks.counter={_target_:tests.test_plugins.EpochCounter}",
+    ]
+    run_dir = tmp_path / "run"
+    train(compose_train(*base), run_dir)
+    saved = read_state(run_dir)["callbacks"]
+    fresh = [
+        BestCheckpoint(tmp_path / "best.keras", monitor="val_dice_fg_mean", mode="max"),
+        ReduceLROnPlateau(),
+        EarlyStopping(restore_best_weights=True),
+        EpochCounter(),
+    ]
+    assert {type(c).__name__ for c in fresh} == set(saved)
+    for c in fresh:
+        assert set(saved[type(c).__name__]) - {"best_weights_epoch"} == set(state_attributes(c)) == set(c.resume_state)
+    restore_callbacks(fresh, read_state(run_dir), run_dir / RESUME_DIR)
+    for c in fresh:
+        assert {a: getattr(c, a) for a in c.resume_state} == {a: saved[type(c).__name__][a] for a in c.resume_state}
+    assert fresh[2].best_weights is not None  # early stopping's best weights come back from their epoch's file
+    assert saved["EpochCounter"] == {"seen": 2}
+
+    train(compose_train(*base, "training.epochs=3", f"training.resume={run_dir}"), tmp_path / "resume_job")
+    resumed = read_state(run_dir)
+    assert resumed["epoch"] == 3 and resumed["callbacks"]["EpochCounter"] == {"seen": 3}  # went on from 2
+    scores = [e["val_dice_fg_mean"] for e in resumed["history"]]
+    assert resumed["callbacks"]["BestCheckpoint"]["best"] == pytest.approx(max(scores))  # over all three epochs

@@ -24,6 +24,7 @@ from segexp.cli.shell import user_errors_exit
 from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR
 from segexp.core.files import atomic_write_text
+from segexp.models import RESOLVERS as MODEL_RESOLVERS
 from segexp.planning.plan import PLAN_FILE, compose_train, make_plan, preset_text
 
 log = logging.getLogger("segexp")
@@ -35,7 +36,7 @@ def preset_path(out: str | None, dataset_name: str) -> Path:
     return path.with_suffix(".new.yaml") if path.exists() else path
 
 
-register_resolvers()  # before Hydra composes; also in sweep workers that import this task
+register_resolvers(MODEL_RESOLVERS)  # before Hydra composes; also in sweep workers that import this task
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="segexp_plan")

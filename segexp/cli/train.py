@@ -21,6 +21,7 @@ from segexp.cli.shell import interrupt_on_sigterm, user_errors_exit
 from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR
 from segexp.core.errors import SegexpError
+from segexp.models import RESOLVERS as MODEL_RESOLVERS
 from segexp.planning.apply import planned_run_config
 from segexp.tracking.runs import MLFLOW_RUN_FILE
 from segexp.tracking.sweep import parent_run_id, record_failed_job
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 GRID_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
-register_resolvers()  # before Hydra composes; also in sweep workers that import this task
+register_resolvers(MODEL_RESOLVERS)  # before Hydra composes; also in sweep workers that import this task
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

@@ -4,6 +4,10 @@
 * ``${len:${dataset.class_names}}`` (:func:`class_count`): the model's class count follows the dataset's.
 * ``${cores:8}`` (:func:`usable_cores`): min(8, usable CPU cores), e.g. loader workers that fit the machine.
 
+Resolvers that read a higher layer come from that layer as a table of their own, passed in by whoever
+composes a config that uses them: ``${networks:}``, every registered network (the Optuna search's model
+choice), is :data:`segexp.models.RESOLVERS`.
+
 Nothing is registered on import: whoever composes or resolves a config (each command shell,
 :func:`segexp.planning.plan.compose_train`, the tests' ``conftest.py``, the scripts) calls
 :func:`register_resolvers` first; calling it again changes nothing.
@@ -12,7 +16,7 @@ Nothing is registered on import: whoever composes or resolves a config (each com
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +52,10 @@ def usable_cores(cap: int | None = None) -> int:
 RESOLVERS: dict[str, Callable[..., Any]] = {"project_root": project_root, "len": class_count, "cores": usable_cores}
 
 
-def register_resolvers() -> None:
-    """Register every resolver of :data:`RESOLVERS` that OmegaConf does not know yet (idempotent)."""
-    for name, resolver in RESOLVERS.items():
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver)
+def register_resolvers(*more: Mapping[str, Callable[..., Any]]) -> None:
+    """Register every resolver of :data:`RESOLVERS` and of the tables ``more`` (a higher layer's, e.g.
+    :data:`segexp.models.RESOLVERS`) that OmegaConf does not know yet (idempotent)."""
+    for table in (RESOLVERS, *more):
+        for name, resolver in table.items():
+            if not OmegaConf.has_resolver(name):
+                OmegaConf.register_new_resolver(name, resolver)

@@ -379,16 +379,8 @@ def _check_training(t: Any) -> list[str]:
         loss_error = None if "_target_" in t.loss else needs
     else:
         loss_error = expected("training.loss", t.loss, Loss)
-    if loss_error is not None:
+    if loss_error is not None:  # the loss's own rules (Dice term, class count): segexp.models.losses.check_loss_config
         errors.append(loss_error)
-    elif t.loss == "categorical_crossentropy" and (t.dice.batch is not True or t.dice.include_background is not False):
-        # Compared with conf/training/default.yaml's values, the only way to tell an override of an inert
-        # key (tests/test_recipe.py composes the defaults with this loss, so a drift fails there).
-        errors.append(
-            f"training.dice: sets the Dice term of dice, dice_ce and bce_dice; training.loss=categorical_crossentropy "
-            f"has none, so dice.batch={str(t.dice.batch).lower()} dice.include_background="
-            f"{str(t.dice.include_background).lower()} would be ignored; drop the override or choose a Dice loss"
-        )
     if t.monitor_mode not in ("min", "max"):
         errors.append(f"training.monitor_mode: expected 'min' or 'max', got {t.monitor_mode!r}")
     if "_target_" not in t.optimizer:

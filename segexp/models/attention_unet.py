@@ -35,7 +35,7 @@ from segexp.models.layers import (
     image_input,
     probability_head,
 )
-from segexp.models.registry import ModelParams, divisible_size_rules
+from segexp.models.registry import ModelParams, Network, divisible_size_rules
 
 
 @dataclass
@@ -104,3 +104,7 @@ def build_attention_unet(
         x = double_conv(x, width, norm, norm_groups, 0.0, f"dec{level}")
     logits = layers.Conv2D(num_classes, 1, name="logits")(x)
     return probability_head(inputs, logits, num_classes, name)
+
+
+#: ``model.name=attention_unet`` (``conf/model/attention_unet.yaml``): found by :func:`segexp.models.registry.networks`.
+NETWORK = Network("attention_unet", build_attention_unet, AttentionUNetParams, attention_unet_rules)

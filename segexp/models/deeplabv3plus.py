@@ -41,7 +41,7 @@ from segexp.models.layers import (
     norm_layer,
     probability_head,
 )
-from segexp.models.registry import ModelParams
+from segexp.models.registry import ModelParams, Network
 
 #: ResNet-50 layers read by the ASPP (stride 16) and the decoder (stride 4).
 HIGH_LEVEL, LOW_LEVEL = "conv4_block6_out", "conv2_block3_out"
@@ -134,3 +134,7 @@ def build_deeplabv3plus(
     logits = layers.Conv2D(num_classes, 1, name="logits")(y)
     logits = layers.UpSampling2D(4, interpolation="bilinear", name="logits_up4")(logits)
     return probability_head(inputs, logits, num_classes, name)
+
+
+#: ``model.name=deeplabv3plus`` (``conf/model/deeplabv3plus.yaml``): found by :func:`segexp.models.registry.networks`.
+NETWORK = Network("deeplabv3plus", build_deeplabv3plus, DeepLabV3PlusParams, deeplabv3plus_rules)

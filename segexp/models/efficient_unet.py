@@ -37,7 +37,7 @@ from segexp.models.layers import (
     norm_layer,
     probability_head,
 )
-from segexp.models.registry import ModelParams
+from segexp.models.registry import ModelParams, Network
 
 #: keras.applications builders by ``model.variant``.
 VARIANTS = {f"b{k}": getattr(keras.applications, f"EfficientNetB{k}") for k in range(8)}
@@ -136,3 +136,7 @@ def build_efficient_unet(
         x = _conv(x, int(filters), norm, norm_groups, f"dec{level}_2")
     logits = layers.Conv2D(num_classes, 1, name="logits")(x)
     return probability_head(inputs, logits, num_classes, name)
+
+
+#: ``model.name=efficient_unet`` (``conf/model/efficient_unet.yaml``): found by :func:`segexp.models.registry.networks`.
+NETWORK = Network("efficient_unet", build_efficient_unet, EfficientUNetParams, efficient_unet_rules)

@@ -30,7 +30,7 @@ from omegaconf import MISSING
 
 from segexp.config.options import Norm, expected
 from segexp.models.layers import norm_layer
-from segexp.models.registry import ModelParams, divisible_size_rules
+from segexp.models.registry import ModelParams, Network, divisible_size_rules
 
 
 @dataclass
@@ -194,3 +194,7 @@ def build_flexunet(
         name="head",
     )(x)
     return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+#: ``model.name=flexunet`` (``conf/model/flexunet.yaml``): found by :func:`segexp.models.registry.networks`.
+NETWORK = Network("flexunet", build_flexunet, FlexUNetParams, flexunet_rules)

@@ -12,24 +12,35 @@ Conventions (shared with :mod:`segexp.models.metrics`):
 
 All losses compute in float32 (``y_pred`` is cast inside ``call``), so they are
 safe under a ``mixed_float16`` / ``mixed_bfloat16`` dtype policy.
+
+``training.loss`` names an entry of :data:`LOSSES` (its keys are exactly the option set
+:class:`segexp.config.options.Loss`, checked on import), or is a mapping with a ``_target_``:
+a loss of the user's. Adding a built-in loss is its class here (or in a module of its own), a
+member of ``Loss`` and one :data:`LOSSES` entry saying whether it has a Dice term and which
+``num_classes`` it refuses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 from keras import ops
 
-from segexp.config.options import Loss
+from segexp.config.options import Loss, values
+from segexp.config.schema import TrainingConfig
 from segexp.core.errors import ConfigError
 
 __all__ = [
+    "LOSSES",
     "CrossEntropyLoss",
     "DiceCELoss",
+    "LossKind",
     "SoftDiceLoss",
     "build_loss",
+    "check_loss_config",
 ]
 
 
@@ -213,37 +224,95 @@ class DiceCELoss(keras.losses.Loss):
         return config
 
 
+def _any_classes(name: str, num_classes: int) -> str | None:
+    return None
+
+
+def binary_only(name: str, num_classes: int) -> str | None:
+    """The rule of a loss for binary tasks: a sigmoid head (``model.num_classes == 1``)."""
+    if num_classes == 1:
+        return None
+    return (
+        f"training.loss: {name!r} is for binary tasks (model.num_classes == 1), "
+        f"got num_classes={num_classes}; use 'dice_ce'"
+    )
+
+
+@dataclass(frozen=True)
+class LossKind:
+    """One built-in ``training.loss``: the class built and what it asks of the config."""
+
+    loss: type[keras.losses.Loss]  # called with num_classes, name and (dice=True) the Dice options
+    dice: bool = True  # has a Dice term: training.dice sets it (without one, changing training.dice is an error)
+    rule: Callable[[str, int], str | None] = _any_classes  # (name, num_classes) -> the problem, or None
+
+
+def _every_option(table: dict[str, LossKind]) -> dict[str, LossKind]:
+    """``table``, refused unless it has exactly one entry per member of :class:`Loss`, in its order."""
+    if list(table) != list(Loss):
+        raise RuntimeError(
+            f"segexp.models.losses.LOSSES: {list(map(str, table))} must be the Loss options {values(Loss)}"
+        )
+    return table
+
+
+#: ``training.loss`` name -> what it builds; keyed by :class:`segexp.config.options.Loss`, every member once.
+LOSSES: dict[str, LossKind] = _every_option(
+    {
+        Loss.CATEGORICAL_CROSSENTROPY: LossKind(CrossEntropyLoss, dice=False),
+        Loss.DICE: LossKind(SoftDiceLoss),
+        Loss.DICE_CE: LossKind(DiceCELoss),
+        Loss.BCE_DICE: LossKind(DiceCELoss, rule=binary_only),
+    }
+)
+
+
+def _and(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+
+
+def check_loss_config(t: TrainingConfig, num_classes: int | None) -> list[str]:
+    """Problems of ``training.loss`` with ``training.dice`` and ``model.num_classes`` (None: the model section has
+    problems of its own) by its :data:`LOSSES` entry; a name outside the table is the schema's to report, a
+    user's loss its own."""
+    kind = LOSSES.get(t.loss) if isinstance(t.loss, str) else None
+    if kind is None:
+        return []
+    problem = None if num_classes is None else kind.rule(t.loss, num_classes)
+    problems = [] if problem is None else [problem]
+    if not kind.dice and (t.dice.batch is not True or t.dice.include_background is not False):
+        # Compared with conf/training/default.yaml's values, the only way to tell an override of an inert
+        # key (tests/test_recipe.py composes the defaults with such a loss, so a drift fails there).
+        problems.append(
+            f"training.dice: sets the Dice term of {_and([str(n) for n, k in LOSSES.items() if k.dice])}; "
+            f"training.loss={t.loss} has none, so dice.batch={str(t.dice.batch).lower()} dice.include_background="
+            f"{str(t.dice.include_background).lower()} would be ignored; drop the override or choose a Dice loss"
+        )
+    return problems
+
+
 def build_loss(
     name: str | Mapping[str, Any], num_classes: int, batch_dice: bool = True, include_background: bool = False
 ) -> keras.losses.Loss:
     """Build the loss selected by config key ``training.loss`` (Dice options: ``training.dice``).
 
-    A mapping with a ``_target_`` is a loss of the user's: the target is called with the mapping's other
-    keys and ``num_classes`` and must return a ``keras.losses.Loss``.
-
-    ``categorical_crossentropy`` -> :class:`CrossEntropyLoss` (BCE when binary),
-    ``dice`` -> :class:`SoftDiceLoss`, ``dice_ce`` -> :class:`DiceCELoss`,
-    ``bce_dice`` -> :class:`DiceCELoss` for binary tasks only
-    (``num_classes == 1``). ``batch_dice`` and ``include_background`` set the Dice term.
+    A name is an entry of :data:`LOSSES`: ``categorical_crossentropy`` -> :class:`CrossEntropyLoss` (BCE when
+    binary), ``dice`` -> :class:`SoftDiceLoss`, ``dice_ce`` -> :class:`DiceCELoss`, ``bce_dice`` ->
+    :class:`DiceCELoss` for binary tasks only (``num_classes == 1``); ``batch_dice`` and ``include_background``
+    set the Dice term. A mapping with a ``_target_`` is a loss of the user's: the target is called with the
+    mapping's other keys and ``num_classes`` and must return a ``keras.losses.Loss``.
     """
     num_classes = _check_num_classes(num_classes)
     if not isinstance(name, str):
         return _user_loss(name, num_classes)
-    dice = {"batch": batch_dice, "include_background": include_background}
-    if name == "categorical_crossentropy":
-        return CrossEntropyLoss(num_classes, name=name)
-    if name == "dice":
-        return SoftDiceLoss(num_classes, name=name, **dice)
-    if name == "dice_ce":
-        return DiceCELoss(num_classes, name=name, **dice)
-    if name == "bce_dice":
-        if num_classes != 1:
-            raise ValueError(
-                "training.loss: 'bce_dice' is for binary tasks (model.num_classes == 1), "
-                f"got num_classes={num_classes}; use 'dice_ce'"
-            )
-        return DiceCELoss(num_classes, name=name, **dice)
-    raise ValueError(f"training.loss: unknown loss {name!r}; expected one of " + ", ".join(repr(n) for n in Loss))
+    kind = LOSSES.get(name)
+    if kind is None:
+        raise ValueError(f"training.loss: unknown loss {name!r}; expected one of " + ", ".join(map(repr, values(Loss))))
+    problem = kind.rule(name, num_classes)
+    if problem is not None:
+        raise ValueError(problem)
+    dice = {"batch": batch_dice, "include_background": include_background} if kind.dice else {}
+    return kind.loss(num_classes, name=name, **dice)
 
 
 def _user_loss(spec: Mapping[str, Any], num_classes: int) -> keras.losses.Loss:

@@ -39,7 +39,7 @@ from segexp.models.layers import (
     norm_layer,
     probability_head,
 )
-from segexp.models.registry import ModelParams, divisible_size_rules
+from segexp.models.registry import ModelParams, Network, divisible_size_rules
 
 
 @dataclass
@@ -158,3 +158,7 @@ def build_multiresunet(
         x = multires_block(x, filters[level], alpha, units)
     logits = layers.Conv2D(num_classes, 1, name="logits")(x)
     return probability_head(inputs, logits, num_classes, name)
+
+
+#: ``model.name=multiresunet`` (``conf/model/multiresunet.yaml``): found by :func:`segexp.models.registry.networks`.
+NETWORK = Network("multiresunet", build_multiresunet, MultiResUNetParams, multiresunet_rules)

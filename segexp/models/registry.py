@@ -1,23 +1,33 @@
-"""The model group: each network declares its typed parameters and its start-up rules.
+"""The model group: each network declares itself, with its typed parameters and its start-up rules.
 
-``model.name`` picks a :class:`Network` from :data:`NETWORKS`. A network module provides
+``model.name`` picks a :class:`Network` from :func:`networks`. A network module of
+``segexp.models`` provides
 
 * a dataclass of its keys, derived from :class:`ModelParams` (the keys every network has:
   input size, channels, classes, normalisation, dropout), each field ``MISSING`` (the
   preset ``conf/model/<name>.yaml`` holds the defaults, one per key, with a comment);
 * ``rules(params) -> list[str]``: problems with the values, each naming its ``model.<key>``;
-* ``build(**params) -> keras.Model``.
+* ``build(**params) -> keras.Model``;
+* ``NETWORK = Network("<name>", build, Params, rules)`` at module level: :func:`networks` finds it
+  by importing every module of ``segexp.models`` (``import segexp.models`` does, so every network's
+  Keras layers are registered before a saved model is loaded).
 
-:func:`check_model_config` refuses unknown keys, wrong types and broken rules with one
-message per key, before anything is built; adding a network is one module and one entry in
-:data:`NETWORKS`, no central schema edit.
+Adding a network is that one module and its preset, no edit to a central list: the model choice lists
+derive from :func:`networks` (``${networks:}`` in ``conf/hparams_search/architecture_optuna.yaml``,
+:data:`RESOLVERS`). A network defined outside ``segexp.models`` joins with :func:`register_network`.
+:func:`check_model_config` refuses unknown keys, wrong types and broken rules with one message per
+key, before anything is built.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
 from typing import Any, cast
 
 import keras
@@ -76,33 +86,70 @@ def divisible_size_rules(m: Any, levels: int, what: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Network:
-    """One entry of the model group."""
+    """One entry of the model group: a network module's ``NETWORK``."""
 
+    name: str  # model.name, and its preset conf/model/<name>.yaml
     build: Callable[..., keras.Model]  # keyword arguments: the params' fields except ``name``
     params: type[ModelParams]  # dataclass of its keys
     rules: Callable[[Any], list[str]]  # value problems, each naming its model.<key>
 
 
-_NETWORKS: dict[str, Network] = {}
+#: Networks defined outside ``segexp.models`` (:func:`register_network`), by name.
+_REGISTERED: dict[str, Network] = {}
 
 
-def register_network(name: str, network: Network) -> None:
-    """Add ``network`` to the model group as ``model.name=<name>``."""
-    _NETWORKS[name] = network
+@cache
+def _declared() -> dict[str, Network]:
+    """The ``NETWORK`` of every module of ``segexp.models``, by name (the modules are imported once)."""
+    found: dict[str, Network] = {}
+    for module in sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])):
+        network = getattr(importlib.import_module(f"{__package__}.{module}"), "NETWORK", None)
+        if isinstance(network, Network):
+            if network.name in found:
+                raise RuntimeError(f"segexp.models.{module}: network {network.name!r} is declared twice")
+            found[network.name] = network
+    return found
 
 
 def networks() -> dict[str, Network]:
-    """The registered networks by ``model.name``."""
-    return dict(_NETWORKS)
+    """Every network by ``model.name``: those declared in ``segexp.models``, then the registered ones."""
+    return {**_declared(), **_REGISTERED}
+
+
+def register_network(network: Network) -> None:
+    """Add ``network``, defined outside ``segexp.models``, to the model group as ``model.name=<its name>``."""
+    if network.name in _declared():
+        raise ValueError(f"network {network.name!r} is segexp's own (segexp.models); choose another name")
+    _REGISTERED[network.name] = network
+
+
+def unregister_network(name: str) -> None:
+    """Remove the network ``name`` added by :func:`register_network` (segexp's own stay)."""
+    _REGISTERED.pop(name, None)
+
+
+def network_choices() -> str:
+    """``${networks:}``: every network's name, sorted and comma-separated, as Hydra's ``choice(...)`` takes them."""
+    return ", ".join(sorted(networks()))
+
+
+#: The resolvers of this layer, for :func:`segexp.config.resolvers.register_resolvers` (whose layer cannot
+#: import the models): ``${networks:}`` is :func:`network_choices`.
+RESOLVERS: dict[str, Callable[..., Any]] = {"networks": network_choices}
+
+
+def _unknown(name: Any) -> str:
+    return f"model.name: unknown model {name!r}; available: {', '.join(sorted(networks()))}"
 
 
 def check_model_config(model: DictConfig | dict[str, Any]) -> tuple[DictConfig | None, list[str]]:
     """``(typed params, problems)`` of a ``model`` config section; typed is None when a key is unusable."""
     model = model if isinstance(model, DictConfig) else OmegaConf.create(dict(model))
     name = model.get("name")
-    if name not in _NETWORKS:
-        return None, [f"model.name: unknown model {name!r}; available: {', '.join(sorted(_NETWORKS))}"]
-    network = _NETWORKS[name]
+    known = networks()
+    if name not in known:
+        return None, [_unknown(name)]
+    network = known[name]
     declared = {f.name for f in fields(network.params)}
     problems = [
         f"model.{key!s}: {RENAMED[key]}"
@@ -134,8 +181,9 @@ def validate_model_config(model: DictConfig | dict[str, Any]) -> DictConfig:
 
 def build_model(name: str, **params: Any) -> keras.Model:
     """Build the registered network ``name`` from its params (keys its builder does not take are ignored)."""
-    if name not in _NETWORKS:
-        raise ConfigError(f"model.name: unknown model {name!r}; available: {', '.join(sorted(_NETWORKS))}")
-    builder = _NETWORKS[name].build
+    known = networks()
+    if name not in known:
+        raise ConfigError(_unknown(name))
+    builder = known[name].build
     accepted = inspect.signature(builder).parameters
     return builder(**{k: v for k, v in params.items() if k in accepted})

@@ -44,7 +44,7 @@ from segexp.models.layers import (
     norm_layer,
     probability_head,
 )
-from segexp.models.registry import ModelParams, divisible_size_rules
+from segexp.models.registry import ModelParams, Network, divisible_size_rules
 
 
 class _Namer:
@@ -188,3 +188,7 @@ def build_resunet(
     inputs, x = image_input(image_height, image_width, image_channels)
     logits = block(x, num_classes, channels, True)
     return probability_head(inputs, logits, num_classes, name)
+
+
+#: ``model.name=resunet`` (``conf/model/resunet.yaml``): found by :func:`segexp.models.registry.networks`.
+NETWORK = Network("resunet", build_resunet, ResUNetParams, resunet_rules)

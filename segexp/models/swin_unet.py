@@ -62,7 +62,7 @@ from keras import layers, ops
 from omegaconf import MISSING
 
 from segexp.models.layers import image_input, probability_head
-from segexp.models.registry import ModelParams
+from segexp.models.registry import ModelParams, Network
 
 #: Logit added where shifted windows join tokens that were not neighbours (the reference's value).
 MASK_VALUE = -100.0
@@ -449,3 +449,7 @@ def build_swin_unet(
     x = _norm("final_expand_norm")(PatchExpand(patch_size, name="final_expand_patches")(x))
     logits = layers.Conv2D(num_classes, 1, use_bias=False, name="logits")(x)
     return probability_head(inputs, logits, num_classes, name)
+
+
+#: ``model.name=swin_unet`` (``conf/model/swin_unet.yaml``): found by :func:`segexp.models.registry.networks`.
+NETWORK = Network("swin_unet", build_swin_unet, SwinUNetParams, swin_unet_rules)

@@ -47,7 +47,7 @@ from segexp.models.layers import (
     image_input,
     probability_head,
 )
-from segexp.models.registry import ModelParams, divisible_size_rules
+from segexp.models.registry import ModelParams, Network, divisible_size_rules
 
 
 @dataclass
@@ -248,3 +248,7 @@ def build_unet3plus(
     sides = [side_output(decoders[level], level, num_classes) for level in range(1, bottom + 1)]
     network = keras.Model(inputs, [model.outputs[0], *sides], name=f"{name}_network")
     return DeepSupervision(network, aux_weights, name=name)
+
+
+#: ``model.name=unet3plus`` (``conf/model/unet3plus.yaml``): found by :func:`segexp.models.registry.networks`.
+NETWORK = Network("unet3plus", build_unet3plus, UNet3PlusParams, unet3plus_rules)

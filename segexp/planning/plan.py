@@ -37,6 +37,7 @@ from segexp.config.schema import CONF_DIR
 from segexp.data.class_table import ClassTable, with_class_table
 from segexp.data.dataset import open_dataset
 from segexp.data.layout import ResolvedLayout, with_layout
+from segexp.models import RESOLVERS as MODEL_RESOLVERS
 from segexp.models.precision import resolve_precision
 from segexp.planning.fingerprint import DataFingerprint, read_fingerprint
 from segexp.planning.rules import (
@@ -207,7 +208,7 @@ def explicit_settings(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> Ex
 
 def compose_train(overrides: Sequence[str]) -> DictConfig:
     """``conf/train.yaml`` composed with ``overrides`` (inside a Hydra app or an initialised Hydra)."""
-    register_resolvers()
+    register_resolvers(MODEL_RESOLVERS)
     return compose(config_name="train", overrides=list(overrides))
 
 

@@ -17,6 +17,9 @@ upload it into the same MLflow run with::
 Entries are removed from the file as they are sent, and metrics carry their original
 timestamps (MLflow stores a metric value once per key, step and timestamp), so running the
 command again, or after an interrupted upload, does not duplicate anything.
+
+An entry is a dict with a ``kind``; :data:`KINDS` holds how each kind is sent, named in
+messages and kept on disk (:class:`EntryKind`): a new kind is one entry there.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,63 +59,145 @@ OUTBOX_DIR = "mlflow_outbox"
 UPLOAD_COMMAND = "segexp-upload {run_dir}   (or: python -m segexp.cli.upload {run_dir})"
 
 
-# --------------------------------------------------------------------------- sending one entry
+# --------------------------------------------------------------------------- entry kinds
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where an entry goes: the MLflow run ``run_id`` at ``uri``; relative paths of buffered entries are under
+    ``base`` (the run folder)."""
+
+    uri: str
+    run_id: str
+    client: Any  # mlflow.MlflowClient of uri
+    base: Path | None
+
+    def local(self, entry: Mapping[str, Any], key: str = "path") -> Path:
+        """The file ``entry[key]`` names, on this machine."""
+        path = Path(entry[key])
+        return path if path.is_absolute() or self.base is None else self.base / path
+
+
+def _send_params(to: Destination, entry: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in entry["params"].items()]
+    for start in range(0, len(items), 100):  # at most 100 params per batch
+        retry_locked(to.client.log_batch, to.run_id, params=items[start : start + 100], synchronous=True)
+
+
+def _send_tags(to: Destination, entry: Mapping[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    tags = [RunTag(k, v) for k, v in entry["tags"].items()]
+    retry_locked(to.client.log_batch, to.run_id, tags=tags, synchronous=True)
+
+
+def _send_delete_tag(to: Destination, entry: Mapping[str, Any]) -> None:
+    if entry["key"] in retry_locked(to.client.get_run, to.run_id).data.tags:  # sent twice (a lost reply): done
+        retry_locked(to.client.delete_tag, to.run_id, entry["key"])
+
+
+def _send_metrics(to: Destination, entry: Mapping[str, Any]) -> None:
+    from mlflow.entities import Metric
+
+    ts, step = int(entry["timestamp"]), int(entry["step"])
+    metrics = [Metric(k, float(v), ts, step) for k, v in entry["metrics"].items()]
+    retry_locked(to.client.log_batch, to.run_id, metrics=metrics, synchronous=True)
+
+
+def _send_image(to: Destination, entry: Mapping[str, Any]) -> None:
+    image = entry.get("array")
+    if image is None:
+        from PIL import Image
+
+        image = np.asarray(Image.open(to.local(entry)))
+    retry_locked(
+        to.client.log_image,
+        to.run_id,
+        image,
+        key=entry["key"],
+        step=int(entry["step"]),
+        timestamp=int(entry["timestamp"]),
+        synchronous=True,
+    )
+
+
+def _keep_image(entry: Mapping[str, Any], folder: Path) -> Path:
+    from PIL import Image
+
+    copy = folder / "image.png"
+    Image.fromarray(np.asarray(entry["array"])).save(copy)
+    return copy
+
+
+def _send_artifact(to: Destination, entry: Mapping[str, Any]) -> None:
+    path = to.local(entry)
+    log_fn = to.client.log_artifacts if path.is_dir() else to.client.log_artifact
+    retry_locked(log_fn, to.run_id, str(path), entry.get("artifact_path"))
+
+
+def _keep_artifact(entry: Mapping[str, Any], folder: Path) -> Path:
+    source = Path(entry["path"])
+    copy = folder / source.name
+    if source.is_dir():
+        shutil.copytree(source, copy)
+    elif source.exists():
+        shutil.copy2(source, copy)
+    return copy
+
+
+def _send_model_entry(to: Destination, entry: Mapping[str, Any]) -> None:
+    model = entry["model"] if entry.get("model") is not None else _load_saved_model(to.local(entry))
+    _send_model(to.uri, to.run_id, model, entry.get("name", "model"))
+
+
+def _keep_model(entry: Mapping[str, Any], folder: Path) -> Path:
+    copy = folder / "model.keras"
+    if entry.get("model") is not None:
+        save_keras_model(entry["model"], copy)
+    else:
+        shutil.copy2(entry["path"], copy)
+    return copy
+
+
+def _send_terminated(to: Destination, entry: Mapping[str, Any]) -> None:
+    retry_locked(to.client.set_terminated, to.run_id, entry["status"], int(entry["end_time"]))
+
+
+@dataclass(frozen=True)
+class EntryKind:
+    """How an outbox entry of one ``kind`` is sent, named and kept on disk."""
+
+    send: Callable[[Destination, Mapping[str, Any]], None]  # into the MLflow run; raises on failure
+    describe: Callable[[Mapping[str, Any]], str] | None = None  # for messages; None: the kind's name
+    # Copies what the entry holds beyond JSON (a file, an array, a model) into the given folder of the outbox
+    # and returns the copy, which the buffered entry then names as its ``path``; None: the JSON is all of it.
+    keep: Callable[[Mapping[str, Any], Path], Path] | None = None
+
+
+#: Every outbox entry kind (what :class:`segexp.tracking.tracker.Tracker` submits) -> its handling.
+KINDS: dict[str, EntryKind] = {
+    "params": EntryKind(_send_params),
+    "tags": EntryKind(_send_tags),
+    "delete_tag": EntryKind(_send_delete_tag, lambda e: f"deletion of tag {e['key']}"),
+    "metrics": EntryKind(_send_metrics, lambda e: f"metrics of step {e['step']}"),
+    "image": EntryKind(_send_image, lambda e: f"image {e['key']} of step {e['step']}", _keep_image),
+    "artifact": EntryKind(_send_artifact, lambda e: f"artifact {Path(e['path']).name}", _keep_artifact),
+    "model": EntryKind(_send_model_entry, keep=_keep_model),
+    "terminated": EntryKind(_send_terminated, lambda e: f"run status {e['status']}"),
+}
 
 
 def send_entry(uri: str, run_id: str, entry: Mapping[str, Any], base: Path | None = None) -> None:
-    """Send one outbox entry to the MLflow run ``run_id``; raises on failure.
+    """Send one outbox entry to the MLflow run ``run_id`` by its kind (:data:`KINDS`); raises on failure.
 
     ``base`` is the run folder that relative paths in buffered entries refer to.
     """
-    from mlflow.entities import Metric, Param, RunTag
-
-    client = mlflow_client(uri)
-    kind = entry["kind"]
-
-    def local(key: str) -> Path:
-        path = Path(entry[key])
-        return path if path.is_absolute() or base is None else base / path
-
-    if kind == "params":
-        items = [Param(k, v) for k, v in entry["params"].items()]
-        for start in range(0, len(items), 100):  # at most 100 params per batch
-            retry_locked(client.log_batch, run_id, params=items[start : start + 100], synchronous=True)
-    elif kind == "tags":
-        tags = [RunTag(k, v) for k, v in entry["tags"].items()]
-        retry_locked(client.log_batch, run_id, tags=tags, synchronous=True)
-    elif kind == "delete_tag":
-        if entry["key"] in retry_locked(client.get_run, run_id).data.tags:  # sent twice (a lost reply): done
-            retry_locked(client.delete_tag, run_id, entry["key"])
-    elif kind == "metrics":
-        ts, step = int(entry["timestamp"]), int(entry["step"])
-        metrics = [Metric(k, float(v), ts, step) for k, v in entry["metrics"].items()]
-        retry_locked(client.log_batch, run_id, metrics=metrics, synchronous=True)
-    elif kind == "image":
-        image = entry.get("array")
-        if image is None:
-            from PIL import Image
-
-            image = np.asarray(Image.open(local("path")))
-        retry_locked(
-            client.log_image,
-            run_id,
-            image,
-            key=entry["key"],
-            step=int(entry["step"]),
-            timestamp=int(entry["timestamp"]),
-            synchronous=True,
-        )
-    elif kind == "artifact":
-        path = local("path")
-        log_fn = client.log_artifacts if path.is_dir() else client.log_artifact
-        retry_locked(log_fn, run_id, str(path), entry.get("artifact_path"))
-    elif kind == "model":
-        model = entry["model"] if entry.get("model") is not None else _load_saved_model(local("path"))
-        _send_model(uri, run_id, model, entry.get("name", "model"))
-    elif kind == "terminated":
-        retry_locked(client.set_terminated, run_id, entry["status"], int(entry["end_time"]))
-    else:
-        raise ValueError(f"unknown outbox entry kind {kind!r}")
+    kind = KINDS.get(entry["kind"])
+    if kind is None:
+        raise ValueError(f"unknown outbox entry kind {entry['kind']!r}")
+    kind.send(Destination(uri, run_id, mlflow_client(uri), base), entry)
 
 
 def _load_saved_model(path: Path) -> Any:
@@ -228,32 +314,15 @@ class Outbox:
             log.error("could not update %s (%s)", self.file, err)
 
     def _persistable(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """A JSON-safe copy: artifacts copied, images saved as PNG, models saved as ``.keras`` in the outbox folder."""
+        """A JSON-safe copy: what the entry holds beyond JSON (artifacts, images, models) kept in the outbox folder
+        by its kind's ``keep`` (:data:`KINDS`)."""
         stored = {k: v for k, v in entry.items() if k not in ("array", "model")}
-        kind = entry["kind"]
-        if kind not in ("artifact", "image", "model"):
+        kind = KINDS.get(entry["kind"])
+        if kind is None or kind.keep is None:
             return stored
         target = self.folder / uuid.uuid4().hex[:12]
         target.mkdir(parents=True, exist_ok=True)
-        if kind == "artifact":
-            source = Path(entry["path"])
-            copy = target / source.name
-            if source.is_dir():
-                shutil.copytree(source, copy)
-            elif source.exists():
-                shutil.copy2(source, copy)
-        elif kind == "image":
-            from PIL import Image
-
-            copy = target / "image.png"
-            Image.fromarray(np.asarray(entry["array"])).save(copy)
-        else:
-            copy = target / "model.keras"
-            if entry.get("model") is not None:
-                save_keras_model(entry["model"], copy)
-            else:
-                shutil.copy2(entry["path"], copy)
-        stored["path"] = str(copy.relative_to(self.run_dir))
+        stored["path"] = str(kind.keep(entry, target).relative_to(self.run_dir))
         return stored
 
 
@@ -271,18 +340,9 @@ def read_entries(path: Path) -> list[dict[str, Any]]:
 
 
 def describe(entry: Mapping[str, Any]) -> str:
-    kind = entry["kind"]
-    if kind == "metrics":
-        return f"metrics of step {entry['step']}"
-    if kind == "image":
-        return f"image {entry['key']} of step {entry['step']}"
-    if kind == "artifact":
-        return f"artifact {Path(entry['path']).name}"
-    if kind == "terminated":
-        return f"run status {entry['status']}"
-    if kind == "delete_tag":
-        return f"deletion of tag {entry['key']}"
-    return kind
+    """The entry in words, for messages (its kind's ``describe``, else the kind's name)."""
+    kind = KINDS.get(entry["kind"])
+    return kind.describe(entry) if kind is not None and kind.describe is not None else str(entry["kind"])
 
 
 def _first_line(err: BaseException) -> str:

@@ -1,6 +1,15 @@
 """Keras callbacks of a training run: best checkpoint, per-epoch MLflow metrics, inference
 images, and the epoch clock (time budget and fixed per-epoch cost).
 
+:data:`CALLBACKS` is every callback segexp builds, in the order they run: one factory each,
+named after the ``training.<key>`` section that sets it where it has one, taking the typed
+training section and the run's parts (:class:`RunParts`) and returning what it builds (nothing
+when its section turns it off). A callback whose counters must survive a resume names them in a
+``resume_state`` class attribute (:func:`segexp.training.resume.state_attributes`): the
+built-in ones here do, as any of ``training.callbacks`` (the user's, built from their ``_target_``).
+Adding a built-in callback is its class, its factory in :data:`CALLBACKS` and its keys in
+``conf/training/default.yaml`` (with their :class:`~segexp.config.schema.TrainingConfig` section).
+
 Epochs are numbered from 1 in file names and MLflow steps (``epoch_003`` is the
 third epoch), matching the "Epoch 3/12" that Keras prints.
 """
@@ -10,17 +19,25 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hydra
 import keras
 import numpy as np
 
+from segexp.config.schema import DatasetConfig, EpochImagesConfig, TrackingConfig, TrainingConfig
+from segexp.core.errors import ConfigError
 from segexp.core.files import atomic_write_path
+from segexp.data.dataset import SliceDataset
+from segexp.data.loader import SliceLoader
+from segexp.data.slices import find_pairs
 from segexp.evaluation.inference import probabilities_to_classes
 from segexp.evaluation.viz import image_truth_prediction, save_png
 from segexp.models.metrics import metric_safe_name
+from segexp.models.registry import ModelParams
 from segexp.models.saving import save_keras_model
 from segexp.tracking.tracker import Tracker
 
@@ -57,6 +74,8 @@ class BestCheckpoint(keras.callbacks.Callback):
     skipped; a NaN never counts as an improvement. :attr:`saved_epoch` is the epoch
     (from 1) whose model ``path`` holds.
     """
+
+    resume_state = ("best", "saved_epoch")  # restored by a resumed run
 
     def __init__(self, path: Path, monitor: str, mode: str) -> None:
         super().__init__()
@@ -99,6 +118,19 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.model.set_weights(current)
         self._pending = None
         self.saved_epoch = epoch
+
+
+class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """Keras' ``ReduceLROnPlateau`` (``training.reduce_lr``), its counters restored by a resumed run."""
+
+    resume_state = ("best", "wait", "cooldown_counter")
+
+
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' ``EarlyStopping`` (``training.early_stopping``), its counters restored by a resumed run (the best
+    weights come back from the checkpoint of their epoch: :func:`segexp.training.resume.restore_callbacks`)."""
+
+    resume_state = ("best", "wait", "stopped_epoch", "best_epoch")
 
 
 def current_learning_rate(model: keras.Model) -> float:
@@ -226,3 +258,158 @@ class EpochClock(keras.callbacks.Callback):
             log.info(
                 "training.max_time: %.1f min reached after epoch %d; ending the run", self.max_time_s / 60, epoch + 1
             )
+
+
+# --------------------------------------------------------------------------- the run's callbacks
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """What the callbacks of :data:`CALLBACKS` are built from besides the training section."""
+
+    run_dir: Path  # the run folder
+    tracker: Tracker  # the run's MLflow tracker (disabled: logs nothing)
+    dataset: SliceDataset  # the opened dataset
+    model: ModelParams  # the typed ``model`` section
+    data: DatasetConfig  # the typed ``dataset`` section
+    tracking: TrackingConfig  # the typed ``tracking`` section
+
+
+def epoch_image_set(
+    m: ModelParams, e: EpochImagesConfig, d: DatasetConfig, dataset: SliceDataset
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The fixed images predicted after every epoch: evenly spaced over ``e.dir`` (laid out as dataset ``d``'s
+    folders) or the valid split."""
+    if e.dir is not None:
+        root = Path(e.dir)
+        pairs = find_pairs(root / d.images_dir, root / d.masks_dir, d.case_pattern, strict=False)
+    else:
+        pairs = dataset.pairs["valid"]
+    picks = np.unique(np.linspace(0, len(pairs) - 1, min(e.num, len(pairs))).round().astype(int))
+    reader = SliceLoader(
+        pairs,
+        dataset.decoder,
+        image_size=(m.image_height, m.image_width),
+        channels=m.image_channels,
+        batch_size=1,
+        on_bad_file=d.on_bad_file,
+    )  # skip: a bad pick is replaced
+    loaded = [reader.load_sample(int(i), 0) for i in picks]
+    images = (
+        np.stack([im for im, _ in loaded])
+        if loaded
+        else np.zeros((0, m.image_height, m.image_width, m.image_channels), np.uint8)
+    )
+    masks = np.stack([mk for _, mk in loaded]) if loaded else np.zeros((0, m.image_height, m.image_width), np.uint8)
+    return images, masks, [pairs[i].name for i in picks]
+
+
+def best_checkpoint(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
+    """``checkpoints/best.keras``: the best epoch by ``training.monitor`` / ``monitor_mode``."""
+    return [BestCheckpoint(run.run_dir / "checkpoints" / "best.keras", monitor=t.monitor, mode=t.monitor_mode)]
+
+
+def history_csv(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
+    """``history.csv``: every epoch's logs."""
+    return [keras.callbacks.CSVLogger(str(run.run_dir / "history.csv"))]
+
+
+def mlflow_metrics(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
+    """Every epoch's metrics and learning rate in the MLflow run."""
+    return [MlflowEpochLogger(run.tracker, run.dataset.class_names)]
+
+
+def reduce_lr(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
+    """``training.reduce_lr``: ReduceLROnPlateau on ``training.monitor``, when enabled."""
+    r = t.reduce_lr
+    if not r.enabled:
+        return []
+    return [
+        ReduceLROnPlateau(
+            monitor=t.monitor, mode=t.monitor_mode, factor=r.factor, patience=r.patience, min_lr=r.min_lr, verbose=1
+        )
+    ]
+
+
+def early_stopping(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
+    """``training.early_stopping``: EarlyStopping on ``training.monitor`` restoring the best weights, when enabled."""
+    e = t.early_stopping
+    if not e.enabled:
+        return []
+    return [
+        EarlyStopping(
+            monitor=t.monitor,
+            mode=t.monitor_mode,
+            patience=e.patience,
+            min_delta=e.min_delta,
+            restore_best_weights=True,
+            verbose=1,
+        )
+    ]
+
+
+def epoch_images(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
+    """``training.epoch_images``: image | truth | prediction of ``num`` fixed images every n-th epoch (in MLflow
+    with ``tracking.log_epoch_images``), when ``num`` > 0."""
+    e = t.epoch_images
+    if e.num <= 0:
+        return []
+    images, masks, names = epoch_image_set(run.model, e, run.data, run.dataset)
+    tracker = run.tracker if run.tracking.log_epoch_images else Tracker(None)
+    return [
+        EpochImages(
+            images,
+            masks,
+            names,
+            run.dataset.colours,
+            run.run_dir / "epoch_images",
+            tracker,
+            every_n_epochs=e.every_n_epochs,
+            last_epoch=t.epochs,
+        )
+    ]
+
+
+def user_callbacks(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
+    """``training.callbacks``: each named entry a Keras callback built from its ``_target_`` (null: off), in the
+    order given. A callback whose counters must survive a resume lists them in a ``resume_state`` class
+    attribute (:func:`segexp.training.resume.state_attributes`)."""
+    built = []
+    for name, spec in (t.callbacks or {}).items():
+        if spec is None:
+            continue
+        try:
+            callback = hydra.utils.instantiate(spec)
+        except Exception as err:  # noqa: BLE001 - any failure to build it is the user's entry
+            raise ConfigError(f"training.callbacks.{name}: cannot build {spec.get('_target_')!r}: {err}") from err
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise ConfigError(
+                f"training.callbacks.{name}: {spec.get('_target_')!r} built a {type(callback).__name__}, "
+                "expected a keras.callbacks.Callback"
+            )
+        built.append(callback)
+    return built
+
+
+def epoch_clock(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
+    """``training.max_time``: the epoch clock (last: it times the whole epoch)."""
+    return [EpochClock(run.tracker, None if t.max_time is None else 60.0 * t.max_time)]
+
+
+#: Every callback of a run, in the order they run, by name (that of its ``training.<key>`` section where it has
+#: one) -> its factory.
+CALLBACKS: dict[str, Callable[[TrainingConfig, RunParts], list[keras.callbacks.Callback]]] = {
+    "best_checkpoint": best_checkpoint,
+    "history_csv": history_csv,
+    "mlflow_metrics": mlflow_metrics,
+    "reduce_lr": reduce_lr,
+    "early_stopping": early_stopping,
+    "epoch_images": epoch_images,
+    "callbacks": user_callbacks,
+    "epoch_clock": epoch_clock,
+}
+
+
+def build_run_callbacks(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
+    """The callbacks of :data:`CALLBACKS` that ``t`` turns on, in order."""
+    return [callback for build in CALLBACKS.values() for callback in build(t, run)]

@@ -40,20 +40,12 @@ log = logging.getLogger(__name__)
 RESUME_DIR = Path("checkpoints") / "resume"
 STATE_FILE = "state.json"
 FORMAT = 1
-#: Callback attributes saved and restored (counters and best values). A callback of the user's
-#: (``training.callbacks``) names its own in a ``resume_state`` class attribute (see :func:`state_attributes`).
-CALLBACK_STATE = {
-    BestCheckpoint: ("best", "saved_epoch"),
-    keras.callbacks.ReduceLROnPlateau: ("best", "wait", "cooldown_counter"),
-    keras.callbacks.EarlyStopping: ("best", "wait", "stopped_epoch", "best_epoch"),
-}
 
 
 def state_attributes(callback: keras.callbacks.Callback) -> tuple[str, ...]:
-    """The attributes of ``callback`` a resume restores: :data:`CALLBACK_STATE` for the built-in ones,
-    else its ``resume_state`` (a tuple of attribute names; none: nothing to restore)."""
-    if type(callback) in CALLBACK_STATE:
-        return CALLBACK_STATE[type(callback)]
+    """The attributes of ``callback`` a resume saves and restores (counters and best values): its class's
+    ``resume_state``, a tuple of attribute names (none: nothing to restore). segexp's own callbacks
+    (:mod:`segexp.training.callbacks`) declare theirs as a callback of the user's (``training.callbacks``) does."""
     return tuple(getattr(callback, "resume_state", ()))
 
 

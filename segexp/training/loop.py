@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import hydra
 import keras
@@ -18,27 +17,24 @@ from omegaconf import DictConfig
 
 from segexp.config.schema import (
     REPO_DIR,
-    DatasetConfig,
-    EpochImagesConfig,
     OutageConfig,
     TrainingConfig,
     check_train_config,
     to_dict,
 )
-from segexp.core.errors import ConfigError, raise_config_problems
+from segexp.core.errors import raise_config_problems
 from segexp.core.files import check_output_locations
 from segexp.data.augment import Augmenter
 from segexp.data.check import log_fingerprint
 from segexp.data.dataset import SliceDataset, open_dataset
 from segexp.data.loader import SliceLoader
 from segexp.data.sampling import EpochSampler, cached_class_presence
-from segexp.data.slices import find_pairs
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.evaluation.postprocess import Postprocessing
 from segexp.evaluation.postprocess import describe as describe_postprocessing
 from segexp.evaluation.reports import choose_postprocessing, log_summary, score_split
 from segexp.models import build_model, check_model_config
-from segexp.models.losses import build_loss
+from segexp.models.losses import build_loss, check_loss_config
 from segexp.models.metrics import build_metrics
 from segexp.models.precision import apply_precision, resolve_precision
 from segexp.models.registry import ModelParams
@@ -56,12 +52,7 @@ from segexp.tracking.tracker import (
     tracked_run,
 )
 from segexp.training import warm
-from segexp.training.callbacks import (
-    BestCheckpoint,
-    EpochClock,
-    EpochImages,
-    MlflowEpochLogger,
-)
+from segexp.training.callbacks import BestCheckpoint, RunParts, build_run_callbacks
 from segexp.training.checkpoint import ResumeCheckpoint, history_columns, with_resume_checkpoint
 from segexp.training.curves import plot_curves
 from segexp.training.devices import (
@@ -80,9 +71,11 @@ log = logging.getLogger(__name__)
 
 
 def validate_run_config(cfg: DictConfig) -> DictConfig:
-    """The composed training config, typed: the schema's rules and the network's own, in one :class:`ConfigError`."""
+    """The composed training config, typed: the schema's rules, the network's and the loss's own, in one
+    :class:`ConfigError`."""
     typed, problems = check_train_config(cfg)
     model, model_problems = check_model_config(typed.model)
+    problems += check_loss_config(typed.training, model.num_classes if model is not None else None)
     raise_config_problems(model_problems + problems)
     typed.model = model
     return typed
@@ -145,35 +138,6 @@ def build_loaders(
     return train, valid
 
 
-def epoch_image_set(
-    m: ModelParams, e: EpochImagesConfig, d: DatasetConfig, dataset: SliceDataset
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The fixed images predicted after every epoch: evenly spaced over ``e.dir`` (laid out as dataset ``d``'s
-    folders) or the valid split."""
-    if e.dir is not None:
-        root = Path(e.dir)
-        pairs = find_pairs(root / d.images_dir, root / d.masks_dir, d.case_pattern, strict=False)
-    else:
-        pairs = dataset.pairs["valid"]
-    picks = np.unique(np.linspace(0, len(pairs) - 1, min(e.num, len(pairs))).round().astype(int))
-    reader = SliceLoader(
-        pairs,
-        dataset.decoder,
-        image_size=(m.image_height, m.image_width),
-        channels=m.image_channels,
-        batch_size=1,
-        on_bad_file=d.on_bad_file,
-    )  # skip: a bad pick is replaced
-    loaded = [reader.load_sample(int(i), 0) for i in picks]
-    images = (
-        np.stack([im for im, _ in loaded])
-        if loaded
-        else np.zeros((0, m.image_height, m.image_width, m.image_channels), np.uint8)
-    )
-    masks = np.stack([mk for _, mk in loaded]) if loaded else np.zeros((0, m.image_height, m.image_width), np.uint8)
-    return images, masks, [pairs[i].name for i in picks]
-
-
 def build_schedule(t: TrainingConfig, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule | None:
     """``training.schedule`` with ``decay_steps = total_steps`` (epochs x steps per epoch), or None."""
     if t.schedule is None:
@@ -215,78 +179,13 @@ def validation_epochs(t: TrainingConfig) -> list[int]:
     return [e for e in range(1, t.epochs + 1) if e % n == 0 or e == t.epochs]
 
 
-def user_callbacks(specs: Any) -> list[keras.callbacks.Callback]:
-    """``training.callbacks``: each named entry a Keras callback built from its ``_target_`` (null: off), in the
-    order given. A callback whose counters must survive a resume lists them in a ``resume_state`` class
-    attribute (:func:`segexp.training.checkpoint.state_attributes`)."""
-    built = []
-    for name, spec in (specs or {}).items():
-        if spec is None:
-            continue
-        try:
-            callback = hydra.utils.instantiate(spec)
-        except Exception as err:  # noqa: BLE001 - any failure to build it is the user's entry
-            raise ConfigError(f"training.callbacks.{name}: cannot build {spec.get('_target_')!r}: {err}") from err
-        if not isinstance(callback, keras.callbacks.Callback):
-            raise ConfigError(
-                f"training.callbacks.{name}: {spec.get('_target_')!r} built a {type(callback).__name__}, "
-                "expected a keras.callbacks.Callback"
-            )
-        built.append(callback)
-    return built
-
-
 def build_callbacks(
     cfg: DictConfig, run_dir: Path, tracker: Tracker, dataset: SliceDataset
 ) -> list[keras.callbacks.Callback]:
-    """Best-model checkpoint, LR reducer, early stopping, CSV history, MLflow, epoch images."""
-    t = cfg.training
-    callbacks: list[keras.callbacks.Callback] = [
-        BestCheckpoint(run_dir / "checkpoints" / "best.keras", monitor=t.monitor, mode=t.monitor_mode),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
-        MlflowEpochLogger(tracker, dataset.class_names),
-    ]
-    if t.reduce_lr.enabled:
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=t.monitor,
-                mode=t.monitor_mode,
-                factor=t.reduce_lr.factor,
-                patience=t.reduce_lr.patience,
-                min_lr=t.reduce_lr.min_lr,
-                verbose=1,
-            )
-        )
-    if t.early_stopping.enabled:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=t.monitor,
-                mode=t.monitor_mode,
-                patience=t.early_stopping.patience,
-                min_delta=t.early_stopping.min_delta,
-                restore_best_weights=True,
-                verbose=1,
-            )
-        )
-    if t.epoch_images.num > 0:
-        images, masks, names = epoch_image_set(cfg.model, t.epoch_images, cfg.dataset, dataset)
-        image_tracker = tracker if cfg.tracking.log_epoch_images else Tracker(None)
-        callbacks.append(
-            EpochImages(
-                images,
-                masks,
-                names,
-                dataset.colours,
-                run_dir / "epoch_images",
-                image_tracker,
-                every_n_epochs=t.epoch_images.every_n_epochs,
-                last_epoch=t.epochs,
-            )
-        )
-    callbacks += user_callbacks(t.callbacks)
-    max_time_s = None if t.max_time is None else 60.0 * t.max_time
-    callbacks.append(EpochClock(tracker, max_time_s))  # last: it times the whole epoch
-    return callbacks
+    """The run's callbacks (:data:`segexp.training.callbacks.CALLBACKS`): best-model checkpoint, CSV history,
+    MLflow, LR reducer, early stopping, epoch images, the user's, the epoch clock."""
+    parts = RunParts(run_dir, tracker, dataset, model=cfg.model, data=cfg.dataset, tracking=cfg.tracking)
+    return build_run_callbacks(cfg.training, parts)
 
 
 def choose_postprocessing_for_run(
