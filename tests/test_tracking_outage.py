@@ -64,15 +64,17 @@ class Outage(keras.callbacks.Callback):
             self.server.start()
 
 
-def with_outage(monkeypatch: pytest.MonkeyPatch, outage: Outage) -> None:
-    """Append ``outage`` after segexp's own callbacks (so each epoch is logged before the server changes)."""
-    build = train_module.build_callbacks
-    monkeypatch.setattr(train_module, "build_callbacks", lambda *a, **k: [*build(*a, **k), outage])
-
-
 def run_training(
-    compose_train, tiny_dataset: Path, run_dir: Path, server: RestartableServer, epochs: int, experiment: str
+    compose_train,
+    tiny_dataset: Path,
+    run_dir: Path,
+    server: RestartableServer,
+    epochs: int,
+    experiment: str,
+    outage: Outage,
 ) -> float:
+    """A tiny run tracked on ``server``; ``outage`` runs after segexp's own callbacks (each epoch is logged
+    before the server changes)."""
     cfg = compose_train(
         *TINY_DATASET_OVERRIDES,
         f"dataset.root={tiny_dataset}",
@@ -86,7 +88,7 @@ def run_training(
     )
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "config.yaml").write_text("seed: 42\n")
-    return train(cfg, run_dir, overrides=[f"training.epochs={epochs}"])
+    return train(cfg, run_dir, overrides=[f"training.epochs={epochs}"], callbacks=[outage])
 
 
 def only_run(client: MlflowClient, experiment: str):
@@ -107,14 +109,20 @@ def test_server_outage_mid_run_loses_nothing(
     compose_train,
     tiny_dataset: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="segexp.tracking.outbox")
     server.start()
-    with_outage(monkeypatch, Outage(server, stop_after=1, restart_after=2))  # epoch 2 is logged while it is down
     run_dir = tmp_path / "run"
-    run_training(compose_train, tiny_dataset, run_dir, server, epochs=3, experiment="outage-mid-run")
+    run_training(
+        compose_train,
+        tiny_dataset,
+        run_dir,
+        server,
+        epochs=3,
+        experiment="outage-mid-run",
+        outage=Outage(server, stop_after=1, restart_after=2),  # epoch 2 is logged while it is down
+    )
 
     client = MlflowClient(tracking_uri=server.uri)
     run = only_run(client, "outage-mid-run")
@@ -139,12 +147,19 @@ def upload(run_dir: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow  # CI time: ~75 s; the mid-run outage test stays in the default run
 def test_server_down_until_the_end_then_upload(
-    server: RestartableServer, compose_train, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: RestartableServer, compose_train, tiny_dataset: Path, tmp_path: Path
 ) -> None:
     server.start()
-    with_outage(monkeypatch, Outage(server, stop_after=1, restart_after=None))
     run_dir = tmp_path / "run"
-    objective = run_training(compose_train, tiny_dataset, run_dir, server, epochs=2, experiment="outage-to-the-end")
+    objective = run_training(
+        compose_train,
+        tiny_dataset,
+        run_dir,
+        server,
+        epochs=2,
+        experiment="outage-to-the-end",
+        outage=Outage(server, stop_after=1, restart_after=None),
+    )
     assert objective == objective  # finished, with a number: logging did not stop the training
 
     entries = [json.loads(line) for line in (run_dir / OUTBOX_FILE).read_text().splitlines()]

@@ -82,7 +82,7 @@ def test_a_run_takes_the_plan_s_timed_model_and_only_that_run(compose_train) -> 
     cfg = _cfg(compose_train)
     _measure(cfg, NAMES)
     dataset = SimpleNamespace(class_names=NAMES)
-    taken = model_for_run(cfg, None, dataset, 7, "fp32")
+    taken = model_for_run(cfg.model, cfg.training, None, dataset, 7, "fp32")
     assert taken.train_function is not None  # traced by the plan's timing
-    again = model_for_run(cfg, None, dataset, 7, "fp32")
+    again = model_for_run(cfg.model, cfg.training, None, dataset, 7, "fp32")
     assert again is not taken and again.train_function is None

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from segexp.config.schema import validate_train_config
+from segexp.config.schema import DatasetConfig, validate_train_config
 from segexp.core.errors import EvaluationError
 from segexp.core.files import atomic_write_path, atomic_write_text
 from segexp.data.dataset import SliceDataset, open_dataset
@@ -46,6 +46,7 @@ from segexp.evaluation.scoring import (
     score_classes,
     to_json_safe,
 )
+from segexp.models.registry import ModelParams
 from segexp.tracking.runs import TrainedRun
 from segexp.tracking.tracker import Tracker, tracked_run
 
@@ -237,28 +238,21 @@ def evaluate_split(
 
 
 def choose_postprocessing(
-    model: Any,
-    dataset: SliceDataset,
-    *,
-    image_size: tuple[int, int],
-    channels: int,
-    case_pattern: str,
-    batch_size: int = 8,
-    split: str = "valid",
-    on_bad_file: str = "error",
+    model: Any, dataset: SliceDataset, m: ModelParams, d: DatasetConfig, *, batch_size: int = 8, split: str = "valid"
 ) -> Postprocessing:
-    """The postprocessing rules that raise ``split``'s mean Dice per class (:func:`postprocess.determine`)."""
+    """The postprocessing rules that raise ``split``'s mean Dice per class (:func:`postprocess.determine`), at the
+    input size of the run's model section ``m``, reading the dataset as its section ``d`` says."""
     cases = [
         (truth, pred)
         for _, _, truth, pred in predict_cases(
             model,
             dataset,
             split,
-            image_size=image_size,
-            channels=channels,
-            case_pattern=case_pattern,
+            image_size=(m.image_height, m.image_width),
+            channels=m.image_channels,
+            case_pattern=d.case_pattern,
             batch_size=batch_size,
-            on_bad_file=on_bad_file,
+            on_bad_file=d.on_bad_file,
         )
     ]
     return determine(cases, dataset.class_names)
@@ -330,35 +324,36 @@ def log_summary(tracker: Tracker, summary: dict[str, Any], files: Sequence[Path]
         tracker.log_artifact(path, "evaluation")
 
 
-def score_split(
+def score_and_log(
     model: Any,
     dataset: SliceDataset,
     split: str,
-    model_cfg: Any,
+    m: ModelParams,
+    d: DatasetConfig,
     out_dir: Path,
+    tracker: Tracker,
     *,
-    case_pattern: str,
     batch_size: int = 8,
     flip_tta: bool = False,
     postprocessing: Postprocessing | None = None,
-    on_bad_file: str = "error",
-) -> tuple[dict[str, Any], list[Path]]:
-    """Score ``split`` at the model's input size (``model_cfg``: the run's ``model`` section) and write the
-    reports in ``out_dir``: ``(summary, report files)``, to log with :func:`log_summary`. The one path from a
-    model to a split's scores, after training and in ``segexp-evaluate``."""
+) -> dict[str, Any]:
+    """Score ``split`` at the input size of the model section ``m``, write the reports in ``out_dir`` and log them
+    (:func:`log_summary`, metrics ``<split>/...``); returns the summary. The one path from a model to a split's
+    logged scores, after training and in ``segexp-evaluate``."""
     evaluation = evaluate_split(
         model,
         dataset,
         split,
-        image_size=(model_cfg.image_height, model_cfg.image_width),
-        channels=model_cfg.image_channels,
-        case_pattern=case_pattern,
+        image_size=(m.image_height, m.image_width),
+        channels=m.image_channels,
+        case_pattern=d.case_pattern,
         batch_size=batch_size,
         flip_tta=flip_tta,
         postprocessing=postprocessing,
-        on_bad_file=on_bad_file,
+        on_bad_file=d.on_bad_file,
     )
-    return evaluation.summary, write_reports(evaluation, out_dir)
+    log_summary(tracker, evaluation.summary, write_reports(evaluation, out_dir), prefix=split)
+    return evaluation.summary
 
 
 def evaluate_run(
@@ -387,18 +382,6 @@ def evaluate_run(
     if postprocessing is not None and split == "valid" and postprocessing.active:
         log.warning("the postprocessing rules were chosen on the valid split: its scores after them are optimistic")
     model = run.load_model(precision)
-    summary, files = score_split(
-        model,
-        dataset,
-        split,
-        cfg.model,
-        out_dir,
-        case_pattern=cfg.dataset.case_pattern,
-        batch_size=batch_size,
-        flip_tta=flip_tta,
-        postprocessing=postprocessing,
-        on_bad_file=cfg.dataset.on_bad_file,
-    )
     resume = run.run_id if log_to_run else None
     with tracked_run(
         resume is not None,
@@ -410,7 +393,18 @@ def evaluate_run(
         description="",
         resume_run_id=resume,
     ) as tracker:
-        log_summary(tracker, summary, files, prefix=split)
+        summary = score_and_log(
+            model,
+            dataset,
+            split,
+            cfg.model,
+            cfg.dataset,
+            out_dir,
+            tracker,
+            batch_size=batch_size,
+            flip_tta=flip_tta,
+            postprocessing=postprocessing,
+        )
     _log_table(summary)
     return summary
 

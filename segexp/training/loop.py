@@ -17,7 +17,10 @@ from omegaconf import DictConfig
 
 from segexp.config.schema import (
     REPO_DIR,
+    DatasetConfig,
     OutageConfig,
+    PathsConfig,
+    TrackingConfig,
     TrainingConfig,
     check_train_config,
     to_dict,
@@ -32,7 +35,7 @@ from segexp.data.sampling import EpochSampler, cached_class_presence
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.evaluation.postprocess import Postprocessing
 from segexp.evaluation.postprocess import describe as describe_postprocessing
-from segexp.evaluation.reports import choose_postprocessing, log_summary, score_split
+from segexp.evaluation.reports import choose_postprocessing, score_and_log
 from segexp.models import build_model, check_model_config
 from segexp.models.losses import build_loss, check_loss_config
 from segexp.models.metrics import build_metrics
@@ -179,31 +182,20 @@ def validation_epochs(t: TrainingConfig) -> list[int]:
     return [e for e in range(1, t.epochs + 1) if e % n == 0 or e == t.epochs]
 
 
-def build_callbacks(
-    cfg: DictConfig, run_dir: Path, tracker: Tracker, dataset: SliceDataset
-) -> list[keras.callbacks.Callback]:
-    """The run's callbacks (:data:`segexp.training.callbacks.CALLBACKS`): best-model checkpoint, CSV history,
-    MLflow, LR reducer, early stopping, epoch images, the user's, the epoch clock."""
-    parts = RunParts(run_dir, tracker, dataset, model=cfg.model, data=cfg.dataset, tracking=cfg.tracking)
-    return build_run_callbacks(cfg.training, parts)
-
-
 def choose_postprocessing_for_run(
-    cfg: DictConfig, model: keras.Model, dataset: SliceDataset, run_dir: Path, tracker: Tracker
+    m: ModelParams,
+    t: TrainingConfig,
+    d: DatasetConfig,
+    model: keras.Model,
+    dataset: SliceDataset,
+    run_dir: Path,
+    tracker: Tracker,
 ) -> Postprocessing | None:
     """With ``training.postprocess=auto``: the connected-component rules that raise the validation Dice of the
     best model (``postprocessing.json`` in the run folder and the run; tags ``postprocess.<class>``)."""
-    if cfg.training.postprocess == "none" or not dataset.pairs.get("valid"):
+    if t.postprocess == "none" or not dataset.pairs.get("valid"):
         return None
-    chosen = choose_postprocessing(
-        model,
-        dataset,
-        image_size=(cfg.model.image_height, cfg.model.image_width),
-        channels=cfg.model.image_channels,
-        case_pattern=cfg.dataset.case_pattern,
-        batch_size=cfg.training.batch_size,
-        on_bad_file=cfg.dataset.on_bad_file,
-    )
+    chosen = choose_postprocessing(model, dataset, m, d, batch_size=t.batch_size)
     path = chosen.save(run_dir / POSTPROCESSING_FILE)
     tracker.log_artifact(path)
     tracker.set_tags({f"postprocess.{name}": rule.describe() for name, rule in chosen.rules.items()})
@@ -212,7 +204,9 @@ def choose_postprocessing_for_run(
 
 
 def evaluate_test_split(
-    cfg: DictConfig,
+    m: ModelParams,
+    t: TrainingConfig,
+    d: DatasetConfig,
     model: keras.Model,
     dataset: SliceDataset,
     out_dir: Path,
@@ -224,19 +218,9 @@ def evaluate_test_split(
     if not dataset.pairs.get("test"):
         log.info("no test split in %s: skipping the evaluation after training", dataset.root)
         return
-
-    summary, files = score_split(
-        model,
-        dataset,
-        "test",
-        cfg.model,
-        out_dir,
-        case_pattern=cfg.dataset.case_pattern,
-        batch_size=cfg.training.batch_size,
-        postprocessing=postprocessing,
-        on_bad_file=cfg.dataset.on_bad_file,
+    summary = score_and_log(
+        model, dataset, "test", m, d, out_dir, tracker, batch_size=t.batch_size, postprocessing=postprocessing
     )
-    log_summary(tracker, summary, files, prefix="test")
     log.info(
         "test foreground mean Dice %s (%d cases); reports in %s",
         summary["mean"]["foreground_mean"]["dice"],
@@ -278,18 +262,20 @@ def outage_policy(o: OutageConfig) -> OutagePolicy:
     )
 
 
-def prepare_run_folder(cfg: DictConfig, resolved: dict, run_dir: Path) -> tuple[Resume | None, Path]:
+def prepare_run_folder(
+    paths: PathsConfig, tracking: TrackingConfig, resume: bool, resolved: dict, run_dir: Path
+) -> tuple[Resume | None, Path]:
     """Every check that can fail before training, in order; returns the resume point (or None) and the run folder.
 
-    A run folder holding another run's outputs, unwritable or full output folders and an
-    unreachable tracking server are refused here, before the MLflow run starts.
+    A run folder holding another run's outputs (unless ``resume``: the config continues a run), unwritable or
+    full output folders and an unreachable tracking server are refused here, before the MLflow run starts.
     """
     start = prepare_resume(resolved, Path(run_dir))  # None: a fresh run; else continue in start.run_dir
-    check_run_dir_free(Path(run_dir), resume_requested(cfg))  # a resume (or SLURM requeue) may reuse it
+    check_run_dir_free(Path(run_dir), resume)  # a resume (or SLURM requeue) may reuse it
     run_dir = follow_log(Path(run_dir), start.run_dir) if start else Path(run_dir)
-    check_output_locations(train_output_locations(cfg, run_dir), cfg.paths.min_free_mb)
-    if cfg.tracking.enabled:
-        check_server(cfg.tracking.uri, outage_policy(cfg.tracking.outage).connect_timeout_s)
+    check_output_locations(train_output_locations(paths, tracking, run_dir), paths.min_free_mb)
+    if tracking.enabled:
+        check_server(tracking.uri, outage_policy(tracking.outage).connect_timeout_s)
     run_dir.mkdir(parents=True, exist_ok=True)
     return start, run_dir
 
@@ -305,12 +291,11 @@ def seed_and_threads(t: TrainingConfig, seed: int) -> None:
 
 
 def model_for_run(
-    cfg: DictConfig, start: Resume | None, dataset: SliceDataset, steps_per_epoch: int, precision: str
+    m: ModelParams, t: TrainingConfig, start: Resume | None, dataset: SliceDataset, steps_per_epoch: int, precision: str
 ) -> keras.Model:
     """A new compiled model (the plan's timed one, reset, when compiled alike: :mod:`segexp.training.warm`),
     or the resumed one with its schedule rebuilt for ``training.epochs``, in ``precision``."""
     if start is None:
-        m, t = cfg.model, cfg.training
         signature = warm.compile_signature(m, t, dataset.class_names, t.epochs * steps_per_epoch, precision)
         model = warm.take(signature, lambda: build_network(m, precision))
         if model is None:
@@ -318,15 +303,15 @@ def model_for_run(
     else:
         warm.release()  # a resumed run continues its checkpoint, not the plan's timed model
         model = apply_precision(start.load_model(), precision)  # checkpoints are saved in float32 policies
-        schedule = build_schedule(cfg.training, cfg.training.epochs * steps_per_epoch)
+        schedule = build_schedule(t, t.epochs * steps_per_epoch)
         if schedule is not None:  # training.epochs may have changed: the schedule spans the new length
             model.optimizer.learning_rate = schedule
-    log.info("model %s: %s parameters, %s compute", cfg.model.name, f"{model.count_params():,}", precision)
+    log.info("model %s: %s parameters, %s compute", m.name, f"{model.count_params():,}", precision)
     return model
 
 
 def fit(
-    cfg: DictConfig,
+    t: TrainingConfig,
     model: keras.Model,
     loaders: tuple[SliceLoader, SliceLoader],
     callbacks: list,
@@ -343,7 +328,7 @@ def fit(
     if start is not None:  # epoch e reads the same seeded sample order as in an uninterrupted run
         train_loader.set_epoch(start.epoch)
         valid_loader.set_epoch(start.epoch)
-    first, final = (start.epoch, start.final_epoch(cfg.training.epochs)) if start else (0, cfg.training.epochs)
+    first, final = (start.epoch, start.final_epoch(t.epochs)) if start else (0, t.epochs)
     if one_device:
         fit_epochs(
             model,
@@ -351,20 +336,20 @@ def fit(
             valid_loader,
             epochs=final,
             initial_epoch=first,
-            validation_epochs=validation_epochs(cfg.training),
+            validation_epochs=validation_epochs(t),
             callbacks=callbacks,
-            verbose=cfg.training.verbose,
+            verbose=t.verbose,
         )
     else:
         model.fit(
             train_loader,
             validation_data=valid_loader,
-            validation_freq=validation_epochs(cfg.training),
+            validation_freq=validation_epochs(t),
             callbacks=callbacks,
             shuffle=False,
             epochs=final,
             initial_epoch=first,
-            verbose=cfg.training.verbose,
+            verbose=t.verbose,
         )
     checkpoint = next(c for c in callbacks if isinstance(c, ResumeCheckpoint))
     return history_columns(checkpoint.history)  # resumed epochs included
@@ -383,7 +368,10 @@ def keep_best_model(callbacks: Sequence[keras.callbacks.Callback]) -> None:
 
 
 def finish_run(
-    cfg: DictConfig,
+    m: ModelParams,
+    t: TrainingConfig,
+    d: DatasetConfig,
+    log_model: bool,
     model: keras.Model,
     history: dict[str, list[float]],
     dataset: SliceDataset,
@@ -396,13 +384,13 @@ def finish_run(
     tracker.log_artifact(run_dir / "curves.png")
     best_path = run_dir / "checkpoints" / "best.keras"
     best = load_for_inference(best_path, precision) if best_path.exists() else model
-    if cfg.tracking.log_model:
+    if log_model:
         tracker.log_keras_model(best)
-    postprocessing = choose_postprocessing_for_run(cfg, best, dataset, run_dir, tracker)
-    if cfg.training.evaluate_after:
-        evaluate_test_split(cfg, best, dataset, run_dir / "evaluation", tracker, postprocessing)
-    objective = _objective(history, cfg.training.monitor, cfg.training.monitor_mode)
-    tracker.log_metrics({f"best/{cfg.training.monitor}": objective}, step=len(history.get("loss", [])))
+    postprocessing = choose_postprocessing_for_run(m, t, d, best, dataset, run_dir, tracker)
+    if t.evaluate_after:
+        evaluate_test_split(m, t, d, best, dataset, run_dir / "evaluation", tracker, postprocessing)
+    objective = _objective(history, t.monitor, t.monitor_mode)
+    tracker.log_metrics({f"best/{t.monitor}": objective}, step=len(history.get("loss", [])))
     return objective
 
 
@@ -425,7 +413,7 @@ def train(
     """
     cfg = validate_run_config(cfg)
     resolved = to_dict(cfg, resolve=True)
-    start, run_dir = prepare_run_folder(cfg, resolved, Path(run_dir))
+    start, run_dir = prepare_run_folder(cfg.paths, cfg.tracking, resume_requested(cfg), resolved, Path(run_dir))
     strategy = data_parallel(cfg.training.devices, cfg.training.batch_size)  # before TensorFlow initialises
     seed_and_threads(cfg.training, cfg.seed)
     dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
@@ -450,10 +438,10 @@ def train(
     )
     precision = resolve_precision(cfg.training.precision)
     with strategy_scope(strategy):  # weights, optimizer and metric variables mirrored on every replica
-        model = model_for_run(cfg, start, dataset, len(loaders[0]), precision)
+        model = model_for_run(cfg.model, cfg.training, start, dataset, len(loaders[0]), precision)
         if strategy is not None:  # batch statistics of the global batch, as on one device
             log.info("batch norm over all replicas: %d layers", synchronize_batch_norm(model))
-    t = cfg.tracking
+    tracking = cfg.tracking
     tags = {
         "git_commit": git_commit(REPO_DIR),
         "keras_backend": keras.backend.backend(),
@@ -466,11 +454,11 @@ def train(
     with (
         http_settings(outage),
         tracked_run(
-            t.enabled,
-            uri=t.uri,
-            experiment=t.experiment,
-            artifact_location=t.artifact_location,
-            run_name=t.run_name or run_name_from_overrides(overrides),
+            tracking.enabled,
+            uri=tracking.uri,
+            experiment=tracking.experiment,
+            artifact_location=tracking.artifact_location,
+            run_name=tracking.run_name or run_name_from_overrides(overrides),
             tags=tags,
             description="segexp-train " + " ".join(overrides),
             parent_run_id=parent_run_id,
@@ -481,9 +469,12 @@ def train(
         ) as tracker,
     ):
         if tracker.run_id is not None:  # tracker.enabled
-            record_mlflow_run(run_dir, tracker.run_id, t.uri)
+            record_mlflow_run(run_dir, tracker.run_id, tracking.uri)
         own = with_resume_checkpoint(
-            build_callbacks(cfg, run_dir, tracker, dataset),
+            build_run_callbacks(
+                cfg.training,
+                RunParts(run_dir, tracker, dataset, model=cfg.model, data=cfg.dataset, tracking=cfg.tracking),
+            ),
             run_dir,
             resolved,
             tracker.run_id,
@@ -507,7 +498,7 @@ def train(
         else:  # params stay as first logged; fill in what the interruption left out
             reopen_run(tracker, start, model, own, dataset.class_names)
         try:
-            history = fit(cfg, model, loaders, [*own, *callbacks], start, one_device=strategy is None)
+            history = fit(cfg.training, model, loaders, [*own, *callbacks], start, one_device=strategy is None)
         except BaseException as err:  # Ctrl-C, SIGTERM, a crash: the last epoch's checkpoint is on disk
             keep_best_model(own)
             log_interrupted(run_dir, overrides, err)
@@ -519,6 +510,17 @@ def train(
             tracker.log_artifact(run_dir / "history.csv")
             for log_file in run_dir.glob("*.log"):  # Hydra's job log, named after the job
                 tracker.log_artifact(log_file)
-        objective = finish_run(cfg, model, history, dataset, run_dir, tracker, precision)
+        objective = finish_run(
+            cfg.model,
+            cfg.training,
+            cfg.dataset,
+            tracking.log_model,
+            model,
+            history,
+            dataset,
+            run_dir,
+            tracker,
+            precision,
+        )
     log.info("best %s = %.4f; run folder %s", cfg.training.monitor, objective, run_dir)
     return objective

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from segexp.config.schema import PathsConfig, TrackingConfig
 from segexp.core.errors import OutputError
 from segexp.core.files import sqlite_folder
 
@@ -57,10 +58,10 @@ def check_run_dir_free(run_dir: Path, resume: bool, markers: Sequence[str] = RUN
         )
 
 
-def train_output_locations(cfg: Any, run_dir: Path) -> list[tuple[str, Path]]:
+def train_output_locations(paths: PathsConfig, tracking: TrackingConfig, run_dir: Path) -> list[tuple[str, Path]]:
     """The folders a training run writes to, each with the setting that chose it."""
-    locations = [("paths.output_dir", Path(cfg.paths.output_dir)), ("run folder (hydra.run.dir)", Path(run_dir))]
-    folder = sqlite_folder(cfg.tracking.uri) if cfg.tracking.enabled else None
+    locations = [("paths.output_dir", Path(paths.output_dir)), ("run folder (hydra.run.dir)", Path(run_dir))]
+    folder = sqlite_folder(tracking.uri) if tracking.enabled else None
     if folder is not None:
         locations.append(("tracking.uri (SQLite store folder)", folder))
     return locations
