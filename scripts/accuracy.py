@@ -16,7 +16,7 @@ For every dataset:
    validation, its test evaluation and MLflow included: ``process_seconds``); its training
    time the sum of the per-epoch times Keras prints; its steps those of Keras' epoch lines;
    its score ``evaluation/summary.json`` (test split) or ``segexp-evaluate`` on the scored split.
-2. The pixels are exported with segexp's own reader (:func:`segexp.data.slices.load_pair`,
+2. The pixels are exported with segexp's own reader (:func:`segexp.data.io.slices.load_pair`,
    the config segexp-train composes from the same overrides: dataset, ``model.image_height``,
    ``image_width``, ``image_channels``, ``seed``) into ``<work>/monai_input.npz``.
 3. MONAI itself (``scripts/monai_loop.py``: ``monai.networks.nets.UNet`` 16-256 channels, 2
@@ -449,7 +449,7 @@ class Pixels:
     """What was exported for MONAI: the ``.npz``, the scored split's images (model size) and how to score them."""
 
     path: Path
-    dataset: Any  # segexp.data.dataset.SliceDataset
+    dataset: Any  # segexp.data.runtime.dataset.SliceDataset
     split: str
     image_size: tuple[int, int]
     channels: int
@@ -464,8 +464,8 @@ def export_pixels(overrides: Sequence[str], split: str, path: Path, run_config: 
     (``score_*``) in ``evaluate_split``'s order, ``num_classes``, ``seed``."""
     from segexp.config.resolvers import register_resolvers
     from segexp.config.schema import validate_train_config
-    from segexp.data.dataset import open_dataset
-    from segexp.data.slices import load_pair
+    from segexp.data.io.slices import load_pair
+    from segexp.data.runtime.dataset import open_dataset
     from segexp.evaluation.reports import cases_of
 
     register_resolvers()  # a saved run config may hold ${len:...}, ${cores:...}

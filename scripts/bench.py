@@ -225,8 +225,8 @@ def work_loader(p: dict[str, Any]) -> dict[str, Any]:
     """Augmented samples/s that ``model.fit`` receives from :class:`SliceLoader` (a 1x1-conv model consumes them)."""
     import keras
 
-    from segexp.data.augment import Augmenter
-    from segexp.data.dataset import open_dataset
+    from segexp.data.runtime.augment import Augmenter
+    from segexp.data.runtime.dataset import open_dataset
 
     cfg = compose(["tracking=none", "augmentation=full", *p["overrides"]])
     dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
@@ -293,8 +293,8 @@ def work_infer(p: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from omegaconf import OmegaConf
 
-    from segexp.data.rgb_map import default_palette
-    from segexp.data.volumes import VolumeCase, load_case, num_slices, volume_slice
+    from segexp.data.io.rgb_map import default_palette
+    from segexp.data.io.volumes import VolumeCase, load_case, num_slices, volume_slice
     from segexp.evaluation.prediction import predict_volume, window_like_training
     from segexp.models import build_model
     from segexp.models.precision import apply_precision
@@ -388,7 +388,7 @@ def work_prepare(p: dict[str, Any]) -> dict[str, Any]:
 
     import nibabel as nib
 
-    from segexp.data.prepare import prepare
+    from segexp.data.prepare.volumes_to_slices import prepare
 
     logging.disable(logging.INFO)
     source = Path(p["source"])
@@ -504,8 +504,8 @@ def work_fit_loop(p: dict[str, Any]) -> dict[str, Any]:
     import keras
     import numpy as np
 
-    from segexp.data.augment import Augmenter
-    from segexp.data.dataset import open_dataset
+    from segexp.data.runtime.augment import Augmenter
+    from segexp.data.runtime.dataset import open_dataset
     from segexp.training.loop import train, validate_run_config
 
     set_tf_threads(p.get("threads"))

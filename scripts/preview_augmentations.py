@@ -36,8 +36,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 if str(REPO) not in sys.path:  # allow running from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from segexp.data.augment import AugmentationError, Augmenter, sample_seed  # noqa: E402
-from segexp.data.rgb_map import default_palette  # noqa: E402
+from segexp.data.io.rgb_map import default_palette  # noqa: E402
+from segexp.data.runtime.augment import AugmentationError, Augmenter, sample_seed  # noqa: E402
 from segexp.evaluation.viz import (  # noqa: E402
     hstack_panels,
     overlay_mask,
@@ -94,7 +94,7 @@ def read_mask(path: Path, colours: list[list[int]] | None) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[:, :, :3]
     if colours is not None:
-        from segexp.data.rgb_map import decode_rgb_mask
+        from segexp.data.io.rgb_map import decode_rgb_mask
 
         if arr.ndim == 2:
             arr = np.repeat(arr[:, :, None], 3, axis=2)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, open_dict
 
 from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR, REPO_DIR
-from segexp.data.rgb_map import encode_rgb_mask
+from segexp.data.io.rgb_map import encode_rgb_mask
 from segexp.models import RESOLVERS as MODEL_RESOLVERS
 from segexp.tracking.tracker import Tracker, tracked_run
 

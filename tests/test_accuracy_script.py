@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from segexp.config.schema import REPO_DIR
-from segexp.data.dataset import leaked_cases
-from segexp.data.slices import split_pairs
+from segexp.data.io.slices import split_pairs
+from segexp.data.runtime.dataset import leaked_cases
 
 from .conftest import SHARED_DATA, TINY_DATASET_OVERRIDES, write_tiny_dataset
 
@@ -36,7 +36,7 @@ def _tiny_overrides(root: Path) -> list[str]:
 
 
 def test_export_writes_segexps_pixels_for_monai(tmp_path: Path) -> None:
-    from segexp.data.slices import load_pair
+    from segexp.data.io.slices import load_pair
 
     root = write_tiny_dataset(tmp_path / "tiny", {"train": 5, "valid": 3, "test": 2})
     pixels = accuracy.export_pixels(_tiny_overrides(root), "test", tmp_path / "in.npz")
@@ -205,7 +205,7 @@ def test_slab_folder_is_split_by_slab_without_leaks(tmp_path: Path) -> None:
 @pytest.mark.skipif(not HVSMR_MINI.is_dir(), reason="../shared/data/hvsmr_mini is absent")
 def test_hvsmr_mini_split_scores_every_structure_in_valid_and_test() -> None:
     from segexp.config.schema import validate_train_config
-    from segexp.data.dataset import open_dataset
+    from segexp.data.runtime.dataset import open_dataset
 
     from .conftest import compose_config
 

@@ -3,6 +3,10 @@
 Layers, top to bottom: ``cli`` > ``launch`` > ``planning`` > ``training`` > ``evaluation`` > ``tracking`` >
 ``models`` > ``data`` > ``config`` > ``core``. A module may import segexp modules of its own layer or below, at
 module level only (no function-local segexp imports hide a circle), and the import graph has no cycle.
+
+Inside ``data`` the sub-packages are stages, in the same way: ``io`` < ``phantom`` < ``runtime`` < ``prepare``
+(``segexp/data/__init__.py``). ``io`` imports no other stage; ``runtime`` never imports ``prepare``; of
+``prepare``, only ``check`` imports ``runtime`` (it lists and reads a dataset exactly as training does).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ def layer(module: str) -> int:
 
 
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if p.parent != PACKAGE}
+DATA_STAGES = ["io", "phantom", "runtime", "prepare"]
+#: The modules of a later stage that may import ``runtime`` (the dataset check reads as training does).
+RUNTIME_IMPORTERS_OUTSIDE = {"segexp.data.prepare.check"}
 
 
 def test_every_module_lives_in_a_layer_package() -> None:
@@ -80,3 +87,34 @@ def test_the_import_graph_has_no_cycle() -> None:
         if start not in state:
             cycle = visit(start, [])
             assert cycle is None, " -> ".join(cycle)
+
+
+def data_stage(module: str) -> int:
+    parts = module.split(".")
+    if len(parts) < 3 or parts[2] not in DATA_STAGES:
+        pytest.fail(f"{module} is outside the data stages {DATA_STAGES}")
+    return DATA_STAGES.index(parts[2])
+
+
+def test_every_data_module_lives_in_a_stage_package() -> None:
+    loose = sorted(p.name for p in (PACKAGE / "data").glob("*.py") if p.name != "__init__.py")
+    assert loose == [], f"modules of segexp/data outside its stage packages: {loose}"
+
+
+def test_data_stages_import_only_their_own_stage_or_earlier() -> None:
+    problems = []
+    for module, path in MODULES.items():
+        if not module.startswith("segexp.data."):
+            continue
+        for target, line, _ in segexp_imports(path):
+            if target == "segexp.data" or not target.startswith("segexp.data."):
+                continue
+            if data_stage(target) > data_stage(module):
+                problems.append(f"{module}:{line}: imports {target} from a later data stage")
+            elif (
+                target.startswith("segexp.data.runtime")
+                and not module.startswith("segexp.data.runtime")
+                and module not in RUNTIME_IMPORTERS_OUTSIDE
+            ):
+                problems.append(f"{module}:{line}: imports {target}; only {RUNTIME_IMPORTERS_OUTSIDE} may")
+    assert problems == []

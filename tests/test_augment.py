@@ -1,4 +1,4 @@
-"""Tests for segexp.data.augment (config -> albumentations pipeline, paired warps) and segexp.evaluation.viz."""
+"""Tests for segexp.data.runtime.augment (config -> albumentations pipeline, paired warps) and segexp.evaluation.viz."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from segexp.data.augment import (
+from segexp.data.io.rgb_map import default_palette
+from segexp.data.runtime.augment import (
     AugmentationError,
     Augmenter,
     augment_pair,
     build_augmentation,
     sample_seed,
 )
-from segexp.data.rgb_map import default_palette
 from segexp.evaluation.viz import (
     hstack_panels,
     image_truth_prediction,

@@ -15,11 +15,11 @@ import pytest
 
 from segexp.cli.check import run_check
 from segexp.config.schema import ConfigError, validate_train_config
-from segexp.data.check import check_slice_dataset, check_volume_folder
-from segexp.data.loader import SliceLoader
-from segexp.data.sampling import EpochSampler
-from segexp.data.slices import DataError, MaskDecoder, find_pairs, load_pair, read_image
-from segexp.data.volumes import CASE_DIR_PATTERN, CASE_PATTERN
+from segexp.data.io.slices import DataError, MaskDecoder, find_pairs, load_pair, read_image
+from segexp.data.io.volumes import CASE_DIR_PATTERN, CASE_PATTERN
+from segexp.data.prepare.check import check_slice_dataset, check_volume_folder
+from segexp.data.runtime.loader import SliceLoader
+from segexp.data.runtime.sampling import EpochSampler
 
 from .conftest import (
     HOCM_MINI,
@@ -188,12 +188,12 @@ def test_loader_on_bad_file_error_names_the_file(tmp_path: Path) -> None:
 
 
 def test_loader_on_bad_file_skip_replaces_and_counts(tmp_path: Path, caplog) -> None:
-    from segexp.data.augment import Augmenter
+    from segexp.data.runtime.augment import Augmenter
 
     root = write_tiny_dataset(tmp_path / "d", {"train": 12})
     bad = break_dataset_train(root)
     augmenter = Augmenter(compose_config(["augmentation=full"]).augmentation.transforms)
-    with caplog.at_level(logging.WARNING, logger="segexp.data.loader"):
+    with caplog.at_level(logging.WARNING, logger="segexp.data.runtime.loader"):
         a = _loader(root, on_bad_file="skip", shuffle=True, seed=1, augmenter=augmenter)
         batches = [a[i] for i in range(len(a))]
     assert all(x.shape == (4, 32, 32, 1) and y.shape == (4, 32, 32) for x, y in batches)

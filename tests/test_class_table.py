@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from segexp.cli.check import run_check
 from segexp.config.schema import NO_CLASS_TABLE, check_train_config
 from segexp.core.errors import ConfigError
-from segexp.data.class_table import ClassTableError, resolve_class_table, with_class_table
-from segexp.data.slices import DataError
+from segexp.data.io.slices import DataError
+from segexp.data.runtime.class_table import ClassTableError, resolve_class_table, with_class_table
 
 from .conftest import compose_config, write_tiny_dataset
 

@@ -7,8 +7,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from segexp.config.schema import CONF_DIR, ConfigError
-from segexp.data.dataset import open_dataset
-from segexp.data.slices import DataError
+from segexp.data.io.slices import DataError
+from segexp.data.runtime.dataset import open_dataset
 from segexp.training.loop import validate_run_config
 
 from .conftest import compose_config

@@ -9,18 +9,18 @@ import cv2
 import numpy as np
 import pytest
 
-from segexp.data.augment import Augmenter
-from segexp.data.dataset import open_dataset
-from segexp.data.loader import MAIN_THREAD, SliceLoader
-from segexp.data.rgb_map import decode_rgb_mask, encode_rgb_mask
-from segexp.data.sampling import EpochSampler
-from segexp.data.slices import (
+from segexp.data.io.rgb_map import decode_rgb_mask, encode_rgb_mask
+from segexp.data.io.slices import (
     DataError,
     MaskDecoder,
     find_pairs,
     load_pair,
     split_pairs,
 )
+from segexp.data.runtime.augment import Augmenter
+from segexp.data.runtime.dataset import open_dataset
+from segexp.data.runtime.loader import MAIN_THREAD, SliceLoader
+from segexp.data.runtime.sampling import EpochSampler
 
 from .conftest import (
     HOCM_MINI,

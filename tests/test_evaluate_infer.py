@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from segexp.data.intensity import window_to_uint8
+from segexp.data.io.intensity import window_to_uint8
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.evaluation.postprocess import Postprocessing
 from segexp.evaluation.prediction import infer

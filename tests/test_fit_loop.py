@@ -13,7 +13,7 @@ from segexp.training.fit_loop import fit_epochs
 
 class Batches(keras.utils.PyDataset):
     """Seeded random batches, the same every epoch; records which (epoch, index) each read was for.
-    ``on_epoch_end`` counts epochs (as :class:`~segexp.data.loader.SliceLoader`'s sampler does)."""
+    ``on_epoch_end`` counts epochs (as :class:`~segexp.data.runtime.loader.SliceLoader`'s sampler does)."""
 
     def __init__(self, steps: int, seed: int, workers: int = 2, fail_at: int | None = None) -> None:
         super().__init__(workers=workers)

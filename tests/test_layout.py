@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 
 from segexp.config.schema import CONF_DIR
 from segexp.core.errors import DataError
-from segexp.data.dataset import open_dataset
-from segexp.data.layout import AUTO_SPLIT_SEED, resolve_layout, with_layout
+from segexp.data.io.layout import AUTO_SPLIT_SEED, resolve_layout, with_layout
+from segexp.data.runtime.dataset import open_dataset
 
 from .test_class_table import section
 

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from segexp.data import intensity
-from segexp.data.loader import SliceLoader
-from segexp.data.slices import MaskDecoder, SlicePair
+from segexp.data.io import intensity
+from segexp.data.io.slices import MaskDecoder, SlicePair
+from segexp.data.runtime.loader import SliceLoader
 from segexp.evaluation import prediction, reports
 
 MODEL_SIZE = 64

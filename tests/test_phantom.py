@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from segexp.data.io.rgb_map import decode_rgb_mask
 from segexp.data.phantom import (
     AO,
     CORONARY,
@@ -31,7 +32,6 @@ from segexp.data.phantom import (
     write_phantom_dataset,
     write_phantom_volumes,
 )
-from segexp.data.rgb_map import decode_rgb_mask
 
 SMALL = {"train": 2, "valid": 1, "test": 1}
 
@@ -289,7 +289,8 @@ VOL = {"num_cases": 3, "size": 48, "num_slices": 6, "seed": 2}
 
 
 def test_window_to_uint8_is_the_intensity_one() -> None:
-    from segexp.data import intensity, phantom
+    from segexp.data import phantom
+    from segexp.data.io import intensity
 
     assert phantom.window_to_uint8 is intensity.window_to_uint8
 

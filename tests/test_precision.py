@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from segexp.config.schema import validate_evaluate_config, validate_infer_config
 from segexp.core.errors import ConfigError
-from segexp.data.slices import read_image
+from segexp.data.io.slices import read_image
 from segexp.evaluation.inference import probabilities_to_classes
 from segexp.models import build_model
 from segexp.models.precision import (

@@ -16,9 +16,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from segexp.config.schema import CONF_DIR, REPO_DIR, ConfigError
-from segexp.data.prepare import PrepareError, prepare
-from segexp.data.rgb_map import decode_rgb_mask
-from segexp.data.volumes import VolumeError
+from segexp.data.io.rgb_map import decode_rgb_mask
+from segexp.data.io.volumes import VolumeError
+from segexp.data.prepare.volumes_to_slices import PrepareError, prepare
 
 THORAX = REPO_DIR.parent / "shared" / "data" / "thorax_cta"
 SMALL_PHANTOM = ("volumes.phantom.num_cases=5", "volumes.phantom.size=32", "volumes.phantom.num_slices=12")

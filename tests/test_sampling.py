@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segexp.data.sampling import EpochSampler, cached_class_presence, class_presence
-from segexp.data.slices import MaskDecoder, find_pairs
+from segexp.data.io.slices import MaskDecoder, find_pairs
+from segexp.data.runtime.sampling import EpochSampler, cached_class_presence, class_presence
 from tests.conftest import TINY_COLOURS, write_tiny_dataset
 
 # 10 slices, 4 classes: class 1 in every slice, class 2 in slices 0-1, class 3 only in slice 7.
@@ -85,7 +85,7 @@ def test_class_presence_is_read_from_the_masks_and_cached(tmp_path: Path, monkey
     def fail(*args, **kwargs):
         raise AssertionError("masks read again")
 
-    monkeypatch.setattr("segexp.data.sampling.class_presence", fail)
+    monkeypatch.setattr("segexp.data.runtime.sampling.class_presence", fail)
     assert np.array_equal(cached_class_presence(pairs, decoder, tmp_path / "cache"), expected)
     monkeypatch.undo()
     # a changed mask file is a new key: read again

@@ -1,10 +1,10 @@
-"""Tests for patient-level splits and k-fold cross-validation (segexp.data.splits)."""
+"""Tests for patient-level splits and k-fold cross-validation (segexp.data.io.splits)."""
 
 from __future__ import annotations
 
 import pytest
 
-from segexp.data.splits import DEFAULT_RATIOS, SplitError, fold_table, split_cases
+from segexp.data.io.splits import DEFAULT_RATIOS, SplitError, fold_table, split_cases
 
 CASES = [f"p{i:02d}" for i in range(20)]
 RATIOS = {"train": 0.7, "valid": 0.15, "test": 0.15}

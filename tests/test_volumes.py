@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import segexp.config.schema
-from segexp.data.intensity import (
+from segexp.data.io.intensity import (
     WINDOW_PRESETS,
     percentile_window,
     preset_window,
     window_to_uint8,
 )
-from segexp.data.volumes import (
+from segexp.data.io.volumes import (
     CASE_DIR_PATTERN,
     SLICE_AXES,
     VolumeCase,

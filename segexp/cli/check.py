@@ -1,10 +1,10 @@
 """``segexp-check``: validate a slice dataset or a NIfTI volume folder before training.
 
-Thin Hydra entry: the work is in :mod:`segexp.data.check`. Prints one line per
+Thin Hydra entry: the work is in :mod:`segexp.data.prepare.check`. Prints one line per
 problem (file and cause) and the dataset's fingerprint, writes both as JSON in the
 job folder and exits 0 (no problem), 1 (problems found) or 2 (invalid config).
 A dataset without ``class_names`` (``dataset=folder``) gets its class table from its
-``dataset.json`` or its train masks (:mod:`segexp.data.class_table`): it is printed,
+``dataset.json`` or its train masks (:mod:`segexp.data.runtime.class_table`): it is printed,
 and a table that cannot be found is one more problem.
 """
 
@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 from segexp.cli.shell import user_errors_exit
 from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR, to_dict, validate_check_config
-from segexp.data.check import CheckReport, check_slice_dataset, check_volume_folder
 from segexp.data.phantom import ensure_phantom_volumes
+from segexp.data.prepare.check import CheckReport, check_slice_dataset, check_volume_folder
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from segexp.cli.shell import user_errors_exit
 from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR
-from segexp.data.prepare import MANIFEST, prepare
+from segexp.data.prepare.volumes_to_slices import MANIFEST, prepare
 from segexp.tracking.tracker import tracked_run
 
 register_resolvers()  # before Hydra composes; also in sweep workers that import this task

@@ -79,7 +79,7 @@ class DatasetConfig:
     images_dir: str = MISSING
     masks_dir: str = MISSING
     mask_format: str = MISSING
-    class_names: Optional[list[str]] = MISSING  # null: resolved from the data (segexp.data.class_table)
+    class_names: Optional[list[str]] = MISSING  # null: resolved from the data (segexp.data.runtime.class_table)
     rgb_map: Optional[dict[str, list[int]]] = MISSING
     binary_threshold: int = MISSING
     on_bad_file: str = MISSING
@@ -263,7 +263,8 @@ def _in_unit_interval(value: float) -> bool:
     return 0.0 <= value <= 1.0
 
 
-#: The error when no class table reached validation (a command forgot :func:`segexp.data.class_table.with_class_table`).
+#: The error when no class table reached validation
+#: (a command forgot :func:`segexp.data.runtime.class_table.with_class_table`).
 NO_CLASS_TABLE = (
     "dataset.class_names: none given and none resolved (null: the class table comes from dataset.json "
     "beside the data or the train masks, resolved before validation); give dataset.class_names"

@@ -28,10 +28,10 @@ import numpy as np
 
 from segexp.core.errors import InferenceInputError
 from segexp.core.files import atomic_write_path
-from segexp.data.intensity import window_volume
-from segexp.data.rgb_map import default_palette, encode_rgb_mask
-from segexp.data.slices import IMAGE_SUFFIXES, DataError, case_id, read_image, resize_image
-from segexp.data.volumes import (
+from segexp.data.io.intensity import window_volume
+from segexp.data.io.rgb_map import default_palette, encode_rgb_mask
+from segexp.data.io.slices import IMAGE_SUFFIXES, DataError, case_id, read_image, resize_image
+from segexp.data.io.volumes import (
     VolumeCase,
     VolumeError,
     load_case,
@@ -279,7 +279,7 @@ def predict_volume(
 
 
 def _to_original_orientation(canonical: np.ndarray, original_affine: np.ndarray) -> np.ndarray:
-    """Undo the RAS reorientation of :func:`segexp.data.volumes.load_case` (flips/permutations only)."""
+    """Undo the RAS reorientation of :func:`segexp.data.io.volumes.load_case` (flips/permutations only)."""
     from nibabel.orientations import (
         apply_orientation,
         axcodes2ornt,

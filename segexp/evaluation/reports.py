@@ -29,14 +29,14 @@ import numpy as np
 from segexp.config.schema import DatasetConfig, validate_train_config
 from segexp.core.errors import EvaluationError
 from segexp.core.files import atomic_write_path, atomic_write_text
-from segexp.data.dataset import SliceDataset, open_dataset
-from segexp.data.slices import (
+from segexp.data.io.slices import (
     DataError,
     SlicePair,
     check_same_size,
     read_image,
     resize_pair,
 )
+from segexp.data.runtime.dataset import SliceDataset, open_dataset
 from segexp.evaluation.inference import predict_batches, probabilities_to_classes
 from segexp.evaluation.postprocess import Postprocessing, determine, for_run
 from segexp.evaluation.scoring import (
@@ -90,7 +90,7 @@ def case_spacing(root: Path, case: str) -> tuple[float, float, float] | None:
     except (OSError, ValueError, KeyError):
         return None
     x, y, z = info["spacing_mm"]
-    # display (row, column) axes of segexp.data.volumes.volume_slice, and the slicing axis
+    # display (row, column) axes of segexp.data.io.volumes.volume_slice, and the slicing axis
     planes = {"axial": (z, (y, x)), "coronal": (y, (z, x)), "sagittal": (x, (z, y))}
     through, (row, col) = planes[manifest["axis"]]
     if manifest.get("size"):

@@ -18,8 +18,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from segexp.core.files import atomic_write_text
-from segexp.data.class_table import class_names_given, with_class_table
-from segexp.data.layout import with_layout
+from segexp.data.io.layout import with_layout
+from segexp.data.runtime.class_table import class_names_given, with_class_table
 from segexp.planning.plan import PLAN_FILE, PRESET_FILE, compose_train, make_plan, preset_text, replay_plan
 from segexp.tracking.store import check_server
 from segexp.training.loop import outage_policy, validate_run_config

@@ -1,11 +1,11 @@
 """The dataset fingerprint the plan is read from (nnU-Net's "dataset fingerprint", for 2D slices).
 
-:func:`read_fingerprint` measures an opened :class:`~segexp.data.dataset.SliceDataset` with
+:func:`read_fingerprint` measures an opened :class:`~segexp.data.runtime.dataset.SliceDataset` with
 segexp's own readers: image size and channels, spacing where a ``dataset.json`` beside the
 data knows it, intensity statistics, cases and slices per split, class pixel frequencies and
 per-slice class presence over the train split. Counts are exact; pixel statistics come from
-:func:`segexp.data.check.dataset_fingerprint` (a bounded, evenly spaced sample); presence is
-read from every train mask once and cached (:func:`segexp.data.sampling.cached_class_presence`).
+:func:`segexp.data.prepare.check.dataset_fingerprint` (a bounded, evenly spaced sample); presence is
+read from every train mask once and cached (:func:`segexp.data.runtime.sampling.cached_class_presence`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segexp.data.check import dataset_fingerprint
-from segexp.data.dataset import SliceDataset
-from segexp.data.sampling import cached_class_presence
-from segexp.data.slices import DataError, read_image_file, same_channels
+from segexp.data.io.slices import DataError, read_image_file, same_channels
+from segexp.data.prepare.check import dataset_fingerprint
+from segexp.data.runtime.dataset import SliceDataset
+from segexp.data.runtime.sampling import cached_class_presence
 
 #: Train images read to tell grey from colour slices.
 CHANNEL_SAMPLE = 16

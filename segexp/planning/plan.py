@@ -4,7 +4,7 @@
 with the composed config and the command-line overrides:
 
 1. the class table (``dataset.class_names``/``rgb_map``) comes from the config, a
-   ``dataset.json`` beside the data, or the masks (:mod:`segexp.data.class_table`);
+   ``dataset.json`` beside the data, or the masks (:mod:`segexp.data.runtime.class_table`);
 2. the fingerprint is read (:mod:`segexp.planning.fingerprint`), the rules choose network,
    input size, batch, learning rate, augmentation and foreground fraction
    (:mod:`segexp.planning.rules`);
@@ -34,9 +34,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from segexp.config.options import Precision, values
 from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR
-from segexp.data.class_table import ClassTable, with_class_table
-from segexp.data.dataset import open_dataset
-from segexp.data.layout import ResolvedLayout, with_layout
+from segexp.data.io.layout import ResolvedLayout, with_layout
+from segexp.data.runtime.class_table import ClassTable, with_class_table
+from segexp.data.runtime.dataset import open_dataset
 from segexp.models import RESOLVERS as MODEL_RESOLVERS
 from segexp.models.precision import resolve_precision
 from segexp.planning.fingerprint import DataFingerprint, read_fingerprint

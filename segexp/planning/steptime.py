@@ -28,8 +28,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from segexp.config.resolvers import usable_cores
-from segexp.data.augment import Augmenter
-from segexp.data.dataset import SliceDataset
+from segexp.data.runtime.augment import Augmenter
+from segexp.data.runtime.dataset import SliceDataset
 from segexp.models.precision import resolve_precision
 from segexp.planning.rules import Machine, StepTime
 from segexp.training import warm

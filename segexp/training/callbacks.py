@@ -31,9 +31,9 @@ import numpy as np
 from segexp.config.schema import DatasetConfig, EpochImagesConfig, TrackingConfig, TrainingConfig
 from segexp.core.errors import ConfigError
 from segexp.core.files import atomic_write_path
-from segexp.data.dataset import SliceDataset
-from segexp.data.loader import SliceLoader
-from segexp.data.slices import find_pairs
+from segexp.data.io.slices import find_pairs
+from segexp.data.runtime.dataset import SliceDataset
+from segexp.data.runtime.loader import SliceLoader
 from segexp.evaluation.inference import probabilities_to_classes
 from segexp.evaluation.viz import image_truth_prediction, save_png
 from segexp.models.metrics import metric_safe_name

@@ -27,11 +27,11 @@ from segexp.config.schema import (
 )
 from segexp.core.errors import raise_config_problems
 from segexp.core.files import check_output_locations
-from segexp.data.augment import Augmenter
-from segexp.data.check import log_fingerprint
-from segexp.data.dataset import SliceDataset, open_dataset
-from segexp.data.loader import SliceLoader
-from segexp.data.sampling import EpochSampler, cached_class_presence
+from segexp.data.prepare.check import log_fingerprint
+from segexp.data.runtime.augment import Augmenter
+from segexp.data.runtime.dataset import SliceDataset, open_dataset
+from segexp.data.runtime.loader import SliceLoader
+from segexp.data.runtime.sampling import EpochSampler, cached_class_presence
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.evaluation.postprocess import Postprocessing
 from segexp.evaluation.postprocess import describe as describe_postprocessing

@@ -11,7 +11,7 @@ cardiac-CT-like volumes, one concept a module:
   same anatomy in both writers);
 * :mod:`~segexp.data.phantom.slices`: :func:`write_phantom_dataset`, the slice-folder layout
   used by the training code (``<root>/<split>/{images,masks}/<case>_<slice>.png``, HU windowed
-  with :data:`PHANTOM_WINDOW` by :func:`segexp.data.intensity.window_to_uint8`, re-exported
+  with :data:`PHANTOM_WINDOW` by :func:`segexp.data.io.intensity.window_to_uint8`, re-exported
   here) plus a manifest ``phantom.json``;
 * :mod:`~segexp.data.phantom.volumes`: :func:`write_phantom_volumes`, 3D NIfTI volumes as
   from a DICOM conversion plus a manifest ``phantom_volumes.json`` -- the input of
@@ -22,7 +22,7 @@ cardiac-CT-like volumes, one concept a module:
   delete files they did not write.
 """
 
-from segexp.data.intensity import window_to_uint8
+from segexp.data.io.intensity import window_to_uint8
 from segexp.data.phantom.anatomy import PHANTOM_VERSION, make_phantom_volume
 from segexp.data.phantom.classes import (
     AO,
@@ -50,7 +50,7 @@ from segexp.data.phantom.volumes import (
     write_phantom_volumes,
 )
 
-__all__ = [  # window_to_uint8 is re-exported: it lived here before segexp.data.intensity
+__all__ = [  # window_to_uint8 is re-exported: it lived here before segexp.data.io.intensity
     "AO",
     "BACKGROUND",
     "CORONARY",

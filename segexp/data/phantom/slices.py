@@ -15,13 +15,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segexp.data.intensity import window_to_uint8
+from segexp.data.io.intensity import window_to_uint8
+from segexp.data.io.rgb_map import encode_rgb_mask
 from segexp.data.phantom.anatomy import PHANTOM_VERSION, check_args, make_phantom_volume
 from segexp.data.phantom.cache import GeneratedFolder, ensure_generated
 from segexp.data.phantom.cases import case_plan
 from segexp.data.phantom.classes import PHANTOM_CLASS_NAMES, PHANTOM_CLASSES, PHANTOM_COLOURS
 from segexp.data.phantom.geometry import phantom_spacing
-from segexp.data.rgb_map import encode_rgb_mask
 
 __all__ = [
     "DEFAULT_PHANTOM_CASES",

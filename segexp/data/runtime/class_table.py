@@ -30,8 +30,8 @@ match wins:
    than :data:`MAX_COLOURS` colours (values), or more than :data:`MANY_COLOURS` of them
    with one covering less than :data:`RARE_FRACTION` of the train mask pixels.
 
-Masks are read with :func:`segexp.data.slices.read_image_file` (rgb) and
-:class:`segexp.data.slices.MaskDecoder` (index), the readers of training; nothing is
+Masks are read with :func:`segexp.data.io.slices.read_image_file` (rgb) and
+:class:`segexp.data.io.slices.MaskDecoder` (index), the readers of training; nothing is
 cached. Every failure raises :class:`ClassTableError` (a :class:`DataError`) naming the
 file, colours or values. :func:`with_class_table` fills a config section in.
 """
@@ -51,9 +51,9 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from segexp.config.resolvers import usable_cores
-from segexp.data.dataset import list_split_pairs
-from segexp.data.slices import DataError, MaskDecoder, SlicePair, read_image_file
-from segexp.data.splits import SPLITS
+from segexp.data.io.slices import DataError, MaskDecoder, SlicePair, read_image_file
+from segexp.data.io.splits import SPLITS
+from segexp.data.runtime.dataset import list_split_pairs
 
 DATASET_JSON = "dataset.json"
 #: Keys of a dataset.json that may hold the class colours (name -> [r, g, b]).
@@ -115,7 +115,7 @@ def resolve_class_table(
 
     ``d['class_names']`` may be ``None`` or missing (``???``), ``d['rgb_map']`` ``None``.
     ``pairs`` (split -> pairs) replaces the listing of the splits (``segexp-check`` passes its
-    own, tolerant listing; else :func:`segexp.data.dataset.list_split_pairs`); ``workers``
+    own, tolerant listing; else :func:`segexp.data.runtime.dataset.list_split_pairs`); ``workers``
     threads read the masks (default: up to 8 cores).
     Raises :class:`ClassTableError` (or :class:`DataError` for the folder listing).
     """

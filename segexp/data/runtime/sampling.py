@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segexp.data.slices import DataError, MaskDecoder, SlicePair
+from segexp.data.io.slices import DataError, MaskDecoder, SlicePair
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from segexp.data.layout import resolved_section
+from segexp.data.io.layout import resolved_section
+from segexp.data.io.problems import Problem, Problems, report
+from segexp.data.io.rgb_map import default_palette
+from segexp.data.io.slices import IMAGE_SUFFIXES, DataError, MaskDecoder, SlicePair, split_pairs
+from segexp.data.io.splits import SPLITS
 from segexp.data.phantom import ensure_phantom_slices
-from segexp.data.problems import Problem, Problems, report
-from segexp.data.rgb_map import default_palette
-from segexp.data.slices import IMAGE_SUFFIXES, DataError, MaskDecoder, SlicePair, split_pairs
-from segexp.data.splits import SPLITS
 
 
 @dataclass
@@ -74,9 +74,9 @@ def list_split_pairs(d: Mapping[str, Any], problems: Problems | None = None) -> 
     """The slice pairs of every split of dataset config ``d``: what training reads and ``segexp-check`` checks.
 
     Problems: a missing ``dataset.root``, each listing problem of a split
-    (:func:`segexp.data.slices.split_pairs`), an empty ``train`` or ``valid`` split and a
+    (:func:`segexp.data.io.slices.split_pairs`), an empty ``train`` or ``valid`` split and a
     case in two splits; a ``test`` split without images is allowed. Strict without
-    ``problems`` (:class:`DataError` at the first), else recorded (:mod:`segexp.data.problems`).
+    ``problems`` (:class:`DataError` at the first), else recorded (:mod:`segexp.data.io.problems`).
     """
     root = Path(d["root"]).expanduser()
     pairs: dict[str, list[SlicePair]] = {split: [] for split in SPLITS}

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 
 from segexp.core.errors import DataError
-from segexp.data.problems import Problem, Problems, report
-from segexp.data.rgb_map import Colours, MaskColourError, colour_table, decode_rgb_mask
+from segexp.data.io.problems import Problem, Problems, report
+from segexp.data.io.rgb_map import Colours, MaskColourError, colour_table, decode_rgb_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -40,7 +40,7 @@ class SlicePair:
 def image_files(folder: Path, problems: Problems | None = None) -> dict[str, Path]:
     """Image files of ``folder`` by stem (hidden files and other suffixes ignored).
 
-    A missing folder or two files with one stem are problems (:mod:`segexp.data.problems`):
+    A missing folder or two files with one stem are problems (:mod:`segexp.data.io.problems`):
     raised as :class:`DataError`, or recorded in ``problems`` and skipped.
     """
     if not folder.is_dir():

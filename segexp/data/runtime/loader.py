@@ -10,13 +10,13 @@ are ``(uint8 images (B, H, W, C), uint8 class-index masks (B, H, W))``; the mode
 scales images itself and the losses one-hot the masks on the device.
 
 Reproducibility: which slices epoch ``e`` trains on comes from an
-:class:`~segexp.data.sampling.EpochSampler` (seeded by ``(seed, e, position)``) and
+:class:`~segexp.data.runtime.sampling.EpochSampler` (seeded by ``(seed, e, position)``) and
 each augmented sample is seeded by ``(seed, e, position in the epoch)``, so a batch
 does not depend on which worker built it, in which order, or on a resume.
 
 Bad files (``on_bad_file``): a file that cannot be read or decoded, a mask colour
 not in the rgb_map, an image/mask size mismatch or a colour image in a grayscale
-dataset raises :class:`~segexp.data.slices.DataError` naming the file (``error``,
+dataset raises :class:`~segexp.data.io.slices.DataError` naming the file (``error``,
 the default) or, with ``skip``, is replaced by the next valid sample of the split
 (positions ``index+1, index+2, ...`` in ``pairs``, wrapping around), augmented with
 the seed of the slot it fills; a warning names the file once and
@@ -35,16 +35,16 @@ import numpy as np
 
 from segexp.config.options import OnBadFile, expected
 from segexp.config.schema import LoaderConfig
-from segexp.data.augment import sample_seed
-from segexp.data.sampling import EpochSampler
-from segexp.data.slices import DataError, MaskDecoder, SlicePair, load_pair
+from segexp.data.io.slices import DataError, MaskDecoder, SlicePair, load_pair
+from segexp.data.runtime.augment import sample_seed
+from segexp.data.runtime.sampling import EpochSampler
 
 log = logging.getLogger(__name__)
 
 #: The loader settings of a reader without ``training.loader``: main thread, no cache (validation pictures, tests).
 MAIN_THREAD = LoaderConfig(workers=0, use_multiprocessing=False, max_queue_size=10, cache_mb=0.0)
 
-#: ``augmenter(image, mask, seed) -> (image, mask)``, e.g. :class:`segexp.data.augment.Augmenter`.
+#: ``augmenter(image, mask, seed) -> (image, mask)``, e.g. :class:`segexp.data.runtime.augment.Augmenter`.
 AugmentFn = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 

@@ -40,7 +40,7 @@ default (:data:`CASE_PATTERN`), or one folder per case with
 Files pair by the ``case`` parsed from the name, never by sort position.
 
 Every reader here (:func:`find_volume_cases`, :func:`open_case`, :func:`read_voxels`,
-:func:`read_label`) takes an optional problem collector (:mod:`segexp.data.problems`):
+:func:`read_label`) takes an optional problem collector (:mod:`segexp.data.io.problems`):
 strict without one (``segexp-prepare``, prediction), tolerant with one (``segexp-check``).
 """
 
@@ -61,7 +61,7 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from nibabel.spatialimages import SpatialImage
 
 from segexp.core.errors import VolumeError
-from segexp.data.problems import Problem, Problems, report
+from segexp.data.io.problems import Problem, Problems, report
 
 CASE_PATTERN = r"^(?P<case>.+)_(?P<kind>image|label)\.nii(\.gz)?$"
 """Default file-name pattern: ``<case>_image.nii.gz`` / ``<case>_label.nii.gz``."""

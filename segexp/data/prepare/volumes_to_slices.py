@@ -40,12 +40,11 @@ import segexp
 from segexp.config.schema import to_dict, validate_prepare_config
 from segexp.core.errors import PrepareError
 from segexp.core.files import staging_folder
-from segexp.data.intensity import window_volume
-from segexp.data.phantom import ensure_phantom_volumes
-from segexp.data.rgb_map import encode_rgb_mask
-from segexp.data.slices import resize_pair
-from segexp.data.splits import fold_table, split_cases
-from segexp.data.volumes import (
+from segexp.data.io.intensity import window_volume
+from segexp.data.io.rgb_map import encode_rgb_mask
+from segexp.data.io.slices import resize_pair
+from segexp.data.io.splits import fold_table, split_cases
+from segexp.data.io.volumes import (
     VolumeCase,
     VolumeError,
     find_volume_cases,
@@ -55,12 +54,13 @@ from segexp.data.volumes import (
     sha256_file,
     volume_slice,
 )
+from segexp.data.phantom import ensure_phantom_volumes
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "dataset.json"
 GENERATOR = "segexp-prepare"
-#: In-plane orientation of the written slices (see segexp.data.volumes.volume_slice).
+#: In-plane orientation of the written slices (see segexp.data.io.volumes.volume_slice).
 IN_PLANE = {
     "axial": "rows anterior -> posterior, columns patient right -> left (radiological view)",
     "coronal": "rows superior -> inferior, columns patient right -> left",

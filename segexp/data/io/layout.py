@@ -10,10 +10,10 @@ A user's first run names only the folder (``segexp-train dataset=folder dataset.
 
 A ``flat`` folder without ``dataset.cases`` is split **by patient** (the ``case`` group of
 ``dataset.case_pattern`` on each file stem), never by slice, with
-:func:`segexp.data.splits.split_cases` and a fixed seed (:data:`AUTO_SPLIT_SEED`), so every
+:func:`segexp.data.io.splits.split_cases` and a fixed seed (:data:`AUTO_SPLIT_SEED`), so every
 training seed of one folder sees the same split:
 
-* 5 cases or more: :data:`segexp.data.splits.DEFAULT_RATIOS` (70 / 15 / 15 % train / valid /
+* 5 cases or more: :data:`segexp.data.io.splits.DEFAULT_RATIOS` (70 / 15 / 15 % train / valid /
   test, largest-remainder counts, at least one case each);
 * 2 to 4 cases: :data:`FEW_CASES_RATIOS` (80 / 20 % train / valid, no test split);
 * fewer: an error (a validation patient is needed to pick the best epoch).
@@ -35,8 +35,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from segexp.config.options import Layout
 from segexp.core.errors import DataError, SplitError
-from segexp.data.slices import IMAGE_SUFFIXES, find_pairs
-from segexp.data.splits import DEFAULT_RATIOS, split_cases
+from segexp.data.io.slices import IMAGE_SUFFIXES, find_pairs
+from segexp.data.io.splits import DEFAULT_RATIOS, split_cases
 
 #: Seed of the automatic patient split: fixed, so runs with different ``seed`` share one split.
 AUTO_SPLIT_SEED = 0
@@ -148,7 +148,7 @@ def with_layout(d: DictConfig) -> tuple[DictConfig, ResolvedLayout]:
     """A copy of dataset section ``d`` with ``layout`` and ``cases`` resolved, and the resolution.
 
     A concrete layout leaves the copy as it is. The copy keeps ``d``'s flags and parent (as
-    :func:`segexp.data.class_table.with_class_table`); assign it back (``cfg.dataset = section``).
+    :func:`segexp.data.runtime.class_table.with_class_table`); assign it back (``cfg.dataset = section``).
     """
     resolved = resolve_layout(d)
     section = copy.deepcopy(d)

@@ -1,15 +1,15 @@
 """Dataset check: every problem of a slice dataset or a NIfTI volume folder, and its fingerprint.
 
 The reporting shell over the readers training and ``segexp-prepare`` use, given a problem
-collector (:mod:`segexp.data.problems`) so that nothing stops at the first problem:
-:func:`check_slice_dataset` lists the pairs with :func:`segexp.data.dataset.list_split_pairs`
+collector (:mod:`segexp.data.io.problems`) so that nothing stops at the first problem:
+:func:`check_slice_dataset` lists the pairs with :func:`segexp.data.runtime.dataset.list_split_pairs`
 and reads them with ``read_image`` and ``MaskDecoder``, so a dataset that passes the check
 trains without a file error; :func:`check_volume_folder` reads a NIfTI folder with the
-readers of :mod:`segexp.data.volumes`. Each bad file, missing partner, size or channel
+readers of :mod:`segexp.data.io.volumes`. Each bad file, missing partner, size or channel
 mismatch, unknown colour or label value and class never present is one
-:class:`~segexp.data.problems.Problem` (``<file>: <cause>``) in the :class:`CheckReport`.
+:class:`~segexp.data.io.problems.Problem` (``<file>: <cause>``) in the :class:`CheckReport`.
 
-The :class:`~segexp.data.fingerprint.Fingerprint` summarises the data; volume
+The :class:`~segexp.data.prepare.fingerprint.Fingerprint` summarises the data; volume
 percentiles come from a seeded sample of at most :data:`VOXEL_SAMPLE` voxels per case.
 :func:`dataset_fingerprint` is the cheap variant for the start of training: file counts
 per split are exact, pixel statistics come from :data:`TRAIN_SAMPLE_PER_SPLIT` evenly
@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from segexp.data.class_table import ClassTable, class_names_given, resolve_class_table
-from segexp.data.dataset import SliceDataset, list_split_pairs, mask_decoder
-from segexp.data.fingerprint import Fingerprint, FloatStats, Uint8Stats, class_summary, fingerprint_lines
+from segexp.data.io.problems import Problem, Problems
+from segexp.data.io.slices import DataError, MaskDecoder, SlicePair, check_same_size, read_image
+from segexp.data.io.volumes import VolumeCase, find_volume_cases, header_slices, open_case, read_label, read_voxels
 from segexp.data.phantom import ensure_phantom_slices
-from segexp.data.problems import Problem, Problems
-from segexp.data.slices import DataError, MaskDecoder, SlicePair, check_same_size, read_image
-from segexp.data.volumes import VolumeCase, find_volume_cases, header_slices, open_case, read_label, read_voxels
+from segexp.data.prepare.fingerprint import Fingerprint, FloatStats, Uint8Stats, class_summary, fingerprint_lines
+from segexp.data.runtime.class_table import ClassTable, class_names_given, resolve_class_table
+from segexp.data.runtime.dataset import SliceDataset, list_split_pairs, mask_decoder
 
 TRAIN_SAMPLE_PER_SPLIT = 32
 """Pairs per split whose pixels enter the fingerprint logged at the start of training."""
@@ -50,7 +50,7 @@ class CheckReport:
     """All problems found and the fingerprint; ``ok`` when there is no error.
 
     ``class_table``: the class table resolved from the data when the config gave none
-    (:mod:`segexp.data.class_table`), else ``None``.
+    (:mod:`segexp.data.runtime.class_table`), else ``None``.
     """
 
     problems: list[Problem]
@@ -211,7 +211,7 @@ def check_slice_dataset(
     is a problem when every train mask was read.
 
     Without ``class_names`` (null) the class table is resolved from the data
-    (:func:`segexp.data.class_table.resolve_class_table`: dataset.json, else the masks)
+    (:func:`segexp.data.runtime.class_table.resolve_class_table`: dataset.json, else the masks)
     and returned in :attr:`CheckReport.class_table`; when it cannot be, the reason is a
     problem and only the images are read.
     """
@@ -370,7 +370,7 @@ def log_fingerprint(dataset: SliceDataset, channels: int, run_dir: Path, tracker
     """At the start of training: write ``<run_dir>/dataset_fingerprint.json`` and log it to MLflow.
 
     ``tracker`` is a :class:`segexp.tracking.tracker.Tracker`: the JSON becomes the artifact
-    ``dataset_fingerprint.json``, :meth:`~segexp.data.fingerprint.Fingerprint.params` become params
+    ``dataset_fingerprint.json``, :meth:`~segexp.data.prepare.fingerprint.Fingerprint.params` become params
     (``dataset.num_slices.train`` ...). Bad files found in the sample are logged as
     warnings here; they fail (or are skipped) when the loader meets them.
     """
