@@ -183,8 +183,10 @@ def build_callbacks(
     cfg: DictConfig, run_dir: Path, tracker: Tracker, dataset: SliceDataset
 ) -> list[keras.callbacks.Callback]:
     """The run's callbacks (:data:`segexp.training.callbacks.CALLBACKS`): best-model checkpoint, CSV history,
-    MLflow, LR reducer, early stopping, epoch images, the user's, the epoch clock."""
-    parts = RunParts(run_dir, tracker, dataset, model=cfg.model, data=cfg.dataset, tracking=cfg.tracking)
+    MLflow, epoch images, the ``callbacks`` group (early stopping, LR reducer, the user's), the epoch clock."""
+    parts = RunParts(
+        run_dir, tracker, dataset, model=cfg.model, data=cfg.dataset, tracking=cfg.tracking, callbacks=cfg.callbacks
+    )
     return build_run_callbacks(cfg.training, parts)
 
 
