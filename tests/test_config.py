@@ -112,7 +112,10 @@ def test_hocm_experiment_is_the_original_model() -> None:
         (["model.num_classes=4"], "model.num_classes"),
         (["+model.base_filter=8"], "model.base_filter"),
         (["model.num_layers=five"], "model.num_layers"),
-        (["training.reduce_lr.factor=1.5"], "training.reduce_lr.factor"),
+        (
+            ["callbacks=reduce_lr", "training.schedule=null", "callbacks.reduce_lr.factor=1.5"],
+            "callbacks.reduce_lr.factor",
+        ),
         (["training.loss=focal"], "training.loss"),
         (["training.learning_rate=-1"], "training.learning_rate"),
         (["training.monitor_mode=up"], "training.monitor_mode"),

@@ -1,5 +1,5 @@
-"""Components of the user's are one class plus one config entry (``_target_``): a Keras callback in
-``training.callbacks`` (its counters survive a resume when it names them in ``resume_state``), a loss in
+"""Components of the user's are one class plus one config entry (``_target_``): a Keras callback in the
+``callbacks`` group (its counters survive a resume when it names them in ``resume_state``), a loss in
 ``training.loss``. A network is one module declaring its ``NETWORK`` (or one ``register_network`` call from
 outside ``segexp.models``): every list of network choices derives from the registry."""
 
@@ -40,7 +40,7 @@ class EpochCounter(keras.callbacks.Callback):
 
 
 def test_a_user_callback_runs_and_its_state_is_checkpointed(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
-    entry = "+training.callbacks.counter={_target_:tests.test_plugins.EpochCounter,start:10}"
+    entry = "+callbacks.counter={_target_:tests.test_plugins.EpochCounter,start:10}"
     cfg = compose_train(*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false", entry)
     run_dir = tmp_path / "run"
     train(cfg, run_dir)
@@ -54,16 +54,18 @@ def test_a_user_callback_runs_and_its_state_is_checkpointed(compose_train, tiny_
 
 def test_bad_callback_entries_are_named(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
     base = [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false"]
-    with pytest.raises(ConfigError, match=r"training.callbacks.x: needs a _target_ naming a keras.callbacks.Callback"):
-        validate_run_config(compose_train(*base, "+training.callbacks.x={every:2}"))
-    cfg = compose_train(*base, "+training.callbacks.x={_target_:collections.OrderedDict}")
-    with pytest.raises(ConfigError, match=r"training.callbacks.x: 'collections.OrderedDict' built a OrderedDict"):
+    with pytest.raises(ConfigError, match=r"callbacks.x: needs a _target_ naming a keras.callbacks.Callback"):
+        validate_run_config(compose_train(*base, "+callbacks.x={every:2}"))
+    cfg = compose_train(*base, "+callbacks.x={_target_:collections.OrderedDict}")
+    with pytest.raises(ConfigError, match=r"callbacks.x: 'collections.OrderedDict' built a OrderedDict"):
         train(cfg, tmp_path / "bad")
-    cfg = compose_train(*base, "+training.callbacks.x={_target_:no_such_module.Callback}")
-    with pytest.raises(ConfigError, match=r"training.callbacks.x: cannot build 'no_such_module.Callback'"):
+    cfg = compose_train(*base, "+callbacks.x={_target_:no_such_module.Callback}")
+    with pytest.raises(ConfigError, match=r"callbacks.x: cannot build 'no_such_module.Callback'"):
         train(cfg, tmp_path / "bad2")
-    off = compose_train(*base, "+training.callbacks.x=null")
-    assert OmegaConf.select(validate_run_config(off), "training.callbacks.x") is None
+    with pytest.raises(ConfigError, match=r"callbacks.x: cannot build 'no_such_module.Callback': cannot import it"):
+        validate_run_config(cfg)  # at start-up, before any data is read
+    off = compose_train(*base, "+callbacks.x=null")
+    assert OmegaConf.select(validate_run_config(off), "callbacks.x") is None
 
 
 def test_a_user_loss_is_a_target_called_with_num_classes(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
@@ -137,13 +139,12 @@ def test_built_in_callbacks_declare_the_state_a_resume_restores(
         f"dataset.root={tiny_dataset}",
         "tracking.enabled=false",
         "training.schedule=null",
-        "training.reduce_lr.enabled=true",
-        "training.reduce_lr.patience=0",
-        "training.early_stopping.enabled=true",
-        "training.early_stopping.patience=5",
+        "callbacks=[reduce_lr,early_stopping]",
+        "callbacks.reduce_lr.patience=0",
+        "callbacks.early_stopping.patience=5",
         "training.epoch_images.num=0",
         "training.evaluate_after=false",
-        "+training.callbacks.counter={_target_:tests.test_plugins.EpochCounter}",
+        "+callbacks.counter={_target_:tests.test_plugins.EpochCounter}",
     ]
     run_dir = tmp_path / "run"
     train(compose_train(*base), run_dir)

@@ -164,7 +164,8 @@ def test_infer_and_evaluate_keys_are_checked_before_loading_the_model() -> None:
 def test_configs_of_earlier_runs_are_upgraded() -> None:
     old = OmegaConf.create({"training": {"mixed_precision": True, "epochs": 3}})
     assert OmegaConf.to_container(upgrade_run_config(old)) == {
-        "training": {"epochs": 3, "precision": "fp16", "postprocess": "none", "callbacks": {}}
+        "training": {"epochs": 3, "precision": "fp16", "postprocess": "none"},
+        "callbacks": {},  # training.callbacks, reduce_lr, early_stopping became the callbacks group
     }
     old = OmegaConf.create({"training": {"mixed_precision": False}})
     assert upgrade_run_config(old).training.precision == "fp32"

@@ -29,7 +29,7 @@ from .conftest import TINY_DATASET_OVERRIDES
         ("training.steps_per_epoch=0", "training.steps_per_epoch: must be >= 1, or null"),
         ("training.foreground_fraction=1.5", "training.foreground_fraction: must lie in [0, 1], got 1.5"),
         ("training.max_time=0", "training.max_time: minutes must be > 0"),
-        ("training.reduce_lr.enabled=true", "ReduceLROnPlateau cannot change a learning-rate schedule"),
+        ("callbacks=reduce_lr", "callbacks.reduce_lr: ReduceLROnPlateau cannot change a learning-rate schedule"),
         ("training.validation.every_n_epochs=0", "training.validation.every_n_epochs: must be >= 1"),
         ("training.checkpoint.every_n_epochs=0", "training.checkpoint.every_n_epochs: must be >= 1"),
         (

@@ -161,8 +161,10 @@ def _equivalence_overrides(tiny: Path) -> tuple[str, ...]:
         "training.deterministic=true",
         "training.epochs=4",
         "training.learning_rate=0.05",
-        "training.reduce_lr.patience=0",
-        "training.early_stopping.patience=3",
+        "callbacks=[early_stopping,reduce_lr]",
+        "training.schedule=null",  # ReduceLROnPlateau cannot change a schedule
+        "callbacks.reduce_lr.patience=0",
+        "callbacks.early_stopping.patience=3",
         "training.evaluate_after=false",
         "tracking.log_model=false",
         "model.dropout_rate=0.2",

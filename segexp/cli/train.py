@@ -1,14 +1,16 @@
 """``segexp-train``: compose the config with Hydra, then :func:`segexp.training.loop.train`.
 
-A single run reports a user error as one line (exit 2) and Ctrl-C/SIGTERM as 130 after the
-resume message. In a sweep (``-m``) a failing job is logged and recorded as a FAILED child
-run; the grid sweeper gets NaN so the other jobs go on, model-based sweepers (Optuna) get the
-exception.
+A key renamed since (:data:`segexp.config.schema.RENAMED`) given on the command line is refused
+with its new spelling before Hydra composes. A single run reports a user error as one line (exit 2)
+and Ctrl-C/SIGTERM as 130 after the resume message. In a sweep (``-m``) a failing job is logged and
+recorded as a FAILED child run; the grid sweeper gets NaN so the other jobs go on, model-based
+sweepers (Optuna) get the exception.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -19,8 +21,8 @@ from omegaconf import DictConfig
 
 from segexp.cli.shell import interrupt_on_sigterm, user_errors_exit
 from segexp.config.resolvers import register_resolvers
-from segexp.config.schema import CONF_DIR
-from segexp.core.errors import SegexpError
+from segexp.config.schema import CONF_DIR, renamed_overrides
+from segexp.core.errors import SegexpError, raise_config_problems
 from segexp.models import RESOLVERS as MODEL_RESOLVERS
 from segexp.planning.apply import planned_run_config
 from segexp.tracking.runs import MLFLOW_RUN_FILE
@@ -37,7 +39,7 @@ register_resolvers(MODEL_RESOLVERS)  # before Hydra composes; also in sweep work
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float:
     """Train in this job's run folder; return the best ``training.monitor`` value (the sweep objective)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -66,6 +68,14 @@ def main(cfg: DictConfig) -> float:
     if not grid and not np.isfinite(objective):
         raise ValueError(f"training.monitor {cfg.training.monitor} never had a finite value (objective {objective})")
     return objective
+
+
+def main() -> None:
+    """``segexp-train``: refuse a renamed key on the command line with its new spelling (exit 2; Hydra would
+    report only that the key is not in the config), then compose and :func:`run`."""
+    with user_errors_exit():
+        raise_config_problems(renamed_overrides(sys.argv[1:]))
+    run()
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ key (``model.base_kernels``) in one :class:`ConfigError`, before any data is rea
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, is_dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional, Union, cast, get_args, get_origin, get_type_hints
 
+from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -93,21 +95,6 @@ class AugmentationConfig:
 
 
 @dataclass
-class ReduceLRConfig:
-    enabled: bool = MISSING
-    factor: float = MISSING
-    patience: int = MISSING
-    min_lr: float = MISSING
-
-
-@dataclass
-class EarlyStoppingConfig:
-    enabled: bool = MISSING
-    patience: int = MISSING
-    min_delta: float = MISSING
-
-
-@dataclass
 class EpochImagesConfig:
     num: int = MISSING
     dir: Optional[str] = MISSING
@@ -153,8 +140,6 @@ class TrainingConfig:
     dice: DiceConfig = field(default_factory=DiceConfig)
     monitor: str = MISSING
     monitor_mode: str = MISSING
-    reduce_lr: ReduceLRConfig = field(default_factory=ReduceLRConfig)
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     epoch_images: EpochImagesConfig = field(default_factory=EpochImagesConfig)
     validation: IntervalConfig = field(default_factory=IntervalConfig)
     checkpoint: IntervalConfig = field(default_factory=IntervalConfig)
@@ -164,7 +149,6 @@ class TrainingConfig:
     deterministic: bool = MISSING
     verbose: int = MISSING
     evaluate_after: bool = MISSING
-    callbacks: Optional[dict[str, Any]] = MISSING
     postprocess: str = MISSING
     resume: Optional[str] = MISSING
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
@@ -217,6 +201,7 @@ class TrainConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    callbacks: dict[str, Any] = MISSING  # name -> a Keras callback's _target_ entry, or null (off): _check_callbacks
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -225,12 +210,34 @@ class TrainConfig:
 # --------------------------------------------------------------------------- checks
 
 
-#: Keys that were renamed or replaced: an old key is refused with this hint.
+#: Keys that were renamed or replaced: an old key (or one under it) is refused with this hint, in the composed
+#: config (:func:`_unknown_keys`) and on the command line (:func:`renamed_overrides`).
 RENAMED: dict[str, str] = {
     "training.mixed_precision": "replaced by training.precision: auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with "
     "AVX512_BF16/AMX-BF16 and GPUs of compute capability >= 8.0, fp16 on older GPUs, "
     "else fp32; mixed_precision=true was fp16)",
+    "training.early_stopping": "moved to the callbacks group: callbacks=early_stopping, "
+    "callbacks.early_stopping.patience=... (and min_delta; conf/callbacks/early_stopping.yaml)",
+    "training.reduce_lr": "moved to the callbacks group: callbacks=reduce_lr (with training.schedule=null), "
+    "callbacks.reduce_lr.patience=... (and factor, min_lr; conf/callbacks/reduce_lr.yaml)",
+    "training.callbacks": "moved to the top-level callbacks group: +callbacks.<name>={_target_:my_pkg.MyCallback} "
+    "(or a YAML of yours in conf/callbacks/)",
 }
+
+
+def renamed_overrides(overrides: Sequence[str]) -> list[str]:
+    """The problems of command-line ``overrides`` (``key=value``, ``+key=...``, ``~key``) that set a key of
+    :data:`RENAMED` or one under it, each naming the new key. Hydra refuses a key the config no longer has with
+    its own struct error before segexp sees the config; the train shell checks the overrides first."""
+    problems = []
+    for override in overrides:
+        if override.startswith("-"):  # -m, --config-name, ...: not a key
+            continue
+        key = override.split("=", 1)[0].lstrip("+~").split("@", 1)[0].strip()
+        old = next((k for k in RENAMED if key == k or key.startswith(f"{k}.")), None)
+        if old is not None:
+            problems.append(f"{old}: {RENAMED[old]}")
+    return problems
 
 
 def _unknown_keys(node: Any, schema: Any, prefix: str) -> list[str]:
@@ -386,9 +393,7 @@ def _check_training(t: Any) -> list[str]:
         errors.append(f"training.monitor_mode: expected 'min' or 'max', got {t.monitor_mode!r}")
     if "_target_" not in t.optimizer:
         errors.append("training.optimizer: needs a _target_ such as keras.optimizers.Adam")
-    if not 0.0 < t.reduce_lr.factor < 1.0:
-        errors.append(f"training.reduce_lr.factor: must lie in (0, 1), got {t.reduce_lr.factor}")
-    for key in ("reduce_lr.patience", "early_stopping.patience", "epoch_images.num", "loader.workers"):
+    for key in ("epoch_images.num", "loader.workers"):
         group, name = key.split(".")
         if t[group][name] < 0:
             errors.append(f"training.{key}: must be >= 0, got {t[group][name]}")
@@ -414,14 +419,6 @@ def _check_training(t: Any) -> list[str]:
         errors.append(f"training.max_time: minutes must be > 0, or null for no limit, got {t.max_time}")
     if t.schedule is not None and "_target_" not in t.schedule:
         errors.append("training.schedule: needs a _target_ such as keras.optimizers.schedules.PolynomialDecay, or null")
-    for name, spec in (t.callbacks or {}).items():
-        if spec is not None and (not isinstance(spec, DictConfig) or "_target_" not in spec):
-            errors.append(f"training.callbacks.{name}: needs a _target_ naming a keras.callbacks.Callback, or null")
-    if t.schedule is not None and t.reduce_lr.enabled:
-        errors.append(
-            "training.reduce_lr.enabled: ReduceLROnPlateau cannot change a learning-rate schedule; "
-            "set training.schedule=null to use it (or reduce_lr.enabled=false)"
-        )
     for key in ("epoch_images", "validation", "checkpoint"):
         if t[key].every_n_epochs < 1:
             errors.append(f"training.{key}.every_n_epochs: must be >= 1, got {t[key].every_n_epochs}")
@@ -432,6 +429,42 @@ def _check_training(t: Any) -> list[str]:
         errors.append(f"training.jit_compile: expected auto, true or false, got {t.jit_compile!r}")
     if t.epoch_images.dir is not None and not Path(t.epoch_images.dir).is_dir():
         errors.append(f"training.epoch_images.dir: folder {t.epoch_images.dir} does not exist")
+    return errors
+
+
+def _check_callbacks(callbacks: Any, schedule: Any) -> list[str]:
+    """``callbacks``: each entry a ``_target_`` that imports (or null: off). A ReduceLROnPlateau cannot change a
+    learning-rate schedule (``training.schedule``); its ``factor`` lies in (0, 1); patiences are >= 0."""
+    errors = []
+    for name, spec in callbacks.items():
+        if spec is None:
+            continue
+        if not isinstance(spec, DictConfig) or "_target_" not in spec:
+            errors.append(f"callbacks.{name}: needs a _target_ naming a keras.callbacks.Callback, or null (off)")
+            continue
+        try:
+            target = get_object(spec._target_)
+        except Exception as err:  # noqa: BLE001 - whatever importing the user's module raises
+            errors.append(f"callbacks.{name}: cannot build {spec._target_!r}: cannot import it ({err})")
+            continue
+        import keras  # only here: the schema checks without loading Keras unless a callback is named
+
+        if not isinstance(target, type):  # a factory function: what it builds is checked when the run builds it
+            continue
+        if issubclass(target, keras.callbacks.ReduceLROnPlateau):
+            if schedule is not None:
+                errors.append(
+                    f"callbacks.{name}: ReduceLROnPlateau cannot change a learning-rate schedule; "
+                    f"set training.schedule=null to use it (or drop callbacks.{name}: callbacks=none)"
+                )
+            factor = spec.get("factor", 0.1)
+            if not (isinstance(factor, (int, float)) and 0.0 < factor < 1.0):
+                errors.append(f"callbacks.{name}.factor: must lie in (0, 1), got {factor}")
+        patience = spec.get("patience", 0)
+        if issubclass(target, (keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping)) and not (
+            isinstance(patience, int) and patience >= 0
+        ):
+            errors.append(f"callbacks.{name}.patience: must be an int >= 0, got {patience}")
     return errors
 
 
@@ -484,6 +517,7 @@ def check_train_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
     problems = (
         _check_dataset(typed.dataset, typed.model.num_classes)
         + _check_training(typed.training)
+        + _check_callbacks(typed.callbacks, typed.training.schedule)
         + _check_augmentation(typed.augmentation)
         + _check_plan(typed.plan)
     )

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segexp.config.schema import to_dict
 from segexp.core.errors import RunError
 from segexp.core.files import atomic_write_text
 from segexp.models.precision import apply_precision
@@ -106,23 +107,51 @@ def record_mlflow_run(run_dir: Path, run_id: str, tracking_uri: str) -> None:
     atomic_write_text(run_dir / MLFLOW_RUN_FILE, json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}, indent=2))
 
 
+#: ``_target_`` of what ``training.reduce_lr`` / ``training.early_stopping`` built before the ``callbacks`` group.
+OLD_CALLBACKS = {
+    "reduce_lr": "segexp.training.callbacks.ReduceLROnPlateau",
+    "early_stopping": "segexp.training.callbacks.EarlyStopping",
+}
+
+
 def upgrade_run_config(config: DictConfig) -> DictConfig:
     """The config of a run trained by an earlier segexp, in today's keys (so it validates and evaluates).
 
-    ``training.mixed_precision`` (true: float16) became ``training.precision``; ``training.postprocess`` and
-    ``training.callbacks`` are new (a run from before chose no postprocessing, ``none``, and had no callbacks
-    of its user's, ``{}``).
+    ``training.mixed_precision`` (true: float16) became ``training.precision``; ``training.postprocess`` is new
+    (a run from before chose no postprocessing, ``none``). ``training.reduce_lr`` / ``training.early_stopping``
+    (``enabled: true``) and ``training.callbacks`` (the user's) became entries of the top-level ``callbacks``
+    group, in that order (``{}``: a run from before had none).
     """
     training = config.get("training")
-    for key, before in (("postprocess", "none"), ("callbacks", {})):
-        if training is not None and key not in training:
-            with open_dict(config):
-                training[key] = before
-    if training is not None and "mixed_precision" in training:
-        with open_dict(config):
+    if training is None:
+        return config
+    with open_dict(config):
+        if "postprocess" not in training:
+            training.postprocess = "none"
+        if "mixed_precision" in training:
             if "precision" not in training:
                 training.precision = "fp16" if training.mixed_precision else "fp32"
             del training["mixed_precision"]
+        if "callbacks" not in config:
+            callbacks: dict[str, Any] = {}
+            for name, target in OLD_CALLBACKS.items():
+                old = training.get(name)
+                if old is not None and old.get("enabled"):
+                    keys = {k: v for k, v in to_dict(old, resolve=False).items() if k != "enabled"}
+                    extra = {"restore_best_weights": True} if name == "early_stopping" else {}
+                    callbacks[name] = {
+                        "_target_": target,
+                        "monitor": training.get("monitor"),
+                        "mode": training.get("monitor_mode"),
+                        **keys,
+                        **extra,
+                        "verbose": 1,
+                    }
+            if training.get("callbacks"):
+                callbacks.update(to_dict(training.callbacks, resolve=False))
+            config.callbacks = callbacks
+        for key in ("reduce_lr", "early_stopping", "callbacks"):
+            training.pop(key, None)
     return config
 
 

@@ -1,14 +1,15 @@
 """Keras callbacks of a training run: best checkpoint, per-epoch MLflow metrics, inference
-images, and the epoch clock (time budget and fixed per-epoch cost).
+images, and the epoch clock (time budget and fixed per-epoch cost), plus the ``callbacks`` group.
 
 :data:`CALLBACKS` is every callback segexp builds, in the order they run: one factory each,
 named after the ``training.<key>`` section that sets it where it has one, taking the typed
 training section and the run's parts (:class:`RunParts`) and returning what it builds (nothing
-when its section turns it off). A callback whose counters must survive a resume names them in a
-``resume_state`` class attribute (:func:`segexp.training.resume.state_attributes`): the
-built-in ones here do, as any of ``training.callbacks`` (the user's, built from their ``_target_``).
-Adding a built-in callback is its class, its factory in :data:`CALLBACKS` and its keys in
-``conf/training/default.yaml`` (with their :class:`~segexp.config.schema.TrainingConfig` section).
+when its section turns it off). The optional ones (:class:`EarlyStopping`, :class:`ReduceLROnPlateau`,
+the user's) are entries of the top-level ``callbacks`` group (``conf/callbacks/<name>.yaml``, one
+``_target_`` entry each), all built by :func:`configured_callbacks`. A callback whose counters must survive
+a resume names them in a ``resume_state`` class attribute (:func:`segexp.training.checkpoint.state_attributes`):
+the stateful ones here do, as any of the user's may. Adding an optional callback is its class and one YAML in
+``conf/callbacks/``; segexp's own run callbacks (always on) are their class and factory in :data:`CALLBACKS`.
 
 Epochs are numbered from 1 in file names and MLflow steps (``epoch_003`` is the
 third epoch), matching the "Epoch 3/12" that Keras prints.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,14 +122,15 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """Keras' ``ReduceLROnPlateau`` (``training.reduce_lr``), its counters restored by a resumed run."""
+    """Keras' ``ReduceLROnPlateau`` (``conf/callbacks/reduce_lr.yaml``), its counters restored by a resumed run."""
 
     resume_state = ("best", "wait", "cooldown_counter")
 
 
 class EarlyStopping(keras.callbacks.EarlyStopping):
-    """Keras' ``EarlyStopping`` (``training.early_stopping``), its counters restored by a resumed run (the best
-    weights come back from the checkpoint of their epoch: :func:`segexp.training.resume.restore_callbacks`)."""
+    """Keras' ``EarlyStopping`` (``conf/callbacks/early_stopping.yaml``), its counters restored by a resumed run
+    (the best weights come back from the checkpoint of their epoch:
+    :func:`segexp.training.checkpoint.restore_callbacks`)."""
 
     resume_state = ("best", "wait", "stopped_epoch", "best_epoch")
 
@@ -273,6 +275,7 @@ class RunParts:
     model: ModelParams  # the typed ``model`` section
     data: DatasetConfig  # the typed ``dataset`` section
     tracking: TrackingConfig  # the typed ``tracking`` section
+    callbacks: Mapping[str, Any]  # the typed ``callbacks`` group: name -> a ``_target_`` entry or None (off)
 
 
 def epoch_image_set(
@@ -319,35 +322,6 @@ def mlflow_metrics(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Cal
     return [MlflowEpochLogger(run.tracker, run.dataset.class_names)]
 
 
-def reduce_lr(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
-    """``training.reduce_lr``: ReduceLROnPlateau on ``training.monitor``, when enabled."""
-    r = t.reduce_lr
-    if not r.enabled:
-        return []
-    return [
-        ReduceLROnPlateau(
-            monitor=t.monitor, mode=t.monitor_mode, factor=r.factor, patience=r.patience, min_lr=r.min_lr, verbose=1
-        )
-    ]
-
-
-def early_stopping(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
-    """``training.early_stopping``: EarlyStopping on ``training.monitor`` restoring the best weights, when enabled."""
-    e = t.early_stopping
-    if not e.enabled:
-        return []
-    return [
-        EarlyStopping(
-            monitor=t.monitor,
-            mode=t.monitor_mode,
-            patience=e.patience,
-            min_delta=e.min_delta,
-            restore_best_weights=True,
-            verbose=1,
-        )
-    ]
-
-
 def epoch_images(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
     """``training.epoch_images``: image | truth | prediction of ``num`` fixed images every n-th epoch (in MLflow
     with ``tracking.log_epoch_images``), when ``num`` > 0."""
@@ -370,21 +344,23 @@ def epoch_images(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callb
     ]
 
 
-def user_callbacks(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
-    """``training.callbacks``: each named entry a Keras callback built from its ``_target_`` (null: off), in the
-    order given. A callback whose counters must survive a resume lists them in a ``resume_state`` class
-    attribute (:func:`segexp.training.resume.state_attributes`)."""
+def configured_callbacks(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
+    """The ``callbacks`` group (``conf/callbacks/``): each named entry a Keras callback built from its
+    ``_target_`` (null: off), in the order given: segexp's :class:`EarlyStopping` and :class:`ReduceLROnPlateau`
+    (``callbacks=early_stopping``, ``callbacks=[early_stopping,reduce_lr]``) as the user's. A callback whose
+    counters must survive a resume lists them in a ``resume_state`` class attribute
+    (:func:`segexp.training.checkpoint.state_attributes`)."""
     built = []
-    for name, spec in (t.callbacks or {}).items():
+    for name, spec in run.callbacks.items():
         if spec is None:
             continue
         try:
             callback = hydra.utils.instantiate(spec)
         except Exception as err:  # noqa: BLE001 - any failure to build it is the user's entry
-            raise ConfigError(f"training.callbacks.{name}: cannot build {spec.get('_target_')!r}: {err}") from err
+            raise ConfigError(f"callbacks.{name}: cannot build {spec.get('_target_')!r}: {err}") from err
         if not isinstance(callback, keras.callbacks.Callback):
             raise ConfigError(
-                f"training.callbacks.{name}: {spec.get('_target_')!r} built a {type(callback).__name__}, "
+                f"callbacks.{name}: {spec.get('_target_')!r} built a {type(callback).__name__}, "
                 "expected a keras.callbacks.Callback"
             )
         built.append(callback)
@@ -397,15 +373,13 @@ def epoch_clock(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callba
 
 
 #: Every callback of a run, in the order they run, by name (that of its ``training.<key>`` section where it has
-#: one) -> its factory.
+#: one; ``callbacks``: the whole ``callbacks`` group) -> its factory.
 CALLBACKS: dict[str, Callable[[TrainingConfig, RunParts], list[keras.callbacks.Callback]]] = {
     "best_checkpoint": best_checkpoint,
     "history_csv": history_csv,
     "mlflow_metrics": mlflow_metrics,
-    "reduce_lr": reduce_lr,
-    "early_stopping": early_stopping,
     "epoch_images": epoch_images,
-    "callbacks": user_callbacks,
+    "callbacks": configured_callbacks,
     "epoch_clock": epoch_clock,
 }
 

@@ -45,7 +45,7 @@ FORMAT = 1
 def state_attributes(callback: keras.callbacks.Callback) -> tuple[str, ...]:
     """The attributes of ``callback`` a resume saves and restores (counters and best values): its class's
     ``resume_state``, a tuple of attribute names (none: nothing to restore). segexp's own callbacks
-    (:mod:`segexp.training.callbacks`) declare theirs as a callback of the user's (``training.callbacks``) does."""
+    (:mod:`segexp.training.callbacks`) declare theirs as one of the user's (in the ``callbacks`` group) does."""
     return tuple(getattr(callback, "resume_state", ()))
 
 

@@ -473,7 +473,15 @@ def train(
         own = with_resume_checkpoint(
             build_run_callbacks(
                 cfg.training,
-                RunParts(run_dir, tracker, dataset, model=cfg.model, data=cfg.dataset, tracking=cfg.tracking),
+                RunParts(
+                    run_dir,
+                    tracker,
+                    dataset,
+                    model=cfg.model,
+                    data=cfg.dataset,
+                    tracking=cfg.tracking,
+                    callbacks=cfg.callbacks,
+                ),
             ),
             run_dir,
             resolved,

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import keras
+from omegaconf import OmegaConf
 
+from segexp.config.schema import to_dict
 from segexp.core.errors import ResumeError, RunError
-from segexp.tracking.runs import MLFLOW_RUN_FILE, RUN_ID, run_dir_tag
+from segexp.tracking.runs import MLFLOW_RUN_FILE, RUN_ID, run_dir_tag, upgrade_run_config
 from segexp.tracking.tracker import flatten_config
 from segexp.training.checkpoint import (
     FORMAT,
@@ -153,7 +155,8 @@ def prepare_resume(config: Mapping[str, Any], run_dir: Path, env: Mapping[str, s
         raise ResumeError(
             f"{source / RESUME_DIR / STATE_FILE}: checkpoint format {state.get('format')}, expected {FORMAT}"
         )
-    differences = config_differences(state["config"], config)
+    before = to_dict(upgrade_run_config(OmegaConf.create(state["config"])), resolve=False)  # in today's keys
+    differences = config_differences(before, config)
     if differences:
         raise ResumeError(
             f"training.resume: {source} was trained with a different config; only training.epochs (and "
