@@ -1,8 +1,21 @@
-"""Every option set of segexp's configs, once: a ``StrEnum`` per set.
+"""Every option set of segexp's configs, once: a ``StrEnum`` per set (derived from :class:`Option`).
 
-A member compares equal to its string (``Precision.BF16 == "bf16"``), so configs keep plain strings and
-code may compare either. Checks use :func:`expected`, which words the error the same way everywhere:
-``<full key>: expected one of [...], got '<value>'``.
+The config schemas (:mod:`segexp.config.schema`, a network's ``ModelParams``) type their option fields with
+these sets, so OmegaConf itself turns ``"bf16"`` into ``Precision.bf16`` and refuses any other value. A member
+compares equal to its string (``Precision.bf16 == "bf16"``), so code may compare either; ``str(member)`` and
+``repr(member)`` are those of the plain string. What writes a config out takes plain strings
+(``OmegaConf.to_container(..., enum_to_str=True)``, :func:`segexp.config.schema.to_dict`): ``yaml.safe_dump``
+refuses a member.
+
+Every member's name is its value (``bf16 = "bf16"``), because OmegaConf converts a string to an enum member
+*by name* (``Precision["bf16"]``) and ``OmegaConf.to_yaml`` writes the member's name: with name == value a
+config reads and dumps the strings a user writes. Every value is therefore a Python identifier. One name
+shadows a ``str`` method: ``MaskFormat.index`` (and ``PreparedMaskFormat.index``) hides ``str.index`` on these
+members; call ``str.index(member, ...)`` if ever needed.
+
+Checks use :func:`expected`, which words the error the same way everywhere:
+``<full key>: expected one of [...], got '<value>'``. The schema reports every bad option of a config this way
+before OmegaConf sees it (OmegaConf stops at the first, without the allowed values).
 """
 
 from __future__ import annotations
@@ -11,117 +24,125 @@ from enum import StrEnum
 from typing import Any
 
 
-class Split(StrEnum):
+class Option(StrEnum):
+    """Base of the option sets: its ``repr`` is its string's (``'bf16'``), so a message that quotes a value
+    (``got {value!r}``) reads the same for a member and for the plain string a user wrote."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class Split(Option):
     """Dataset splits, in this order everywhere."""
 
-    TRAIN = "train"
-    VALID = "valid"
-    TEST = "test"
+    train = "train"
+    valid = "valid"
+    test = "test"
 
 
-class Loss(StrEnum):
+class Loss(Option):
     """``training.loss`` (``segexp.models.losses``)."""
 
-    CATEGORICAL_CROSSENTROPY = "categorical_crossentropy"
-    DICE = "dice"
-    DICE_CE = "dice_ce"
-    BCE_DICE = "bce_dice"
+    categorical_crossentropy = "categorical_crossentropy"
+    dice = "dice"
+    dice_ce = "dice_ce"
+    bce_dice = "bce_dice"
 
 
-class MaskFormat(StrEnum):
+class MaskFormat(Option):
     """``dataset.mask_format``: colour masks, class-index masks, or 0/255 binary masks."""
 
-    RGB = "rgb"
-    INDEX = "index"
-    BINARY = "binary"
+    rgb = "rgb"
+    index = "index"  # type: ignore[assignment]  # shadows str.index on these members (module docstring)
+    binary = "binary"
 
 
-class PreparedMaskFormat(StrEnum):
+class PreparedMaskFormat(Option):
     """``mask_format`` of ``segexp-prepare``: what it writes."""
 
-    RGB = "rgb"
-    INDEX = "index"
+    rgb = "rgb"
+    index = "index"  # type: ignore[assignment]  # shadows str.index on these members (module docstring)
 
 
-class Layout(StrEnum):
+class Layout(Option):
     """``dataset.layout``: split folders, one flat folder split by patient, or read from the folder."""
 
-    AUTO = "auto"
-    SPLITS = "splits"
-    FLAT = "flat"
+    auto = "auto"
+    splits = "splits"
+    flat = "flat"
 
 
-class OnBadFile(StrEnum):
+class OnBadFile(Option):
     """``dataset.on_bad_file``: stop at a bad file, or skip it."""
 
-    ERROR = "error"
-    SKIP = "skip"
+    error = "error"
+    skip = "skip"
 
 
-class Precision(StrEnum):
+class Precision(Option):
     """``training.precision`` and the ``precision`` of evaluate/infer (``segexp.models.precision``)."""
 
-    AUTO = "auto"
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
-class PostprocessMode(StrEnum):
+class PostprocessMode(Option):
     """``training.postprocess`` and the ``postprocess`` of evaluate/infer (``segexp.evaluation.postprocess``)."""
 
-    AUTO = "auto"  # training: choose on validation; evaluate/infer: the run's chosen rules, if any
-    NONE = "none"  # raw argmax labels
+    auto = "auto"  # training: choose on validation; evaluate/infer: the run's chosen rules, if any
+    none = "none"  # raw argmax labels
 
 
-class PostprocessRule(StrEnum):
+class PostprocessRule(Option):
     """What is done to a class's predictions in a case (``postprocessing.json``, ``segexp.evaluation.postprocess``)."""
 
-    NONE = "none"
-    MIN_VOLUME = "min_volume"
-    MIN_SIZE = "min_size"
-    LARGEST = "largest"
+    none = "none"
+    min_volume = "min_volume"
+    min_size = "min_size"
+    largest = "largest"
 
 
-class Norm(StrEnum):
+class Norm(Option):
     """``model.norm``: the normalisation after each hidden convolution."""
 
-    BATCH = "batch"
-    INSTANCE = "instance"
-    GROUP = "group"
-    NONE = "none"
+    batch = "batch"
+    instance = "instance"
+    group = "group"
+    none = "none"
 
 
-class LargeImages(StrEnum):
+class LargeImages(Option):
     """``large_images`` of ``segexp-infer``: resize as in training, or tile at native size."""
 
-    RESIZE = "resize"
-    TILE = "tile"
+    resize = "resize"
+    tile = "tile"
 
 
-class SliceAxis(StrEnum):
+class SliceAxis(Option):
     """``axis`` of ``segexp-prepare``: the slicing plane."""
 
-    SAGITTAL = "sagittal"
-    CORONAL = "coronal"
-    AXIAL = "axial"
+    sagittal = "sagittal"
+    coronal = "coronal"
+    axial = "axial"
 
 
-class WindowMode(StrEnum):
+class WindowMode(Option):
     """``window.mode``: a fixed level/width, or per-volume percentiles."""
 
-    FIXED = "fixed"
-    PERCENTILE = "percentile"
+    fixed = "fixed"
+    percentile = "percentile"
 
 
-class Metric(StrEnum):
+class Metric(Option):
     """Per-structure scores (``segexp.evaluation.scoring``), in report order."""
 
-    DICE = "dice"
-    IOU = "iou"
-    HD95 = "hd95"
-    PRECISION = "precision"
-    RECALL = "recall"
+    dice = "dice"
+    iou = "iou"
+    hd95 = "hd95"
+    precision = "precision"
+    recall = "recall"
 
 
 def values(options: type[StrEnum]) -> tuple[str, ...]:

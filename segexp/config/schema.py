@@ -5,12 +5,17 @@ against the dataclasses below (unknown keys, wrong types) and against the rules
 that only make sense together (image size vs. depth, odd kernels, ratios in
 [0, 1], class counts, existing folders). Every problem is reported with its full
 key (``model.base_kernels``) in one :class:`ConfigError`, before any data is read.
+
+Option fields are typed with their set of :mod:`segexp.config.options` (``precision: Precision``), so the
+typed config holds members and OmegaConf refuses any other value; :func:`merge_typed` reports every bad
+option first, with its full key and the choices, together with the other problems.
 """
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, is_dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -47,19 +52,15 @@ DEVICE_NAME = re.compile(r"^/?(?:device:)?(cpu|gpu):(\d+)$", re.IGNORECASE)
 
 
 def to_dict(cfg: Any, *, resolve: bool) -> dict[str, Any]:
-    """``OmegaConf.to_container(cfg, resolve=resolve)`` of a mapping node, typed as the plain dict it is."""
-    plain = OmegaConf.to_container(cfg, resolve=resolve)
+    """``OmegaConf.to_container(cfg, resolve=resolve)`` of a mapping node, typed as the plain dict it is; options
+    (:mod:`segexp.config.options` members) become their plain strings, as YAML, JSON and MLflow take them."""
+    plain = OmegaConf.to_container(cfg, resolve=resolve, enum_to_str=True)
     if not isinstance(plain, dict):
         raise TypeError(f"expected a mapping config node, got {type(plain).__name__}")
     return cast("dict[str, Any]", plain)  # DictConfig keys are str in every config this project reads
 
 
 # --------------------------------------------------------------------------- schema
-
-
-def _one_of(*checks: tuple[str, Any, type[StrEnum]]) -> list[str]:
-    """The errors of ``(full key, value, option set)`` checks whose value is not one of the set."""
-    return [e for e in (expected(key, value, options) for key, value, options in checks) if e is not None]
 
 
 @dataclass
@@ -74,17 +75,17 @@ class PhantomConfig:
 class DatasetConfig:
     name: str = MISSING
     root: str = MISSING
-    layout: str = MISSING
+    layout: Layout = MISSING
     splits: dict[str, str] = MISSING
     cases: dict[str, list[str]] = MISSING
     case_pattern: str = MISSING
     images_dir: str = MISSING
     masks_dir: str = MISSING
-    mask_format: str = MISSING
+    mask_format: MaskFormat = MISSING
     class_names: Optional[list[str]] = MISSING  # null: resolved from the data (segexp.data.runtime.class_table)
     rgb_map: Optional[dict[str, list[int]]] = MISSING
     binary_threshold: int = MISSING
-    on_bad_file: str = MISSING
+    on_bad_file: OnBadFile = MISSING
     phantom: Optional[PhantomConfig] = MISSING
 
 
@@ -145,11 +146,11 @@ class TrainingConfig:
     checkpoint: IntervalConfig = field(default_factory=IntervalConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     jit_compile: Any = MISSING
-    precision: str = MISSING
+    precision: Precision = MISSING
     deterministic: bool = MISSING
     verbose: int = MISSING
     evaluate_after: bool = MISSING
-    postprocess: str = MISSING
+    postprocess: PostprocessMode = MISSING
     resume: Optional[str] = MISSING
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
     devices: Any = MISSING  # 1 | auto | n | [GPU indices or device names]: checked by _check_devices
@@ -240,30 +241,96 @@ def renamed_overrides(overrides: Sequence[str]) -> list[str]:
     return problems
 
 
-def _unknown_keys(node: Any, schema: Any, prefix: str) -> list[str]:
-    """Full keys present in ``node`` but not declared in the dataclass ``schema``."""
+def _schema_keys(node: Any, schema: Any, path: str = "") -> Iterator[tuple[str, DictConfig, str, dict[str, Any]]]:
+    """``(path, section, key, declared keys)`` for every key of the config ``node`` against the dataclass ``schema``:
+    ``declared keys`` are the type hints of the section's dataclass (the key absent: unknown). Nested sections,
+    ``Optional`` ones and the entries of a ``dict[str, Section]`` are walked too; ``path`` is the dotted key."""
     if not isinstance(node, DictConfig):
-        return []
+        return
     hints = get_type_hints(schema)
-    problems = []
-    for key in node.keys():
-        full = f"{prefix}{key!s}"
-        if full in RENAMED:
-            problems.append(f"{full}: {RENAMED[full]}")
-            continue
+    for key in map(str, node.keys()):  # DictConfig keys are str in every config this project reads
+        full = f"{path}{key}"
+        yield full, node, key, hints
         if key not in hints:
-            problems.append(f"{full}: unknown key; expected one of {sorted(hints)}")
             continue
         hint, args = hints[key], get_args(hints[key])
         if get_origin(hint) is dict and len(args) == 2 and is_dataclass(args[1]):
-            for name, value in (node[key] or {}).items():  # dict[str, Section]: check every entry
-                problems += _unknown_keys(value, args[1], f"{full}.{name}.")
+            for name, value in (node[key] or {}).items():  # dict[str, Section]: every entry
+                yield from _schema_keys(value, args[1], f"{full}.{name}.")
             continue
         # Section or Optional[Section]: descend into the nested dataclass.
         sub = next((t for t in (hint, *(args if get_origin(hint) is Union else ())) if is_dataclass(t)), None)
         if sub is not None:
-            problems += _unknown_keys(node[key], sub, f"{full}.")
+            yield from _schema_keys(node[key], sub, f"{full}.")
+
+
+def _unknown_keys(node: Any, schema: Any) -> list[str]:
+    """Full keys present in ``node`` but not declared in the dataclass ``schema`` (or renamed: :data:`RENAMED`)."""
+    problems = []
+    for full, _, key, declared in _schema_keys(node, schema):
+        if full in RENAMED:
+            problems.append(f"{full}: {RENAMED[full]}")
+        elif key not in declared:
+            problems.append(f"{full}: unknown key; expected one of {sorted(declared)}")
     return problems
+
+
+def _option_set(hint: Any) -> type[StrEnum] | None:
+    """The option set (:mod:`segexp.config.options`) of a field typed ``Options`` or ``Optional[Options]``."""
+    for t in (hint, *(get_args(hint) if get_origin(hint) is Union else ())):
+        if isinstance(t, type) and issubclass(t, StrEnum):
+            return t
+    return None
+
+
+def _bad_options(node: Any, schema: Any, prefix: str = "") -> list[tuple[str, Any, type[StrEnum], str]]:
+    """``(path, value, option set, problem)`` of every option field of ``node`` whose value is not one of its set;
+    the problem (:func:`~segexp.config.options.expected`) names the full key, ``prefix`` + the path.
+
+    An interpolation counts with its resolved value (one that does not resolve is left to the merge, which names
+    it); a missing value (``???``) is left to the missing-keys report; a null is an option where the field is
+    ``Optional``."""
+    bad = []
+    for path, section, key, declared in _schema_keys(node, schema):
+        options = _option_set(declared.get(key))
+        if options is None or OmegaConf.is_missing(section, key):
+            continue
+        try:
+            value = section[key]
+        except OmegaConfBaseException:  # an interpolation that does not resolve
+            continue
+        optional = get_origin(declared[key]) is Union and type(None) in get_args(declared[key])
+        problem = None if value is None and optional else expected(prefix + path, value, options)
+        if problem is not None:
+            bad.append((path, value, options, problem))
+    return bad
+
+
+def merge_typed(cfg: DictConfig, schema: type, prefix: str = "") -> tuple[DictConfig, list[str]]:
+    """``(config, option problems)``: ``cfg`` merged onto the dataclass ``schema``, and one problem per option
+    field (typed with a set of :mod:`segexp.config.options`) whose value is not one of its set, worded by
+    :func:`~segexp.config.options.expected` with its full key (``prefix`` + its path), all at once.
+
+    Without option problems the config is typed: each option is its set's member. OmegaConf refuses a bad
+    option, one at a time and without the choices, so with option problems the merge takes a stand-in (the
+    set's first option) and the config returned is the typed one as plain values, struct, with each bad value
+    put back as given: the caller's other rules see what was written, and report with these problems.
+    Raises what :func:`OmegaConf.merge` raises (a wrong type, an unresolvable interpolation).
+    """
+    bad = _bad_options(cfg, schema, prefix)
+    source = cfg
+    if bad:
+        source = copy.deepcopy(cfg)
+        for path, _, options, _ in bad:
+            OmegaConf.update(source, path, next(iter(options)).value, merge=False)
+    typed = cast(DictConfig, OmegaConf.merge(OmegaConf.structured(schema), source))  # a dataclass merges to a dict
+    if not bad:
+        return typed, []
+    given = OmegaConf.create(to_dict(typed, resolve=False))
+    for path, value, _, _ in bad:
+        OmegaConf.update(given, path, value, merge=False)
+    OmegaConf.set_struct(given, True)
+    return given, [problem for *_, problem in bad]
 
 
 def _in_unit_interval(value: float) -> bool:
@@ -321,11 +388,6 @@ def _check_dataset(d: Any, num_classes: int | None) -> list[str]:
 def _check_dataset_keys(d: Any) -> list[str]:
     """Problems of the ``dataset`` keys other than the class table."""
     errors = []
-    errors += _one_of(
-        ("dataset.mask_format", d.mask_format, MaskFormat),
-        ("dataset.layout", d.layout, Layout),
-        ("dataset.on_bad_file", d.on_bad_file, OnBadFile),
-    )
     if d.mask_format == "binary" and not 0 <= d.binary_threshold <= 255:
         errors.append(f"dataset.binary_threshold: must lie in 0..255, got {d.binary_threshold}")
     if d.layout != "splits" and any(d.cases.get(s) for s in d.cases):  # {} is the automatic split by patient
@@ -422,9 +484,6 @@ def _check_training(t: Any) -> list[str]:
     for key in ("epoch_images", "validation", "checkpoint"):
         if t[key].every_n_epochs < 1:
             errors.append(f"training.{key}.every_n_epochs: must be >= 1, got {t[key].every_n_epochs}")
-    errors += _one_of(
-        ("training.precision", t.precision, Precision), ("training.postprocess", t.postprocess, PostprocessMode)
-    )
     if t.jit_compile not in ("auto", True, False):
         errors.append(f"training.jit_compile: expected auto, true or false, got {t.jit_compile!r}")
     if t.epoch_images.dir is not None and not Path(t.epoch_images.dir).is_dir():
@@ -491,11 +550,17 @@ def _check_augmentation(a: Any) -> list[str]:
     return errors
 
 
-def _typed(cfg: DictConfig, schema: type) -> DictConfig:
-    """Merge ``cfg`` onto the dataclass ``schema``: unknown keys, wrong types and missing values fail."""
-    raise_config_problems(_unknown_keys(cfg, schema, ""))
+def _typed(cfg: DictConfig, schema: type) -> tuple[DictConfig, list[str]]:
+    """``(config, option problems)``: ``cfg`` merged onto the dataclass ``schema`` (:func:`merge_typed`).
+
+    Unknown keys raise at once, together with every option problem; wrong types and missing values raise
+    too. Option problems alone are returned, for the caller to report with its own rules' problems.
+    """
+    unknown = _unknown_keys(cfg, schema)
+    if unknown:
+        raise_config_problems(unknown + [problem for *_, problem in _bad_options(cfg, schema)])
     try:
-        typed = cast(DictConfig, OmegaConf.merge(OmegaConf.structured(schema), cfg))  # a dataclass merges to a dict
+        typed, problems = merge_typed(cfg, schema)
         OmegaConf.resolve(typed)
     except OmegaConfBaseException as err:
         where = f"{err.full_key}: " if err.full_key else ""  # a resolver's error (``${len:...}``) names no key
@@ -503,18 +568,19 @@ def _typed(cfg: DictConfig, schema: type) -> DictConfig:
     missing = sorted(OmegaConf.missing_keys(typed))
     if missing:
         raise ConfigError("invalid config: these keys need a value: " + ", ".join(missing))
-    return typed
+    return typed, problems
 
 
 def check_train_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
-    """``(typed config, problems)``: ``cfg`` merged onto the schema, and the cross-key problems found.
+    """``(typed config, problems)``: ``cfg`` merged onto the schema, and the option and cross-key problems found
+    (with option problems the config holds plain values: :func:`merge_typed`).
 
     Unknown keys, wrong types and missing values raise :class:`ConfigError` at once (nothing
     can be checked further). The ``model`` section is typed and checked by its network
     (:func:`segexp.models.check_model_config`), not here.
     """
-    typed = _typed(cfg, TrainConfig)
-    problems = (
+    typed, options = _typed(cfg, TrainConfig)
+    problems = options + (
         _check_dataset(typed.dataset, typed.model.num_classes)
         + _check_training(typed.training)
         + _check_callbacks(typed.callbacks, typed.training.schedule)
@@ -567,7 +633,7 @@ class VolumesConfig:
 @dataclass
 class WindowConfig:
     name: str = MISSING
-    mode: str = MISSING
+    mode: WindowMode = MISSING
     level: float = MISSING
     width: float = MISSING
     low_percentile: float = MISSING
@@ -589,12 +655,12 @@ class PrepareConfig:
     volumes: VolumesConfig = field(default_factory=VolumesConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     out_dir: str = MISSING
-    axis: str = MISSING
+    axis: SliceAxis = MISSING
     size: Optional[list[int]] = MISSING
     empty_fraction: float = MISSING
     seed: int = MISSING
     split: SplitConfig = field(default_factory=SplitConfig)
-    mask_format: str = MISSING
+    mask_format: PreparedMaskFormat = MISSING
     workers: int = MISSING
     overwrite: bool = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -628,10 +694,9 @@ def _check_volume_classes(classes: Any, mask_format: str) -> list[str]:
 
 def validate_prepare_config(cfg: DictConfig) -> DictConfig:
     """Typed ``segexp-prepare`` config; every problem is reported with its full key."""
-    typed = _typed(cfg, PrepareConfig)
-    errors = _check_volume_classes(typed.volumes.classes, typed.mask_format)
+    typed, errors = _typed(cfg, PrepareConfig)
+    errors += _check_volume_classes(typed.volumes.classes, typed.mask_format)
     w = typed.window
-    errors += _one_of(("window.mode", w.mode, WindowMode))
     if w.width <= 0:
         errors.append(f"window.width: must be > 0 HU, got {w.width}")
     if not 0.0 <= w.low_percentile < w.high_percentile <= 100.0:
@@ -639,12 +704,10 @@ def validate_prepare_config(cfg: DictConfig) -> DictConfig:
             "window.low_percentile/high_percentile: need 0 <= low < high <= 100, "
             f"got {w.low_percentile}, {w.high_percentile}"
         )
-    errors += _one_of(("axis", typed.axis, SliceAxis))
     if typed.size is not None and (len(typed.size) != 2 or min(typed.size) < 1):
         errors.append(f"size: expected null or [height, width] in pixels, got {list(typed.size)}")
     if not _in_unit_interval(typed.empty_fraction):
         errors.append(f"empty_fraction: must lie in [0, 1], got {typed.empty_fraction}")
-    errors += _one_of(("mask_format", typed.mask_format, PreparedMaskFormat))
     if typed.workers < 0:
         errors.append(f"workers: must be >= 0, got {typed.workers}")
     for split, ratio in typed.split.ratios.items():
@@ -666,7 +729,7 @@ class CheckConfig:
     volumes: Optional[VolumesConfig] = MISSING
     image_channels: int = MISSING
     image_size: Optional[list[int]] = MISSING
-    axis: str = MISSING
+    axis: SliceAxis = MISSING
     report_file: str = MISSING
     max_lines: int = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -674,8 +737,7 @@ class CheckConfig:
 
 def validate_check_config(cfg: DictConfig) -> DictConfig:
     """Typed ``segexp-check`` config: the dataset (or volumes) keys and the check's own keys."""
-    typed = _typed(cfg, CheckConfig)
-    errors = []
+    typed, errors = _typed(cfg, CheckConfig)
     if typed.volumes is not None:
         errors += _check_volume_classes(typed.volumes.classes, "index")
     elif typed.dataset.class_names is None:
@@ -686,7 +748,6 @@ def validate_check_config(cfg: DictConfig) -> DictConfig:
         errors.append(f"image_channels: must be 1 (grayscale) or 3 (RGB), got {typed.image_channels}")
     if typed.image_size is not None and (len(typed.image_size) != 2 or min(typed.image_size) < 1):
         errors.append(f"image_size: expected null or [height, width] in pixels, got {list(typed.image_size)}")
-    errors += _one_of(("axis", typed.axis, SliceAxis))
     if typed.max_lines < 1:
         errors.append(f"max_lines: must be >= 1, got {typed.max_lines}")
     raise_config_problems(errors)
@@ -705,14 +766,14 @@ class PredictionConfig:
     tracking_uri: Optional[str] = MISSING
     batch_size: int = MISSING
     flip_tta: bool = MISSING
-    postprocess: str = MISSING
-    precision: str = MISSING
+    postprocess: PostprocessMode = MISSING
+    precision: Precision = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 @dataclass
 class EvaluateConfig(PredictionConfig):
-    split: str = MISSING
+    split: Split = MISSING
     dataset_root: Optional[str] = MISSING
     log_to_run: bool = MISSING
 
@@ -721,23 +782,20 @@ class EvaluateConfig(PredictionConfig):
 class InferConfig(PredictionConfig):
     input: str = MISSING
     output_dir: Optional[str] = MISSING
-    large_images: str = MISSING
+    large_images: LargeImages = MISSING
     overlap: float = MISSING
     window: Optional[WindowConfig] = MISSING
 
 
 def _check_prediction_keys(typed: Any) -> list[str]:
-    """The rules of :class:`PredictionConfig`'s keys."""
-    errors = _one_of(("precision", typed.precision, Precision), ("postprocess", typed.postprocess, PostprocessMode))
-    if typed.batch_size < 1:
-        errors.append(f"batch_size: must be >= 1, got {typed.batch_size}")
-    return errors
+    """The rules of :class:`PredictionConfig`'s keys (its options are checked by their sets)."""
+    return [f"batch_size: must be >= 1, got {typed.batch_size}"] if typed.batch_size < 1 else []
 
 
 def validate_evaluate_config(cfg: DictConfig) -> DictConfig:
     """Typed ``segexp-evaluate`` config; every problem is reported with its key, before the model is loaded."""
-    typed = _typed(cfg, EvaluateConfig)
-    errors = _check_prediction_keys(typed) + _one_of(("split", typed.split, Split))
+    typed, problems = _typed(cfg, EvaluateConfig)
+    errors = problems + _check_prediction_keys(typed)
     raise_config_problems(errors)
     return typed
 
@@ -748,11 +806,9 @@ def validate_infer_config(cfg: DictConfig) -> DictConfig:
         cfg = cfg.copy()
         with open_dict(cfg):
             cfg.window = None
-    typed = _typed(cfg, InferConfig)
-    errors = _check_prediction_keys(typed) + _one_of(("large_images", typed.large_images, LargeImages))
+    typed, problems = _typed(cfg, InferConfig)
+    errors = problems + _check_prediction_keys(typed)
     if not 0.0 <= typed.overlap < 1.0:
         errors.append(f"overlap: must lie in [0, 1), got {typed.overlap}")
-    if typed.window is not None:
-        errors += _one_of(("window.mode", typed.window.mode, WindowMode))
     raise_config_problems(errors)
     return typed

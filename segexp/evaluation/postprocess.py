@@ -56,15 +56,15 @@ FRACTIONS = (0.01, 0.03, 0.1)  # candidate min_volume as a share of the class's 
 class ClassRule:
     """The rule of one class; ``min_voxels`` only for ``min_size``."""
 
-    rule: Rule = Rule.NONE
+    rule: Rule = Rule.none
     min_voxels: int = 0
 
     def describe(self) -> str:
         return {
-            Rule.MIN_VOLUME: f"drop it from a case where it is predicted in < {self.min_voxels} voxels",
-            Rule.MIN_SIZE: f"drop components < {self.min_voxels} voxels",
-            Rule.LARGEST: "keep the largest component",
-            Rule.NONE: "none",
+            Rule.min_volume: f"drop it from a case where it is predicted in < {self.min_voxels} voxels",
+            Rule.min_size: f"drop components < {self.min_voxels} voxels",
+            Rule.largest: "keep the largest component",
+            Rule.none: "none",
         }[self.rule]
 
 
@@ -78,7 +78,7 @@ class Postprocessing:
 
     @property
     def active(self) -> dict[str, ClassRule]:
-        return {name: r for name, r in self.rules.items() if r.rule is not Rule.NONE}
+        return {name: r for name, r in self.rules.items() if r.rule is not Rule.none}
 
     def apply(self, labels: np.ndarray) -> np.ndarray:
         """``labels`` (``(S, H, W)`` or ``(H, W)`` class indices) with every active rule applied (a copy)."""
@@ -129,19 +129,19 @@ _FACES_3D = ndimage.generate_binary_structure(3, 1)
 
 def apply_rule(stack: np.ndarray, k: int, rule: ClassRule) -> None:
     """Apply ``rule`` to class ``k`` of the ``(S, H, W)`` label ``stack`` in place (removed voxels -> 0)."""
-    if rule.rule is Rule.NONE:
+    if rule.rule is Rule.none:
         return
     mask = stack == k
     if not mask.any():
         return
-    if rule.rule is Rule.MIN_VOLUME:
+    if rule.rule is Rule.min_volume:
         if np.count_nonzero(mask) < rule.min_voxels:
             stack[mask] = 0
         return
     components, n = ndimage.label(mask, structure=_FACES_3D)
     sizes = np.bincount(components.ravel(), minlength=n + 1)
     sizes[0] = 0
-    if rule.rule is Rule.LARGEST:
+    if rule.rule is Rule.largest:
         keep = np.zeros(n + 1, bool)
         keep[int(np.argmax(sizes))] = True
     else:
@@ -171,7 +171,7 @@ def candidates(truths: Iterable[np.ndarray], k: int, fractions: Sequence[float] 
     if not present:
         return []
     median = float(np.median(present))
-    return [ClassRule(Rule.MIN_VOLUME, s) for s in sorted({max(2, int(round(f * median))) for f in fractions})]
+    return [ClassRule(Rule.min_volume, s) for s in sorted({max(2, int(round(f * median))) for f in fractions})]
 
 
 def determine(
@@ -193,7 +193,7 @@ def determine(
             chosen.validation[name] = {
                 "dice_before": _nan_to_none(baseline),
                 "dice_after": _nan_to_none(baseline),
-                "rule": str(Rule.NONE),
+                "rule": str(Rule.none),
                 "why": "absent from every validation case",
             }
             continue
@@ -234,10 +234,10 @@ def check_postprocess_mode(mode: str, key: str = "postprocess") -> PostprocessMo
     return PostprocessMode(mode)
 
 
-def for_run(run: TrainedRun, mode: str = PostprocessMode.AUTO) -> Postprocessing | None:
+def for_run(run: TrainedRun, mode: str = PostprocessMode.auto) -> Postprocessing | None:
     """The rules ``run``'s training chose (``postprocessing.json``) for ``mode`` ``auto``; None for ``none``
     or a run trained without them."""
-    if check_postprocess_mode(mode) is PostprocessMode.NONE:
+    if check_postprocess_mode(mode) is PostprocessMode.none:
         return None
     path = run.artifact_file(FILE_NAME)
     if path is None:

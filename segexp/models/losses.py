@@ -259,10 +259,10 @@ def _every_option(table: dict[str, LossKind]) -> dict[str, LossKind]:
 #: ``training.loss`` name -> what it builds; keyed by :class:`segexp.config.options.Loss`, every member once.
 LOSSES: dict[str, LossKind] = _every_option(
     {
-        Loss.CATEGORICAL_CROSSENTROPY: LossKind(CrossEntropyLoss, dice=False),
-        Loss.DICE: LossKind(SoftDiceLoss),
-        Loss.DICE_CE: LossKind(DiceCELoss),
-        Loss.BCE_DICE: LossKind(DiceCELoss, rule=binary_only),
+        Loss.categorical_crossentropy: LossKind(CrossEntropyLoss, dice=False),
+        Loss.dice: LossKind(SoftDiceLoss),
+        Loss.dice_ce: LossKind(DiceCELoss),
+        Loss.bce_dice: LossKind(DiceCELoss, rule=binary_only),
     }
 )
 

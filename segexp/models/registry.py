@@ -28,13 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import keras
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from segexp.config.options import Norm, expected
+from segexp.config.options import Norm
+from segexp.config.schema import merge_typed
 from segexp.core.errors import ConfigError, raise_config_problems
 
 #: Keys that were renamed or replaced: an old key is refused with this hint.
@@ -52,7 +53,7 @@ class ModelParams:
     image_width: int = MISSING  # input width in pixels
     image_channels: int = MISSING  # 1 grey, 3 RGB; the model takes raw uint8 images
     num_classes: int = MISSING  # output classes incl. background; 1: sigmoid head for binary tasks
-    norm: str = MISSING  # a segexp.config.options.Norm
+    norm: Norm = MISSING  # normalisation after each hidden conv
     norm_groups: int = MISSING  # groups of norm=group
     dropout_rate: float = MISSING  # dropout rate (its place is the network's)
 
@@ -65,9 +66,6 @@ def common_rules(m: Any) -> list[str]:
             errors.append(f"model.{key}: must be >= 1, got {m[key]}")
     if m.image_channels not in (1, 3):
         errors.append(f"model.image_channels: must be 1 (grayscale) or 3 (RGB), got {m.image_channels}")
-    norm_error = expected("model.norm", m.norm, Norm)
-    if norm_error is not None:
-        errors.append(norm_error)
     if m.norm_groups < 1:
         errors.append(f"model.norm_groups: must be >= 1, got {m.norm_groups}")
     return errors
@@ -163,11 +161,11 @@ def check_model_config(model: DictConfig | dict[str, Any]) -> tuple[DictConfig |
     if problems:
         return None, problems
     try:
-        typed = cast(DictConfig, OmegaConf.merge(OmegaConf.structured(network.params), model))  # dataclass: a dict
+        typed, problems = merge_typed(model, network.params, "model.")  # options (model.norm) checked by their set
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", "") or "?"
         return None, [f"model.{key.removeprefix('model.')}: {str(err).splitlines()[0]}"]
-    problems = common_rules(typed)
+    problems += common_rules(typed)
     return typed, problems or network.rules(typed)
 
 

@@ -364,7 +364,7 @@ def preset_text(plan: Plan, planned: DictConfig, defaults: DictConfig, overrides
 
 
 def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return OmegaConf.to_container(value, enum_to_str=True) if OmegaConf.is_config(value) else value
 
 
 def _nested_yaml(entries: Sequence[tuple[str, Any, str]]) -> list[str]:

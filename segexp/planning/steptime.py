@@ -76,7 +76,7 @@ def cache_key(cfg: DictConfig, machine: Machine) -> str:
     t = cfg.training
     blob = json.dumps(
         {
-            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "model": OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True),
             "batch": t.batch_size,
             "loss": t.loss,
             "dice": OmegaConf.to_container(t.dice),

@@ -37,7 +37,7 @@ def compile_signature(
     options, optimizer, schedule (with its ``decay_steps = total_steps``), XLA flag, precision, classes."""
 
     def plain(node: Any) -> Any:  # a config section as plain JSON-able values; a leaf as it is
-        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if OmegaConf.is_config(node) else node
 
     schedule = None if t.schedule is None else {**plain(t.schedule), "decay_steps": total_steps}
     return json.dumps(

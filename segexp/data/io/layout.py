@@ -81,13 +81,13 @@ def resolve_layout(d: Mapping[str, Any]) -> ResolvedLayout:
     """
     layout = str(d["layout"])
     cases = d.get("cases") or {}
-    if layout == Layout.SPLITS:
+    if layout == Layout.splits:
         return ResolvedLayout(layout, _plain(cases))
     if _cases_given(cases):  # flat, or auto with the cases named
-        return ResolvedLayout(Layout.FLAT, _plain(cases), "config" if layout == Layout.FLAT else "dataset.cases given")
+        return ResolvedLayout(Layout.flat, _plain(cases), "config" if layout == Layout.flat else "dataset.cases given")
     root = Path(str(d["root"])).expanduser()
     images_dir, splits = str(d["images_dir"]), d["splits"]
-    if layout == Layout.AUTO:
+    if layout == Layout.auto:
         train = root / str(splits["train"]) / images_dir
         if train.is_dir():
             valid = root / str(splits["valid"]) / images_dir
@@ -96,7 +96,7 @@ def resolve_layout(d: Mapping[str, Any]) -> ResolvedLayout:
                     f"dataset.root: {train} holds the train split but {valid} does not exist; add a valid "
                     f"split there, or put every slice in {root / images_dir} for an automatic split by patient"
                 )
-            return ResolvedLayout(Layout.SPLITS, {}, f"{train} found: one folder per split")
+            return ResolvedLayout(Layout.splits, {}, f"{train} found: one folder per split")
         if not _has_images(root / images_dir):
             raise DataError(
                 f"dataset.root: {root} holds neither {train} (one folder per split) nor images in "
@@ -127,7 +127,7 @@ def _automatic_split(d: Mapping[str, Any], root: Path) -> ResolvedLayout:
         raise DataError(f"dataset.cases: automatic split of {len(found)} cases failed: {err}") from err
     shares = "/".join(f"{100 * ratios[s]:.0f}" for s in ("train", "valid", "test"))
     source = f"{len(found)} cases in {root}, by patient {shares} % train/valid/test (seed {AUTO_SPLIT_SEED})"
-    return ResolvedLayout(Layout.FLAT, {s: ids for s, ids in chosen.items() if ids}, source)
+    return ResolvedLayout(Layout.flat, {s: ids for s, ids in chosen.items() if ids}, source)
 
 
 def _plain(cases: Any) -> dict[str, list[str]]:

@@ -285,7 +285,7 @@ def prepare(cfg: DictConfig) -> Path:
             "fold": cfg.split.fold,
             "axis": cfg.axis,
             "orientation": {"canonical": "RAS", "in_plane": IN_PLANE[cfg.axis]},
-            "window": OmegaConf.to_container(cfg.window),
+            "window": OmegaConf.to_container(cfg.window, enum_to_str=True),
             "size": list(cfg.size) if cfg.size is not None else None,
             "empty_fraction": cfg.empty_fraction,
             "seed": cfg.seed,
