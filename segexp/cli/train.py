@@ -26,7 +26,7 @@ from segexp.core.errors import SegexpError, raise_config_problems
 from segexp.models import RESOLVERS as MODEL_RESOLVERS
 from segexp.planning.apply import planned_run_config
 from segexp.tracking.runs import MLFLOW_RUN_FILE
-from segexp.tracking.sweep import parent_run_id, record_failed_job
+from segexp.tracking.sweep import child_run_name, parent_run_id, record_failed_job
 from segexp.training.loop import train
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def run(cfg: DictConfig) -> float:
             cfg, plan_params = planned_run_config(cfg, overrides, run_dir)
             return train(cfg, run_dir, overrides, extra_params=plan_params)
     parent = parent_run_id(Path(hydra_cfg.sweep.dir))
+    name = child_run_name(Path(hydra_cfg.sweep.dir), overrides)  # by what varies between the sweep's jobs
     # Hydra's grid sweeper aborts on a raising job: there a failure returns NaN. Model-based
     # sweepers (Optuna) must see the exception instead: hydra-optuna-sweeper 1.3 records a
     # raising trial as FAIL, but crashes on a NaN objective (optuna refuses tell(FAIL, [nan])).
@@ -56,12 +57,12 @@ def run(cfg: DictConfig) -> float:
     try:
         with interrupt_on_sigterm():
             cfg, plan_params = planned_run_config(cfg, overrides, run_dir)
-            objective = train(cfg, run_dir, overrides, parent_run_id=parent, extra_params=plan_params)
+            objective = train(cfg, run_dir, overrides, parent_run_id=parent, extra_params=plan_params, run_name=name)
     except Exception as err:
         log.error("job %s failed: %s", hydra_cfg.job.num, err, exc_info=not isinstance(err, SegexpError))
         started = (run_dir / MLFLOW_RUN_FILE).is_file()  # the run itself was then ended FAILED
         if parent is not None and not started:
-            record_failed_job(parent, cfg.tracking.uri, overrides, err)
+            record_failed_job(parent, cfg.tracking.uri, overrides, err, name)
         if not grid:
             raise
         return float("nan")

@@ -173,6 +173,8 @@ class TrackingConfig:
     run_name: Optional[str] = MISSING
     log_model: bool = MISSING
     log_epoch_images: bool = MISSING
+    system_metrics: bool = MISSING
+    registered_model: Optional[str] = MISSING
     outage: OutageConfig = field(default_factory=OutageConfig)
 
 

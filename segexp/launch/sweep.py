@@ -3,8 +3,10 @@
 :class:`MlflowSweepCallback` (configured in ``conf/hydra/default.yaml``) runs in the
 process that launches the sweep. Before any job starts it checks the tracking server and
 creates the MLflow store, experiment and parent run once (so parallel jobs never race to
-create them; :func:`segexp.tracking.sweep.open_parent`). When the sweep ends it closes the
-parent with the best child (:func:`segexp.tracking.sweep.close_parent`).
+create them; :func:`segexp.tracking.sweep.open_parent`, which also records the keys the sweep
+varies, so each job's run is named by those only). When the sweep ends it closes the parent with
+the best child and registers that child's model as ``champion``
+(:func:`segexp.tracking.sweep.close_parent`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class MlflowSweepCallback(Callback):
                 "sweeper": str(config.hydra.sweeper.get("_target_", "")),
                 "launcher": str(config.hydra.launcher.get("_target_", "")),
             },
+            sweeper_params=OmegaConf.to_container(config.hydra.sweeper.params, resolve=False)  # type: ignore[arg-type]
+            if config.hydra.sweeper.get("params")
+            else None,
+            n_trials=config.hydra.sweeper.get("n_trials"),
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -72,4 +78,5 @@ class MlflowSweepCallback(Callback):
             tracking.uri,
             str(training.get("monitor", "val_dice_fg_mean")),
             str(training.get("monitor_mode", "max")),
+            OmegaConf.select(tracking, "registered_model", default=None),
         )

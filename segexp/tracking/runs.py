@@ -2,8 +2,9 @@
 
 ``segexp-evaluate`` and ``segexp-infer`` accept either a training run folder
 (``outputs/train/runs/<date>/<time>``: ``.hydra/config.yaml``,
-``checkpoints/best.keras``, ``mlflow_run.json``) or an MLflow run id (config from
-the run's ``config/config.yaml`` artifact, model from its logged model).
+``checkpoints/best.keras``, ``mlflow_run.json``), an MLflow run id (config from
+the run's ``config/config.yaml`` artifact, model from its logged model) or a registered model
+(``models:/<name>@<alias>``, ``models:/<name>/<version>``: the run that version came from).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ MLFLOW_RUN_FILE = "mlflow_run.json"
 BEST_MODEL = Path("checkpoints") / "best.keras"
 #: An MLflow run id: 32 lower-case hex characters.
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+#: A registered model version: ``models:/<name>@<alias>`` or ``models:/<name>/<version or latest>``.
+REGISTERED = re.compile(r"^models:/(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+|latest))$")
 
 
 @dataclass
@@ -128,6 +131,10 @@ def upgrade_run_config(config: DictConfig) -> DictConfig:
     with open_dict(config):
         if "postprocess" not in training:
             training.postprocess = "none"
+        tracking = config.get("tracking")
+        if tracking is not None:  # keys added since; a run from before had neither
+            tracking.setdefault("system_metrics", False)
+            tracking.setdefault("registered_model", None)
         if "mixed_precision" in training:
             if "precision" not in training:
                 training.precision = "fp16" if training.mixed_precision else "fp32"
@@ -156,13 +163,66 @@ def upgrade_run_config(config: DictConfig) -> DictConfig:
 
 
 def open_run(source: str, tracking_uri: str | None = None) -> TrainedRun:
-    """A training run from a run folder path or an MLflow run id (32 hex characters)."""
+    """A training run from a run folder path, an MLflow run id (32 hex characters) or a registered model
+    version (``models:/<name>@<alias>``, ``models:/<name>/<version>``: the run it was registered from)."""
     path = Path(source).expanduser()
     if path.is_dir():
         return _from_dir(path)
     if RUN_ID.match(source):
         return _from_mlflow(source, tracking_uri)
-    raise RunError(f"run: {source!r} is neither a training run folder nor an MLflow run id (32 hex characters)")
+    if source.startswith("models:/"):
+        return _from_mlflow(registered_run_id(source, tracking_uri), tracking_uri)
+    raise RunError(
+        f"run: {source!r} is neither a training run folder nor an MLflow run id (32 hex characters) "
+        "nor a registered model (models:/<name>@<alias>, models:/<name>/<version>)"
+    )
+
+
+def registered_run_id(uri: str, tracking_uri: str | None = None) -> str:
+    """The id of the run a registered model version (``models:/<name>@<alias>`` or ``/<version>``) came from.
+
+    Raises :class:`RunError` naming the model and what the registry has instead (its aliases and
+    versions, or the registered models when the name is unknown).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    found = REGISTERED.match(uri)
+    if found is None:
+        raise RunError(f"run: {uri!r}: write a registered model as models:/<name>@<alias> or models:/<name>/<version>")
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow_client(mlflow.get_tracking_uri())
+    name, alias, version = found["name"], found["alias"], found["version"]
+    try:
+        if alias is not None:
+            mv = retry_locked(client.get_model_version_by_alias, name, alias)
+        elif version == "latest":
+            versions = retry_locked(client.search_model_versions, f"name = '{name}'")
+            if not versions:
+                raise MlflowException(f"registered model {name!r} has no versions")
+            mv = max(versions, key=lambda v: int(v.version))
+        else:
+            mv = retry_locked(client.get_model_version, name, version)
+    except MlflowException as err:
+        raise RunError(f"run: {uri} at {mlflow.get_tracking_uri()}: {_registry_contents(client, name)}") from err
+    if not mv.run_id:
+        raise RunError(f"run: {uri} (version {mv.version}) was not registered from an MLflow run")
+    return str(mv.run_id)
+
+
+def _registry_contents(client: Any, name: str) -> str:
+    """What the registry holds for ``name`` (its aliases and versions), or which models it has."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = retry_locked(client.get_registered_model, name)
+    except MlflowException:
+        names = [m.name for m in retry_locked(client.search_registered_models, max_results=20)]
+        return f"no registered model {name!r}; registered models: {', '.join(names) or 'none'}"
+    versions = sorted(int(v.version) for v in retry_locked(client.search_model_versions, f"name = '{name}'"))
+    aliases = ", ".join(f"@{a} -> {v}" for a, v in sorted(dict(model.aliases).items())) or "none"
+    return f"registered model {name!r} has versions {versions or 'none'} and aliases {aliases}"
 
 
 def _from_dir(run_dir: Path) -> TrainedRun:

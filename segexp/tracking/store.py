@@ -161,8 +161,32 @@ def image_key_and_step(artifact_path: str) -> tuple[str, int] | None:
     return key.replace("~", "/"), int(step)
 
 
+#: The experiment tag that picks the MLflow UI's view of an experiment (MLflow 3: without it the UI
+#: may open the GenAI view of traces); segexp's runs are model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def ensure_experiment_kind(experiment_id: str, tags: dict[str, str] | None = None) -> None:
+    """Tag the experiment ``mlflow.experimentKind = custom_model_development`` when it has no kind yet.
+
+    A kind set already (by hand in the UI, or by another tool) is kept. ``tags``: the experiment's tags
+    when the caller has them (saves a request). Never raises: the tag only chooses the UI's view.
+    """
+    import mlflow
+
+    try:
+        if tags is None:
+            tags = dict(retry_locked(mlflow.MlflowClient().get_experiment, experiment_id).tags)
+        if EXPERIMENT_KIND_TAG not in tags:
+            retry_locked(mlflow.MlflowClient().set_experiment_tag, experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except Exception as err:  # noqa: BLE001 - a missing tag costs the default view only
+        log.warning("experiment %s: cannot set %s: %s", experiment_id, EXPERIMENT_KIND_TAG, err)
+
+
 def configure(uri: str, experiment: str, artifact_location: str | None) -> str:
-    """Point MLflow at ``uri`` and return the id of ``experiment`` (created if missing)."""
+    """Point MLflow at ``uri`` and return the id of ``experiment`` (created if missing), tagged as model
+    training for the UI (:func:`ensure_experiment_kind`)."""
     import mlflow
 
     db = sqlite_path(uri)
@@ -171,6 +195,7 @@ def configure(uri: str, experiment: str, artifact_location: str | None) -> str:
     mlflow.set_tracking_uri(uri)
     found = retry_locked(mlflow.get_experiment_by_name, experiment)
     if found is not None:
+        ensure_experiment_kind(found.experiment_id, dict(found.tags))
         return found.experiment_id
     location = None
     if artifact_location and "://" in artifact_location:
@@ -178,11 +203,17 @@ def configure(uri: str, experiment: str, artifact_location: str | None) -> str:
     elif artifact_location:
         location = (Path(artifact_location).expanduser().resolve() / experiment).as_uri()
     try:
-        return retry_locked(mlflow.create_experiment, experiment, artifact_location=location)
+        return retry_locked(
+            mlflow.create_experiment,
+            experiment,
+            artifact_location=location,
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     except Exception:
         found = mlflow.get_experiment_by_name(experiment)  # another job created it meanwhile
         if found is None:
             raise
+        ensure_experiment_kind(found.experiment_id, dict(found.tags))
         return found.experiment_id
 
 

@@ -5,15 +5,21 @@ sweep overrides, and writes its id to ``<sweep dir>/mlflow_parent.json``, where 
 (in-process, joblib worker, submitit or SLURM task on a shared file system) finds it
 (:func:`parent_run_id`) and tags its own run ``mlflow.parentRunId``. :func:`close_parent`
 gives the parent the best child's objective and id, and counts of finished and failed
-children. The Hydra callback that calls them around a sweep is
-:class:`segexp.launch.sweep.MlflowSweepCallback`.
+children, and registers the best child's model as ``<tracking.registered_model>@champion``.
+The Hydra callback that calls them around a sweep is :class:`segexp.launch.sweep.MlflowSweepCallback`.
+
+Names say what varies: :func:`sweep_dimensions` reads the sweep's dimensions (the overrides that are
+sweeps: ``a,b``, ``range()``, ``choice()``, ``interval()``, ``glob()``; from the command line and
+``hydra.sweeper.params``), the parent is named after them (``sweep: model ∈ {resunet, flexunet}``,
+``optuna: 20 trials over model, training.learning_rate``), and each job's run by its own values of those
+keys only (:func:`child_run_name`: ``model=resunet``); the parent file records the keys for the jobs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,80 @@ from segexp.tracking.tracker import run_name_from_overrides
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent.json"
+#: The alias the best child of the latest sweep gets in the model registry.
+CHAMPION = "champion"
+#: MLflow's longest run name (its database column).
+MAX_RUN_NAME = 250
+
+
+def _parse(line: str) -> Any | None:
+    """Hydra's parse of one override (None: not an override Hydra understands)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(line)
+    except Exception:  # noqa: BLE001 - e.g. a value Hydra's grammar refuses: not a sweep dimension
+        return None
+
+
+def sweep_dimensions(overrides: Sequence[str], sweeper_params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``{key: Hydra override}`` of what a sweep varies: the overrides that are sweeps, from
+    ``hydra.sweeper.params`` and then the command line (which wins for the same key, as in Hydra's
+    sweepers). A key given one value on the command line is no dimension, even when the params sweep it."""
+    lines = [f"{key}={value}" for key, value in (sweeper_params or {}).items()] + list(overrides)
+    found: dict[str, Any] = {}
+    for line in lines:
+        override = _parse(line)
+        if override is None:
+            continue
+        found.pop(override.key_or_group, None)
+        if override.is_sweep_override():
+            found[override.key_or_group] = override
+    return found
+
+
+def _dimension_text(key: str, override: Any) -> str:
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    if isinstance(override.value(), ChoiceSweep):
+        return f"{key} ∈ {{{', '.join(override.sweep_string_iterator())}}}"
+    return f"{key}={override.input_line.split('=', 1)[1]}"
+
+
+def parent_run_name(dimensions: Mapping[str, Any], overrides: Sequence[str], sweeper: str, n_trials: Any) -> str:
+    """What the sweep is, short: ``sweep: model ∈ {resunet, flexunet}``, ``optuna: 20 trials over model, ...``."""
+    if "optuna" in sweeper.lower():
+        name = f"optuna: {n_trials} trials over {', '.join(dimensions) or 'nothing'}"
+    elif dimensions:
+        name = "sweep: " + " × ".join(_dimension_text(k, o) for k, o in dimensions.items())
+    else:
+        name = "sweep: " + run_name_from_overrides(overrides)
+    if len(name) > MAX_RUN_NAME:  # long value lists: the keys say it
+        name = "sweep over " + ", ".join(dimensions)
+    return name[:MAX_RUN_NAME]
+
+
+def sweep_keys(sweep_dir: Path) -> list[str] | None:
+    """The keys the sweep in ``sweep_dir`` varies, as its parent file records them (None: no record)."""
+    try:
+        keys = json.loads((Path(sweep_dir) / PARENT_FILE).read_text())["varying"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [str(k) for k in keys]
+
+
+def child_run_name(sweep_dir: Path, overrides: Sequence[str]) -> str | None:
+    """A sweep job's run name: its overrides of the keys the sweep varies (``model=resunet``); None when
+    the sweep recorded no keys or the job overrides none of them (the caller names it by all its overrides)."""
+    keys = sweep_keys(sweep_dir)
+    if not keys:
+        return None
+    named = []
+    for line in overrides:
+        override = _parse(line)
+        if override is not None and override.key_or_group in keys:
+            named.append(line)
+    return ",".join(named)[:MAX_RUN_NAME] if named else None
 
 
 def parent_run_id(sweep_dir: Path) -> str | None:
@@ -40,27 +120,33 @@ def open_parent(
     sweep_dir: Path,
     overrides: Sequence[str],
     tags: dict[str, str],
+    sweeper_params: Mapping[str, Any] | None = None,
+    n_trials: Any = None,
 ) -> str:
     """Create the sweep's parent run (and the store and experiment, once) and write its id into ``sweep_dir``.
 
-    ``tags`` are added to the sweep folder, the overrides and the command; returns the run id.
+    ``tags`` are added to the sweep folder, the overrides, the varied keys and the command (a ``sweeper``
+    tag names the sweeper; ``sweeper_params``: ``hydra.sweeper.params``); returns the run id.
     """
     import mlflow
 
+    dimensions = sweep_dimensions(overrides, sweeper_params)
     experiment_id = configure(uri, experiment, artifact_location)
     run = retry_locked(
         mlflow.MlflowClient().create_run,
         experiment_id,
-        run_name="sweep: " + run_name_from_overrides(overrides),
+        run_name=parent_run_name(dimensions, overrides, tags.get("sweeper", ""), n_trials),
         tags={
             "sweep_dir": str(sweep_dir),
             "sweep_overrides": " ".join(overrides),
+            "sweep_varying": ",".join(dimensions),
             **tags,
             "mlflow.note.content": "segexp-train -m " + " ".join(overrides),
         },
     )
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": uri}))
+    record = {"run_id": run.info.run_id, "tracking_uri": uri, "varying": list(dimensions)}
+    (sweep_dir / PARENT_FILE).write_text(json.dumps(record))
     log.info("MLflow parent run %s for the sweep in %s", run.info.run_id, sweep_dir)
     return str(run.info.run_id)
 
@@ -85,8 +171,9 @@ def best_child(runs: Sequence[Any], metric: str, mode: str) -> tuple[Any | None,
     return (max if mode == "max" else min)(scored, key=lambda rv: rv[1])
 
 
-def close_parent(parent: str, uri: str, monitor: str, mode: str) -> None:
-    """End the parent run with the best child's objective (metric ``best/<monitor>``) and id."""
+def close_parent(parent: str, uri: str, monitor: str, mode: str, registered_model: str | None = None) -> None:
+    """End the parent run with the best child's objective (metric ``best/<monitor>``) and id; with
+    ``registered_model``, the best child's logged model becomes its newest version, alias ``champion``."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -103,6 +190,10 @@ def close_parent(parent: str, uri: str, monitor: str, mode: str) -> None:
     if best is not None:
         tags.update(best_child_run_id=best.info.run_id, best_child_run_name=best.info.run_name or "")
         retry_locked(client.log_metric, parent, metric, value)
+        if registered_model:
+            version = register_champion(best, registered_model, {"sweep_parent_run_id": parent, metric: str(value)})
+            if version is not None:
+                tags["registered_model"] = f"{registered_model}/{version}"
     for key, text in tags.items():
         retry_locked(client.set_tag, parent, key, text)
     retry_locked(client.set_terminated, parent, "FINISHED" if best is not None else "FAILED")
@@ -117,7 +208,33 @@ def close_parent(parent: str, uri: str, monitor: str, mode: str) -> None:
     )
 
 
-def record_failed_job(parent: str, uri: str, overrides: Sequence[str], error: BaseException) -> None:
+def register_champion(run: Any, name: str, tags: Mapping[str, str]) -> str | None:
+    """Register ``run``'s logged model as a new version of ``name`` and point the ``champion`` alias at it;
+    returns the version (None: the run logged no model, or the registry refused; a warning says which)."""
+    import mlflow
+
+    models = retry_locked(
+        mlflow.search_logged_models,
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+        output_format="list",
+    )
+    if not models:
+        log.info("best child %s logged no model (tracking.log_model=false): nothing registered", run.info.run_id)
+        return None
+    try:
+        version = retry_locked(mlflow.register_model, models[0].model_uri, name, tags=dict(tags)).version
+        retry_locked(mlflow.MlflowClient().set_registered_model_alias, name, CHAMPION, version)
+    except Exception as err:  # noqa: BLE001 - the sweep's results stand without the registry entry
+        log.warning("registering the best child %s as %s@%s failed: %s", run.info.run_id, name, CHAMPION, err)
+        return None
+    log.info("registered model %s version %s (%s@%s): run %s", name, version, name, CHAMPION, run.info.run_id)
+    return str(version)
+
+
+def record_failed_job(
+    parent: str, uri: str, overrides: Sequence[str], error: BaseException, run_name: str | None = None
+) -> None:
     """A child run for a job that failed before its own MLflow run started (e.g. an invalid combination)."""
     import mlflow
 
@@ -127,9 +244,10 @@ def record_failed_job(parent: str, uri: str, overrides: Sequence[str], error: Ba
     run = retry_locked(
         client.create_run,
         experiment,
-        run_name=run_name_from_overrides(overrides),
+        run_name=run_name or run_name_from_overrides(overrides),
         tags={
             "mlflow.parentRunId": parent,
+            "overrides": " ".join(overrides),
             "error": f"{type(error).__name__}: {error}"[:5000],
             "mlflow.note.content": "segexp-train " + " ".join(overrides),
         },

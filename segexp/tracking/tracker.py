@@ -26,6 +26,7 @@ from segexp.tracking.store import (
     IMAGE_ARTIFACT_DIR,
     OutagePolicy,
     configure,
+    ensure_experiment_kind,
     image_key_and_step,
     mlflow_client,
     retry_locked,
@@ -74,13 +75,25 @@ def git_commit(repo: Path) -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def run_name_from_overrides(overrides: Sequence[str]) -> str:
-    """Run name from command-line overrides (``model.base_filters=8,training.epochs=2``), else ``default``.
+def run_name_from_overrides(overrides: Sequence[str], fallback: str = "default") -> str:
+    """Run name from command-line overrides (``model.base_filters=8,training.epochs=2``), else ``fallback``.
 
     Overrides of where files go (``paths.*``, ``hydra.*``) say nothing about the experiment and are left out.
+    A sweep's child is named by the overrides that vary between its jobs only
+    (:func:`segexp.tracking.sweep.child_run_name`).
     """
     named = [o for o in overrides if not o.lstrip("+~").startswith(("paths.", "hydra."))]
-    return ",".join(named) if named else "default"
+    return ",".join(named) if named else fallback
+
+
+def system_metrics_available() -> bool:
+    """True when MLflow can sample system metrics here (it needs ``psutil``); else a warning, once per call."""
+    import importlib.util
+
+    if importlib.util.find_spec("psutil") is not None:
+        return True
+    log.warning("tracking.system_metrics: psutil is not installed (pip install psutil); no system/* metrics")
+    return False
 
 
 class Tracker:
@@ -222,6 +235,7 @@ def tracked_run(
     keep_status: bool = True,
     run_dir: Path | None = None,
     outage: OutagePolicy | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[Tracker]:
     """Start an MLflow run (or a disabled :class:`Tracker`) and always end it with a status.
 
@@ -231,22 +245,33 @@ def tracked_run(
     With ``parent_run_id`` the run is a child of a sweep's parent run (``mlflow.parentRunId``).
     With ``run_dir`` logging survives tracking-server outages (:mod:`segexp.tracking.outbox`, policy ``outage``):
     what cannot be sent is kept in the run folder, and even the final status never raises.
+    With ``system_metrics`` MLflow samples CPU, memory, disk, network (and GPU with ``nvidia-ml-py``) into
+    ``system/*`` metrics every 10 s (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` changes it) in a daemon
+    thread of its own: a server that does not answer ends that sampling (with a warning), never the run.
     """
     if not enabled:
         yield Tracker(None)
         return
     import mlflow
 
+    sample = system_metrics and system_metrics_available()
     if resume_run_id is not None:
         mlflow.set_tracking_uri(uri)
         previous = retry_locked(mlflow.get_run, resume_run_id).info.status if keep_status else None
-        run = retry_locked(mlflow.start_run, run_id=resume_run_id)
+        run = retry_locked(mlflow.start_run, run_id=resume_run_id, log_system_metrics=sample)
+        ensure_experiment_kind(run.info.experiment_id)
     else:
         experiment_id = configure(uri, experiment, artifact_location)
         all_tags = {**tags, "mlflow.note.content": description}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = retry_locked(mlflow.start_run, experiment_id=experiment_id, run_name=run_name, tags=all_tags)
+        run = retry_locked(
+            mlflow.start_run,
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags=all_tags,
+            log_system_metrics=sample,
+        )
         previous = None
         log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run_name, experiment, uri)
     run_id = run.info.run_id

@@ -401,8 +401,13 @@ def train(
     parent_run_id: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     extra_params: Mapping[str, str] | None = None,
+    run_name: str | None = None,
 ) -> float:
     """Validate ``cfg``, train, log everything to MLflow; return the best ``training.monitor`` value.
+
+    The MLflow run's name: ``tracking.run_name``, else ``run_name`` (a sweep job: the overrides that vary),
+    else the overrides (``paths.*``, ``hydra.*`` left out), else ``<model>-<dataset>``; ``overrides`` are
+    always the ``overrides`` tag.
 
     ``callbacks`` (for tools and benchmarks) run after segexp's own, so the epoch clock does not count them.
     ``extra_params`` (the plan's ``plan.*``) are logged with the config; the run folder's
@@ -449,6 +454,7 @@ def train(
         "model": cfg.model.name,
         "run_dir": str(run_dir),
         "precision": precision,
+        "overrides": " ".join(overrides),
     }
     outage = outage_policy(cfg.tracking.outage)
     with (
@@ -458,7 +464,9 @@ def train(
             uri=tracking.uri,
             experiment=tracking.experiment,
             artifact_location=tracking.artifact_location,
-            run_name=tracking.run_name or run_name_from_overrides(overrides),
+            run_name=tracking.run_name
+            or run_name
+            or run_name_from_overrides(overrides, fallback=f"{cfg.model.name}-{dataset.name}"),
             tags=tags,
             description="segexp-train " + " ".join(overrides),
             parent_run_id=parent_run_id,
@@ -466,6 +474,7 @@ def train(
             keep_status=False,
             run_dir=run_dir,
             outage=outage,
+            system_metrics=tracking.system_metrics,
         ) as tracker,
     ):
         if tracker.run_id is not None:  # tracker.enabled
