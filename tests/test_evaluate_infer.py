@@ -22,7 +22,7 @@ from segexp.data.io.intensity import window_to_uint8
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.evaluation.postprocess import Postprocessing
 from segexp.evaluation.prediction import infer
-from segexp.evaluation.reports import EvaluationError, evaluate_run
+from segexp.evaluation.reports import CASE_COLUMNS, EvaluationError, evaluate_run
 from segexp.tracking.runs import BEST_MODEL, RunError, open_run
 from segexp.training.loop import train
 
@@ -108,6 +108,15 @@ def test_training_evaluates_and_evaluate_resumes_the_same_run(
     assert summary["postprocessing"] == {n: r.describe() for n, r in chosen.active.items()}
     assert {"postprocess.square", "postprocess.disc"} <= set(run.data.tags)
     assert POSTPROCESSING_FILE in [a.path for a in client.list_artifacts(run.info.run_id)]
+    # per case x class in the UI: the table, worst Dice first, and the case viewer
+    cases = client.load_table(run.info.experiment_id, "evaluation/test/cases.json", [run.info.run_id])
+    assert list(cases.columns) == list(CASE_COLUMNS) and set(cases["class"]) == {"square", "disc"}
+    assert len(cases) == 2 * summary["num_cases"] and list(cases["dice"]) == sorted(cases["dice"])
+    assert set(cases["slices"]) == {2} and set(cases["hd95_units"]) == {"px"}
+    logged = [a.path for a in client.list_artifacts(run.info.run_id, "evaluation/test")]
+    assert sorted(logged) == ["evaluation/test/case_viewer.html", "evaluation/test/cases.json"]
+    viewer = (run_dir / "evaluation" / "case_viewer.html").read_text()
+    assert 'class="slice-slider"' in viewer and 'data-name="case2"' in viewer and "all 1 cases shown" in viewer
 
     # segexp-evaluate by run folder and by MLflow run id: both land in the same MLflow run
     evaluate_run(open_run(str(run_dir)), tmp_path / "again", split="valid")
@@ -115,6 +124,9 @@ def test_training_evaluates_and_evaluate_resumes_the_same_run(
     assert by_id.run_dir == run_dir.resolve()
     runs = client.search_runs([run.info.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "valid/dice_fg_mean" in runs[0].data.metrics
+    cases = client.load_table(run.info.experiment_id, "evaluation/valid/cases.json", [run.info.run_id])
+    assert len(cases) == 2 and list(cases["dice"]) == sorted(cases["dice"])  # valid: one case x two classes
+    assert (tmp_path / "again" / "case_viewer.html").is_file()
 
 
 def test_open_run_errors_name_the_source(tmp_path: Path) -> None:

@@ -131,6 +131,16 @@ def test_outbox_survives_a_restart_of_the_process(tmp_path: Path, fake_server: d
     assert not (tmp_path / ob.OUTBOX_FILE).exists()
 
 
+def test_a_buffered_table_is_plain_json_and_sent_later(tmp_path: Path, fake_server: dict) -> None:
+    fake_server["down"] = True
+    table = {"kind": "table", "data": {"case": ["a"], "dice": [None]}, "artifact_file": "evaluation/test/cases.json"}
+    assert not Outbox(tmp_path, "r1", "http://127.0.0.1:1", POLICY).submit(table)
+    again = Outbox(tmp_path, "r1", "http://127.0.0.1:1", POLICY)  # e.g. segexp-upload, later
+    assert again.pending == [table] and ob.describe(table) == "table evaluation/test/cases.json"
+    fake_server["down"] = False
+    assert again.flush() and fake_server["sent"] == [table]
+
+
 def test_flush_stops_at_the_first_failure_and_keeps_the_rest(tmp_path: Path, fake_server: dict, monkeypatch) -> None:
     fake_server["down"] = True
     box = Outbox(tmp_path, "r1", "http://127.0.0.1:1", POLICY)
@@ -211,7 +221,9 @@ def test_an_unwritable_outbox_keeps_entries_in_memory(tmp_path: Path, fake_serve
 def test_an_entry_kind_is_one_table_entry(tmp_path: Path, fake_server: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """Sending, naming and keeping an entry go by its kind's entry in ``KINDS``: a new kind is one entry."""
     real_send = fake_server["real_send"]
-    assert set(ob.KINDS) == {"params", "tags", "delete_tag", "metrics", "image", "artifact", "model", "terminated"}
+    assert set(ob.KINDS) == {
+        "params", "tags", "delete_tag", "metrics", "image", "artifact", "table", "model", "terminated"
+    }  # fmt: skip
     sent: list[tuple[str, str]] = []
 
     def keep(entry: dict, folder: Path) -> Path:

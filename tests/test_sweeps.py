@@ -12,6 +12,7 @@ import pytest
 
 from segexp.tracking.compare import compare
 from segexp.tracking.store import configure, retry_locked
+from segexp.tracking.sweep import CHILDREN_TABLE
 from segexp.tracking.tracker import tracked_run
 
 from .conftest import TINY_DATASET_OVERRIDES
@@ -67,6 +68,9 @@ def test_grid_sweep_is_one_parent_with_four_children(tmp_path: Path, tiny_datase
     assert lines[2].startswith(best.info.run_name)  # best first
     logged = [a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "compare")]
     assert sorted(logged) == ["compare/children.csv", "compare/parallel_coordinates.png"]
+    children = mlflow.MlflowClient().load_table(parent.info.experiment_id, CHILDREN_TABLE, [parent.info.run_id])
+    assert len(children) == 4 and set(children["run_id"]) == {k.info.run_id for k in kids}  # one row per child
+    assert list(children["run_id"])[0] == best.info.run_id and {"wall_time_s", "model.num_params"} <= set(children)
 
 
 @pytest.mark.slow  # CI time: ~35 s; a failed child among finished ones is also covered by the SLURM test

@@ -73,6 +73,9 @@ def test_two_epoch_run_is_fully_tracked(compose_train, tiny_dataset: Path, tmp_p
 
     artifacts = _artifacts(client, run.info.run_id)
     assert "config/config.yaml" in artifacts and "history.csv" in artifacts and "curves.png" in artifacts
+    assert {"evaluation/test/cases.json", "evaluation/test/case_viewer.html"} <= set(artifacts)
+    cases = client.load_table(run.info.experiment_id, "evaluation/test/cases.json", [run.info.run_id])
+    assert list(cases.columns)[:5] == ["case", "class", "dice", "iou", "hd95"] and len(cases) == 2
     epoch_images = [a for a in artifacts if a.startswith("images/epoch_images~") and a.endswith(".png")]
     assert len(epoch_images) == 2 * 2  # 2 images x 2 epochs
     assert {a.split("+step+")[1].split("+")[0] for a in epoch_images} == {"1", "2"}

@@ -29,7 +29,7 @@ import numpy as np
 from segexp.core.errors import InferenceInputError
 from segexp.core.files import atomic_write_path
 from segexp.data.io.intensity import window_volume
-from segexp.data.io.rgb_map import default_palette, encode_rgb_mask
+from segexp.data.io.rgb_map import class_colours, encode_rgb_mask
 from segexp.data.io.slices import IMAGE_SUFFIXES, DataError, case_id, read_image, resize_image
 from segexp.data.io.volumes import (
     VolumeCase,
@@ -327,8 +327,7 @@ def infer(
     (one line per bad file)."""
     cfg = run.config
     class_names = list(cfg.dataset.class_names)
-    rgb_map = cfg.dataset.get("rgb_map")
-    colours = np.asarray(list(rgb_map.values()), np.uint8) if rgb_map else default_palette(len(class_names))
+    colours = class_colours(class_names, cfg.dataset.get("rgb_map"))
     paths = list_inputs(source)
     postprocessing = for_run(run, postprocess)
     if postprocessing is not None and postprocessing.active:

@@ -9,7 +9,9 @@ size, and scored against the stored masks, background excluded
 Outputs: ``summary.json`` (per class, per case, foreground mean, and the
 original background-including score for comparison), ``evaluation.csv`` (one row
 per case and class), ``per_slice.csv`` and ``dice_per_class.png``; in MLflow
-``test/dice/<class>``, ``test/dice_fg_mean``, ... and the files under ``evaluation/``.
+``test/dice/<class>``, ``test/dice_fg_mean``, ... and the files under ``evaluation/``, and under
+``evaluation/<split>/`` the table ``cases.json`` (one row per case and class, worst Dice first) and the case
+viewer ``case_viewer.html`` (:mod:`segexp.evaluation.case_viewer`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import numpy as np
 from segexp.config.schema import DatasetConfig, validate_train_config
 from segexp.core.errors import EvaluationError
 from segexp.core.files import atomic_write_path, atomic_write_text
+from segexp.data.io.rgb_map import class_colours
 from segexp.data.io.slices import (
     DataError,
     SlicePair,
@@ -37,6 +40,7 @@ from segexp.data.io.slices import (
     resize_pair,
 )
 from segexp.data.runtime.dataset import SliceDataset, open_dataset
+from segexp.evaluation.case_viewer import VIEWER_FILE, ViewerCase, encode_case, viewer_page
 from segexp.evaluation.inference import predict_batches, probabilities_to_classes
 from segexp.evaluation.postprocess import Postprocessing, determine, for_run
 from segexp.evaluation.scoring import (
@@ -139,10 +143,15 @@ def _predict_case(
 
 @dataclass
 class Evaluation:
-    """``summary``: the ``summary.json`` content; ``per_slice``: ``(case, slice name, {class: scores})`` rows."""
+    """``summary``: the ``summary.json`` content; ``per_slice``: ``(case, slice name, {class: scores})`` rows;
+    ``slices``: each case's slice count; ``voxel_mm3``: each case's voxel volume (None: no spacing known);
+    ``viewer``: the cases encoded for the case viewer (when asked for)."""
 
     summary: dict[str, Any]
     per_slice: list[tuple[str, str, dict[str, Any]]]
+    slices: dict[str, int] = field(default_factory=dict)
+    voxel_mm3: dict[str, float | None] = field(default_factory=dict)
+    viewer: list[ViewerCase] = field(default_factory=list)
 
 
 def predict_cases(
@@ -178,11 +187,13 @@ def evaluate_split(
     flip_tta: bool = False,
     postprocessing: Postprocessing | None = None,
     on_bad_file: str = "error",
+    viewer: bool = False,
 ) -> Evaluation:
-    """Score every case (3D) and slice (2D) of ``split``, after ``postprocessing``'s rules when given."""
+    """Score every case (3D) and slice (2D) of ``split``, after ``postprocessing``'s rules when given; with
+    ``viewer`` each case is also encoded for the case viewer (its images read again, downscaled)."""
     num_classes = len(dataset.class_names)
     per_case, per_slice, original = {}, [], []
-    spacings = {}
+    spacings, slices, viewer_cases = {}, {}, []
     for case, pairs, truth, pred in predict_cases(
         model,
         dataset,
@@ -198,10 +209,14 @@ def evaluate_split(
             pred = postprocessing.apply(pred)
         spacing = case_spacing(dataset.root, case)
         spacings[case] = spacing
+        slices[case] = len(pairs)
         per_case[case] = score_classes(truth, pred, num_classes, spacing)
         original.append(dice_including_background(truth, pred, num_classes))
         for pair, t, p in zip(pairs, truth, pred):
             per_slice.append((case, pair.name, score_classes(t, p, num_classes, spacing[1:] if spacing else None)))
+        if viewer:
+            images = np.stack([read_image(pair.image, channels) for pair in pairs])
+            viewer_cases.append(encode_case(case, images, truth, pred))
     units = "mm" if spacings and all(s is not None for s in spacings.values()) else "px"
     fg_names = dataset.class_names[1:]
     summary = to_json_safe(
@@ -234,7 +249,42 @@ def evaluate_split(
     rows = to_json_safe(
         [(case, name, {fg_names[k - 1]: s.as_dict() for k, s in scores.items()}) for case, name, scores in per_slice]
     )
-    return Evaluation(summary, rows)
+    voxel_mm3 = {case: float(np.prod(s)) if s is not None else None for case, s in spacings.items()}
+    return Evaluation(summary, rows, slices, voxel_mm3, viewer_cases)
+
+
+#: The columns of the per-case table (:func:`case_table`).
+CASE_COLUMNS = (
+    "case", "class", "dice", "iou", "hd95", "hd95_units", "truth_volume", "pred_volume", "volume_units", "slices"
+)  # fmt: skip
+
+
+def case_table(evaluation: Evaluation) -> dict[str, list[Any]]:
+    """One row per case and foreground class (:data:`CASE_COLUMNS`), the lowest Dice first (classes absent from
+    truth and prediction last): volumes in mm³ when every case's spacing is known, else in voxels."""
+    summary = evaluation.summary
+    in_mm = summary["hd95_units"] == "mm"
+    rows = []
+    for case, classes in summary["per_case"].items():
+        voxel = evaluation.voxel_mm3.get(case) if in_mm else None
+        scale = voxel if voxel is not None else 1.0
+        for name, s in classes.items():
+            rows.append(
+                (
+                    case,
+                    name,
+                    s["dice"],
+                    s["iou"],
+                    s["hd95"],
+                    summary["hd95_units"],
+                    s["n_truth"] * scale,
+                    s["n_pred"] * scale,
+                    "mm3" if voxel is not None else "voxels",
+                    evaluation.slices.get(case, 0),
+                )
+            )
+    rows.sort(key=lambda r: (r[2] is None, r[2] if r[2] is not None else 0.0, r[0], r[1]))
+    return {column: [r[i] for r in rows] for i, column in enumerate(CASE_COLUMNS)}
 
 
 def choose_postprocessing(
@@ -339,7 +389,9 @@ def score_and_log(
 ) -> dict[str, Any]:
     """Score ``split`` at the input size of the model section ``m``, write the reports in ``out_dir`` and log them
     (:func:`log_summary`, metrics ``<split>/...``); returns the summary. The one path from a model to a split's
-    logged scores, after training and in ``segexp-evaluate``."""
+    logged scores, after training and in ``segexp-evaluate``. In a tracked run also the table of every case and
+    class (``evaluation/<split>/cases.json``, :func:`case_table`) and the case viewer (``case_viewer.html`` in
+    ``out_dir`` and ``evaluation/<split>/``)."""
     evaluation = evaluate_split(
         model,
         dataset,
@@ -351,9 +403,30 @@ def score_and_log(
         flip_tta=flip_tta,
         postprocessing=postprocessing,
         on_bad_file=d.on_bad_file,
+        viewer=tracker.enabled,
     )
     log_summary(tracker, evaluation.summary, write_reports(evaluation, out_dir), prefix=split)
+    if tracker.enabled:
+        tracker.log_table(case_table(evaluation), f"evaluation/{split}/cases.json")
+        tracker.log_artifact(write_viewer(evaluation, d, out_dir), f"evaluation/{split}")
     return evaluation.summary
+
+
+def write_viewer(evaluation: Evaluation, d: DatasetConfig, out_dir: Path) -> Path:
+    """The case viewer of ``evaluation`` (:mod:`segexp.evaluation.case_viewer`) as ``out_dir/case_viewer.html``,
+    in the class colours of the dataset section ``d``."""
+    summary = evaluation.summary
+    page = viewer_page(
+        evaluation.viewer,
+        summary["per_case"],
+        summary["class_names"],
+        class_colours(summary["class_names"], d.rgb_map),
+        title=f"{summary['split']} split: {summary['num_cases']} cases",
+        hd95_units=summary["hd95_units"],
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / VIEWER_FILE, page)
+    return out_dir / VIEWER_FILE
 
 
 def evaluate_run(

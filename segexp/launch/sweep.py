@@ -4,8 +4,9 @@
 process that launches the sweep. Before any job starts it checks the tracking server and
 creates the MLflow store, experiment and parent run once (so parallel jobs never race to
 create them; :func:`segexp.tracking.sweep.open_parent`, which also records the keys the sweep
-varies, so each job's run is named by those only). When the sweep ends it closes the parent with
-the best child and registers that child's model as ``champion``
+varies, so each job's run is named by those only). When the sweep ends it gives the parent the page
+that shows the children's test cases side by side (:func:`segexp.evaluation.case_viewer.comparison_page`),
+closes it with the best child and registers that child's model as ``champion``
 (:func:`segexp.tracking.sweep.close_parent`).
 """
 
@@ -20,8 +21,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from segexp.core.errors import TrackingUnavailable
+from segexp.evaluation.case_viewer import COMPARISON_FILE, VIEWER_FILE, comparison_page
 from segexp.tracking.store import OutagePolicy, check_server
-from segexp.tracking.sweep import close_parent, open_parent, parent_run_id
+from segexp.tracking.sweep import child_artifacts, close_parent, log_to_parent, open_parent, parent_run_id
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,10 @@ class MlflowSweepCallback(Callback):
         if parent is None:
             return
         training = config.get("training", {})
+        try:  # the comparison page is a view: a failure leaves it out, never the parent's closing
+            log_case_comparison(parent, tracking.uri)
+        except Exception as err:
+            log.warning("no case comparison page for the sweep parent %s: %s", parent, err)
         close_parent(
             parent,
             tracking.uri,
@@ -80,3 +86,19 @@ class MlflowSweepCallback(Callback):
             str(training.get("monitor_mode", "max")),
             OmegaConf.select(tracking, "registered_model", default=None),
         )
+
+
+#: Where the children's test-split viewers are (segexp.evaluation.reports.score_and_log) and the parent's page goes.
+CHILD_VIEWER = f"evaluation/test/{VIEWER_FILE}"
+PARENT_FOLDER = "sweep"
+
+
+def log_case_comparison(parent: str, uri: str) -> bool:
+    """Log ``sweep/case_comparison.html`` to the parent: the test cases of its finished children side by side, read
+    from their case viewers (none when no child evaluated the test split). True when logged."""
+    pages = child_artifacts(parent, uri, CHILD_VIEWER)
+    page = comparison_page(pages, title=f"sweep: test cases of {len(pages)} children") if pages else None
+    if page is None:
+        return False
+    log_to_parent(parent, uri, COMPARISON_FILE, page, PARENT_FOLDER)
+    return True

@@ -20,48 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from segexp.tracking.store import retry_locked
-from segexp.tracking.sweep import children
+from segexp.tracking.sweep import EXTRA_METRICS, children, comparison_rows, per_class_metrics
+from segexp.tracking.sweep import changed_params as changed_params  # segexp-compare's columns, kept here too
 
 DEFAULT_METRIC = "best/val_dice_fg_mean"
-EXTRA_METRICS = ("test/dice_fg_mean",)
-IGNORED_PARAMS = ("paths.", "tracking.", "model.num_params")
-
-
-def changed_params(runs: Sequence[Any]) -> list[str]:
-    """Params whose value differs between the runs (paths and tracking settings left out).
-
-    When the runs are different networks (``model.name`` differs, e.g. ``hparams_search=architectures``),
-    each network's own keys are left out (they differ by definition) and its parameter count is shown.
-    """
-    keys = {k for r in runs for k in r.data.params if not k.startswith(IGNORED_PARAMS)}
-    if len({r.data.params.get("model.name") for r in runs}) > 1:
-        shared = set.intersection(*(set(r.data.params) for r in runs))
-        keys = {k for k in keys if not k.startswith("model.") or k in shared} | {"model.num_params"}
-    return [k for k in sorted(keys) if len({r.data.params.get(k) for r in runs}) > 1]
-
-
-def per_class_metrics(runs: Sequence[Any], prefix: str = "test/dice/") -> list[str]:
-    """The per-class metrics ``<prefix><class>`` logged by any of the runs, sorted by name."""
-    return sorted({m for r in runs for m in r.data.metrics if m.startswith(prefix)})
-
-
-def comparison_rows(
-    runs: Sequence[Any], metric: str, mode: str, extra: Sequence[str] = ()
-) -> tuple[list[str], list[dict[str, Any]]]:
-    """Table columns and rows (one per child), sorted by ``metric`` (best first, missing last);
-    ``extra`` metrics (e.g. :func:`per_class_metrics`) are added as columns."""
-    params = changed_params(runs)
-    metrics = list(dict.fromkeys((metric, *EXTRA_METRICS, *extra)))
-    rows = []
-    for r in runs:
-        row: dict[str, Any] = {"run": r.info.run_name, "status": r.info.status, "run_id": r.info.run_id}
-        row.update({p: r.data.params.get(p, "") for p in params})
-        for m in metrics:
-            row[m] = r.data.metrics.get(m, math.nan)
-        rows.append(row)
-    sign = -1.0 if mode == "max" else 1.0
-    rows.sort(key=lambda row: (math.isnan(row[metric]), sign * row[metric] if not math.isnan(row[metric]) else 0.0))
-    return ["run", "status", *params, *metrics], rows
 
 
 def format_table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:

@@ -27,7 +27,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -147,6 +149,25 @@ def _keep_artifact(entry: Mapping[str, Any], folder: Path) -> Path:
     return copy
 
 
+def _send_table(to: Destination, entry: Mapping[str, Any]) -> None:
+    import pandas as pd
+
+    retry_locked(_put_table, to, pd.DataFrame(entry["data"]), entry["artifact_file"])
+
+
+def _put_table(to: Destination, table: Any, artifact_file: str) -> None:
+    """``MlflowClient.log_table`` appends to a table already there: a table logged again (a second evaluation of
+    the split, an entry sent twice after a lost reply) replaces the file instead."""
+    folder = posixpath.dirname(artifact_file) or None
+    if artifact_file not in [a.path for a in to.client.list_artifacts(to.run_id, folder)]:
+        to.client.log_table(to.run_id, table, artifact_file)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / posixpath.basename(artifact_file)
+        table.to_json(path, orient="split", index=False)  # as log_table writes it
+        to.client.log_artifact(to.run_id, str(path), folder)
+
+
 def _send_model_entry(to: Destination, entry: Mapping[str, Any]) -> None:
     model = entry["model"] if entry.get("model") is not None else _load_saved_model(to.local(entry))
     _send_model(to.uri, to.run_id, model, entry.get("name", "model"))
@@ -184,6 +205,7 @@ KINDS: dict[str, EntryKind] = {
     "metrics": EntryKind(_send_metrics, lambda e: f"metrics of step {e['step']}"),
     "image": EntryKind(_send_image, lambda e: f"image {e['key']} of step {e['step']}", _keep_image),
     "artifact": EntryKind(_send_artifact, lambda e: f"artifact {Path(e['path']).name}", _keep_artifact),
+    "table": EntryKind(_send_table, lambda e: f"table {e['artifact_file']}"),
     "model": EntryKind(_send_model_entry, keep=_keep_model),
     "terminated": EntryKind(_send_terminated, lambda e: f"run status {e['status']}"),
 }

@@ -148,6 +148,13 @@ class Tracker:
         if self.enabled and path.exists():
             self._submit({"kind": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
 
+    def log_table(self, data: Mapping[str, Sequence[Any]], artifact_file: str) -> None:
+        """Log ``data`` (``{column: values}``, JSON values) as the MLflow table ``artifact_file`` (``.json``),
+        shown in the run's artifacts and read back with ``mlflow.load_table``; logging it again replaces it."""
+        if self.enabled:
+            columns = {str(k): list(v) for k, v in data.items()}
+            self._submit({"kind": "table", "data": columns, "artifact_file": artifact_file})
+
     def log_keras_model(self, model: Any, name: str = "model") -> None:
         """Log ``model`` with the ``mlflow.keras`` flavour: raw uint8 images in, probabilities out."""
         if self.enabled:

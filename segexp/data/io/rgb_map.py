@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +138,11 @@ def default_palette(num_classes: int) -> np.ndarray:
             r, g, b = colorsys.hsv_to_rgb(hue, sat, 0.95)
             palette[cls] = (round(r * 255), round(g * 255), round(b * 255))
     return palette
+
+
+def class_colours(class_names: Sequence[str], rgb_map: Mapping[str, Sequence[int]] | None) -> np.ndarray:
+    """``(num_classes, 3) uint8`` colours of the classes: the dataset's ``rgb_map`` when it has one (colour masks),
+    else :func:`default_palette`."""
+    if rgb_map:
+        return np.asarray(list(rgb_map.values()), np.uint8)
+    return default_palette(len(class_names))
