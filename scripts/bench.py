@@ -174,7 +174,9 @@ def compiled_model(
     names = list(cfg.dataset.class_names)
     if len(names) != cfg.model.num_classes:
         names = [f"class{i}" for i in range(cfg.model.num_classes)]
-    return compile_model(cfg.model, cfg.training, names, cfg.training.steps_per_epoch or 1, precision), cfg
+    return compile_model(
+        cfg.model, cfg.training, names, cfg.training.steps_per_epoch or 1, precision, loss=cfg.loss
+    ), cfg
 
 
 def run_loaders(cfg: Any, dataset: Any, augmenter: Any) -> Any:

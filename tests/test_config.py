@@ -116,7 +116,7 @@ def test_hocm_experiment_is_the_original_model() -> None:
             ["callbacks=reduce_lr", "training.schedule=null", "callbacks.reduce_lr.factor=1.5"],
             "callbacks.reduce_lr.factor",
         ),
-        (["training.loss=focal"], "training.loss"),
+        (["loss._target_=focal"], "loss._target_"),
         (["training.learning_rate=-1"], "training.learning_rate"),
         (["training.monitor_mode=up"], "training.monitor_mode"),
         (["augmentation=full", "augmentation.transforms.rotate.p=1.2"], "augmentation.transforms.rotate.p"),
@@ -133,9 +133,9 @@ def test_invalid_values_name_the_key(overrides: list[str], key: str) -> None:
 
 def test_all_problems_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
-        validate_run_config(compose_config(["model.base_kernels=[4,4]", "model.dropout_rate=2", "training.loss=x"]))
+        validate_run_config(compose_config(["model.base_kernels=[4,4]", "model.dropout_rate=2", "loss._target_=x"]))
     text = str(info.value)
-    assert "model.base_kernels" in text and "model.dropout_rate" in text and "training.loss" in text
+    assert "model.base_kernels" in text and "model.dropout_rate" in text and "loss._target_" in text
 
 
 def test_command_line_typo_is_rejected_by_hydra() -> None:

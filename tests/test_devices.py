@@ -182,7 +182,7 @@ TWO_REPLICA_OVERRIDES = [
     *TINY_DATASET_OVERRIDES,
     "model.norm=instance",
     "model.dropout_rate=0.0",
-    "training.loss=categorical_crossentropy",
+    "loss=categorical_crossentropy",
     "training.epochs=1",
     "training.schedule=null",
     "training.epoch_images.num=1",

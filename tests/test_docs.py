@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from segexp.config.schema import CONF_DIR, REPO_DIR
+from segexp.config.schema import CONF_DIR, REPO_DIR, loss_names
 from segexp.models import networks
 
 PAGES = [REPO_DIR / "README.md", *sorted((REPO_DIR / "docs").rglob("*.md")), REPO_DIR / "ACCURACY.md",
@@ -81,3 +81,10 @@ def test_every_network_is_documented() -> None:
     """docs/models.md names every registered network as ``model=<name>`` or in its zoo table (`` `<name>` ``)."""
     text = (REPO_DIR / "docs" / "models.md").read_text()
     assert [n for n in networks() if f"model={n}" not in text and f"| `{n}` |" not in text] == []
+
+
+def test_every_loss_is_documented() -> None:
+    """docs/recipe.md names every loss of ``conf/loss/`` as ``loss=<name>``, and README's group table lists it."""
+    text = (REPO_DIR / "docs" / "recipe.md").read_text()
+    (row,) = [line for line in (REPO_DIR / "README.md").read_text().splitlines() if line.startswith("| `loss` |")]
+    assert [n for n in loss_names() if f"loss={n}" not in text or f"`{n}`" not in row] == []

@@ -8,8 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from segexp.config.options import Loss, values
+from segexp.config.schema import loss_names
 from segexp.models.losses import (
+    BCEDiceLoss,
     CrossEntropyLoss,
     DiceCELoss,
     SoftDiceLoss,
@@ -138,7 +139,7 @@ def test_dice_loss_per_image_is_monai_batch_false(include_background):
     per_image = np.mean([np_soft_dice_loss(y[i : i + 1], p[i : i + 1], 3, include_background) for i in range(3)])
     got = value(SoftDiceLoss(3, include_background=include_background, batch=False)(y, p))
     assert got == pytest.approx(per_image, rel=1e-5)
-    loss = build_loss("dice_ce", 3, batch_dice=False, include_background=include_background)
+    loss = build_loss("dice_ce", 3, batch=False, include_background=include_background)
     assert loss._dice.batch is False and loss._dice.include_background is include_background
     assert value(loss(y, p)) == pytest.approx(per_image + np_ce(y, p, 3), rel=1e-5)
 
@@ -171,7 +172,7 @@ def test_binary_losses_match_numpy():
     )
     assert value(CrossEntropyLoss(1)(y, p)) == pytest.approx(np_ce(y, p, 1), rel=1e-5)
     bce_dice = build_loss("bce_dice", 1)
-    assert isinstance(bce_dice, DiceCELoss)
+    assert isinstance(bce_dice, DiceCELoss) and isinstance(bce_dice, BCEDiceLoss)
     assert value(bce_dice(y, p)) == pytest.approx(np_soft_dice_loss(y, p, 1) + np_ce(y, p, 1), rel=1e-5)
     # perfect binary prediction
     perfect = y[..., None].astype(np.float32)
@@ -182,14 +183,14 @@ def test_build_loss_types():
     assert isinstance(build_loss("categorical_crossentropy", 4), CrossEntropyLoss)
     assert isinstance(build_loss("dice", 4), SoftDiceLoss)
     assert isinstance(build_loss("dice_ce", 4), DiceCELoss)
-    assert values(Loss) == ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
+    assert set(loss_names()) == {"categorical_crossentropy", "dice", "dice_ce", "bce_dice"}
 
 
 def test_bce_dice_guard_for_multiclass():
     with pytest.raises(ValueError) as err:
         build_loss("bce_dice", 8)
     assert str(err.value) == (
-        "training.loss: 'bce_dice' is for binary tasks (model.num_classes == 1), got num_classes=8; use 'dice_ce'"
+        "loss: 'bce_dice' is for binary tasks (model.num_classes == 1), got num_classes=8; use loss=dice_ce"
     )
 
 
@@ -197,8 +198,8 @@ def test_unknown_loss_error():
     with pytest.raises(ValueError) as err:
         build_loss("focal", 3)
     msg = str(err.value)
-    assert "training.loss" in msg and "'focal'" in msg
-    for name in values(Loss):
+    assert "loss" in msg and "'focal'" in msg
+    for name in loss_names():
         assert name in msg
 
 

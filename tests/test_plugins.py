@@ -1,7 +1,8 @@
 """Components of the user's are one class plus one config entry (``_target_``): a Keras callback in the
-``callbacks`` group (its counters survive a resume when it names them in ``resume_state``), a loss in
-``training.loss``. A network is one module declaring its ``NETWORK`` (or one ``register_network`` call from
-outside ``segexp.models``): every list of network choices derives from the registry."""
+``callbacks`` group (its counters survive a resume when it names them in ``resume_state``), a loss in the
+``loss`` group (``loss._target_=...`` or a YAML in ``conf/loss/``). A network is one module declaring its
+``NETWORK`` (or one ``register_network`` call from outside ``segexp.models``): every list of network choices
+derives from the registry."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from segexp.config.options import Loss, values
-from segexp.config.schema import CONF_DIR
+from segexp.config.schema import CONF_DIR, loss_names
 from segexp.core.errors import ConfigError
 from segexp.models import Network, build_model, networks, register_network, unregister_network
 from segexp.models.flexunet import FlexUNetParams, build_flexunet, flexunet_rules
-from segexp.models.losses import LOSSES, CrossEntropyLoss, DiceCELoss, SoftDiceLoss, build_loss
+from segexp.models.losses import BCEDiceLoss, CrossEntropyLoss, DiceCELoss, SoftDiceLoss, build_loss, loss_config
 from segexp.training.callbacks import CALLBACKS, BestCheckpoint, EarlyStopping, ReduceLROnPlateau
 from segexp.training.checkpoint import RESUME_DIR, read_state, restore_callbacks, state_attributes
 from segexp.training.loop import train, validate_run_config
@@ -68,16 +68,37 @@ def test_bad_callback_entries_are_named(compose_train, tiny_dataset: Path, tmp_p
     assert OmegaConf.select(validate_run_config(off), "callbacks.x") is None
 
 
+@keras.saving.register_keras_serializable(package="tests")  # the run saves and loads the compiled model
+class ScaledDiceCE(DiceCELoss):
+    """A loss of the user's: segexp's Dice + CE times ``scale`` (it takes the keys of ``conf/loss/dice_ce.yaml``,
+    so ``loss._target_=tests.test_plugins.ScaledDiceCE`` is enough; ``+loss.scale=...`` adds its own)."""
+
+    def __init__(self, num_classes, scale=1.0, **kwargs):
+        super().__init__(num_classes, **kwargs)
+        self.scale = float(scale)
+
+    def call(self, y_true, y_pred):
+        return self.scale * super().call(y_true, y_pred)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
 def test_a_user_loss_is_a_target_called_with_num_classes(compose_train, tiny_dataset: Path, tmp_path: Path) -> None:
     loss = build_loss(OmegaConf.create({"_target_": "segexp.models.losses.SoftDiceLoss", "batch": False}), 3)
     assert isinstance(loss, SoftDiceLoss) and loss.num_classes == 3 and loss.batch is False
-    with pytest.raises(ConfigError, match=r"training.loss: 'collections.OrderedDict' built a OrderedDict"):
+    with pytest.raises(ConfigError, match=r"loss: 'collections.OrderedDict' built a OrderedDict"):
         build_loss(OmegaConf.create({"_target_": "collections.OrderedDict"}), 3)
     base = [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false", "training.epochs=1"]
-    with pytest.raises(ConfigError, match=r"training.loss: a mapping needs a _target_"):
-        validate_run_config(compose_train(*base, "training.loss={batch:false}"))
-    train(compose_train(*base, "training.loss={_target_:segexp.models.losses.SoftDiceLoss}"), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"loss: needs a _target_"):
+        validate_run_config(compose_train(*base, "~loss", "+loss={batch:false}"))
+    mine = compose_train(*base, "loss._target_=tests.test_plugins.ScaledDiceCE", "+loss.scale=0.5", "loss.batch=false")
+    built = build_loss(validate_run_config(mine).loss, 3)
+    assert isinstance(built, ScaledDiceCE) and built.scale == 0.5 and built.batch is False and built.num_classes == 3
+    train(compose_train(*base, "~loss", "+loss={_target_:segexp.models.losses.SoftDiceLoss}"), tmp_path / "run")
     assert len(read_state(tmp_path / "run")["history"]) == 1
+    train(mine, tmp_path / "mine")
+    assert len(read_state(tmp_path / "mine")["history"]) == 1
 
 
 def optuna_model_choices() -> list[str]:
@@ -106,25 +127,27 @@ def test_a_registered_network_joins_the_derived_model_choices() -> None:
     assert "plugin_net" not in optuna_model_choices()
 
 
-def test_the_loss_table_is_the_option_set_and_builds_each_entry() -> None:
-    assert tuple(LOSSES) == values(Loss)  # one source: the table holds every option, in order
-    built = {name: build_loss(name, 1 if name == "bce_dice" else 3, batch_dice=False) for name in LOSSES}
-    assert {n: type(loss) for n, loss in built.items()} == {n: kind.loss for n, kind in LOSSES.items()}
-    assert [n for n, kind in LOSSES.items() if not kind.dice] == ["categorical_crossentropy"]
+def test_the_loss_group_is_the_list_of_losses_and_builds_each_entry() -> None:
+    names = loss_names()  # one source: conf/loss/*.yaml
+    dice = [n for n in names if "batch" in loss_config(n)]  # the losses with a Dice term take its keys
+    built = {n: build_loss(n, 1 if n == "bce_dice" else 3, **({"batch": False} if n in dice else {})) for n in names}
+    classes = {n: f"{type(loss).__module__}.{type(loss).__name__}" for n, loss in built.items()}
+    assert classes == {n: loss_config(n)._target_ for n in names}  # each YAML builds its _target_
+    assert [n for n in names if n not in dice] == ["categorical_crossentropy"]
     assert isinstance(built["categorical_crossentropy"], CrossEntropyLoss)
-    assert isinstance(built["bce_dice"], DiceCELoss) and built["bce_dice"].batch is False  # training.dice reaches it
+    assert isinstance(built["bce_dice"], BCEDiceLoss) and built["bce_dice"].batch is False  # loss.batch reaches it
     assert all(loss.name == name for name, loss in built.items())
-    default_yaml = (CONF_DIR / "training" / "default.yaml").read_text()
-    (comment,) = [line for line in default_yaml.splitlines() if line.startswith("loss:")]
-    assert [n for n in LOSSES if n not in comment] == []  # the preset's comment names every loss
+    default_yaml = (CONF_DIR / "loss" / "dice_ce.yaml").read_text()
+    (comment,) = [line for line in default_yaml.splitlines() if line.startswith("# Choose another:")]
+    assert [n for n in names if n != "dice_ce" and n not in comment] == []  # the default's comment names every loss
 
 
 def test_a_loss_rule_is_checked_at_start_up(compose_train) -> None:
     """bce_dice (binary only) with the phantom's 6 classes is refused by validation, before anything is built."""
-    with pytest.raises(ConfigError, match=r"training.loss: 'bce_dice' is for binary tasks \(model.num_classes == 1\)"):
-        validate_run_config(compose_train("training.loss=bce_dice"))
+    with pytest.raises(ConfigError, match=r"loss: 'bce_dice' is for binary tasks \(model.num_classes == 1\)"):
+        validate_run_config(compose_train("loss=bce_dice"))
     with pytest.raises(ConfigError) as err:  # a problem of the model section: the loss rule waits for it
-        validate_run_config(compose_train("training.loss=bce_dice", "model.num_classes=x"))
+        validate_run_config(compose_train("loss=bce_dice", "model.num_classes=x"))
     assert "model.num_classes" in str(err.value) and "bce_dice" not in str(err.value)
 
 

@@ -33,9 +33,9 @@ from .conftest import TINY_DATASET_OVERRIDES
         ("training.validation.every_n_epochs=0", "training.validation.every_n_epochs: must be >= 1"),
         ("training.checkpoint.every_n_epochs=0", "training.checkpoint.every_n_epochs: must be >= 1"),
         (
-            "training.loss=categorical_crossentropy training.dice.batch=false",
-            "training.dice: sets the Dice term of dice, dice_ce and bce_dice; "
-            "training.loss=categorical_crossentropy has none",
+            "loss=categorical_crossentropy +loss.batch=false",
+            "loss: cannot build 'segexp.models.losses.CrossEntropyLoss' with num_classes=6 and the keys "
+            "['batch', 'name']: TypeError: Loss.__init__() got an unexpected keyword argument 'batch'",
         ),
         ("model.norm=layer", "model.norm: expected one of ['batch', 'instance', 'group', 'none'], got 'layer'"),
     ],
@@ -47,7 +47,7 @@ def test_recipe_mistakes_are_named(compose_train, override: str, message: str) -
 
 
 def test_cross_entropy_takes_the_default_dice_keys(compose_train) -> None:
-    validate_run_config(compose_train("training.loss=categorical_crossentropy"))
+    validate_run_config(compose_train("loss=categorical_crossentropy"))
 
 
 def test_oversampling_needs_draws(compose_train) -> None:
@@ -91,16 +91,17 @@ def test_constant_learning_rate_without_a_schedule(compose_train) -> None:
 
 
 def test_dice_options_reach_the_compiled_loss(compose_train) -> None:
-    """``training.dice``: nnU-Net's batch Dice without background by default, MONAI's per-image Dice with it
-    on request."""
+    """``loss.batch``, ``loss.include_background``: nnU-Net's batch Dice without background by default, MONAI's
+    per-image Dice with it on request."""
     from segexp.training.loop import compile_model
 
     for overrides, batch, background in (
         ((), True, False),
-        (("training.dice.batch=false", "training.dice.include_background=true"), False, True),
+        (("loss.batch=false", "loss.include_background=true"), False, True),
     ):
         cfg = validate_run_config(compose_train(*overrides))
-        loss = compile_model(cfg.model, cfg.training, list(cfg.dataset.class_names), steps_per_epoch=2).loss
+        names = list(cfg.dataset.class_names)
+        loss = compile_model(cfg.model, cfg.training, names, steps_per_epoch=2, loss=cfg.loss).loss
         assert (loss.batch, loss.include_background, loss._dice.batch) == (batch, background, batch)
 
 

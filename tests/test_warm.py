@@ -42,10 +42,10 @@ def test_the_timed_model_is_taken_over_reset_to_a_fresh_seeded_build(compose_tra
     cfg = _cfg(compose_train)
     _measure(cfg, NAMES)  # trains 3 steps on random data, then keeps the model
     seed_and_threads(cfg.training, cfg.seed)
-    taken = warm.take(warm.compile_signature(cfg.model, cfg.training, NAMES, 99, "fp32"), _fresh(cfg))
+    taken = warm.take(warm.compile_signature(cfg.model, cfg.training, NAMES, 99, "fp32", loss=cfg.loss), _fresh(cfg))
     assert taken is not None and taken.train_function is not None  # the traced step comes along
     seed_and_threads(cfg.training, cfg.seed)
-    cold = compile_model(cfg.model, cfg.training, NAMES, steps_per_epoch=1)
+    cold = compile_model(cfg.model, cfg.training, NAMES, steps_per_epoch=1, loss=cfg.loss)
     for a, b in zip(taken.variables, cold.variables):  # weights and seed states as a cold start's
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(taken.optimizer.iterations.numpy()) == 0
@@ -56,7 +56,8 @@ def test_the_timed_model_is_taken_over_reset_to_a_fresh_seeded_build(compose_tra
     taken.train_on_batch(x, y)
     assert int(taken.optimizer.iterations.numpy()) == 1
     assert (
-        warm.take(warm.compile_signature(cfg.model, cfg.training, NAMES, 99, "fp32"), _fresh(cfg)) is None
+        warm.take(warm.compile_signature(cfg.model, cfg.training, NAMES, 99, "fp32", loss=cfg.loss), _fresh(cfg))
+        is None
     )  # one handover only
 
 
@@ -64,11 +65,19 @@ def test_other_compile_settings_compile_anew(compose_train) -> None:
     cfg = _cfg(compose_train)
     _measure(cfg, NAMES)
     slower = _cfg(compose_train, "training.learning_rate=1e-3")
-    assert warm.take(warm.compile_signature(slower.model, slower.training, NAMES, 10, "fp32"), _fresh(slower)) is None
+    assert (
+        warm.take(
+            warm.compile_signature(slower.model, slower.training, NAMES, 10, "fp32", loss=slower.loss), _fresh(slower)
+        )
+        is None
+    )
     _measure(cfg, NAMES)
     scheduled = compose_train(*[o for o in OVERRIDES if not o.startswith("training.schedule")])
     assert (
-        warm.take(warm.compile_signature(scheduled.model, scheduled.training, NAMES, 10, "fp32"), _fresh(scheduled))
+        warm.take(
+            warm.compile_signature(scheduled.model, scheduled.training, NAMES, 10, "fp32", loss=scheduled.loss),
+            _fresh(scheduled),
+        )
         is None
     )
     warm.release()
@@ -82,7 +91,7 @@ def test_a_run_takes_the_plan_s_timed_model_and_only_that_run(compose_train) -> 
     cfg = _cfg(compose_train)
     _measure(cfg, NAMES)
     dataset = SimpleNamespace(class_names=NAMES)
-    taken = model_for_run(cfg.model, cfg.training, None, dataset, 7, "fp32")
+    taken = model_for_run(cfg.model, cfg.training, None, dataset, 7, "fp32", loss=cfg.loss)
     assert taken.train_function is not None  # traced by the plan's timing
-    again = model_for_run(cfg.model, cfg.training, None, dataset, 7, "fp32")
+    again = model_for_run(cfg.model, cfg.training, None, dataset, 7, "fp32", loss=cfg.loss)
     assert again is not taken and again.train_function is None

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from segexp.config.schema import loss_names
 from segexp.core.errors import ConfigError
 from segexp.models import build_model
 from segexp.models.losses import build_loss
@@ -72,7 +73,7 @@ def test_builds_at_two_sizes_with_one_or_three_channels(name: str, height: int, 
     "loss",
     [
         n if n == "dice_ce" else pytest.param(n, marks=pytest.mark.slow)  # the default loss;
-        for n in ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
+        for n in loss_names()  # every conf/loss/ YAML
     ],
 )  # the rest: slow
 def test_one_training_step_on_each_loss(name: str, loss: str) -> None:

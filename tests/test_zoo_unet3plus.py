@@ -14,6 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from segexp.config.options import Norm, values
+from segexp.config.schema import loss_names
 from segexp.evaluation.prediction import infer
 from segexp.models import build_model
 from segexp.models.losses import build_loss
@@ -119,7 +120,7 @@ def test_paper_size_parameter_count() -> None:
     "loss",
     [
         pytest.param(name, marks=pytest.mark.slow) if name != "dice_ce" else name
-        for name in ("categorical_crossentropy", "dice", "dice_ce", "bce_dice")
+        for name in loss_names()  # every conf/loss/ YAML
     ],
 )
 def test_one_training_step_on_each_loss(loss: str) -> None:

@@ -40,15 +40,6 @@ class Split(Option):
     test = "test"
 
 
-class Loss(Option):
-    """``training.loss`` (``segexp.models.losses``)."""
-
-    categorical_crossentropy = "categorical_crossentropy"
-    dice = "dice"
-    dice_ce = "dice_ce"
-    bce_dice = "bce_dice"
-
-
 class MaskFormat(Option):
     """``dataset.mask_format``: colour masks, class-index masks, or 0/255 binary masks."""
 

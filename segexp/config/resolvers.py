@@ -3,6 +3,8 @@
 * ``${project_root:}`` (:func:`project_root`): ``$SEGEXP_ROOT``, else the segexp checkout, else the cwd.
 * ``${len:${dataset.class_names}}`` (:func:`class_count`): the model's class count follows the dataset's.
 * ``${cores:8}`` (:func:`usable_cores`): min(8, usable CPU cores), e.g. loader workers that fit the machine.
+* ``${losses:}`` (:func:`loss_choices`): every loss of the ``loss`` group (``conf/loss/*.yaml``), e.g. an Optuna
+  search's loss choice; ``${losses:bce_dice}`` leaves the ones named out.
 
 Resolvers that read a higher layer come from that layer as a table of their own, passed in by whoever
 composes a config that uses them: ``${networks:}``, every registered network (the Optuna search's model
@@ -22,7 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from segexp.config.schema import NO_CLASS_TABLE, REPO_DIR
+from segexp.config.schema import NO_CLASS_TABLE, REPO_DIR, loss_names
 
 
 def project_root() -> str:
@@ -48,8 +50,23 @@ def usable_cores(cap: int | None = None) -> int:
     return max(1, min(cores, int(cap))) if cap is not None else max(1, cores)
 
 
+def loss_choices(*leave_out: str) -> str:
+    """``${losses:}``: every loss of ``conf/loss/`` but those of ``leave_out``, sorted and comma-separated, as
+    Hydra's ``choice(...)`` takes them; a name in ``leave_out`` that is not a loss is an error (no silent typo)."""
+    names = loss_names()
+    unknown = [n for n in leave_out if n not in names]
+    if unknown:
+        raise ValueError(f"${{losses:...}}: {unknown} are not losses of conf/loss/; expected some of {names}")
+    return ", ".join(n for n in names if n not in leave_out)
+
+
 #: Resolver name -> function, as the YAML files under ``conf/`` call them.
-RESOLVERS: dict[str, Callable[..., Any]] = {"project_root": project_root, "len": class_count, "cores": usable_cores}
+RESOLVERS: dict[str, Callable[..., Any]] = {
+    "project_root": project_root,
+    "len": class_count,
+    "cores": usable_cores,
+    "losses": loss_choices,
+}
 
 
 def register_resolvers(*more: Mapping[str, Callable[..., Any]]) -> None:

@@ -28,7 +28,6 @@ from omegaconf.errors import OmegaConfBaseException
 from segexp.config.options import (
     LargeImages,
     Layout,
-    Loss,
     MaskFormat,
     OnBadFile,
     PostprocessMode,
@@ -46,6 +45,14 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # segexp/
 #: The repository checkout that holds ``conf/`` (segexp is installed editable).
 REPO_DIR = PACKAGE_DIR.parent
 CONF_DIR = REPO_DIR / "conf"
+#: The ``loss`` group: one YAML per loss, a ``_target_`` entry each (``conf/loss/dice_ce.yaml``).
+LOSS_DIR = CONF_DIR / "loss"
+
+
+def loss_names() -> list[str]:
+    """The losses of the ``loss`` group, sorted: the names of ``conf/loss/*.yaml`` (``loss=<name>``)."""
+    return sorted(p.stem for p in LOSS_DIR.glob("*.yaml"))
+
 
 #: A device name in ``training.devices``: ``GPU:0``, ``/gpu:0``, ``/device:CPU:1`` (any case).
 DEVICE_NAME = re.compile(r"^/?(?:device:)?(cpu|gpu):(\d+)$", re.IGNORECASE)
@@ -108,12 +115,6 @@ class IntervalConfig:
 
 
 @dataclass
-class DiceConfig:
-    batch: bool = MISSING
-    include_background: bool = MISSING
-
-
-@dataclass
 class LoaderConfig:
     workers: int = MISSING
     use_multiprocessing: bool = MISSING
@@ -137,8 +138,6 @@ class TrainingConfig:
     optimizer: dict[str, Any] = MISSING
     schedule: Optional[dict[str, Any]] = MISSING
     max_time: Optional[float] = MISSING
-    loss: Any = MISSING  # a Loss name, or a mapping with a _target_ (a loss of the user's)
-    dice: DiceConfig = field(default_factory=DiceConfig)
     monitor: str = MISSING
     monitor_mode: str = MISSING
     epoch_images: EpochImagesConfig = field(default_factory=EpochImagesConfig)
@@ -204,6 +203,7 @@ class TrainConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    loss: Any = MISSING  # the loss's _target_ entry (conf/loss/): _check_loss; its own rules when it is built
     callbacks: dict[str, Any] = MISSING  # name -> a Keras callback's _target_ entry, or null (off): _check_callbacks
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -225,6 +225,10 @@ RENAMED: dict[str, str] = {
     "callbacks.reduce_lr.patience=... (and factor, min_lr; conf/callbacks/reduce_lr.yaml)",
     "training.callbacks": "moved to the top-level callbacks group: +callbacks.<name>={_target_:my_pkg.MyCallback} "
     "(or a YAML of yours in conf/callbacks/)",
+    "training.loss": f"moved to the loss group: loss={' | '.join(loss_names())} (training.loss=dice_ce is "
+    "loss=dice_ce; conf/loss/); a loss of yours: loss._target_=my_pkg.MyLoss (or a YAML of yours in conf/loss/)",
+    "training.dice": "moved into the loss's own keys: loss.batch=false, loss.include_background=true "
+    "(the losses with a Dice term: conf/loss/)",
 }
 
 
@@ -446,13 +450,6 @@ def _check_training(t: Any) -> list[str]:
             errors.append(f"training.{key}: must be >= 1, got {t[key]}")
     if t.learning_rate <= 0:
         errors.append(f"training.learning_rate: must be > 0, got {t.learning_rate}")
-    if isinstance(t.loss, DictConfig):
-        needs = "training.loss: a mapping needs a _target_ naming a keras.losses.Loss"
-        loss_error = None if "_target_" in t.loss else needs
-    else:
-        loss_error = expected("training.loss", t.loss, Loss)
-    if loss_error is not None:  # the loss's own rules (Dice term, class count): segexp.models.losses.check_loss_config
-        errors.append(loss_error)
     if t.monitor_mode not in ("min", "max"):
         errors.append(f"training.monitor_mode: expected 'min' or 'max', got {t.monitor_mode!r}")
     if "_target_" not in t.optimizer:
@@ -491,6 +488,22 @@ def _check_training(t: Any) -> list[str]:
     if t.epoch_images.dir is not None and not Path(t.epoch_images.dir).is_dir():
         errors.append(f"training.epoch_images.dir: folder {t.epoch_images.dir} does not exist")
     return errors
+
+
+def _check_loss(loss: Any) -> list[str]:
+    """``loss``: a ``_target_`` entry that imports. What the loss itself refuses (``bce_dice`` with several
+    classes, a key it does not take) is found by building it: :func:`segexp.models.losses.check_loss_config`."""
+    if not isinstance(loss, DictConfig) or "_target_" not in loss:
+        return [
+            f"loss: needs a _target_ naming a keras.losses.Loss (loss=<one of {', '.join(loss_names())}> or "
+            f"loss._target_=my_pkg.MyLoss), got {loss!r}"
+        ]
+    try:
+        get_object(loss._target_)
+    except Exception as err:  # noqa: BLE001 - whatever importing the user's module raises
+        cause = err.__cause__ or err  # hydra wraps the import's own error in a message of several lines
+        return [f"loss._target_: cannot import {loss._target_!r} ({type(cause).__name__}: {cause})"]
+    return []
 
 
 def _check_callbacks(callbacks: Any, schedule: Any) -> list[str]:
@@ -585,6 +598,7 @@ def check_train_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
     problems = options + (
         _check_dataset(typed.dataset, typed.model.num_classes)
         + _check_training(typed.training)
+        + _check_loss(typed.loss)
         + _check_callbacks(typed.callbacks, typed.training.schedule)
         + _check_augmentation(typed.augmentation)
         + _check_plan(typed.plan)

@@ -13,34 +13,35 @@ Conventions (shared with :mod:`segexp.models.metrics`):
 All losses compute in float32 (``y_pred`` is cast inside ``call``), so they are
 safe under a ``mixed_float16`` / ``mixed_bfloat16`` dtype policy.
 
-``training.loss`` names an entry of :data:`LOSSES` (its keys are exactly the option set
-:class:`segexp.config.options.Loss`, checked on import), or is a mapping with a ``_target_``:
-a loss of the user's. Adding a built-in loss is its class here (or in a module of its own), a
-member of ``Loss`` and one :data:`LOSSES` entry saying whether it has a Dice term and which
-``num_classes`` it refuses.
+The run's loss is the top-level ``loss`` group: one YAML per loss in ``conf/loss/`` (``loss=dice_ce``, the
+default), each a ``_target_`` entry with the loss's keys, built by :func:`build_loss` with ``num_classes``. A
+loss states its own rules in its constructor (:class:`BCEDiceLoss` refuses several classes; a loss without a
+Dice term takes no Dice keys), and start-up validation builds it once (:func:`check_loss_config`). Adding a
+loss is its class (here or in a module of the user's) and one YAML in ``conf/loss/``; every list of losses
+(``${losses:}`` in Optuna searches, docs and tests) is read from that folder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import keras
+from hydra.utils import get_object
 from keras import ops
+from omegaconf import DictConfig, OmegaConf
 
-from segexp.config.options import Loss, values
-from segexp.config.schema import TrainingConfig
+from segexp.config.schema import LOSS_DIR, loss_names
 from segexp.core.errors import ConfigError
 
 __all__ = [
-    "LOSSES",
+    "BCEDiceLoss",
     "CrossEntropyLoss",
     "DiceCELoss",
-    "LossKind",
     "SoftDiceLoss",
     "build_loss",
     "check_loss_config",
+    "loss_config",
 ]
 
 
@@ -224,105 +225,73 @@ class DiceCELoss(keras.losses.Loss):
         return config
 
 
-def _any_classes(name: str, num_classes: int) -> str | None:
-    return None
+@keras.saving.register_keras_serializable(package="segexp")
+class BCEDiceLoss(DiceCELoss):
+    """:class:`DiceCELoss` for binary tasks (``loss=bce_dice``): soft Dice plus binary cross-entropy on a sigmoid
+    head. Its rule: ``model.num_classes == 1``; any other count is refused with a :class:`ConfigError` naming it
+    (a multi-class head takes ``loss=dice_ce``, the same sum with a softmax cross-entropy)."""
+
+    def __init__(self, num_classes, **kwargs):
+        kwargs.setdefault("name", "bce_dice")
+        if _check_num_classes(num_classes) != 1:
+            raise ConfigError(
+                f"loss: {kwargs['name']!r} is for binary tasks (model.num_classes == 1), "
+                f"got num_classes={num_classes}; use loss=dice_ce"
+            )
+        super().__init__(num_classes, **kwargs)
 
 
-def binary_only(name: str, num_classes: int) -> str | None:
-    """The rule of a loss for binary tasks: a sigmoid head (``model.num_classes == 1``)."""
-    if num_classes == 1:
-        return None
-    return (
-        f"training.loss: {name!r} is for binary tasks (model.num_classes == 1), "
-        f"got num_classes={num_classes}; use 'dice_ce'"
-    )
+def loss_config(name: str) -> DictConfig:
+    """The entry of the loss ``name`` of the ``loss`` group (``conf/loss/<name>.yaml``), as ``loss=<name>``
+    composes it."""
+    if name not in loss_names():
+        raise ConfigError(f"loss: unknown loss {name!r}; expected one of {', '.join(map(repr, loss_names()))}")
+    return cast(DictConfig, OmegaConf.load(LOSS_DIR / f"{name}.yaml"))  # a mapping: a _target_ entry
 
 
-@dataclass(frozen=True)
-class LossKind:
-    """One built-in ``training.loss``: the class built and what it asks of the config."""
+def build_loss(spec: str | Mapping[str, Any], num_classes: int, **keys: Any) -> keras.losses.Loss:
+    """The loss of the ``loss`` entry ``spec`` (a mapping with a ``_target_``, or the name of a ``conf/loss/``
+    YAML: ``"dice_ce"``) for a model of ``num_classes`` outputs; ``keys`` replace keys of the entry.
 
-    loss: type[keras.losses.Loss]  # called with num_classes, name and (dice=True) the Dice options
-    dice: bool = True  # has a Dice term: training.dice sets it (without one, changing training.dice is an error)
-    rule: Callable[[str, int], str | None] = _any_classes  # (name, num_classes) -> the problem, or None
-
-
-def _every_option(table: dict[str, LossKind]) -> dict[str, LossKind]:
-    """``table``, refused unless it has exactly one entry per member of :class:`Loss`, in its order."""
-    if list(table) != list(Loss):
-        raise RuntimeError(
-            f"segexp.models.losses.LOSSES: {list(map(str, table))} must be the Loss options {values(Loss)}"
-        )
-    return table
-
-
-#: ``training.loss`` name -> what it builds; keyed by :class:`segexp.config.options.Loss`, every member once.
-LOSSES: dict[str, LossKind] = _every_option(
-    {
-        Loss.categorical_crossentropy: LossKind(CrossEntropyLoss, dice=False),
-        Loss.dice: LossKind(SoftDiceLoss),
-        Loss.dice_ce: LossKind(DiceCELoss),
-        Loss.bce_dice: LossKind(DiceCELoss, rule=binary_only),
-    }
-)
-
-
-def _and(names: list[str]) -> str:
-    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
-
-
-def check_loss_config(t: TrainingConfig, num_classes: int | None) -> list[str]:
-    """Problems of ``training.loss`` with ``training.dice`` and ``model.num_classes`` (None: the model section has
-    problems of its own) by its :data:`LOSSES` entry; a name outside the table is the schema's to report, a
-    user's loss its own."""
-    kind = LOSSES.get(t.loss) if isinstance(t.loss, str) else None
-    if kind is None:
-        return []
-    problem = None if num_classes is None else kind.rule(t.loss, num_classes)
-    problems = [] if problem is None else [problem]
-    if not kind.dice and (t.dice.batch is not True or t.dice.include_background is not False):
-        # Compared with conf/training/default.yaml's values, the only way to tell an override of an inert
-        # key (tests/test_recipe.py composes the defaults with such a loss, so a drift fails there).
-        problems.append(
-            f"training.dice: sets the Dice term of {_and([str(n) for n, k in LOSSES.items() if k.dice])}; "
-            f"training.loss={t.loss} has none, so dice.batch={str(t.dice.batch).lower()} dice.include_background="
-            f"{str(t.dice.include_background).lower()} would be ignored; drop the override or choose a Dice loss"
-        )
-    return problems
-
-
-def build_loss(
-    name: str | Mapping[str, Any], num_classes: int, batch_dice: bool = True, include_background: bool = False
-) -> keras.losses.Loss:
-    """Build the loss selected by config key ``training.loss`` (Dice options: ``training.dice``).
-
-    A name is an entry of :data:`LOSSES`: ``categorical_crossentropy`` -> :class:`CrossEntropyLoss` (BCE when
-    binary), ``dice`` -> :class:`SoftDiceLoss`, ``dice_ce`` -> :class:`DiceCELoss`, ``bce_dice`` ->
-    :class:`DiceCELoss` for binary tasks only (``num_classes == 1``); ``batch_dice`` and ``include_background``
-    set the Dice term. A mapping with a ``_target_`` is a loss of the user's: the target is called with the
-    mapping's other keys and ``num_classes`` and must return a ``keras.losses.Loss``.
+    The target is called with the entry's other keys and ``num_classes`` (``hydra.utils.instantiate``) and must
+    return a ``keras.losses.Loss``. A loss states its own rules in its constructor: a :class:`ConfigError` it
+    raises (``bce_dice`` with several classes) is raised as it is; anything else that stops it (a key it does
+    not take) becomes one naming ``loss``.
     """
-    num_classes = _check_num_classes(num_classes)
-    if not isinstance(name, str):
-        return _user_loss(name, num_classes)
-    kind = LOSSES.get(name)
-    if kind is None:
-        raise ValueError(f"training.loss: unknown loss {name!r}; expected one of " + ", ".join(map(repr, values(Loss))))
-    problem = kind.rule(name, num_classes)
-    if problem is not None:
-        raise ValueError(problem)
-    dice = {"batch": batch_dice, "include_background": include_background} if kind.dice else {}
-    return kind.loss(num_classes, name=name, **dice)
-
-
-def _user_loss(spec: Mapping[str, Any], num_classes: int) -> keras.losses.Loss:
     import hydra
 
-    target = spec.get("_target_")
+    num_classes = _check_num_classes(num_classes)
+    entry = loss_config(spec) if isinstance(spec, str) else spec
+    target = entry.get("_target_")
     try:
-        loss = hydra.utils.instantiate(spec, num_classes=num_classes)
-    except Exception as err:  # noqa: BLE001 - any failure to build it is the user's entry
-        raise ConfigError(f"training.loss: cannot build {target!r} with num_classes={num_classes}: {err}") from err
+        loss = hydra.utils.instantiate(entry, num_classes=num_classes, **keys)
+    except Exception as err:  # noqa: BLE001 - any failure to build it is the entry's
+        cause = err.__cause__ or err  # hydra wraps what the target raised
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        given = sorted(({str(k) for k in entry} | set(keys)) - {"_target_"})
+        raise ConfigError(
+            f"loss: cannot build {target!r} with num_classes={num_classes} and the keys {given}: "
+            f"{type(cause).__name__}: {cause} (a loss of yours with keys of its own: ~loss "
+            "'+loss={_target_:my_pkg.MyLoss,...}' or a YAML of yours in conf/loss/)"
+        ) from err
     if not isinstance(loss, keras.losses.Loss):
-        raise ConfigError(f"training.loss: {target!r} built a {type(loss).__name__}, expected a keras.losses.Loss")
+        raise ConfigError(f"loss: {target!r} built a {type(loss).__name__}, expected a keras.losses.Loss")
     return loss
+
+
+def check_loss_config(loss: Any, num_classes: int | None) -> list[str]:
+    """Problems of the ``loss`` entry with ``model.num_classes`` (None: the model section has problems of its own,
+    the loss waits for them): the loss is built once, so what it refuses is reported at start-up, before any
+    data is read. An entry without a ``_target_`` that imports is the schema's to report."""
+    if num_classes is None or not isinstance(loss, Mapping) or "_target_" not in loss:
+        return []
+    try:
+        get_object(loss["_target_"])
+    except Exception:  # noqa: BLE001 - reported by segexp.config.schema._check_loss
+        return []
+    try:
+        build_loss(loss, num_classes)
+    except ConfigError as err:
+        return [str(err)]
+    return []

@@ -21,13 +21,13 @@ Huang et al. 2020, "UNet 3+: A Full-Scale Connected UNet for Medical Image Segme
 - *Full-scale deep supervision* (``model.deep_supervision``, section 2.2): every other decoder
   stage and the bottleneck get a side output, a plain 3x3 conv to ``num_classes`` then bilinear
   upsampling to the input size and softmax/sigmoid, supervised by the same ground truth. The
-  training loss is ``L(main) + sum_k w_k L(side_k)`` with ``L`` the run's ``training.loss`` and
+  training loss is ``L(main) + sum_k w_k L(side_k)`` with ``L`` the run's ``loss`` and
   ``w_k = model.aux_weights[k]`` (stage 1 first, the bottleneck last; the paper weighs them
   equally, ``w = 1``). The network is then wrapped in :class:`DeepSupervision`, whose output
   outside training is the main head alone: metrics, checkpoints, evaluation, inference and
   the MLflow model see a single-output network like every other.
 - Not implemented: the paper's hybrid loss (focal + MS-SSIM + IoU; segexp's loss is
-  ``training.loss``) and its classification-guided module (an image-level organ/no-organ branch).
+  the ``loss`` group) and its classification-guided module (an image-level organ/no-organ branch).
 """
 
 from __future__ import annotations

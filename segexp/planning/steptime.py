@@ -6,7 +6,7 @@ compilation) and ``measure_steps`` timed steps on a random uint8 batch of the pl
 then two validation batches, through the epoch loop's own step calls (``fit_loop.run_step``),
 and keeps the model for the run it plans (``segexp.training.warm``: the step is not traced
 twice in one process). The result is cached in
-``<paths.output_dir>/cache/step_time/<key>.json``, keyed by the model section, batch,
+``<paths.output_dir>/cache/step_time/<key>.json``, keyed by the model section, the loss, batch,
 precision, jit setting, machine (device, CPU or GPU name, cores) and library versions,
 so the same machine class gets the same plan and the measurement is paid once.
 """
@@ -78,8 +78,7 @@ def cache_key(cfg: DictConfig, machine: Machine) -> str:
         {
             "model": OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True),
             "batch": t.batch_size,
-            "loss": t.loss,
-            "dice": OmegaConf.to_container(t.dice),
+            "loss": OmegaConf.to_container(cfg.loss, resolve=True),
             "precision": t.precision,
             "jit": t.jit_compile,
             "threads": OmegaConf.to_container(t.threads),
@@ -132,7 +131,7 @@ def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
     timed.schedule = (
         None  # a constant rate, as the plan gives budgets under 1000 steps: the run can take the model over
     )
-    model = compile_model(m, timed, class_names, steps_per_epoch=1, precision=precision)
+    model = compile_model(m, timed, class_names, steps_per_epoch=1, precision=precision, loss=cfg.loss)
     batch = (images, masks)  # the epoch loop's batch structure: the traced step is the one the run calls
     start = time.perf_counter()
     build_state(model, batch)  # as the epoch loop does: one trace, not two
@@ -152,7 +151,7 @@ def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
         start = time.perf_counter()
         run_step(model.test_function, batch)
         infer.append(time.perf_counter() - start)
-    warm.keep(model, warm.compile_signature(m, timed, class_names, 1, precision), optimizer_state)
+    warm.keep(model, warm.compile_signature(m, timed, class_names, 1, precision, loss=cfg.loss), optimizer_state)
     del model
     keras.backend.clear_session()
     step = StepTime(

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segexp.config.schema import to_dict
+from segexp.config.schema import LOSS_DIR, to_dict
 from segexp.core.errors import RunError
 from segexp.core.files import atomic_write_text
 from segexp.models.precision import apply_precision
@@ -123,7 +123,9 @@ def upgrade_run_config(config: DictConfig) -> DictConfig:
     ``training.mixed_precision`` (true: float16) became ``training.precision``; ``training.postprocess`` is new
     (a run from before chose no postprocessing, ``none``). ``training.reduce_lr`` / ``training.early_stopping``
     (``enabled: true``) and ``training.callbacks`` (the user's) became entries of the top-level ``callbacks``
-    group, in that order (``{}``: a run from before had none).
+    group, in that order (``{}``: a run from before had none). ``training.loss`` (a name, or the user's
+    ``_target_`` mapping) and ``training.dice`` (the Dice term's keys) became the top-level ``loss`` entry: the
+    name's ``conf/loss/<name>.yaml`` with the run's Dice keys, or the user's mapping as it was.
     """
     training = config.get("training")
     if training is None:
@@ -159,7 +161,26 @@ def upgrade_run_config(config: DictConfig) -> DictConfig:
             config.callbacks = callbacks
         for key in ("reduce_lr", "early_stopping", "callbacks"):
             training.pop(key, None)
+        loss = _upgraded_loss(training)
+        if "loss" not in config and loss is not None:
+            config.loss = loss
+            training.pop("loss", None)
+            training.pop("dice", None)
     return config
+
+
+def _upgraded_loss(training: DictConfig) -> dict[str, Any] | None:
+    """The ``loss`` entry of a run's ``training.loss`` and ``training.dice`` (None: no such key, or a name that
+    is no loss of ``conf/loss/``; left for validation to name)."""
+    old = training.get("loss")
+    if isinstance(old, DictConfig):
+        return to_dict(old, resolve=False)  # the user's _target_ entry; it never took the Dice keys
+    if not isinstance(old, str) or not (LOSS_DIR / f"{old}.yaml").is_file():
+        return None
+    entry = to_dict(cast(DictConfig, OmegaConf.load(LOSS_DIR / f"{old}.yaml")), resolve=False)
+    dice = training.get("dice") or {}
+    entry.update({k: dice[k] for k in ("batch", "include_background") if k in entry and k in dice})
+    return entry
 
 
 def open_run(source: str, tracking_uri: str | None = None) -> TrainedRun:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 import keras
@@ -78,7 +79,7 @@ def validate_run_config(cfg: DictConfig) -> DictConfig:
     :class:`ConfigError`."""
     typed, problems = check_train_config(cfg)
     model, model_problems = check_model_config(typed.model)
-    problems += check_loss_config(typed.training, model.num_classes if model is not None else None)
+    problems += check_loss_config(typed.loss, model.num_classes if model is not None else None)
     raise_config_problems(model_problems + problems)
     typed.model = model
     return typed
@@ -162,14 +163,21 @@ def build_network(m: ModelParams, precision: str = "fp32") -> keras.Model:
 
 
 def compile_model(
-    m: ModelParams, t: TrainingConfig, class_names: Sequence[str], steps_per_epoch: int, precision: str = "fp32"
+    m: ModelParams,
+    t: TrainingConfig,
+    class_names: Sequence[str],
+    steps_per_epoch: int,
+    precision: str = "fp32",
+    *,
+    loss: Mapping[str, Any],
 ) -> keras.Model:
     """Build the network of ``m`` in ``precision`` (fp32, bf16, fp16: resolved) and compile it with ``t``'s
-    optimizer (and schedule), loss and foreground metrics. fp16 gets Keras' loss scaling in ``compile``."""
+    optimizer (and schedule), the ``loss`` entry (the config's ``loss`` group) and foreground metrics. fp16 gets
+    Keras' loss scaling in ``compile``."""
     model = build_network(m, precision)
     model.compile(
         optimizer=build_optimizer(t, t.epochs * steps_per_epoch),
-        loss=build_loss(t.loss, m.num_classes, t.dice.batch, t.dice.include_background),
+        loss=build_loss(loss, m.num_classes),
         metrics=build_metrics(class_names, m.num_classes),
         jit_compile=t.jit_compile,
     )
@@ -291,15 +299,23 @@ def seed_and_threads(t: TrainingConfig, seed: int) -> None:
 
 
 def model_for_run(
-    m: ModelParams, t: TrainingConfig, start: Resume | None, dataset: SliceDataset, steps_per_epoch: int, precision: str
+    m: ModelParams,
+    t: TrainingConfig,
+    start: Resume | None,
+    dataset: SliceDataset,
+    steps_per_epoch: int,
+    precision: str,
+    *,
+    loss: Mapping[str, Any],
 ) -> keras.Model:
     """A new compiled model (the plan's timed one, reset, when compiled alike: :mod:`segexp.training.warm`),
-    or the resumed one with its schedule rebuilt for ``training.epochs``, in ``precision``."""
+    or the resumed one with its schedule rebuilt for ``training.epochs``, in ``precision``; ``loss`` is the
+    config's ``loss`` entry."""
     if start is None:
-        signature = warm.compile_signature(m, t, dataset.class_names, t.epochs * steps_per_epoch, precision)
+        signature = warm.compile_signature(m, t, dataset.class_names, t.epochs * steps_per_epoch, precision, loss=loss)
         model = warm.take(signature, lambda: build_network(m, precision))
         if model is None:
-            model = compile_model(m, t, dataset.class_names, steps_per_epoch, precision)
+            model = compile_model(m, t, dataset.class_names, steps_per_epoch, precision, loss=loss)
     else:
         warm.release()  # a resumed run continues its checkpoint, not the plan's timed model
         model = apply_precision(start.load_model(), precision)  # checkpoints are saved in float32 policies
@@ -443,7 +459,7 @@ def train(
     )
     precision = resolve_precision(cfg.training.precision)
     with strategy_scope(strategy):  # weights, optimizer and metric variables mirrored on every replica
-        model = model_for_run(cfg.model, cfg.training, start, dataset, len(loaders[0]), precision)
+        model = model_for_run(cfg.model, cfg.training, start, dataset, len(loaders[0]), precision, loss=cfg.loss)
         if strategy is not None:  # batch statistics of the global batch, as on one device
             log.info("batch norm over all replicas: %d layers", synchronize_batch_norm(model))
     tracking = cfg.tracking

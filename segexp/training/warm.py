@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +31,16 @@ log = logging.getLogger(__name__)
 
 
 def compile_signature(
-    m: ModelParams, t: TrainingConfig, class_names: Sequence[str], total_steps: int, precision: str
+    m: ModelParams,
+    t: TrainingConfig,
+    class_names: Sequence[str],
+    total_steps: int,
+    precision: str,
+    *,
+    loss: Mapping[str, Any],
 ) -> str:
-    """What ``training.loop.compile_model`` reads (keep the two in step): model section ``m``, ``t``'s loss, Dice
-    options, optimizer, schedule (with its ``decay_steps = total_steps``), XLA flag, precision, classes."""
+    """What ``training.loop.compile_model`` reads (keep the two in step): model section ``m``, the ``loss`` entry,
+    ``t``'s optimizer, schedule (with its ``decay_steps = total_steps``), XLA flag, precision, classes."""
 
     def plain(node: Any) -> Any:  # a config section as plain JSON-able values; a leaf as it is
         return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if OmegaConf.is_config(node) else node
@@ -43,8 +49,7 @@ def compile_signature(
     return json.dumps(
         {
             "model": plain(m),
-            "loss": plain(t.loss),
-            "dice": plain(t.dice),
+            "loss": plain(loss),
             "optimizer": plain(t.optimizer),
             "schedule": schedule,
             "jit": t.jit_compile,
