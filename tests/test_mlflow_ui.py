@@ -17,9 +17,11 @@ from segexp.core.errors import RunError
 from segexp.tracking.runs import open_run
 from segexp.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, configure
 from segexp.tracking.sweep import PARENT_FILE, child_run_name, parent_run_name, sweep_dimensions
+from segexp.tracking.view import MAX_COLUMNS, VIEW_KEY, VIEW_TAG, metric_column, run_columns, view_state, view_url
 
 from .conftest import TINY_DATASET_OVERRIDES, compose_config, sqlite_tracked_run
 
+TINY_CLASSES = ["background", "square", "disc"]  # TINY_DATASET_OVERRIDES' class table
 PARAMS = {"training.learning_rate": "tag(log, interval(1e-4, 3e-3))", "model.base_filters": "choice(8, 16, 32)"}
 
 
@@ -102,6 +104,26 @@ def test_a_registered_model_that_is_not_there_is_named_with_what_is(tmp_path: Pa
         open_run("models:/a/b/c", uri)
 
 
+def test_the_view_adds_columns_keeps_earlier_ones_and_links_to_the_server() -> None:
+    columns = run_columns("val_dice_fg_mean", ["background", "LV", "Myo"])
+    assert columns == [
+        "metrics.`best/val_dice_fg_mean`",
+        "metrics.`test/dice_fg_mean`",
+        "metrics.`test/dice/LV`",
+        "metrics.`test/dice/Myo`",
+    ]  # background is never a column
+    first = view_state(None, columns, columns[0], expand=["p1"])
+    second = view_state(first, run_columns("val_dice_fg_mean", ["background", "RV"]), columns[0], expand=["p2"])
+    assert second["selectedColumns"] == [*columns, "metrics.`test/dice/RV`"]
+    assert second["runsExpanded"] == {"p1": True, "p2": True}
+    many = view_state(None, [metric_column(f"m{i}") for i in range(100)], columns[0])
+    assert len(many["selectedColumns"]) == MAX_COLUMNS
+    assert view_url("http://mlflow.lab:5000/", "7") == (
+        "http://mlflow.lab:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=segexp"
+    )
+    assert view_url("sqlite:///outputs/mlflow.db", "1").startswith("http://127.0.0.1:5000/#/experiments/1/runs?")
+
+
 def test_sweep_children_named_by_what_varies_best_one_is_champion_and_predicts(
     tmp_path: Path, tiny_dataset: Path
 ) -> None:
@@ -144,6 +166,13 @@ def test_sweep_children_named_by_what_varies_best_one_is_champion_and_predicts(
         assert "training.learning_rate=0.001" in kid.data.tags["overrides"].split()  # as the sweeper wrote it
         assert kid.data.params["training.learning_rate"] == "0.001"
         assert any(k.startswith("system/") for k in kid.data.metrics)
+
+    view = json.loads(experiment.tags[VIEW_TAG])  # segexp's view: objective and per-class columns, parent expanded
+    assert view["selectedColumns"][0] == "metrics.`best/val_dice_fg_mean`"
+    assert view["orderByKey"] == "metrics.`best/val_dice_fg_mean`" and view["orderByAsc"] is False
+    assert {f"metrics.`test/dice/{c}`" for c in TINY_CLASSES[1:]} <= set(view["selectedColumns"])
+    assert view["runsExpanded"] == {parent.info.run_id: True}
+    assert f"viewStateShareKey={VIEW_KEY}" in sweep.stderr + sweep.stdout
 
     best = client.get_run(parent.data.tags["best_child_run_id"])
     champion = client.get_model_version_by_alias("segexp-tiny", "champion")

@@ -28,6 +28,7 @@ from typing import Any
 
 from segexp.tracking.store import configure, retry_locked
 from segexp.tracking.tracker import Tracker, run_name_from_overrides
+from segexp.tracking.view import metric_column, update_view, view_url
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ def child_run_name(sweep_dir: Path, overrides: Sequence[str]) -> str | None:
         if override is not None and override.key_or_group in keys:
             named.append(line)
     return ",".join(named)[:MAX_RUN_NAME] if named else None
+
+
 EXTRA_METRICS = ("test/dice_fg_mean",)
 IGNORED_PARAMS = ("paths.", "tracking.", "model.num_params")
 #: The parent's MLflow table of its children (:func:`children_table`).
@@ -291,6 +294,9 @@ def close_parent(parent: str, uri: str, monitor: str, mode: str, registered_mode
                 tags["registered_model"] = f"{registered_model}/{version}"
     for key, text in tags.items():
         retry_locked(client.set_tag, parent, key, text)
+    experiment_id = retry_locked(client.get_run, parent).info.experiment_id
+    columns = [metric_column(m) for m in (metric, "test/dice_fg_mean", *per_class_metrics(runs))]
+    update_view(experiment_id, columns, metric_column(metric), expand=[parent], uri=uri)
     retry_locked(client.set_terminated, parent, "FINISHED" if best is not None else "FAILED")
     log.info(
         "sweep parent %s: %s children (%s failed); best %s = %s (%s)",
@@ -301,6 +307,7 @@ def close_parent(parent: str, uri: str, monitor: str, mode: str, registered_mode
         value,
         best.info.run_name if best else "none",
     )
+    log.info("compare the sweep's runs in the MLflow UI: %s", view_url(uri, experiment_id))
 
 
 def register_champion(run: Any, name: str, tags: Mapping[str, str]) -> str | None:

@@ -31,6 +31,7 @@ from segexp.tracking.store import (
     mlflow_client,
     retry_locked,
 )
+from segexp.tracking.view import update_view, view_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,6 +135,22 @@ class Tracker:
         """Remove the tag ``key`` (none: nothing happens); buffered like any call when the server is away."""
         if self.enabled:
             self._submit({"kind": "delete_tag", "key": key})
+
+    def add_to_view(self, columns: Sequence[str], sort_by: str) -> str | None:
+        """Add ``columns`` to segexp's view of this run's experiment in the MLflow UI
+        (:mod:`segexp.tracking.view`); returns the link that opens it (None when tracking is off or the
+        store cannot be read). Never raises: the view only arranges the UI."""
+        if not self.enabled:
+            return None
+        import mlflow
+
+        try:
+            experiment_id = retry_locked(self._client().get_run, self.run_id).info.experiment_id
+        except Exception as err:  # noqa: BLE001 - e.g. the server is down: the run's data is safe in the outbox
+            log.warning("segexp's MLflow view not updated: %s", err)
+            return None
+        update_view(experiment_id, columns, sort_by, uri=self.uri)
+        return view_url(self.uri or mlflow.get_tracking_uri(), experiment_id)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if self.enabled:

@@ -55,6 +55,7 @@ from segexp.tracking.tracker import (
     run_name_from_overrides,
     tracked_run,
 )
+from segexp.tracking.view import metric_column, run_columns
 from segexp.training import warm
 from segexp.training.callbacks import BestCheckpoint, RunParts, build_run_callbacks
 from segexp.training.checkpoint import ResumeCheckpoint, history_columns, with_resume_checkpoint
@@ -543,6 +544,9 @@ def train(
             tracker.log_artifact(run_dir / "history.csv")
             for log_file in run_dir.glob("*.log"):  # Hydra's job log, named after the job
                 tracker.log_artifact(log_file)
+        view = tracker.add_to_view(
+            run_columns(cfg.training.monitor, dataset.class_names), metric_column(f"best/{cfg.training.monitor}")
+        )
         objective = finish_run(
             cfg.model,
             cfg.training,
@@ -556,4 +560,6 @@ def train(
             precision,
         )
     log.info("best %s = %.4f; run folder %s", cfg.training.monitor, objective, run_dir)
+    if view is not None:
+        log.info("compare the runs in the MLflow UI: %s", view)
     return objective
