@@ -146,10 +146,10 @@ def test_sweep_parent_tables_its_children_best_first_and_shows_their_cases(tmp_p
     close_parent(parent.run_id, uri, "val_dice_fg_mean", "max")
     table = _table(uri, parent.run_id, CHILDREN_TABLE)
     assert list(table["run"]) == ["lr=1", "lr=2", "lr=0"]  # one row per child, best first
-    assert list(map(str, table["training.learning_rate"])) == ["1", "2", "0"]  # pandas reads "1" back as 1
+    assert list(map(str, table["training/learning_rate"])) == ["1", "2", "0"]  # pandas reads "1" back as 1
     assert "seed" not in table.columns  # the same in every child
     assert list(table["best/val_dice_fg_mean"]) == pytest.approx([0.9, 0.7, 0.5])
     assert list(table["test/dice/square"]) == pytest.approx([0.45, 0.35, 0.25])
-    assert list(table["model.num_params"]) == [1234] * 3 and (table["wall_time_s"] >= 0).all()
+    assert list(table["model/num_params"]) == [1234] * 3 and (table["wall_time_s"] >= 0).all()
     artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(parent.run_id, "sweep")]
     assert sorted(artifacts) == ["sweep/case_comparison.html", CHILDREN_TABLE]

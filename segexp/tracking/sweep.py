@@ -220,8 +220,8 @@ def comparison_rows(
 
 def children_table(runs: Sequence[Any], metric: str, mode: str) -> dict[str, list[Any]]:
     """``{column: values}``, one row per child, best ``metric`` first: run name, status, the params that differ
-    between children (the sweep's overrides), ``metric``, the test foreground and per-class Dice, wall time,
-    parameter count and run id (missing values None)."""
+    between children (the sweep's overrides, ``model/base_filters``), ``metric``, the test foreground and
+    per-class Dice, wall time, parameter count (``model/num_params``) and run id (missing values None)."""
     columns, rows = comparison_rows(runs, metric, mode, per_class_metrics(runs))
     by_id = {r.info.run_id: r for r in runs}
     table: dict[str, list[Any]] = {c: [] for c in [*columns, "wall_time_s", "model.num_params", "run_id"]}
@@ -236,7 +236,8 @@ def children_table(runs: Sequence[Any], metric: str, mode: str) -> dict[str, lis
         for column in table:
             value = extra[column] if column in extra else row.get(column)
             table[column].append(None if isinstance(value, float) and math.isnan(value) else value)
-    return table
+    # MLflow's table view reads a dot in a column name as a nested field and shows it empty: model/base_filters.
+    return {column.replace(".", "/"): values for column, values in table.items()}
 
 
 def child_artifacts(parent: str, uri: str, artifact_file: str) -> list[tuple[str, str]]:
