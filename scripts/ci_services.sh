@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Services the tests need besides Python packages: PostgreSQL for the MLflow tracking-server
-# tests (tests/test_tracking_server.py, through scripts/mlflow_server.sh), and a one-node SLURM
-# cluster for the launcher=submitit_slurm tests (tests/test_slurm.py, scripts/slurm_local.sh).
+# tests (tests/test_tracking_server.py, through scripts/mlflow_server.sh), a one-node SLURM
+# cluster for the launcher=submitit_slurm tests (tests/test_slurm.py, scripts/slurm_local.sh), and
+# Debian's Chromium with chromedriver for the MLflow UI test (scripts/mlflow_ui_check.py; installed
+# as root when missing; SEGEXP_REQUIRE_BROWSER turns its absence into a failure).
 #
 # Usage: scripts/ci_services.sh
 # PostgreSQL:
@@ -77,5 +79,28 @@ start_slurm() {
     say "going on without SLURM: the SLURM tests will be skipped"
 }
 
+ensure_browser() {
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+        say "Chromium and chromedriver already installed"
+        return 0
+    fi
+    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+        say "installing Chromium (apt-get install chromium chromium-driver)"
+        start=$SECONDS
+        if { apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null 2>&1 &&
+                apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }; }; then
+            say "Chromium installed in $((SECONDS - start)) s"
+            return 0
+        fi
+    fi
+    say "Chromium (Debian: apt-get install chromium chromium-driver) is missing"
+    if [[ -n "${SEGEXP_REQUIRE_BROWSER:-}" ]]; then
+        exit 1
+    fi
+    say "going on without it: the MLflow UI browser test will be skipped"
+}
+
 ensure_postgres
+ensure_browser
 start_slurm
