@@ -1,4 +1,8 @@
-"""``segexp-compare``: rank the child runs of a sweep (its MLflow parent run) by an objective."""
+"""``segexp-compare``: rank the child runs of a sweep (its MLflow parent run) by an objective; with ``--stats A B``
+compare two systems (runs, sweeps or CV parents) case by case.
+
+    segexp-compare --stats <run A> <run B> [--split test] [--metric dice] [--json stats.json]
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from pathlib import Path
 
 from segexp.cli.shell import user_errors_exit
 from segexp.config.resolvers import project_root
+from segexp.evaluation.paired import compare_systems, format_comparison, report_json
+from segexp.tracking.cases import open_system
 from segexp.tracking.compare import DEFAULT_METRIC, compare, latest_parent
 from segexp.tracking.sweep import parent_run_id
 
@@ -19,20 +25,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--parent", help="MLflow id of the sweep's parent run")
     which.add_argument("--sweep-dir", type=Path, help="the sweep folder (holds mlflow_parent.json)")
+    which.add_argument(
+        "--stats",
+        nargs=2,
+        metavar=("A", "B"),
+        help="compare two systems case by case (each a run id, run or sweep folder, models:/..., or a sweep / CV "
+        "parent run id): per class the mean difference B - A, its bootstrap CI and a Wilcoxon p-value",
+    )
     parser.add_argument(
         "--tracking-uri",
         default=f"sqlite:///{project_root()}/outputs/mlflow.db",
         help="MLflow store (default: the project's SQLite store)",
     )
     parser.add_argument("--experiment", default="segexp", help="experiment searched for the latest sweep")
-    parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"objective to sort by (default {DEFAULT_METRIC})")
+    parser.add_argument(
+        "--metric", help=f"objective to sort by (default {DEFAULT_METRIC}); with --stats a per-case column (dice)"
+    )
     parser.add_argument("--mode", choices=("max", "min"), default="max", help="max: higher is better")
     parser.add_argument("--per-class", action="store_true", help="add a column per class: test/dice/<class>")
     parser.add_argument("--no-log", action="store_true", help="do not log the CSV and plot to the parent run")
+    stats = parser.add_argument_group("--stats")
+    stats.add_argument("--split", default="test", help="the evaluated split whose per-case scores are compared")
+    stats.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples of the cases")
+    stats.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    stats.add_argument("--intersect", action="store_true", help="compare the shared cases when the sides differ")
+    stats.add_argument("--json", type=Path, help="also write the comparison to this JSON file")
     args = parser.parse_args(argv)
     import mlflow  # deferred: a heavy import, not needed for --help
 
     mlflow.set_tracking_uri(args.tracking_uri)
+    if args.stats is not None:
+        with user_errors_exit():
+            print(compare_stats(args))
+        return
     if args.sweep_dir is not None:
         parent = parent_run_id(args.sweep_dir)
         if parent is None:
@@ -42,7 +67,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         if parent is None:
             parser.error(f"no sweep parent run in experiment {args.experiment!r} at {args.tracking_uri}")
     with user_errors_exit():
-        print(compare(parent, args.metric, args.mode, log_to_parent=not args.no_log, per_class=args.per_class))
+        metric = args.metric or DEFAULT_METRIC
+        print(compare(parent, metric, args.mode, log_to_parent=not args.no_log, per_class=args.per_class))
+
+
+def compare_stats(args: argparse.Namespace) -> str:
+    """``--stats A B``: the comparison's text (and ``--json``)."""
+    metric = args.metric or "dice"
+    a, b = (open_system(s, args.split, metric, args.tracking_uri) for s in args.stats)
+    report = compare_systems(
+        a, b, split=args.split, metric=metric, n_resamples=args.bootstrap, seed=args.seed, intersect=args.intersect
+    )
+    if args.json is not None:
+        args.json.write_text(report_json(report))
+    return format_comparison(report)
 
 
 if __name__ == "__main__":
