@@ -45,7 +45,7 @@ def synthetic_case(seed: int, slices: int = 6, size: int = 300) -> tuple[np.ndar
 
 def scores(dice_square: float | None, dice_disc: float | None) -> dict[str, dict[str, float | None]]:
     return {
-        "square": {"dice": dice_square, "iou": dice_square, "hd95": 2.0},
+        "square": {"dice": dice_square, "iou": dice_square, "hd95": 2.0, "nsd": 0.875, "assd": 0.5},
         "disc": {"dice": dice_disc, "iou": dice_disc, "hd95": 1.0},
     }
 
@@ -73,6 +73,9 @@ def test_viewer_page_holds_every_case_worst_first_with_its_controls() -> None:
     assert page.count('class="class-toggle"') == 2 and 'id="opacity"' in page and 'id="sort"' in page
     assert re.findall(r'data-name="([^"]+)"', page) == ["bad", "mid", "good", "empty"]  # no score: last
     assert "all 4 cases shown" in page and f"Size cap {MAX_MB:g} MB" in page
+    # the score table: Dice, IoU, HD95, NSD and ASSD per class (a score the summary lacks shows as a dash)
+    assert "<th>NSD</th>" in page and "<th>ASSD (px)</th>" in page and "<th>HD95 (px)</th>" in page
+    assert "<td>0.875</td>" in page and "<td>0.5</td>" in page
     assert page.count("data:image/jpeg;base64,") == 4 and "DecompressionStream('deflate')" in page
     data = page_data(page)
     assert data is not None and [c["name"] for c in data["cases"]] == ["bad", "mid", "good", "empty"]

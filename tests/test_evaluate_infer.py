@@ -68,6 +68,35 @@ def test_perfect_model_scores_one_and_hand_counts(tiny_dataset: Path, tmp_path: 
     assert written == {"summary.json", "evaluation.csv", "per_slice.csv", "dice_per_class.png"}
     rows = (tmp_path / "eval" / "evaluation.csv").read_text().splitlines()
     assert rows[0].startswith("case,class,dice") and len(rows) == 1 + 2  # one case x two foreground classes
+    # NSD and ASSD beside them (appended): perfect surfaces, at the default tolerance of 1 px
+    assert summary["mean"]["per_class"]["square"]["nsd"]["mean"] == 1.0
+    assert summary["mean"]["per_class"]["disc"]["assd"]["mean"] == 0.0
+    assert summary["nsd_tolerance"] == {"square": 1.0, "disc": 1.0}
+    assert rows[0] == "case,class,dice,iou,hd95,precision,recall,nsd,assd,tp,fp,fn,n_truth,n_pred"
+    per_slice = (tmp_path / "eval" / "per_slice.csv").read_text().splitlines()
+    assert per_slice[0] == "case,slice,class,dice,iou,hd95,precision,recall,nsd,assd,tp,fp,fn,n_truth,n_pred"
+
+
+def test_nsd_tolerance_per_class_is_recorded_and_checked(tiny_dataset: Path, tmp_path: Path) -> None:
+    run = make_run(
+        tmp_path / "run",
+        oracle_model(TINY_CLASS_INTENSITIES),
+        [*TINY_DATASET_OVERRIDES, f"dataset.root={tiny_dataset}", "tracking.enabled=false"],
+    )
+    summary = evaluate_run(
+        open_run(str(run)), tmp_path / "eval", log_to_run=False, nsd_tolerance_mm={"default": 2.0, "disc": 0.5}
+    )
+    assert summary["nsd_tolerance"] == {"square": 2.0, "disc": 0.5}
+    assert summary["per_case"]["case2"]["disc"]["nsd"] == 1.0
+    with pytest.raises(EvaluationError, match=r"nsd_tolerance_mm names \['heart'\], not foreground classes"):
+        evaluate_run(open_run(str(run)), tmp_path / "eval2", log_to_run=False, nsd_tolerance_mm={"heart": 1.0})
+    # a run trained before the key (its saved config lacks it) is scored at the default, 1 px
+    config = run / ".hydra" / "config.yaml"
+    saved = OmegaConf.load(config)
+    del saved.training["nsd_tolerance_mm"]
+    config.write_text(OmegaConf.to_yaml(saved))
+    old = evaluate_run(open_run(str(run)), tmp_path / "eval3", log_to_run=False)
+    assert old["nsd_tolerance"] == {"square": 1.0, "disc": 1.0}
 
 
 def test_class_count_mismatch_is_named(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -97,6 +126,10 @@ def test_training_evaluates_and_evaluate_resumes_the_same_run(
         "test/dice_fg_mean",
         "test/hd95/disc",
         "test/dice_incl_bg_original",
+        "test/nsd/disc",
+        "test/assd/square",
+        "test/nsd_fg_mean",
+        "test/assd_fg_mean",
     } <= set(run.data.metrics)
     assert "evaluation/summary.json" in [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
     summary = json.loads((run_dir / "evaluation" / "summary.json").read_text())

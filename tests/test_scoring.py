@@ -12,8 +12,11 @@ from segexp.evaluation.scoring import (
     METRICS,
     ClassScore,
     aggregate,
+    assd,
+    class_tolerances,
     dice_including_background,
     hd95,
+    nsd,
     score_class,
     score_classes,
     surface,
@@ -297,6 +300,12 @@ def test_hd95_matches_brute_force_on_random_masks(ndim):
         expected = brute_hd95(a, b, spacing)
         assert score_class(a, b, spacing=spacing).hd95 == pytest.approx(expected, rel=1e-9)
         np.testing.assert_array_equal(surface(a), brute_surface(a))
+        # NSD and ASSD from the same brute-force distances; tolerance 1.3 first spacings (no extra draw, and
+        # not a grid distance: at a tie the two float computations may fall on either side of it)
+        tol = 1.3 * spacing[0]
+        s = score_class(a, b, spacing=spacing, nsd_tolerance_mm=tol)
+        assert s.nsd == pytest.approx(brute_nsd(a, b, spacing, tol), rel=1e-12)
+        assert s.assd == pytest.approx(brute_assd(a, b, spacing), rel=1e-9)
         checked += 1
     assert checked >= 20
 
@@ -394,6 +403,183 @@ def test_hd95_crop_does_not_change_result_near_border():
     a = square((10, 10), (0, 4), (0, 10))
     b = square((10, 10), (2, 10), (3, 7))
     assert score_class(a, b).hd95 == pytest.approx(brute_hd95(a, b, (1, 1)))
+
+
+# ---------------------------------------------------------------- NSD and ASSD
+def brute_distances(a: np.ndarray, b: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """Directed surface distances (A->B, B->A) from all pairwise distances between brute-force surfaces."""
+    pa = np.argwhere(brute_surface(a)) * np.asarray(spacing, float)
+    pb = np.argwhere(brute_surface(b)) * np.asarray(spacing, float)
+    d = np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1))
+    return d.min(axis=1), d.min(axis=0)
+
+
+def brute_nsd(a, b, spacing, tolerance) -> float:
+    d_ab, d_ba = brute_distances(a, b, spacing)
+    return float(((d_ab <= tolerance).sum() + (d_ba <= tolerance).sum()) / (d_ab.size + d_ba.size))
+
+
+def brute_assd(a, b, spacing) -> float:
+    return float(np.concatenate(brute_distances(a, b, spacing)).mean())
+
+
+def test_nsd_assd_squares_offset_by_1_px_by_hand():
+    # A: rows 2..7, cols 2..7; B = A shifted by +1 column. Each surface is a ring of 20 px.
+    # d(A->B): top and bottom rows: cols 3..7 lie on B's ring (0, x10), col 2 is 1 from (r, 3) (x2);
+    # left column rows 3..6: 1 from B's left column (x4); right column rows 3..6 (inside B): 1 from
+    # B's right column (x4). So ten 0s and ten 1s, and B->A is the mirror image.
+    #   NSD(tau=0) = 20 / 40 = 0.5, NSD(tau=1) = 40 / 40 = 1, NSD(tau=0.99) = 0.5, ASSD = 20 / 40 = 0.5.
+    a = square((12, 14), (2, 8), (2, 8))
+    b = square((12, 14), (2, 8), (3, 9))
+    assert nsd(a, b, tolerance_mm=0.0) == 0.5
+    assert nsd(a, b, tolerance_mm=1.0) == 1.0  # d <= tau counts (MONAI's <=)
+    assert nsd(a, b, tolerance_mm=0.99) == 0.5
+    assert nsd(b, a, tolerance_mm=0.0) == 0.5  # symmetric
+    assert assd(a, b) == 0.5 and assd(b, a) == 0.5
+    s = score_class(a, b, nsd_tolerance_mm=0.0)
+    assert (s.nsd, s.assd, s.hd95) == (0.5, 0.5, 1.0)
+    assert score_class(a, b).nsd == 1.0  # default tolerance 1
+    assert brute_nsd(a, b, (1, 1), 0.0) == 0.5 and brute_assd(a, b, (1, 1)) == 0.5
+
+
+def test_nsd_assd_anisotropic_spacing_by_hand():
+    # The same squares, columns 2.0 mm apart (rows 1.0 mm): the offset is now 2 mm.
+    # d(A->B): ten 0s; col 2 of the top/bottom rows 2 mm (x2); left column 2 mm (x4); right column
+    # rows 3..6 (inside B): min(2 mm to B's right column, rows to B's top/bottom row) = 1, 2, 2, 1.
+    # Sum 4 + 8 + 6 = 18 over 20 surface voxels; B->A is the mirror image.
+    #   ASSD = 36 / 40 = 0.9 mm; NSD(1 mm) = (10 + 2) * 2 / 40 = 0.6; NSD(2 mm) = 1; NSD(0) = 0.5.
+    a = square((12, 14), (2, 8), (2, 8))
+    b = square((12, 14), (2, 8), (3, 9))
+    sp = (1.0, 2.0)
+    assert assd(a, b, sp) == pytest.approx(0.9)
+    assert nsd(a, b, sp, 1.0) == pytest.approx(0.6)
+    assert nsd(a, b, sp, 2.0) == 1.0
+    assert nsd(a, b, sp, 0.0) == 0.5
+    assert brute_assd(a, b, sp) == pytest.approx(0.9) and brute_nsd(a, b, sp, 1.0) == pytest.approx(0.6)
+    # rows 2 mm apart instead: the column offset stays 1 mm, every nonzero distance is 1 mm
+    assert assd(a, b, (2.0, 1.0)) == pytest.approx(0.5)
+    assert nsd(a, b, (2.0, 1.0), 1.0) == 1.0
+
+
+def test_assd_pools_both_directions_not_the_mean_of_means():
+    # A: 5x5 square (rows/cols 1..5), surface ring of 16; B: its centre pixel (3, 3), surface 1.
+    # d(A->B): 4 corners sqrt(8), 4 edge midpoints 2, 8 others sqrt(5); d(B->A) = [2].
+    # MONAI's symmetric ASSD concatenates both: (4 sqrt 8 + 8 + 8 sqrt 5 + 2) / 17 = 2.3060;
+    # the mean of the two directed means would be 2.1626.
+    a = square((7, 7), (1, 6), (1, 6))
+    b = np.zeros((7, 7), bool)
+    b[3, 3] = True
+    total_ab = 4 * math.sqrt(8) + 4 * 2 + 8 * math.sqrt(5)
+    assert assd(a, b) == pytest.approx((total_ab + 2) / 17, rel=1e-12)
+    assert assd(a, b) != pytest.approx((total_ab / 16 + 2) / 2)
+    # NSD: tau 2 -> 4 midpoints + B's pixel = 5 / 17; tau 2.5 -> 12 + 1 = 13 / 17; tau 3 -> 1
+    assert nsd(a, b, tolerance_mm=2.0) == pytest.approx(5 / 17)
+    assert nsd(a, b, tolerance_mm=2.5) == pytest.approx(13 / 17)
+    assert nsd(a, b, tolerance_mm=3.0) == 1.0
+
+
+def test_nsd_assd_3d_cubes_shifted_along_z_by_hand():
+    # 4^3 cubes at z 2..5 and 4..7, spacing (2.5, 1, 1) mm; 56 surface voxels each.
+    # d(A->B): A's z=2 face (16) is 2 slices from B's z=4 face: 5 mm; A's z=3 ring (12): 2.5 mm to B's
+    # z=4 face; A's z=4 ring (12) lies on B's z=4 face: 0; A's z=5 face: its 12 ring voxels are on B's
+    # z=5 ring (0), its 4 inner voxels are 1 mm from that ring (2.5 mm from B's z=4 face): 1.
+    # Sum 80 + 30 + 4 = 114 over 56; B->A is the mirror image.
+    #   ASSD = 114 / 56 mm; NSD(1 mm) = 28 / 56 = 0.5; NSD(2.5 mm) = 40 / 56; NSD(5 mm) = 1.
+    a = np.zeros((10, 8, 8), bool)
+    b = np.zeros((10, 8, 8), bool)
+    a[2:6, 2:6, 2:6] = True
+    b[4:8, 2:6, 2:6] = True
+    sp = (2.5, 1.0, 1.0)
+    assert assd(a, b, sp) == pytest.approx(114 / 56, rel=1e-12)
+    assert nsd(a, b, sp, 1.0) == 0.5
+    assert nsd(a, b, sp, 2.5) == pytest.approx(40 / 56)
+    assert nsd(a, b, sp, 5.0) == 1.0
+    s = score_classes(a.astype(np.uint8), b.astype(np.uint8), 2, spacing=sp, nsd_tolerance_mm={1: 2.5})[1]
+    assert s.nsd == pytest.approx(40 / 56) and s.assd == pytest.approx(114 / 56) and s.hd95 == pytest.approx(5.0)
+
+
+def test_nsd_assd_empty_mask_conventions():
+    empty = np.zeros((4, 6), bool)
+    p = square((4, 6), (0, 2), (0, 2))
+    # absent from both: NaN (not applicable, left out of means; MONAI: NaN too)
+    assert math.isnan(nsd(empty, empty)) and math.isnan(assd(empty, empty))
+    # present in exactly one: NSD 0 (as MONAI), ASSD the field-of-view diagonal as HD95 (MONAI: inf)
+    for t_mask, p_mask in ((empty, p), (p, empty)):
+        assert nsd(t_mask, p_mask, tolerance_mm=100.0) == 0.0
+        assert assd(t_mask, p_mask) == pytest.approx(math.hypot(4, 6))
+        assert assd(t_mask, p_mask, (2.0, 0.5)) == pytest.approx(math.hypot(8, 3))
+        s = score_class(t_mask, p_mask)
+        assert s.nsd == 0.0 and s.assd == s.hd95 == pytest.approx(math.hypot(4, 6))
+    m = square((8, 8), (2, 5), (2, 6))
+    assert (nsd(m, m, tolerance_mm=0.0), assd(m, m)) == (1.0, 0.0)  # perfect
+
+
+def test_nsd_tolerance_checked():
+    m = square((6, 6), (1, 4), (1, 4))
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="tolerance"):
+            nsd(m, m, tolerance_mm=bad)
+        with pytest.raises(ValueError, match="tolerance"):
+            score_class(m, m, nsd_tolerance_mm=bad)
+    with pytest.raises(TypeError, match="tolerance"):
+        nsd(m, m, tolerance_mm="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"classes \[2\]"):
+        score_classes(m.astype(np.uint8), m.astype(np.uint8), 3, nsd_tolerance_mm={1: 1.0})
+
+
+def test_class_tolerances():
+    names = ["background", "LV", "Coronary", "LA"]
+    assert class_tolerances(2.0, names) == {1: 2.0, 2: 2.0, 3: 2.0}
+    assert class_tolerances({"default": 1.5, "Coronary": 0.5}, names) == {1: 1.5, 2: 0.5, 3: 1.5}
+    assert class_tolerances({"LV": 1, "Coronary": 2, "LA": 3}, names) == {1: 1.0, 2: 2.0, 3: 3.0}
+    with pytest.raises(ValueError, match="background"):
+        class_tolerances({"background": 1.0, "default": 1.0}, names)  # not a foreground class
+    with pytest.raises(ValueError, match="'LA'.*default"):
+        class_tolerances({"LV": 1.0, "Coronary": 1.0}, names)
+    with pytest.raises(ValueError, match="tolerance"):
+        class_tolerances({"default": -1.0}, names)
+
+
+def test_per_class_tolerance_in_score_classes():
+    truth = np.zeros((12, 24), np.uint8)
+    truth[2:8, 2:8] = 1
+    truth[2:8, 14:20] = 2
+    pred = np.roll(truth, 1, axis=1)  # both structures one column off: NSD 0.5 at tau 0, 1 at tau 1
+    scores = score_classes(
+        truth, pred, 3, nsd_tolerance_mm=class_tolerances({"default": 0.0, "b": 1.0}, ["bg", "a", "b"])
+    )
+    assert (scores[1].nsd, scores[2].nsd) == (0.5, 1.0)
+    assert scores[1].assd == scores[2].assd == 0.5
+
+
+def test_nsd_assd_match_brute_force_on_random_blobs():
+    for a, b, spacing in blob_cases():
+        assert assd(a, b, spacing) == pytest.approx(brute_assd(a, b, spacing), rel=1e-9)
+        assert assd(b, a, spacing) == pytest.approx(brute_assd(a, b, spacing), rel=1e-9)
+        for tol in (0.0, 1.0, 2.5):
+            assert nsd(a, b, spacing, tol) == pytest.approx(brute_nsd(a, b, spacing, tol), rel=1e-12)
+
+
+def test_nsd_assd_match_monai_if_installed():
+    # MONAI and torch are not segexp dependencies: run only where both import (as the HD95 check).
+    torch = pytest.importorskip("torch")
+    monai_metrics = pytest.importorskip("monai.metrics")
+    for a, b, spacing in blob_cases():
+        y_pred = torch.as_tensor(b[None, None].astype(np.float32))
+        y = torch.as_tensor(a[None, None].astype(np.float32))
+        sp = [float(s) for s in spacing]
+        reference = monai_metrics.compute_average_surface_distance(
+            y_pred, y, include_background=True, symmetric=True, spacing=sp
+        )
+        # MONAI's distances are float32
+        assert assd(a, b, spacing) == pytest.approx(float(reference[0, 0]), rel=1e-5, abs=1e-5)
+        # 0: shared surface voxels; 1.0 is a distance only on the unit grid, exact in float32 too; 2.5 is no distance
+        # of these spacings, so float32 (MONAI) and float64 (segexp) agree on every comparison
+        for tol in (0.0, 1.0, 2.5):
+            reference = monai_metrics.compute_surface_dice(
+                y_pred, y, class_thresholds=[tol], include_background=True, spacing=sp
+            )
+            assert nsd(a, b, spacing, tol) == pytest.approx(float(reference[0, 0]), rel=1e-6, abs=1e-6)
 
 
 # ---------------------------------------------------------------- score_classes

@@ -36,6 +36,7 @@ def main(cfg: DictConfig) -> float:
             log_to_run=cfg.log_to_run,
             precision=resolve_precision(cfg.precision),
             postprocess=cfg.postprocess,
+            nsd_tolerance_mm=cfg.nsd_tolerance_mm,
         )
     value = summary["mean"]["foreground_mean"]["dice"]
     return float("nan") if value is None else float(value)

@@ -134,6 +134,8 @@ class Metric(Option):
     hd95 = "hd95"
     precision = "precision"
     recall = "recall"
+    nsd = "nsd"
+    assd = "assd"
 
 
 def values(options: type[StrEnum]) -> tuple[str, ...]:

@@ -150,6 +150,7 @@ class TrainingConfig:
     verbose: int = MISSING
     evaluate_after: bool = MISSING
     postprocess: PostprocessMode = MISSING
+    nsd_tolerance_mm: Any = MISSING  # a number | {class name: number, default: number}: _check_nsd_tolerance
     resume: Optional[str] = MISSING
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
     devices: Any = MISSING  # 1 | auto | n | [GPU indices or device names]: checked by _check_devices
@@ -443,6 +444,32 @@ def _check_devices(t: Any) -> list[str]:
     return []
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_nsd_tolerance(value: Any, key: str, class_names: Sequence[str] | None = None) -> list[str]:
+    """The NSD tolerance (segexp.evaluation.scoring.class_tolerances): a number >= 0, or a mapping of foreground
+    class names (and ``default``) to such numbers; the names are checked when ``class_names`` are known."""
+    if isinstance(value, DictConfig):
+        value = OmegaConf.to_container(value)
+    entries = value if isinstance(value, dict) else {None: value}
+    errors = [
+        f"{key}{'' if name is None else '.' + str(name)}: expected a number >= 0 (mm, pixels without spacing), "
+        f"got {v!r}"
+        for name, v in entries.items()
+        if not (_is_number(v) and 0 <= v < float("inf"))
+    ]
+    if isinstance(value, dict) and class_names:
+        unknown = sorted(str(n) for n in set(value) - set(class_names[1:]) - {"default"})
+        if unknown:
+            errors.append(f"{key}: {unknown} are not foreground classes of {list(class_names[1:])} (or default)")
+        elif "default" not in value and set(class_names[1:]) - set(value):
+            left = sorted(set(class_names[1:]) - set(value))
+            errors.append(f"{key}: no tolerance for {left}: name them or give a default")
+    return errors
+
+
 def _check_training(t: Any) -> list[str]:
     errors = _check_devices(t)
     for key in ("epochs", "batch_size"):
@@ -602,6 +629,7 @@ def check_train_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
         + _check_callbacks(typed.callbacks, typed.training.schedule)
         + _check_augmentation(typed.augmentation)
         + _check_plan(typed.plan)
+        + _check_nsd_tolerance(typed.training.nsd_tolerance_mm, "training.nsd_tolerance_mm", typed.dataset.class_names)
     )
     return typed, problems
 
@@ -792,6 +820,7 @@ class EvaluateConfig(PredictionConfig):
     split: Split = MISSING
     dataset_root: Optional[str] = MISSING
     log_to_run: bool = MISSING
+    nsd_tolerance_mm: Any = MISSING  # null: the run's training.nsd_tolerance_mm; else as that key
 
 
 @dataclass
@@ -812,6 +841,8 @@ def validate_evaluate_config(cfg: DictConfig) -> DictConfig:
     """Typed ``segexp-evaluate`` config; every problem is reported with its key, before the model is loaded."""
     typed, problems = _typed(cfg, EvaluateConfig)
     errors = problems + _check_prediction_keys(typed)
+    if typed.nsd_tolerance_mm is not None:
+        errors += _check_nsd_tolerance(typed.nsd_tolerance_mm, "nsd_tolerance_mm")
     raise_config_problems(errors)
     return typed
 

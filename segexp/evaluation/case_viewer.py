@@ -166,21 +166,31 @@ def viewer_page(
     max_mb: float = MAX_MB,
 ) -> str:
     """The page of one evaluation: ``cases`` (from :func:`encode_case`), their scores ``per_case``
-    (``{case: {class: {"dice", "iou", "hd95", ...}}}``, as ``summary.json``), the foreground ``class_names``'
+    (``{case: {class: {"dice", "iou", "hd95", "nsd", "assd", ...}}}``, as ``summary.json``), the foreground
+    ``class_names``'
     ``colours`` (a row per class, background first), worst case first, at most ``max_mb``."""
     blocks = []
     for case in cases:
         scores = per_case.get(case.name, {})
         entry = _case_entry(case, [case.labels], [[-1, 0], [0, 0], [0, 1]])
         entry["scores"] = {"fg_dice": foreground_dice(scores), "dice": {n: s.get("dice") for n, s in scores.items()}}
-        rows = [[_fmt(s.get("dice")), _fmt(s.get("iou")), _fmt(s.get("hd95"), 1)] for s in scores.values()]
+        rows = [
+            [
+                _fmt(s.get("dice")),
+                _fmt(s.get("iou")),
+                _fmt(s.get("hd95"), 1),
+                _fmt(s.get("nsd")),
+                _fmt(s.get("assd"), 1),
+            ]
+            for s in scores.values()
+        ]
         blocks.append(
             _Block(
                 case.name,
                 foreground_dice(scores),
                 entry,
                 ["image", "truth", "prediction"],
-                ["Dice", "IoU", f"HD95 ({hd95_units})"],
+                ["Dice", "IoU", f"HD95 ({hd95_units})", "NSD", f"ASSD ({hd95_units})"],
                 [[n, *r] for n, r in zip(scores, rows)],
                 case.nbytes,
             )

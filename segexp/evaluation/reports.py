@@ -4,7 +4,8 @@ For every case of the split the slices are predicted in batches at the model's
 input size, the predictions are resized back (nearest) to each slice's stored
 size, and scored against the stored masks, background excluded
 (:mod:`segexp.evaluation.scoring`): per case on the stacked slices (3D, in mm when
-``dataset.json`` gives the spacing, else in pixels) and per slice (2D).
+``dataset.json`` gives the spacing, else in pixels) and per slice (2D): Dice, IoU, HD95, precision, recall, NSD
+at the configured tolerance (``training.nsd_tolerance_mm``, segexp-evaluate's ``nsd_tolerance_mm``) and ASSD.
 
 Outputs: ``summary.json`` (per class, per case, foreground mean, and the
 original background-including score for comparison), ``evaluation.csv`` (one row
@@ -21,12 +22,13 @@ import json
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import open_dict
 
 from segexp.config.schema import DatasetConfig, validate_train_config
 from segexp.core.errors import EvaluationError
@@ -44,8 +46,10 @@ from segexp.evaluation.case_viewer import VIEWER_FILE, ViewerCase, encode_case, 
 from segexp.evaluation.inference import predict_batches, probabilities_to_classes
 from segexp.evaluation.postprocess import Postprocessing, determine, for_run
 from segexp.evaluation.scoring import (
+    DEFAULT_NSD_TOLERANCE_MM,
     METRICS,
     aggregate,
+    class_tolerances,
     dice_including_background,
     score_classes,
     to_json_safe,
@@ -188,10 +192,17 @@ def evaluate_split(
     postprocessing: Postprocessing | None = None,
     on_bad_file: str = "error",
     viewer: bool = False,
+    nsd_tolerance_mm: float | Mapping[str, float] = DEFAULT_NSD_TOLERANCE_MM,
 ) -> Evaluation:
     """Score every case (3D) and slice (2D) of ``split``, after ``postprocessing``'s rules when given; with
-    ``viewer`` each case is also encoded for the case viewer (its images read again, downscaled)."""
+    ``viewer`` each case is also encoded for the case viewer (its images read again, downscaled).
+    ``nsd_tolerance_mm``: the NSD tolerance, one number or ``{class name: mm, default: mm}``
+    (:func:`segexp.evaluation.scoring.class_tolerances`), in mm where the spacing is known, else pixels."""
     num_classes = len(dataset.class_names)
+    try:
+        tolerances = class_tolerances(nsd_tolerance_mm, dataset.class_names)
+    except (TypeError, ValueError) as err:
+        raise EvaluationError(str(err)) from err
     per_case, per_slice, original = {}, [], []
     spacings, slices, viewer_cases = {}, {}, []
     for case, pairs, truth, pred in predict_cases(
@@ -210,10 +221,11 @@ def evaluate_split(
         spacing = case_spacing(dataset.root, case)
         spacings[case] = spacing
         slices[case] = len(pairs)
-        per_case[case] = score_classes(truth, pred, num_classes, spacing)
+        per_case[case] = score_classes(truth, pred, num_classes, spacing, tolerances)
         original.append(dice_including_background(truth, pred, num_classes))
         for pair, t, p in zip(pairs, truth, pred):
-            per_slice.append((case, pair.name, score_classes(t, p, num_classes, spacing[1:] if spacing else None)))
+            slice_scores = score_classes(t, p, num_classes, spacing[1:] if spacing else None, tolerances)
+            per_slice.append((case, pair.name, slice_scores))
         if viewer:
             images = np.stack([read_image(pair.image, channels) for pair in pairs])
             viewer_cases.append(encode_case(case, images, truth, pred))
@@ -226,10 +238,12 @@ def evaluate_split(
             "num_slices": len(per_slice),
             "class_names": dataset.class_names,
             "hd95_units": units,
+            "nsd_tolerance": {fg_names[k - 1]: tol for k, tol in tolerances.items()},  # in hd95_units
             "conventions": {
                 "background": "excluded from every score",
                 "absent_in_both": "NaN (null): the class is not counted for that case/slice and left out of means",
-                "absent_in_one": "Dice 0, HD95 = the diagonal of the volume (worst case)",
+                "absent_in_one": "Dice 0, NSD 0, HD95 and ASSD = the diagonal of the volume (worst case)",
+                "distances": "HD95, ASSD and the NSD tolerance in hd95_units (mm with the dataset's spacing)",
                 "aggregation": "per_case: 3D scores on each case's stacked slices; per_slice: 2D scores",
             },
             "postprocessing": (
@@ -255,7 +269,8 @@ def evaluate_split(
 
 #: The columns of the per-case table (:func:`case_table`).
 CASE_COLUMNS = (
-    "case", "class", "dice", "iou", "hd95", "hd95_units", "truth_volume", "pred_volume", "volume_units", "slices"
+    "case", "class", "dice", "iou", "hd95", "hd95_units", "truth_volume", "pred_volume", "volume_units", "slices",
+    "nsd", "assd",
 )  # fmt: skip
 
 
@@ -281,6 +296,8 @@ def case_table(evaluation: Evaluation) -> dict[str, list[Any]]:
                     s["n_pred"] * scale,
                     "mm3" if voxel is not None else "voxels",
                     evaluation.slices.get(case, 0),
+                    s.get("nsd"),
+                    s.get("assd"),
                 )
             )
     rows.sort(key=lambda r: (r[2] is None, r[2] if r[2] is not None else 0.0, r[0], r[1]))
@@ -386,6 +403,7 @@ def score_and_log(
     batch_size: int = 8,
     flip_tta: bool = False,
     postprocessing: Postprocessing | None = None,
+    nsd_tolerance_mm: float | Mapping[str, float] = DEFAULT_NSD_TOLERANCE_MM,
 ) -> dict[str, Any]:
     """Score ``split`` at the input size of the model section ``m``, write the reports in ``out_dir`` and log them
     (:func:`log_summary`, metrics ``<split>/...``); returns the summary. The one path from a model to a split's
@@ -404,6 +422,7 @@ def score_and_log(
         postprocessing=postprocessing,
         on_bad_file=d.on_bad_file,
         viewer=tracker.enabled,
+        nsd_tolerance_mm=nsd_tolerance_mm,
     )
     log_summary(tracker, evaluation.summary, write_reports(evaluation, out_dir), prefix=split)
     if tracker.enabled:
@@ -440,13 +459,18 @@ def evaluate_run(
     log_to_run: bool = True,
     precision: str = "fp32",
     postprocess: str = "auto",
+    nsd_tolerance_mm: float | Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a finished training run on ``split`` computing in ``precision`` (resolved: fp32, bf16, fp16),
     after the run's postprocessing rules (``postprocess`` auto) or without (none); log to its MLflow run
-    when it has one."""
+    when it has one. ``nsd_tolerance_mm``: the NSD tolerance (None: the run's ``training.nsd_tolerance_mm``,
+    the default for a run trained before that key)."""
     cfg = run.config
     if dataset_root is not None:
         cfg.dataset.root = dataset_root
+    if "nsd_tolerance_mm" not in cfg.training:  # a run trained before the key
+        with open_dict(cfg):
+            cfg.training.nsd_tolerance_mm = DEFAULT_NSD_TOLERANCE_MM
     cfg = validate_train_config(cfg)
     dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
     if not dataset.pairs.get(split):
@@ -477,17 +501,20 @@ def evaluate_run(
             batch_size=batch_size,
             flip_tta=flip_tta,
             postprocessing=postprocessing,
+            nsd_tolerance_mm=cfg.training.nsd_tolerance_mm if nsd_tolerance_mm is None else nsd_tolerance_mm,
         )
     _log_table(summary)
     return summary
 
 
 def _log_table(summary: dict[str, Any]) -> None:
-    lines = [f"{'class':<16}{'Dice':>8}{'IoU':>8}{'HD95 ' + summary['hd95_units']:>11}{'n':>5}"]
+    units = summary["hd95_units"]
+    lines = [f"{'class':<16}{'Dice':>8}{'IoU':>8}{'HD95 ' + units:>11}{'NSD':>8}{'ASSD ' + units:>11}{'n':>5}"]
     for name, s in summary["mean"]["per_class"].items():
         fmt = lambda v: "   -" if v is None else f"{v:.3f}"  # noqa: E731
         lines.append(
-            f"{name:<16}{fmt(s['dice']['mean']):>8}{fmt(s['iou']['mean']):>8}{fmt(s['hd95']['mean']):>11}{s['dice']['n']:>5}"
+            f"{name:<16}{fmt(s['dice']['mean']):>8}{fmt(s['iou']['mean']):>8}{fmt(s['hd95']['mean']):>11}"
+            f"{fmt(s.get('nsd', {}).get('mean')):>8}{fmt(s.get('assd', {}).get('mean')):>11}{s['dice']['n']:>5}"
         )
     fg = summary["mean"]["foreground_mean"]
     lines.append(f"{'foreground mean':<16}{fg['dice'] or float('nan'):>8.3f}")

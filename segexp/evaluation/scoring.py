@@ -41,20 +41,44 @@ the binary masks ``T`` (truth) and ``P`` (prediction):
     ``torch.quantile`` interpolates the same way). segexp computes in float64,
     MONAI's distances are float32: values agree to ~1e-6 relative.
 
+- ``NSD`` (normalised surface Dice, Nikolov et al. 2021, arXiv:1809.04430;
+  Maier-Hein et al. 2024, "Metrics reloaded") at a tolerance ``tau`` (mm with a
+  ``spacing``, voxels otherwise): the fraction of both surfaces that lies within
+  ``tau`` of the other, from the same surfaces and directed distances as HD95::
+
+      NSD = (|{d in d(T→P): d <= tau}| + |{d in d(P→T): d <= tau}|) / (|d(T→P)| + |d(P→T)|)
+
+  i.e. ``(|S_T ∩ B_tau(S_P)| + |S_P ∩ B_tau(S_T)|) / (|S_T| + |S_P|)`` with the
+  surfaces counted in voxels, exactly MONAI's
+  ``monai.metrics.compute_surface_dice(class_thresholds=[tau])`` with its default
+  ``use_subvoxels=False`` (``monai/metrics/surface_dice.py``, the same
+  ``get_edge_surface_distance`` edges as HD95; ``<=`` tau). ``tau = 0`` counts
+  the surface voxels the two surfaces share. The tolerance is per class
+  (:func:`class_tolerances`; config ``training.nsd_tolerance_mm`` /
+  segexp-evaluate's ``nsd_tolerance_mm``).
+- ``ASSD`` (average symmetric surface distance): the mean of all directed
+  distances of both directions pooled, ``mean(d(T→P) ∪ d(P→T))``, in mm (voxels
+  without spacing), exactly MONAI's
+  ``compute_average_surface_distance(symmetric=True)`` (which concatenates the
+  two directions before the mean; the mean of the two directed means differs
+  when the surfaces differ in size).
+
   The one deliberate difference from MONAI is the empty-mask convention below:
   a structure present in exactly one mask scores the field-of-view diagonal
-  where MONAI gives ``inf``; absent from both is NaN in both.
+  (HD95 and ASSD) where MONAI gives ``inf``; absent from both is NaN in both
+  (NSD too; MONAI's NSD is 0 where exactly one mask is empty, as here).
 
 Conventions for empty masks (never a free 1.0):
 
 - **absent in both** truth and prediction (``TP = FP = FN = 0``): Dice, IoU,
-  precision, recall and HD95 are all NaN. The structure is *not applicable* to
+  precision, recall, HD95, NSD and ASSD are all NaN (MONAI: NaN too). The structure is *not applicable* to
   that case and is left out of every mean (nnU-Net does the same).
 - **present in exactly one** of them: Dice = IoU = 0.
   Precision is NaN when nothing was predicted (``0/0``) and 0 when something
   was predicted but the structure is absent in truth. Recall is NaN when the
   structure is absent in truth (``0/0``) and 0 when it was missed.
-  HD95 is the **worst-case penalty**: the diagonal of the array's field of view,
+  NSD = 0 (no surface voxel of the present mask is near the absent one; MONAI
+  gives 0 too). HD95 and ASSD are the **worst-case penalty**: the diagonal of the array's field of view,
   ``sqrt(sum_i (n_i * spacing_i)^2)`` for an array of shape ``(n_1, ...)``
   (in mm, or voxels without spacing). It is larger than any distance two voxels
   of the array can have, so a missed or hallucinated structure always scores
@@ -89,8 +113,11 @@ __all__ = [
     "METRICS",
     "ClassScore",
     "aggregate",
+    "assd",
+    "class_tolerances",
     "dice_including_background",
     "hd95",
+    "nsd",
     "score_class",
     "score_classes",
     "surface",
@@ -102,6 +129,9 @@ METRICS: tuple[str, ...] = values(Metric)
 
 _NAN = math.nan
 
+#: NSD tolerance in mm (voxels without spacing) where no other is set: the config default.
+DEFAULT_NSD_TOLERANCE_MM = 1.0
+
 
 @dataclass(frozen=True)
 class ClassScore:
@@ -109,7 +139,8 @@ class ClassScore:
 
     Float scores are NaN where undefined; ``n_truth = TP + FN`` and
     ``n_pred = TP + FP`` are the voxel counts of the structure in truth and
-    prediction.
+    prediction. ``nsd`` and ``assd`` come last (with NaN defaults) so that
+    positional construction of the earlier fields still works.
     """
 
     dice: float
@@ -122,6 +153,8 @@ class ClassScore:
     fn: int
     n_truth: int
     n_pred: int
+    nsd: float = _NAN
+    assd: float = _NAN
 
     def as_dict(self) -> dict[str, float | int]:
         """Plain ``{field: value}`` (NaN kept; see :func:`to_json_safe` for JSON)."""
@@ -219,6 +252,24 @@ def _union_crop(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...]:
     return tuple(crop)
 
 
+def _check_tolerance(tolerance_mm: float) -> float:
+    if isinstance(tolerance_mm, bool) or not isinstance(tolerance_mm, (int, float, np.integer, np.floating)):
+        raise TypeError(f"NSD tolerance must be a number (mm, or voxels without spacing), got {tolerance_mm!r}")
+    value = float(tolerance_mm)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"NSD tolerance must be finite and >= 0, got {tolerance_mm!r}")
+    return value
+
+
+def _pair_spacing(
+    a: np.ndarray, b: np.ndarray, spacing: Sequence[float] | None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    a = _as_bool_mask(a, "a")
+    b = _as_bool_mask(b, "b")
+    _check_pair(a, b)
+    return a, b, _check_spacing(spacing, a.ndim)
+
+
 def hd95(a: np.ndarray, b: np.ndarray, spacing: Sequence[float] | None = None) -> float:
     """95th-percentile symmetric surface (Hausdorff) distance of two boolean masks.
 
@@ -227,19 +278,58 @@ def hd95(a: np.ndarray, b: np.ndarray, spacing: Sequence[float] | None = None) -
     (see the module docstring); NaN when both masks are empty, the field-of-view
     diagonal when exactly one is (MONAI: ``inf``).
     """
-    a = _as_bool_mask(a, "a")
-    b = _as_bool_mask(b, "b")
-    _check_pair(a, b)
-    sp = _check_spacing(spacing, a.ndim)
+    a, b, sp = _pair_spacing(a, b, spacing)
+    return _surface_scores(a, b, sp, DEFAULT_NSD_TOLERANCE_MM)[0]
+
+
+def nsd(
+    a: np.ndarray,
+    b: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+) -> float:
+    """Normalised surface Dice of two boolean masks at ``tolerance_mm`` (mm with ``spacing``, else voxels).
+
+    ``(|{d(A→B) <= tol}| + |{d(B→A) <= tol}|) / (|S_A| + |S_B|)`` over the same face-connected surface voxels
+    and exact Euclidean distances as :func:`hd95`, as MONAI's ``compute_surface_dice(class_thresholds=[tol])``
+    with ``use_subvoxels=False`` (surfaces counted in voxels; see the module docstring). Symmetric in ``a`` and
+    ``b``; NaN when both masks are empty, 0 when exactly one is (MONAI: the same).
+    """
+    a, b, sp = _pair_spacing(a, b, spacing)
+    return _surface_scores(a, b, sp, _check_tolerance(tolerance_mm))[1]
+
+
+def assd(a: np.ndarray, b: np.ndarray, spacing: Sequence[float] | None = None) -> float:
+    """Average symmetric surface distance of two boolean masks (mm with ``spacing``, else voxels).
+
+    The mean of the directed distances of both directions pooled, ``mean(d(A→B) ∪ d(B→A))``, over the same
+    surfaces as :func:`hd95`, as MONAI's ``compute_average_surface_distance(symmetric=True)``; NaN when both
+    masks are empty, the field-of-view diagonal when exactly one is (MONAI: ``inf``).
+    """
+    a, b, sp = _pair_spacing(a, b, spacing)
+    return _surface_scores(a, b, sp, DEFAULT_NSD_TOLERANCE_MM)[2]
+
+
+def _surface_scores(
+    a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...], tolerance: float
+) -> tuple[float, float, float]:
+    """``(HD95, NSD at tolerance, ASSD)`` of two checked boolean masks, with the empty-mask conventions."""
     has_a, has_b = bool(a.any()), bool(b.any())
     if not has_a and not has_b:
-        return _NAN
+        return _NAN, _NAN, _NAN
     if has_a != has_b:
-        return _worst_distance(a.shape, sp)
-    return _hd95_nonempty(a, b, sp)
+        worst = _worst_distance(a.shape, spacing)
+        return worst, 0.0, worst
+    d_ab, d_ba = _surface_distances(a, b, spacing)
+    hd = float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))
+    within = int(np.count_nonzero(d_ab <= tolerance)) + int(np.count_nonzero(d_ba <= tolerance))
+    both = np.concatenate([d_ab, d_ba])
+    return hd, within / both.size, float(both.mean())
 
 
-def _hd95_nonempty(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> float:
+def _surface_distances(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Directed distances ``(d(A→B), d(B→A))``: for each surface voxel of one non-empty mask, the Euclidean
+    distance (mm with ``spacing``) to the nearest surface voxel of the other."""
     # Cropping with a one-voxel margin keeps every surface voxel (the margin is
     # background, or the true array border) and all of them are inside the crop,
     # so the nearest-surface distances are unchanged.
@@ -248,9 +338,31 @@ def _hd95_nonempty(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> 
     surf_a, surf_b = surface(a), surface(b)
     dist_to_b = ndimage.distance_transform_edt(~surf_b, sampling=spacing)
     dist_to_a = ndimage.distance_transform_edt(~surf_a, sampling=spacing)
-    d_ab = np.percentile(dist_to_b[surf_a], 95)
-    d_ba = np.percentile(dist_to_a[surf_b], 95)
-    return float(max(d_ab, d_ba))
+    return dist_to_b[surf_a], dist_to_a[surf_b]
+
+
+def class_tolerances(setting: float | Mapping[str, float], class_names: Sequence[str]) -> dict[int, float]:
+    """``{foreground class index: NSD tolerance}`` from the config's ``nsd_tolerance_mm``: one number for every
+    class, or a mapping ``{class name: tolerance}`` whose ``default`` entry covers the classes it does not name
+    (``class_names[k]`` names class ``k``, background at 0, never scored). Raises ``ValueError`` for a name that
+    is not a foreground class, a mapping without ``default`` that leaves a class out, or a bad tolerance."""
+    names = list(class_names)
+    if not isinstance(setting, Mapping):
+        value = _check_tolerance(setting)
+        return {k: value for k in range(1, len(names))}
+    entries = {str(key): _check_tolerance(value) for key, value in setting.items()}
+    unknown = sorted(set(entries) - set(names[1:]) - {"default"})
+    if unknown:
+        raise ValueError(f"nsd_tolerance_mm names {unknown}, not foreground classes of {names[1:]} (or `default`)")
+    out = {}
+    for k, name in enumerate(names[1:], start=1):
+        if name in entries:
+            out[k] = entries[name]
+        elif "default" in entries:
+            out[k] = entries["default"]
+        else:
+            raise ValueError(f"nsd_tolerance_mm gives no tolerance for class {name!r} and no `default`")
+    return out
 
 
 # ---------------------------------------------------------------- scores
@@ -258,8 +370,9 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else _NAN
 
 
-def _from_counts(tp: int, fp: int, fn: int, hd: float) -> ClassScore:
+def _from_counts(tp: int, fp: int, fn: int, distances: tuple[float, float, float]) -> ClassScore:
     tp, fp, fn = int(tp), int(fp), int(fn)
+    hd, nsd_value, assd_value = distances
     return ClassScore(
         dice=_ratio(2.0 * tp, 2.0 * tp + fp + fn),
         iou=_ratio(float(tp), float(tp + fp + fn)),
@@ -271,6 +384,8 @@ def _from_counts(tp: int, fp: int, fn: int, hd: float) -> ClassScore:
         fn=fn,
         n_truth=tp + fn,
         n_pred=tp + fp,
+        nsd=float(nsd_value),
+        assd=float(assd_value),
     )
 
 
@@ -278,26 +393,23 @@ def score_class(
     truth_mask: np.ndarray,
     pred_mask: np.ndarray,
     spacing: Sequence[float] | None = None,
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
 ) -> ClassScore:
     """Scores of one binary structure (2D or 3D boolean masks of the same shape).
 
     ``spacing``: voxel size in mm per array axis (``None``: 1 per axis, distances
-    in voxels). Definitions and empty-mask conventions: see the module docstring.
+    in voxels); ``nsd_tolerance_mm``: the NSD tolerance, in the same units.
+    Definitions and empty-mask conventions: see the module docstring.
     """
     t = _as_bool_mask(truth_mask, "truth_mask")
     p = _as_bool_mask(pred_mask, "pred_mask")
     _check_pair(t, p)
     sp = _check_spacing(spacing, t.ndim)
+    tolerance = _check_tolerance(nsd_tolerance_mm)
     tp = int(np.count_nonzero(t & p))
     n_t = int(np.count_nonzero(t))
     n_p = int(np.count_nonzero(p))
-    if n_t and n_p:
-        hd = _hd95_nonempty(t, p, sp)
-    elif n_t or n_p:
-        hd = _worst_distance(t.shape, sp)
-    else:
-        hd = _NAN
-    return _from_counts(tp, n_p - tp, n_t - tp, hd)
+    return _from_counts(tp, n_p - tp, n_t - tp, _surface_scores(t, p, sp, tolerance))
 
 
 _CHUNK = 1 << 22  # voxels per bincount chunk: bounds temporary memory on large volumes
@@ -319,17 +431,27 @@ def score_classes(
     pred: np.ndarray,
     num_classes: int,
     spacing: Sequence[float] | None = None,
+    nsd_tolerance_mm: float | Mapping[int, float] = DEFAULT_NSD_TOLERANCE_MM,
 ) -> dict[int, ClassScore]:
     """Scores of every foreground class ``1 .. num_classes-1`` of one case.
 
     ``truth`` and ``pred`` are class-index masks of the same shape (2D slice or
-    3D volume); class 0 (background) is not scored. Returns
+    3D volume); class 0 (background) is not scored. ``nsd_tolerance_mm``: one
+    NSD tolerance for every class, or ``{class index: tolerance}`` for each
+    (:func:`class_tolerances`), in the units of ``spacing``. Returns
     ``{class index: ClassScore}``. Counts come from one confusion matrix
     (``bincount``); distances are computed per class only where both masks of
     the class are non-empty.
     """
     num_classes, truth, pred = _checked_masks(truth, pred, num_classes)
     sp = _check_spacing(spacing, truth.ndim)
+    if isinstance(nsd_tolerance_mm, Mapping):
+        missing = [k for k in range(1, num_classes) if k not in nsd_tolerance_mm]
+        if missing:
+            raise ValueError(f"nsd_tolerance_mm has no tolerance for classes {missing}")
+        tolerances = {k: _check_tolerance(nsd_tolerance_mm[k]) for k in range(1, num_classes)}
+    else:
+        tolerances = dict.fromkeys(range(1, num_classes), _check_tolerance(nsd_tolerance_mm))
 
     confusion = _confusion(truth, pred, num_classes)  # rows: truth, columns: prediction
     tp = np.diag(confusion)
@@ -340,12 +462,13 @@ def score_classes(
     for k in range(1, num_classes):
         n_t, n_p = int(n_truth[k]), int(n_pred[k])
         if n_t and n_p:
-            hd = _hd95_nonempty(truth == k, pred == k, sp)
+            distances = _surface_scores(truth == k, pred == k, sp, tolerances[k])
         elif n_t or n_p:
-            hd = _worst_distance(truth.shape, sp)
+            worst = _worst_distance(truth.shape, sp)
+            distances = (worst, 0.0, worst)
         else:
-            hd = _NAN
-        scores[k] = _from_counts(int(tp[k]), n_p - int(tp[k]), n_t - int(tp[k]), hd)
+            distances = (_NAN, _NAN, _NAN)
+        scores[k] = _from_counts(int(tp[k]), n_p - int(tp[k]), n_t - int(tp[k]), distances)
     return scores
 
 
@@ -379,7 +502,7 @@ def aggregate(
           "foreground_mean": {metric: mean over classes of the per-class means},
         }
 
-    for ``metric`` in ``dice, iou, precision, recall, hd95``. A per-class
+    for ``metric`` in :data:`METRICS` (``dice, iou, hd95, precision, recall, nsd, assd``). A per-class
     statistic uses only the cases where that metric is not NaN (``n`` counts
     them; ``std`` is the population standard deviation). ``foreground_mean``
     ignores classes whose per-class mean is NaN (absent from every case).

@@ -228,7 +228,16 @@ def evaluate_test_split(
         log.info("no test split in %s: skipping the evaluation after training", dataset.root)
         return
     summary = score_and_log(
-        model, dataset, "test", m, d, out_dir, tracker, batch_size=t.batch_size, postprocessing=postprocessing
+        model,
+        dataset,
+        "test",
+        m,
+        d,
+        out_dir,
+        tracker,
+        batch_size=t.batch_size,
+        postprocessing=postprocessing,
+        nsd_tolerance_mm=t.nsd_tolerance_mm,
     )
     log.info(
         "test foreground mean Dice %s (%d cases); reports in %s",
