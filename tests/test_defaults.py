@@ -8,7 +8,7 @@ import typing
 
 from omegaconf import MISSING
 
-from segexp.config import schema
+from segexp.config import commands, schema
 from segexp.models import networks
 from segexp.models.registry import ModelParams
 from segexp.tracking.store import OutagePolicy
@@ -32,12 +32,14 @@ def leaf_defaults(cls: type, prefix: str = "") -> dict[str, object]:
 
 
 def schemas() -> list[type]:
-    classes = [c for _, c in inspect.getmembers(schema, inspect.isclass) if dataclasses.is_dataclass(c)]
+    classes = [
+        c for m in (schema, commands) for _, c in inspect.getmembers(m, inspect.isclass) if dataclasses.is_dataclass(c)
+    ]
     return classes + [ModelParams] + [n.params for n in networks().values()]
 
 
 #: Entries of maps the user writes (``volumes.classes.<name>``): no YAML can hold their defaults.
-ENTRY_SCHEMAS = {schema.VolumeClassConfig}
+ENTRY_SCHEMAS = {commands.VolumeClassConfig}
 
 
 def test_schemas_hold_no_defaults() -> None:

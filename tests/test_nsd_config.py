@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from segexp.config.schema import validate_evaluate_config, validate_train_config
+from segexp.config.commands import validate_evaluate_config
+from segexp.config.schema import validate_train_config
 from segexp.core.errors import ConfigError
 
 from .conftest import compose_config

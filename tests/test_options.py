@@ -10,14 +10,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from segexp.config.commands import validate_check_config, validate_evaluate_config, validate_infer_config
 from segexp.config.options import LargeImages, Layout, MaskFormat, Norm, Option, Precision, SliceAxis, Split
-from segexp.config.schema import (
-    ConfigError,
-    to_dict,
-    validate_check_config,
-    validate_evaluate_config,
-    validate_infer_config,
-)
+from segexp.config.schema import ConfigError, to_dict
 from segexp.training.loop import validate_run_config
 
 from .conftest import compose_config

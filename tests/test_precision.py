@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from segexp.config.schema import validate_evaluate_config, validate_infer_config
+from segexp.config.commands import validate_evaluate_config, validate_infer_config
 from segexp.core.errors import ConfigError
 from segexp.data.io.slices import read_image
 from segexp.evaluation.inference import probabilities_to_classes

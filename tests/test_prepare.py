@@ -252,7 +252,7 @@ PREPARE_PRESETS = [(g, p.stem) for g in ("volumes", "window") for p in sorted((C
 
 @pytest.mark.parametrize(("group", "option"), PREPARE_PRESETS, ids=[f"{g}={o}" for g, o in PREPARE_PRESETS])
 def test_every_prepare_preset_validates(tmp_path: Path, group: str, option: str) -> None:
-    from segexp.config.schema import validate_prepare_config
+    from segexp.config.commands import validate_prepare_config
 
     small = group != "volumes" or option == "phantom"
     cfg = validate_prepare_config(compose_prepare(tmp_path, f"{group}={option}", small=small))

@@ -19,8 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
+from segexp.config.commands import validate_check_config
 from segexp.config.resolvers import register_resolvers
-from segexp.config.schema import CONF_DIR, to_dict, validate_check_config
+from segexp.config.schema import CONF_DIR, to_dict
 from segexp.data.phantom import ensure_phantom_volumes
 from segexp.data.prepare.check import CheckReport, check_slice_dataset, check_volume_folder
 

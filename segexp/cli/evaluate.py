@@ -9,8 +9,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
+from segexp.config.commands import validate_evaluate_config
 from segexp.config.resolvers import register_resolvers
-from segexp.config.schema import CONF_DIR, validate_evaluate_config
+from segexp.config.schema import CONF_DIR
 from segexp.core.files import check_writable
 from segexp.evaluation.reports import evaluate_run
 from segexp.models.precision import resolve_precision

@@ -10,8 +10,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segexp.cli.shell import user_errors_exit
+from segexp.config.commands import validate_infer_config
 from segexp.config.resolvers import register_resolvers
-from segexp.config.schema import CONF_DIR, validate_infer_config
+from segexp.config.schema import CONF_DIR
 from segexp.core.files import check_writable
 from segexp.evaluation.prediction import infer
 from segexp.models.precision import resolve_precision

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import re
+import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, is_dataclass
 from enum import StrEnum
@@ -22,20 +23,16 @@ from pathlib import Path
 from typing import Any, Optional, Union, cast, get_args, get_origin, get_type_hints
 
 from hydra.utils import get_object
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from segexp.config.options import (
-    LargeImages,
     Layout,
     MaskFormat,
     OnBadFile,
     PostprocessMode,
     Precision,
-    PreparedMaskFormat,
-    SliceAxis,
     Split,
-    WindowMode,
     expected,
     values,
 )
@@ -150,7 +147,7 @@ class TrainingConfig:
     verbose: int = MISSING
     evaluate_after: bool = MISSING
     postprocess: PostprocessMode = MISSING
-    nsd_tolerance_mm: Any = MISSING  # a number | {class name: number, default: number}: _check_nsd_tolerance
+    nsd_tolerance_mm: Any = MISSING  # a number | {class name: number, default: number}: check_nsd_tolerance
     resume: Optional[str] = MISSING
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
     devices: Any = MISSING  # 1 | auto | n | [GPU indices or device names]: checked by _check_devices
@@ -211,6 +208,9 @@ class TrainConfig:
     plan: PlanConfig = field(default_factory=PlanConfig)
 
 
+#: ``Optional[X]`` and ``X | None`` (both kinds of union a field's hint may be).
+UNIONS = (Union, types.UnionType)
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -266,7 +266,7 @@ def _schema_keys(node: Any, schema: Any, path: str = "") -> Iterator[tuple[str, 
                 yield from _schema_keys(value, args[1], f"{full}.{name}.")
             continue
         # Section or Optional[Section]: descend into the nested dataclass.
-        sub = next((t for t in (hint, *(args if get_origin(hint) is Union else ())) if is_dataclass(t)), None)
+        sub = next((t for t in (hint, *(args if get_origin(hint) in UNIONS else ())) if is_dataclass(t)), None)
         if sub is not None:
             yield from _schema_keys(node[key], sub, f"{full}.")
 
@@ -284,7 +284,7 @@ def _unknown_keys(node: Any, schema: Any) -> list[str]:
 
 def _option_set(hint: Any) -> type[StrEnum] | None:
     """The option set (:mod:`segexp.config.options`) of a field typed ``Options`` or ``Optional[Options]``."""
-    for t in (hint, *(get_args(hint) if get_origin(hint) is Union else ())):
+    for t in (hint, *(get_args(hint) if get_origin(hint) in UNIONS else ())):
         if isinstance(t, type) and issubclass(t, StrEnum):
             return t
     return None
@@ -306,7 +306,7 @@ def _bad_options(node: Any, schema: Any, prefix: str = "") -> list[tuple[str, An
             value = section[key]
         except OmegaConfBaseException:  # an interpolation that does not resolve
             continue
-        optional = get_origin(declared[key]) is Union and type(None) in get_args(declared[key])
+        optional = get_origin(declared[key]) in UNIONS and type(None) in get_args(declared[key])
         problem = None if value is None and optional else expected(prefix + path, value, options)
         if problem is not None:
             bad.append((path, value, options, problem))
@@ -340,7 +340,7 @@ def merge_typed(cfg: DictConfig, schema: type, prefix: str = "") -> tuple[DictCo
     return given, [problem for *_, problem in bad]
 
 
-def _in_unit_interval(value: float) -> bool:
+def in_unit_interval(value: float) -> bool:
     return 0.0 <= value <= 1.0
 
 
@@ -352,10 +352,10 @@ NO_CLASS_TABLE = (
 )
 
 
-def _check_dataset(d: Any, num_classes: int | None) -> list[str]:
+def check_dataset(d: Any, num_classes: int | None) -> list[str]:
     """Problems of the ``dataset`` section; ``num_classes`` is the model's (checked against the class table)."""
     if d.class_names is None:
-        return [NO_CLASS_TABLE] + _check_dataset_keys(d)
+        return [NO_CLASS_TABLE] + check_dataset_keys(d)
     errors = []
     names = list(d.class_names)
     if len(names) < 2:
@@ -389,10 +389,10 @@ def _check_dataset(d: Any, num_classes: int | None) -> list[str]:
             f"model.num_classes: {num_classes} does not match the {len(names)} classes of "
             f"dataset.class_names {names} (use {len(names)}, or 1 for a binary sigmoid head)"
         )
-    return errors + _check_dataset_keys(d)
+    return errors + check_dataset_keys(d)
 
 
-def _check_dataset_keys(d: Any) -> list[str]:
+def check_dataset_keys(d: Any) -> list[str]:
     """Problems of the ``dataset`` keys other than the class table."""
     errors = []
     if d.mask_format == "binary" and not 0 <= d.binary_threshold <= 255:
@@ -448,7 +448,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_nsd_tolerance(value: Any, key: str, class_names: Sequence[str] | None = None) -> list[str]:
+def check_nsd_tolerance(value: Any, key: str, class_names: Sequence[str] | None = None) -> list[str]:
     """The NSD tolerance (segexp.evaluation.scoring.class_tolerances): a number >= 0, or a mapping of foreground
     class names (and ``default``) to such numbers; the names are checked when ``class_names`` are known."""
     if isinstance(value, DictConfig):
@@ -496,7 +496,7 @@ def _check_training(t: Any) -> list[str]:
         errors.append(
             f"training.steps_per_epoch: must be >= 1, or null for one pass over the data, got {t.steps_per_epoch}"
         )
-    if not _in_unit_interval(t.foreground_fraction):
+    if not in_unit_interval(t.foreground_fraction):
         errors.append(f"training.foreground_fraction: must lie in [0, 1], got {t.foreground_fraction}")
     elif t.foreground_fraction > 0 and t.steps_per_epoch is None:
         errors.append(
@@ -587,12 +587,12 @@ def _check_augmentation(a: Any) -> list[str]:
         if entry is None:
             continue
         p = entry.get("p", 1.0) if isinstance(entry, DictConfig) else None
-        if isinstance(p, (int, float)) and not _in_unit_interval(p):
+        if isinstance(p, (int, float)) and not in_unit_interval(p):
             errors.append(f"augmentation.transforms.{name}.p: probability must lie in [0, 1], got {p}")
     return errors
 
 
-def _typed(cfg: DictConfig, schema: type) -> tuple[DictConfig, list[str]]:
+def typed_config(cfg: DictConfig, schema: type) -> tuple[DictConfig, list[str]]:
     """``(config, option problems)``: ``cfg`` merged onto the dataclass ``schema`` (:func:`merge_typed`).
 
     Unknown keys raise at once, together with every option problem; wrong types and missing values raise
@@ -621,15 +621,15 @@ def check_train_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
     can be checked further). The ``model`` section is typed and checked by its network
     (:func:`segexp.models.check_model_config`), not here.
     """
-    typed, options = _typed(cfg, TrainConfig)
+    typed, options = typed_config(cfg, TrainConfig)
     problems = options + (
-        _check_dataset(typed.dataset, typed.model.num_classes)
+        check_dataset(typed.dataset, typed.model.num_classes)
         + _check_training(typed.training)
         + _check_loss(typed.loss)
         + _check_callbacks(typed.callbacks, typed.training.schedule)
         + _check_augmentation(typed.augmentation)
         + _check_plan(typed.plan)
-        + _check_nsd_tolerance(typed.training.nsd_tolerance_mm, "training.nsd_tolerance_mm", typed.dataset.class_names)
+        + check_nsd_tolerance(typed.training.nsd_tolerance_mm, "training.nsd_tolerance_mm", typed.dataset.class_names)
     )
     return typed, problems
 
@@ -643,219 +643,4 @@ def validate_train_config(cfg: DictConfig) -> DictConfig:
     """
     typed, problems = check_train_config(cfg)
     raise_config_problems(problems)
-    return typed
-
-
-# --------------------------------------------------------------------------- segexp-prepare
-
-
-@dataclass
-class VolumeClassConfig:
-    """One entry of the user's ``volumes.classes`` map (no YAML holds its defaults: they are the entry's)."""
-
-    labels: list[int] = MISSING
-    rgb: list[int] = field(default_factory=lambda: [0, 0, 0])  # colour in rgb masks; background black
-
-
-@dataclass
-class PhantomVolumesConfig:
-    num_cases: int = MISSING
-    size: int = MISSING
-    num_slices: int = MISSING
-    seed: int = MISSING
-
-
-@dataclass
-class VolumesConfig:
-    name: str = MISSING
-    source: str = MISSING
-    pattern: str = MISSING
-    classes: dict[str, VolumeClassConfig] = MISSING
-    phantom: Optional[PhantomVolumesConfig] = MISSING
-
-
-@dataclass
-class WindowConfig:
-    name: str = MISSING
-    mode: WindowMode = MISSING
-    level: float = MISSING
-    width: float = MISSING
-    low_percentile: float = MISSING
-    high_percentile: float = MISSING
-
-
-@dataclass
-class SplitConfig:
-    ratios: dict[str, float] = MISSING
-    cases: Optional[dict[str, list[str]]] = MISSING
-    folds: Optional[int] = MISSING
-    fold: Optional[int] = MISSING
-    seed: int = MISSING
-
-
-@dataclass
-class PrepareConfig:
-    task_name: str = MISSING
-    volumes: VolumesConfig = field(default_factory=VolumesConfig)
-    window: WindowConfig = field(default_factory=WindowConfig)
-    out_dir: str = MISSING
-    axis: SliceAxis = MISSING
-    size: Optional[list[int]] = MISSING
-    empty_fraction: float = MISSING
-    seed: int = MISSING
-    split: SplitConfig = field(default_factory=SplitConfig)
-    mask_format: PreparedMaskFormat = MISSING
-    workers: int = MISSING
-    overwrite: bool = MISSING
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-
-
-def _check_volume_classes(classes: Any, mask_format: str) -> list[str]:
-    errors = []
-    names = list(classes.keys())
-    if len(names) < 2:
-        errors.append(f"volumes.classes: need background plus at least one class, got {names}")
-    owner: dict[int, str] = {}
-    for name, c in classes.items():
-        if not c.labels:
-            errors.append(f"volumes.classes.{name}.labels: list the label values of this class")
-        for value in c.labels:
-            if not 0 <= value <= 255:
-                errors.append(f"volumes.classes.{name}.labels: label values must lie in 0..255, got {value}")
-            elif value in owner:
-                errors.append(f"volumes.classes.{name}.labels: label {value} already belongs to {owner[value]!r}")
-            owner[value] = name
-        if len(c.rgb) != 3 or any(not 0 <= v <= 255 for v in c.rgb):
-            errors.append(f"volumes.classes.{name}.rgb: expected [r, g, b] in 0..255, got {list(c.rgb)}")
-    if names and 0 not in classes[names[0]].labels:
-        errors.append(f"volumes.classes: the first class ({names[0]!r}) is the background and must contain label 0")
-    colours = [tuple(c.rgb) for c in classes.values()]
-    if mask_format == "rgb" and len(set(colours)) != len(colours):
-        errors.append(f"volumes.classes: rgb colours must be distinct for mask_format rgb, got {colours}")
-    return errors
-
-
-def validate_prepare_config(cfg: DictConfig) -> DictConfig:
-    """Typed ``segexp-prepare`` config; every problem is reported with its full key."""
-    typed, errors = _typed(cfg, PrepareConfig)
-    errors += _check_volume_classes(typed.volumes.classes, typed.mask_format)
-    w = typed.window
-    if w.width <= 0:
-        errors.append(f"window.width: must be > 0 HU, got {w.width}")
-    if not 0.0 <= w.low_percentile < w.high_percentile <= 100.0:
-        errors.append(
-            "window.low_percentile/high_percentile: need 0 <= low < high <= 100, "
-            f"got {w.low_percentile}, {w.high_percentile}"
-        )
-    if typed.size is not None and (len(typed.size) != 2 or min(typed.size) < 1):
-        errors.append(f"size: expected null or [height, width] in pixels, got {list(typed.size)}")
-    if not _in_unit_interval(typed.empty_fraction):
-        errors.append(f"empty_fraction: must lie in [0, 1], got {typed.empty_fraction}")
-    if typed.workers < 0:
-        errors.append(f"workers: must be >= 0, got {typed.workers}")
-    for split, ratio in typed.split.ratios.items():
-        if split not in values(Split):
-            errors.append(f"split.ratios.{split}: unknown split; expected {list(values(Split))}")
-        elif not _in_unit_interval(ratio):
-            errors.append(f"split.ratios.{split}: must lie in [0, 1], got {ratio}")
-    raise_config_problems(errors)
-    return typed
-
-
-# --------------------------------------------------------------------------- segexp-check
-
-
-@dataclass
-class CheckConfig:
-    task_name: str = MISSING
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    volumes: Optional[VolumesConfig] = MISSING
-    image_channels: int = MISSING
-    image_size: Optional[list[int]] = MISSING
-    axis: SliceAxis = MISSING
-    report_file: str = MISSING
-    max_lines: int = MISSING
-    paths: PathsConfig = field(default_factory=PathsConfig)
-
-
-def validate_check_config(cfg: DictConfig) -> DictConfig:
-    """Typed ``segexp-check`` config: the dataset (or volumes) keys and the check's own keys."""
-    typed, errors = _typed(cfg, CheckConfig)
-    if typed.volumes is not None:
-        errors += _check_volume_classes(typed.volumes.classes, "index")
-    elif typed.dataset.class_names is None:
-        errors += _check_dataset_keys(typed.dataset)  # segexp-check resolves the class table from the data itself
-    else:
-        errors += _check_dataset(typed.dataset, len(typed.dataset.class_names))
-    if typed.image_channels not in (1, 3):
-        errors.append(f"image_channels: must be 1 (grayscale) or 3 (RGB), got {typed.image_channels}")
-    if typed.image_size is not None and (len(typed.image_size) != 2 or min(typed.image_size) < 1):
-        errors.append(f"image_size: expected null or [height, width] in pixels, got {list(typed.image_size)}")
-    if typed.max_lines < 1:
-        errors.append(f"max_lines: must be >= 1, got {typed.max_lines}")
-    raise_config_problems(errors)
-    return typed
-
-
-# --------------------------------------------------------------------------- segexp-evaluate, segexp-infer
-
-
-@dataclass
-class PredictionConfig:
-    """Keys segexp-evaluate and segexp-infer share."""
-
-    task_name: str = MISSING
-    run: str = MISSING
-    tracking_uri: Optional[str] = MISSING
-    batch_size: int = MISSING
-    flip_tta: bool = MISSING
-    postprocess: PostprocessMode = MISSING
-    precision: Precision = MISSING
-    paths: PathsConfig = field(default_factory=PathsConfig)
-
-
-@dataclass
-class EvaluateConfig(PredictionConfig):
-    split: Split = MISSING
-    dataset_root: Optional[str] = MISSING
-    log_to_run: bool = MISSING
-    nsd_tolerance_mm: Any = MISSING  # null: the run's training.nsd_tolerance_mm; else as that key
-
-
-@dataclass
-class InferConfig(PredictionConfig):
-    input: str = MISSING
-    output_dir: Optional[str] = MISSING
-    large_images: LargeImages = MISSING
-    overlap: float = MISSING
-    window: Optional[WindowConfig] = MISSING
-
-
-def _check_prediction_keys(typed: Any) -> list[str]:
-    """The rules of :class:`PredictionConfig`'s keys (its options are checked by their sets)."""
-    return [f"batch_size: must be >= 1, got {typed.batch_size}"] if typed.batch_size < 1 else []
-
-
-def validate_evaluate_config(cfg: DictConfig) -> DictConfig:
-    """Typed ``segexp-evaluate`` config; every problem is reported with its key, before the model is loaded."""
-    typed, problems = _typed(cfg, EvaluateConfig)
-    errors = problems + _check_prediction_keys(typed)
-    if typed.nsd_tolerance_mm is not None:
-        errors += _check_nsd_tolerance(typed.nsd_tolerance_mm, "nsd_tolerance_mm")
-    raise_config_problems(errors)
-    return typed
-
-
-def validate_infer_config(cfg: DictConfig) -> DictConfig:
-    """Typed ``segexp-infer`` config; every problem is reported with its key, before the model is loaded."""
-    if "window" not in cfg:  # the defaults list's `window: null` leaves the key out
-        cfg = cfg.copy()
-        with open_dict(cfg):
-            cfg.window = None
-    typed, problems = _typed(cfg, InferConfig)
-    errors = problems + _check_prediction_keys(typed)
-    if not 0.0 <= typed.overlap < 1.0:
-        errors.append(f"overlap: must lie in [0, 1), got {typed.overlap}")
-    raise_config_problems(errors)
     return typed

@@ -37,7 +37,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import segexp
-from segexp.config.schema import to_dict, validate_prepare_config
+from segexp.config.commands import validate_prepare_config
+from segexp.config.schema import to_dict
 from segexp.core.errors import PrepareError
 from segexp.core.files import staging_folder
 from segexp.data.io.intensity import window_volume
