@@ -118,8 +118,9 @@ def _predict_case(
     batch_size: int,
     flip_tta: bool,
     on_bad_file: str = "error",
-) -> tuple[list[SlicePair], np.ndarray, np.ndarray] | None:
-    """(the slices read, truth, prediction) of one case, stacks ``(S, H, W)`` at the stored slice size. An
+) -> tuple[list[SlicePair], np.ndarray, np.ndarray, np.ndarray] | None:
+    """(the slices read, images ``(S, H, W, C)``, truth, prediction) of one case, stacks ``(S, H, W)`` at the stored
+    slice size (the images too, so the case viewer does not read them again). An
     unreadable slice stops with its error, or with ``on_bad_file="skip"`` is logged and left out (as the training
     loader does); None when no slice of the case could be read."""
     kept, images, truths = [], [], []
@@ -142,7 +143,7 @@ def _predict_case(
     preds = [resize_pair(p[..., None], p, *t.shape)[1] for p, t in zip(predicted, truths)]
     if len({t.shape for t in truths}) > 1:
         raise DataError(f"case {pairs[0].case}: slices of different sizes cannot be stacked into a volume")
-    return kept, np.stack(truths), np.stack(preds)
+    return kept, np.stack(images), np.stack(truths), np.stack(preds)
 
 
 @dataclass
@@ -169,8 +170,8 @@ def predict_cases(
     batch_size: int = 8,
     flip_tta: bool = False,
     on_bad_file: str = "error",
-) -> Iterator[tuple[str, list[SlicePair], np.ndarray, np.ndarray]]:
-    """``(case, its slice pairs read, truth, prediction)`` for every case of ``split``, stacks ``(S, H, W)`` at
+) -> Iterator[tuple[str, list[SlicePair], np.ndarray, np.ndarray, np.ndarray]]:
+    """``(case, its slice pairs read, images, truth, prediction)`` for every case of ``split``, stacks at
     the stored slice size, in case order (unreadable slices: ``on_bad_file``, as ``dataset.on_bad_file``)."""
     check_model_fits(model, len(dataset.class_names), channels)
     for case, pairs in cases_of(dataset.pairs[split], case_pattern).items():
@@ -195,7 +196,7 @@ def evaluate_split(
     nsd_tolerance_mm: float | Mapping[str, float] = DEFAULT_NSD_TOLERANCE_MM,
 ) -> Evaluation:
     """Score every case (3D) and slice (2D) of ``split``, after ``postprocessing``'s rules when given; with
-    ``viewer`` each case is also encoded for the case viewer (its images read again, downscaled).
+    ``viewer`` each case is also encoded for the case viewer (downscaled).
     ``nsd_tolerance_mm``: the NSD tolerance, one number or ``{class name: mm, default: mm}``
     (:func:`segexp.evaluation.scoring.class_tolerances`), in mm where the spacing is known, else pixels."""
     num_classes = len(dataset.class_names)
@@ -205,7 +206,7 @@ def evaluate_split(
         raise EvaluationError(str(err)) from err
     per_case, per_slice, original = {}, [], []
     spacings, slices, viewer_cases = {}, {}, []
-    for case, pairs, truth, pred in predict_cases(
+    for case, pairs, images, truth, pred in predict_cases(
         model,
         dataset,
         split,
@@ -227,7 +228,6 @@ def evaluate_split(
             slice_scores = score_classes(t, p, num_classes, spacing[1:] if spacing else None, tolerances)
             per_slice.append((case, pair.name, slice_scores))
         if viewer:
-            images = np.stack([read_image(pair.image, channels) for pair in pairs])
             viewer_cases.append(encode_case(case, images, truth, pred))
     units = "mm" if spacings and all(s is not None for s in spacings.values()) else "px"
     fg_names = dataset.class_names[1:]
@@ -311,7 +311,7 @@ def choose_postprocessing(
     input size of the run's model section ``m``, reading the dataset as its section ``d`` says."""
     cases = [
         (truth, pred)
-        for _, _, truth, pred in predict_cases(
+        for _, _, _, truth, pred in predict_cases(
             model,
             dataset,
             split,
