@@ -23,6 +23,8 @@ from segexp.cli.shell import interrupt_on_sigterm, user_errors_exit
 from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR, renamed_overrides
 from segexp.core.errors import SegexpError, raise_config_problems
+from segexp.evaluation.crossval import write_fold_failure
+from segexp.launch.crossval import cv_enabled, finished_fold
 from segexp.models import RESOLVERS as MODEL_RESOLVERS
 from segexp.planning.apply import planned_run_config
 from segexp.tracking.runs import MLFLOW_RUN_FILE
@@ -48,6 +50,10 @@ def run(cfg: DictConfig) -> float:
         with user_errors_exit():
             cfg, plan_params = planned_run_config(cfg, overrides, run_dir)
             return train(cfg, run_dir, overrides, extra_params=plan_params)
+    if cv_enabled(cfg):  # a resumed cross-validation trains only the folds that did not finish
+        done = finished_fold(run_dir)
+        if done is not None:
+            return done
     parent = parent_run_id(Path(hydra_cfg.sweep.dir))
     name = child_run_name(Path(hydra_cfg.sweep.dir), overrides)  # by what varies between the sweep's jobs
     # Hydra's grid sweeper aborts on a raising job: there a failure returns NaN. Model-based
@@ -63,6 +69,8 @@ def run(cfg: DictConfig) -> float:
         started = (run_dir / MLFLOW_RUN_FILE).is_file()  # the run itself was then ended FAILED
         if parent is not None and not started:
             record_failed_job(parent, cfg.tracking.uri, overrides, err, name)
+        if cv_enabled(cfg) and cfg.cv.fold is not None:  # named in the CV summary
+            write_fold_failure(run_dir, int(cfg.cv.fold), err)
         if not grid:
             raise
         return float("nan")

@@ -194,6 +194,14 @@ class PlanConfig:
 
 
 @dataclass
+class CrossValidationConfig:
+    folds: Optional[int] = MISSING  # k >= 2; None: no cross-validation
+    fold: Optional[int] = MISSING  # 0..folds-1: this job's fold
+    seed: int = MISSING
+    test_cases: list[str] = MISSING
+
+
+@dataclass
 class TrainConfig:
     task_name: str = MISSING
     seed: int = MISSING
@@ -206,6 +214,7 @@ class TrainConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    cv: CrossValidationConfig = field(default_factory=CrossValidationConfig)
 
 
 #: ``Optional[X]`` and ``X | None`` (both kinds of union a field's hint may be).
@@ -581,6 +590,20 @@ def _check_plan(p: Any) -> list[str]:
     return errors
 
 
+def check_cross_validation(cv: Any) -> list[str]:
+    """``cv.folds`` an int >= 2 or null, ``cv.fold`` in 0..folds-1 (null only without folds), ``cv.seed`` >= 0."""
+    errors = []
+    if cv.folds is not None and cv.folds < 2:
+        errors.append(f"cv.folds: expected an integer >= 2 (or null: no cross-validation), got {cv.folds}")
+    elif cv.folds is None and cv.fold is not None:
+        errors.append(f"cv.fold: {cv.fold} given without cv.folds; set cv.folds too (segexp-cv cv.folds=5 sets both)")
+    elif cv.folds is not None and (cv.fold is None or not 0 <= cv.fold < cv.folds):
+        errors.append(f"cv.fold: expected an integer in 0..{cv.folds - 1} (cv.folds={cv.folds}), got {cv.fold}")
+    if cv.seed < 0:
+        errors.append(f"cv.seed: expected an integer >= 0, got {cv.seed}")
+    return errors
+
+
 def _check_augmentation(a: Any) -> list[str]:
     errors = []
     for name, entry in (a.transforms or {}).items():
@@ -629,6 +652,7 @@ def check_train_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
         + _check_callbacks(typed.callbacks, typed.training.schedule)
         + _check_augmentation(typed.augmentation)
         + _check_plan(typed.plan)
+        + check_cross_validation(typed.cv)
         + check_nsd_tolerance(typed.training.nsd_tolerance_mm, "training.nsd_tolerance_mm", typed.dataset.class_names)
     )
     return typed, problems

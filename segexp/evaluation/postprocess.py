@@ -163,22 +163,41 @@ def _mean_dice(cases: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def candidates(truths: Iterable[np.ndarray], k: int, fractions: Sequence[float] = FRACTIONS) -> list[ClassRule]:
-    """Candidate rules for class ``k``, weakest first: ``min_volume`` at ``fractions`` of the median per-case
-    voxel count of ``k`` where present in ``truths`` (at least 2 voxels, distinct sizes); none when ``k`` is
-    absent from every truth."""
+def candidates(
+    truths: Iterable[np.ndarray],
+    k: int,
+    fractions: Sequence[float] = FRACTIONS,
+    rules: Sequence[Rule] = (Rule.min_volume,),
+) -> list[ClassRule]:
+    """Candidate rules for class ``k``, weakest first: for each of ``rules`` in order, ``min_volume`` and
+    ``min_size`` at ``fractions`` of the median per-case voxel count of ``k`` where present in ``truths`` (at least 2
+    voxels, distinct sizes), ``largest`` once; none when ``k`` is absent from every truth."""
     present = [v for v in (int(np.count_nonzero(t == k)) for t in truths) if v > 0]
     if not present:
         return []
     median = float(np.median(present))
-    return [ClassRule(Rule.min_volume, s) for s in sorted({max(2, int(round(f * median))) for f in fractions})]
+    sizes = sorted({max(2, int(round(f * median))) for f in fractions})
+    found: list[ClassRule] = []
+    for rule in rules:
+        if rule is Rule.largest:
+            found.append(ClassRule(Rule.largest))
+        elif rule in (Rule.min_volume, Rule.min_size):
+            found += [ClassRule(rule, size) for size in sizes]
+    return found
 
 
 def determine(
-    cases: Sequence[tuple[np.ndarray, np.ndarray]], class_names: Sequence[str], fractions: Sequence[float] = FRACTIONS
+    cases: Sequence[tuple[np.ndarray, np.ndarray]],
+    class_names: Sequence[str],
+    fractions: Sequence[float] = FRACTIONS,
+    rules: Sequence[Rule] = (Rule.min_volume,),
+    keep_harmless: bool = True,
 ) -> Postprocessing:
     """The rules that raise validation Dice, from ``cases``: ``(truth, prediction)`` label stacks ``(S, H, W)``
-    per validation case. A class absent from every validation truth gets no rule (nothing to measure)."""
+    per validation case, trying :func:`candidates` of ``rules``. A class absent from every validation truth gets
+    no rule (nothing to measure). ``keep_harmless``: keep the weakest candidate where none raises the Dice but it
+    leaves it unchanged (one or two validation patients, module docstring); False: nnU-Net's rule, only a raise
+    counts (cross-validated cases, :mod:`segexp.evaluation.crossval`)."""
     if not cases:
         raise EvaluationError("postprocessing: the validation split has no cases to choose rules on")
     names = list(class_names)
@@ -197,7 +216,7 @@ def determine(
                 "why": "absent from every validation case",
             }
             continue
-        candidates_of_k = candidates((t for t, _ in current), k, fractions)
+        candidates_of_k = candidates((t for t, _ in current), k, fractions, rules)
         raised: list[tuple[float, int, ClassRule, list[np.ndarray]]] = []
         harmless: list[tuple[ClassRule, list[np.ndarray]]] = []
         for rule in candidates_of_k:
@@ -212,7 +231,7 @@ def determine(
                 harmless.append((rule, preds))
         if raised:  # the best; a tie goes to the later, stronger candidate
             best_score, _, best_rule, best_preds = max(raised, key=lambda c: (c[0], c[1]))
-        elif harmless and harmless[0][0] == candidates_of_k[0]:  # validation cannot tell: the weakest, if harmless
+        elif keep_harmless and harmless and harmless[0][0] == candidates_of_k[0]:  # cannot tell: the weakest
             best_rule, best_preds = harmless[0]
         if best_preds is not None:
             current = [(t, p) for (t, _), p in zip(current, best_preds)]

@@ -22,7 +22,7 @@ import json
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,10 @@ def _predict_case(
     return kept, np.stack(images), np.stack(truths), np.stack(preds)
 
 
+#: ``(case, truth, prediction, spacing)`` of each scored case: label stacks ``(S, H, W)``, spacing in mm or None.
+CaseHook = Callable[[str, np.ndarray, np.ndarray, "tuple[float, float, float] | None"], object]
+
+
 @dataclass
 class Evaluation:
     """``summary``: the ``summary.json`` content; ``per_slice``: ``(case, slice name, {class: scores})`` rows;
@@ -194,11 +198,13 @@ def evaluate_split(
     on_bad_file: str = "error",
     viewer: bool = False,
     nsd_tolerance_mm: float | Mapping[str, float] = DEFAULT_NSD_TOLERANCE_MM,
+    on_case: CaseHook | None = None,
 ) -> Evaluation:
     """Score every case (3D) and slice (2D) of ``split``, after ``postprocessing``'s rules when given; with
     ``viewer`` each case is also encoded for the case viewer (downscaled).
     ``nsd_tolerance_mm``: the NSD tolerance, one number or ``{class name: mm, default: mm}``
-    (:func:`segexp.evaluation.scoring.class_tolerances`), in mm where the spacing is known, else pixels."""
+    (:func:`segexp.evaluation.scoring.class_tolerances`), in mm where the spacing is known, else pixels.
+    ``on_case(case, truth, prediction, spacing)`` sees each case's label stacks as scored (a CV fold keeps them)."""
     num_classes = len(dataset.class_names)
     try:
         tolerances = class_tolerances(nsd_tolerance_mm, dataset.class_names)
@@ -221,6 +227,8 @@ def evaluate_split(
             pred = postprocessing.apply(pred)
         spacing = case_spacing(dataset.root, case)
         spacings[case] = spacing
+        if on_case is not None:
+            on_case(case, truth, pred, spacing)
         slices[case] = len(pairs)
         per_case[case] = score_classes(truth, pred, num_classes, spacing, tolerances)
         original.append(dice_including_background(truth, pred, num_classes))
@@ -404,6 +412,7 @@ def score_and_log(
     flip_tta: bool = False,
     postprocessing: Postprocessing | None = None,
     nsd_tolerance_mm: float | Mapping[str, float] = DEFAULT_NSD_TOLERANCE_MM,
+    on_case: CaseHook | None = None,
 ) -> dict[str, Any]:
     """Score ``split`` at the input size of the model section ``m``, write the reports in ``out_dir`` and log them
     (:func:`log_summary`, metrics ``<split>/...``); returns the summary. The one path from a model to a split's
@@ -423,6 +432,7 @@ def score_and_log(
         on_bad_file=d.on_bad_file,
         viewer=tracker.enabled,
         nsd_tolerance_mm=nsd_tolerance_mm,
+        on_case=on_case,
     )
     log_summary(tracker, evaluation.summary, write_reports(evaluation, out_dir), prefix=split)
     if tracker.enabled:

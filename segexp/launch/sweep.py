@@ -51,6 +51,7 @@ class MlflowSweepCallback(Callback):
         except TrackingUnavailable as err:
             log.error("%s", err)
             sys.exit(2)
+        cv_folds = OmegaConf.select(config, "cv.folds", default=None)
         open_parent(
             tracking.uri,
             tracking.experiment,
@@ -60,6 +61,7 @@ class MlflowSweepCallback(Callback):
             {
                 "sweeper": str(config.hydra.sweeper.get("_target_", "")),
                 "launcher": str(config.hydra.launcher.get("_target_", "")),
+                **({"segexp.kind": "cv", "cv.folds": str(cv_folds)} if cv_folds is not None else {}),
             },
             sweeper_params=OmegaConf.to_container(config.hydra.sweeper.params, resolve=False)  # type: ignore[arg-type]
             if config.hydra.sweeper.get("params")
@@ -79,12 +81,14 @@ class MlflowSweepCallback(Callback):
             log_case_comparison(parent, tracking.uri)
         except Exception as err:
             log.warning("no case comparison page for the sweep parent %s: %s", parent, err)
+        cv = OmegaConf.select(config, "cv.folds", default=None) is not None
         close_parent(
             parent,
             tracking.uri,
             str(training.get("monitor", "val_dice_fg_mean")),
             str(training.get("monitor_mode", "max")),
-            OmegaConf.select(tracking, "registered_model", default=None),
+            # a CV's folds are one system, not candidates: no best fold becomes the champion
+            None if cv else OmegaConf.select(tracking, "registered_model", default=None),
         )
 
 

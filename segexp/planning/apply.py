@@ -17,9 +17,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from segexp.config.schema import check_cross_validation
+from segexp.core.errors import raise_config_problems
 from segexp.core.files import atomic_write_text
 from segexp.data.io.layout import with_layout
 from segexp.data.runtime.class_table import class_names_given, with_class_table
+from segexp.data.runtime.folds import with_fold
 from segexp.planning.plan import PLAN_FILE, PRESET_FILE, compose_train, make_plan, preset_text, replay_plan
 from segexp.tracking.store import check_server
 from segexp.training.loop import outage_policy, validate_run_config
@@ -48,6 +51,17 @@ def record_run_config(cfg: DictConfig, run_dir: Path) -> None:
         atomic_write_text(current, OmegaConf.to_yaml(cfg))
 
 
+def fold_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with a cross-validation fold's cases as its dataset split (``cv.folds`` set), else as it is."""
+    if cfg.cv.folds is None:
+        return cfg
+    raise_config_problems(check_cross_validation(cfg.cv))
+    cfg.dataset, folds = with_fold(cfg.dataset, cfg.cv)
+    for line in folds.lines():
+        log.info(line)
+    return cfg
+
+
 def planned_run_config(cfg: DictConfig, overrides: Sequence[str], run_dir: Path) -> tuple[DictConfig, dict[str, str]]:
     """The config this job trains with and the ``plan.*`` MLflow params (empty without a plan).
 
@@ -65,9 +79,10 @@ def planned_run_config(cfg: DictConfig, overrides: Sequence[str], run_dir: Path)
         saved = _saved_plan(cfg, run_dir)
         if saved:
             log.info("resumed run: its plan (%s) is applied as it was", PLAN_FILE)
-            cfg = replay_plan(cfg, overrides, saved)
+            cfg = fold_config(replay_plan(cfg, overrides, saved))
             record_run_config(cfg, run_dir)
             return cfg, {}
+    cfg = fold_config(cfg)
     if not cfg.plan.enabled:
         cfg.dataset, layout = with_layout(cfg.dataset)
         for line in layout.lines():

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from segexp.tracking.store import configure, retry_locked
+from segexp.tracking.store import configure, mlflow_client, retry_locked
 from segexp.tracking.tracker import Tracker, run_name_from_overrides
 from segexp.tracking.view import metric_column, update_view, view_url
 
@@ -75,7 +75,11 @@ def _dimension_text(key: str, override: Any) -> str:
 
 def parent_run_name(dimensions: Mapping[str, Any], overrides: Sequence[str], sweeper: str, n_trials: Any) -> str:
     """What the sweep is, short: ``sweep: model ∈ {resunet, flexunet}``, ``optuna: 20 trials over model, ...``."""
-    if "optuna" in sweeper.lower():
+    cv_folds = next((o for o in overrides if o.startswith("cv.folds=")), None)
+    if cv_folds is not None:  # segexp-cv: the folds are the sweep; name it by the rest
+        rest = [o for o in overrides if not o.startswith(("cv.", "hydra.", "training.resume="))]
+        name = f"cv: {cv_folds.split('=', 1)[1]} folds" + (f", {run_name_from_overrides(rest)}" if rest else "")
+    elif "optuna" in sweeper.lower():
         name = f"optuna: {n_trials} trials over {', '.join(dimensions) or 'nothing'}"
     elif dimensions:
         name = "sweep: " + " × ".join(_dimension_text(k, o) for k, o in dimensions.items())
@@ -142,6 +146,11 @@ def open_parent(
 
     dimensions = sweep_dimensions(overrides, sweeper_params)
     experiment_id = configure(uri, experiment, artifact_location)
+    earlier = _earlier_parent(sweep_dir, uri)
+    if earlier is not None:  # a resumed sweep (same folder, same store): its children stay under one parent
+        retry_locked(mlflow.MlflowClient().update_run, earlier, "RUNNING")
+        log.info("MLflow parent run %s of the sweep in %s continues", earlier, sweep_dir)
+        return earlier
     run = retry_locked(
         mlflow.MlflowClient().create_run,
         experiment_id,
@@ -159,6 +168,22 @@ def open_parent(
     (sweep_dir / PARENT_FILE).write_text(json.dumps(record))
     log.info("MLflow parent run %s for the sweep in %s", run.info.run_id, sweep_dir)
     return str(run.info.run_id)
+
+
+def _earlier_parent(sweep_dir: Path, uri: str) -> str | None:
+    """The parent run an earlier launch of this sweep folder made in the same store (None: none, or another
+    store, or the run is gone)."""
+    try:
+        record = json.loads((Path(sweep_dir) / PARENT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("tracking_uri") != uri or not record.get("run_id"):
+        return None
+    try:
+        retry_locked(mlflow_client(uri).get_run, record["run_id"])
+    except Exception:  # noqa: BLE001 - deleted or unreadable: a new parent
+        return None
+    return str(record["run_id"])
 
 
 def children(parent: str) -> list[Any]:

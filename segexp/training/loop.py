@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from segexp.config.schema import (
     REPO_DIR,
+    CrossValidationConfig,
     DatasetConfig,
     OutageConfig,
     PathsConfig,
@@ -33,6 +34,7 @@ from segexp.data.runtime.augment import Augmenter
 from segexp.data.runtime.dataset import SliceDataset, open_dataset
 from segexp.data.runtime.loader import SliceLoader
 from segexp.data.runtime.sampling import EpochSampler, cached_class_presence
+from segexp.evaluation.crossval import save_held_out, write_fold_record
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.evaluation.postprocess import Postprocessing
 from segexp.evaluation.postprocess import describe as describe_postprocessing
@@ -404,20 +406,58 @@ def finish_run(
     run_dir: Path,
     tracker: Tracker,
     precision: str,
+    cv: CrossValidationConfig | None = None,
 ) -> float:
-    """After the last epoch: curves, the best model (logged, evaluated on the test split); returns the objective."""
+    """After the last epoch: curves, the best model (logged, evaluated on the test split; a cross-validation fold
+    scores and keeps its validation cases instead, then marks itself finished); returns the objective."""
     plot_curves(history, run_dir / "curves.png")
     tracker.log_artifact(run_dir / "curves.png")
     best_path = run_dir / "checkpoints" / "best.keras"
     best = load_for_inference(best_path, precision) if best_path.exists() else model
     if log_model:
         tracker.log_keras_model(best)
-    postprocessing = choose_postprocessing_for_run(m, t, d, best, dataset, run_dir, tracker)
-    if t.evaluate_after:
-        evaluate_test_split(m, t, d, best, dataset, run_dir / "evaluation", tracker, postprocessing)
     objective = _objective(history, t.monitor, t.monitor_mode)
+    if cv is not None and cv.folds is not None:
+        score_held_out_cases(m, t, d, best, dataset, run_dir, tracker)
+    else:
+        postprocessing = choose_postprocessing_for_run(m, t, d, best, dataset, run_dir, tracker)
+        if t.evaluate_after:
+            evaluate_test_split(m, t, d, best, dataset, run_dir / "evaluation", tracker, postprocessing)
     tracker.log_metrics({f"best/{t.monitor}": objective}, step=len(history.get("loss", [])))
+    if cv is not None and cv.folds is not None and cv.fold is not None:  # the mark of a finished fold: last
+        write_fold_record(run_dir, cv.fold, cv.folds, dataset.cases("valid"), objective)
     return objective
+
+
+def score_held_out_cases(
+    m: ModelParams,
+    t: TrainingConfig,
+    d: DatasetConfig,
+    model: keras.Model,
+    dataset: SliceDataset,
+    run_dir: Path,
+    tracker: Tracker,
+) -> None:
+    """A cross-validation fold's end: score its validation cases (``valid/...`` metrics, ``evaluation/valid/``
+    reports) and keep their labels for the CV summary (:func:`segexp.evaluation.crossval.save_held_out`). The
+    test split and the postprocessing are left to the whole CV (its fold ensemble and pooled cases)."""
+    summary = score_and_log(
+        model,
+        dataset,
+        "valid",
+        m,
+        d,
+        run_dir / "evaluation",
+        tracker,
+        batch_size=t.batch_size,
+        nsd_tolerance_mm=t.nsd_tolerance_mm,
+        on_case=lambda case, truth, pred, spacing: save_held_out(run_dir, case, truth, pred, spacing),
+    )
+    log.info(
+        "held-out foreground mean Dice %s (%d cases, kept for the cross-validation summary)",
+        summary["mean"]["foreground_mean"]["dice"],
+        summary["num_cases"],
+    )
 
 
 def train(
@@ -567,6 +607,7 @@ def train(
             run_dir,
             tracker,
             precision,
+            cfg.cv,
         )
     log.info("best %s = %.4f; run folder %s", cfg.training.monitor, objective, run_dir)
     if view is not None:

@@ -86,24 +86,37 @@ def resolve_layout(d: Mapping[str, Any]) -> ResolvedLayout:
     if _cases_given(cases):  # flat, or auto with the cases named
         return ResolvedLayout(Layout.flat, _plain(cases), "config" if layout == Layout.flat else "dataset.cases given")
     root = Path(str(d["root"])).expanduser()
-    images_dir, splits = str(d["images_dir"]), d["splits"]
-    if layout == Layout.auto:
-        train = root / str(splits["train"]) / images_dir
-        if train.is_dir():
-            valid = root / str(splits["valid"]) / images_dir
-            if not valid.is_dir():
-                raise DataError(
-                    f"dataset.root: {train} holds the train split but {valid} does not exist; add a valid "
-                    f"split there, or put every slice in {root / images_dir} for an automatic split by patient"
-                )
-            return ResolvedLayout(Layout.splits, {}, f"{train} found: one folder per split")
-        if not _has_images(root / images_dir):
-            raise DataError(
-                f"dataset.root: {root} holds neither {train} (one folder per split) nor images in "
-                f"{root / images_dir} (one folder, split by patient); set dataset.root, dataset.splits or "
-                "dataset.images_dir"
-            )
+    if detect_layout(d) == Layout.splits:
+        return ResolvedLayout(
+            Layout.splits, {}, f"{root / str(d['splits']['train']) / str(d['images_dir'])} found: one folder per split"
+        )
     return _automatic_split(d, root)
+
+
+def detect_layout(d: Mapping[str, Any]) -> str:
+    """``splits`` or ``flat``: ``dataset.layout`` when it names one, else (``auto``) the folder's shape (module
+    docstring). Raises :class:`DataError` naming the folders looked for when ``auto`` finds neither."""
+    layout = str(d["layout"])
+    if layout != Layout.auto:
+        return layout
+    root = Path(str(d["root"])).expanduser()
+    images_dir, splits = str(d["images_dir"]), d["splits"]
+    train = root / str(splits["train"]) / images_dir
+    if train.is_dir():
+        valid = root / str(splits["valid"]) / images_dir
+        if not valid.is_dir():
+            raise DataError(
+                f"dataset.root: {train} holds the train split but {valid} does not exist; add a valid "
+                f"split there, or put every slice in {root / images_dir} for an automatic split by patient"
+            )
+        return Layout.splits
+    if not _has_images(root / images_dir):
+        raise DataError(
+            f"dataset.root: {root} holds neither {train} (one folder per split) nor images in "
+            f"{root / images_dir} (one folder, split by patient); set dataset.root, dataset.splits or "
+            "dataset.images_dir"
+        )
+    return Layout.flat
 
 
 def _automatic_split(d: Mapping[str, Any], root: Path) -> ResolvedLayout:

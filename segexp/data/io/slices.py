@@ -137,14 +137,25 @@ def split_pairs(
 
     Layout ``splits``: the pairs of ``<root>/<split folder>``; ``flat``: the pairs of
     ``root`` whose case is listed in ``cases[split]`` (a listed case without slices is a problem).
+    Layout ``splits`` with ``cases`` (cross-validation folds, :mod:`segexp.data.runtime.folds`): the pairs of
+    every split folder whose case is listed in ``cases[split]``.
     """
-    if layout == "splits":
+    pooled = layout == "splits" and any(cases.get(s) for s in cases)
+    if layout == "splits" and not pooled:
         base = root / splits[split]
         return find_pairs(base / images_dir, base / masks_dir, case_pattern, strict=False, problems=problems)
     wanted = {str(c) for c in cases.get(split) or []}
     if not wanted:
         return []
-    pairs = find_pairs(root / images_dir, root / masks_dir, case_pattern, problems=problems)
+    if pooled:
+        folders = [f for f in dict.fromkeys(root / str(name) for name in splits.values()) if (f / images_dir).is_dir()]
+        pairs = [
+            pair
+            for f in folders
+            for pair in find_pairs(f / images_dir, f / masks_dir, case_pattern, strict=False, problems=problems)
+        ]
+    else:
+        pairs = find_pairs(root / images_dir, root / masks_dir, case_pattern, problems=problems)
     selected = [p for p in pairs if p.case in wanted]
     missing = sorted(wanted - {p.case for p in selected})
     found = sorted({p.case for p in pairs})
