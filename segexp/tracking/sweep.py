@@ -79,7 +79,8 @@ def parent_run_name(dimensions: Mapping[str, Any], overrides: Sequence[str], swe
     if cv_folds is not None:  # segexp-cv: the folds are the sweep; name it by the rest
         rest = [o for o in overrides if not o.startswith(("cv.", "hydra.", "training.resume="))]
         name = f"cv: {cv_folds.split('=', 1)[1]} folds" + (f", {run_name_from_overrides(rest)}" if rest else "")
-    elif "optuna" in sweeper.lower():
+        return name[:MAX_RUN_NAME]
+    if "optuna" in sweeper.lower():
         name = f"optuna: {n_trials} trials over {', '.join(dimensions) or 'nothing'}"
     elif dimensions:
         name = "sweep: " + " × ".join(_dimension_text(k, o) for k, o in dimensions.items())
