@@ -1,4 +1,5 @@
-"""``segexp-evaluate``: score a trained run (folder or MLflow run id) on a split of its dataset."""
+"""``segexp-evaluate``: score a trained run (folder or MLflow run id), or a cross-validation's fold ensemble (CV
+folder or its MLflow parent run), on a split of its dataset."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from segexp.config.commands import validate_evaluate_config
 from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR
 from segexp.core.files import check_writable
+from segexp.evaluation.ensemble import open_source
 from segexp.evaluation.reports import evaluate_run
 from segexp.models.precision import resolve_precision
-from segexp.tracking.runs import open_run
 
 register_resolvers()  # before Hydra composes; also in sweep workers that import this task
 
@@ -28,7 +29,7 @@ def main(cfg: DictConfig) -> float:
         cfg = validate_evaluate_config(cfg)  # every key checked before the model is loaded
         check_writable(out_dir, "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         summary = evaluate_run(
-            open_run(str(cfg.run), cfg.tracking_uri),
+            open_source(str(cfg.run), cfg.tracking_uri),
             out_dir,
             split=cfg.split,
             batch_size=cfg.batch_size,

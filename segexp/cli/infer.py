@@ -1,4 +1,5 @@
-"""``segexp-infer``: predict PNG images or NIfTI volumes with a trained run (exit 1 when an input failed)."""
+"""``segexp-infer``: predict PNG images or NIfTI volumes with a trained run or a cross-validation's fold ensemble
+(exit 1 when an input failed)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from segexp.config.commands import validate_infer_config
 from segexp.config.resolvers import register_resolvers
 from segexp.config.schema import CONF_DIR
 from segexp.core.files import check_writable
+from segexp.evaluation.ensemble import open_source
 from segexp.evaluation.prediction import infer
 from segexp.models.precision import resolve_precision
-from segexp.tracking.runs import open_run
 
 register_resolvers()  # before Hydra composes; also in sweep workers that import this task
 
@@ -30,7 +31,7 @@ def main(cfg: DictConfig) -> None:
         window = dict(cfg.window) if cfg.window is not None else None
         check_writable(out_dir, "output_dir" if cfg.output_dir else "run folder (hydra.run.dir)", cfg.paths.min_free_mb)
         failures = infer(
-            open_run(str(cfg.run), cfg.tracking_uri),
+            open_source(str(cfg.run), cfg.tracking_uri),
             Path(cfg.input),
             out_dir,
             batch_size=cfg.batch_size,
@@ -40,6 +41,7 @@ def main(cfg: DictConfig) -> None:
             window=window,
             precision=resolve_precision(cfg.precision),
             postprocess=cfg.postprocess,
+            save_probabilities=cfg.save_probabilities,
         )
     if failures:
         sys.exit(1)

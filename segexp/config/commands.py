@@ -220,6 +220,10 @@ class InferConfig(PredictionConfig):
     large_images: LargeImages = MISSING
     overlap: float = MISSING
     window: Optional[WindowConfig] = MISSING
+    # Also write the probabilities (before postprocessing), for ensembling across configurations later:
+    # probabilities/<stem>.npz per image (float16 (H, W, K)), <name>_probabilities.nii.gz per volume (4D, uint8
+    # with scl_slope 1/255: segexp.evaluation.prediction.probability_image says why).
+    save_probabilities: bool = MISSING
 
 
 def _check_prediction_keys(typed: Any) -> list[str]:

@@ -46,7 +46,7 @@ from segexp.config.options import PostprocessMode, expected
 from segexp.config.options import PostprocessRule as Rule
 from segexp.core.errors import EvaluationError
 from segexp.core.files import atomic_write_text
-from segexp.tracking.runs import TrainedRun
+from segexp.tracking.runs import ModelSource
 
 FILE_NAME = "postprocessing.json"
 FRACTIONS = (0.01, 0.03, 0.1)  # candidate min_volume as a share of the class's median per-case volume
@@ -253,9 +253,10 @@ def check_postprocess_mode(mode: str, key: str = "postprocess") -> PostprocessMo
     return PostprocessMode(mode)
 
 
-def for_run(run: TrainedRun, mode: str = PostprocessMode.auto) -> Postprocessing | None:
+def for_run(run: ModelSource, mode: str = PostprocessMode.auto) -> Postprocessing | None:
     """The rules ``run``'s training chose (``postprocessing.json``) for ``mode`` ``auto``; None for ``none``
-    or a run trained without them."""
+    or a run trained without them. For a fold ensemble: the rules its cross-validation chose on the
+    cross-validated predictions (they replace each fold's own)."""
     if check_postprocess_mode(mode) is PostprocessMode.none:
         return None
     path = run.artifact_file(FILE_NAME)

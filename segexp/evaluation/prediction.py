@@ -8,6 +8,12 @@
   training axis is predicted in batches, and the label volume is written back in
   the input's own orientation: **same shape and affine as the input**, so it
   overlays the CT in 3D Slicer or ITK-SNAP. Plus an overlay montage PNG.
+* ``save_probabilities``: also the model's probabilities (before postprocessing), for ensembling
+  across configurations later: ``probabilities/<stem>.npz`` per image, ``<name>_probabilities.nii.gz``
+  per volume (:func:`write_png_probabilities`, :func:`probability_image`).
+
+The predictor is one trained run or the fold ensemble of a cross-validation
+(:mod:`segexp.evaluation.ensemble`): anything with :class:`~segexp.tracking.runs.ModelSource`'s surface.
 
 One unreadable or unsuitable file is reported and skipped; finished outputs stay,
 and the summary at the end lists what failed (exit status 1 when anything did).
@@ -52,11 +58,15 @@ from segexp.evaluation.viz import (
     save_png,
     vstack_rows,
 )
-from segexp.tracking.runs import TrainedRun
+from segexp.tracking.runs import ModelSource
 
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: The folder of the PNG inputs' probabilities (one ``<stem>.npz`` each, the array under the key ``probabilities``).
+PROBABILITIES_DIR = "probabilities"
+#: NIfTI probabilities are stored as uint8 ``q = round(255 p)`` with ``scl_slope = 1/255`` (readers get ``q/255``).
+PROBABILITY_LEVELS = 255
 
 
 def is_nifti(path: Path) -> bool:
@@ -104,16 +114,18 @@ def predict_png_files(
     chunk: int = 64,
     postprocessing: Postprocessing | None = None,
     case_pattern: str = r"^(?P<case>.+)$",
+    save_probabilities: bool = False,
 ) -> list[str]:
     """Predict image files (``chunk`` at a time) and write masks, colour masks and overlays; returns the failures.
 
     With ``postprocessing``, its rules act on each case's slices stacked in slice order (the case and slice
-    number from the file name by ``case_pattern``, as in training; a name it does not match is its own case)."""
+    number from the file name by ``case_pattern``, as in training; a name it does not match is its own case).
+    With ``save_probabilities`` also each image's probabilities (:func:`write_png_probabilities`)."""
     failures: list[str] = []
     rules = postprocessing if postprocessing is not None and postprocessing.active else None
     masks: dict[Path, np.ndarray] = {}  # only with postprocessing: a case's slices may span chunks
     for start in range(0, len(paths), chunk):
-        found, bad = _png_masks(
+        predicted, bad = _png_probabilities(
             model,
             paths[start : start + chunk],
             batch_size=batch_size,
@@ -122,6 +134,11 @@ def predict_png_files(
             overlap=overlap,
         )
         failures += bad
+        if save_probabilities:
+            for path, (_, prob) in predicted.items():
+                write_png_probabilities(out_dir / PROBABILITIES_DIR / f"{path.stem}.npz", prob)
+        found = {path: (image, probabilities_to_classes(prob)) for path, (image, prob) in predicted.items()}
+        del predicted
         if rules is None:
             for path, (image, mask) in found.items():
                 _write_png_outputs(path, image, mask, out_dir, colours)
@@ -133,6 +150,15 @@ def predict_png_files(
             # read again for its overlay: holding every image until the last chunk would cost their memory
             _write_png_outputs(path, read_image(path, channels), mask, out_dir, colours)
     return failures
+
+
+def write_png_probabilities(path: Path, probs: np.ndarray) -> Path:
+    """``probs`` ``(H, W, K)`` (one channel for a sigmoid head) as float16 under the key ``probabilities`` of the
+    compressed ``.npz`` at ``path`` (as nnU-Net's ``--save_probabilities``), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix to it
+        np.savez_compressed(f, probabilities=np.asarray(probs, np.float16))
+    return path
 
 
 def _write_png_outputs(path: Path, image: np.ndarray, mask: np.ndarray, out_dir: Path, colours: np.ndarray) -> None:
@@ -165,10 +191,11 @@ def _postprocess_by_case(
     return out
 
 
-def _png_masks(
+def _png_probabilities(
     model: Any, paths: Sequence[Path], *, batch_size: int, flip_tta: bool, large_images: str, overlap: float
 ) -> tuple[dict[Path, tuple[np.ndarray, np.ndarray]], list[str]]:
-    """``{path: (image, class-index mask)}`` of the readable files of one chunk, and the failures."""
+    """``{path: (image, probabilities (H, W, K) at the image's size)}`` of the readable files of one chunk, and
+    the failures."""
     failures, images, good = [], [], []
     channels = int(model.input_shape[-1])
     height, width = _model_size(model)
@@ -186,10 +213,10 @@ def _png_masks(
         probs = [resize_probabilities(p, *im.shape[:2]) for p, im in zip(probs, images)]
     else:
         probs = predict_images(model, images, batch_size=batch_size, flip_tta=flip_tta, tiled=True, overlap=overlap)
-    return {path: (image, probabilities_to_classes(prob)) for path, image, prob in zip(good, images, probs)}, failures
+    return {path: (image, prob) for path, image, prob in zip(good, images, probs)}, failures
 
 
-def training_window(run: TrainedRun) -> tuple[dict[str, Any] | None, str]:
+def training_window(run: ModelSource) -> tuple[dict[str, Any] | None, str]:
     """Window settings and slicing axis of the run's training data (from its ``dataset.json``)."""
     try:
         manifest = json.loads((Path(run.config.dataset.root) / "dataset.json").read_text())
@@ -218,8 +245,10 @@ def predict_volume(
     flip_tta: bool,
     chunk: int = 32,
     postprocessing: Postprocessing | None = None,
+    save_probabilities: bool = False,
 ) -> Path:
-    """Predict every slice of one NIfTI volume; write ``<name>_pred.nii.gz`` (input shape and affine) + a montage.
+    """Predict every slice of one NIfTI volume; write ``<name>_pred.nii.gz`` (input shape and affine) + a montage,
+    and with ``save_probabilities`` ``<name>_probabilities.nii.gz`` (:func:`probability_image`).
 
     Speed (BENCHMARKS.md): the volume is read in its stored dtype and windowed through a
     lookup table (no float copy); slices are predicted ``chunk`` at a time while a second
@@ -243,10 +272,15 @@ def predict_volume(
             ..., None
         ]
     labels = np.empty((n, *slices[0].shape), np.uint8)
+    num_outputs = int(model.output_shape[-1])
+    quantised = np.empty((*labels.shape, num_outputs), np.uint8) if save_probabilities else None
 
     def to_labels(start: int, probs: np.ndarray) -> None:
         for j, p in enumerate(probs):
-            labels[start + j] = probabilities_to_classes(resize_probabilities(p, *labels.shape[1:]))
+            resized = resize_probabilities(p, *labels.shape[1:])
+            labels[start + j] = probabilities_to_classes(resized)
+            if quantised is not None:
+                quantised[start + j] = quantise_probabilities(resized)
 
     chunk = max(chunk - chunk % batch_size, batch_size)  # whole batches, so every call has one shape
     with ThreadPoolExecutor(max_workers=1) as post:
@@ -265,17 +299,51 @@ def predict_volume(
     canonical = stack_slices(labels, axis)
     original = _to_original_orientation(canonical, original_affine)
     source = cast(nib.Nifti1Image, nib.load(str(path)))  # the NIfTI volume load_case read above
-    # A fresh header: the CT's scaling (scl_slope/inter) must not apply to class indices.
-    out = nib.Nifti1Image(original.reshape(source.shape[:3]).astype(np.uint8), source.affine)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{name}_pred.nii.gz"
+    _save_nifti(_like(source, original.reshape(source.shape[:3]).astype(np.uint8)), target)
+    if quantised is not None:
+        per_class = [stack_slices(quantised[..., c], axis) for c in range(num_outputs)]
+        del quantised
+        volume = _to_original_orientation(np.stack(per_class, axis=-1), original_affine)
+        volume = volume.reshape(*source.shape[:3], num_outputs)
+        _save_nifti(probability_image(source, volume), out_dir / f"{name}_probabilities.nii.gz")
+    save_png(out_dir / f"{name}_montage.png", montage(slices, labels, colours))
+    return target
+
+
+def quantise_probabilities(probs: np.ndarray) -> np.ndarray:
+    """``q = round(255 p)`` as uint8 (``p`` clipped to [0, 1]); ``q / 255`` is within 1/510 of ``p``."""
+    return np.rint(np.clip(probs, 0.0, 1.0) * PROBABILITY_LEVELS).astype(np.uint8)
+
+
+def probability_image(source: nib.Nifti1Image, quantised: np.ndarray) -> nib.Nifti1Image:
+    """The 4D probability volume ``(X, Y, Z, K)`` (one channel for a sigmoid head) in ``source``'s geometry:
+    uint8 ``q`` (:func:`quantise_probabilities`) with ``scl_slope = 1/255``, so readers (nibabel's
+    ``get_fdata``, ITK, 3D Slicer) see ``p = q / 255``.
+
+    Why uint8 and not float32 (NIfTI-1 has no float16): a quarter of the memory and disk (a 512 x 512 x 300 CT
+    with 8 classes: 0.6 GB instead of 2.5 GB, held whole while written), and the step 1/255 (error at most
+    1/510) is far below what the mean of several models' probabilities needs to decide a voxel's class."""
+    image = _like(source, np.asarray(quantised, np.uint8))
+    image.header.set_slope_inter(1.0 / PROBABILITY_LEVELS, 0.0)
+    return image
+
+
+def _like(source: nib.Nifti1Image, data: np.ndarray) -> nib.Nifti1Image:
+    """``data`` (its first three axes ``source``'s) with ``source``'s affine, qform, sform and units.
+
+    A fresh header: the CT's scaling (scl_slope/inter) must not apply to class indices or probabilities."""
+    out = nib.Nifti1Image(data, source.affine)
     out.header.set_xyzt_units(*source.header.get_xyzt_units())
     out.set_qform(source.affine, int(source.header["qform_code"]) or 1)
     out.set_sform(source.affine, int(source.header["sform_code"]) or 1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{name}_pred.nii.gz"
+    return out
+
+
+def _save_nifti(image: nib.Nifti1Image, target: Path) -> None:
     with atomic_write_path(target) as tmp:
-        nib.save(out, str(tmp))
-    save_png(out_dir / f"{name}_montage.png", montage(slices, labels, colours))
-    return target
+        nib.save(image, str(tmp))
 
 
 def _to_original_orientation(canonical: np.ndarray, original_affine: np.ndarray) -> np.ndarray:
@@ -310,8 +378,8 @@ def montage(
 
 
 def infer(
-    run: TrainedRun,
-    source: Path,
+    source: ModelSource,
+    inputs: Path,
     out_dir: Path,
     *,
     batch_size: int = 8,
@@ -321,23 +389,26 @@ def infer(
     window: dict[str, Any] | None = None,
     precision: str = "fp32",
     postprocess: str = "auto",
+    save_probabilities: bool = False,
 ) -> list[str]:
-    """Predict every input under ``source`` into ``out_dir`` computing in ``precision`` (resolved: fp32, bf16,
-    fp16), after the run's postprocessing rules (``postprocess`` auto) or without (none); returns the failures
-    (one line per bad file)."""
-    cfg = run.config
-    class_names = list(cfg.dataset.class_names)
+    """Predict every input under ``inputs`` with ``source`` (one trained run, or a fold ensemble:
+    :func:`segexp.evaluation.ensemble.open_source`) into ``out_dir`` computing in ``precision`` (resolved: fp32,
+    bf16, fp16), after its postprocessing rules (``postprocess`` auto; a fold ensemble's are its
+    cross-validation's) or without (none); with ``save_probabilities`` also the probabilities before them.
+    Returns the failures (one line per bad file)."""
+    cfg = source.config
+    class_names = source.class_names
     colours = class_colours(class_names, cfg.dataset.get("rgb_map"))
-    paths = list_inputs(source)
-    postprocessing = for_run(run, postprocess)
+    paths = list_inputs(inputs)
+    postprocessing = for_run(source, postprocess)
     if postprocessing is not None and postprocessing.active:
         log.info(
             "postprocessing (chosen on validation): %s",
             "; ".join(f"{n}: {r.describe()}" for n, r in postprocessing.active.items()),
         )
-    model = run.load_model(precision)
+    model = source.load_model(precision)
     check_model_fits(model, len(class_names), int(cfg.model.image_channels))
-    trained_window, axis = training_window(run)
+    trained_window, axis = training_window(source)
     window = window or trained_window
     failures: list[str] = []
     volumes = [p for p in paths if is_nifti(p)]
@@ -354,6 +425,7 @@ def infer(
             overlap=overlap,
             postprocessing=postprocessing,
             case_pattern=str(cfg.dataset.case_pattern),
+            save_probabilities=save_probabilities,
         )
     for path in volumes:
         if window is None:
@@ -373,6 +445,7 @@ def infer(
                 batch_size=batch_size,
                 flip_tta=flip_tta,
                 postprocessing=postprocessing,
+                save_probabilities=save_probabilities,
             )
             log.info("%s -> %s", path.name, target)
         except InferenceInputError as err:

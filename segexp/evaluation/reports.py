@@ -43,6 +43,7 @@ from segexp.data.io.slices import (
 )
 from segexp.data.runtime.dataset import SliceDataset, open_dataset
 from segexp.evaluation.case_viewer import VIEWER_FILE, ViewerCase, encode_case, viewer_page
+from segexp.evaluation.ensemble import EnsembleSource
 from segexp.evaluation.inference import predict_batches, probabilities_to_classes
 from segexp.evaluation.postprocess import Postprocessing, determine, for_run
 from segexp.evaluation.scoring import (
@@ -55,7 +56,7 @@ from segexp.evaluation.scoring import (
     to_json_safe,
 )
 from segexp.models.registry import ModelParams
-from segexp.tracking.runs import TrainedRun
+from segexp.tracking.runs import ModelSource
 from segexp.tracking.tracker import Tracker, tracked_run
 
 log = logging.getLogger(__name__)
@@ -381,8 +382,15 @@ def _bar_chart(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def log_summary(tracker: Tracker, summary: dict[str, Any], files: Sequence[Path], prefix: str = "test") -> None:
-    """MLflow metrics ``<prefix>/<metric>/<class>``, ``<prefix>/<metric>_fg_mean`` and the report files."""
+def log_summary(
+    tracker: Tracker,
+    summary: dict[str, Any],
+    files: Sequence[Path],
+    prefix: str = "test",
+    artifact_path: str = "evaluation",
+) -> None:
+    """MLflow metrics ``<prefix>/<metric>/<class>``, ``<prefix>/<metric>_fg_mean`` and the report files (under
+    ``artifact_path``)."""
     metrics: dict[str, float] = {}
     for name, stats in summary["mean"]["per_class"].items():
         for metric in METRICS:
@@ -396,7 +404,7 @@ def log_summary(tracker: Tracker, summary: dict[str, Any], files: Sequence[Path]
         metrics[f"{prefix}/dice_incl_bg_original"] = summary["dice_incl_bg_original"]["mean"]
     tracker.log_metrics(metrics, step=0)
     for path in files:
-        tracker.log_artifact(path, "evaluation")
+        tracker.log_artifact(path, artifact_path)
 
 
 def score_and_log(
@@ -413,12 +421,15 @@ def score_and_log(
     postprocessing: Postprocessing | None = None,
     nsd_tolerance_mm: float | Mapping[str, float] = DEFAULT_NSD_TOLERANCE_MM,
     on_case: CaseHook | None = None,
+    prefix: str | None = None,
 ) -> dict[str, Any]:
     """Score ``split`` at the input size of the model section ``m``, write the reports in ``out_dir`` and log them
     (:func:`log_summary`, metrics ``<split>/...``); returns the summary. The one path from a model to a split's
     logged scores, after training and in ``segexp-evaluate``. In a tracked run also the table of every case and
     class (``evaluation/<split>/cases.json``, :func:`case_table`) and the case viewer (``case_viewer.html`` in
-    ``out_dir`` and ``evaluation/<split>/``)."""
+    ``out_dir`` and ``evaluation/<split>/``). ``prefix`` (None: ``split``): the metrics are ``<prefix>/...``
+    instead, and every file goes under ``evaluation/<prefix>/`` (a fold ensemble's ``ensemble_test``, beside
+    the folds' scores in the CV's parent run)."""
     evaluation = evaluate_split(
         model,
         dataset,
@@ -434,10 +445,11 @@ def score_and_log(
         nsd_tolerance_mm=nsd_tolerance_mm,
         on_case=on_case,
     )
-    log_summary(tracker, evaluation.summary, write_reports(evaluation, out_dir), prefix=split)
+    artifact_path = "evaluation" if prefix is None else f"evaluation/{prefix}"
+    log_summary(tracker, evaluation.summary, write_reports(evaluation, out_dir), prefix or split, artifact_path)
     if tracker.enabled:
-        tracker.log_table(case_table(evaluation), f"evaluation/{split}/cases.json")
-        tracker.log_artifact(write_viewer(evaluation, d, out_dir), f"evaluation/{split}")
+        tracker.log_table(case_table(evaluation), f"evaluation/{prefix or split}/cases.json")
+        tracker.log_artifact(write_viewer(evaluation, d, out_dir), f"evaluation/{prefix or split}")
     return evaluation.summary
 
 
@@ -459,7 +471,7 @@ def write_viewer(evaluation: Evaluation, d: DatasetConfig, out_dir: Path) -> Pat
 
 
 def evaluate_run(
-    run: TrainedRun,
+    run: ModelSource,
     out_dir: Path,
     *,
     split: str = "test",
@@ -474,7 +486,11 @@ def evaluate_run(
     """Evaluate a finished training run on ``split`` computing in ``precision`` (resolved: fp32, bf16, fp16),
     after the run's postprocessing rules (``postprocess`` auto) or without (none); log to its MLflow run
     when it has one. ``nsd_tolerance_mm``: the NSD tolerance (None: the run's ``training.nsd_tolerance_mm``,
-    the default for a run trained before that key)."""
+    the default for a run trained before that key).
+
+    A fold ensemble (:class:`~segexp.evaluation.ensemble.EnsembleSource`) is scored with its cross-validation's
+    rules and the first fold's config, and logged to the CV's parent run as ``ensemble_<split>/...`` (files
+    under ``evaluation/ensemble_<split>/``, the folds in the tag ``ensemble_<split>.folds``)."""
     cfg = run.config
     if dataset_root is not None:
         cfg.dataset.root = dataset_root
@@ -488,6 +504,13 @@ def evaluate_run(
     postprocessing = for_run(run, postprocess)
     if postprocessing is not None and split == "valid" and postprocessing.active:
         log.warning("the postprocessing rules were chosen on the valid split: its scores after them are optimistic")
+    ensemble = run if isinstance(run, EnsembleSource) else None
+    if ensemble is not None and split != "test":
+        log.warning(
+            "every case of the %s split was training data of all but at most one fold: the ensemble's scores "
+            "on it are optimistic",
+            split,
+        )
     model = run.load_model(precision)
     resume = run.run_id if log_to_run else None
     with tracked_run(
@@ -512,7 +535,10 @@ def evaluate_run(
             flip_tta=flip_tta,
             postprocessing=postprocessing,
             nsd_tolerance_mm=cfg.training.nsd_tolerance_mm if nsd_tolerance_mm is None else nsd_tolerance_mm,
+            prefix=None if ensemble is None else f"ensemble_{split}",
         )
+        if ensemble is not None:
+            tracker.set_tags({f"ensemble_{split}.folds": ",".join(str(f.fold) for f in ensemble.folds)})
     _log_table(summary)
     return summary
 

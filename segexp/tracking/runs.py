@@ -5,6 +5,9 @@
 ``checkpoints/best.keras``, ``mlflow_run.json``), an MLflow run id (config from
 the run's ``config/config.yaml`` artifact, model from its logged model) or a registered model
 (``models:/<name>@<alias>``, ``models:/<name>/<version>``: the run that version came from).
+
+:class:`ModelSource` is what prediction and evaluation use of such a run; a fold ensemble of a
+cross-validation (:class:`segexp.evaluation.ensemble.EnsembleSource`) offers the same surface.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -30,6 +33,26 @@ BEST_MODEL = Path("checkpoints") / "best.keras"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 #: A registered model version: ``models:/<name>@<alias>`` or ``models:/<name>/<version or latest>``.
 REGISTERED = re.compile(r"^models:/(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+|latest))$")
+
+
+class ModelSource(Protocol):
+    """Where a predictor comes from, as segexp-infer and segexp-evaluate use it: one :class:`TrainedRun`, or the
+    fold ensemble of a cross-validation (``segexp.evaluation.ensemble.EnsembleSource``).
+
+    ``config``: the training config (classes, dataset, window, case_pattern, input size); ``run_id``,
+    ``tracking_uri``: the MLflow run evaluations are logged to (None: none); ``artifact_file(name)``: a file the
+    training wrote beside its model (``postprocessing.json``), None when there is none."""
+
+    config: DictConfig
+    run_id: str | None
+    tracking_uri: str | None
+
+    @property
+    def class_names(self) -> list[str]: ...
+
+    def load_model(self, precision: str = "fp32") -> Any: ...
+
+    def artifact_file(self, name: str) -> Path | None: ...
 
 
 @dataclass
