@@ -32,6 +32,14 @@ Scores are segexp's: Dice per structure without background, per case in 3D on th
 stacked slices, averaged over cases (a structure absent from a case's truth and
 prediction is left out for that case), and their foreground mean.
 
+The comparison is paired (:func:`paired_stats`, :func:`segexp.evaluation.paired.compare_seeds`): both
+systems' per-case Dice (``summary.json`` ``per_case``) are paired on the same (case, seed), seed *i* of
+segexp against seed *i* of MONAI, against each MONAI run (equal wall time, equal steps). Per structure
+and for the foreground mean: each system's mean ± sd over the seeds of its run-level mean, the mean
+paired difference ``d̄ = (1/n) Σ (segexp_j − MONAI_j)`` over the ``n`` pairs, its 95 % percentile
+bootstrap CI (the pairs resampled) and the two-sided Wilcoxon signed-rank p-value
+(:mod:`segexp.evaluation.statistics`). The target is judged on ``d̄`` of the foreground mean.
+
 Datasets (read from ``../shared/data``; skipped with a message where it is absent):
 
 * ``hvsmr_mini``: 5 MR patients, 9 classes, ``dataset=hvsmr_mini`` (the plan alone); scored on the test patient.
@@ -281,12 +289,18 @@ def keras_epochs(lines: Sequence[str]) -> list[tuple[int, float]]:
 
 
 def _summary_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """A row's scores from ``evaluate_split``'s summary: the foreground and per-class mean Dice, the cases per
+    class, and ``per_case``: ``{case: {class: Dice}}`` (None: the class absent from the case's truth and
+    prediction), what the paired comparison pairs."""
     per_class = summary["mean"]["per_class"]
     return {
         "foreground_dice": summary["mean"]["foreground_mean"]["dice"],
         "dice": {name: s["dice"]["mean"] for name, s in per_class.items()},
         "n": {name: s["dice"]["n"] for name, s in per_class.items()},
         "num_cases": summary["num_cases"],
+        "per_case": {
+            case: {name: s["dice"] for name, s in classes.items()} for case, classes in summary["per_case"].items()
+        },
     }
 
 
@@ -633,25 +647,144 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def target_verdict(rows: Sequence[dict[str, Any]], matched: str = "time") -> str:
-    """The issue's target against MONAI's run at segexp's ``matched`` (``time`` or ``steps``): segexp's
-    foreground Dice >= MONAI's, and no class at 0 for segexp that MONAI finds (Dice > 0)."""
+#: The paired comparison: bootstrap resamples of the (case, seed) pairs, its seed, the interval's level.
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+#: Differences smaller than this are floating-point noise of equal scores: shown and judged as 0.
+TIE = 1e-9
+
+
+def case_scores(row: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """``{(case, class): Dice}`` of a row's ``per_case`` (None, a class absent from truth and prediction: NaN)."""
+    return {
+        (case, name): math.nan if dice is None else float(dice)
+        for case, classes in row["per_case"].items()
+        for name, dice in classes.items()
+    }
+
+
+def seed_pairs(
+    runs: Sequence[Sequence[dict[str, Any]]], matched: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """``(segexp's rows, MONAI's rows at segexp's matched)``, one of each per seed (``runs[seed]``: that seed's
+    rows); None when a seed lacks either."""
+    seg = [next((r for r in rows if r["system"].startswith("segexp")), None) for rows in runs]
+    peer = [
+        next((r for r in rows if r["system"].startswith("MONAI") and r.get("matched") == matched), None)
+        for rows in runs
+    ]
+    if not runs or any(r is None for r in seg) or any(r is None for r in peer):
+        return None
+    return [r for r in seg if r is not None], [r for r in peer if r is not None]
+
+
+def paired_stats(runs: Sequence[Sequence[dict[str, Any]]], matched: str) -> list[dict[str, Any]] | None:
+    """segexp against MONAI's run at segexp's ``matched`` (``time`` or ``steps``), over the seeds' runs: per
+    class, then the foreground mean, :func:`segexp.evaluation.paired.compare_seeds` of their per-case Dice
+    (differences ``d = segexp - MONAI`` on each (case, seed) pair; ``a``: MONAI, ``b``: segexp, each side's
+    mean ± sd over the seeds of its run-level means); None without both systems in every seed."""
+    from segexp.evaluation.paired import compare_seeds
+
+    pairs = seed_pairs(runs, matched)
+    if pairs is None:
+        return None
+    seg, peer = pairs
+    return compare_seeds(
+        [case_scores(r) for r in peer],
+        [case_scores(r) for r in seg],
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        seed=BOOTSTRAP_SEED,
+        confidence=CONFIDENCE,
+    )
+
+
+def _signed(value: float) -> str:
+    """``+0.020`` / ``−0.010`` (a typographic minus; below :data:`TIE` in size: ``+0.000``)."""
+    return f"{0.0 if abs(value) < TIE else value:+.3f}".replace("-", "−")
+
+
+def _interval(row: dict[str, Any]) -> str:
+    return "–" if math.isnan(row["ci_low"]) else f"[{_signed(row['ci_low'])}, {_signed(row['ci_high'])}]"
+
+
+def _p(row: dict[str, Any]) -> str:
+    return f"{row['p_value']:.2g}" if row["p_value"] is not None else row["note"]
+
+
+def paired_verdict(stats: Sequence[dict[str, Any]]) -> str:
+    """The foreground row of :func:`paired_stats` in words: ``segexp ≥ MONAI: mean difference +0.020 [−0.010,
+    +0.050], p = 0.3 over 6 case×seed pairs`` (``≥`` when the mean difference ``d̄ ≥ 0``, else ``<``; ``|d̄| <``
+    :data:`TIE` counts as 0), and
+    whether the 95 % CI lies above 0, below 0 or includes it."""
+    fg = stats[-1]
+    if fg["n"] == 0:
+        return "no (case, seed) pair with a defined Dice on both sides"
+    sign = "≥" if fg["mean_diff"] > -TIE else "<"
+    p = f"p = {fg['p_value']:.2g}" if fg["p_value"] is not None else f"no p-value ({fg['note']})"
+    pairs = f"{fg['n']} case×seed pair{'s' if fg['n'] != 1 else ''}"
+    if math.isnan(fg["ci_low"]):
+        where = "no CI"
+    else:
+        where = "CI above 0" if fg["ci_low"] > 0 else "CI below 0" if fg["ci_high"] < 0 else "CI includes 0"
+    return (
+        f"segexp {sign} MONAI: mean difference {_signed(fg['mean_diff'])} {_interval(fg)}, {p} over {pairs} ({where})"
+    )
+
+
+def target_verdict(
+    rows: Sequence[dict[str, Any]], matched: str = "time", stats: Sequence[dict[str, Any]] | None = None
+) -> str:
+    """The issue's target against MONAI's run at segexp's ``matched`` (``time`` or ``steps``), on the paired
+    ``stats`` (:func:`paired_stats`): the mean paired foreground difference segexp − MONAI ``≥ 0``, and no class
+    whose mean over seeds is 0 for segexp where MONAI's is > 0; followed by :func:`paired_verdict`."""
     seg = next((r for r in rows if r["system"].startswith("segexp")), None)
     peers = [r for r in rows if r["system"].startswith("MONAI")]
     if seg is None or not peers:
         return "target not checked (one system only)"
-    peer = next((r for r in peers if r.get("matched") == matched), None)
-    if peer is None:
+    if not any(r.get("matched") == matched for r in peers) or not stats:
         return f"target not checked (no MONAI run at segexp's {matched})"
     problems = []
-    if (seg["foreground_dice"] or 0.0) < (peer["foreground_dice"] or 0.0):
-        problems.append(f"foreground Dice {seg['foreground_dice'] or 0:.3f} < MONAI {peer['foreground_dice'] or 0:.3f}")
-    missed = [
-        c for c, v in seg["dice"].items() if seg["n"][c] and (v or 0.0) == 0.0 and (peer["dice"].get(c) or 0.0) > 0
-    ]
+    fg = stats[-1]
+    if fg["n"] and fg["mean_diff"] <= -TIE:
+        problems.append(f"foreground Dice below MONAI's by {abs(fg['mean_diff']):.3f} on average")
+    missed = [r["class"] for r in stats[:-1] if r["b"]["mean"] == 0.0 and r["a"]["mean"] > 0]
     if missed:
         problems.append(f"at 0 where MONAI finds them: {', '.join(missed)}")
-    return "target met" if not problems else "target NOT met: " + "; ".join(problems)
+    target = "target met" if not problems else "target NOT met: " + "; ".join(problems)
+    return f"{target} — {paired_verdict(stats)}"
+
+
+def _spread(side: dict[str, float]) -> str:
+    """``0.612 ± 0.034`` (mean ± sd over seeds), ``0.612`` with one seed, ``–`` without a score."""
+    if math.isnan(side["mean"]):
+        return "–"
+    return f"{side['mean']:.3f}" + ("" if math.isnan(side["sd"]) else f" ± {side['sd']:.3f}")
+
+
+def paired_table(stats: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of :func:`paired_stats`: per structure and the foreground mean, the (case, seed) pairs,
+    segexp's and MONAI's mean ± sd over seeds, the mean difference, its CI and the Wilcoxon p-value."""
+    seeds = stats[0]["seeds"]
+    over = f", mean ± sd over {seeds} seeds" if seeds > 1 else ""
+    level = round(100 * CONFIDENCE)
+    head = ["structure", "pairs", f"segexp{over}", f"MONAI{over}", "segexp − MONAI", f"{level}% CI", "p (Wilcoxon)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in stats:
+        if r["n"] == 0:
+            cells = [r["class"], "0", _spread(r["b"]), _spread(r["a"]), "–", "–", r["note"]]
+        else:
+            cells = [
+                r["class"],
+                str(r["n"]),
+                _spread(r["b"]),
+                _spread(r["a"]),
+                _signed(r["mean_diff"]),
+                _interval(r),
+                _p(r),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -688,10 +821,11 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 def mean_over_seeds(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per system from its rows of several seeds (``runs[seed][system]``): epochs, steps,
     times and Dice averaged (a class's mean over the seeds that scored it), the foreground Dice
-    of each seed under ``per_seed``."""
+    of each seed under ``per_seed`` (no ``per_case``)."""
     merged = []
     for rows in zip(*runs):
         row = {**rows[0], "dice": dict(rows[0]["dice"]), "n": dict(rows[0]["n"])}
+        row.pop("per_case", None)  # one seed's cases: the paired statistics (paired_stats) hold every seed's
         for key in ("epochs", "steps"):
             row[key] = round(float(np.mean([r[key] for r in rows])))
         for key in ("train_seconds", "process_seconds"):
@@ -734,16 +868,45 @@ def _how(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
     )
 
 
+MATCHED = {"time": "equal wall time", "steps": "equal steps"}
+
+
+def paired_section(stats: dict[str, list[dict[str, Any]] | None]) -> list[str]:
+    """The block's paired tables, one per MONAI run (:data:`MATCHED`) that has :func:`paired_stats`, after one
+    line on how they were computed."""
+    found = {matched: rows for matched, rows in stats.items() if rows}
+    if not found:
+        return []
+    lines = [
+        "Paired, segexp − MONAI: Dice on the same (case, seed) pairs (seed *i* of segexp against seed *i* of "
+        f"MONAI), {round(100 * CONFIDENCE)}% percentile bootstrap CI of the mean difference ({BOOTSTRAP_RESAMPLES} "
+        f"resamples of the pairs, seed {BOOTSTRAP_SEED}; one case's pairs over seeds are not independent, which "
+        "narrows it), two-sided Wilcoxon signed-rank p (none below 6 pairs); mean ± sd over seeds of each seed's "
+        "mean (foreground: the mean over structures of the structure means, as in the table above).",
+        "",
+    ]
+    for matched, rows in found.items():
+        lines += [f"At {MATCHED[matched]}:", "", paired_table(rows), ""]
+    return lines
+
+
 def block(
-    ds: Dataset, rows: Sequence[dict[str, Any]], args: argparse.Namespace, command: str, host: dict[str, Any]
+    ds: Dataset,
+    rows: Sequence[dict[str, Any]],
+    args: argparse.Namespace,
+    command: str,
+    host: dict[str, Any],
+    stats: dict[str, list[dict[str, Any]] | None] | None = None,
 ) -> str:
-    """The markdown block of one dataset (between its markers in ACCURACY.md)."""
+    """The markdown block of one dataset (between its markers in ACCURACY.md); ``stats``: :func:`paired_stats`
+    per MONAI run (``time``, ``steps``), its tables and the verdicts on them."""
+    stats = stats or {}
     note = ds.note.format(slab=args.slab_slices)
     n_cases = rows[0]["num_cases"]
     monai = next((r for r in rows if r["system"].startswith("MONAI")), None)
-    verdict = f"**Equal wall time: {target_verdict(rows)}.** "
+    verdict = f"**Equal wall time: {target_verdict(rows, 'time', stats.get('time'))}.** "
     if any(r.get("matched") == "steps" for r in rows):
-        verdict += f"Equal steps: {target_verdict(rows, 'steps')}. "
+        verdict += f"Equal steps: {target_verdict(rows, 'steps', stats.get('steps'))}. "
     versions = monai.get("versions", {}) if monai else {}
     lines = [
         note,
@@ -755,6 +918,7 @@ def block(
         "",
         table(rows),
         "",
+        *paired_section(stats),
         verdict
         + _how(rows, args)
         + (f"MONAI network (`monai.networks.nets.UNet`): {monai['num_params']:,} parameters." if monai else "")
@@ -783,10 +947,15 @@ norm, PReLU — with `monai.losses.DiceCELoss`, Adam 1e-3, flips, batch 8, best 
 kept) on the same pixels (segexp's reader), and scores both with segexp's scorer
 (`evaluate_split`): Dice per structure without background, per patient in 3D. MONAI runs twice:
 for segexp's whole wall time (the `segexp-train` process, start-up included) and for segexp's
-number of optimiser steps. Target, at equal wall time: segexp's foreground Dice at least MONAI's,
-and no structure left at 0 that MONAI finds; the equal-steps row is stated beside it. The blocks
-below are rewritten by the script, one per dataset; each names the command and the machine that
-produced it.
+number of optimiser steps. The comparison is paired: both systems' per-case Dice on the same
+(case, seed) pairs (seed *i* of segexp against seed *i* of MONAI), per structure and for the
+foreground mean (per case, the mean over its structures): each system's mean ± sd over seeds, the
+mean difference segexp − MONAI with its 95% percentile bootstrap CI (the pairs resampled) and the
+two-sided Wilcoxon signed-rank p-value (none below 6 pairs; `segexp/evaluation/statistics.py`).
+Target, at equal wall time: a mean paired foreground difference segexp − MONAI of at least 0, and
+no structure left at 0 that MONAI finds; the equal-steps comparison is stated beside it. Whether the
+CI excludes 0 says whether the difference is more than case and seed noise. The blocks below are
+rewritten by the script, one per dataset; each names the command and the machine that produced it.
 
 Full comparison: `python scripts/accuracy.py` (four datasets): segexp trains alone on the machine's
 cores, then MONAI alone for segexp's measured wall time, then for its steps; `--side-by-side` trains
@@ -795,9 +964,17 @@ MONAI environment is built once (`python -m venv`, `pip install torch "monai>=1.
 a CPU torch wheel from pip's find-links where there is one) under `--monai-venv` (default
 `outputs/venvs/monai`) and reused. Options: `--datasets`, `--minutes`, `--out` (default
 `outputs/accuracy`), `--segexp-overrides`, `--monai-only`, `--segexp-only`, `--monai-threads`,
-`--no-tracking`, `--seeds` (both systems once per seed, means and each seed's score reported);
-`python scripts/accuracy.py --help`.
+`--no-tracking`, `--seeds` (both systems once per seed, means and each seed's score reported,
+the pairs are then (case, seed)); `python scripts/accuracy.py --help`. Each dataset's folder under
+`--out` holds `result.json` (the rows) and `paired.json` (the paired statistics).
 """
+
+
+def paired_json(stats: dict[str, list[dict[str, Any]] | None]) -> str:
+    """:func:`paired_stats` per MONAI run as JSON (``a``: MONAI, ``b``: segexp; NaN as ``null``)."""
+    from segexp.evaluation.paired import report_json
+
+    return report_json({"difference": "segexp - MONAI (b - a)", "a": MONAI_SYSTEM, "b": "segexp", **stats})
 
 
 def write_markdown(path: Path, name: str, text: str) -> None:
@@ -928,14 +1105,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for seed in (args.seeds or [None])
         ]
         rows = mean_over_seeds(runs) if args.seeds else runs[0]
-        text = block(ds, rows, args, command, host)
+        stats = {matched: paired_stats(runs, matched) for matched in MATCHED}
+        text = block(ds, rows, args, command, host, stats)
         seeds = " ".join(map(str, args.seeds or []))
         title = f"{name}, seeds {seeds}" if args.seeds else name  # a block of its own next to the one-seed run
         print(f"\n### {title}\n\n{text}", flush=True)
         write_markdown(Path(args.markdown), title, text)
         results[name] = rows
-        result_file = f"result_seeds_{seeds.replace(' ', '_')}.json" if args.seeds else "result.json"
-        (work / result_file).write_text(json.dumps(rows, indent=2))
+        suffix = f"_seeds_{seeds.replace(' ', '_')}" if args.seeds else ""
+        (work / f"result{suffix}.json").write_text(json.dumps(rows, indent=2))
+        (work / f"paired{suffix}.json").write_text(paired_json(stats))
     if results:
         print(f"tables written to {args.markdown}")
     return 0

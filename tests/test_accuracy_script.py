@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,8 @@ def test_given_predictions_are_scored_by_evaluate_split(tmp_path: Path) -> None:
     assert scored["square"]["dice"]["mean"] == 1.0 and scored["disc"]["dice"]["mean"] == 0.0
     row = accuracy._summary_row(json.loads((tmp_path / "no_disc" / "summary.json").read_text()))
     assert row["foreground_dice"] == pytest.approx(0.5) and row["num_cases"] == 1
+    assert row["per_case"] == {"case2": {"square": 1.0, "disc": 0.0}}  # what the paired comparison pairs
+    assert accuracy.case_scores(row) == {("case2", "square"): 1.0, ("case2", "disc"): 0.0}
 
 
 def test_fixed_predictions_stand_in_for_a_model() -> None:
@@ -230,23 +234,130 @@ def test_segexp_time_is_its_keras_epochs() -> None:
     assert accuracy.keras_epochs(lines[:2]) == []
 
 
-def _row(system: str, fg: float, dice: dict[str, float], matched: str | None = None) -> dict:
-    return {"system": system, "matched": matched, "foreground_dice": fg, "dice": dice, "n": {c: 1 for c in dice}}
+def _row(system: str, per_case: dict[str, dict[str, float | None]], matched: str | None = None) -> dict:
+    """A row as run_segexp / run_monai give it, from its per-case Dice (the means as evaluate_split takes them)."""
+    classes = list(next(iter(per_case.values())))
+    scored = {c: [d[c] for d in per_case.values() if d[c] is not None] for c in classes}
+    dice = {c: float(np.mean(v)) if v else None for c, v in scored.items()}
+    defined = [v for v in dice.values() if v is not None]
+    return {
+        "system": system,
+        "matched": matched,
+        "foreground_dice": float(np.mean(defined)) if defined else None,
+        "dice": dice,
+        "n": {c: len(v) for c, v in scored.items()},
+        "num_cases": len(per_case),
+        "per_case": per_case,
+    }
 
 
-def test_target_verdict_is_on_monais_equal_time_row() -> None:
-    at_time = _row("MONAI (PyTorch)", 0.5, {"a": 0.6, "b": 0.4}, "time")
-    at_steps = _row("MONAI (PyTorch)", 0.65, {"a": 0.7, "b": 0.6}, "steps")
-    seg = _row("segexp (plan)", 0.6, {"a": 0.7, "b": 0.5})
-    assert accuracy.target_verdict([seg, at_time, at_steps]) == "target met"
-    steps = accuracy.target_verdict([seg, at_time, at_steps], "steps")
-    assert steps.startswith("target NOT met") and "0.600 < MONAI 0.650" in steps
-    verdict = accuracy.target_verdict([_row("segexp (plan)", 0.4, {"a": 0.8, "b": 0.0}), at_time])
-    assert (
-        verdict.startswith("target NOT met") and "0.400 < MONAI 0.500" in verdict and "MONAI finds them: b" in verdict
+def _cases(a: Sequence[float], b: Sequence[float | None]) -> dict[str, dict[str, float | None]]:
+    return {f"c{i}": {"a": x, "b": y} for i, (x, y) in enumerate(zip(a, b))}
+
+
+SEG_CASES = [0.70, 0.72, 0.68, 0.75]
+
+
+def test_case_scores_and_seed_pairs() -> None:
+    row = _row("segexp (plan)", _cases([0.5, 0.6], [None, 0.2]))
+    scores = accuracy.case_scores(row)
+    assert scores[("c0", "a")] == 0.5 and np.isnan(scores[("c0", "b")]) and len(scores) == 4
+    seg, at_time = row, _row("MONAI (PyTorch)", _cases([0.4, 0.6], [0.1, 0.2]), "time")
+    assert accuracy.seed_pairs([[seg, at_time], [seg, at_time]], "time") == ([seg, seg], [at_time, at_time])
+    assert accuracy.seed_pairs([[seg, at_time], [seg]], "time") is None  # seed 1 lacks MONAI
+    assert accuracy.seed_pairs([[seg, at_time]], "steps") is None and accuracy.seed_pairs([[at_time]], "time") is None
+
+
+def test_paired_stats_pair_segexp_and_monai_per_case_and_seed() -> None:
+    seeds = []
+    for seed in range(3):  # segexp ahead on structure a by 0.05 (+0.01 a seed), both equal on b
+        seg = _row("segexp (plan)", _cases([v + 0.01 * seed for v in SEG_CASES], [0.5, 0.6, None, 0.4]))
+        peer = _row("MONAI (PyTorch)", _cases([v - 0.05 for v in SEG_CASES], [0.5, 0.6, None, 0.4]), "time")
+        seeds.append([seg, peer])
+    stats = accuracy.paired_stats(seeds, "time")
+    assert stats is not None and [r["class"] for r in stats] == ["a", "b", "foreground mean"]
+    a, b, fg = stats
+    assert a["n"] == 12 and b["n"] == 9 and fg["n"] == 12  # 4 cases x 3 seeds; b absent from c2
+    assert a["mean_diff"] == pytest.approx(0.06)  # differences 0.05, 0.06, 0.07 over the seeds
+    assert 0.05 < a["ci_low"] < 0.06 < a["ci_high"] < 0.07 and a["p_value"] < 0.01
+    assert b["note"] == "no difference" and b["p_value"] is None
+    assert a["b"]["mean"] == pytest.approx(np.mean(SEG_CASES) + 0.01) and a["b"]["sd"] == pytest.approx(0.01)
+    assert a["a"]["sd"] == pytest.approx(0.0) and a["seeds"] == 3  # segexp is "b", MONAI "a": d = segexp - MONAI
+    seg_fg = [r[0]["foreground_dice"] for r in seeds]
+    assert fg["b"]["mean"] == pytest.approx(np.mean(seg_fg)) and fg["b"]["sd"] == pytest.approx(np.std(seg_fg, ddof=1))
+    assert accuracy.paired_stats(seeds, "steps") is None
+
+
+def _stats(seg: Sequence[float], peer: Sequence[float], seeds: int = 1) -> list[dict]:
+    runs = [
+        [
+            _row("segexp (plan)", _cases(seg, [0.3] * len(seg))),
+            _row("MONAI (PyTorch)", _cases(peer, [0.3] * len(peer)), "time"),
+        ]
+        for _ in range(seeds)
+    ]
+    stats = accuracy.paired_stats(runs, "time")
+    assert stats is not None
+    return stats
+
+
+def test_paired_verdict_states_the_mean_difference_its_ci_and_p() -> None:
+    ahead = _stats([0.70, 0.72, 0.68], [0.60, 0.64, 0.63], seeds=2)  # a: +0.10, +0.08, +0.05 -> fg half of it
+    text = accuracy.paired_verdict(ahead)
+    assert re.fullmatch(
+        r"segexp ≥ MONAI: mean difference \+0\.038 \[\+0\.0\d\d, \+0\.0\d\d\], p = 0\.0\d+ over 6 case×seed pairs "
+        r"\(CI above 0\)",
+        text,
     )
+    mixed = accuracy.paired_verdict(_stats([0.70, 0.60, 0.65], [0.60, 0.70, 0.66]))
+    assert mixed.startswith("segexp < MONAI: mean difference −0.002 [−0.05") and "CI includes 0" in mixed
+    assert "no p-value (n too small) over 3 case×seed pairs" in mixed
+    one = accuracy.paired_verdict(_stats([0.7], [0.6]))
+    assert "+0.050 –, no p-value (n too small) over 1 case×seed pair (no CI)" in one
+
+
+def test_target_verdict_is_on_the_paired_difference_against_monais_run() -> None:
+    seg = _row("segexp (plan)", _cases([0.7, 0.72], [0.5, 0.6]))
+    at_time = _row("MONAI (PyTorch)", _cases([0.6, 0.62], [0.5, 0.6]), "time")
+    at_steps = _row("MONAI (PyTorch)", _cases([0.8, 0.82], [0.5, 0.6]), "steps")
+    runs = [[seg, at_time, at_steps]]
+    time_stats, step_stats = accuracy.paired_stats(runs, "time"), accuracy.paired_stats(runs, "steps")
+    met = accuracy.target_verdict(runs[0], "time", time_stats)
+    assert met.startswith("target met — segexp ≥ MONAI: mean difference +0.050")
+    steps = accuracy.target_verdict(runs[0], "steps", step_stats)
+    assert steps.startswith("target NOT met: foreground Dice below MONAI's by 0.050 on average — segexp < MONAI")
+    blind = _row("segexp (plan)", _cases([0.9, 0.9], [0.0, 0.0]))  # ahead on average, but b at 0
+    weak = _row("MONAI (PyTorch)", _cases([0.4, 0.4], [0.1, 0.1]), "time")
+    missed = accuracy.target_verdict([blind, weak], "time", accuracy.paired_stats([[blind, weak]], "time"))
+    assert missed.startswith("target NOT met: at 0 where MONAI finds them: b — segexp ≥ MONAI")
     assert "one system only" in accuracy.target_verdict([at_time])
-    assert "no MONAI run at segexp's steps" in accuracy.target_verdict([seg, at_time], "steps")
+    assert "no MONAI run at segexp's steps" in accuracy.target_verdict([seg, at_time], "steps", None)
+
+
+def test_paired_table_and_section() -> None:
+    stats = _stats([0.70, 0.72, 0.68], [0.60, 0.64, 0.63], seeds=2)
+    stats.insert(1, {"class": "c", "n": 0, "note": "no case with a defined score on both sides", "seeds": 2,
+                     "a": {"mean": float("nan"), "sd": float("nan")}, "b": {"mean": 0.0, "sd": 0.0}})  # fmt: skip
+    lines = accuracy.paired_table(stats).splitlines()
+    assert lines[0] == (
+        "| structure | pairs | segexp, mean ± sd over 2 seeds | MONAI, mean ± sd over 2 seeds | segexp − MONAI "
+        "| 95% CI | p (Wilcoxon) |"
+    )
+    assert re.fullmatch(
+        r"\| a \| 6 \| 0\.700 ± 0\.000 \| 0\.623 ± 0\.000 \| \+0\.077 \| \[\+0\.0\d\d, \+0\.\d+\] \| 0\.0\d+ \|",
+        lines[2],
+    )
+    assert lines[3] == "| c | 0 | 0.000 ± 0.000 | – | – | – | no case with a defined score on both sides |"
+    assert lines[4] == "| b | 6 | 0.300 ± 0.000 | 0.300 ± 0.000 | +0.000 | [+0.000, +0.000] | no difference |"
+    assert lines[5].startswith("| foreground mean | 6 | ")
+    one = accuracy.paired_table(_stats([0.7], [0.6]))
+    assert "| segexp | MONAI |" in one and "| a | 1 | 0.700 | 0.600 | +0.100 | – | n too small |" in one
+    section = "\n".join(accuracy.paired_section({"time": stats, "steps": None}))
+    assert section.startswith("Paired, segexp − MONAI: Dice on the same (case, seed) pairs")
+    assert "At equal wall time:\n\n| structure |" in section and "equal steps" not in section
+    assert accuracy.paired_section({"time": None, "steps": None}) == []
+    data = json.loads(accuracy.paired_json({"time": stats, "steps": None}))
+    assert data["steps"] is None and data["time"][1]["a"]["mean"] is None and data["a"] == "MONAI (PyTorch)"
 
 
 def _fake_runs(
@@ -258,6 +369,7 @@ def _fake_runs(
     def row(system: str, overrides: list[str], seconds: float, steps: int, **extra) -> dict:
         seed = next((int(o[5:]) for o in overrides if o.startswith("seed=")), 0)
         fg = fg_of(system, overrides)
+        spread = (-0.03, 0.0, 0.03) if system.startswith("segexp") else (-0.01, 0.0, 0.01)
         return {
             "system": system,
             "epochs": 2 + seed,
@@ -266,8 +378,9 @@ def _fake_runs(
             "process_seconds": seconds + seed,
             "foreground_dice": fg,
             "dice": {"LV": fg, "RV": None if seed == 0 else 0.2},
-            "n": {"LV": 1, "RV": 0 if seed == 0 else 1},
-            "num_cases": 1,
+            "n": {"LV": 3, "RV": 0 if seed == 0 else 3},
+            "num_cases": 3,
+            "per_case": {f"p{i}": {"LV": fg + d, "RV": None if seed == 0 else 0.2} for i, d in enumerate(spread)},
             **extra,
         }
 
@@ -316,10 +429,18 @@ def test_main_gives_monai_segexps_process_time_and_steps_and_rewrites_blocks(
     assert "| segexp (plan) | training.max_time=4 | 2 | 6 | 47 s | 0.700 | 0.700 | – |" in text
     assert "| MONAI (PyTorch) | segexp's wall time | 2 | 9 | 47 s | 0.600 | 0.600 | – |" in text
     assert "| MONAI (PyTorch) | segexp's steps | 2 | 6 | 50 s | 0.600 | 0.600 | – |" in text
-    assert "**Equal wall time: target met.** Equal steps: target met." in text
+    verdict = "mean difference +0.100 [+0.080, +0.120], no p-value (n too small) over 3 case×seed pairs"
+    assert f"**Equal wall time: target met — segexp ≥ MONAI: {verdict} (CI above 0).** " in text
+    assert f"Equal steps: target met — segexp ≥ MONAI: {verdict} (CI above 0)." in text
+    assert text.count("Paired, segexp − MONAI: ") == 1 and "At equal wall time:" in text and "At equal steps:" in text
+    assert "| LV | 3 | 0.700 | 0.600 | +0.100 | [+0.080, +0.120] | n too small |" in text
+    assert "| RV | 0 | – | – | – | – | no case with a defined score on both sides |" in text
     assert "the `segexp-train` process from start to exit" in text and "PyTorch 2.x, MONAI 1.y" in text
     assert accuracy.main(argv) == 0  # a rerun replaces the block
     assert doc.read_text().count("<!-- accuracy:hvsmr_mini:begin -->") == 1
+    paired = json.loads((tmp_path / "out" / "hvsmr_mini" / "paired.json").read_text())
+    assert [r["class"] for r in paired["time"]] == ["LV", "RV", "foreground mean"]
+    assert paired["steps"][0]["mean_diff"] == pytest.approx(0.1)
     rows = json.loads((tmp_path / "out" / "hvsmr_mini" / "result.json").read_text())
     assert [(r["system"], r["matched"]) for r in rows] == [
         ("segexp (plan)", None),
@@ -359,10 +480,20 @@ def test_seeds_run_both_systems_per_seed_and_report_means(tmp_path: Path, monkey
     # segexp: 0.5 and 0.6 -> 0.55; RV scored only by seed 1; MONAI got segexp's process time of each seed (47, 48)
     assert "| segexp (plan) | training.max_time=4 | 2 | 6 | 48 s | 0.550 | 0.500, 0.600 | 0.550 | 0.200 |" in text
     assert "| MONAI (PyTorch) | segexp's wall time | 2 | 10 | 48 s | 0.550 | 0.550, 0.550 | 0.550 | 0.200 |" in text
-    assert "**Equal wall time: target met.**" in text and "Means over seeds 0, 1" in text
+    # paired over (case, seed): segexp 0.5 then 0.6 against MONAI's 0.55: -0.05 and +0.05 per case, mean 0
+    assert "| LV | 6 | 0.550 ± 0.071 | 0.550 ± 0.000 | +0.000 | [−0.040, +0.040] |" in text  # no "−0.000"
+    assert "| RV | 3 | 0.200 | 0.200 | +0.000 | [+0.000, +0.000] | n too small |" in text  # seed 1 only
+    assert (
+        "**Equal wall time: target NOT met: foreground Dice below MONAI's by 0.013 on average — segexp < MONAI" in text
+    )
+    assert "| foreground mean | 6 | 0.450 ± 0.071 | 0.463 ± 0.124 | −0.013 |" in text  # RV only in seed 1
+    assert "over 6 case×seed pairs (CI includes 0).**" in text and "Means over seeds 0, 1" in text
     assert "## hvsmr_mini, seeds 0 1\n<!-- accuracy:hvsmr_mini, seeds 0 1:begin -->" in text  # next to a one-seed block
     means = json.loads((tmp_path / "out" / "hvsmr_mini" / "result_seeds_0_1.json").read_text())
     assert [r["foreground_dice"] for r in means] == pytest.approx([0.55, 0.55, 0.55])  # beside, not over, result.json
+    assert all("per_case" not in r for r in means)  # one seed's cases: the paired file holds every seed's
+    paired = json.loads((tmp_path / "out" / "hvsmr_mini" / "paired_seeds_0_1.json").read_text())
+    assert paired["time"][0]["n"] == 6 and paired["time"][0]["seeds"] == 2
 
 
 @pytest.mark.slow

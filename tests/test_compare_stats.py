@@ -14,6 +14,7 @@ import pytest
 from scipy.stats import wilcoxon
 
 from segexp.cli.compare import main
+from segexp.evaluation.paired import FOREGROUND, compare_seeds, run_means, seed_spread
 from segexp.evaluation.statistics import (
     N_TOO_SMALL,
     NO_DIFFERENCE,
@@ -66,6 +67,59 @@ def test_paired_comparison_and_mean_sd() -> None:
     assert math.isnan(mean_sd([0.5])[1])
 
 
+def test_run_means_and_the_spread_over_seeds() -> None:
+    run = {("c1", "disc"): 0.5, ("c2", "disc"): 0.7, ("c1", "ring"): 0.9, ("c2", "ring"): math.nan}
+    # disc (0.5 + 0.7) / 2, ring 0.9 (c2 undefined), foreground the mean of the class means
+    assert run_means(run) == pytest.approx({"disc": 0.6, "ring": 0.9, FOREGROUND: 0.75})
+    assert run_means({("c1", "disc"): math.nan}) == {}
+    other = {("c1", "disc"): 0.7, ("c2", "disc"): 0.9, ("c1", "ring"): math.nan, ("c2", "ring"): math.nan}
+    spread = seed_spread([run, other], ["disc", "ring", FOREGROUND, "absent"])
+    assert spread["disc"] == pytest.approx({"mean": 0.7, "sd": math.sqrt(0.02), "seeds": 2})  # 0.6, 0.8
+    assert spread["ring"]["seeds"] == 1 and math.isnan(spread["ring"]["sd"])  # the other seed never scored it
+    assert spread[FOREGROUND]["mean"] == pytest.approx((0.75 + 0.8) / 2) and "absent" not in spread
+
+
+def _seeded(shift: float, seed: int, cases: list[str] = CASES[:4]) -> dict[tuple[str, str], float]:
+    return {(c, k): v for (c, k), v in _system(shift, seed, cases).items() if v is not None}
+
+
+def test_compare_seeds_pairs_seed_and_case_and_spreads_each_side_over_seeds() -> None:
+    a = [_seeded(0.0, 1), _seeded(0.0, 2), _seeded(0.0, 3)]
+    b = [_seeded(0.05 + 0.01 * s, 10 + s) for s in range(3)]  # B: +0.05, +0.06, +0.07 over seeds 0, 1, 2
+    b[1][("case00", "ring")] = math.nan  # undefined on one side: that pair left out
+    rows = {r["class"]: r for r in compare_seeds(a, b, n_resamples=1000)}
+    assert list(rows) == ["disc", "ring", FOREGROUND]
+    disc, ring, fg = rows["disc"], rows["ring"], rows[FOREGROUND]
+    assert disc["n"] == 12 and ring["n"] == 11 and fg["n"] == 12  # 4 cases x 3 seeds
+    assert disc["seeds"] == 3 and disc["mean_diff"] == pytest.approx(0.06, abs=0.01)
+    assert disc["ci_low"] < disc["mean_diff"] < disc["ci_high"] and disc["p_value"] < 0.01
+    assert disc["b"]["sd"] == pytest.approx(0.01, abs=0.005) and disc["a"]["sd"] < 0.01
+    assert fg["b"]["mean"] == pytest.approx(np.mean([run_means(s)[FOREGROUND] for s in b]))
+    assert fg["a"]["sd"] == pytest.approx(np.std([run_means(s)[FOREGROUND] for s in a], ddof=1))
+    # seed i of A against seed i of B: a shift in one seed moves the difference of that seed only
+    one = compare_seeds(a[:1], b[:1], n_resamples=200)[-1]
+    assert one["n"] == 4 and one["note"] == N_TOO_SMALL and math.isnan(one["a"]["sd"])
+    assert one["mean_diff"] == pytest.approx(0.05, abs=0.01)
+
+
+def test_compare_seeds_refuses_unmatched_seeds_or_cases() -> None:
+    with pytest.raises(ValueError, match="as many seeds"):
+        compare_seeds([_seeded(0, 1)], [_seeded(0, 1), _seeded(0, 2)])
+    with pytest.raises(ValueError, match="seed 1: the sides scored different"):
+        compare_seeds([_seeded(0, 1), _seeded(0, 2)], [_seeded(0, 1), _seeded(0, 2, CASES[1:5])])
+    only_nan = [{("c1", "disc"): math.nan}]
+    assert compare_seeds(only_nan, only_nan) == [
+        {
+            "class": "disc",
+            "n": 0,
+            "note": "no case with a defined score on both sides",
+            "a": {"mean": pytest.approx(math.nan, nan_ok=True), "sd": pytest.approx(math.nan, nan_ok=True)},
+            "b": {"mean": pytest.approx(math.nan, nan_ok=True), "sd": pytest.approx(math.nan, nan_ok=True)},
+            "seeds": 1,
+        }
+    ]
+
+
 # -- end to end, on per-case tables logged to MLflow runs
 
 
@@ -83,10 +137,12 @@ def _system(shift: float, noise_seed: int, cases: list[str] = CASES) -> dict[tup
     }
 
 
-def _log_run(root: Path, name: str, scores: dict, params: dict[str, str], parent: str | None = None) -> str:
+def _log_run(
+    root: Path, name: str, scores: dict, params: dict[str, str], parent: str | None = None, split: str = "test"
+) -> str:
     with sqlite_tracked_run(root, run_name=name, parent_run_id=parent) as tracker:
         tracker.log_params(params)
-        tracker.log_table(_cases_table(scores), "evaluation/test/cases.json")
+        tracker.log_table(_cases_table(scores), f"evaluation/{split}/cases.json")
     assert tracker.run_id is not None
     return tracker.run_id
 
@@ -142,6 +198,11 @@ def test_a_seeds_sweep_pools_its_children_and_shows_the_spread_over_seeds(
     report = json.loads(out.read_text())
     disc = report["seeds"]["B"]["disc"]
     assert disc["seeds"] == 3 and disc["sd"] == pytest.approx(0.02, abs=0.005)
+    child_fg = [run_means(_seeded(0.02 * seed, 10 + seed, CASES))[FOREGROUND] for seed in range(3)]
+    fg = report["seeds"]["B"][FOREGROUND]
+    assert fg["seeds"] == 3 and fg["mean"] == pytest.approx(np.mean(child_fg))
+    assert fg["sd"] == pytest.approx(np.std(child_fg, ddof=1))
+    assert set(report["seeds"]["B"]) == {"disc", "ring", FOREGROUND}
     rows = {r["class"]: r for r in report["rows"]}
     assert rows["disc"]["mean_diff"] == pytest.approx(0.02, abs=0.01)  # the mean over seeds per case
 
@@ -182,3 +243,56 @@ def test_a_run_folder_without_mlflow_reads_its_evaluation_csv(tmp_path: Path) ->
     system = open_system(str(run), "test", "dice", _uri(tmp_path))
     assert system.kind == "run" and system.runs[0].scores[("c1", "disc")] == 0.5
     assert math.isnan(system.pooled()[("c1", "ring")])
+
+
+def _cv_parent(root: Path, name: str, shift: float, noise_seed: int) -> str:
+    """A CV parent (tag ``segexp.kind=cv``) of 3 folds: fold ``f`` scored ``CASES[4f:4f+4]`` as its valid split
+    and two test cases shared by every fold."""
+    with sqlite_tracked_run(root, run_name=name, tags={"segexp.kind": "cv"}) as parent:
+        pass
+    assert parent.run_id is not None
+    for fold in range(3):
+        held_out = _system(shift, noise_seed + fold, CASES[4 * fold : 4 * fold + 4])
+        params = {"model.name": name, "dataset.fold": str(fold)}
+        with sqlite_tracked_run(root, run_name=f"fold={fold}", parent_run_id=parent.run_id) as child:
+            child.log_params(params)
+            child.log_table(_cases_table(held_out), "evaluation/valid/cases.json")
+            test = _system(shift + 0.1, 50 + noise_seed + fold, ["test0", "test1"])
+            child.log_table(_cases_table(test), "evaluation/test/cases.json")
+    return parent.run_id
+
+
+def test_a_cv_parent_is_compared_on_its_folds_held_out_cases(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = _cv_parent(tmp_path, "resunet", 0.0, 1)
+    b = _cv_parent(tmp_path, "flexunet", 0.03, 20)
+    out = tmp_path / "stats.json"
+    args = ["--tracking-uri", _uri(tmp_path), "--bootstrap", "500", "--json", str(out), "--stats"]
+    main([*args, a, b])  # no --split: each CV parent on valid, its 12 cross-validated cases
+    text = capsys.readouterr().out
+    assert f"A: {a} (3 folds pooled, cross-validation)" in text and "dice on split 'valid', 12 cases paired" in text
+    report = json.loads(out.read_text())
+    assert report["a"]["kind"] == report["b"]["kind"] == "cv" and report["a"]["split"] == "valid"
+    assert report["seeds"] == {}  # folds are no seeds
+    fg = {r["class"]: r for r in report["rows"]}[FOREGROUND]
+    assert fg["n"] == 12 and fg["mean_diff"] == pytest.approx(0.03, abs=0.01)
+    main([*args, a, b, "--split", "test"])  # --split given wins: the test cases, each the mean over the folds
+    assert "dice on split 'test', 2 cases paired" in capsys.readouterr().out
+    assert json.loads(out.read_text())["b"]["split"] == "test"
+    # a run beside a CV parent: the run on test, the parent on valid (here the run's test cases are the same)
+    run = _log_run(tmp_path, "external", _system(0.0, 99), {"model.name": "other"})
+    main([*args, a, run])
+    assert "dice on splits valid (A), test (B), 12 cases paired" in capsys.readouterr().out
+    alone = _log_run(tmp_path, "alone", _system(0.0, 98, ["x"]), {})
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit):
+        main([*args, a, alone])
+    assert f"A ({a}, split 'valid') and B ({alone}, split 'test') share no (case, class)" in caplog.text
+
+
+def test_default_split() -> None:
+    from segexp.tracking.cases import default_split
+
+    assert default_split(None, {"segexp.kind": "cv"}) == "valid"
+    assert default_split(None, {"segexp.kind": "sweep"}) == default_split(None, {}) == "test"
+    assert default_split("test", {"segexp.kind": "cv"}) == "test"  # --split given wins

@@ -2,6 +2,10 @@
 compare two systems (runs, sweeps or CV parents) case by case.
 
     segexp-compare --stats <run A> <run B> [--split test] [--metric dice] [--json stats.json]
+
+Without ``--split`` each side is compared on the test split, except a cross-validation parent (tag
+``segexp.kind=cv``, from ``segexp-cv``), which is compared on ``valid``: its folds' held-out cases, each scored
+once by the fold that did not train on it. ``--split`` given applies to both sides.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 from segexp.cli.shell import user_errors_exit
 from segexp.config.resolvers import project_root
 from segexp.evaluation.paired import compare_systems, format_comparison, report_json
-from segexp.tracking.cases import open_system
+from segexp.tracking.cases import CV_KIND, CV_SPLIT, DEFAULT_SPLIT, KIND_TAG, open_system
 from segexp.tracking.compare import DEFAULT_METRIC, compare, latest_parent
 from segexp.tracking.sweep import parent_run_id
 
@@ -30,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         nargs=2,
         metavar=("A", "B"),
         help="compare two systems case by case (each a run id, run or sweep folder, models:/..., or a sweep / CV "
-        "parent run id): per class the mean difference B - A, its bootstrap CI and a Wilcoxon p-value",
+        "parent run id): per class the mean difference B - A, its bootstrap CI and a Wilcoxon p-value; a CV parent "
+        f"is compared on its folds' held-out cases ({CV_SPLIT}) unless --split is given",
     )
     parser.add_argument(
         "--tracking-uri",
@@ -45,7 +50,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--per-class", action="store_true", help="add a column per class: test/dice/<class>")
     parser.add_argument("--no-log", action="store_true", help="do not log the CSV and plot to the parent run")
     stats = parser.add_argument_group("--stats")
-    stats.add_argument("--split", default="test", help="the evaluated split whose per-case scores are compared")
+    stats.add_argument(
+        "--split",
+        default=None,
+        help=f"the evaluated split whose per-case scores are compared, on both sides (default: {DEFAULT_SPLIT}; a "
+        f"cross-validation parent, tag {KIND_TAG}={CV_KIND}: {CV_SPLIT}, its folds' held-out cases)",
+    )
     stats.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples of the cases")
     stats.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     stats.add_argument("--intersect", action="store_true", help="compare the shared cases when the sides differ")
@@ -75,9 +85,7 @@ def compare_stats(args: argparse.Namespace) -> str:
     """``--stats A B``: the comparison's text (and ``--json``)."""
     metric = args.metric or "dice"
     a, b = (open_system(s, args.split, metric, args.tracking_uri) for s in args.stats)
-    report = compare_systems(
-        a, b, split=args.split, metric=metric, n_resamples=args.bootstrap, seed=args.seed, intersect=args.intersect
-    )
+    report = compare_systems(a, b, metric=metric, n_resamples=args.bootstrap, seed=args.seed, intersect=args.intersect)
     if args.json is not None:
         args.json.write_text(report_json(report))
     return format_comparison(report)

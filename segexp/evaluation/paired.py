@@ -3,8 +3,12 @@
 Each side is a run or a sweep / CV parent (:mod:`segexp.tracking.cases`); their per-case scores are paired by
 ``(case, class)``. Per class: the pairs where both scores are defined; the foreground mean: per case, the mean
 over the classes paired in that case, so the bootstrap resamples cases (:mod:`segexp.evaluation.statistics`).
-A parent whose children differ only in ``seed`` also gets, per class, the mean ± sd over its seeds of each
-child's mean score.
+A parent whose children differ only in ``seed`` also gets, per class and for the foreground mean, the mean ± sd
+over its seeds of each child's run-level mean (:func:`run_means`).
+
+:func:`compare_seeds` compares two systems that were each run once per seed on the same cases (seed ``i`` of
+one against seed ``i`` of the other): the paired units are the (seed, case) pairs, and each side's spread is
+the mean ± sd over its seeds of its run-level means (``scripts/accuracy.py``: segexp against MONAI).
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from segexp.core.errors import RunError
 from segexp.evaluation.statistics import mean_sd, paired_comparison
@@ -50,45 +54,121 @@ def _unshared(a: Scores, b: Scores, label_a: str, label_b: str) -> list[str]:
     return lines
 
 
-def _per_case_fg(a: Scores, b: Scores, keys: Sequence[tuple[str, str]]) -> tuple[list[float], list[float]]:
-    """Per case, the mean over its paired classes of A's and of B's score."""
-    by_case: dict[str, list[tuple[float, float]]] = defaultdict(list)
+#: The unit paired scores are keyed by, with the class: a case (``segexp-compare``) or a (seed, case) pair.
+Unit = TypeVar("Unit", bound=Hashable)
+
+
+def _per_unit_fg(
+    a: Mapping[tuple[Unit, str], float], b: Mapping[tuple[Unit, str], float], keys: Sequence[tuple[Unit, str]]
+) -> tuple[list[float], list[float]]:
+    """Per unit (``key[0]``: a case, or a (seed, case) pair), the mean over its paired classes of A's and of B's
+    score, units in the order they first appear in ``keys``."""
+    by_unit: dict[Unit, list[tuple[float, float]]] = defaultdict(list)
     for key in keys:
-        by_case[key[0]].append((a[key], b[key]))
-    cases = sorted(by_case)
+        by_unit[key[0]].append((a[key], b[key]))
     return (
-        [sum(x for x, _ in by_case[c]) / len(by_case[c]) for c in cases],
-        [sum(y for _, y in by_case[c]) / len(by_case[c]) for c in cases],
+        [sum(x for x, _ in pairs) / len(pairs) for pairs in by_unit.values()],
+        [sum(y for _, y in pairs) / len(pairs) for pairs in by_unit.values()],
     )
 
 
-def _seed_spread(system: System, classes: Sequence[str]) -> dict[str, dict[str, float]]:
-    """``{class: {"mean", "sd", "seeds"}}``: over the children, each child's mean score of the class (its cases)."""
+def paired_rows(
+    a: Mapping[tuple[Unit, str], float],
+    b: Mapping[tuple[Unit, str], float],
+    keys: Sequence[tuple[Unit, str]],
+    classes: Sequence[str],
+    *,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Per class of ``classes``, then :data:`FOREGROUND`, ``{"class": ..., **PairedResult}`` of ``a`` and ``b``
+    on ``keys`` (the ``(unit, class)`` pairs defined on both sides; differences ``b - a``). A class with no
+    such pair: ``{"class", "n": 0, "note"}``; no foreground row when ``keys`` is empty."""
+    rows: list[dict[str, Any]] = []
+    for name in classes:
+        mine = [k for k in keys if k[1] == name]
+        if not mine:
+            rows.append({"class": name, "n": 0, "note": "no case with a defined score on both sides"})
+            continue
+        result = paired_comparison([a[k] for k in mine], [b[k] for k in mine], n_resamples, seed, confidence)
+        rows.append({"class": name, **result.as_dict()})
+    if keys:
+        fg_a, fg_b = _per_unit_fg(a, b, keys)
+        rows.append({"class": FOREGROUND, **paired_comparison(fg_a, fg_b, n_resamples, seed, confidence).as_dict()})
+    return rows
+
+
+def run_means(scores: Scores) -> dict[str, float]:
+    """One run's level scores: per class ``k``, ``m_k`` = the mean of its defined (non-NaN) case scores; and
+    :data:`FOREGROUND` = ``(1/K) Σ_k m_k`` over the ``K`` classes with a mean, as the run's evaluation reports its
+    foreground mean (``summary.json`` ``mean.foreground_mean``, ``test/dice_fg_mean``)."""
+    by_class: dict[str, list[float]] = defaultdict(list)
+    for (_, name), value in scores.items():
+        if not math.isnan(value):
+            by_class[name].append(value)
+    means = {name: sum(values) / len(values) for name, values in by_class.items()}
+    if means:
+        means[FOREGROUND] = sum(means.values()) / len(means)
+    return means
+
+
+def seed_spread(runs: Sequence[Scores], names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{name: {"mean", "sd", "seeds"}}`` for each of ``names`` (classes, :data:`FOREGROUND`): the mean and sd
+    (:func:`~segexp.evaluation.statistics.mean_sd`, ``ddof=1``) over ``runs`` (one per seed) of each run's
+    :func:`run_means`; ``seeds``: the runs with a mean of that name (a name no run has a mean of is left out)."""
+    levels = [run_means(scores) for scores in runs]
     spread = {}
-    for name in [*classes, FOREGROUND]:
-        child_means = []
-        for run in system.runs:
-            if name == FOREGROUND:
-                per_case: dict[str, list[float]] = defaultdict(list)
-                for (case, _), v in run.scores.items():
-                    if not math.isnan(v):
-                        per_case[case].append(v)
-                values = [sum(v) / len(v) for v in per_case.values()]
-            else:
-                values = [v for (_, k), v in run.scores.items() if k == name and not math.isnan(v)]
-            if values:
-                child_means.append(sum(values) / len(values))
-        if child_means:
-            mean, sd = mean_sd(child_means)
-            spread[name] = {"mean": mean, "sd": sd, "seeds": len(child_means)}
+    for name in names:
+        values = [level[name] for level in levels if name in level]
+        if values:
+            mean, sd = mean_sd(values)
+            spread[name] = {"mean": mean, "sd": sd, "seeds": len(values)}
     return spread
+
+
+def compare_seeds(
+    a: Sequence[Scores],
+    b: Sequence[Scores],
+    *,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Two systems each run once per seed on the same cases: ``a[i]``, ``b[i]`` the ``{(case, class): score}``
+    of seed ``i`` (differences ``b - a``). Per class (in the order ``a`` first names them), then
+    :data:`FOREGROUND`, a row of :func:`paired_rows` over the (seed, case) units (``n``: the (seed, case) pairs
+    with both scores defined; the foreground: per unit, the mean over its paired classes), plus ``seeds`` and
+    ``a``, ``b``: ``{"mean", "sd"}`` of :func:`seed_spread` (NaN when the side has no defined score of that
+    class). The (seed, case) pairs of one case are not independent (the same images), so the bootstrap interval
+    over them is narrower than one over cases would be; with one seed the units are the cases. Raises
+    :class:`ValueError` when the numbers of seeds differ or a seed's sides scored different ``(case, class)``
+    pairs."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"compare_seeds needs as many seeds on each side (at least one), got {len(a)} and {len(b)}")
+    for i, (x, y) in enumerate(zip(a, b)):
+        if set(x) != set(y):
+            only = sorted(set(x) ^ set(y))
+            raise ValueError(f"seed {i}: the sides scored different (case, class) pairs, e.g. {only[:3]}")
+    units_a = {((i, case), name): v for i, scores in enumerate(a) for (case, name), v in scores.items()}
+    units_b = {((i, case), name): v for i, scores in enumerate(b) for (case, name), v in scores.items()}
+    keys = [k for k in units_a if not (math.isnan(units_a[k]) or math.isnan(units_b[k]))]
+    classes = list(dict.fromkeys(name for scores in a for _, name in scores))
+    spreads = {side: seed_spread(runs, [*classes, FOREGROUND]) for side, runs in (("a", a), ("b", b))}
+    nan = {"mean": math.nan, "sd": math.nan}
+    rows = paired_rows(units_a, units_b, keys, classes, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    for row in rows:
+        for side, spread in spreads.items():
+            found = spread.get(row["class"])
+            row[side] = {"mean": found["mean"], "sd": found["sd"]} if found else dict(nan)
+        row["seeds"] = len(a)
+    return rows
 
 
 def compare_systems(
     a: System,
     b: System,
     *,
-    split: str,
     metric: str,
     n_resamples: int = 10_000,
     seed: int = 0,
@@ -98,14 +178,16 @@ def compare_systems(
     """The comparison of ``a`` and ``b`` (differences ``b - a``) as a JSON-ready dict: ``rows`` (per class, then
     the foreground mean), ``unshared`` (pairs one side lacks), ``seeds`` (mean ± sd per side that varies only
     ``seed``), ``notes``. Cases or classes one side lacks are an error unless ``intersect`` (then the shared
-    pairs are compared and ``unshared`` names the rest); no shared pair at all is always an error."""
+    pairs are compared and ``unshared`` names the rest); no shared pair at all is always an error. ``split``: the
+    sides' split (:attr:`System.split`), ``"valid (A), test (B)"`` when they differ."""
+    split = a.split if a.split == b.split else f"{a.split} (A), {b.split} (B)"
     sa, sb = a.pooled(), b.pooled()
     unshared = _unshared(sa, sb, f"A ({a.source})", f"B ({b.source})")
     shared = sorted(set(sa) & set(sb))
     if not shared:
         cases_a, cases_b = sorted({c for c, _ in sa}), sorted({c for c, _ in sb})
         raise RunError(
-            f"A ({a.source}) and B ({b.source}) share no (case, class) on split {split!r}: "
+            f"A ({a.source}, split {a.split!r}) and B ({b.source}, split {b.split!r}) share no (case, class): "
             f"A has cases {_names(cases_a)}; B has cases {_names(cases_b)}"
         )
     if unshared and not intersect:
@@ -116,25 +198,19 @@ def compare_systems(
         )
     defined = [k for k in shared if not (math.isnan(sa[k]) or math.isnan(sb[k]))]
     classes = sorted({k for _, k in shared})
-    rows = []
-    for name in classes:
-        keys = [k for k in defined if k[1] == name]
-        if not keys:
-            rows.append({"class": name, "n": 0, "note": "no case with a defined score on both sides"})
-            continue
-        result = paired_comparison([sa[k] for k in keys], [sb[k] for k in keys], n_resamples, seed, confidence)
-        rows.append({"class": name, **result.as_dict()})
-    if defined:
-        fg_a, fg_b = _per_case_fg(sa, sb, defined)
-        rows.append({"class": FOREGROUND, **paired_comparison(fg_a, fg_b, n_resamples, seed, confidence).as_dict()})
+    rows = paired_rows(sa, sb, defined, classes, n_resamples=n_resamples, seed=seed, confidence=confidence)
     undefined = len(shared) - len(defined)
     notes = [*a.notes, *b.notes]
     if undefined:
         notes.append(f"{undefined} (case, class) pairs left out: {metric} undefined on one side or both")
-    seeds = {side: _seed_spread(s, classes) for side, s in (("A", a), ("B", b)) if s.varies_only_seed()}
+    seeds = {
+        side: seed_spread([r.scores for r in s.runs], [*classes, FOREGROUND])
+        for side, s in (("A", a), ("B", b))
+        if s.varies_only_seed()
+    }
     return {
-        "a": {"source": a.source, "kind": a.kind, "runs": [r.name for r in a.runs]},
-        "b": {"source": b.source, "kind": b.kind, "runs": [r.name for r in b.runs]},
+        "a": {"source": a.source, "kind": a.kind, "split": a.split, "runs": [r.name for r in a.runs]},
+        "b": {"source": b.source, "kind": b.kind, "split": b.split, "runs": [r.name for r in b.runs]},
         "split": split,
         "metric": metric,
         "difference": "B - A",
@@ -151,7 +227,15 @@ def compare_systems(
 
 def _side(side: dict[str, Any]) -> str:
     runs = side["runs"]
-    return side["source"] if side["kind"] == "run" else f"{side['source']} ({len(runs)} runs pooled)"
+    if side["kind"] == "run":
+        return side["source"]
+    pooled = f"{len(runs)} folds pooled, cross-validation" if side["kind"] == "cv" else f"{len(runs)} runs pooled"
+    return f"{side['source']} ({pooled})"
+
+
+def _split(split: str) -> str:
+    """``split 'test'``, or ``splits valid (A), test (B)`` when the sides were scored on different splits."""
+    return f"split {split!r}" if " " not in split else f"splits {split}"
 
 
 def format_comparison(report: dict[str, Any]) -> str:
@@ -160,7 +244,7 @@ def format_comparison(report: dict[str, Any]) -> str:
     lines = [
         f"A: {_side(report['a'])}",
         f"B: {_side(report['b'])}",
-        f"{report['metric']} on split {report['split']!r}, {report['cases']} cases paired; difference B - A, "
+        f"{report['metric']} on {_split(report['split'])}, {report['cases']} cases paired; difference B - A, "
         f"{level}% percentile bootstrap CI ({report['bootstrap_resamples']} resamples of the cases, seed "
         f"{report['seed']}), Wilcoxon signed-rank p (two-sided)",
         "",
@@ -185,7 +269,11 @@ def format_comparison(report: dict[str, Any]) -> str:
     lines.append(format_table(["class", "n", "mean A", "mean B", "B - A", ci, "p (Wilcoxon)"], table))
     for side, spread in report["seeds"].items():
         seeds = max(s["seeds"] for s in spread.values())
-        lines += ["", f"{side}: mean ± sd (ddof=1) over {seeds} seeds of each seed's mean {report['metric']}"]
+        lines += [
+            "",
+            f"{side}: mean ± sd (ddof=1) over {seeds} seeds of each seed's mean {report['metric']} "
+            "(foreground mean: over the classes of the seed's class means)",
+        ]
         lines += [f"  {name}: {s['mean']:.4f} ± {s['sd']:.4f}" for name, s in spread.items()]
     if report["unshared"]:
         lines += ["", "compared on the shared cases only: " + "; ".join(report["unshared"])]
@@ -204,5 +292,6 @@ def _null_nan(value: Any) -> Any:
 
 
 def report_json(report: dict[str, Any]) -> str:
-    """The report of :func:`compare_systems` as JSON (an undefined value, NaN, as ``null``)."""
+    """The report of :func:`compare_systems` (or any JSON-ready dict, e.g. :func:`compare_seeds`' rows) as JSON
+    (an undefined value, NaN, as ``null``)."""
     return json.dumps(_null_nan(report), indent=2)

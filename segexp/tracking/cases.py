@@ -5,6 +5,11 @@ parent (its MLflow run id or the sweep folder holding ``mlflow_parent.json``), w
 A run's scores are its evaluation's table of every case and class: the MLflow artifact
 ``evaluation/<split>/cases.json`` (:func:`segexp.evaluation.reports.case_table`), else, for a run folder, its
 ``evaluation/evaluation.csv`` when ``evaluation/summary.json`` says it scored that split.
+
+Which split: the one asked for; when none is asked, ``valid`` for a cross-validation parent (tag
+``segexp.kind=cv``: each fold's child scored its held-out cases as ``evaluation/valid/cases.json``, so the
+children together score every case once, cross-validated) and ``test`` for anything else
+(:func:`default_split`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,13 @@ from segexp.tracking.sweep import PARENT_FILE, changed_params, children
 #: ``{(case, class): score}``; NaN where the score is undefined (e.g. Dice of a class absent from truth and prediction).
 Scores = dict[tuple[str, str], float]
 
+#: The tag that says what a parent run groups; ``cv``: the folds of a cross-validation (``segexp-cv``).
+KIND_TAG = "segexp.kind"
+CV_KIND = "cv"
+#: The split compared when none is given: a CV parent's folds' held-out cases, else the test split.
+CV_SPLIT = "valid"
+DEFAULT_SPLIT = "test"
+
 
 @dataclass
 class RunScores:
@@ -41,12 +53,14 @@ class RunScores:
 
 @dataclass
 class System:
-    """What one side of a comparison is: ``source`` as given, ``kind`` (``run`` or ``parent``), its ``runs``
-    (one, or the parent's finished children) and ``notes`` (children left out, and why)."""
+    """What one side of a comparison is: ``source`` as given, ``kind`` (``run``, ``parent`` or ``cv``: a
+    cross-validation parent), its ``runs`` (one, or the parent's finished children), the ``split`` they were
+    scored on and ``notes`` (children left out, and why)."""
 
     source: str
     kind: str
     runs: list[RunScores]
+    split: str = DEFAULT_SPLIT
     notes: list[str] = field(default_factory=list)
 
     def pooled(self) -> Scores:
@@ -66,6 +80,14 @@ class System:
     def varies_only_seed(self) -> bool:
         """A parent whose finished children differ only in ``seed`` (paths and tracking settings aside)."""
         return self.kind == "parent" and len(self.runs) > 1 and changed_params_of(self.runs) == ["seed"]
+
+
+def default_split(split: str | None, tags: Mapping[str, str]) -> str:
+    """``split`` when given; else :data:`CV_SPLIT` for a run tagged ``segexp.kind=cv`` (a cross-validation
+    parent), :data:`DEFAULT_SPLIT` for any other."""
+    if split is not None:
+        return split
+    return CV_SPLIT if tags.get(KIND_TAG) == CV_KIND else DEFAULT_SPLIT
 
 
 def changed_params_of(runs: Sequence[RunScores]) -> list[str]:
@@ -134,19 +156,21 @@ def _run_record(run_dir: Path) -> tuple[str | None, str | None]:
     return data.get("run_id"), data.get("tracking_uri")
 
 
-def open_system(source: str, split: str, metric: str, tracking_uri: str) -> System:
-    """The system ``source`` names, with its runs' per-case ``metric`` on ``split``: a sweep folder
-    (``mlflow_parent.json``) or a parent run id (a run with children): its finished children; a run folder, a run
-    id or a registered model (``models:/...``): that run."""
+def open_system(source: str, split: str | None, metric: str, tracking_uri: str) -> System:
+    """The system ``source`` names, with its runs' per-case ``metric`` on ``split`` (None: :func:`default_split`):
+    a sweep folder (``mlflow_parent.json``) or a parent run id (a run with children): its finished children; a
+    run folder, a run id or a registered model (``models:/...``): that run."""
     path = Path(source).expanduser()
     if path.is_dir():
         if (path / PARENT_FILE).is_file():
             record = json.loads((path / PARENT_FILE).read_text())
-            return _parent_system(source, record["run_id"], record.get("tracking_uri") or tracking_uri, split, metric)
+            uri = record.get("tracking_uri") or tracking_uri
+            return _parent_system(source, _get_run(record["run_id"], uri), uri, split, metric)
         run_id, uri = _run_record(path)
-        scores = read_run_scores(uri, run_id, path, split, metric, f"run folder {source}")
+        chosen = split or DEFAULT_SPLIT
+        scores = read_run_scores(uri, run_id, path, chosen, metric, f"run folder {source}")
         params = _params(uri, run_id) if run_id and uri else {}
-        return System(source, "run", [RunScores(path.name, run_id, params, scores)])
+        return System(source, "run", [RunScores(path.name, run_id, params, scores)], chosen)
     if source.startswith("models:/"):
         run_id = registered_run_id(source, tracking_uri)
     elif RUN_ID.match(source):
@@ -156,38 +180,51 @@ def open_system(source: str, split: str, metric: str, tracking_uri: str) -> Syst
             f"{source!r} is neither a run or sweep folder nor an MLflow run id (32 hex characters) nor a "
             "registered model (models:/<name>@<alias>)"
         )
+    run = _get_run(run_id, tracking_uri)
+    if children(run_id):
+        return _parent_system(source, run, tracking_uri, split, metric)
+    chosen = split or DEFAULT_SPLIT
+    run_dir = Path(run.data.tags["run_dir"]) if "run_dir" in run.data.tags else None
+    where = f"run {run.info.run_name or run_id} ({run_id})"
+    scores = read_run_scores(tracking_uri, run_id, run_dir, chosen, metric, where)
+    name = run.info.run_name or run_id
+    return System(source, "run", [RunScores(name, run_id, dict(run.data.params), scores)], chosen)
+
+
+def _get_run(run_id: str, uri: str) -> Any:
+    """The MLflow run ``run_id`` at ``uri``; :class:`RunError` when it cannot be read."""
     from mlflow.exceptions import MlflowException
 
     try:
-        run = retry_locked(mlflow_client(tracking_uri).get_run, run_id)
+        return retry_locked(mlflow_client(uri).get_run, run_id)
     except MlflowException as err:
-        raise RunError(f"MLflow run {run_id} at {tracking_uri}: {str(err).splitlines()[0]}") from err
-    if children(run_id):
-        return _parent_system(source, run_id, tracking_uri, split, metric)
-    run_dir = Path(run.data.tags["run_dir"]) if "run_dir" in run.data.tags else None
-    where = f"run {run.info.run_name or run_id} ({run_id})"
-    scores = read_run_scores(tracking_uri, run_id, run_dir, split, metric, where)
-    return System(source, "run", [RunScores(run.info.run_name or run_id, run_id, dict(run.data.params), scores)])
+        raise RunError(f"MLflow run {run_id} at {uri}: {str(err).splitlines()[0]}") from err
 
 
 def _params(uri: str, run_id: str) -> dict[str, str]:
     return dict(retry_locked(mlflow_client(uri).get_run, run_id).data.params)
 
 
-def _parent_system(source: str, parent: str, uri: str, split: str, metric: str) -> System:
+def _parent_system(source: str, parent: Any, uri: str, split: str | None, metric: str) -> System:
+    """The finished children of the MLflow run ``parent``, scored on ``split`` (None: :func:`default_split` of
+    the parent's tags: ``valid`` for a CV parent)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)  # children() searches the current store
+    tags = parent.data.tags
+    chosen = default_split(split, tags)
     runs, notes = [], []
-    for child in sorted(children(parent), key=lambda r: r.info.run_name or ""):
+    for child in sorted(children(parent.info.run_id), key=lambda r: r.info.run_name or ""):
         name = child.info.run_name or child.info.run_id
         if child.info.status != "FINISHED":
             notes.append(f"{source}: child {name} left out ({child.info.status})")
             continue
         run_dir = Path(child.data.tags["run_dir"]) if "run_dir" in child.data.tags else None
         where = f"{source}: child {name} ({child.info.run_id})"
-        scores = read_run_scores(uri, child.info.run_id, run_dir, split, metric, where)
+        scores = read_run_scores(uri, child.info.run_id, run_dir, chosen, metric, where)
         runs.append(RunScores(name, child.info.run_id, dict(child.data.params), scores))
+    kind = CV_KIND if tags.get(KIND_TAG) == CV_KIND else "parent"
     if not runs:
-        raise RunError(f"{source}: sweep parent {parent} has no finished child runs")
-    return System(source, "parent", runs, notes)
+        what = "cross-validation" if kind == CV_KIND else "sweep"
+        raise RunError(f"{source}: {what} parent {parent.info.run_id} has no finished child runs")
+    return System(source, kind, runs, chosen, notes)
