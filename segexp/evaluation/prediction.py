@@ -403,7 +403,7 @@ def infer(
     postprocessing = for_run(source, postprocess)
     if postprocessing is not None and postprocessing.active:
         log.info(
-            "postprocessing (chosen on validation): %s",
+            "postprocessing (chosen on held-out cases): %s",
             "; ".join(f"{n}: {r.describe()}" for n, r in postprocessing.active.items()),
         )
     model = source.load_model(precision)

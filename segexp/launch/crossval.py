@@ -29,6 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from segexp.config.options import PostprocessMode
+from segexp.core.errors import EvaluationError
 from segexp.core.files import atomic_write_text
 from segexp.evaluation.crossval import (
     FOLD_FILE,
@@ -43,8 +44,10 @@ from segexp.evaluation.crossval import (
     summarise,
     summary_metrics,
 )
+from segexp.evaluation.ensemble import open_ensemble
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.evaluation.postprocess import Postprocessing
+from segexp.evaluation.reports import evaluate_run
 from segexp.evaluation.scoring import class_tolerances
 from segexp.tracking.runs import MLFLOW_RUN_FILE
 from segexp.tracking.sweep import parent_run_id
@@ -178,10 +181,29 @@ def finish_cross_validation(sweep_dir: Path, folds: int, tracking_uri: str | Non
     summary["fold_runs"] = index["fold_runs"]
     atomic_write_text(sweep_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
     atomic_write_text(sweep_dir / CV_FILE, json.dumps(index, indent=2))
-    log.info("%s", describe(summary))
     if parent is not None and tracking_uri:
         log_to_parent(Tracker(parent, tracking_uri), sweep_dir, summary, post)
+    if list(OmegaConf.select(config, "dataset.cases.test", default=[]) or []):
+        summary["ensemble_test"] = ensemble_on_test(sweep_dir, tracking_uri if parent else None)
+        atomic_write_text(sweep_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+    log.info("%s", describe(summary))
     return summary
+
+
+def ensemble_on_test(sweep_dir: Path, tracking_uri: str | None) -> dict[str, Any]:
+    """The fold ensemble's own score on the held-out test split (no fold saw it), with the CV's postprocessing:
+    reports in ``<sweep dir>/ensemble_test/``, metrics ``ensemble_test/...`` on the parent run; returns the means."""
+    source = open_ensemble(str(sweep_dir), tracking_uri)
+    if source is None:  # cannot happen after cv.json was written; named anyway
+        raise EvaluationError(f"{sweep_dir}: no fold ensemble to score on the test split")
+    scored = evaluate_run(source, sweep_dir / "ensemble_test", split="test", log_to_run=tracking_uri is not None)
+    return {
+        "folds": [f.fold for f in source.folds],
+        "num_cases": scored["num_cases"],
+        "mean": {name: stats["dice"]["mean"] for name, stats in scored["mean"]["per_class"].items()},
+        "foreground_mean": scored["mean"]["foreground_mean"],
+        "reports": str(sweep_dir / "ensemble_test"),
+    }
 
 
 def log_to_parent(tracker: Tracker, sweep_dir: Path, summary: Mapping[str, Any], post: Postprocessing | None) -> None:
@@ -220,6 +242,12 @@ def describe(summary: Mapping[str, Any]) -> str:
         lines.append(
             f"after postprocessing ({len(post['rules'])} rule(s) kept): "
             f"foreground mean Dice {fmt(post['foreground_mean']['dice'])}"
+        )
+    if summary.get("ensemble_test"):
+        test = summary["ensemble_test"]
+        lines.append(
+            f"fold ensemble ({len(test['folds'])} folds) on the test split ({test['num_cases']} cases, seen by no "
+            f"fold): foreground mean Dice {fmt(test['foreground_mean']['dice'])}"
         )
     for missing in summary["folds_missing"]:
         lines.append(f"fold {missing['fold']} LEFT OUT: {missing['why']}")
