@@ -231,3 +231,37 @@ def test_segexp_cv_summarises_folds_on_the_parent_and_resume_trains_only_missing
     assert [r.status for r in fold_runs(sweep, 2)] == ["finished", "finished"]
     again = json.loads((sweep / "cv_summary.json").read_text())
     assert math.isclose(again["statistics"]["square"]["dice"]["mean"], dice["mean"], abs_tol=0.05)
+
+
+def _complete(sweep: Path, folds: int) -> dict:
+    summary = json.loads((sweep / "cv_summary.json").read_text())
+    assert summary["complete"] and summary["folds_used"] == list(range(folds))
+    return summary
+
+
+def test_segexp_cv_runs_the_folds_in_parallel_with_joblib(tmp_path: Path, flat_folder: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    result = _cv(tmp_path, "cv.folds=2", f"dataset.root={flat_folder}", "launcher=joblib")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "cv").glob("*/*")
+    summary = _complete(sweep, 2)
+    assert sorted(r["case"] for r in summary["metric_per_case"]) == [f"p{k}" for k in range(5)]
+
+
+def test_the_plan_keeps_the_folds_cases(tmp_path: Path, flat_folder: Path) -> None:
+    """The plan composes the config anew from the command line: the fold's cases must survive it."""
+    from hydra import initialize_config_dir
+
+    from segexp.config.schema import CONF_DIR
+    from segexp.planning.apply import planned_run_config
+    from segexp.planning.plan import compose_train
+
+    overrides = [*TINY_DATASET_OVERRIDES, f"dataset.root={flat_folder}", f"paths.root={tmp_path}", "cv.folds=5"]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for fold in (1, 3):
+            line = [*overrides, f"cv.fold={fold}"]
+            planned, _ = planned_run_config(compose_train(line), line, tmp_path / f"run{fold}")
+            assert planned.plan.enabled and dict(planned.dataset.cases)["valid"] == [
+                assign_folds(planned.dataset, 5, fold, 0, []).cases()["valid"][0]
+            ]
+            assert len(planned.dataset.cases["train"]) == 4

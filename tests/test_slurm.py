@@ -346,3 +346,16 @@ def test_sweep_on_slurm_requeues_resume_and_a_failure_is_recorded(slurm_env: dic
     assert parent.info.status == "FINISHED"
     assert (parent.data.tags["children_finished"], parent.data.tags["children_failed"]) == ("2", "1")
     assert parent.data.tags["best_child_run_id"] in {kids["4"].info.run_id, kids["8"].info.run_id}
+
+
+@pytest.mark.slow  # CI time: two SLURM jobs on the local cluster
+def test_cross_validation_runs_its_folds_as_slurm_jobs(slurm_env: dict[str, str], tmp_path: Path) -> None:
+    """segexp-cv on SLURM: each fold a job, the summary (with the fold ensemble on the test patient) at the end."""
+    job = [o for o in SLURM_JOB if not o.startswith("training.evaluate_after")]
+    cmd = [sys.executable, "-m", "segexp.cli.cv", "cv.folds=2", *job, "plan=none", f"paths.root={tmp_path}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=slurm_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "cv").glob("*/*")
+    summary = json.loads((sweep / "cv_summary.json").read_text())
+    assert summary["complete"] and summary["folds_used"] == [0, 1]
+    assert summary["ensemble_test"]["num_cases"] == 1  # the phantom's test patient, seen by no fold

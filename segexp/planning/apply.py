@@ -51,13 +51,15 @@ def record_run_config(cfg: DictConfig, run_dir: Path) -> None:
         atomic_write_text(current, OmegaConf.to_yaml(cfg))
 
 
-def fold_config(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with a cross-validation fold's cases as its dataset split (``cv.folds`` set), else as it is."""
+def fold_config(cfg: DictConfig, quiet: bool = False) -> DictConfig:
+    """``cfg`` with a cross-validation fold's cases as its dataset split (``cv.folds`` set), else as it is.
+    Applied before the plan (which reads the fold's training cases) and again on the planned config, which
+    the plan composes anew from the command line."""
     if cfg.cv.folds is None:
         return cfg
     raise_config_problems(check_cross_validation(cfg.cv))
     cfg.dataset, folds = with_fold(cfg.dataset, cfg.cv)
-    for line in folds.lines():
+    for line in [] if quiet else folds.lines():
         log.info(line)
     return cfg
 
@@ -94,6 +96,7 @@ def planned_run_config(cfg: DictConfig, overrides: Sequence[str], run_dir: Path)
         record_run_config(cfg, run_dir)
         return cfg, {}
     planned, plan = make_plan(cfg, overrides)
+    planned = fold_config(planned, quiet=True)
     for line in [*plan.class_table.lines(), *plan.lines()]:
         log.info(line)
     run_dir.mkdir(parents=True, exist_ok=True)
