@@ -41,13 +41,15 @@ from segexp.core.errors import EvaluationError, RunError
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.tracking.runs import RUN_ID, ModelSource, TrainedRun, open_run
 from segexp.tracking.store import mlflow_client, retry_locked
+from segexp.tracking.sweep import CV_KIND as CV_KIND_VALUE
+from segexp.tracking.sweep import KIND_TAG
 
 log = logging.getLogger(__name__)
 
 #: The file a finished cross-validation leaves in its folder, and the ``kind`` it names.
-CV_FILE, CV_KIND = "cv.json", "segexp-cv"
+CV_FILE, CV_FILE_KIND = "cv.json", "segexp-cv"
 #: The tag of a cross-validation's MLflow parent run, and its artifact copy of :data:`CV_FILE`.
-KIND_TAG, CV_TAG_VALUE, CV_ARTIFACT = "segexp.kind", "cv", "cv/cv.json"
+CV_ARTIFACT = "cv/cv.json"
 FINISHED = "finished"
 
 
@@ -153,7 +155,7 @@ def read_cv_file(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise RunError(f"{path}: cannot read the cross-validation record: {err}") from err
-    if not isinstance(data, dict) or data.get("kind") != CV_KIND:
+    if not isinstance(data, dict) or data.get("kind") != CV_FILE_KIND:
         return None
     runs = data.get("fold_runs")
     if not isinstance(runs, list) or not runs:
@@ -200,7 +202,7 @@ def _from_parent_run(run_id: str, tracking_uri: str | None) -> EnsembleSource | 
         run = retry_locked(mlflow_client(uri).get_run, run_id)
     except MlflowException:
         return None
-    if run.data.tags.get(KIND_TAG) != CV_TAG_VALUE:
+    if run.data.tags.get(KIND_TAG) != CV_KIND_VALUE:
         return None
     try:
         record = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CV_ARTIFACT, tracking_uri=uri))
@@ -211,7 +213,7 @@ def _from_parent_run(run_id: str, tracking_uri: str | None) -> EnsembleSource | 
         ) from err
     data = read_cv_file(record)
     if data is None:
-        raise RunError(f"MLflow run {run_id}: its {CV_ARTIFACT} is not of kind {CV_KIND}")
+        raise RunError(f"MLflow run {run_id}: its {CV_ARTIFACT} is not of kind {CV_FILE_KIND}")
     post_file = None
     if data.get("postprocessing"):
         try:
@@ -275,7 +277,7 @@ def _source(
 
 __all__ = [
     "CV_FILE",
-    "CV_KIND",
+    "CV_FILE_KIND",
     "Ensemble",
     "EnsembleSource",
     "Fold",

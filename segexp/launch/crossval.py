@@ -44,23 +44,20 @@ from segexp.evaluation.crossval import (
     summarise,
     summary_metrics,
 )
-from segexp.evaluation.ensemble import open_ensemble
+from segexp.evaluation.ensemble import CV_FILE, CV_FILE_KIND, open_ensemble
 from segexp.evaluation.postprocess import FILE_NAME as POSTPROCESSING_FILE
 from segexp.evaluation.postprocess import Postprocessing
 from segexp.evaluation.reports import evaluate_run
 from segexp.evaluation.scoring import class_tolerances
 from segexp.tracking.runs import MLFLOW_RUN_FILE
-from segexp.tracking.sweep import parent_run_id
+from segexp.tracking.sweep import CV_KIND as CV_KIND_VALUE
+from segexp.tracking.sweep import KIND_TAG, parent_run_id
 from segexp.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
-#: The CV's index of folds and models (the contract of ``segexp-infer run=<cv folder>``).
-CV_FILE = "cv.json"
 #: A fold's subfolder of the sweep folder (``hydra.sweep.subdir`` of ``segexp-cv``).
 FOLD_DIR = "fold_{fold}"
-#: The parent run's tag that marks a cross-validation.
-KIND_TAG, KIND = "segexp.kind", "cv"
 
 
 def cv_enabled(config: Mapping[str, Any] | DictConfig) -> bool:
@@ -156,7 +153,7 @@ def finish_cross_validation(sweep_dir: Path, folds: int, tracking_uri: str | Non
     finished = [r for r in runs if r.status == "finished"]
     parent = parent_run_id(sweep_dir) if tracking_uri else None
     index = {
-        "kind": "segexp-cv",
+        "kind": CV_FILE_KIND,
         "folds": folds,
         "sweep_dir": str(sweep_dir.resolve()),
         "parent_run_id": parent,
@@ -215,7 +212,7 @@ def log_to_parent(tracker: Tracker, sweep_dir: Path, summary: Mapping[str, Any],
     tracker.log_table(held_out_table(summary), "evaluation/cv/cases.json")
     tracker.log_metrics(summary_metrics(summary), step=0)
     tags = {
-        KIND_TAG: KIND,
+        KIND_TAG: CV_KIND_VALUE,
         "cv.folds": str(summary["folds"]),
         "cv.folds_used": ",".join(str(f) for f in summary["folds_used"]),
         "cv.missing_folds": ",".join(str(m["fold"]) for m in summary["folds_missing"]) or "none",

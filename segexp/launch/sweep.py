@@ -23,7 +23,15 @@ from omegaconf import DictConfig, OmegaConf
 from segexp.core.errors import TrackingUnavailable
 from segexp.evaluation.case_viewer import COMPARISON_FILE, VIEWER_FILE, comparison_page
 from segexp.tracking.store import OutagePolicy, check_server
-from segexp.tracking.sweep import child_artifacts, close_parent, log_to_parent, open_parent, parent_run_id
+from segexp.tracking.sweep import (
+    CV_KIND,
+    KIND_TAG,
+    child_artifacts,
+    close_parent,
+    log_to_parent,
+    open_parent,
+    parent_run_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +69,7 @@ class MlflowSweepCallback(Callback):
             {
                 "sweeper": str(config.hydra.sweeper.get("_target_", "")),
                 "launcher": str(config.hydra.launcher.get("_target_", "")),
-                **({"segexp.kind": "cv", "cv.folds": str(cv_folds)} if cv_folds is not None else {}),
+                **({KIND_TAG: CV_KIND, "cv.folds": str(cv_folds)} if cv_folds is not None else {}),
             },
             sweeper_params=OmegaConf.to_container(config.hydra.sweeper.params, resolve=False)  # type: ignore[arg-type]
             if config.hydra.sweeper.get("params")

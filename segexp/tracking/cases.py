@@ -28,14 +28,12 @@ from typing import Any
 from segexp.core.errors import RunError
 from segexp.tracking.runs import MLFLOW_RUN_FILE, RUN_ID, registered_run_id
 from segexp.tracking.store import mlflow_client, retry_locked
-from segexp.tracking.sweep import PARENT_FILE, changed_params, children
+from segexp.tracking.sweep import CV_KIND, KIND_TAG, PARENT_FILE, changed_params, children
 
 #: ``{(case, class): score}``; NaN where the score is undefined (e.g. Dice of a class absent from truth and prediction).
 Scores = dict[tuple[str, str], float]
 
 #: The tag that says what a parent run groups; ``cv``: the folds of a cross-validation (``segexp-cv``).
-KIND_TAG = "segexp.kind"
-CV_KIND = "cv"
 #: The split compared when none is given: a CV parent's folds' held-out cases, else the test split.
 CV_SPLIT = "valid"
 DEFAULT_SPLIT = "test"

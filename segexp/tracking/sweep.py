@@ -33,6 +33,8 @@ from segexp.tracking.view import metric_column, update_view, view_url
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent.json"
+#: The parent run's tag that says what kind of sweep it is, and its value for a cross-validation (``segexp-cv``).
+KIND_TAG, CV_KIND = "segexp.kind", "cv"
 #: The alias the best child of the latest sweep gets in the model registry.
 CHAMPION = "champion"
 #: MLflow's longest run name (its database column).
