@@ -111,6 +111,15 @@ class LargeImages(Option):
     tile = "tile"
 
 
+class VolumeOutputFormat(Option):
+    """``output_format`` of ``segexp-infer``: the format of predicted volumes (``segexp.data.io.volume_files``)."""
+
+    auto = "auto"  # the input's format; a DICOM series: nifti
+    nifti = "nifti"
+    mha = "mha"
+    nrrd = "nrrd"
+
+
 class SliceAxis(Option):
     """``axis`` of ``segexp-prepare``: the slicing plane."""
 
