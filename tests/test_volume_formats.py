@@ -9,6 +9,7 @@ here by SimpleITK from the phantom, and ../shared/data/thorax_cta when present.
 from __future__ import annotations
 
 import json
+import locale
 import shutil
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from segexp.data.io.volumes import (
     open_case,
 )
 from segexp.data.phantom import write_phantom_volumes
+from segexp.data.prepare.check import check_volume_folder
 from segexp.data.prepare.volumes_to_slices import prepare
 from segexp.evaluation.prediction import infer, list_inputs
 from segexp.tracking.runs import open_run
@@ -76,10 +78,19 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str | None =
     """``image`` as a CT series of one file per slice (``<n>.dcm``), positions and orientation from its geometry."""
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(image, sitk.sitkInt16)
-    d = image.GetDirection()
     series = series_uid or pydicom.uid.generate_uid()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM's writer leaves the process in the "C" locale (ASCII text I/O)
+    try:
+        _write_slices(image, folder, writer, series, first)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    return folder
+
+
+def _write_slices(image: sitk.Image, folder: Path, writer: sitk.ImageFileWriter, series: str, first: int) -> None:
+    d = image.GetDirection()
     for k in range(image.GetDepth()):
         plane = image[:, :, k]
         tags = {
@@ -96,7 +107,6 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str | None =
             plane.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"{first + k:04d}.dcm"))
         writer.Execute(plane)
-    return folder
 
 
 def itk_geometry_of(image: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,6 +202,16 @@ def test_bundled_dicom_series_and_single_file() -> None:
     assert positions == sorted(positions)
 
 
+def test_dicom_file_without_ending_and_folder_of_one_file(tmp_path: Path) -> None:
+    (tmp_path / "one").mkdir()
+    shutil.copy(CT_SMALL, tmp_path / "one" / "IM0001")  # named as many scanners do: the DICM preamble tells
+    expected = open_volume_file(CT_SMALL).read()
+    for path in (tmp_path / "one", tmp_path / "one" / "IM0001"):
+        volume = open_volume_file(path)
+        assert volume.format == "dicom" and volume.shape == (128, 128, 1)
+        assert np.array_equal(volume.read(), expected)
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -226,6 +246,21 @@ def test_dicom_prediction_is_nifti_or_mha(formats: dict[str, Path], tmp_path: Pa
         assert np.array_equal(sitk.GetArrayFromImage(written).transpose(2, 1, 0), labels)
     with pytest.raises(ValueError, match="output_format must be one of"):
         write_label_volume(labels, like, tmp_path / "x", "dicom")
+
+
+def test_nifti_prediction_as_mha_or_nrrd_keeps_an_oblique_geometry(tmp_path: Path) -> None:
+    c, s = np.cos(0.3), np.sin(0.3)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[0, -c, s], [0, s, c], [-1.0, 0, 0]]) @ np.diag([0.7, 0.8, 2.5])  # permuted, oblique
+    affine[:3, 3] = [11.5, -20.25, 30.0]
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), affine), str(tmp_path / "x.nii.gz"))
+    like = open_volume_file(tmp_path / "x.nii.gz")
+    reference = sitk.ReadImage(str(tmp_path / "x.nii.gz"))  # ITK's own NIfTI reading
+    labels = (np.arange(4 * 5 * 6).reshape(4, 5, 6) % 3).astype(np.uint8)
+    for fmt in ("mha", "nrrd"):
+        written = sitk.ReadImage(str(write_label_volume(labels, like, tmp_path / "x_pred", fmt)))
+        assert_same_geometry(written, reference, atol=1e-5)
+        assert np.array_equal(sitk.GetArrayFromImage(written).transpose(2, 1, 0), labels)
 
 
 def test_checksum_covers_a_detached_header_and_a_dicom_folder(formats: dict[str, Path]) -> None:
@@ -265,6 +300,9 @@ def test_default_pattern_pairs_mixed_formats_and_dicom_folders(formats: dict[str
     for case in cases:  # image and label of different formats agree on the grid (affine within 1e-3 mm)
         loaded = load_case(case, allowed_labels=range(6))
         assert np.array_equal(loaded.image, expected.image) and np.array_equal(loaded.label, expected.label)  # type: ignore[arg-type]
+
+    report = check_volume_folder(src, CASE_PATTERN, None)  # segexp-check reads them as segexp-prepare does
+    assert report.problems == [] and report.fingerprint.splits["all"]["cases"] == 3
 
     per_case = tmp_path / "per_case"
     shutil.copytree(formats["dicom"], per_case / "d" / "image")

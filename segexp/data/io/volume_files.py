@@ -44,7 +44,6 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from nibabel.spatialimages import SpatialImage
-from pydicom.errors import InvalidDicomError
 
 from segexp.core.errors import VolumeError
 from segexp.core.files import atomic_write_path
@@ -133,7 +132,7 @@ def volume_format(path: Path) -> VolumeFormat | None:
     for suffix, fmt in VOLUME_SUFFIXES.items():
         if name.endswith(suffix):
             return fmt
-    return "dicom" if name.endswith(DICOM_SUFFIXES) else None
+    return "dicom" if name.endswith(DICOM_SUFFIXES) or is_dicom_file(path) else None
 
 
 def volume_stem(path: Path) -> str:
@@ -230,7 +229,7 @@ def _itk_geometry(image: sitk.Image | sitk.ImageFileReader, dimension: int) -> I
 # --------------------------------------------------------------------------- reading
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class VolumeFile:
     """An opened volume: header read, voxels on demand (:meth:`read`).
 
@@ -255,8 +254,13 @@ class VolumeFile:
         if self.nifti is not None:
             data = self.nifti.dataobj
             return np.asanyarray(data) if dtype is None else np.asarray(data, dtype=dtype)
-        image = _read_series(self) if self.format == "dicom" and len(self.files) > 1 else sitk.ReadImage(str(self.path))
-        array = _narrow(_xyz(sitk.GetArrayFromImage(image), image))
+        if self.format == "dicom" and len(self.files) > 1:
+            image = _read_series(self)
+        else:  # one file (a DICOM folder of one file: that file)
+            image = sitk.ReadImage(str(self.files[0] if self.files else self.path))
+        view = _xyz(sitk.GetArrayViewFromImage(image), image)  # valid while `image` lives
+        array = _narrow(view)
+        array = view.copy() if array is view else array
         return array if dtype is None else np.asarray(array, dtype=dtype)
 
 
@@ -335,7 +339,6 @@ class _Slice:
     size: tuple[int, int]
     pixel_spacing: tuple[float, float] | None
     frames: int
-    thickness: float | None
 
 
 def _floats(value: object, count: int) -> np.ndarray | None:
@@ -350,13 +353,12 @@ def _read_slice(path: Path, folder: Path) -> _Slice | None:
     """The geometry tags of one DICOM file (no pixels); None for a DICOM object without an image."""
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=path.name.lower().endswith(DICOM_SUFFIXES))
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+    except Exception as exc:  # pydicom raises several types for a corrupt file
         cause = f"{path.name} is not a readable DICOM file ({type(exc).__name__}: {exc})"
         raise VolumeFileError(folder, cause) from exc
     if "Rows" not in ds or "Columns" not in ds:
         return None  # a report, a presentation state ...: no image in this series
     spacing = _floats(ds.get("PixelSpacing"), 2)
-    thickness = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
     return _Slice(
         path=path,
         series=str(ds.get("SeriesInstanceUID", "")),
@@ -365,13 +367,12 @@ def _read_slice(path: Path, folder: Path) -> _Slice | None:
         size=(int(ds.Columns), int(ds.Rows)),
         pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
         frames=int(ds.get("NumberOfFrames", 1) or 1),
-        thickness=float(thickness) if thickness else None,
     )
 
 
 def _one_series(folder: Path, slices: list[_Slice]) -> None:
-    """Several SeriesInstanceUIDs, multi-frame files among several, or differing size, orientation or pixel
-    spacing: an error naming the folder."""
+    """Several SeriesInstanceUIDs, multi-frame files among several, or differing size or pixel spacing: an error
+    naming the folder."""
     series: dict[str, list[str]] = {}
     for s in slices:
         series.setdefault(s.series or "(none)", []).append(s.path.name)
@@ -389,6 +390,11 @@ def _one_series(folder: Path, slices: list[_Slice]) -> None:
     ):
         if len(set(values)) > 1:
             raise VolumeFileError(folder, f"slices differ in {what}: {sorted(set(map(str, values)))}")
+
+
+def _one_orientation(folder: Path, slices: list[_Slice]) -> tuple[np.ndarray, np.ndarray]:
+    """The (row, column) direction cosines (unit vectors) the slices share; an error naming the folder when a
+    slice has no position or orientation, or another orientation."""
     missing = [s.path.name for s in slices if s.position is None or s.orientation is None]
     if missing:
         raise VolumeFileError(
@@ -405,6 +411,8 @@ def _one_series(folder: Path, slices: list[_Slice]) -> None:
             f"{np.round(first, 4).tolist()}, {other.path.name} has "
             f"{np.round(cast(np.ndarray, other.orientation), 4).tolist()}",
         )
+    row, column = first[:3] / np.linalg.norm(first[:3]), first[3:] / np.linalg.norm(first[3:])
+    return row, column
 
 
 def _check_gaps(folder: Path, ordered: list[_Slice], normal: np.ndarray) -> float:
@@ -453,9 +461,9 @@ def _open_dicom_folder(folder: Path) -> VolumeFile:
     if len(found) == 1:  # one slice, or one multi-frame file: SimpleITK knows its geometry
         single = _open_itk_file(found[0].path, "dicom")
         return VolumeFile(folder, "dicom", single.shape, single.affine, itk=single.itk, files=(found[0].path,))
-    orientation = cast(np.ndarray, found[0].orientation)
-    row, column = orientation[:3], orientation[3:]
+    row, column = _one_orientation(folder, found)
     normal = np.cross(row, column)
+    normal /= np.linalg.norm(normal)
     ordered = sorted(found, key=lambda s: float(cast(np.ndarray, s.position) @ normal))
     gap = _check_gaps(folder, ordered, normal)
     pixel = found[0].pixel_spacing
