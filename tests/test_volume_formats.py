@@ -98,6 +98,7 @@ def _write_slices(image: sitk.Image, folder: Path, writer: sitk.ImageFileWriter,
             "0008|0018": pydicom.uid.generate_uid(),
             "0020|000d": "1.2.826.0.1.3680043.8.498.1",
             "0020|000e": series,
+            "0020|0052": "1.2.826.0.1.3680043.8.498.2",  # frame of reference
             "0020|0013": str(first + k + 1),
             "0020|0037": "\\".join(f"{v:.10g}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
             "0020|0032": "\\".join(f"{v:.10g}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
@@ -407,6 +408,33 @@ def test_infer_writes_mha_and_dicom_predictions_in_their_format_and_geometry(
     np.testing.assert_allclose(probs.affine, open_volume_file(formats["dicom"]).affine, atol=1e-4)
 
 
+def test_infer_writes_dicom_seg_for_a_dicom_series(formats: dict[str, Path], tmp_path: Path) -> None:
+    hd = pytest.importorskip("highdicom")  # the extra segexp[dicom-seg]
+    inputs = tmp_path / "inputs"
+    shutil.copytree(formats["dicom"], inputs / "series7")
+    shutil.copy(formats["mha"], inputs / "p_image.mha")  # not DICOM: written in its own format
+    assert infer(_oracle_run(tmp_path), inputs, tmp_path / "out", window=WINDOW, output_format="dicom_seg") == []
+    assert (tmp_path / "out" / "p_image_pred.mha").is_file()
+    seg = hd.seg.segread(str(tmp_path / "out" / "series7_pred.dcm"))
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["b", "c", "d"]  # the run's classes 1..3
+    like = open_volume_file(inputs / "series7")
+    uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in like.files]
+    pixels = seg.get_pixels_by_source_instance(uids, combine_segments=True, skip_overlap_checks=True)
+    expected = _expected_labels(np.asarray(nib.load(formats["nifti"]).dataobj))
+    assert np.array_equal(pixels.transpose(2, 1, 0), expected)  # (frames, rows, columns) = (z, y, x)
+
+
+def test_dicom_seg_without_highdicom_says_what_to_install(
+    formats: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # as if the extra were not installed
+    run = _oracle_run(tmp_path)
+    (failure,) = infer(run, formats["dicom"], tmp_path / "out", window=WINDOW, output_format="dicom_seg")
+    assert str(formats["dicom"]) in failure and "pip install 'segexp[dicom-seg]'" in failure
+
+
 def test_infer_input_folders(formats: dict[str, Path], tmp_path: Path) -> None:
     pngs = tmp_path / "pngs"
     pngs.mkdir()
@@ -433,7 +461,8 @@ def test_infer_output_format_option() -> None:
     base = ["run=x", "input=y", "paths.root=/tmp"]
     assert validate_infer_config(compose_config(base, "infer")).output_format == "auto"
     assert validate_infer_config(compose_config([*base, "output_format=mha"], "infer")).output_format == "mha"
-    with pytest.raises(ConfigError, match=r"output_format: expected one of \['auto', 'nifti', 'mha', 'nrrd'\]"):
+    choices = r"\['auto', 'nifti', 'mha', 'nrrd', 'dicom_seg'\]"
+    with pytest.raises(ConfigError, match=rf"output_format: expected one of {choices}"):
         validate_infer_config(compose_config([*base, "output_format=dicom"], "infer"))
 
 

@@ -118,6 +118,7 @@ class VolumeOutputFormat(Option):
     nifti = "nifti"
     mha = "mha"
     nrrd = "nrrd"
+    dicom_seg = "dicom_seg"  # a DICOM series as DICOM-SEG (extra segexp[dicom-seg]); other volumes: auto
 
 
 class SliceAxis(Option):

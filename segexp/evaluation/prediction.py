@@ -38,6 +38,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 
 from segexp.core.errors import InferenceInputError
 from segexp.core.files import atomic_write_path
+from segexp.data.io.dicom_seg import write_dicom_seg
 from segexp.data.io.intensity import window_volume
 from segexp.data.io.rgb_map import class_colours, encode_rgb_mask
 from segexp.data.io.slices import IMAGE_SUFFIXES, DataError, case_id, read_image, resize_image
@@ -270,10 +271,13 @@ def predict_volume(
     postprocessing: Postprocessing | None = None,
     save_probabilities: bool = False,
     output_format: str = "auto",
+    class_names: Sequence[str] = (),
 ) -> Path:
     """Predict every slice of one volume (any format, a DICOM folder included); write ``<name>_pred.<ext>`` in
     the input's format (``output_format``: :func:`~segexp.data.io.volume_files.write_label_volume`) with its
-    shape and geometry + a montage, and with ``save_probabilities`` ``<name>_probabilities.nii.gz``
+    shape and geometry (``dicom_seg``: a DICOM series as DICOM-SEG ``<name>_pred.dcm``, its segments named by
+    ``class_names``: :func:`~segexp.data.io.dicom_seg.write_dicom_seg`) + a montage, and with
+    ``save_probabilities`` ``<name>_probabilities.nii.gz``
     (:func:`probability_image`).
 
     Speed (BENCHMARKS.md): the volume is read in its stored dtype and windowed through a
@@ -325,7 +329,14 @@ def predict_volume(
     canonical = stack_slices(labels, axis)
     original = _to_original_orientation(canonical, original_affine)
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = write_label_volume(original, like, out_dir / f"{name}_pred", output_format)
+    try:
+        if output_format == "dicom_seg" and like.format == "dicom":
+            target = write_dicom_seg(original, like, out_dir / f"{name}_pred", class_names)
+        else:
+            own = "auto" if output_format == "dicom_seg" else output_format
+            target = write_label_volume(original, like, out_dir / f"{name}_pred", own)
+    except VolumeError as err:  # DICOM-SEG without highdicom, or a series it refuses
+        raise InferenceInputError(str(err)) from err
     if quantised is not None:
         per_class = [stack_slices(quantised[..., c], axis) for c in range(num_outputs)]
         del quantised
@@ -399,7 +410,8 @@ def infer(
     bf16, fp16), after its postprocessing rules (``postprocess`` auto; a fold ensemble's are its
     cross-validation's) or without (none); with ``save_probabilities`` also the probabilities before them.
     Volumes are written in their own format, or in ``output_format`` (``auto``: the input's; a DICOM series:
-    NIfTI). Returns the failures (one line per bad file)."""
+    NIfTI; ``dicom_seg``: a DICOM series as DICOM-SEG, other volumes as ``auto``). Returns the failures (one line
+    per bad file)."""
     cfg = source.config
     class_names = source.class_names
     colours = class_colours(class_names, cfg.dataset.get("rgb_map"))
@@ -451,6 +463,7 @@ def infer(
                 postprocessing=postprocessing,
                 save_probabilities=save_probabilities,
                 output_format=output_format,
+                class_names=class_names,
             )
             log.info("%s -> %s", path.name, target)
         except InferenceInputError as err:
