@@ -249,7 +249,7 @@ def test_nifti_without_window_is_reported(tmp_path: Path) -> None:
     ]
     run = open_run(str(make_run(tmp_path / "run", oracle_model(TINY_CLASS_INTENSITIES), overrides)))
     (failure,) = infer(run, image_path, tmp_path / "out")
-    assert "phantom001_image.nii.gz: NIfTI input needs the training's window" in failure
+    assert "phantom001_image.nii.gz: volume input needs the training's window" in failure
 
 
 def test_cli_evaluate_and_infer_exit_codes(tiny_dataset: Path, tmp_path: Path) -> None:

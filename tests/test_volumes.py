@@ -126,7 +126,7 @@ def test_find_without_labels_and_errors(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     _touch(empty, "readme.txt", ".hidden_image.nii.gz")
-    with pytest.raises(VolumeError, match="no NIfTI files"):
+    with pytest.raises(VolumeError, match="no volume files"):
         find_volume_cases(empty)
     with pytest.raises(VolumeError, match="named groups"):
         find_volume_cases(tmp_path, pattern=r"^(?P<case>.+)\.nii\.gz$")

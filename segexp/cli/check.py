@@ -1,4 +1,4 @@
-"""``segexp-check``: validate a slice dataset or a NIfTI volume folder before training.
+"""``segexp-check``: validate a slice dataset or a volume folder (any format) before training.
 
 Thin Hydra entry: the work is in :mod:`segexp.data.prepare.check`. Prints one line per
 problem (file and cause) and the dataset's fingerprint, writes both as JSON in the

@@ -1,5 +1,5 @@
-"""``segexp-infer``: predict PNG images or NIfTI volumes with a trained run or a cross-validation's fold ensemble
-(exit 1 when an input failed)."""
+"""``segexp-infer``: predict PNG images or CT volumes (NIfTI, MHA/MHD, NRRD, DICOM series) with a trained run or a
+cross-validation's fold ensemble (exit 1 when an input failed)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def main(cfg: DictConfig) -> None:
             precision=resolve_precision(cfg.precision),
             postprocess=cfg.postprocess,
             save_probabilities=cfg.save_probabilities,
+            output_format=str(cfg.output_format),
         )
     if failures:
         sys.exit(1)

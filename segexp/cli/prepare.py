@@ -1,4 +1,5 @@
-"""``segexp-prepare``: cut NIfTI volumes into a split slice dataset (``conf/prepare.yaml``), tracked in MLflow."""
+"""``segexp-prepare``: cut CT volumes (NIfTI, MHA/MHD, NRRD, DICOM series) into a split slice dataset
+(``conf/prepare.yaml``), tracked in MLflow."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from segexp.config.options import (
     PreparedMaskFormat,
     SliceAxis,
     Split,
+    VolumeOutputFormat,
     WindowMode,
     values,
 )
@@ -224,6 +225,9 @@ class InferConfig(PredictionConfig):
     # probabilities/<stem>.npz per image (float16 (H, W, K)), <name>_probabilities.nii.gz per volume (4D, uint8
     # with scl_slope 1/255: segexp.evaluation.prediction.probability_image says why).
     save_probabilities: bool = MISSING
+    # Predicted volumes: auto = the input's format (NIfTI, MHA, NRRD; a DICOM series: NIfTI) | nifti | mha | nrrd |
+    # dicom_seg (a DICOM series as DICOM-SEG, highdicom: segexp[dicom-seg]; other volumes as auto).
+    output_format: VolumeOutputFormat = MISSING
 
 
 def _check_prediction_keys(typed: Any) -> list[str]:

@@ -111,6 +111,16 @@ class LargeImages(Option):
     tile = "tile"
 
 
+class VolumeOutputFormat(Option):
+    """``output_format`` of ``segexp-infer``: the format of predicted volumes (``segexp.data.io.volume_files``)."""
+
+    auto = "auto"  # the input's format; a DICOM series: nifti
+    nifti = "nifti"
+    mha = "mha"
+    nrrd = "nrrd"
+    dicom_seg = "dicom_seg"  # a DICOM series as DICOM-SEG (extra segexp[dicom-seg]); other volumes: auto
+
+
 class SliceAxis(Option):
     """``axis`` of ``segexp-prepare``: the slicing plane."""
 

@@ -1,8 +1,8 @@
 """Data, in sub-packages by stage: ``io`` < ``phantom`` < ``runtime`` < ``prepare``.
 
 * :mod:`segexp.data.io`: reading and decoding files, strict or with a problem collector --
-  the problem collector, the slice reader and pairing, the rgb_map codec, CT windowing, NIfTI
-  volumes, the folder layout and the patient splits. It imports no other data stage.
+  the problem collector, the slice reader and pairing, the rgb_map codec, CT windowing, volume
+  files of every format and volume cases, the folder layout and the patient splits. It imports no other data stage.
 * :mod:`segexp.data.phantom`: the built-in synthetic dataset; it writes with ``io`` only.
 * :mod:`segexp.data.runtime`: what a run uses: the configured dataset (``open_dataset``, the one
   listing of its splits, which generates the phantom first), its class table, the epoch sampler,

@@ -1,16 +1,19 @@
-"""``segexp-infer``: predict PNG/JPG slices or whole NIfTI CT volumes with a trained run.
+"""``segexp-infer``: predict PNG/JPG slices or whole CT volumes (NIfTI, MHA/MHD, NRRD, DICOM series) with a
+trained run.
 
 * PNG/JPG: each image is resized to the model input (as in training) or, with
   ``large_images=tile``, predicted by sliding window at its own size; writes
   class-index masks, colour masks through the run's rgb_map and overlays.
-* NIfTI: the volume is reoriented to RAS, windowed exactly as the training data
-  (``dataset.json`` of the run's dataset, or ``window=...``), every slice along the
-  training axis is predicted in batches, and the label volume is written back in
-  the input's own orientation: **same shape and affine as the input**, so it
-  overlays the CT in 3D Slicer or ITK-SNAP. Plus an overlay montage PNG.
+* Volumes, any format of :mod:`segexp.data.io.volume_files` (a folder of DICOM files is one series; a
+  folder of PNG/JPG stays a slice folder): the volume is reoriented to RAS, windowed exactly as the
+  training data (``dataset.json`` of the run's dataset, or ``window=...``), every slice along the
+  training axis is predicted in batches, and the label volume is written back in the input's own
+  orientation and format: **same shape and geometry (origin, spacing, direction) as the input**, so it
+  overlays the CT in 3D Slicer or ITK-SNAP: ``<name>_pred.nii.gz`` / ``.mha`` / ``.nrrd`` (a DICOM
+  input: NIfTI, or ``output_format``). Plus an overlay montage PNG.
 * ``save_probabilities``: also the model's probabilities (before postprocessing), for ensembling
   across configurations later: ``probabilities/<stem>.npz`` per image, ``<name>_probabilities.nii.gz``
-  per volume (:func:`write_png_probabilities`, :func:`probability_image`).
+  per volume (NIfTI whatever the input's format: :func:`probability_image`; :func:`write_png_probabilities`).
 
 The predictor is one trained run or the fold ensemble of a cross-validation
 (:mod:`segexp.evaluation.ensemble`): anything with :class:`~segexp.tracking.runs.ModelSource`'s surface.
@@ -26,17 +29,29 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import cv2
 import nibabel as nib
 import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from segexp.core.errors import InferenceInputError
 from segexp.core.files import atomic_write_path
+from segexp.data.io.dicom_seg import write_dicom_seg
 from segexp.data.io.intensity import window_volume
 from segexp.data.io.rgb_map import class_colours, encode_rgb_mask
 from segexp.data.io.slices import IMAGE_SUFFIXES, DataError, case_id, read_image, resize_image
+from segexp.data.io.volume_files import (
+    VOLUME_SUFFIXES,
+    VolumeFile,
+    is_dicom_file,
+    is_dicom_folder,
+    nifti_like,
+    save_nifti,
+    volume_stem,
+    write_label_volume,
+)
 from segexp.data.io.volumes import (
     VolumeCase,
     VolumeError,
@@ -62,30 +77,39 @@ from segexp.tracking.runs import ModelSource
 
 log = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: The folder of the PNG inputs' probabilities (one ``<stem>.npz`` each, the array under the key ``probabilities``).
 PROBABILITIES_DIR = "probabilities"
 #: NIfTI probabilities are stored as uint8 ``q = round(255 p)`` with ``scl_slope = 1/255`` (readers get ``q/255``).
 PROBABILITY_LEVELS = 255
 
 
-def is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
+def is_volume(path: Path) -> bool:
+    """A volume input: a volume file (NIfTI, MHA/MHD, NRRD), a DICOM file or a folder of DICOM files."""
+    if path.is_dir():
+        return is_dicom_folder(path)
+    return path.name.lower().endswith(tuple(VOLUME_SUFFIXES)) or is_dicom_file(path)
 
 
 def list_inputs(source: Path) -> list[Path]:
-    """The PNG/JPG/NIfTI files at ``source`` (a file, or a folder, not recursive)."""
+    """The inputs at ``source``: a file; a folder of DICOM files (one series); or a folder's PNG/JPG and volume
+    files and its subfolders of DICOM files (one series each), not recursive."""
     if source.is_file():
         return [source]
     if not source.is_dir():
         raise DataError(f"input: {source} does not exist")
-    files = [
-        p
-        for p in sorted(source.iterdir())
-        if p.is_file() and not p.name.startswith(".") and (p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p))
-    ]
+    entries = [p for p in sorted(source.iterdir()) if not p.name.startswith(".")]
+    if any(p.is_file() and is_dicom_file(p) for p in entries):
+        others = [p.name for p in entries if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p))]
+        others = [name for name in others if not is_dicom_file(source / name)]
+        if others:
+            raise DataError(
+                f"input: {source} holds DICOM files (one series) and other images or volumes "
+                f"({', '.join(others[:5])}); keep a DICOM series in a folder of its own"
+            )
+        return [source]
+    files = [p for p in entries if (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) or is_volume(p)]
     if not files:
-        raise DataError(f"input: no PNG/JPG/NIfTI files in {source}")
+        raise DataError(f"input: no PNG/JPG files, volume files (NIfTI, MHA/MHD, NRRD) or DICOM folders in {source}")
     return files
 
 
@@ -246,23 +270,29 @@ def predict_volume(
     chunk: int = 32,
     postprocessing: Postprocessing | None = None,
     save_probabilities: bool = False,
+    output_format: str = "auto",
+    class_names: Sequence[str] = (),
 ) -> Path:
-    """Predict every slice of one NIfTI volume; write ``<name>_pred.nii.gz`` (input shape and affine) + a montage,
-    and with ``save_probabilities`` ``<name>_probabilities.nii.gz`` (:func:`probability_image`).
+    """Predict every slice of one volume (any format, a DICOM folder included); write ``<name>_pred.<ext>`` in
+    the input's format (``output_format``: :func:`~segexp.data.io.volume_files.write_label_volume`) with its
+    shape and geometry (``dicom_seg``: a DICOM series as DICOM-SEG ``<name>_pred.dcm``, its segments named by
+    ``class_names``: :func:`~segexp.data.io.dicom_seg.write_dicom_seg`) + a montage, and with
+    ``save_probabilities`` ``<name>_probabilities.nii.gz``
+    (:func:`probability_image`).
 
     Speed (BENCHMARKS.md): the volume is read in its stored dtype and windowed through a
     lookup table (no float copy); slices are predicted ``chunk`` at a time while a second
     thread turns the previous chunk's probabilities into labels (resize back, argmax), so
     that post-processing hides behind the model.
     """
-    name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+    name = volume_stem(path)
     try:
         loaded = load_case(VolumeCase(name, path, None), image_dtype=None)
     except (VolumeError, OSError, nib.filebasedimages.ImageFileError) as err:
         raise InferenceInputError(f"{path}: {err}") from err
     channels = int(model.input_shape[-1])
     height, width = _model_size(model)
-    image, original_affine = window_like_training(loaded.image, window), loaded.original_affine
+    image, original_affine, like = window_like_training(loaded.image, window), loaded.original_affine, loaded.source
     del loaded  # the windowed uint8 copy is all that is needed from here on
     n = num_slices(image, axis)
     slices = [volume_slice(image, axis, i) for i in range(n)]
@@ -298,16 +328,21 @@ def predict_volume(
         labels = postprocessing.apply(labels)  # 3D components over the volume's slices
     canonical = stack_slices(labels, axis)
     original = _to_original_orientation(canonical, original_affine)
-    source = cast(nib.Nifti1Image, nib.load(str(path)))  # the NIfTI volume load_case read above
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{name}_pred.nii.gz"
-    _save_nifti(_like(source, original.reshape(source.shape[:3]).astype(np.uint8)), target)
+    try:
+        if output_format == "dicom_seg" and like.format == "dicom":
+            target = write_dicom_seg(original, like, out_dir / f"{name}_pred", class_names)
+        else:
+            own = "auto" if output_format == "dicom_seg" else output_format
+            target = write_label_volume(original, like, out_dir / f"{name}_pred", own)
+    except VolumeError as err:  # DICOM-SEG without highdicom, or a series it refuses
+        raise InferenceInputError(str(err)) from err
     if quantised is not None:
         per_class = [stack_slices(quantised[..., c], axis) for c in range(num_outputs)]
         del quantised
         volume = _to_original_orientation(np.stack(per_class, axis=-1), original_affine)
-        volume = volume.reshape(*source.shape[:3], num_outputs)
-        _save_nifti(probability_image(source, volume), out_dir / f"{name}_probabilities.nii.gz")
+        volume = volume.reshape(*like.shape[:3], num_outputs)
+        save_nifti(probability_image(like, volume), out_dir / f"{name}_probabilities.nii.gz")
     save_png(out_dir / f"{name}_montage.png", montage(slices, labels, colours))
     return target
 
@@ -317,44 +352,22 @@ def quantise_probabilities(probs: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(probs, 0.0, 1.0) * PROBABILITY_LEVELS).astype(np.uint8)
 
 
-def probability_image(source: nib.Nifti1Image, quantised: np.ndarray) -> nib.Nifti1Image:
-    """The 4D probability volume ``(X, Y, Z, K)`` (one channel for a sigmoid head) in ``source``'s geometry:
+def probability_image(source: VolumeFile, quantised: np.ndarray) -> nib.Nifti1Image:
+    """The 4D probability volume ``(X, Y, Z, K)`` (one channel for a sigmoid head) in ``source``'s geometry, as
+    NIfTI whatever ``source``'s format (MHA and NRRD have no scale factor):
     uint8 ``q`` (:func:`quantise_probabilities`) with ``scl_slope = 1/255``, so readers (nibabel's
     ``get_fdata``, ITK, 3D Slicer) see ``p = q / 255``.
 
     Why uint8 and not float32 (NIfTI-1 has no float16): a quarter of the memory and disk (a 512 x 512 x 300 CT
     with 8 classes: 0.6 GB instead of 2.5 GB, held whole while written), and the step 1/255 (error at most
     1/510) is far below what the mean of several models' probabilities needs to decide a voxel's class."""
-    image = _like(source, np.asarray(quantised, np.uint8))
+    image = nifti_like(np.asarray(quantised, np.uint8), source)
     image.header.set_slope_inter(1.0 / PROBABILITY_LEVELS, 0.0)
     return image
 
 
-def _like(source: nib.Nifti1Image, data: np.ndarray) -> nib.Nifti1Image:
-    """``data`` (its first three axes ``source``'s) with ``source``'s affine, qform, sform and units.
-
-    A fresh header: the CT's scaling (scl_slope/inter) must not apply to class indices or probabilities."""
-    out = nib.Nifti1Image(data, source.affine)
-    out.header.set_xyzt_units(*source.header.get_xyzt_units())
-    out.set_qform(source.affine, int(source.header["qform_code"]) or 1)
-    out.set_sform(source.affine, int(source.header["sform_code"]) or 1)
-    return out
-
-
-def _save_nifti(image: nib.Nifti1Image, target: Path) -> None:
-    with atomic_write_path(target) as tmp:
-        nib.save(image, str(tmp))
-
-
 def _to_original_orientation(canonical: np.ndarray, original_affine: np.ndarray) -> np.ndarray:
     """Undo the RAS reorientation of :func:`segexp.data.io.volumes.load_case` (flips/permutations only)."""
-    from nibabel.orientations import (
-        apply_orientation,
-        axcodes2ornt,
-        io_orientation,
-        ornt_transform,
-    )
-
     back = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original_affine))
     return np.ascontiguousarray(apply_orientation(canonical, back))
 
@@ -390,12 +403,15 @@ def infer(
     precision: str = "fp32",
     postprocess: str = "auto",
     save_probabilities: bool = False,
+    output_format: str = "auto",
 ) -> list[str]:
     """Predict every input under ``inputs`` with ``source`` (one trained run, or a fold ensemble:
     :func:`segexp.evaluation.ensemble.open_source`) into ``out_dir`` computing in ``precision`` (resolved: fp32,
     bf16, fp16), after its postprocessing rules (``postprocess`` auto; a fold ensemble's are its
     cross-validation's) or without (none); with ``save_probabilities`` also the probabilities before them.
-    Returns the failures (one line per bad file)."""
+    Volumes are written in their own format, or in ``output_format`` (``auto``: the input's; a DICOM series:
+    NIfTI; ``dicom_seg``: a DICOM series as DICOM-SEG, other volumes as ``auto``). Returns the failures (one line
+    per bad file)."""
     cfg = source.config
     class_names = source.class_names
     colours = class_colours(class_names, cfg.dataset.get("rgb_map"))
@@ -411,8 +427,8 @@ def infer(
     trained_window, axis = training_window(source)
     window = window or trained_window
     failures: list[str] = []
-    volumes = [p for p in paths if is_nifti(p)]
-    images = [p for p in paths if not is_nifti(p)]
+    volumes = [p for p in paths if is_volume(p)]
+    images = [p for p in paths if not is_volume(p)]
     if images:
         failures += predict_png_files(
             model,
@@ -430,7 +446,7 @@ def infer(
     for path in volumes:
         if window is None:
             failures.append(
-                f"{path}: NIfTI input needs the training's window, but {cfg.dataset.root} has no dataset.json; "
+                f"{path}: volume input needs the training's window, but {cfg.dataset.root} has no dataset.json; "
                 "pass one, e.g. window=cardiac_cta"
             )
             continue
@@ -446,6 +462,8 @@ def infer(
                 flip_tta=flip_tta,
                 postprocessing=postprocessing,
                 save_probabilities=save_probabilities,
+                output_format=output_format,
+                class_names=class_names,
             )
             log.info("%s -> %s", path.name, target)
         except InferenceInputError as err:

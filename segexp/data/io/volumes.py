@@ -1,4 +1,4 @@
-"""3D CT volumes (NIfTI): finding cases, headers, canonical orientation, slicing.
+"""3D CT volumes (NIfTI, MHA/MHD, NRRD, DICOM series): finding cases, headers, canonical orientation, slicing.
 
 Conventions (everything downstream of :func:`load_case` relies on them):
 
@@ -34,10 +34,13 @@ Conventions (everything downstream of :func:`load_case` relies on them):
   the phantom's convention (``volume[:, :, z].T`` on its LPS-style array).
   :func:`stack_slices` is the exact inverse.
 
-Files: a case is ``<case>_image.nii[.gz]`` + ``<case>_label.nii[.gz]`` by
-default (:data:`CASE_PATTERN`), or one folder per case with
-``<case>/image.nii[.gz]`` + ``<case>/label.nii[.gz]`` (:data:`CASE_DIR_PATTERN`).
-Files pair by the ``case`` parsed from the name, never by sort position.
+Files: a case is ``<case>_image.<ext>`` + ``<case>_label.<ext>`` by default
+(:data:`CASE_PATTERN`; ``<ext>`` any of ``nii``, ``nii.gz``, ``mha``, ``mhd``, ``nrrd``, ``nhdr``, and the two
+may differ), or one folder per case with ``<case>/image.<ext>`` + ``<case>/label.<ext>``
+(:data:`CASE_DIR_PATTERN`). A folder of DICOM files is one volume, matched by its name without an ending
+(``<case>_image/``, ``<case>/image/``). Files pair by the ``case`` parsed from the name, never by sort
+position. Every format is read by :mod:`segexp.data.io.volume_files` into the same RAS+ affine and
+``(x, y, z)`` voxel order, so nothing below depends on the format.
 
 Every reader here (:func:`find_volume_cases`, :func:`open_case`, :func:`read_voxels`,
 :func:`read_label`) takes an optional problem collector (:mod:`segexp.data.io.problems`):
@@ -46,8 +49,6 @@ strict without one (``segexp-prepare``, prediction), tolerant with one (``segexp
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,19 +59,30 @@ import nibabel as nib
 import numpy as np
 from nibabel.affines import voxel_sizes
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
-from nibabel.spatialimages import SpatialImage
 
 from segexp.core.errors import VolumeError
 from segexp.data.io.problems import Problem, Problems, report
+from segexp.data.io.volume_files import (
+    VolumeFile,
+    VolumeFileError,
+    list_volume_entries,
+    open_volume_file,
+    volume_checksum,
+)
 
-CASE_PATTERN = r"^(?P<case>.+)_(?P<kind>image|label)\.nii(\.gz)?$"
-"""Default file-name pattern: ``<case>_image.nii.gz`` / ``<case>_label.nii.gz``."""
+VOLUME_EXTENSIONS = r"(?:\.nii|\.nii\.gz|\.mha|\.mhd|\.nrrd|\.nhdr)?"
+"""The optional ending of the default patterns: every volume file format; none for a DICOM folder."""
 
-CASE_DIR_PATTERN = r"^(?P<case>[^/]+)/(?P<kind>image|label)\.nii(\.gz)?$"
-"""One folder per case: ``<case>/image.nii.gz`` / ``<case>/label.nii.gz`` (relative paths)."""
+CASE_PATTERN = rf"^(?P<case>.+)_(?P<kind>image|label){VOLUME_EXTENSIONS}$"
+"""Default pattern: ``<case>_image.<ext>`` / ``<case>_label.<ext>`` (any volume format, the two may differ),
+``<case>_image/`` a folder of DICOM files."""
 
-NIFTI_GLOB = "*.nii*"
-"""Files that look like NIfTI; every one of them must match the case pattern."""
+CASE_DIR_PATTERN = rf"^(?P<case>[^/]+)/(?P<kind>image|label){VOLUME_EXTENSIONS}$"
+"""One folder per case: ``<case>/image.<ext>`` / ``<case>/label.<ext>`` or a DICOM folder ``<case>/image/``
+(relative paths)."""
+
+VOLUME_KINDS = "NIfTI .nii/.nii.gz, MetaImage .mha/.mhd, NRRD .nrrd/.nhdr, folders of DICOM files"
+"""What :func:`find_volume_cases` lists; every one of them must match the case pattern."""
 
 SLICE_AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 """Slicing direction -> canonical array axis (RAS+: x=R, y=A, z=S)."""
@@ -78,7 +90,6 @@ SLICE_AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 CANONICAL_ORIENTATION = "RAS"
 
 _AFFINE_ATOL_MM = 1e-3
-_HASH_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------- finding cases
@@ -86,7 +97,7 @@ _HASH_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class VolumeCase:
-    """One patient: image file and (optionally, for inference) label file."""
+    """One patient: image and (optionally, for inference) label, each a volume file or a DICOM folder."""
 
     case: str
     image: Path
@@ -107,22 +118,10 @@ def compile_case_pattern(pattern: str) -> re.Pattern[str]:
     return regex
 
 
-def list_nifti_files(folder: Path, recursive: bool) -> list[Path]:
-    """``*.nii*`` files in (``recursive``: or below) ``folder``, hidden files and folders (``.*``) left out, sorted."""
-    candidates = folder.rglob(NIFTI_GLOB) if recursive else folder.glob(NIFTI_GLOB)
-    return sorted(
-        p
-        for p in candidates
-        if p.is_file()
-        and fnmatch.fnmatch(p.name, NIFTI_GLOB)
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-
-
 def group_by_case(
     files: Sequence[Path], folder: Path, regex: re.Pattern[str]
 ) -> tuple[dict[str, dict[str, list[Path]]], list[tuple[Path, str]]]:
-    """``(case -> {"image": [...], "label": [...]}, [(file, why it matches no case)])`` for NIfTI ``files``.
+    """``(case -> {"image": [...], "label": [...]}, [(file, why it matches no case)])`` for volume ``files``.
 
     ``regex`` (:func:`compile_case_pattern`) is matched against the path relative to ``folder``.
     """
@@ -207,17 +206,17 @@ def find_volume_cases(
     recursive: bool | None = None,
     problems: Problems | None = None,
 ) -> list[VolumeCase]:
-    """Image/label NIfTI pairs in ``folder``, paired by case id, sorted by case id.
+    """Image/label volume pairs in ``folder``, paired by case id, sorted by case id.
 
-    Every file whose name matches ``*.nii*`` (hidden files, ``.*``, are ignored)
-    must match ``pattern``, a regular expression with the named groups ``case``
-    and ``kind`` (``kind`` is ``image`` or ``label``). It is matched against the
-    path relative to ``folder`` with ``/`` separators. ``recursive`` (default:
-    whether ``pattern`` contains ``/``) also searches subfolders, e.g.
+    Every volume file (an ending of :data:`~segexp.data.io.volume_files.VOLUME_SUFFIXES`) and every folder of
+    DICOM files (hidden names, ``.*``, are ignored) must match ``pattern``, a regular expression with the
+    named groups ``case`` and ``kind`` (``kind`` is ``image`` or ``label``). It is matched against the
+    path relative to ``folder`` with ``/`` separators (a DICOM folder: its path, no trailing ``/``).
+    ``recursive`` (default: whether ``pattern`` contains ``/``) also searches subfolders, e.g.
     ``find_volume_cases(root, CASE_DIR_PATTERN)`` for ``<case>/image.nii.gz``.
 
     With ``require_labels=False`` an image without a label gives ``label=None``
-    (inference inputs). Problems: missing folder, no NIfTI files, files not matching
+    (inference inputs). Problems: missing folder, no volume files, files not matching
     the pattern, a case twice (e.g. ``.nii`` and ``.nii.gz``), images without label,
     labels without image. Strict, one :class:`VolumeError` lists them all; with
     ``problems`` each file is one problem, and a case keeps its first image (and label).
@@ -232,10 +231,10 @@ def find_volume_cases(
         report(problems, Problem(str(folder), "volume folder does not exist or is not a folder"), error=VolumeError)
         return []
     recursive = "/" in pattern if recursive is None else recursive
-    files = list_nifti_files(folder, recursive)
+    files = list_volume_entries(folder, recursive)
     if not files:
         where = "in or below it" if recursive else "in it"
-        report(problems, Problem(str(folder), f"no NIfTI files ({NIFTI_GLOB}) {where}"), error=VolumeError)
+        report(problems, Problem(str(folder), f"no volume files ({VOLUME_KINDS}) {where}"), error=VolumeError)
         return []
     found, rejected = group_by_case(files, folder, regex)
     report(
@@ -271,8 +270,8 @@ class OpenedCase:
 
     case: VolumeCase
     header: CaseHeader
-    image: SpatialImage
-    label: SpatialImage | None
+    image: VolumeFile
+    label: VolumeFile | None
 
 
 def orientation_code(affine: np.ndarray) -> str:
@@ -302,15 +301,19 @@ def _shape3(shape: Sequence[int]) -> tuple[int, int, int] | None:
     return (dims[0], dims[1], dims[2]) if len(dims) == 3 else None
 
 
-def open_nifti(case: str, path: Path, kind: str, problems: Problems | None = None) -> SpatialImage | None:
-    """The header of ``case``'s ``kind`` (image or label) file, a 3D volume (4D with a trailing 1 accepted)."""
-    try:
-        img = cast(SpatialImage, nib.load(str(path)))  # NIfTI files: a SpatialImage (Nifti1Image/Nifti2Image)
-    except FileNotFoundError:
+def open_volume(case: str, path: Path, kind: str, problems: Problems | None = None) -> VolumeFile | None:
+    """The header of ``case``'s ``kind`` (image or label) volume, any format
+    (:func:`~segexp.data.io.volume_files.open_volume_file`), a 3D volume (4D with a trailing 1 accepted)."""
+    if not Path(path).exists():
         _case_problem(problems, case, path, f"{kind} file does not exist")
         return None
-    except Exception as exc:  # nibabel raises several types for corrupt files
-        _case_problem(problems, case, path, f"cannot read the {kind}'s NIfTI header ({type(exc).__name__}: {exc})")
+    try:
+        img = open_volume_file(path)
+    except VolumeFileError as err:
+        _case_problem(problems, case, path, f"{kind}: {err.cause}" if err.path == Path(path) else str(err))
+        return None
+    except Exception as exc:  # a reader's own error on a corrupt file
+        _case_problem(problems, case, path, f"cannot read the {kind}'s header ({type(exc).__name__}: {exc})")
         return None
     if _shape3(img.shape) is None:
         shape = tuple(int(d) for d in img.shape)
@@ -320,8 +323,8 @@ def open_nifti(case: str, path: Path, kind: str, problems: Problems | None = Non
 
 
 def _matching_label(
-    case: VolumeCase, header: CaseHeader, lab: SpatialImage, problems: Problems | None
-) -> SpatialImage | None:
+    case: VolumeCase, header: CaseHeader, lab: VolumeFile, problems: Problems | None
+) -> VolumeFile | None:
     """``lab`` when its grid is the image's: a shape mismatch drops it, an affine mismatch is a problem only."""
     label_path = cast(Path, case.label)
     lab_shape = _shape3(lab.shape)
@@ -347,8 +350,8 @@ def open_case(case: VolumeCase, problems: Problems | None = None) -> OpenedCase 
     :class:`VolumeError`; with ``problems``: None when the image does not open, the label
     left out (``None``) when it does not open or differs in shape, kept when only its affine differs.
     """
-    img = open_nifti(case.case, case.image, "image", problems)
-    lab = open_nifti(case.case, case.label, "label", problems) if case.label is not None else None
+    img = open_volume(case.case, case.image, "image", problems)
+    lab = open_volume(case.case, case.label, "label", problems) if case.label is not None else None
     if img is None:
         return None
     affine = np.asarray(img.affine, dtype=np.float64)
@@ -377,8 +380,9 @@ class LoadedCase:
 
     ``image`` float32 HU and ``label`` uint8 class indices (``None`` without a
     label file) share shape ``(nx, ny, nz)`` and ``affine``; ``spacing`` is in
-    the canonical axis order. ``original_*`` describe the file as stored, to write
-    predictions back in the original geometry.
+    the canonical axis order. ``original_*`` describe the file as stored, and ``source``
+    is the opened image file (its format and geometry as stored), to write predictions
+    back in the original geometry and format.
     """
 
     case: str
@@ -389,6 +393,7 @@ class LoadedCase:
     original_orientation: str
     original_shape: tuple[int, ...]
     original_affine: np.ndarray
+    source: VolumeFile
 
 
 def _summarise(values: np.ndarray, limit: int = 10) -> str:
@@ -403,8 +408,7 @@ def read_voxels(
     """The voxels of the opened image (or label: ``kind``), file orientation, as ``dtype`` (None: as stored)."""
     img, path = (opened.image, opened.case.image) if kind == "image" else (opened.label, opened.case.label)
     try:
-        data = cast(SpatialImage, img).dataobj
-        return np.asanyarray(data if dtype is None else np.asarray(data, dtype=dtype)).reshape(opened.header.shape)
+        return cast(VolumeFile, img).read(dtype).reshape(opened.header.shape)
     except Exception as exc:  # a truncated .nii.gz raises EOFError, zlib.error, ValueError ...
         cause = f"cannot read the voxel data, truncated or corrupt ({type(exc).__name__}: {exc})"
         _case_problem(problems, opened.case.case, cast(Path, path), cause)
@@ -479,6 +483,7 @@ def load_case(
         original_orientation=header.orientation,
         original_shape=tuple(int(d) for d in opened.image.shape),
         original_affine=header.affine,
+        source=opened.image,
     )
 
 
@@ -551,9 +556,6 @@ def slice_pixel_spacing(spacing: Sequence[float], axis: str) -> tuple[float, flo
 
 
 def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex SHA-256 of a volume file, or of a DICOM folder's files
+    (:func:`~segexp.data.io.volume_files.volume_checksum`)."""
+    return volume_checksum(path)

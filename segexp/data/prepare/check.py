@@ -1,10 +1,10 @@
-"""Dataset check: every problem of a slice dataset or a NIfTI volume folder, and its fingerprint.
+"""Dataset check: every problem of a slice dataset or a volume folder (any format), and its fingerprint.
 
 The reporting shell over the readers training and ``segexp-prepare`` use, given a problem
 collector (:mod:`segexp.data.io.problems`) so that nothing stops at the first problem:
 :func:`check_slice_dataset` lists the pairs with :func:`segexp.data.runtime.dataset.list_split_pairs`
 and reads them with ``read_image`` and ``MaskDecoder``, so a dataset that passes the check
-trains without a file error; :func:`check_volume_folder` reads a NIfTI folder with the
+trains without a file error; :func:`check_volume_folder` reads a volume folder with the
 readers of :mod:`segexp.data.io.volumes`. Each bad file, missing partner, size or channel
 mismatch, unknown colour or label value and class never present is one
 :class:`~segexp.data.io.problems.Problem` (``<file>: <cause>``) in the :class:`CheckReport`.
@@ -250,7 +250,7 @@ def dataset_fingerprint(
     )
 
 
-# --------------------------------------------------------------------------- NIfTI volume folders
+# --------------------------------------------------------------------------- volume folders
 
 
 @dataclass
@@ -310,7 +310,7 @@ def check_volume_folder(
     voxel_sample: int = VOXEL_SAMPLE,
     seed: int = 0,
 ) -> CheckReport:
-    """Check a NIfTI folder with ``segexp-prepare``'s readers; every problem is collected, never raised.
+    """Check a volume folder with ``segexp-prepare``'s readers; every problem is collected, never raised.
 
     ``classes``: class name -> label values (``volumes.classes``); a label value outside
     it, a non-integer label, an image/label shape or affine mismatch, an unreadable or

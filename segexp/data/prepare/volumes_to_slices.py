@@ -1,8 +1,10 @@
-"""``segexp-prepare``: CT volumes (NIfTI) -> the slice folders that ``segexp-train`` reads.
+"""``segexp-prepare``: CT volumes (NIfTI, MHA/MHD, NRRD, DICOM series folders) -> the slice folders that
+``segexp-train`` reads.
 
 Steps, each checked before anything is written to ``out_dir``:
 
-1. pair ``<case>_image`` / ``<case>_label`` files by case id (``volumes.pattern``);
+1. pair ``<case>_image`` / ``<case>_label`` volumes by case id (``volumes.pattern``; any format,
+   :mod:`segexp.data.io.volume_files`, a DICOM series checked as one);
 2. read every header: image/label shape and affine must agree;
 3. split the cases by patient (ratios, explicit lists, or k-fold);
 4. per volume, in parallel worker processes (memory: one volume per worker):
