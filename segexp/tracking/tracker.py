@@ -109,6 +109,8 @@ class Tracker:
         self.run_id = run_id
         self.uri = uri
         self.outbox = outbox
+        #: The status :func:`tracked_run` ends a run with that raised nothing (KILLED: an Optuna trial pruned).
+        self.final_status = "FINISHED"
 
     @property
     def enabled(self) -> bool:
@@ -312,4 +314,4 @@ def tracked_run(
         tracker.end(previous or "FAILED")
         raise
     else:
-        tracker.end(previous or "FINISHED")
+        tracker.end(previous or tracker.final_status)
