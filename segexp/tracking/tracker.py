@@ -175,7 +175,7 @@ class Tracker:
             self._submit({"kind": "table", "data": columns, "artifact_file": artifact_file})
 
     def log_keras_model(self, model: Any, name: str = "model") -> None:
-        """Log ``model`` with the ``mlflow.keras`` flavour: raw uint8 images in, probabilities out."""
+        """Log ``model`` with the ``mlflow.keras`` flavour: stored images in (uint8, or 16-bit), probabilities out."""
         if self.enabled:
             self._submit({"kind": "model", "name": name, "model": model})
 

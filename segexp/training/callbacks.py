@@ -299,12 +299,13 @@ def epoch_image_set(
         channels=m.image_channels,
         batch_size=1,
         on_bad_file=d.on_bad_file,
+        dtype=dataset.encoding.dtype,
     )  # skip: a bad pick is replaced
     loaded = [reader.load_sample(int(i), 0) for i in picks]
     images = (
         np.stack([im for im, _ in loaded])
         if loaded
-        else np.zeros((0, m.image_height, m.image_width, m.image_channels), np.uint8)
+        else np.zeros((0, m.image_height, m.image_width, m.image_channels), dataset.encoding.dtype)
     )
     masks = np.stack([mk for _, mk in loaded]) if loaded else np.zeros((0, m.image_height, m.image_width), np.uint8)
     return images, masks, [pairs[i].name for i in picks]

@@ -30,8 +30,9 @@ from segexp.config.schema import (
     check_train_config,
     to_dict,
 )
-from segexp.core.errors import raise_config_problems
+from segexp.core.errors import ConfigError, raise_config_problems
 from segexp.core.files import check_output_locations
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.data.prepare.check import log_fingerprint
 from segexp.data.runtime.augment import Augmenter
 from segexp.data.runtime.dataset import SliceDataset, open_dataset
@@ -173,11 +174,23 @@ def build_loaders(
             seed=seed,
             loader=t.loader,
             on_bad_file=on_bad_file,
+            dtype=dataset.encoding.dtype,
         )
 
     train = loader("train", augmenter, build_sampler(t, dataset, seed, cache_dir))
     valid = loader("valid", None, None)
     return train, valid
+
+
+def check_stored_channels(m: ModelParams, dataset: SliceDataset) -> None:
+    """``model.image_channels`` must be the stored channels where ``dataset.json`` says (stacked windows):
+    :class:`ConfigError` naming the key and the value to set."""
+    if dataset.channels is not None and dataset.channels != m.image_channels:
+        raise ConfigError(
+            f"model.image_channels: the slices of {dataset.root} carry {dataset.channels} channel(s) "
+            f"(dataset.json's storage, e.g. stacked windows), the model takes {m.image_channels}; "
+            f"set model.image_channels={dataset.channels}"
+        )
 
 
 def build_schedule(t: TrainingConfig, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule | None:
@@ -195,9 +208,10 @@ def build_optimizer(t: TrainingConfig, total_steps: int) -> keras.optimizers.Opt
     return hydra.utils.instantiate(t.optimizer, learning_rate=schedule, _convert_="all")
 
 
-def build_network(m: ModelParams, precision: str = "fp32") -> keras.Model:
-    """The network of model section ``m``, uncompiled, in ``precision`` (its weights drawn from the global seed)."""
-    return apply_precision(build_model(**to_dict(m, resolve=False)), precision)
+def build_network(m: ModelParams, precision: str = "fp32", encoding: InputEncoding = UINT8_ENCODING) -> keras.Model:
+    """The network of model section ``m``, uncompiled, in ``precision`` (its weights drawn from the global seed),
+    reading stored images of ``encoding`` (the dataset's, :func:`~segexp.data.runtime.dataset.dataset_storage`)."""
+    return apply_precision(build_model(input_encoding=encoding, **to_dict(m, resolve=False)), precision)
 
 
 def compile_model(
@@ -208,11 +222,12 @@ def compile_model(
     precision: str = "fp32",
     *,
     loss: Mapping[str, Any],
+    encoding: InputEncoding = UINT8_ENCODING,
 ) -> keras.Model:
-    """Build the network of ``m`` in ``precision`` (fp32, bf16, fp16: resolved) and compile it with ``t``'s
-    optimizer (and schedule), the ``loss`` entry (the config's ``loss`` group) and foreground metrics. fp16 gets
-    Keras' loss scaling in ``compile``."""
-    model = build_network(m, precision)
+    """Build the network of ``m`` in ``precision`` (fp32, bf16, fp16: resolved), reading images stored as
+    ``encoding``, and compile it with ``t``'s optimizer (and schedule), the ``loss`` entry (the config's ``loss``
+    group) and foreground metrics. fp16 gets Keras' loss scaling in ``compile``."""
+    model = build_network(m, precision, encoding)
     model.compile(
         optimizer=build_optimizer(t, t.epochs * steps_per_epoch),
         loss=build_loss(loss, m.num_classes),
@@ -354,15 +369,17 @@ def model_for_run(
     precision: str,
     *,
     loss: Mapping[str, Any],
+    encoding: InputEncoding = UINT8_ENCODING,
 ) -> keras.Model:
     """A new compiled model (the plan's timed one, reset, when compiled alike: :mod:`segexp.training.warm`),
     or the resumed one with its schedule rebuilt for ``training.epochs``, in ``precision``; ``loss`` is the
-    config's ``loss`` entry."""
+    config's ``loss`` entry, ``encoding`` the dataset's stored images (the model's input layer)."""
     if start is None:
-        signature = warm.compile_signature(m, t, dataset.class_names, t.epochs * steps_per_epoch, precision, loss=loss)
-        model = warm.take(signature, lambda: build_network(m, precision))
+        total = t.epochs * steps_per_epoch
+        signature = warm.compile_signature(m, t, dataset.class_names, total, precision, loss=loss, encoding=encoding)
+        model = warm.take(signature, lambda: build_network(m, precision, encoding))
         if model is None:
-            model = compile_model(m, t, dataset.class_names, steps_per_epoch, precision, loss=loss)
+            model = compile_model(m, t, dataset.class_names, steps_per_epoch, precision, loss=loss, encoding=encoding)
     else:
         warm.release()  # a resumed run continues its checkpoint, not the plan's timed model
         model = apply_precision(start.load_model(), precision)  # checkpoints are saved in float32 policies
@@ -550,6 +567,7 @@ def train_run(
     strategy = data_parallel(cfg.training.devices, cfg.training.batch_size)  # before TensorFlow initialises
     seed_and_threads(cfg.training, cfg.seed)
     dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
+    check_stored_channels(cfg.model, dataset)
     augmenter = Augmenter(cfg.augmentation.transforms) if cfg.augmentation.transforms else None
     loaders = build_loaders(
         cfg.model,
@@ -571,7 +589,16 @@ def train_run(
     )
     precision = resolve_precision(cfg.training.precision)
     with strategy_scope(strategy):  # weights, optimizer and metric variables mirrored on every replica
-        model = model_for_run(cfg.model, cfg.training, start, dataset, len(loaders[0]), precision, loss=cfg.loss)
+        model = model_for_run(
+            cfg.model,
+            cfg.training,
+            start,
+            dataset,
+            len(loaders[0]),
+            precision,
+            loss=cfg.loss,
+            encoding=dataset.encoding,
+        )
         if strategy is not None:  # batch statistics of the global batch, as on one device
             log.info("batch norm over all replicas: %d layers", synchronize_batch_norm(model))
     tracking = cfg.tracking
