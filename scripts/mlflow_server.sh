@@ -14,7 +14,9 @@
 # What runs:
 #   - a private PostgreSQL cluster in $SEGEXP_PG_DATA (created with initdb on the first start),
 #     listening on 127.0.0.1:$SEGEXP_PG_PORT only (no Unix socket), trust authentication for
-#     127.0.0.1 only, a role and a database both named `mlflow`;
+#     127.0.0.1 only, a role and a database both named `mlflow`, and a database `optuna` for the
+#     studies of Optuna searches (hparams_search=*_optuna with tracking=server;
+#     postgresql+psycopg2://mlflow@127.0.0.1:$SEGEXP_PG_PORT/optuna);
 #   - `mlflow server` on 127.0.0.1:$SEGEXP_MLFLOW_PORT with that database as backend store and
 #     artifacts proxied through the server (mlflow-artifacts:/) into $SEGEXP_MLFLOW_ARTIFACTS.
 # Trust on loopback means any local user can reach the database: fine for a laptop or a CI job,
@@ -64,6 +66,8 @@ TIMEOUT="${SEGEXP_SERVER_TIMEOUT:-120}"
 HOST=127.0.0.1
 DB=mlflow
 DB_ROLE=mlflow
+OPTUNA_DB=optuna  # Optuna searches' studies (tracking=server: tracking.optuna_storage); not in MLflow's database,
+                  # whose alembic_version table Optuna would take for its own
 PG_SUPERUSER=postgres  # database superuser created by initdb (a database role, not the OS user)
 PID_FILE="$STATE/mlflow.pid"
 MLFLOW_LOG="$STATE/mlflow.log"
@@ -200,19 +204,26 @@ EOF
 start_pg() {
     if pg_running; then
         say "PostgreSQL already running ($PG_DATA)"
-        return 0
+    else
+        ! port_busy "$PG_PORT" || die "port $PG_PORT is taken by another program: set SEGEXP_PG_PORT"
+        [[ -f "$PG_DATA/PG_VERSION" ]] || init_cluster
+        say "starting PostgreSQL on $HOST:$PG_PORT"
+        as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -o "-p $PG_PORT" -w -t "$TIMEOUT" -s \
+            || die "PostgreSQL did not start; see $PG_LOG"
     fi
-    ! port_busy "$PG_PORT" || die "port $PG_PORT is taken by another program: set SEGEXP_PG_PORT"
-    [[ -f "$PG_DATA/PG_VERSION" ]] || init_cluster
-    say "starting PostgreSQL on $HOST:$PG_PORT"
-    as_pg "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -o "-p $PG_PORT" -w -t "$TIMEOUT" -s \
-        || die "PostgreSQL did not start; see $PG_LOG"
+    ensure_databases
+}
+
+ensure_databases() {  # the role and its databases: MLflow's store and the Optuna studies (also on a running server)
+    local db
     if [[ -z "$(psql_admin -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$DB_ROLE'")" ]]; then
         psql_admin -c "CREATE ROLE $DB_ROLE LOGIN"
     fi
-    if [[ -z "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'")" ]]; then
-        psql_admin -c "CREATE DATABASE $DB OWNER $DB_ROLE"
-    fi
+    for db in "$DB" "$OPTUNA_DB"; do
+        if [[ -z "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]]; then
+            psql_admin -c "CREATE DATABASE $db OWNER $DB_ROLE"
+        fi
+    done
 }
 
 start_mlflow() {

@@ -19,7 +19,7 @@ from segexp.data.io.rgb_map import encode_rgb_mask
 from segexp.models import RESOLVERS as MODEL_RESOLVERS
 from segexp.tracking.tracker import Tracker, tracked_run
 
-from .servers import mlflow_server  # noqa: F401  (session fixture: PostgreSQL-backed MLflow server)
+from .servers import mlflow_server, optuna_postgres  # noqa: F401  (session fixtures: PostgreSQL-backed MLflow server)
 
 register_resolvers(MODEL_RESOLVERS)  # every test composes or resolves configs as the command shells do
 

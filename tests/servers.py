@@ -25,6 +25,8 @@ from segexp.config.schema import REPO_DIR
 SERVER_SCRIPT = REPO_DIR / "scripts" / "mlflow_server.sh"
 REQUIRE_ENV = "SEGEXP_REQUIRE_SERVER"
 START_TIMEOUT_S = 300
+#: The environment the session's server was started with (its ports and folders), once it runs.
+STARTED: dict[str, str] = {}
 
 
 def free_port() -> int:
@@ -93,10 +95,19 @@ def mlflow_server() -> Iterator[str]:
                 f"--- MLflow log ---\n{_tail(base / 'state' / 'mlflow.log')}",
                 pytrace=False,
             )
+        STARTED.update(env)
         yield f"http://127.0.0.1:{mlflow_port}"
     finally:
+        STARTED.clear()
         stopped = script("stop")
         if stopped.returncode == 0:
             shutil.rmtree(base, ignore_errors=True)
         else:  # keep the folder (and its logs) to look at
             print(f"scripts/mlflow_server.sh stop failed, files kept in {base}:\n{stopped.stdout}{stopped.stderr}")
+
+
+@pytest.fixture(scope="session")
+def optuna_postgres(mlflow_server: str) -> str:
+    """The Optuna storage on the session server's PostgreSQL: the database ``optuna`` that the script creates
+    beside MLflow's (what ``tracking=server`` uses by default, there on port 5433)."""
+    return f"postgresql+psycopg2://mlflow@127.0.0.1:{STARTED['SEGEXP_PG_PORT']}/optuna"

@@ -319,12 +319,9 @@ def test_cli_exit_status_and_file_names(tmp_path: Path) -> None:
     assert len(reports) == 2
     assert max(json.loads(r.read_text())["num_problems"] for r in reports) == len(expected)
     wrong = subprocess.run(
-        [*base, f"dataset.root={root}", "image_channels=2"], capture_output=True, text=True, timeout=300
+        [*base, f"dataset.root={root}", "image_channels=0"], capture_output=True, text=True, timeout=300
     )
-    assert (
-        wrong.returncode == 2
-        and "image_channels: must be 1 (grayscale) or 3 (RGB), got 2" in wrong.stdout + wrong.stderr
-    )
+    assert wrong.returncode == 2 and "image_channels: must be >= 1" in wrong.stdout + wrong.stderr
 
 
 def test_cli_checks_volumes(tmp_path: Path) -> None:

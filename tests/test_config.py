@@ -108,7 +108,7 @@ def test_hocm_experiment_is_the_original_model() -> None:
         (["model.dropout_rate=1.5"], "model.dropout_rate"),
         (["model.dropout_rate=0.3"], "model.dropout_rate"),  # 0.3 * 4 >= 1 at the bottleneck
         (["model.dilation=[0,1]"], "model.dilation"),
-        (["model.image_channels=2"], "model.image_channels"),
+        (["model.image_channels=0"], "model.image_channels"),
         (["model.num_classes=4"], "model.num_classes"),
         (["+model.base_filter=8"], "model.base_filter"),
         (["model.num_layers=five"], "model.num_layers"),

@@ -60,7 +60,7 @@ def test_a_sweep_is_named_by_what_varies() -> None:
     assert list(sweep_dimensions(["model=resunet"], {"model": "glob(*)"})) == []
     optuna = sweep_dimensions(["model.base_filters=16"], PARAMS)
     assert list(optuna) == ["training.learning_rate"]
-    sweeper = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    sweeper = "hydra_plugins.segexp_optuna.sweeper.OptunaSweeper"
     assert parent_run_name(sweep_dimensions([], PARAMS), [], sweeper, 20) == (
         "optuna: 20 trials over training.learning_rate, model.base_filters"
     )

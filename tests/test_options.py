@@ -39,7 +39,7 @@ def test_a_bad_option_is_named_with_its_full_key_and_the_choices(tmp_path: Path)
     assert "dataset.layout: expected one of ['auto', 'splits', 'flat'], got 'folders'" in message
     infer = compose_config([*INFER, "window=cardiac_cta", "window.mode=auto"], "infer")
     message = _refusal(validate_infer_config, infer)
-    assert "window.mode: expected one of ['fixed', 'percentile'], got 'auto'" in message
+    assert "window.mode: expected one of ['fixed', 'percentile', 'ct_zscore', 'zscore'], got 'auto'" in message
 
 
 def test_bad_options_of_different_sections_are_reported_together(tmp_path: Path) -> None:

@@ -359,3 +359,37 @@ def test_cross_validation_runs_its_folds_as_slurm_jobs(slurm_env: dict[str, str]
     summary = json.loads((sweep / "cv_summary.json").read_text())
     assert summary["complete"] and summary["folds_used"] == [0, 1]
     assert summary["ensemble_test"]["num_cases"] == 1  # the phantom's test patient, seen by no fold
+
+
+@pytest.mark.slow  # two SLURM array jobs of two tasks each: about 2 min on the local cluster
+def test_optuna_search_on_slurm_prunes_a_poor_trial(slurm_env: dict[str, str], tmp_path: Path) -> None:
+    """segexp's Optuna sweeper submits each batch of trials (hydra.sweeper.n_jobs=2) as one array job; every task
+    reaches its trial through the study's SQLite storage on the shared file system and reports its epochs; the
+    poor trial of the second batch is pruned after epoch 1 (tests/test_optuna_sweeper.py: PRUNED_SWEEP), its
+    MLflow child ends KILLED."""
+    optuna = pytest.importorskip("optuna", minversion="4.5", reason='pip install "optuna>=4.5,<6"')
+    import mlflow
+
+    from .test_optuna_sweeper import PRUNED_SWEEP
+
+    result = subprocess.run(
+        _train_command(tmp_path, *PRUNED_SWEEP, "hydra.sweeper.n_jobs=2", "training.epochs=2"),
+        check=False,
+        env=slurm_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (sweep_dir,) = tmp_path.glob("outputs/train/multiruns/*/*")
+    assert len({name.split("_")[0] for name in _array_job_ids(sweep_dir).values()}) == 2  # one array job per batch
+    study = optuna.load_study(study_name="flexunet_optuna", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(study.trials) == 4 and pruned, [(t.state, t.params, t.intermediate_values) for t in study.trials]
+    assert all(list(t.intermediate_values) == [1] and t.number >= 2 for t in pruned)  # only once 2 trials completed
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    for trial in pruned:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "KILLED" and run.data.tags["pruned_at_epoch"] == "1"
+        assert run.data.tags["optuna.trial_number"] == str(trial.number)

@@ -1,8 +1,8 @@
 """Optuna search (``hparams_search=``) and launcher presets (``launcher=``) compose, validate and run.
 
-The Hydra plugins are optional: each test skips, naming the package to install, when
-its plugin is missing (``pip install hydra-optuna-sweeper hydra-joblib-launcher
-hydra-submitit-launcher``).
+The launcher plugins and Optuna are optional: each test skips, naming the package to install, when
+it is missing (``pip install -e ".[sweeps]"``). segexp's own Optuna sweeper is tested in detail in
+tests/test_optuna_sweeper.py.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segexp.config.schema import CONF_DIR, validate_train_config
 
-OPTUNA_PLUGIN = "hydra_plugins.hydra_optuna_sweeper"
+OPTUNA = "optuna>=4.5,<6"
 JOBLIB_PLUGIN = "hydra_plugins.hydra_joblib_launcher"
 SUBMITIT_PLUGIN = "hydra_plugins.hydra_submitit_launcher"
 PIP_NAMES = {
-    OPTUNA_PLUGIN: "hydra-optuna-sweeper==1.3.0",
     JOBLIB_PLUGIN: "hydra-joblib-launcher==1.2.0",
     SUBMITIT_PLUGIN: "hydra-submitit-launcher==1.2.0",
 }
@@ -60,17 +59,21 @@ def _validated(cfg: DictConfig) -> DictConfig:
 # --------------------------------------------------------------------------- Optuna search
 
 
+def _need_optuna() -> None:
+    pytest.importorskip("optuna", minversion="4.5", reason=f"segexp's Optuna sweeper: pip install '{OPTUNA}'")
+
+
 def test_optuna_search_composes(tmp_path: Path) -> None:
-    _need(OPTUNA_PLUGIN)
     cfg = _compose(["hparams_search=flexunet_optuna", f"paths.root={tmp_path}", "hydra.sweeper.n_trials=3"])
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweeper._target_ == "hydra_plugins.segexp_optuna.sweeper.OptunaSweeper"
     assert sweeper.direction == "maximize" and cfg.training.monitor_mode == "max"
-    assert cfg.training.monitor == "val_dice_fg_mean"
+    assert cfg.training.monitor == "val_dice_fg_mean" and list(sweeper.objectives) == ["best/val_dice_fg_mean"]
     assert sweeper.study_name == "flexunet_optuna"
     assert sweeper.n_trials == 3 and sweeper.n_jobs == 1
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
-    assert sweeper.storage.url == f"sqlite:///{tmp_path}/outputs/optuna.db"  # under paths.output_dir
+    assert sweeper.pruner is None
+    assert sweeper.storage == f"sqlite:///{tmp_path}/outputs/optuna.db"  # beside mlflow.db (tracking.optuna_storage)
     assert set(sweeper.params) == {
         "training.learning_rate",
         "model.base_filters",
@@ -84,30 +87,26 @@ def test_optuna_search_composes(tmp_path: Path) -> None:
 
 
 def test_optuna_search_space_is_valid_everywhere() -> None:
-    """Parse hydra.sweeper.params as the plugin does; every categorical choice composes and validates."""
-    _need(OPTUNA_PLUGIN)
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-    from optuna.distributions import (
-        CategoricalDistribution,
-        LogUniformDistribution,
-        UniformDistribution,
-    )
+    """Parse hydra.sweeper.params as the sweeper does; every categorical choice composes and validates."""
+    _need_optuna()
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from segexp.launch.search_space import search_space
 
     params = _compose(["hparams_search=flexunet_optuna"]).hydra.sweeper.params
-    space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
-    assert not fixed
-    assert isinstance(space["training.learning_rate"], LogUniformDistribution)
-    assert (space["training.learning_rate"].low, space["training.learning_rate"].high) == (1e-4, 3e-3)
-    assert isinstance(space["model.dropout_rate"], UniformDistribution)
-    assert space["model.dropout_rate"].high == 0.2
-    # List-valued choices reach optuna as strings and come back as lists through Hydra's override parser.
+    parsed = search_space(OmegaConf.to_container(params, resolve=True), [])
+    space = parsed.distributions()
+    assert not parsed.fixed
+    assert space["training.learning_rate"] == FloatDistribution(1e-4, 3e-3, log=True)
+    assert space["model.dropout_rate"] == FloatDistribution(0.0, 0.2)
+    # List-valued choices reach optuna as their override text and come back as lists through Hydra's parser.
     assert space["model.base_kernels"].choices == ("[3,3]", "[5,5]", "[7,7]")
     for name, dist in space.items():
         if not isinstance(dist, CategoricalDistribution):
             continue
         for choice in dist.choices:
             for base in ([], ["debug=fast"]):  # the default model (128 px) and the smoke-test model (64 px)
-                cfg = _validated(_compose([*base, f"{name}={choice}"]))
+                cfg = _validated(_compose([*base, parsed.parameters[name].override(choice)]))
                 if name == "model.base_kernels":
                     assert list(cfg.model.base_kernels) == OmegaConf.create(f"k: {choice}").k
     # the largest dropout at the deepest level stays below 1
@@ -115,59 +114,40 @@ def test_optuna_search_space_is_valid_everywhere() -> None:
 
 
 def test_optuna_storage_persists_and_resumes(tmp_path: Path) -> None:
-    """The configured storage works with the installed optuna + SQLAlchemy and a second study() resumes.
+    """The configured storage works with the installed Optuna + SQLAlchemy 2 and a second open resumes the study."""
+    _need_optuna()
+    from segexp.launch.optuna_search import open_study, search_settings
+    from segexp.launch.search_space import search_space
 
-    optuna 2.10 + SQLAlchemy 2 fails with a plain ``sqlite:///`` URL (its schema stamp is rolled
-    back: AssertionError in check_table_schema_compatibility); the preset's AUTOCOMMIT engine fixes it.
-    """
-    _need(OPTUNA_PLUGIN)
-    import optuna
-    from hydra.utils import instantiate
-
-    sweeper = _compose(["hparams_search=flexunet_optuna", f"paths.root={tmp_path}"]).hydra.sweeper
-    (tmp_path / "outputs").mkdir()
-
-    def study() -> optuna.Study:  # what the plugin does: create_study(..., load_if_exists=True)
-        return optuna.create_study(
-            study_name=sweeper.study_name,
-            storage=instantiate(sweeper.storage),
-            sampler=instantiate(sweeper.sampler),
-            direction=sweeper.direction,
-            load_if_exists=True,
-        )
-
-    first = study()
+    cfg = _compose(["hparams_search=flexunet_optuna", f"paths.root={tmp_path}"])
+    settings = search_settings(cfg.hydra.sweeper, cfg.training.monitor, cfg.training.monitor_mode)
+    space = search_space(settings.params, [])
+    first = open_study(settings, space)
     for value in (0.2, 0.5):
-        trial = first.ask()
-        trial.suggest_categorical("model.base_kernels", ["[3,3]", "[5,5]", "[7,7]"])
+        trial = first.ask(space.distributions())
         first.tell(trial, value)
-    again = study()
+    again = open_study(settings, space)
     assert len(again.trials) == 2 and again.best_value == pytest.approx(0.5)
-    assert (tmp_path / "outputs" / "optuna.db").is_file()
+    assert again.trials[0].params["model.base_kernels"] in ("[3,3]", "[5,5]", "[7,7]")
+    assert (tmp_path / "outputs" / "optuna.db").is_file() and (tmp_path / "outputs" / "optuna.db").stat().st_size
 
 
-# two Optuna sweeps of real jobs: about 2 min (the default run keeps the composition and storage tests)
+def _sweep(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "segexp.cli.train", "-m", "hparams_search=flexunet_optuna", *FAST_JOB]
+    return subprocess.run(
+        [*cmd, *overrides, f"paths.root={root}"], capture_output=True, text=True, timeout=900, cwd=root
+    )
+
+
+# three Optuna sweeps of real jobs: about 1.5 min (the default run keeps the composition and storage tests)
 @pytest.mark.slow
 def test_optuna_sweep_runs_and_resumes(tmp_path: Path) -> None:
-    """3 trials from a fresh project root write optimization_results.yaml; a rerun continues the study."""
-    _need(OPTUNA_PLUGIN)
+    """3 trials from a fresh project root write optimization_results.yaml; a rerun with the same n_trials runs
+    nothing (the study is complete), one with n_trials=4 runs the missing trial only."""
+    _need_optuna()
     import optuna
-    from hydra.utils import instantiate
 
-    def sweep(n_trials: int) -> subprocess.CompletedProcess:
-        cmd = [
-            sys.executable,
-            "-m",
-            "segexp.cli.train",
-            "-m",
-            "hparams_search=flexunet_optuna",
-            *FAST_JOB,
-            f"hydra.sweeper.n_trials={n_trials}",
-            f"paths.root={tmp_path}",
-        ]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
-
-    result = sweep(3)
+    result = _sweep(tmp_path, "hydra.sweeper.n_trials=3")
     assert result.returncode == 0, (
         (
             "(unable to open database file: the sweep callback must create paths.output_dir before the study opens)\n"
@@ -183,44 +163,37 @@ def test_optuna_sweep_runs_and_resumes(tmp_path: Path) -> None:
     assert set(results.best_params) >= {"model.base_kernels", "training.learning_rate", "augmentation"}
     assert sorted(p.name for p in results_file.parent.iterdir() if p.is_dir()) == ["0", "1", "2"]
 
-    result = sweep(1)  # same study_name and storage: the study goes on
+    result = _sweep(tmp_path, "hydra.sweeper.n_trials=3")  # the study holds 3 trials: nothing to run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Using an existing study with name 'flexunet_optuna'" in result.stdout + result.stderr
-    storage = _compose(["hparams_search=flexunet_optuna", f"paths.root={tmp_path}"]).hydra.sweeper.storage
-    trials = optuna.load_study(study_name="flexunet_optuna", storage=instantiate(storage)).trials
+    assert "3 trials so far; 0 to run" in result.stdout + result.stderr
+    result = _sweep(tmp_path, "hydra.sweeper.n_trials=4")  # same study_name and storage: the study goes on
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "3 trials so far; 1 to run" in result.stdout + result.stderr
+    trials = optuna.load_study(study_name="flexunet_optuna", storage=f"sqlite:///{tmp_path}/outputs/optuna.db").trials
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
 
 
 @pytest.mark.slow
 def test_optuna_sweep_goes_on_after_a_failed_trial(tmp_path: Path) -> None:
-    """A trial that cannot run (64x36 slices, num_layers=4) is recorded FAIL; the other trials complete.
-
-    With seed 42 the third trial draws num_layers=4. The job must raise (not return NaN: the
-    plugin then calls tell(FAIL, values=[nan]), which optuna refuses, and the sweep crashes).
-    """
-    _need(OPTUNA_PLUGIN)
+    """A trial that cannot run (64x36 slices, num_layers=4) is recorded FAIL; the other trial completes. A grid
+    over num_layers 3 and 4 with everything else fixed tries each once (n_trials=3 is capped at the grid's 2)."""
+    _need_optuna()
     import optuna
-    from hydra.utils import instantiate
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "segexp.cli.train",
-        "-m",
-        "hparams_search=flexunet_optuna",
-        *FAST_JOB,
+    fixed = ["training.learning_rate=1e-3", "model.base_filters=8", "model.base_kernels=[3,3]", "augmentation=flips"]
+    result = _sweep(
+        tmp_path,
+        *fixed,
+        "model.dropout_rate=0",
+        "model.num_layers=choice(3,4)",
         "model.image_height=36",
-        "hydra.sweeper.sampler.seed=42",
+        "hparams_search.sampler=grid",
         "hydra.sweeper.n_trials=3",
-        f"paths.root={tmp_path}",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    storage = _compose(["hparams_search=flexunet_optuna", f"paths.root={tmp_path}"]).hydra.sweeper.storage
-    trials = optuna.load_study(study_name="flexunet_optuna", storage=instantiate(storage)).trials
-    states = [t.state for t in trials]
-    assert len(trials) == 3 and optuna.trial.TrialState.FAIL in states and optuna.trial.TrialState.COMPLETE in states
-    assert all(t.params["model.num_layers"] == 3 for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+    trials = optuna.load_study(study_name="flexunet_optuna", storage=f"sqlite:///{tmp_path}/outputs/optuna.db").trials
+    states = {t.params["model.num_layers"]: t.state for t in trials}
+    assert states == {3: optuna.trial.TrialState.COMPLETE, 4: optuna.trial.TrialState.FAIL}
     (results_file,) = (tmp_path / "outputs" / "train" / "multiruns").glob("*/*/optimization_results.yaml")
     assert OmegaConf.load(results_file).best_params["model.num_layers"] == 3
 
@@ -258,7 +231,6 @@ def test_launcher_preset_composes(preset: str) -> None:
 
 
 def test_optuna_search_with_parallel_launcher_composes() -> None:
-    _need(OPTUNA_PLUGIN)
     _need(JOBLIB_PLUGIN)
     cfg = _compose(["hparams_search=flexunet_optuna", "launcher=joblib", "hydra.sweeper.n_jobs=2"])
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.launcher._target_.endswith(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ["segexp", "scripts", "tests"]
+CODE = ["segexp", "hydra_plugins", "scripts", "tests"]
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:

@@ -13,9 +13,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+from segexp.config.schema import CONF_DIR
 from segexp.training.loop import train
 
 from .conftest import TINY_DATASET_OVERRIDES
@@ -112,3 +114,38 @@ def test_training_is_tracked_through_the_server(
 
     record = json.loads((run_dir / "mlflow_run.json").read_text())
     assert record == {"run_id": run.info.run_id, "tracking_uri": server_uri}  # segexp-evaluate reopens it there
+
+
+def test_optuna_studies_live_on_the_same_postgres_server(optuna_postgres: str, tmp_path: Path) -> None:
+    """tracking=server: the search's study goes to the database ``optuna`` on the server's PostgreSQL (created by
+    scripts/mlflow_server.sh); a job reaches its trial there and reports, and a second open resumes the study."""
+    optuna = pytest.importorskip("optuna", minversion="4.5", reason='pip install "optuna>=4.5,<6"')
+    from segexp.launch.optuna_search import open_study, search_settings
+    from segexp.launch.search_space import quoted, search_space
+    from segexp.training.pruning import TrialLink, TrialPruning, open_trial
+
+    from .conftest import compose_config
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "hparams_search=flexunet_optuna",
+                "tracking=server",
+                "hydra/sweeper/optuna_pruner=median",
+                f"hydra.sweeper.storage={quoted(optuna_postgres)}",
+                "hydra.sweeper.study_name=server_study",
+            ],
+            return_hydra_config=True,
+        )
+    assert compose_config(["tracking=server"]).tracking.optuna_storage.endswith("@127.0.0.1:5433/optuna")
+    settings = search_settings(cfg.hydra.sweeper, cfg.training.monitor, cfg.training.monitor_mode)
+    space = search_space(settings.params, [])
+    study = open_study(settings, space)
+    trial = study.ask(space.distributions())
+    callback = TrialPruning(open_trial(TrialLink("server_study", optuna_postgres, trial.number)), "val_dice_fg_mean")
+    callback.on_epoch_end(0, {"val_dice_fg_mean": 0.4})
+    study.tell(trial, 0.4)
+    again = open_study(settings, space)
+    assert len(again.trials) == 1 and again.trials[0].intermediate_values == {1: 0.4}
+    assert again.trials[0].state == optuna.trial.TrialState.COMPLETE

@@ -161,15 +161,17 @@ def test_architecture_sweep_end_to_end(tmp_path: Path, tiny_dataset: Path) -> No
 def test_architecture_optuna_space_covers_every_network_and_validates() -> None:
     """The Optuna space's model choice is every network; each choice of every categorical key validates with
     every network (the keys it searches are the ones every network has)."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install 'hydra-optuna-sweeper==1.3.0'")
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    pytest.importorskip("optuna", minversion="4.5", reason='pip install "optuna>=4.5,<6"')
     from optuna.distributions import CategoricalDistribution
+
+    from segexp.launch.search_space import search_space
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["hparams_search=architecture_optuna"], return_hydra_config=True)
     assert cfg.hydra.sweeper.study_name == "architecture_optuna" and cfg.hydra.sweeper.direction == "maximize"
-    space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
-    assert not fixed
+    parsed = search_space(OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True), [])
+    assert not parsed.fixed
+    space = parsed.distributions()
     models = space.pop("model").choices
     assert sorted(OmegaConf.load(CONF_DIR / "model" / f"{m}.yaml").name for m in models) == sorted(networks())
     choices = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from segexp.config.options import (
     LargeImages,
@@ -54,6 +54,7 @@ class PhantomVolumesConfig:
     size: int = MISSING
     num_slices: int = MISSING
     seed: int = MISSING
+    fovs_mm: Optional[list[float]] = MISSING  # in-plane fields of view the cases cycle through (mixed spacings)
 
 
 @dataclass
@@ -95,6 +96,9 @@ class PrepareConfig:
     empty_fraction: float = MISSING
     seed: int = MISSING
     split: SplitConfig = field(default_factory=SplitConfig)
+    windows: Optional[list[Any]] = MISSING  # stacked HU windows: preset names or {level, width}
+    spacing: Any = MISSING  # null | auto | mm | [row, col] mm (check_spacing)
+    canvas: Any = MISSING  # null | auto | [height, width] (check_canvas)
     mask_format: PreparedMaskFormat = MISSING
     workers: int = MISSING
     overwrite: bool = MISSING
@@ -127,6 +131,62 @@ def _check_volume_classes(classes: Any, mask_format: str) -> list[str]:
     return errors
 
 
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _positive_number(value: Any) -> bool:
+    return _number(value) and value > 0
+
+
+def check_spacing(value: Any, key: str = "spacing") -> list[str]:
+    """``spacing``: null, ``auto``, a number of mm > 0, or ``[row, col]`` mm > 0."""
+    value = _plain(value)
+    if value is None or value == "auto" or _positive_number(value):
+        return []
+    if isinstance(value, list) and len(value) == 2 and all(_positive_number(v) for v in value):
+        return []
+    return [f"{key}: expected null (off), auto (the median in-plane spacing), mm > 0 or [row, col] mm, got {value!r}"]
+
+
+def check_canvas(value: Any, spacing: Any) -> list[str]:
+    """``canvas``: null, ``auto`` or ``[height, width]`` pixels >= 1; only with a ``spacing``."""
+    value = _plain(value)
+    if value is None:
+        return []
+    if _plain(spacing) is None:
+        return [
+            f"canvas: pads or crops slices resampled to a spacing; set spacing (auto or mm) too, got canvas {value!r}"
+        ]
+    if value == "auto" or (
+        isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v >= 1 for v in value)
+    ):
+        return []
+    return [f"canvas: expected null, auto (the median resampled slice) or [height, width] in pixels, got {value!r}"]
+
+
+def _check_windows(value: Any) -> list[str]:
+    """``windows``: null, or a list of window preset names / ``{level, width}`` in HU (stacked as channels;
+    the names are checked against the presets by segexp-prepare, ``segexp.data.io.intensity.stacked_windows``)."""
+    value = _plain(value)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not value:
+        return [f"windows: expected null or a list of windows, e.g. [cardiac_cta, mediastinal, lung], got {value!r}"]
+    errors = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, dict) and {"level", "width"} <= set(entry) and _number(entry["level"]):
+            if not _positive_number(entry["width"]):
+                errors.append(f"windows[{i}].width: must be > 0 HU, got {entry['width']!r}")
+        elif not isinstance(entry, str):
+            errors.append(f"windows[{i}]: expected a window preset name or {{level, width}} in HU, got {entry!r}")
+    return errors
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def validate_prepare_config(cfg: DictConfig) -> DictConfig:
     """Typed ``segexp-prepare`` config; every problem is reported with its full key."""
     typed, errors = typed_config(cfg, PrepareConfig)
@@ -141,6 +201,8 @@ def validate_prepare_config(cfg: DictConfig) -> DictConfig:
         )
     if typed.size is not None and (len(typed.size) != 2 or min(typed.size) < 1):
         errors.append(f"size: expected null or [height, width] in pixels, got {list(typed.size)}")
+    errors += check_spacing(typed.spacing) + check_canvas(typed.canvas, typed.spacing)
+    errors += _check_windows(typed.windows)
     if not in_unit_interval(typed.empty_fraction):
         errors.append(f"empty_fraction: must lie in [0, 1], got {typed.empty_fraction}")
     if typed.workers < 0:
@@ -179,8 +241,11 @@ def validate_check_config(cfg: DictConfig) -> DictConfig:
         errors += check_dataset_keys(typed.dataset)  # segexp-check resolves the class table from the data itself
     else:
         errors += check_dataset(typed.dataset, len(typed.dataset.class_names))
-    if typed.image_channels not in (1, 3):
-        errors.append(f"image_channels: must be 1 (grayscale) or 3 (RGB), got {typed.image_channels}")
+    if typed.image_channels < 1:
+        errors.append(
+            f"image_channels: must be >= 1 (1 grey, 3 RGB, or the windows segexp-prepare stacked), "
+            f"got {typed.image_channels}"
+        )
     if typed.image_size is not None and (len(typed.image_size) != 2 or min(typed.image_size) < 1):
         errors.append(f"image_size: expected null or [height, width] in pixels, got {list(typed.image_size)}")
     if typed.max_lines < 1:
@@ -253,6 +318,11 @@ def validate_infer_config(cfg: DictConfig) -> DictConfig:
             cfg.window = None
     typed, problems = typed_config(cfg, InferConfig)
     errors = problems + _check_prediction_keys(typed)
+    if typed.window is not None and typed.window.mode == "ct_zscore":
+        errors.append(
+            "window: ct_zscore needs the training foreground's statistics, which only the run's dataset.json holds; "
+            "leave window unset (the training's mapping is read from there)"
+        )
     if not 0.0 <= typed.overlap < 1.0:
         errors.append(f"overlap: must lie in [0, 1), got {typed.overlap}")
     raise_config_problems(errors)

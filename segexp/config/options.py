@@ -130,10 +130,14 @@ class SliceAxis(Option):
 
 
 class WindowMode(Option):
-    """``window.mode``: a fixed level/width, or per-volume percentiles."""
+    """``window.mode``: a fixed level/width or per-volume percentiles (8-bit slices); nnU-Net's CT normalisation
+    with the training foreground's statistics, or a per-image z-score (16-bit slices;
+    ``segexp.data.io.intensity.normalise_volume``)."""
 
     fixed = "fixed"
     percentile = "percentile"
+    ct_zscore = "ct_zscore"
+    zscore = "zscore"
 
 
 class Metric(Option):

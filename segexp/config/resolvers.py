@@ -5,6 +5,8 @@
 * ``${cores:8}`` (:func:`usable_cores`): min(8, usable CPU cores), e.g. loader workers that fit the machine.
 * ``${losses:}`` (:func:`loss_choices`): every loss of the ``loss`` group (``conf/loss/*.yaml``), e.g. an Optuna
   search's loss choice; ``${losses:bce_dice}`` leaves the ones named out.
+* ``${optuna_storage:${tracking.uri},${paths.output_dir}}`` (:func:`optuna_storage`): where Optuna searches keep
+  their studies, beside the tracking store.
 
 Resolvers that read a higher layer come from that layer as a table of their own, passed in by whoever
 composes a config that uses them: ``${networks:}``, every registered network (the Optuna search's model
@@ -25,6 +27,12 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from segexp.config.schema import NO_CLASS_TABLE, REPO_DIR, loss_names
+from segexp.core.files import sqlite_folder
+
+#: The study database's name beside the tracking store (a file next to SQLite's, a database on a server).
+OPTUNA_DATABASE = "optuna"
+#: URI schemes of SQL servers (SQLAlchemy dialects, with or without ``+driver``) whose server can hold the studies.
+SQL_SERVERS = ("postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle")
 
 
 def project_root() -> str:
@@ -60,12 +68,28 @@ def loss_choices(*leave_out: str) -> str:
     return ", ".join(n for n in names if n not in leave_out)
 
 
+def optuna_storage(tracking_uri: str, output_dir: str) -> str:
+    """Where Optuna keeps studies, beside the tracking store ``tracking_uri``: ``optuna.db`` in the folder of an
+    SQLite store's file, the database ``optuna`` on the server of an SQL database URI, else
+    ``<output_dir>/optuna.db`` (an MLflow server's backend is not known here: tracking=server names it). Never the
+    MLflow database itself: Optuna and MLflow each keep an ``alembic_version`` table of their own."""
+    folder = sqlite_folder(tracking_uri)
+    if folder is not None:
+        return f"sqlite:///{folder / f'{OPTUNA_DATABASE}.db'}"
+    if tracking_uri.split(":", 1)[0].split("+", 1)[0] in SQL_SERVERS:
+        from sqlalchemy.engine import make_url  # deferred: only database URIs need it
+
+        return make_url(tracking_uri).set(database=OPTUNA_DATABASE).render_as_string(hide_password=False)
+    return f"sqlite:///{Path(output_dir) / f'{OPTUNA_DATABASE}.db'}"
+
+
 #: Resolver name -> function, as the YAML files under ``conf/`` call them.
 RESOLVERS: dict[str, Callable[..., Any]] = {
     "project_root": project_root,
     "len": class_count,
     "cores": usable_cores,
     "losses": loss_choices,
+    "optuna_storage": optuna_storage,
 }
 
 

@@ -173,6 +173,7 @@ class TrackingConfig:
     system_metrics: bool = MISSING
     registered_model: Optional[str] = MISSING
     outage: OutageConfig = field(default_factory=OutageConfig)
+    optuna_storage: Optional[str] = MISSING  # where Optuna searches keep their studies (conf/tracking/sqlite.yaml)
 
 
 @dataclass
@@ -202,6 +203,15 @@ class CrossValidationConfig:
 
 
 @dataclass
+class OptunaTrialConfig:
+    """A sweep job's Optuna trial (set by segexp's Optuna sweeper; all null in any other run)."""
+
+    study: Optional[str] = MISSING
+    storage: Optional[str] = MISSING
+    trial: Optional[int] = MISSING
+
+
+@dataclass
 class TrainConfig:
     task_name: str = MISSING
     seed: int = MISSING
@@ -215,6 +225,7 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     cv: CrossValidationConfig = field(default_factory=CrossValidationConfig)
+    optuna: OptunaTrialConfig = field(default_factory=OptunaTrialConfig)
 
 
 #: ``Optional[X]`` and ``X | None`` (both kinds of union a field's hint may be).
@@ -239,7 +250,40 @@ RENAMED: dict[str, str] = {
     "loss=dice_ce; conf/loss/); a loss of yours: loss._target_=my_pkg.MyLoss (or a YAML of yours in conf/loss/)",
     "training.dice": "moved into the loss's own keys: loss.batch=false, loss.include_background=true "
     "(the losses with a Dice term: conf/loss/)",
+    "hydra.sweeper.storage.url": "hydra.sweeper.storage is the URL itself now (segexp's Optuna sweeper, "
+    "Optuna >= 4.5): hydra.sweeper.storage=sqlite:///... (default: tracking.optuna_storage)",
+    "hydra.sweeper.storage.engine_kwargs": "not needed with Optuna >= 4.5: hydra.sweeper.storage is a URL "
+    "(SQLite waits up to 60 s for a lock)",
+    "hydra.sweeper.search_space": "the search space is hydra.sweeper.params (Hydra's sweep syntax: interval(), "
+    "tag(log, interval()), tag(int, interval()), range(), choice())",
+    "hydra.sweeper.custom_search_space": "not supported by segexp's Optuna sweeper: put every parameter in "
+    "hydra.sweeper.params",
+    "hydra/sweeper/sampler": "the sampler of segexp's Optuna sweeper: hparams_search.sampler=tpe | random | cmaes | "
+    "grid (the group hydra/sweeper/optuna_sampler)",
 }
+
+#: Command-line spellings segexp-train rewrites before Hydra composes, alias -> (config group, config node): an Optuna
+#: search's sampler and pruner. ``hparams_search.pruner=median`` picks the group's option
+#: (``hydra/sweeper/optuna_pruner=median``), ``hparams_search.pruner.<key>=v`` sets one of its keys
+#: (``hydra.sweeper.pruner.<key>=v``).
+ALIASES: dict[str, tuple[str, str]] = {
+    "hparams_search.sampler": ("hydra/sweeper/optuna_sampler", "hydra.sweeper.sampler"),
+    "hparams_search.pruner": ("hydra/sweeper/optuna_pruner", "hydra.sweeper.pruner"),
+}
+
+
+def expand_aliases(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` with every :data:`ALIASES` key spelled as Hydra knows it (the rest unchanged)."""
+    expanded = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        for alias, (group, node) in ALIASES.items():
+            if key == alias and sep:
+                override = f"{group}={value}"
+            elif key.startswith(f"{alias}."):
+                override = f"{node}{key[len(alias) :]}{sep}{value}"
+        expanded.append(override)
+    return expanded
 
 
 def renamed_overrides(overrides: Sequence[str]) -> list[str]:
@@ -590,6 +634,18 @@ def _check_plan(p: Any) -> list[str]:
     return errors
 
 
+def check_optuna_trial(o: Any) -> list[str]:
+    """``optuna.trial`` >= 0 comes with ``optuna.study`` and ``optuna.storage`` (the sweeper sets all three)."""
+    if o.trial is None:
+        return []
+    if o.trial < 0:
+        return [f"optuna.trial: expected a trial number >= 0, got {o.trial}"]
+    missing = [f"optuna.{key}" for key in ("study", "storage") if not o[key]]
+    if not missing:
+        return []
+    return [f"optuna.trial={o.trial}: needs {' and '.join(missing)} too (segexp's Optuna sweeper sets all three)"]
+
+
 def check_cross_validation(cv: Any) -> list[str]:
     """``cv.folds`` an int >= 2 or null, ``cv.fold`` in 0..folds-1 (null only without folds), ``cv.seed`` >= 0."""
     errors = []
@@ -653,6 +709,7 @@ def check_train_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
         + _check_augmentation(typed.augmentation)
         + _check_plan(typed.plan)
         + check_cross_validation(typed.cv)
+        + check_optuna_trial(typed.optuna)
         + check_nsd_tolerance(typed.training.nsd_tolerance_mm, "training.nsd_tolerance_mm", typed.dataset.class_names)
     )
     return typed, problems

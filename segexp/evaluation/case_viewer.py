@@ -86,12 +86,17 @@ def _tile(stack: np.ndarray, columns: int) -> np.ndarray:
 def encode_case(
     name: str, images: np.ndarray, truth: np.ndarray, prediction: np.ndarray, max_side: int = MAX_SIDE
 ) -> ViewerCase:
-    """Encode one case's ``images`` ``(S, H, W)`` or ``(S, H, W, C)`` uint8 and class-index ``truth`` and
-    ``prediction`` ``(S, H, W)``, each slice downscaled to at most ``max_side`` pixels on its long side."""
+    """Encode one case's ``images`` ``(S, H, W)`` or ``(S, H, W, C)`` as stored (uint8, uint16; shown: 8 bits, the
+    first of stacked windows) and class-index ``truth`` and ``prediction`` ``(S, H, W)``, each slice downscaled to
+    at most ``max_side`` pixels on its long side."""
     count, height, width = truth.shape
     scale = min(1.0, max_side / max(height, width))
     h, w = max(1, round(height * scale)), max(1, round(width * scale))
     images = images if images.ndim == 4 else images[..., None]
+    if images.dtype == np.uint16:  # a 16-bit slice shows its high byte (display only)
+        images = (images >> 8).astype(np.uint8)
+    if images.shape[-1] not in (1, 3):  # stacked windows: the first one
+        images = images[..., :1]
     if images.shape[-1] == 1 or all(np.array_equal(i[..., 0], i[..., c]) for i in images for c in (1, 2)):
         grey = images[..., 0]
     else:

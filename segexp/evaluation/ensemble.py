@@ -70,8 +70,16 @@ class Ensemble:
                 f"the ensemble's models differ in shape ({listed}); "
                 "its folds must be trained with one model.image_height/image_width/image_channels and classes"
             )
+        dtypes = {str(m.inputs[0].dtype) for m in models if getattr(m, "inputs", None)}
+        if len(dtypes) > 1:
+            raise EvaluationError(
+                f"the ensemble's models read different stored images ({sorted(dtypes)}); its folds must be trained "
+                "on slices prepared alike (dataset.json's storage)"
+            )
         self.models, self.names = list(models), list(names)
         self.input_shape, self.output_shape = shapes[0]
+        #: the first model's Keras inputs (their dtype: the stored images it reads), where it has them
+        self.inputs = getattr(models[0], "inputs", None)
 
     def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
         """The mean of the members' probabilities for the batch ``x``: ``(1/F) Σ_f p_f``, float32."""

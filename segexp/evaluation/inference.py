@@ -69,8 +69,9 @@ def _num_outputs(model: keras.Model) -> int:
 
 
 def _check_uint8(images: np.ndarray) -> None:
-    if images.dtype != np.uint8:
-        raise TypeError(f"images must be uint8 (the model rescales raw images), got {images.dtype}")
+    """Images must be as stored, uint8 (or uint16 for 16-bit slices): the model's input layer decodes them."""
+    if images.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"images must be uint8 or uint16 as stored (the model decodes them), got {images.dtype}")
 
 
 def _predict_fixed(model: keras.Model, images: np.ndarray, batch_size: int, num_classes: int) -> np.ndarray:
@@ -94,7 +95,8 @@ def predict_batches(
     batch_size: int = 8,
     flip_tta: bool = False,
 ) -> np.ndarray:
-    """Probabilities ``(N, H, W, K)`` float32 for uint8 images ``(N, H, W, C)`` of the model's input size.
+    """Probabilities ``(N, H, W, K)`` float32 for stored images ``(N, H, W, C)`` (uint8 or uint16) of the model's
+    input size.
 
     The model is called through ``model.predict_on_batch`` on batches of exactly
     ``batch_size`` images (the last partial batch is padded with black images, whose
@@ -234,7 +236,7 @@ def sliding_window_predict(
     ph, pw = max(h, th), max(w, tw)
     top, left = (ph - h) // 2, (pw - w) // 2
     if (ph, pw) != (h, w):
-        padded = np.zeros((ph, pw, image.shape[2]), np.uint8)
+        padded = np.zeros((ph, pw, image.shape[2]), image.dtype)
         padded[top : top + h, left : left + w] = image
     else:
         padded = image

@@ -5,12 +5,15 @@ trained run.
   ``large_images=tile``, predicted by sliding window at its own size; writes
   class-index masks, colour masks through the run's rgb_map and overlays.
 * Volumes, any format of :mod:`segexp.data.io.volume_files` (a folder of DICOM files is one series; a
-  folder of PNG/JPG stays a slice folder): the volume is reoriented to RAS, windowed exactly as the
-  training data (``dataset.json`` of the run's dataset, or ``window=...``), every slice along the
-  training axis is predicted in batches, and the label volume is written back in the input's own
-  orientation and format: **same shape and geometry (origin, spacing, direction) as the input**, so it
-  overlays the CT in 3D Slicer or ITK-SNAP: ``<name>_pred.nii.gz`` / ``.mha`` / ``.nrrd`` (a DICOM
-  input: NIfTI, or ``output_format``). Plus an overlay montage PNG.
+  folder of PNG/JPG stays a slice folder): the volume is reoriented to RAS, its intensities mapped exactly as
+  the training data's (``dataset.json`` of the run's dataset, or ``window=...``:
+  :func:`~segexp.data.io.intensity.normalise_volume`), every slice along the training axis resampled to the
+  training's in-plane spacing, canvas and size (:class:`~segexp.data.io.resample.SliceGrid`, as segexp-prepare
+  did) and predicted in batches; the probabilities go back linearly onto the volume's own slices before the
+  argmax, and the label volume is written back in the input's own orientation and format: **same shape
+  and geometry (origin, spacing, direction) as the input**, so it overlays the CT in 3D Slicer or ITK-SNAP:
+  ``<name>_pred.nii.gz`` / ``.mha`` / ``.nrrd`` (a DICOM input: NIfTI, or ``output_format``). Plus an overlay
+  montage PNG.
 * ``save_probabilities``: also the model's probabilities (before postprocessing), for ensembling
   across configurations later: ``probabilities/<stem>.npz`` per image, ``<name>_probabilities.nii.gz``
   per volume (NIfTI whatever the input's format: :func:`probability_image`; :func:`write_png_probabilities`).
@@ -28,6 +31,7 @@ import json
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,8 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from segexp.core.errors import InferenceInputError
 from segexp.core.files import atomic_write_path
 from segexp.data.io.dicom_seg import write_dicom_seg
-from segexp.data.io.intensity import window_volume
+from segexp.data.io.intensity import normalise_volume
+from segexp.data.io.resample import slice_grid
 from segexp.data.io.rgb_map import class_colours, encode_rgb_mask
 from segexp.data.io.slices import IMAGE_SUFFIXES, DataError, case_id, read_image, resize_image
 from segexp.data.io.volume_files import (
@@ -57,6 +62,7 @@ from segexp.data.io.volumes import (
     VolumeError,
     load_case,
     num_slices,
+    slice_pixel_spacing,
     stack_slices,
     volume_slice,
 )
@@ -125,6 +131,13 @@ def _model_size(model: Any) -> tuple[int, int]:
     return int(model.input_shape[1]), int(model.input_shape[2])
 
 
+def model_input_dtype(model: Any) -> np.dtype:
+    """The stored dtype the model's input takes (uint8, or uint16 for 16-bit slices); uint8 for a stand-in
+    without Keras inputs."""
+    inputs = getattr(model, "inputs", None)
+    return np.dtype(str(inputs[0].dtype)) if inputs else np.dtype(np.uint8)
+
+
 def predict_png_files(
     model: Any,
     paths: Sequence[Path],
@@ -172,7 +185,7 @@ def predict_png_files(
         channels = int(model.input_shape[-1])
         for path, mask in _postprocess_by_case(masks, rules, case_pattern).items():
             # read again for its overlay: holding every image until the last chunk would cost their memory
-            _write_png_outputs(path, read_image(path, channels), mask, out_dir, colours)
+            _write_png_outputs(path, read_image(path, channels, model_input_dtype(model)), mask, out_dir, colours)
     return failures
 
 
@@ -225,7 +238,7 @@ def _png_probabilities(
     height, width = _model_size(model)
     for path in paths:
         try:
-            images.append(read_image(path, channels))
+            images.append(read_image(path, channels, model_input_dtype(model)))
             good.append(path)
         except DataError as err:  # the training reader's error, naming the file
             failures.append(str(err))
@@ -240,21 +253,53 @@ def _png_probabilities(
     return {path: (image, prob) for path, image, prob in zip(good, images, probs)}, failures
 
 
-def training_window(run: ModelSource) -> tuple[dict[str, Any] | None, str]:
-    """Window settings and slicing axis of the run's training data (from its ``dataset.json``)."""
+@dataclass(frozen=True)
+class VolumeRecipe:
+    """How the run's training slices were cut from volumes (its ``dataset.json``): the intensity ``window``
+    (:func:`~segexp.data.io.intensity.normalise_volume`'s, statistics included; None without a manifest), the
+    slicing ``axis``, the in-plane target ``spacing`` ``(row, col)`` mm, the ``canvas`` and the ``size``
+    (``(rows, cols)``; None: not used)."""
+
+    window: dict[str, Any] | None = None
+    axis: str = "axial"
+    spacing: tuple[float, float] | None = None
+    canvas: tuple[int, int] | None = None
+    size: tuple[int, int] | None = None
+
+
+def _pair(value: Any) -> Any:
+    """A manifest's ``[a, b]`` as a tuple (a single number: both); None for null."""
+    if value is None:
+        return None
+    return (value, value) if isinstance(value, (int, float)) else tuple(value)
+
+
+def training_recipe(run: ModelSource) -> VolumeRecipe:
+    """The :class:`VolumeRecipe` of the run's training data (from its ``dataset.json``; defaults without one)."""
     try:
         manifest = json.loads((Path(run.config.dataset.root) / "dataset.json").read_text())
     except (OSError, ValueError, KeyError, TypeError):
-        return None, "axial"
-    return manifest.get("window"), manifest.get("axis", "axial")
+        return VolumeRecipe()
+    spacing = manifest.get("spacing") or {}
+    return VolumeRecipe(
+        manifest.get("window"),
+        manifest.get("axis", "axial"),
+        _pair(spacing.get("target_mm")),
+        _pair(spacing.get("canvas")),
+        _pair(manifest.get("size")),
+    )
+
+
+def training_window(run: ModelSource) -> tuple[dict[str, Any] | None, str]:
+    """Window settings and slicing axis of the run's training data (from its ``dataset.json``)."""
+    recipe = training_recipe(run)
+    return recipe.window, recipe.axis
 
 
 def window_like_training(volume: np.ndarray, window: dict[str, Any]) -> np.ndarray:
-    """The training's intensity mapping (``window`` as in the dataset's manifest or ``conf/window``), to uint8."""
-    keys = ("level", "width", "low_percentile", "high_percentile")
-    return window_volume(
-        volume, window.get("mode", "fixed"), **{k: window[k] for k in keys if window.get(k) is not None}
-    )[0]
+    """The training's intensity mapping (``window`` as in the dataset's manifest or ``conf/window``) of a volume:
+    the stored values, uint8 (or uint16; ``(x, y, z, C)`` for stacked windows)."""
+    return normalise_volume(volume, window).stored
 
 
 def predict_volume(
@@ -272,6 +317,7 @@ def predict_volume(
     save_probabilities: bool = False,
     output_format: str = "auto",
     class_names: Sequence[str] = (),
+    recipe: VolumeRecipe | None = None,
 ) -> Path:
     """Predict every slice of one volume (any format, a DICOM folder included); write ``<name>_pred.<ext>`` in
     the input's format (``output_format``: :func:`~segexp.data.io.volume_files.write_label_volume`) with its
@@ -280,34 +326,50 @@ def predict_volume(
     ``save_probabilities`` ``<name>_probabilities.nii.gz``
     (:func:`probability_image`).
 
+    Each slice is made as segexp-prepare made the training slices (``recipe``: spacing, canvas, size; the
+    intensities by ``window``) and resized to the model input as the training loader did
+    (:func:`~segexp.data.io.slices.resize_image`); the probabilities go back onto the volume's slice linearly
+    (:meth:`~segexp.data.io.resample.SliceGrid.probabilities`), then the argmax.
+
     Speed (BENCHMARKS.md): the volume is read in its stored dtype and windowed through a
     lookup table (no float copy); slices are predicted ``chunk`` at a time while a second
     thread turns the previous chunk's probabilities into labels (resize back, argmax), so
     that post-processing hides behind the model.
     """
+    recipe = recipe or VolumeRecipe(window, axis)
     name = volume_stem(path)
     try:
         loaded = load_case(VolumeCase(name, path, None), image_dtype=None)
-    except (VolumeError, OSError, nib.filebasedimages.ImageFileError) as err:
+        normalised = normalise_volume(loaded.image, window)
+    except (VolumeError, OSError, nib.filebasedimages.ImageFileError, ValueError) as err:
         raise InferenceInputError(f"{path}: {err}") from err
     channels = int(model.input_shape[-1])
     height, width = _model_size(model)
-    image, original_affine, like = window_like_training(loaded.image, window), loaded.original_affine, loaded.source
-    del loaded  # the windowed uint8 copy is all that is needed from here on
-    n = num_slices(image, axis)
-    slices = [volume_slice(image, axis, i) for i in range(n)]
-    batch = np.empty((n, height, width, channels), np.uint8)
+    stored = normalised.stored
+    stored_channels = 1 if stored.ndim == 3 else stored.shape[3]
+    if normalised.encoding.dtype != model_input_dtype(model) or stored_channels not in (1, channels):
+        raise InferenceInputError(
+            f"{path}: the window {window.get('name', window.get('mode'))!r} gives {stored_channels}-channel "
+            f"{normalised.encoding.dtype} slices, the model takes {channels}-channel {model_input_dtype(model)} ones"
+        )
+    fill = stored.min(axis=(0, 1, 2)) if stored.ndim == 4 else stored.min()  # segexp-prepare's canvas padding
+    spacing = slice_pixel_spacing(loaded.spacing, axis)
+    original_affine, like = loaded.original_affine, loaded.source
+    del loaded  # the stored copy is all that is needed from here on
+    n = num_slices(stored, axis)
+    slices = [volume_slice(stored, axis, i) for i in range(n)]
+    grid = slice_grid(slices[0].shape[:2], spacing, recipe.spacing, recipe.canvas, recipe.size)
+    batch = np.empty((n, height, width, channels), stored.dtype)
     for i, s in enumerate(slices):
-        batch[i] = (s if s.shape == (height, width) else cv2.resize(s, (width, height), interpolation=cv2.INTER_AREA))[
-            ..., None
-        ]
-    labels = np.empty((n, *slices[0].shape), np.uint8)
+        batch[i] = resize_image(grid.image(s if s.ndim == 3 else s[..., None], fill), height, width)
+    labels = np.empty((n, *slices[0].shape[:2]), np.uint8)
     num_outputs = int(model.output_shape[-1])
     quantised = np.empty((*labels.shape, num_outputs), np.uint8) if save_probabilities else None
+    background = np.eye(num_outputs, dtype=np.float32)[0] if num_outputs > 1 else np.zeros(1, np.float32)
 
     def to_labels(start: int, probs: np.ndarray) -> None:
         for j, p in enumerate(probs):
-            resized = resize_probabilities(p, *labels.shape[1:])
+            resized = grid.probabilities(p, background)
             labels[start + j] = probabilities_to_classes(resized)
             if quantised is not None:
                 quantised[start + j] = quantise_probabilities(resized)
@@ -424,8 +486,9 @@ def infer(
         )
     model = source.load_model(precision)
     check_model_fits(model, len(class_names), int(cfg.model.image_channels))
-    trained_window, axis = training_window(source)
-    window = window or trained_window
+    recipe = training_recipe(source)
+    window = window or recipe.window
+    axis = recipe.axis
     failures: list[str] = []
     volumes = [p for p in paths if is_volume(p)]
     images = [p for p in paths if not is_volume(p)]
@@ -464,6 +527,7 @@ def infer(
                 save_probabilities=save_probabilities,
                 output_format=output_format,
                 class_names=class_names,
+                recipe=recipe,
             )
             log.info("%s -> %s", path.name, target)
         except InferenceInputError as err:

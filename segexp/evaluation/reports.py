@@ -92,12 +92,18 @@ def cases_of(pairs: Sequence[SlicePair], case_pattern: str) -> dict[str, list[Sl
 
 
 def case_spacing(root: Path, case: str) -> tuple[float, float, float] | None:
-    """``(slice, row, column)`` spacing in mm of a case's stacked slices, from ``dataset.json`` (segexp-prepare)."""
+    """``(slice, row, column)`` spacing in mm of a case's stacked slices, from ``dataset.json`` (segexp-prepare):
+    the spacing of the pixels as stored (``stored_spacing_mm``: after resampling to the target spacing, the
+    canvas and ``size``) and between slices; a manifest from before those entries: the volume's spacing,
+    scaled by ``size``."""
     try:
         manifest = json.loads((root / "dataset.json").read_text())
         info = manifest["cases"][case]
     except (OSError, ValueError, KeyError):
         return None
+    if info.get("stored_spacing_mm") and info.get("through_spacing_mm"):
+        row, col = info["stored_spacing_mm"]
+        return float(info["through_spacing_mm"]), float(row), float(col)
     x, y, z = info["spacing_mm"]
     # display (row, column) axes of segexp.data.io.volumes.volume_slice, and the slicing axis
     planes = {"axial": (z, (y, x)), "coronal": (y, (z, x)), "sagittal": (x, (z, y))}
@@ -119,15 +125,17 @@ def _predict_case(
     batch_size: int,
     flip_tta: bool,
     on_bad_file: str = "error",
+    dtype: np.dtype | type | str = np.uint8,
 ) -> tuple[list[SlicePair], np.ndarray, np.ndarray, np.ndarray] | None:
     """(the slices read, images ``(S, H, W, C)``, truth, prediction) of one case, stacks ``(S, H, W)`` at the stored
     slice size (the images too, so the case viewer does not read them again). An
     unreadable slice stops with its error, or with ``on_bad_file="skip"`` is logged and left out (as the training
-    loader does); None when no slice of the case could be read."""
+    loader does); None when no slice of the case could be read. ``dtype``: the stored images' (the dataset's
+    encoding)."""
     kept, images, truths = [], [], []
     for pair in pairs:
         try:
-            image, truth = read_image(pair.image, channels), dataset.decoder(pair.mask)
+            image, truth = read_image(pair.image, channels, dtype), dataset.decoder(pair.mask)
             check_same_size(pair, image, truth)
         except DataError as err:
             if on_bad_file != "skip":
@@ -180,7 +188,9 @@ def predict_cases(
     the stored slice size, in case order (unreadable slices: ``on_bad_file``, as ``dataset.on_bad_file``)."""
     check_model_fits(model, len(dataset.class_names), channels)
     for case, pairs in cases_of(dataset.pairs[split], case_pattern).items():
-        read = _predict_case(model, dataset, pairs, image_size, channels, batch_size, flip_tta, on_bad_file)
+        read = _predict_case(
+            model, dataset, pairs, image_size, channels, batch_size, flip_tta, on_bad_file, dataset.encoding.dtype
+        )
         if read is not None:
             yield case, *read
 

@@ -24,17 +24,23 @@ _GAP_VALUE = 255  # white gaps between panels
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
-    """Return ``image`` as an ``(H, W, 3) uint8`` RGB array (grayscale is replicated)."""
+    """Return ``image`` as an ``(H, W, 3) uint8`` RGB array for display (grayscale is replicated).
+
+    A stored slice of other than one or three channels (stacked windows) shows its first channel; a 16-bit
+    slice its high byte (``stored >> 8``: the 16-bit range on 0..255).
+    """
     image = np.asarray(image)
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
     if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got dtype {image.dtype}")
+        raise ValueError(f"expected a uint8 (or uint16) image, got dtype {image.dtype}")
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim == 3 and image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)
     if image.ndim == 3 and image.shape[2] == 3:
         return image.copy()
-    raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {image.shape}")
+    if image.ndim == 3 and image.shape[2] >= 1:
+        return np.repeat(image[:, :, :1], 3, axis=2)
+    raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {image.shape}")
 
 
 def _check_mask(mask: np.ndarray, shape: tuple[int, int], colours: np.ndarray) -> np.ndarray:

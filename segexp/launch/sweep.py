@@ -8,6 +8,10 @@ varies, so each job's run is named by those only). When the sweep ends it gives 
 that shows the children's test cases side by side (:func:`segexp.evaluation.case_viewer.comparison_page`),
 closes it with the best child and registers that child's model as ``champion``
 (:func:`segexp.tracking.sweep.close_parent`).
+
+An Optuna search (segexp's sweeper, ``hparams_search=*_optuna``) also tags the parent with its study (name, storage,
+sampler, pruner, objectives) when it opens, and gives it the study when the search ends
+(:func:`segexp.tracking.study.log_study`: best trial or Pareto front, every trial, Optuna's plots).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from segexp.core.errors import TrackingUnavailable
 from segexp.evaluation.case_viewer import COMPARISON_FILE, VIEWER_FILE, comparison_page
+from segexp.launch.optuna_search import OPTUNA_SWEEPER
 from segexp.tracking.store import OutagePolicy, check_server
+from segexp.tracking.study import STORAGE_TAG, STUDY_TAG, log_study, masked_url, open_storage
 from segexp.tracking.sweep import (
     CV_KIND,
     KIND_TAG,
@@ -70,6 +76,7 @@ class MlflowSweepCallback(Callback):
                 "sweeper": str(config.hydra.sweeper.get("_target_", "")),
                 "launcher": str(config.hydra.launcher.get("_target_", "")),
                 **({KIND_TAG: CV_KIND, "cv.folds": str(cv_folds)} if cv_folds is not None else {}),
+                **optuna_tags(config.hydra.sweeper),
             },
             sweeper_params=OmegaConf.to_container(config.hydra.sweeper.params, resolve=False)  # type: ignore[arg-type]
             if config.hydra.sweeper.get("params")
@@ -89,6 +96,11 @@ class MlflowSweepCallback(Callback):
             log_case_comparison(parent, tracking.uri)
         except Exception as err:
             log.warning("no case comparison page for the sweep parent %s: %s", parent, err)
+        if is_optuna_search(config.hydra.sweeper):
+            try:  # the study is a view of the search too: its failure never keeps the parent open
+                log_search_study(parent, tracking.uri, config.hydra.sweeper)
+            except Exception as err:
+                log.warning("the study was not logged to the sweep parent %s: %s", parent, err)
         cv = OmegaConf.select(config, "cv.folds", default=None) is not None
         close_parent(
             parent,
@@ -98,6 +110,33 @@ class MlflowSweepCallback(Callback):
             # a CV's folds are one system, not candidates: no best fold becomes the champion
             None if cv else OmegaConf.select(tracking, "registered_model", default=None),
         )
+
+
+def is_optuna_search(sweeper: DictConfig) -> bool:
+    """Whether ``hydra.sweeper`` is segexp's Optuna sweeper."""
+    return sweeper.get("_target_") == OPTUNA_SWEEPER
+
+
+def optuna_tags(sweeper: DictConfig) -> dict[str, str]:
+    """The parent's tags of an Optuna search (none for another sweeper): its study and how it searches."""
+    if not is_optuna_search(sweeper):
+        return {}
+    pruner = OmegaConf.select(sweeper, "pruner._target_", default=None)
+    return {
+        STUDY_TAG: str(sweeper.study_name),
+        STORAGE_TAG: masked_url(str(sweeper.storage)),
+        "optuna.sampler": str(OmegaConf.select(sweeper, "sampler._target_", default="")),
+        "optuna.pruner": str(pruner or "none"),
+        "optuna.objectives": ",".join(map(str, sweeper.objectives)),
+    }
+
+
+def log_search_study(parent: str, uri: str, sweeper: DictConfig) -> None:
+    """Load the search's study from its storage and give it to the parent (:func:`log_study`)."""
+    import optuna
+
+    study = optuna.load_study(study_name=str(sweeper.study_name), storage=open_storage(str(sweeper.storage)))
+    log_study(parent, uri, study, str(sweeper.storage), [str(o) for o in sweeper.objectives])
 
 
 #: Where the children's test-split viewers are (segexp.evaluation.reports.score_and_log) and the parent's page goes.

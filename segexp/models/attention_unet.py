@@ -15,7 +15,7 @@ Oktay et al. 2018, "Attention U-Net: Learning Where to Look for the Pancreas" (M
   "single scalar attention value for each pixel vector"; the original tool's gate is per
   channel). ``alpha`` is resampled to ``x``'s grid by bilinear upsampling.
 - ``model.dropout_rate``: dropout between the two convs of the bottleneck only.
-- Input: the raw ``uint8`` image rescaled by 1/255 inside the model; head: 1x1 conv, softmax
+- Input: the stored image decoded inside the model (``input_encoding``; 8 bit: 1/255); head: 1x1 conv, softmax
   over the classes (sigmoid for ``num_classes == 1``), float32.
 """
 
@@ -29,6 +29,7 @@ import keras
 from keras import layers
 from omegaconf import MISSING
 
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.models.layers import (
     check_divisible,
     double_conv,
@@ -82,14 +83,15 @@ def build_attention_unet(
     norm_groups: int = 8,
     dropout_rate: float = 0.0,
     name: str = "attention_unet",
+    input_encoding: InputEncoding = UINT8_ENCODING,
 ) -> keras.Model:
-    """Build an Attention U-Net taking ``(H, W, C) uint8`` and giving ``(H, W, num_classes)`` float32 probabilities.
+    """Build an Attention U-Net taking stored ``(H, W, C)`` images, giving ``(H, W, num_classes)`` probabilities.
 
     ``len(filters) - 1`` poolings, so height and width must be divisible by ``2 ** (len(filters) - 1)``.
     """
     filters = [int(f) for f in filters]
     check_divisible(image_height, image_width, 2 ** (len(filters) - 1), "2**(len(filters)-1)")
-    inputs, x = image_input(image_height, image_width, image_channels)
+    inputs, x = image_input(image_height, image_width, image_channels, input_encoding)
     skips = []
     for level, width in enumerate(filters[:-1]):
         x = double_conv(x, width, norm, norm_groups, 0.0, f"enc{level}")

@@ -20,7 +20,7 @@ Segmentation" (ECCV; arXiv 1802.02611), section 3 and Fig. 2. Choices:
   ``model.low_level_filters`` (48), two 3x3 convs of ``model.aspp_filters``, a 1x1 conv to
   the classes and x4 bilinear upsampling to the input size.
 - ``model.norm`` applies to the ASPP and the decoder; the ResNet keeps batch norm.
-- Input: the raw ``uint8`` image rescaled by 1/255 inside the model; head: softmax over the
+- Input: the stored image decoded inside the model (``input_encoding``; 8 bit: 1/255); head: softmax over the
   classes (sigmoid for ``num_classes == 1``), float32.
 """
 
@@ -35,6 +35,7 @@ import keras
 from keras import layers
 from omegaconf import MISSING
 
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.models.layers import (
     check_divisible,
     image_input,
@@ -116,13 +117,14 @@ def build_deeplabv3plus(
     norm_groups: int = 8,
     dropout_rate: float = 0.1,
     name: str = "deeplabv3plus",
+    input_encoding: InputEncoding = UINT8_ENCODING,
 ) -> keras.Model:
-    """Build DeepLabV3+ taking ``(H, W, C) uint8`` and giving ``(H, W, num_classes)`` float32 probabilities.
+    """Build DeepLabV3+ taking stored ``(H, W, C)`` images and giving ``(H, W, num_classes)`` float32 probabilities.
 
     Height and width must be multiples of 32.
     """
     check_divisible(image_height, image_width, 32, "32")
-    inputs, x = image_input(image_height, image_width, image_channels)
+    inputs, x = image_input(image_height, image_width, image_channels, input_encoding)
     resnet = keras.applications.ResNet50(include_top=False, weights=None, input_tensor=x)
     high, low = resnet.get_layer(HIGH_LEVEL).output, resnet.get_layer(LOW_LEVEL).output
     y = aspp(high, [int(r) for r in atrous_rates], aspp_filters, norm, norm_groups, dropout_rate)

@@ -31,6 +31,7 @@ import keras
 from keras import layers
 from omegaconf import MISSING
 
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.models.layers import (
     check_divisible,
     image_input,
@@ -114,10 +115,13 @@ def build_efficient_unet(
     norm_groups: int = 8,
     dropout_rate: float = 0.0,
     name: str = "efficient_unet",
+    input_encoding: InputEncoding = UINT8_ENCODING,
 ) -> keras.Model:
-    """Build an EfficientUNet taking ``(H, W, C) uint8`` and giving ``(H, W, num_classes)`` float32 probabilities."""
+    """Build an EfficientUNet taking stored ``(H, W, C)`` images, giving ``(H, W, num_classes)`` probabilities."""
     check_divisible(image_height, image_width, 32, "32")
-    inputs, pixels = image_input(image_height, image_width, image_channels, scale=1.0)  # EfficientNet rescales itself
+    inputs, pixels = image_input(
+        image_height, image_width, image_channels, input_encoding, gain=255.0
+    )  # EfficientNet rescales itself
     encoder = VARIANTS[variant](
         include_top=False, weights=None, input_shape=(image_height, image_width, image_channels)
     )

@@ -3,8 +3,8 @@
 ``num_layers`` levels, the last one being the bottleneck. Level ``i`` (0-based) uses
 filters ``base_filters * 2**i``, kernel ``max(base_kernels[k] - 2*i, 3)`` and dilation
 ``max(dilation[k] - i, 1)`` on each axis ``k``, and dropout ``dropout_rate * i``; the
-decoder step back to level ``i`` mirrors these. The model takes raw ``uint8`` images
-and rescales them by 1/255 inside the graph.
+decoder step back to level ``i`` mirrors these. The model takes the stored images (uint8, or
+``input_encoding``'s) and decodes them inside the graph (8 bit: by 1/255).
 """
 
 # Checked against the original (TensorFlowFlexUNet.create_model): the HOCMvalves preset
@@ -29,7 +29,8 @@ from keras import layers
 from omegaconf import MISSING
 
 from segexp.config.options import Norm, expected
-from segexp.models.layers import norm_layer
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
+from segexp.models.layers import image_input, norm_layer
 from segexp.models.registry import ModelParams, Network, divisible_size_rules
 
 
@@ -134,8 +135,9 @@ def build_flexunet(
     residual: bool = False,
     activation: str = "relu",
     name: str = "flexunet",
+    input_encoding: InputEncoding = UINT8_ENCODING,
 ) -> keras.Model:
-    """Build a FlexUNet taking ``(H, W, C) uint8`` and giving ``(H, W, num_classes)`` float32.
+    """Build a FlexUNet taking stored ``(H, W, C)`` images and giving ``(H, W, num_classes)`` float32.
 
     Level ``i``: filters ``base_filters * 2**i``, kernel ``max(base_kernels[k] - 2*i, 3)``,
     dilation ``max(dilation[k] - i, 1)``, dropout ``dropout_rate * i``. The head is a 1x1
@@ -153,8 +155,7 @@ def build_flexunet(
             f"2**(num_layers-1) = {factor} for num_layers={num_layers}"
         )
 
-    inputs = keras.Input((image_height, image_width, image_channels), dtype="uint8", name="image")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    inputs, x = image_input(image_height, image_width, image_channels, input_encoding)
 
     # Encoder; the last level is the bottleneck and is not pooled.
     def level(x, i: int, prefix: str):

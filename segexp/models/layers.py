@@ -8,6 +8,7 @@ import keras
 from keras import layers
 
 from segexp.config.options import Norm, expected
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 
 
 def norm_layer(norm: str, groups: int, name: str) -> layers.Layer | None:
@@ -45,11 +46,23 @@ def double_conv(x: Any, filters: int, norm: str, groups: int, dropout: float, na
     return conv_norm_relu(x, filters, norm, groups, f"{name}_2")
 
 
-def image_input(height: int, width: int, channels: int, scale: float = 1.0 / 255) -> tuple[Any, Any]:
-    """``(inputs, x)``: the raw ``uint8`` image input every network takes, and it as floats times ``scale``
-    (scaling is part of the model, so loaders, evaluation and inference feed the file's pixels)."""
-    inputs = keras.Input((height, width, channels), dtype="uint8", name="image")
-    return inputs, layers.Rescaling(scale, name="rescale")(inputs)
+def image_input(
+    height: int, width: int, channels: int, encoding: InputEncoding = UINT8_ENCODING, gain: float = 1.0
+) -> tuple[Any, Any]:
+    """``(inputs, x)``: the stored image input every network takes (``encoding.dtype``: uint8, or uint16 for
+    16-bit slices) and it decoded, ``x = (stored * encoding.scale + encoding.offset) * gain``
+    (:class:`~segexp.data.io.intensity.InputEncoding`: 8-bit slices ``stored / 255``; decoding is part of the
+    model, so loaders, evaluation and inference feed the file's pixels). ``gain`` 255 gives a backbone that
+    rescales by 1/255 itself (EfficientNet) the 8-bit values. The decoding of 16-bit input stays float32
+    under mixed precision (:func:`segexp.models.precision.apply_precision`): bfloat16 would round stored
+    values above 256."""
+    inputs = keras.Input((height, width, channels), dtype=encoding.dtype, name="image")
+    rescale = layers.Rescaling(encoding.scale * gain, offset=encoding.offset * gain, name=RESCALE)
+    return inputs, rescale(inputs)
+
+
+#: The name of the input's decoding layer (:func:`image_input`).
+RESCALE = "rescale"
 
 
 def probability_head(inputs: Any, logits: Any, num_classes: int, name: str) -> keras.Model:

@@ -18,7 +18,7 @@ Fig. 3-5 and Table 1. Choices, following the paper:
 - Down: 2x2 max pooling; up: 2x2 stride-2 transposed conv to ``filters[i]``, concatenated
   with the ResPath output, then a MultiRes block.
 - ``model.dropout_rate``: dropout on the bottleneck block's output.
-- Input: the raw ``uint8`` image rescaled by 1/255 inside the model; head: 1x1 conv, softmax
+- Input: the stored image decoded inside the model (``input_encoding``; 8 bit: 1/255); head: 1x1 conv, softmax
   over the classes (sigmoid for ``num_classes == 1``), float32. (The original tool's version
   always emits one channel.)
 """
@@ -33,6 +33,7 @@ import keras
 from keras import layers
 from omegaconf import MISSING
 
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.models.layers import (
     check_divisible,
     image_input,
@@ -134,15 +135,16 @@ def build_multiresunet(
     norm_groups: int = 8,
     dropout_rate: float = 0.0,
     name: str = "multiresunet",
+    input_encoding: InputEncoding = UINT8_ENCODING,
 ) -> keras.Model:
-    """Build a MultiResUNet taking ``(H, W, C) uint8`` and giving ``(H, W, num_classes)`` float32 probabilities.
+    """Build a MultiResUNet taking stored ``(H, W, C)`` images and giving ``(H, W, num_classes)`` float32 probabilities.
 
     ``len(filters) - 1`` poolings, so height and width must be divisible by ``2 ** (len(filters) - 1)``.
     """
     filters = [int(f) for f in filters]
     check_divisible(image_height, image_width, 2 ** (len(filters) - 1), "2**(len(filters)-1)")
     units = _Units(norm, norm_groups)
-    inputs, x = image_input(image_height, image_width, image_channels)
+    inputs, x = image_input(image_height, image_width, image_channels, input_encoding)
     skips = []
     levels = len(filters) - 1
     for level in range(levels):

@@ -29,6 +29,7 @@ from pathlib import Path
 import keras
 
 from segexp.config.options import Precision, expected
+from segexp.models.layers import RESCALE
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,18 @@ def apply_precision(model: keras.Model, precision: str) -> keras.Model:
     The output layers stay float32. Weights are float32 under every policy, so nothing is copied.
     """
     policy = POLICIES[precision]
-    heads = output_layers(model)
+    keep = output_layers(model) | wide_input_layers(model)
     for layer in _float_layers(model):
-        layer.dtype_policy = "float32" if id(layer) in heads else policy
+        layer.dtype_policy = "float32" if id(layer) in keep else policy
     return model
+
+
+def wide_input_layers(model: keras.Model) -> set[int]:
+    """``id`` of the layer that decodes a 16-bit input (:data:`~segexp.models.layers.RESCALE`), kept float32:
+    bfloat16's 8-bit mantissa would round the stored values; the next layer casts the decoded values."""
+    if not any(str(t.dtype) == "uint16" for t in model.inputs):
+        return set()
+    return {id(layer) for layer in _float_layers(model) if layer.name == RESCALE}
 
 
 def model_precision(model: keras.Model) -> str:

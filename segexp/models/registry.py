@@ -37,6 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 from segexp.config.options import Norm
 from segexp.config.schema import merge_typed
 from segexp.core.errors import ConfigError, raise_config_problems
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 
 #: Keys that were renamed or replaced: an old key is refused with this hint.
 RENAMED = {
@@ -51,7 +52,7 @@ class ModelParams:
     name: str = MISSING  # registry key
     image_height: int = MISSING  # input height in pixels
     image_width: int = MISSING  # input width in pixels
-    image_channels: int = MISSING  # 1 grey, 3 RGB; the model takes raw uint8 images
+    image_channels: int = MISSING  # 1 grey, 3 RGB, or as many as segexp-prepare stacked (dataset.json's storage)
     num_classes: int = MISSING  # output classes incl. background; 1: sigmoid head for binary tasks
     norm: Norm = MISSING  # normalisation after each hidden conv
     norm_groups: int = MISSING  # groups of norm=group
@@ -64,8 +65,11 @@ def common_rules(m: Any) -> list[str]:
     for key in ("image_height", "image_width", "num_classes"):
         if m[key] < 1:
             errors.append(f"model.{key}: must be >= 1, got {m[key]}")
-    if m.image_channels not in (1, 3):
-        errors.append(f"model.image_channels: must be 1 (grayscale) or 3 (RGB), got {m.image_channels}")
+    if m.image_channels < 1:
+        errors.append(
+            f"model.image_channels: must be >= 1 (1 grey, 3 RGB, or the windows segexp-prepare stacked), "
+            f"got {m.image_channels}"
+        )
     if m.norm_groups < 1:
         errors.append(f"model.norm_groups: must be >= 1, got {m.norm_groups}")
     return errors
@@ -177,11 +181,23 @@ def validate_model_config(model: DictConfig | dict[str, Any]) -> DictConfig:
     return typed
 
 
-def build_model(name: str, **params: Any) -> keras.Model:
-    """Build the registered network ``name`` from its params (keys its builder does not take are ignored)."""
+def build_model(name: str, input_encoding: InputEncoding = UINT8_ENCODING, **params: Any) -> keras.Model:
+    """Build the registered network ``name`` from its params (keys its builder does not take are ignored), its
+    input reading stored images of ``input_encoding`` (the dataset's: 8-bit unless ``dataset.json`` says so).
+
+    A network registered from outside whose builder has no ``input_encoding`` parameter takes 8-bit images
+    only: other stored images are a :class:`ConfigError`.
+    """
     known = networks()
     if name not in known:
         raise ConfigError(_unknown(name))
     builder = known[name].build
     accepted = inspect.signature(builder).parameters
+    if "input_encoding" in accepted:
+        params = {**params, "input_encoding": input_encoding}
+    elif input_encoding != UINT8_ENCODING:
+        raise ConfigError(
+            f"model.name: network {name!r} reads 8-bit images only (its builder takes no input_encoding), but the "
+            f"dataset stores {input_encoding.dtype} slices (dataset.json's storage)"
+        )
     return builder(**{k: v for k, v in params.items() if k in accepted})

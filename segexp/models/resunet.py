@@ -17,7 +17,7 @@ Structure (``channels = (c_0, ..., c_n)``, every stride 2):
   ResidualUnit(c_n, 1, num_res_units) under the last) runs on it; both are concatenated;
   up = 3x3 stride-2 transposed Convolution to the level's output width (c_{i-1}, or the
   classes at the top) + ResidualUnit(1 subunit) whose last conv is plain at the top level.
-- Input: the raw ``uint8`` image rescaled by 1/255 inside the model; head: softmax over the
+- Input: the stored image decoded inside the model (``input_encoding``; 8 bit: 1/255); head: softmax over the
   classes (sigmoid for ``num_classes == 1``), float32.
 
 Two choices differ from PyTorch's layer-for-layer: stride-2 convs use symmetric zero
@@ -38,6 +38,7 @@ import keras
 from keras import initializers, layers
 from omegaconf import MISSING
 
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.models.layers import (
     check_divisible,
     image_input,
@@ -159,8 +160,9 @@ def build_resunet(
     norm_groups: int = 8,
     dropout_rate: float = 0.0,
     name: str = "resunet",
+    input_encoding: InputEncoding = UINT8_ENCODING,
 ) -> keras.Model:
-    """Build a ResUNet taking ``(H, W, C) uint8`` and giving ``(H, W, num_classes)`` float32 probabilities.
+    """Build a ResUNet taking stored ``(H, W, C)`` images and giving ``(H, W, num_classes)`` float32 probabilities.
 
     ``len(channels) - 1`` stride-2 levels, so height and width must be divisible by
     ``2 ** (len(channels) - 1)``; ``num_res_units`` (>= 1) Convolutions per residual unit.
@@ -185,7 +187,7 @@ def build_resunet(
         x = _convolution(x, out_channels, 2, *args, transposed=True)
         return _residual_unit(x, out_channels, 1, 1, *args, last_conv_only=is_top)
 
-    inputs, x = image_input(image_height, image_width, image_channels)
+    inputs, x = image_input(image_height, image_width, image_channels, input_encoding)
     logits = block(x, num_classes, channels, True)
     return probability_head(inputs, logits, num_classes, name)
 

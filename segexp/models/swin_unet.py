@@ -47,7 +47,7 @@ Choices, following the papers (and the authors' code where the papers are silent
 - Initialisation: Dense kernels and the bias table truncated normal with std 0.02, biases 0.
 - ``model.norm``: the Swin blocks, merging and expanding always use LayerNorm and there is no
   conv to normalise, so only ``none`` is accepted; ``model.norm_groups`` is unused.
-- Input: the raw ``uint8`` image rescaled by 1/255 inside the model.
+- Input: the stored image decoded inside the model (``input_encoding``; 8 bit: 1/255).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ import numpy as np
 from keras import layers, ops
 from omegaconf import MISSING
 
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.models.layers import image_input, probability_head
 from segexp.models.registry import ModelParams, Network
 
@@ -405,8 +406,9 @@ def build_swin_unet(
     dropout_rate: float = 0.0,
     drop_path: float = 0.1,
     name: str = "swin_unet",
+    input_encoding: InputEncoding = UINT8_ENCODING,
 ) -> keras.Model:
-    """Build Swin-Unet taking ``(H, W, C) uint8`` and giving ``(H, W, num_classes)`` float32 probabilities.
+    """Build Swin-Unet taking stored ``(H, W, C)`` images and giving ``(H, W, num_classes)`` float32 probabilities.
 
     Height and width must be divisible by ``patch_size * 2**(len(depths)-1)`` and every stage's token grid
     a multiple of its window (:func:`swin_unet_rules` says which key to change).
@@ -423,7 +425,7 @@ def build_swin_unet(
     rates = np.linspace(0.0, drop_path, sum(depths)).tolist()
     stage_rates = [rates[sum(depths[:i]) : sum(depths[: i + 1])] for i in range(stages)]
 
-    inputs, x = image_input(image_height, image_width, image_channels)
+    inputs, x = image_input(image_height, image_width, image_channels, input_encoding)
     x = layers.Conv2D(embed_dim, patch_size, strides=patch_size, name="patch_embed")(x)
     x = _norm("patch_embed_norm")(x)
     if dropout_rate > 0:

@@ -15,7 +15,7 @@ Huang et al. 2020, "UNet 3+: A Full-Scale Connected UNet for Medical Image Segme
   skip_filters`` channels: the paper's 5 x 64 = 320) and aggregated by a 3x3 conv of the same
   width, norm and ReLU (the paper's "feature aggregation mechanism" H).
 - ``model.dropout_rate``: dropout between the two convs of the bottleneck.
-- Input: the raw ``uint8`` image rescaled by 1/255 inside the model. Head: the paper's side
+- Input: the stored image decoded inside the model (``input_encoding``; 8 bit: 1/255). Head: the paper's side
   output of the top stage, a 3x3 conv to ``num_classes``, softmax over the classes (sigmoid for
   ``num_classes == 1``; the original tool's version always emits one sigmoid channel), float32.
 - *Full-scale deep supervision* (``model.deep_supervision``, section 2.2): every other decoder
@@ -40,6 +40,7 @@ import keras
 from keras import layers, ops
 from omegaconf import MISSING
 
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.models.layers import (
     check_divisible,
     conv_norm_relu,
@@ -221,15 +222,16 @@ def build_unet3plus(
     norm_groups: int = 8,
     dropout_rate: float = 0.0,
     name: str = "unet3plus",
+    input_encoding: InputEncoding = UINT8_ENCODING,
 ) -> keras.Model:
-    """Build UNet 3+ taking ``(H, W, C) uint8`` and giving ``(H, W, num_classes)`` float32 probabilities.
+    """Build UNet 3+ taking stored ``(H, W, C)`` images and giving ``(H, W, num_classes)`` float32 probabilities.
 
     ``len(filters) - 1`` poolings, so height and width must be divisible by ``2 ** (len(filters) - 1)``.
     With ``deep_supervision`` the model is a :class:`DeepSupervision` over the network with side outputs.
     """
     filters = [int(f) for f in filters]
     check_divisible(image_height, image_width, 2 ** (len(filters) - 1), "2**(len(filters)-1)")
-    inputs, x = image_input(image_height, image_width, image_channels)
+    inputs, x = image_input(image_height, image_width, image_channels, input_encoding)
     bottom = len(filters) - 1
     encoders = []
     for level, width in enumerate(filters):

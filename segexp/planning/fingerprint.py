@@ -64,7 +64,10 @@ def median_size(sizes: dict[str, int]) -> tuple[int, int]:
 
 
 def image_channels(dataset: SliceDataset, sample: int = CHANNEL_SAMPLE) -> int:
-    """1 when every sampled train image is grey (or colour with three equal channels), else 3."""
+    """The stored channels where ``dataset.json`` says (segexp-prepare: 1, or the stacked windows), else 1 when
+    every sampled train image is grey (or colour with three equal channels), else 3."""
+    if dataset.channels is not None:
+        return dataset.channels
     pairs = dataset.pairs["train"]
     picks = np.unique(np.linspace(0, len(pairs) - 1, min(sample, len(pairs))).round().astype(int))
     for i in picks:
@@ -78,8 +81,9 @@ def image_channels(dataset: SliceDataset, sample: int = CHANNEL_SAMPLE) -> int:
 
 
 def manifest_spacing(root: Path) -> tuple[float, float] | None:
-    """In-plane spacing (mm) from a ``dataset.json`` beside the slices: segexp-prepare's per-volume
-    ``spacing_mm`` (median over the volumes, in-plane = the two finest axes) or a top-level ``spacing``."""
+    """In-plane spacing (mm) from a ``dataset.json`` beside the slices: segexp-prepare's per-case
+    ``stored_spacing_mm`` (the stored pixels, ``(row, col)``: after its resampling), else its ``spacing_mm``
+    (in-plane = the two finest axes), the median over the cases; or a top-level ``spacing``."""
     path = Path(root) / "dataset.json"
     if not path.is_file():
         return None
@@ -87,7 +91,13 @@ def manifest_spacing(root: Path) -> tuple[float, float] | None:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return None  # the class table reader reports a broken dataset.json
-    spacings = [c["spacing_mm"] for c in manifest.get("cases", []) if isinstance(c, dict) and c.get("spacing_mm")]
+    cases = manifest.get("cases") or {}
+    entries = [c for c in (cases.values() if isinstance(cases, dict) else cases) if isinstance(c, dict)]
+    stored = [c["stored_spacing_mm"] for c in entries if c.get("stored_spacing_mm")]
+    if stored:
+        row, col = np.median(np.asarray(stored, float), axis=0)
+        return round(float(row), 4), round(float(col), 4)
+    spacings = [c["spacing_mm"] for c in entries if c.get("spacing_mm")]
     if not spacings and isinstance(manifest.get("spacing"), list):
         spacings = [manifest["spacing"]]
     if not spacings:

@@ -296,11 +296,13 @@ def make_plan(cfg: DictConfig, overrides: Sequence[str], conf_dir: Path = CONF_D
         budget_keys.covers(Choice(k, None, "", "")) for k in ("training.steps_per_epoch", "training.epochs")
     )
     if t.max_time is not None and wants_budget and t.devices == 1:
-        step = measure_step_time(validate_run_config(planned.copy()), table.names, machine, cache_dir)
+        step = measure_step_time(validate_run_config(planned.copy()), table.names, machine, cache_dir, dataset.encoding)
         jit = next((c for c in apply if c.key == "training.jit_compile"), None)
         if jit is not None and xla_measured(machine, precision):
             other = _set(planned.copy(), [replace(jit, value=not jit.value)])
-            other_step = measure_step_time(validate_run_config(other), table.names, machine, cache_dir)
+            other_step = measure_step_time(
+                validate_run_config(other), table.names, machine, cache_dir, dataset.encoding
+            )
             with_xla, without = (step, other_step) if jit.value else (other_step, step)
             chosen = xla_choice(t.max_time, with_xla, without, jit.requires)
             apply = [chosen if c is jit else c for c in apply]

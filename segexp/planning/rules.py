@@ -188,8 +188,10 @@ def network_choices(
         Choice(
             "model.image_channels",
             fp.channels,
-            "grey" if fp.channels == 1 else "colour (3 different channels)",
-            "the images' own channels",
+            {1: "grey", 3: "colour (3 different channels) or 3 stacked windows"}.get(
+                fp.channels, f"{fp.channels} stacked windows"
+            ),
+            "the images' own channels (dataset.json's storage where segexp-prepare stacked windows)",
         ),
         Choice(
             "training.jit_compile",

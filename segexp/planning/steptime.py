@@ -28,6 +28,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from segexp.config.resolvers import usable_cores
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.data.runtime.augment import Augmenter
 from segexp.data.runtime.dataset import SliceDataset
 from segexp.models.precision import resolve_precision
@@ -71,11 +72,13 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return f"{fields['model name']} ({numbers})" if numbers else fields["model name"]
 
 
-def cache_key(cfg: DictConfig, machine: Machine) -> str:
+def cache_key(cfg: DictConfig, machine: Machine, encoding: InputEncoding = UINT8_ENCODING) -> str:
     """Hash of what the step time depends on (see the module docstring)."""
     t = cfg.training
+    stored = {} if encoding == UINT8_ENCODING else {"input": encoding.to_dict()}  # 8-bit: the keys of old caches
     blob = json.dumps(
         {
+            **stored,
             "model": OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True),
             "batch": t.batch_size,
             "loss": OmegaConf.to_container(cfg.loss, resolve=True),
@@ -92,15 +95,22 @@ def cache_key(cfg: DictConfig, machine: Machine) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def measure_step_time(cfg: DictConfig, class_names: list[str], machine: Machine, cache_dir: Path | None) -> StepTime:
-    """The planned network's :class:`StepTime` on this machine (cached under ``cache_dir``; None: no cache)."""
-    path = None if cache_dir is None else Path(cache_dir) / "step_time" / f"{cache_key(cfg, machine)}.json"
+def measure_step_time(
+    cfg: DictConfig,
+    class_names: list[str],
+    machine: Machine,
+    cache_dir: Path | None,
+    encoding: InputEncoding = UINT8_ENCODING,
+) -> StepTime:
+    """The planned network's :class:`StepTime` on this machine (cached under ``cache_dir``; None: no cache), its
+    input reading images stored as ``encoding`` (the dataset's)."""
+    path = None if cache_dir is None else Path(cache_dir) / "step_time" / f"{cache_key(cfg, machine, encoding)}.json"
     if path is not None and path.is_file():
         try:
             return StepTime(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError) as err:
             log.warning("step time cache %s unreadable (%s): measuring again", path, err)
-    step = _measure(cfg, class_names)
+    step = _measure(cfg, class_names, encoding)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,11 +122,13 @@ def measure_step_time(cfg: DictConfig, class_names: list[str], machine: Machine,
     return step
 
 
-def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
+def _measure(cfg: DictConfig, class_names: list[str], encoding: InputEncoding = UINT8_ENCODING) -> StepTime:
     m, t = cfg.model, cfg.training
     set_threads(t.threads.intra_op, t.threads.inter_op)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (t.batch_size, m.image_height, m.image_width, m.image_channels), dtype=np.uint8)
+    stored = np.dtype(encoding.dtype)
+    shape = (t.batch_size, m.image_height, m.image_width, m.image_channels)
+    images = rng.integers(0, int(np.iinfo(stored).max) + 1, shape, dtype=stored)
     masks = rng.integers(0, len(class_names), (t.batch_size, m.image_height, m.image_width), dtype=np.uint8)
     log.info(
         "plan: timing %s at %dx%d, batch %d on this machine (%d steps; cached afterwards)",
@@ -131,7 +143,9 @@ def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
     timed.schedule = (
         None  # a constant rate, as the plan gives budgets under 1000 steps: the run can take the model over
     )
-    model = compile_model(m, timed, class_names, steps_per_epoch=1, precision=precision, loss=cfg.loss)
+    model = compile_model(
+        m, timed, class_names, steps_per_epoch=1, precision=precision, loss=cfg.loss, encoding=encoding
+    )
     batch = (images, masks)  # the epoch loop's batch structure: the traced step is the one the run calls
     start = time.perf_counter()
     build_state(model, batch)  # as the epoch loop does: one trace, not two
@@ -151,7 +165,8 @@ def _measure(cfg: DictConfig, class_names: list[str]) -> StepTime:
         start = time.perf_counter()
         run_step(model.test_function, batch)
         infer.append(time.perf_counter() - start)
-    warm.keep(model, warm.compile_signature(m, timed, class_names, 1, precision, loss=cfg.loss), optimizer_state)
+    signature = warm.compile_signature(m, timed, class_names, 1, precision, loss=cfg.loss, encoding=encoding)
+    warm.keep(model, signature, optimizer_state)
     del model
     keras.backend.clear_session()
     step = StepTime(

@@ -148,7 +148,8 @@ def upgrade_run_config(config: DictConfig) -> DictConfig:
     (``enabled: true``) and ``training.callbacks`` (the user's) became entries of the top-level ``callbacks``
     group, in that order (``{}``: a run from before had none). ``training.loss`` (a name, or the user's
     ``_target_`` mapping) and ``training.dice`` (the Dice term's keys) became the top-level ``loss`` entry: the
-    name's ``conf/loss/<name>.yaml`` with the run's Dice keys, or the user's mapping as it was.
+    name's ``conf/loss/<name>.yaml`` with the run's Dice keys, or the user's mapping as it was. The ``optuna``
+    section and ``tracking.optuna_storage`` are new (null: no Optuna trial).
     """
     training = config.get("training")
     if training is None:
@@ -157,9 +158,12 @@ def upgrade_run_config(config: DictConfig) -> DictConfig:
         if "postprocess" not in training:
             training.postprocess = "none"
         tracking = config.get("tracking")
-        if tracking is not None:  # keys added since; a run from before had neither
+        if tracking is not None:  # keys added since; a run from before had none of them
             tracking.setdefault("system_metrics", False)
             tracking.setdefault("registered_model", None)
+            tracking.setdefault("optuna_storage", None)
+        if "optuna" not in config:  # a run from before was no trial of segexp's Optuna sweeper
+            config.optuna = {"study": None, "storage": None, "trial": None}
         if "mixed_precision" in training:
             if "precision" not in training:
                 training.precision = "fp16" if training.mixed_precision else "fp32"

@@ -218,13 +218,15 @@ def configure(uri: str, experiment: str, artifact_location: str | None) -> str:
 
 
 def log_keras_model(model: Any, name: str = "model") -> None:
-    """Log ``model`` into the active MLflow run with the ``mlflow.keras`` flavour and a uint8 signature."""
+    """Log ``model`` into the active MLflow run with the ``mlflow.keras`` flavour and a signature of its stored
+    images (uint8, or uint16 for 16-bit slices)."""
     import mlflow.keras
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    stored = np.dtype(str(model.inputs[0].dtype)) if getattr(model, "inputs", None) else np.dtype("uint8")
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, *model.input_shape[1:]), "image")]),
+        inputs=Schema([TensorSpec(stored, (-1, *model.input_shape[1:]), "image")]),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]), "probabilities")]),
     )
     # Explicit requirements: inferring them imports the model in a subprocess (slow).

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from segexp.tracking.store import configure, mlflow_client, retry_locked
+from segexp.tracking.study import PRUNED_TAG
 from segexp.tracking.tracker import Tracker, run_name_from_overrides
 from segexp.tracking.view import metric_column, update_view, view_url
 
@@ -313,6 +314,7 @@ def close_parent(parent: str, uri: str, monitor: str, mode: str, registered_mode
         "children": str(len(runs)),
         "children_finished": str(statuses.count("FINISHED")),
         "children_failed": str(statuses.count("FAILED")),
+        "children_pruned": str(sum(PRUNED_TAG in r.data.tags for r in runs)),
     }
     if best is not None:
         tags.update(best_child_run_id=best.info.run_id, best_child_run_name=best.info.run_name or "")
@@ -328,10 +330,11 @@ def close_parent(parent: str, uri: str, monitor: str, mode: str, registered_mode
     update_view(experiment_id, columns, metric_column(metric), expand=[parent], uri=uri)
     retry_locked(client.set_terminated, parent, "FINISHED" if best is not None else "FAILED")
     log.info(
-        "sweep parent %s: %s children (%s failed); best %s = %s (%s)",
+        "sweep parent %s: %s children (%s failed, %s pruned); best %s = %s (%s)",
         parent,
         len(runs),
         tags["children_failed"],
+        tags["children_pruned"],
         metric,
         value,
         best.info.run_name if best else "none",
@@ -364,9 +367,15 @@ def register_champion(run: Any, name: str, tags: Mapping[str, str]) -> str | Non
 
 
 def record_failed_job(
-    parent: str, uri: str, overrides: Sequence[str], error: BaseException, run_name: str | None = None
+    parent: str,
+    uri: str,
+    overrides: Sequence[str],
+    error: BaseException,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> None:
-    """A child run for a job that failed before its own MLflow run started (e.g. an invalid combination)."""
+    """A child run for a job that failed before its own MLflow run started (e.g. an invalid combination); ``tags``
+    are added (an Optuna job's trial number)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -381,6 +390,7 @@ def record_failed_job(
             "overrides": " ".join(overrides),
             "error": f"{type(error).__name__}: {error}"[:5000],
             "mlflow.note.content": "segexp-train " + " ".join(overrides),
+            **(tags or {}),
         },
     )
     retry_locked(client.set_terminated, run.info.run_id, "FAILED")

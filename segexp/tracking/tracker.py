@@ -109,6 +109,8 @@ class Tracker:
         self.run_id = run_id
         self.uri = uri
         self.outbox = outbox
+        #: The status :func:`tracked_run` ends a run with that raised nothing (KILLED: an Optuna trial pruned).
+        self.final_status = "FINISHED"
 
     @property
     def enabled(self) -> bool:
@@ -173,7 +175,7 @@ class Tracker:
             self._submit({"kind": "table", "data": columns, "artifact_file": artifact_file})
 
     def log_keras_model(self, model: Any, name: str = "model") -> None:
-        """Log ``model`` with the ``mlflow.keras`` flavour: raw uint8 images in, probabilities out."""
+        """Log ``model`` with the ``mlflow.keras`` flavour: stored images in (uint8, or 16-bit), probabilities out."""
         if self.enabled:
             self._submit({"kind": "model", "name": name, "model": model})
 
@@ -312,4 +314,4 @@ def tracked_run(
         tracker.end(previous or "FAILED")
         raise
     else:
-        tracker.end(previous or "FINISHED")
+        tracker.end(previous or tracker.final_status)

@@ -1,5 +1,6 @@
 """Keras callbacks of a training run: best checkpoint, per-epoch MLflow metrics, inference
-images, and the epoch clock (time budget and fixed per-epoch cost), plus the ``callbacks`` group.
+images, an Optuna sweep job's pruning, and the epoch clock (time budget and fixed per-epoch cost), plus the
+``callbacks`` group.
 
 :data:`CALLBACKS` is every callback segexp builds, in the order they run: one factory each,
 named after the ``training.<key>`` section that sets it where it has one, taking the typed
@@ -41,6 +42,7 @@ from segexp.models.metrics import metric_safe_name
 from segexp.models.registry import ModelParams
 from segexp.models.saving import save_keras_model
 from segexp.tracking.tracker import Tracker
+from segexp.training.pruning import TrialPruning
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +278,7 @@ class RunParts:
     data: DatasetConfig  # the typed ``dataset`` section
     tracking: TrackingConfig  # the typed ``tracking`` section
     callbacks: Mapping[str, Any]  # the typed ``callbacks`` group: name -> a ``_target_`` entry or None (off)
+    trial: Any = None  # a sweep job's Optuna trial (segexp.training.pruning.open_trial), else None
 
 
 def epoch_image_set(
@@ -296,12 +299,13 @@ def epoch_image_set(
         channels=m.image_channels,
         batch_size=1,
         on_bad_file=d.on_bad_file,
+        dtype=dataset.encoding.dtype,
     )  # skip: a bad pick is replaced
     loaded = [reader.load_sample(int(i), 0) for i in picks]
     images = (
         np.stack([im for im, _ in loaded])
         if loaded
-        else np.zeros((0, m.image_height, m.image_width, m.image_channels), np.uint8)
+        else np.zeros((0, m.image_height, m.image_width, m.image_channels), dataset.encoding.dtype)
     )
     masks = np.stack([mk for _, mk in loaded]) if loaded else np.zeros((0, m.image_height, m.image_width), np.uint8)
     return images, masks, [pairs[i].name for i in picks]
@@ -367,6 +371,12 @@ def configured_callbacks(t: TrainingConfig, run: RunParts) -> list[keras.callbac
     return built
 
 
+def trial_pruning(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
+    """An Optuna sweep job: ``training.monitor`` reported to its trial after each validated epoch, the fit stopped
+    when the study prunes it (:mod:`segexp.training.pruning`)."""
+    return [] if run.trial is None else [TrialPruning(run.trial, t.monitor)]
+
+
 def epoch_clock(t: TrainingConfig, run: RunParts) -> list[keras.callbacks.Callback]:
     """``training.max_time``: the epoch clock (last: it times the whole epoch)."""
     return [EpochClock(run.tracker, None if t.max_time is None else 60.0 * t.max_time)]
@@ -380,6 +390,7 @@ CALLBACKS: dict[str, Callable[[TrainingConfig, RunParts], list[keras.callbacks.C
     "mlflow_metrics": mlflow_metrics,
     "epoch_images": epoch_images,
     "callbacks": configured_callbacks,
+    "trial_pruning": trial_pruning,
     "epoch_clock": epoch_clock,
 }
 

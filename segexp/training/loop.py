@@ -1,13 +1,16 @@
 """One training run: validate the config, build data, model and callbacks, fit, evaluate, track.
 
-:func:`train` is what ``segexp-train`` (:mod:`segexp.cli.train`) calls with the composed
-config and the run folder; tests and tools call it directly.
+:func:`train_run` is what ``segexp-train`` (:mod:`segexp.cli.train`) calls with the composed config and the
+run folder (its :class:`RunOutcome`: the objective and what a multi-objective search may weigh against it);
+tests and tools call :func:`train`, which returns the objective alone.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,9 @@ from segexp.config.schema import (
     check_train_config,
     to_dict,
 )
-from segexp.core.errors import raise_config_problems
+from segexp.core.errors import ConfigError, raise_config_problems
 from segexp.core.files import check_output_locations
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.data.prepare.check import log_fingerprint
 from segexp.data.runtime.augment import Augmenter
 from segexp.data.runtime.dataset import SliceDataset, open_dataset
@@ -50,6 +54,7 @@ from segexp.tracking.runs import (
     record_mlflow_run,
 )
 from segexp.tracking.store import OutagePolicy, check_server, http_settings
+from segexp.tracking.study import PRUNED_TAG, STUDY_TAG, TRIAL_TAG, run_links
 from segexp.tracking.tracker import (
     Tracker,
     flatten_config,
@@ -70,11 +75,42 @@ from segexp.training.devices import (
 )
 from segexp.training.fit_loop import fit_epochs
 from segexp.training.interrupts import interrupted_inside, log_interrupted
+from segexp.training.pruning import TrialLink, open_trial, pruned_epoch
 from segexp.training.reopen import reopen_run
 from segexp.training.resume import Resume, follow_log, prepare_resume
 from segexp.training.run_folder import check_run_dir_free, resume_requested, train_output_locations
 
 log = logging.getLogger(__name__)
+
+#: What a run measures besides its objective ``best/<training.monitor>`` (:meth:`RunOutcome.values`): the names an
+#: Optuna search may list in ``hydra.sweeper.objectives``.
+OUTCOME_VALUES = ("wall_time_s", "num_params", "epochs")
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: its objective (the best ``monitor`` value), its cost, and the epoch an Optuna pruner
+    stopped it after (None: not pruned)."""
+
+    monitor: str  # training.monitor
+    objective: float  # its best value (NaN: never finite)
+    wall_time_s: float  # the whole run: data, model, fit, evaluation
+    num_params: int  # the network's parameter count
+    epochs: int  # epochs trained (a resumed run's earlier ones included)
+    pruned_at_epoch: int | None = None
+
+    def values(self) -> dict[str, float]:
+        """``{name: value}``: ``best/<monitor>`` and every name of :data:`OUTCOME_VALUES`."""
+        return {
+            f"best/{self.monitor}": self.objective,
+            "wall_time_s": self.wall_time_s,
+            "num_params": float(self.num_params),
+            "epochs": float(self.epochs),
+        }
+
+    def result(self) -> dict[str, float | int | None]:
+        """What an Optuna sweep job returns to the sweeper: :meth:`values` and ``pruned_at_epoch``."""
+        return {**self.values(), PRUNED_TAG: self.pruned_at_epoch}
 
 
 def validate_run_config(cfg: DictConfig) -> DictConfig:
@@ -138,11 +174,23 @@ def build_loaders(
             seed=seed,
             loader=t.loader,
             on_bad_file=on_bad_file,
+            dtype=dataset.encoding.dtype,
         )
 
     train = loader("train", augmenter, build_sampler(t, dataset, seed, cache_dir))
     valid = loader("valid", None, None)
     return train, valid
+
+
+def check_stored_channels(m: ModelParams, dataset: SliceDataset) -> None:
+    """``model.image_channels`` must be the stored channels where ``dataset.json`` says (stacked windows):
+    :class:`ConfigError` naming the key and the value to set."""
+    if dataset.channels is not None and dataset.channels != m.image_channels:
+        raise ConfigError(
+            f"model.image_channels: the slices of {dataset.root} carry {dataset.channels} channel(s) "
+            f"(dataset.json's storage, e.g. stacked windows), the model takes {m.image_channels}; "
+            f"set model.image_channels={dataset.channels}"
+        )
 
 
 def build_schedule(t: TrainingConfig, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule | None:
@@ -160,9 +208,10 @@ def build_optimizer(t: TrainingConfig, total_steps: int) -> keras.optimizers.Opt
     return hydra.utils.instantiate(t.optimizer, learning_rate=schedule, _convert_="all")
 
 
-def build_network(m: ModelParams, precision: str = "fp32") -> keras.Model:
-    """The network of model section ``m``, uncompiled, in ``precision`` (its weights drawn from the global seed)."""
-    return apply_precision(build_model(**to_dict(m, resolve=False)), precision)
+def build_network(m: ModelParams, precision: str = "fp32", encoding: InputEncoding = UINT8_ENCODING) -> keras.Model:
+    """The network of model section ``m``, uncompiled, in ``precision`` (its weights drawn from the global seed),
+    reading stored images of ``encoding`` (the dataset's, :func:`~segexp.data.runtime.dataset.dataset_storage`)."""
+    return apply_precision(build_model(input_encoding=encoding, **to_dict(m, resolve=False)), precision)
 
 
 def compile_model(
@@ -173,11 +222,12 @@ def compile_model(
     precision: str = "fp32",
     *,
     loss: Mapping[str, Any],
+    encoding: InputEncoding = UINT8_ENCODING,
 ) -> keras.Model:
-    """Build the network of ``m`` in ``precision`` (fp32, bf16, fp16: resolved) and compile it with ``t``'s
-    optimizer (and schedule), the ``loss`` entry (the config's ``loss`` group) and foreground metrics. fp16 gets
-    Keras' loss scaling in ``compile``."""
-    model = build_network(m, precision)
+    """Build the network of ``m`` in ``precision`` (fp32, bf16, fp16: resolved), reading images stored as
+    ``encoding``, and compile it with ``t``'s optimizer (and schedule), the ``loss`` entry (the config's ``loss``
+    group) and foreground metrics. fp16 gets Keras' loss scaling in ``compile``."""
+    model = build_network(m, precision, encoding)
     model.compile(
         optimizer=build_optimizer(t, t.epochs * steps_per_epoch),
         loss=build_loss(loss, m.num_classes),
@@ -319,15 +369,17 @@ def model_for_run(
     precision: str,
     *,
     loss: Mapping[str, Any],
+    encoding: InputEncoding = UINT8_ENCODING,
 ) -> keras.Model:
     """A new compiled model (the plan's timed one, reset, when compiled alike: :mod:`segexp.training.warm`),
     or the resumed one with its schedule rebuilt for ``training.epochs``, in ``precision``; ``loss`` is the
-    config's ``loss`` entry."""
+    config's ``loss`` entry, ``encoding`` the dataset's stored images (the model's input layer)."""
     if start is None:
-        signature = warm.compile_signature(m, t, dataset.class_names, t.epochs * steps_per_epoch, precision, loss=loss)
-        model = warm.take(signature, lambda: build_network(m, precision))
+        total = t.epochs * steps_per_epoch
+        signature = warm.compile_signature(m, t, dataset.class_names, total, precision, loss=loss, encoding=encoding)
+        model = warm.take(signature, lambda: build_network(m, precision, encoding))
         if model is None:
-            model = compile_model(m, t, dataset.class_names, steps_per_epoch, precision, loss=loss)
+            model = compile_model(m, t, dataset.class_names, steps_per_epoch, precision, loss=loss, encoding=encoding)
     else:
         warm.release()  # a resumed run continues its checkpoint, not the plan's timed model
         model = apply_precision(start.load_model(), precision)  # checkpoints are saved in float32 policies
@@ -407,25 +459,33 @@ def finish_run(
     tracker: Tracker,
     precision: str,
     cv: CrossValidationConfig | None = None,
+    pruned_at_epoch: int | None = None,
 ) -> float:
     """After the last epoch: curves, the best model (logged, evaluated on the test split; a cross-validation fold
-    scores and keeps its validation cases instead, then marks itself finished); returns the objective."""
+    scores and keeps its validation cases instead, then marks itself finished); returns the objective.
+
+    A run an Optuna pruner stopped (``pruned_at_epoch``) keeps its curves and best checkpoint and logs its
+    objective so far, but logs no model, chooses no postprocessing and is not evaluated: a pruned trial is one the
+    search gave up on."""
     plot_curves(history, run_dir / "curves.png")
     tracker.log_artifact(run_dir / "curves.png")
-    best_path = run_dir / "checkpoints" / "best.keras"
-    best = load_for_inference(best_path, precision) if best_path.exists() else model
-    if log_model:
-        tracker.log_keras_model(best)
     objective = _objective(history, t.monitor, t.monitor_mode)
-    if cv is not None and cv.folds is not None:
-        score_held_out_cases(m, t, d, best, dataset, run_dir, tracker)
+    if pruned_at_epoch is None:
+        best_path = run_dir / "checkpoints" / "best.keras"
+        best = load_for_inference(best_path, precision) if best_path.exists() else model
+        if log_model:
+            tracker.log_keras_model(best)
+        if cv is not None and cv.folds is not None:
+            score_held_out_cases(m, t, d, best, dataset, run_dir, tracker)
+        else:
+            postprocessing = choose_postprocessing_for_run(m, t, d, best, dataset, run_dir, tracker)
+            if t.evaluate_after:
+                evaluate_test_split(m, t, d, best, dataset, run_dir / "evaluation", tracker, postprocessing)
     else:
-        postprocessing = choose_postprocessing_for_run(m, t, d, best, dataset, run_dir, tracker)
-        if t.evaluate_after:
-            evaluate_test_split(m, t, d, best, dataset, run_dir / "evaluation", tracker, postprocessing)
+        log.info("pruned after epoch %d: no model logged, no postprocessing, no evaluation", pruned_at_epoch)
     tracker.log_metrics({f"best/{t.monitor}": objective}, step=len(history.get("loss", [])))
-    if cv is not None and cv.folds is not None and cv.fold is not None:  # the mark of a finished fold: last
-        write_fold_record(run_dir, cv.fold, cv.folds, dataset.cases("valid"), objective)
+    if pruned_at_epoch is None and cv is not None and cv.folds is not None and cv.fold is not None:
+        write_fold_record(run_dir, cv.fold, cv.folds, dataset.cases("valid"), objective)  # a finished fold: last
     return objective
 
 
@@ -469,7 +529,20 @@ def train(
     extra_params: Mapping[str, str] | None = None,
     run_name: str | None = None,
 ) -> float:
-    """Validate ``cfg``, train, log everything to MLflow; return the best ``training.monitor`` value.
+    """:func:`train_run`'s objective: the best ``training.monitor`` value."""
+    return train_run(cfg, run_dir, overrides, parent_run_id, callbacks, extra_params, run_name).objective
+
+
+def train_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str] = (),
+    parent_run_id: str | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    extra_params: Mapping[str, str] | None = None,
+    run_name: str | None = None,
+) -> RunOutcome:
+    """Validate ``cfg``, train, log everything to MLflow; return how the run ended (:class:`RunOutcome`).
 
     The MLflow run's name: ``tracking.run_name``, else ``run_name`` (a sweep job: the overrides that vary),
     else the overrides (``paths.*``, ``hydra.*`` left out), else ``<model>-<dataset>``; ``overrides`` are
@@ -479,15 +552,22 @@ def train(
     ``extra_params`` (the plan's ``plan.*``) are logged with the config; the run folder's
     ``plan.json`` and ``plan.yaml``, when present, become artifacts.
 
+    A job of segexp's Optuna sweeper (``optuna.trial`` set) reports every validated epoch to its trial and may be
+    pruned (:mod:`segexp.training.pruning`): the run then ends KILLED, tagged ``pruned_at_epoch``, unevaluated.
+
     All user mistakes (config keys, dataset folders, augmentation entries) raise before
     the MLflow run starts and before any training step (:func:`prepare_run_folder`).
     """
+    began = time.perf_counter()
     cfg = validate_run_config(cfg)
     resolved = to_dict(cfg, resolve=True)
     start, run_dir = prepare_run_folder(cfg.paths, cfg.tracking, resume_requested(cfg), resolved, Path(run_dir))
+    link = TrialLink.from_config(cfg.optuna)
+    trial = open_trial(link) if link is not None else None  # a study the job cannot reach stops it here
     strategy = data_parallel(cfg.training.devices, cfg.training.batch_size)  # before TensorFlow initialises
     seed_and_threads(cfg.training, cfg.seed)
     dataset = open_dataset(cfg.dataset, cfg.model.num_classes)
+    check_stored_channels(cfg.model, dataset)
     augmenter = Augmenter(cfg.augmentation.transforms) if cfg.augmentation.transforms else None
     loaders = build_loaders(
         cfg.model,
@@ -509,7 +589,16 @@ def train(
     )
     precision = resolve_precision(cfg.training.precision)
     with strategy_scope(strategy):  # weights, optimizer and metric variables mirrored on every replica
-        model = model_for_run(cfg.model, cfg.training, start, dataset, len(loaders[0]), precision, loss=cfg.loss)
+        model = model_for_run(
+            cfg.model,
+            cfg.training,
+            start,
+            dataset,
+            len(loaders[0]),
+            precision,
+            loss=cfg.loss,
+            encoding=dataset.encoding,
+        )
         if strategy is not None:  # batch statistics of the global batch, as on one device
             log.info("batch norm over all replicas: %d layers", synchronize_batch_norm(model))
     tracking = cfg.tracking
@@ -521,6 +610,7 @@ def train(
         "run_dir": str(run_dir),
         "precision": precision,
         "overrides": " ".join(overrides),
+        **({TRIAL_TAG: str(link.number), STUDY_TAG: link.study} if link is not None else {}),
     }
     outage = outage_policy(cfg.tracking.outage)
     with (
@@ -545,6 +635,9 @@ def train(
     ):
         if tracker.run_id is not None:  # tracker.enabled
             record_mlflow_run(run_dir, tracker.run_id, tracking.uri)
+        if trial is not None:  # the study leads to the run (optuna-dashboard shows the attributes)
+            for key, value in run_links(tracker.run_id, run_dir).items():
+                trial.set_user_attr(key, value)
         own = with_resume_checkpoint(
             build_run_callbacks(
                 cfg.training,
@@ -556,6 +649,7 @@ def train(
                     data=cfg.dataset,
                     tracking=cfg.tracking,
                     callbacks=cfg.callbacks,
+                    trial=trial,
                 ),
             ),
             run_dir,
@@ -593,6 +687,10 @@ def train(
             tracker.log_artifact(run_dir / "history.csv")
             for log_file in run_dir.glob("*.log"):  # Hydra's job log, named after the job
                 tracker.log_artifact(log_file)
+        pruned = pruned_epoch(own)
+        if pruned is not None:  # ends KILLED: stopped early on purpose, no result to rank
+            tracker.set_tags({PRUNED_TAG: str(pruned)})
+            tracker.final_status = "KILLED"
         view = tracker.add_to_view(
             run_columns(cfg.training.monitor, dataset.class_names), metric_column(f"best/{cfg.training.monitor}")
         )
@@ -608,8 +706,16 @@ def train(
             tracker,
             precision,
             cfg.cv,
+            pruned,
         )
     log.info("best %s = %.4f; run folder %s", cfg.training.monitor, objective, run_dir)
     if view is not None:
         log.info("compare the runs in the MLflow UI: %s", view)
-    return objective
+    return RunOutcome(
+        cfg.training.monitor,
+        objective,
+        wall_time_s=time.perf_counter() - began,
+        num_params=int(model.count_params()),
+        epochs=len(history.get("loss", [])),
+        pruned_at_epoch=pruned,
+    )

@@ -25,6 +25,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from segexp.config.schema import TrainingConfig
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.models.registry import ModelParams
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,11 @@ def compile_signature(
     precision: str,
     *,
     loss: Mapping[str, Any],
+    encoding: InputEncoding = UINT8_ENCODING,
 ) -> str:
     """What ``training.loop.compile_model`` reads (keep the two in step): model section ``m``, the ``loss`` entry,
-    ``t``'s optimizer, schedule (with its ``decay_steps = total_steps``), XLA flag, precision, classes."""
+    ``t``'s optimizer, schedule (with its ``decay_steps = total_steps``), XLA flag, precision, classes, and the
+    stored images' ``encoding`` (the model's input layer)."""
 
     def plain(node: Any) -> Any:  # a config section as plain JSON-able values; a leaf as it is
         return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if OmegaConf.is_config(node) else node
@@ -55,6 +58,7 @@ def compile_signature(
             "jit": t.jit_compile,
             "precision": precision,
             "classes": list(class_names),
+            "input": encoding.to_dict(),
         },
         sort_keys=True,
         default=str,

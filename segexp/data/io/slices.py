@@ -8,6 +8,11 @@ file stem (``10001_169.png`` <-> ``10001_169.png``). Two layouts:
   the case id being parsed from the stem with ``case_pattern``.
 
 Masks become ``uint8`` class indices (H, W) on reading; see :class:`MaskDecoder`.
+
+Images are 8-bit PNG/JPG (or BMP, TIFF) as today; slices that carry more than 8 bits or other than one or
+three channels (segexp-prepare's z-scores and stacked windows) are stored losslessly as 16-bit PNG (one or
+three channels) or ``.npy`` ``(H, W, C)`` uint8/uint16 (:func:`write_image`), and :func:`read_image` reads
+them all, as stored: what the values mean is the dataset's :class:`~segexp.data.io.intensity.InputEncoding`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from segexp.core.errors import DataError
 from segexp.data.io.problems import Problem, Problems, report
 from segexp.data.io.rgb_map import Colours, MaskColourError, colour_table, decode_rgb_mask
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy")
+#: A slice array, any channels, uint8 or uint16 (:func:`write_image`).
+NPY_SUFFIX = ".npy"
 
 
 @dataclass(frozen=True)
@@ -174,30 +181,27 @@ JPEG_END = b"\xff\xd9"  # end-of-image marker
 _JPEG_TAIL = 1024  # the end marker is looked for in the last KiB (some writers pad after it)
 
 
-def read_image_file(path: Path, flags: int, what: str = "image") -> np.ndarray:
+def read_image_file(path: Path, flags: int, what: str = "image", *, deep: bool = False) -> np.ndarray:
     """Read and decode an image file with ``cv2.imdecode(flags)``; every failure is a :class:`DataError`.
 
     The causes are told apart: missing file, empty file (0 bytes), not an image
     file (unknown signature), truncated PNG (no ``IEND`` chunk) or JPEG (no
     end-of-image marker in its last KiB), a 16-bit PNG (OpenCV would silently keep
-    only its high byte), undecodable data. No OpenCV exception leaves this function.
+    only its high byte; with ``deep`` it is decoded as stored, ``cv2.IMREAD_UNCHANGED``),
+    undecodable data. No OpenCV exception leaves this function.
     """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: cannot read {what} (file does not exist)") from err
-    except OSError as err:
-        raise DataError(f"{path}: cannot read {what} ({err.strerror or err})") from err
-    if not data:
-        raise DataError(f"{path}: cannot read {what} (empty file, 0 bytes)")
+    data = _read_bytes(path, what)
     if data.startswith(PNG_SIGNATURE):
         if data.rfind(PNG_END) < 0:
             raise DataError(f"{path}: cannot read {what} (truncated PNG: {len(data)} bytes, no IEND chunk at the end)")
-        if len(data) > 24 and data[24] == 16:  # IHDR bit depth
-            raise DataError(
-                f"{path}: 16-bit PNG; segexp reads 8-bit {what}s (map the intensities to 0..255 first, "
-                "e.g. with segexp-prepare's windowing)"
-            )
+        if png_bit_depth(data) == 16:
+            if not deep:
+                raise DataError(
+                    f"{path}: 16-bit PNG; segexp reads 8-bit {what}s here (map the intensities to 0..255 first, "
+                    "e.g. with segexp-prepare's windowing, or prepare 16-bit slices with window=ct_zscore / zscore, "
+                    "whose dataset.json says so)"
+                )
+            flags = cv2.IMREAD_UNCHANGED
     elif data.startswith(JPEG_SIGNATURE):
         if data.rfind(JPEG_END, max(0, len(data) - _JPEG_TAIL)) < 0:
             raise DataError(f"{path}: cannot read {what} (truncated JPEG: {len(data)} bytes, no end-of-image marker)")
@@ -217,19 +221,62 @@ def read_image_file(path: Path, flags: int, what: str = "image") -> np.ndarray:
     return image
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: cannot read {what} (file does not exist)") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read {what} ({err.strerror or err})") from err
+    if not data:
+        raise DataError(f"{path}: cannot read {what} (empty file, 0 bytes)")
+    return data
+
+
+def png_bit_depth(data: bytes) -> int:
+    """The bit depth of a PNG's IHDR chunk (byte 24 of the file); 0 when too short to tell."""
+    return data[24] if len(data) > 24 else 0
+
+
 def same_channels(bgr: np.ndarray) -> bool:
     """Whether the three channels of ``bgr`` are equal (a grey image stored as colour)."""
     return bool(np.array_equal(bgr[..., 0], bgr[..., 1]) and np.array_equal(bgr[..., 1], bgr[..., 2]))
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
-    """Read an 8-bit image as ``(H, W, channels) uint8`` (grayscale or RGB).
+#: The stored dtypes a slice image may have.
+STORED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
-    A grayscale file feeds an RGB dataset (replicated, as ``cv2.IMREAD_COLOR`` does);
-    a colour file feeds a grayscale dataset only when its three channels are equal,
-    otherwise :class:`DataError` (a colour image in a grayscale dataset).
+
+def read_image(path: Path, channels: int, dtype: np.dtype | type | str = np.uint8) -> np.ndarray:
+    """Read a slice image as stored: ``(H, W, channels)`` of ``dtype`` (uint8, or uint16 for 16-bit slices).
+
+    PNG/JPG (8-bit, or 16-bit PNG): a grayscale file feeds an RGB dataset (replicated, as
+    ``cv2.IMREAD_COLOR`` does); a colour file feeds a grayscale dataset only when its three channels
+    are equal, otherwise :class:`DataError` (a colour image in a grayscale dataset). ``.npy``
+    (:func:`write_image`): ``(H, W)`` or ``(H, W, C)``, exactly ``channels`` channels. A file of another
+    depth than ``dtype`` (the dataset's, :class:`~segexp.data.io.intensity.InputEncoding`) is a
+    :class:`DataError` naming both.
     """
-    image = read_image_file(path, cv2.IMREAD_COLOR, "image")
+    want = np.dtype(dtype)
+    if Path(path).suffix.lower() == NPY_SUFFIX:
+        image = _read_npy(Path(path), channels)
+    else:
+        image = read_image_file(path, cv2.IMREAD_COLOR, "image", deep=want != np.uint8)
+        image = _as_channels(path, image if image.ndim == 3 else image[..., None], channels)
+    if image.dtype != want:
+        raise DataError(
+            f"{path}: {image.dtype.itemsize * 8}-bit image in a dataset of {want.itemsize * 8}-bit slices "
+            "(the stored depth of dataset.json's storage, or of the model's input)"
+        )
+    return image
+
+
+def _as_channels(path: Path, image: np.ndarray, channels: int) -> np.ndarray:
+    """A decoded ``(H, W, 1 | 3 | 4)`` PNG/JPG (OpenCV's BGR order) as ``(H, W, channels)`` (RGB order)."""
+    if image.shape[2] == 4:
+        image = image[..., :3]  # an alpha channel is no image content
+    if image.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(image, channels, axis=2)) if channels != 1 else image
     if channels == 1:
         if not same_channels(image):
             raise DataError(
@@ -237,7 +284,52 @@ def read_image(path: Path, channels: int) -> np.ndarray:
                 "(model.image_channels=1); convert it to grayscale or use model.image_channels=3"
             )
         return np.ascontiguousarray(image[..., :1])
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels != 3:
+        raise DataError(f"{path}: a 3-channel image in a dataset of {channels}-channel slices (model.image_channels)")
+    return np.ascontiguousarray(image[..., ::-1])  # BGR -> RGB (cv2.cvtColor's result, for 8 and 16 bits)
+
+
+def _read_npy(path: Path, channels: int) -> np.ndarray:
+    """A ``.npy`` slice: ``(H, W)`` or ``(H, W, C)`` uint8/uint16, C = ``channels``, no pickled objects."""
+    _read_bytes(path, "image")  # the same messages for a missing or empty file
+    try:
+        image = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path}: cannot read image (not a .npy array, or truncated: {err})") from err
+    image = image[..., None] if image.ndim == 2 else image
+    if image.ndim != 3 or image.dtype not in STORED_DTYPES:
+        raise DataError(f"{path}: a slice .npy must be (H, W[, C]) uint8 or uint16, got {image.shape} {image.dtype}")
+    if image.shape[2] != channels:
+        raise DataError(
+            f"{path}: {image.shape[2]}-channel slice in a dataset of {channels}-channel slices (model.image_channels)"
+        )
+    return np.ascontiguousarray(image)
+
+
+def image_suffix(channels: int) -> str:
+    """The file ending :func:`write_image` uses for ``channels``: ``.png`` for 1 or 3, else ``.npy``."""
+    return ".png" if channels in (1, 3) else NPY_SUFFIX
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Write a slice ``(H, W)`` or ``(H, W, C)`` uint8/uint16 losslessly, as :func:`read_image` reads it back:
+    PNG (8 or 16 bit; three channels in RGB order) for one or three channels, ``.npy`` otherwise
+    (``path``'s ending must be :func:`image_suffix`'s)."""
+    image = np.ascontiguousarray(image)
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if Path(path).suffix.lower() != image_suffix(channels):
+        raise ValueError(f"{path}: a {channels}-channel slice is written as {image_suffix(channels)}")
+    if image.dtype not in STORED_DTYPES:
+        raise ValueError(f"{path}: slices are stored as uint8 or uint16, got {image.dtype}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if Path(path).suffix.lower() == NPY_SUFFIX:
+        np.save(path, image, allow_pickle=False)
+        return
+    pixels = image[..., 0] if channels == 1 and image.ndim == 3 else image
+    if channels == 3:
+        pixels = np.ascontiguousarray(pixels[..., ::-1])  # RGB -> OpenCV's BGR
+    if not cv2.imwrite(str(path), pixels):
+        raise OSError(f"{path}: could not write PNG")
 
 
 class MaskDecoder:
@@ -291,8 +383,17 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if image.shape[:2] == (height, width):
         return image
     shrink = image.shape[0] > height or image.shape[1] > width
-    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return resized.reshape(height, width, image.shape[2] if image.ndim == 3 else 1)
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    channels = image.shape[2] if image.ndim == 3 else 1
+    if channels > _CV_CHANNELS:  # OpenCV's area resize takes at most 4 channels: groups of 4
+        groups = [image[..., c : c + _CV_CHANNELS] for c in range(0, channels, _CV_CHANNELS)]
+        parts = [resize_image(np.ascontiguousarray(g), height, width) for g in groups]
+        return np.concatenate(parts, axis=2)
+    resized = cv2.resize(image, (width, height), interpolation=interpolation)
+    return resized.reshape(height, width, channels)
+
+
+_CV_CHANNELS = 4
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -303,10 +404,15 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, height: int, width: int) ->
 
 
 def load_pair(
-    pair: SlicePair, decoder: MaskDecoder, channels: int, height: int, width: int
+    pair: SlicePair,
+    decoder: MaskDecoder,
+    channels: int,
+    height: int,
+    width: int,
+    dtype: np.dtype | type | str = np.uint8,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read, check and resize one pair: ``(H, W, C) uint8`` image and ``(H, W) uint8`` mask."""
-    image = read_image(pair.image, channels)
+    """Read, check and resize one pair: ``(H, W, C)`` image as stored (``dtype``) and ``(H, W) uint8`` mask."""
+    image = read_image(pair.image, channels, dtype)
     mask = decoder(pair.mask)
     check_same_size(pair, image, mask)
     return resize_pair(image, mask, height, width)

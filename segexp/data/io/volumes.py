@@ -499,8 +499,8 @@ def _slice_axis(axis: str) -> int:
 
 def _check_volume(volume: np.ndarray) -> np.ndarray:
     arr = np.asanyarray(volume)
-    if arr.ndim != 3:
-        raise ValueError(f"expected a 3D volume (x, y, z), got shape {arr.shape}")
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"expected a 3D volume (x, y, z) or one with channels (x, y, z, C), got shape {arr.shape}")
     return arr
 
 
@@ -516,15 +516,16 @@ def volume_slice(volume: np.ndarray, axis: str, index: int) -> np.ndarray:
     ``coronal`` (fixed y): rows superior -> inferior, columns right -> left;
     ``sagittal`` (fixed x): rows superior -> inferior, columns anterior -> posterior.
     Returns a C-contiguous array of the volume's dtype, shape ``(rows, cols)``:
-    axial ``(ny, nx)``, coronal ``(nz, nx)``, sagittal ``(nz, ny)``.
+    axial ``(ny, nx)``, coronal ``(nz, nx)``, sagittal ``(nz, ny)``; a volume with channels
+    ``(x, y, z, C)`` gives ``(rows, cols, C)``.
     """
     arr = _check_volume(volume)
     ax = _slice_axis(axis)
     n = arr.shape[ax]
     if not 0 <= index < n:
         raise IndexError(f"{axis} slice index {index} out of range 0..{n - 1}")
-    plane = arr[(slice(None),) * ax + (index,)]  # a view: the two remaining axes in order
-    return np.ascontiguousarray(plane[::-1, ::-1].T)
+    plane = arr[(slice(None),) * ax + (index,)]  # a view: the two remaining axes in order (then channels)
+    return np.ascontiguousarray(np.swapaxes(plane[::-1, ::-1], 0, 1))
 
 
 def stack_slices(slices: Sequence[np.ndarray] | np.ndarray, axis: str) -> np.ndarray:
@@ -543,6 +544,20 @@ def stack_slices(slices: Sequence[np.ndarray] | np.ndarray, axis: str) -> np.nda
         raise ValueError(f"stack_slices needs 2D slices of one shape, got shapes {sorted(shapes)}")
     planes = [a.T[::-1, ::-1] for a in arrays]
     return np.ascontiguousarray(np.stack(planes, axis=ax))
+
+
+def canonical_grid(header: CaseHeader) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """``(shape, spacing)`` of the case once reoriented to RAS+ (:func:`load_case`), from the header alone."""
+    ornt = io_orientation(header.affine)
+    shape = tuple(int(header.shape[int(np.flatnonzero(ornt[:, 0] == ax)[0])]) for ax in range(3))
+    return cast(tuple[int, int, int], shape), voxel_spacing(header.affine @ inv_ornt_aff(ornt, header.shape))
+
+
+def slice_shape(shape: Sequence[int], axis: str) -> tuple[int, int]:
+    """``(rows, cols)`` of :func:`volume_slice` images of a canonical volume of ``shape``."""
+    ax = _slice_axis(axis)
+    a, b = (i for i in range(3) if i != ax)
+    return int(shape[b]), int(shape[a])
 
 
 def slice_pixel_spacing(spacing: Sequence[float], axis: str) -> tuple[float, float]:

@@ -30,13 +30,18 @@ def check_grid(size: int, num_slices: int) -> None:
         raise ValueError(f"num_slices must be an integer >= 1, got {num_slices!r}")
 
 
-def phantom_spacing(size: int = 128, num_slices: int = 32) -> tuple[float, float, float]:
-    """Voxel spacing ``(x, y, z)`` in mm: ``360 / size`` in-plane, ``0.55 * 360 / num_slices`` along z."""
-    pixel = FOV_MM / size
-    return (pixel, pixel, Z_EXTENT * size * pixel / num_slices)
+def phantom_spacing(size: int = 128, num_slices: int = 32, grid: int | None = None) -> tuple[float, float, float]:
+    """Voxel spacing ``(x, y, z)`` in mm: ``360 / size`` in-plane, ``0.55 * 360 / num_slices`` along z.
+
+    ``grid``: the anatomy was drawn on a ``grid`` x ``grid`` plane (then cropped or padded to ``size``), so a
+    pixel is ``360 / grid`` mm in-plane (a field of view of ``size * 360 / grid`` mm); z is unchanged.
+    """
+    drawn = grid or size
+    pixel = FOV_MM / drawn
+    return (pixel, pixel, Z_EXTENT * drawn * pixel / num_slices)
 
 
-def phantom_affine(size: int = 128, num_slices: int = 32) -> np.ndarray:
+def phantom_affine(size: int = 128, num_slices: int = 32, grid: int | None = None) -> np.ndarray:
     """NIfTI voxel-to-world affine (RAS+ mm, 4x4 float64) of a phantom volume.
 
     As a DICOM-derived NIfTI of an axial chest CT written without reorientation
@@ -55,7 +60,7 @@ def phantom_affine(size: int = 128, num_slices: int = 32) -> np.ndarray:
     table position z = -150 mm. These numbers are illustrative, not from a scanner.
     """
     check_grid(size, num_slices)
-    spacing = np.array(phantom_spacing(size, num_slices), dtype=np.float64)
+    spacing = np.array(phantom_spacing(size, num_slices, grid), dtype=np.float64)
     extent = np.array([size - 1, size - 1, num_slices - 1], dtype=np.float64)
     origin_lps = np.array(_FOV_CENTRE_LPS_MM, dtype=np.float64) - extent / 2.0 * spacing
     lps_to_ras = np.array([-1.0, -1.0, 1.0])

@@ -35,7 +35,7 @@ from segexp.data.io.volumes import VolumeCase, find_volume_cases, header_slices,
 from segexp.data.phantom import ensure_phantom_slices
 from segexp.data.prepare.fingerprint import Fingerprint, FloatStats, Uint8Stats, class_summary, fingerprint_lines
 from segexp.data.runtime.class_table import ClassTable, class_names_given, resolve_class_table
-from segexp.data.runtime.dataset import SliceDataset, list_split_pairs, mask_decoder
+from segexp.data.runtime.dataset import SliceDataset, dataset_storage, list_split_pairs, mask_decoder
 
 TRAIN_SAMPLE_PER_SPLIT = 32
 """Pairs per split whose pixels enter the fingerprint logged at the start of training."""
@@ -82,7 +82,7 @@ class _PairsRead:
     """What reading pairs found: class pixels per split, intensities, image sizes, pairs read."""
 
     per_split: dict[str, np.ndarray]
-    stats: Uint8Stats = field(default_factory=Uint8Stats)
+    stats: Uint8Stats = field(default_factory=Uint8Stats)  # Uint8Stats(16) for 16-bit slices
     sizes: dict[str, int] = field(default_factory=dict)
     read: int = 0
 
@@ -110,9 +110,11 @@ def _read_pair(
     size: tuple[int, ...] | None,
     found: _PairsRead,
     problems: Problems,
+    dtype: np.dtype | type | str = np.uint8,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Image and mask of one pair (None where unreadable or mismatched); sizes counted, size problems recorded."""
-    image = _try_read(lambda p: read_image(p, channels), pair.image, problems)
+    """Image (stored as ``dtype``) and mask of one pair (None where unreadable or mismatched); sizes counted, size
+    problems recorded."""
+    image = _try_read(lambda p: read_image(p, channels, dtype), pair.image, problems)
     mask = _try_read(decoder, pair.mask, problems) if decoder is not None else None
     if image is not None:
         key = f"{image.shape[1]}x{image.shape[0]}"
@@ -138,9 +140,12 @@ def _read_pairs(
     limit: int | None,
     problems: Problems,
     progress: bool = False,
+    dtype: np.dtype | type | str = np.uint8,
 ) -> _PairsRead:
-    """Read every (or a sample of) pair; without a ``decoder`` (no class table) only the images."""
-    found = _PairsRead({split: np.zeros(num_classes, np.int64) for split in pairs})
+    """Read every (or a sample of) pair, the images stored as ``dtype`` (the dataset's storage); without a
+    ``decoder`` (no class table) only the images."""
+    bits = np.dtype(dtype).itemsize * 8
+    found = _PairsRead({split: np.zeros(num_classes, np.int64) for split in pairs}, Uint8Stats(bits))
     todo = {split: _sample(split_pairs, limit) for split, split_pairs in pairs.items()}
     total = sum(map(len, todo.values()))
     with tqdm(total=total, desc="pairs", unit="pair", file=sys.stderr, disable=None if progress else True) as bar:
@@ -148,7 +153,7 @@ def _read_pairs(
             for pair in split_pairs:
                 found.read += 1
                 bar.update()
-                image, mask = _read_pair(pair, decoder, channels, size, found, problems)
+                image, mask = _read_pair(pair, decoder, channels, size, found, problems, dtype)
                 if image is None or (decoder is not None and mask is None):
                     continue
                 found.stats.add(image)
@@ -221,7 +226,10 @@ def check_slice_dataset(
     pairs = list_split_pairs(d, problems)
     table, names, decoder = _class_table(d, pairs, problems)
     shape = tuple(size) if size is not None else None
-    found = _read_pairs(pairs, decoder, len(names), channels, shape, max_pairs_per_split, problems, progress=True)
+    encoding, _ = dataset_storage(root)
+    found = _read_pairs(
+        pairs, decoder, len(names), channels, shape, max_pairs_per_split, problems, True, encoding.dtype
+    )
     sampling = "all pairs"
     if max_pairs_per_split is not None:
         sampling = f"at most {max_pairs_per_split} evenly spaced pairs per split"
@@ -243,7 +251,16 @@ def dataset_fingerprint(
     """
     problems = Problems()
     names = list(dataset.class_names)
-    found = _read_pairs(dataset.pairs, dataset.decoder, len(names), channels, None, max_pairs_per_split, problems)
+    found = _read_pairs(
+        dataset.pairs,
+        dataset.decoder,
+        len(names),
+        channels,
+        None,
+        max_pairs_per_split,
+        problems,
+        dtype=dataset.encoding.dtype,
+    )
     sampling = f"at most {max_pairs_per_split} evenly spaced pairs per split"
     return CheckReport(
         problems.items, _slice_fingerprint(dataset.name, dataset.root, dataset.pairs, names, found, sampling)

@@ -1,7 +1,7 @@
 """The fingerprint of a dataset: counts per split, class pixels by name, intensity statistics, sizes.
 
-Slice images are uint8, so their statistics come from an exact 256-bin histogram
-(:class:`Uint8Stats`, percentiles: nearest rank). Volume intensities are in HU
+Slice images are uint8 (or uint16), so their statistics come from an exact histogram of every stored
+value (:class:`Uint8Stats`, percentiles: nearest rank). Volume intensities are in HU
 (:class:`FloatStats`): mean, std, min and max are exact (float64 sums), percentiles come
 from a seeded random sample per volume. A :class:`Fingerprint` is plain data.
 """
@@ -70,26 +70,28 @@ class Fingerprint:
 
 
 class Uint8Stats:
-    """Exact statistics of uint8 pixels through a 256-bin histogram."""
+    """Exact statistics of stored pixels through a histogram of every value: 256 bins for uint8 slices
+    (``bits`` 8), 65536 for 16-bit ones (``bits`` 16; the stored values, not what the model decodes)."""
 
-    def __init__(self) -> None:
-        self.hist = np.zeros(256, np.int64)
+    def __init__(self, bits: int = 8) -> None:
+        self.unit = f"uint{bits}"
+        self.hist = np.zeros(1 << bits, np.int64)
 
     def add(self, image: np.ndarray) -> None:
-        self.hist += np.bincount(image.ravel(), minlength=256)
+        self.hist += np.bincount(image.ravel(), minlength=self.hist.size)[: self.hist.size]
 
     def result(self) -> IntensityStats:
         n = int(self.hist.sum())
         if n == 0:
-            return IntensityStats("uint8")
-        values = np.arange(256, dtype=np.float64)
+            return IntensityStats(self.unit)
+        values = np.arange(self.hist.size, dtype=np.float64)
         mean = float((self.hist * values).sum() / n)
         var = float((self.hist * (values - mean) ** 2).sum() / n)
         nonzero = np.flatnonzero(self.hist)
         cum = np.cumsum(self.hist)
         pct = {f"p{q:g}": float(np.searchsorted(cum, max(1, int(np.ceil(q / 100 * n))))) for q in PERCENTILES}
         return IntensityStats(
-            "uint8",
+            self.unit,
             n,
             round(mean, 4),
             round(var**0.5, 4),

@@ -7,12 +7,18 @@ Steps, each checked before anything is written to ``out_dir``:
    :mod:`segexp.data.io.volume_files`, a DICOM series checked as one);
 2. read every header: image/label shape and affine must agree;
 3. split the cases by patient (ratios, explicit lists, or k-fold);
-4. per volume, in parallel worker processes (memory: one volume per worker):
+4. the dataset-wide settings from the non-test cases (:mod:`segexp.data.prepare.normalisation`): the
+   foreground statistics of ``window=ct_zscore``, the ``spacing=auto`` target and the ``canvas=auto`` shape;
+5. per volume, in parallel worker processes (memory: one volume per worker):
    reorient to RAS, map label values to classes (unknown or non-integer values are
-   errors naming the case), window to uint8 (the same mapping for every slice),
-   keep all foreground slices plus a seeded ``empty_fraction`` of the empty ones,
-   resize, write ``<split>/{images,masks}/<case>_<slice>.png``;
-5. write ``dataset.json`` and move the staged folder into place.
+   errors naming the case), map the intensities to the stored pixels (the same mapping for every slice:
+   :func:`~segexp.data.io.intensity.normalise_volume`; uint8 windows, uint16 z-scores, stacked windows as
+   channels), keep all foreground slices plus a seeded ``empty_fraction`` of the empty ones,
+   resample in-plane to the target spacing, pad/crop to the canvas, resize to ``size``
+   (:class:`~segexp.data.io.resample.SliceGrid`), write ``<split>/{images,masks}/<case>_<slice>.png``
+   (an image of other than one or three channels: ``.npy``, :func:`~segexp.data.io.slices.write_image`);
+6. write ``dataset.json`` (with the ``storage`` the model's input layer decodes, and each case's original
+   and stored slice shape and spacing) and move the staged folder into place.
 
 Re-running on the same inputs and settings is a no-op; a different existing
 dataset is replaced only with ``overwrite=true``, and a folder that segexp-prepare
@@ -31,7 +37,7 @@ from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -41,13 +47,16 @@ from tqdm import tqdm
 import segexp
 from segexp.config.commands import validate_prepare_config
 from segexp.config.schema import to_dict
-from segexp.core.errors import PrepareError
+from segexp.core.errors import ConfigError, PrepareError
 from segexp.core.files import staging_folder
-from segexp.data.io.intensity import window_volume
+from segexp.data.io.intensity import Normalised, normalise_volume, stacked_windows, window_encoding
+from segexp.data.io.resample import slice_grid
 from segexp.data.io.rgb_map import encode_rgb_mask
-from segexp.data.io.slices import resize_pair
+from segexp.data.io.slices import image_suffix, write_image
 from segexp.data.io.splits import fold_table, split_cases
 from segexp.data.io.volumes import (
+    SLICE_AXES,
+    CaseHeader,
     VolumeCase,
     VolumeError,
     find_volume_cases,
@@ -55,9 +64,12 @@ from segexp.data.io.volumes import (
     num_slices,
     read_header,
     sha256_file,
+    slice_pixel_spacing,
+    slice_shape,
     volume_slice,
 )
 from segexp.data.phantom import ensure_phantom_volumes
+from segexp.data.prepare.normalisation import foreground_statistics, median_canvas, target_spacing
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +85,7 @@ IN_PLANE = {
 
 @dataclass(frozen=True)
 class SliceSettings:
-    """Everything a worker needs to turn one volume into PNG slices (picklable)."""
+    """Everything a worker needs to turn one volume into slices (picklable)."""
 
     axis: str
     size: tuple[int, int] | None
@@ -82,16 +94,16 @@ class SliceSettings:
     mask_format: str
     colours: tuple[tuple[int, ...], ...]  # (r, g, b) per class
     label_lut: tuple[int, ...]  # label value -> class index, 255 = not in the class table
-    window_mode: str
-    level: float
-    width: float
-    low_percentile: float
-    high_percentile: float
+    window: dict[str, Any]  # dataset.json's window: normalise_volume's mapping, statistics included
+    spacing: tuple[float, float] | None = None  # target in-plane (row, col) mm, None: no resampling
+    canvas: tuple[int, int] | None = None  # (rows, cols) to pad/crop the resampled slices to
 
 
 @dataclass
 class CaseReport:
-    """What one volume contributed: shape, spacing, orientation, slices kept, source checksums."""
+    """What one volume contributed: shape, spacing, orientation, slices kept, source checksums, and its slices'
+    grid: ``slice_shape`` / ``slice_spacing_mm`` (rows, cols) as cut from the volume, ``stored_shape`` /
+    ``stored_spacing_mm`` as written (resampled, canvas, size), ``through_spacing_mm`` between slices."""
 
     case: str
     split: str
@@ -101,9 +113,14 @@ class CaseReport:
     slices_total: int
     slices_foreground: int
     slices_empty_kept: int
-    window: list[float]
+    window: list[Any]  # [level, width] applied (HU); one per channel for stacked windows
     image: dict[str, str]
     label: dict[str, str]
+    slice_shape: list[int]
+    slice_spacing_mm: list[float]
+    stored_shape: list[int]
+    stored_spacing_mm: list[float]
+    through_spacing_mm: float
 
 
 def class_table(classes: Mapping[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -125,34 +142,45 @@ def empty_slices_to_keep(case: str, empty: list[int], fraction: float, seed: int
     return sorted(int(i) for i in rng.choice(empty, size=count, replace=False))
 
 
-def _to_uint8(volume: np.ndarray, s: SliceSettings) -> tuple[np.ndarray, list[float]]:
-    image, window = window_volume(volume, s.window_mode, s.level, s.width, s.low_percentile, s.high_percentile)
-    return image, list(window)
+def _canvas_fill(normalised: Normalised) -> list[float]:
+    """The canvas padding of a case: its lowest stored value per channel (air, below any window)."""
+    stored = normalised.stored
+    lows = stored.min(axis=(0, 1, 2)) if stored.ndim == 4 else np.asarray([stored.min()])
+    return [float(v) for v in np.atleast_1d(lows)]
 
 
 def process_case(case: VolumeCase, split: str, settings: SliceSettings, staging: Path) -> CaseReport:
     """Write the kept slices of one volume under ``staging/<split>``; raises VolumeError naming the case."""
     lut = np.asarray(settings.label_lut, np.uint8)
     allowed = [int(v) for v in np.flatnonzero(lut != 255)]
-    loaded = load_case(case, allowed_labels=allowed)
+    loaded = load_case(case, allowed_labels=allowed, image_dtype=None)  # as stored: as segexp-infer reads it
+    assert loaded.label is not None  # prepare lists its cases with labels required
     classes = lut[loaded.label]
-    image, window = _to_uint8(loaded.image, settings)
+    try:
+        normalised = normalise_volume(loaded.image, settings.window)
+    except ValueError as err:
+        raise VolumeError(f"case {case.case}: {err}") from err
+    stored = normalised.stored
+    fill = _canvas_fill(normalised)
     total = num_slices(classes, settings.axis)
     foreground = [i for i in range(total) if volume_slice(classes, settings.axis, i).any()]
     empty = sorted(set(range(total)) - set(foreground))
     kept_empty = empty_slices_to_keep(case.case, empty, settings.empty_fraction, settings.seed)
     digits = max(3, len(str(total - 1)))
+    spacing = slice_pixel_spacing(loaded.spacing, settings.axis)
+    shape = slice_shape(classes.shape, settings.axis)
+    grid = slice_grid(shape, spacing, settings.spacing, settings.canvas, settings.size)
+    suffix = image_suffix(1 if stored.ndim == 3 else stored.shape[3])
     images_dir, masks_dir = staging / split / "images", staging / split / "masks"
     for index in sorted(foreground + kept_empty):
-        img = volume_slice(image, settings.axis, index)
-        mask = volume_slice(classes, settings.axis, index)
-        if settings.size is not None:
-            img, mask = resize_pair(img, mask, *settings.size)
-            img = img[..., 0]
-        name = f"{case.case}_{index:0{digits}d}.png"
-        _imwrite(images_dir / name, img)
+        img = volume_slice(stored, settings.axis, index)
+        img = grid.image(img if img.ndim == 3 else img[..., None], fill)
+        mask = grid.labels(volume_slice(classes, settings.axis, index))
+        name = f"{case.case}_{index:0{digits}d}"
+        write_image(images_dir / f"{name}{suffix}", img)
         rgb = encode_rgb_mask(mask, settings.colours)[..., ::-1] if settings.mask_format == "rgb" else mask
-        _imwrite(masks_dir / name, rgb)
+        _imwrite(masks_dir / f"{name}.png", rgb)
+    windows = [[float(level), float(width)] for level, width in normalised.windows]
     return CaseReport(
         case=case.case,
         split=split,
@@ -162,9 +190,14 @@ def process_case(case: VolumeCase, split: str, settings: SliceSettings, staging:
         slices_total=total,
         slices_foreground=len(foreground),
         slices_empty_kept=len(kept_empty),
-        window=window,
+        window=windows[0] if len(windows) == 1 else windows,
         image={"file": case.image.name, "sha256": sha256_file(case.image)},
         label={"file": _label_file(case).name, "sha256": sha256_file(_label_file(case))},
+        slice_shape=list(grid.shape),
+        slice_spacing_mm=[float(v) for v in spacing],
+        stored_shape=list(grid.stored),
+        stored_spacing_mm=[float(v) for v in grid.pixel_spacing(spacing)],
+        through_spacing_mm=float(loaded.spacing[SLICE_AXES[settings.axis]]),
     )
 
 
@@ -180,9 +213,50 @@ def _imwrite(path: Path, array: np.ndarray) -> None:
         raise OSError(f"{path}: could not write PNG")
 
 
-def _settings(cfg: DictConfig) -> SliceSettings:
+def _plain(value: Any) -> Any:
+    """A config node as plain Python values; a leaf (None, a number, a string) as it is."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def prepared_window(cfg: DictConfig) -> dict[str, Any]:
+    """``dataset.json``'s ``window``: the ``window`` config, or a ``stack`` of ``windows`` (ConfigError naming
+    ``windows[i]`` for an unknown preset); the foreground statistics are added by :func:`dataset_settings`."""
+    if cfg.windows is None:
+        return cast(dict[str, Any], OmegaConf.to_container(cfg.window, enum_to_str=True))
+    try:
+        windows = stacked_windows(_plain(cfg.windows))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return {"name": "+".join(w["name"] for w in windows), "mode": "stack", "windows": windows}
+
+
+def dataset_settings(
+    cfg: DictConfig, cases: list[VolumeCase], headers: Mapping[str, CaseHeader], splits: Mapping[str, list[str]]
+) -> SliceSettings:
+    """The settings every worker applies: the class table, the window (with ``ct_zscore``'s foreground
+    statistics), the target spacing and canvas, measured on the non-test cases
+    (:mod:`segexp.data.prepare.normalisation`)."""
     names, colours, lut = class_table(cfg.volumes.classes)
-    w = cfg.window
+    learn = set(splits["train"]) | set(splits["valid"])
+    learn_cases = [c for c in cases if c.case in learn]
+    learn_headers = [headers[c.case] for c in learn_cases]
+    window = prepared_window(cfg)
+    if window["mode"] == "ct_zscore":
+        window["foreground"] = foreground_statistics(
+            learn_cases,
+            tuple(int(v) for v in lut),
+            float(window["low_percentile"]),
+            float(window["high_percentile"]),
+            seed=cfg.seed,
+            workers=cfg.workers,
+        )
+    spacing = target_spacing(_plain(cfg.spacing), learn_headers, cfg.axis)
+    canvas_cfg = _plain(cfg.canvas)
+    canvas = None
+    if spacing is not None and canvas_cfg == "auto":
+        canvas = median_canvas(learn_headers, cfg.axis, spacing)
+    elif canvas_cfg is not None:
+        canvas = (int(canvas_cfg[0]), int(canvas_cfg[1]))
     return SliceSettings(
         axis=cfg.axis,
         size=tuple(cfg.size) if cfg.size is not None else None,
@@ -191,12 +265,22 @@ def _settings(cfg: DictConfig) -> SliceSettings:
         mask_format=cfg.mask_format,
         colours=tuple(tuple(int(v) for v in c) for c in colours),
         label_lut=tuple(int(v) for v in lut),
-        window_mode=w.mode,
-        level=w.level,
-        width=w.width,
-        low_percentile=w.low_percentile,
-        high_percentile=w.high_percentile,
+        window=window,
+        spacing=spacing,
+        canvas=canvas,
     )
+
+
+def storage_entry(window: Mapping[str, Any]) -> dict[str, Any]:
+    """``dataset.json``'s ``storage``: the stored dtype, channels, file format and the model input's decoding
+    ``value = stored * scale + offset`` (:func:`~segexp.data.io.intensity.window_encoding`)."""
+    channels = len(window["windows"]) if window["mode"] == "stack" else 1
+    return {
+        **window_encoding(window).to_dict(),
+        "channels": channels,
+        "format": image_suffix(channels).lstrip("."),
+        "formula": "model input = stored * scale + offset",
+    }
 
 
 def fingerprint(cfg: DictConfig, cases: list[VolumeCase]) -> str:
@@ -254,6 +338,7 @@ def prepare(cfg: DictConfig) -> Path:
     Returns ``out_dir``. Every input problem raises before ``out_dir`` is touched.
     """
     cfg = validate_prepare_config(cfg)
+    prepared_window(cfg)  # the window presets of `windows` exist (ConfigError naming windows[i])
     v = cfg.volumes
     source = Path(v.source).expanduser()
     ensure_phantom_volumes(source, to_dict(v.phantom, resolve=False) if v.phantom is not None else None)
@@ -266,7 +351,7 @@ def prepare(cfg: DictConfig) -> Path:
         log.info("%s is up to date (same inputs and settings): nothing to do", out_dir)
         return out_dir
 
-    settings = _settings(cfg)
+    settings = dataset_settings(cfg, cases, headers, splits)
     split_of = {case: split for split, ids in splits.items() for case in ids}
     with staging_folder(out_dir) as staging:
         reports = _run_cases(cases, split_of, settings, staging, cfg.workers)
@@ -288,7 +373,14 @@ def prepare(cfg: DictConfig) -> Path:
             "fold": cfg.split.fold,
             "axis": cfg.axis,
             "orientation": {"canonical": "RAS", "in_plane": IN_PLANE[cfg.axis]},
-            "window": OmegaConf.to_container(cfg.window, enum_to_str=True),
+            "window": settings.window,
+            "storage": storage_entry(settings.window),
+            "spacing": {
+                "setting": _plain(cfg.spacing),
+                "target_mm": list(settings.spacing) if settings.spacing is not None else None,
+                "canvas": list(settings.canvas) if settings.canvas is not None else None,
+                "measured_on": "the non-test cases (train and valid)",
+            },
             "size": list(cfg.size) if cfg.size is not None else None,
             "empty_fraction": cfg.empty_fraction,
             "seed": cfg.seed,

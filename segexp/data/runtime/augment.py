@@ -219,13 +219,17 @@ def _mask_fills(pipeline: Any) -> set[int]:
     return fills
 
 
+#: Stored image dtypes the augmentation takes (albumentations' geometric transforms keep them, any channels).
+_IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+
 def _check_inputs(image: np.ndarray, mask: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-        raise TypeError(f"image must be a uint8 numpy array, got {getattr(image, 'dtype', type(image))}")
+    if not isinstance(image, np.ndarray) or image.dtype not in _IMAGE_DTYPES:
+        raise TypeError(f"image must be a uint8 or uint16 numpy array, got {getattr(image, 'dtype', type(image))}")
     if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8:
         raise TypeError(f"mask must be a uint8 numpy array, got {getattr(mask, 'dtype', type(mask))}")
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3))):
-        raise ValueError(f"image must be (H, W) or (H, W, 3), got shape {image.shape}")
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] >= 1)):
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {image.shape}")
     if mask.ndim != 2:
         raise ValueError(f"mask must be (H, W) class indices, got shape {mask.shape}")
     if image.shape[:2] != mask.shape:
@@ -238,8 +242,8 @@ def augment_pair(
     """Apply ``pipeline`` to ``image`` and ``mask`` with the same random draws.
 
     The result depends only on ``(pipeline config, image, mask, seed)``, never on earlier
-    calls. Returns ``(image, mask)``: a ``uint8`` image with the input's layout
-    ((H, W) stays (H, W), (H, W, 3) stays (H, W, 3)) and a ``uint8`` mask whose values
+    calls. Returns ``(image, mask)``: an image of the input's dtype (uint8, or uint16 for 16-bit slices) and
+    layout ((H, W) stays (H, W), (H, W, C) stays (H, W, C)) and a ``uint8`` mask whose values
     are input classes or the transforms' ``fill_mask`` (0, background, in the presets)
     where the warp pulled in pixels from outside the image. A pipeline that invents
     other labels (non-nearest ``mask_interpolation``) raises :class:`AugmentationError`.
@@ -256,12 +260,14 @@ def augment_pair(
     out_image = np.asarray(out["image"])
     out_mask = np.asarray(out["mask"])
 
-    if out_image.dtype != np.uint8:
-        out_image = np.clip(np.rint(out_image), 0, 255).astype(np.uint8)
+    if out_image.dtype != image.dtype:
+        out_image = np.clip(np.rint(out_image), 0, np.iinfo(image.dtype).max).astype(image.dtype)
     if image.ndim == 2 and out_image.ndim == 3 and out_image.shape[2] == 1:
         out_image = out_image[:, :, 0]
     elif image.ndim == 3 and out_image.ndim == 2:
-        out_image = out_image[:, :, None] if image.shape[2] == 1 else np.repeat(out_image[:, :, None], 3, 2)
+        out_image = (
+            out_image[:, :, None] if image.shape[2] == 1 else np.repeat(out_image[:, :, None], image.shape[2], 2)
+        )
     if out_image.ndim == 3 and image.ndim == 3 and out_image.shape[2] != image.shape[2]:
         raise AugmentationError(
             f"augmentation changed the number of image channels from {image.shape[2]} to {out_image.shape[2]}"

@@ -9,6 +9,7 @@ training, tolerant (a problem collector) for ``segexp-check``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.data.io.layout import resolved_section
 from segexp.data.io.problems import Problem, Problems, report
 from segexp.data.io.rgb_map import default_palette
@@ -26,7 +28,8 @@ from segexp.data.phantom import ensure_phantom_slices
 
 @dataclass
 class SliceDataset:
-    """Slice pairs of each split plus everything needed to read and draw their masks."""
+    """Slice pairs of each split plus everything needed to read and draw their masks, and how its images are
+    stored (``encoding``; ``channels`` when ``dataset.json`` says, else None: :func:`dataset_storage`)."""
 
     name: str
     root: Path
@@ -34,6 +37,8 @@ class SliceDataset:
     decoder: MaskDecoder
     colours: np.ndarray
     pairs: dict[str, list[SlicePair]] = field(default_factory=dict)
+    encoding: InputEncoding = UINT8_ENCODING
+    channels: int | None = None
 
     def cases(self, split: str) -> list[str]:
         """Sorted patient ids of ``split``."""
@@ -67,7 +72,25 @@ def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
     ensure_phantom_slices(root, d.get("phantom"))
     pairs = list_split_pairs(d)
     decoder, colours = mask_decoder(d)
-    return SliceDataset(d["name"], root, list(d["class_names"]), decoder, colours, pairs)
+    encoding, channels = dataset_storage(root)
+    return SliceDataset(d["name"], root, list(d["class_names"]), decoder, colours, pairs, encoding, channels)
+
+
+def dataset_storage(root: Path) -> tuple[InputEncoding, int | None]:
+    """How the images under ``root`` are stored: ``dataset.json``'s ``storage`` (segexp-prepare; the stored
+    dtype, the model input's ``value = stored * scale + offset`` and the channels), else 8-bit images decoded
+    by 1/255 with their channels unknown (``None``). A ``storage`` that is not one raises :class:`DataError`."""
+    try:
+        manifest = json.loads((Path(root) / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return UINT8_ENCODING, None  # no dataset.json (or the class table reader reports a broken one)
+    storage = manifest.get("storage") if isinstance(manifest, dict) else None
+    if storage is None:
+        return UINT8_ENCODING, None
+    try:
+        return InputEncoding.from_dict(storage), int(storage["channels"])
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(f"{root}/dataset.json: storage is not a slice storage entry ({err})") from err
 
 
 def list_split_pairs(d: Mapping[str, Any], problems: Problems | None = None) -> dict[str, list[SlicePair]]:

@@ -6,8 +6,9 @@ augments. Read-and-resized pairs (before augmentation) are kept in memory up to
 replacement the same slices come back every epoch, and decoding a 512x512 PNG pair
 costs as much as a training step's share of the CPU on a small machine. Beyond the
 bound, pairs stream from disk; memory stays flat whatever the dataset's size. Batches
-are ``(uint8 images (B, H, W, C), uint8 class-index masks (B, H, W))``; the model
-scales images itself and the losses one-hot the masks on the device.
+are ``(images (B, H, W, C) as stored (uint8, or uint16 for 16-bit slices), uint8 class-index masks
+(B, H, W))``; the model scales images itself (its input layer decodes the dataset's
+:class:`~segexp.data.io.intensity.InputEncoding`) and the losses one-hot the masks on the device.
 
 Reproducibility: which slices epoch ``e`` trains on comes from an
 :class:`~segexp.data.runtime.sampling.EpochSampler` (seeded by ``(seed, e, position)``) and
@@ -72,6 +73,7 @@ class SliceLoader(keras.utils.PyDataset):
         seed: int = 0,
         loader: LoaderConfig | None = None,
         on_bad_file: str = "error",
+        dtype: np.dtype | type | str = np.uint8,
     ) -> None:
         loader = loader or MAIN_THREAD
         super().__init__(
@@ -92,6 +94,7 @@ class SliceLoader(keras.utils.PyDataset):
         self.decoder = decoder
         self.height, self.width = image_size
         self.channels = channels
+        self.dtype = np.dtype(dtype)  # the stored images' (dataset.json's storage): a file of another depth is bad
         self.batch_size = batch_size
         self.augmenter = augmenter
         if sampler is not None and sampler.num_slices != len(self.pairs):
@@ -133,7 +136,7 @@ class SliceLoader(keras.utils.PyDataset):
         cached = self._cache.get(index)
         if cached is not None:  # copies: an augmentation may write into its input
             return cached[0].copy(), cached[1].copy()
-        image, mask = load_pair(self.pairs[index], self.decoder, self.channels, self.height, self.width)
+        image, mask = load_pair(self.pairs[index], self.decoder, self.channels, self.height, self.width, self.dtype)
         size = image.nbytes + mask.nbytes
         if size <= self._cache_left:
             self._cache_left -= size  # a race between two threads only misjudges the bound by one pair
@@ -164,7 +167,7 @@ class SliceLoader(keras.utils.PyDataset):
             raise IndexError(batch_index)
         start = batch_index * self.batch_size
         indices = self._order[start : start + self.batch_size]
-        images = np.empty((len(indices), self.height, self.width, self.channels), np.uint8)
+        images = np.empty((len(indices), self.height, self.width, self.channels), self.dtype)
         masks = np.empty((len(indices), self.height, self.width), np.uint8)
         for row, index in enumerate(indices):
             images[row], masks[row] = self.load_sample(int(index), self.epoch, start + row)
