@@ -166,6 +166,8 @@ def test_configs_of_earlier_runs_are_upgraded() -> None:
     assert OmegaConf.to_container(upgrade_run_config(old)) == {
         "training": {"epochs": 3, "precision": "fp16", "postprocess": "none"},
         "callbacks": {},  # training.callbacks, reduce_lr, early_stopping became the callbacks group
+        "optuna": {"study": None, "storage": None, "trial": None},  # no trial of segexp's Optuna sweeper
+        "cv": {"folds": None, "fold": None, "seed": 0, "test_cases": []},  # no cross-validation fold
     }
     old = OmegaConf.create({"training": {"mixed_precision": False}})
     assert upgrade_run_config(old).training.precision == "fp32"

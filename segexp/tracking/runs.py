@@ -149,7 +149,8 @@ def upgrade_run_config(config: DictConfig) -> DictConfig:
     group, in that order (``{}``: a run from before had none). ``training.loss`` (a name, or the user's
     ``_target_`` mapping) and ``training.dice`` (the Dice term's keys) became the top-level ``loss`` entry: the
     name's ``conf/loss/<name>.yaml`` with the run's Dice keys, or the user's mapping as it was. The ``optuna``
-    section and ``tracking.optuna_storage`` are new (null: no Optuna trial).
+    section and ``tracking.optuna_storage`` are new (null: no Optuna trial), and so is ``cv`` (null folds: no
+    cross-validation).
     """
     training = config.get("training")
     if training is None:
@@ -164,6 +165,8 @@ def upgrade_run_config(config: DictConfig) -> DictConfig:
             tracking.setdefault("optuna_storage", None)
         if "optuna" not in config:  # a run from before was no trial of segexp's Optuna sweeper
             config.optuna = {"study": None, "storage": None, "trial": None}
+        if "cv" not in config:  # a run from before was no cross-validation fold
+            config.cv = {"folds": None, "fold": None, "seed": 0, "test_cases": []}
         if "mixed_precision" in training:
             if "precision" not in training:
                 training.precision = "fp16" if training.mixed_precision else "fp32"
