@@ -112,13 +112,18 @@ def write_fold_record(run_dir: Path, fold: int, folds: int, valid_cases: Sequenc
     return Path(run_dir) / FOLD_FILE
 
 
-def read_fold_record(run_dir: Path) -> dict[str, Any] | None:
-    """A finished fold's record, None when the fold did not finish (no or unreadable :data:`FOLD_FILE`)."""
+def _fold_file(run_dir: Path, status: str) -> dict[str, Any] | None:
+    """:data:`FOLD_FILE` of ``run_dir`` when it records ``status`` (finished or failed), else None."""
     try:
         record = json.loads((Path(run_dir) / FOLD_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and record.get("status") == "finished" else None
+    return record if isinstance(record, dict) and record.get("status") == status else None
+
+
+def read_fold_record(run_dir: Path) -> dict[str, Any] | None:
+    """A finished fold's record, None when the fold did not finish (no or unreadable :data:`FOLD_FILE`)."""
+    return _fold_file(run_dir, "finished")
 
 
 def restore_fold_config(run_dir: Path) -> None:
@@ -139,11 +144,8 @@ def write_fold_failure(run_dir: Path, fold: int, error: BaseException) -> Path:
 
 def read_fold_failure(run_dir: Path) -> str | None:
     """The error a failed fold recorded (:func:`write_fold_failure`), else None."""
-    try:
-        record = json.loads((Path(run_dir) / FOLD_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return str(record.get("error")) if isinstance(record, dict) and record.get("status") == "failed" else None
+    record = _fold_file(run_dir, "failed")
+    return str(record.get("error")) if record is not None else None
 
 
 def _scores(case: HeldOutCase, num_classes: int, tolerances: Mapping[int, float], post: Postprocessing | None):
