@@ -350,3 +350,23 @@ def test_an_interrupt_that_tensorflow_turned_into_another_error_is_an_interrupti
         mangled()
     assert interrupted_inside(caught.value)
     assert not interrupted_inside(TypeError("a real bug"))
+
+
+def test_an_error_after_a_stop_request_is_an_interruption_even_without_the_interrupt_in_its_chain() -> None:
+    """TensorFlow's tracing can re-raise a signal's interrupt as a fresh error; the noted request decides."""
+    import os
+
+    from segexp.cli.shell import interrupt_on_sigterm
+    from segexp.core.stop_request import stop_requested
+    from segexp.training.interrupts import interrupted_inside
+
+    lost_chain = RuntimeError("tracing failed")  # no __cause__ / __context__
+    with interrupt_on_sigterm():
+        assert stop_requested() is None and not interrupted_inside(lost_chain)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        assert stop_requested() == signal.SIGTERM
+        assert interrupted_inside(lost_chain)
+    with interrupt_on_sigterm():  # a new command starts with no request
+        assert stop_requested() is None

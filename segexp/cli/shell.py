@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from segexp.core.errors import SegexpError
+from segexp.core.stop_request import clear_stop_request, note_stop_request
 
 log = logging.getLogger("segexp")
 
@@ -28,20 +29,24 @@ EXIT_INTERRUPTED = 130
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    note_stop_request(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 @contextmanager
 def interrupt_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into ``KeyboardInterrupt`` inside the block (main thread only; restored after)."""
+    """Turn SIGTERM into ``KeyboardInterrupt`` inside the block, as Ctrl-C is, and note either request
+    (:mod:`segexp.core.stop_request`); main thread only; the previous handlers are restored after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    clear_stop_request()
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextmanager

@@ -1,2 +1,3 @@
-"""The ground floor: user-facing errors (SegexpError and its kinds) and file helpers (atomic writes,
-staging folders, writable-folder checks). Imports no other segexp layer."""
+"""The ground floor: user-facing errors (SegexpError and its kinds), file helpers (atomic writes,
+staging folders, writable-folder checks) and the note that a stop was requested (Ctrl-C, SIGTERM).
+Imports no other segexp layer."""

@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from segexp.core.stop_request import stop_requested
 from segexp.training.checkpoint import RESUME_DIR, read_state
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,13 @@ def resume_command(overrides: Sequence[str], run_dir: Path) -> str:
 
 
 def interrupted_inside(error: BaseException) -> bool:
-    """Whether ``error`` is, or was raised while handling, a ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM as
-    the commands map it). A signal that lands inside TensorFlow's Python code can surface as another
-    error (seen: ``TypeError: Invalid input to zip`` over ``SystemError`` over the interrupt, from a
-    SIGTERM during ``model.predict``); the chain of causes still holds the interrupt."""
+    """Whether ``error`` ended training because of Ctrl-C or SIGTERM: it is, or was raised while handling,
+    a ``KeyboardInterrupt``, or a stop was requested (:func:`~segexp.core.stop_request.stop_requested`).
+    A signal that lands inside TensorFlow's Python code can surface as another error (seen: ``TypeError:
+    Invalid input to zip`` over ``SystemError`` over the interrupt, and a tracing error whose chain lost
+    the interrupt, both from a SIGTERM during ``model.predict``)."""
+    if stop_requested() is not None:
+        return True
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
