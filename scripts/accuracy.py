@@ -173,9 +173,11 @@ def _slice_number(stem: str) -> str:
 
 
 def build_slab_folder(prepared: Path, case: str, dest: Path, slab_slices: int) -> dict[str, list[str]]:
-    """Links ``dest/{images,masks}/<case>-slabNN_<slice>.png`` to the prepared slices; returns split -> slab ids."""
+    """Links ``dest/{images,masks}/<case>-slabNN_<slice>.<ext>`` to the prepared slices (PNG, or ``.npy`` for
+    other than 1 or 3 channels) and copies ``dataset.json`` (its ``storage``: channels, 2.5D context, decoding);
+    returns split -> slab ids."""
     source = prepared / "train"
-    stems = {int(_slice_number(p.stem)): p.name for p in (source / "images").glob(f"{case}_*.png")}
+    stems = {int(_slice_number(p.stem)): p.name for p in (source / "images").glob(f"{case}_*")}
     if not stems:
         raise SystemExit(f"{source}/images: no slices of {case}")
     shutil.rmtree(dest, ignore_errors=True)
@@ -186,11 +188,12 @@ def build_slab_folder(prepared: Path, case: str, dest: Path, slab_slices: int) -
         slab = f"{case}-slab{number:02d}"
         cases[split].append(slab)
         for index in indices:
-            name = stems[index]
-            for sub in ("images", "masks"):
-                (dest / sub / f"{slab}_{_slice_number(Path(name).stem)}.png").symlink_to(
-                    (source / sub / name).resolve()
+            name = Path(stems[index])
+            for sub, file in (("images", name), ("masks", name.with_suffix(".png"))):
+                (dest / sub / f"{slab}_{_slice_number(name.stem)}{file.suffix}").symlink_to(
+                    (source / sub / file).resolve()
                 )
+    shutil.copy(prepared / "dataset.json", dest / "dataset.json")
     return cases
 
 
@@ -198,8 +201,9 @@ def _quote(value: Any) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def prepare_thorax(ds: Dataset, work: Path, slab_slices: int) -> list[str]:
-    """Link the volume, ``segexp-prepare`` it, cut it into slabs; the dataset overrides of the slab folder."""
+def prepare_thorax(ds: Dataset, work: Path, slab_slices: int, extra: Sequence[str] = ()) -> list[str]:
+    """Link the volume, ``segexp-prepare`` it (``extra``: more segexp-prepare overrides, e.g.
+    ``context_slices=1``), cut it into slabs; the dataset overrides of the slab folder."""
     case, preset = ds.volume
     volumes = work / "volumes"
     volumes.mkdir(parents=True, exist_ok=True)
@@ -221,6 +225,7 @@ def prepare_thorax(ds: Dataset, work: Path, slab_slices: int) -> list[str]:
         "workers=0",
         "tracking=none",
         f"hydra.run.dir={_quote(job)}",
+        *extra,
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True)
     if proc.returncode != 0:
@@ -1048,6 +1053,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "same config (dataset, model input size and channels, seed; nothing of segexp's recipe)",
     )
     parser.add_argument("--slab-slices", type=int, default=4, help="thorax volumes: slices per slab")
+    parser.add_argument(
+        "--prepare-overrides",
+        nargs="+",
+        default=[],
+        action="extend",
+        metavar="OVERRIDE",
+        help="thorax volumes: extra segexp-prepare overrides (e.g. context_slices=1 for 2.5D input; MONAI reads "
+        "the same stored slices)",
+    )
     parser.add_argument("--max-epochs", type=int, default=None, help="MONAI: stop after this many epochs at the latest")
     parser.add_argument(
         "--monai-venv",
@@ -1094,7 +1108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"== {name}", flush=True)
         work = out / name
         work.mkdir(parents=True, exist_ok=True)
-        data_overrides = prepare_thorax(ds, work, args.slab_slices) if ds.volume else list(ds.overrides)
+        data_overrides = (
+            prepare_thorax(ds, work, args.slab_slices, args.prepare_overrides) if ds.volume else list(ds.overrides)
+        )
         runs = [
             compare(
                 ds,

@@ -177,8 +177,11 @@ def test_slab_folder_is_split_by_slab_without_leaks(tmp_path: Path) -> None:
     for sub in ("images", "masks"):
         (prepared / "train" / sub).mkdir(parents=True)
         for index in range(10, 50):
-            (prepared / "train" / sub / f"case_x_{index:03d}.png").write_bytes(b"png")
+            suffix = ".npy" if sub == "images" and index % 2 else ".png"  # 2.5D context of 5 slices: .npy
+            (prepared / "train" / sub / f"case_x_{index:03d}{suffix}").write_bytes(b"slice")
+    (prepared / "dataset.json").write_text('{"storage": {"channels": 5, "context_slices": 2}}')
     cases = accuracy.build_slab_folder(prepared, "case_x", tmp_path / "slabs", slab_slices=4)
+    assert (tmp_path / "slabs" / "dataset.json").read_text() == (prepared / "dataset.json").read_text()
     assert set(cases) == {"train", "valid", "test"} and all(cases.values())
     pairs = {
         split: split_pairs(

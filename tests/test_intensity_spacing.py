@@ -38,6 +38,23 @@ from .test_prepare import compose_prepare
 MIXED_FOVS = "volumes.phantom.fovs_mm=[270,360,480]"
 MIXED = ("volumes.phantom.num_cases=6", "volumes.phantom.size=64", "volumes.phantom.num_slices=8", MIXED_FOVS)
 
+#: One epoch of two steps of a 2-level ResUNet at 32x32, untracked: the end-to-end chains' training.
+TINY_RESUNET = (
+    "model=resunet",
+    "model.image_height=32",
+    "model.image_width=32",
+    "model.channels=[4,8]",
+    "model.num_res_units=1",
+    "training.batch_size=4",
+    "training.steps_per_epoch=2",
+    "training.epochs=1",
+    "training.epoch_images.num=1",
+    "training.loader.workers=0",
+    "training.jit_compile=false",
+    "training.verbose=0",
+    "tracking.enabled=false",
+)
+
 
 def manifest(out: Path) -> dict:
     return json.loads((out / "dataset.json").read_text())
@@ -354,21 +371,6 @@ def test_stacked_windows_and_ct_zscore_train_evaluate_and_infer(tmp_path: Path, 
 
     volume = phantom_volume(tmp_path / "new", fov=270.0)
     source = nib.load(volume)
-    tiny = (
-        "model=resunet",
-        "model.image_height=32",
-        "model.image_width=32",
-        "model.channels=[4,8]",
-        "model.num_res_units=1",
-        "training.batch_size=4",
-        "training.steps_per_epoch=2",
-        "training.epochs=1",
-        "training.epoch_images.num=1",
-        "training.loader.workers=0",
-        "training.jit_compile=false",
-        "training.verbose=0",
-        "tracking.enabled=false",
-    )
     cases = ("split.ratios={train:0.6,valid:0.2,test:0.2}", "overwrite=true")
     for name, prep, channels, dtype in (
         ("stack", ("windows=[cardiac_cta,mediastinal,lung]", "spacing=auto", "canvas=auto"), 3, "uint8"),
@@ -376,7 +378,7 @@ def test_stacked_windows_and_ct_zscore_train_evaluate_and_infer(tmp_path: Path, 
     ):
         out = prepare(compose_prepare(tmp_path, *cases, *prep, f"out_dir={tmp_path / name}"))
         assert manifest(out)["storage"]["channels"] == channels
-        base = ("dataset=phantom_prepared", f"dataset.root={out}", *tiny)
+        base = ("dataset=phantom_prepared", f"dataset.root={out}", *TINY_RESUNET)
         with pytest.raises(ConfigError, match=f"model.image_channels: .* carry {channels} channel"):
             train(compose_train(*base, f"model.image_channels={channels + 1}"), tmp_path / f"{name}_bad")
         run_dir = tmp_path / f"{name}_run"

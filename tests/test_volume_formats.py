@@ -21,6 +21,7 @@ import pydicom.data
 import pytest
 import SimpleITK as sitk
 import yaml
+from omegaconf import OmegaConf
 
 import segexp.config.schema
 from segexp.config.schema import CONF_DIR
@@ -51,6 +52,7 @@ from segexp.evaluation.prediction import infer, list_inputs
 from segexp.tracking.runs import open_run
 
 from .test_evaluate_infer import make_run, oracle_model
+from .test_intensity_spacing import TINY_RESUNET
 from .test_prepare import compose_prepare
 
 THORAX_CTA = Path(segexp.config.schema.REPO_DIR).parent / "shared" / "data" / "thorax_cta"
@@ -556,3 +558,66 @@ def test_thorax_cta_as_a_dicom_series_keeps_its_geometry(tmp_path: Path) -> None
 def test_every_volume_preset_uses_the_default_pattern() -> None:
     for preset in sorted((CONF_DIR / "volumes").glob("*.yaml")):
         assert yaml.safe_load(preset.read_text())["pattern"] == CASE_PATTERN, preset.name
+
+
+# --------------------------------------------------------------------------- the whole chain
+
+
+def test_mha_nrrd_and_dicom_go_through_prepare_train_evaluate_and_infer(tmp_path: Path, compose_train) -> None:
+    """The README's chain on hospital formats: an MHA, an NRRD and a DICOM series folder are prepared (with 2.5D
+    context, so the chain carries it too), a model trains one epoch on them, segexp-evaluate scores the
+    held-out case, and segexp-infer predicts each input in its own format with its geometry."""
+    from segexp.evaluation.reports import evaluate_run
+    from segexp.training.loop import train
+
+    (i1, l1), (i2, l2), (i3, l3) = phantom(tmp_path / "nifti", cases=3)
+    source = tmp_path / "hospital"
+    source.mkdir()
+    sitk.WriteImage(itk_from_nifti(i1), str(source / "p1_image.mha"))
+    sitk.WriteImage(itk_from_nifti(l1), str(source / "p1_label.mha"))
+    sitk.WriteImage(itk_from_nifti(i2), str(source / "p2_image.nrrd"))
+    sitk.WriteImage(itk_from_nifti(l2), str(source / "p2_label.nrrd"))
+    write_dicom_series(itk_from_nifti(i3), source / "p3_image")
+    shutil.copy(l3, source / "p3_label.nii.gz")
+    out = prepare(
+        compose_prepare(
+            tmp_path,
+            f"volumes.source={source}",
+            "volumes.phantom=null",
+            "split.cases={train:[p1],valid:[p2],test:[p3]}",
+            "context_slices=1",
+            f"out_dir={tmp_path / 'slices'}",
+            small=False,
+        )
+    )
+    assert json.loads((out / "dataset.json").read_text())["storage"]["channels"] == 3
+    cfg = compose_train(
+        "dataset=phantom_prepared",
+        f"dataset.root={out}",
+        "dataset.context_slices=1",
+        "model.image_channels=3",
+        *TINY_RESUNET,
+    )
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    train(cfg, run_dir)
+    run = open_run(str(run_dir))
+    summary = evaluate_run(run, tmp_path / "eval", log_to_run=False)
+    assert summary["split"] == "test" and summary["hd95_units"] == "mm"
+    for name, given, written in (
+        ("p1_image", source / "p1_image.mha", "p1_image_pred.mha"),
+        ("p2_image", source / "p2_image.nrrd", "p2_image_pred.nrrd"),
+        ("p3_image", source / "p3_image", "p3_image_pred.nii.gz"),  # DICOM in: NIfTI out by default
+    ):
+        assert infer(run, given, tmp_path / "pred") == [], name
+        reference = sitk.ReadImage(str(given)) if given.is_file() else series_image(given)
+        prediction = sitk.ReadImage(str(tmp_path / "pred" / written))
+        assert_same_geometry(prediction, reference, atol=1e-4)
+        assert prediction.GetSize() == reference.GetSize()
+
+
+def series_image(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()

@@ -99,6 +99,7 @@ class PrepareConfig:
     windows: Optional[list[Any]] = MISSING  # stacked HU windows: preset names or {level, width}
     spacing: Any = MISSING  # null | auto | mm | [row, col] mm (check_spacing)
     canvas: Any = MISSING  # null | auto | [height, width] (check_canvas)
+    context_slices: int = MISSING  # 2.5D: neighbours per side stacked as channels
     mask_format: PreparedMaskFormat = MISSING
     workers: int = MISSING
     overwrite: bool = MISSING
@@ -207,6 +208,8 @@ def validate_prepare_config(cfg: DictConfig) -> DictConfig:
         errors.append(f"empty_fraction: must lie in [0, 1], got {typed.empty_fraction}")
     if typed.workers < 0:
         errors.append(f"workers: must be >= 0, got {typed.workers}")
+    if typed.context_slices < 0:
+        errors.append(f"context_slices: neighbours per side, must be >= 0, got {typed.context_slices}")
     for split, ratio in typed.split.ratios.items():
         if split not in values(Split):
             errors.append(f"split.ratios.{split}: unknown split; expected {list(values(Split))}")

@@ -90,6 +90,7 @@ class DatasetConfig:
     rgb_map: Optional[dict[str, list[int]]] = MISSING
     binary_threshold: int = MISSING
     on_bad_file: OnBadFile = MISSING
+    context_slices: Optional[int] = MISSING  # 2.5D neighbours per side; null: as stored (dataset.json)
     phantom: Optional[PhantomConfig] = MISSING
 
 
@@ -450,6 +451,8 @@ def check_dataset_keys(d: Any) -> list[str]:
     errors = []
     if d.mask_format == "binary" and not 0 <= d.binary_threshold <= 255:
         errors.append(f"dataset.binary_threshold: must lie in 0..255, got {d.binary_threshold}")
+    if d.context_slices is not None and d.context_slices < 0:
+        errors.append(f"dataset.context_slices: neighbours per side, must be null or >= 0, got {d.context_slices}")
     if d.layout != "splits" and any(d.cases.get(s) for s in d.cases):  # {} is the automatic split by patient
         for split in ("train", "valid"):
             if not d.cases.get(split):

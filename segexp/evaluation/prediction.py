@@ -42,6 +42,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 
 from segexp.core.errors import InferenceInputError
 from segexp.core.files import atomic_write_path
+from segexp.data.io.context import context_stack
 from segexp.data.io.dicom_seg import write_dicom_seg
 from segexp.data.io.intensity import normalise_volume
 from segexp.data.io.resample import slice_grid
@@ -258,13 +259,14 @@ class VolumeRecipe:
     """How the run's training slices were cut from volumes (its ``dataset.json``): the intensity ``window``
     (:func:`~segexp.data.io.intensity.normalise_volume`'s, statistics included; None without a manifest), the
     slicing ``axis``, the in-plane target ``spacing`` ``(row, col)`` mm, the ``canvas`` and the ``size``
-    (``(rows, cols)``; None: not used)."""
+    (``(rows, cols)``; None: not used), and the 2.5D ``context_slices`` per side (:mod:`segexp.data.io.context`)."""
 
     window: dict[str, Any] | None = None
     axis: str = "axial"
     spacing: tuple[float, float] | None = None
     canvas: tuple[int, int] | None = None
     size: tuple[int, int] | None = None
+    context_slices: int = 0
 
 
 def _pair(value: Any) -> Any:
@@ -287,6 +289,7 @@ def training_recipe(run: ModelSource) -> VolumeRecipe:
         _pair(spacing.get("target_mm")),
         _pair(spacing.get("canvas")),
         _pair(manifest.get("size")),
+        int((manifest.get("storage") or {}).get("context_slices", 0)),
     )
 
 
@@ -346,13 +349,18 @@ def predict_volume(
     channels = int(model.input_shape[-1])
     height, width = _model_size(model)
     stored = normalised.stored
-    stored_channels = 1 if stored.ndim == 3 else stored.shape[3]
+    k = recipe.context_slices
+    stored_channels = (1 if stored.ndim == 3 else stored.shape[3]) * (2 * k + 1)
     if normalised.encoding.dtype != model_input_dtype(model) or stored_channels not in (1, channels):
+        context = f" ({k} neighbouring slice(s) per side stacked, as the training slices)" if k else ""
         raise InferenceInputError(
             f"{path}: the window {window.get('name', window.get('mode'))!r} gives {stored_channels}-channel "
-            f"{normalised.encoding.dtype} slices, the model takes {channels}-channel {model_input_dtype(model)} ones"
+            f"{normalised.encoding.dtype} slices{context}, the model takes {channels}-channel "
+            f"{model_input_dtype(model)} ones"
         )
-    fill = stored.min(axis=(0, 1, 2)) if stored.ndim == 4 else stored.min()  # segexp-prepare's canvas padding
+    # segexp-prepare's canvas padding: the lowest stored value per channel, for every stacked slice
+    lows = stored.min(axis=(0, 1, 2)) if stored.ndim == 4 else [stored.min()]
+    fill = [float(v) for v in lows] * (2 * k + 1)
     spacing = slice_pixel_spacing(loaded.spacing, axis)
     original_affine, like = loaded.original_affine, loaded.source
     del loaded  # the stored copy is all that is needed from here on
@@ -360,8 +368,9 @@ def predict_volume(
     slices = [volume_slice(stored, axis, i) for i in range(n)]
     grid = slice_grid(slices[0].shape[:2], spacing, recipe.spacing, recipe.canvas, recipe.size)
     batch = np.empty((n, height, width, channels), stored.dtype)
-    for i, s in enumerate(slices):
-        batch[i] = resize_image(grid.image(s if s.ndim == 3 else s[..., None], fill), height, width)
+    for i in range(n):
+        sample = context_stack(slices.__getitem__, i, n, k)  # as segexp-prepare stacked the training slices
+        batch[i] = resize_image(grid.image(sample, fill), height, width)
     labels = np.empty((n, *slices[0].shape[:2]), np.uint8)
     num_outputs = int(model.output_shape[-1])
     quantised = np.empty((*labels.shape, num_outputs), np.uint8) if save_probabilities else None

@@ -188,10 +188,11 @@ def network_choices(
         Choice(
             "model.image_channels",
             fp.channels,
-            {1: "grey", 3: "colour (3 different channels) or 3 stacked windows"}.get(
-                fp.channels, f"{fp.channels} stacked windows"
+            {1: "grey", 3: "colour (3 different channels), 3 stacked windows or a slice with its 2 neighbours"}.get(
+                fp.channels, f"{fp.channels} stacked channels (windows x (2 context_slices + 1))"
             ),
-            "the images' own channels (dataset.json's storage where segexp-prepare stacked windows)",
+            "the images' own channels (dataset.json's storage where segexp-prepare stacked windows or neighbouring "
+            "slices: dataset.context_slices)",
         ),
         Choice(
             "training.jit_compile",

@@ -226,7 +226,7 @@ def check_slice_dataset(
     pairs = list_split_pairs(d, problems)
     table, names, decoder = _class_table(d, pairs, problems)
     shape = tuple(size) if size is not None else None
-    encoding, _ = dataset_storage(root)
+    encoding = dataset_storage(root).encoding
     found = _read_pairs(
         pairs, decoder, len(names), channels, shape, max_pairs_per_split, problems, True, encoding.dtype
     )

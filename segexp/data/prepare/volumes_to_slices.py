@@ -49,6 +49,7 @@ from segexp.config.commands import validate_prepare_config
 from segexp.config.schema import to_dict
 from segexp.core.errors import ConfigError, PrepareError
 from segexp.core.files import staging_folder
+from segexp.data.io.context import context_stack
 from segexp.data.io.intensity import Normalised, normalise_volume, stacked_windows, window_encoding
 from segexp.data.io.resample import slice_grid
 from segexp.data.io.rgb_map import encode_rgb_mask
@@ -97,6 +98,7 @@ class SliceSettings:
     window: dict[str, Any]  # dataset.json's window: normalise_volume's mapping, statistics included
     spacing: tuple[float, float] | None = None  # target in-plane (row, col) mm, None: no resampling
     canvas: tuple[int, int] | None = None  # (rows, cols) to pad/crop the resampled slices to
+    context_slices: int = 0  # 2.5D: neighbours per side stacked as channels (segexp.data.io.context)
 
 
 @dataclass
@@ -170,11 +172,12 @@ def process_case(case: VolumeCase, split: str, settings: SliceSettings, staging:
     spacing = slice_pixel_spacing(loaded.spacing, settings.axis)
     shape = slice_shape(classes.shape, settings.axis)
     grid = slice_grid(shape, spacing, settings.spacing, settings.canvas, settings.size)
-    suffix = image_suffix(1 if stored.ndim == 3 else stored.shape[3])
+    k = settings.context_slices
+    suffix = image_suffix((2 * k + 1) * (1 if stored.ndim == 3 else stored.shape[3]))
     images_dir, masks_dir = staging / split / "images", staging / split / "masks"
     for index in sorted(foreground + kept_empty):
-        img = volume_slice(stored, settings.axis, index)
-        img = grid.image(img if img.ndim == 3 else img[..., None], fill)
+        img = context_stack(lambda j: volume_slice(stored, settings.axis, j), index, total, k)
+        img = grid.image(img, fill * (2 * k + 1))
         mask = grid.labels(volume_slice(classes, settings.axis, index))
         name = f"{case.case}_{index:0{digits}d}"
         write_image(images_dir / f"{name}{suffix}", img)
@@ -268,16 +271,19 @@ def dataset_settings(
         window=window,
         spacing=spacing,
         canvas=canvas,
+        context_slices=int(cfg.context_slices),
     )
 
 
-def storage_entry(window: Mapping[str, Any]) -> dict[str, Any]:
-    """``dataset.json``'s ``storage``: the stored dtype, channels, file format and the model input's decoding
+def storage_entry(window: Mapping[str, Any], context_slices: int = 0) -> dict[str, Any]:
+    """``dataset.json``'s ``storage``: the stored dtype, channels (the window's, times ``2k + 1`` with
+    ``context_slices`` k), the 2.5D context, file format and the model input's decoding
     ``value = stored * scale + offset`` (:func:`~segexp.data.io.intensity.window_encoding`)."""
-    channels = len(window["windows"]) if window["mode"] == "stack" else 1
+    channels = (len(window["windows"]) if window["mode"] == "stack" else 1) * (2 * context_slices + 1)
     return {
         **window_encoding(window).to_dict(),
         "channels": channels,
+        "context_slices": context_slices,
         "format": image_suffix(channels).lstrip("."),
         "formula": "model input = stored * scale + offset",
     }
@@ -374,7 +380,7 @@ def prepare(cfg: DictConfig) -> Path:
             "axis": cfg.axis,
             "orientation": {"canonical": "RAS", "in_plane": IN_PLANE[cfg.axis]},
             "window": settings.window,
-            "storage": storage_entry(settings.window),
+            "storage": storage_entry(settings.window, settings.context_slices),
             "spacing": {
                 "setting": _plain(cfg.spacing),
                 "target_mm": list(settings.spacing) if settings.spacing is not None else None,

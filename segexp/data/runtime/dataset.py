@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from segexp.core.errors import ConfigError
 from segexp.data.io.intensity import UINT8_ENCODING, InputEncoding
 from segexp.data.io.layout import resolved_section
 from segexp.data.io.problems import Problem, Problems, report
@@ -29,7 +30,8 @@ from segexp.data.phantom import ensure_phantom_slices
 @dataclass
 class SliceDataset:
     """Slice pairs of each split plus everything needed to read and draw their masks, and how its images are
-    stored (``encoding``; ``channels`` when ``dataset.json`` says, else None: :func:`dataset_storage`)."""
+    stored (``encoding``; ``channels`` when ``dataset.json`` says, else None; ``context_slices``, the 2.5D
+    neighbours per side each image carries: :func:`dataset_storage`)."""
 
     name: str
     root: Path
@@ -39,6 +41,7 @@ class SliceDataset:
     pairs: dict[str, list[SlicePair]] = field(default_factory=dict)
     encoding: InputEncoding = UINT8_ENCODING
     channels: int | None = None
+    context_slices: int = 0
 
     def cases(self, split: str) -> list[str]:
         """Sorted patient ids of ``split``."""
@@ -72,25 +75,68 @@ def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
     ensure_phantom_slices(root, d.get("phantom"))
     pairs = list_split_pairs(d)
     decoder, colours = mask_decoder(d)
-    encoding, channels = dataset_storage(root)
-    return SliceDataset(d["name"], root, list(d["class_names"]), decoder, colours, pairs, encoding, channels)
+    storage = dataset_storage(root)
+    check_context_slices(d.get("context_slices"), storage, root)
+    return SliceDataset(
+        d["name"],
+        root,
+        list(d["class_names"]),
+        decoder,
+        colours,
+        pairs,
+        storage.encoding,
+        storage.channels,
+        storage.context_slices,
+    )
 
 
-def dataset_storage(root: Path) -> tuple[InputEncoding, int | None]:
+@dataclass(frozen=True)
+class SliceStorage:
+    """How a dataset's images are stored: the model input's ``encoding``, the ``channels`` (None: unknown,
+    plain image files) and the 2.5D ``context_slices`` per side each image carries
+    (:mod:`segexp.data.io.context`)."""
+
+    encoding: InputEncoding = UINT8_ENCODING
+    channels: int | None = None
+    context_slices: int = 0
+
+
+def dataset_storage(root: Path) -> SliceStorage:
     """How the images under ``root`` are stored: ``dataset.json``'s ``storage`` (segexp-prepare; the stored
-    dtype, the model input's ``value = stored * scale + offset`` and the channels), else 8-bit images decoded
-    by 1/255 with their channels unknown (``None``). A ``storage`` that is not one raises :class:`DataError`."""
+    dtype, the model input's ``value = stored * scale + offset``, the channels and the 2.5D context), else
+    8-bit images decoded by 1/255 with their channels unknown and no context. A ``storage`` that is not one
+    raises :class:`DataError`."""
     try:
         manifest = json.loads((Path(root) / "dataset.json").read_text())
     except (OSError, ValueError):
-        return UINT8_ENCODING, None  # no dataset.json (or the class table reader reports a broken one)
+        return SliceStorage()  # no dataset.json (or the class table reader reports a broken one)
     storage = manifest.get("storage") if isinstance(manifest, dict) else None
     if storage is None:
-        return UINT8_ENCODING, None
+        return SliceStorage()
     try:
-        return InputEncoding.from_dict(storage), int(storage["channels"])
+        context = int(storage.get("context_slices", 0))
+        if context < 0:
+            raise ValueError(f"context_slices {context} < 0")
+        return SliceStorage(InputEncoding.from_dict(storage), int(storage["channels"]), context)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{root}/dataset.json: storage is not a slice storage entry ({err})") from err
+
+
+def check_context_slices(wanted: int | None, storage: SliceStorage, root: Path) -> None:
+    """``dataset.context_slices`` must be what the slices carry (null: whatever they carry): a
+    :class:`~segexp.core.errors.ConfigError` naming the key, the stored value and the command that makes it."""
+    if wanted is None or int(wanted) == storage.context_slices:
+        return
+    held = (
+        f"carry {storage.context_slices} neighbour(s) per side (dataset.json's storage)"
+        if storage.context_slices
+        else "carry no neighbouring slices (plain slices)"
+    )
+    raise ConfigError(
+        f"dataset.context_slices={wanted}: the slices in {root} {held}; prepare them with "
+        f"`segexp-prepare context_slices={wanted} out_dir=<new folder>` and train on that folder, or set "
+        f"dataset.context_slices={storage.context_slices if storage.context_slices else 'null'}"
+    )
 
 
 def list_split_pairs(d: Mapping[str, Any], problems: Problems | None = None) -> dict[str, list[SlicePair]]:
