@@ -3,6 +3,7 @@ scorer, the MONAI environment, the verdict, the thorax slabs, tiny end-to-end ru
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -631,3 +632,32 @@ def test_monai_pads_sides_to_a_multiple_of_16_as_divisible_pad() -> None:
     padded = monai_loop.pad_inputs(inputs, ((0, 0), (4, 4)))
     assert padded.train.images.shape == (2, 96, 128, 1) and padded.valid.masks.shape == (2, 96, 128)
     assert padded.score_images.shape == (3, 96, 128, 1) and padded.train.masks[:, :, :4].max() == 0
+
+
+def test_context_measurement_pairs_each_k_with_k0_per_slab_and_seed(tmp_path: Path) -> None:
+    """scripts/context_measurement.py's table from the runs' evaluation summaries: k = 1 scores 0.1 higher on
+    every (slab, seed) pair, so its paired difference is +0.100 with a CI of one point."""
+    import context_measurement
+
+    def write(k: int, seed: int, heart: float, pa: float | None) -> None:
+        summary = {
+            "per_case": {
+                f"slab{j}": {"heart": {"dice": heart + 0.01 * j}, "PA": {"dice": None if pa is None else pa}}
+                for j in range(3)
+            }
+        }
+        folder = tmp_path / f"k{k}" / "thorax_pulmonary"
+        (folder / f"seed{seed}" / "segexp" / "evaluation").mkdir(parents=True)
+        (folder / f"seed{seed}" / "segexp" / "evaluation" / "summary.json").write_text(json.dumps(summary))
+        (folder / "result_seeds_1_2.json").write_text(json.dumps([{"steps": 100 + k}]))
+
+    for seed in (1, 2):
+        write(0, seed, 0.5 + 0.1 * seed, None)
+        write(1, seed, 0.6 + 0.1 * seed, None)
+    args = argparse.Namespace(out=tmp_path, seeds=[1, 2], context=[0, 1], datasets=["thorax_pulmonary"])
+    lines = context_measurement.dataset_table(args, "thorax_pulmonary")
+    assert lines[0].startswith("**thorax_pulmonary** (3 test slabs")
+    k0, k1 = lines[-2].split(" | "), lines[-1].split(" | ")
+    assert k0[1] == "100" and k0[3] == "–"
+    assert k1[1] == "101" and k1[2] == "0.760 ± 0.071" and k1[3] == "+0.100 [+0.100, +0.100]"
+    assert k1[4] == "+0.100" and k1[5].rstrip(" |") == "–"  # PA absent everywhere: not applicable
