@@ -209,6 +209,9 @@ def test_segexp_cv_summarises_folds_on_the_parent_and_resume_trains_only_missing
     assert parent.info.run_name.startswith("cv: 2 folds")
     dice = summary["statistics"]["square"]["dice"]
     assert parent.data.metrics["cv/dice/square"] == pytest.approx(dice["mean"])
+    # the folds are one system on different cases: no "best fold" on the parent, no champion
+    assert parent.info.status == "FINISHED" and "best_child_run_id" not in parent.data.tags
+    assert not any(m.startswith("best/") for m in parent.data.metrics)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"cv_summary.json", "cv"} <= artifacts
     kids = mlflow.search_runs(

@@ -107,8 +107,9 @@ class MlflowSweepCallback(Callback):
             tracking.uri,
             str(training.get("monitor", "val_dice_fg_mean")),
             str(training.get("monitor_mode", "max")),
-            # a CV's folds are one system, not candidates: no best fold becomes the champion
+            # a CV's folds are one system, not candidates: no best fold, no champion (the CV logs cv/...)
             None if cv else OmegaConf.select(tracking, "registered_model", default=None),
+            rank=not cv,
         )
 
 

@@ -296,10 +296,14 @@ def log_to_parent(parent: str, uri: str, name: str, text: str, artifact_path: st
         Tracker(parent, uri).log_artifact(path, artifact_path)
 
 
-def close_parent(parent: str, uri: str, monitor: str, mode: str, registered_model: str | None = None) -> None:
+def close_parent(
+    parent: str, uri: str, monitor: str, mode: str, registered_model: str | None = None, *, rank: bool = True
+) -> None:
     """End the parent run with the best child's objective (metric ``best/<monitor>``) and id and the table of its
     children (:data:`CHILDREN_TABLE`); with ``registered_model``, the best child's logged model becomes its newest
-    version, alias ``champion``."""
+    version, alias ``champion``. ``rank=False`` (a cross-validation, whose folds are one system scored on different
+    cases, not candidates): no best child, no ``best/<monitor>`` and no champion; the parent ends FINISHED when
+    a child did (its figures are the CV's own, :mod:`segexp.launch.crossval`)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -308,7 +312,7 @@ def close_parent(parent: str, uri: str, monitor: str, mode: str, registered_mode
     metric = f"best/{monitor}"
     if runs:
         Tracker(parent, uri).log_table(children_table(runs, metric, mode), CHILDREN_TABLE)
-    best, value = best_child(runs, metric, mode)
+    best, value = best_child(runs, metric, mode) if rank else (None, None)
     statuses = [r.info.status for r in runs]
     tags = {
         "children": str(len(runs)),
@@ -328,16 +332,15 @@ def close_parent(parent: str, uri: str, monitor: str, mode: str, registered_mode
     experiment_id = retry_locked(client.get_run, parent).info.experiment_id
     columns = [metric_column(m) for m in (metric, "test/dice_fg_mean", *per_class_metrics(runs))]
     update_view(experiment_id, columns, metric_column(metric), expand=[parent], uri=uri)
-    retry_locked(client.set_terminated, parent, "FINISHED" if best is not None else "FAILED")
+    finished = best is not None if rank else "FINISHED" in statuses
+    retry_locked(client.set_terminated, parent, "FINISHED" if finished else "FAILED")
     log.info(
-        "sweep parent %s: %s children (%s failed, %s pruned); best %s = %s (%s)",
+        "sweep parent %s: %s children (%s failed, %s pruned)%s",
         parent,
         len(runs),
         tags["children_failed"],
         tags["children_pruned"],
-        metric,
-        value,
-        best.info.run_name if best else "none",
+        f"; best {metric} = {value} ({best.info.run_name if best else 'none'})" if rank else "",
     )
     log.info("compare the sweep's runs in the MLflow UI: %s", view_url(uri, experiment_id))
 
