@@ -634,10 +634,10 @@ def test_monai_pads_sides_to_a_multiple_of_16_as_divisible_pad() -> None:
     assert padded.score_images.shape == (3, 96, 128, 1) and padded.train.masks[:, :, :4].max() == 0
 
 
-def test_context_measurement_pairs_each_k_with_k0_per_slab_and_seed(tmp_path: Path) -> None:
-    """scripts/context_measurement.py's table from the runs' evaluation summaries: k = 1 scores 0.1 higher on
-    every (slab, seed) pair, so its paired difference is +0.100 with a CI of one point."""
-    import context_measurement
+def test_prepare_variants_pairs_each_variant_with_the_first_per_slab_and_seed(tmp_path: Path) -> None:
+    """scripts/prepare_variants.py's table from the runs' evaluation summaries: k1 scores 0.1 higher on every
+    (slab, seed) pair, so its paired difference is +0.100 with a CI of one point."""
+    import prepare_variants
 
     def write(k: int, seed: int, heart: float, pa: float | None) -> None:
         summary = {
@@ -654,10 +654,11 @@ def test_context_measurement_pairs_each_k_with_k0_per_slab_and_seed(tmp_path: Pa
     for seed in (1, 2):
         write(0, seed, 0.5 + 0.1 * seed, None)
         write(1, seed, 0.6 + 0.1 * seed, None)
-    args = argparse.Namespace(out=tmp_path, seeds=[1, 2], context=[0, 1], datasets=["thorax_pulmonary"])
-    lines = context_measurement.dataset_table(args, "thorax_pulmonary")
+    variants = [("k0", ["context_slices=0"]), ("k1", ["context_slices=1"])]
+    args = argparse.Namespace(out=tmp_path, seeds=[1, 2], variants=variants, datasets=["thorax_pulmonary"])
+    lines = prepare_variants.dataset_table(args, "thorax_pulmonary")
     assert lines[0].startswith("**thorax_pulmonary** (3 test slabs")
     k0, k1 = lines[-2].split(" | "), lines[-1].split(" | ")
-    assert k0[1] == "100" and k0[3] == "–"
-    assert k1[1] == "101" and k1[2] == "0.760 ± 0.071" and k1[3] == "+0.100 [+0.100, +0.100]"
-    assert k1[4] == "+0.100" and k1[5].rstrip(" |") == "–"  # PA absent everywhere: not applicable
+    assert k0[1] == "`context_slices=0`" and k0[2] == "100" and k0[4] == "–"
+    assert k1[2] == "101" and k1[3] == "0.760 ± 0.071" and k1[4] == "+0.100 [+0.100, +0.100]"
+    assert k1[5] == "+0.100" and k1[6].rstrip(" |") == "–"  # PA absent everywhere: not applicable
