@@ -185,6 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--train-args", nargs="*", default=[], help="more segexp-train overrides, e.g. model=flexunet")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the seeds whose test predictions exist in --out (add seeds to an earlier measurement)",
+    )
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     results: dict[str, dict[int, dict[str, dict[str, Any]]]] = {}
@@ -195,8 +200,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{variant}: spacing {manifest['spacing']}, test cases {cases}", flush=True)
         results[variant] = {}
         for seed in args.seeds:
-            run_dir = train(args, variant, data, seed)
             predicted = args.out / "predictions" / variant / f"seed{seed}"
+            done = all((predicted / f"{case}_image_pred.nii.gz").is_file() for case in cases)
+            if args.reuse and done:  # an earlier call with the same settings trained and predicted this one
+                results[variant][seed] = {
+                    case: score_case(args, case, predicted / f"{case}_image_pred.nii.gz", manifest["class_names"])
+                    for case in cases
+                }
+                continue
+            run_dir = train(args, variant, data, seed)
             run(
                 [
                     "segexp.cli.infer",
