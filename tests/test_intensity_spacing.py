@@ -68,15 +68,19 @@ def learning_cases(m: dict) -> list[str]:
 
 
 def test_phantom_fields_of_view_give_mixed_spacings(tmp_path: Path) -> None:
-    out = prepare(compose_prepare(tmp_path, *MIXED, small=False))
+    out = prepare(compose_prepare(tmp_path, *MIXED, "spacing=null", "canvas=null", small=False))
     spacings = {c: tuple(v["slice_spacing_mm"]) for c, v in manifest(out)["cases"].items()}
     assert {round(s[0], 3) for s in spacings.values()} == {round(360 / g, 3) for g in (85, 64, 48)}
-    assert manifest(out)["spacing"]["target_mm"] is None  # spacing=null: today's slices
+    assert manifest(out)["spacing"]["target_mm"] is None  # spacing=null: each case's own pixels
     assert all(v["stored_shape"] == [64, 64] for v in manifest(out)["cases"].values())
+    # the default (spacing=auto canvas=auto): every case at the median spacing on one canvas
+    default = manifest(prepare(compose_prepare(tmp_path, *MIXED, f"out_dir={tmp_path / 'default'}", small=False)))
+    assert default["spacing"]["setting"] == "auto" and default["spacing"]["canvas"] is not None
+    assert {tuple(v["stored_shape"]) for v in default["cases"].values()} == {tuple(default["spacing"]["canvas"])}
 
 
 def test_spacing_auto_is_the_median_and_slices_are_resampled_to_it(tmp_path: Path) -> None:
-    out = prepare(compose_prepare(tmp_path, *MIXED, "spacing=auto", small=False))
+    out = prepare(compose_prepare(tmp_path, *MIXED, "spacing=auto", "canvas=null", small=False))
     m = manifest(out)
     rows = [m["cases"][c]["slice_spacing_mm"][0] for c in learning_cases(m)]
     cols = [m["cases"][c]["slice_spacing_mm"][1] for c in learning_cases(m)]
@@ -339,7 +343,7 @@ def test_stacked_windows_are_channels_through_the_loader(tmp_path: Path) -> None
         (("spacing=-1",), "spacing"),
         (("spacing=[1,2,3]",), "spacing"),
         (("spacing=fine",), "spacing"),
-        (("canvas=auto",), "canvas"),  # without spacing
+        (("spacing=null", "canvas=auto"), "canvas"),  # without spacing
         (("spacing=auto", "canvas=[0,5]"), "canvas"),
         (("windows=[nope]",), r"windows\[0\]"),
         (("windows=[cardiac_cta,{level:0,width:0}]",), r"windows\[1\]\.width"),
