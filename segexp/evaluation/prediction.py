@@ -45,7 +45,7 @@ from segexp.core.files import atomic_write_path
 from segexp.data.io.context import context_stack
 from segexp.data.io.dicom_seg import write_dicom_seg
 from segexp.data.io.intensity import normalise_volume
-from segexp.data.io.resample import slice_grid
+from segexp.data.io.resample import canvas_fill, slice_grid
 from segexp.data.io.rgb_map import class_colours, encode_rgb_mask
 from segexp.data.io.slices import IMAGE_SUFFIXES, DataError, case_id, read_image, resize_image
 from segexp.data.io.volume_files import (
@@ -358,9 +358,7 @@ def predict_volume(
             f"{normalised.encoding.dtype} slices{context}, the model takes {channels}-channel "
             f"{model_input_dtype(model)} ones"
         )
-    # segexp-prepare's canvas padding: the lowest stored value per channel, for every stacked slice
-    lows = stored.min(axis=(0, 1, 2)) if stored.ndim == 4 else [stored.min()]
-    fill = [float(v) for v in lows] * (2 * k + 1)
+    fill = canvas_fill(stored, 2 * k + 1)  # segexp-prepare's canvas padding
     spacing = slice_pixel_spacing(loaded.spacing, axis)
     original_affine, like = loaded.original_affine, loaded.source
     del loaded  # the stored copy is all that is needed from here on

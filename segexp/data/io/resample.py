@@ -70,6 +70,14 @@ def _placement(n: int, target: int) -> tuple[int, int, int]:
     return 0, 0, (n - target) // 2
 
 
+def canvas_fill(stored: np.ndarray, stacked: int = 1) -> list[float]:
+    """The canvas padding of a volume as stored ``(x, y, z[, C])``: its lowest value per channel (air, below any
+    window), repeated for each of the ``stacked`` slices a 2.5D sample holds (:mod:`segexp.data.io.context`).
+    segexp-prepare and segexp-infer pad with it alike."""
+    lows = stored.min(axis=(0, 1, 2)) if stored.ndim == 4 else [stored.min()]
+    return [float(v) for v in lows] * stacked
+
+
 def fit_canvas(image: np.ndarray, shape: Shape, fill: float | Fill = 0) -> np.ndarray:
     """``image`` ``(h, w[, C])`` centred in ``shape``: padded with ``fill`` (per channel) or cropped, per axis."""
     (top, bottom, row0), (left, right, col0) = (_placement(n, t) for n, t in zip(image.shape[:2], shape))

@@ -50,8 +50,8 @@ from segexp.config.schema import to_dict
 from segexp.core.errors import ConfigError, PrepareError
 from segexp.core.files import staging_folder
 from segexp.data.io.context import context_stack
-from segexp.data.io.intensity import Normalised, normalise_volume, stacked_windows, window_encoding
-from segexp.data.io.resample import slice_grid
+from segexp.data.io.intensity import normalise_volume, stacked_windows, window_encoding
+from segexp.data.io.resample import canvas_fill, slice_grid
 from segexp.data.io.rgb_map import encode_rgb_mask
 from segexp.data.io.slices import image_suffix, write_image
 from segexp.data.io.splits import fold_table, split_cases
@@ -144,13 +144,6 @@ def empty_slices_to_keep(case: str, empty: list[int], fraction: float, seed: int
     return sorted(int(i) for i in rng.choice(empty, size=count, replace=False))
 
 
-def _canvas_fill(normalised: Normalised) -> list[float]:
-    """The canvas padding of a case: its lowest stored value per channel (air, below any window)."""
-    stored = normalised.stored
-    lows = stored.min(axis=(0, 1, 2)) if stored.ndim == 4 else np.asarray([stored.min()])
-    return [float(v) for v in np.atleast_1d(lows)]
-
-
 def process_case(case: VolumeCase, split: str, settings: SliceSettings, staging: Path) -> CaseReport:
     """Write the kept slices of one volume under ``staging/<split>``; raises VolumeError naming the case."""
     lut = np.asarray(settings.label_lut, np.uint8)
@@ -163,7 +156,6 @@ def process_case(case: VolumeCase, split: str, settings: SliceSettings, staging:
     except ValueError as err:
         raise VolumeError(f"case {case.case}: {err}") from err
     stored = normalised.stored
-    fill = _canvas_fill(normalised)
     total = num_slices(classes, settings.axis)
     foreground = [i for i in range(total) if volume_slice(classes, settings.axis, i).any()]
     empty = sorted(set(range(total)) - set(foreground))
@@ -173,11 +165,12 @@ def process_case(case: VolumeCase, split: str, settings: SliceSettings, staging:
     shape = slice_shape(classes.shape, settings.axis)
     grid = slice_grid(shape, spacing, settings.spacing, settings.canvas, settings.size)
     k = settings.context_slices
+    fill = canvas_fill(stored, 2 * k + 1)
     suffix = image_suffix((2 * k + 1) * (1 if stored.ndim == 3 else stored.shape[3]))
     images_dir, masks_dir = staging / split / "images", staging / split / "masks"
     for index in sorted(foreground + kept_empty):
         img = context_stack(lambda j: volume_slice(stored, settings.axis, j), index, total, k)
-        img = grid.image(img, fill * (2 * k + 1))
+        img = grid.image(img, fill)
         mask = grid.labels(volume_slice(classes, settings.axis, index))
         name = f"{case.case}_{index:0{digits}d}"
         write_image(images_dir / f"{name}{suffix}", img)

@@ -27,11 +27,21 @@ from segexp.data.io.splits import SPLITS
 from segexp.data.phantom import ensure_phantom_slices
 
 
+@dataclass(frozen=True)
+class SliceStorage:
+    """How a dataset's images are stored: the model input's ``encoding``, the ``channels`` (None: unknown,
+    plain image files) and the 2.5D ``context_slices`` per side each image carries
+    (:mod:`segexp.data.io.context`)."""
+
+    encoding: InputEncoding = UINT8_ENCODING
+    channels: int | None = None
+    context_slices: int = 0
+
+
 @dataclass
 class SliceDataset:
     """Slice pairs of each split plus everything needed to read and draw their masks, and how its images are
-    stored (``encoding``; ``channels`` when ``dataset.json`` says, else None; ``context_slices``, the 2.5D
-    neighbours per side each image carries: :func:`dataset_storage`)."""
+    stored (``storage``: :func:`dataset_storage`)."""
 
     name: str
     root: Path
@@ -39,9 +49,22 @@ class SliceDataset:
     decoder: MaskDecoder
     colours: np.ndarray
     pairs: dict[str, list[SlicePair]] = field(default_factory=dict)
-    encoding: InputEncoding = UINT8_ENCODING
-    channels: int | None = None
-    context_slices: int = 0
+    storage: SliceStorage = field(default_factory=SliceStorage)
+
+    @property
+    def encoding(self) -> InputEncoding:
+        """How the model's input layer decodes the stored images."""
+        return self.storage.encoding
+
+    @property
+    def channels(self) -> int | None:
+        """The stored channels where ``dataset.json`` says, else None."""
+        return self.storage.channels
+
+    @property
+    def context_slices(self) -> int:
+        """The 2.5D neighbours per side each image carries."""
+        return self.storage.context_slices
 
     def cases(self, split: str) -> list[str]:
         """Sorted patient ids of ``split``."""
@@ -77,28 +100,7 @@ def open_dataset(d: Mapping[str, Any], num_classes: int) -> SliceDataset:
     decoder, colours = mask_decoder(d)
     storage = dataset_storage(root)
     check_context_slices(d.get("context_slices"), storage, root)
-    return SliceDataset(
-        d["name"],
-        root,
-        list(d["class_names"]),
-        decoder,
-        colours,
-        pairs,
-        storage.encoding,
-        storage.channels,
-        storage.context_slices,
-    )
-
-
-@dataclass(frozen=True)
-class SliceStorage:
-    """How a dataset's images are stored: the model input's ``encoding``, the ``channels`` (None: unknown,
-    plain image files) and the 2.5D ``context_slices`` per side each image carries
-    (:mod:`segexp.data.io.context`)."""
-
-    encoding: InputEncoding = UINT8_ENCODING
-    channels: int | None = None
-    context_slices: int = 0
+    return SliceDataset(d["name"], root, list(d["class_names"]), decoder, colours, pairs, storage)
 
 
 def dataset_storage(root: Path) -> SliceStorage:
