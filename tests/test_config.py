@@ -124,11 +124,25 @@ def test_hocm_experiment_is_the_original_model() -> None:
         (["dataset.mask_format=jpeg"], "dataset.mask_format"),
         (["dataset=hocmvalves_mini", "dataset.cases.valid=['10001']"], "dataset.cases"),
         (["training.epoch_images.dir=/no/such/folder"], "training.epoch_images.dir"),
+        (["tracking.uri=file:/tmp/mlruns"], "tracking.uri"),
+        (["tracking.uri=./mlruns"], "tracking.uri"),
     ],
 )
 def test_invalid_values_name_the_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_run_config(compose_config(overrides))
+
+
+def test_file_store_is_refused_only_where_mlflow_refuses_it(monkeypatch) -> None:
+    """MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE=true; databases, servers and runs without
+    tracking pass."""
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(ConfigError, match=r"sqlite:///<folder>/mlflow\.db"):
+        validate_run_config(compose_config(["tracking.uri=/tmp/mlruns"]))
+    for overrides in (["tracking.uri=sqlite:////tmp/x.db"], ["tracking.uri=http://127.0.0.1:5000"], ["tracking=none"]):
+        validate_run_config(compose_config(overrides))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    validate_run_config(compose_config(["tracking.uri=file:/tmp/mlruns"]))
 
 
 def test_all_problems_reported_at_once() -> None:

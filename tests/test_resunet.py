@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from segexp.config.schema import ConfigError
 from segexp.models import build_model
+from segexp.models.layers import InstanceNormalization
 from segexp.models.resunet import build_resunet
 from segexp.training.loop import validate_run_config
 
@@ -25,7 +26,7 @@ def test_parameter_count_is_monais_plus_the_affine_norm() -> None:
     replica). segexp's instance norm is affine (scale and offset per channel), MONAI's is not:
     + 2 x the channels of every norm = 2 x 1,225 = 2,450."""
     model = build_resunet(image_height=256, image_width=256, image_channels=1, num_classes=9)
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.GroupNormalization)]
+    norms = [layer for layer in model.layers if isinstance(layer, InstanceNormalization)]
     affine = sum(layer.count_params() for layer in norms)
     assert affine == 2_450
     assert model.count_params() == 1_627_884 + affine
@@ -61,6 +62,7 @@ def test_norm_options(norm: str) -> None:
     kinds = {type(layer).__name__ for layer in model.layers}
     assert ("BatchNormalization" in kinds) == (norm == "batch")
     assert ("GroupNormalization" in kinds) == (norm == "group")
+    assert "InstanceNormalization" not in kinds
 
 
 def test_one_training_step_and_safe_reload(tmp_path) -> None:

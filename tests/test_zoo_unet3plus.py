@@ -73,9 +73,9 @@ def test_every_norm_builds_and_runs(norm: str) -> None:
     x, _ = random_batch(1, 32, 32, 1, 3)
     assert tuple(model(x).shape) == (1, 32, 32, 3)
     kinds = {type(layer).__name__ for layer in model.network.layers}
-    expected = {"batch": "BatchNormalization", "instance": "GroupNormalization", "group": "GroupNormalization"}
+    expected = {"batch": "BatchNormalization", "instance": "InstanceNormalization", "group": "GroupNormalization"}
     assert norm == "none" or expected[norm] in kinds
-    assert norm != "none" or not kinds & {"BatchNormalization", "GroupNormalization"}
+    assert norm != "none" or not kinds & {"BatchNormalization", "GroupNormalization", "InstanceNormalization"}
 
 
 def test_parameter_count_follows_the_paper() -> None:

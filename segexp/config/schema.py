@@ -14,6 +14,7 @@ option first, with its full key and the choices, together with the other problem
 from __future__ import annotations
 
 import copy
+import os
 import re
 import types
 from collections.abc import Iterator, Sequence
@@ -637,6 +638,23 @@ def _check_plan(p: Any) -> list[str]:
     return errors
 
 
+def check_tracking(t: Any) -> list[str]:
+    """``tracking.uri`` names a store MLflow 3 writes to: a database or a server, not the file store (``./mlruns``,
+    ``file:...``), which MLflow 3 keeps in maintenance mode and refuses unless ``MLFLOW_ALLOW_FILE_STORE=true``:
+    caught here, before the plan and the data are read, instead of as MLflow's exception when the run starts."""
+    if not t.enabled or os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
+        return []
+    uri = str(t.uri)
+    scheme = uri.split(":", 1)[0].lower() if "://" in uri or uri.startswith("file:") else ""
+    if scheme in ("", "file") and not uri.startswith("databricks"):
+        return [
+            f"tracking.uri: {uri!r} is MLflow's file store, which MLflow 3 refuses (maintenance mode); expected "
+            "a database such as sqlite:///<folder>/mlflow.db (tracking=sqlite, the default), a server "
+            "http://host:port (tracking=server), or set MLFLOW_ALLOW_FILE_STORE=true to keep the file store"
+        ]
+    return []
+
+
 def check_optuna_trial(o: Any) -> list[str]:
     """``optuna.trial`` >= 0 comes with ``optuna.study`` and ``optuna.storage`` (the sweeper sets all three)."""
     if o.trial is None:
@@ -711,6 +729,7 @@ def check_train_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
         + _check_callbacks(typed.callbacks, typed.training.schedule)
         + _check_augmentation(typed.augmentation)
         + _check_plan(typed.plan)
+        + check_tracking(typed.tracking)
         + check_cross_validation(typed.cv)
         + check_optuna_trial(typed.optuna)
         + check_nsd_tolerance(typed.training.nsd_tolerance_mm, "training.nsd_tolerance_mm", typed.dataset.class_names)

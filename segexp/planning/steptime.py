@@ -72,6 +72,11 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return f"{fields['model name']} ({numbers})" if numbers else fields["model name"]
 
 
+#: Raised when a change to segexp's layers changes the networks' step time, so cached times are measured again
+#: (2: :class:`~segexp.models.layers.InstanceNormalization` replaced Keras' ``GroupNormalization(groups=-1)``).
+LAYERS_REVISION = 2
+
+
 def cache_key(cfg: DictConfig, machine: Machine, encoding: InputEncoding = UINT8_ENCODING) -> str:
     """Hash of what the step time depends on (see the module docstring)."""
     t = cfg.training
@@ -88,6 +93,7 @@ def cache_key(cfg: DictConfig, machine: Machine, encoding: InputEncoding = UINT8
             "machine": asdict(machine),
             "versions": [version("tensorflow"), version("keras")],
             "steps": cfg.plan.measure_steps,
+            "layers": LAYERS_REVISION,
         },
         sort_keys=True,
         default=str,
