@@ -11,7 +11,7 @@ from segexp.models import layers as model_layers
 from segexp.models.layers import InstanceNormalization
 
 
-def reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float = 1e-5) -> np.ndarray:
+def reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float = 1e-3) -> np.ndarray:
     """Per sample and channel over H x W, biased variance (PyTorch's InstanceNorm2d, affine)."""
     mean = x.mean(axis=(1, 2), keepdims=True)
     var = x.var(axis=(1, 2), keepdims=True)
@@ -80,13 +80,23 @@ def test_bfloat16_under_xla_and_a_batch_size_known_only_at_run_time() -> None:
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_saved_and_loaded_in_a_model(tmp_path, policy: str) -> None:
     inputs = keras.Input((8, 8, 3))
-    outputs = InstanceNormalization(epsilon=1e-3, dtype=policy, name="norm")(inputs)
+    outputs = InstanceNormalization(epsilon=1e-5, dtype=policy, name="norm")(inputs)
     model = keras.Model(inputs, outputs)
     with_affine(model.get_layer("norm"), 3)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
-    assert loaded.get_layer("norm").epsilon == 1e-3
+    assert loaded.get_layer("norm").epsilon == 1e-5
     x = batch((2, 8, 8, 3))
     np.testing.assert_allclose(
         np.asarray(tf.cast(loaded(x), tf.float32)), np.asarray(tf.cast(model(x), tf.float32)), atol=1e-6
     )
+
+
+def test_same_outputs_as_the_keras_group_norm_it_replaced() -> None:
+    """Models trained before keep their meaning: Keras' GroupNormalization(groups=-1) with the same weights."""
+    x = batch()
+    ours, theirs = InstanceNormalization(), keras.layers.GroupNormalization(groups=-1)
+    gamma, beta = with_affine(ours, x.shape[-1])
+    theirs.build(x.shape)
+    theirs.set_weights([gamma, beta])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)), atol=2e-5)

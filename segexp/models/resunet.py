@@ -23,7 +23,7 @@ Structure (``channels = (c_0, ..., c_n)``, every stride 2):
 Two choices differ from PyTorch's layer-for-layer: stride-2 convs use symmetric zero
 padding (PyTorch ``padding=1``) rather than TensorFlow's ``same``, and the transposed conv
 is cropped to PyTorch's output grid, so feature maps align as in MONAI; ``norm`` is one of
-segexp's norms (:func:`segexp.models.flexunet.norm_layer`; MONAI's default instance norm
+segexp's norms (:func:`segexp.models.layers.norm_layer`; MONAI's default instance norm
 has no affine parameters, segexp's has).
 """
 
