@@ -41,6 +41,7 @@ def test_float32_is_the_formula() -> None:
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), reference(x, gamma, beta), atol=2e-5)
 
 
+@pytest.mark.skipif(bool(tf.config.list_logical_devices("GPU")), reason="the fused route is the CPU's")
 def test_bfloat16_on_cpu_takes_the_fused_kernel_and_matches(monkeypatch) -> None:
     fused = []
     original = model_layers._instance_norm_fused

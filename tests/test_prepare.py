@@ -193,6 +193,13 @@ def test_bad_settings_name_the_key(tmp_path: Path, override: str, key: str) -> N
         prepare(compose_prepare(tmp_path, override))
 
 
+def test_mlflow_file_store_is_refused_before_any_volume_is_read(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(ConfigError, match=r"tracking\.uri: '\./mlruns' is MLflow's file store"):
+        prepare(compose_prepare(tmp_path, "tracking=sqlite", "tracking.uri=./mlruns"))
+    assert not (tmp_path / "data").exists()
+
+
 def test_prepared_phantom_trains(prepared: Path, compose_train) -> None:
     from segexp.training.loop import train
 

@@ -32,6 +32,7 @@ from segexp.config.schema import (
     check_dataset,
     check_dataset_keys,
     check_nsd_tolerance,
+    check_tracking,
     in_unit_interval,
     typed_config,
 )
@@ -191,7 +192,7 @@ def _number(value: Any) -> bool:
 def validate_prepare_config(cfg: DictConfig) -> DictConfig:
     """Typed ``segexp-prepare`` config; every problem is reported with its full key."""
     typed, errors = typed_config(cfg, PrepareConfig)
-    errors += _check_volume_classes(typed.volumes.classes, typed.mask_format)
+    errors += _check_volume_classes(typed.volumes.classes, typed.mask_format) + check_tracking(typed.tracking)
     w = typed.window
     if w.width <= 0:
         errors.append(f"window.width: must be > 0 HU, got {w.width}")

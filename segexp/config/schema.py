@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, is_dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional, Union, cast, get_args, get_origin, get_type_hints
+from urllib.parse import urlparse
 
 from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -645,14 +646,18 @@ def check_tracking(t: Any) -> list[str]:
     if not t.enabled or os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
         return []
     uri = str(t.uri)
-    scheme = uri.split(":", 1)[0].lower() if "://" in uri or uri.startswith("file:") else ""
-    if scheme in ("", "file") and not uri.startswith("databricks"):
+    scheme = urlparse(uri).scheme.lower()
+    if scheme == "file" or (not scheme and uri not in MLFLOW_SCHEMELESS_URIS):
         return [
             f"tracking.uri: {uri!r} is MLflow's file store, which MLflow 3 refuses (maintenance mode); expected "
             "a database such as sqlite:///<folder>/mlflow.db (tracking=sqlite, the default), a server "
             "http://host:port (tracking=server), or set MLFLOW_ALLOW_FILE_STORE=true to keep the file store"
         ]
     return []
+
+
+#: Tracking URIs without a scheme that are not paths (MLflow's Databricks workspaces).
+MLFLOW_SCHEMELESS_URIS = ("databricks", "databricks-uc")
 
 
 def check_optuna_trial(o: Any) -> list[str]:
