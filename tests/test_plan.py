@@ -97,8 +97,10 @@ def test_channels_follow_the_images() -> None:
     assert by_key(rules.network_choices(fingerprint(channels=3), CPU))["model.image_channels"] == 3
 
 
-def test_few_cases_get_the_spatial_augmentation() -> None:
-    assert by_key(rules.data_choices(fingerprint(train_cases=3)))["augmentation"] == "full"
+def test_one_training_case_gets_the_spatial_augmentation() -> None:
+    assert by_key(rules.data_choices(fingerprint(train_cases=1)))["augmentation"] == "full"
+    assert by_key(rules.data_choices(fingerprint(train_cases=2)))["augmentation"] == "flips"
+    assert by_key(rules.data_choices(fingerprint(train_cases=3)))["augmentation"] == "flips"
     assert by_key(rules.data_choices(fingerprint(train_cases=40)))["augmentation"] == "flips"
 
 
