@@ -30,8 +30,8 @@ BATCH_SIZE = 8
 #: Adam's peak rate: 3e-3 beat 1e-3 at equal steps (phantom 0.84 vs 0.69, hvsmr_mini 0.199 vs 0.158).
 LEARNING_RATE = 3.0e-3
 #: Up to this many training cases the spatial augmentation (``full``) pays, beyond it ``flips``. With one
-#: training patient there is no anatomical variation to learn from: hocmvalves_mini (1 case) 0.445 with
-#: ``full`` (Zen 4) against 0.118 with flips (Xeon), seeds 1 2 3 of a 4-minute plan. With three
+#: training patient there is no anatomical variation to learn from: hocmvalves_mini (1 case) 0.446 with
+#: ``full`` against 0.118 with flips, seeds 1 2 3 of a 4-minute plan (both on one Xeon). With three
 #: (hvsmr_mini) ``full`` won at 160 steps (0.242 vs 0.215) but lost at the ~500 steps of a 4-minute
 #: plan: 0.232 vs 0.317 with flips, every seed (ACCURACY.md "Augmentation at the planned length");
 #: two cases were not measured.
@@ -268,7 +268,7 @@ def data_choices(fp: DataFingerprint) -> list[Choice]:
             "full" if spatial else "flips",
             f"{cases} train cases",
             (
-                "one training patient: the spatial augmentation pays (hocmvalves_mini 0.445 vs 0.118 with flips)"
+                "one training patient: the spatial augmentation pays (hocmvalves_mini 0.446 vs 0.118 with flips)"
                 if spatial
                 else "more than one training patient: flips (hvsmr_mini, 3 cases: 0.317 vs 0.232 with the spatial "
                 "augmentation at ~500 steps)"
