@@ -767,17 +767,33 @@ def _spread(side: dict[str, float]) -> str:
     return f"{side['mean']:.3f}" + ("" if math.isnan(side["sd"]) else f" ± {side['sd']:.3f}")
 
 
+def _alarms(row: dict[str, Any]) -> str:
+    """``segexp's / MONAI's`` (case, seed) units scored on their side only (``only_b`` / ``only_a``)."""
+    return f"{row.get('only_b', 0)} / {row.get('only_a', 0)}"
+
+
 def paired_table(stats: Sequence[dict[str, Any]]) -> str:
     """Markdown table of :func:`paired_stats`: per structure and the foreground mean, the (case, seed) pairs,
-    segexp's and MONAI's mean ± sd over seeds, the mean difference, its CI and the Wilcoxon p-value."""
+    segexp's and MONAI's mean ± sd over seeds, the mean difference, its CI, the Wilcoxon p-value, and each
+    side's false alarms: (case, seed) units without the structure in which only that side predicts it (Dice 0
+    on that side, undefined on the other, so outside the pairs)."""
     seeds = stats[0]["seeds"]
     over = f", mean ± sd over {seeds} seeds" if seeds > 1 else ""
     level = round(100 * CONFIDENCE)
-    head = ["structure", "pairs", f"segexp{over}", f"MONAI{over}", "segexp − MONAI", f"{level}% CI", "p (Wilcoxon)"]
+    head = [
+        "structure",
+        "pairs",
+        f"segexp{over}",
+        f"MONAI{over}",
+        "segexp − MONAI",
+        f"{level}% CI",
+        "p (Wilcoxon)",
+        "false alarms: segexp / MONAI",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in stats:
         if r["n"] == 0:
-            cells = [r["class"], "0", _spread(r["b"]), _spread(r["a"]), "–", "–", r["note"]]
+            cells = [r["class"], "0", _spread(r["b"]), _spread(r["a"]), "–", "–", r["note"], _alarms(r)]
         else:
             cells = [
                 r["class"],
@@ -787,6 +803,7 @@ def paired_table(stats: Sequence[dict[str, Any]]) -> str:
                 _signed(r["mean_diff"]),
                 _interval(r),
                 _p(r),
+                _alarms(r),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -887,7 +904,10 @@ def paired_section(stats: dict[str, list[dict[str, Any]] | None]) -> list[str]:
         f"MONAI), {round(100 * CONFIDENCE)}% percentile bootstrap CI of the mean difference ({BOOTSTRAP_RESAMPLES} "
         f"resamples of the pairs, seed {BOOTSTRAP_SEED}; one case's pairs over seeds are not independent, which "
         "narrows it), two-sided Wilcoxon signed-rank p (none below 6 pairs); mean ± sd over seeds of each seed's "
-        "mean (foreground: the mean over structures of the structure means, as in the table above).",
+        "mean (foreground: the mean over structures of the structure means, as in the table above). A case without "
+        "a structure that one system leaves empty and the other predicts has a Dice only on the second side (0), so "
+        "it is not a pair: the last column counts those false alarms per side (for the foreground, over all "
+        "structures); the structure means above include them as 0.",
         "",
     ]
     for matched, rows in found.items():

@@ -276,12 +276,14 @@ def test_paired_stats_pair_segexp_and_monai_per_case_and_seed() -> None:
     seeds = []
     for seed in range(3):  # segexp ahead on structure a by 0.05 (+0.01 a seed), both equal on b
         seg = _row("segexp (plan)", _cases([v + 0.01 * seed for v in SEG_CASES], [0.5, 0.6, None, 0.4]))
-        peer = _row("MONAI (PyTorch)", _cases([v - 0.05 for v in SEG_CASES], [0.5, 0.6, None, 0.4]), "time")
+        peer = _row("MONAI (PyTorch)", _cases([v - 0.05 for v in SEG_CASES], [0.5, 0.6, 0.0, 0.4]), "time")
         seeds.append([seg, peer])
     stats = accuracy.paired_stats(seeds, "time")
     assert stats is not None and [r["class"] for r in stats] == ["a", "b", "foreground mean"]
     a, b, fg = stats
     assert a["n"] == 12 and b["n"] == 9 and fg["n"] == 12  # 4 cases x 3 seeds; b absent from c2
+    # b absent from c2's truth: segexp leaves it empty, MONAI predicts it (Dice 0) -> not a pair, a false alarm
+    assert (b["only_a"], b["only_b"], a["only_a"], fg["only_a"], fg["only_b"]) == (3, 0, 0, 3, 0)
     assert a["mean_diff"] == pytest.approx(0.06)  # differences 0.05, 0.06, 0.07 over the seeds
     assert 0.05 < a["ci_low"] < 0.06 < a["ci_high"] < 0.07 and a["p_value"] < 0.01
     assert b["note"] == "no difference" and b["p_value"] is None
@@ -345,17 +347,17 @@ def test_paired_table_and_section() -> None:
     lines = accuracy.paired_table(stats).splitlines()
     assert lines[0] == (
         "| structure | pairs | segexp, mean ± sd over 2 seeds | MONAI, mean ± sd over 2 seeds | segexp − MONAI "
-        "| 95% CI | p (Wilcoxon) |"
+        "| 95% CI | p (Wilcoxon) | false alarms: segexp / MONAI |"
     )
     assert re.fullmatch(
-        r"\| a \| 6 \| 0\.700 ± 0\.000 \| 0\.623 ± 0\.000 \| \+0\.077 \| \[\+0\.0\d\d, \+0\.\d+\] \| 0\.0\d+ \|",
+        r"\| a \| 6 \| 0\.700 ± 0\.000 \| 0\.623 ± 0\.000 \| \+0\.077 \| \[\+0\.0\d\d, \+0\.\d+\] \| 0\.0\d+ \| 0 / 0 \|",
         lines[2],
     )
-    assert lines[3] == "| c | 0 | 0.000 ± 0.000 | – | – | – | no case with a defined score on both sides |"
-    assert lines[4] == "| b | 6 | 0.300 ± 0.000 | 0.300 ± 0.000 | +0.000 | [+0.000, +0.000] | no difference |"
+    assert lines[3] == "| c | 0 | 0.000 ± 0.000 | – | – | – | no case with a defined score on both sides | 0 / 0 |"
+    assert lines[4] == "| b | 6 | 0.300 ± 0.000 | 0.300 ± 0.000 | +0.000 | [+0.000, +0.000] | no difference | 0 / 0 |"
     assert lines[5].startswith("| foreground mean | 6 | ")
     one = accuracy.paired_table(_stats([0.7], [0.6]))
-    assert "| segexp | MONAI |" in one and "| a | 1 | 0.700 | 0.600 | +0.100 | – | n too small |" in one
+    assert "| segexp | MONAI |" in one and "| a | 1 | 0.700 | 0.600 | +0.100 | – | n too small | 0 / 0 |" in one
     section = "\n".join(accuracy.paired_section({"time": stats, "steps": None}))
     assert section.startswith("Paired, segexp − MONAI: Dice on the same (case, seed) pairs")
     assert "At equal wall time:\n\n| structure |" in section and "equal steps" not in section

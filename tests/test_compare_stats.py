@@ -86,11 +86,12 @@ def _seeded(shift: float, seed: int, cases: list[str] = CASES[:4]) -> dict[tuple
 def test_compare_seeds_pairs_seed_and_case_and_spreads_each_side_over_seeds() -> None:
     a = [_seeded(0.0, 1), _seeded(0.0, 2), _seeded(0.0, 3)]
     b = [_seeded(0.05 + 0.01 * s, 10 + s) for s in range(3)]  # B: +0.05, +0.06, +0.07 over seeds 0, 1, 2
-    b[1][("case00", "ring")] = math.nan  # undefined on one side: that pair left out
+    b[1][("case00", "ring")] = math.nan  # undefined on one side: that pair left out, counted as A's alone
     rows = {r["class"]: r for r in compare_seeds(a, b, n_resamples=1000)}
     assert list(rows) == ["disc", "ring", FOREGROUND]
     disc, ring, fg = rows["disc"], rows["ring"], rows[FOREGROUND]
     assert disc["n"] == 12 and ring["n"] == 11 and fg["n"] == 12  # 4 cases x 3 seeds
+    assert (ring["only_a"], ring["only_b"], disc["only_a"], fg["only_a"], fg["only_b"]) == (1, 0, 0, 1, 0)
     assert disc["seeds"] == 3 and disc["mean_diff"] == pytest.approx(0.06, abs=0.01)
     assert disc["ci_low"] < disc["mean_diff"] < disc["ci_high"] and disc["p_value"] < 0.01
     assert disc["b"]["sd"] == pytest.approx(0.01, abs=0.005) and disc["a"]["sd"] < 0.01
@@ -115,6 +116,8 @@ def test_compare_seeds_refuses_unmatched_seeds_or_cases() -> None:
             "note": "no case with a defined score on both sides",
             "a": {"mean": pytest.approx(math.nan, nan_ok=True), "sd": pytest.approx(math.nan, nan_ok=True)},
             "b": {"mean": pytest.approx(math.nan, nan_ok=True), "sd": pytest.approx(math.nan, nan_ok=True)},
+            "only_a": 0,
+            "only_b": 0,
             "seeds": 1,
         }
     ]

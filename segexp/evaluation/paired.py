@@ -138,9 +138,11 @@ def compare_seeds(
     """Two systems each run once per seed on the same cases: ``a[i]``, ``b[i]`` the ``{(case, class): score}``
     of seed ``i`` (differences ``b - a``). Per class (in the order ``a`` first names them), then
     :data:`FOREGROUND`, a row of :func:`paired_rows` over the (seed, case) units (``n``: the (seed, case) pairs
-    with both scores defined; the foreground: per unit, the mean over its paired classes), plus ``seeds`` and
+    with both scores defined; the foreground: per unit, the mean over its paired classes), plus ``seeds``,
     ``a``, ``b``: ``{"mean", "sd"}`` of :func:`seed_spread` (NaN when the side has no defined score of that
-    class). The (seed, case) pairs of one case are not independent (the same images), so the bootstrap interval
+    class), and ``only_a``, ``only_b``: the (seed, case) units of the class (all classes for the foreground)
+    scored on that side alone — a structure absent from the truth that only that side predicts (Dice 0 there,
+    left out of the pairs). The (seed, case) pairs of one case are not independent (the same images), so the bootstrap interval
     over them is narrower than one over cases would be; with one seed the units are the cases. Raises
     :class:`ValueError` when the numbers of seeds differ or a seed's sides scored different ``(case, class)``
     pairs."""
@@ -157,10 +159,19 @@ def compare_seeds(
     spreads = {side: seed_spread(runs, [*classes, FOREGROUND]) for side, runs in (("a", a), ("b", b))}
     nan = {"mean": math.nan, "sd": math.nan}
     rows = paired_rows(units_a, units_b, keys, classes, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    # A score on one side only: the structure absent from that case's truth, predicted by that side alone (a
+    # false alarm scored 0 there, undefined on the other side), so left out of the pairs; counted so a reader
+    # sees what the pairs cannot show.
+    only = {
+        side: [k for k in units_a if math.isnan(other[k]) and not math.isnan(mine[k])]
+        for side, mine, other in (("a", units_a, units_b), ("b", units_b, units_a))
+    }
     for row in rows:
         for side, spread in spreads.items():
             found = spread.get(row["class"])
             row[side] = {"mean": found["mean"], "sd": found["sd"]} if found else dict(nan)
+            mine = only[side] if row["class"] == FOREGROUND else [k for k in only[side] if k[1] == row["class"]]
+            row[f"only_{side}"] = len(mine)
         row["seeds"] = len(a)
     return rows
 
