@@ -142,8 +142,9 @@ def compare_seeds(
     ``a``, ``b``: ``{"mean", "sd"}`` of :func:`seed_spread` (NaN when the side has no defined score of that
     class), and ``only_a``, ``only_b``: the (seed, case) units of the class (all classes for the foreground)
     scored on that side alone — a structure absent from the truth that only that side predicts (Dice 0 there,
-    left out of the pairs). The (seed, case) pairs of one case are not independent (the same images), so the bootstrap interval
-    over them is narrower than one over cases would be; with one seed the units are the cases. Raises
+    left out of the pairs). The (seed, case) pairs of one case are not independent (the same images), so the
+    bootstrap interval over them is narrower than one over cases would be; with one seed the units are the
+    cases. Raises
     :class:`ValueError` when the numbers of seeds differ or a seed's sides scored different ``(case, class)``
     pairs."""
     if len(a) != len(b) or not a:
@@ -162,16 +163,16 @@ def compare_seeds(
     # A score on one side only: the structure absent from that case's truth, predicted by that side alone (a
     # false alarm scored 0 there, undefined on the other side), so left out of the pairs; counted so a reader
     # sees what the pairs cannot show.
-    only = {
-        side: [k for k in units_a if math.isnan(other[k]) and not math.isnan(mine[k])]
-        for side, mine, other in (("a", units_a, units_b), ("b", units_b, units_a))
+    alone: dict[str, list[tuple[tuple[int, str], str]]] = {
+        side: [k for k in units_a if math.isnan(theirs[k]) and not math.isnan(ours[k])]
+        for side, ours, theirs in (("a", units_a, units_b), ("b", units_b, units_a))
     }
     for row in rows:
         for side, spread in spreads.items():
             found = spread.get(row["class"])
             row[side] = {"mean": found["mean"], "sd": found["sd"]} if found else dict(nan)
-            mine = only[side] if row["class"] == FOREGROUND else [k for k in only[side] if k[1] == row["class"]]
-            row[f"only_{side}"] = len(mine)
+            units = alone[side] if row["class"] == FOREGROUND else [k for k in alone[side] if k[1] == row["class"]]
+            row[f"only_{side}"] = len(units)
         row["seeds"] = len(a)
     return rows
 
