@@ -144,9 +144,8 @@ def compare_seeds(
     scored on that side alone — a structure absent from the truth that only that side predicts (Dice 0 there,
     left out of the pairs). The (seed, case) pairs of one case are not independent (the same images), so the
     bootstrap interval over them is narrower than one over cases would be; with one seed the units are the
-    cases. Raises
-    :class:`ValueError` when the numbers of seeds differ or a seed's sides scored different ``(case, class)``
-    pairs."""
+    cases. Raises :class:`ValueError` when the numbers of seeds differ or a seed's sides scored different
+    ``(case, class)`` pairs."""
     if len(a) != len(b) or not a:
         raise ValueError(f"compare_seeds needs as many seeds on each side (at least one), got {len(a)} and {len(b)}")
     for i, (x, y) in enumerate(zip(a, b)):
