@@ -769,7 +769,7 @@ def _spread(side: dict[str, float]) -> str:
 
 def _alarms(row: dict[str, Any]) -> str:
     """``segexp's / MONAI's`` (case, seed) units scored on their side only (``only_b`` / ``only_a``)."""
-    return f"{row['only_b']} / {row['only_a']}"
+    return f"{row.get('only_b', 0)} / {row.get('only_a', 0)}"  # rows made by hand (tests, old JSON) lack them
 
 
 def paired_table(stats: Sequence[dict[str, Any]]) -> str:
