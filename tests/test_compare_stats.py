@@ -180,6 +180,13 @@ def test_two_runs_compared_through_the_cli(tmp_path: Path) -> None:
     fg = rows["foreground mean"]
     assert fg["n"] == 12 and fg["ci_low"] < 0.05 < fg["ci_high"] and fg["p_value"] < 0.01
     assert rows["disc"]["mean_diff"] == pytest.approx(0.05, abs=0.01) and report["seeds"] == {}
+    # case00's ring: undefined on A (absent, not predicted), scored on B (a false alarm): out of the pairs, counted
+    assert [(rows[k]["only_a"], rows[k]["only_b"]) for k in ("disc", "ring", "foreground mean")] == [
+        (0, 0),
+        (0, 1),
+        (0, 1),
+    ]
+    assert lines["ring"].rstrip().endswith("0 / 1") and "one side only A / B: (case, class) pairs" in text
 
 
 def test_a_seeds_sweep_pools_its_children_and_shows_the_spread_over_seeds(

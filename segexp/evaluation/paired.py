@@ -72,6 +72,11 @@ def _per_unit_fg(
     )
 
 
+def _alone(mine: Mapping[Any, float], theirs: Mapping[Any, float], keys: Sequence[Any]) -> list[Any]:
+    """The keys scored on ``mine`` and undefined (NaN) on ``theirs``."""
+    return [k for k in keys if math.isnan(theirs[k]) and not math.isnan(mine[k])]
+
+
 def paired_rows(
     a: Mapping[tuple[Unit, str], float],
     b: Mapping[tuple[Unit, str], float],
@@ -82,20 +87,27 @@ def paired_rows(
     seed: int = 0,
     confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
-    """Per class of ``classes``, then :data:`FOREGROUND`, ``{"class": ..., **PairedResult}`` of ``a`` and ``b``
-    on ``keys`` (the ``(unit, class)`` pairs defined on both sides; differences ``b - a``). A class with no
-    such pair: ``{"class", "n": 0, "note"}``; no foreground row when ``keys`` is empty."""
+    """Per class of ``classes``, then :data:`FOREGROUND`, ``{"class": ..., **PairedResult, "only_a", "only_b"}``
+    of ``a`` and ``b`` on the ``(unit, class)`` pairs of ``keys`` (both sides hold each) whose scores are defined
+    on both sides (differences ``b - a``). ``only_a`` / ``only_b``: the pairs of the class (all classes for the
+    foreground) scored on that side alone — for Dice, a structure absent from the unit's truth that only that
+    side predicts (a false alarm, 0 there), which the pairs leave out. A class with no defined pair:
+    ``{"class", "n": 0, "note", "only_a", "only_b"}``; no foreground row when no pair is defined."""
+    defined = [k for k in keys if not (math.isnan(a[k]) or math.isnan(b[k]))]
+    alone = {"only_a": _alone(a, b, keys), "only_b": _alone(b, a, keys)}
     rows: list[dict[str, Any]] = []
     for name in classes:
-        mine = [k for k in keys if k[1] == name]
+        mine = [k for k in defined if k[1] == name]
+        counts = {side: sum(1 for k in units if k[1] == name) for side, units in alone.items()}
         if not mine:
-            rows.append({"class": name, "n": 0, "note": "no case with a defined score on both sides"})
+            rows.append({"class": name, "n": 0, "note": "no case with a defined score on both sides", **counts})
             continue
         result = paired_comparison([a[k] for k in mine], [b[k] for k in mine], n_resamples, seed, confidence)
-        rows.append({"class": name, **result.as_dict()})
-    if keys:
-        fg_a, fg_b = _per_unit_fg(a, b, keys)
-        rows.append({"class": FOREGROUND, **paired_comparison(fg_a, fg_b, n_resamples, seed, confidence).as_dict()})
+        rows.append({"class": name, **result.as_dict(), **counts})
+    if defined:
+        fg_a, fg_b = _per_unit_fg(a, b, defined)
+        result = paired_comparison(fg_a, fg_b, n_resamples, seed, confidence)
+        rows.append({"class": FOREGROUND, **result.as_dict(), **{side: len(u) for side, u in alone.items()}})
     return rows
 
 
@@ -140,12 +152,11 @@ def compare_seeds(
     :data:`FOREGROUND`, a row of :func:`paired_rows` over the (seed, case) units (``n``: the (seed, case) pairs
     with both scores defined; the foreground: per unit, the mean over its paired classes), plus ``seeds``,
     ``a``, ``b``: ``{"mean", "sd"}`` of :func:`seed_spread` (NaN when the side has no defined score of that
-    class), and ``only_a``, ``only_b``: the (seed, case) units of the class (all classes for the foreground)
-    scored on that side alone — a structure absent from the truth that only that side predicts (Dice 0 there,
-    left out of the pairs). The (seed, case) pairs of one case are not independent (the same images), so the
-    bootstrap interval over them is narrower than one over cases would be; with one seed the units are the
-    cases. Raises :class:`ValueError` when the numbers of seeds differ or a seed's sides scored different
-    ``(case, class)`` pairs."""
+    class), and :func:`paired_rows`' ``only_a``, ``only_b`` (each side's false alarms, left out of the pairs).
+    The (seed, case) pairs of one case are not independent (the same images), so the bootstrap interval over
+    them is narrower than one over cases would be; with one seed the units are the cases. Raises
+    :class:`ValueError` when the numbers of seeds differ or a seed's sides scored different ``(case, class)``
+    pairs."""
     if len(a) != len(b) or not a:
         raise ValueError(f"compare_seeds needs as many seeds on each side (at least one), got {len(a)} and {len(b)}")
     for i, (x, y) in enumerate(zip(a, b)):
@@ -154,24 +165,15 @@ def compare_seeds(
             raise ValueError(f"seed {i}: the sides scored different (case, class) pairs, e.g. {only[:3]}")
     units_a = {((i, case), name): v for i, scores in enumerate(a) for (case, name), v in scores.items()}
     units_b = {((i, case), name): v for i, scores in enumerate(b) for (case, name), v in scores.items()}
-    keys = [k for k in units_a if not (math.isnan(units_a[k]) or math.isnan(units_b[k]))]
     classes = list(dict.fromkeys(name for scores in a for _, name in scores))
     spreads = {side: seed_spread(runs, [*classes, FOREGROUND]) for side, runs in (("a", a), ("b", b))}
     nan = {"mean": math.nan, "sd": math.nan}
+    keys = list(units_a)
     rows = paired_rows(units_a, units_b, keys, classes, n_resamples=n_resamples, seed=seed, confidence=confidence)
-    # A score on one side only: the structure absent from that case's truth, predicted by that side alone (a
-    # false alarm scored 0 there, undefined on the other side), so left out of the pairs; counted so a reader
-    # sees what the pairs cannot show.
-    alone: dict[str, list[tuple[tuple[int, str], str]]] = {
-        side: [k for k in units_a if math.isnan(theirs[k]) and not math.isnan(ours[k])]
-        for side, ours, theirs in (("a", units_a, units_b), ("b", units_b, units_a))
-    }
     for row in rows:
         for side, spread in spreads.items():
             found = spread.get(row["class"])
             row[side] = {"mean": found["mean"], "sd": found["sd"]} if found else dict(nan)
-            units = alone[side] if row["class"] == FOREGROUND else [k for k in alone[side] if k[1] == row["class"]]
-            row[f"only_{side}"] = len(units)
         row["seeds"] = len(a)
     return rows
 
@@ -209,7 +211,7 @@ def compare_systems(
         )
     defined = [k for k in shared if not (math.isnan(sa[k]) or math.isnan(sb[k]))]
     classes = sorted({k for _, k in shared})
-    rows = paired_rows(sa, sb, defined, classes, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    rows = paired_rows(sa, sb, shared, classes, n_resamples=n_resamples, seed=seed, confidence=confidence)
     undefined = len(shared) - len(defined)
     notes = [*a.notes, *b.notes]
     if undefined:
@@ -261,10 +263,12 @@ def format_comparison(report: dict[str, Any]) -> str:
         "",
     ]
     ci = f"{level}% CI"
+    alone = "one side only A / B"
     table = []
     for row in report["rows"]:
+        counts = f"{row['only_a']} / {row['only_b']}"
         if row["n"] == 0:
-            table.append({"class": row["class"], "n": 0, "p (Wilcoxon)": row["note"]})
+            table.append({"class": row["class"], "n": 0, "p (Wilcoxon)": row["note"], alone: counts})
             continue
         table.append(
             {
@@ -275,9 +279,14 @@ def format_comparison(report: dict[str, Any]) -> str:
                 "B - A": f"{row['mean_diff']:+.4f}",
                 ci: "-" if math.isnan(row["ci_low"]) else f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]",
                 "p (Wilcoxon)": row["note"] or f"{row['p_value']:.4g}",
+                alone: counts,
             }
         )
-    lines.append(format_table(["class", "n", "mean A", "mean B", "B - A", ci, "p (Wilcoxon)"], table))
+    lines.append(format_table(["class", "n", "mean A", "mean B", "B - A", ci, "p (Wilcoxon)", alone], table))
+    lines.append(
+        f"{alone}: (case, class) pairs scored on that side alone, left out of the pairs (for Dice: a structure "
+        "absent from the case's truth that only that side predicts, a false alarm)"
+    )
     for side, spread in report["seeds"].items():
         seeds = max(s["seeds"] for s in spread.values())
         lines += [
