@@ -99,9 +99,9 @@ def test_channels_follow_the_images() -> None:
 
 def test_one_training_case_gets_the_spatial_augmentation() -> None:
     assert by_key(rules.data_choices(fingerprint(train_cases=1)))["augmentation"] == "full"
-    assert by_key(rules.data_choices(fingerprint(train_cases=2)))["augmentation"] == "flips"
-    assert by_key(rules.data_choices(fingerprint(train_cases=3)))["augmentation"] == "flips"
-    assert by_key(rules.data_choices(fingerprint(train_cases=40)))["augmentation"] == "flips"
+    assert by_key(rules.data_choices(fingerprint(train_cases=2)))["augmentation"] == "none"  # no mirrors
+    assert by_key(rules.data_choices(fingerprint(train_cases=3)))["augmentation"] == "none"
+    assert by_key(rules.data_choices(fingerprint(train_cases=40)))["augmentation"] == "none"
 
 
 def test_foreground_oversampling_unless_every_class_is_everywhere() -> None:
