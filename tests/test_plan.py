@@ -97,7 +97,7 @@ def test_channels_follow_the_images() -> None:
     assert by_key(rules.network_choices(fingerprint(channels=3), CPU))["model.image_channels"] == 3
 
 
-def test_one_training_case_gets_the_spatial_augmentation() -> None:
+def test_one_training_case_gets_the_spatial_augmentation_more_get_no_mirrors() -> None:
     assert by_key(rules.data_choices(fingerprint(train_cases=1)))["augmentation"] == "full"
     assert by_key(rules.data_choices(fingerprint(train_cases=2)))["augmentation"] == "none"  # no mirrors
     assert by_key(rules.data_choices(fingerprint(train_cases=3)))["augmentation"] == "none"

@@ -273,7 +273,7 @@ def data_choices(fp: DataFingerprint) -> list[Choice]:
                 "one training patient: the spatial augmentation pays (hocmvalves_mini 0.446 vs 0.118 with flips); "
                 "ACCURACY.md 'Augmentation at the planned length'"
                 if spatial
-                else "more than one training patient: no mirrors, which swap left and right anatomy (hvsmr_mini, "
+                else "more than one training case: no mirrors, which swap left and right anatomy (hvsmr_mini, "
                 "3 cases: 0.280 -> 0.399, LA 0.006 -> 0.66 without flips); ACCURACY.md 'Mirrors and left-right anatomy'"
             ),
             group=True,
