@@ -70,7 +70,7 @@ def full() -> Augmenter:
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_instantiates(name: str) -> None:
-    raw = OmegaConf.load(CONF / "augmentation" / f"{name}.yaml")
+    raw = preset(name)  # composed: a preset may build on another (spatial on full)
     assert raw.name == name
     assert OmegaConf.is_dict(raw.transforms)
     pipeline = build_augmentation(raw.transforms)
@@ -94,6 +94,17 @@ def test_expected_presets_exist() -> None:
         "barrel",
         "pincushion",
     ]
+
+
+def test_spatial_preset_is_full_without_the_mirrors() -> None:
+    full_names = Augmenter(preset("full").transforms).names
+    spatial = preset("spatial").transforms
+    assert Augmenter(spatial).names == [n for n in full_names if n not in ("hflip", "vflip")]
+    pipeline = build_augmentation(spatial)
+    kinds = {type(t).__name__ for t in pipeline.transforms}
+    assert not kinds & {"HorizontalFlip", "VerticalFlip"}
+    for name in Augmenter(spatial).names:  # the same transforms with the same settings as full's
+        assert spatial[name] == preset("full").transforms[name]
 
 
 def test_none_preset_builds_nothing() -> None:

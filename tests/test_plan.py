@@ -97,11 +97,9 @@ def test_channels_follow_the_images() -> None:
     assert by_key(rules.network_choices(fingerprint(channels=3), CPU))["model.image_channels"] == 3
 
 
-def test_one_training_case_gets_the_spatial_augmentation_more_get_no_mirrors() -> None:
-    assert by_key(rules.data_choices(fingerprint(train_cases=1)))["augmentation"] == "full"
-    assert by_key(rules.data_choices(fingerprint(train_cases=2)))["augmentation"] == "none"  # no mirrors
-    assert by_key(rules.data_choices(fingerprint(train_cases=3)))["augmentation"] == "none"
-    assert by_key(rules.data_choices(fingerprint(train_cases=40)))["augmentation"] == "none"
+def test_every_case_count_gets_the_spatial_augmentation_without_mirrors() -> None:
+    for cases in (1, 2, 3, 40):
+        assert by_key(rules.data_choices(fingerprint(train_cases=cases)))["augmentation"] == "spatial"
 
 
 def test_foreground_oversampling_unless_every_class_is_everywhere() -> None:
@@ -243,7 +241,7 @@ def test_plan_step_of_a_run_writes_plan_and_the_trained_config(tmp_path, tiny_da
         cfg = compose(config_name="train", overrides=overrides)
         (run_dir / ".hydra" / "config.yaml").write_text("composed: true\n")
         planned, params = planned_run_config(cfg, overrides, run_dir)
-    assert planned.model.name == "resunet" and planned.augmentation.name == "full"  # 1 train case
+    assert planned.model.name == "resunet" and planned.augmentation.name == "spatial"
     assert list(planned.dataset.class_names) == ["background", "class_1", "class_2"]
     assert planned.training.epochs == 2 and planned.model.image_height == 32
     assert params["plan.model"] == "resunet"

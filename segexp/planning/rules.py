@@ -29,15 +29,14 @@ MAX_SIDE = {"cpu": 256, "gpu": 512}
 BATCH_SIZE = 8
 #: Adam's peak rate: 3e-3 beat 1e-3 at equal steps (phantom 0.84 vs 0.69, hvsmr_mini 0.199 vs 0.158).
 LEARNING_RATE = 3.0e-3
-#: Up to this many training cases the spatial augmentation (``full``) pays, beyond it no augmentation
-#: (``none``). With one training patient there is no anatomical variation to learn from: hocmvalves_mini (1
-#: case) 0.446 with ``full`` against 0.118 with flips, seeds 1 2 3 of a 4-minute plan (both on one Xeon).
-#: With three (hvsmr_mini) ``full`` won at 160 steps (0.242 vs 0.215) but lost at the ~500 steps of a
-#: 4-minute plan (0.232 vs 0.317 with flips), and without mirrors the test patient's left atrium, which
-#: every flipped run (MONAI's too) labelled right ventricle, is found: RV 0.09 -> 0.73, LA 0.006 -> 0.66
-#: (ACCURACY.md "Mirrors and left-right anatomy"). Scans come in the patient's fixed orientation, and a
-#: mirrored slice puts the right ventricle on the left; two cases were not measured.
-SPATIAL_AUGMENTATION_MAX_CASES = 1
+#: The augmentation preset: ``spatial`` (rotation, shear, shrink, elastic and lens distortion; ``full`` without
+#: its mirrors) for any number of training cases. Scans come in the patient's fixed orientation and the labels
+#: name sides: a mirrored slice shows the right ventricle where the left one lies, and every flipped run (MONAI's
+#: too) labelled hvsmr_mini's left atrium as right ventricle. Seeds 1 2 3 of a 4-minute plan on a Xeon with AMX
+#: (ACCURACY.md "Mirrors and left-right anatomy"): hvsmr_mini (3 training patients) 0.531 against 0.408 without
+#: augmentation, 0.318 with flips and 0.232 with ``full``; hocmvalves_mini (1 patient) 0.572 against 0.446 with
+#: ``full`` (mirrors) and 0.118 with flips alone.
+AUGMENTATION = "spatial"
 #: Below this many steps the learning rate stays constant (poly decay starved 160-step runs:
 #: hvsmr_mini 0.112 with poly vs 0.158 constant, ACCURACY.md); from here on nnU-Net's poly.
 CONSTANT_LR_BELOW = 1000
@@ -250,7 +249,6 @@ def data_choices(fp: DataFingerprint) -> list[Choice]:
     foreground = {n: fp.slice_presence.get(n, 0.0) for n in fp.class_names[1:]}
     rarest = min(foreground, key=lambda n: foreground[n]) if foreground else None
     common = bool(foreground) and min(foreground.values()) >= COMMON_CLASS
-    spatial = cases <= SPATIAL_AUGMENTATION_MAX_CASES
     presence = f"rarest class {rarest} in {100 * foreground[rarest]:.0f} % of train slices" if rarest else "no classes"
     return [
         Choice(
@@ -267,15 +265,11 @@ def data_choices(fp: DataFingerprint) -> list[Choice]:
         ),
         Choice(
             "augmentation",
-            "full" if spatial else "none",
+            AUGMENTATION,
             f"{cases} train cases",
-            (
-                "one training patient: the spatial augmentation pays (hocmvalves_mini 0.446 vs 0.118 with flips); "
-                "ACCURACY.md 'Augmentation at the planned length'"
-                if spatial
-                else "more than one training case: no mirrors, which swap left and right anatomy (hvsmr_mini, "
-                "3 cases: 0.280 -> 0.399, LA 0.006 -> 0.66 without flips); ACCURACY.md 'Mirrors and left-right anatomy'"
-            ),
+            "rotation, shear, shrink, elastic, no mirrors (they swap left and right anatomy): hvsmr_mini "
+            "0.531 vs 0.408 without augmentation, hocmvalves_mini 0.572 vs 0.446 with mirrors; "
+            "ACCURACY.md 'Warps without mirrors'",
             group=True,
         ),
         Choice(
