@@ -1061,7 +1061,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=str(REPO / "outputs" / "accuracy"), help="run folders, logs, mlflow.db")
     parser.add_argument(
-        "--markdown", default=str(MARKDOWN), help="file whose dataset blocks are rewritten (ACCURACY.md)"
+        "--markdown",
+        help="file whose dataset blocks are rewritten (default: ACCURACY.md when both systems run; none with "
+        "--segexp-only or --monai-only, whose one-system block would replace a comparison)",
     )
     parser.add_argument(
         "--segexp-overrides",
@@ -1114,6 +1116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     only.add_argument("--segexp-only", action="store_true", help="only segexp-train")
     args = parser.parse_args(argv)
+    if args.markdown is None and not (args.segexp_only or args.monai_only):
+        args.markdown = str(MARKDOWN)
     command = " ".join(["python scripts/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out).resolve()
     host = machine()
@@ -1146,12 +1150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = " ".join(map(str, args.seeds or []))
         title = f"{name}, seeds {seeds}" if args.seeds else name  # a block of its own next to the one-seed run
         print(f"\n### {title}\n\n{text}", flush=True)
-        write_markdown(Path(args.markdown), title, text)
+        if args.markdown:
+            write_markdown(Path(args.markdown), title, text)
         results[name] = rows
         suffix = f"_seeds_{seeds.replace(' ', '_')}" if args.seeds else ""
         (work / f"result{suffix}.json").write_text(json.dumps(rows, indent=2))
         (work / f"paired{suffix}.json").write_text(paired_json(stats))
-    if results:
+    if results and args.markdown:
         print(f"tables written to {args.markdown}")
     return 0
 

@@ -470,6 +470,26 @@ def test_monai_only_and_segexp_only(tmp_path: Path, monkeypatch) -> None:
     assert "| MONAI (PyTorch) | `--minutes` |" in text and "target not checked (one system only)" in text
 
 
+def test_one_system_runs_leave_accuracy_md_alone_unless_asked(tmp_path: Path, monkeypatch) -> None:
+    _fake_runs(monkeypatch, tmp_path)
+    doc = tmp_path / "ACCURACY.md"
+    doc.write_text(
+        "# Accuracy\n\n<!-- accuracy:hvsmr_mini:begin -->\nthe comparison\n<!-- accuracy:hvsmr_mini:end -->\n"
+    )
+    monkeypatch.setattr(accuracy, "MARKDOWN", doc)
+    before = doc.read_text()
+    assert accuracy.main(["--datasets", "hvsmr_mini", "--out", str(tmp_path / "out"), "--segexp-only"]) == 0
+    assert doc.read_text() == before  # a one-system block would have replaced the comparison
+    assert (tmp_path / "out" / "hvsmr_mini" / "result.json").is_file()  # the rows are still kept
+    assert (
+        accuracy.main(
+            ["--datasets", "hvsmr_mini", "--out", str(tmp_path / "out"), "--segexp-only", "--markdown", str(doc)]
+        )
+        == 0
+    )
+    assert "the comparison" not in doc.read_text()  # asked for: written
+
+
 def test_seeds_run_both_systems_per_seed_and_report_means(tmp_path: Path, monkeypatch) -> None:
     def fg(system: str, overrides: list[str]) -> float:
         seed = int(next(o for o in overrides if o.startswith("seed="))[5:])

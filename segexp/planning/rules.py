@@ -266,7 +266,7 @@ def data_choices(fp: DataFingerprint) -> list[Choice]:
         Choice(
             "augmentation",
             AUGMENTATION,
-            f"{cases} train cases",
+            f"{cases} train case{'' if cases == 1 else 's'}",
             "rotation, shear, shrink, elastic, no mirrors (they swap left and right anatomy): hvsmr_mini "
             "0.531 vs 0.408 without augmentation, hocmvalves_mini 0.572 vs 0.446 with mirrors; "
             "ACCURACY.md 'Warps without mirrors'",
