@@ -33,7 +33,7 @@ LEARNING_RATE = 3.0e-3
 #: its mirrors) for any number of training cases. Scans come in the patient's fixed orientation and the labels
 #: name sides: a mirrored slice shows the right ventricle where the left one lies, and every flipped run (MONAI's
 #: too) labelled hvsmr_mini's left atrium as right ventricle. Seeds 1 2 3 of a 4-minute plan on a Xeon with AMX
-#: (ACCURACY.md "Mirrors and left-right anatomy"): hvsmr_mini (3 training patients) 0.531 against 0.408 without
+#: (ACCURACY.md "Warps without mirrors"): hvsmr_mini (3 training patients) 0.531 against 0.408 without
 #: augmentation, 0.318 with flips and 0.232 with ``full``; hocmvalves_mini (1 patient) 0.572 against 0.446 with
 #: ``full`` (mirrors) and 0.118 with flips alone.
 AUGMENTATION = "spatial"
@@ -244,7 +244,8 @@ def loader_choices(fp: DataFingerprint, machine: Machine, size: tuple[int, int],
 
 
 def data_choices(fp: DataFingerprint) -> list[Choice]:
-    """Batch, learning rate, augmentation and foreground oversampling from the cases and classes."""
+    """Batch, learning rate, augmentation (the same for any data: :data:`AUGMENTATION`) and foreground
+    oversampling from the classes' per-slice presence."""
     cases = fp.cases.get("train", 0)
     foreground = {n: fp.slice_presence.get(n, 0.0) for n in fp.class_names[1:]}
     rarest = min(foreground, key=lambda n: foreground[n]) if foreground else None
