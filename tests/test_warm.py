@@ -95,3 +95,26 @@ def test_a_run_takes_the_plan_s_timed_model_and_only_that_run(compose_train) -> 
     assert taken.train_function is not None  # traced by the plan's timing
     again = model_for_run(cfg.model, cfg.training, None, dataset, 7, "fp32", loss=cfg.loss)
     assert again is not taken and again.train_function is None
+
+
+def test_the_step_time_leaves_out_the_slow_steps_after_compiling(compose_train, monkeypatch) -> None:
+    """XLA's first steps after compiling run slower than its steady state: the median is over later steps."""
+    import time
+
+    from segexp.planning import steptime
+
+    real_step = steptime.run_step
+    calls: list[int] = []
+
+    def step(function, batch):  # the train calls 2 .. 1 + WARMUP_STEPS are the slow ones
+        out = real_step(function, batch)
+        calls.append(1)
+        if 1 < len(calls) <= 1 + steptime.WARMUP_STEPS:
+            time.sleep(0.5)
+        return out
+
+    monkeypatch.setattr(steptime, "run_step", step)
+    measured = _measure(_cfg(compose_train, "plan.measure_steps=3"), NAMES)
+    warm.release()  # drop the kept model
+    assert len(calls) == 1 + steptime.WARMUP_STEPS + 3 + 3  # first, warm-ups, timed steps, 3 validation calls
+    assert measured.train_s < 0.5

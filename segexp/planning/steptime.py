@@ -2,9 +2,9 @@
 
 :func:`measure_step_time` compiles the planned network exactly as training will (loss,
 metrics, precision, ``training.jit_compile``), runs one step (graph tracing and, with XLA,
-compilation) and ``measure_steps`` timed steps on a random uint8 batch of the planned shape,
-then two validation batches, through the epoch loop's own step calls (``fit_loop.run_step``),
-and keeps the model for the run it plans (``segexp.training.warm``: the step is not traced
+compilation), :data:`WARMUP_STEPS` untimed steps and ``measure_steps`` timed steps (their median) on a
+random uint8 batch of the planned shape, then two validation batches, through the epoch loop's own step calls
+(``fit_loop.run_step``), and keeps the model for the run it plans (``segexp.training.warm``: the step is not traced
 twice in one process). The result is cached in
 ``<paths.output_dir>/cache/step_time/<key>.json``, keyed by the model section, the loss, batch,
 precision, jit setting, machine (device, CPU or GPU name, cores) and library versions,
@@ -72,6 +72,12 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return f"{fields['model name']} ({numbers})" if numbers else fields["model name"]
 
 
+#: Untimed steps after the first: XLA's first steps after compiling ran slower than its steady state (ResUNet
+#: 256x256, batch 8, fp32, Zen 3, 2 cores: 0.89, 0.85, 0.85 s, then 0.67-0.77 s), so a plan that timed the three
+#: steps right after the first saw XLA at 0.939 s against 0.967 s without, chose no XLA for its longer compile, and
+#: trained 256 steps where XLA fits about 340 (scripts/bench.py --only peer: 0.69 s vs 0.89 s per step).
+WARMUP_STEPS = 2
+
 #: Raised when a change to segexp's layers changes the networks' step time, so cached times are measured again
 #: (2: :class:`~segexp.models.layers.InstanceNormalization` replaced Keras' ``GroupNormalization(groups=-1)``).
 LAYERS_REVISION = 2
@@ -93,6 +99,7 @@ def cache_key(cfg: DictConfig, machine: Machine, encoding: InputEncoding = UINT8
             "machine": asdict(machine),
             "versions": [version("tensorflow"), version("keras")],
             "steps": cfg.plan.measure_steps,
+            "warmup": WARMUP_STEPS,
             "layers": LAYERS_REVISION,
         },
         sort_keys=True,
@@ -137,12 +144,13 @@ def _measure(cfg: DictConfig, class_names: list[str], encoding: InputEncoding = 
     images = rng.integers(0, int(np.iinfo(stored).max) + 1, shape, dtype=stored)
     masks = rng.integers(0, len(class_names), (t.batch_size, m.image_height, m.image_width), dtype=np.uint8)
     log.info(
-        "plan: timing %s at %dx%d, batch %d on this machine (%d steps; cached afterwards)",
+        "plan: timing %s at %dx%d, batch %d on this machine (%d steps after %d untimed; cached afterwards)",
         m.name,
         m.image_height,
         m.image_width,
         t.batch_size,
         cfg.plan.measure_steps,
+        WARMUP_STEPS + 1,
     )
     precision = resolve_precision(t.precision)
     timed = t.copy()
@@ -159,6 +167,8 @@ def _measure(cfg: DictConfig, class_names: list[str], encoding: InputEncoding = 
     model.make_train_function()
     run_step(model.train_function, batch)
     first = time.perf_counter() - start
+    for _ in range(WARMUP_STEPS):
+        run_step(model.train_function, batch)
     train = []
     for _ in range(cfg.plan.measure_steps):
         start = time.perf_counter()
