@@ -75,7 +75,7 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 #: Untimed steps after the first: XLA's first steps after compiling ran slower than its steady state (ResUNet
 #: 256x256, batch 8, fp32, Zen 3, 2 cores: 0.89, 0.85, 0.85 s, then 0.67-0.77 s), so a plan that timed the three
 #: steps right after the first saw XLA at 0.939 s against 0.967 s without, chose no XLA for its longer compile, and
-#: trained 256 steps where XLA fits about 340 (scripts/bench.py --only peer: 0.69 s vs 0.89 s per step).
+#: trained 256 steps where XLA made 318 (scripts/bench.py --only peer: XLA 0.682 s, without 0.958 s per step).
 WARMUP_STEPS = 2
 
 #: Raised when a change to segexp's layers changes the networks' step time, so cached times are measured again
